@@ -1,0 +1,3 @@
+from iotdps.cli.main import main
+
+main()

@@ -1,0 +1,3 @@
+"""The `iotdps` command."""
+
+__all__: list[str] = []

@@ -1,0 +1,40 @@
+"""Identifier rules shared by the CA toolkit, the provisioning core and the hub."""
+
+from __future__ import annotations
+
+import re
+
+from iotdps.errors import InvalidRegistrationId
+
+__all__ = ["REGISTRATION_ID_MAX", "check_registration_id", "is_valid_registration_id"]
+
+REGISTRATION_ID_MAX = 128
+
+# DPS: case-insensitive alphanumerics plus - . _ : ; at most 128 characters; the last
+# character must be alphanumeric or '-' (azure-wire-protocol.md 1.4).
+_REGISTRATION_ID = re.compile(r"^[A-Za-z0-9._:-]*[A-Za-z0-9-]\Z")
+
+
+def is_valid_registration_id(value: str) -> bool:
+    return len(value) <= REGISTRATION_ID_MAX and bool(_REGISTRATION_ID.match(value))
+
+
+def check_registration_id(value: str) -> str:
+    """Return `value` if it is a valid DPS registration id, else raise with the rule broken."""
+    if not value:
+        raise InvalidRegistrationId("registration id is empty")
+    if len(value) > REGISTRATION_ID_MAX:
+        raise InvalidRegistrationId(
+            f"registration id is {len(value)} characters long; at most {REGISTRATION_ID_MAX} are allowed"
+        )
+    bad = sorted({c for c in value if not (c.isascii() and (c.isalnum() or c in "-._:"))})
+    if bad:
+        shown = "".join(bad)
+        raise InvalidRegistrationId(
+            f"registration id {value!r} contains {shown!r}; only letters, digits and - . _ : are allowed"
+        )
+    if not _REGISTRATION_ID.match(value):
+        raise InvalidRegistrationId(
+            f"registration id {value!r} must end with a letter, a digit or '-'"
+        )
+    return value

@@ -34,7 +34,5 @@ def check_registration_id(value: str) -> str:
             f"registration id {value!r} contains {shown!r}; only letters, digits and - . _ : are allowed"
         )
     if not _REGISTRATION_ID.match(value):
-        raise InvalidRegistrationId(
-            f"registration id {value!r} must end with a letter, a digit or '-'"
-        )
+        raise InvalidRegistrationId(f"registration id {value!r} must end with a letter, a digit or '-'")
     return value

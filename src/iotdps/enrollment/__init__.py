@@ -1,0 +1,21 @@
+"""Enrollment records (individual enrollments, groups, CA certificates) and precedence."""
+
+from iotdps.enrollment.models import (
+    Attestation,
+    CaCertificate,
+    EnrollmentGroup,
+    IndividualEnrollment,
+    LinkedHub,
+    RegistrationRecord,
+    ServiceSettings,
+)
+
+__all__ = [
+    "Attestation",
+    "CaCertificate",
+    "EnrollmentGroup",
+    "IndividualEnrollment",
+    "LinkedHub",
+    "RegistrationRecord",
+    "ServiceSettings",
+]

@@ -1,0 +1,191 @@
+"""Ports of the provisioning core: what it needs from the outside, as Protocols.
+
+The core never imports an adapter. The store (SQLite / PostgreSQL, and an in-memory fake that
+the contract suite holds to the same behaviour), the clock, randomness and the webhook
+transport are injected.
+
+Store rules every implementation keeps:
+- `Store.begin()` is one transaction: it commits when the block exits normally and rolls
+  back on any exception, so a failure never leaves half of a registration written.
+- `put` assigns a fresh etag and `updated` time, keeps `created` of an existing record, and
+  raises PreconditionFailed when `if_match` is given and differs from the stored etag (or the
+  record does not exist); `if_match="*"` matches any existing record.
+- `delete` raises NotFound for a missing record and PreconditionFailed on an etag mismatch.
+- Listing is paged by an opaque continuation token (None = first page / no more pages),
+  ordered by the record's key.
+- `RegistrationRepo.get(..., for_update=True)` locks the row until the transaction ends
+  (SELECT ... FOR UPDATE on PostgreSQL; SQLite serialises writers), so two concurrent
+  registrations of one id end in one consistent record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, Protocol, TypeVar
+
+from iotdps.enrollment.models import (
+    CaCertificate,
+    EnrollmentGroup,
+    IndividualEnrollment,
+    LinkedHub,
+    RegistrationRecord,
+    ServiceSettings,
+)
+from iotdps.registry.models import DeviceIdentity
+
+__all__ = [
+    "CaRepo",
+    "Clock",
+    "DeviceRepo",
+    "EnrollmentRepo",
+    "GroupRepo",
+    "LinkedHubRepo",
+    "Page",
+    "Refusal",
+    "RefusalLog",
+    "RegistrationRepo",
+    "SettingsRepo",
+    "Store",
+    "UnitOfWork",
+    "WebhookResponse",
+    "WebhookTransport",
+]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: Sequence[T]
+    continuation: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """One refused registration attempt, kept for operators (the device only saw a status).
+
+    `reason` is a stable machine code (see provisioning.outcomes); `message` the words.
+    """
+
+    registration_id: str
+    reason: str
+    message: str
+    attestation_type: str | None
+    at: datetime
+    enrollment: str | None = None
+
+
+class EnrollmentRepo(Protocol):
+    async def get(self, registration_id: str) -> IndividualEnrollment | None: ...
+    async def put(self, enrollment: IndividualEnrollment, if_match: str | None = None) -> IndividualEnrollment: ...
+    async def delete(self, registration_id: str, if_match: str | None = None) -> None: ...
+    async def list(self, page_size: int = 100, continuation: str | None = None) -> Page[IndividualEnrollment]: ...
+    async def list_x509(self) -> Sequence[IndividualEnrollment]:
+        """Every individual enrollment with X.509 attestation (their certs are TLS anchors)."""
+        ...
+
+
+class GroupRepo(Protocol):
+    async def get(self, group_id: str) -> EnrollmentGroup | None: ...
+    async def put(self, group: EnrollmentGroup, if_match: str | None = None) -> EnrollmentGroup: ...
+    async def delete(self, group_id: str, if_match: str | None = None) -> None: ...
+    async def list(self, page_size: int = 100, continuation: str | None = None) -> Page[EnrollmentGroup]: ...
+    async def find_by_signing_thumbprint(self, sha256_thumbprint: str) -> Sequence[EnrollmentGroup]:
+        """X.509 groups whose primary or secondary signing certificate has this thumbprint."""
+        ...
+
+    async def find_by_ca_reference(self, ca_name: str) -> Sequence[EnrollmentGroup]:
+        """X.509 groups whose primary or secondary caReference names this uploaded CA."""
+        ...
+
+    async def list_symmetric_key(self) -> Sequence[EnrollmentGroup]:
+        """Every symmetric-key group, enabled or not (a disabled match must block)."""
+        ...
+
+
+class CaRepo(Protocol):
+    async def get(self, name: str) -> CaCertificate | None: ...
+    async def get_by_thumbprint(self, sha256_thumbprint: str) -> CaCertificate | None: ...
+    async def put(self, ca: CaCertificate, if_match: str | None = None) -> CaCertificate: ...
+    async def delete(self, name: str, if_match: str | None = None) -> None: ...
+    async def list(self) -> Sequence[CaCertificate]: ...
+
+
+class LinkedHubRepo(Protocol):
+    async def get(self, host_name: str) -> LinkedHub | None: ...
+    async def put(self, hub: LinkedHub) -> LinkedHub: ...
+    async def delete(self, host_name: str) -> None: ...
+    async def list(self) -> Sequence[LinkedHub]: ...
+
+
+class SettingsRepo(Protocol):
+    async def get(self) -> ServiceSettings | None: ...
+    async def put(self, settings: ServiceSettings) -> ServiceSettings: ...
+
+
+class RegistrationRepo(Protocol):
+    async def get(self, registration_id: str, *, for_update: bool = False) -> RegistrationRecord | None: ...
+    async def put(self, record: RegistrationRecord, if_match: str | None = None) -> RegistrationRecord: ...
+    async def delete(self, registration_id: str, if_match: str | None = None) -> None: ...
+    async def list(
+        self, page_size: int = 100, continuation: str | None = None, *, enrollment_group_id: str | None = None
+    ) -> Page[RegistrationRecord]: ...
+
+
+class DeviceRepo(Protocol):
+    """Device identities on the hubs (keyed by hub host name and device id)."""
+
+    async def get(self, hub: str, device_id: str) -> DeviceIdentity | None: ...
+    async def put(self, device: DeviceIdentity, if_match: str | None = None) -> DeviceIdentity: ...
+    async def delete(self, hub: str, device_id: str, if_match: str | None = None) -> None: ...
+    async def list(self, hub: str, page_size: int = 100, continuation: str | None = None) -> Page[DeviceIdentity]: ...
+
+
+class RefusalLog(Protocol):
+    async def add(self, refusal: Refusal) -> None:
+        """Append; implementations keep a bounded history (oldest entries pruned)."""
+        ...
+
+    async def list(self, registration_id: str | None = None, limit: int = 100) -> Sequence[Refusal]:
+        """Newest first."""
+        ...
+
+
+class UnitOfWork(Protocol):
+    enrollments: EnrollmentRepo
+    groups: GroupRepo
+    cas: CaRepo
+    hubs: LinkedHubRepo
+    settings: SettingsRepo
+    registrations: RegistrationRepo
+    devices: DeviceRepo
+    refusals: RefusalLog
+
+
+class Store(Protocol):
+    def begin(self) -> AbstractAsyncContextManager[UnitOfWork]:
+        """One transaction; commit on normal exit, roll back on exception."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """Timezone-aware UTC now."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookResponse:
+    status: int
+    body: Mapping[str, Any] | None
+
+
+class WebhookTransport(Protocol):
+    async def post_json(self, url: str, body: Mapping[str, Any], timeout: float) -> WebhookResponse:
+        """POST `body` as JSON; raise TimeoutError or OSError on transport failure."""
+        ...

@@ -1,0 +1,66 @@
+"""The device registry record shared by the provisioning core (which creates and moves
+identities) and the hub (which authenticates devices and serves their twin).
+
+It lives in the core, not in `hub/`, because provisioning must create the identity and its
+registration record in one transaction: both are rows of the same store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from iotdps.secret import Secret
+
+__all__ = ["AuthType", "DeviceAuth", "DeviceIdentity", "DeviceStatus", "Twin"]
+
+AuthType = Literal["sas", "selfSigned", "certificateAuthority", "none"]
+DeviceStatus = Literal["enabled", "disabled"]
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceAuth:
+    """How a device proves itself to the hub.
+
+    `sas`: primary/secondary symmetric keys (base64). `selfSigned`: X.509 leaf thumbprints
+    (upper-case hex; SHA-256 and SHA-1 both accepted, as DPS-provisioned X.509 devices are
+    registered on the hub by thumbprint even when they came through a CA group).
+    """
+
+    type: AuthType
+    primary_key: Secret[str] | None = None
+    secondary_key: Secret[str] | None = None
+    primary_thumbprints: tuple[str, ...] = ()
+    secondary_thumbprints: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Twin:
+    """Tags and desired/reported property sections with their versions.
+
+    Versions start at 1 and grow with every change of that section; the SDK needs
+    `desired.$version` in every twin GET and every desired patch.
+    """
+
+    tags: Mapping[str, Any] = field(default_factory=dict)
+    desired: Mapping[str, Any] = field(default_factory=dict)
+    reported: Mapping[str, Any] = field(default_factory=dict)
+    desired_version: int = 1
+    reported_version: int = 1
+    version: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceIdentity:
+    hub: str
+    device_id: str
+    auth: DeviceAuth
+    status: DeviceStatus = "enabled"
+    iot_edge: bool = False
+    twin: Twin = field(default_factory=Twin)
+    registration_id: str | None = None
+    etag: str | None = None
+    created: datetime | None = None
+    updated: datetime | None = None

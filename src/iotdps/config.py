@@ -1,0 +1,363 @@
+"""Settings of `iotdps up`: frozen dataclasses, read from a TOML file and `IOTDPS_*` variables.
+
+Precedence: built-in defaults < TOML file < environment. Every bind address, host name and
+port is a setting, so several instances run side by side on different loopback addresses
+(the Azure SDK's ports are fixed at 8883 and 443, so instances differ by address, not port).
+
+`load_config` validates everything and raises one ConfigError listing every problem found,
+so an operator fixes a file in one pass instead of one error per restart.
+
+Example file:
+
+    data_dir = "/var/lib/iotdps"
+    dsn = "postgresql+asyncpg://iotdps@db/iotdps"   # default: SQLite in data_dir
+
+    [dps]
+    host_name = "dps.example.local"    # what devices pass as provisioning_host
+    bind = "127.0.0.1"
+    mqtt_port = 8883
+    https_port = 443                    # MQTT over websockets and the DPS HTTPS API
+
+    [management]
+    bind = "127.0.0.1"
+    port = 8443
+
+    [tls]
+    extra_names = ["iotdps.example.local", "10.0.0.5"]
+
+    [limits]
+    registrations_per_second = 0        # 0 = unlimited; beyond it devices get 429
+
+    [[hubs]]
+    host_name = "hub1.example.local"
+    bind = "127.0.0.1"
+    weight = 1
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from iotdps.errors import ConfigError
+
+__all__ = [
+    "Config",
+    "DpsConfig",
+    "HubConfig",
+    "LimitsConfig",
+    "ManagementConfig",
+    "TlsConfig",
+    "is_ip_address",
+    "load_config",
+]
+
+
+def is_ip_address(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class DpsConfig:
+    host_name: str = "localhost"
+    bind: str = "127.0.0.1"
+    mqtt_port: int = 8883
+    https_port: int = 443
+
+
+@dataclass(frozen=True, slots=True)
+class ManagementConfig:
+    bind: str = "127.0.0.1"
+    port: int = 8443
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    # Names besides the DPS and hub host names (which are always included) to put in the
+    # server certificate's SANs; IP literals become IP SANs.
+    extra_names: tuple[str, ...] = ()
+    handshake_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    registrations_per_second: float = 0.0
+    registration_burst: int = 50
+    retry_after_seconds: int = 3
+    max_packet_size: int = 512 * 1024
+    max_connections: int = 50_000
+
+
+@dataclass(frozen=True, slots=True)
+class HubConfig:
+    host_name: str
+    bind: str = "127.0.0.1"
+    mqtt_port: int = 8883
+    websocket_port: int = 443
+    weight: int = 1
+    apply_allocation_policy: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    data_dir: Path
+    dsn: str | None = None
+    dps: DpsConfig = field(default_factory=DpsConfig)
+    management: ManagementConfig = field(default_factory=ManagementConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    hubs: tuple[HubConfig, ...] = ()
+
+    @property
+    def database_dsn(self) -> str:
+        return self.dsn or f"sqlite+aiosqlite:///{self.data_dir / 'iotdps.db'}"
+
+    @property
+    def effective_hubs(self) -> tuple[HubConfig, ...]:
+        """With no hub configured, one hub shares the DPS host name and listener."""
+        if self.hubs:
+            return self.hubs
+        return (HubConfig(host_name=self.dps.host_name, bind=self.dps.bind, mqtt_port=self.dps.mqtt_port),)
+
+    def server_names(self) -> tuple[str, ...]:
+        """Every name the server certificate must cover, in a stable order without repeats."""
+        names = ["localhost", "127.0.0.1", self.dps.host_name]
+        names += [h.host_name for h in self.effective_hubs]
+        names += list(self.tls.extra_names)
+        return tuple(dict.fromkeys(names))
+
+
+_ENV_PREFIX = "IOTDPS_"
+
+# Environment variable -> (section, key); section "" is the top level.
+_ENV_KEYS: Mapping[str, tuple[str, str]] = {
+    "DATA_DIR": ("", "data_dir"),
+    "DSN": ("", "dsn"),
+    "DPS_HOST": ("dps", "host_name"),
+    "DPS_BIND": ("dps", "bind"),
+    "MQTT_PORT": ("dps", "mqtt_port"),
+    "HTTPS_PORT": ("dps", "https_port"),
+    "MANAGEMENT_BIND": ("management", "bind"),
+    "MANAGEMENT_PORT": ("management", "port"),
+    "TLS_EXTRA_NAMES": ("tls", "extra_names"),
+    "REGISTRATIONS_PER_SECOND": ("limits", "registrations_per_second"),
+}
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, message: str) -> None:
+        self.items.append(message)
+
+
+def _default_data_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("iotdps"))
+
+
+def load_config(
+    path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Read defaults, then the TOML file, then IOTDPS_* variables, then `overrides`
+    (dotted keys such as "dps.bind", as the CLI passes its options)."""
+    env = os.environ if environ is None else environ
+    problems = _Problems()
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            problems.add(f"config file {path} does not exist")
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.add(f"config file {path} cannot be read: {exc.__class__.__name__}")
+        except tomllib.TOMLDecodeError as exc:
+            problems.add(f"config file {path} is not valid TOML: {exc}")
+    for suffix, (section, key) in _ENV_KEYS.items():
+        value = env.get(_ENV_PREFIX + suffix)
+        if value is None or value == "":
+            continue
+        target = raw if not section else raw.setdefault(section, {})
+        if not isinstance(target, dict):
+            problems.add(f"[{section}] must be a table")
+            continue
+        target[key] = [v.strip() for v in value.split(",") if v.strip()] if key == "extra_names" else value
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, _, key = dotted.rpartition(".")
+        target = raw if not section else raw.setdefault(section, {})
+        target[key] = value
+    config = _build(raw, problems)
+    if problems.items:
+        raise ConfigError(problems.items)
+    assert config is not None
+    return config
+
+
+def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
+    known_top = {"data_dir", "dsn", "dps", "management", "tls", "limits", "hubs"}
+    for key in raw:
+        if key not in known_top:
+            problems.add(f"unknown setting {key!r}")
+
+    data_dir = raw.get("data_dir")
+    data_path = _default_data_dir() if data_dir is None else Path(str(data_dir)).expanduser()
+    dsn = raw.get("dsn")
+    if dsn is not None and (not isinstance(dsn, str) or "://" not in dsn):
+        problems.add("dsn must be a database URL such as postgresql+asyncpg://user@host/db")
+        dsn = None
+    elif isinstance(dsn, str) and not dsn.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://", "memory://")):
+        problems.add("dsn must start with sqlite+aiosqlite://, postgresql+asyncpg:// or memory://")
+
+    dps = _section(raw, "dps", DpsConfig(), problems)
+    management = _section(raw, "management", ManagementConfig(), problems)
+    tls = _section(raw, "tls", TlsConfig(), problems)
+    limits = _section(raw, "limits", LimitsConfig(), problems)
+
+    hubs: list[HubConfig] = []
+    hub_index: list[int] = []  # position in the file, for messages
+    raw_hubs = raw.get("hubs", [])
+    if not isinstance(raw_hubs, list):
+        problems.add("hubs must be an array of tables ([[hubs]])")
+        raw_hubs = []
+    for index, entry in enumerate(raw_hubs):
+        if not isinstance(entry, dict) or not entry.get("host_name"):
+            problems.add(f"hubs[{index}] needs a host_name")
+            continue
+        hub = _section({"hub": entry}, "hub", HubConfig(host_name=str(entry["host_name"])), problems, f"hubs[{index}]")
+        hubs.append(hub)
+        hub_index.append(index)
+
+    # Cross-field rules.
+    for name, port in (
+        ("dps.mqtt_port", dps.mqtt_port),
+        ("dps.https_port", dps.https_port),
+        ("management.port", management.port),
+    ):
+        if not 1 <= port <= 65535:
+            problems.add(f"{name} must be 1..65535, not {port}")
+    for name, addr in (("dps.bind", dps.bind), ("management.bind", management.bind)):
+        if not is_ip_address(addr):
+            problems.add(f"{name} must be an IP address, not {addr!r}")
+    seen_hosts: set[str] = set()
+    for index, hub in zip(hub_index, hubs, strict=True):
+        if hub.host_name in seen_hosts:
+            problems.add(f"hubs[{index}].host_name {hub.host_name!r} is listed twice")
+        seen_hosts.add(hub.host_name)
+        if not is_ip_address(hub.bind):
+            problems.add(f"hubs[{index}].bind must be an IP address, not {hub.bind!r}")
+        if not 1 <= hub.weight <= 1000:
+            problems.add(f"hubs[{index}].weight must be 1..1000")
+        for pname, port in (("mqtt_port", hub.mqtt_port), ("websocket_port", hub.websocket_port)):
+            if not 1 <= port <= 65535:
+                problems.add(f"hubs[{index}].{pname} must be 1..65535, not {port}")
+    if (management.bind, management.port) in {(dps.bind, dps.mqtt_port), (dps.bind, dps.https_port)}:
+        problems.add("management.port collides with a DPS port on the same address")
+    if limits.registrations_per_second < 0:
+        problems.add("limits.registrations_per_second must be >= 0")
+    if limits.max_packet_size < 1024:
+        problems.add("limits.max_packet_size must be at least 1024")
+    if tls.handshake_timeout <= 0:
+        problems.add("tls.handshake_timeout must be > 0")
+
+    if problems.items:
+        return None
+    return Config(
+        data_dir=data_path,
+        dsn=dsn if isinstance(dsn, str) else None,
+        dps=dps,
+        management=management,
+        tls=tls,
+        limits=limits,
+        hubs=tuple(hubs),
+    )
+
+
+_T = TypeVar("_T")
+
+
+def _section(raw: Mapping[str, Any], name: str, default: _T, problems: _Problems, label: str | None = None) -> _T:
+    """Overlay raw[name] on the dataclass `default`, converting and type-checking each field."""
+    label = label or name
+    table = raw.get(name, {})
+    if not isinstance(table, dict):
+        problems.add(f"[{label}] must be a table")
+        return default
+    fields = {f: getattr(default, f) for f in default.__dataclass_fields__}  # type: ignore[attr-defined]
+    changes: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in fields:
+            problems.add(f"unknown setting {label}.{key}")
+            continue
+        current = fields[key]
+        converted = _convert(value, current)
+        if converted is _INVALID:
+            problems.add(f"{label}.{key} must be {_type_name(current)}, not {value!r}")
+            continue
+        changes[key] = converted
+    return replace(default, **changes)  # type: ignore[type-var]
+
+
+_INVALID = object()
+
+
+def _type_name(current: object) -> str:
+    if isinstance(current, bool):
+        return "true or false"
+    if isinstance(current, int):
+        return "an integer"
+    if isinstance(current, float):
+        return "a number"
+    if isinstance(current, tuple):
+        return "a list of strings"
+    return "a string"
+
+
+def _convert(value: object, current: object) -> object:
+    # Environment values arrive as strings; TOML values arrive typed.
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        return _INVALID
+    if isinstance(current, int):
+        if isinstance(value, bool):
+            return _INVALID
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+        return _INVALID
+    if isinstance(current, float):
+        if isinstance(value, bool):
+            return _INVALID
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                return _INVALID
+        return _INVALID
+    if isinstance(current, tuple):
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        return _INVALID
+    if isinstance(value, str) and value:
+        return value
+    return _INVALID

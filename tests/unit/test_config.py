@@ -1,0 +1,108 @@
+from pathlib import Path
+
+import pytest
+
+from iotdps.config import load_config
+from iotdps.errors import ConfigError
+
+
+def test_defaults_use_sqlite_in_data_dir(tmp_path: Path) -> None:
+    config = load_config(environ={"IOTDPS_DATA_DIR": str(tmp_path)})
+    assert config.data_dir == tmp_path
+    assert config.database_dsn == f"sqlite+aiosqlite:///{tmp_path / 'iotdps.db'}"
+    assert config.dps.mqtt_port == 8883 and config.dps.https_port == 443
+    # With no hub configured, one hub shares the DPS host name.
+    assert [h.host_name for h in config.effective_hubs] == ["localhost"]
+    assert config.server_names() == ("localhost", "127.0.0.1")
+
+
+def test_toml_then_environment(tmp_path: Path) -> None:
+    file = tmp_path / "iotdps.toml"
+    file.write_text(
+        """
+data_dir = "/srv/x"
+[dps]
+host_name = "127.0.0.5"
+bind = "127.0.0.5"
+[limits]
+registrations_per_second = 20
+[[hubs]]
+host_name = "127.0.0.6"
+bind = "127.0.0.6"
+weight = 3
+[[hubs]]
+host_name = "127.0.0.7"
+bind = "127.0.0.7"
+"""
+    )
+    config = load_config(file, environ={"IOTDPS_DPS_BIND": "127.0.0.9", "IOTDPS_TLS_EXTRA_NAMES": "a.local, b.local"})
+    assert config.data_dir == Path("/srv/x")
+    assert config.dps.bind == "127.0.0.9"
+    assert config.dps.host_name == "127.0.0.5"
+    assert config.limits.registrations_per_second == 20.0
+    assert [(h.host_name, h.weight) for h in config.hubs] == [("127.0.0.6", 3), ("127.0.0.7", 1)]
+    assert config.server_names() == (
+        "localhost",
+        "127.0.0.1",
+        "127.0.0.5",
+        "127.0.0.6",
+        "127.0.0.7",
+        "a.local",
+        "b.local",
+    )
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    file = tmp_path / "bad.toml"
+    file.write_text(
+        """
+colour = "blue"
+[dps]
+mqtt_port = "eighty"
+bind = "not-an-ip"
+[management]
+port = 70000
+[[hubs]]
+bind = "127.0.0.2"
+[[hubs]]
+host_name = "h"
+weight = 5000
+"""
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(file, environ={"IOTDPS_REGISTRATIONS_PER_SECOND": "lots"})
+    problems = info.value.problems
+    joined = "\n".join(problems)
+    for words in (
+        "unknown setting 'colour'",
+        "dps.mqtt_port must be an integer",
+        "limits.registrations_per_second must be a number",
+        "hubs[0] needs a host_name",
+        "hubs[1].weight must be 1..1000",
+    ):
+        assert words in joined
+    assert len(problems) >= 5
+
+
+def test_bad_values_after_conversion(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(
+            environ={"IOTDPS_DATA_DIR": str(tmp_path), "IOTDPS_DPS_BIND": "nowhere", "IOTDPS_MANAGEMENT_PORT": "0"}
+        )
+    joined = "\n".join(info.value.problems)
+    assert "dps.bind must be an IP address" in joined
+    assert "management.port must be 1..65535" in joined
+
+
+def test_missing_or_broken_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml", environ={})
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[dps\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(broken, environ={})
+
+
+def test_overrides_win(tmp_path: Path) -> None:
+    config = load_config(environ={"IOTDPS_DATA_DIR": str(tmp_path)}, overrides={"dps.bind": "127.0.0.3", "dsn": None})
+    assert config.dps.bind == "127.0.0.3"

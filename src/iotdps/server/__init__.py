@@ -1,0 +1,1 @@
+"""Device-facing listeners: TLS seam, MQTT listener, websocket bridge, aiohttp apps."""

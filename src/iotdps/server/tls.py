@@ -82,7 +82,8 @@ _VERIFY_DEPTH = 10
 class VerifyCode(enum.IntEnum):
     """OpenSSL's X509_V_ERR_* numbers that devices meet in practice.
 
-    The numbers are part of OpenSSL's stable API (x509_vfy.h) and identical in 1.1, 3.x and 4.x.
+    The numbers are those of OpenSSL 3.x/4.x (x509_vfy.h); they are not all the same as in 1.1
+    (INVALID_CA moved from 24 to 79), so a unit test checks them against the bundled OpenSSL.
     Codes not listed here are still recorded, with OpenSSL's own text.
     """
 
@@ -99,7 +100,6 @@ class VerifyCode(enum.IntEnum):
     UNABLE_TO_VERIFY_LEAF_SIGNATURE = 21
     CERT_CHAIN_TOO_LONG = 22
     CERT_REVOKED = 23
-    INVALID_CA = 24
     PATH_LENGTH_EXCEEDED = 25
     INVALID_PURPOSE = 26
     CERT_UNTRUSTED = 27
@@ -109,6 +109,7 @@ class VerifyCode(enum.IntEnum):
     EE_KEY_TOO_SMALL = 66
     CA_KEY_TOO_SMALL = 67
     CA_MD_TOO_WEAK = 68
+    INVALID_CA = 79
 
 
 _PLAIN_WORDS: dict[int, str] = {
@@ -399,7 +400,7 @@ class ServerTls:
     def _on_sni(self, conn: SSL.Connection) -> None:
         assert self._sni_callback is not None
         raw = conn.get_servername()
-        other = self._sni_callback(raw.decode("idna", "replace") if raw else None)
+        other = self._sni_callback(raw.decode("ascii", "replace") if raw else None)
         if other is not None:
             conn.set_context(other)
 
@@ -438,7 +439,7 @@ def peer_identity(conn: SSL.Connection) -> PeerIdentity:
         chain=tuple(chain),
         verified_chain=verified,
         verify_errors=tuple(errors),
-        server_name=sni.decode("idna", "replace") if sni else None,
+        server_name=sni.decode("ascii", "replace") if sni else None,
         tls_version=conn.get_protocol_version_name(),
         cipher=conn.get_cipher_name() or "",
     )

@@ -276,7 +276,11 @@ class TlsServerProtocol(asyncio.Protocol):
         self._state = _State.CLOSED
         if was_open:
             self._lost_exc = ConnectionResetError(f"TLS {where} error: {_reason(exc)}")
-        self._abort()
+        self._cancel_timeout()
+        if self._raw is not None:
+            # close(), not abort(): the alert OpenSSL queued (already flushed) should reach the
+            # peer so a device learns why; it is a few bytes, the kernel buffer takes them.
+            self._raw.close()
 
     # -- app transport support -------------------------------------------------------------
 

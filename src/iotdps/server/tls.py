@@ -366,8 +366,9 @@ class ServerTls:
             | SSL.OP_CIPHER_SERVER_PREFERENCE
         )
         # No server-side session cache either: nothing to resume, nothing to keep in memory.
-        # With OP_NO_TICKET and the cache off, TLS 1.3 session tickets are not usable for
-        # resumption; pyOpenSSL does not expose SSL_CTX_set_num_tickets.
+        # TLS 1.2 (what the SDKs speak) then sends no ticket at all. TLS 1.3 still sends
+        # OpenSSL's stateful tickets (a session id, no ticket encryption): pyOpenSSL does not
+        # bind SSL_CTX_set_num_tickets, and with the cache off those tickets never resume.
         ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
         ctx.set_cipher_list(":".join(TLS12_CIPHERS).encode("ascii"))
         try:

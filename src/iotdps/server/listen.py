@@ -88,8 +88,12 @@ class TlsSite(web.BaseSite):
         factory = self._runner.server
         assert factory is not None, "call runner.setup() first"
         self._server = await start_tls_server(
-            self._host, self._port, self._tls, factory,
-            handshake_timeout=self._handshake_timeout, backlog=self._backlog,
+            self._host,
+            self._port,
+            self._tls,
+            factory,
+            handshake_timeout=self._handshake_timeout,
+            backlog=self._backlog,
         )
         self._bound = _bound_port(self._server)
 

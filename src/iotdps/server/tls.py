@@ -261,8 +261,10 @@ def load_pem_key(path: str | Path, passphrase: Secret[bytes] | None = None) -> S
     except (OSError, ValueError, TypeError) as e:
         # Never echo the key or the passphrase; the file name and the error class are enough.
         raise PkiError(f"cannot read the PEM private key in {path}: {type(e).__name__}") from None
-    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
-                      | ed448.Ed448PrivateKey):
+    if not isinstance(
+        key,
+        rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey,
+    ):
         raise PkiError(f"unsupported key type for a TLS server in {path}")
     return key
 
@@ -301,8 +303,12 @@ class ServerTls:
         sni_callback: SniCallback | None = None,
     ) -> ServerTls:
         """Server certificate chain (leaf first) and key from PEM files."""
-        return cls(load_pem_chain(chain_path), load_pem_key(key_path, passphrase),
-                   anchors=anchors, sni_callback=sni_callback)
+        return cls(
+            load_pem_chain(chain_path),
+            load_pem_key(key_path, passphrase),
+            anchors=anchors,
+            sni_callback=sni_callback,
+        )
 
     def __repr__(self) -> str:
         leaf = self._chain[0].subject.rfc4514_string() if self._chain else "?"

@@ -154,7 +154,9 @@ class TlsServerProtocol(asyncio.Protocol):
         peer = peer_identity(self._conn)
         log.debug(
             "TLS %s %s with %s; client cert %s",
-            peer.tls_version, peer.cipher, self._peername,
+            peer.tls_version,
+            peer.cipher,
+            self._peername,
             "none" if peer.leaf is None else ("verified" if peer.ok else "NOT verified: " + peer.explain()),
         )
         self._state = _State.OPEN
@@ -331,8 +333,9 @@ def _reason(exc: SSL.Error) -> str:
 class TlsAppTransport(asyncio.Transport):
     """The plaintext transport an app protocol sees; behaves like asyncio's own SSL transport."""
 
-    def __init__(self, owner: TlsServerProtocol, raw: asyncio.Transport, conn: SSL.Connection,
-                 peer: PeerIdentity) -> None:
+    def __init__(
+        self, owner: TlsServerProtocol, raw: asyncio.Transport, conn: SSL.Connection, peer: PeerIdentity
+    ) -> None:
         super().__init__()
         self._owner = owner
         self._raw = raw

@@ -113,8 +113,12 @@ class Pki:
     expired: Device  # issued by our intermediate, expired yesterday
     selfsigned: Device  # a self-signed device leaf (CA:FALSE), for individual enrollment
 
-    def server_tls(self, *, rsa_cert: bool = False, anchors: tuple[x509.Certificate, ...] | None = None) -> ServerTls:
-        chain, key = (self.rsa_server_chain, self.rsa_server_key) if rsa_cert else (self.server_chain, self.server_key)
+    def server_tls(
+        self, *, rsa_cert: bool = False, anchors: tuple[x509.Certificate, ...] | None = None
+    ) -> ServerTls:
+        chain, key = (
+            (self.rsa_server_chain, self.rsa_server_key) if rsa_cert else (self.server_chain, self.server_key)
+        )
         return ServerTls(chain, key, anchors=(self.root,) if anchors is None else anchors)
 
     def client_ctx(self, device: Device | None = None, *, tls13: bool = False) -> ssl.SSLContext:
@@ -146,11 +150,17 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     srv_key = ec_key()
     srv = make_cert("localhost", srv_key, (server_ca, srv_ca_key), server_names=("localhost", "127.0.0.1"))
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    rsa_srv = make_cert("localhost", rsa_key, (server_ca, srv_ca_key), server_names=("localhost", "127.0.0.1"))
+    rsa_srv = make_cert(
+        "localhost", rsa_key, (server_ca, srv_ca_key), server_names=("localhost", "127.0.0.1")
+    )
     (d / "server-ca.pem").write_bytes(pem(server_ca))
 
-    def device(name: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey,
-               extra: tuple[x509.Certificate, ...] = ()) -> Device:
+    def device(
+        name: str,
+        cert: x509.Certificate,
+        key: ec.EllipticCurvePrivateKey,
+        extra: tuple[x509.Certificate, ...] = (),
+    ) -> Device:
         cf, kf = d / f"{name}.chain.pem", d / f"{name}.key.pem"
         cf.write_bytes(pem(cert, *extra))
         kf.write_bytes(key_pem(key))
@@ -164,16 +174,29 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     unknown = device("dev-unknown", make_cert("dev-unknown", k2, (other_ca, other_key), client=True), k2)
     k3 = ec_key()
     old = make_cert(
-        "dev-old", k3, (inter, int_key), client=True,
-        not_before=NOW - dt.timedelta(days=30), not_after=NOW - dt.timedelta(days=1),
+        "dev-old",
+        k3,
+        (inter, int_key),
+        client=True,
+        not_before=NOW - dt.timedelta(days=30),
+        not_after=NOW - dt.timedelta(days=1),
     )
     expired = device("dev-old", old, k3, (inter,))
     k4 = ec_key()
     selfsigned = device("dev-self", make_cert("dev-self", k4, client=True), k4)
     return Pki(
-        root=root, intermediate=inter, server_ca=server_ca, server_ca_file=d / "server-ca.pem",
-        server_chain=[srv, server_ca], server_key=srv_key, rsa_server_chain=[rsa_srv], rsa_server_key=rsa_key,
-        dev1=dev1, unknown=unknown, expired=expired, selfsigned=selfsigned,
+        root=root,
+        intermediate=inter,
+        server_ca=server_ca,
+        server_ca_file=d / "server-ca.pem",
+        server_chain=[srv, server_ca],
+        server_key=srv_key,
+        rsa_server_chain=[rsa_srv],
+        rsa_server_key=rsa_key,
+        dev1=dev1,
+        unknown=unknown,
+        expired=expired,
+        selfsigned=selfsigned,
     )
 
 

@@ -27,8 +27,13 @@ def build_app() -> web.Application:
         assert peer is not None
         cn = "" if peer.leaf is None else peer.leaf.subject.rfc4514_string()
         return web.json_response(
-            {"cn": cn, "ok": peer.ok, "secure": request.secure, "scheme": request.scheme,
-             "same": request.transport.get_extra_info(PEER_INFO_KEY) is peer}  # type: ignore[union-attr]
+            {
+                "cn": cn,
+                "ok": peer.ok,
+                "secure": request.secure,
+                "scheme": request.scheme,
+                "same": request.transport.get_extra_info(PEER_INFO_KEY) is peer,
+            }  # type: ignore[union-attr]
         )
 
     async def echo_body(request: web.Request) -> web.Response:
@@ -99,9 +104,10 @@ async def test_aiohttp_many_concurrent_connections(pki: Pki, site: TlsAppServer)
 
 
 async def test_aiohttp_websocket_binary_echo(pki: Pki, site: TlsAppServer) -> None:
-    async with session(pki) as s, s.ws_connect(
-        f"https://localhost:{site.port}/$iothub/websocket", protocols=("mqtt",)
-    ) as ws:
+    async with (
+        session(pki) as s,
+        s.ws_connect(f"https://localhost:{site.port}/$iothub/websocket", protocols=("mqtt",)) as ws,
+    ):
         assert ws.protocol == "mqtt"
         for payload in (b"\x00\x01\x02", os.urandom(200_000)):
             await ws.send_bytes(payload)
@@ -121,12 +127,17 @@ async def test_paho_websocket_upgrade_and_connack(pki: Pki, site: TlsAppServer) 
         result["rc"] = rc
         done.set()
 
-    client = mqtt.Client(client_id="dev-1", clean_session=False, protocol=mqtt.MQTTv311, transport="websockets")
+    client = mqtt.Client(
+        client_id="dev-1", clean_session=False, protocol=mqtt.MQTTv311, transport="websockets"
+    )
     client.username_pw_set("scope/registrations/dev-1/api-version=2019-03-31")
     client.ws_set_options(path="/$iothub/websocket")
     client.tls_set(
-        ca_certs=str(pki.server_ca_file), certfile=str(pki.dev1.chain_file), keyfile=str(pki.dev1.key_file),
-        cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLSv1_2,
+        ca_certs=str(pki.server_ca_file),
+        certfile=str(pki.dev1.chain_file),
+        keyfile=str(pki.dev1.key_file),
+        cert_reqs=ssl.CERT_REQUIRED,
+        tls_version=ssl.PROTOCOL_TLSv1_2,
     )
     client.on_connect = on_connect
 
@@ -242,9 +253,10 @@ async def test_app_close_sends_close_notify(pki: Pki) -> None:
 
         def client() -> tuple[bytes, bytes]:
             ctx = pki.client_ctx(pki.dev1)
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, ctx.wrap_socket(
-                raw, server_hostname="localhost"
-            ) as s:
+            with (
+                socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+                ctx.wrap_socket(raw, server_hostname="localhost") as s,
+            ):
                 first = s.recv(10)
                 # A clean close_notify reads as b"" (an unclean one raises SSLEOFError).
                 return first, s.recv(10)

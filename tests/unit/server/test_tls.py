@@ -7,6 +7,7 @@ import socket
 import ssl
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 
@@ -98,9 +99,10 @@ async def test_no_session_resumption(pki: Pki, echo: EchoServer, tls13: bool) ->
     ctx = pki.client_ctx(pki.dev1, tls13=tls13)
 
     def connect(session: ssl.SSLSession | None) -> tuple[ssl.SSLSession | None, bool]:
-        with socket.create_connection(("127.0.0.1", echo.port), timeout=5) as raw, ctx.wrap_socket(
-            raw, server_hostname="localhost", session=session
-        ) as s:
+        with (
+            socket.create_connection(("127.0.0.1", echo.port), timeout=5) as raw,
+            ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s,
+        ):
             s.sendall(b"x")
             assert s.recv(1) == b"x"  # by now any post-handshake ticket has arrived
             return s.session, s.session_reused
@@ -183,13 +185,15 @@ async def test_selfsigned_leaf_and_anchor_updates_at_runtime(pki: Pki, echo: Ech
 
 async def test_server_certificate_rotation(pki: Pki, echo: EchoServer) -> None:
     ctx = pki.client_ctx(pki.dev1)
-    reader, writer = await asyncio.open_connection("127.0.0.1", echo.port, ssl=ctx, server_hostname="localhost")
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", echo.port, ssl=ctx, server_hostname="localhost"
+    )
     first = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
     echo.tls.update_server_certificate(pki.rsa_server_chain, pki.rsa_server_key)
-    r2, w2 = await asyncio.open_connection("127.0.0.1", echo.port, ssl=ctx, server_hostname="localhost")
+    _, w2 = await asyncio.open_connection("127.0.0.1", echo.port, ssl=ctx, server_hostname="localhost")
     second = w2.get_extra_info("ssl_object").getpeercert(binary_form=True)
     assert first != second
-    assert second == pki.rsa_server_chain[0].public_bytes(__import__("cryptography").hazmat.primitives.serialization.Encoding.DER)
+    assert second == pki.rsa_server_chain[0].public_bytes(Encoding.DER)
     writer.write(b"old")
     assert await reader.readexactly(3) == b"old"
     for w in (writer, w2):
@@ -212,7 +216,9 @@ def test_from_pem_files_and_bad_files(pki: Pki, tmp_path) -> None:  # type: igno
     tls = ServerTls.from_pem_files(tmp_path / "c.pem", tmp_path / "k.pem", anchors=[pki.root])
     assert tls.server_chain == tuple(pki.server_chain) and tls.anchors == (pki.root,)
     assert "anchors=1" in repr(tls)
-    (tmp_path / "bad.pem").write_bytes(b"-----BEGIN PRIVATE KEY-----\nnot base64\n-----END PRIVATE KEY-----\n")
+    (tmp_path / "bad.pem").write_bytes(
+        b"-----BEGIN PRIVATE KEY-----\nnot base64\n-----END PRIVATE KEY-----\n"
+    )
     with pytest.raises(PkiError) as ei:
         ServerTls.from_pem_files(tmp_path / "c.pem", tmp_path / "bad.pem")
     assert "not base64" not in str(ei.value)
@@ -269,8 +275,9 @@ async def test_transport_extra_info(pki: Pki) -> None:
     server = await start_tls_server("127.0.0.1", 0, pki.server_tls(), Probe)
     port = server.sockets[0].getsockname()[1]
     try:
-        r, w = await asyncio.open_connection("127.0.0.1", port, ssl=pki.client_ctx(pki.dev1),
-                                             server_hostname="localhost")
+        r, w = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=pki.client_ctx(pki.dev1), server_hostname="localhost"
+        )
         assert await r.readexactly(1) == b"k"
         w.close()
         await w.wait_closed()

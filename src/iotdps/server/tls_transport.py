@@ -341,7 +341,7 @@ class TlsAppTransport(asyncio.Transport):
         self._raw = raw
         self._conn = conn
         self._peer = peer
-        self._peercert = peercert_dict(peer.leaf) if peer.leaf is not None else None
+        self._peercert: dict[str, Any] | None = None  # built on first request: few callers want it
 
     def __repr__(self) -> str:
         return f"<TlsAppTransport {self._peer.tls_version} peer={self._raw.get_extra_info('peername')}>"
@@ -353,6 +353,8 @@ class TlsAppTransport(asyncio.Transport):
             # aiohttp decides request.secure / the https scheme on "is this non-None".
             return self._conn.get_context()
         if name == "peercert":
+            if self._peercert is None and self._peer.leaf is not None:
+                self._peercert = peercert_dict(self._peer.leaf)
             return self._peercert
         if name == "ssl_object":
             return None  # no ssl.SSLObject exists; use "iotdps_peer"

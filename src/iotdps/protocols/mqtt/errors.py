@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from iotdps.errors import InvalidInput, IotdpsError
 
-__all__ = ["MqttProtocolError", "MqttStateError"]
+__all__ = ["InvalidDeviceRequest", "MqttProtocolError", "MqttStateError"]
 
 
 class MqttProtocolError(InvalidInput):
@@ -22,3 +22,8 @@ class MqttProtocolError(InvalidInput):
 class MqttStateError(IotdpsError):
     """The application asked a session for something its state does not allow
     (publishing on a closed session, accepting twice, no free packet id)."""
+
+
+class InvalidDeviceRequest(InvalidInput):
+    """A username, topic or request body from a device that does not have the Azure shape
+    (azure-wire-protocol.md sections 1 and 8). The message says what is wrong, never a secret."""

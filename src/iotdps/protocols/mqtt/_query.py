@@ -14,6 +14,8 @@ __all__ = ["decode_component", "encode_component", "parse_query"]
 
 
 def decode_component(raw: str, what: str) -> str:
+    if "%" not in raw:
+        return raw  # the common case on the telemetry path; unquote is comparatively slow
     try:
         return unquote(raw, errors="strict")
     except UnicodeDecodeError:

@@ -1,0 +1,259 @@
+"""Sans-IO MQTT 3.1.1 client session (our device client and the load generator).
+
+State rules (the table `_TRANSITIONS` below is the single source of truth):
+
+    IDLE        --connect()--> CONNECTING
+    CONNECTING  --send (subscribe/publish/...)--> CONNECTING   MQTT lets a client pipeline (§3.1.4)
+    CONNECTING  --CONNACK--> CONNECTED (code 0) or CLOSED (refused)
+    CONNECTED   --PUBLISH/PUBACK/SUBACK/UNSUBACK/PINGRESP--> CONNECTED
+    CONNECTED   --disconnect()--> CLOSED
+    any open state --close()--> CLOSED
+
+Anything received without a row (a packet before CONNACK, a packet only a client sends, a QoS 2
+PUBLISH) is a `ProtocolViolation` event and closes the session; `receive_data` never raises for
+bad input. QoS 1 messages we publish stay in `inflight` until their PUBACK.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+
+from iotdps.protocols.mqtt.codec import DEFAULT_MAX_PACKET_SIZE, Decoder, encode
+from iotdps.protocols.mqtt.errors import MqttProtocolError, MqttStateError
+from iotdps.protocols.mqtt.events import (
+    ConnAckReceived,
+    Disconnected,
+    Event,
+    PingRespReceived,
+    ProtocolViolation,
+    PubAckReceived,
+    PublishReceived,
+    SubAckReceived,
+    UnsubAckReceived,
+)
+from iotdps.protocols.mqtt.packets import (
+    ConnAck,
+    Connect,
+    Packet,
+    PacketType,
+    PubAck,
+    Publish,
+    SubAck,
+    Subscribe,
+    UnsubAck,
+    Unsubscribe,
+    Will,
+)
+from iotdps.protocols.mqtt.topics import is_valid_topic_filter, is_valid_topic_name
+
+__all__ = ["ClientSession", "ClientState"]
+
+
+class ClientState(enum.Enum):
+    IDLE = "idle"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    CLOSED = "closed"
+
+
+class _Action(enum.Enum):
+    CONNECT = "connect"
+    SEND = "send"
+    DISCONNECT = "disconnect"
+    CLOSE = "close"
+
+
+_S = ClientState
+_P = PacketType
+
+_TRANSITIONS: dict[tuple[ClientState, PacketType | _Action], ClientState] = {
+    (_S.IDLE, _Action.CONNECT): _S.CONNECTING,
+    (_S.CONNECTING, _Action.SEND): _S.CONNECTING,
+    (_S.CONNECTING, _P.CONNACK): _S.CONNECTED,  # refused CONNACKs close in the handler
+    (_S.CONNECTED, _Action.SEND): _S.CONNECTED,
+    (_S.CONNECTED, _P.PUBLISH): _S.CONNECTED,
+    (_S.CONNECTED, _P.PUBACK): _S.CONNECTED,
+    (_S.CONNECTED, _P.SUBACK): _S.CONNECTED,
+    (_S.CONNECTED, _P.UNSUBACK): _S.CONNECTED,
+    (_S.CONNECTED, _P.PINGRESP): _S.CONNECTED,
+    (_S.CONNECTING, _Action.DISCONNECT): _S.CLOSED,
+    (_S.CONNECTED, _Action.DISCONNECT): _S.CLOSED,
+    (_S.IDLE, _Action.CLOSE): _S.CLOSED,
+    (_S.CONNECTING, _Action.CLOSE): _S.CLOSED,
+    (_S.CONNECTED, _Action.CLOSE): _S.CLOSED,
+}
+
+
+class ClientSession:
+    """One connection, client side."""
+
+    def __init__(self, *, max_packet_size: int = DEFAULT_MAX_PACKET_SIZE) -> None:
+        self._decoder = Decoder(max_packet_size)
+        self._state = ClientState.IDLE
+        self._inflight: dict[int, Publish] = {}
+        self._next_id = 1
+        self._pending_acks: set[int] = set()  # SUBSCRIBE / UNSUBSCRIBE ids awaiting an answer
+        self._close_reason: str | None = None
+
+    @property
+    def state(self) -> ClientState:
+        return self._state
+
+    @property
+    def closed(self) -> bool:
+        return self._state is ClientState.CLOSED
+
+    @property
+    def close_reason(self) -> str | None:
+        return self._close_reason
+
+    @property
+    def inflight(self) -> Mapping[int, Publish]:
+        """QoS 1 messages published and not yet PUBACKed, by packet id."""
+        return MappingProxyType(self._inflight)
+
+    def _move(self, trigger: PacketType | _Action) -> bool:
+        new = _TRANSITIONS.get((self._state, trigger))
+        if new is None:
+            return False
+        self._state = new
+        return True
+
+    def _app(self, action: _Action) -> None:
+        if not self._move(action):
+            raise MqttStateError(f"cannot {action.value} a client session in state {self._state.value}")
+
+    def _close(self, reason: str) -> None:
+        self._state = ClientState.CLOSED
+        if self._close_reason is None:
+            self._close_reason = reason
+
+    def _allocate_id(self) -> int:
+        if len(self._inflight) + len(self._pending_acks) >= 0xFFFF:
+            raise MqttStateError("all 65535 packet ids are in use")
+        pid = self._next_id
+        while pid in self._inflight or pid in self._pending_acks:
+            pid = pid % 0xFFFF + 1
+        self._next_id = pid % 0xFFFF + 1
+        return pid
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def connect(
+        self,
+        client_id: str,
+        username: str | None = None,
+        password: str | bytes | None = None,
+        keepalive: int = 60,
+        clean_session: bool = True,
+        will: Will | None = None,
+    ) -> bytes:
+        if not 0 <= keepalive <= 0xFFFF:
+            raise ValueError("keep-alive must be 0..65535 seconds")
+        raw_password = password.encode("utf-8") if isinstance(password, str) else password
+        packet = Connect(client_id, keepalive, clean_session, username, raw_password, will)
+        data = encode(packet)
+        self._app(_Action.CONNECT)
+        return data
+
+    def subscribe(self, subscriptions: Sequence[tuple[str, int]]) -> tuple[int, bytes]:
+        """SUBSCRIBE; returns (packet id, bytes). The SubAckReceived event carries the same id."""
+        for topic_filter, qos in subscriptions:
+            if not is_valid_topic_filter(topic_filter) or qos not in (0, 1, 2):
+                raise ValueError(f"invalid subscription {topic_filter!r} at QoS {qos}")
+        self._app(_Action.SEND)
+        pid = self._allocate_id()
+        data = encode(Subscribe(pid, tuple(subscriptions)))
+        self._pending_acks.add(pid)
+        return pid, data
+
+    def unsubscribe(self, topics: Sequence[str]) -> tuple[int, bytes]:
+        self._app(_Action.SEND)
+        pid = self._allocate_id()
+        data = encode(Unsubscribe(pid, tuple(topics)))
+        self._pending_acks.add(pid)
+        return pid, data
+
+    def publish(
+        self, topic: str, payload: bytes, qos: int = 0, retain: bool = False
+    ) -> tuple[int | None, bytes]:
+        """PUBLISH at QoS 0 or 1; returns (packet id or None, bytes)."""
+        if qos not in (0, 1):
+            raise ValueError("the client publishes at QoS 0 or 1 only")
+        if not is_valid_topic_name(topic):
+            raise ValueError("a PUBLISH topic must be non-empty and without wildcards")
+        self._app(_Action.SEND)
+        if qos == 0:
+            return None, encode(Publish(topic, payload, 0, retain))
+        pid = self._allocate_id()
+        message = Publish(topic, payload, 1, retain, False, pid)
+        data = encode(message)
+        self._inflight[pid] = message
+        return pid, data
+
+    def puback(self, packet_id: int) -> bytes:
+        self._app(_Action.SEND)
+        return encode(PubAck(packet_id))
+
+    def ping(self) -> bytes:
+        self._app(_Action.SEND)
+        return b"\xc0\x00"
+
+    def disconnect(self) -> bytes:
+        self._app(_Action.DISCONNECT)
+        self._close("client sent DISCONNECT")
+        return b"\xe0\x00"
+
+    def close(self, reason: str = "closed by client") -> None:
+        if self._state is not ClientState.CLOSED:
+            self._app(_Action.CLOSE)
+            self._close(reason)
+
+    # -- receiving -----------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        if self._state is ClientState.CLOSED:
+            return []
+        events: list[Event] = []
+        try:
+            self._decoder.append(data)
+            while not self.closed:
+                packet = self._decoder.next_packet()
+                if packet is None:
+                    break
+                self._handle(packet, events)
+        except MqttProtocolError as exc:
+            self._close(f"protocol violation: {exc.message}")
+            events.append(ProtocolViolation(exc.message))
+        return events
+
+    def _handle(self, packet: Packet, events: list[Event]) -> None:
+        if not self._move(packet.type):
+            raise MqttProtocolError(
+                f"{packet.type.name} is not allowed from a server in state {self._state.value}"
+            )
+        if isinstance(packet, ConnAck):
+            events.append(ConnAckReceived(packet.return_code, packet.session_present))
+            if packet.return_code:
+                self._close(f"server refused with CONNACK {packet.return_code}")
+                events.append(Disconnected(f"server refused with CONNACK {packet.return_code}"))
+        elif isinstance(packet, Publish):
+            if packet.qos == 2:
+                raise MqttProtocolError("QoS 2 is not supported")
+            events.append(
+                PublishReceived(
+                    packet.topic, packet.payload, packet.qos, packet.packet_id, packet.retain, packet.dup
+                )
+            )
+        elif isinstance(packet, PubAck):
+            events.append(PubAckReceived(packet.packet_id, self._inflight.pop(packet.packet_id, None)))
+        elif isinstance(packet, SubAck):
+            self._pending_acks.discard(packet.packet_id)
+            events.append(SubAckReceived(packet.packet_id, packet.return_codes))
+        elif isinstance(packet, UnsubAck):
+            self._pending_acks.discard(packet.packet_id)
+            events.append(UnsubAckReceived(packet.packet_id))
+        else:
+            events.append(PingRespReceived())

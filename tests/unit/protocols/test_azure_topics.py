@@ -44,9 +44,7 @@ def test_parse_the_2_14_0_dps_username() -> None:
 
 def test_dps_username_other_sdks() -> None:
     # azure-iot-sdk-c: another api-version; parameter order free; no ClientVersion at all.
-    parsed = dps.parse_dps_username(
-        "0ne0001/registrations/my.dev:1/ClientVersion=c%2B%2B&api-version=2021-06-01"
-    )
+    parsed = dps.parse_dps_username("0ne0001/registrations/my.dev:1/ClientVersion=c%2B%2B&api-version=2021-06-01")
     assert (parsed.registration_id, parsed.api_version, parsed.client_version) == (
         "my.dev:1",
         "2021-06-01",
@@ -82,8 +80,7 @@ def test_parse_dps_request_topics_as_2_14_0_formats_them() -> None:
     assert dps.parse_dps_request_topic(topic) == dps.DpsRegisterRequest(rid)
     opid = "5.316aac5bdc130deb.b1e02da8-c3a0-4ff2-a121-7ea7a6b7f550"
     topic = (
-        "$dps/registrations/GET/iotdps-get-operationstatus/"
-        f"?$rid={rid}&operationId={urllib.parse.quote(opid, safe='')}"
+        f"$dps/registrations/GET/iotdps-get-operationstatus/?$rid={rid}&operationId={urllib.parse.quote(opid, safe='')}"
     )
     assert dps.parse_dps_request_topic(topic) == dps.DpsStatusRequest(rid, opid)
     # Percent-decoding of values (an opaque id with reserved characters).
@@ -139,9 +136,7 @@ def test_dps_response_topics_survive_the_sdk_parser() -> None:
 
 def test_client_side_dps_topics_round_trip() -> None:
     assert dps.parse_dps_request_topic(dps.format_register_topic("r 1")) == dps.DpsRegisterRequest("r 1")
-    assert dps.parse_dps_request_topic(dps.format_status_topic("r", "5.a/b")) == dps.DpsStatusRequest(
-        "r", "5.a/b"
-    )
+    assert dps.parse_dps_request_topic(dps.format_status_topic("r", "5.a/b")) == dps.DpsStatusRequest("r", "5.a/b")
 
 
 def test_register_body_exact_2_14_0_bytes() -> None:
@@ -310,9 +305,7 @@ def test_property_bag_round_trips_and_survives_the_sdk_c2d_parser(
 
 
 def test_c2d_encoding_matches_the_sdk_reading() -> None:
-    topic = hub.format_c2d_topic(
-        "d", {"message_id": "m/1", "ack": "full"}, {"a b": "x&y=z", "flag": None, "e": ""}
-    )
+    topic = hub.format_c2d_topic("d", {"message_id": "m/1", "ack": "full"}, {"a b": "x&y=z", "flag": None, "e": ""})
     assert topic == "devices/d/messages/devicebound/%24.mid=m%2F1&iothub-ack=full&a%20b=x%26y%3Dz&flag&e="
     with pytest.raises(ValueError):
         hub.format_c2d_topic("d", {"nonsense": "x"})
@@ -333,9 +326,7 @@ def sdk_hub_properties(topic: str) -> dict[str, str]:
 def test_twin_topics() -> None:
     rid = str(uuid.uuid4())
     assert hub.parse_device_topic(f"$iothub/twin/GET/?$rid={rid}") == hub.TwinGetRequest(rid)
-    assert hub.parse_device_topic(
-        f"$iothub/twin/PATCH/properties/reported/?$rid={rid}"
-    ) == hub.TwinReportedPatch(rid)
+    assert hub.parse_device_topic(f"$iothub/twin/PATCH/properties/reported/?$rid={rid}") == hub.TwinReportedPatch(rid)
     topic = hub.format_twin_response_topic(204, rid, version=7)
     assert topic == f"$iothub/twin/res/204/?$rid={rid}&$version=7"
     assert sdk_hub_properties(topic) == {"rid": rid, "version": "7"}

@@ -22,13 +22,11 @@ sdk_message = pytest.importorskip("azure.iot.device.iothub.models.message")
 
 def test_sdk_dps_topics_parse_and_our_responses_satisfy_the_sdk() -> None:
     rid = str(uuid.uuid4())
-    assert dps.parse_dps_request_topic(sdk_dps.get_register_topic_for_publish(rid)) == dps.DpsRegisterRequest(
-        rid
-    )
+    assert dps.parse_dps_request_topic(sdk_dps.get_register_topic_for_publish(rid)) == dps.DpsRegisterRequest(rid)
     opid = "5.316aac5bdc130deb.b1e02da8-c3a0-4ff2-a121-7ea7a6b7f550"
-    assert dps.parse_dps_request_topic(
-        sdk_dps.get_query_topic_for_publish(rid, opid)
-    ) == dps.DpsStatusRequest(rid, opid)
+    assert dps.parse_dps_request_topic(sdk_dps.get_query_topic_for_publish(rid, opid)) == dps.DpsStatusRequest(
+        rid, opid
+    )
     for status, retry in ((202, 3), (200, None), (429, 10)):
         topic = dps.format_dps_response_topic(status, rid, retry)
         assert sdk_dps.is_dps_response_topic(topic)
@@ -39,14 +37,10 @@ def test_sdk_dps_topics_parse_and_our_responses_satisfy_the_sdk() -> None:
 
 
 def test_sdk_telemetry_topic_parses() -> None:
-    msg = sdk_message.Message(
-        b"x", message_id="mid/1", content_encoding="utf-8", content_type="application/json"
-    )
+    msg = sdk_message.Message(b"x", message_id="mid/1", content_encoding="utf-8", content_type="application/json")
     msg.correlation_id = "c&1"
     msg.custom_properties = {"temp": "21.5", "a=b": "x y", "plus": "1+1"}
-    topic = sdk_hub.encode_message_properties_in_topic(
-        msg, sdk_hub.get_telemetry_topic_for_publish("dev-1", None)
-    )
+    topic = sdk_hub.encode_message_properties_in_topic(msg, sdk_hub.get_telemetry_topic_for_publish("dev-1", None))
     parsed = hub.parse_device_topic(topic)
     assert parsed == hub.Telemetry(
         "dev-1",
@@ -62,9 +56,7 @@ def test_sdk_telemetry_topic_parses() -> None:
 
 
 @given(
-    st.dictionaries(
-        st.sampled_from(["message_id", "correlation_id", "user_id", "content_type"]), st.text(max_size=10)
-    ),
+    st.dictionaries(st.sampled_from(["message_id", "correlation_id", "user_id", "content_type"]), st.text(max_size=10)),
     st.dictionaries(keys, st.none() | st.text(max_size=10), max_size=4),
 )
 def test_sdk_reads_our_c2d_topics(system: dict[str, str], app: dict[str, str | None]) -> None:
@@ -92,6 +84,4 @@ def test_sdk_twin_and_method_topics() -> None:
     assert sdk_hub.is_method_topic(request)
     assert sdk_hub.get_method_name_from_topic(request) == "do it/now"
     assert sdk_hub.get_method_request_id_from_topic(request) == "42"
-    assert hub.parse_device_topic(sdk_hub.get_method_topic_for_publish("42", 200)) == hub.MethodResponse(
-        200, "42"
-    )
+    assert hub.parse_device_topic(sdk_hub.get_method_topic_for_publish("42", 200)) == hub.MethodResponse(200, "42")

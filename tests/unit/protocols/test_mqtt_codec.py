@@ -30,9 +30,7 @@ from iotdps.protocols.mqtt import (
 # -- strategies --------------------------------------------------------------------------------
 
 mqtt_text = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), max_size=40)
-topic_name = st.text(
-    st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00+#"), min_size=1, max_size=40
-)
+topic_name = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00+#"), min_size=1, max_size=40)
 level = st.sampled_from(["a", "b", "$dps", "registrations", "", "+", "ü"])
 topic_filter = st.builds(
     lambda levels, hash_: "/".join(levels + (["#"] if hash_ else [])) or "#",

@@ -39,9 +39,7 @@ def _mosquitto_socket() -> socket.socket:
         pytest.skip(f"no MQTT broker listening on {MOSQUITTO[0]}:{MOSQUITTO[1]} ({exc})")
 
 
-def _exchange(
-    sock: socket.socket, client: ClientSession, data: bytes, want: type, limit: float = 5.0
-) -> list[Event]:
+def _exchange(sock: socket.socket, client: ClientSession, data: bytes, want: type, limit: float = 5.0) -> list[Event]:
     """Send `data`, then read until an event of type `want` arrives (bounded by `limit` seconds)."""
     if data:
         sock.sendall(data)
@@ -133,9 +131,7 @@ async def test_paho_client_against_our_server() -> None:
     got_message = threading.Event()
 
     client = mqtt.Client(client_id="dev-1", clean_session=False, protocol=mqtt.MQTTv311)
-    client.username_pw_set(
-        "0ne00ABCDEF/registrations/dev-1/api-version=2019-03-31", "SharedAccessSignature sr=x"
-    )
+    client.username_pw_set("0ne00ABCDEF/registrations/dev-1/api-version=2019-03-31", "SharedAccessSignature sr=x")
     client.on_connect = lambda c, u, flags, rc: connected.set() if rc == 0 else None
     client.on_subscribe = lambda c, u, mid, granted: subscribed.set()
     client.on_publish = lambda c, u, mid: published.set()
@@ -153,9 +149,7 @@ async def test_paho_client_against_our_server() -> None:
             assert connected.wait(5), "no CONNACK"
             client.subscribe("$dps/registrations/res/#", qos=1)
             assert subscribed.wait(5), "no SUBACK"
-            info = client.publish(
-                "$dps/registrations/PUT/iotdps-register/?$rid=1", b'{"payload": null}', qos=1
-            )
+            info = client.publish("$dps/registrations/PUT/iotdps-register/?$rid=1", b'{"payload": null}', qos=1)
             assert published.wait(5), "no PUBACK"
             assert info.is_published()
             assert got_message.wait(5), "no PUBLISH from the server"

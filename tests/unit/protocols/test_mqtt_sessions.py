@@ -228,11 +228,7 @@ def valid_client_stream() -> bytes:
         [
             CONNECT,
             encode(Subscribe(1, (("$dps/registrations/res/#", 1),))),
-            encode(
-                Publish(
-                    "$dps/registrations/PUT/iotdps-register/?$rid=1", b'{"payload": null}', 1, packet_id=2
-                )
-            ),
+            encode(Publish("$dps/registrations/PUT/iotdps-register/?$rid=1", b'{"payload": null}', 1, packet_id=2)),
             encode(PubAck(1)),
             encode(PingReq()),
             encode(Unsubscribe(3, ("$dps/registrations/res/#",))),
@@ -366,17 +362,13 @@ class Pair:
 
 def test_paired_sessions_full_conversation() -> None:
     pair = Pair()
-    [connected] = pair.to_server(
-        pair.client.connect("dev-1", "user", "pw", keepalive=30, clean_session=False)
-    )
+    [connected] = pair.to_server(pair.client.connect("dev-1", "user", "pw", keepalive=30, clean_session=False))
     assert isinstance(connected, Connected)
     assert connected.packet.password == b"pw" and not connected.packet.clean_session
     assert pair.to_client(pair.server.accept()) == [ConnAckReceived(0, False)]
     assert pair.client.state is ClientState.CONNECTED
 
-    sub_id, data = pair.client.subscribe(
-        [("$iothub/methods/POST/#", 1), ("devices/dev-1/messages/devicebound/#", 1)]
-    )
+    sub_id, data = pair.client.subscribe([("$iothub/methods/POST/#", 1), ("devices/dev-1/messages/devicebound/#", 1)])
     [sub] = pair.to_server(data)
     assert isinstance(sub, Subscribed) and sub.packet_id == sub_id
     assert pair.to_client(pair.server.suback(sub.packet_id, [1, 1])) == [SubAckReceived(sub_id, (1, 1))]

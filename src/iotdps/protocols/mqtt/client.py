@@ -176,9 +176,7 @@ class ClientSession:
         self._pending_acks.add(pid)
         return pid, data
 
-    def publish(
-        self, topic: str, payload: bytes, qos: int = 0, retain: bool = False
-    ) -> tuple[int | None, bytes]:
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> tuple[int | None, bytes]:
         """PUBLISH at QoS 0 or 1; returns (packet id or None, bytes)."""
         if qos not in (0, 1):
             raise ValueError("the client publishes at QoS 0 or 1 only")
@@ -231,9 +229,7 @@ class ClientSession:
 
     def _handle(self, packet: Packet, events: list[Event]) -> None:
         if not self._move(packet.type):
-            raise MqttProtocolError(
-                f"{packet.type.name} is not allowed from a server in state {self._state.value}"
-            )
+            raise MqttProtocolError(f"{packet.type.name} is not allowed from a server in state {self._state.value}")
         if isinstance(packet, ConnAck):
             events.append(ConnAckReceived(packet.return_code, packet.session_present))
             if packet.return_code:
@@ -243,9 +239,7 @@ class ClientSession:
             if packet.qos == 2:
                 raise MqttProtocolError("QoS 2 is not supported")
             events.append(
-                PublishReceived(
-                    packet.topic, packet.payload, packet.qos, packet.packet_id, packet.retain, packet.dup
-                )
+                PublishReceived(packet.topic, packet.payload, packet.qos, packet.packet_id, packet.retain, packet.dup)
             )
         elif isinstance(packet, PubAck):
             events.append(PubAckReceived(packet.packet_id, self._inflight.pop(packet.packet_id, None)))

@@ -130,9 +130,7 @@ def _enc_publish(p: Publish) -> bytes:
             raise ValueError("QoS 1 and 2 PUBLISH need a packet id")
         pid = _pid(p.packet_id)
         n = 4 + tlen + len(p.payload)
-        return b"".join(
-            (bytes((first,)), _remaining_length(n), tlen.to_bytes(2, "big"), topic, pid, p.payload)
-        )
+        return b"".join((bytes((first,)), _remaining_length(n), tlen.to_bytes(2, "big"), topic, pid, p.payload))
     n = 2 + tlen + len(p.payload)
     return b"".join((bytes((first,)), _remaining_length(n), tlen.to_bytes(2, "big"), topic, p.payload))
 

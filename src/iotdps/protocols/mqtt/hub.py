@@ -277,9 +277,7 @@ def format_c2d_topic(
     application_properties: Mapping[str, str | None] | None = None,
 ) -> str:
     """`devices/{id}/messages/devicebound/{bag}` with the whole bag percent-encoded."""
-    return f"devices/{device_id}/messages/devicebound/" + format_property_bag(
-        system_properties, application_properties
-    )
+    return f"devices/{device_id}/messages/devicebound/" + format_property_bag(system_properties, application_properties)
 
 
 @dataclass(frozen=True, slots=True)

@@ -138,15 +138,5 @@ class Disconnect:
 
 
 Packet = (
-    Connect
-    | ConnAck
-    | Publish
-    | PubAck
-    | Subscribe
-    | SubAck
-    | Unsubscribe
-    | UnsubAck
-    | PingReq
-    | PingResp
-    | Disconnect
+    Connect | ConnAck | Publish | PubAck | Subscribe | SubAck | Unsubscribe | UnsubAck | PingReq | PingResp | Disconnect
 )

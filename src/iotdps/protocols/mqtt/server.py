@@ -200,10 +200,7 @@ class ServerSession:
                     break
                 self._last_rx = now
                 self._handle(packet, events)
-            if (
-                self._state is ServerState.CONNECTING
-                and self._decoder.buffered > 2 * self._decoder.max_packet_size
-            ):
+            if self._state is ServerState.CONNECTING and self._decoder.buffered > 2 * self._decoder.max_packet_size:
                 raise _Violation("too much data sent before the CONNACK")
         except MqttProtocolError as exc:
             self._violate(exc.message, exc.connack_code, events)
@@ -244,9 +241,7 @@ class ServerSession:
         if packet.qos == 2:
             raise _Violation("QoS 2 is not supported")
         events.append(
-            PublishReceived(
-                packet.topic, packet.payload, packet.qos, packet.packet_id, packet.retain, packet.dup
-            )
+            PublishReceived(packet.topic, packet.payload, packet.qos, packet.packet_id, packet.retain, packet.dup)
         )
 
     def _on_puback(self, packet: Packet, events: list[Event]) -> None:
@@ -311,8 +306,7 @@ class ServerSession:
         """Every in-flight message again, DUP set, oldest first (for a resumed session, §4.4)."""
         self._app(_Action.SEND)
         return b"".join(
-            encode(Publish(m.topic, m.payload, 1, m.retain, True, m.packet_id))
-            for m in self._inflight.values()
+            encode(Publish(m.topic, m.payload, 1, m.retain, True, m.packet_id)) for m in self._inflight.values()
         )
 
     def puback(self, packet_id: int) -> bytes:

@@ -26,6 +26,7 @@ __all__ = [
     "check_public_key",
     "create_intermediate_ca",
     "create_root_ca",
+    "device_extensions",
     "issue_device_certificate",
     "issue_server_certificate",
     "issue_verification_certificate",
@@ -159,11 +160,25 @@ def issue_device_certificate(issuer: Issuer, registration_id: str, public_key: C
     """A device (client) certificate: CN = registration id, EKU clientAuth, digitalSignature."""
     check_registration_id(registration_id)
     pub = check_public_key(public_key, "device public key")
-    builder = (_issued(issuer, _cn(registration_id, "the registration id"), pub, validity, clamp=clamp)
-               .add_extension(_LEAF_BC, critical=True)
-               .add_extension(_leaf_ku(pub), critical=True)
-               .add_extension(_CLIENT_EKU, critical=False))
+    if not isinstance(issuer, Issuer):
+        raise TypeError("issuer must be an Issuer")
+    validity = _check_validity(validity).within(issuer.certificate, clamp=clamp)
+    builder = _base(_cn(registration_id, "the registration id"), issuer.certificate.subject, pub, validity)
+    for ext in device_extensions(issuer, rsa_subject=isinstance(pub, rsa.RSAPublicKey)):
+        builder = builder.add_extension(ext.value, critical=ext.critical)
     return builder.sign(issuer.key, signature_hash(issuer.key))
+
+
+def device_extensions(issuer: Issuer, *, rsa_subject: bool) -> list[x509.Extension[x509.ExtensionType]]:
+    """The device profile's extensions after the SKI, in certificate order.
+
+    One definition shared by the builder above and the bulk encoder in `template`.
+    """
+    ku = _RSA_LEAF_KU if rsa_subject else _EC_LEAF_KU
+    values: list[tuple[x509.ExtensionType, bool]] = [
+        (issuer.authority_key_identifier, False), (_LEAF_BC, True), (ku, True), (_CLIENT_EKU, False),
+    ]
+    return [x509.Extension(v.oid, crit, v) for v, crit in values]
 
 
 IPLike = str | ipaddress.IPv4Address | ipaddress.IPv6Address

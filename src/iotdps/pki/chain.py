@@ -163,6 +163,14 @@ def _check_ca(cert: x509.Certificate, below: int, problems: list[str]) -> None:
         )
 
 
+def _self_signed(cert: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(cert)
+    except Exception:
+        return False
+    return True
+
+
 def _verifier_error(leaf: x509.Certificate, intermediates: Sequence[x509.Certificate],
                     roots: Sequence[x509.Certificate], now: dt.datetime, purpose: Purpose,
                     server_name: str | None) -> str | None:
@@ -223,6 +231,15 @@ def explain_chain(
         if current.public_bytes(serialization.Encoding.DER) in root_der:
             anchored = True
             break
+        label = describe_certificate(current)
+        if is_self_issued(current) and _self_signed(current):
+            twin = any(r.subject == current.subject for r in roots)
+            problems.append(
+                f"the chain ends at the self-signed {label}, which is not one of the trusted roots"
+                + (" (a trusted root has the same name but a different key: a re-created root?)"
+                   if twin else "")
+            )
+            break
         by_name = [c for c in pool if c.subject == current.issuer]
         parent = None
         for cand in by_name:
@@ -232,13 +249,8 @@ def explain_chain(
                 continue
             parent = cand
             break
-        label = describe_certificate(current)
         if parent is None:
-            if is_self_issued(current):
-                problems.append(
-                    f"the chain ends at the self-signed {label}, which is not one of the trusted roots"
-                )
-            elif by_name:
+            if by_name:
                 problems.append(
                     f"the signature on {label} does not verify with the key of "
                     f"{describe_certificate(by_name[0])}: same name, different key (an old or re-created CA?)"

@@ -79,7 +79,7 @@ def test_certificate_info(hierarchy: Any) -> None:
     info = certificate_info(cert)
     assert info["subjectName"] == "CN=dev-9"
     assert info["issuerName"] == "CN=line-1"
-    assert info["sha1Thumbprint"] == cert.fingerprint(hashes.SHA1())  # noqa: S303.hex().upper()
+    assert info["sha1Thumbprint"] == cert.fingerprint(hashes.SHA1()).hex().upper()  # noqa: S303
     assert info["sha256Thumbprint"] == cert.fingerprint(hashes.SHA256()).hex().upper()
     assert int(info["serialNumber"], 16) == cert.serial_number
     assert info["version"] == 3

@@ -77,9 +77,7 @@ def pg_schema() -> Iterator[str]:
         asyncio.run(_pg_exec(f'DROP SCHEMA "{schema}" CASCADE'))
 
 
-async def open_backend(
-    backend: str, request: pytest.FixtureRequest, tmp_path: Path, **options: int
-) -> Store:
+async def open_backend(backend: str, request: pytest.FixtureRequest, tmp_path: Path, **options: int) -> Store:
     options = {"refusal_limit": REFUSAL_LIMIT, "prune_every": PRUNE_EVERY, **options}
     if backend == "memory":
         return await open_store("memory://", refusal_limit=options["refusal_limit"])

@@ -108,8 +108,15 @@ class _Tx:
     def get(self, table: str, key: Hashable) -> _Row | None:
         return self.read(table).get(key)
 
-    def put(self, table: str, key: Hashable, what: str, doc: Mapping[str, Any], if_match: str | None,
-            kind: str | None = None) -> _Row:
+    def put(
+        self,
+        table: str,
+        key: Hashable,
+        what: str,
+        doc: Mapping[str, Any],
+        if_match: str | None,
+        kind: str | None = None,
+    ) -> _Row:
         text = dump_doc(doc, what)
         current = self.read(table).get(key)
         check_put(what, current.etag if current else None, current is not None, if_match)
@@ -123,8 +130,14 @@ class _Tx:
         check_delete(what, current.etag if current else None, current is not None, if_match)
         del self.write(table)[key]
 
-    def page(self, table: str, keys: Sequence[str], page_size: int, continuation: str | None,
-             key_of: Callable[[str], Hashable]) -> tuple[list[_Row], str | None]:
+    def page(
+        self,
+        table: str,
+        keys: Sequence[str],
+        page_size: int,
+        continuation: str | None,
+        key_of: Callable[[str], Hashable],
+    ) -> tuple[list[_Row], str | None]:
         """Rows of `keys` (already filtered) after the continuation key, in key order."""
         check_page_size(page_size)
         after = decode_token(continuation)
@@ -153,8 +166,14 @@ class _Enrollments:
 
     async def put(self, enrollment: IndividualEnrollment, if_match: str | None = None) -> IndividualEnrollment:
         what = f"enrollment {enrollment.registration_id}"
-        row = self._tx.put("enrollments", enrollment.registration_id, what, rec.enrollment_to_doc(enrollment),
-                           if_match, enrollment.attestation.type)
+        row = self._tx.put(
+            "enrollments",
+            enrollment.registration_id,
+            what,
+            rec.enrollment_to_doc(enrollment),
+            if_match,
+            enrollment.attestation.type,
+        )
         return self._load(row)
 
     async def delete(self, registration_id: str, if_match: str | None = None) -> None:
@@ -188,8 +207,9 @@ class _Groups:
 
     async def put(self, group: EnrollmentGroup, if_match: str | None = None) -> EnrollmentGroup:
         what = f"enrollment group {group.enrollment_group_id}"
-        row = self._tx.put("groups", group.enrollment_group_id, what, rec.group_to_doc(group), if_match,
-                           group.attestation.type)
+        row = self._tx.put(
+            "groups", group.enrollment_group_id, what, rec.group_to_doc(group), if_match, group.attestation.type
+        )
         return self._load(row)
 
     async def delete(self, group_id: str, if_match: str | None = None) -> None:
@@ -301,8 +321,14 @@ class _Registrations:
 
     async def put(self, record: RegistrationRecord, if_match: str | None = None) -> RegistrationRecord:
         what = f"registration {record.registration_id}"
-        row = self._tx.put("registrations", record.registration_id, what, rec.registration_to_doc(record),
-                           if_match, record.enrollment_group_id)
+        row = self._tx.put(
+            "registrations",
+            record.registration_id,
+            what,
+            rec.registration_to_doc(record),
+            if_match,
+            record.enrollment_group_id,
+        )
         return self._load(row)
 
     async def delete(self, registration_id: str, if_match: str | None = None) -> None:

@@ -132,9 +132,7 @@ class _SqlTx:
         """Write `doc` (and projection `columns`) under `key`; returns (etag, created, updated)."""
         dump_doc(doc, what)  # fail on non-JSON values here, as the memory store does
         current = (
-            await self.run(
-                self._lock(select(table.c.etag, table.c.created).where(*self._where(table, key)))
-            )
+            await self.run(self._lock(select(table.c.etag, table.c.created).where(*self._where(table, key))))
         ).first()
         check_put(what, current.etag if current else None, current is not None, if_match)
         now = self.now()

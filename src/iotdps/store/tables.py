@@ -152,18 +152,14 @@ enrollment_groups = Table(
 group_signing_thumbprints = Table(
     "group_signing_thumbprints",
     metadata,
-    Column(
-        "group_id", key_type(), ForeignKey("enrollment_groups.group_id", ondelete="CASCADE"), primary_key=True
-    ),
+    Column("group_id", key_type(), ForeignKey("enrollment_groups.group_id", ondelete="CASCADE"), primary_key=True),
     Column("sha256", String(64), primary_key=True, index=True),
 )
 
 group_ca_references = Table(
     "group_ca_references",
     metadata,
-    Column(
-        "group_id", key_type(), ForeignKey("enrollment_groups.group_id", ondelete="CASCADE"), primary_key=True
-    ),
+    Column("group_id", key_type(), ForeignKey("enrollment_groups.group_id", ondelete="CASCADE"), primary_key=True),
     Column("ca_name", key_type(), primary_key=True, index=True),
 )
 

@@ -33,8 +33,9 @@ class StepClock:
 
 def sym_enrollment(rid: str) -> IndividualEnrollment:
     key = base64.b64encode(b"k" * 32).decode()
-    return IndividualEnrollment(rid, Attestation("symmetricKey", symmetric_key=SymmetricKeyAttestation(
-        Secret(key), Secret(key))))
+    return IndividualEnrollment(
+        rid, Attestation("symmetricKey", symmetric_key=SymmetricKeyAttestation(Secret(key), Secret(key)))
+    )
 
 
 async def test_put_get_keeps_keys_and_stamps() -> None:

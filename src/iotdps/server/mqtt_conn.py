@@ -1,0 +1,226 @@
+"""One MQTT connection: the asyncio glue between a byte transport and the sans-IO session.
+
+The transport is either the TLS seam (MQTT on 8883) or a websocket bridge (MQTT over
+`/$iothub/websocket` on 443); both look like an asyncio Transport. The first packet, CONNECT,
+picks the endpoint (DPS or a hub) through the `Router`; from then on every event goes to
+that endpoint, in arrival order, one at a time: a register publish must not overtake the
+subscribe sent before it, and handlers are async (they touch the store).
+
+Keep-alive is enforced by a timer armed at the session's deadline. A protocol violation or
+a handler error closes this connection only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from iotdps.protocols.mqtt.events import (
+    Connected,
+    Disconnected,
+    Event,
+    PingHandled,
+    ProtocolViolation,
+    PubAckReceived,
+    PublishReceived,
+    Subscribed,
+    Unsubscribed,
+)
+from iotdps.protocols.mqtt.packets import Connect
+from iotdps.protocols.mqtt.server import ServerSession
+from iotdps.server.tls import PeerIdentity
+from iotdps.server.tls_transport import PEER_INFO_KEY
+
+__all__ = ["MqttConnection", "MqttEndpoint", "Router"]
+
+log = logging.getLogger(__name__)
+
+# CONNACK return codes (MQTT 3.1.1 §3.2.2.3).
+CONNACK_SERVER_UNAVAILABLE = 3
+CONNACK_NOT_AUTHORIZED = 5
+
+
+class MqttEndpoint(Protocol):
+    """What a DPS or hub endpoint does with one accepted connection."""
+
+    async def on_publish(self, conn: MqttConnection, event: PublishReceived) -> None: ...
+    async def on_subscribe(self, conn: MqttConnection, event: Subscribed) -> list[int]: ...
+    async def on_unsubscribe(self, conn: MqttConnection, event: Unsubscribed) -> None: ...
+    async def on_puback(self, conn: MqttConnection, event: PubAckReceived) -> None: ...
+    async def on_close(self, conn: MqttConnection, reason: str) -> None: ...
+
+
+class Router(Protocol):
+    async def __call__(self, conn: MqttConnection, connect: Connect) -> MqttEndpoint | int:
+        """Authenticate CONNECT: an endpoint to accept, or a CONNACK refusal code."""
+        ...
+
+
+class MqttConnection(asyncio.Protocol):
+    def __init__(
+        self,
+        router: Router,
+        *,
+        max_packet_size: int,
+        connect_timeout: float = 30.0,
+        on_closed: Callable[[MqttConnection], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._router = router
+        self._clock = clock
+        self.session = ServerSession(clock(), max_packet_size=max_packet_size, connect_timeout=connect_timeout)
+        self._transport: asyncio.Transport | None = None
+        self._endpoint: MqttEndpoint | None = None
+        self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._on_closed = on_closed
+        self._closed = False
+        self._close_reason = "closed"
+        self.peer: PeerIdentity | None = None
+        self.peername: object = None
+        # What the endpoint learnt at CONNECT (registration id, device id...), for logs.
+        self.identity: str | None = None
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self.peer = transport.get_extra_info(PEER_INFO_KEY)
+        self.peername = transport.get_extra_info("peername")
+        self._worker = asyncio.get_running_loop().create_task(self._run())
+        self._arm_timer()
+
+    def data_received(self, data: bytes) -> None:
+        events = self.session.receive_data(data, self._clock())
+        self._flush_session()
+        for event in events:
+            self._queue.put_nowait(event)
+        self._arm_timer()
+
+    def eof_received(self) -> bool | None:
+        self.close("peer closed the connection")
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self.close("connection lost")
+
+    # -- for endpoints ------------------------------------------------------------------------
+
+    @property
+    def open(self) -> bool:
+        return not self._closed and self._transport is not None
+
+    def write(self, data: bytes) -> None:
+        if data and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0) -> int | None:
+        """Send a PUBLISH; returns the packet id of a QoS 1 message (None for QoS 0 / closed)."""
+        if not self.open:
+            return None
+        before = set(self.session.inflight)
+        self.write(self.session.publish(topic, payload, qos))
+        if qos == 1:
+            (packet_id,) = set(self.session.inflight) - before
+            return packet_id
+        return None
+
+    def close(self, reason: str = "closed by server") -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.session.close(reason)
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+        self._close_reason = reason
+        self._queue.put_nowait(None)  # lets the worker run on_close and stop
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _flush_session(self) -> None:
+        self.write(self.session.data_to_send())
+
+    def _arm_timer(self) -> None:
+        if self._closed:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = self.session.keepalive_deadline()
+        if deadline is None:
+            return
+        delay = max(0.0, deadline - self._clock())
+        self._timer = asyncio.get_running_loop().call_later(delay + 0.01, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.session.check_timeouts(self._clock()):
+            self.close(self.session.close_reason or "keep-alive expired")
+        else:
+            self._arm_timer()
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                event = await self._queue.get()
+                if event is None:
+                    break
+                if not await self._dispatch(event):
+                    break
+        except Exception:  # a handler bug must cost one connection, never the listener
+            log.exception("MQTT connection %s (%s) failed", self.peername, self.identity)
+            self.close("internal error")
+        finally:
+            reason = self._close_reason
+            if self._endpoint is not None:
+                with contextlib.suppress(Exception):
+                    await self._endpoint.on_close(self, reason)
+            if self._on_closed is not None:
+                self._on_closed(self)
+
+    async def _dispatch(self, event: Event) -> bool:
+        """Handle one event; False stops the worker."""
+        if isinstance(event, Connected):
+            result = await self._router(self, event.packet)
+            if not self.open:
+                return False
+            if isinstance(result, int):
+                self.write(self.session.refuse(result))
+                self.close(f"refused with CONNACK {result}")
+                return False
+            self._endpoint = result
+            self.write(self.session.accept())
+            # Packets the client pipelined behind CONNECT were held until now.
+            for pending in self.session.receive_data(b"", self._clock()):
+                self._queue.put_nowait(pending)
+            self._flush_session()
+            return True
+        if isinstance(event, ProtocolViolation | Disconnected):
+            self._flush_session()
+            self.close(event.reason)
+            return False
+        if isinstance(event, PingHandled):
+            return True
+        endpoint = self._endpoint
+        if endpoint is None:  # the session only emits these after accept()
+            return True
+        if isinstance(event, PublishReceived):
+            await endpoint.on_publish(self, event)
+        elif isinstance(event, Subscribed):
+            granted = await endpoint.on_subscribe(self, event)
+            self.write(self.session.suback(event.packet_id, granted))
+        elif isinstance(event, Unsubscribed):
+            await endpoint.on_unsubscribe(self, event)
+            self.write(self.session.unsuback(event.packet_id))
+        elif isinstance(event, PubAckReceived):
+            await endpoint.on_puback(self, event)
+        return self.open

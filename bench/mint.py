@@ -54,8 +54,9 @@ def make_line_ca(ca_dir: Path) -> Issuer:
     parent = cadir.issuer("root", pw)
     for name in ("factory", "line"):
         k = generate_private_key()
-        cadir.add(name, create_intermediate_ca(parent, name, k.public_key(), Validity.days(1800)), k, pw,
-                  parent=parent.name)
+        cadir.add(
+            name, create_intermediate_ca(parent, name, k.public_key(), Validity.days(1800)), k, pw, parent=parent.name
+        )
         parent = cadir.issuer(name, pw)
     return cadir.issuer("line", pw)  # one KDF, once, for the whole batch
 
@@ -73,8 +74,11 @@ def run_iotdps(issuer: Issuer, n: int, out: Path, workers: int | None) -> float:
 def run_openssl(issuer: Issuer, n: int, work: Path, jobs: int) -> float:
     ca_pem, ca_key = work / "line.pem", work / "line.key"
     ca_pem.write_bytes(certs_to_pem([issuer.certificate]))
-    ca_key.write_bytes(issuer.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                serialization.NoEncryption()))
+    ca_key.write_bytes(
+        issuer.key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     os.chmod(ca_key, 0o600)
     tail = certs_to_pem(issuer.bundle)
     out = work / "openssl-devices"
@@ -84,12 +88,37 @@ def run_openssl(issuer: Issuer, n: int, work: Path, jobs: int) -> float:
         rid = f"bench-{i:07d}"
         cert = out / f"{rid}.leaf.pem"
         subprocess.run(
-            ["openssl", "req", "-x509", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-             "-nodes", "-keyout", str(out / f"{rid}.key.pem"), "-out", str(cert), "-subj", f"/CN={rid}",
-             "-CA", str(ca_pem), "-CAkey", str(ca_key), "-days", "365",
-             "-addext", "basicConstraints=critical,CA:FALSE", "-addext", "keyUsage=critical,digitalSignature",
-             "-addext", "extendedKeyUsage=clientAuth"],
-            check=True, capture_output=True,
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                str(out / f"{rid}.key.pem"),
+                "-out",
+                str(cert),
+                "-subj",
+                f"/CN={rid}",
+                "-CA",
+                str(ca_pem),
+                "-CAkey",
+                str(ca_key),
+                "-days",
+                "365",
+                "-addext",
+                "basicConstraints=critical,CA:FALSE",
+                "-addext",
+                "keyUsage=critical,digitalSignature",
+                "-addext",
+                "extendedKeyUsage=clientAuth",
+            ],
+            check=True,
+            capture_output=True,
         )
         (out / f"{rid}.cert.pem").write_bytes(cert.read_bytes() + tail)  # the same bundle iotdps writes
 
@@ -109,8 +138,12 @@ def main() -> None:
     ap.add_argument("--openssl-n", type=int, default=None, help="openssl certificates (default: -n)")
     ap.add_argument("--workers", type=int, default=None, help="iotdps processes (default: all cores)")
     ap.add_argument("--openssl-jobs", type=int, default=1, help="openssl loops side by side (default 1)")
-    ap.add_argument("--out", type=Path, default=None,
-                    help="keep iotdps output here (a new directory, or .tar/.tar.gz/.tgz/.zip archive)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="keep iotdps output here (a new directory, or .tar/.tar.gz/.tgz/.zip archive)",
+    )
     args = ap.parse_args()
     if shutil.which("openssl") is None:
         print("openssl binary not found; only iotdps is measured")
@@ -124,16 +157,22 @@ def main() -> None:
         ours = run_iotdps(issuer, n, out, args.workers)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         our_rate = n / ours
-        print(f"iotdps : {n:7d} certs in {ours:7.3f} s = {our_rate:9.0f} certs/s "
-              f"({args.workers or cores} worker processes, output: {out})")
+        print(
+            f"iotdps : {n:7d} certs in {ours:7.3f} s = {our_rate:9.0f} certs/s "
+            f"({args.workers or cores} worker processes, output: {out})"
+        )
         if shutil.which("openssl") is not None:
             m = args.openssl_n or n
             theirs = run_openssl(issuer, m, work, args.openssl_jobs)
             their_rate = m / theirs
-            print(f"openssl: {m:7d} certs in {theirs:7.3f} s = {their_rate:9.0f} certs/s "
-                  f"(one process per certificate, {args.openssl_jobs} loop(s) in parallel)")
-            print(f"ratio  : iotdps is {our_rate / their_rate:.0f}x the openssl CLI rate "
-                  f"(target >= 100x, and >= 5000 certs/s)")
+            print(
+                f"openssl: {m:7d} certs in {theirs:7.3f} s = {their_rate:9.0f} certs/s "
+                f"(one process per certificate, {args.openssl_jobs} loop(s) in parallel)"
+            )
+            print(
+                f"ratio  : iotdps is {our_rate / their_rate:.0f}x the openssl CLI rate "
+                f"(target >= 100x, and >= 5000 certs/s)"
+            )
         if args.out is None:
             print("(output discarded; pass --out to keep it)")
 

@@ -48,14 +48,16 @@ def _write_temp(path: Path, data: bytes, mode: int, *, sync: bool) -> Path:
     return tmp
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes, *, mode: int = PRIVATE_MODE,
-                 overwrite: bool = True, sync: bool = True) -> Path:
+def atomic_write(
+    path: str | os.PathLike[str], data: bytes, *, mode: int = PRIVATE_MODE, overwrite: bool = True, sync: bool = True
+) -> Path:
     """Write `data` to `path` atomically with permissions `mode` (0600 by default)."""
     return atomic_write_many({Path(path): data}, mode=mode, overwrite=overwrite, sync=sync)[0]
 
 
-def atomic_write_many(files: Mapping[Path, bytes], *, mode: int = PRIVATE_MODE, overwrite: bool = True,
-                      sync: bool = True) -> list[Path]:
+def atomic_write_many(
+    files: Mapping[Path, bytes], *, mode: int = PRIVATE_MODE, overwrite: bool = True, sync: bool = True
+) -> list[Path]:
     """Write several files as one unit: all of them appear, or none of the new ones does.
 
     Used for a key and its certificate: a key without its certificate (or the reverse) is a

@@ -15,8 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from iotdps.pki import explain_chain, generate_private_key, load_certificates
 
-pytestmark = [pytest.mark.e2e,
-              pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl binary")]
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl binary")]
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -24,8 +23,9 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 def iotdps(args: list[str], ca: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IOTDPS_")}
     env.update(PYTHONPATH=str(SRC), IOTDPS_CA_DIR=str(ca), IOTDPS_CA_PASSPHRASE="e2e-pass")
-    r = subprocess.run([sys.executable, "-m", "iotdps", *args], env=env, cwd=cwd, capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "iotdps", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr
     return r
 
@@ -56,8 +56,18 @@ def test_device_bundle_verifies_with_openssl(four_levels: tuple[Path, Path]) -> 
     ca, cwd = four_levels
     iotdps(["create-device-cert", "-r", "dev-e2e"], ca, cwd)
     leaf, untrusted = split_bundle(cwd / "dev-e2e.cert.pem", cwd)
-    r = openssl("verify", "-x509_strict", "-purpose", "sslclient", "-CAfile", str(ca / "root.cert.pem"),
-                "-untrusted", str(untrusted), str(leaf), cwd=cwd)
+    r = openssl(
+        "verify",
+        "-x509_strict",
+        "-purpose",
+        "sslclient",
+        "-CAfile",
+        str(ca / "root.cert.pem"),
+        "-untrusted",
+        str(untrusted),
+        str(leaf),
+        cwd=cwd,
+    )
     assert r.returncode == 0 and ": OK" in r.stdout, r.stdout + r.stderr
     # The key file is an unencrypted PKCS#8 key that openssl reads, and it matches the certificate.
     k = openssl("pkey", "-in", "dev-e2e.key.pem", "-pubout", cwd=cwd)
@@ -79,22 +89,58 @@ def test_batch_archive_verifies_with_openssl(four_levels: tuple[Path, Path]) -> 
     ca, cwd = four_levels
     iotdps(["create-device-cert", "--count", "5", "--id-prefix", "b-", "--out", "batch"], ca, cwd)
     leaf, untrusted = split_bundle(cwd / "batch" / "b-000005.cert.pem", cwd)
-    r = openssl("verify", "-x509_strict", "-purpose", "sslclient", "-CAfile", str(ca / "root.cert.pem"),
-                "-untrusted", str(untrusted), str(leaf), cwd=cwd)
+    r = openssl(
+        "verify",
+        "-x509_strict",
+        "-purpose",
+        "sslclient",
+        "-CAfile",
+        str(ca / "root.cert.pem"),
+        "-untrusted",
+        str(untrusted),
+        str(leaf),
+        cwd=cwd,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_openssl_csr_is_signed(four_levels: tuple[Path, Path]) -> None:
     ca, cwd = four_levels
-    r = openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                "-keyout", "modem.key", "-out", "modem.csr", "-subj", "/CN=modem-42",
-                "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "extendedKeyUsage=serverAuth",
-                cwd=cwd)
+    r = openssl(
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "modem.key",
+        "-out",
+        "modem.csr",
+        "-subj",
+        "/CN=modem-42",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "extendedKeyUsage=serverAuth",
+        cwd=cwd,
+    )
     assert r.returncode == 0, r.stderr
     iotdps(["create-device-cert", "--csr", "modem.csr", "--ca", "line"], ca, cwd)
     leaf, untrusted = split_bundle(cwd / "modem-42.cert.pem", cwd)
-    r = openssl("verify", "-x509_strict", "-purpose", "sslclient", "-CAfile", str(ca / "root.cert.pem"),
-                "-untrusted", str(untrusted), str(leaf), cwd=cwd)
+    r = openssl(
+        "verify",
+        "-x509_strict",
+        "-purpose",
+        "sslclient",
+        "-CAfile",
+        str(ca / "root.cert.pem"),
+        "-untrusted",
+        str(untrusted),
+        str(leaf),
+        cwd=cwd,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     text = openssl("x509", "-in", str(leaf), "-noout", "-text", cwd=cwd).stdout
     assert "CA:FALSE" in text and "TLS Web Client Authentication" in text
@@ -110,21 +156,27 @@ def test_path_length_violation_rejected_by_openssl_and_us(four_levels: tuple[Pat
     line = CaDirectory(ca).issuer("line", Secret("e2e-pass"))
     sub_key, leaf_key = generate_private_key(), generate_private_key()
     now = dt.datetime.now(dt.UTC)
-    sub = (x509.CertificateBuilder().subject_name(x509.Name.from_rfc4514_string("CN=too-deep"))
-           .issuer_name(line.certificate.subject).public_key(sub_key.public_key())
-           .serial_number(x509.random_serial_number())
-           .not_valid_before(now - dt.timedelta(minutes=1)).not_valid_after(now + dt.timedelta(days=2))
-           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-           .add_extension(x509.SubjectKeyIdentifier.from_public_key(sub_key.public_key()), critical=False)
-           .add_extension(line.authority_key_identifier, critical=False)
-           .sign(line.key, hashes.SHA256()))
-    leaf = issue_device_certificate(Issuer(sub, sub_key, line.chain), "deep-1", leaf_key.public_key(),
-                                    Validity.days(1))
+    sub = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name.from_rfc4514_string("CN=too-deep"))
+        .issuer_name(line.certificate.subject)
+        .public_key(sub_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(sub_key.public_key()), critical=False)
+        .add_extension(line.authority_key_identifier, critical=False)
+        .sign(line.key, hashes.SHA256())
+    )
+    leaf = issue_device_certificate(Issuer(sub, sub_key, line.chain), "deep-1", leaf_key.public_key(), Validity.days(1))
     (cwd / "deep.leaf.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    (cwd / "deep.chain.pem").write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM)
-                                                  for c in (sub, *line.bundle)))
-    r = openssl("verify", "-CAfile", str(ca / "root.cert.pem"), "-untrusted", "deep.chain.pem",
-                "deep.leaf.pem", cwd=cwd)
+    (cwd / "deep.chain.pem").write_bytes(
+        b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (sub, *line.bundle))
+    )
+    r = openssl(
+        "verify", "-CAfile", str(ca / "root.cert.pem"), "-untrusted", "deep.chain.pem", "deep.leaf.pem", cwd=cwd
+    )
     assert r.returncode != 0 and "path length" in (r.stdout + r.stderr).lower()
     report = explain_chain(leaf, [sub, *line.bundle], [line.chain[-1]])
     assert not report.valid and any("path length violated: 'line'" in p for p in report.problems)

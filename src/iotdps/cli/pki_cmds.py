@@ -90,8 +90,12 @@ def _edge(fn: F) -> F:
 
 
 def _ca_dir_option(fn: F) -> F:
-    return click.option("--ca-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                        help=f"CA directory [env {ENV_CA_DIR}; default: the user data dir]")(fn)
+    return click.option(
+        "--ca-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help=f"CA directory [env {ENV_CA_DIR}; default: the user data dir]",
+    )(fn)
 
 
 def _cadir(path: Path | None) -> CaDirectory:
@@ -110,10 +114,16 @@ def _key_spec(ctx: click.Context, param: click.Parameter, value: str) -> KeySpec
     return KeySpec.parse(value)
 
 
-_KEY_TYPE = click.option("--key-type", default="p256", show_default=True, callback=_key_spec,
-                         help="p256, p384, rsa2048 or rsa3072")
-_PASSPHRASE = click.option("--passphrase", envvar=ENV_PASSPHRASE, show_envvar=True, default=None,
-                           help="passphrase of the CA key (prompted if not given)")
+_KEY_TYPE = click.option(
+    "--key-type", default="p256", show_default=True, callback=_key_spec, help="p256, p384, rsa2048 or rsa3072"
+)
+_PASSPHRASE = click.option(
+    "--passphrase",
+    envvar=ENV_PASSPHRASE,
+    show_envvar=True,
+    default=None,
+    help="passphrase of the CA key (prompted if not given)",
+)
 
 
 def _validity(days: int) -> Validity:
@@ -141,14 +151,26 @@ def _pick_signing_ca(cadir: CaDirectory, name: str | None) -> str:
 @click.option("--cn", default=None, help="subject CN (default: the name)")
 @click.option("--org", default=None, help="subject O")
 @click.option("--days", type=click.IntRange(min=1), default=3650, show_default=True)
-@click.option("--path-length", type=click.IntRange(min=0), default=None,
-              help="how many intermediate levels may follow (default: unlimited)")
+@click.option(
+    "--path-length",
+    type=click.IntRange(min=0),
+    default=None,
+    help="how many intermediate levels may follow (default: unlimited)",
+)
 @_KEY_TYPE
 @_PASSPHRASE
 @_ca_dir_option
 @_edge
-def create_ca_root(name: str, cn: str | None, org: str | None, days: int, path_length: int | None,
-                   key_type: KeySpec, passphrase: str | None, ca_dir: Path | None) -> None:
+def create_ca_root(
+    name: str,
+    cn: str | None,
+    org: str | None,
+    days: int,
+    path_length: int | None,
+    key_type: KeySpec,
+    passphrase: str | None,
+    ca_dir: Path | None,
+) -> None:
     """Create a self-signed root CA and keep it in the CA directory."""
     cadir = _cadir(ca_dir)
     check_ca_name(name)
@@ -167,37 +189,65 @@ def create_ca_root(name: str, cn: str | None, org: str | None, days: int, path_l
 @click.option("--parent", required=True, help="the root or intermediate that signs it")
 @click.option("--cn", default=None, help="subject CN (default: the name)")
 @click.option("--org", default=None, help="subject O")
-@click.option("--days", type=click.IntRange(min=1), default=1825, show_default=True,
-              help="validity; shortened to the parent's if the parent expires sooner")
-@click.option("--path-length", type=click.IntRange(min=0), default=None,
-              help="intermediate levels allowed below (default: what the parents leave)")
+@click.option(
+    "--days",
+    type=click.IntRange(min=1),
+    default=1825,
+    show_default=True,
+    help="validity; shortened to the parent's if the parent expires sooner",
+)
+@click.option(
+    "--path-length",
+    type=click.IntRange(min=0),
+    default=None,
+    help="intermediate levels allowed below (default: what the parents leave)",
+)
 @_KEY_TYPE
 @_PASSPHRASE
-@click.option("--parent-passphrase", envvar=ENV_PARENT_PASSPHRASE, show_envvar=True, default=None,
-              help="passphrase of the parent's key (default: --passphrase, else prompted)")
+@click.option(
+    "--parent-passphrase",
+    envvar=ENV_PARENT_PASSPHRASE,
+    show_envvar=True,
+    default=None,
+    help="passphrase of the parent's key (default: --passphrase, else prompted)",
+)
 @_ca_dir_option
 @_edge
-def create_ca_intermediate(name: str, parent: str, cn: str | None, org: str | None, days: int,
-                           path_length: int | None, key_type: KeySpec, passphrase: str | None,
-                           parent_passphrase: str | None, ca_dir: Path | None) -> None:
+def create_ca_intermediate(
+    name: str,
+    parent: str,
+    cn: str | None,
+    org: str | None,
+    days: int,
+    path_length: int | None,
+    key_type: KeySpec,
+    passphrase: str | None,
+    parent_passphrase: str | None,
+    ca_dir: Path | None,
+) -> None:
     """Create an intermediate CA (one per factory or production line) signed by --parent."""
     cadir = _cadir(ca_dir)
     check_ca_name(name)
     cadir.get(parent)  # an unknown parent fails before any prompt
     if any(r.name == name for r in cadir.records()):
         raise AlreadyExists(f"a CA named {name!r} already exists in {cadir.path}")
-    parent_secret = _secret(parent_passphrase if parent_passphrase is not None else passphrase,
-                            prompt=f"Passphrase of CA {parent!r}", confirm=False)
+    parent_secret = _secret(
+        parent_passphrase if parent_passphrase is not None else passphrase,
+        prompt=f"Passphrase of CA {parent!r}",
+        confirm=False,
+    )
     issuer = cadir.issuer(parent, parent_secret)
     issuer.child_ca_path_length(path_length)  # refuse before asking for a new passphrase
     secret = _secret(passphrase, prompt=f"New passphrase for CA {name!r}", confirm=True)
     key = generate_private_key(key_type)
-    cert = create_intermediate_ca(issuer, cn or name, key.public_key(), _validity(days),
-                                  path_length=path_length, organization=org, clamp=True)
+    cert = create_intermediate_ca(
+        issuer, cn or name, key.public_key(), _validity(days), path_length=path_length, organization=org, clamp=True
+    )
     rec = cadir.add(name, cert, key, secret, parent=parent)
     plen = "unlimited" if rec.path_length is None else str(rec.path_length)
-    click.echo(f"intermediate CA {name!r} (parent {parent!r}, path length {plen}) created: "
-               f"{cadir.path / rec.cert_file}")
+    click.echo(
+        f"intermediate CA {name!r} (parent {parent!r}, path length {plen}) created: {cadir.path / rec.cert_file}"
+    )
     click.echo(f"sha256 thumbprint {rec.sha256_thumbprint}")
 
 
@@ -213,25 +263,54 @@ _IN_FILE = click.Path(dir_okay=False, exists=True, path_type=Path)
 @click.option("--count", type=click.IntRange(min=1), default=None, help="a batch of N devices")
 @click.option("--id-prefix", default="device-", show_default=True, help="batch ids are PREFIX + number")
 @click.option("--start", type=click.IntRange(min=0), default=1, show_default=True, help="first batch number")
-@click.option("--csr", "csr_file", type=_IN_FILE, default=None,
-              help="sign this device CSR (PEM, DER or base64) instead of generating a key")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="single device/CSR: output directory (default .); batch: a new directory or a "
-                   ".tar/.tar.gz/.tgz/.zip archive (default devices-<CA>-<time>)")
-@click.option("--days", type=click.IntRange(min=1), default=365, show_default=True,
-              help="validity; shortened to the CA's if it expires sooner")
+@click.option(
+    "--csr",
+    "csr_file",
+    type=_IN_FILE,
+    default=None,
+    help="sign this device CSR (PEM, DER or base64) instead of generating a key",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="single device/CSR: output directory (default .); batch: a new directory or a "
+    ".tar/.tar.gz/.tgz/.zip archive (default devices-<CA>-<time>)",
+)
+@click.option(
+    "--days",
+    type=click.IntRange(min=1),
+    default=365,
+    show_default=True,
+    help="validity; shortened to the CA's if it expires sooner",
+)
 @_KEY_TYPE
-@click.option("--device-passphrase", envvar=ENV_DEVICE_PASSPHRASE, show_envvar=True, default=None,
-              help="encrypt device keys with this passphrase (default: unencrypted, for flashing)")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="processes for a batch (default: cores)")
+@click.option(
+    "--device-passphrase",
+    envvar=ENV_DEVICE_PASSPHRASE,
+    show_envvar=True,
+    default=None,
+    help="encrypt device keys with this passphrase (default: unencrypted, for flashing)",
+)
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="processes for a batch (default: cores)")
 @_PASSPHRASE
 @_ca_dir_option
 @_edge
-def create_device_cert(ca_name: str | None, registration_id: str | None, count: int | None,
-                       id_prefix: str, start: int, csr_file: Path | None, out: Path | None, days: int,
-                       key_type: KeySpec, device_passphrase: str | None, workers: int | None,
-                       passphrase: str | None, ca_dir: Path | None) -> None:
+def create_device_cert(
+    ca_name: str | None,
+    registration_id: str | None,
+    count: int | None,
+    id_prefix: str,
+    start: int,
+    csr_file: Path | None,
+    out: Path | None,
+    days: int,
+    key_type: KeySpec,
+    device_passphrase: str | None,
+    workers: int | None,
+    passphrase: str | None,
+    ca_dir: Path | None,
+) -> None:
     """Create device certificates: key + certificate bundle (leaf + intermediates) per device."""
     modes = sum(x is not None for x in (count, csr_file)) + (registration_id is not None and csr_file is None)
     if count is not None and (registration_id is not None or csr_file is not None):
@@ -260,18 +339,22 @@ def create_device_cert(ca_name: str | None, registration_id: str | None, count: 
     validity = _validity(days)
 
     if csr_data is not None:
-        cert = sign_device_csr(issuer, csr_data, validity, expected_registration_id=registration_id,
-                               clamp=True)
+        cert = sign_device_csr(issuer, csr_data, validity, expected_registration_id=registration_id, clamp=True)
         rid = describe_certificate(cert).strip("'\"")
         target = out if out is not None and out.suffix == ".pem" else (out or Path(".")) / f"{rid}.cert.pem"
-        atomic_write(target, cert.public_bytes(serialization.Encoding.PEM) + certs_to_pem(issuer.bundle),
-                     mode=0o644, overwrite=False)
+        atomic_write(
+            target,
+            cert.public_bytes(serialization.Encoding.PEM) + certs_to_pem(issuer.bundle),
+            mode=0o644,
+            overwrite=False,
+        )
         click.echo(f"signed the CSR of {rid!r}: {target}")
         return
     if count is None:
         assert registration_id is not None
-        dev = mint_device(issuer, registration_id, validity, key_spec=key_type, device_passphrase=dev_secret,
-                          clamp=True)
+        dev = mint_device(
+            issuer, registration_id, validity, key_spec=key_type, device_passphrase=dev_secret, clamp=True
+        )
         cert_path, key_path = write_device_files(dev, out or Path("."))
         click.echo(f"device {registration_id!r}: certificate bundle {cert_path}, key {key_path}")
         click.echo(f"sha1 thumbprint {dev.sha1_thumbprint}  sha256 thumbprint {dev.sha256_thumbprint}")
@@ -282,13 +365,21 @@ def create_device_cert(ca_name: str | None, registration_id: str | None, count: 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     # auto_refresh off: no refresh thread exists when the worker pool forks.
-    with open_device_sink(out) as sink, Progress(
-        TextColumn("minting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True), auto_refresh=False,
-    ) as progress:
+    with (
+        open_device_sink(out) as sink,
+        Progress(
+            TextColumn("minting"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            auto_refresh=False,
+        ) as progress,
+    ):
         task = progress.add_task("mint", total=len(ids))
-        for chunk in mint_devices(issuer, ids, validity, key_spec=key_type, device_passphrase=dev_secret,
-                                  workers=workers, clamp=True):
+        for chunk in mint_devices(
+            issuer, ids, validity, key_spec=key_type, device_passphrase=dev_secret, workers=workers, clamp=True
+        ):
             for dev in chunk:
                 sink.add(dev)
             progress.advance(task, len(chunk))
@@ -300,13 +391,18 @@ def create_device_cert(ca_name: str | None, registration_id: str | None, count: 
 @click.command("proof-ca-root-possession")
 @click.option("--verification-code", required=True, help="the code the provisioning service generated")
 @click.option("--ca", "ca_name", default=None, help="the CA being proven (default: the only root)")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="output file (default: verification-<CA>.cert.pem)")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="output file (default: verification-<CA>.cert.pem)",
+)
 @_PASSPHRASE
 @_ca_dir_option
 @_edge
-def proof_ca_root_possession(verification_code: str, ca_name: str | None, out: Path | None,
-                             passphrase: str | None, ca_dir: Path | None) -> None:
+def proof_ca_root_possession(
+    verification_code: str, ca_name: str | None, out: Path | None, passphrase: str | None, ca_dir: Path | None
+) -> None:
     """Write the verification certificate (CN = the code, signed by the CA) for proof of possession."""
     cadir = _cadir(ca_dir)
     name = ca_name or cadir.default_root()
@@ -315,8 +411,7 @@ def proof_ca_root_possession(verification_code: str, ca_name: str | None, out: P
     issuer = cadir.issuer(name, secret)
     # The subject key is a throwaway: the service checks only the CN and the CA's signature.
     throwaway = generate_private_key()
-    cert = issue_verification_certificate(issuer, verification_code, throwaway.public_key(),
-                                          Validity.days(30))
+    cert = issue_verification_certificate(issuer, verification_code, throwaway.public_key(), Validity.days(30))
     target = out or Path(f"verification-{name}.cert.pem")
     atomic_write(target, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
     click.echo(f"verification certificate for CA {name!r}: {target}")
@@ -344,8 +439,10 @@ def ca_list(ca_dir: Path | None) -> None:
     click.echo(f"CA directory {cadir.path}")
     for r in sorted(records, key=lambda r: (r.kind != "root", r.name)):
         plen = "-" if r.path_length is None else str(r.path_length)
-        click.echo(f"{r.name:20} {r.kind:12} parent={r.parent or '-':12} pathlen={plen:3} "
-                   f"expires={r.not_after_utc}  {r.subject}")
+        click.echo(
+            f"{r.name:20} {r.kind:12} parent={r.parent or '-':12} pathlen={plen:3} "
+            f"expires={r.not_after_utc}  {r.subject}"
+        )
 
 
 @click.group("cert")
@@ -382,11 +479,13 @@ def cert_inspect(file: Path) -> None:
             crit = " (critical)" if ext.critical else ""
             if isinstance(v, x509.BasicConstraints):
                 text = f"CA:{'TRUE' if v.ca else 'FALSE'}" + (
-                    f", pathlen {v.path_length}" if v.path_length is not None else "")
+                    f", pathlen {v.path_length}" if v.path_length is not None else ""
+                )
                 click.echo(f"    basic        {text}{crit}")
             elif isinstance(v, x509.KeyUsage):
-                names = [n for n in ("digital_signature", "key_encipherment", "key_cert_sign", "crl_sign")
-                         if getattr(v, n)]
+                names = [
+                    n for n in ("digital_signature", "key_encipherment", "key_cert_sign", "crl_sign") if getattr(v, n)
+                ]
                 click.echo(f"    key usage    {', '.join(names) or '-'}{crit}")
             elif isinstance(v, x509.ExtendedKeyUsage):
                 click.echo(f"    ext usage    {', '.join(u._name for u in v)}{crit}")
@@ -402,38 +501,71 @@ def cert_inspect(file: Path) -> None:
 
 @cert_group.command("verify")
 @click.argument("file", type=_IN_FILE)
-@click.option("--chain", "chain_files", multiple=True, type=_IN_FILE,
-              help="extra intermediate certificates (repeatable)")
-@click.option("--root", "root_files", multiple=True, type=_IN_FILE,
-              help="trusted roots (repeatable; default: the roots in the CA directory)")
-@click.option("--key", "key_file", type=_IN_FILE, default=None,
-              help="the device's private key: check that it matches the certificate")
+@click.option(
+    "--chain", "chain_files", multiple=True, type=_IN_FILE, help="extra intermediate certificates (repeatable)"
+)
+@click.option(
+    "--root",
+    "root_files",
+    multiple=True,
+    type=_IN_FILE,
+    help="trusted roots (repeatable; default: the roots in the CA directory)",
+)
+@click.option(
+    "--key",
+    "key_file",
+    type=_IN_FILE,
+    default=None,
+    help="the device's private key: check that it matches the certificate",
+)
 @click.option("--key-passphrase", envvar=ENV_DEVICE_PASSPHRASE, default=None, help="if the key is encrypted")
-@click.option("--server", "server_name", default=None,
-              help="check a server certificate for this host name instead of a device certificate")
+@click.option(
+    "--server",
+    "server_name",
+    default=None,
+    help="check a server certificate for this host name instead of a device certificate",
+)
 @_ca_dir_option
 @_edge
-def cert_verify(file: Path, chain_files: tuple[Path, ...], root_files: tuple[Path, ...],
-                key_file: Path | None, key_passphrase: str | None, server_name: str | None,
-                ca_dir: Path | None) -> None:
+def cert_verify(
+    file: Path,
+    chain_files: tuple[Path, ...],
+    root_files: tuple[Path, ...],
+    key_file: Path | None,
+    key_passphrase: str | None,
+    server_name: str | None,
+    ca_dir: Path | None,
+) -> None:
     """Explain, in words, whether the device bundle FILE would validate. Exit 0 if it does, 1 if not."""
     certs = _read_certs(file)
     intermediates = certs[1:] + [c for p in chain_files for c in _read_certs(p)]
     roots = [c for p in root_files for c in _read_certs(p)] if root_files else _cadir(ca_dir).roots()
     public_key = None
     if key_file is not None:
-        key = load_private_key(key_file.read_bytes(), Secret(key_passphrase) if key_passphrase else None,
-                               what=f"key {key_file}")
+        key = load_private_key(
+            key_file.read_bytes(), Secret(key_passphrase) if key_passphrase else None, what=f"key {key_file}"
+        )
         public_key = key.public_key()
-    report = explain_chain(certs[0], intermediates, roots, public_key=public_key,
-                           purpose="server" if server_name else "client", server_name=server_name)
+    report = explain_chain(
+        certs[0],
+        intermediates,
+        roots,
+        public_key=public_key,
+        purpose="server" if server_name else "client",
+        server_name=server_name,
+    )
     click.echo(report.explain())
     if not report.valid:
         sys.exit(1)
 
 
 def register(group: click.Group) -> None:
-    for command in (create_ca_root, create_ca_intermediate, create_device_cert, proof_ca_root_possession,
-                    ca_group, cert_group):
+    for command in (
+        create_ca_root,
+        create_ca_intermediate,
+        create_device_cert,
+        proof_ca_root_possession,
+        ca_group,
+        cert_group,
+    ):
         group.add_command(command)
-

@@ -30,7 +30,6 @@ from iotdps.secret import Secret
 __all__ = ["MintedDevice", "mint_device", "mint_devices"]
 
 
-
 @dataclass(frozen=True, repr=False, slots=True)
 class MintedDevice:
     """One device's credentials: its key (PEM PKCS#8) and its bundle (leaf + intermediates)."""
@@ -58,16 +57,28 @@ class _Job:
     not_after_utc: str
 
 
-def _job(issuer: Issuer, validity: Validity, key_spec: KeySpec,
-         device_passphrase: Secret[str] | None) -> _Job:
+def _job(issuer: Issuer, validity: Validity, key_spec: KeySpec, device_passphrase: Secret[str] | None) -> _Job:
     rsa_subject = key_spec in (KeySpec.RSA2048, KeySpec.RSA3072)
-    return _Job(issuer, validity, key_spec, device_passphrase, certs_to_pem(issuer.bundle),
-                DeviceTemplate(issuer, validity, rsa_subject=rsa_subject), utc_text(validity.not_after))
+    return _Job(
+        issuer,
+        validity,
+        key_spec,
+        device_passphrase,
+        certs_to_pem(issuer.bundle),
+        DeviceTemplate(issuer, validity, rsa_subject=rsa_subject),
+        utc_text(validity.not_after),
+    )
 
 
-def mint_device(issuer: Issuer, registration_id: str, validity: Validity, *,
-                key_spec: KeySpec = KeySpec.P256, device_passphrase: Secret[str] | None = None,
-                clamp: bool = False) -> MintedDevice:
+def mint_device(
+    issuer: Issuer,
+    registration_id: str,
+    validity: Validity,
+    *,
+    key_spec: KeySpec = KeySpec.P256,
+    device_passphrase: Secret[str] | None = None,
+    clamp: bool = False,
+) -> MintedDevice:
     """Generate a key and issue its device certificate; return both with the chain."""
     check_registration_id(registration_id)
     job = _job(issuer, validity.within(issuer.certificate, clamp=clamp), key_spec, device_passphrase)
@@ -81,8 +92,7 @@ def _mint_one(job: _Job, registration_id: str) -> MintedDevice:
     the template encoder does not go through the profile's name checks.
     """
     if len(registration_id) > MAX_CN_LENGTH:
-        raise InvalidInput(f"registration id {registration_id[:20]!r}... is longer than a CN may be "
-                           f"({MAX_CN_LENGTH})")
+        raise InvalidInput(f"registration id {registration_id[:20]!r}... is longer than a CN may be ({MAX_CN_LENGTH})")
     key = generate_private_key(job.key_spec)
     serial = x509.random_serial_number()  # 159 bits from os.urandom
     der = job.template.certificate_der(serial, registration_id, key.public_key())
@@ -119,10 +129,17 @@ def _mint_chunk(ids: list[str]) -> list[MintedDevice]:
     return [_mint_one(job, rid) for rid in ids]
 
 
-def mint_devices(issuer: Issuer, registration_ids: Sequence[str], validity: Validity, *,
-                 key_spec: KeySpec = KeySpec.P256, device_passphrase: Secret[str] | None = None,
-                 workers: int | None = None, chunk: int | None = None,
-                 clamp: bool = False) -> Iterator[list[MintedDevice]]:
+def mint_devices(
+    issuer: Issuer,
+    registration_ids: Sequence[str],
+    validity: Validity,
+    *,
+    key_spec: KeySpec = KeySpec.P256,
+    device_passphrase: Secret[str] | None = None,
+    workers: int | None = None,
+    chunk: int | None = None,
+    clamp: bool = False,
+) -> Iterator[list[MintedDevice]]:
     """Mint one device per registration id; yield lists of results in input order.
 
     Every id is validated before any work starts, so a typo on line 9,000 of an id list fails
@@ -142,7 +159,7 @@ def mint_devices(issuer: Issuer, registration_ids: Sequence[str], validity: Vali
         chunk = max(32, min(1024, len(ids) // (max(1, workers) * 4) or 1))
     if chunk < 1:
         raise InvalidInput("chunk must be at least 1")
-    chunks = [ids[i:i + chunk] for i in range(0, len(ids), chunk)]
+    chunks = [ids[i : i + chunk] for i in range(0, len(ids), chunk)]
     n_workers = max(1, min(workers, len(chunks)))
     if n_workers == 1:
         for part in chunks:
@@ -156,8 +173,9 @@ def mint_devices(issuer: Issuer, registration_ids: Sequence[str], validity: Vali
         initargs: tuple[object, ...] = (None,)
     else:  # pragma: no cover - Windows; the key goes over the worker's own pipe
         ctx = multiprocessing.get_context("spawn")
-        key_der = issuer.key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption())
+        key_der = issuer.key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
         pw = device_passphrase.reveal() if device_passphrase is not None else None
         initargs = ((certs_to_pem(issuer.chain), key_der, validity, key_spec, pw, issuer.name),)
     try:

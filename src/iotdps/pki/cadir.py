@@ -47,8 +47,7 @@ def check_ca_name(name: str) -> str:
     """CA names become file names, so they are restricted to a safe alphabet."""
     if not isinstance(name, str) or not _NAME.match(name):
         raise InvalidInput(
-            f"invalid CA name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
+            f"invalid CA name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
     return name
 
@@ -84,8 +83,7 @@ class CaDirectory:
         try:
             raw: Any = json.loads(index.read_text("utf-8"))
             if raw.get("version") != _VERSION:
-                raise PkiError(f"{index} has index version {raw.get('version')!r}; "
-                               f"this iotdps reads {_VERSION}")
+                raise PkiError(f"{index} has index version {raw.get('version')!r}; this iotdps reads {_VERSION}")
             return {name: CaRecord(**rec) for name, rec in raw["cas"].items()}
         except (ValueError, KeyError, TypeError, AttributeError):
             raise PkiError(f"the CA index {index} is damaged") from None
@@ -143,8 +141,7 @@ class CaDirectory:
         roots = [r.name for r in self.records() if r.kind == "root"]
         if len(roots) != 1:
             raise InvalidInput(
-                "no root CA exists yet" if not roots
-                else f"several roots exist ({', '.join(roots)}); name one"
+                "no root CA exists yet" if not roots else f"several roots exist ({', '.join(roots)}); name one"
             )
         return roots[0]
 
@@ -163,8 +160,15 @@ class CaDirectory:
 
     # -- changes -----------------------------------------------------------------------------
 
-    def add(self, name: str, certificate: x509.Certificate, key: PrivateKey, passphrase: Secret[str], *,
-            parent: str | None = None) -> CaRecord:
+    def add(
+        self,
+        name: str,
+        certificate: x509.Certificate,
+        key: PrivateKey,
+        passphrase: Secret[str],
+        *,
+        parent: str | None = None,
+    ) -> CaRecord:
         """Store a new CA: its certificate, its key encrypted with `passphrase`, its index entry."""
         check_ca_name(name)
         if not isinstance(passphrase, Secret) or not passphrase.reveal():
@@ -180,9 +184,14 @@ class CaDirectory:
             if parent is not None and parent not in records:
                 raise NotFound(f"no CA named {parent!r} in {self.path}")
             rec = CaRecord(
-                name=name, kind="root" if parent is None else "intermediate", parent=parent,
-                cert_file=f"{name}.cert.pem", key_file=f"{name}.key.pem", path_length=bc.path_length,
-                subject=name_to_text(certificate.subject), sha256_thumbprint=sha256_thumbprint(certificate),
+                name=name,
+                kind="root" if parent is None else "intermediate",
+                parent=parent,
+                cert_file=f"{name}.cert.pem",
+                key_file=f"{name}.key.pem",
+                path_length=bc.path_length,
+                subject=name_to_text(certificate.subject),
+                sha256_thumbprint=sha256_thumbprint(certificate),
                 not_after_utc=utc_text(certificate.not_valid_after_utc),
             )
             cert_path, key_path = self.path / rec.cert_file, self.path / rec.key_file

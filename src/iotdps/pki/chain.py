@@ -111,18 +111,21 @@ def _check_time(cert: x509.Certificate, now: dt.datetime, problems: list[str]) -
     return False
 
 
-def _check_leaf(cert: x509.Certificate, purpose: Purpose, registration_id: bool,
-                problems: list[str], notes: list[str]) -> None:
+def _check_leaf(
+    cert: x509.Certificate, purpose: Purpose, registration_id: bool, problems: list[str], notes: list[str]
+) -> None:
     label = describe_certificate(cert)
     bc = _ext(cert, x509.BasicConstraints)
     if isinstance(bc, x509.BasicConstraints) and bc.ca:
         problems.append(f"{label} is a CA certificate (CA:TRUE), not a device or server certificate")
-    wanted = {"client": ExtendedKeyUsageOID.CLIENT_AUTH,
-              "server": ExtendedKeyUsageOID.SERVER_AUTH}.get(purpose)
+    wanted = {"client": ExtendedKeyUsageOID.CLIENT_AUTH, "server": ExtendedKeyUsageOID.SERVER_AUTH}.get(purpose)
     eku = _ext(cert, x509.ExtendedKeyUsage)
     if wanted is not None:
-        role = "a device certificate needs clientAuth (TLS client)" if purpose == "client" \
+        role = (
+            "a device certificate needs clientAuth (TLS client)"
+            if purpose == "client"
             else "a server certificate needs serverAuth (TLS server)"
+        )
         if isinstance(eku, x509.ExtendedKeyUsage):
             usages = list(eku)
             if wanted not in usages and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in usages:
@@ -171,16 +174,23 @@ def _self_signed(cert: x509.Certificate) -> bool:
     return True
 
 
-def _verifier_error(leaf: x509.Certificate, intermediates: Sequence[x509.Certificate],
-                    roots: Sequence[x509.Certificate], now: dt.datetime, purpose: Purpose,
-                    server_name: str | None) -> str | None:
+def _verifier_error(
+    leaf: x509.Certificate,
+    intermediates: Sequence[x509.Certificate],
+    roots: Sequence[x509.Certificate],
+    now: dt.datetime,
+    purpose: Purpose,
+    server_name: str | None,
+) -> str | None:
     """cryptography's verdict: None if it validates, else its reason."""
     # Device certificates carry their identity in the CN; the web-PKI default wants a SAN.
-    ee = ExtensionPolicy.webpki_defaults_ee().may_be_present(
-        x509.SubjectAlternativeName, Criticality.AGNOSTIC, None
+    ee = ExtensionPolicy.webpki_defaults_ee().may_be_present(x509.SubjectAlternativeName, Criticality.AGNOSTIC, None)
+    builder = (
+        PolicyBuilder()
+        .store(Store(list(roots)))
+        .time(now)
+        .extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee)
     )
-    builder = (PolicyBuilder().store(Store(list(roots))).time(now)
-               .extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee))
     try:
         if purpose == "server" and server_name:
             try:
@@ -236,8 +246,7 @@ def explain_chain(
             twin = any(r.subject == current.subject for r in roots)
             problems.append(
                 f"the chain ends at the self-signed {label}, which is not one of the trusted roots"
-                + (" (a trusted root has the same name but a different key: a re-created root?)"
-                   if twin else "")
+                + (" (a trusted root has the same name but a different key: a re-created root?)" if twin else "")
             )
             break
         by_name = [c for c in pool if c.subject == current.issuer]
@@ -294,8 +303,7 @@ def explain_chain(
         extra = [c for c in intermediates if c not in path]
         if extra:
             notes.append(f"{len(extra)} supplied certificate(s) are not part of the chain")
-    return ChainReport(valid=anchored and not problems, problems=tuple(problems), notes=tuple(notes),
-                       path=tuple(path))
+    return ChainReport(valid=anchored and not problems, problems=tuple(problems), notes=tuple(notes), path=tuple(path))
 
 
 def verify_chain(
@@ -309,8 +317,9 @@ def verify_chain(
     server_name: str | None = None,
 ) -> tuple[x509.Certificate, ...]:
     """Return the validated path (leaf first) or raise ChainError with every reason."""
-    report = explain_chain(leaf, intermediates, roots, now=now, purpose=purpose, check_cn=check_cn,
-                           server_name=server_name)
+    report = explain_chain(
+        leaf, intermediates, roots, now=now, purpose=purpose, check_cn=check_cn, server_name=server_name
+    )
     if not report.valid:
         raise ChainError("; ".join(report.problems))
     return report.path

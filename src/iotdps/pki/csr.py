@@ -36,9 +36,7 @@ def check_device_csr(
     assert cn is not None  # one CN attribute exists
     check_registration_id(cn)
     if expected_registration_id is not None and cn != expected_registration_id:
-        raise InvalidInput(
-            f"the CSR's CN {cn!r} does not match the registration id {expected_registration_id!r}"
-        )
+        raise InvalidInput(f"the CSR's CN {cn!r} does not match the registration id {expected_registration_id!r}")
     try:
         pub = req.public_key()
     except Exception:
@@ -47,8 +45,14 @@ def check_device_csr(
     return req, cn
 
 
-def sign_device_csr(issuer: Issuer, csr: x509.CertificateSigningRequest | bytes | str, validity: Validity,
-                    *, expected_registration_id: str | None = None, clamp: bool = False) -> x509.Certificate:
+def sign_device_csr(
+    issuer: Issuer,
+    csr: x509.CertificateSigningRequest | bytes | str,
+    validity: Validity,
+    *,
+    expected_registration_id: str | None = None,
+    clamp: bool = False,
+) -> x509.Certificate:
     """Issue a device certificate for the key in `csr` (PEM, DER, base64 DER or parsed)."""
     req, registration_id = check_device_csr(csr, expected_registration_id)
     return issue_device_certificate(issuer, registration_id, req.public_key(), validity, clamp=clamp)

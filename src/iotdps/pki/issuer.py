@@ -174,16 +174,12 @@ class Issuer:
             left = bc.path_length - (i + 1)
             if left < 0:
                 who = "it" if i == 0 else f"its ancestor {cert.subject.rfc4514_string()!r}"
-                raise PkiError(
-                    f"{self.label} cannot sign another CA: {who} has path length {bc.path_length}"
-                )
+                raise PkiError(f"{self.label} cannot sign another CA: {who} has path length {bc.path_length}")
             budget = left if budget is None else min(budget, left)
         if requested is None:
             return budget
         if isinstance(requested, bool) or not isinstance(requested, int) or requested < 0:
             raise InvalidInput("path length must be a non-negative integer")
         if budget is not None and requested > budget:
-            raise PkiError(
-                f"path length {requested} is more than {self.label} allows below it ({budget})"
-            )
+            raise PkiError(f"path length {requested} is more than {self.label} allows below it ({budget})")
         return requested

@@ -29,7 +29,6 @@ __all__ = [
 PrivateKey: TypeAlias = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 
-
 class KeySpec(enum.Enum):
     """The key types we issue. The value is the spelling used on the command line."""
 
@@ -41,8 +40,14 @@ class KeySpec(enum.Enum):
     @classmethod
     def parse(cls, text: str) -> KeySpec:
         norm = text.strip().lower().replace("-", "").replace("_", "")
-        aliases = {"ec": "p256", "ecdsa": "p256", "secp256r1": "p256", "prime256v1": "p256",
-                   "secp384r1": "p384", "rsa": "rsa2048"}
+        aliases = {
+            "ec": "p256",
+            "ecdsa": "p256",
+            "secp256r1": "p256",
+            "prime256v1": "p256",
+            "secp384r1": "p384",
+            "rsa": "rsa2048",
+        }
         norm = aliases.get(norm, norm)
         for spec in cls:
             if spec.value == norm:
@@ -77,8 +82,7 @@ def encode_private_key(key: PrivateKey, passphrase: Secret[str] | None) -> bytes
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
 
 
-def load_private_key(data: bytes, passphrase: Secret[str] | None, *,
-                     what: str = "private key") -> PrivateKey:
+def load_private_key(data: bytes, passphrase: Secret[str] | None, *, what: str = "private key") -> PrivateKey:
     """Load a PEM or DER private key, decrypting it with `passphrase` when it is encrypted.
 
     Errors name `what` (e.g. "key of CA 'factory'") but never include the key or passphrase.

@@ -26,8 +26,15 @@ from iotdps.pki.batch import MintedDevice
 
 __all__ = ["DeviceSink", "open_device_sink", "write_device_files"]
 
-_MANIFEST_HEADER = ["registration_id", "serial_number", "sha1_thumbprint", "sha256_thumbprint",
-                    "not_after_utc", "cert_file", "key_file"]
+_MANIFEST_HEADER = [
+    "registration_id",
+    "serial_number",
+    "sha1_thumbprint",
+    "sha256_thumbprint",
+    "not_after_utc",
+    "cert_file",
+    "key_file",
+]
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 
 
@@ -61,8 +68,17 @@ class _Manifest:
 
     def add(self, device: MintedDevice) -> None:
         cert_name, key_name = _names(device)
-        self.writer.writerow([device.registration_id, device.serial_number, device.sha1_thumbprint,
-                              device.sha256_thumbprint, device.not_after_utc, cert_name, key_name])
+        self.writer.writerow(
+            [
+                device.registration_id,
+                device.serial_number,
+                device.sha1_thumbprint,
+                device.sha256_thumbprint,
+                device.not_after_utc,
+                cert_name,
+                key_name,
+            ]
+        )
 
     def data(self) -> bytes:
         return self.buf.getvalue().encode("utf-8")
@@ -101,7 +117,7 @@ def tar_member(name: str, data: bytes, mode: int, mtime: int) -> bytes:
     if len(raw) > 100:
         raise ValueError("tar member name longer than 100 bytes")
     header = bytearray(512)
-    header[0:len(raw)] = raw
+    header[0 : len(raw)] = raw
     header[100:108] = _octal(mode, 8)
     header[108:116] = _octal(0, 8)
     header[116:124] = _octal(0, 8)
@@ -119,7 +135,8 @@ class _TarSink:
         # compresslevel 1: keys are random and do not compress; certificates a little. Speed wins.
         self.raw = fileobj
         self.out: io.BufferedWriter | gzip.GzipFile = (
-            gzip.GzipFile(fileobj=fileobj, mode="wb", compresslevel=1, mtime=0) if gz else fileobj)
+            gzip.GzipFile(fileobj=fileobj, mode="wb", compresslevel=1, mtime=0) if gz else fileobj
+        )
         self.manifest = _Manifest()
         self.now = int(time.time())
 
@@ -186,8 +203,9 @@ def open_device_sink(out: str | os.PathLike[str]) -> Iterator[DeviceSink]:
     try:
         with os.fdopen(fd, "wb") as fh:
             name = target.name.lower()
-            archive: _TarSink | _ZipSink = (_ZipSink(fh) if name.endswith(".zip")
-                                            else _TarSink(fh, gz=name.endswith((".gz", ".tgz"))))
+            archive: _TarSink | _ZipSink = (
+                _ZipSink(fh) if name.endswith(".zip") else _TarSink(fh, gz=name.endswith((".gz", ".tgz")))
+            )
             yield archive
             archive.close()
             fh.flush()

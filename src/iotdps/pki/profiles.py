@@ -37,12 +37,17 @@ __all__ = [
 MAX_CN_LENGTH = 64
 
 
-def _ku(*, digital_signature: bool = False, key_encipherment: bool = False,
-        cert_sign: bool = False) -> x509.KeyUsage:
+def _ku(*, digital_signature: bool = False, key_encipherment: bool = False, cert_sign: bool = False) -> x509.KeyUsage:
     return x509.KeyUsage(
-        digital_signature=digital_signature, content_commitment=False,
-        key_encipherment=key_encipherment, data_encipherment=False, key_agreement=False,
-        key_cert_sign=cert_sign, crl_sign=cert_sign, encipher_only=False, decipher_only=False,
+        digital_signature=digital_signature,
+        content_commitment=False,
+        key_encipherment=key_encipherment,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
     )
 
 
@@ -59,9 +64,7 @@ def check_public_key(key: object, what: str = "public key") -> CertificatePublic
     """Accept EC P-256/P-384 and RSA >= 2048 public keys; refuse anything else, by type."""
     if isinstance(key, ec.EllipticCurvePublicKey):
         if not isinstance(key.curve, ec.SECP256R1 | ec.SECP384R1):
-            raise InvalidInput(
-                f"the {what} uses curve {key.curve.name}; only P-256 and P-384 are accepted"
-            )
+            raise InvalidInput(f"the {what} uses curve {key.curve.name}; only P-256 and P-384 are accepted")
         return key
     if isinstance(key, rsa.RSAPublicKey):
         if key.key_size < 2048:
@@ -78,9 +81,7 @@ def _cn(value: str, what: str) -> x509.Name:
     if not value.strip():
         raise InvalidInput(f"{what} is empty")
     if len(value) > MAX_CN_LENGTH:
-        raise InvalidInput(
-            f"{what} is {len(value)} characters; a certificate CN holds at most {MAX_CN_LENGTH}"
-        )
+        raise InvalidInput(f"{what} is {len(value)} characters; a certificate CN holds at most {MAX_CN_LENGTH}")
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
         raise InvalidInput(f"{what} contains control characters")
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, value)])
@@ -101,43 +102,67 @@ def _check_validity(validity: Validity) -> Validity:
     return validity
 
 
-def _base(subject: x509.Name, issuer_name: x509.Name, public_key: CertificatePublicKeyTypes,
-          validity: Validity) -> x509.CertificateBuilder:
+def _base(
+    subject: x509.Name, issuer_name: x509.Name, public_key: CertificatePublicKeyTypes, validity: Validity
+) -> x509.CertificateBuilder:
     # random_serial_number draws 159 bits from os.urandom: unique and unpredictable (CA/B BR 7.1).
-    return (x509.CertificateBuilder()
-            .subject_name(subject).issuer_name(issuer_name).public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(validity.not_before).not_valid_after(validity.not_after)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False))
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(validity.not_before)
+        .not_valid_after(validity.not_after)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    )
 
 
-def _issued(issuer: Issuer, subject: x509.Name, public_key: CertificatePublicKeyTypes,
-            validity: Validity, *, clamp: bool) -> x509.CertificateBuilder:
+def _issued(
+    issuer: Issuer, subject: x509.Name, public_key: CertificatePublicKeyTypes, validity: Validity, *, clamp: bool
+) -> x509.CertificateBuilder:
     if not isinstance(issuer, Issuer):
         raise TypeError("issuer must be an Issuer")
     validity = _check_validity(validity).within(issuer.certificate, clamp=clamp)
-    return (_base(subject, issuer.certificate.subject, public_key, validity)
-            .add_extension(issuer.authority_key_identifier, critical=False))
+    return _base(subject, issuer.certificate.subject, public_key, validity).add_extension(
+        issuer.authority_key_identifier, critical=False
+    )
 
 
-def create_root_ca(common_name: str, key: PrivateKey, validity: Validity, *,
-                   path_length: int | None = None, organization: str | None = None) -> x509.Certificate:
+def create_root_ca(
+    common_name: str,
+    key: PrivateKey,
+    validity: Validity,
+    *,
+    path_length: int | None = None,
+    organization: str | None = None,
+) -> x509.Certificate:
     """A self-signed root: CA:TRUE (critical), keyCertSign + cRLSign, SKI and AKI."""
-    if path_length is not None and (isinstance(path_length, bool) or not isinstance(path_length, int)
-                                    or path_length < 0):
+    if path_length is not None and (
+        isinstance(path_length, bool) or not isinstance(path_length, int) or path_length < 0
+    ):
         raise InvalidInput("path length must be a non-negative integer")
     subject = _subject(common_name, organization, "the CA name")
     pub = key.public_key()
-    builder = (_base(subject, subject, pub, _check_validity(validity))
-               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(pub), critical=False)
-               .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
-               .add_extension(_CA_KU, critical=True))
+    builder = (
+        _base(subject, subject, pub, _check_validity(validity))
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(pub), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(_CA_KU, critical=True)
+    )
     return builder.sign(key, signature_hash(key))
 
 
-def create_intermediate_ca(issuer: Issuer, common_name: str, public_key: CertificatePublicKeyTypes,
-                           validity: Validity, *, path_length: int | None = None,
-                           organization: str | None = None, clamp: bool = False) -> x509.Certificate:
+def create_intermediate_ca(
+    issuer: Issuer,
+    common_name: str,
+    public_key: CertificatePublicKeyTypes,
+    validity: Validity,
+    *,
+    path_length: int | None = None,
+    organization: str | None = None,
+    clamp: bool = False,
+) -> x509.Certificate:
     """An intermediate CA signed by `issuer` (a root or another intermediate).
 
     `path_length` None takes whatever depth the ancestors leave (unlimited if none constrain);
@@ -145,9 +170,11 @@ def create_intermediate_ca(issuer: Issuer, common_name: str, public_key: Certifi
     """
     pub = check_public_key(public_key)
     plen = issuer.child_ca_path_length(path_length)
-    builder = (_issued(issuer, _subject(common_name, organization, "the CA name"), pub, validity, clamp=clamp)
-               .add_extension(x509.BasicConstraints(ca=True, path_length=plen), critical=True)
-               .add_extension(_CA_KU, critical=True))
+    builder = (
+        _issued(issuer, _subject(common_name, organization, "the CA name"), pub, validity, clamp=clamp)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=plen), critical=True)
+        .add_extension(_CA_KU, critical=True)
+    )
     return builder.sign(issuer.key, signature_hash(issuer.key))
 
 
@@ -155,8 +182,14 @@ def _leaf_ku(public_key: CertificatePublicKeyTypes) -> x509.KeyUsage:
     return _RSA_LEAF_KU if isinstance(public_key, rsa.RSAPublicKey) else _EC_LEAF_KU
 
 
-def issue_device_certificate(issuer: Issuer, registration_id: str, public_key: CertificatePublicKeyTypes,
-                             validity: Validity, *, clamp: bool = False) -> x509.Certificate:
+def issue_device_certificate(
+    issuer: Issuer,
+    registration_id: str,
+    public_key: CertificatePublicKeyTypes,
+    validity: Validity,
+    *,
+    clamp: bool = False,
+) -> x509.Certificate:
     """A device (client) certificate: CN = registration id, EKU clientAuth, digitalSignature."""
     check_registration_id(registration_id)
     pub = check_public_key(public_key, "device public key")
@@ -176,7 +209,10 @@ def device_extensions(issuer: Issuer, *, rsa_subject: bool) -> list[x509.Extensi
     """
     ku = _RSA_LEAF_KU if rsa_subject else _EC_LEAF_KU
     values: list[tuple[x509.ExtensionType, bool]] = [
-        (issuer.authority_key_identifier, False), (_LEAF_BC, True), (ku, True), (_CLIENT_EKU, False),
+        (issuer.authority_key_identifier, False),
+        (_LEAF_BC, True),
+        (ku, True),
+        (_CLIENT_EKU, False),
     ]
     return [x509.Extension(v.oid, crit, v) for v, crit in values]
 
@@ -195,8 +231,11 @@ def _ip(value: IPLike) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 
 def _dns(value: str) -> str:
     label_ok = all(
-        0 < len(part) <= 63 and part.replace("-", "").isalnum() and part.isascii()
-        and not part.startswith("-") and not part.endswith("-")
+        0 < len(part) <= 63
+        and part.replace("-", "").isalnum()
+        and part.isascii()
+        and not part.startswith("-")
+        and not part.endswith("-")
         for part in (value[2:] if value.startswith("*.") else value).split(".")
     )
     if not value or len(value) > 253 or not label_ok:
@@ -205,9 +244,14 @@ def _dns(value: str) -> str:
 
 
 def issue_server_certificate(
-    issuer: Issuer, public_key: CertificatePublicKeyTypes, validity: Validity, *,
-    dns_names: Sequence[str] = (), ip_addresses: Iterable[IPLike] = (),
-    common_name: str | None = None, clamp: bool = False,
+    issuer: Issuer,
+    public_key: CertificatePublicKeyTypes,
+    validity: Validity,
+    *,
+    dns_names: Sequence[str] = (),
+    ip_addresses: Iterable[IPLike] = (),
+    common_name: str | None = None,
+    clamp: bool = False,
 ) -> x509.Certificate:
     """A TLS server certificate: EKU serverAuth, SANs for every DNS name and IP address.
 
@@ -225,17 +269,24 @@ def issue_server_certificate(
     san = x509.SubjectAlternativeName(
         [*(x509.DNSName(n) for n in dict.fromkeys(names)), *(x509.IPAddress(a) for a in dict.fromkeys(ips))]
     )
-    builder = (_issued(issuer, _cn(cn, "the server name"), pub, validity, clamp=clamp)
-               .add_extension(_LEAF_BC, critical=True)
-               .add_extension(_leaf_ku(pub), critical=True)
-               .add_extension(_SERVER_EKU, critical=False)
-               .add_extension(san, critical=False))
+    builder = (
+        _issued(issuer, _cn(cn, "the server name"), pub, validity, clamp=clamp)
+        .add_extension(_LEAF_BC, critical=True)
+        .add_extension(_leaf_ku(pub), critical=True)
+        .add_extension(_SERVER_EKU, critical=False)
+        .add_extension(san, critical=False)
+    )
     return builder.sign(issuer.key, signature_hash(issuer.key))
 
 
-def issue_verification_certificate(issuer: Issuer, verification_code: str,
-                                   public_key: CertificatePublicKeyTypes, validity: Validity, *,
-                                   clamp: bool = True) -> x509.Certificate:
+def issue_verification_certificate(
+    issuer: Issuer,
+    verification_code: str,
+    public_key: CertificatePublicKeyTypes,
+    validity: Validity,
+    *,
+    clamp: bool = True,
+) -> x509.Certificate:
     """Proof of possession: CN = the service's verification code, signed by the CA being proven.
 
     The service checks only the CN and that the CA's key made the signature, so the subject key
@@ -244,7 +295,9 @@ def issue_verification_certificate(issuer: Issuer, verification_code: str,
     code = verification_code.strip() if isinstance(verification_code, str) else verification_code
     name = _cn(code, "the verification code")
     pub = check_public_key(public_key)
-    builder = (_issued(issuer, name, pub, validity, clamp=clamp)
-               .add_extension(_LEAF_BC, critical=True)
-               .add_extension(_leaf_ku(pub), critical=True))
+    builder = (
+        _issued(issuer, name, pub, validity, clamp=clamp)
+        .add_extension(_LEAF_BC, critical=True)
+        .add_extension(_leaf_ku(pub), critical=True)
+    )
     return builder.sign(issuer.key, signature_hash(issuer.key))

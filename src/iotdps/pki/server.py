@@ -38,13 +38,22 @@ class ServerIdentity:
 def create_server_identity(
     dns_names: Sequence[str] = ("localhost",),
     ip_addresses: Iterable[str | ipaddress.IPv4Address | ipaddress.IPv6Address] = ("127.0.0.1",),
-    *, ca_name: str = "iotdps server CA", ca_days: int = 3650, days: int = 825,
+    *,
+    ca_name: str = "iotdps server CA",
+    ca_days: int = 3650,
+    days: int = 825,
     key_spec: KeySpec = KeySpec.P256,
 ) -> ServerIdentity:
     """A new self-signed server CA (path length 0) and a server certificate it signed."""
     ca_key = generate_private_key(key_spec)
     ca = create_root_ca(ca_name, ca_key, Validity.days(ca_days), path_length=0)
     key = generate_private_key(key_spec)
-    cert = issue_server_certificate(Issuer(ca, ca_key), key.public_key(), Validity.days(days),
-                                    dns_names=dns_names, ip_addresses=ip_addresses, clamp=True)
+    cert = issue_server_certificate(
+        Issuer(ca, ca_key),
+        key.public_key(),
+        Validity.days(days),
+        dns_names=dns_names,
+        ip_addresses=ip_addresses,
+        clamp=True,
+    )
     return ServerIdentity(ca, ca_key, cert, key)

@@ -84,7 +84,7 @@ def _extension(ext: x509.Extension[x509.ExtensionType]) -> bytes:
 
 def der_to_pem(der: bytes, label: str = "CERTIFICATE") -> bytes:
     b64 = base64.b64encode(der)
-    lines = b"\n".join(b64[i:i + 64] for i in range(0, len(b64), 64))
+    lines = b"\n".join(b64[i : i + 64] for i in range(0, len(b64), 64))
     return b"-----BEGIN " + label.encode() + b"-----\n" + lines + b"\n-----END " + label.encode() + b"-----\n"
 
 
@@ -104,8 +104,11 @@ class DeviceTemplate:
         self._sig_alg = _sig_alg(issuer.key)
         self._hash = signature_hash(issuer.key)
         self._rsa = isinstance(issuer.key, rsa.RSAPrivateKey)
-        self._middle = (self._sig_alg + issuer.certificate.subject.public_bytes()
-                        + _tlv(0x30, _time(validity.not_before) + _time(validity.not_after)))
+        self._middle = (
+            self._sig_alg
+            + issuer.certificate.subject.public_bytes()
+            + _tlv(0x30, _time(validity.not_before) + _time(validity.not_after))
+        )
         exts = device_extensions(issuer, rsa_subject=rsa_subject)
         # The SKI comes first and varies per device; the extensions after it are constant.
         self._tail_exts = b"".join(_extension(e) for e in exts)
@@ -113,16 +116,14 @@ class DeviceTemplate:
 
     def tbs(self, serial: int, registration_id: str, public_key: CertificatePublicKeyTypes) -> bytes:
         """The DER TBSCertificate for one device. The caller validated `registration_id`."""
-        spki = public_key.public_bytes(serialization.Encoding.DER,
-                                       serialization.PublicFormat.SubjectPublicKeyInfo)
+        spki = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         ski = x509.SubjectKeyIdentifier.from_public_key(public_key).digest
         subject = _tlv(0x30, _tlv(0x31, _tlv(0x30, _CN_OID + _tlv(0x0C, registration_id.encode("utf-8")))))
         ski_ext = _tlv(0x30, _SKI_OID + _tlv(0x04, _tlv(0x04, ski)))
         exts = _tlv(0xA3, _tlv(0x30, ski_ext + self._tail_exts))
         return _tlv(0x30, _VERSION_V3 + _integer(serial) + self._middle + subject + spki + exts)
 
-    def certificate_der(self, serial: int, registration_id: str,
-                        public_key: CertificatePublicKeyTypes) -> bytes:
+    def certificate_der(self, serial: int, registration_id: str, public_key: CertificatePublicKeyTypes) -> bytes:
         tbs = self.tbs(serial, registration_id, public_key)
         key = self._issuer.key
         if isinstance(key, rsa.RSAPrivateKey):
@@ -133,5 +134,7 @@ class DeviceTemplate:
 
     @staticmethod
     def thumbprints(der: bytes) -> tuple[str, str]:
-        return (hashlib.sha1(der).hexdigest().upper(),  # noqa: S324 - a thumbprint, as Azure shows it
-                hashlib.sha256(der).hexdigest().upper())
+        return (
+            hashlib.sha1(der).hexdigest().upper(),  # noqa: S324 - a thumbprint, as Azure shows it
+            hashlib.sha256(der).hexdigest().upper(),
+        )

@@ -23,14 +23,15 @@ class Hierarchy:
 
 def make_hierarchy(root_path_length: int | None = 2, spec: KeySpec = KeySpec.P256) -> Hierarchy:
     rk = generate_private_key(spec)
-    root = Issuer(create_root_ca("Test Root", rk, Validity.days(3650), path_length=root_path_length), rk,
-                  name="root")
+    root = Issuer(create_root_ca("Test Root", rk, Validity.days(3650), path_length=root_path_length), rk, name="root")
     fk = generate_private_key(spec)
-    factory = Issuer(create_intermediate_ca(root, "factory-a", fk.public_key(), Validity.days(2000)), fk,
-                     root.chain, name="factory")
+    factory = Issuer(
+        create_intermediate_ca(root, "factory-a", fk.public_key(), Validity.days(2000)), fk, root.chain, name="factory"
+    )
     lk = generate_private_key(spec)
-    line = Issuer(create_intermediate_ca(factory, "line-1", lk.public_key(), Validity.days(1000)), lk,
-                  factory.chain, name="line")
+    line = Issuer(
+        create_intermediate_ca(factory, "line-1", lk.public_key(), Validity.days(1000)), lk, factory.chain, name="line"
+    )
     return Hierarchy(root, factory, line)
 
 

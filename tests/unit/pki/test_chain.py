@@ -61,7 +61,8 @@ def test_missing_intermediate(hierarchy: Any) -> None:
     assert not report.valid
     assert report.problems == (
         "missing intermediate: 'line-1' was issued by 'CN=factory-a', and no certificate with that subject "
-        "is in the bundle, the extra chain or the trusted roots",)
+        "is in the bundle, the extra chain or the trusted roots",
+    )
 
 
 def test_wrong_eku(hierarchy: Any) -> None:
@@ -69,22 +70,24 @@ def test_wrong_eku(hierarchy: Any) -> None:
     server = issue_server_certificate(hierarchy.line, key.public_key(), Validity.days(5), dns_names=["dev-1"])
     report = explain_chain(server, hierarchy.line.bundle, [hierarchy.root_cert])
     assert not report.valid
-    assert any("wrong extended key usage" in p and "serverAuth" in p and "clientAuth" in p
-               for p in report.problems)
+    assert any("wrong extended key usage" in p and "serverAuth" in p and "clientAuth" in p for p in report.problems)
 
 
 def test_cn_not_a_registration_id(hierarchy: Any) -> None:
     # Made outside our profile (which would refuse the CN), as another tool might.
     key = generate_private_key()
     line = hierarchy.line
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "my device!")]))
-            .issuer_name(line.certificate.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1))
-            .not_valid_after(dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
-            .add_extension(line.authority_key_identifier, critical=False)
-            .sign(line.key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "my device!")]))
+        .issuer_name(line.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1))
+        .not_valid_after(dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
+        .add_extension(line.authority_key_identifier, critical=False)
+        .sign(line.key, hashes.SHA256())
+    )
     report = explain_chain(cert, line.bundle, [hierarchy.root_cert])
     assert not report.valid
     assert any("not a valid DPS registration id" in p for p in report.problems)
@@ -122,14 +125,19 @@ def test_path_length_violation_is_reported() -> None:
     now = dt.datetime.now(dt.UTC)
     rk, ik, lk = generate_private_key(), generate_private_key(), generate_private_key()
     root = create_root_ca("R0", rk, Validity.days(10), path_length=0)
-    inter = (x509.CertificateBuilder().subject_name(x509.Name.from_rfc4514_string("CN=I"))
-             .issuer_name(root.subject).public_key(ik.public_key()).serial_number(7)
-             .not_valid_before(now - dt.timedelta(minutes=1)).not_valid_after(now + dt.timedelta(days=5))
-             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-             .add_extension(x509.SubjectKeyIdentifier.from_public_key(ik.public_key()), critical=False)
-             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(rk.public_key()),
-                            critical=False)
-             .sign(rk, hashes.SHA256()))
+    inter = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name.from_rfc4514_string("CN=I"))
+        .issuer_name(root.subject)
+        .public_key(ik.public_key())
+        .serial_number(7)
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=5))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ik.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(rk.public_key()), critical=False)
+        .sign(rk, hashes.SHA256())
+    )
     leaf = issue_device_certificate(Issuer(inter, ik, (root,)), "d-1", lk.public_key(), Validity.days(1))
     report = explain_chain(leaf, [inter], [root])
     assert not report.valid

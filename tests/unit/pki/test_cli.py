@@ -12,14 +12,26 @@ import pytest
 SRC = Path(__file__).resolve().parents[3] / "src"
 
 
-def run(args: list[str], ca_dir: Path, cwd: Path, passphrase: str | None = "pw-1",  # noqa: S107
-        input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    args: list[str],
+    ca_dir: Path,
+    cwd: Path,
+    passphrase: str | None = "pw-1",  # noqa: S107
+    input_text: str | None = None,
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IOTDPS_")}
     env.update(PYTHONPATH=str(SRC), IOTDPS_CA_DIR=str(ca_dir))
     if passphrase is not None:
         env["IOTDPS_CA_PASSPHRASE"] = passphrase
-    return subprocess.run([sys.executable, "-m", "iotdps", *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=120, input=input_text)
+    return subprocess.run(
+        [sys.executable, "-m", "iotdps", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        input=input_text,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +67,9 @@ def test_single_device_and_verify(workspace: tuple[Path, Path]) -> None:
     assert (cwd / "dev-one.cert.pem").read_bytes().count(b"BEGIN CERTIFICATE") == 3  # leaf + 2 intermediates
     r = run(["cert", "verify", "dev-one.cert.pem", "--key", "dev-one.key.pem"], ca, cwd)
     assert r.returncode == 0 and "VALID" in r.stdout
-    r = run(["cert", "verify", "dev-one.cert.pem", "--key", str(ca / "root.key.pem"),
-             "--key-passphrase", "pw-1"], ca, cwd)
+    r = run(
+        ["cert", "verify", "dev-one.cert.pem", "--key", str(ca / "root.key.pem"), "--key-passphrase", "pw-1"], ca, cwd
+    )
     assert r.returncode == 1 and "private key does not match" in r.stdout
     r = run(["cert", "inspect", "dev-one.cert.pem"], ca, cwd)
     assert r.returncode == 0 and "clientAuth" in r.stdout and "CN=dev-one" in r.stdout
@@ -65,41 +78,62 @@ def test_single_device_and_verify(workspace: tuple[Path, Path]) -> None:
 def test_missing_intermediate_explained(workspace: tuple[Path, Path]) -> None:
     ca, cwd = workspace
     assert run(["create-device-cert", "-r", "dev-two"], ca, cwd).returncode == 0
-    leaf_only = (cwd / "dev-two.cert.pem").read_text().split("-----END CERTIFICATE-----")[0] + \
-        "-----END CERTIFICATE-----\n"
+    leaf_only = (cwd / "dev-two.cert.pem").read_text().split("-----END CERTIFICATE-----")[
+        0
+    ] + "-----END CERTIFICATE-----\n"
     (cwd / "leaf-only.pem").write_text(leaf_only)
     r = run(["cert", "verify", "leaf-only.pem"], ca, cwd)
     assert r.returncode == 1
     assert "missing intermediate: 'dev-two' was issued by 'CN=line-1'" in r.stdout
-    r = run(["cert", "verify", "leaf-only.pem", "--chain", str(ca / "line-1.cert.pem"),
-             "--chain", str(ca / "factory.cert.pem")], ca, cwd)
+    r = run(
+        [
+            "cert",
+            "verify",
+            "leaf-only.pem",
+            "--chain",
+            str(ca / "line-1.cert.pem"),
+            "--chain",
+            str(ca / "factory.cert.pem"),
+        ],
+        ca,
+        cwd,
+    )
     assert r.returncode == 0, r.stdout
 
 
-@pytest.mark.parametrize(("args", "passphrase", "message"), [
-    (["create-device-cert", "-r", "dev-x"], "wrong", "wrong passphrase for the key of CA 'line-1'"),
-    (["create-ca-intermediate", "--name", "x", "--parent", "nope"], "pw-1", "no CA named 'nope'"),
-    (["create-device-cert", "-r", "bad/id"], "pw-1", "registration id 'bad/id' contains '/'"),
-    (["create-device-cert", "--csr", "garbage.csr"], "pw-1", "not a valid PKCS#10"),
-    (["create-ca-intermediate", "--name", "deeper", "--parent", "line-1"], "pw-1", "cannot sign another CA"),
-    (["create-ca-root"], "pw-1", "already exists"),
-    (["create-device-cert", "-r", "dev-y", "--key-type", "dsa"], "pw-1", "unknown key type"),
-])
-def test_bad_input_is_one_line_exit_2(workspace: tuple[Path, Path], args: list[str], passphrase: str,
-                                      message: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "passphrase", "message"),
+    [
+        (["create-device-cert", "-r", "dev-x"], "wrong", "wrong passphrase for the key of CA 'line-1'"),
+        (["create-ca-intermediate", "--name", "x", "--parent", "nope"], "pw-1", "no CA named 'nope'"),
+        (["create-device-cert", "-r", "bad/id"], "pw-1", "registration id 'bad/id' contains '/'"),
+        (["create-device-cert", "--csr", "garbage.csr"], "pw-1", "not a valid PKCS#10"),
+        (["create-ca-intermediate", "--name", "deeper", "--parent", "line-1"], "pw-1", "cannot sign another CA"),
+        (["create-ca-root"], "pw-1", "already exists"),
+        (["create-device-cert", "-r", "dev-y", "--key-type", "dsa"], "pw-1", "unknown key type"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(
+    workspace: tuple[Path, Path], args: list[str], passphrase: str, message: str
+) -> None:
     ca, cwd = workspace
-    (cwd / "garbage.csr").write_text(
-        "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n")
+    (cwd / "garbage.csr").write_text("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n")
     _one_line_error(run(args, ca, cwd, passphrase=passphrase), message)
 
 
 def test_passphrase_prompt_is_confirmed_and_never_echoed(tmp_path: Path) -> None:
-    r = run(["create-ca-root", "--name", "prompted"], tmp_path / "ca", tmp_path, passphrase=None,
-            input_text="s3cret-pass\ns3cret-pass\n")
+    r = run(
+        ["create-ca-root", "--name", "prompted"],
+        tmp_path / "ca",
+        tmp_path,
+        passphrase=None,
+        input_text="s3cret-pass\ns3cret-pass\n",
+    )
     assert r.returncode == 0, r.stderr
     assert "s3cret-pass" not in r.stdout + r.stderr
-    r = run(["create-ca-root", "--name", "mismatch"], tmp_path / "ca", tmp_path, passphrase=None,
-            input_text="one\ntwo\n")
+    r = run(
+        ["create-ca-root", "--name", "mismatch"], tmp_path / "ca", tmp_path, passphrase=None, input_text="one\ntwo\n"
+    )
     assert r.returncode != 0 and not (tmp_path / "ca" / "mismatch.key.pem").exists()
 
 

@@ -26,8 +26,10 @@ from iotdps.pki import (
 from iotdps.secret import Secret
 
 
-@pytest.mark.parametrize(("text", "spec"), [("p256", KeySpec.P256), ("P-384", KeySpec.P384),
-                                             ("rsa3072", KeySpec.RSA3072), ("ecdsa", KeySpec.P256)])
+@pytest.mark.parametrize(
+    ("text", "spec"),
+    [("p256", KeySpec.P256), ("P-384", KeySpec.P384), ("rsa3072", KeySpec.RSA3072), ("ecdsa", KeySpec.P256)],
+)
 def test_key_spec_parse(text: str, spec: KeySpec) -> None:
     assert KeySpec.parse(text) is spec
 
@@ -88,10 +90,12 @@ def test_certificate_info(hierarchy: Any) -> None:
 
 def _csr(cn: str, key: ec.EllipticCurvePrivateKey, *, ca: bool = False) -> x509.CertificateSigningRequest:
     b = x509.CertificateSigningRequestBuilder().subject_name(
-        x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, cn)]))
+        x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, cn)])
+    )
     if ca:
-        b = (b.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-             .add_extension(x509.SubjectAlternativeName([x509.DNSName("evil.example")]), critical=False))
+        b = b.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("evil.example")]), critical=False
+        )
     return b.sign(key, hashes.SHA256())
 
 
@@ -116,15 +120,16 @@ def test_csr_checks(hierarchy: Any) -> None:
     with pytest.raises(InvalidRegistrationId):
         sign_device_csr(hierarchy.line, _csr("bad id", key), Validity.days(5))
     with pytest.raises(InvalidInput, match="does not match"):
-        sign_device_csr(hierarchy.line, _csr("dev-1", key), Validity.days(5),
-                        expected_registration_id="dev-2")
+        sign_device_csr(hierarchy.line, _csr("dev-1", key), Validity.days(5), expected_registration_id="dev-2")
     with pytest.raises(InvalidInput, match="certificate signing request"):
-        sign_device_csr(hierarchy.line,
-                        b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
-                        Validity.days(5))
+        sign_device_csr(
+            hierarchy.line,
+            b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+            Validity.days(5),
+        )
     # Tamper with the signed content: the CSR's self-signature must no longer verify.
     der = bytearray(_csr("dev-1", key).public_bytes(serialization.Encoding.DER))
     i = der.find(b"dev-1")
-    der[i:i + 5] = b"dev-2"
+    der[i : i + 5] = b"dev-2"
     with pytest.raises(InvalidInput, match="signature does not verify"):
         sign_device_csr(hierarchy.line, bytes(der), Validity.days(5))

@@ -31,11 +31,13 @@ def _ext(cert: x509.Certificate, cls: type) -> x509.ExtensionType:
 
 
 def _client_verifier(roots: list[x509.Certificate]):
-    ee = ExtensionPolicy.webpki_defaults_ee().may_be_present(
-        x509.SubjectAlternativeName, Criticality.AGNOSTIC, None)
-    return (PolicyBuilder().store(Store(roots))
-            .extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee)
-            .build_client_verifier())
+    ee = ExtensionPolicy.webpki_defaults_ee().may_be_present(x509.SubjectAlternativeName, Criticality.AGNOSTIC, None)
+    return (
+        PolicyBuilder()
+        .store(Store(roots))
+        .extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee)
+        .build_client_verifier()
+    )
 
 
 def test_root_profile() -> None:
@@ -57,8 +59,11 @@ def test_four_level_hierarchy_verifies_with_cryptography(hierarchy: Any) -> None
     leaf = issue_device_certificate(hierarchy.line, "dev-0001", dev_key.public_key(), Validity.days(10))
     verified = _client_verifier([hierarchy.root_cert]).verify(leaf, list(hierarchy.line.bundle))
     assert [c.subject for c in verified.chain] == [
-        leaf.subject, hierarchy.line.certificate.subject, hierarchy.factory.certificate.subject,
-        hierarchy.root_cert.subject]
+        leaf.subject,
+        hierarchy.line.certificate.subject,
+        hierarchy.factory.certificate.subject,
+        hierarchy.root_cert.subject,
+    ]
     assert _ext(hierarchy.factory.certificate, x509.BasicConstraints).path_length == 1
     assert _ext(hierarchy.line.certificate, x509.BasicConstraints).path_length == 0
 
@@ -71,16 +76,19 @@ def test_device_profile(hierarchy: Any) -> None:
     ku = _ext(cert, x509.KeyUsage)
     assert ku.digital_signature and not ku.key_cert_sign
     assert _ext(cert, x509.BasicConstraints).ca is False
-    assert (_ext(cert, x509.AuthorityKeyIdentifier).key_identifier
-            == _ext(hierarchy.line.certificate, x509.SubjectKeyIdentifier).digest)
+    assert (
+        _ext(cert, x509.AuthorityKeyIdentifier).key_identifier
+        == _ext(hierarchy.line.certificate, x509.SubjectKeyIdentifier).digest
+    )
     assert cert.serial_number.bit_length() > 64  # CSPRNG serial, not a counter
 
 
 def test_serials_differ(hierarchy: Any) -> None:
     key = generate_private_key()
-    serials = {issue_device_certificate(hierarchy.line, "d1", key.public_key(),
-                                        Validity.days(1)).serial_number
-               for _ in range(20)}
+    serials = {
+        issue_device_certificate(hierarchy.line, "d1", key.public_key(), Validity.days(1)).serial_number
+        for _ in range(20)
+    }
     assert len(serials) == 20
 
 
@@ -92,20 +100,19 @@ def test_device_cn_must_be_registration_id(hierarchy: Any, bad: str) -> None:
 
 def test_registration_id_longer_than_a_cn_is_refused(hierarchy: Any) -> None:
     with pytest.raises(InvalidInput, match="at most 64"):
-        issue_device_certificate(hierarchy.line, "a" * 65, generate_private_key().public_key(),
-                                 Validity.days(1))
+        issue_device_certificate(hierarchy.line, "a" * 65, generate_private_key().public_key(), Validity.days(1))
 
 
 def test_path_length_exhausted_is_refused(hierarchy: Any) -> None:
     with pytest.raises(PkiError, match="path length 0"):
-        create_intermediate_ca(hierarchy.line, "sub-line", generate_private_key().public_key(),
-                               Validity.days(5))
+        create_intermediate_ca(hierarchy.line, "sub-line", generate_private_key().public_key(), Validity.days(5))
 
 
 def test_path_length_request_beyond_budget_is_refused(hierarchy: Any) -> None:
     with pytest.raises(PkiError, match="more than"):
-        create_intermediate_ca(hierarchy.factory, "x", generate_private_key().public_key(), Validity.days(5),
-                               path_length=3)
+        create_intermediate_ca(
+            hierarchy.factory, "x", generate_private_key().public_key(), Validity.days(5), path_length=3
+        )
 
 
 def test_ancestor_constraint_counts_too() -> None:
@@ -116,11 +123,17 @@ def test_ancestor_constraint_counts_too() -> None:
     cert = create_intermediate_ca(root, "I", ik.public_key(), Validity.days(50))
     assert _ext(cert, x509.BasicConstraints).path_length == 0
     # Even an intermediate forged without a constraint cannot be used to go deeper.
-    forged = (x509.CertificateBuilder().subject_name(cert.subject).issuer_name(root.certificate.subject)
-              .public_key(ik.public_key()).serial_number(1)
-              .not_valid_before(cert.not_valid_before_utc).not_valid_after(cert.not_valid_after_utc)
-              .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-              .sign(rk, hashes.SHA256()))
+    forged = (
+        x509.CertificateBuilder()
+        .subject_name(cert.subject)
+        .issuer_name(root.certificate.subject)
+        .public_key(ik.public_key())
+        .serial_number(1)
+        .not_valid_before(cert.not_valid_before_utc)
+        .not_valid_after(cert.not_valid_after_utc)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(rk, hashes.SHA256())
+    )
     with pytest.raises(PkiError, match="ancestor"):
         Issuer(forged, ik, root.chain).child_ca_path_length()
 
@@ -169,25 +182,26 @@ def test_issuer_rejects_mismatched_key_and_leaf_certificates(hierarchy: Any) -> 
 
 def test_server_certificate(hierarchy: Any) -> None:
     key = generate_private_key()
-    cert = issue_server_certificate(hierarchy.factory, key.public_key(), Validity.days(10),
-                                    dns_names=["Localhost", "dps.example.test"],
-                                    ip_addresses=["127.0.0.1", "::1"])
+    cert = issue_server_certificate(
+        hierarchy.factory,
+        key.public_key(),
+        Validity.days(10),
+        dns_names=["Localhost", "dps.example.test"],
+        ip_addresses=["127.0.0.1", "::1"],
+    )
     san = _ext(cert, x509.SubjectAlternativeName)
     assert san.get_values_for_type(x509.DNSName) == ["localhost", "dps.example.test"]
-    assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1"),
-                                                       ipaddress.ip_address("::1")]
+    assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")]
     assert list(_ext(cert, x509.ExtendedKeyUsage)) == [ExtendedKeyUsageOID.SERVER_AUTH]
     with pytest.raises(InvalidInput):
         issue_server_certificate(hierarchy.factory, key.public_key(), Validity.days(1))
     with pytest.raises(InvalidInput):
-        issue_server_certificate(hierarchy.factory, key.public_key(), Validity.days(1),
-                                 dns_names=["bad_name!"])
+        issue_server_certificate(hierarchy.factory, key.public_key(), Validity.days(1), dns_names=["bad_name!"])
 
 
 def test_server_identity_verifies_as_server() -> None:
     ident = create_server_identity(["localhost"], ["127.0.0.1"])
-    verifier = (PolicyBuilder().store(Store([ident.ca_certificate]))
-                .build_server_verifier(x509.DNSName("localhost")))
+    verifier = PolicyBuilder().store(Store([ident.ca_certificate])).build_server_verifier(x509.DNSName("localhost"))
     assert verifier.verify(ident.certificate, [])[-1] == ident.ca_certificate
 
 
@@ -202,8 +216,9 @@ def test_verification_certificate(hierarchy: Any) -> None:
 
 @pytest.mark.parametrize("issuer_spec", [KeySpec.P256, KeySpec.P384, KeySpec.RSA2048])
 @pytest.mark.parametrize("device_spec", [KeySpec.P256, KeySpec.RSA2048])
-def test_template_encodes_exactly_the_builder_profile(issuer_spec: KeySpec, device_spec: KeySpec,
-                                                      hierarchy_factory: Any) -> None:
+def test_template_encodes_exactly_the_builder_profile(
+    issuer_spec: KeySpec, device_spec: KeySpec, hierarchy_factory: Any
+) -> None:
     h = hierarchy_factory(spec=issuer_spec)
     dk = generate_private_key(device_spec)
     validity = Validity.days(30)

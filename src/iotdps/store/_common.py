@@ -1,0 +1,72 @@
+"""Rules every store applies the same way: etag preconditions, continuation tokens, the clock."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from datetime import UTC, datetime
+
+from iotdps.errors import InvalidInput, NotFound, PreconditionFailed
+
+__all__ = [
+    "DEFAULT_REFUSAL_LIMIT",
+    "SystemClock",
+    "check_delete",
+    "check_page_size",
+    "check_put",
+    "decode_token",
+    "encode_token",
+]
+
+# Refusals are an operator's recent history, not an audit log: keep the newest this many.
+DEFAULT_REFUSAL_LIMIT = 10_000
+_MAX_PAGE = 1000
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+def check_put(what: str, current_etag: str | None, exists: bool, if_match: str | None) -> None:
+    """`if_match` None = create or replace; "*" = any existing record; else that etag."""
+    if if_match is None:
+        return
+    if not exists:
+        raise PreconditionFailed(f"{what} does not exist (If-Match {if_match!r})")
+    if if_match != "*" and if_match != current_etag:
+        raise PreconditionFailed(f"{what} has changed: etag does not match")
+
+
+def check_delete(what: str, current_etag: str | None, exists: bool, if_match: str | None) -> None:
+    if not exists:
+        raise NotFound(f"{what} not found")
+    if if_match is not None and if_match != "*" and if_match != current_etag:
+        raise PreconditionFailed(f"{what} has changed: etag does not match")
+
+
+def check_page_size(page_size: int) -> int:
+    if not 1 <= page_size <= _MAX_PAGE:
+        raise InvalidInput(f"page size must be 1..{_MAX_PAGE}")
+    return page_size
+
+
+def encode_token(last_key: str) -> str:
+    """Opaque to clients; it is the last key of the page, so pages stay stable under inserts."""
+    raw = json.dumps({"k": last_key}, separators=(",", ":")).encode("utf-8")
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def decode_token(token: str | None) -> str | None:
+    if token is None or token == "":
+        return None
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        value = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+        key = value["k"]
+    except (binascii.Error, ValueError, UnicodeError, KeyError, TypeError) as exc:
+        raise InvalidInput("invalid continuation token") from exc
+    if not isinstance(key, str):
+        raise InvalidInput("invalid continuation token")
+    return key

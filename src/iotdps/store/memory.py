@@ -1,0 +1,418 @@
+"""The in-memory store: the reference behaviour of the `Store` port, and the fake for tests.
+
+A transaction works on the committed state copy-on-write (a table is copied the first time the
+transaction writes it) and swaps its tables in on commit; an exception discards them, so
+nothing of a failed block is ever visible. One asyncio.Lock serialises transactions, which is
+how SQLite's single writer behaves: two concurrent registrations of one id run one after the
+other. Do not open a transaction inside another in the same task: it would wait forever.
+
+Records are kept as JSON text built by `iotdps.store._records`, exactly what the SQL store
+writes, so a value the database could not hold fails here too, and no caller can mutate a
+stored record through an object it was handed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from iotdps.enrollment.models import (
+    CaCertificate,
+    EnrollmentGroup,
+    IndividualEnrollment,
+    LinkedHub,
+    RegistrationRecord,
+    ServiceSettings,
+    new_etag,
+)
+from iotdps.errors import AlreadyExists, InvalidInput, StoreError
+from iotdps.provisioning.ports import (
+    CaRepo,
+    Clock,
+    DeviceRepo,
+    EnrollmentRepo,
+    GroupRepo,
+    LinkedHubRepo,
+    Page,
+    Refusal,
+    RefusalLog,
+    RegistrationRepo,
+    SettingsRepo,
+    UnitOfWork,
+)
+from iotdps.registry.models import DeviceIdentity
+from iotdps.store import _records as rec
+from iotdps.store._common import (
+    DEFAULT_REFUSAL_LIMIT,
+    SystemClock,
+    check_delete,
+    check_page_size,
+    check_put,
+    decode_token,
+    encode_token,
+)
+
+__all__ = ["MemoryStore"]
+
+_TABLES = ("enrollments", "groups", "cas", "hubs", "settings", "registrations", "devices")
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    doc: str
+    etag: str | None
+    created: datetime | None
+    updated: datetime | None
+    kind: str | None = None  # attestation type of enrollments and groups
+
+    def load(self) -> dict[str, Any]:
+        loaded: dict[str, Any] = json.loads(self.doc)
+        return loaded
+
+
+def _dump(doc: Mapping[str, Any], what: str) -> str:
+    try:
+        return json.dumps(doc, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{what} holds a value that is not JSON") from exc
+
+
+class _Tx:
+    """One transaction's view: committed tables plus the ones it has copied and changed."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+        self.clock = store.clock
+        self.changed: dict[str, dict[Hashable, _Row]] = {}
+        self.new_refusals: list[Refusal] = []
+        self.open = True
+
+    def read(self, table: str) -> Mapping[Hashable, _Row]:
+        self.check_open()
+        return self.changed.get(table, self.store.tables[table])
+
+    def write(self, table: str) -> dict[Hashable, _Row]:
+        self.check_open()
+        if table not in self.changed:
+            self.changed[table] = dict(self.store.tables[table])
+        return self.changed[table]
+
+    def check_open(self) -> None:
+        if not self.open:
+            raise StoreError("the transaction has ended")
+
+    def now(self) -> datetime:
+        return rec.to_utc(self.clock.now())
+
+    # Generic operations over one keyed table ---------------------------------------
+
+    def get(self, table: str, key: Hashable) -> _Row | None:
+        return self.read(table).get(key)
+
+    def put(self, table: str, key: Hashable, what: str, doc: Mapping[str, Any], if_match: str | None,
+            kind: str | None = None) -> _Row:
+        text = _dump(doc, what)
+        current = self.read(table).get(key)
+        check_put(what, current.etag if current else None, current is not None, if_match)
+        now = self.now()
+        row = _Row(text, new_etag(), current.created if current and current.created else now, now, kind)
+        self.write(table)[key] = row
+        return row
+
+    def delete(self, table: str, key: Hashable, what: str, if_match: str | None) -> None:
+        current = self.read(table).get(key)
+        check_delete(what, current.etag if current else None, current is not None, if_match)
+        del self.write(table)[key]
+
+    def page(self, table: str, keys: Sequence[str], page_size: int, continuation: str | None,
+             key_of: Callable[[str], Hashable]) -> tuple[list[_Row], str | None]:
+        """Rows of `keys` (already filtered) after the continuation key, in key order."""
+        check_page_size(page_size)
+        after = decode_token(continuation)
+        ordered = sorted(k for k in keys if after is None or k > after)
+        chosen = ordered[:page_size]
+        rows = self.read(table)
+        token = encode_token(chosen[-1]) if len(ordered) > page_size else None
+        return [rows[key_of(k)] for k in chosen], token
+
+
+def _stamp(row: _Row) -> tuple[str | None, datetime | None, datetime | None]:
+    return row.etag, row.created, row.updated
+
+
+class _Enrollments:
+    def __init__(self, tx: _Tx) -> None:
+        self._tx = tx
+
+    @staticmethod
+    def _load(row: _Row) -> IndividualEnrollment:
+        return rec.enrollment_from_doc(row.load(), *_stamp(row))
+
+    async def get(self, registration_id: str) -> IndividualEnrollment | None:
+        row = self._tx.get("enrollments", registration_id)
+        return self._load(row) if row else None
+
+    async def put(self, enrollment: IndividualEnrollment, if_match: str | None = None) -> IndividualEnrollment:
+        what = f"enrollment {enrollment.registration_id}"
+        row = self._tx.put("enrollments", enrollment.registration_id, what, rec.enrollment_to_doc(enrollment),
+                           if_match, enrollment.attestation.type)
+        return self._load(row)
+
+    async def delete(self, registration_id: str, if_match: str | None = None) -> None:
+        self._tx.delete("enrollments", registration_id, f"enrollment {registration_id}", if_match)
+
+    async def list(self, page_size: int = 100, continuation: str | None = None) -> Page[IndividualEnrollment]:
+        keys = [str(k) for k in self._tx.read("enrollments")]
+        rows, token = self._tx.page("enrollments", keys, page_size, continuation, str)
+        return Page([self._load(r) for r in rows], token)
+
+    async def list_x509(self) -> Sequence[IndividualEnrollment]:
+        rows = self._tx.read("enrollments")
+        return [self._load(rows[k]) for k in sorted(rows, key=str) if rows[k].kind == "x509"]
+
+
+class _Groups:
+    def __init__(self, tx: _Tx) -> None:
+        self._tx = tx
+
+    @staticmethod
+    def _load(row: _Row) -> EnrollmentGroup:
+        return rec.group_from_doc(row.load(), *_stamp(row))
+
+    def _all(self) -> list[EnrollmentGroup]:
+        rows = self._tx.read("groups")
+        return [self._load(rows[k]) for k in sorted(rows, key=str)]
+
+    async def get(self, group_id: str) -> EnrollmentGroup | None:
+        row = self._tx.get("groups", group_id)
+        return self._load(row) if row else None
+
+    async def put(self, group: EnrollmentGroup, if_match: str | None = None) -> EnrollmentGroup:
+        what = f"enrollment group {group.enrollment_group_id}"
+        row = self._tx.put("groups", group.enrollment_group_id, what, rec.group_to_doc(group), if_match,
+                           group.attestation.type)
+        return self._load(row)
+
+    async def delete(self, group_id: str, if_match: str | None = None) -> None:
+        self._tx.delete("groups", group_id, f"enrollment group {group_id}", if_match)
+
+    async def list(self, page_size: int = 100, continuation: str | None = None) -> Page[EnrollmentGroup]:
+        keys = [str(k) for k in self._tx.read("groups")]
+        rows, token = self._tx.page("groups", keys, page_size, continuation, str)
+        return Page([self._load(r) for r in rows], token)
+
+    async def find_by_signing_thumbprint(self, sha256_thumbprint: str) -> Sequence[EnrollmentGroup]:
+        wanted = sha256_thumbprint.upper()
+        return [g for g in self._all() if wanted in rec.group_signing_thumbprints(g)]
+
+    async def find_by_ca_reference(self, ca_name: str) -> Sequence[EnrollmentGroup]:
+        return [g for g in self._all() if ca_name in rec.group_ca_references(g)]
+
+    async def list_symmetric_key(self) -> Sequence[EnrollmentGroup]:
+        rows = self._tx.read("groups")
+        return [self._load(rows[k]) for k in sorted(rows, key=str) if rows[k].kind == "symmetricKey"]
+
+
+class _Cas:
+    def __init__(self, tx: _Tx) -> None:
+        self._tx = tx
+
+    @staticmethod
+    def _load(row: _Row) -> CaCertificate:
+        return rec.ca_from_doc(row.load(), *_stamp(row))
+
+    async def get(self, name: str) -> CaCertificate | None:
+        row = self._tx.get("cas", name)
+        return self._load(row) if row else None
+
+    async def get_by_thumbprint(self, sha256_thumbprint: str) -> CaCertificate | None:
+        wanted = sha256_thumbprint.upper()
+        if not wanted:
+            return None
+        for row in self._tx.read("cas").values():
+            ca = self._load(row)
+            if ca.sha256_thumbprint == wanted:
+                return ca
+        return None
+
+    async def put(self, ca: CaCertificate, if_match: str | None = None) -> CaCertificate:
+        # The thumbprint is unique: one certificate cannot be two CA records.
+        if ca.sha256_thumbprint:
+            other = await self.get_by_thumbprint(ca.sha256_thumbprint)
+            if other is not None and other.name != ca.name:
+                raise AlreadyExists(f"this certificate is already uploaded as CA {other.name!r}")
+        row = self._tx.put("cas", ca.name, f"CA certificate {ca.name}", rec.ca_to_doc(ca), if_match)
+        return self._load(row)
+
+    async def delete(self, name: str, if_match: str | None = None) -> None:
+        self._tx.delete("cas", name, f"CA certificate {name}", if_match)
+
+    async def list(self) -> Sequence[CaCertificate]:
+        rows = self._tx.read("cas")
+        return [self._load(rows[k]) for k in sorted(rows, key=str)]
+
+
+class _Hubs:
+    def __init__(self, tx: _Tx) -> None:
+        self._tx = tx
+
+    async def get(self, host_name: str) -> LinkedHub | None:
+        row = self._tx.get("hubs", host_name)
+        return rec.hub_from_doc(row.load()) if row else None
+
+    async def put(self, hub: LinkedHub) -> LinkedHub:
+        row = self._tx.put("hubs", hub.host_name, f"linked hub {hub.host_name}", rec.hub_to_doc(hub), None)
+        return rec.hub_from_doc(row.load())
+
+    async def delete(self, host_name: str) -> None:
+        self._tx.delete("hubs", host_name, f"linked hub {host_name}", None)
+
+    async def list(self) -> Sequence[LinkedHub]:
+        rows = self._tx.read("hubs")
+        return [rec.hub_from_doc(rows[k].load()) for k in sorted(rows, key=str)]
+
+
+class _Settings:
+    _KEY = "service"
+
+    def __init__(self, tx: _Tx) -> None:
+        self._tx = tx
+
+    async def get(self) -> ServiceSettings | None:
+        row = self._tx.get("settings", self._KEY)
+        return rec.settings_from_doc(row.load()) if row else None
+
+    async def put(self, settings: ServiceSettings) -> ServiceSettings:
+        row = self._tx.put("settings", self._KEY, "service settings", rec.settings_to_doc(settings), None)
+        return rec.settings_from_doc(row.load())
+
+
+class _Registrations:
+    def __init__(self, tx: _Tx) -> None:
+        self._tx = tx
+
+    @staticmethod
+    def _load(row: _Row) -> RegistrationRecord:
+        return rec.registration_from_doc(row.load(), *_stamp(row))
+
+    async def get(self, registration_id: str, *, for_update: bool = False) -> RegistrationRecord | None:
+        # Every transaction already holds the store's one lock, so for_update has nothing to add.
+        row = self._tx.get("registrations", registration_id)
+        return self._load(row) if row else None
+
+    async def put(self, record: RegistrationRecord, if_match: str | None = None) -> RegistrationRecord:
+        what = f"registration {record.registration_id}"
+        row = self._tx.put("registrations", record.registration_id, what, rec.registration_to_doc(record),
+                           if_match, record.enrollment_group_id)
+        return self._load(row)
+
+    async def delete(self, registration_id: str, if_match: str | None = None) -> None:
+        self._tx.delete("registrations", registration_id, f"registration {registration_id}", if_match)
+
+    async def list(
+        self, page_size: int = 100, continuation: str | None = None, *, enrollment_group_id: str | None = None
+    ) -> Page[RegistrationRecord]:
+        rows = self._tx.read("registrations")
+        keys = [str(k) for k, r in rows.items() if enrollment_group_id is None or r.kind == enrollment_group_id]
+        chosen, token = self._tx.page("registrations", keys, page_size, continuation, str)
+        return Page([self._load(r) for r in chosen], token)
+
+
+class _Devices:
+    def __init__(self, tx: _Tx) -> None:
+        self._tx = tx
+
+    @staticmethod
+    def _load(row: _Row) -> DeviceIdentity:
+        return rec.device_from_doc(row.load(), *_stamp(row))
+
+    async def get(self, hub: str, device_id: str) -> DeviceIdentity | None:
+        row = self._tx.get("devices", (hub, device_id))
+        return self._load(row) if row else None
+
+    async def put(self, device: DeviceIdentity, if_match: str | None = None) -> DeviceIdentity:
+        what = f"device {device.device_id} on {device.hub}"
+        row = self._tx.put("devices", (device.hub, device.device_id), what, rec.device_to_doc(device), if_match)
+        return self._load(row)
+
+    async def delete(self, hub: str, device_id: str, if_match: str | None = None) -> None:
+        self._tx.delete("devices", (hub, device_id), f"device {device_id} on {hub}", if_match)
+
+    async def list(self, hub: str, page_size: int = 100, continuation: str | None = None) -> Page[DeviceIdentity]:
+        rows = self._tx.read("devices")
+        keys = [str(k[1]) for k in rows if isinstance(k, tuple) and k[0] == hub]
+        chosen, token = self._tx.page("devices", keys, page_size, continuation, lambda d: (hub, d))
+        return Page([self._load(r) for r in chosen], token)
+
+
+class _Refusals:
+    def __init__(self, tx: _Tx) -> None:
+        self._tx = tx
+
+    async def add(self, refusal: Refusal) -> None:
+        self._tx.check_open()
+        self._tx.new_refusals.append(refusal)
+
+    async def list(self, registration_id: str | None = None, limit: int = 100) -> Sequence[Refusal]:
+        self._tx.check_open()
+        if limit < 1:
+            raise InvalidInput("limit must be at least 1")
+        # Newest first = most recently added first; the pending ones of this transaction lead.
+        newest = [*reversed(self._tx.new_refusals), *reversed(self._tx.store.refusals)]
+        bound = self._tx.store.refusal_limit
+        chosen = [r for r in newest[:bound] if registration_id is None or r.registration_id == registration_id]
+        return chosen[:limit]
+
+
+class _UnitOfWork:
+    def __init__(self, tx: _Tx) -> None:
+        # Annotated with the port types: the UnitOfWork protocol's attributes are invariant.
+        self.enrollments: EnrollmentRepo = _Enrollments(tx)
+        self.groups: GroupRepo = _Groups(tx)
+        self.cas: CaRepo = _Cas(tx)
+        self.hubs: LinkedHubRepo = _Hubs(tx)
+        self.settings: SettingsRepo = _Settings(tx)
+        self.registrations: RegistrationRepo = _Registrations(tx)
+        self.devices: DeviceRepo = _Devices(tx)
+        self.refusals: RefusalLog = _Refusals(tx)
+
+
+class MemoryStore:
+    """`Store` held in process memory; gone when the process ends."""
+
+    def __init__(self, *, clock: Clock | None = None, refusal_limit: int = DEFAULT_REFUSAL_LIMIT) -> None:
+        if refusal_limit < 1:
+            raise ValueError("refusal_limit must be at least 1")
+        self.clock: Clock = clock or SystemClock()
+        self.refusal_limit = refusal_limit
+        self.tables: dict[str, dict[Hashable, _Row]] = {name: {} for name in _TABLES}
+        self.refusals: list[Refusal] = []  # oldest first
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[UnitOfWork]:
+        if self._closed:
+            raise StoreError("the store is closed")
+        async with self._lock:
+            tx = _Tx(self)
+            try:
+                yield _UnitOfWork(tx)
+            finally:
+                tx.open = False
+            # Reached only when the block ended without an exception: commit.
+            self.tables.update(tx.changed)
+            if tx.new_refusals:
+                self.refusals.extend(tx.new_refusals)
+                del self.refusals[: max(0, len(self.refusals) - self.refusal_limit)]
+
+    async def close(self) -> None:
+        self._closed = True
+
+    def __repr__(self) -> str:
+        return f"MemoryStore({sum(len(t) for t in self.tables.values())} records)"

@@ -69,7 +69,9 @@ def build_request(
     return {key: _enrollment_doc(enrollment), "deviceRuntimeContext": context, "linkedHubs": list(linked_hubs)}
 
 
-def parse_response(status: int, body: Mapping[str, Any] | None, linked_hubs: Sequence[str], host: str) -> WebhookAllocation:
+def parse_response(
+    status: int, body: Mapping[str, Any] | None, linked_hubs: Sequence[str], host: str
+) -> WebhookAllocation:
     if not 200 <= status < 300:
         raise Refused(RefusalReason.WEBHOOK_FAILED, f"webhook at {host} answered HTTP {status}")
     if not isinstance(body, Mapping):
@@ -81,12 +83,14 @@ def parse_response(status: int, body: Mapping[str, Any] | None, linked_hubs: Seq
     if hub.lower() not in by_name:
         raise Refused(
             RefusalReason.WEBHOOK_FAILED,
-            f"webhook at {host} chose hub {hub!r}, which is not one of the linked hubs offered ({', '.join(linked_hubs)})",
+            f"webhook at {host} chose hub {hub!r}, not one of the hubs offered ({', '.join(linked_hubs)})",
         )
     try:
         twin = InitialTwin.from_json(body.get("initialTwin"), "initialTwin")
     except InvalidInput as exc:
-        raise Refused(RefusalReason.WEBHOOK_FAILED, f"webhook at {host} answered a bad initialTwin: {exc.message}") from exc
+        raise Refused(
+            RefusalReason.WEBHOOK_FAILED, f"webhook at {host} answered a bad initialTwin: {exc.message}"
+        ) from exc
     return WebhookAllocation(by_name[hub.lower()], twin, body.get("payload"))
 
 
@@ -103,7 +107,5 @@ async def call_webhook(
     except TimeoutError as exc:
         raise Refused(RefusalReason.WEBHOOK_FAILED, f"webhook at {host} timed out after {timeout:g} s") from exc
     except OSError as exc:
-        raise Refused(
-            RefusalReason.WEBHOOK_FAILED, f"webhook at {host} unreachable ({type(exc).__name__})"
-        ) from exc
+        raise Refused(RefusalReason.WEBHOOK_FAILED, f"webhook at {host} unreachable ({type(exc).__name__})") from exc
     return parse_response(response.status, response.body, linked_hubs, host)

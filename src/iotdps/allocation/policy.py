@@ -27,7 +27,9 @@ def candidate_hubs(settings: EnrollmentSettings, linked: Sequence[LinkedHub]) ->
     if settings.iot_hubs:
         unknown = [name for name in settings.iot_hubs if name.lower() not in by_name]
         if unknown:
-            raise Refused(RefusalReason.HUB_NOT_LINKED, f"hub {', '.join(unknown)} named by the enrollment is not linked")
+            raise Refused(
+                RefusalReason.HUB_NOT_LINKED, f"hub {', '.join(unknown)} named by the enrollment is not linked"
+            )
         named = [by_name[name.lower()] for name in settings.iot_hubs]
     else:
         named = list(linked)
@@ -48,7 +50,9 @@ def choose_static(settings: EnrollmentSettings, linked: Sequence[LinkedHub]) -> 
     by_name = _linked_by_name(linked)
     names = list(settings.iot_hubs) or ([settings.iot_hub_host_name] if settings.iot_hub_host_name else [])
     if len(names) > 1:
-        raise Refused(RefusalReason.NO_HUB, f"static allocation needs exactly one hub; the enrollment names {len(names)}")
+        raise Refused(
+            RefusalReason.NO_HUB, f"static allocation needs exactly one hub; the enrollment names {len(names)}"
+        )
     if not names:
         if len(linked) == 1:
             return linked[0]

@@ -6,7 +6,6 @@ Transport failures surface as TimeoutError or OSError, as the port promises.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -40,7 +39,7 @@ class AiohttpWebhookTransport:
             ) as response:
                 raw = await response.content.read(_MAX_BODY + 1)
                 status = response.status
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             raise
         except aiohttp.ClientError as exc:
             raise OSError(f"webhook request failed: {type(exc).__name__}") from exc

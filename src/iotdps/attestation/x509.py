@@ -146,7 +146,9 @@ def build_path(
             return _Path(None, problem)
         path.append(issuer)
         current = issuer
-    return _Path(None, ChainProblem(RefusalReason.CHAIN_INVALID, f"chain is longer than {MAX_CHAIN_DEPTH} certificates"))
+    return _Path(
+        None, ChainProblem(RefusalReason.CHAIN_INVALID, f"chain is longer than {MAX_CHAIN_DEPTH} certificates")
+    )
 
 
 def _dead_end(
@@ -214,9 +216,7 @@ def diagnose(
     return ChainProblem(RefusalReason.CHAIN_INVALID, f"TLS verification failed ({detail})")
 
 
-def extend_above(
-    chain: Sequence[x509.Certificate], known: Iterable[x509.Certificate]
-) -> tuple[x509.Certificate, ...]:
+def extend_above(chain: Sequence[x509.Certificate], known: Iterable[x509.Certificate]) -> tuple[x509.Certificate, ...]:
     """The verified chain continued above its anchor, through known CA certificates, to a root.
 
     OpenSSL stops at the first anchor (PARTIAL_CHAIN), but a group on a CA above it (the root
@@ -229,9 +229,7 @@ def extend_above(
         if certs.is_self_issued(top) and certs.signed_by(top, top):
             break
         in_path = {certs.sha256_thumbprint(c) for c in out}
-        issuer = next(
-            (c for c in pool if certs.sha256_thumbprint(c) not in in_path and certs.signed_by(top, c)), None
-        )
+        issuer = next((c for c in pool if certs.sha256_thumbprint(c) not in in_path and certs.signed_by(top, c)), None)
         if issuer is None:
             break
         out.append(issuer)

@@ -138,7 +138,9 @@ def resolve_x509(
         elif slot_thumbprint(secondary) == leaf:
             slot = "secondary"
         if slot is None:
-            steps.append(f"{name}: found, device certificate sha256 {leaf[:16]}... is neither its primary nor secondary")
+            steps.append(
+                f"{name}: found, device certificate sha256 {leaf[:16]}... is neither its primary nor secondary"
+            )
             return _refuse(
                 steps,
                 RefusalReason.INDIVIDUAL_CERT_MISMATCH,
@@ -242,7 +244,9 @@ def resolve_symmetric_key(
             steps.append(f"symmetric-key group {group.enrollment_group_id}: derived keys do not verify")
             continue
         if not group.enabled:
-            steps.append(f"symmetric-key group {group.enrollment_group_id}: derived {slot} key verifies, disabled -> refuse")
+            steps.append(
+                f"symmetric-key group {group.enrollment_group_id}: derived {slot} key verifies, disabled -> refuse"
+            )
             return _refuse(
                 steps, RefusalReason.GROUP_DISABLED, f"group {group.enrollment_group_id} is disabled", group=group
             )

@@ -53,7 +53,9 @@ def fill_certificate_info(attestation: Attestation) -> Attestation:
     return replace(attestation, x509=filled)
 
 
-async def put_enrollment(store: Store, enrollment: IndividualEnrollment, if_match: str | None = None) -> IndividualEnrollment:
+async def put_enrollment(
+    store: Store, enrollment: IndividualEnrollment, if_match: str | None = None
+) -> IndividualEnrollment:
     attestation = fill_certificate_info(enrollment.attestation)
     if attestation.x509 is not None:
         for slot in attestation.x509.client_certificates:

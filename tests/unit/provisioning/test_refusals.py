@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from certkit import NOW, issue, seed004
-from helpers import KEY1, KEY2, SCOPE, Env, ca_group, sk_enrollment, sk_group, x509_enrollment
+from helpers import KEY1, KEY2, SCOPE, Env, sk_enrollment, sk_group, x509_enrollment
 
 from iotdps.attestation.registry import SasCredential
 from iotdps.attestation.symmetric_key import derive_device_key

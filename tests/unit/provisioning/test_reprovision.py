@@ -68,7 +68,11 @@ async def test_first_then_same_hub_then_migrate() -> None:
     await _set_hubs(env, H)
     first = await env.register_sas("dev-1", KEY1)
     assert first.record is not None
-    assert (first.record.status, first.record.substatus, first.record.assigned_hub) == ("assigned", "initialAssignment", H)
+    assert (first.record.status, first.record.substatus, first.record.assigned_hub) == (
+        "assigned",
+        "initialAssignment",
+        H,
+    )
     device = await _device(env, H)
     assert dict(device.twin.tags) == {"site": "lab"} and dict(device.twin.desired) == {"interval": 5}
     assert device.auth.type == "sas" and device.auth.primary_key.reveal() == KEY1
@@ -82,7 +86,10 @@ async def test_first_then_same_hub_then_migrate() -> None:
 
     await _set_hubs(env, H2)  # default policy: migrate
     moved = await env.register_sas("dev-1", KEY1)
-    assert moved.record is not None and (moved.record.assigned_hub, moved.record.substatus) == (H2, "deviceDataMigrated")
+    assert moved.record is not None and (moved.record.assigned_hub, moved.record.substatus) == (
+        H2,
+        "deviceDataMigrated",
+    )
     assert await _device(env, H) is None
     new = await _device(env, H2)
     assert dict(new.twin.reported) == {"temp": 20} and dict(new.twin.tags) == {"edited": True}

@@ -1,21 +1,120 @@
 """Storage adapters for the `Store` port (iotdps.provisioning.ports).
 
 `open_store(dsn)` is the one entry point: "memory://" gives the in-memory store,
-"sqlite+aiosqlite:///path" and "postgresql+asyncpg://..." the SQL store, migrated to the
-newest schema on open.
+"sqlite+aiosqlite:///path" and "postgresql+asyncpg://user@host/db" the SQL store, migrated
+to the newest schema on open ("sqlite:///" and "postgresql://" pick those drivers too).
 """
 
 from __future__ import annotations
 
-from iotdps.errors import InvalidInput
-from iotdps.provisioning.ports import Store
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+from iotdps.errors import InvalidInput, StoreError
+from iotdps.provisioning.ports import Clock, Store
+from iotdps.store._common import DEFAULT_REFUSAL_LIMIT
 from iotdps.store.memory import MemoryStore
+from iotdps.store.migrate import current_revision, head_revision, upgrade
+from iotdps.store.sql import DEFAULT_PRUNE_EVERY, SqlStore, describe_error
 
-__all__ = ["MemoryStore", "open_store"]
+__all__ = ["MemoryStore", "SqlStore", "open_store"]
+
+_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+_SQLITE_BUSY_MS = 5000
+_PG_CONNECT_TIMEOUT = 10.0
 
 
-async def open_store(dsn: str, *, create: bool = True) -> Store:
-    """Open the store `dsn` names. `create`: create or migrate the schema to the newest revision."""
+async def open_store(
+    dsn: str,
+    *,
+    create: bool = True,
+    schema: str | None = None,
+    clock: Clock | None = None,
+    refusal_limit: int = DEFAULT_REFUSAL_LIMIT,
+    prune_every: int = DEFAULT_PRUNE_EVERY,
+) -> Store:
+    """Open the store `dsn` names.
+
+    `create`: create or migrate the schema to the newest revision (else a database that is
+    not at the newest revision is a StoreError). `schema`: a PostgreSQL schema to use instead of
+    the search_path default. Connection failures raise StoreError without the password.
+    """
     if dsn.startswith("memory:"):
-        return MemoryStore()
-    raise InvalidInput("unsupported store DSN (use memory://, sqlite+aiosqlite:/// or postgresql+asyncpg://)")
+        return MemoryStore(clock=clock, refusal_limit=refusal_limit)
+    url = _parse(dsn)
+    engine = _engine(url, schema)
+    store = SqlStore(engine, clock=clock, refusal_limit=refusal_limit, prune_every=prune_every)
+    try:
+        if create:
+            await upgrade(engine)
+        elif await current_revision(engine) != head_revision():
+            raise StoreError("the database schema is not at the newest revision; migrate it first")
+    except StoreError:
+        await engine.dispose()
+        raise
+    except Exception as exc:
+        await engine.dispose()
+        raise describe_error(exc, url) from None
+    return store
+
+
+def _parse(dsn: str) -> URL:
+    try:
+        url = make_url(dsn)
+    except ArgumentError:
+        # make_url's message repeats the DSN, password and all.
+        raise InvalidInput("the store DSN is not a database URL") from None
+    backend = url.get_backend_name()
+    if backend not in _DRIVERS:
+        raise InvalidInput("unsupported store DSN (use memory://, sqlite+aiosqlite:/// or postgresql+asyncpg://)")
+    wanted = _DRIVERS[backend]
+    if url.drivername == backend:
+        url = url.set(drivername=wanted)
+    elif url.drivername != wanted:
+        raise InvalidInput(f"unsupported database driver; use {wanted}")
+    return url
+
+
+def _engine(url: URL, schema: str | None) -> AsyncEngine:
+    # hide_parameters: statement parameters hold documents with keys; never in errors or logs.
+    options: dict[str, Any] = {"hide_parameters": True}
+    if url.get_backend_name() == "sqlite":
+        if schema is not None:
+            raise InvalidInput("a schema applies to PostgreSQL only")
+        if url.database in (None, "", ":memory:"):
+            # One in-memory database lives as long as its one connection.
+            options["poolclass"] = StaticPool
+        engine = create_async_engine(url, **options)
+        _sqlite_setup(engine)
+        return engine
+    server_settings = {"application_name": "iotdps"}
+    if schema is not None:
+        server_settings["search_path"] = schema
+    options["connect_args"] = {"timeout": _PG_CONNECT_TIMEOUT, "server_settings": server_settings}
+    return create_async_engine(url, **options)
+
+
+def _sqlite_setup(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Autocommit at the driver so that we, not pysqlite, say how a transaction begins.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        for pragma in (
+            "PRAGMA journal_mode=WAL",  # readers do not block the writer
+            "PRAGMA synchronous=NORMAL",  # durable at checkpoints; safe with WAL
+            "PRAGMA foreign_keys=ON",  # index tables cascade with their group
+            f"PRAGMA busy_timeout={_SQLITE_BUSY_MS}",  # wait for another process's writer
+        ):
+            cursor.execute(pragma)
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # Take the write lock at BEGIN: a read lock upgraded later can fail with SQLITE_BUSY.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from iotdps.errors import InvalidInput, NotFound, PreconditionFailed
 
@@ -16,6 +18,7 @@ __all__ = [
     "check_page_size",
     "check_put",
     "decode_token",
+    "dump_doc",
     "encode_token",
 ]
 
@@ -70,3 +73,11 @@ def decode_token(token: str | None) -> str | None:
     if not isinstance(key, str):
         raise InvalidInput("invalid continuation token")
     return key
+
+
+def dump_doc(doc: Mapping[str, Any], what: str) -> str:
+    """JSON text of a stored document; a value JSON cannot hold (or NaN) is the caller's error."""
+    try:
+        return json.dumps(doc, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{what} holds a value that is not JSON") from exc

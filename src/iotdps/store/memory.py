@@ -54,6 +54,7 @@ from iotdps.store._common import (
     check_page_size,
     check_put,
     decode_token,
+    dump_doc,
     encode_token,
 )
 
@@ -73,13 +74,6 @@ class _Row:
     def load(self) -> dict[str, Any]:
         loaded: dict[str, Any] = json.loads(self.doc)
         return loaded
-
-
-def _dump(doc: Mapping[str, Any], what: str) -> str:
-    try:
-        return json.dumps(doc, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"{what} holds a value that is not JSON") from exc
 
 
 class _Tx:
@@ -116,7 +110,7 @@ class _Tx:
 
     def put(self, table: str, key: Hashable, what: str, doc: Mapping[str, Any], if_match: str | None,
             kind: str | None = None) -> _Row:
-        text = _dump(doc, what)
+        text = dump_doc(doc, what)
         current = self.read(table).get(key)
         check_put(what, current.etag if current else None, current is not None, if_match)
         now = self.now()

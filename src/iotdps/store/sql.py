@@ -1,0 +1,588 @@
+"""The SQL store: SQLAlchemy 2 Core over aiosqlite (the default) or asyncpg (several nodes).
+
+Concurrency, per engine:
+- SQLite has one writer. Every transaction starts with BEGIN IMMEDIATE, so it takes the write
+  lock up front instead of failing to upgrade a read lock half way (SQLITE_BUSY on commit),
+  and an asyncio.Lock serialises this process's transactions so they queue on the event loop
+  instead of sleeping in busy_timeout. Other processes still wait through busy_timeout.
+- PostgreSQL runs transactions concurrently (READ COMMITTED). A put locks the row it reads
+  (SELECT ... FOR UPDATE) before checking the etag; a first insert is an INSERT ... ON CONFLICT
+  DO UPDATE that keeps `created`, so two concurrent first writes of one key both succeed and
+  leave one consistent row. `registrations.get(for_update=True)` also takes a transaction-scoped
+  advisory lock on the id, so it serialises registrations of an id that has no row yet.
+
+Driver failures become StoreError with a message that names the database without its password;
+statement parameters (which may hold keys) are never shown (`hide_parameters`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from datetime import datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import ColumnElement, Row, Select, Table, delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import URL, Result
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from iotdps.enrollment.models import (
+    CaCertificate,
+    EnrollmentGroup,
+    IndividualEnrollment,
+    LinkedHub,
+    RegistrationRecord,
+    ServiceSettings,
+    new_etag,
+)
+from iotdps.errors import AlreadyExists, InvalidInput, StoreError
+from iotdps.provisioning.ports import (
+    CaRepo,
+    Clock,
+    DeviceRepo,
+    EnrollmentRepo,
+    GroupRepo,
+    LinkedHubRepo,
+    Page,
+    Refusal,
+    RefusalLog,
+    RegistrationRepo,
+    SettingsRepo,
+    UnitOfWork,
+)
+from iotdps.registry.models import DeviceIdentity
+from iotdps.store import _records as rec
+from iotdps.store import tables as t
+from iotdps.store._common import (
+    DEFAULT_REFUSAL_LIMIT,
+    SystemClock,
+    check_delete,
+    check_page_size,
+    check_put,
+    decode_token,
+    dump_doc,
+    encode_token,
+)
+
+__all__ = ["SqlStore", "describe_error"]
+
+# Prune the refusal log once every this many inserts (per store object), not on every one.
+DEFAULT_PRUNE_EVERY = 100
+
+_DB_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError, TimeoutError)
+
+
+def describe_error(exc: BaseException, url: URL) -> StoreError:
+    """A StoreError for a driver failure: where, what kind, the driver's words; no password."""
+    orig = getattr(exc, "orig", None) or exc
+    words = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
+    if url.password:
+        words = words.replace(str(url.password), "***")
+    where = url.render_as_string(hide_password=True)
+    detail = f": {words[:200]}" if words else ""
+    return StoreError(f"database error on {where}: {type(orig).__name__}{detail}")
+
+
+class _SqlTx:
+    def __init__(self, store: SqlStore, conn: AsyncConnection) -> None:
+        self.store = store
+        self.conn = conn
+        self.pg = store.dialect == "postgresql"
+        self.open = True
+
+    def now(self) -> datetime:
+        return rec.to_utc(self.store.clock.now())
+
+    async def run(self, statement: Any) -> Result[Any]:
+        if not self.open:
+            raise StoreError("the transaction has ended")
+        try:
+            return await self.conn.execute(statement)
+        except _DB_ERRORS as exc:
+            # Chained for callers that tell an integrity error apart; parameters are hidden.
+            raise self.store.error(exc) from exc
+
+    # Generic operations over one keyed table ---------------------------------------
+
+    @staticmethod
+    def _where(table: Table, key: Mapping[str, str]) -> list[ColumnElement[bool]]:
+        return [table.c[name] == value for name, value in key.items()]
+
+    async def get(self, table: Table, key: Mapping[str, str], *, lock: bool = False) -> Row[Any] | None:
+        query: Select[Any] = select(table.c.doc, table.c.etag, table.c.created, table.c.updated).where(
+            *self._where(table, key)
+        )
+        if lock and self.pg:
+            query = query.with_for_update()
+        return (await self.run(query)).first()
+
+    async def put(
+        self,
+        table: Table,
+        key: Mapping[str, str],
+        what: str,
+        doc: dict[str, Any],
+        if_match: str | None,
+        columns: Mapping[str, Any] | None = None,
+    ) -> tuple[str, datetime, datetime]:
+        """Write `doc` (and projection `columns`) under `key`; returns (etag, created, updated)."""
+        dump_doc(doc, what)  # fail on non-JSON values here, as the memory store does
+        current = (
+            await self.run(
+                self._lock(select(table.c.etag, table.c.created).where(*self._where(table, key)))
+            )
+        ).first()
+        check_put(what, current.etag if current else None, current is not None, if_match)
+        now = self.now()
+        etag = new_etag()
+        values = {"doc": doc, "etag": etag, "updated": now, **(columns or {})}
+        if current is not None:
+            await self.run(update(table).where(*self._where(table, key)).values(**values))
+            return etag, rec.to_utc(current.created), now
+        # No row seen: insert, and if a concurrent transaction inserted the key meanwhile,
+        # update its row instead, keeping its `created` (RETURNING says which).
+        inserter = pg_insert if self.pg else sqlite_insert
+        statement = (
+            inserter(table)
+            .values(**key, created=now, **values)
+            .on_conflict_do_update(index_elements=list(key), set_=values)
+            .returning(table.c.created)
+        )
+        created = (await self.run(statement)).scalar_one()
+        return etag, rec.to_utc(created), now
+
+    def _lock(self, query: Select[Any]) -> Select[Any]:
+        return query.with_for_update() if self.pg else query
+
+    async def delete(self, table: Table, key: Mapping[str, str], what: str, if_match: str | None) -> None:
+        current = (await self.run(self._lock(select(table.c.etag).where(*self._where(table, key))))).first()
+        check_delete(what, current.etag if current else None, current is not None, if_match)
+        await self.run(delete(table).where(*self._where(table, key)))
+
+    async def page(
+        self,
+        table: Table,
+        key_column: str,
+        page_size: int,
+        continuation: str | None,
+        *filters: ColumnElement[bool],
+    ) -> tuple[list[Row[Any]], str | None]:
+        check_page_size(page_size)
+        after = decode_token(continuation)
+        column = table.c[key_column]
+        query = select(column, table.c.doc, table.c.etag, table.c.created, table.c.updated).where(*filters)
+        if after is not None:
+            query = query.where(column > after)
+        rows = list((await self.run(query.order_by(column).limit(page_size + 1))).all())
+        token = encode_token(rows[page_size - 1][0]) if len(rows) > page_size else None
+        return rows[:page_size], token
+
+    async def select_docs(self, table: Table, *filters: ColumnElement[bool], order: str) -> list[Row[Any]]:
+        query = select(table.c.doc, table.c.etag, table.c.created, table.c.updated).where(*filters)
+        return list((await self.run(query.order_by(table.c[order]))).all())
+
+
+def _stamp(row: Row[Any]) -> tuple[str, datetime, datetime]:
+    return row.etag, rec.to_utc(row.created), rec.to_utc(row.updated)
+
+
+class _Enrollments:
+    _t = t.individual_enrollments
+
+    def __init__(self, tx: _SqlTx) -> None:
+        self._tx = tx
+
+    @staticmethod
+    def _load(row: Row[Any]) -> IndividualEnrollment:
+        return rec.enrollment_from_doc(row.doc, *_stamp(row))
+
+    async def get(self, registration_id: str) -> IndividualEnrollment | None:
+        row = await self._tx.get(self._t, {"registration_id": registration_id})
+        return self._load(row) if row else None
+
+    async def put(self, enrollment: IndividualEnrollment, if_match: str | None = None) -> IndividualEnrollment:
+        doc = rec.enrollment_to_doc(enrollment)
+        stamp = await self._tx.put(
+            self._t,
+            {"registration_id": enrollment.registration_id},
+            f"enrollment {enrollment.registration_id}",
+            doc,
+            if_match,
+            {"attestation_type": enrollment.attestation.type},
+        )
+        return rec.enrollment_from_doc(doc, *stamp)
+
+    async def delete(self, registration_id: str, if_match: str | None = None) -> None:
+        await self._tx.delete(self._t, {"registration_id": registration_id}, f"enrollment {registration_id}", if_match)
+
+    async def list(self, page_size: int = 100, continuation: str | None = None) -> Page[IndividualEnrollment]:
+        rows, token = await self._tx.page(self._t, "registration_id", page_size, continuation)
+        return Page([self._load(r) for r in rows], token)
+
+    async def list_x509(self) -> Sequence[IndividualEnrollment]:
+        rows = await self._tx.select_docs(self._t, self._t.c.attestation_type == "x509", order="registration_id")
+        return [self._load(r) for r in rows]
+
+
+class _Groups:
+    _t = t.enrollment_groups
+
+    def __init__(self, tx: _SqlTx) -> None:
+        self._tx = tx
+
+    @staticmethod
+    def _load(row: Row[Any]) -> EnrollmentGroup:
+        return rec.group_from_doc(row.doc, *_stamp(row))
+
+    async def get(self, group_id: str) -> EnrollmentGroup | None:
+        row = await self._tx.get(self._t, {"group_id": group_id})
+        return self._load(row) if row else None
+
+    async def put(self, group: EnrollmentGroup, if_match: str | None = None) -> EnrollmentGroup:
+        gid = group.enrollment_group_id
+        doc = rec.group_to_doc(group)
+        stamp = await self._tx.put(
+            self._t,
+            {"group_id": gid},
+            f"enrollment group {gid}",
+            doc,
+            if_match,
+            {"attestation_type": group.attestation.type},
+        )
+        # The group row is written (and locked) first, so concurrent puts of one group
+        # rewrite its index rows one after the other.
+        for index, column, values in (
+            (t.group_signing_thumbprints, "sha256", rec.group_signing_thumbprints(group)),
+            (t.group_ca_references, "ca_name", rec.group_ca_references(group)),
+        ):
+            await self._tx.run(delete(index).where(index.c.group_id == gid))
+            if values:
+                await self._tx.run(index.insert().values([{"group_id": gid, column: v} for v in sorted(values)]))
+        return rec.group_from_doc(doc, *stamp)
+
+    async def delete(self, group_id: str, if_match: str | None = None) -> None:
+        # Index rows go with the group (ON DELETE CASCADE).
+        await self._tx.delete(self._t, {"group_id": group_id}, f"enrollment group {group_id}", if_match)
+
+    async def list(self, page_size: int = 100, continuation: str | None = None) -> Page[EnrollmentGroup]:
+        rows, token = await self._tx.page(self._t, "group_id", page_size, continuation)
+        return Page([self._load(r) for r in rows], token)
+
+    async def _through(self, index: Table, column: str, value: str) -> Sequence[EnrollmentGroup]:
+        ids = select(index.c.group_id).where(index.c[column] == value)
+        rows = await self._tx.select_docs(self._t, self._t.c.group_id.in_(ids), order="group_id")
+        return [self._load(r) for r in rows]
+
+    async def find_by_signing_thumbprint(self, sha256_thumbprint: str) -> Sequence[EnrollmentGroup]:
+        return await self._through(t.group_signing_thumbprints, "sha256", sha256_thumbprint.upper())
+
+    async def find_by_ca_reference(self, ca_name: str) -> Sequence[EnrollmentGroup]:
+        return await self._through(t.group_ca_references, "ca_name", ca_name)
+
+    async def list_symmetric_key(self) -> Sequence[EnrollmentGroup]:
+        rows = await self._tx.select_docs(self._t, self._t.c.attestation_type == "symmetricKey", order="group_id")
+        return [self._load(r) for r in rows]
+
+
+class _Cas:
+    _t = t.ca_certificates
+
+    def __init__(self, tx: _SqlTx) -> None:
+        self._tx = tx
+
+    @staticmethod
+    def _load(row: Row[Any]) -> CaCertificate:
+        return rec.ca_from_doc(row.doc, *_stamp(row))
+
+    async def get(self, name: str) -> CaCertificate | None:
+        row = await self._tx.get(self._t, {"name": name})
+        return self._load(row) if row else None
+
+    async def get_by_thumbprint(self, sha256_thumbprint: str) -> CaCertificate | None:
+        wanted = sha256_thumbprint.upper()
+        if not wanted:
+            return None
+        rows = await self._tx.select_docs(self._t, self._t.c.sha256_thumbprint == wanted, order="name")
+        return self._load(rows[0]) if rows else None
+
+    async def put(self, ca: CaCertificate, if_match: str | None = None) -> CaCertificate:
+        thumbprint = ca.sha256_thumbprint or None
+        if thumbprint:
+            other = (
+                await self._tx.run(
+                    select(self._t.c.name).where(self._t.c.sha256_thumbprint == thumbprint, self._t.c.name != ca.name)
+                )
+            ).first()
+            if other is not None:
+                raise AlreadyExists(f"this certificate is already uploaded as CA {other.name!r}")
+        doc = rec.ca_to_doc(ca)
+        columns = {
+            "sha256_thumbprint": thumbprint,
+            "is_verified": ca.is_verified,
+            "verification_code_hash": doc["verificationCodeHash"],
+        }
+        try:
+            stamp = await self._tx.put(self._t, {"name": ca.name}, f"CA certificate {ca.name}", doc, if_match, columns)
+        except StoreError as exc:
+            # The unique thumbprint index lost a race against a concurrent upload.
+            if isinstance(exc.__cause__, IntegrityError):
+                raise AlreadyExists("this certificate is already uploaded as another CA") from None
+            raise
+        return rec.ca_from_doc(doc, *stamp)
+
+    async def delete(self, name: str, if_match: str | None = None) -> None:
+        await self._tx.delete(self._t, {"name": name}, f"CA certificate {name}", if_match)
+
+    async def list(self) -> Sequence[CaCertificate]:
+        return [self._load(r) for r in await self._tx.select_docs(self._t, order="name")]
+
+
+class _Hubs:
+    _t = t.linked_hubs
+
+    def __init__(self, tx: _SqlTx) -> None:
+        self._tx = tx
+
+    async def get(self, host_name: str) -> LinkedHub | None:
+        row = await self._tx.get(self._t, {"host_name": host_name})
+        return rec.hub_from_doc(row.doc) if row else None
+
+    async def put(self, hub: LinkedHub) -> LinkedHub:
+        doc = rec.hub_to_doc(hub)
+        await self._tx.put(self._t, {"host_name": hub.host_name}, f"linked hub {hub.host_name}", doc, None)
+        return rec.hub_from_doc(doc)
+
+    async def delete(self, host_name: str) -> None:
+        await self._tx.delete(self._t, {"host_name": host_name}, f"linked hub {host_name}", None)
+
+    async def list(self) -> Sequence[LinkedHub]:
+        return [rec.hub_from_doc(r.doc) for r in await self._tx.select_docs(self._t, order="host_name")]
+
+
+class _Settings:
+    _t = t.service_settings
+    _KEY: ClassVar[Mapping[str, str]] = {"id": "service"}
+
+    def __init__(self, tx: _SqlTx) -> None:
+        self._tx = tx
+
+    async def get(self) -> ServiceSettings | None:
+        row = await self._tx.get(self._t, self._KEY)
+        return rec.settings_from_doc(row.doc) if row else None
+
+    async def put(self, settings: ServiceSettings) -> ServiceSettings:
+        doc = rec.settings_to_doc(settings)
+        await self._tx.put(self._t, self._KEY, "service settings", doc, None)
+        return rec.settings_from_doc(doc)
+
+
+class _Registrations:
+    _t = t.registrations
+
+    def __init__(self, tx: _SqlTx) -> None:
+        self._tx = tx
+
+    @staticmethod
+    def _load(row: Row[Any]) -> RegistrationRecord:
+        return rec.registration_from_doc(row.doc, *_stamp(row))
+
+    async def get(self, registration_id: str, *, for_update: bool = False) -> RegistrationRecord | None:
+        if for_update and self._tx.pg:
+            # FOR UPDATE cannot lock a row that does not exist yet; the advisory lock on the
+            # id's hash serialises first registrations too (released at commit or rollback).
+            await self._tx.run(
+                select(func.pg_advisory_xact_lock(func.hashtextextended("registration:" + registration_id, 0)))
+            )
+        row = await self._tx.get(self._t, {"registration_id": registration_id}, lock=for_update)
+        return self._load(row) if row else None
+
+    async def put(self, record: RegistrationRecord, if_match: str | None = None) -> RegistrationRecord:
+        doc = rec.registration_to_doc(record)
+        columns = {
+            "enrollment_group_id": record.enrollment_group_id,
+            "status": record.status,
+            "operation_id": record.operation_id,
+        }
+        stamp = await self._tx.put(
+            self._t,
+            {"registration_id": record.registration_id},
+            f"registration {record.registration_id}",
+            doc,
+            if_match,
+            columns,
+        )
+        return rec.registration_from_doc(doc, *stamp)
+
+    async def delete(self, registration_id: str, if_match: str | None = None) -> None:
+        await self._tx.delete(
+            self._t, {"registration_id": registration_id}, f"registration {registration_id}", if_match
+        )
+
+    async def list(
+        self, page_size: int = 100, continuation: str | None = None, *, enrollment_group_id: str | None = None
+    ) -> Page[RegistrationRecord]:
+        filters = [] if enrollment_group_id is None else [self._t.c.enrollment_group_id == enrollment_group_id]
+        rows, token = await self._tx.page(self._t, "registration_id", page_size, continuation, *filters)
+        return Page([self._load(r) for r in rows], token)
+
+
+class _Devices:
+    _t = t.devices
+
+    def __init__(self, tx: _SqlTx) -> None:
+        self._tx = tx
+
+    @staticmethod
+    def _load(row: Row[Any]) -> DeviceIdentity:
+        return rec.device_from_doc(row.doc, *_stamp(row))
+
+    async def get(self, hub: str, device_id: str) -> DeviceIdentity | None:
+        row = await self._tx.get(self._t, {"hub": hub, "device_id": device_id})
+        return self._load(row) if row else None
+
+    async def put(self, device: DeviceIdentity, if_match: str | None = None) -> DeviceIdentity:
+        doc = rec.device_to_doc(device)
+        stamp = await self._tx.put(
+            self._t,
+            {"hub": device.hub, "device_id": device.device_id},
+            f"device {device.device_id} on {device.hub}",
+            doc,
+            if_match,
+            {"registration_id": device.registration_id},
+        )
+        return rec.device_from_doc(doc, *stamp)
+
+    async def delete(self, hub: str, device_id: str, if_match: str | None = None) -> None:
+        await self._tx.delete(self._t, {"hub": hub, "device_id": device_id}, f"device {device_id} on {hub}", if_match)
+
+    async def list(self, hub: str, page_size: int = 100, continuation: str | None = None) -> Page[DeviceIdentity]:
+        rows, token = await self._tx.page(self._t, "device_id", page_size, continuation, self._t.c.hub == hub)
+        return Page([self._load(r) for r in rows], token)
+
+
+class _Refusals:
+    _t = t.refusals
+
+    def __init__(self, tx: _SqlTx) -> None:
+        self._tx = tx
+
+    def _oldest_kept(self) -> Any:
+        """The id just below the newest `refusal_limit` entries (NULL when there are fewer)."""
+        limit = self._tx.store.refusal_limit
+        return select(self._t.c.id).order_by(self._t.c.id.desc()).limit(1).offset(limit).scalar_subquery()
+
+    async def add(self, refusal: Refusal) -> None:
+        await self._tx.run(
+            self._t.insert().values(
+                registration_id=refusal.registration_id,
+                at=refusal.at,
+                reason=refusal.reason,
+                message=refusal.message,
+                attestation_type=refusal.attestation_type,
+                enrollment=refusal.enrollment,
+            )
+        )
+        if self._tx.store.count_refusal():
+            await self._tx.run(delete(self._t).where(self._t.c.id <= self._oldest_kept()))
+
+    async def list(self, registration_id: str | None = None, limit: int = 100) -> Sequence[Refusal]:
+        if limit < 1:
+            raise InvalidInput("limit must be at least 1")
+        # Pruning runs every few inserts; the bound holds exactly on what is shown.
+        query = select(self._t).where(self._t.c.id > func.coalesce(self._oldest_kept(), 0))
+        if registration_id is not None:
+            query = query.where(self._t.c.registration_id == registration_id)
+        rows = (await self._tx.run(query.order_by(self._t.c.id.desc()).limit(limit))).all()
+        return [
+            Refusal(
+                registration_id=r.registration_id,
+                reason=r.reason,
+                message=r.message,
+                attestation_type=r.attestation_type,
+                at=rec.to_utc(r.at),
+                enrollment=r.enrollment,
+            )
+            for r in rows
+        ]
+
+
+class _UnitOfWork:
+    def __init__(self, tx: _SqlTx) -> None:
+        # Annotated with the port types: the UnitOfWork protocol's attributes are invariant.
+        self.enrollments: EnrollmentRepo = _Enrollments(tx)
+        self.groups: GroupRepo = _Groups(tx)
+        self.cas: CaRepo = _Cas(tx)
+        self.hubs: LinkedHubRepo = _Hubs(tx)
+        self.settings: SettingsRepo = _Settings(tx)
+        self.registrations: RegistrationRepo = _Registrations(tx)
+        self.devices: DeviceRepo = _Devices(tx)
+        self.refusals: RefusalLog = _Refusals(tx)
+
+
+class SqlStore:
+    """`Store` over an AsyncEngine whose schema is already at the newest revision.
+
+    Build it with `iotdps.store.open_store`, which makes the engine, sets the SQLite pragmas
+    and runs the migrations.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        clock: Clock | None = None,
+        refusal_limit: int = DEFAULT_REFUSAL_LIMIT,
+        prune_every: int = DEFAULT_PRUNE_EVERY,
+    ) -> None:
+        if refusal_limit < 1 or prune_every < 1:
+            raise ValueError("refusal_limit and prune_every must be at least 1")
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self.clock: Clock = clock or SystemClock()
+        self.refusal_limit = refusal_limit
+        self.prune_every = prune_every
+        self._refusals_added = 0
+        self._serial = asyncio.Lock() if self.dialect == "sqlite" else None
+        self._closed = False
+
+    def error(self, exc: BaseException) -> StoreError:
+        return describe_error(exc, self.engine.url)
+
+    def count_refusal(self) -> bool:
+        """Count one refusal insert; True when it is time to prune."""
+        self._refusals_added += 1
+        return self._refusals_added % self.prune_every == 0
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[UnitOfWork]:
+        if self._closed:
+            raise StoreError("the store is closed")
+        serial: AbstractAsyncContextManager[Any] = self._serial if self._serial is not None else nullcontext()
+        body_error: BaseException | None = None
+        async with serial:
+            try:
+                async with self.engine.begin() as conn:
+                    tx = _SqlTx(self, conn)
+                    try:
+                        yield _UnitOfWork(tx)
+                    except BaseException as exc:
+                        body_error = exc
+                        raise
+                    finally:
+                        tx.open = False
+            except _DB_ERRORS as exc:
+                # An OSError from the caller's own block is theirs, not the database's.
+                if exc is body_error:
+                    raise
+                raise self.error(exc) from None
+
+    async def close(self) -> None:
+        self._closed = True
+        await self.engine.dispose()
+
+    def __repr__(self) -> str:
+        return f"SqlStore({self.engine.url.render_as_string(hide_password=True)})"

@@ -1,0 +1,203 @@
+"""The database schema (SQLAlchemy Core), one for SQLite and PostgreSQL.
+
+Every record is a JSON document (`doc`, built by iotdps.store._records) plus its key, the
+stamp columns (etag, created, updated) and a few projections of the document that queries
+filter on (attestation type, thumbprint, group id, status). The document is the truth; the
+projections are rewritten with it on every put.
+
+Keys use the "C" collation on PostgreSQL so that they sort by code point, like SQLite and
+like the in-memory store: continuation tokens are "the last key", so all three must agree on
+what comes after it.
+
+Changing anything here needs a new Alembic revision in store/migrations/versions/.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+from iotdps.store._records import to_utc
+
+__all__ = [
+    "ID_LENGTH",
+    "UtcDateTime",
+    "ca_certificates",
+    "devices",
+    "doc_type",
+    "enrollment_groups",
+    "group_ca_references",
+    "group_signing_thumbprints",
+    "individual_enrollments",
+    "key_type",
+    "linked_hubs",
+    "metadata",
+    "refusals",
+    "registrations",
+    "service_settings",
+]
+
+ID_LENGTH = 128  # registration ids, group ids, device ids: at most 128 characters
+HOST_LENGTH = 255
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+def key_type(length: int = ID_LENGTH) -> TypeEngine[str]:
+    return String(length).with_variant(String(length, collation="C"), "postgresql")
+
+
+def doc_type() -> TypeEngine[Any]:
+    return JSON().with_variant(JSONB(), "postgresql")
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in and out; SQLite keeps no zone, so UTC is implied there."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        utc = to_utc(value)
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return to_utc(value) if value is not None else None
+
+
+def _stamps() -> list[Column[Any]]:
+    return [
+        Column("etag", String(64), nullable=False),
+        Column("created", UtcDateTime(), nullable=False),
+        Column("updated", UtcDateTime(), nullable=False),
+    ]
+
+
+service_settings = Table(
+    "service_settings",
+    metadata,
+    Column("id", String(16), primary_key=True),
+    Column("doc", doc_type(), nullable=False),
+    *_stamps(),
+)
+
+linked_hubs = Table(
+    "linked_hubs",
+    metadata,
+    Column("host_name", key_type(HOST_LENGTH), primary_key=True),
+    Column("doc", doc_type(), nullable=False),
+    *_stamps(),
+)
+
+ca_certificates = Table(
+    "ca_certificates",
+    metadata,
+    Column("name", key_type(), primary_key=True),
+    # NULL when the certificate info carries no thumbprint; unique otherwise.
+    Column("sha256_thumbprint", String(64), nullable=True),
+    Column("is_verified", Boolean, nullable=False, default=False),
+    # SHA-256 of the proof-of-possession code (iotdps.store.codes), never the code.
+    Column("verification_code_hash", String(80), nullable=True),
+    Column("doc", doc_type(), nullable=False),
+    *_stamps(),
+    Index(None, "sha256_thumbprint", unique=True),
+)
+
+individual_enrollments = Table(
+    "individual_enrollments",
+    metadata,
+    Column("registration_id", key_type(), primary_key=True),
+    Column("attestation_type", String(16), nullable=False, index=True),
+    Column("doc", doc_type(), nullable=False),
+    *_stamps(),
+)
+
+enrollment_groups = Table(
+    "enrollment_groups",
+    metadata,
+    Column("group_id", key_type(), primary_key=True),
+    Column("attestation_type", String(16), nullable=False, index=True),
+    Column("doc", doc_type(), nullable=False),
+    *_stamps(),
+)
+
+# Index tables: rewritten with their group on every put, removed with it (ON DELETE CASCADE).
+group_signing_thumbprints = Table(
+    "group_signing_thumbprints",
+    metadata,
+    Column(
+        "group_id", key_type(), ForeignKey("enrollment_groups.group_id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("sha256", String(64), primary_key=True, index=True),
+)
+
+group_ca_references = Table(
+    "group_ca_references",
+    metadata,
+    Column(
+        "group_id", key_type(), ForeignKey("enrollment_groups.group_id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("ca_name", key_type(), primary_key=True, index=True),
+)
+
+registrations = Table(
+    "registrations",
+    metadata,
+    Column("registration_id", key_type(), primary_key=True),
+    Column("enrollment_group_id", key_type(), nullable=True, index=True),
+    Column("status", String(16), nullable=False),
+    Column("operation_id", String(128), nullable=False),
+    Column("doc", doc_type(), nullable=False),
+    *_stamps(),
+)
+
+# Devices hold their SAS keys inside `doc` (the hub authenticates with them).
+devices = Table(
+    "devices",
+    metadata,
+    Column("hub", key_type(HOST_LENGTH), primary_key=True),
+    Column("device_id", key_type(), primary_key=True),
+    Column("registration_id", key_type(), nullable=True, index=True),
+    Column("doc", doc_type(), nullable=False),
+    *_stamps(),
+)
+
+refusals = Table(
+    "refusals",
+    metadata,
+    # BIGINT on PostgreSQL; SQLite autoincrements only an INTEGER PRIMARY KEY.
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    Column("registration_id", String(ID_LENGTH), nullable=False, index=True),
+    Column("at", UtcDateTime(), nullable=False),
+    Column("reason", String(64), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("attestation_type", String(16), nullable=True),
+    Column("enrollment", String(ID_LENGTH), nullable=True),
+)

@@ -20,7 +20,7 @@ from iotdps.enrollment.models import (
     X509Attestation,
 )
 from iotdps.provisioning.admin import put_enrollment, put_group
-from iotdps.provisioning.ports import WebhookTransport
+from iotdps.provisioning.ports import Store, WebhookTransport
 from iotdps.provisioning.service import ProvisioningService, RegistrationOutcome, RegistrationRequest
 from iotdps.secret import Secret
 from iotdps.store import MemoryStore
@@ -57,9 +57,11 @@ def sk_group(gid: str, primary: str = KEY1, secondary: str = KEY2, **settings: A
 class Env:
     """A MemoryStore-backed service with three linked hubs and a fixed clock."""
 
-    def __init__(self, webhook: WebhookTransport | None = None, hubs: tuple[str, ...] = HUBS) -> None:
+    def __init__(
+        self, webhook: WebhookTransport | None = None, hubs: tuple[str, ...] = HUBS, store: Store | None = None
+    ) -> None:
         self.clock = FixedClock()
-        self.store = MemoryStore(clock=self.clock)
+        self.store: Store = store or MemoryStore(clock=self.clock)
         self.service = ProvisioningService(self.store, self.clock, webhook)
         self._hubs = hubs
 

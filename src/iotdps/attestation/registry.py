@@ -1,0 +1,229 @@
+"""Attestation mechanisms as plug-ins behind one Protocol, keyed by the credential's type.
+
+A mechanism turns what the device presented into an `Authentication`: the precedence decision
+(which enrollment, admitted or refused, in words) plus what the hub identity needs (thumbprints
+or keys) and what a custom-allocation webhook is told about the device. It reads the store
+(read phase only) to fetch the candidates, then calls the pure `enrollment.resolve` functions.
+A credential type nobody registered is answered UNSUPPORTED_ATTESTATION, never a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from cryptography import x509
+
+from iotdps.attestation import certs
+from iotdps.attestation.symmetric_key import SasCheck, check_token, derive_device_key, parse_sas
+from iotdps.attestation.tpm import TpmEvidence
+from iotdps.attestation.x509 import X509Evidence, check_leaf, diagnose, extend_above
+from iotdps.enrollment.models import CaCertificate, EnrollmentGroup, IndividualEnrollment
+from iotdps.enrollment.resolve import CaStep, Decision, resolve_symmetric_key, resolve_x509
+from iotdps.errors import InvalidInput
+from iotdps.provisioning.outcomes import RefusalReason
+from iotdps.provisioning.ports import UnitOfWork
+from iotdps.registry.models import DeviceAuth
+from iotdps.secret import Secret
+
+__all__ = [
+    "AttestationKind",
+    "Authentication",
+    "Credential",
+    "Mechanism",
+    "SasCredential",
+    "SymmetricKeyMechanism",
+    "TpmMechanism",
+    "X509Mechanism",
+    "known_ca_certificates",
+    "mechanism_for",
+]
+
+AttestationKind = Literal["x509", "symmetricKey", "tpm"]
+
+
+@dataclass(frozen=True, slots=True)
+class SasCredential:
+    """The SAS token a device sent (MQTT password or HTTP Authorization header), as received."""
+
+    token: Secret[str]
+
+
+Credential = X509Evidence | SasCredential | TpmEvidence
+
+
+@dataclass(frozen=True, slots=True)
+class Authentication:
+    decision: Decision
+    attestation_type: AttestationKind | None  # None: refused before a mechanism was chosen
+    device_auth: DeviceAuth | None = None
+    webhook_context: Mapping[str, Any] = field(default_factory=dict)
+    leaf_sha256: str | None = None
+
+
+class Mechanism(Protocol):
+    name: AttestationKind
+
+    async def authenticate(
+        self, uow: UnitOfWork, id_scope: str, registration_id: str, credential: Any, now: datetime
+    ) -> Authentication: ...
+
+
+def _refuse(kind: AttestationKind, reason: RefusalReason, message: str, steps: Sequence[str] = ()) -> Authentication:
+    return Authentication(Decision(False, reason=reason, message=message, steps=tuple(steps)), kind)
+
+
+def _load(pem: str) -> x509.Certificate | None:
+    try:
+        return certs.load_certificate(pem)
+    except InvalidInput:
+        return None
+
+
+async def _group_signing_certs(uow: UnitOfWork) -> list[x509.Certificate]:
+    out: list[x509.Certificate] = []
+    continuation: str | None = None
+    for _ in range(10_000):  # bounded: at most 10k pages of groups
+        page = await uow.groups.list(page_size=500, continuation=continuation)
+        for group in page.items:
+            if group.attestation.x509 is None:
+                continue
+            for slot in group.attestation.x509.signing_certificates:
+                cert = _load(slot.certificate) if slot else None
+                if cert is not None:
+                    out.append(cert)
+        continuation = page.continuation
+        if continuation is None:
+            break
+    return out
+
+
+class X509Mechanism:
+    name: AttestationKind = "x509"
+
+    async def authenticate(
+        self, uow: UnitOfWork, id_scope: str, registration_id: str, credential: Any, now: datetime
+    ) -> Authentication:
+        evidence: X509Evidence = credential
+        problem = check_leaf(evidence.leaf, registration_id, now)
+        if problem is not None:
+            return _refuse("x509", problem.reason, problem.message)
+        leaf = evidence.presented[0]
+        leaf_sha256 = certs.sha256_thumbprint(leaf)
+        cas = list(await uow.cas.list())
+        uploaded = {ca.sha256_thumbprint: (ca.name, ca.is_verified) for ca in cas}
+        ca_certs = {ca.sha256_thumbprint: cert for ca in cas if (cert := _load(ca.certificate)) is not None}
+        verified_prints = {ca.sha256_thumbprint for ca in cas if ca.is_verified}
+        individual = await uow.enrollments.get(registration_id)
+
+        if evidence.verified is None:
+            anchors = [ca_certs[tp] for tp in verified_prints if tp in ca_certs]
+            if individual is not None and individual.attestation.x509 is not None:
+                anchors += [
+                    c for s in individual.attestation.x509.client_certificates if s and (c := _load(s.certificate))
+                ]
+            known = [*ca_certs.values(), *await _group_signing_certs(uow)]
+            found = diagnose(evidence, anchors, known, uploaded, now)
+            return _refuse("x509", found.reason, found.message)
+
+        chain = evidence.verified
+        anchor = chain[-1]
+        anchor_tp = certs.sha256_thumbprint(anchor)
+        # The TLS trust store may be older than the store: re-check the anchor is still trusted.
+        if anchor_tp != leaf_sha256 and anchor_tp not in verified_prints:
+            if anchor_tp in uploaded:
+                return _refuse("x509", RefusalReason.CA_NOT_VERIFIED, f"CA {uploaded[anchor_tp][0]} is not verified")
+            return _refuse(
+                "x509",
+                RefusalReason.CHAIN_UNKNOWN_CA,
+                f"chain stops at {certs.describe(anchor)}, which is not uploaded",
+            )
+        extended = extend_above(chain, ca_certs.values())
+        if not (certs.is_self_issued(extended[-1])):
+            extended = extend_above(extended, [*ca_certs.values(), *await _group_signing_certs(uow)])
+        ca_chain = extended[1:]
+        reaches_verified = any(certs.sha256_thumbprint(c) in verified_prints for c in ca_chain)
+
+        steps: list[CaStep] = []
+        if individual is None:
+            for cert in ca_chain:
+                tp = certs.sha256_thumbprint(cert)
+                found_groups: dict[str, EnrollmentGroup] = {
+                    g.enrollment_group_id: g for g in await uow.groups.find_by_signing_thumbprint(tp)
+                }
+                if tp in uploaded:
+                    for g in await uow.groups.find_by_ca_reference(uploaded[tp][0]):
+                        found_groups.setdefault(g.enrollment_group_id, g)
+                name, verified = uploaded.get(tp, (None, False))
+                steps.append(CaStep(certs.describe(cert), tp, tuple(found_groups.values()), name, verified))
+        decision = resolve_x509(registration_id, leaf_sha256, individual, steps, reaches_verified_ca=reaches_verified)
+        auth = DeviceAuth("selfSigned", primary_thumbprints=(leaf_sha256, certs.sha1_thumbprint(leaf)))
+        context = {"x509": {"clientCertificateInfo": dict(certs.certificate_info(leaf))}}
+        return Authentication(decision, "x509", auth if decision.admitted else None, context, leaf_sha256)
+
+
+class SymmetricKeyMechanism:
+    name: AttestationKind = "symmetricKey"
+
+    async def authenticate(
+        self, uow: UnitOfWork, id_scope: str, registration_id: str, credential: Any, now: datetime
+    ) -> Authentication:
+        sas: SasCredential = credential
+        if not sas.token.reveal():
+            return _refuse("symmetricKey", RefusalReason.SAS_MISSING, "the device sent no SAS token")
+        parsed = parse_sas(sas.token.reveal())
+        if isinstance(parsed, SasCheck):
+            return _refuse("symmetricKey", parsed.reason, parsed.message)
+        checked = check_token(parsed, id_scope, registration_id, now)
+        if checked is not None:
+            return _refuse("symmetricKey", checked.reason, checked.message)
+        individual = await uow.enrollments.get(registration_id)
+        groups: Sequence[EnrollmentGroup] = () if individual is not None else await uow.groups.list_symmetric_key()
+        decision = resolve_symmetric_key(registration_id, parsed, individual, groups)
+        auth: DeviceAuth | None = None
+        if decision.admitted:
+            auth = _sas_device_auth(registration_id, decision.individual, decision.group)
+        return Authentication(decision, "symmetricKey", auth, {"symmetricKey": {}})
+
+
+def _sas_device_auth(
+    registration_id: str, individual: IndividualEnrollment | None, group: EnrollmentGroup | None
+) -> DeviceAuth | None:
+    # The hub identity gets the same key material the device signs with (azure-wire-protocol.md 1.3).
+    if individual is not None and individual.attestation.symmetric_key is not None:
+        primary, secondary = individual.attestation.symmetric_key.keys()
+        return DeviceAuth("sas", Secret(primary), Secret(secondary))
+    if group is not None and group.attestation.symmetric_key is not None:
+        primary, secondary = group.attestation.symmetric_key.keys()
+        return DeviceAuth(
+            "sas",
+            Secret(derive_device_key(primary, registration_id)),
+            Secret(derive_device_key(secondary, registration_id)),
+        )
+    return None
+
+
+class TpmMechanism:
+    name: AttestationKind = "tpm"
+
+    async def authenticate(
+        self, uow: UnitOfWork, id_scope: str, registration_id: str, credential: Any, now: datetime
+    ) -> Authentication:
+        return _refuse("tpm", RefusalReason.UNSUPPORTED_ATTESTATION, "TPM attestation is not supported yet")
+
+
+_MECHANISMS: dict[type, Mechanism] = {
+    X509Evidence: X509Mechanism(),
+    SasCredential: SymmetricKeyMechanism(),
+    TpmEvidence: TpmMechanism(),
+}
+
+
+def mechanism_for(credential: object) -> Mechanism | None:
+    return _MECHANISMS.get(type(credential))
+
+
+def known_ca_certificates(cas: Sequence[CaCertificate]) -> list[x509.Certificate]:
+    return [c for ca in cas if (c := _load(ca.certificate)) is not None]

@@ -1,0 +1,81 @@
+"""Writing enrollments and groups the way the service API does: fill what the service fills.
+
+The service computes each certificate slot's `info` (thumbprints, names, validity) from the
+certificate itself, never trusting a client's `info`; checks that an individual X.509
+enrollment's certificate names the registration id (its CN must be the registration id, or
+the device could never register); and that a group's caReferences name uploaded CAs.
+The CLI and the management API both call these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from iotdps.attestation import certs
+from iotdps.enrollment.models import (
+    Attestation,
+    CertificateSlot,
+    EnrollmentGroup,
+    IndividualEnrollment,
+    X509Attestation,
+)
+from iotdps.errors import InvalidInput
+from iotdps.provisioning.ports import Store
+
+__all__ = ["fill_certificate_info", "put_enrollment", "put_group"]
+
+
+def _slot(slot: CertificateSlot | None, where: str) -> CertificateSlot | None:
+    if slot is None:
+        return None
+    try:
+        cert = certs.load_certificate(slot.certificate)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{where}: {exc.message}") from exc
+    return CertificateSlot(slot.certificate, dict(certs.certificate_info(cert)))
+
+
+def fill_certificate_info(attestation: Attestation) -> Attestation:
+    x = attestation.x509
+    if x is None:
+        return attestation
+    filled = X509Attestation(
+        client_certificates=(
+            _slot(x.client_certificates[0], "clientCertificates.primary"),
+            _slot(x.client_certificates[1], "clientCertificates.secondary"),
+        ),
+        signing_certificates=(
+            _slot(x.signing_certificates[0], "signingCertificates.primary"),
+            _slot(x.signing_certificates[1], "signingCertificates.secondary"),
+        ),
+        ca_references=x.ca_references,
+    )
+    return replace(attestation, x509=filled)
+
+
+async def put_enrollment(
+    store: Store, enrollment: IndividualEnrollment, if_match: str | None = None
+) -> IndividualEnrollment:
+    attestation = fill_certificate_info(enrollment.attestation)
+    if attestation.x509 is not None:
+        for slot in attestation.x509.client_certificates:
+            if slot is None:
+                continue
+            cn = certs.common_name(certs.load_certificate(slot.certificate))
+            if cn != enrollment.registration_id:
+                raise InvalidInput(
+                    f"certificate CN {cn!r} is not the registration id {enrollment.registration_id!r};"
+                    " a device registers with its certificate's CN"
+                )
+    async with store.begin() as uow:
+        return await uow.enrollments.put(replace(enrollment, attestation=attestation), if_match)
+
+
+async def put_group(store: Store, group: EnrollmentGroup, if_match: str | None = None) -> EnrollmentGroup:
+    attestation = fill_certificate_info(group.attestation)
+    async with store.begin() as uow:
+        if attestation.x509 is not None:
+            for ref in attestation.x509.ca_references:
+                if ref is not None and await uow.cas.get(ref) is None:
+                    raise InvalidInput(f"caReference {ref!r} names no uploaded CA certificate")
+        return await uow.groups.put(replace(group, attestation=attestation), if_match)

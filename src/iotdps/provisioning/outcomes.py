@@ -1,0 +1,162 @@
+"""Why a registration was refused, what the device is told, and how a record's status moves.
+
+Two audiences, two answers. The operator gets a `RefusalReason` (a stable code) plus words
+naming the certificate, CA, enrollment or group at fault, in the refusal log and in `explain`.
+The device gets only the terse `DeviceAnswer` of `DEVICE_ANSWERS`, ONE table that the MQTT and
+HTTP edges translate to their own codes (CONNACK, HTTP status, topic status). Keeping the
+device answer terse matters: telling an unauthenticated caller "CA Y is not verified" or
+"group G is disabled" would hand an attacker a map of the trust configuration.
+
+Azure documents only a few error codes (401002 invalid certificate, 400208 no hub, 400209
+hub unauthorized, 401000 unauthorized; azure-wire-protocol.md 1.7 and 12.2). Where Azure's
+code is not documented we pick `status*1000 + n` codes of our own and say so in the table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal
+
+from iotdps.enrollment.models import RegistrationStatus
+from iotdps.errors import IotdpsError
+
+__all__ = [
+    "DEVICE_ANSWERS",
+    "TERMINAL_STATUSES",
+    "TRANSITIONS",
+    "DeviceAnswer",
+    "RefusalReason",
+    "Refused",
+    "check_transition",
+    "device_answer",
+]
+
+
+class RefusalReason(StrEnum):
+    """Stable machine codes of refusals; the words live with each refusal, not here."""
+
+    INVALID_REGISTRATION_ID = "INVALID_REGISTRATION_ID"
+    ID_SCOPE_MISMATCH = "ID_SCOPE_MISMATCH"
+    UNSUPPORTED_ATTESTATION = "UNSUPPORTED_ATTESTATION"
+    # X.509
+    NO_CERTIFICATE = "NO_CERTIFICATE"
+    CN_MISMATCH = "CN_MISMATCH"
+    CERT_EXPIRED = "CERT_EXPIRED"
+    CERT_NOT_YET_VALID = "CERT_NOT_YET_VALID"
+    CHAIN_UNKNOWN_CA = "CHAIN_UNKNOWN_CA"
+    CA_NOT_VERIFIED = "CA_NOT_VERIFIED"
+    CHAIN_INVALID = "CHAIN_INVALID"
+    INDIVIDUAL_CERT_MISMATCH = "INDIVIDUAL_CERT_MISMATCH"
+    # symmetric key
+    SAS_MISSING = "SAS_MISSING"
+    SAS_MALFORMED = "SAS_MALFORMED"
+    SAS_EXPIRED = "SAS_EXPIRED"
+    SAS_BAD_SIGNATURE = "SAS_BAD_SIGNATURE"
+    SAS_WRONG_RESOURCE = "SAS_WRONG_RESOURCE"
+    # enrollment resolution
+    ATTESTATION_MISMATCH = "ATTESTATION_MISMATCH"
+    NO_ENROLLMENT = "NO_ENROLLMENT"
+    ENROLLMENT_DISABLED = "ENROLLMENT_DISABLED"
+    GROUP_DISABLED = "GROUP_DISABLED"
+    # allocation
+    NO_HUB = "NO_HUB"
+    HUB_NOT_LINKED = "HUB_NOT_LINKED"
+    WEBHOOK_FAILED = "WEBHOOK_FAILED"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceAnswer:
+    """What a device is told.
+
+    `registration_status` None: the request itself is refused with `http_status` and the
+    Azure error body `{errorCode, message}` (an edge may refuse a 401 at MQTT CONNECT with
+    CONNACK 5 instead). `registration_status` "failed"/"disabled": an enrollment matched, so
+    the operation completes (HTTP 200) and the registration record carries that status with
+    `error_code` / `message`, which is what Azure SDKs expect for those outcomes.
+    """
+
+    http_status: int
+    error_code: int
+    message: str
+    registration_status: Literal["failed", "disabled"] | None = None
+
+
+_R = RefusalReason
+_UNAUTHORIZED = DeviceAnswer(401, 401000, "Unauthorized")
+_BAD_CERT = DeviceAnswer(401, 401002, "Invalid certificate")
+
+# The one table. Everything that fails authentication is a plain 401 so that a caller cannot
+# tell an unknown registration id from a wrong key or an untrusted CA.
+DEVICE_ANSWERS: dict[RefusalReason, DeviceAnswer] = {
+    _R.INVALID_REGISTRATION_ID: DeviceAnswer(400, 400004, "Invalid registration id"),  # own sub-code
+    _R.ID_SCOPE_MISMATCH: _UNAUTHORIZED,
+    _R.UNSUPPORTED_ATTESTATION: DeviceAnswer(400, 400005, "Attestation mechanism not supported"),  # own
+    _R.NO_CERTIFICATE: _BAD_CERT,
+    _R.CN_MISMATCH: _BAD_CERT,
+    _R.CERT_EXPIRED: _BAD_CERT,
+    _R.CERT_NOT_YET_VALID: _BAD_CERT,
+    _R.CHAIN_UNKNOWN_CA: _BAD_CERT,
+    _R.CA_NOT_VERIFIED: _BAD_CERT,
+    _R.CHAIN_INVALID: _BAD_CERT,
+    _R.INDIVIDUAL_CERT_MISMATCH: _BAD_CERT,
+    _R.SAS_MISSING: _UNAUTHORIZED,
+    _R.SAS_MALFORMED: _UNAUTHORIZED,
+    _R.SAS_EXPIRED: _UNAUTHORIZED,
+    _R.SAS_BAD_SIGNATURE: _UNAUTHORIZED,
+    _R.SAS_WRONG_RESOURCE: _UNAUTHORIZED,
+    _R.ATTESTATION_MISMATCH: _UNAUTHORIZED,
+    _R.NO_ENROLLMENT: _UNAUTHORIZED,
+    # A matched but disabled enrollment ends the operation in status `disabled` (section 7).
+    _R.ENROLLMENT_DISABLED: DeviceAnswer(200, 401003, "Enrollment disabled", "disabled"),  # own sub-code
+    _R.GROUP_DISABLED: DeviceAnswer(200, 401003, "Enrollment disabled", "disabled"),  # own sub-code
+    _R.NO_HUB: DeviceAnswer(200, 400208, "No IoT hub available for this registration", "failed"),
+    _R.HUB_NOT_LINKED: DeviceAnswer(200, 400209, "IoT hub not linked to this service", "failed"),
+    _R.WEBHOOK_FAILED: DeviceAnswer(200, 400210, "Custom allocation failed", "failed"),  # own sub-code
+}
+
+
+class Refused(IotdpsError):
+    """Raised inside the pipeline (allocation, webhook) to refuse with a reason and words.
+
+    The message is for operators; the device only ever sees `device_answer(reason)`.
+    """
+
+    def __init__(self, reason: RefusalReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def device_answer(reason: RefusalReason) -> DeviceAnswer:
+    return DEVICE_ANSWERS[reason]
+
+
+# --------------------------------------------------------------------------- record states
+#
+# A registration record's status moves only along these edges. Rules:
+# - A register operation starts from any state (or from no record): it may first write
+#   `assigning` (custom allocation writes it before calling the webhook, so a poll sees the
+#   operation) and then ends in exactly one terminal state.
+# - `assigning` is never left except by its own operation's terminal write, or by a newer
+#   operation (a device may re-register while a webhook is slow; the newest wins).
+# - Terminal states (`assigned`, `failed`, `disabled`) are left only by a new operation
+#   (a new operation id); within one operation they are final.
+# - `unassigned` is Azure's name for "no registration yet"; we never write it.
+
+TERMINAL_STATUSES: frozenset[str] = frozenset({"assigned", "failed", "disabled"})
+
+# (from, to) within one operation; `None` = no record (or a record of an older operation).
+TRANSITIONS: dict[str | None, frozenset[str]] = {
+    None: frozenset({"assigning", "assigned", "failed", "disabled"}),
+    "assigning": frozenset({"assigned", "failed", "disabled"}),
+    "assigned": frozenset(),
+    "failed": frozenset(),
+    "disabled": frozenset(),
+}
+
+
+def check_transition(old: RegistrationStatus | None, new: RegistrationStatus, *, same_operation: bool) -> None:
+    """Raise ValueError for a write the table does not allow (a bug, never a device's fault)."""
+    start: str | None = old if same_operation else None
+    if start not in TRANSITIONS or new not in TRANSITIONS[start]:
+        raise ValueError(f"registration status may not move from {old!r} to {new!r} within one operation")

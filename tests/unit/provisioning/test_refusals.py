@@ -1,0 +1,243 @@
+"""Every refusal reason through the whole pipeline: the operator's words, the device's terse answer.
+
+Each case builds its own world, registers once and checks the reason, words naming the thing at
+fault (in the outcome and the refusal log), the device-facing answer, and whether a registration
+record was written (only when an enrollment matched).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from certkit import NOW, issue, seed004
+from helpers import KEY1, KEY2, SCOPE, Env, sk_enrollment, sk_group, x509_enrollment
+
+from iotdps.attestation.registry import SasCredential
+from iotdps.attestation.symmetric_key import derive_device_key
+from iotdps.attestation.tpm import TpmEvidence
+from iotdps.attestation.x509 import X509Evidence
+from iotdps.enrollment.models import CustomAllocationDefinition
+from iotdps.provisioning.outcomes import DEVICE_ANSWERS, RefusalReason
+from iotdps.provisioning.ports import WebhookResponse
+from iotdps.provisioning.service import RegistrationOutcome, RegistrationRequest
+from iotdps.secret import Secret
+
+R = RefusalReason
+Case = Callable[[], Awaitable[tuple[Env, RegistrationOutcome]]]
+
+
+async def _x509_world(**kw: Any) -> tuple[Env, Any]:
+    h = seed004()
+    env = await Env(**kw).setup()
+    await env.service.upload_ca("root", h.root.pem, verified=True)
+    return env, h
+
+
+async def invalid_registration_id() -> tuple[Env, RegistrationOutcome]:
+    env = await Env().setup()
+    return env, await env.register_sas("bad id!", KEY1)
+
+
+async def id_scope_mismatch() -> tuple[Env, RegistrationOutcome]:
+    env = await Env().setup()
+    token = SasCredential(Secret("SharedAccessSignature sr=x&sig=y&se=1"))
+    return env, await env.service.register(RegistrationRequest("0ne00OTHER", "dev-1", token))
+
+
+async def unsupported_attestation() -> tuple[Env, RegistrationOutcome]:
+    env = await Env().setup()
+    return env, await env.service.register(RegistrationRequest(SCOPE, "dev-1", TpmEvidence("AAAA")))
+
+
+async def no_certificate() -> tuple[Env, RegistrationOutcome]:
+    env = await Env().setup()
+    return env, await env.service.register(RegistrationRequest(SCOPE, "dev-1", X509Evidence(())))
+
+
+async def cn_mismatch() -> tuple[Env, RegistrationOutcome]:
+    env, h = await _x509_world()
+    return env, await env.register_x509("dev-2", h.chain("dev-1"))
+
+
+async def cert_expired() -> tuple[Env, RegistrationOutcome]:
+    env, h = await _x509_world()
+    old = issue("dev-9", h.a, not_before=NOW - timedelta(days=400), not_after=NOW - timedelta(days=1))
+    return env, await env.register_x509("dev-9", [old.cert, h.a.cert])
+
+
+async def cert_not_yet_valid() -> tuple[Env, RegistrationOutcome]:
+    env, h = await _x509_world()
+    early = issue("dev-9", h.a, not_before=NOW + timedelta(days=1))
+    return env, await env.register_x509("dev-9", [early.cert, h.a.cert])
+
+
+async def chain_unknown_ca() -> tuple[Env, RegistrationOutcome]:
+    h = seed004()
+    env = await Env().setup()
+    return env, await env.register_x509("dev-1", h.chain("dev-1"))
+
+
+async def ca_not_verified() -> tuple[Env, RegistrationOutcome]:
+    h = seed004()
+    env = await Env().setup()
+    await env.service.upload_ca("factory-root", h.root.pem)
+    return env, await env.register_x509("dev-1", h.chain("dev-1"))
+
+
+async def chain_invalid() -> tuple[Env, RegistrationOutcome]:
+    h = seed004()
+    env = await Env().setup()
+    impostor = issue("A", ca=True)  # same name as A, another key
+    await env.service.upload_ca("impostor", impostor.pem, verified=True)
+    return env, await env.register_x509("dev-1", [h.devices["dev-1"].cert])
+
+
+async def individual_cert_mismatch() -> tuple[Env, RegistrationOutcome]:
+    env, h = await _x509_world()
+    await env.enroll(x509_enrollment("dev-1", issue("dev-1", h.a)))
+    return env, await env.register_x509("dev-1", h.chain("dev-1"))
+
+
+async def attestation_mismatch() -> tuple[Env, RegistrationOutcome]:
+    env, h = await _x509_world()
+    await env.enroll(sk_enrollment("dev-1"))
+    return env, await env.register_x509("dev-1", h.chain("dev-1"))
+
+
+async def no_enrollment_x509() -> tuple[Env, RegistrationOutcome]:
+    env, h = await _x509_world()
+    return env, await env.register_x509("dev-1", h.chain("dev-1"))
+
+
+async def no_enrollment_sas() -> tuple[Env, RegistrationOutcome]:
+    env = await Env().setup()
+    await env.group(sk_group("other", primary=KEY2, secondary=KEY2))
+    return env, await env.register_sas("dev-1", derive_device_key(KEY1, "dev-1"))
+
+
+async def enrollment_disabled() -> tuple[Env, RegistrationOutcome]:
+    env = await Env().setup()
+    await env.enroll(sk_enrollment("dev-1", provisioning_status="disabled"))
+    return env, await env.register_sas("dev-1", KEY1)
+
+
+async def group_disabled() -> tuple[Env, RegistrationOutcome]:
+    env = await Env().setup()
+    await env.group(sk_group("fleet", provisioning_status="disabled"))
+    return env, await env.register_sas("dev-1", derive_device_key(KEY2, "dev-1"))
+
+
+async def sas_missing() -> tuple[Env, RegistrationOutcome]:
+    env = await Env().setup()
+    return env, await env.service.register(RegistrationRequest(SCOPE, "dev-1", SasCredential(Secret(""))))
+
+
+async def sas_malformed() -> tuple[Env, RegistrationOutcome]:
+    env = await Env().setup()
+    cred = SasCredential(Secret("SharedAccessSignature sr=abc&se=12"))
+    return env, await env.service.register(RegistrationRequest(SCOPE, "dev-1", cred))
+
+
+async def sas_expired() -> tuple[Env, RegistrationOutcome]:
+    env = await Env().setup()
+    await env.enroll(sk_enrollment("dev-1"))
+    return env, await env.register_sas("dev-1", KEY1, expiry=int(NOW.timestamp()) - 1)
+
+
+async def sas_bad_signature() -> tuple[Env, RegistrationOutcome]:
+    env = await Env().setup()
+    await env.enroll(sk_enrollment("dev-1"))
+    return env, await env.register_sas("dev-1", derive_device_key(KEY1, "dev-1"))
+
+
+async def sas_wrong_resource() -> tuple[Env, RegistrationOutcome]:
+    env = await Env().setup()
+    await env.enroll(sk_enrollment("dev-1"))
+    from iotdps.attestation.symmetric_key import make_sas_token
+
+    token = make_sas_token(SCOPE, "dev-2", KEY1, int(NOW.timestamp()) + 60)
+    return env, await env.service.register(RegistrationRequest(SCOPE, "dev-1", SasCredential(Secret(token))))
+
+
+async def no_hub() -> tuple[Env, RegistrationOutcome]:
+    env = await Env(hubs=()).setup()
+    await env.enroll(sk_enrollment("dev-1"))
+    return env, await env.register_sas("dev-1", KEY1)
+
+
+async def hub_not_linked() -> tuple[Env, RegistrationOutcome]:
+    env = await Env().setup()
+    await env.enroll(sk_enrollment("dev-1", iot_hubs=("nowhere.local",)))
+    return env, await env.register_sas("dev-1", KEY1)
+
+
+class _Failing:
+    async def post_json(self, url: str, body: Any, timeout: float) -> WebhookResponse:
+        return WebhookResponse(500, None)
+
+
+async def webhook_failed() -> tuple[Env, RegistrationOutcome]:
+    env = await Env(webhook=_Failing()).setup()
+    hook = CustomAllocationDefinition("https://alloc.example/api?code=SECRET", "2021-10-01")
+    await env.enroll(sk_enrollment("dev-1", allocation_policy="custom", custom_allocation_definition=hook))
+    return env, await env.register_sas("dev-1", KEY1)
+
+
+# case -> (reason, words the operator sees, a record is written with this status)
+CASES: dict[str, tuple[Case, RefusalReason, str, str | None]] = {
+    "invalid registration id": (invalid_registration_id, R.INVALID_REGISTRATION_ID, "contains ' !'", None),
+    "id scope": (id_scope_mismatch, R.ID_SCOPE_MISMATCH, "'0ne00OTHER' is not this service's", None),
+    "tpm": (unsupported_attestation, R.UNSUPPORTED_ATTESTATION, "TPM attestation is not supported", None),
+    "no certificate": (no_certificate, R.NO_CERTIFICATE, "presented no client certificate", None),
+    "cn mismatch": (cn_mismatch, R.CN_MISMATCH, "CN 'dev-1' != registration id 'dev-2'", None),
+    "expired": (cert_expired, R.CERT_EXPIRED, "device certificate CN=dev-9", None),
+    "not yet valid": (cert_not_yet_valid, R.CERT_NOT_YET_VALID, "is not valid before", None),
+    "unknown ca": (chain_unknown_ca, R.CHAIN_UNKNOWN_CA, "chain stops at intermediate CN=A", None),
+    "ca not verified": (ca_not_verified, R.CA_NOT_VERIFIED, "CA factory-root is not verified", None),
+    "bad signature in chain": (chain_invalid, R.CHAIN_INVALID, "does not verify with CN=A", None),
+    "individual cert": (individual_cert_mismatch, R.INDIVIDUAL_CERT_MISMATCH, "individual enrollment dev-1", None),
+    "attestation mismatch": (attestation_mismatch, R.ATTESTATION_MISMATCH, "uses symmetricKey attestation", None),
+    "no enrollment x509": (no_enrollment_x509, R.NO_ENROLLMENT, "no enrollment group on any CA", None),
+    "no enrollment sas": (no_enrollment_sas, R.NO_ENROLLMENT, "no symmetric-key group", None),
+    "enrollment disabled": (enrollment_disabled, R.ENROLLMENT_DISABLED, "dev-1 is disabled", "disabled"),
+    "group disabled": (group_disabled, R.GROUP_DISABLED, "group fleet is disabled", "disabled"),
+    "sas missing": (sas_missing, R.SAS_MISSING, "no SAS token", None),
+    "sas malformed": (sas_malformed, R.SAS_MALFORMED, "lacks sig", None),
+    "sas expired": (sas_expired, R.SAS_EXPIRED, "expired at Unix time", None),
+    "sas signature": (sas_bad_signature, R.SAS_BAD_SIGNATURE, "does not verify with the keys", None),
+    "sas resource": (sas_wrong_resource, R.SAS_WRONG_RESOURCE, "registrations/dev-2", None),
+    "no hub": (no_hub, R.NO_HUB, "no hub of the linked hubs", "failed"),
+    "hub not linked": (hub_not_linked, R.HUB_NOT_LINKED, "nowhere.local", "failed"),
+    "webhook failed": (webhook_failed, R.WEBHOOK_FAILED, "alloc.example answered HTTP 500", "failed"),
+}
+
+
+def test_every_reason_has_a_case_and_a_device_answer() -> None:
+    covered = {reason for _, reason, _, _ in CASES.values()}
+    assert covered == set(RefusalReason)
+    assert set(DEVICE_ANSWERS) == set(RefusalReason)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+async def test_refusal(name: str) -> None:
+    case, reason, words, record_status = CASES[name]
+    env, outcome = await case()
+    assert outcome.reason is reason, outcome.message
+    assert words in outcome.message
+    answer = DEVICE_ANSWERS[reason]
+    assert outcome.answer == answer
+    # The device's answer never carries the operator's words.
+    assert words not in answer.message
+    if record_status is None:
+        assert outcome.record is None
+        assert outcome.error_json() == {"errorCode": answer.error_code, "message": answer.message}
+    else:
+        assert outcome.record is not None and outcome.record.status == record_status
+        assert outcome.record.error_code == answer.error_code
+        assert outcome.operation_json()["status"] == record_status
+    logged = await env.refusals()
+    assert logged and logged[0].reason == reason.value and words in logged[0].message
+    assert "SECRET" not in logged[0].message

@@ -20,7 +20,7 @@ __all__ = ["EXIT_BAD_INPUT", "cli", "main"]
 EXIT_BAD_INPUT = 2
 
 # Command modules; each defines `register(group: click.Group) -> None`.
-_COMMAND_MODULES: tuple[str, ...] = ()
+_COMMAND_MODULES: tuple[str, ...] = ("iotdps.cli.admin_cmds",)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from cryptography import x509
+
 from iotdps.allocation.custom import DEFAULT_WEBHOOK_TIMEOUT, WebhookAllocation, build_request, call_webhook
 from iotdps.allocation.policy import allocate_builtin, candidate_hubs
 from iotdps.attestation import certs
@@ -259,6 +261,42 @@ class ProvisioningService:
                     RefusalReason.UNSUPPORTED_ATTESTATION, f"unsupported credential {type(credential).__name__}"
                 )
             return await mechanism.authenticate(uow, settings.id_scope, registration_id, credential, self.clock.now())
+
+    async def trust_anchors(self) -> list[x509.Certificate]:
+        """What the TLS layer's trust store must hold: every verified uploaded CA and every
+        individual X.509 enrollment's client certificates (used with PARTIAL_CHAIN)."""
+        out: list[x509.Certificate] = []
+        async with self.store.begin() as uow:
+            for ca in await uow.cas.list():
+                if ca.is_verified:
+                    out.extend(_load_all(ca.certificate))
+            for enrollment in await uow.enrollments.list_x509():
+                if enrollment.attestation.x509 is not None:
+                    for slot in enrollment.attestation.x509.client_certificates:
+                        if slot is not None:
+                            out.extend(_load_all(slot.certificate))
+        return out
+
+    async def explain(self, registration_id: str, credential: Credential) -> list[str]:
+        """The precedence walk and the decision in words, without registering (`iotdps explain`).
+        The scope is the service's own; for an admitted device the built-in allocation is shown."""
+        async with self.store.begin() as uow:
+            settings = await self._settings(uow)
+            linked = list(await uow.hubs.list())
+        auth = await self.authenticate(settings.id_scope, registration_id, credential)
+        lines = auth.decision.explain()
+        if auth.decision.admitted:
+            plan = _plan(RegistrationRequest(settings.id_scope, registration_id, credential), auth, settings)
+            lines.append(f"device id: {plan.device_id}; allocation policy: {plan.policy}")
+            if plan.policy == "custom":
+                lines.append("hub: chosen by the custom allocation webhook (not called by explain)")
+            else:
+                allocated = _allocate_builtin(plan, linked)
+                if allocated.refusal is not None:
+                    lines.append(f"hub: none -> {allocated.refusal.reason}: {allocated.refusal.message}")
+                else:
+                    lines.append(f"hub: {allocated.hub} (unless the reprovision policy keeps the current hub)")
+        return lines
 
     # ------------------------------------------------------------------ register
 
@@ -539,6 +577,13 @@ class ProvisioningService:
 
 
 _MATCHED_OK = frozenset({RefusalReason.ENROLLMENT_DISABLED, RefusalReason.GROUP_DISABLED})
+
+
+def _load_all(pem: str) -> list[x509.Certificate]:
+    try:
+        return certs.load_certificates(pem)
+    except InvalidInput:
+        return []
 
 
 def _auth_refusal(reason: RefusalReason, message: str) -> Authentication:

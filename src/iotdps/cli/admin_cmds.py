@@ -1,0 +1,784 @@
+"""Local administration of the provisioning service: CAs, enrollments, groups, hubs,
+registrations, refusals and `explain`, all on the local data dir (or `--dsn`).
+
+Enrollments and groups are composed as the Azure service-API JSON documents and parsed with the
+same `from_json` the management API uses, so the CLI cannot write something the API would
+refuse. Symmetric keys print only with an explicit `--show-keys`. Errors are one line, exit 2
+(cli.main maps IotdpsError).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from iotdps.attestation import certs
+from iotdps.attestation.registry import SasCredential
+from iotdps.attestation.symmetric_key import make_sas_token
+from iotdps.attestation.x509 import evidence_from_chain
+from iotdps.enrollment.models import (
+    ALLOCATION_POLICIES,
+    EnrollmentGroup,
+    IndividualEnrollment,
+    LinkedHub,
+    ServiceSettings,
+)
+from iotdps.errors import InvalidInput, NotFound
+from iotdps.provisioning.admin import put_enrollment, put_group
+from iotdps.provisioning.ports import Store
+from iotdps.provisioning.service import ProvisioningService
+from iotdps.secret import Secret
+
+__all__ = ["register"]
+
+T = TypeVar("T")
+_REPROVISION = {
+    "migrate": {"updateHubAssignment": True, "migrateDeviceData": True},
+    "reset": {"updateHubAssignment": True, "migrateDeviceData": False},
+    "never": {"updateHubAssignment": False, "migrateDeviceData": True},
+}
+
+
+# --------------------------------------------------------------------------- plumbing
+
+
+def _dsn(ctx: click.Context) -> str:
+    from iotdps.paths import default_data_dir, default_dsn
+
+    params = ctx.find_root().obj or {}
+    if params.get("dsn"):
+        return str(params["dsn"])
+    data_dir = params.get("data_dir")
+    return default_dsn(Path(data_dir) if data_dir else default_data_dir())
+
+
+def _run(fn: Callable[[ProvisioningService, Store], Awaitable[T]]) -> T:
+    ctx = click.get_current_context()
+    dsn = _dsn(ctx)
+
+    async def go() -> T:
+        from iotdps.store import open_store
+
+        store = await open_store(dsn)
+        try:
+            return await fn(ProvisioningService(store), store)
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+def _store_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """`--data-dir` / `--dsn` on every leaf command, stored on the root context."""
+
+    def remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        root = ctx.find_root()
+        root.obj = root.obj or {}
+        if value is not None:
+            root.obj[str(param.name)] = value
+        return value
+
+    f = click.option(
+        "--dsn", envvar="IOTDPS_DSN", expose_value=False, callback=remember, help="Store DSN (secret: not echoed)."
+    )(f)
+    f = click.option(
+        "--data-dir",
+        envvar="IOTDPS_DATA_DIR",
+        type=click.Path(file_okay=False),
+        expose_value=False,
+        callback=remember,
+        help="Data directory (default: the per-user data dir).",
+    )(f)
+    return f
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def _json_arg(text: str | None, what: str) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise InvalidInput(f"{what} is not valid JSON") from exc
+
+
+def _echo_json(doc: Any) -> None:
+    click.echo(json.dumps(doc, indent=2, sort_keys=True, default=str))
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    Console().print(table)
+
+
+# --------------------------------------------------------------------------- shared enrollment options
+
+
+def _settings_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--hub", "hubs", multiple=True, help="Linked hub host name (repeatable)."),
+        click.option("--allocation-policy", type=click.Choice(ALLOCATION_POLICIES)),
+        click.option("--reprovision-policy", type=click.Choice(sorted(_REPROVISION))),
+        click.option("--initial-twin", help='JSON: {"tags": {...}, "properties": {"desired": {...}}}'),
+        click.option("--iot-edge/--no-iot-edge", default=None),
+        click.option("--webhook-url"),
+        click.option("--webhook-api-version", default=None),
+        click.option("--disabled", is_flag=True, default=False, help="Create disabled."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _apply_settings(doc: dict[str, Any], kw: dict[str, Any], *, creating: bool) -> None:
+    if kw.get("hubs"):
+        doc["iotHubs"] = list(kw["hubs"])
+    if kw.get("allocation_policy"):
+        doc["allocationPolicy"] = kw["allocation_policy"]
+    if kw.get("reprovision_policy"):
+        doc["reprovisionPolicy"] = _REPROVISION[kw["reprovision_policy"]]
+    if kw.get("initial_twin") is not None:
+        doc["initialTwin"] = _json_arg(kw["initial_twin"], "--initial-twin")
+    if kw.get("iot_edge") is not None:
+        doc["capabilities"] = {"iotEdge": kw["iot_edge"]}
+    if kw.get("webhook_url"):
+        doc["customAllocationDefinition"] = {
+            "webhookUrl": kw["webhook_url"],
+            "apiVersion": kw.get("webhook_api_version") or "2021-10-01",
+        }
+    if creating and kw.get("disabled"):
+        doc["provisioningStatus"] = "disabled"
+
+
+def _symmetric_key_doc(primary: str | None, secondary: str | None) -> dict[str, Any]:
+    keys = {k: v for k, v in (("primaryKey", primary), ("secondaryKey", secondary)) if v}
+    return {"type": "symmetricKey", "symmetricKey": keys}
+
+
+# --------------------------------------------------------------------------- ca
+
+
+@click.group("ca")
+def ca_group() -> None:
+    """CA certificates: upload, proof of possession, list."""
+
+
+@ca_group.command("upload")
+@click.argument("name")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--verified", is_flag=True, help="Trust without proof of possession (self-attested).")
+@_store_options
+def ca_upload(name: str, file: str, verified: bool) -> None:
+    """Upload the CA certificate FILE (PEM or DER) as NAME."""
+    ca = _run(lambda svc, _: svc.upload_ca(name, _read(file) if _is_text(file) else _read_der(file), verified))
+    click.echo(f"CA {ca.name}: {ca.info.get('subjectName')} sha256 {ca.sha256_thumbprint} verified={ca.is_verified}")
+
+
+def _is_text(path: str) -> bool:
+    return b"-----BEGIN" in Path(path).read_bytes()[:4096]
+
+
+def _read_der(path: str) -> str:
+    import base64
+
+    return base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+@ca_group.command("verification-code")
+@click.argument("name")
+@_store_options
+def ca_verification_code(name: str) -> None:
+    """Generate a proof-of-possession code: issue a certificate with CN=code signed by the CA."""
+    code, ca = _run(lambda svc, _: svc.generate_verification_code(name))
+    click.echo(code)
+    click.echo(f"expires {ca.verification_code_expires:%Y-%m-%d %H:%M:%SZ}; single use", err=True)
+
+
+@ca_group.command("verify")
+@click.argument("name")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@_store_options
+def ca_verify(name: str, file: str) -> None:
+    """Verify CA NAME with the verification certificate FILE."""
+    ca = _run(lambda svc, _: svc.verify_ca(name, _read(file) if _is_text(file) else _read_der(file)))
+    click.echo(f"CA {ca.name} verified")
+
+
+@ca_group.command("list")
+@_store_options
+def ca_list() -> None:
+    async def go(svc: ProvisioningService, store: Store) -> list[Any]:
+        async with store.begin() as uow:
+            return list(await uow.cas.list())
+
+    rows = [[c.name, c.info.get("subjectName"), c.sha256_thumbprint[:16] + "...", c.is_verified] for c in _run(go)]
+    _table("CA certificates", ["name", "subject", "sha256", "verified"], rows)
+
+
+@ca_group.command("show")
+@click.argument("name")
+@_store_options
+def ca_show(name: str) -> None:
+    async def go(svc: ProvisioningService, store: Store) -> Any:
+        async with store.begin() as uow:
+            ca = await uow.cas.get(name)
+        if ca is None:
+            raise NotFound(f"CA certificate {name} not found")
+        return ca.to_json()
+
+    _echo_json(_run(go))
+
+
+@ca_group.command("delete")
+@click.argument("name")
+@_store_options
+def ca_delete(name: str) -> None:
+    async def go(svc: ProvisioningService, store: Store) -> None:
+        async with store.begin() as uow:
+            await uow.cas.delete(name)
+
+    _run(go)
+    click.echo(f"CA {name} deleted")
+
+
+# --------------------------------------------------------------------------- enrollments
+
+
+@click.group("enrollment")
+def enrollment_group() -> None:
+    """Individual enrollments."""
+
+
+@enrollment_group.command("create")
+@click.argument("registration_id")
+@click.option("--cert", type=click.Path(exists=True, dir_okay=False), help="X.509: the device certificate.")
+@click.option("--secondary-cert", type=click.Path(exists=True, dir_okay=False))
+@click.option("--symmetric-key", is_flag=True, help="Symmetric-key attestation (keys generated unless given).")
+@click.option("--primary-key")
+@click.option("--secondary-key")
+@click.option("--device-id")
+@_settings_options
+@_store_options
+def enrollment_create(registration_id: str, **kw: Any) -> None:
+    if bool(kw["cert"]) == bool(kw["symmetric_key"]):
+        raise InvalidInput("give exactly one of --cert FILE or --symmetric-key")
+    if kw["cert"]:
+        slots: dict[str, Any] = {"primary": {"certificate": _read(kw["cert"])}}
+        if kw["secondary_cert"]:
+            slots["secondary"] = {"certificate": _read(kw["secondary_cert"])}
+        attestation: dict[str, Any] = {"type": "x509", "x509": {"clientCertificates": slots}}
+    else:
+        attestation = _symmetric_key_doc(kw["primary_key"], kw["secondary_key"])
+    doc: dict[str, Any] = {"registrationId": registration_id, "attestation": attestation}
+    if kw["device_id"]:
+        doc["deviceId"] = kw["device_id"]
+    _apply_settings(doc, kw, creating=True)
+    enrollment = IndividualEnrollment.from_json(doc)
+
+    async def go(svc: ProvisioningService, store: Store) -> IndividualEnrollment:
+        async with store.begin() as uow:
+            if await uow.enrollments.get(registration_id) is not None:
+                from iotdps.errors import AlreadyExists
+
+                raise AlreadyExists(f"enrollment {registration_id} exists; use update")
+        return await put_enrollment(store, enrollment)
+
+    saved = _run(go)
+    click.echo(
+        f"enrollment {saved.registration_id} created ({saved.attestation.type}, {saved.settings.provisioning_status})"
+    )
+
+
+async def _get_enrollment(store: Store, registration_id: str) -> IndividualEnrollment:
+    async with store.begin() as uow:
+        found = await uow.enrollments.get(registration_id)
+    if found is None:
+        raise NotFound(f"enrollment {registration_id} not found")
+    return found
+
+
+@enrollment_group.command("show")
+@click.argument("registration_id")
+@click.option("--show-keys", is_flag=True, help="Include symmetric keys in the output.")
+@_store_options
+def enrollment_show(registration_id: str, show_keys: bool) -> None:
+    found = _run(lambda _, store: _get_enrollment(store, registration_id))
+    _echo_json(found.to_json(include_keys=show_keys))
+
+
+@enrollment_group.command("list")
+@_store_options
+def enrollment_list() -> None:
+    async def go(svc: ProvisioningService, store: Store) -> list[IndividualEnrollment]:
+        out: list[IndividualEnrollment] = []
+        token: str | None = None
+        async with store.begin() as uow:
+            for _ in range(100_000):
+                page = await uow.enrollments.list(page_size=500, continuation=token)
+                out.extend(page.items)
+                token = page.continuation
+                if token is None:
+                    break
+        return out
+
+    rows = [
+        [
+            e.registration_id,
+            e.attestation.type,
+            e.settings.provisioning_status,
+            e.device_id,
+            ",".join(e.settings.iot_hubs),
+        ]
+        for e in _run(go)
+    ]
+    _table("Individual enrollments", ["registration id", "attestation", "status", "device id", "hubs"], rows)
+
+
+@enrollment_group.command("update")
+@click.argument("registration_id")
+@click.option("--device-id")
+@_settings_options
+@_store_options
+def enrollment_update(registration_id: str, **kw: Any) -> None:
+    async def go(svc: ProvisioningService, store: Store) -> IndividualEnrollment:
+        current = await _get_enrollment(store, registration_id)
+        doc = current.to_json(include_keys=True)
+        if kw["device_id"]:
+            doc["deviceId"] = kw["device_id"]
+        _apply_settings(doc, kw, creating=False)
+        return await put_enrollment(store, IndividualEnrollment.from_json(doc), if_match=current.etag)
+
+    saved = _run(go)
+    click.echo(f"enrollment {saved.registration_id} updated")
+
+
+def _set_enrollment_status(registration_id: str, status: str) -> None:
+    async def go(svc: ProvisioningService, store: Store) -> None:
+        current = await _get_enrollment(store, registration_id)
+        await put_enrollment(store, current.with_status(status), if_match=current.etag)  # type: ignore[arg-type]
+
+    _run(go)
+    click.echo(f"enrollment {registration_id} {status}")
+
+
+@enrollment_group.command("disable")
+@click.argument("registration_id")
+@_store_options
+def enrollment_disable(registration_id: str) -> None:
+    _set_enrollment_status(registration_id, "disabled")
+
+
+@enrollment_group.command("enable")
+@click.argument("registration_id")
+@_store_options
+def enrollment_enable(registration_id: str) -> None:
+    _set_enrollment_status(registration_id, "enabled")
+
+
+@enrollment_group.command("delete")
+@click.argument("registration_id")
+@_store_options
+def enrollment_delete(registration_id: str) -> None:
+    async def go(svc: ProvisioningService, store: Store) -> None:
+        async with store.begin() as uow:
+            await uow.enrollments.delete(registration_id)
+
+    _run(go)
+    click.echo(f"enrollment {registration_id} deleted")
+
+
+# --------------------------------------------------------------------------- groups
+
+
+@click.group("group")
+def group_group() -> None:
+    """Enrollment groups."""
+
+
+@group_group.command("create")
+@click.argument("group_id")
+@click.option("--ca-ref", help="X.509: name of an uploaded CA certificate.")
+@click.option("--signing-cert", type=click.Path(exists=True, dir_okay=False), help="X.509: a CA certificate file.")
+@click.option("--symmetric-key", is_flag=True, help="Symmetric-key group (keys generated unless given).")
+@click.option("--primary-key")
+@click.option("--secondary-key")
+@_settings_options
+@_store_options
+def group_create(group_id: str, **kw: Any) -> None:
+    chosen = [bool(kw["ca_ref"]), bool(kw["signing_cert"]), bool(kw["symmetric_key"])]
+    if sum(chosen) != 1:
+        raise InvalidInput("give exactly one of --ca-ref NAME, --signing-cert FILE or --symmetric-key")
+    if kw["ca_ref"]:
+        attestation: dict[str, Any] = {"type": "x509", "x509": {"caReferences": {"primary": kw["ca_ref"]}}}
+    elif kw["signing_cert"]:
+        slot = {"primary": {"certificate": _read(kw["signing_cert"])}}
+        attestation = {"type": "x509", "x509": {"signingCertificates": slot}}
+    else:
+        attestation = _symmetric_key_doc(kw["primary_key"], kw["secondary_key"])
+    doc: dict[str, Any] = {"enrollmentGroupId": group_id, "attestation": attestation}
+    _apply_settings(doc, kw, creating=True)
+    group = EnrollmentGroup.from_json(doc)
+
+    async def go(svc: ProvisioningService, store: Store) -> EnrollmentGroup:
+        async with store.begin() as uow:
+            if await uow.groups.get(group_id) is not None:
+                from iotdps.errors import AlreadyExists
+
+                raise AlreadyExists(f"group {group_id} exists; use update")
+        return await put_group(store, group)
+
+    saved = _run(go)
+    click.echo(
+        f"group {saved.enrollment_group_id} created ({saved.attestation.type}, {saved.settings.provisioning_status})"
+    )
+
+
+async def _get_group(store: Store, group_id: str) -> EnrollmentGroup:
+    async with store.begin() as uow:
+        found = await uow.groups.get(group_id)
+    if found is None:
+        raise NotFound(f"group {group_id} not found")
+    return found
+
+
+@group_group.command("show")
+@click.argument("group_id")
+@click.option("--show-keys", is_flag=True, help="Include symmetric keys in the output.")
+@_store_options
+def group_show(group_id: str, show_keys: bool) -> None:
+    found = _run(lambda _, store: _get_group(store, group_id))
+    _echo_json(found.to_json(include_keys=show_keys))
+
+
+@group_group.command("list")
+@_store_options
+def group_list() -> None:
+    async def go(svc: ProvisioningService, store: Store) -> list[EnrollmentGroup]:
+        out: list[EnrollmentGroup] = []
+        token: str | None = None
+        async with store.begin() as uow:
+            for _ in range(100_000):
+                page = await uow.groups.list(page_size=500, continuation=token)
+                out.extend(page.items)
+                token = page.continuation
+                if token is None:
+                    break
+        return out
+
+    def trust(g: EnrollmentGroup) -> str:
+        x = g.attestation.x509
+        if x is None:
+            return ""
+        refs = [f"ca:{r}" for r in x.ca_references if r]
+        signing = [f"cert:{s.info.get('subjectName')}" for s in x.signing_certificates if s]
+        return ", ".join(refs + signing)
+
+    rows = [[g.enrollment_group_id, g.attestation.type, g.settings.provisioning_status, trust(g)] for g in _run(go)]
+    _table("Enrollment groups", ["group id", "attestation", "status", "trust"], rows)
+
+
+@group_group.command("update")
+@click.argument("group_id")
+@_settings_options
+@_store_options
+def group_update(group_id: str, **kw: Any) -> None:
+    async def go(svc: ProvisioningService, store: Store) -> EnrollmentGroup:
+        current = await _get_group(store, group_id)
+        doc = current.to_json(include_keys=True)
+        _apply_settings(doc, kw, creating=False)
+        return await put_group(store, EnrollmentGroup.from_json(doc), if_match=current.etag)
+
+    saved = _run(go)
+    click.echo(f"group {saved.enrollment_group_id} updated")
+
+
+def _set_group_status(group_id: str, status: str) -> None:
+    async def go(svc: ProvisioningService, store: Store) -> None:
+        current = await _get_group(store, group_id)
+        await put_group(store, current.with_status(status), if_match=current.etag)  # type: ignore[arg-type]
+
+    _run(go)
+    click.echo(f"group {group_id} {status}")
+
+
+@group_group.command("disable")
+@click.argument("group_id")
+@_store_options
+def group_disable(group_id: str) -> None:
+    _set_group_status(group_id, "disabled")
+
+
+@group_group.command("enable")
+@click.argument("group_id")
+@_store_options
+def group_enable(group_id: str) -> None:
+    _set_group_status(group_id, "enabled")
+
+
+@group_group.command("delete")
+@click.argument("group_id")
+@_store_options
+def group_delete(group_id: str) -> None:
+    async def go(svc: ProvisioningService, store: Store) -> None:
+        async with store.begin() as uow:
+            await uow.groups.delete(group_id)
+
+    _run(go)
+    click.echo(f"group {group_id} deleted")
+
+
+# --------------------------------------------------------------------------- hubs and settings
+
+
+@click.group("hub")
+def hub_group() -> None:
+    """Linked IoT hubs."""
+
+
+@hub_group.command("add")
+@click.argument("host_name")
+@click.option("--weight", type=click.IntRange(1, 1000), default=1, show_default=True)
+@click.option("--apply-allocation-policy/--no-apply-allocation-policy", default=True)
+@click.option("--location")
+@_store_options
+def hub_add(host_name: str, weight: int, apply_allocation_policy: bool, location: str | None) -> None:
+    hub = LinkedHub(host_name, weight, apply_allocation_policy, location)
+
+    async def go(svc: ProvisioningService, store: Store) -> None:
+        async with store.begin() as uow:
+            await uow.hubs.put(hub)
+
+    _run(go)
+    click.echo(f"hub {host_name} linked (weight {weight})")
+
+
+@hub_group.command("update")
+@click.argument("host_name")
+@click.option("--weight", type=click.IntRange(1, 1000))
+@click.option("--apply-allocation-policy/--no-apply-allocation-policy", default=None)
+@click.option("--location")
+@_store_options
+def hub_update(host_name: str, weight: int | None, apply_allocation_policy: bool | None, location: str | None) -> None:
+    from dataclasses import replace
+
+    async def go(svc: ProvisioningService, store: Store) -> None:
+        async with store.begin() as uow:
+            hub = await uow.hubs.get(host_name)
+            if hub is None:
+                raise NotFound(f"hub {host_name} is not linked")
+            changes: dict[str, Any] = {}
+            if weight is not None:
+                changes["allocation_weight"] = weight
+            if apply_allocation_policy is not None:
+                changes["apply_allocation_policy"] = apply_allocation_policy
+            if location is not None:
+                changes["location"] = location
+            await uow.hubs.put(replace(hub, **changes))
+
+    _run(go)
+    click.echo(f"hub {host_name} updated")
+
+
+@hub_group.command("remove")
+@click.argument("host_name")
+@_store_options
+def hub_remove(host_name: str) -> None:
+    async def go(svc: ProvisioningService, store: Store) -> None:
+        async with store.begin() as uow:
+            if await uow.hubs.get(host_name) is None:
+                raise NotFound(f"hub {host_name} is not linked")
+            await uow.hubs.delete(host_name)
+
+    _run(go)
+    click.echo(f"hub {host_name} removed")
+
+
+@hub_group.command("list")
+@_store_options
+def hub_list() -> None:
+    async def go(svc: ProvisioningService, store: Store) -> list[LinkedHub]:
+        async with store.begin() as uow:
+            return list(await uow.hubs.list())
+
+    rows = [[h.host_name, h.allocation_weight, h.apply_allocation_policy, h.location] for h in _run(go)]
+    _table("Linked hubs", ["host name", "weight", "apply allocation policy", "location"], rows)
+
+
+@click.group("settings")
+def settings_group() -> None:
+    """Service settings: ID scope and default allocation policy."""
+
+
+@settings_group.command("set")
+@click.option("--id-scope", required=True)
+@click.option("--default-allocation-policy", type=click.Choice(["hashed", "geoLatency", "static"]), default="hashed")
+@_store_options
+def settings_set(id_scope: str, default_allocation_policy: str) -> None:
+    settings = ServiceSettings(id_scope, default_allocation_policy)  # type: ignore[arg-type]
+
+    async def go(svc: ProvisioningService, store: Store) -> None:
+        async with store.begin() as uow:
+            await uow.settings.put(settings)
+
+    _run(go)
+    click.echo(f"ID scope {id_scope}, default allocation {default_allocation_policy}")
+
+
+@settings_group.command("show")
+@_store_options
+def settings_show() -> None:
+    async def go(svc: ProvisioningService, store: Store) -> ServiceSettings | None:
+        async with store.begin() as uow:
+            return await uow.settings.get()
+
+    found = _run(go)
+    if found is None:
+        raise NotFound("no service settings yet; run `iotdps settings set --id-scope ...`")
+    _echo_json({"idScope": found.id_scope, "allocationPolicy": found.default_allocation_policy})
+
+
+# --------------------------------------------------------------------------- registrations, refusals, explain
+
+
+@click.group("registration")
+def registration_group() -> None:
+    """Registration records."""
+
+
+@registration_group.command("show")
+@click.argument("registration_id")
+@_store_options
+def registration_show(registration_id: str) -> None:
+    async def go(svc: ProvisioningService, store: Store) -> dict[str, Any]:
+        async with store.begin() as uow:
+            record = await uow.registrations.get(registration_id)
+        if record is None:
+            raise NotFound(f"registration {registration_id} not found")
+        return record.to_json()
+
+    _echo_json(_run(go))
+
+
+@registration_group.command("list")
+@click.option("--group", "group_id", help="Only devices of this enrollment group.")
+@_store_options
+def registration_list(group_id: str | None) -> None:
+    async def go(svc: ProvisioningService, store: Store) -> list[Any]:
+        out: list[Any] = []
+        token: str | None = None
+        async with store.begin() as uow:
+            for _ in range(100_000):
+                page = await uow.registrations.list(500, token, enrollment_group_id=group_id)
+                out.extend(page.items)
+                token = page.continuation
+                if token is None:
+                    break
+        return out
+
+    rows = [
+        [r.registration_id, r.status, r.substatus, r.assigned_hub, r.device_id, r.enrollment_group_id, r.error_code]
+        for r in _run(go)
+    ]
+    _table("Registrations", ["registration id", "status", "substatus", "hub", "device id", "group", "error"], rows)
+
+
+@registration_group.command("delete")
+@click.argument("registration_id")
+@_store_options
+def registration_delete(registration_id: str) -> None:
+    """Delete the record: the device's next registration is an initial assignment. The device
+    identity on the hub is left alone (as on Azure)."""
+
+    async def go(svc: ProvisioningService, store: Store) -> None:
+        async with store.begin() as uow:
+            await uow.registrations.delete(registration_id)
+
+    _run(go)
+    click.echo(f"registration {registration_id} deleted")
+
+
+@click.command("refusals")
+@click.option("--registration-id")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@_store_options
+def refusals_cmd(registration_id: str | None, limit: int) -> None:
+    """Recent refused registrations, newest first, with the reason in words."""
+
+    async def go(svc: ProvisioningService, store: Store) -> list[Any]:
+        async with store.begin() as uow:
+            return list(await uow.refusals.list(registration_id, limit))
+
+    rows = [[f"{r.at:%Y-%m-%d %H:%M:%S}", r.registration_id, r.reason, r.message, r.enrollment] for r in _run(go)]
+    _table("Refusals", ["at (UTC)", "registration id", "reason", "why", "enrollment"], rows)
+
+
+@click.command("explain")
+@click.option("--cert", "bundle", type=click.Path(exists=True, dir_okay=False), help="Device chain, leaf first.")
+@click.option("--registration-id", help="Default for --cert: the leaf's CN.")
+@click.option("--symmetric-key", help="The device's key (individual or group-derived).")
+@_store_options
+def explain_cmd(bundle: str | None, registration_id: str | None, symmetric_key: str | None) -> None:
+    """Show the precedence walk and the decision for a device, without registering it."""
+    if bool(bundle) == bool(symmetric_key):
+        raise InvalidInput("give --cert BUNDLE, or --registration-id ID --symmetric-key KEY")
+
+    async def go(svc: ProvisioningService, store: Store) -> list[str]:
+        if bundle:
+            chain = certs.load_certificates(_read(bundle))
+            rid = registration_id or certs.common_name(chain[0]) or ""
+            evidence = evidence_from_chain(chain, await svc.trust_anchors(), svc.clock.now())
+            lines = [f"registration id: {rid}"]
+            if evidence.verified is None:
+                lines.append(f"chain: not trusted by the TLS layer ({'; '.join(evidence.errors)})")
+            else:
+                lines.append("chain: " + " -> ".join(certs.describe(c) for c in evidence.verified))
+            return lines + await svc.explain(rid, evidence)
+        if not registration_id or not symmetric_key:
+            raise InvalidInput("--symmetric-key needs --registration-id")
+        async with store.begin() as uow:
+            settings = await uow.settings.get()
+        if settings is None:
+            raise NotFound("no service settings yet; run `iotdps settings set --id-scope ...`")
+        expiry = int(svc.clock.now().timestamp()) + 300
+        try:
+            token = make_sas_token(settings.id_scope, registration_id, symmetric_key, expiry)
+        except ValueError as exc:
+            raise InvalidInput("--symmetric-key is not base64") from exc
+        return [
+            f"registration id: {registration_id}",
+            *await svc.explain(registration_id, SasCredential(Secret(token))),
+        ]
+
+    for line in _run(go):
+        click.echo(line)
+
+
+def register(group: click.Group) -> None:
+    for command in (
+        ca_group,
+        enrollment_group,
+        group_group,
+        hub_group,
+        settings_group,
+        registration_group,
+        refusals_cmd,
+        explain_cmd,
+    ):
+        group.add_command(command)

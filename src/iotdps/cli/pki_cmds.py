@@ -421,7 +421,7 @@ def proof_ca_root_possession(
 # -- CA directory and certificate tools ---------------------------------------------------
 
 
-@click.group("ca")
+@click.group("ca-dir")
 def ca_group() -> None:
     """The local CA directory."""
 

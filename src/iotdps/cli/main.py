@@ -23,6 +23,7 @@ EXIT_BAD_INPUT = 2
 _COMMAND_MODULES: tuple[str, ...] = (
     "iotdps.cli.pki_cmds",
     "iotdps.cli.admin_cmds",
+    "iotdps.cli.server_cmds",
 )
 
 

@@ -239,6 +239,15 @@ class ProvisioningService:
                 Refusal(registration_id, reason.value, message, attestation_type, self.clock.now(), enrollment)
             )
 
+    async def record_refusal(self, registration_id: str, auth: Authentication) -> None:
+        """Log a refusal an edge made from `authenticate` alone (MQTT CONNACK 5 at CONNECT)."""
+        decision = auth.decision
+        if decision.reason is None:
+            raise ValueError("not a refusal")
+        await self._log(
+            registration_id, decision.reason, decision.message, auth.attestation_type, decision.enrollment_name
+        )
+
     async def authenticate(self, id_scope: str, registration_id: str, credential: Credential | None) -> Authentication:
         """Attestation and precedence only, read-only. Edges may call it at MQTT CONNECT to refuse
         bad credentials early (CONNACK 5); `register` calls it again."""

@@ -271,8 +271,9 @@ async def delete_registration(ctx: ApiContext, request: web.Request) -> web.Stre
 
 
 async def query_registrations(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
-    """Registration states of the devices of one enrollment group (the path names the group)."""
-    group = GROUPS.check_id(request.match_info["id"])
+    """Registration states of the devices of one enrollment group (the path names the group),
+    or of every device (`/registrations/query`, an iotdps addition for operators)."""
+    group = GROUPS.check_id(request.match_info["id"]) if "id" in request.match_info else None
     await read_json(request, ctx, required=False)  # the SDKs send no body; a body is ignored
     size, token = page_request(request)
     async with ctx.store.begin() as uow:

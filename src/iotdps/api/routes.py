@@ -149,6 +149,17 @@ ROUTES: tuple[Route, ...] = (
         "enrollment group",
     ),
     Route(
+        "POST",
+        "/registrations/query",
+        enr.query_registrations,
+        _RR,
+        "DeviceRegistrationState_QueryAll",
+        "Registration states of every device (an iotdps addition)",
+        "registration",
+        paged=True,
+        answer={"type": "array", "items": ref("DeviceRegistrationState")},
+    ),
+    Route(
         "GET",
         "/registrations/{id}",
         enr.get_registration,

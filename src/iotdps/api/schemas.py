@@ -125,6 +125,7 @@ _CA = {
                 "updated": _STR,
                 "certificate": _STR,
                 "verificationCode": _STR,
+                "verificationCodeExpiry": _STR,
             },
         },
     },

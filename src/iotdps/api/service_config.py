@@ -19,7 +19,7 @@ from iotdps.attestation import certs
 from iotdps.attestation.registry import SasCredential
 from iotdps.attestation.symmetric_key import make_sas_token
 from iotdps.attestation.x509 import evidence_from_chain
-from iotdps.enrollment.models import ALLOCATION_POLICIES, LinkedHub, ServiceSettings
+from iotdps.enrollment.models import ALLOCATION_POLICIES, LinkedHub, ServiceSettings, format_time
 from iotdps.errors import InvalidInput, NotFound
 from iotdps.ids import check_registration_id
 from iotdps.secret import Secret
@@ -117,6 +117,8 @@ async def generate_verification_code(ctx: ApiContext, request: web.Request) -> w
     code, saved = await ctx.service.generate_verification_code(name, if_match(request))
     doc = saved.to_json()
     doc["properties"]["verificationCode"] = code
+    if saved.verification_code_expires is not None:
+        doc["properties"]["verificationCodeExpiry"] = format_time(saved.verification_code_expires)
     return json_response(doc, etag=saved.etag)
 
 

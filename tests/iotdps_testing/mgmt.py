@@ -24,7 +24,6 @@ from iotdps.pki import create_server_identity
 from iotdps.provisioning.ports import Store
 from iotdps.provisioning.service import ProvisioningService
 from iotdps.store import open_store
-
 from iotdps_testing.net import free_port
 
 __all__ = ["ID_SCOPE", "ManagementServer"]

@@ -4,8 +4,8 @@ registrations, refusals and `explain`, all on the local data dir (or `--dsn`).
 Every command runs on the local data dir, or with `--server URL` and credentials against a
 running iotdps (cli.remote). Enrollments and groups are composed as the Azure service-API JSON
 documents and parsed with the same `from_json` the management API uses, so the CLI cannot
-write something the API would refuse. Symmetric keys print only with an explicit `--show-keys`. Errors are one line, exit 2
-(cli.main maps IotdpsError).
+write something the API would refuse. Symmetric keys print only with an explicit `--show-keys`.
+Errors are one line, exit 2 (cli.main maps IotdpsError).
 """
 
 from __future__ import annotations

@@ -59,6 +59,7 @@ __all__ = [
     "RemoteService",
     "RemoteStore",
     "ServerTarget",
+    "enroll_signing_group",
     "open_target",
     "prove_possession",
     "run_target",
@@ -627,3 +628,21 @@ async def prove_possession(
         current = await svc.upload_ca(name, ca_pem, False)
     code, current = await svc.generate_verification_code(name, current.etag)
     return await svc.verify_ca(name, sign(code), current.etag)
+
+
+async def enroll_signing_group(store: Store, group_id: str, ca_pem: str, hubs: Sequence[str] = ()) -> EnrollmentGroup:
+    """Create an X.509 enrollment group whose signing certificate is `ca_pem` (refused if the
+    group exists: an existing group is changed with `iotdps group update`)."""
+    from iotdps.provisioning.admin import put_group
+
+    doc: dict[str, Any] = {
+        "enrollmentGroupId": group_id,
+        "attestation": {"type": "x509", "x509": {"signingCertificates": {"primary": {"certificate": ca_pem}}}},
+    }
+    if hubs:
+        doc["iotHubs"] = list(hubs)
+    group = EnrollmentGroup.from_json(doc)
+    async with store.begin() as uow:
+        if await uow.groups.get(group_id) is not None:
+            raise AlreadyExists(f"enrollment group {group_id} already exists")
+    return await put_group(store, group)

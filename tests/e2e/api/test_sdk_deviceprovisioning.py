@@ -60,7 +60,13 @@ def test_enrollment_query_pages_and_bulk(server: ManagementServer, pki: Pki) -> 
         bulk_operation={
             "mode": "create",
             "enrollments": [
-                {"registrationId": rid, "attestation": {"type": "x509", "x509": {"clientCertificates": {"primary": {"certificate": pki.device_pem(rid)}}}}}
+                {
+                    "registrationId": rid,
+                    "attestation": {
+                        "type": "x509",
+                        "x509": {"clientCertificates": {"primary": {"certificate": pki.device_pem(rid)}}},
+                    },
+                }
                 for rid in ids
             ],
         }
@@ -74,13 +80,21 @@ def test_enrollment_query_pages_and_bulk(server: ManagementServer, pki: Pki) -> 
     assert items[0]["attestation"]["x509"]["clientCertificates"]["primary"]["info"]["subjectName"] == "CN=sdk2-q-00"
 
     again = client.enrollment.run_bulk_operation(
-        bulk_operation={"mode": "create", "enrollments": [{"registrationId": ids[0], "attestation": {"type": "tpm", "tpm": {"endorsementKey": "AAEC"}}}]}
+        bulk_operation={
+            "mode": "create",
+            "enrollments": [
+                {"registrationId": ids[0], "attestation": {"type": "tpm", "tpm": {"endorsementKey": "AAEC"}}}
+            ],
+        }
     )
     assert again["isSuccessful"] is False and again["errors"][0]["registrationId"] == ids[0]
     assert again["errors"][0]["errorCode"] == 409201
 
     deleted = client.enrollment.run_bulk_operation(
-        bulk_operation={"mode": "delete", "enrollments": [{"registrationId": rid, "attestation": {"type": "x509"}} for rid in ids]}
+        bulk_operation={
+            "mode": "delete",
+            "enrollments": [{"registrationId": rid, "attestation": {"type": "x509"}} for rid in ids],
+        }
     )
     assert deleted["isSuccessful"] is True
     assert server.trust_changes == before + len(ids)  # each X.509 enrollment was a TLS anchor
@@ -101,7 +115,9 @@ def test_groups_and_registration_states(server: ManagementServer, pki: Pki) -> N
     group["provisioningStatus"] = "disabled"
     changed = client.enrollment_group.create_or_update(id="sdk2-grp", enrollment_group=group, if_match=group["etag"])
     assert changed["provisioningStatus"] == "disabled"
-    assert [g["enrollmentGroupId"] for g in client.enrollment_group.query(query_specification={"query": "SELECT *"})] == ["sdk2-grp"]
+    assert [
+        g["enrollmentGroupId"] for g in client.enrollment_group.query(query_specification={"query": "SELECT *"})
+    ] == ["sdk2-grp"]
 
     seed_registrations(server, "sdk2-grp", ["sdk2-dev-1", "sdk2-dev-2", "sdk2-dev-3"])
     state = client.device_registration_state.get(id="sdk2-dev-2")
@@ -120,7 +136,9 @@ def test_credentials_forms_and_refusals(server: ManagementServer) -> None:
     owner = server.policies.get("provisioningserviceowner").primary_key.reveal()
     # The endpoint URL as `sr` (what this SDK signs when given a URL).
     by_url = DeviceProvisioningClient(
-        server.base_url, AzureNamedKeyCredential("provisioningserviceowner", owner), connection_verify=str(server.ca_path)
+        server.base_url,
+        AzureNamedKeyCredential("provisioningserviceowner", owner),
+        connection_verify=str(server.ca_path),
     )
     assert list(by_url.enrollment_group.query(query_specification={"query": "SELECT *"})) == []
     # A ready-made token (AzureSasCredential), signed for the bare host name.
@@ -137,7 +155,9 @@ def test_credentials_forms_and_refusals(server: ManagementServer) -> None:
     assert "EnrollmentWrite" in refused.value.response.json()["message"]
 
     wrong = DeviceProvisioningClient(
-        server.base_url, AzureNamedKeyCredential("provisioningserviceowner", "AAAA" + owner[4:]), connection_verify=str(server.ca_path)
+        server.base_url,
+        AzureNamedKeyCredential("provisioningserviceowner", "AAAA" + owner[4:]),
+        connection_verify=str(server.ca_path),
     )
     with pytest.raises(ClientAuthenticationError) as bad_key:
         wrong.enrollment.get(id="anything")

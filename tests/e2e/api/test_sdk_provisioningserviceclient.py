@@ -35,7 +35,9 @@ def _status(error: ProvisioningServiceError) -> int:
 
 def test_individual_enrollments(server: ManagementServer, pki: Pki) -> None:
     client = _client(server)
-    tpm = AttestationMechanism.create_with_tpm("AToAAQALAAMAsgAgg3GXZ0SEs/gakMyNRqXXJP1S124GUgtk8qHaGzMUaaoABgCAAEMAEAgAAAAAAAEA")
+    tpm = AttestationMechanism.create_with_tpm(
+        "AToAAQALAAMAsgAgg3GXZ0SEs/gakMyNRqXXJP1S124GUgtk8qHaGzMUaaoABgCAAEMAEAgAAAAAAAEA"
+    )
     created = client.create_or_update(IndividualEnrollment.create("sdk1-tpm", tpm, device_id="tpm-dev"))
     assert created.etag and created.device_id == "tpm-dev" and created.attestation.type == "tpm"
 
@@ -102,7 +104,9 @@ def test_groups_and_registration_states(server: ManagementServer, pki: Pki) -> N
 
 
 def test_wrong_key_is_refused(server: ManagementServer) -> None:
-    client = ProvisioningServiceClient(server.host_port, "provisioningserviceowner", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
+    client = ProvisioningServiceClient(
+        server.host_port, "provisioningserviceowner", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+    )
     client._runtime_client.config.connection.verify = str(server.ca_path)
     with pytest.raises(ProvisioningServiceError) as refused:
         client.get_individual_enrollment("whatever")

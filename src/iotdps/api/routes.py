@@ -17,7 +17,7 @@ from iotdps.api import enrollments as enr
 from iotdps.api import service_config as cfg
 from iotdps.api._http import ApiContext
 from iotdps.api.auth import Permission
-from iotdps.api.schemas import COMPONENTS, ref
+from iotdps.api.schemas import COMPONENTS, REGISTRATION_ID, ref
 
 __all__ = ["API_VERSIONS", "ROUTES", "Handler", "Route", "openapi_document"]
 
@@ -386,6 +386,14 @@ _REASONS = {
 }
 
 
+def _path_schema(path: str, name: str) -> dict[str, Any]:
+    if name == "id":
+        return REGISTRATION_ID
+    if path.startswith("/linkedHubs"):
+        return {"type": "string", "pattern": "^[A-Za-z0-9.:-]{1,253}$"}
+    return {"type": "string", "pattern": "^[^/\\\\?#]{1,128}$"}
+
+
 def _operation(route: Route) -> dict[str, Any]:
     params: list[dict[str, Any]] = [
         {
@@ -398,7 +406,7 @@ def _operation(route: Route) -> dict[str, Any]:
     ]
     for name in ("id", "name"):
         if "{" + name + "}" in route.path:
-            params.append({"name": name, "in": "path", "required": True, "schema": {"type": "string"}})
+            params.append({"name": name, "in": "path", "required": True, "schema": _path_schema(route.path, name)})
     if route.if_match:
         params.append(
             {

@@ -10,14 +10,19 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["COMPONENTS", "ref"]
+__all__ = ["COMPONENTS", "REGISTRATION_ID", "ref"]
 
 _STR: dict[str, Any] = {"type": "string"}
 _STR_OR_NULL: dict[str, Any] = {"type": ["string", "null"]}
 _BOOL_OR_NULL: dict[str, Any] = {"type": ["boolean", "null"]}
 _OBJ: dict[str, Any] = {"type": "object"}
 _OBJ_OR_NULL: dict[str, Any] = {"type": ["object", "null"]}
-_ID: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9._:-]*[A-Za-z0-9-]$"}
+REGISTRATION_ID: dict[str, Any] = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 128,
+    "pattern": "^[A-Za-z0-9._:-]*[A-Za-z0-9-]$",
+}
 
 
 def ref(name: str) -> dict[str, Any]:
@@ -177,7 +182,7 @@ COMPONENTS: dict[str, Any] = {
         "type": "object",
         "required": ["registrationId", "attestation"],
         "properties": {
-            "registrationId": _ID,
+            "registrationId": REGISTRATION_ID,
             "deviceId": _STR_OR_NULL,
             "attestation": ref("AttestationMechanism"),
             "optionalDeviceInformation": _OBJ_OR_NULL,
@@ -189,7 +194,7 @@ COMPONENTS: dict[str, Any] = {
         "type": "object",
         "required": ["enrollmentGroupId", "attestation"],
         "properties": {
-            "enrollmentGroupId": _ID,
+            "enrollmentGroupId": REGISTRATION_ID,
             "attestation": ref("AttestationMechanism"),
             **_SETTINGS_FIELDS,
         },

@@ -51,10 +51,8 @@ def test_load_or_create_writes_0600_once_and_reloads(tmp_path: Path) -> None:
 
 def test_connection_string(policies: AccessPolicies) -> None:
     cs = policies.connection_string("enrollmentread", "dps.example.net:8443")
-    assert (
-        cs
-        == f"HostName=dps.example.net:8443;SharedAccessKeyName=enrollmentread;SharedAccessKey={_key(policies, 'enrollmentread')}"
-    )
+    key = _key(policies, "enrollmentread")
+    assert cs == f"HostName=dps.example.net:8443;SharedAccessKeyName=enrollmentread;SharedAccessKey={key}"
 
 
 @pytest.mark.parametrize(
@@ -77,10 +75,12 @@ def test_every_sr_form_the_sdks_send(policies: AccessPolicies, sr: str) -> None:
     found = policies.authenticate(token, host_names=HOSTS, path="/enrollments/x", needed=Permission.ENROLLMENT_WRITE)
     assert found.name == OWNER_POLICY
     # azure-iothub-provisioningserviceclient: quote_plus(sr) sent, signature percent-quoted (safe '/').
-    legacy = f"SharedAccessSignature sr={quote_plus(sr)}&sig={quote(_sign(key, quote_plus(sr), expiry))}&se={expiry}&skn={OWNER_POLICY}"
+    sig = quote(_sign(key, quote_plus(sr), expiry))
+    legacy = f"SharedAccessSignature sr={quote_plus(sr)}&sig={sig}&se={expiry}&skn={OWNER_POLICY}"
     assert policies.authenticate(legacy, host_names=HOSTS, path="/enrollments/x", needed=None).name == OWNER_POLICY
     # A client that signs the lower-cased encoded resource.
-    lowered = f"SharedAccessSignature sr={quote_plus(sr)}&sig={quote_plus(_sign(key, quote_plus(sr).lower(), expiry))}&se={expiry}&skn={OWNER_POLICY}"
+    low_sig = quote_plus(_sign(key, quote_plus(sr).lower(), expiry))
+    lowered = f"SharedAccessSignature sr={quote_plus(sr)}&sig={low_sig}&se={expiry}&skn={OWNER_POLICY}"
     assert policies.authenticate(lowered, host_names=HOSTS, path="/", needed=None).name == OWNER_POLICY
 
 

@@ -4,7 +4,6 @@ is wrong and store nothing; CA proof of possession; linked hubs; settings; trust
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest

@@ -116,6 +116,7 @@ class RegistrationRunner:
     def throttled(self) -> DeviceReply | None:
         wait = self._bucket.take(self._clock())
         if wait:
+            log.info("registration throttled: retry after %d s", max(wait, self._retry_after))
             return DeviceReply(429, error_body(429001, "Too many requests; retry later"), max(wait, self._retry_after))
         return None
 

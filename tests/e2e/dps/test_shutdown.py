@@ -65,9 +65,8 @@ def _sas(scope: str, registration_id: str, key: str) -> str:
 
 
 def test_sigterm_lets_a_slow_registration_finish(tmp_path: Path, webhook: str) -> None:
-    server = start_server(
-        tmp_path, config=f'[[hubs]]\nhost_name = "{HUB}"\nbind = "ADDR"\n'.replace("ADDR", "127.0.0.1")
-    )
+    address = free_loopback_address()
+    server = start_server(tmp_path, address=address, config=f'[[hubs]]\nhost_name = "{HUB}"\nbind = "{address}"\n')
     try:
         server.cli(
             "enrollment", "create", "slow-dev", "--symmetric-key", "--allocation-policy", "custom",

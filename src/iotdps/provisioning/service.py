@@ -101,6 +101,9 @@ class RegistrationRequest:
     payload: Any = None
     csr: str | None = None
     operation_id: str | None = None
+    # An edge that already ran `authenticate` for this credential (MQTT does at CONNECT) passes
+    # the result, so the read phase does not repeat attestation and precedence.
+    authentication: Authentication | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,7 +314,9 @@ class ProvisioningService:
 
     async def register(self, request: RegistrationRequest) -> RegistrationOutcome:
         operation_id = request.operation_id or new_operation_id()
-        auth = await self.authenticate(request.id_scope, request.registration_id, request.credential)
+        auth = request.authentication or await self.authenticate(
+            request.id_scope, request.registration_id, request.credential
+        )
         decision = auth.decision
         if not decision.admitted:
             return await self._refused(request, operation_id, auth)

@@ -56,7 +56,7 @@ log = logging.getLogger("iotdps.server")
 TRUST_POLL_SECONDS = 3.0
 # At most one on-demand trust reload per this many seconds, so a flood of untrusted devices
 # cannot turn every handshake into a store query.
-_TRUST_RELOAD_MIN_INTERVAL = 1.0
+_TRUST_RELOAD_MIN_INTERVAL = 0.2
 SHUTDOWN_GRACE_SECONDS = 10.0
 
 
@@ -218,35 +218,37 @@ class Server:
         return CONNACK_NOT_AUTHORIZED
 
     async def _refresh_peer(self, conn: MqttConnection) -> None:
-        """If OpenSSL could not verify the chain, our anchors may be older than the store:
-        reload them and, when they changed, verify the presented chain against the new set."""
+        """If OpenSSL could not verify the chain, our anchors may be older than the store
+        (a CA verified or a device enrolled a moment ago, maybe by another process): reload
+        them and verify the presented chain against the current set. Only this failure path
+        verifies in Python; a chain OpenSSL verified is never re-checked."""
         peer = conn.peer
         if peer is None or not peer.chain or peer.verified_chain is not None:
             return
         anchors = await self.reload_trust(on_demand=True)
-        if anchors is None:
-            return
         evidence: X509Evidence = evidence_from_chain(list(peer.chain), anchors, utcnow())
         if evidence.verified is not None:
             conn.peer = replace(peer, verified_chain=evidence.verified, verify_errors=())
 
     # ------------------------------------------------------------------ trust
 
-    async def reload_trust(self, *, on_demand: bool = False) -> list[x509.Certificate] | None:
-        """Reload the TLS anchors from the store; returns them when they changed, else None."""
+    async def reload_trust(self, *, on_demand: bool = False) -> list[x509.Certificate]:
+        """Reload the TLS anchors from the store (swapping the TLS context when they changed)
+        and return them. On-demand reloads are spaced at least _TRUST_RELOAD_MIN_INTERVAL apart:
+        a caller waits for its turn rather than being skipped, so an untrusted flood costs at
+        most a few store reads a second while a just-enrolled device is still let in."""
         assert self.service is not None and self.tls is not None
         async with self._reload_lock:
-            now = time.monotonic()
-            if on_demand and now - self._last_reload < _TRUST_RELOAD_MIN_INTERVAL:
-                return None
-            self._last_reload = now
+            wait = self._last_reload + _TRUST_RELOAD_MIN_INTERVAL - time.monotonic()
+            if on_demand and wait > 0:
+                await asyncio.sleep(wait)
+            self._last_reload = time.monotonic()
             anchors = await self.service.trust_anchors()
             prints = frozenset(sha256_thumbprint(c) for c in anchors)
-            if prints == self._anchor_prints:
-                return None
-            self.tls.update_anchors(anchors)
-            self._anchor_prints = prints
-            log.info("TLS trust anchors reloaded: %d certificates", len(anchors))
+            if prints != self._anchor_prints:
+                self.tls.update_anchors(anchors)
+                self._anchor_prints = prints
+                log.info("TLS trust anchors reloaded: %d certificates", len(anchors))
             return anchors
 
     async def _watch_trust(self) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from iotdps.attestation.registry import Credential, SasCredential
+from iotdps.attestation.registry import Authentication, Credential, SasCredential
 from iotdps.attestation.x509 import X509Evidence
 from iotdps.enrollment.models import format_time, utcnow
 from iotdps.provisioning.service import ProvisioningService, RegistrationOutcome, RegistrationRequest, new_operation_id
@@ -116,11 +116,18 @@ class RegistrationRunner:
     def throttled(self) -> DeviceReply | None:
         wait = self._bucket.take(self._clock())
         if wait:
+            log.info("registration throttled: retry after %d s", max(wait, self._retry_after))
             return DeviceReply(429, error_body(429001, "Too many requests; retry later"), max(wait, self._retry_after))
         return None
 
     async def register(
-        self, id_scope: str, registration_id: str, credential: Credential | None, payload: Any, csr: str | None
+        self,
+        id_scope: str,
+        registration_id: str,
+        credential: Credential | None,
+        payload: Any,
+        csr: str | None,
+        authentication: Authentication | None = None,
     ) -> DeviceReply:
         if not self.accepting:
             return DeviceReply(503, error_body(503000, "Service is shutting down; retry later"), self._retry_after)
@@ -128,7 +135,7 @@ class RegistrationRunner:
         if throttled is not None:
             return throttled
         operation_id = new_operation_id()
-        request = RegistrationRequest(id_scope, registration_id, credential, payload, csr, operation_id)
+        request = RegistrationRequest(id_scope, registration_id, credential, payload, csr, operation_id, authentication)
         task = asyncio.get_running_loop().create_task(self._run(request))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)

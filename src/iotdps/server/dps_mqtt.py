@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 
-from iotdps.attestation.registry import Credential
+from iotdps.attestation.registry import Authentication, Credential
 from iotdps.errors import InvalidInput, NotFound
 from iotdps.protocols.mqtt.dps import (
     DpsRegisterRequest,
@@ -43,8 +43,19 @@ _LET_IN = frozenset({RefusalReason.ENROLLMENT_DISABLED, RefusalReason.GROUP_DISA
 
 
 class DpsMqttEndpoint:
-    def __init__(self, runner: RegistrationRunner, id_scope: str, registration_id: str, credential: Credential | None):
+    def __init__(
+        self,
+        runner: RegistrationRunner,
+        id_scope: str,
+        registration_id: str,
+        credential: Credential | None,
+        authentication: Authentication,
+    ):
         self._runner = runner
+        # Attestation and precedence ran at CONNECT; the first register reuses the result
+        # (the SDK connects once per register call). Later registers on the same
+        # connection authenticate afresh, so a long-lived connection sees enrollment changes.
+        self._authentication: Authentication | None = authentication
         self._id_scope = id_scope
         self._registration_id = registration_id
         self._credential = credential
@@ -75,8 +86,9 @@ class DpsMqttEndpoint:
             return DeviceReply(400, error_body(400002, "registrationId does not match the connection's"))
         if parsed.tpm is not None:
             return DeviceReply(400, error_body(400005, "TPM attestation is not supported over MQTT"))
+        authentication, self._authentication = self._authentication, None
         return await self._runner.register(
-            self._id_scope, self._registration_id, self._credential, parsed.payload, parsed.csr
+            self._id_scope, self._registration_id, self._credential, parsed.payload, parsed.csr, authentication
         )
 
     async def _status(self, operation_id: str) -> DeviceReply:
@@ -122,7 +134,7 @@ async def route_dps(runner: RegistrationRunner, conn: MqttConnection, connect: C
     auth = await service.authenticate(username.id_scope, registration_id, credential)
     decision = auth.decision
     if decision.admitted or (decision.matched and decision.reason in _LET_IN):
-        return DpsMqttEndpoint(runner, username.id_scope, registration_id, credential)
+        return DpsMqttEndpoint(runner, username.id_scope, registration_id, credential, auth)
     assert decision.reason is not None
     await service.record_refusal(registration_id, auth)
     log.info("DPS CONNECT %s refused: %s (%s)", registration_id, decision.reason.value, decision.message)

@@ -30,6 +30,8 @@ from aiohttp import web
 from cryptography import x509
 
 from iotdps.allocation.webhook_http import AiohttpWebhookTransport
+from iotdps.api.app import build_management_app
+from iotdps.api.auth import AccessPolicies
 from iotdps.attestation.x509 import X509Evidence, evidence_from_chain
 from iotdps.config import Config
 from iotdps.enrollment.models import LinkedHub, ServiceSettings, utcnow
@@ -80,6 +82,7 @@ class StartupInfo:
     first_start: bool
     server_files: ServerFiles
     notes: list[str] = field(default_factory=list)
+    connection_strings: dict[str, str] = field(default_factory=dict)
 
 
 class Server:
@@ -126,6 +129,16 @@ class Server:
         )
         self._anchor_prints = frozenset(sha256_thumbprint(c) for c in anchors)
         endpoints = await self._listen()
+        policies = AccessPolicies.load_or_create(config.data_dir)
+        management = build_management_app(
+            self.store,
+            self.service,
+            policies,
+            host_names=config.server_names(),
+            on_trust_changed=self._trust_changed,
+        )
+        await self._serve_app(management, config.management.bind, config.management.port)
+        endpoints.append(f"https://{config.management.bind}:{config.management.port} (management API)")
         self._tasks.append(asyncio.get_running_loop().create_task(self._watch_trust()))
         notes = []
         if server_files.passphrase_file is not None:
@@ -133,9 +146,16 @@ class Server:
                 f"The server CA key's passphrase was generated into {server_files.passphrase_file}; move it to a "
                 "secret store and pass it as IOTDPS_SERVER_CA_PASSPHRASE."
             )
-        return StartupInfo(
+        info = StartupInfo(
             settings.id_scope, config.dps.host_name, endpoints, server_files.ca_pem, first_start, server_files, notes
         )
+        if policies.just_created:
+            # Shown once: the keys stay in access-policies.json (0600) and are never printed again.
+            info.connection_strings = {
+                name: policies.connection_string(name, f"{config.management_host}:{config.management.port}")
+                for name in policies.names
+            }
+        return info
 
     async def _ensure_settings(self, store: Store) -> ServiceSettings:
         async with store.begin() as uow:
@@ -250,6 +270,9 @@ class Server:
                 self._anchor_prints = prints
                 log.info("TLS trust anchors reloaded: %d certificates", len(anchors))
             return anchors
+
+    async def _trust_changed(self) -> None:
+        await self.reload_trust()
 
     async def _watch_trust(self) -> None:
         while not self._stopped.is_set():

@@ -73,8 +73,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     address = free_loopback_address()
     # Both hubs are named here only; provisioning assigns, nobody connects to them.
     config = (
-        f'[[hubs]]\nhost_name = "{HUB_A}"\nbind = "{address}"\n'
-        f'[[hubs]]\nhost_name = "{HUB_B}"\nbind = "{address}"\n'
+        f'[[hubs]]\nhost_name = "{HUB_A}"\nbind = "{address}"\n[[hubs]]\nhost_name = "{HUB_B}"\nbind = "{address}"\n'
     )
     running = start_server(tmp, address=address, config=config)
     yield running
@@ -91,7 +90,9 @@ def register(server: RunningServer, registration_id: str, **credential: str) -> 
     env.pop("DEBUG", None)  # the SDK's debug output would print the SAS token
     done = subprocess.run(args, cwd=HERE, env=env, capture_output=True, text=True, timeout=NODE_TIMEOUT, check=False)
     lines = done.stdout.strip().splitlines()
-    assert done.returncode in (0, 1) and len(lines) == 1, f"node exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    assert done.returncode in (0, 1) and len(lines) == 1, (
+        f"node exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    )
     report: dict[str, Any] = json.loads(lines[0])
     assert report["ok"] == (done.returncode == 0), report
     return report

@@ -4,6 +4,7 @@
 // Usage:
 //   node provision.js --host HOST --scope ID_SCOPE --registration-id ID --cert FILE --key FILE
 //   node provision.js --host HOST --scope ID_SCOPE --registration-id ID --symmetric-key KEY
+// Either form takes --payload JSON: the custom-allocation payload sent with the registration.
 //
 // The server's private CA is trusted the way any Node program trusts one without code changes:
 // the caller sets NODE_EXTRA_CA_CERTS (the SDK's HTTP transport has no CA option of its own).
@@ -35,6 +36,9 @@ function parseArgs(argv) {
   const x509 = Boolean(args.cert || args.key);
   if (x509 === Boolean(args['symmetric-key']) || (x509 && !(args.cert && args.key))) {
     throw new Error('give either --cert and --key, or --symmetric-key');
+  }
+  if (args.payload !== undefined) {
+    args.payload = JSON.parse(args.payload);
   }
   return args;
 }
@@ -78,6 +82,9 @@ function main() {
   const { ProvisioningDeviceClient } = require('azure-iot-provisioning-device');
   const { Http } = require('azure-iot-provisioning-device-http');
   const client = ProvisioningDeviceClient.create(args.host, args.scope, new Http(), securityClient(args));
+  if (args.payload !== undefined) {
+    client.setProvisioningPayload(args.payload);
+  }
   client.register((err, result) => {
     if (err) {
       emit({ ok: false, error: describe(err) }, 1);

@@ -18,7 +18,10 @@ import json
 import os
 import shutil
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +71,8 @@ def node_modules() -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+def server(node_modules: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    # Depends on node_modules so that a missing install fails before a server starts.
     tmp = tmp_path_factory.mktemp("node-dps")
     address = free_loopback_address()
     # Both hubs are named here only; provisioning assigns, nobody connects to them.
@@ -80,14 +84,30 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     assert running.stop() == 0, running.log()
 
 
-def register(server: RunningServer, registration_id: str, **credential: str) -> dict[str, Any]:
-    """Run one registration through the Node SDK; return its one-line JSON report."""
+def register(
+    server: RunningServer,
+    registration_id: str,
+    *,
+    trust_ca: bool = True,
+    payload: Any = None,
+    debug: str | None = None,
+    **credential: str,
+) -> dict[str, Any]:
+    """Run one registration through the Node SDK; return its one-line JSON report (plus the
+    SDK's debug output under "stderr" when `debug` names `debug` namespaces to enable)."""
     args = ["node", str(SCRIPT), "--host", server.address, "--scope", server.id_scope]
     args += ["--registration-id", registration_id]
     for name, value in credential.items():
         args += [f"--{name.replace('_', '-')}", value]
-    env = {**os.environ, "NODE_EXTRA_CA_CERTS": str(server.server_ca_path)}
-    env.pop("DEBUG", None)  # the SDK's debug output would print the SAS token
+    env = dict(os.environ)
+    env.pop("NODE_EXTRA_CA_CERTS", None)
+    if trust_ca:
+        env["NODE_EXTRA_CA_CERTS"] = str(server.server_ca_path)
+    if payload is not None:
+        args += ["--payload", json.dumps(payload)]
+    env.pop("DEBUG", None)  # some of the SDK's debug namespaces print the SAS token
+    if debug:
+        env["DEBUG"] = debug
     done = subprocess.run(args, cwd=HERE, env=env, capture_output=True, text=True, timeout=NODE_TIMEOUT, check=False)
     lines = done.stdout.strip().splitlines()
     assert done.returncode in (0, 1) and len(lines) == 1, (
@@ -95,6 +115,7 @@ def register(server: RunningServer, registration_id: str, **credential: str) -> 
     )
     report: dict[str, Any] = json.loads(lines[0])
     assert report["ok"] == (done.returncode == 0), report
+    report["stderr"] = done.stderr
     return report
 
 
@@ -142,7 +163,7 @@ def _derived(group_key: str, registration_id: str) -> str:
 # --------------------------------------------------------------------------- X.509
 
 
-def test_x509_self_signed_individual(server: RunningServer, node_modules: Path, tmp_path: Path) -> None:
+def test_x509_self_signed_individual(server: RunningServer, tmp_path: Path) -> None:
     cert, key = _self_signed(tmp_path, "node-solo-1")
     server.cli(
         "enrollment", "create", "node-solo-1", "--cert", str(cert),
@@ -155,9 +176,7 @@ def test_x509_self_signed_individual(server: RunningServer, node_modules: Path, 
     assert server.registration("node-solo-1").status == "assigned"
 
 
-def test_x509_chain_through_intermediate_group(
-    server: RunningServer, node_modules: Path, tmp_path_factory: pytest.TempPathFactory
-) -> None:
+def test_x509_chain_through_intermediate_group(server: RunningServer, tmp_path_factory: pytest.TempPathFactory) -> None:
     # Seed 001's factory side from our own CLI: root proven to the service, a group on the
     # intermediate, a device cert signed by the intermediate.
     ca_dir = tmp_path_factory.mktemp("node-ca")
@@ -191,7 +210,7 @@ def _verification_code(output: str) -> str:
 # --------------------------------------------------------------------------- symmetric key
 
 
-def test_symmetric_key_individual(server: RunningServer, node_modules: Path) -> None:
+def test_symmetric_key_individual(server: RunningServer) -> None:
     server.cli("enrollment", "create", "node-sym-1", "--symmetric-key", "--hub", HUB_A, "--allocation-policy", "static")
     primary, _ = _keys(server, "enrollment", "node-sym-1")
     state = assigned(register(server, "node-sym-1", symmetric_key=primary))
@@ -199,7 +218,7 @@ def test_symmetric_key_individual(server: RunningServer, node_modules: Path) -> 
     assert state["deviceId"] == "node-sym-1"
 
 
-def test_symmetric_key_group_derived(server: RunningServer, node_modules: Path) -> None:
+def test_symmetric_key_group_derived(server: RunningServer) -> None:
     server.cli("group", "create", "node-sym-group", "--symmetric-key")
     primary, _ = _keys(server, "group", "node-sym-group")
     state = assigned(register(server, "node-grp-3", symmetric_key=_derived(primary, "node-grp-3")))
@@ -208,10 +227,72 @@ def test_symmetric_key_group_derived(server: RunningServer, node_modules: Path) 
     assert server.registration("node-grp-3").enrollment_group_id == "node-sym-group"
 
 
+# --------------------------------------------------------------------------- polling
+
+# Longer than the server's direct-answer budget (1 s), so the register PUT answers 202 and the
+# SDK polls the operation with GET.
+WEBHOOK_DELAY = 1.5
+
+
+class _SlowWebhook(BaseHTTPRequestHandler):
+    seen: list[Any]
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", "0"))
+        request = json.loads(self.rfile.read(length))
+        type(self).seen.append(request)
+        time.sleep(WEBHOOK_DELAY)
+        payload = request["deviceRuntimeContext"].get("payload")
+        answer = json.dumps({"iotHubHostName": HUB_B, "payload": {"echo": payload}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, format: str, *args: Any) -> None:  # keep pytest output clean
+        pass
+
+
+@pytest.fixture
+def slow_webhook() -> Iterator[tuple[str, list[Any]]]:
+    handler = type("Handler", (_SlowWebhook,), {"seen": []})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/allocate", handler.seen
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
+def test_slow_custom_allocation_is_polled(server: RunningServer, slow_webhook: tuple[str, list[Any]]) -> None:
+    url, seen = slow_webhook
+    server.cli(
+        "enrollment", "create", "node-slow-1", "--symmetric-key", "--allocation-policy", "custom", "--webhook-url", url
+    )  # fmt: skip
+    primary, _ = _keys(server, "enrollment", "node-slow-1")
+    report = register(
+        server,
+        "node-slow-1",
+        symmetric_key=primary,
+        payload={"line": 4},
+        debug="azure-iot-provisioning-device:PollingStateMachine",
+    )
+    state = assigned(report)
+    # The SDK went through 202 + GET .../operations/{id}, and the device payload made the round trip.
+    assert "to polling" in report["stderr"], report["stderr"]
+    assert state["assignedHub"] == HUB_B
+    assert state["payload"] == {"echo": {"line": 4}}
+    assert [r["deviceRuntimeContext"]["registrationId"] for r in seen] == ["node-slow-1"]
+
+
 # --------------------------------------------------------------------------- refused
 
 
-def test_wrong_key_is_refused(server: RunningServer, node_modules: Path) -> None:
+def test_wrong_key_is_refused(server: RunningServer) -> None:
     server.cli("enrollment", "create", "node-sym-bad", "--symmetric-key")
     report = register(server, "node-sym-bad", symmetric_key=base64.b64encode(b"x" * 64).decode())
     assert not report["ok"]
@@ -220,3 +301,14 @@ def test_wrong_key_is_refused(server: RunningServer, node_modules: Path) -> None
     refusals = server.refusals("node-sym-bad")
     assert refusals, "no refusal recorded"
     assert refusals[0].reason == "SAS_BAD_SIGNATURE"
+
+
+def test_server_certificate_is_checked(server: RunningServer) -> None:
+    # Without the server CA the SDK refuses our server: the TLS in these tests is real, and
+    # NODE_EXTRA_CA_CERTS is what makes a private-CA clone reachable.
+    server.cli("enrollment", "create", "node-untrusting", "--symmetric-key")
+    primary, _ = _keys(server, "enrollment", "node-untrusting")
+    report = register(server, "node-untrusting", trust_ca=False, symmetric_key=primary)
+    assert not report["ok"]
+    assert report["error"]["code"] in ("SELF_SIGNED_CERT_IN_CHAIN", "UNABLE_TO_VERIFY_LEAF_SIGNATURE"), report
+    assert server.registration("node-untrusting") is None

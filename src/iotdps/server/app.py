@@ -47,7 +47,7 @@ from iotdps.server.identity import ServerFiles, ensure_server_identity
 from iotdps.server.listen import TlsSite, start_tls_server
 from iotdps.server.mqtt_conn import CONNACK_NOT_AUTHORIZED, MqttConnection, MqttEndpoint
 from iotdps.server.ratelimit import TokenBucket
-from iotdps.server.tls import ServerTls, load_pem_chain, load_pem_key
+from iotdps.server.tls import PeerIdentity, ServerTls, load_pem_chain, load_pem_key
 from iotdps.server.ws_bridge import WEBSOCKET_PATH, serve_mqtt_websocket
 from iotdps.store import open_store
 
@@ -185,7 +185,7 @@ class Server:
             )
             endpoints.append(f"mqtts://{host}:{port}")
 
-        device_app = build_device_app(self.runner, self._new_connection)
+        device_app = build_device_app(self.runner, self._new_connection, self.refreshed_peer)
         await self._serve_app(device_app, config.dps.bind, config.dps.https_port)
         endpoints.append(f"https://{config.dps.bind}:{config.dps.https_port} (DPS REST, MQTT over websockets)")
         ws_addrs = {(h.bind, h.websocket_port) for h in config.effective_hubs} - {
@@ -238,17 +238,22 @@ class Server:
         return CONNACK_NOT_AUTHORIZED
 
     async def _refresh_peer(self, conn: MqttConnection) -> None:
+        if conn.peer is not None:
+            conn.peer = await self.refreshed_peer(conn.peer)
+
+    async def refreshed_peer(self, peer: PeerIdentity) -> PeerIdentity:
         """If OpenSSL could not verify the chain, our anchors may be older than the store
         (a CA verified or a device enrolled a moment ago, maybe by another process): reload
         them and verify the presented chain against the current set. Only this failure path
-        verifies in Python; a chain OpenSSL verified is never re-checked."""
-        peer = conn.peer
-        if peer is None or not peer.chain or peer.verified_chain is not None:
-            return
+        verifies in Python; a chain OpenSSL verified is never re-checked. Used by the MQTT
+        route and the HTTPS device API alike."""
+        if not peer.chain or peer.verified_chain is not None:
+            return peer
         anchors = await self.reload_trust(on_demand=True)
         evidence: X509Evidence = evidence_from_chain(list(peer.chain), anchors, utcnow())
         if evidence.verified is not None:
-            conn.peer = replace(peer, verified_chain=evidence.verified, verify_errors=())
+            return replace(peer, verified_chain=evidence.verified, verify_errors=())
+        return peer
 
     # ------------------------------------------------------------------ trust
 

@@ -20,11 +20,12 @@ __all__ = ["EXIT_BAD_INPUT", "cli", "main"]
 EXIT_BAD_INPUT = 2
 
 # Command modules; each defines `register(group: click.Group) -> None`.
-<<<<<<< HEAD
-_COMMAND_MODULES: tuple[str, ...] = ("iotdps.cli.pki_cmds",)
-=======
-_COMMAND_MODULES: tuple[str, ...] = ("iotdps.cli.admin_cmds",)
->>>>>>> core
+_COMMAND_MODULES: tuple[str, ...] = (
+    "iotdps.cli.pki_cmds",
+    "iotdps.cli.admin_cmds",
+    "iotdps.cli.hub_cmds",
+    "iotdps.cli.device_cmds",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -13,7 +13,7 @@ import sys
 import click
 
 from iotdps import __version__
-from iotdps.errors import IotdpsError
+from iotdps.errors import ConfigError, IotdpsError
 
 __all__ = ["EXIT_BAD_INPUT", "cli", "main"]
 
@@ -23,6 +23,7 @@ EXIT_BAD_INPUT = 2
 _COMMAND_MODULES: tuple[str, ...] = (
     "iotdps.cli.pki_cmds",
     "iotdps.cli.admin_cmds",
+    "iotdps.cli.server_cmds",
     "iotdps.cli.hub_cmds",
     "iotdps.cli.device_cmds",
 )
@@ -41,6 +42,10 @@ for _name in _COMMAND_MODULES:
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="iotdps", standalone_mode=False)
+    except ConfigError as exc:
+        # Every problem at once, one per line, so a config file is fixed in one pass.
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
     except IotdpsError as exc:
         click.echo(f"error: {exc.message.splitlines()[0] if exc.message else type(exc).__name__}", err=True)
         sys.exit(EXIT_BAD_INPUT)

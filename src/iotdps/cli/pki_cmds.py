@@ -4,7 +4,7 @@
     iotdps create-ca-intermediate      a factory or line CA under a root or an intermediate
     iotdps create-device-cert          one device, a batch (--count), or a device CSR (--csr)
     iotdps proof-ca-root-possession    the verification certificate for a verification code
-    iotdps ca list                     what the CA directory holds
+    iotdps ca-dir list                 what the CA directory holds
     iotdps cert inspect | verify       read a certificate; explain why a bundle would (not) validate
 
 Passphrases come from --passphrase, then IOTDPS_CA_PASSPHRASE, then a prompt (confirmed when a
@@ -421,7 +421,7 @@ def proof_ca_root_possession(
 # -- CA directory and certificate tools ---------------------------------------------------
 
 
-@click.group("ca")
+@click.group("ca-dir")
 def ca_group() -> None:
     """The local CA directory."""
 

@@ -101,6 +101,9 @@ class RegistrationRequest:
     payload: Any = None
     csr: str | None = None
     operation_id: str | None = None
+    # An edge that already ran `authenticate` for this credential (MQTT does at CONNECT) passes
+    # the result, so the read phase does not repeat attestation and precedence.
+    authentication: Authentication | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +242,15 @@ class ProvisioningService:
                 Refusal(registration_id, reason.value, message, attestation_type, self.clock.now(), enrollment)
             )
 
+    async def record_refusal(self, registration_id: str, auth: Authentication) -> None:
+        """Log a refusal an edge made from `authenticate` alone (MQTT CONNACK 5 at CONNECT)."""
+        decision = auth.decision
+        if decision.reason is None:
+            raise ValueError("not a refusal")
+        await self._log(
+            registration_id, decision.reason, decision.message, auth.attestation_type, decision.enrollment_name
+        )
+
     async def authenticate(self, id_scope: str, registration_id: str, credential: Credential | None) -> Authentication:
         """Attestation and precedence only, read-only. Edges may call it at MQTT CONNECT to refuse
         bad credentials early (CONNACK 5); `register` calls it again."""
@@ -302,7 +314,9 @@ class ProvisioningService:
 
     async def register(self, request: RegistrationRequest) -> RegistrationOutcome:
         operation_id = request.operation_id or new_operation_id()
-        auth = await self.authenticate(request.id_scope, request.registration_id, request.credential)
+        auth = request.authentication or await self.authenticate(
+            request.id_scope, request.registration_id, request.credential
+        )
         decision = auth.decision
         if not decision.admitted:
             return await self._refused(request, operation_id, auth)

@@ -55,7 +55,7 @@ def _one_line_error(r: subprocess.CompletedProcess[str], text: str) -> None:
 
 def test_ca_list(workspace: tuple[Path, Path]) -> None:
     ca, cwd = workspace
-    r = run(["ca", "list"], ca, cwd)
+    r = run(["ca-dir", "list"], ca, cwd)
     assert r.returncode == 0
     assert "line-1" in r.stdout and "parent=factory" in r.stdout
 

@@ -1,0 +1,83 @@
+"""`iotdps up`: run the service in the foreground until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import click
+
+from iotdps.config import Config, load_config
+from iotdps.server.app import Server, StartupInfo, device_snippet
+
+__all__ = ["register"]
+
+
+def _banner(info: StartupInfo) -> str:
+    lines = ["iotdps is up", ""]
+    lines += [f"  listening    {e}" for e in info.endpoints]
+    lines += [
+        f"  DPS host     {info.dps_host}   (devices: provisioning_host / global endpoint)",
+        f"  ID scope     {info.id_scope}",
+        f"  server CA    {info.server_ca}   (give this file to devices as their trust anchor)",
+    ]
+    lines += [f"  note         {n}" for n in info.notes]
+    if info.first_start:
+        lines += [
+            "",
+            "First start. Enroll a device, then provision it with the official Azure SDK:",
+            "",
+            "  iotdps enrollment create my-device --symmetric-key",
+            "  iotdps enrollment show my-device --show-keys   # primaryKey -> device.key",
+            "",
+        ]
+        lines += ["    " + line for line in device_snippet(info).splitlines()]
+    return "\n".join(lines)
+
+
+async def _run(config: Config) -> None:
+    server = Server(config)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        info = await server.start()
+        click.echo(_banner(info), err=False)
+        await stop.wait()
+        click.echo("iotdps: shutting down", err=True)
+    finally:
+        await server.stop()
+
+
+@click.command("up")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="TOML settings file.")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Data directory [env IOTDPS_DATA_DIR].")
+@click.option("--dsn", help="Database URL [env IOTDPS_DSN]; default SQLite in the data directory.")
+@click.option("--dps-host", help="Host name devices use for the DPS [env IOTDPS_DPS_HOST].")
+@click.option("--bind", help="Address of the DPS listeners [env IOTDPS_DPS_BIND].")
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+def up_cmd(
+    config_path: Path | None,
+    data_dir: Path | None,
+    dsn: str | None,
+    dps_host: str | None,
+    bind: str | None,
+    log_level: str,
+) -> None:
+    """Run the provisioning service (and its hubs) until interrupted."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = {
+        "data_dir": str(data_dir) if data_dir else None,
+        "dsn": dsn,
+        "dps.host_name": dps_host,
+        "dps.bind": bind,
+    }
+    config = load_config(config_path, overrides=overrides)
+    asyncio.run(_run(config))
+
+
+def register(group: click.Group) -> None:
+    group.add_command(up_cmd)

@@ -1,0 +1,312 @@
+"""`iotdps up`: the one place where the adapters are wired together.
+
+One process, one asyncio loop:
+- MQTT over TLS on every configured (address, 8883): DPS and hub CONNECTs share a listener
+  and are told apart by their username (azure-wire-protocol.md 9.3 option c);
+- HTTPS on the DPS address's 443: the DPS device REST API and MQTT over websockets
+  (`/$iothub/websocket`); hub addresses get the websocket route on their own 443;
+- the management API and the hub's local control socket, when those packages are present.
+
+Trust: the TLS seam's anchors (verified CAs, individual X.509 enrollments) are reloaded
+whenever this process changes them and, for changes made elsewhere (the CLI on the same
+data dir, another node on PostgreSQL), by a watcher every few seconds. A device whose chain
+OpenSSL could not verify triggers an immediate reload before it is refused, so a newly
+verified CA or a new enrollment is accepted on the next handshake, without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiohttp import web
+from cryptography import x509
+
+from iotdps.allocation.webhook_http import AiohttpWebhookTransport
+from iotdps.attestation.x509 import X509Evidence, evidence_from_chain
+from iotdps.config import Config
+from iotdps.enrollment.models import LinkedHub, ServiceSettings, utcnow
+from iotdps.pki.encoding import sha256_thumbprint
+from iotdps.protocols.mqtt.hub import classify_username
+from iotdps.protocols.mqtt.packets import Connect
+from iotdps.provisioning.ports import Store
+from iotdps.provisioning.service import ProvisioningService
+from iotdps.server.dps_common import RegistrationRunner
+from iotdps.server.dps_http import build_device_app
+from iotdps.server.dps_mqtt import route_dps
+from iotdps.server.identity import ServerFiles, ensure_server_identity
+from iotdps.server.listen import TlsSite, start_tls_server
+from iotdps.server.mqtt_conn import CONNACK_NOT_AUTHORIZED, MqttConnection, MqttEndpoint
+from iotdps.server.ratelimit import TokenBucket
+from iotdps.server.tls import ServerTls, load_pem_chain, load_pem_key
+from iotdps.server.ws_bridge import WEBSOCKET_PATH, serve_mqtt_websocket
+from iotdps.store import open_store
+
+__all__ = ["HubRouter", "Server", "StartupInfo", "new_id_scope"]
+
+log = logging.getLogger("iotdps.server")
+
+TRUST_POLL_SECONDS = 3.0
+# At most one on-demand trust reload per this many seconds, so a flood of untrusted devices
+# cannot turn every handshake into a store query.
+_TRUST_RELOAD_MIN_INTERVAL = 0.2
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+def new_id_scope() -> str:
+    """An ID scope shaped like Azure's (`0ne` + 8 upper-case hex digits)."""
+    return "0ne" + secrets.token_hex(4).upper()
+
+
+class HubRouter(Protocol):
+    """What the hub runtime offers the shared listener (see iotdps.hub.runtime)."""
+
+    async def route(self, conn: MqttConnection, connect: Connect) -> MqttEndpoint | int: ...
+
+
+@dataclass
+class StartupInfo:
+    id_scope: str
+    dps_host: str
+    endpoints: list[str]
+    server_ca: Path
+    first_start: bool
+    server_files: ServerFiles
+    notes: list[str] = field(default_factory=list)
+
+
+class Server:
+    def __init__(self, config: Config, *, hub: HubRouter | None = None) -> None:
+        self.config = config
+        self.hub = hub
+        self.store: Store | None = None
+        self.service: ProvisioningService | None = None
+        self.runner: RegistrationRunner | None = None
+        self.tls: ServerTls | None = None
+        self._anchor_prints: frozenset[str] = frozenset()
+        self._last_reload = 0.0
+        self._reload_lock = asyncio.Lock()
+        self._servers: list[asyncio.Server] = []
+        self._runners: list[web.AppRunner] = []
+        self._connections: set[MqttConnection] = set()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._webhook: AiohttpWebhookTransport | None = None
+        self._stopped = asyncio.Event()
+        self.extra_cleanup: list[Callable[[], Awaitable[None]]] = []
+
+    # ------------------------------------------------------------------ start
+
+    async def start(self) -> StartupInfo:
+        config = self.config
+        config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        first_start = not (config.data_dir / "tls" / "server-ca.pem").exists()
+        server_files = ensure_server_identity(config.data_dir, config.server_names())
+
+        self.store = await open_store(config.database_dsn)
+        settings = await self._ensure_settings(self.store)
+        await self._sync_linked_hubs(self.store)
+        self._webhook = AiohttpWebhookTransport()
+        self.service = ProvisioningService(self.store, webhook=self._webhook)
+        self.runner = RegistrationRunner(
+            self.service,
+            TokenBucket(config.limits.registrations_per_second, config.limits.registration_burst, time.monotonic()),
+            time.monotonic,
+            retry_after=config.limits.retry_after_seconds,
+        )
+        anchors = await self.service.trust_anchors()
+        self.tls = ServerTls(
+            load_pem_chain(server_files.chain_pem), load_pem_key(server_files.key_pem), anchors=anchors
+        )
+        self._anchor_prints = frozenset(sha256_thumbprint(c) for c in anchors)
+        endpoints = await self._listen()
+        self._tasks.append(asyncio.get_running_loop().create_task(self._watch_trust()))
+        notes = []
+        if server_files.passphrase_file is not None:
+            notes.append(
+                f"The server CA key's passphrase was generated into {server_files.passphrase_file}; move it to a "
+                "secret store and pass it as IOTDPS_SERVER_CA_PASSPHRASE."
+            )
+        return StartupInfo(
+            settings.id_scope, config.dps.host_name, endpoints, server_files.ca_pem, first_start, server_files, notes
+        )
+
+    async def _ensure_settings(self, store: Store) -> ServiceSettings:
+        async with store.begin() as uow:
+            settings = await uow.settings.get()
+            if settings is None:
+                settings = await uow.settings.put(ServiceSettings(new_id_scope()))
+        return settings
+
+    async def _sync_linked_hubs(self, store: Store) -> None:
+        """Configured hubs are linked hubs; weights follow the file (hubs linked by other
+        means are left alone)."""
+        async with store.begin() as uow:
+            for hub in self.config.effective_hubs:
+                await uow.hubs.put(LinkedHub(hub.host_name, hub.weight, hub.apply_allocation_policy))
+
+    async def _listen(self) -> list[str]:
+        config = self.config
+        assert self.tls is not None and self.runner is not None
+        endpoints: list[str] = []
+        handshake = config.tls.handshake_timeout
+
+        mqtt_addrs = {(config.dps.bind, config.dps.mqtt_port)}
+        mqtt_addrs |= {(h.bind, h.mqtt_port) for h in config.effective_hubs}
+        for host, port in sorted(mqtt_addrs):
+            self._servers.append(
+                await start_tls_server(host, port, self.tls, self._new_connection, handshake_timeout=handshake)
+            )
+            endpoints.append(f"mqtts://{host}:{port}")
+
+        device_app = build_device_app(self.runner, self._new_connection)
+        await self._serve_app(device_app, config.dps.bind, config.dps.https_port)
+        endpoints.append(f"https://{config.dps.bind}:{config.dps.https_port} (DPS REST, MQTT over websockets)")
+        ws_addrs = {(h.bind, h.websocket_port) for h in config.effective_hubs} - {
+            (config.dps.bind, config.dps.https_port)
+        }
+        for host, port in sorted(ws_addrs):
+            await self._serve_app(self._websocket_app(), host, port)
+            endpoints.append(f"wss://{host}:{port}{WEBSOCKET_PATH}")
+        return endpoints
+
+    def _websocket_app(self) -> web.Application:
+        app = web.Application()
+
+        async def websocket(request: web.Request) -> web.StreamResponse:
+            return await serve_mqtt_websocket(request, self._new_connection)
+
+        app.router.add_get(WEBSOCKET_PATH, websocket)
+        return app
+
+    async def _serve_app(self, app: web.Application, host: str, port: int) -> None:
+        assert self.tls is not None
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+        await runner.setup()
+        site = TlsSite(runner, host, port, self.tls, handshake_timeout=self.config.tls.handshake_timeout)
+        await site.start()
+        self._runners.append(runner)
+
+    async def serve_app(self, app: web.Application, host: str, port: int) -> None:
+        """Serve another application (management API) over the same TLS identity."""
+        await self._serve_app(app, host, port)
+
+    # ------------------------------------------------------------------ connections
+
+    def _new_connection(self) -> MqttConnection:
+        conn = MqttConnection(
+            self._route, max_packet_size=self.config.limits.max_packet_size, on_closed=self._connections.discard
+        )
+        self._connections.add(conn)
+        return conn
+
+    async def _route(self, conn: MqttConnection, connect: Connect) -> MqttEndpoint | int:
+        kind = classify_username(connect.username or "")
+        if kind == "dps":
+            assert self.runner is not None
+            await self._refresh_peer(conn)
+            return await route_dps(self.runner, conn, connect)
+        if kind == "hub" and self.hub is not None:
+            return await self.hub.route(conn, connect)
+        log.info("CONNECT from %s refused: username is neither a DPS nor a hub username", conn.peername)
+        return CONNACK_NOT_AUTHORIZED
+
+    async def _refresh_peer(self, conn: MqttConnection) -> None:
+        """If OpenSSL could not verify the chain, our anchors may be older than the store
+        (a CA verified or a device enrolled a moment ago, maybe by another process): reload
+        them and verify the presented chain against the current set. Only this failure path
+        verifies in Python; a chain OpenSSL verified is never re-checked."""
+        peer = conn.peer
+        if peer is None or not peer.chain or peer.verified_chain is not None:
+            return
+        anchors = await self.reload_trust(on_demand=True)
+        evidence: X509Evidence = evidence_from_chain(list(peer.chain), anchors, utcnow())
+        if evidence.verified is not None:
+            conn.peer = replace(peer, verified_chain=evidence.verified, verify_errors=())
+
+    # ------------------------------------------------------------------ trust
+
+    async def reload_trust(self, *, on_demand: bool = False) -> list[x509.Certificate]:
+        """Reload the TLS anchors from the store (swapping the TLS context when they changed)
+        and return them. On-demand reloads are spaced at least _TRUST_RELOAD_MIN_INTERVAL apart:
+        a caller waits for its turn rather than being skipped, so an untrusted flood costs at
+        most a few store reads a second while a just-enrolled device is still let in."""
+        assert self.service is not None and self.tls is not None
+        async with self._reload_lock:
+            wait = self._last_reload + _TRUST_RELOAD_MIN_INTERVAL - time.monotonic()
+            if on_demand and wait > 0:
+                await asyncio.sleep(wait)
+            self._last_reload = time.monotonic()
+            anchors = await self.service.trust_anchors()
+            prints = frozenset(sha256_thumbprint(c) for c in anchors)
+            if prints != self._anchor_prints:
+                self.tls.update_anchors(anchors)
+                self._anchor_prints = prints
+                log.info("TLS trust anchors reloaded: %d certificates", len(anchors))
+            return anchors
+
+    async def _watch_trust(self) -> None:
+        while not self._stopped.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), TRUST_POLL_SECONDS)
+            if self._stopped.is_set():
+                break
+            try:
+                await self.reload_trust()
+            except Exception:  # the store may be briefly unavailable; try again next round
+                log.warning("reloading TLS trust anchors failed", exc_info=True)
+
+    # ------------------------------------------------------------------ stop
+
+    async def stop(self) -> None:
+        """Graceful: stop accepting, let registrations in flight finish (bounded), close."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        for server in self._servers:
+            server.close()
+        if self.runner is not None:
+            await self.runner.drain(SHUTDOWN_GRACE_SECONDS)
+        for conn in list(self._connections):
+            conn.close("server shutting down")
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 2.0)
+        for runner in self._runners:
+            await runner.cleanup()
+        for cleanup in self.extra_cleanup:
+            with contextlib.suppress(Exception):
+                await cleanup()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._webhook is not None:
+            await self._webhook.close()
+        if self.store is not None:
+            await self.store.close()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+
+def device_snippet(info: StartupInfo, registration_id: str = "my-device") -> str:
+    """A ready-to-run provisioning example with the official SDK, for the first-start banner."""
+    return f'''\
+from azure.iot.device import ProvisioningDeviceClient
+
+client = ProvisioningDeviceClient.create_from_symmetric_key(
+    provisioning_host="{info.dps_host}",
+    registration_id="{registration_id}",
+    id_scope="{info.id_scope}",
+    symmetric_key=open("device.key").read().strip(),  # from: iotdps enrollment show {registration_id} --show-keys
+    server_verification_cert=open("{info.server_ca}").read(),
+)
+result = client.register()
+print(result.status, result.registration_state.assigned_hub, result.registration_state.device_id)
+'''

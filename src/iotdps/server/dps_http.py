@@ -1,0 +1,165 @@
+"""The DPS device REST API over HTTPS (azure-wire-protocol.md section 2), plus the MQTT
+websocket route: both live on port 443 of the DPS address.
+
+X.509 devices authenticate with their TLS client certificate (the TLS seam hands us the
+chain); symmetric-key devices with `Authorization: SharedAccessSignature ...`. TPM requests
+are accepted as input and answered with a clear 400 until the nonce challenge exists.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from iotdps.errors import InvalidInput, NotFound
+from iotdps.ids import is_valid_registration_id
+from iotdps.server.dps_common import DeviceReply, RegistrationRunner, credential_from, error_body, outcome_reply
+from iotdps.server.listen import request_peer
+from iotdps.server.mqtt_conn import MqttConnection
+from iotdps.server.ws_bridge import WEBSOCKET_PATH, serve_mqtt_websocket
+
+__all__ = ["MAX_DEVICE_BODY", "build_device_app"]
+
+log = logging.getLogger("iotdps.dps")
+
+# A register body is a registration id, a small payload and maybe a CSR or TPM keys.
+MAX_DEVICE_BODY = 64 * 1024
+
+
+def _respond(reply: DeviceReply, request: web.Request) -> web.Response:
+    headers = {"x-ms-request-id": reply.body.get("trackingId", "") or request.headers.get("x-ms-client-request-id", "")}
+    if reply.retry_after is not None:
+        headers["Retry-After"] = str(reply.retry_after)
+    if "errorCode" in reply.body:
+        headers["x-ms-error-code"] = str(reply.body["errorCode"])
+    if reply.status == 202:
+        headers["Location"] = f"https://{request.host}{request.path}"
+    headers = {k: v for k, v in headers.items() if v}
+    return web.Response(status=reply.status, body=reply.json_bytes(), content_type="application/json", headers=headers)
+
+
+def _error(status: int, code: int, message: str, request: web.Request) -> web.Response:
+    return _respond(DeviceReply(status, error_body(code, message)), request)
+
+
+async def _json_body(request: web.Request) -> dict[str, Any] | web.Response:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, 413000, "Request body too large", request)
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return _error(400, 400001, "Request body is not valid JSON", request)
+    if not isinstance(body, dict):
+        return _error(400, 400001, "Request body must be a JSON object", request)
+    return body
+
+
+def _sas(request: web.Request) -> str | None:
+    value = request.headers.get("Authorization")
+    return value.strip() if value else None
+
+
+class DeviceApi:
+    def __init__(self, runner: RegistrationRunner) -> None:
+        self.runner = runner
+
+    def _ids(self, request: web.Request) -> tuple[str, str] | web.Response:
+        scope = request.match_info["id_scope"]
+        registration_id = request.match_info["registration_id"]
+        if not is_valid_registration_id(registration_id):
+            return _error(400, 400004, "Invalid registration id", request)
+        return scope, registration_id
+
+    async def register(self, request: web.Request) -> web.Response:
+        ids = self._ids(request)
+        if isinstance(ids, web.Response):
+            return ids
+        scope, registration_id = ids
+        body = await _json_body(request)
+        if isinstance(body, web.Response):
+            return body
+        if body.get("registrationId", registration_id) != registration_id:
+            return _error(400, 400002, "registrationId does not match the request path", request)
+        if body.get("tpm") is not None:
+            return _error(400, 400005, "TPM attestation is not supported by this service yet", request)
+        csr = body.get("csr")
+        if csr is not None and not isinstance(csr, str):
+            return _error(400, 400001, "csr must be a base64 string", request)
+        credential = credential_from(request_peer(request), _sas(request))
+        reply = await self.runner.register(scope, registration_id, credential, body.get("payload"), csr)
+        return _respond(reply, request)
+
+    async def operation_status(self, request: web.Request) -> web.Response:
+        ids = self._ids(request)
+        if isinstance(ids, web.Response):
+            return ids
+        scope, registration_id = ids
+        credential = credential_from(request_peer(request), _sas(request))
+        if credential is None:
+            return _error(401, 401000, "Unauthorized", request)
+        try:
+            outcome = await self.runner.service.operation_status(
+                scope, registration_id, request.match_info["operation_id"], credential
+            )
+        except NotFound:
+            return _error(404, 404000, "Operation not found", request)
+        return _respond(outcome_reply(outcome), request)
+
+    async def registration_status(self, request: web.Request) -> web.Response:
+        ids = self._ids(request)
+        if isinstance(ids, web.Response):
+            return ids
+        scope, registration_id = ids
+        body = await _json_body(request)
+        if isinstance(body, web.Response):
+            return body
+        if body.get("csr") is not None:
+            return _error(400, 400001, "csr is not accepted by the status lookup", request)
+        credential = credential_from(request_peer(request), _sas(request))
+        if credential is None:
+            return _error(401, 401000, "Unauthorized", request)
+        try:
+            outcome = await self.runner.service.registration_status(scope, registration_id, credential)
+        except NotFound:
+            return _error(404, 404000, "Registration not found", request)
+        reply = outcome_reply(outcome)
+        # The lookup answers the DeviceRegistrationResult itself, not an operation wrapper.
+        if reply.status == 200 and "registrationState" in reply.body:
+            reply = DeviceReply(200, reply.body["registrationState"])
+        return _respond(reply, request)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            return _error(exc.status, exc.status * 1000, exc.reason, request)
+        raise
+    except InvalidInput as exc:
+        return _error(400, 400000, exc.message, request)
+
+
+def build_device_app(runner: RegistrationRunner, mqtt_factory: Callable[[], MqttConnection]) -> web.Application:
+    """The 443 application of the DPS address: REST device API and MQTT over websockets."""
+    app = web.Application(client_max_size=MAX_DEVICE_BODY, middlewares=[_errors])
+    api = DeviceApi(runner)
+
+    async def websocket(request: web.Request) -> web.StreamResponse:
+        return await serve_mqtt_websocket(request, mqtt_factory)
+
+    app.router.add_get(WEBSOCKET_PATH, websocket)
+    app.router.add_put("/{id_scope}/registrations/{registration_id}/register", api.register)
+    app.router.add_get("/{id_scope}/registrations/{registration_id}/operations/{operation_id}", api.operation_status)
+    app.router.add_post("/{id_scope}/registrations/{registration_id}", api.registration_status)
+    return app

@@ -1,0 +1,103 @@
+"""Graceful shutdown: a registration in flight when SIGTERM arrives finishes, nothing is half-written."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import http.server
+import json
+import socket
+import ssl
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from iotdps.protocols.mqtt.client import ClientSession
+from iotdps_testing.net import free_loopback_address, free_port
+from iotdps_testing.server import start_server
+
+pytestmark = pytest.mark.e2e
+
+HUB = "hub-slow.iotdps.test"
+WEBHOOK_DELAY = 2.0
+
+
+class _SlowWebhook(http.server.BaseHTTPRequestHandler):
+    calls: ClassVar[list[dict[str, Any]]] = []
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).calls.append(body)
+        time.sleep(WEBHOOK_DELAY)
+        answer = json.dumps({"iotHubHostName": HUB, "payload": {"slow": True}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args: Any) -> None:
+        return None
+
+
+@pytest.fixture
+def webhook() -> Iterator[str]:
+    port = free_port()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), _SlowWebhook)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{port}/allocate"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _sas(scope: str, registration_id: str, key: str) -> str:
+    sr = urllib.parse.quote(f"{scope}/registrations/{registration_id}", safe="")
+    expiry = int(time.time()) + 600
+    sig = base64.b64encode(hmac.new(base64.b64decode(key), f"{sr}\n{expiry}".encode(), hashlib.sha256).digest())
+    return f"SharedAccessSignature sr={sr}&sig={urllib.parse.quote(sig.decode(), safe='')}&se={expiry}"
+
+
+def test_sigterm_lets_a_slow_registration_finish(tmp_path: Path, webhook: str) -> None:
+    address = free_loopback_address()
+    server = start_server(tmp_path, address=address, config=f'[[hubs]]\nhost_name = "{HUB}"\nbind = "{address}"\n')
+    try:
+        server.cli(
+            "enrollment", "create", "slow-dev", "--symmetric-key", "--allocation-policy", "custom",
+            "--webhook-url", webhook, "--webhook-api-version", "2021-10-01",
+        )  # fmt: skip
+        key = server.cli_json("enrollment", "show", "slow-dev", "--show-keys")["attestation"]["symmetricKey"]
+        token = _sas(server.id_scope, "slow-dev", key["primaryKey"])
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_verify_locations(cadata=server.server_ca)
+        session = ClientSession()
+        username = f"{server.id_scope}/registrations/slow-dev/api-version=2019-03-31&ClientVersion=test"
+        with socket.create_connection((server.address, 8883), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname=server.address) as tls:
+                tls.sendall(session.connect("slow-dev", username, token, keepalive=60, clean_session=False))
+                _, sub = session.subscribe([("$dps/registrations/res/#", 1)])
+                tls.sendall(sub)
+                body = json.dumps({"payload": None, "registrationId": "slow-dev"}).encode()
+                _, publish = session.publish("$dps/registrations/PUT/iotdps-register/?$rid=1", body, qos=1)
+                tls.sendall(publish)
+                deadline = time.monotonic() + 10
+                while not _SlowWebhook.calls and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert _SlowWebhook.calls, "the webhook was never called"
+                # The webhook is now busy for WEBHOOK_DELAY seconds: stop the server meanwhile.
+                started = time.monotonic()
+                assert server.stop() == 0, server.log()
+                assert time.monotonic() - started >= WEBHOOK_DELAY * 0.5
+        record = server.registration("slow-dev")
+        assert record is not None
+        assert record.status == "assigned", record
+        assert record.assigned_hub == HUB
+        assert record.payload == {"slow": True}
+    finally:
+        server.stop()

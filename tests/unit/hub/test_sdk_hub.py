@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from azure.iot.device import IoTHubDeviceClient, Message, MethodResponse, X509
+from azure.iot.device import X509, IoTHubDeviceClient, Message, MethodResponse
 from azure.iot.device.exceptions import CredentialError
 
 from iotdps.hub import DeviceNotConnected

@@ -148,6 +148,7 @@ class HubClient:
         correlation_id: str | None = None,
         content_type: str | None = None,
         content_encoding: str | None = None,
+        timeout: float = 30.0,
     ) -> None:
         system = {
             k: v
@@ -161,7 +162,7 @@ class HubClient:
         }
         app = dict(sorted((properties or {}).items()))
         payload = body.encode() if isinstance(body, str) else body
-        await self._client().publish(format_telemetry_topic(self.device_id, system, app), payload)
+        await self._client().publish(format_telemetry_topic(self.device_id, system, app), payload, timeout=timeout)
 
     async def _twin_request(self, topic_path: str, body: bytes, timeout: float) -> tuple[int, int | None, bytes]:
         rid = format(next(self._rids), "x")

@@ -58,6 +58,7 @@ class TelemetryWriter:
         self._task: asyncio.Task[None] | None = None
         self._on_batch = on_batch
         self.written = 0
+        self.batches = 0
 
     def start(self) -> None:
         if self._task is None:
@@ -105,6 +106,7 @@ class TelemetryWriter:
                     item.acker.store_failed()
             return
         self.written += len(batch)
+        self.batches += 1
         if self._on_batch is not None:
             self._on_batch(len(batch))
         # The transaction has ended: now the sockets.

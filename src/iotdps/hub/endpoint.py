@@ -199,9 +199,7 @@ class DeviceEndpoint:
             self.kick_c2d()
 
     async def on_close(self, conn: MqttConnection, reason: str) -> None:
-        self.closed = True
-        if self._pump is not None and not self._pump.done():
-            self._pump.cancel()
+        self.closed = True  # a running delivery sees this after its current step and ends
         self.runtime.detach(self, reason)
 
     # -- session --------------------------------------------------------------------------------
@@ -243,7 +241,7 @@ class DeviceEndpoint:
         if self._pump is not None and not self._pump.done():
             self._pump_again = True
             return
-        self._pump = asyncio.get_running_loop().create_task(self._deliver())
+        self._pump = self.runtime.spawn(self._deliver())
 
     async def _deliver(self) -> None:
         while not self.closed:

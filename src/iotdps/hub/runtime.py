@@ -91,6 +91,7 @@ class HubRuntime:
         self._rids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
         self._expiry: asyncio.Task[None] | None = None
+        self._stop_event = asyncio.Event()
         self._stopping = False
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -104,6 +105,7 @@ class HubRuntime:
 
     async def start(self) -> None:
         self._stopping = False
+        self._stop_event.clear()
         self.writer.start()
         if self._expiry is None:
             self._expiry = asyncio.get_running_loop().create_task(self._expire_loop(), name="hub-c2d-expiry")
@@ -111,10 +113,11 @@ class HubRuntime:
     async def stop(self) -> None:
         """Stop accepting devices, store all queued telemetry, then close every connection."""
         self._stopping = True
+        # Background work is told to stop, never cancelled: a task cancelled inside a store
+        # transaction can leave an aiosqlite connection that the engine cannot dispose.
+        self._stop_event.set()
         if self._expiry is not None:
-            self._expiry.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._expiry
+            await self._expiry
             self._expiry = None
         await self.writer.stop()
         for endpoint in list(self._live.values()):
@@ -122,12 +125,15 @@ class HubRuntime:
         for _endpoint, future in self._methods.values():
             if not future.done():
                 future.set_exception(DeviceNotConnected("the hub is shutting down"))
-        for task in list(self._tasks):
-            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=10)
 
     async def _expire_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._c2d_expiry_interval)
+        while not self._stop_event.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_event.wait(), self._c2d_expiry_interval)
+            if self._stop_event.is_set():
+                return
             try:
                 async with self._store.begin() as uow:
                     gone = await uow.c2d.expire(self.now())
@@ -136,10 +142,12 @@ class HubRuntime:
             except IotdpsError as exc:
                 log.warning("C2D expiry sweep failed: %s", exc.message)
 
-    def _spawn(self, make: Callable[[], Any]) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(make())
+    def spawn(self, coro: Any) -> asyncio.Task[None]:
+        """Run `coro` in the background; `stop` waits for it (it is never cancelled)."""
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     # -- connections ----------------------------------------------------------------------------
 
@@ -207,7 +215,7 @@ class HubRuntime:
         conn.identity = f"{hub}/{device_id}"
         self._live[key] = endpoint
         # Runs after the CONNACK (written as soon as this returns).
-        self._spawn(endpoint.resume)
+        self.spawn(endpoint.resume())
         return endpoint
 
     def detach(self, endpoint: DeviceEndpoint, reason: str) -> None:

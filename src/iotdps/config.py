@@ -133,8 +133,20 @@ class Config:
         names = ["localhost", "127.0.0.1", self.dps.host_name]
         names += [h.host_name for h in self.effective_hubs]
         names += list(self.tls.extra_names)
+        # Listening addresses too: a client may dial the address rather than a name.
+        binds = [self.dps.bind, self.management.bind, *(h.bind for h in self.effective_hubs)]
+        names += [b for b in binds if b not in _UNSPECIFIED]
         return tuple(dict.fromkeys(names))
 
+    @property
+    def management_host(self) -> str:
+        """The host clients of the management API dial (for connection strings)."""
+        if self.management.bind in _UNSPECIFIED:
+            return self.dps.host_name
+        return self.management.bind
+
+
+_UNSPECIFIED = frozenset({"0.0.0.0", "::"})  # noqa: S104 (compared, not bound)
 
 _ENV_PREFIX = "IOTDPS_"
 

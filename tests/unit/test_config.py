@@ -49,7 +49,9 @@ bind = "127.0.0.7"
         "127.0.0.7",
         "a.local",
         "b.local",
+        "127.0.0.9",
     )
+    assert config.management_host == "127.0.0.1"
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:

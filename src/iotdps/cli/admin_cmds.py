@@ -1,15 +1,15 @@
 """Local administration of the provisioning service: CAs, enrollments, groups, hubs,
 registrations, refusals and `explain`, all on the local data dir (or `--dsn`).
 
-Enrollments and groups are composed as the Azure service-API JSON documents and parsed with the
-same `from_json` the management API uses, so the CLI cannot write something the API would
-refuse. Symmetric keys print only with an explicit `--show-keys`. Errors are one line, exit 2
-(cli.main maps IotdpsError).
+Every command runs on the local data dir, or with `--server URL` and credentials against a
+running iotdps (cli.remote). Enrollments and groups are composed as the Azure service-API JSON
+documents and parsed with the same `from_json` the management API uses, so the CLI cannot
+write something the API would refuse. Symmetric keys print only with an explicit `--show-keys`.
+Errors are one line, exit 2 (cli.main maps IotdpsError).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -23,6 +23,7 @@ from iotdps.attestation import certs
 from iotdps.attestation.registry import SasCredential
 from iotdps.attestation.symmetric_key import make_sas_token
 from iotdps.attestation.x509 import evidence_from_chain
+from iotdps.cli.remote import RemoteService, run_target, target_options
 from iotdps.enrollment.models import (
     ALLOCATION_POLICIES,
     EnrollmentGroup,
@@ -49,54 +50,13 @@ _REPROVISION = {
 # --------------------------------------------------------------------------- plumbing
 
 
-def _dsn(ctx: click.Context) -> str:
-    from iotdps.paths import default_data_dir, default_dsn
-
-    params = ctx.find_root().obj or {}
-    if params.get("dsn"):
-        return str(params["dsn"])
-    data_dir = params.get("data_dir")
-    return default_dsn(Path(data_dir) if data_dir else default_data_dir())
-
-
 def _run(fn: Callable[[ProvisioningService, Store], Awaitable[T]]) -> T:
-    ctx = click.get_current_context()
-    dsn = _dsn(ctx)
-
-    async def go() -> T:
-        from iotdps.store import open_store
-
-        store = await open_store(dsn)
-        try:
-            return await fn(ProvisioningService(store), store)
-        finally:
-            await store.close()
-
-    return asyncio.run(go())
+    """Run `fn` on the local store, or against `--server` (cli.remote speaks the management API)."""
+    return run_target(fn)
 
 
-def _store_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """`--data-dir` / `--dsn` on every leaf command, stored on the root context."""
-
-    def remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-        root = ctx.find_root()
-        root.obj = root.obj or {}
-        if value is not None:
-            root.obj[str(param.name)] = value
-        return value
-
-    f = click.option(
-        "--dsn", envvar="IOTDPS_DSN", expose_value=False, callback=remember, help="Store DSN (secret: not echoed)."
-    )(f)
-    f = click.option(
-        "--data-dir",
-        envvar="IOTDPS_DATA_DIR",
-        type=click.Path(file_okay=False),
-        expose_value=False,
-        callback=remember,
-        help="Data directory (default: the per-user data dir).",
-    )(f)
-    return f
+# `--data-dir` / `--dsn`, or `--server` with credentials, on every leaf command.
+_store_options = target_options
 
 
 def _read(path: str) -> str:
@@ -739,7 +699,16 @@ def explain_cmd(bundle: str | None, registration_id: str | None, symmetric_key: 
     if bool(bundle) == bool(symmetric_key):
         raise InvalidInput("give --cert BUNDLE, or --registration-id ID --symmetric-key KEY")
 
+    async def remote(svc: RemoteService) -> list[str]:
+        if bundle:
+            body = {"certificates": _read(bundle), "registrationId": registration_id}
+        else:
+            body = {"registrationId": registration_id, "symmetricKey": symmetric_key}
+        return await svc.explain_remote({k: v for k, v in body.items() if v})
+
     async def go(svc: ProvisioningService, store: Store) -> list[str]:
+        if isinstance(svc, RemoteService):
+            return await remote(svc)
         if bundle:
             chain = certs.load_certificates(_read(bundle))
             rid = registration_id or certs.common_name(chain[0]) or ""

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import click
 from cryptography.hazmat.primitives import serialization
 
+from iotdps.cli.remote import enroll_signing_group, prove_possession, run_target, target_options
 from iotdps.errors import AlreadyExists, InvalidInput
 from iotdps.fsutil import atomic_write
 from iotdps.ids import check_registration_id
@@ -211,7 +212,15 @@ def create_ca_root(
     default=None,
     help="passphrase of the parent's key (default: --passphrase, else prompted)",
 )
+@click.option(
+    "--enroll",
+    is_flag=True,
+    help="also create an enrollment group with this CA as its signing certificate (local data dir or --server)",
+)
+@click.option("--group-id", default=None, help="id of the enrollment group (default: the CA name)")
+@click.option("--hub", "hubs", multiple=True, help="linked hub(s) the group's devices may be assigned to")
 @_ca_dir_option
+@target_options
 @_edge
 def create_ca_intermediate(
     name: str,
@@ -223,9 +232,15 @@ def create_ca_intermediate(
     key_type: KeySpec,
     passphrase: str | None,
     parent_passphrase: str | None,
+    enroll: bool,
+    group_id: str | None,
+    hubs: tuple[str, ...],
     ca_dir: Path | None,
 ) -> None:
-    """Create an intermediate CA (one per factory or production line) signed by --parent."""
+    """Create an intermediate CA (one per factory or production line) signed by --parent.
+
+    With --enroll, also create its enrollment group on the provisioning service: on the local
+    data dir, or through the management API with --server."""
     cadir = _cadir(ca_dir)
     check_ca_name(name)
     cadir.get(parent)  # an unknown parent fails before any prompt
@@ -249,6 +264,11 @@ def create_ca_intermediate(
         f"intermediate CA {name!r} (parent {parent!r}, path length {plen}) created: {cadir.path / rec.cert_file}"
     )
     click.echo(f"sha256 thumbprint {rec.sha256_thumbprint}")
+    if enroll:
+        pem = cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+        gid = group_id or name
+        group = run_target(lambda svc, store: enroll_signing_group(store, gid, pem, hubs))
+        click.echo(f"enrollment group {group.enrollment_group_id!r} created with CA {name!r} as signing certificate")
 
 
 # -- devices ----------------------------------------------------------------------------------
@@ -389,8 +409,13 @@ def create_device_cert(
 
 
 @click.command("proof-ca-root-possession")
-@click.option("--verification-code", required=True, help="the code the provisioning service generated")
+@click.option(
+    "--verification-code",
+    default=None,
+    help="only write the verification certificate for this code (default: the whole round trip with the service)",
+)
 @click.option("--ca", "ca_name", default=None, help="the CA being proven (default: the only root)")
+@click.option("--service-name", default=None, help="the CA's name on the provisioning service (default: the CA name)")
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -399,22 +424,44 @@ def create_device_cert(
 )
 @_PASSPHRASE
 @_ca_dir_option
+@target_options
 @_edge
 def proof_ca_root_possession(
-    verification_code: str, ca_name: str | None, out: Path | None, passphrase: str | None, ca_dir: Path | None
+    verification_code: str | None,
+    ca_name: str | None,
+    service_name: str | None,
+    out: Path | None,
+    passphrase: str | None,
+    ca_dir: Path | None,
 ) -> None:
-    """Write the verification certificate (CN = the code, signed by the CA) for proof of possession."""
+    """Prove possession of a CA's key to the provisioning service.
+
+    Without --verification-code: the whole round trip, on the local data dir or against
+    --server: upload the CA if the service lacks it, get a code, sign the verification
+    certificate (CN = the code) with the CA key, verify. With --verification-code: only write
+    that verification certificate, for a service you talk to yourself."""
     cadir = _cadir(ca_dir)
     name = ca_name or cadir.default_root()
-    cadir.get(name)
+    record = cadir.get(name)
     secret = _secret(passphrase, prompt=f"Passphrase of CA {name!r}", confirm=False)
     issuer = cadir.issuer(name, secret)
-    # The subject key is a throwaway: the service checks only the CN and the CA's signature.
-    throwaway = generate_private_key()
-    cert = issue_verification_certificate(issuer, verification_code, throwaway.public_key(), Validity.days(30))
-    target = out or Path(f"verification-{name}.cert.pem")
-    atomic_write(target, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
-    click.echo(f"verification certificate for CA {name!r}: {target}")
+
+    def sign(code: str) -> str:
+        # The subject key is a throwaway: the service checks only the CN and the CA's signature.
+        throwaway = generate_private_key()
+        cert = issue_verification_certificate(issuer, code, throwaway.public_key(), Validity.days(30))
+        return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+    if verification_code is None:
+        ca_pem = (cadir.path / record.cert_file).read_text(encoding="ascii")
+        target = service_name or name
+        verified = run_target(lambda svc, store: prove_possession(svc, store, target, ca_pem, sign))
+        click.echo(f"CA {name!r} verified on the provisioning service as {verified.name!r}")
+        click.echo(f"sha256 thumbprint {verified.sha256_thumbprint}")
+        return
+    target_file = out or Path(f"verification-{name}.cert.pem")
+    atomic_write(target_file, sign(verification_code).encode("ascii"), mode=0o644)
+    click.echo(f"verification certificate for CA {name!r}: {target_file}")
     click.echo("upload it to the provisioning service to complete the proof of possession")
 
 

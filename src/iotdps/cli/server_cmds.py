@@ -24,6 +24,9 @@ def _banner(info: StartupInfo) -> str:
         f"  server CA    {info.server_ca}   (give this file to devices as their trust anchor)",
     ]
     lines += [f"  note         {n}" for n in info.notes]
+    if info.connection_strings:
+        lines += ["", "Management API credentials (shown once; kept in access-policies.json in the data dir):"]
+        lines += [f"  {name:26} {value}" for name, value in info.connection_strings.items()]
     if info.first_start:
         lines += [
             "",

@@ -30,6 +30,8 @@ from aiohttp import web
 from cryptography import x509
 
 from iotdps.allocation.webhook_http import AiohttpWebhookTransport
+from iotdps.api.app import build_management_app
+from iotdps.api.auth import AccessPolicies
 from iotdps.attestation.x509 import X509Evidence, evidence_from_chain
 from iotdps.config import Config
 from iotdps.enrollment.models import LinkedHub, ServiceSettings, utcnow
@@ -45,7 +47,7 @@ from iotdps.server.identity import ServerFiles, ensure_server_identity
 from iotdps.server.listen import TlsSite, start_tls_server
 from iotdps.server.mqtt_conn import CONNACK_NOT_AUTHORIZED, MqttConnection, MqttEndpoint
 from iotdps.server.ratelimit import TokenBucket
-from iotdps.server.tls import ServerTls, load_pem_chain, load_pem_key
+from iotdps.server.tls import PeerIdentity, ServerTls, load_pem_chain, load_pem_key
 from iotdps.server.ws_bridge import WEBSOCKET_PATH, serve_mqtt_websocket
 from iotdps.store import open_store
 
@@ -80,6 +82,7 @@ class StartupInfo:
     first_start: bool
     server_files: ServerFiles
     notes: list[str] = field(default_factory=list)
+    connection_strings: dict[str, str] = field(default_factory=dict)
 
 
 class Server:
@@ -126,6 +129,16 @@ class Server:
         )
         self._anchor_prints = frozenset(sha256_thumbprint(c) for c in anchors)
         endpoints = await self._listen()
+        policies = AccessPolicies.load_or_create(config.data_dir)
+        management = build_management_app(
+            self.store,
+            self.service,
+            policies,
+            host_names=config.server_names(),
+            on_trust_changed=self._trust_changed,
+        )
+        await self._serve_app(management, config.management.bind, config.management.port)
+        endpoints.append(f"https://{config.management.bind}:{config.management.port} (management API)")
         self._tasks.append(asyncio.get_running_loop().create_task(self._watch_trust()))
         notes = []
         if server_files.passphrase_file is not None:
@@ -133,9 +146,16 @@ class Server:
                 f"The server CA key's passphrase was generated into {server_files.passphrase_file}; move it to a "
                 "secret store and pass it as IOTDPS_SERVER_CA_PASSPHRASE."
             )
-        return StartupInfo(
+        info = StartupInfo(
             settings.id_scope, config.dps.host_name, endpoints, server_files.ca_pem, first_start, server_files, notes
         )
+        if policies.just_created:
+            # Shown once: the keys stay in access-policies.json (0600) and are never printed again.
+            info.connection_strings = {
+                name: policies.connection_string(name, f"{config.management_host}:{config.management.port}")
+                for name in policies.names
+            }
+        return info
 
     async def _ensure_settings(self, store: Store) -> ServiceSettings:
         async with store.begin() as uow:
@@ -165,7 +185,7 @@ class Server:
             )
             endpoints.append(f"mqtts://{host}:{port}")
 
-        device_app = build_device_app(self.runner, self._new_connection)
+        device_app = build_device_app(self.runner, self._new_connection, self.refreshed_peer)
         await self._serve_app(device_app, config.dps.bind, config.dps.https_port)
         endpoints.append(f"https://{config.dps.bind}:{config.dps.https_port} (DPS REST, MQTT over websockets)")
         ws_addrs = {(h.bind, h.websocket_port) for h in config.effective_hubs} - {
@@ -218,17 +238,22 @@ class Server:
         return CONNACK_NOT_AUTHORIZED
 
     async def _refresh_peer(self, conn: MqttConnection) -> None:
+        if conn.peer is not None:
+            conn.peer = await self.refreshed_peer(conn.peer)
+
+    async def refreshed_peer(self, peer: PeerIdentity) -> PeerIdentity:
         """If OpenSSL could not verify the chain, our anchors may be older than the store
         (a CA verified or a device enrolled a moment ago, maybe by another process): reload
         them and verify the presented chain against the current set. Only this failure path
-        verifies in Python; a chain OpenSSL verified is never re-checked."""
-        peer = conn.peer
-        if peer is None or not peer.chain or peer.verified_chain is not None:
-            return
+        verifies in Python; a chain OpenSSL verified is never re-checked. Used by the MQTT
+        route and the HTTPS device API alike."""
+        if not peer.chain or peer.verified_chain is not None:
+            return peer
         anchors = await self.reload_trust(on_demand=True)
         evidence: X509Evidence = evidence_from_chain(list(peer.chain), anchors, utcnow())
         if evidence.verified is not None:
-            conn.peer = replace(peer, verified_chain=evidence.verified, verify_errors=())
+            return replace(peer, verified_chain=evidence.verified, verify_errors=())
+        return peer
 
     # ------------------------------------------------------------------ trust
 
@@ -250,6 +275,9 @@ class Server:
                 self._anchor_prints = prints
                 log.info("TLS trust anchors reloaded: %d certificates", len(anchors))
             return anchors
+
+    async def _trust_changed(self) -> None:
+        await self.reload_trust()
 
     async def _watch_trust(self) -> None:
         while not self._stopped.is_set():

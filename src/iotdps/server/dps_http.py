@@ -10,24 +10,30 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
+from iotdps.attestation.registry import Credential
 from iotdps.errors import InvalidInput, NotFound
 from iotdps.ids import is_valid_registration_id
 from iotdps.server.dps_common import DeviceReply, RegistrationRunner, credential_from, error_body, outcome_reply
 from iotdps.server.listen import request_peer
 from iotdps.server.mqtt_conn import MqttConnection
+from iotdps.server.tls import PeerIdentity
 from iotdps.server.ws_bridge import WEBSOCKET_PATH, serve_mqtt_websocket
 
-__all__ = ["MAX_DEVICE_BODY", "build_device_app"]
+__all__ = ["MAX_DEVICE_BODY", "PeerRefresher", "build_device_app"]
 
 log = logging.getLogger("iotdps.dps")
 
 # A register body is a registration id, a small payload and maybe a CSR or TPM keys.
 MAX_DEVICE_BODY = 64 * 1024
+
+# Re-verifies a TLS peer whose chain OpenSSL could not verify against the current trust
+# anchors (the server's `refreshed_peer`); see DeviceApi._credential.
+PeerRefresher = Callable[[PeerIdentity], Awaitable[PeerIdentity]]
 
 
 def _respond(reply: DeviceReply, request: web.Request) -> web.Response:
@@ -68,8 +74,26 @@ def _sas(request: web.Request) -> str | None:
 
 
 class DeviceApi:
-    def __init__(self, runner: RegistrationRunner) -> None:
+    def __init__(self, runner: RegistrationRunner, refresh_peer: PeerRefresher | None = None) -> None:
         self.runner = runner
+        self.refresh_peer = refresh_peer
+
+    async def _credential(self, request: web.Request) -> Credential | None:
+        peer, sas = request_peer(request), _sas(request)
+        # The TLS context's anchors trail the store by up to a poll interval, so a chain from a
+        # device enrolled (or a CA verified) a moment ago fails OpenSSL's check. As on the MQTT
+        # path, such a chain is checked again against the current anchors before it counts as
+        # unverified; a chain OpenSSL verified is never re-checked.
+        # (A SAS token wins over a certificate, so with one there is nothing to re-check.)
+        if (
+            not sas
+            and self.refresh_peer is not None
+            and peer is not None
+            and peer.chain
+            and peer.verified_chain is None
+        ):
+            peer = await self.refresh_peer(peer)
+        return credential_from(peer, sas)
 
     def _ids(self, request: web.Request) -> tuple[str, str] | web.Response:
         scope = request.match_info["id_scope"]
@@ -93,7 +117,7 @@ class DeviceApi:
         csr = body.get("csr")
         if csr is not None and not isinstance(csr, str):
             return _error(400, 400001, "csr must be a base64 string", request)
-        credential = credential_from(request_peer(request), _sas(request))
+        credential = await self._credential(request)
         reply = await self.runner.register(scope, registration_id, credential, body.get("payload"), csr)
         return _respond(reply, request)
 
@@ -102,7 +126,7 @@ class DeviceApi:
         if isinstance(ids, web.Response):
             return ids
         scope, registration_id = ids
-        credential = credential_from(request_peer(request), _sas(request))
+        credential = await self._credential(request)
         if credential is None:
             return _error(401, 401000, "Unauthorized", request)
         try:
@@ -123,7 +147,7 @@ class DeviceApi:
             return body
         if body.get("csr") is not None:
             return _error(400, 400001, "csr is not accepted by the status lookup", request)
-        credential = credential_from(request_peer(request), _sas(request))
+        credential = await self._credential(request)
         if credential is None:
             return _error(401, 401000, "Unauthorized", request)
         try:
@@ -150,10 +174,17 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Any]) -
         return _error(400, 400000, exc.message, request)
 
 
-def build_device_app(runner: RegistrationRunner, mqtt_factory: Callable[[], MqttConnection]) -> web.Application:
-    """The 443 application of the DPS address: REST device API and MQTT over websockets."""
+def build_device_app(
+    runner: RegistrationRunner,
+    mqtt_factory: Callable[[], MqttConnection],
+    refresh_peer: PeerRefresher | None = None,
+) -> web.Application:
+    """The 443 application of the DPS address: REST device API and MQTT over websockets.
+
+    `refresh_peer`, when given, re-verifies a client chain OpenSSL could not verify against the
+    current trust anchors (so a device enrolled a moment ago is not refused over HTTPS)."""
     app = web.Application(client_max_size=MAX_DEVICE_BODY, middlewares=[_errors])
-    api = DeviceApi(runner)
+    api = DeviceApi(runner, refresh_peer)
 
     async def websocket(request: web.Request) -> web.StreamResponse:
         return await serve_mqtt_websocket(request, mqtt_factory)

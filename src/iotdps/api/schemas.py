@@ -1,0 +1,294 @@
+"""JSON Schemas of the management API bodies, for the OpenAPI document.
+
+They describe what the server accepts and answers (the DPS service API shapes, section 4 of
+azure-wire-protocol.md). Objects stay open (`additionalProperties` allowed) because the
+service API is: clients send read-only fields back, and unknown fields are ignored. Read-only
+fields (etag, times, certificate info) are marked so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["COMPONENTS", "REGISTRATION_ID", "ref"]
+
+_STR: dict[str, Any] = {"type": "string"}
+_STR_OR_NULL: dict[str, Any] = {"type": ["string", "null"]}
+_BOOL_OR_NULL: dict[str, Any] = {"type": ["boolean", "null"]}
+_OBJ: dict[str, Any] = {"type": "object"}
+_OBJ_OR_NULL: dict[str, Any] = {"type": ["object", "null"]}
+REGISTRATION_ID: dict[str, Any] = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 128,
+    "pattern": "^[A-Za-z0-9._:-]*[A-Za-z0-9-]$",
+}
+
+
+def ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+_CERT_INFO = {
+    "type": "object",
+    "readOnly": True,
+    "properties": {
+        "subjectName": _STR,
+        "sha1Thumbprint": _STR,
+        "sha256Thumbprint": _STR,
+        "issuerName": _STR,
+        "notBeforeUtc": _STR,
+        "notAfterUtc": _STR,
+        "serialNumber": _STR,
+        "version": {"type": "integer"},
+    },
+}
+
+_CERT_SLOT = {
+    "type": "object",
+    "required": ["certificate"],
+    "properties": {"certificate": {"type": "string", "description": "PEM or base64 DER"}, "info": _CERT_INFO},
+}
+
+_PAIR_OF_SLOTS = {
+    "type": ["object", "null"],
+    "properties": {
+        "primary": {"anyOf": [ref("X509CertificateWithInfo"), {"type": "null"}]},
+        "secondary": {"anyOf": [ref("X509CertificateWithInfo"), {"type": "null"}]},
+    },
+}
+
+_TWIN = {
+    "type": ["object", "null"],
+    "properties": {
+        "tags": _OBJ_OR_NULL,
+        "properties": {"type": ["object", "null"], "properties": {"desired": _OBJ_OR_NULL}},
+    },
+}
+
+_SETTINGS_FIELDS: dict[str, Any] = {
+    "provisioningStatus": {"type": ["string", "null"], "enum": ["enabled", "disabled", None]},
+    "allocationPolicy": {"type": ["string", "null"], "enum": ["hashed", "geoLatency", "static", "custom", None]},
+    "iotHubs": {"type": ["array", "null"], "items": {"type": "string", "minLength": 1}},
+    "iotHubHostName": _STR_OR_NULL,
+    "reprovisionPolicy": {
+        "type": ["object", "null"],
+        "properties": {"updateHubAssignment": _BOOL_OR_NULL, "migrateDeviceData": _BOOL_OR_NULL},
+    },
+    "initialTwin": _TWIN,
+    "capabilities": {"type": ["object", "null"], "properties": {"iotEdge": _BOOL_OR_NULL}},
+    "customAllocationDefinition": {
+        "type": ["object", "null"],
+        "required": ["webhookUrl", "apiVersion"],
+        "properties": {"webhookUrl": _STR, "apiVersion": _STR},
+    },
+    "etag": {"type": ["string", "null"], "readOnly": True},
+    "createdDateTimeUtc": {"type": ["string", "null"], "readOnly": True},
+    "lastUpdatedDateTimeUtc": {"type": ["string", "null"], "readOnly": True},
+}
+
+_ERROR = {
+    "type": "object",
+    "required": ["errorCode", "trackingId", "message", "timestampUtc"],
+    "properties": {"errorCode": {"type": "integer"}, "trackingId": _STR, "message": _STR, "timestampUtc": _STR},
+}
+
+_REGISTRATION_STATE = {
+    "type": "object",
+    "required": ["registrationId", "status"],
+    "properties": {
+        "registrationId": _STR,
+        "assignedHub": _STR,
+        "deviceId": _STR,
+        "status": {"type": "string", "enum": ["unassigned", "assigning", "assigned", "failed", "disabled"]},
+        "substatus": _STR,
+        "errorCode": {"type": "integer"},
+        "errorMessage": _STR,
+        "payload": {},
+        "etag": _STR,
+        "createdDateTimeUtc": _STR,
+        "lastUpdatedDateTimeUtc": _STR,
+    },
+}
+
+_CA = {
+    "type": "object",
+    "required": ["name", "properties"],
+    "properties": {
+        "name": _STR,
+        "etag": _STR_OR_NULL,
+        "properties": {
+            "type": "object",
+            "required": ["isVerified", "certificate"],
+            "properties": {
+                "subject": _STR,
+                "expiry": _STR,
+                "thumbprint": _STR,
+                "sha256Thumbprint": _STR,
+                "isVerified": {"type": "boolean"},
+                "created": _STR,
+                "updated": _STR,
+                "certificate": _STR,
+                "verificationCode": _STR,
+                "verificationCodeExpiry": _STR,
+            },
+        },
+    },
+}
+
+_LINKED_HUB = {
+    "type": "object",
+    "required": ["name", "allocationWeight", "applyAllocationPolicy"],
+    "properties": {
+        "name": _STR,
+        "allocationWeight": {"type": "integer", "minimum": 1, "maximum": 1000},
+        "applyAllocationPolicy": {"type": "boolean"},
+        "location": _STR,
+    },
+}
+
+COMPONENTS: dict[str, Any] = {
+    "ProvisioningServiceErrorDetails": _ERROR,
+    "X509CertificateInfo": _CERT_INFO,
+    "X509CertificateWithInfo": _CERT_SLOT,
+    "AttestationMechanism": {
+        "type": "object",
+        "required": ["type"],
+        "properties": {
+            "type": {"type": "string", "enum": ["none", "tpm", "x509", "symmetricKey"]},
+            "tpm": {
+                "type": ["object", "null"],
+                "required": ["endorsementKey"],
+                "properties": {"endorsementKey": _STR, "storageRootKey": _STR_OR_NULL},
+            },
+            "x509": {
+                "type": ["object", "null"],
+                "properties": {
+                    "clientCertificates": _PAIR_OF_SLOTS,
+                    "signingCertificates": _PAIR_OF_SLOTS,
+                    "caReferences": {
+                        "type": ["object", "null"],
+                        "properties": {"primary": _STR_OR_NULL, "secondary": _STR_OR_NULL},
+                    },
+                },
+            },
+            "symmetricKey": {
+                "type": ["object", "null"],
+                "properties": {"primaryKey": _STR_OR_NULL, "secondaryKey": _STR_OR_NULL},
+            },
+        },
+    },
+    "IndividualEnrollment": {
+        "type": "object",
+        "required": ["registrationId", "attestation"],
+        "properties": {
+            "registrationId": REGISTRATION_ID,
+            "deviceId": _STR_OR_NULL,
+            "attestation": ref("AttestationMechanism"),
+            "optionalDeviceInformation": _OBJ_OR_NULL,
+            "registrationState": {"readOnly": True},
+            **_SETTINGS_FIELDS,
+        },
+    },
+    "EnrollmentGroup": {
+        "type": "object",
+        "required": ["enrollmentGroupId", "attestation"],
+        "properties": {
+            "enrollmentGroupId": REGISTRATION_ID,
+            "attestation": ref("AttestationMechanism"),
+            **_SETTINGS_FIELDS,
+        },
+    },
+    "QuerySpecification": {"type": "object", "properties": {"query": _STR}},
+    "BulkEnrollmentOperation": {
+        "type": "object",
+        "required": ["mode", "enrollments"],
+        "properties": {
+            "mode": {"type": "string", "enum": ["create", "update", "updateIfMatchETag", "delete"]},
+            "enrollments": {"type": "array", "minItems": 1, "maxItems": 10, "items": ref("IndividualEnrollment")},
+        },
+    },
+    "BulkEnrollmentGroupOperation": {
+        "type": "object",
+        "required": ["mode", "enrollmentGroups"],
+        "properties": {
+            "mode": {"type": "string", "enum": ["create", "update", "updateIfMatchETag", "delete"]},
+            "enrollmentGroups": {"type": "array", "minItems": 1, "maxItems": 10, "items": ref("EnrollmentGroup")},
+        },
+    },
+    "BulkEnrollmentOperationResult": {
+        "type": "object",
+        "required": ["isSuccessful", "errors"],
+        "properties": {
+            "isSuccessful": {"type": "boolean"},
+            "errors": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["errorCode", "errorStatus"],
+                    "properties": {
+                        "registrationId": _STR,
+                        "enrollmentGroupId": _STR,
+                        "errorCode": {"type": "integer"},
+                        "errorStatus": _STR,
+                    },
+                },
+            },
+        },
+    },
+    "DeviceRegistrationState": _REGISTRATION_STATE,
+    "CertificateUpload": {
+        "type": "object",
+        "description": "the certificate and isVerified, at the top level or inside properties",
+        "properties": {
+            "certificate": _STR,
+            "isVerified": _BOOL_OR_NULL,
+            "properties": {"type": "object", "properties": {"certificate": _STR, "isVerified": _BOOL_OR_NULL}},
+        },
+    },
+    "VerificationCertificate": {
+        "type": "object",
+        "required": ["certificate"],
+        "properties": {"certificate": {"type": "string", "description": "PEM or base64 DER, CN = the code"}},
+    },
+    "CertificateDescription": _CA,
+    "CertificateList": {
+        "type": "object",
+        "required": ["value"],
+        "properties": {"value": {"type": "array", "items": ref("CertificateDescription")}},
+    },
+    "LinkedHub": _LINKED_HUB,
+    "LinkedHubSettings": {
+        "type": "object",
+        "properties": {
+            "allocationWeight": {"type": ["integer", "null"], "minimum": 1, "maximum": 1000},
+            "applyAllocationPolicy": _BOOL_OR_NULL,
+            "location": _STR_OR_NULL,
+        },
+    },
+    "ServiceSettings": {
+        "type": "object",
+        "required": ["idScope"],
+        "properties": {
+            "idScope": {"type": "string", "minLength": 1, "maxLength": 64},
+            "allocationPolicy": {"type": "string", "enum": ["hashed", "geoLatency", "static"]},
+        },
+    },
+    "Refusal": {
+        "type": "object",
+        "required": ["registrationId", "reason", "message", "timestampUtc"],
+        "properties": {
+            "registrationId": _STR,
+            "reason": _STR,
+            "message": _STR,
+            "attestationType": _STR_OR_NULL,
+            "enrollment": _STR_OR_NULL,
+            "timestampUtc": _STR,
+        },
+    },
+    "ExplainRequest": {
+        "type": "object",
+        "properties": {"certificates": _STR, "registrationId": _STR, "symmetricKey": _STR},
+    },
+    "Explanation": {"type": "object", "required": ["lines"], "properties": {"lines": {"type": "array", "items": _STR}}},
+}

@@ -1,0 +1,295 @@
+"""Handlers of the service configuration: CA certificates (proof of possession), linked hubs,
+service settings, recent refusals and `explain`.
+
+Azure keeps these in ARM, not in the DPS data plane, so the paths are ours; the bodies follow
+the ARM shapes (azure-wire-protocol.md 4.7 and 5): a CA is `{name, etag, properties: {subject,
+expiry, thumbprint, isVerified, created, updated, certificate}}` and an upload takes
+`{"certificate": ..., "isVerified": ...}` or the same inside `properties`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, cast
+
+from aiohttp import web
+
+from iotdps.api._http import ApiContext, if_match, json_object, json_response, read_json
+from iotdps.attestation import certs
+from iotdps.attestation.registry import SasCredential
+from iotdps.attestation.symmetric_key import make_sas_token
+from iotdps.attestation.x509 import evidence_from_chain
+from iotdps.enrollment.models import ALLOCATION_POLICIES, LinkedHub, ServiceSettings, format_time
+from iotdps.errors import InvalidInput, NotFound
+from iotdps.ids import check_registration_id
+from iotdps.secret import Secret
+
+__all__ = [
+    "delete_ca",
+    "delete_hub",
+    "explain",
+    "generate_verification_code",
+    "get_ca",
+    "get_hub",
+    "get_settings",
+    "list_cas",
+    "list_hubs",
+    "list_refusals",
+    "patch_hub",
+    "put_ca",
+    "put_hub",
+    "put_settings",
+    "verify_ca",
+]
+
+_REFUSALS_MAX = 1000
+
+
+def _ca_name(request: web.Request) -> str:
+    name = request.match_info["name"]
+    if not name or len(name) > 128 or any(c in name for c in "/\\?#"):
+        raise InvalidInput("a CA name is 1..128 characters without / \\ ? #")
+    return name
+
+
+def _certificate_field(doc: Mapping[str, Any], what: str) -> str:
+    props = doc.get("properties")
+    source = json_object(props, "properties") if props is not None else doc
+    cert = source.get("certificate")
+    if not isinstance(cert, str) or not cert.strip():
+        raise InvalidInput(f"{what} needs certificate: a PEM or base64 DER string")
+    return cert
+
+
+# --------------------------------------------------------------------------- CA certificates
+
+
+async def list_cas(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
+    async with ctx.store.begin() as uow:
+        found = await uow.cas.list()
+    return json_response({"value": [ca.to_json() for ca in found]})
+
+
+async def get_ca(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
+    name = _ca_name(request)
+    async with ctx.store.begin() as uow:
+        ca = await uow.cas.get(name)
+    if ca is None:
+        raise NotFound(f"CA certificate {name} not found")
+    return json_response(ca.to_json(), etag=ca.etag)
+
+
+async def put_ca(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
+    name = _ca_name(request)
+    doc = json_object(await read_json(request, ctx), "the CA certificate")
+    pem = _certificate_field(doc, "a CA upload")
+    props = doc.get("properties")
+    source = props if isinstance(props, Mapping) else doc
+    verified = source.get("isVerified", False)
+    if verified is None:
+        verified = False
+    if not isinstance(verified, bool):
+        raise InvalidInput("isVerified must be true or false")
+    cert = certs.load_certificate(pem)
+    if not certs.is_ca(cert):
+        raise InvalidInput("the certificate is not a CA certificate (basicConstraints CA:TRUE is missing)")
+    async with ctx.store.begin() as uow:
+        before = await uow.cas.get(name)
+    saved = await ctx.service.upload_ca(name, pem, verified, if_match(request))
+    if saved.is_verified or (before is not None and before.is_verified):
+        await ctx.trust_changed()
+    return json_response(saved.to_json(), etag=saved.etag)
+
+
+async def delete_ca(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
+    name = _ca_name(request)
+    async with ctx.store.begin() as uow:
+        before = await uow.cas.get(name)
+        if before is None:
+            raise NotFound(f"CA certificate {name} not found")
+        await uow.cas.delete(name, if_match(request))
+    await ctx.trust_changed()
+    return web.Response(status=204)
+
+
+async def generate_verification_code(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
+    name = _ca_name(request)
+    code, saved = await ctx.service.generate_verification_code(name, if_match(request))
+    doc = saved.to_json()
+    doc["properties"]["verificationCode"] = code
+    if saved.verification_code_expires is not None:
+        doc["properties"]["verificationCodeExpiry"] = format_time(saved.verification_code_expires)
+    return json_response(doc, etag=saved.etag)
+
+
+async def verify_ca(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
+    name = _ca_name(request)
+    doc = json_object(await read_json(request, ctx), "the verification request")
+    pem = _certificate_field(doc, "a verification request")
+    saved = await ctx.service.verify_ca(name, pem, if_match(request))
+    await ctx.trust_changed()
+    return json_response(saved.to_json(), etag=saved.etag)
+
+
+# --------------------------------------------------------------------------- linked hubs
+
+
+def _hub_name(request: web.Request) -> str:
+    name = request.match_info["name"].strip().lower()
+    if not name or len(name) > 253 or not all(c.isascii() and (c.isalnum() or c in "-.:") for c in name):
+        raise InvalidInput("a linked hub is named by its host name (letters, digits, - . :)")
+    return name
+
+
+def _hub_fields(doc: Mapping[str, Any], base: LinkedHub) -> LinkedHub:
+    weight = doc.get("allocationWeight", base.allocation_weight)
+    if weight is None:
+        weight = 1
+    if isinstance(weight, bool) or not isinstance(weight, int):
+        raise InvalidInput("allocationWeight must be an integer 1..1000")
+    apply = doc.get("applyAllocationPolicy", base.apply_allocation_policy)
+    if apply is None:
+        apply = True
+    if not isinstance(apply, bool):
+        raise InvalidInput("applyAllocationPolicy must be true or false")
+    location = doc.get("location", base.location)
+    if location is not None and not isinstance(location, str):
+        raise InvalidInput("location must be a string")
+    return LinkedHub(base.host_name, weight, apply, location)
+
+
+async def list_hubs(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
+    async with ctx.store.begin() as uow:
+        hubs = await uow.hubs.list()
+    return json_response([h.to_json() for h in hubs])
+
+
+async def get_hub(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
+    name = _hub_name(request)
+    async with ctx.store.begin() as uow:
+        hub = await uow.hubs.get(name)
+    if hub is None:
+        raise NotFound(f"hub {name} is not linked")
+    return json_response(hub.to_json())
+
+
+async def put_hub(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
+    """Link a hub, or replace its settings (fields left out take their defaults)."""
+    name = _hub_name(request)
+    doc = await read_json(request, ctx, required=False)
+    hub = _hub_fields(json_object(doc if doc is not None else {}, "the linked hub"), LinkedHub(name))
+    async with ctx.store.begin() as uow:
+        saved = await uow.hubs.put(hub)
+    return json_response(saved.to_json())
+
+
+async def patch_hub(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
+    """Change a linked hub's weight, applyAllocationPolicy or location; the rest stays."""
+    name = _hub_name(request)
+    doc = json_object(await read_json(request, ctx), "the linked hub update")
+    async with ctx.store.begin() as uow:
+        current = await uow.hubs.get(name)
+        if current is None:
+            raise NotFound(f"hub {name} is not linked")
+        saved = await uow.hubs.put(_hub_fields(doc, current))
+    return json_response(saved.to_json())
+
+
+async def delete_hub(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
+    name = _hub_name(request)
+    async with ctx.store.begin() as uow:
+        if await uow.hubs.get(name) is None:
+            raise NotFound(f"hub {name} is not linked")
+        await uow.hubs.delete(name)
+    return web.Response(status=204)
+
+
+# --------------------------------------------------------------------------- settings, refusals, explain
+
+
+def _settings_json(settings: ServiceSettings) -> dict[str, Any]:
+    return {"idScope": settings.id_scope, "allocationPolicy": settings.default_allocation_policy}
+
+
+async def get_settings(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
+    async with ctx.store.begin() as uow:
+        found = await uow.settings.get()
+    found = found or ctx.service.default_settings
+    if found is None:
+        raise NotFound("the service has no settings yet (ID scope)")
+    return json_response(_settings_json(found))
+
+
+async def put_settings(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
+    doc = json_object(await read_json(request, ctx), "the service settings")
+    scope = doc.get("idScope")
+    if not isinstance(scope, str) or not scope.strip() or len(scope) > 64 or not scope.isascii():
+        raise InvalidInput("idScope is required: a short ASCII string such as 0ne00000001")
+    policy = doc.get("allocationPolicy", "hashed")
+    if policy not in ALLOCATION_POLICIES or policy == "custom":
+        raise InvalidInput("allocationPolicy must be hashed, geoLatency or static")
+    settings = ServiceSettings(scope.strip(), cast(Any, policy))
+    async with ctx.store.begin() as uow:
+        saved = await uow.settings.put(settings)
+    return json_response(_settings_json(saved))
+
+
+async def list_refusals(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
+    rid = request.query.get("registrationId") or None
+    raw_limit = request.query.get("limit", "100")
+    try:
+        limit = int(raw_limit)
+    except ValueError:
+        raise InvalidInput("limit must be a number") from None
+    if not 1 <= limit <= _REFUSALS_MAX:
+        raise InvalidInput(f"limit must be 1..{_REFUSALS_MAX}")
+    async with ctx.store.begin() as uow:
+        found = await uow.refusals.list(rid, limit)
+    return json_response(
+        [
+            {
+                "registrationId": r.registration_id,
+                "reason": r.reason,
+                "message": r.message,
+                "attestationType": r.attestation_type,
+                "enrollment": r.enrollment,
+                "timestampUtc": r.at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+            for r in found
+        ]
+    )
+
+
+async def explain(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
+    """The precedence walk for a device, without registering it: give `certificates` (the
+    device chain, leaf first, PEM) or `registrationId` and `symmetricKey`."""
+    doc = json_object(await read_json(request, ctx), "the explain request")
+    chain_text, rid, key = doc.get("certificates"), doc.get("registrationId"), doc.get("symmetricKey")
+    for field, value in (("certificates", chain_text), ("registrationId", rid), ("symmetricKey", key)):
+        if value is not None and not isinstance(value, str):
+            raise InvalidInput(f"{field} must be a string")
+    svc = ctx.service
+    if chain_text:
+        chain = certs.load_certificates(str(chain_text))
+        registration_id = str(rid) if rid else (certs.common_name(chain[0]) or "")
+        evidence = evidence_from_chain(chain, await svc.trust_anchors(), svc.clock.now())
+        lines = [f"registration id: {registration_id}"]
+        if evidence.verified is None:
+            lines.append(f"chain: not trusted by the TLS layer ({'; '.join(evidence.errors)})")
+        else:
+            lines.append("chain: " + " -> ".join(certs.describe(c) for c in evidence.verified))
+        return json_response({"lines": lines + await svc.explain(registration_id, evidence)})
+    if not rid or not key:
+        raise InvalidInput("give certificates, or registrationId and symmetricKey")
+    registration_id = check_registration_id(str(rid))
+    async with ctx.store.begin() as uow:
+        settings = await uow.settings.get()
+    settings = settings or svc.default_settings
+    if settings is None:
+        raise NotFound("the service has no settings yet (ID scope)")
+    try:
+        token = make_sas_token(settings.id_scope, registration_id, str(key), int(svc.clock.now().timestamp()) + 300)
+    except ValueError:
+        raise InvalidInput("symmetricKey is not base64") from None
+    lines = [f"registration id: {registration_id}"]
+    return json_response({"lines": lines + await svc.explain(registration_id, SasCredential(Secret(token)))})

@@ -24,6 +24,8 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "iotdps.cli.pki_cmds",
     "iotdps.cli.admin_cmds",
     "iotdps.cli.server_cmds",
+    "iotdps.cli.hub_cmds",
+    "iotdps.cli.device_cmds",
 )
 
 

@@ -14,10 +14,11 @@ stored record through an object it was handed.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -43,8 +44,8 @@ from iotdps.provisioning.ports import (
     RefusalLog,
     RegistrationRepo,
     SettingsRepo,
-    UnitOfWork,
 )
+from iotdps.registry.hub import C2DRepo, CloudMessage, HubSession, HubSessionRepo, TelemetryMessage, TelemetryRepo
 from iotdps.registry.models import DeviceIdentity
 from iotdps.store import _records as rec
 from iotdps.store._common import (
@@ -84,6 +85,10 @@ class _Tx:
         self.clock = store.clock
         self.changed: dict[str, dict[Hashable, _Row]] = {}
         self.new_refusals: list[Refusal] = []
+        self.new_telemetry: list[TelemetryMessage] = []
+        self.c2d: dict[int, CloudMessage] | None = None  # copied on first write
+        self.sessions: dict[tuple[str, str], HubSession] | None = None
+        self.seq = dict(store.seq)
         self.open = True
 
     def read(self, table: str) -> Mapping[Hashable, _Row]:
@@ -389,6 +394,144 @@ class _Refusals:
         return chosen[:limit]
 
 
+def _props(props: Mapping[str, str | None]) -> Mapping[str, str | None]:
+    # A private copy: no caller can change a stored message through the mapping it passed in.
+    return dict(props)
+
+
+class _Telemetry:
+    def __init__(self, tx: _Tx) -> None:
+        self._tx = tx
+
+    async def add_many(self, messages: Sequence[TelemetryMessage]) -> None:
+        self._tx.check_open()
+        for m in messages:
+            self._tx.seq["telemetry"] += 1
+            self._tx.new_telemetry.append(
+                replace(
+                    m,
+                    seq=self._tx.seq["telemetry"],
+                    enqueued=rec.to_utc(m.enqueued),
+                    system_properties=_props(m.system_properties),
+                    application_properties=_props(m.application_properties),
+                )
+            )
+
+    async def list(
+        self,
+        hub: str,
+        device_id: str | None = None,
+        *,
+        after: int | None = None,
+        limit: int = 100,
+        newest: bool = False,
+    ) -> Sequence[TelemetryMessage]:
+        self._tx.check_open()
+        check_page_size(limit)
+        everything = [*self._tx.store.telemetry, *self._tx.new_telemetry]
+        start = 0
+        if after is not None:
+            start = bisect.bisect_right([m.seq or 0 for m in everything], after)
+        chosen = [m for m in everything[start:] if m.hub == hub and (device_id is None or m.device_id == device_id)]
+        return chosen[-limit:] if newest else chosen[:limit]
+
+
+class _C2D:
+    def __init__(self, tx: _Tx) -> None:
+        self._tx = tx
+
+    def _read(self) -> dict[int, CloudMessage]:
+        self._tx.check_open()
+        return self._tx.c2d if self._tx.c2d is not None else self._tx.store.c2d
+
+    def _write(self) -> dict[int, CloudMessage]:
+        self._tx.check_open()
+        if self._tx.c2d is None:
+            self._tx.c2d = dict(self._tx.store.c2d)
+        return self._tx.c2d
+
+    async def add(self, message: CloudMessage) -> CloudMessage:
+        if any(m.message_id == message.message_id for m in self._read().values()):
+            raise AlreadyExists(f"cloud-to-device message {message.message_id} is already queued")
+        self._tx.seq["c2d"] += 1
+        stored = replace(
+            message,
+            seq=self._tx.seq["c2d"],
+            enqueued=rec.to_utc(message.enqueued),
+            expires=rec.to_utc(message.expires) if message.expires else None,
+            system_properties=_props(message.system_properties),
+            application_properties=_props(message.application_properties),
+        )
+        self._write()[stored.seq or 0] = stored
+        return stored
+
+    async def pending(
+        self, hub: str, device_id: str, now: datetime, *, after: int | None = None, limit: int = 100
+    ) -> Sequence[CloudMessage]:
+        check_page_size(limit)
+        now = rec.to_utc(now)
+        rows = self._read()
+        chosen = [
+            rows[k]
+            for k in sorted(rows)
+            if rows[k].hub == hub
+            and rows[k].device_id == device_id
+            and (after is None or k > after)
+            and (rows[k].expires is None or rows[k].expires > now)  # type: ignore[operator]
+        ]
+        return chosen[:limit]
+
+    async def complete(self, hub: str, device_id: str, seq: int) -> bool:
+        current = self._read().get(seq)
+        if current is None or (current.hub, current.device_id) != (hub, device_id):
+            return False
+        del self._write()[seq]
+        return True
+
+    async def count(self, hub: str, device_id: str) -> int:
+        return sum(1 for m in self._read().values() if m.hub == hub and m.device_id == device_id)
+
+    async def expire(self, now: datetime) -> int:
+        now = rec.to_utc(now)
+        gone = [k for k, m in self._read().items() if m.expires is not None and m.expires <= now]
+        if gone:
+            rows = self._write()
+            for k in gone:
+                del rows[k]
+        return len(gone)
+
+    async def purge(self, hub: str, device_id: str) -> int:
+        gone = [k for k, m in self._read().items() if m.hub == hub and m.device_id == device_id]
+        if gone:
+            rows = self._write()
+            for k in gone:
+                del rows[k]
+        return len(gone)
+
+
+class _HubSessions:
+    def __init__(self, tx: _Tx) -> None:
+        self._tx = tx
+
+    def _write(self) -> dict[tuple[str, str], HubSession]:
+        self._tx.check_open()
+        if self._tx.sessions is None:
+            self._tx.sessions = dict(self._tx.store.hub_sessions)
+        return self._tx.sessions
+
+    async def get(self, hub: str, device_id: str) -> HubSession | None:
+        self._tx.check_open()
+        rows = self._tx.sessions if self._tx.sessions is not None else self._tx.store.hub_sessions
+        return rows.get((hub, device_id))
+
+    async def put(self, session: HubSession) -> None:
+        subs = tuple((str(f), int(q)) for f, q in session.subscriptions)
+        self._write()[(session.hub, session.device_id)] = replace(session, subscriptions=subs)
+
+    async def delete(self, hub: str, device_id: str) -> None:
+        self._write().pop((hub, device_id), None)
+
+
 class _UnitOfWork:
     def __init__(self, tx: _Tx) -> None:
         # Annotated with the port types: the UnitOfWork protocol's attributes are invariant.
@@ -400,6 +543,9 @@ class _UnitOfWork:
         self.registrations: RegistrationRepo = _Registrations(tx)
         self.devices: DeviceRepo = _Devices(tx)
         self.refusals: RefusalLog = _Refusals(tx)
+        self.telemetry: TelemetryRepo = _Telemetry(tx)
+        self.c2d: C2DRepo = _C2D(tx)
+        self.hub_sessions: HubSessionRepo = _HubSessions(tx)
 
 
 class MemoryStore:
@@ -412,11 +558,15 @@ class MemoryStore:
         self.refusal_limit = refusal_limit
         self.tables: dict[str, dict[Hashable, _Row]] = {name: {} for name in _TABLES}
         self.refusals: list[Refusal] = []  # oldest first
+        self.telemetry: list[TelemetryMessage] = []  # ascending seq
+        self.c2d: dict[int, CloudMessage] = {}
+        self.hub_sessions: dict[tuple[str, str], HubSession] = {}
+        self.seq = {"telemetry": 0, "c2d": 0}
         self._lock = asyncio.Lock()
         self._closed = False
 
     @asynccontextmanager
-    async def begin(self) -> AsyncIterator[UnitOfWork]:
+    async def begin(self) -> AsyncIterator[_UnitOfWork]:
         if self._closed:
             raise StoreError("the store is closed")
         async with self._lock:
@@ -427,6 +577,12 @@ class MemoryStore:
                 tx.open = False
             # Reached only when the block ended without an exception: commit.
             self.tables.update(tx.changed)
+            self.seq = tx.seq
+            self.telemetry.extend(tx.new_telemetry)
+            if tx.c2d is not None:
+                self.c2d = tx.c2d
+            if tx.sessions is not None:
+                self.hub_sessions = tx.sessions
             if tx.new_refusals:
                 self.refusals.extend(tx.new_refusals)
                 del self.refusals[: max(0, len(self.refusals) - self.refusal_limit)]

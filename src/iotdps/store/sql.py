@@ -52,8 +52,8 @@ from iotdps.provisioning.ports import (
     RefusalLog,
     RegistrationRepo,
     SettingsRepo,
-    UnitOfWork,
 )
+from iotdps.registry.hub import C2DRepo, CloudMessage, HubSession, HubSessionRepo, TelemetryMessage, TelemetryRepo
 from iotdps.registry.models import DeviceIdentity
 from iotdps.store import _records as rec
 from iotdps.store import tables as t
@@ -97,10 +97,12 @@ class _SqlTx:
     def now(self) -> datetime:
         return rec.to_utc(self.store.clock.now())
 
-    async def run(self, statement: Any) -> Result[Any]:
+    async def run(self, statement: Any, params: Sequence[Mapping[str, Any]] | None = None) -> Result[Any]:
         if not self.open:
             raise StoreError("the transaction has ended")
         try:
+            if params is not None:  # executemany: one round trip for a whole batch
+                return await self.conn.execute(statement, list(params))
             return await self.conn.execute(statement)
         except _DB_ERRORS as exc:
             # Chained for callers that tell an integrity error apart; parameters are hidden.
@@ -508,6 +510,181 @@ class _Refusals:
         ]
 
 
+def _bag(props: object) -> dict[str, str | None]:
+    return {str(k): (None if v is None else str(v)) for k, v in dict(props or {}).items()}  # type: ignore[call-overload]
+
+
+class _Telemetry:
+    _t = t.hub_telemetry
+
+    def __init__(self, tx: _SqlTx) -> None:
+        self._tx = tx
+
+    async def add_many(self, messages: Sequence[TelemetryMessage]) -> None:
+        if not messages:
+            return
+        rows = [
+            {
+                "hub": m.hub,
+                "device_id": m.device_id,
+                "module_id": m.module_id,
+                "enqueued": m.enqueued,
+                "properties": {
+                    "system": dict(m.system_properties),
+                    "application": dict(m.application_properties),
+                },
+                "body": m.body,
+            }
+            for m in messages
+        ]
+        await self._tx.run(self._t.insert(), rows)
+
+    async def list(
+        self,
+        hub: str,
+        device_id: str | None = None,
+        *,
+        after: int | None = None,
+        limit: int = 100,
+        newest: bool = False,
+    ) -> Sequence[TelemetryMessage]:
+        check_page_size(limit)
+        query = select(self._t).where(self._t.c.hub == hub)
+        if device_id is not None:
+            query = query.where(self._t.c.device_id == device_id)
+        if after is not None:
+            query = query.where(self._t.c.seq > after)
+        order = self._t.c.seq.desc() if newest else self._t.c.seq
+        rows = list((await self._tx.run(query.order_by(order).limit(limit))).all())
+        if newest:
+            rows.reverse()
+        return [
+            TelemetryMessage(
+                hub=r.hub,
+                device_id=r.device_id,
+                body=bytes(r.body),
+                enqueued=rec.to_utc(r.enqueued),
+                system_properties=_bag(r.properties.get("system")),
+                application_properties=_bag(r.properties.get("application")),
+                module_id=r.module_id,
+                seq=int(r.seq),
+            )
+            for r in rows
+        ]
+
+
+class _C2D:
+    _t = t.hub_c2d
+
+    def __init__(self, tx: _SqlTx) -> None:
+        self._tx = tx
+
+    @staticmethod
+    def _load(r: Row[Any]) -> CloudMessage:
+        return CloudMessage(
+            hub=r.hub,
+            device_id=r.device_id,
+            message_id=r.message_id,
+            body=bytes(r.body),
+            enqueued=rec.to_utc(r.enqueued),
+            expires=rec.to_utc(r.expires) if r.expires is not None else None,
+            system_properties=_bag(r.properties.get("system")),
+            application_properties=_bag(r.properties.get("application")),
+            seq=int(r.seq),
+        )
+
+    async def add(self, message: CloudMessage) -> CloudMessage:
+        taken = (await self._tx.run(select(self._t.c.seq).where(self._t.c.message_id == message.message_id))).first()
+        if taken is not None:
+            raise AlreadyExists(f"cloud-to-device message {message.message_id} is already queued")
+        statement = (
+            self._t.insert()
+            .values(
+                hub=message.hub,
+                device_id=message.device_id,
+                message_id=message.message_id,
+                enqueued=message.enqueued,
+                expires=message.expires,
+                properties={
+                    "system": dict(message.system_properties),
+                    "application": dict(message.application_properties),
+                },
+                body=message.body,
+            )
+            .returning(self._t)
+        )
+        return self._load((await self._tx.run(statement)).one())
+
+    async def pending(
+        self, hub: str, device_id: str, now: datetime, *, after: int | None = None, limit: int = 100
+    ) -> Sequence[CloudMessage]:
+        check_page_size(limit)
+        query = select(self._t).where(
+            self._t.c.hub == hub,
+            self._t.c.device_id == device_id,
+            (self._t.c.expires.is_(None)) | (self._t.c.expires > now),
+        )
+        if after is not None:
+            query = query.where(self._t.c.seq > after)
+        rows = (await self._tx.run(query.order_by(self._t.c.seq).limit(limit))).all()
+        return [self._load(r) for r in rows]
+
+    async def complete(self, hub: str, device_id: str, seq: int) -> bool:
+        result = await self._tx.run(
+            delete(self._t).where(self._t.c.seq == seq, self._t.c.hub == hub, self._t.c.device_id == device_id)
+        )
+        return bool(getattr(result, "rowcount", 0))
+
+    async def count(self, hub: str, device_id: str) -> int:
+        query = select(func.count()).select_from(self._t).where(self._t.c.hub == hub, self._t.c.device_id == device_id)
+        return int((await self._tx.run(query)).scalar_one())
+
+    async def expire(self, now: datetime) -> int:
+        result = await self._tx.run(delete(self._t).where(self._t.c.expires <= now))
+        return int(getattr(result, "rowcount", 0) or 0)
+
+    async def purge(self, hub: str, device_id: str) -> int:
+        result = await self._tx.run(delete(self._t).where(self._t.c.hub == hub, self._t.c.device_id == device_id))
+        return int(getattr(result, "rowcount", 0) or 0)
+
+
+class _HubSessions:
+    _t = t.hub_sessions
+
+    def __init__(self, tx: _SqlTx) -> None:
+        self._tx = tx
+
+    async def get(self, hub: str, device_id: str) -> HubSession | None:
+        row = (
+            await self._tx.run(select(self._t.c.doc).where(self._t.c.hub == hub, self._t.c.device_id == device_id))
+        ).first()
+        if row is None:
+            return None
+        doc = row.doc
+        return HubSession(
+            hub,
+            device_id,
+            tuple((str(f), int(q)) for f, q in doc.get("subscriptions") or ()),
+            int(doc.get("desiredVersionSent", 0)),
+        )
+
+    async def put(self, session: HubSession) -> None:
+        doc = {
+            "subscriptions": [[f, q] for f, q in session.subscriptions],
+            "desiredVersionSent": session.desired_version_sent,
+        }
+        values = {"doc": doc, "updated": self._tx.now()}
+        inserter = pg_insert if self._tx.pg else sqlite_insert
+        await self._tx.run(
+            inserter(self._t)
+            .values(hub=session.hub, device_id=session.device_id, **values)
+            .on_conflict_do_update(index_elements=["hub", "device_id"], set_=values)
+        )
+
+    async def delete(self, hub: str, device_id: str) -> None:
+        await self._tx.run(delete(self._t).where(self._t.c.hub == hub, self._t.c.device_id == device_id))
+
+
 class _UnitOfWork:
     def __init__(self, tx: _SqlTx) -> None:
         # Annotated with the port types: the UnitOfWork protocol's attributes are invariant.
@@ -519,6 +696,9 @@ class _UnitOfWork:
         self.registrations: RegistrationRepo = _Registrations(tx)
         self.devices: DeviceRepo = _Devices(tx)
         self.refusals: RefusalLog = _Refusals(tx)
+        self.telemetry: TelemetryRepo = _Telemetry(tx)
+        self.c2d: C2DRepo = _C2D(tx)
+        self.hub_sessions: HubSessionRepo = _HubSessions(tx)
 
 
 class SqlStore:
@@ -556,7 +736,7 @@ class SqlStore:
         return self._refusals_added % self.prune_every == 0
 
     @asynccontextmanager
-    async def begin(self) -> AsyncIterator[UnitOfWork]:
+    async def begin(self) -> AsyncIterator[_UnitOfWork]:
         if self._closed:
             raise StoreError("the store is closed")
         serial: AbstractAsyncContextManager[Any] = self._serial if self._serial is not None else nullcontext()

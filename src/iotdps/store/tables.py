@@ -27,6 +27,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -46,6 +47,9 @@ __all__ = [
     "enrollment_groups",
     "group_ca_references",
     "group_signing_thumbprints",
+    "hub_c2d",
+    "hub_sessions",
+    "hub_telemetry",
     "individual_enrollments",
     "key_type",
     "linked_hubs",
@@ -196,4 +200,52 @@ refusals = Table(
     Column("message", Text, nullable=False),
     Column("attestation_type", String(16), nullable=True),
     Column("enrollment", String(ID_LENGTH), nullable=True),
+)
+
+
+def _serial() -> TypeEngine[int]:
+    # BIGINT on PostgreSQL; SQLite autoincrements only an INTEGER PRIMARY KEY.
+    return BigInteger().with_variant(Integer(), "sqlite")
+
+
+# Hub tables (revision 0002). Telemetry is append-only and written in group-committed batches;
+# `seq` orders it, so tail readers follow it with "seq > last seen".
+hub_telemetry = Table(
+    "hub_telemetry",
+    metadata,
+    Column("seq", _serial(), primary_key=True, autoincrement=True),
+    Column("hub", key_type(HOST_LENGTH), nullable=False),
+    Column("device_id", key_type(), nullable=False),
+    Column("module_id", String(ID_LENGTH), nullable=True),
+    Column("enqueued", UtcDateTime(), nullable=False),
+    # {"system": {...}, "application": {...}}, percent-decoded.
+    Column("properties", doc_type(), nullable=False),
+    Column("body", LargeBinary(), nullable=False),
+    Index(None, "hub", "seq"),
+    Index(None, "hub", "device_id", "seq"),
+)
+
+hub_c2d = Table(
+    "hub_c2d",
+    metadata,
+    Column("seq", _serial(), primary_key=True, autoincrement=True),
+    Column("hub", key_type(HOST_LENGTH), nullable=False),
+    Column("device_id", key_type(), nullable=False),
+    Column("message_id", String(ID_LENGTH), nullable=False),
+    Column("enqueued", UtcDateTime(), nullable=False),
+    Column("expires", UtcDateTime(), nullable=True),
+    Column("properties", doc_type(), nullable=False),
+    Column("body", LargeBinary(), nullable=False),
+    Index(None, "hub", "device_id", "seq"),
+    Index(None, "expires"),
+)
+
+hub_sessions = Table(
+    "hub_sessions",
+    metadata,
+    Column("hub", key_type(HOST_LENGTH), primary_key=True),
+    Column("device_id", key_type(), primary_key=True),
+    # {"subscriptions": [[filter, qos], ...], "desiredVersionSent": n}
+    Column("doc", doc_type(), nullable=False),
+    Column("updated", UtcDateTime(), nullable=False),
 )

@@ -1,0 +1,128 @@
+"""`iotdps device run`: our own device client as a command (see iotdps.device).
+
+Provisions (or uses the cached assignment in `--state`), connects to the hub, sends
+`--count` telemetry messages `--interval` seconds apart, answers every direct method with
+its payload echoed, prints received C2D messages and desired patches as JSON lines, and stays
+connected `--stay` seconds after the last message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from iotdps.device import C2DReceived, DeviceAgent, DeviceSettings, SymmetricKey, X509Files
+from iotdps.device.credentials import Credential
+from iotdps.errors import InvalidInput
+from iotdps.secret import Secret
+
+__all__ = ["register"]
+
+
+def _credential(
+    symmetric_key: str | None, group_key: str | None, cert: str | None, key: str | None, registration_id: str
+) -> Credential:
+    chosen = [x for x in (symmetric_key, group_key, cert) if x]
+    if len(chosen) != 1:
+        raise InvalidInput("give exactly one of --symmetric-key, --group-key or --cert (with --key)")
+    if symmetric_key:
+        return SymmetricKey(Secret(symmetric_key))
+    if group_key:
+        return SymmetricKey.from_group(Secret(group_key), registration_id)
+    if not key:
+        raise InvalidInput("--cert needs --key")
+    return X509Files(Path(str(cert)), Path(key))
+
+
+@click.command("run")
+@click.option("--provisioning-host", required=True, help="DPS host name (or address).")
+@click.option("--id-scope", required=True)
+@click.option("--registration-id", required=True)
+@click.option("--symmetric-key", envvar="IOTDPS_DEVICE_KEY", help="The device's own key (base64).")
+@click.option("--group-key", envvar="IOTDPS_GROUP_KEY", help="A symmetric-key group's key: the device key is derived.")
+@click.option("--cert", type=click.Path(dir_okay=False, exists=True), help="Device certificate chain (PEM).")
+@click.option("--key", type=click.Path(dir_okay=False, exists=True), help="Device private key (PEM).")
+@click.option("--ca", "ca_file", type=click.Path(dir_okay=False, exists=True), help="Server CA (PEM) to trust.")
+@click.option("--state", "state_file", type=click.Path(dir_okay=False), required=True, help="Assignment cache file.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8883, show_default=True)
+@click.option("--count", type=click.IntRange(min=0), default=1, show_default=True, help="Telemetry messages to send.")
+@click.option("--interval", type=click.FloatRange(min=0), default=1.0, show_default=True)
+@click.option("--message", default='{"hello": "iotdps"}', show_default=True, help="Telemetry body.")
+@click.option("--stay", type=click.FloatRange(min=0), default=0.0, help="Seconds to stay connected afterwards.")
+def run_command(
+    provisioning_host: str,
+    id_scope: str,
+    registration_id: str,
+    symmetric_key: str | None,
+    group_key: str | None,
+    cert: str | None,
+    key: str | None,
+    ca_file: str | None,
+    state_file: str,
+    port: int,
+    count: int,
+    interval: float,
+    message: str,
+    stay: float,
+) -> None:
+    """Run a device: provision or use the cache, connect, send telemetry, answer the cloud."""
+    credential = _credential(symmetric_key, group_key, cert, key, registration_id)
+    ca_pem = Path(ca_file).read_text() if ca_file else None
+    settings = DeviceSettings(
+        provisioning_host, id_scope, registration_id, credential, Path(state_file), ca_pem=ca_pem, port=port
+    )
+
+    def emit(kind: str, doc: Any) -> None:
+        click.echo(json.dumps({"event": kind, **doc}, sort_keys=True, default=str))
+
+    async def on_method(name: str, payload: Any) -> tuple[int, Any]:
+        emit("method", {"name": name, "payload": payload})
+        return 200, {"method": name, "payload": payload}
+
+    def on_c2d(m: C2DReceived) -> None:
+        emit("c2d", {"body": m.body.decode("utf-8", "replace"), "properties": dict(m.application_properties)})
+
+    def on_desired(patch: dict[str, Any]) -> None:
+        emit("desired", {"patch": patch})
+
+    async def go() -> None:
+        agent = DeviceAgent(settings, on_c2d=on_c2d, on_method=on_method, on_desired=on_desired)
+        client = await agent.start()
+        assert agent.assignment is not None
+        emit(
+            "connected",
+            {
+                "hub": agent.assignment.assigned_hub,
+                "deviceId": agent.assignment.device_id,
+                "provisioned": agent.provisioned > 0,
+            },
+        )
+        try:
+            for i in range(count):
+                await client.send_telemetry(message, {"seq": str(i)})
+                emit("sent", {"seq": i})
+                if i + 1 < count:
+                    await asyncio.sleep(interval)
+            if stay:
+                await asyncio.sleep(stay)
+        finally:
+            await agent.stop()
+
+    try:
+        asyncio.run(go())
+    except (OSError, TimeoutError) as exc:
+        raise InvalidInput(f"device run failed: {type(exc).__name__}: {exc}") from None
+
+
+def register(group: click.Group) -> None:
+    device = group.commands.get("device")
+    if isinstance(device, click.Group):
+        device.add_command(run_command)
+    else:
+        fallback = click.Group("device", help="Devices on a hub, and our device client.")
+        fallback.add_command(run_command)
+        group.add_command(fallback)

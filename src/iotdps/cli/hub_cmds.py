@@ -1,0 +1,382 @@
+"""Hub commands: the device registry, telemetry, twin, direct methods, cloud-to-device.
+
+Registry and telemetry commands read the store directly (they work with or without a running
+server; `telemetry tail` polls the store, so it follows a server in another process). Direct
+methods need the device's live connection, so `method invoke` goes through the running
+server's control socket (`<data_dir>/control.sock`). `twin update-desired` and `c2d send` use
+the socket when a server runs (the device gets the change at once) and otherwise write the
+store, and the device gets it when it next connects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import click
+
+from iotdps.errors import InvalidInput, NotFound
+from iotdps.hub.control import ControlClient, control_socket_path
+from iotdps.hub.twin import device_twin_json
+from iotdps.provisioning.ports import Store
+from iotdps.registry.hub import HubStore, TelemetryMessage
+
+__all__ = ["register", "store_options"]
+
+T = TypeVar("T")
+_POLL_MIN, _POLL_MAX = 0.2, 2.0
+
+
+def store_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """`--data-dir` / `--dsn`, remembered on the root context (same options as the admin CLI)."""
+
+    def remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        root = ctx.find_root()
+        root.obj = root.obj or {}
+        if value is not None:
+            root.obj[str(param.name)] = value
+        return value
+
+    f = click.option(
+        "--dsn", envvar="IOTDPS_DSN", expose_value=False, callback=remember, help="Store DSN (secret: not echoed)."
+    )(f)
+    return click.option(
+        "--data-dir",
+        envvar="IOTDPS_DATA_DIR",
+        type=click.Path(file_okay=False),
+        expose_value=False,
+        callback=remember,
+        help="Data directory (default: the per-user data dir).",
+    )(f)
+
+
+def _data_dir() -> Path:
+    from iotdps.paths import default_data_dir
+
+    params = click.get_current_context().find_root().obj or {}
+    return Path(params["data_dir"]) if params.get("data_dir") else default_data_dir()
+
+
+def _dsn() -> str:
+    from iotdps.paths import default_dsn
+
+    params = click.get_current_context().find_root().obj or {}
+    return str(params["dsn"]) if params.get("dsn") else default_dsn(_data_dir())
+
+
+def _with_store(fn: Callable[[Store], Awaitable[T]]) -> T:
+    dsn = _dsn()
+
+    async def go() -> T:
+        from iotdps.store import open_store
+
+        store = await open_store(dsn)
+        try:
+            return await fn(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+def _control() -> ControlClient | None:
+    path = control_socket_path(_data_dir())
+    return ControlClient(path) if path.exists() else None
+
+
+def _echo(doc: Any) -> None:
+    click.echo(json.dumps(doc, indent=2, sort_keys=True, default=str))
+
+
+def _properties(pairs: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidInput(f"property {pair!r} is not key=value")
+        out[key] = value
+    return out
+
+
+def _json_option(text: str | None, what: str) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise InvalidInput(f"{what} is not valid JSON") from None
+
+
+def _hub_opts(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--device", "device_id", required=True, help="Device id.")(f)
+    f = click.option("--hub", required=True, help="Hub host name.")(f)
+    return store_options(f)
+
+
+# --------------------------------------------------------------------------- device registry
+
+
+@click.group("device")
+def device_group() -> None:
+    """Devices registered on a hub (and `device run`: our device client)."""
+
+
+@device_group.command("list")
+@click.option("--hub", required=True, help="Hub host name.")
+@store_options
+def device_list(hub: str) -> None:
+    async def go(store: Store) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        continuation: str | None = None
+        for _ in range(100_000):
+            async with store.begin() as uow:
+                page = await uow.devices.list(hub, page_size=500, continuation=continuation)
+            out += [{"deviceId": d.device_id, "status": d.status, "auth": d.auth.type} for d in page.items]
+            continuation = page.continuation
+            if continuation is None:
+                break
+        return out
+
+    for row in _with_store(go):
+        click.echo(f"{row['deviceId']}\t{row['status']}\t{row['auth']}")
+
+
+def _device_doc(hub: str, device_id: str) -> dict[str, Any]:
+    async def go(store: Store) -> dict[str, Any]:
+        async with store.begin() as uow:
+            device = await uow.devices.get(hub, device_id)
+            if device is None:
+                raise NotFound(f"device {device_id} not found on {hub}")
+        auth = device.auth
+        return {
+            "deviceId": device.device_id,
+            "hub": device.hub,
+            "status": device.status,
+            "etag": device.etag,
+            "registrationId": device.registration_id,
+            "capabilities": {"iotEdge": device.iot_edge},
+            "authentication": {
+                "type": auth.type,
+                # Keys are secrets: only say whether they are there.
+                "symmetricKey": {"primaryKey": bool(auth.primary_key), "secondaryKey": bool(auth.secondary_key)},
+                "x509Thumbprint": {
+                    "primaryThumbprints": list(auth.primary_thumbprints),
+                    "secondaryThumbprints": list(auth.secondary_thumbprints),
+                },
+            },
+            "twin": device_twin_json(device),
+        }
+
+    return _with_store(go)
+
+
+@device_group.command("show")
+@_hub_opts
+def device_show(hub: str, device_id: str) -> None:
+    _echo(_device_doc(hub, device_id))
+
+
+def _set_status(hub: str, device_id: str, status: str) -> None:
+    from dataclasses import replace
+
+    async def go(store: Store) -> None:
+        async with store.begin() as uow:
+            device = await uow.devices.get(hub, device_id)
+            if device is None:
+                raise NotFound(f"device {device_id} not found on {hub}")
+            await uow.devices.put(replace(device, status=status), if_match=device.etag)  # type: ignore[arg-type]
+
+    _with_store(go)
+
+
+def _kick(hub: str, device_id: str) -> None:
+    """Drop the device's live connection, if a server runs (a disabled device must go now)."""
+    control = _control()
+    if control is not None:
+        asyncio.run(control.call("POST", ControlClient.device_path(hub, device_id, "disconnect")))
+
+
+@device_group.command("disable")
+@_hub_opts
+def device_disable(hub: str, device_id: str) -> None:
+    _set_status(hub, device_id, "disabled")
+    _kick(hub, device_id)
+    click.echo(f"device {device_id} disabled on {hub}")
+
+
+@device_group.command("enable")
+@_hub_opts
+def device_enable(hub: str, device_id: str) -> None:
+    _set_status(hub, device_id, "enabled")
+    click.echo(f"device {device_id} enabled on {hub}")
+
+
+@device_group.command("delete")
+@_hub_opts
+def device_delete(hub: str, device_id: str) -> None:
+    async def go(store: Store) -> None:
+        hub_store = cast(HubStore, store)
+        async with hub_store.begin() as uow:
+            await uow.devices.delete(hub, device_id)
+            await uow.c2d.purge(hub, device_id)
+            await uow.hub_sessions.delete(hub, device_id)
+
+    _with_store(go)
+    _kick(hub, device_id)
+    click.echo(f"device {device_id} deleted from {hub}")
+
+
+# --------------------------------------------------------------------------- telemetry
+
+
+def _telemetry_line(m: TelemetryMessage) -> str:
+    doc: dict[str, Any] = {
+        "seq": m.seq,
+        "enqueuedTime": m.enqueued.isoformat(),
+        "deviceId": m.device_id,
+        "systemProperties": dict(m.system_properties),
+        "properties": dict(m.application_properties),
+    }
+    try:
+        doc["body"] = m.body.decode("utf-8")
+    except UnicodeDecodeError:
+        doc["bodyBase64"] = base64.b64encode(m.body).decode("ascii")
+    return json.dumps(doc, sort_keys=True)
+
+
+@click.group("telemetry")
+def telemetry_group() -> None:
+    """Device-to-cloud messages stored by the hub."""
+
+
+@telemetry_group.command("tail")
+@click.option("--hub", required=True, help="Hub host name.")
+@click.option("--device", "device_id", help="Only this device.")
+@click.option("--follow/--no-follow", default=True, show_default=True, help="Keep printing new messages.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="Messages shown first.")
+@click.option("--for", "duration", type=click.FloatRange(min=0), help="Stop following after this many seconds.")
+@store_options
+def telemetry_tail(hub: str, device_id: str | None, follow: bool, limit: int, duration: float | None) -> None:
+    """One JSON line per message, oldest first; with --follow, new ones as they are stored."""
+
+    async def go(store: Store) -> None:
+        hub_store = cast(HubStore, store)
+        async with hub_store.begin() as uow:
+            messages = await uow.telemetry.list(hub, device_id, limit=limit, newest=True)
+        last = None
+        for m in messages:
+            click.echo(_telemetry_line(m))
+            last = m.seq
+        if not follow:
+            return
+        if last is None:
+            async with hub_store.begin() as uow:
+                newest = await uow.telemetry.list(hub, None, limit=1, newest=True)
+            last = newest[-1].seq if newest else 0
+        deadline = None if duration is None else time.monotonic() + duration
+        delay = _POLL_MIN
+        while deadline is None or time.monotonic() < deadline:
+            async with hub_store.begin() as uow:
+                fresh = await uow.telemetry.list(hub, device_id, after=last, limit=1000)
+            for m in fresh:
+                click.echo(_telemetry_line(m))
+                last = m.seq
+            # Poll quickly while messages flow, back off (bounded) while idle.
+            delay = _POLL_MIN if fresh else min(_POLL_MAX, delay * 1.5)
+            pause = delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic()))
+            await asyncio.sleep(pause)
+
+    _with_store(go)
+
+
+# --------------------------------------------------------------------------- twin, methods, C2D
+
+
+@click.group("twin")
+def twin_group() -> None:
+    """Device twins on a hub."""
+
+
+@twin_group.command("show")
+@_hub_opts
+def twin_show(hub: str, device_id: str) -> None:
+    _echo(_device_doc(hub, device_id)["twin"])
+
+
+@twin_group.command("update-desired")
+@_hub_opts
+@click.option("--patch", "patch_text", required=True, help="JSON object merged into the desired properties.")
+@click.option("--if-match", help="Only if the device's etag is still this.")
+def twin_update_desired(hub: str, device_id: str, patch_text: str, if_match: str | None) -> None:
+    patch = _json_option(patch_text, "--patch")
+    if not isinstance(patch, dict):
+        raise InvalidInput("--patch must be a JSON object")
+    control = _control()
+    if control is not None:
+        path = ControlClient.device_path(hub, device_id, "twin/desired")
+        _echo(asyncio.run(control.call("PATCH", path, {"patch": patch, "ifMatch": if_match})))
+        return
+
+    async def offline(store: Store) -> dict[str, Any]:
+        from iotdps.hub.runtime import HubRuntime
+        from iotdps.hub.twin import sdk_twin_json
+
+        twin = await HubRuntime(store, [hub]).update_desired(hub, device_id, patch, if_match)
+        return {"version": twin.version, "properties": sdk_twin_json(twin), "tags": dict(twin.tags)}
+
+    _echo(_with_store(offline))
+
+
+@click.group("method")
+def method_group() -> None:
+    """Direct methods on connected devices (needs the running server)."""
+
+
+@method_group.command("invoke")
+@_hub_opts
+@click.option("--name", required=True, help="Method name.")
+@click.option("--payload", help="JSON payload (default null).")
+@click.option("--timeout", type=click.FloatRange(min=0.1, max=300), default=30, show_default=True)
+def method_invoke(hub: str, device_id: str, name: str, payload: str | None, timeout: float) -> None:
+    body = {"name": name, "payload": _json_option(payload, "--payload"), "timeout": timeout}
+    control = _control()
+    if control is None:
+        raise NotFound(f"no running iotdps server (no control socket in {_data_dir()})")
+    _echo(asyncio.run(control.call("POST", ControlClient.device_path(hub, device_id, "methods"), body)))
+
+
+@click.group("c2d")
+def c2d_group() -> None:
+    """Cloud-to-device messages."""
+
+
+@c2d_group.command("send")
+@_hub_opts
+@click.option("--body", required=True, help="Message body (text).")
+@click.option("--property", "props", multiple=True, help="key=value application property (repeatable).")
+@click.option("--ttl", type=click.FloatRange(min=0.1, max=48 * 3600), help="Seconds until it expires (default 1 h).")
+def c2d_send(hub: str, device_id: str, body: str, props: tuple[str, ...], ttl: float | None) -> None:
+    properties = _properties(props)
+    control = _control()
+    if control is not None:
+        doc = {"body": body, "properties": properties, "ttl": ttl}
+        result = asyncio.run(control.call("POST", ControlClient.device_path(hub, device_id, "messages"), doc))
+        click.echo(result["messageId"])
+        return
+
+    async def offline(store: Store) -> str:
+        from iotdps.hub.runtime import HubRuntime
+
+        return await HubRuntime(store, [hub]).send_c2d(hub, device_id, body.encode(), properties, ttl)
+
+    click.echo(_with_store(offline))
+
+
+def register(group: click.Group) -> None:
+    for command in (device_group, telemetry_group, twin_group, method_group, c2d_group):
+        group.add_command(command)

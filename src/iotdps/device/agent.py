@@ -1,0 +1,147 @@
+"""Provision once, remember the assignment, connect straight to the hub afterwards.
+
+Seeds 000/001: the device provisions once, caches its assigned hub and connects to it directly
+on the next boot. The cache is a small JSON state file (registration id, id scope, provisioning
+host, assigned hub, device id), written atomically and owner-only. It is dropped, and the device
+provisions again, when the hub refuses the device (CONNACK 4/5: it was moved or deleted) or
+stays unreachable for `hub_attempts` tries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from iotdps.device.credentials import Credential
+from iotdps.device.hub_client import HubClient
+from iotdps.device.mqtt import ConnectRefused
+from iotdps.device.provision import Assignment, provision
+
+__all__ = ["DeviceAgent", "DeviceSettings", "load_state", "save_state"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSettings:
+    provisioning_host: str
+    id_scope: str
+    registration_id: str
+    credential: Credential
+    state_file: Path
+    ca_pem: str | None = None
+    port: int = 8883
+    payload: Any = None
+    hub_attempts: int = 3
+    retry_delay: float = 1.0
+    keepalive: int = 60
+
+
+def load_state(settings: DeviceSettings) -> Assignment | None:
+    try:
+        doc = json.loads(settings.state_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or (
+        doc.get("registrationId"),
+        doc.get("idScope"),
+        doc.get("provisioningHost"),
+    ) != (settings.registration_id, settings.id_scope, settings.provisioning_host):
+        return None  # a state file of another identity or service is not ours to use
+    hub, device_id = doc.get("assignedHub"), doc.get("deviceId")
+    if not isinstance(hub, str) or not isinstance(device_id, str):
+        return None
+    return Assignment(settings.registration_id, hub, device_id, doc.get("substatus"))
+
+
+def save_state(settings: DeviceSettings, assignment: Assignment) -> None:
+    doc = {**assignment.to_json(), "idScope": settings.id_scope, "provisioningHost": settings.provisioning_host}
+    path = settings.state_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class DeviceAgent:
+    def __init__(self, settings: DeviceSettings, **hub_handlers: Any) -> None:
+        self.settings = settings
+        self._handlers = hub_handlers
+        self.provisioned = 0  # how many times this agent contacted the provisioning service
+        self.assignment: Assignment | None = None
+        self.client: HubClient | None = None
+
+    def _hub_client(self, assignment: Assignment) -> HubClient:
+        s = self.settings
+        return HubClient(
+            assignment.assigned_hub,
+            assignment.device_id,
+            s.credential,
+            ca_pem=s.ca_pem,
+            port=s.port,
+            keepalive=s.keepalive,
+            **self._handlers,
+        )
+
+    async def _provision(self) -> Assignment:
+        s = self.settings
+        self.provisioned += 1
+        assignment = await provision(
+            s.provisioning_host,
+            s.id_scope,
+            s.registration_id,
+            s.credential,
+            ca_pem=s.ca_pem,
+            port=s.port,
+            payload=s.payload,
+        )
+        save_state(s, assignment)
+        return assignment
+
+    async def _try_hub(self, assignment: Assignment) -> HubClient | None:
+        """The connected client, or None when the hub refused or stayed unreachable."""
+        for attempt in range(self.settings.hub_attempts):
+            client = self._hub_client(assignment)
+            try:
+                await client.connect()
+                return client
+            except ConnectRefused as exc:
+                log.info("hub %s refused %s (CONNACK %d)", assignment.assigned_hub, assignment.device_id, exc.code)
+                await client.close()
+                return None
+            except (OSError, TimeoutError) as exc:
+                log.info(
+                    "hub %s unreachable (%s), attempt %d", assignment.assigned_hub, type(exc).__name__, attempt + 1
+                )
+                await client.close()
+                await asyncio.sleep(self.settings.retry_delay)
+        return None
+
+    async def start(self) -> HubClient:
+        """Connect to the cached hub, or provision (again) and connect to the assigned one."""
+        cached = load_state(self.settings)
+        if cached is not None:
+            client = await self._try_hub(cached)
+            if client is not None:
+                self.assignment, self.client = cached, client
+                return client
+            log.info("cached assignment of %s no longer works: provisioning again", self.settings.registration_id)
+        assignment = await self._provision()
+        client = await self._try_hub(assignment)
+        if client is None:
+            raise ConnectRefused(5)
+        self.assignment, self.client = assignment, client
+        return client
+
+    async def stop(self) -> None:
+        if self.client is not None:
+            await self.client.close()

@@ -1,0 +1,67 @@
+"""What a device proves itself with: a symmetric key or an X.509 certificate and key.
+
+Hub SAS tokens are device-scoped (azure-wire-protocol.md 8.1): `sr` is the percent-encoded
+`{hostname}/devices/{deviceId}`, no `skn`. DPS tokens use `{scope}/registrations/{id}` (1.3).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ssl
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from iotdps.attestation.symmetric_key import SAS_PREFIX, derive_device_key, make_sas_token
+from iotdps.secret import Secret
+
+__all__ = ["Credential", "SymmetricKey", "X509Files", "make_hub_sas_token", "tls_context"]
+
+
+@dataclass(frozen=True, slots=True)
+class SymmetricKey:
+    """The device's own key; for a group enrollment, `from_group` derives it."""
+
+    key: Secret[str]
+
+    @classmethod
+    def from_group(cls, group_key: Secret[str], registration_id: str) -> SymmetricKey:
+        return cls(Secret(derive_device_key(group_key.reveal(), registration_id)))
+
+    def dps_token(self, id_scope: str, registration_id: str, ttl: int = 3600) -> str:
+        return make_sas_token(id_scope, registration_id, self.key.reveal(), int(time.time()) + ttl)
+
+    def hub_token(self, hostname: str, device_id: str, ttl: int = 3600) -> str:
+        return make_hub_sas_token(hostname, device_id, self.key.reveal(), int(time.time()) + ttl)
+
+
+@dataclass(frozen=True, slots=True)
+class X509Files:
+    """PEM files: the certificate (leaf first, intermediates after) and its private key."""
+
+    cert_file: Path
+    key_file: Path
+    passphrase: Secret[str] | None = None
+
+
+Credential = SymmetricKey | X509Files
+
+
+def make_hub_sas_token(hostname: str, device_id: str, key_b64: str, expiry: int) -> str:
+    sr = quote(f"{hostname}/devices/{device_id}", safe="")
+    signed = hmac.new(base64.b64decode(key_b64), f"{sr}\n{expiry}".encode(), hashlib.sha256).digest()
+    sig = quote(base64.b64encode(signed).decode("ascii"), safe="")
+    return f"{SAS_PREFIX}sr={sr}&sig={sig}&se={expiry}"
+
+
+def tls_context(ca_pem: str | None, credential: Credential) -> ssl.SSLContext:
+    """TLS 1.2+ with host name checks; trusts only `ca_pem` when given (as the SDK does)."""
+    context = ssl.create_default_context(cadata=ca_pem) if ca_pem else ssl.create_default_context()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if isinstance(credential, X509Files):
+        password = credential.passphrase.reveal() if credential.passphrase else None
+        context.load_cert_chain(credential.cert_file, credential.key_file, password)
+    return context

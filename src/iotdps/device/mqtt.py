@@ -1,0 +1,192 @@
+"""An asyncio MQTT 3.1.1 client over TLS, on the sans-IO ClientSession (protocols.mqtt).
+
+Small on purpose (the fleet simulator runs thousands of these in one process): one Protocol
+object per connection, futures for the packets we wait for (CONNACK, PUBACK, SUBACK), a
+callback for every PUBLISH the server sends, and a keep-alive pinger. QoS 1 messages from the
+server are PUBACKed right after the callback has taken them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import Callable, Sequence
+
+from iotdps.errors import IotdpsError
+from iotdps.protocols.mqtt.client import ClientSession
+from iotdps.protocols.mqtt.codec import DEFAULT_MAX_PACKET_SIZE
+from iotdps.protocols.mqtt.events import (
+    ConnAckReceived,
+    Disconnected,
+    ProtocolViolation,
+    PubAckReceived,
+    PublishReceived,
+    SubAckReceived,
+)
+
+__all__ = ["ConnectRefused", "MqttClient", "open_mqtt"]
+
+
+class ConnectRefused(IotdpsError):
+    """The server answered CONNACK with a non-zero code (4/5: bad credentials or not allowed)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"the server refused the connection (CONNACK {code})")
+        self.code = code
+
+
+class MqttClient(asyncio.Protocol):
+    def __init__(
+        self,
+        on_publish: Callable[[PublishReceived], None] | None = None,
+        *,
+        max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
+    ) -> None:
+        self.session = ClientSession(max_packet_size=max_packet_size)
+        self.on_publish = on_publish
+        loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._connack: asyncio.Future[int] = loop.create_future()
+        self._waiters: dict[int, asyncio.Future[object]] = {}
+        self.lost: asyncio.Future[str] = loop.create_future()
+        self._pinger: asyncio.Task[None] | None = None
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        for event in self.session.receive_data(data):
+            if isinstance(event, ConnAckReceived):
+                if not self._connack.done():
+                    self._connack.set_result(event.return_code)
+            elif isinstance(event, PubAckReceived):
+                self._resolve(event.packet_id, None)
+            elif isinstance(event, SubAckReceived):
+                self._resolve(event.packet_id, event.return_codes)
+            elif isinstance(event, PublishReceived):
+                if self.on_publish is not None:
+                    self.on_publish(event)
+                if event.qos == 1 and event.packet_id is not None and not self.session.closed:
+                    self._write(self.session.puback(event.packet_id))
+            elif isinstance(event, ProtocolViolation | Disconnected):
+                self.close(event.reason)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self.close("connection lost")
+
+    # -- API ------------------------------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        return self._transport is not None and not self.session.closed
+
+    def _write(self, data: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def _resolve(self, packet_id: int, value: object) -> None:
+        waiter = self._waiters.pop(packet_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(value)
+
+    async def handshake(
+        self,
+        client_id: str,
+        username: str | None,
+        password: str | None,
+        *,
+        keepalive: int = 60,
+        clean_session: bool = False,
+        timeout: float = 10.0,
+    ) -> None:
+        self._write(self.session.connect(client_id, username, password, keepalive, clean_session))
+        try:
+            code = await asyncio.wait_for(asyncio.shield(self._connack), timeout)
+        except TimeoutError:
+            self.close("no CONNACK")
+            raise
+        if code != 0:
+            self.close(f"refused with CONNACK {code}")
+            raise ConnectRefused(code)
+        if keepalive:
+            self._pinger = asyncio.get_running_loop().create_task(self._ping(keepalive))
+
+    async def _ping(self, keepalive: int) -> None:
+        while self.is_open:
+            await asyncio.sleep(keepalive * 0.75)
+            if self.is_open:
+                self._write(self.session.ping())
+
+    async def publish(self, topic: str, payload: bytes, qos: int = 1, timeout: float = 30.0) -> None:
+        """Publish; at QoS 1 wait for the PUBACK (the hub sends it once the message is stored)."""
+        if not self.is_open:
+            raise ConnectionError("not connected")
+        packet_id, data = self.session.publish(topic, payload, qos)
+        waiter = self._waiter(packet_id)
+        self._write(data)
+        if waiter is not None:
+            await asyncio.wait_for(waiter, timeout)
+
+    async def subscribe(self, filters: Sequence[str], timeout: float = 30.0) -> tuple[int, ...]:
+        if not self.is_open:
+            raise ConnectionError("not connected")
+        packet_id, data = self.session.subscribe([(f, 1) for f in filters])
+        waiter = self._waiter(packet_id)
+        self._write(data)
+        assert waiter is not None
+        codes = await asyncio.wait_for(waiter, timeout)
+        assert isinstance(codes, tuple)
+        return codes
+
+    def _waiter(self, packet_id: int | None) -> asyncio.Future[object] | None:
+        if packet_id is None:
+            return None
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._waiters[packet_id] = future
+        return future
+
+    async def disconnect(self) -> None:
+        if self.is_open:
+            self._write(self.session.disconnect())
+        self.close("client disconnected")
+        if not self.lost.done():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.lost), 2)
+
+    def close(self, reason: str = "closed") -> None:
+        self.session.close(reason)
+        if self._pinger is not None:
+            self._pinger.cancel()
+        for waiter in self._waiters.values():
+            if not waiter.done():
+                waiter.set_exception(ConnectionError(reason))
+        self._waiters.clear()
+        if not self._connack.done():
+            self._connack.set_exception(ConnectionError(reason))
+            self._connack.exception()  # retrieved: nobody may be waiting
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+        if not self.lost.done():
+            self.lost.set_result(reason)
+
+
+async def open_mqtt(
+    host: str,
+    port: int,
+    context: ssl.SSLContext,
+    *,
+    on_publish: Callable[[PublishReceived], None] | None = None,
+    timeout: float = 10.0,
+) -> MqttClient:
+    """A TLS connection to host:port with an MqttClient on it (CONNECT not sent yet)."""
+    loop = asyncio.get_running_loop()
+    _, protocol = await asyncio.wait_for(
+        loop.create_connection(lambda: MqttClient(on_publish), host, port, ssl=context, server_hostname=host),
+        timeout,
+    )
+    return protocol

@@ -1,0 +1,107 @@
+"""Register with a DPS over MQTT, the way azure-iot-device does it (azure-wire-protocol.md 1).
+
+CONNECT as the registration id, subscribe `$dps/registrations/res/#`, publish the register
+request, then poll the operation (honouring `retry-after`) until it is assigned or refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from iotdps.device.credentials import Credential, SymmetricKey, tls_context
+from iotdps.device.mqtt import open_mqtt
+from iotdps.errors import IotdpsError, Unauthorized
+from iotdps.protocols.mqtt.dps import (
+    DPS_RESPONSE_FILTER,
+    format_register_topic,
+    format_status_topic,
+    parse_dps_response_topic,
+)
+from iotdps.protocols.mqtt.events import PublishReceived
+
+__all__ = ["CLIENT_VERSION", "Assignment", "ProvisioningFailed", "provision"]
+
+CLIENT_VERSION = "iotdps-device/0.1"
+DPS_API_VERSION = "2019-03-31"
+_MAX_RETRY_AFTER = 10
+
+
+class ProvisioningFailed(IotdpsError):
+    """The service answered, and the answer was no (failed, disabled, or a 4xx error)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    registration_id: str
+    assigned_hub: str
+    device_id: str
+    substatus: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "registrationId": self.registration_id,
+            "assignedHub": self.assigned_hub,
+            "deviceId": self.device_id,
+            "substatus": self.substatus,
+        }
+
+
+async def provision(
+    provisioning_host: str,
+    id_scope: str,
+    registration_id: str,
+    credential: Credential,
+    *,
+    ca_pem: str | None = None,
+    port: int = 8883,
+    payload: Any = None,
+    timeout: float = 60.0,
+) -> Assignment:
+    responses: asyncio.Queue[PublishReceived] = asyncio.Queue()
+    client = await open_mqtt(provisioning_host, port, tls_context(ca_pem, credential), on_publish=responses.put_nowait)
+    username = f"{id_scope}/registrations/{registration_id}/api-version={DPS_API_VERSION}&ClientVersion=" + quote(
+        CLIENT_VERSION, safe=""
+    )
+    password = credential.dps_token(id_scope, registration_id) if isinstance(credential, SymmetricKey) else None
+    try:
+        async with asyncio.timeout(timeout):
+            try:
+                await client.handshake(registration_id, username, password)
+            except IotdpsError as exc:
+                raise Unauthorized(f"the provisioning service refused {registration_id}: {exc.message}") from None
+            await client.subscribe([DPS_RESPONSE_FILTER])
+            body = json.dumps({"registrationId": registration_id, "payload": payload}).encode()
+            topic = format_register_topic(str(uuid.uuid4()))
+            for _ in range(1000):  # bounded by the timeout long before this
+                await client.publish(topic, body)
+                answer = await responses.get()
+                response = parse_dps_response_topic(answer.topic)
+                doc = json.loads(answer.payload) if answer.payload.strip() else {}
+                if response.status >= 300:
+                    if response.status == 429 or response.status >= 500:
+                        await asyncio.sleep(min(response.retry_after or 2, _MAX_RETRY_AFTER))
+                        continue
+                    message = doc.get("message") if isinstance(doc, dict) else None
+                    raise ProvisioningFailed(f"provisioning refused: HTTP {response.status} {message or ''}".strip())
+                status = doc.get("status")
+                if status == "assigned":
+                    state = doc.get("registrationState") or {}
+                    return Assignment(
+                        registration_id, str(state["assignedHub"]), str(state["deviceId"]), state.get("substatus")
+                    )
+                if status != "assigning":
+                    state = doc.get("registrationState") or {}
+                    raise ProvisioningFailed(
+                        f"provisioning {status}: {state.get('errorMessage') or state.get('errorCode') or 'no reason'}"
+                    )
+                await asyncio.sleep(min(response.retry_after or 2, _MAX_RETRY_AFTER))
+                topic = format_status_topic(str(uuid.uuid4()), str(doc["operationId"]))
+                body = b" "
+            raise ProvisioningFailed("provisioning did not finish")
+    finally:
+        await client.disconnect()

@@ -1,0 +1,87 @@
+"""Who may CONNECT to a hub: SAS tokens and X.509 leaf thumbprints (azure-wire-protocol.md 8.1).
+
+`check_device` returns None when the device is admitted, or the reason in words for operators
+(the device itself only sees CONNACK 5). Hub SAS tokens are device-scoped: `sr` is
+`{hostname}/devices/{deviceId}` (percent-encoded), no `skn`, signed with the device's primary
+or secondary key. The signature covers `sr` exactly as sent (symmetric_key.parse_sas keeps it raw).
+
+X.509 devices that DPS provisioned are `selfSigned`: the leaf's SHA-256 or SHA-1 thumbprint must
+be registered, and the leaf's CN must be the device id. The chain need not reach one of our
+anchors, as on the real hub; an expired or not-yet-valid leaf is still refused.
+`certificateAuthority` devices need a chain that verified against our anchors plus the CN.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from urllib.parse import unquote
+
+from iotdps.attestation import certs
+from iotdps.attestation.symmetric_key import SasCheck, parse_sas, signature_matches
+from iotdps.registry.models import DeviceIdentity
+from iotdps.server.tls import PeerIdentity
+
+__all__ = ["check_device"]
+
+# OpenSSL verify codes about the leaf's own validity window.
+_LEAF_TIME_ERRORS = frozenset({9, 10, 13, 14})
+
+
+def _check_sas(device: DeviceIdentity, hostname: str, password: bytes, now: datetime) -> str | None:
+    auth = device.auth
+    if auth.type != "sas":
+        return f"device {device.device_id} does not authenticate with a SAS token"
+    try:
+        text = password.decode("utf-8")
+    except UnicodeDecodeError:
+        return "the SAS token is not UTF-8"
+    token = parse_sas(text)
+    if isinstance(token, SasCheck):
+        return token.message
+    if token.skn is not None:
+        return "a device connects with a device token; shared access policies (skn) are not accepted"
+    expected = f"{hostname}/devices/{device.device_id}"
+    if unquote(token.sr).lower() != expected.lower():
+        return f"SAS resource {unquote(token.sr)!r} is not {expected!r}"
+    if token.expiry < int(now.timestamp()):
+        return f"SAS token expired at Unix time {token.expiry}"
+    for key in (auth.primary_key, auth.secondary_key):
+        if key is not None and signature_matches(token, key.reveal()):
+            return None
+    return "SAS signature does not match the device's keys"
+
+
+def _check_x509(device: DeviceIdentity, peer: PeerIdentity | None) -> str | None:
+    leaf = peer.leaf if peer is not None else None
+    if peer is None or leaf is None:
+        return "the device presented neither a SAS token nor a client certificate"
+    if certs.common_name(leaf) != device.device_id:
+        return f"the certificate's CN {certs.common_name(leaf)!r} is not the device id"
+    if any(e.depth == 0 and e.code in _LEAF_TIME_ERRORS for e in peer.verify_errors):
+        return "the device certificate is expired or not yet valid"
+    auth = device.auth
+    if auth.type == "selfSigned":
+        wanted = {tp.upper() for tp in (*auth.primary_thumbprints, *auth.secondary_thumbprints)}
+        if certs.sha256_thumbprint(leaf) in wanted or certs.sha1_thumbprint(leaf) in wanted:
+            return None
+        return "the certificate's thumbprint is not registered for this device"
+    if auth.type == "certificateAuthority":
+        return None if peer.ok else f"the certificate chain did not verify: {peer.explain()}"
+    return f"device {device.device_id} does not authenticate with a certificate"
+
+
+def check_device(
+    device: DeviceIdentity | None,
+    hostname: str,
+    password: bytes | None,
+    peer: PeerIdentity | None,
+    now: datetime,
+) -> str | None:
+    """None when `device` may connect with these credentials, else why not."""
+    if device is None:
+        return "no such device on this hub"
+    if device.status != "enabled":
+        return f"device {device.device_id} is disabled"
+    if password:
+        return _check_sas(device, hostname, password, now)
+    return _check_x509(device, peer)

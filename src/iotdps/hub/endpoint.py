@@ -1,0 +1,273 @@
+"""One connected hub device: the MqttEndpoint that serves its PUBLISH/SUBSCRIBE/PUBACK.
+
+Per-connection state is kept small (10,000 idle devices per process is a target): the
+subscriptions, the cloud-to-device messages in flight (packet id -> queue seq) and a few
+counters. Everything durable is in the store.
+
+Rules (azure-wire-protocol.md section 8):
+* Only the four Azure filters are granted (C2D of this device, methods, twin responses, desired
+  patches), at QoS 0 or 1; anything else gets 0x80, as on the real hub.
+* Subscriptions of a clean-session-0 device are saved with every change and restored at the
+  next CONNECT: the SDK never re-subscribes after a SAS renewal or a network drop.
+* Twin responses go to the connection that asked, subscribed or not: 2.14.0 sends its first
+  twin GET before it subscribes to `$iothub/twin/res/#`.
+* Telemetry is PUBACKed by the group-commit writer once stored; every other QoS 1 PUBLISH is
+  PUBACKed as soon as it has been handled.
+* A topic we do not know, or telemetry for another device id, closes the connection.
+* C2D: at most `C2D_WINDOW` messages in flight; a message leaves the queue when the device
+  PUBACKs it, so a message in flight when the connection drops is delivered again next time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from iotdps.errors import InvalidInput, IotdpsError, NotFound
+from iotdps.hub.twin import sdk_twin_json
+from iotdps.protocols.mqtt.errors import InvalidDeviceRequest
+from iotdps.protocols.mqtt.events import PubAckReceived, PublishReceived, Subscribed, Unsubscribed
+from iotdps.protocols.mqtt.hub import (
+    C2D_FILTER_TEMPLATE,
+    METHODS_FILTER,
+    TWIN_DESIRED_FILTER,
+    TWIN_RESPONSE_FILTER,
+    MethodResponse,
+    Telemetry,
+    TwinGetRequest,
+    TwinReportedPatch,
+    format_c2d_topic,
+    format_desired_patch_topic,
+    format_twin_response_topic,
+    parse_device_topic,
+)
+from iotdps.protocols.mqtt.packets import SUBACK_FAILURE
+from iotdps.registry.hub import CloudMessage, HubSession, TelemetryMessage
+from iotdps.server.mqtt_conn import MqttConnection
+
+if TYPE_CHECKING:
+    from iotdps.hub.runtime import HubRuntime
+
+__all__ = ["C2D_WINDOW", "DeviceEndpoint"]
+
+log = logging.getLogger(__name__)
+
+C2D_WINDOW = 16
+
+
+class DeviceEndpoint:
+    def __init__(
+        self,
+        runtime: HubRuntime,
+        conn: MqttConnection,
+        hub: str,
+        device_id: str,
+        *,
+        persistent: bool,
+        session: HubSession | None,
+        desired_version: int,
+    ) -> None:
+        self.runtime = runtime
+        self.conn = conn
+        self.hub = hub
+        self.device_id = device_id
+        self.persistent = persistent  # clean session 0
+        self.c2d_filter = C2D_FILTER_TEMPLATE.format(device_id=device_id)
+        self._allowed = frozenset({self.c2d_filter, METHODS_FILTER, TWIN_RESPONSE_FILTER, TWIN_DESIRED_FILTER})
+        self.subscriptions: dict[str, int] = dict(session.subscriptions) if session else {}
+        self.desired_version_sent = session.desired_version_sent if session else desired_version
+        self._desired_at_connect = desired_version
+        self._c2d_inflight: dict[int, int] = {}
+        self._c2d_last: int | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._pump_again = False
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"DeviceEndpoint({self.hub}/{self.device_id})"
+
+    # -- acknowledgements from the telemetry writer --------------------------------------------
+
+    def acknowledge(self, packet_id: int) -> None:
+        if self.conn.open:
+            self.conn.write(self.conn.session.puback(packet_id))
+
+    def store_failed(self) -> None:
+        self.conn.close("telemetry could not be stored")
+
+    def _ack(self, event: PublishReceived) -> None:
+        if event.qos == 1 and event.packet_id is not None:
+            self.acknowledge(event.packet_id)
+
+    # -- MqttEndpoint ---------------------------------------------------------------------------
+
+    async def on_publish(self, conn: MqttConnection, event: PublishReceived) -> None:
+        try:
+            request = parse_device_topic(event.topic)
+        except InvalidDeviceRequest as exc:
+            log.info("hub %s: device %s sent %s; closing", self.hub, self.device_id, exc.message)
+            conn.close(f"invalid topic: {exc.message}")
+            return
+        if isinstance(request, Telemetry):
+            if request.device_id != self.device_id or request.module_id is not None:
+                conn.close("telemetry for another device or module")
+                return
+            application = dict(request.application_properties)
+            if event.retain:
+                application["mqtt-retain"] = "true"  # what IoT Hub does with RETAIN
+            message = TelemetryMessage(
+                self.hub,
+                self.device_id,
+                event.payload,
+                self.runtime.now(),
+                dict(request.system_properties),
+                application,
+            )
+            await self.runtime.writer.submit(message, self if event.qos == 1 else None, event.packet_id)
+            return
+        self._ack(event)
+        if isinstance(request, TwinGetRequest):
+            await self._twin_get(request.rid)
+        elif isinstance(request, TwinReportedPatch):
+            await self._twin_patch(request.rid, event.payload)
+        elif isinstance(request, MethodResponse):
+            self.runtime.method_answered(self, request.rid, request.status, event.payload)
+
+    async def _twin_get(self, rid: str) -> None:
+        try:
+            device = await self.runtime.get_device(self.hub, self.device_id)
+        except IotdpsError:
+            self.conn.publish(format_twin_response_topic(503, rid), b"")
+            return
+        if device is None:
+            self.conn.publish(format_twin_response_topic(404, rid), b"")
+            return
+        body = json.dumps(sdk_twin_json(device.twin), separators=(",", ":")).encode()
+        self.conn.publish(format_twin_response_topic(200, rid), body)
+
+    async def _twin_patch(self, rid: str, payload: bytes) -> None:
+        try:
+            patch = json.loads(payload)
+        except (ValueError, UnicodeDecodeError):
+            self.conn.publish(format_twin_response_topic(400, rid), b"")
+            return
+        try:
+            version = await self.runtime.patch_reported(self.hub, self.device_id, patch)
+        except (InvalidInput, NotFound) as exc:
+            self.conn.publish(format_twin_response_topic(exc.http_status, rid), b"")
+            return
+        except IotdpsError:
+            self.conn.publish(format_twin_response_topic(503, rid), b"")
+            return
+        self.conn.publish(format_twin_response_topic(204, rid, version), b"")
+
+    async def on_subscribe(self, conn: MqttConnection, event: Subscribed) -> list[int]:
+        granted: list[int] = []
+        new: set[str] = set()
+        for topic_filter, qos in event.subscriptions:
+            if topic_filter not in self._allowed:
+                granted.append(SUBACK_FAILURE)
+                continue
+            level = min(qos, 1)
+            if topic_filter not in self.subscriptions:
+                new.add(topic_filter)
+            self.subscriptions[topic_filter] = level
+            granted.append(level)
+        if TWIN_DESIRED_FILTER in new:
+            # From now on, every desired change is pushed; the device reads the rest by GET.
+            device = await self.runtime.get_device(self.hub, self.device_id)
+            if device is not None:
+                self.desired_version_sent = device.twin.desired_version
+        if new:
+            await self._save()
+        if self.c2d_filter in new:
+            self.kick_c2d()  # runs after the SUBACK went out
+        return granted
+
+    async def on_unsubscribe(self, conn: MqttConnection, event: Unsubscribed) -> None:
+        removed = [f for f in event.topics if self.subscriptions.pop(f, None) is not None]
+        if removed:
+            await self._save()
+
+    async def on_puback(self, conn: MqttConnection, event: PubAckReceived) -> None:
+        seq = self._c2d_inflight.pop(event.packet_id, None)
+        if seq is not None:
+            await self.runtime.complete_c2d(self.hub, self.device_id, seq)
+            self.kick_c2d()
+
+    async def on_close(self, conn: MqttConnection, reason: str) -> None:
+        self.closed = True  # a running delivery sees this after its current step and ends
+        self.runtime.detach(self, reason)
+
+    # -- session --------------------------------------------------------------------------------
+
+    async def _save(self) -> None:
+        if self.persistent:
+            session = HubSession(self.hub, self.device_id, tuple(self.subscriptions.items()), self.desired_version_sent)
+            await self.runtime.save_session(session)
+
+    async def resume(self) -> None:
+        """After CONNACK: deliver what waited while the device was away."""
+        if self.closed:
+            return
+        if TWIN_DESIRED_FILTER in self.subscriptions and self.desired_version_sent < self._desired_at_connect:
+            device = await self.runtime.get_device(self.hub, self.device_id)
+            if device is not None and not self.closed:
+                # The whole desired section, as the SDK itself raises after its reconnect GET.
+                self.push_desired(device.twin.desired, device.twin.desired_version)
+                await self._save()
+        self.kick_c2d()
+
+    # -- pushes from the cloud side -----------------------------------------------------------
+
+    def push_desired(self, patch: Mapping[str, Any], version: int) -> bool:
+        if self.closed or TWIN_DESIRED_FILTER not in self.subscriptions:
+            return False
+        body = json.dumps({**patch, "$version": version}, separators=(",", ":")).encode()
+        self.conn.publish(format_desired_patch_topic(version), body, qos=0)
+        self.desired_version_sent = max(self.desired_version_sent, version)
+        return True
+
+    async def saved_after_push(self) -> None:
+        await self._save()
+
+    def kick_c2d(self) -> None:
+        """Start delivering queued C2D messages, or make the running delivery look again."""
+        if self.closed or self.c2d_filter not in self.subscriptions:
+            return
+        if self._pump is not None and not self._pump.done():
+            self._pump_again = True
+            return
+        self._pump = self.runtime.spawn(self._deliver())
+
+    async def _deliver(self) -> None:
+        while not self.closed:
+            self._pump_again = False
+            room = C2D_WINDOW - len(self._c2d_inflight)
+            if room > 0:
+                try:
+                    messages = await self.runtime.pending_c2d(self.hub, self.device_id, self._c2d_last, room)
+                except IotdpsError as exc:
+                    log.warning("hub %s: C2D for %s not read: %s", self.hub, self.device_id, exc.message)
+                    return
+                for message in messages:
+                    if not self._send_c2d(message):
+                        return
+            if not self._pump_again:
+                return
+
+    def _send_c2d(self, message: CloudMessage) -> bool:
+        packet_id = self.conn.publish(
+            format_c2d_topic(self.device_id, message.system_properties, message.application_properties),
+            message.body,
+            qos=1,
+        )
+        if packet_id is None:
+            return False
+        assert message.seq is not None
+        self._c2d_inflight[packet_id] = message.seq
+        self._c2d_last = message.seq
+        return True

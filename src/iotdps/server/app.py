@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -35,6 +36,7 @@ from iotdps.api.auth import AccessPolicies
 from iotdps.attestation.x509 import X509Evidence, evidence_from_chain
 from iotdps.config import Config
 from iotdps.enrollment.models import LinkedHub, ServiceSettings, utcnow
+from iotdps.hub import HubRuntime, control_socket_path
 from iotdps.pki.encoding import sha256_thumbprint
 from iotdps.protocols.mqtt.hub import classify_username
 from iotdps.protocols.mqtt.packets import Connect
@@ -87,8 +89,11 @@ class StartupInfo:
 
 class Server:
     def __init__(self, config: Config, *, hub: HubRouter | None = None) -> None:
+        """`hub`: a router for hub CONNECTs supplied by the caller (tests); by default the
+        server runs its own HubRuntime for the configured hubs."""
         self.config = config
         self.hub = hub
+        self.hub_runtime: HubRuntime | None = None
         self.store: Store | None = None
         self.service: ProvisioningService | None = None
         self.runner: RegistrationRunner | None = None
@@ -115,6 +120,14 @@ class Server:
         self.store = await open_store(config.database_dsn)
         settings = await self._ensure_settings(self.store)
         await self._sync_linked_hubs(self.store)
+        if self.hub is None:
+            self.hub_runtime = HubRuntime(
+                self.store,
+                [h.host_name for h in config.effective_hubs],
+                max_packet_size=config.limits.max_packet_size,
+            )
+            await self.hub_runtime.start()
+            self.hub = self.hub_runtime
         self._webhook = AiohttpWebhookTransport()
         self.service = ProvisioningService(self.store, webhook=self._webhook)
         self.runner = RegistrationRunner(
@@ -138,6 +151,8 @@ class Server:
             on_trust_changed=self._trust_changed,
         )
         await self._serve_app(management, config.management.bind, config.management.port)
+        if self.hub_runtime is not None:
+            await self._serve_control(self.hub_runtime)
         endpoints.append(f"https://{config.management.bind}:{config.management.port} (management API)")
         self._tasks.append(asyncio.get_running_loop().create_task(self._watch_trust()))
         notes = []
@@ -211,6 +226,23 @@ class Server:
         await runner.setup()
         site = TlsSite(runner, host, port, self.tls, handshake_timeout=self.config.tls.handshake_timeout)
         await site.start()
+        self._runners.append(runner)
+
+    async def _serve_control(self, runtime: HubRuntime) -> None:
+        """The CLI's way into this process (method invoke, C2D, desired patches): HTTP on a
+        unix socket in the data dir, 0600, so only the owner of the data dir can use it."""
+        path = control_socket_path(self.config.data_dir)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # left by a crash; a live server would still hold its listener
+        runner = web.AppRunner(runtime.control_app(), access_log=None, shutdown_timeout=2.0)
+        await runner.setup()
+        old_umask = os.umask(0o177)
+        try:
+            site = web.UnixSite(runner, str(path))
+            await site.start()
+        finally:
+            os.umask(old_umask)
+        path.chmod(0o600)
         self._runners.append(runner)
 
     async def serve_app(self, app: web.Application, host: str, port: int) -> None:
@@ -301,6 +333,10 @@ class Server:
             server.close()
         if self.runner is not None:
             await self.runner.drain(SHUTDOWN_GRACE_SECONDS)
+        if self.hub_runtime is not None:
+            # Flushes acknowledged telemetry and closes device connections; before the
+            # listeners' wait_closed, which on 3.11 waits for every open connection.
+            await self.hub_runtime.stop()
         for conn in list(self._connections):
             conn.close("server shutting down")
         for server in self._servers:

@@ -359,3 +359,38 @@ def test_throttled_then_success(tmp_path: Path) -> None:
         assert "registration throttled" in throttled.log()
     finally:
         assert throttled.stop() == 0
+
+
+# --------------------------------------------------------------------------- trust changes
+
+
+def test_deleted_enrollment_and_deleted_ca_are_refused_without_restart(server: RunningServer, tmp_path: Path) -> None:
+    # An individual X.509 enrollment: accepted, deleted, then refused on the next handshake.
+    cert, cert_path = _self_signed(tmp_path, "gone-1")
+    server.cli("enrollment", "create", "gone-1", "--cert", str(cert_path))
+    assert _x509_client(server, "gone-1", cert).register().status == "assigned"
+    server.cli("enrollment", "delete", "gone-1")
+    with pytest.raises(CredentialError):
+        _x509_client(server, "gone-1", cert).register()
+    assert _last_refusal(server, "gone-1").reason in ("CHAIN_UNKNOWN_CA", "NO_ENROLLMENT", "CHAIN_INVALID")
+
+    # A verified CA with a group: its device is accepted, then the CA is deleted and refused.
+    ca_dir = tmp_path / "ca-gone"
+    saved = dict(server.env)
+    server.env.update({"IOTDPS_CA_DIR": str(ca_dir), "IOTDPS_CA_PASSPHRASE": PASSPHRASE})
+    try:
+        server.cli("create-ca-root", "--name", "short-lived")
+        out = ca_dir / "devices"
+        server.cli("create-device-cert", "--registration-id", "gone-2", "--ca", "short-lived", "--out", str(out))
+        server.cli("ca", "upload", "short-lived", str(ca_dir / "short-lived.cert.pem"), "--verified")
+        server.cli("group", "create", "short-lived-group", "--ca-ref", "short-lived")
+    finally:
+        server.env.clear()
+        server.env.update(saved)
+    device = X509(str(out / "gone-2.cert.pem"), str(out / "gone-2.key.pem"))
+    assert _x509_client(server, "gone-2", device).register().status == "assigned"
+    server.cli("group", "delete", "short-lived-group")
+    server.cli("ca", "delete", "short-lived")
+    with pytest.raises(CredentialError):
+        _x509_client(server, "gone-2", device).register()
+    assert _last_refusal(server, "gone-2").reason == "CHAIN_UNKNOWN_CA"

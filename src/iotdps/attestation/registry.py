@@ -119,6 +119,16 @@ class X509Mechanism:
         individual = await uow.enrollments.get(registration_id)
 
         if evidence.verified is None:
+            if individual is None and len(evidence.presented) == 1 and certs.is_self_issued(leaf):
+                # A lone self-signed certificate can only be admitted by an individual
+                # enrollment; say so, whatever the TLS trust store held at the handshake
+                # (the verified path below reaches the same words).
+                return _refuse(
+                    "x509",
+                    RefusalReason.NO_ENROLLMENT,
+                    f"no individual enrollment {registration_id} for the self-signed certificate "
+                    f"{certs.describe(leaf)}",
+                )
             anchors = [ca_certs[tp] for tp in verified_prints if tp in ca_certs]
             if individual is not None and individual.attestation.x509 is not None:
                 anchors += [

@@ -241,3 +241,18 @@ async def test_refusal(name: str) -> None:
     logged = await env.refusals()
     assert logged and logged[0].reason == reason.value and words in logged[0].message
     assert "SECRET" not in logged[0].message
+
+
+async def test_unenrolled_self_signed_certificate_gets_the_same_reason_whatever_tls_said() -> None:
+    # Deleting an individual enrollment reaches the TLS trust store a little later than the
+    # store; whether OpenSSL still verified the lone leaf or not, the operator reads one reason.
+    env = await Env().setup()
+    leaf = issue("lone-1")
+    for evidence in (
+        X509Evidence((leaf.cert,), (leaf.cert,), ()),  # stale trust store: verified as an anchor
+        X509Evidence((leaf.cert,), None, ("self-signed certificate",)),  # fresh trust store
+    ):
+        outcome = await env.service.register(RegistrationRequest(SCOPE, "lone-1", evidence))
+        assert outcome.reason is R.NO_ENROLLMENT
+        assert "lone-1" in outcome.message
+        assert outcome.record is None

@@ -114,6 +114,7 @@ def start_server(
     """Start `iotdps up` on a fresh loopback address; `config` is extra TOML appended to the
     generated file (the [dps] table is written here)."""
     address = address or free_loopback_address()
+    tmp.mkdir(parents=True, exist_ok=True)
     data_dir = tmp / f"data-{address}"
     config_path = tmp / f"iotdps-{address}.toml"
     config_path.write_text(

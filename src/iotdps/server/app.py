@@ -47,7 +47,7 @@ from iotdps.server.dps_http import build_device_app
 from iotdps.server.dps_mqtt import route_dps
 from iotdps.server.identity import ServerFiles, ensure_server_identity
 from iotdps.server.listen import TlsSite, start_tls_server
-from iotdps.server.mqtt_conn import CONNACK_NOT_AUTHORIZED, MqttConnection, MqttEndpoint
+from iotdps.server.mqtt_conn import CONNACK_NOT_AUTHORIZED, CONNACK_SERVER_UNAVAILABLE, MqttConnection, MqttEndpoint
 from iotdps.server.ratelimit import TokenBucket
 from iotdps.server.tls import PeerIdentity, ServerTls, load_pem_chain, load_pem_key
 from iotdps.server.ws_bridge import WEBSOCKET_PATH, serve_mqtt_websocket
@@ -259,6 +259,10 @@ class Server:
         return conn
 
     async def _route(self, conn: MqttConnection, connect: Connect) -> MqttEndpoint | int:
+        if len(self._connections) > self.config.limits.max_connections:
+            # CONNACK 3 "server unavailable": the SDKs treat it as transient and retry.
+            log.warning("connection limit %d reached; refusing %s", self.config.limits.max_connections, conn.peername)
+            return CONNACK_SERVER_UNAVAILABLE
         kind = classify_username(connect.username or "")
         if kind == "dps":
             assert self.runner is not None

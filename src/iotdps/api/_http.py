@@ -40,6 +40,8 @@ class ApiContext:
     max_body: int
     on_trust_changed: Callable[[], Awaitable[None]] | None = None
     hub: HubOperations | None = None
+    # Hub service API routes: the hub this request addresses (its Host), set per request.
+    hub_name: str | None = None
 
     async def trust_changed(self) -> None:
         """Tell the TLS layer its anchors changed (verified CAs, X.509 enrollments, groups)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -66,7 +67,7 @@ def _bind(
     route: Route, ctx: ApiContext, policies: AccessPolicies, host_names: Sequence[str], hubs: Mapping[str, str]
 ) -> _Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
-        names = host_names
+        names, request_ctx = host_names, ctx
         if route.scope == "hub":
             hub = hubs.get(_request_host(request))
             if hub is None:
@@ -76,15 +77,14 @@ def _bind(
                     "IotHubNotFound",
                     "the Host of this request names no IoT hub served here; use HostName=<hub host name>:<port>",
                 )
-            request["iotdps.hub"] = hub
-            names = (hub,)
+            names, request_ctx = (hub,), replace(ctx, hub_name=hub)
         policies.authenticate(
             request.headers.get("Authorization"),
             host_names=names,
             path=request.path,
             needed=route.permission,
         )
-        return await route.handler(ctx, request)
+        return await route.handler(request_ctx, request)
 
     handle.__name__ = route.operation_id
     return handle

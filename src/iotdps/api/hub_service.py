@@ -233,11 +233,10 @@ def _device_id(request: web.Request) -> str:
     return value
 
 
-def _hub(request: web.Request) -> str:
-    hub = request.get("iotdps.hub")
-    if not isinstance(hub, str):  # pragma: no cover - set by the app for every hub route
+def _hub(ctx: ApiContext) -> str:
+    if ctx.hub_name is None:  # pragma: no cover - set by the app for every hub route
         raise _no_hub()
-    return hub
+    return ctx.hub_name
 
 
 def _key(value: object, which: str) -> Secret[str] | None:
@@ -343,7 +342,7 @@ def _check_etag(given: str | None, current: str, what: str) -> None:
 
 
 async def list_devices(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
-    hub = _hub(request)
+    hub = _hub(ctx)
     raw = request.query.get("top")
     top = 1000
     if raw:
@@ -366,13 +365,13 @@ async def list_devices(ctx: ApiContext, request: web.Request) -> web.StreamRespo
 
 
 async def get_device(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
-    device = await _load(ctx, _hub(request), _device_id(request))
+    device = await _load(ctx, _hub(ctx), _device_id(request))
     body = device_json(device, _connection(ctx, device))
     return json_response(body, etag=body["etag"])
 
 
 async def put_device(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
-    hub, device_id = _hub(request), _device_id(request)
+    hub, device_id = _hub(ctx), _device_id(request)
     wanted = _parse_device(json_object(await read_json(request, ctx), "the device"), hub, device_id)
     etag = if_match(request)
     async with ctx.store.begin() as uow:
@@ -396,7 +395,7 @@ async def put_device(ctx: ApiContext, request: web.Request) -> web.StreamRespons
 
 
 async def delete_device(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
-    hub, device_id = _hub(request), _device_id(request)
+    hub, device_id = _hub(ctx), _device_id(request)
     etag = if_match(request)
     async with ctx.store.begin() as uow:
         stored = await uow.devices.get(hub, device_id)
@@ -415,7 +414,7 @@ async def delete_device(ctx: ApiContext, request: web.Request) -> web.StreamResp
 
 
 async def get_twin(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
-    device = await _load(ctx, _hub(request), _device_id(request))
+    device = await _load(ctx, _hub(ctx), _device_id(request))
     body = twin_json(device, _connection(ctx, device))
     return json_response(body, etag=body["etag"])
 
@@ -449,7 +448,7 @@ def _replacement(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, An
 
 
 async def _change_twin(ctx: ApiContext, request: web.Request, *, replace_all: bool) -> web.StreamResponse:
-    hub, device_id = _hub(request), _device_id(request)
+    hub, device_id = _hub(ctx), _device_id(request)
     doc = json_object(await read_json(request, ctx), "the twin")
     tags, desired = _twin_sections(doc)
     etag = if_match(request)
@@ -509,7 +508,7 @@ async def replace_twin(ctx: ApiContext, request: web.Request) -> web.StreamRespo
 
 
 async def invoke_method(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
-    hub, device_id = _hub(request), _device_id(request)
+    hub, device_id = _hub(ctx), _device_id(request)
     doc = json_object(await read_json(request, ctx), "the method request")
     name = doc.get("methodName")
     if not isinstance(name, str) or not name:
@@ -554,7 +553,7 @@ _C2D_SYSTEM = {
 
 
 async def send_c2d(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
-    hub, device_id = _hub(request), _device_id(request)
+    hub, device_id = _hub(ctx), _device_id(request)
     doc = json_object(await read_json(request, ctx), "the message")
     if "body" in doc and "bodyBase64" in doc:
         raise InvalidInput("give body or bodyBase64, not both")
@@ -616,7 +615,7 @@ def _event_json(message: TelemetryMessage) -> dict[str, Any]:
 
 
 async def read_events(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
-    hub, device_id = _hub(request), _device_id(request)
+    hub, device_id = _hub(ctx), _device_id(request)
     limit = _query_int(request, "limit", 100, 1, _MAX_EVENTS)
     after = _query_int(request, "after", None, 0, None)
     async with ctx.store.begin() as uow:

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 
 from iotdps.api import AccessPolicies, build_management_app
 from iotdps.enrollment.models import ServiceSettings
+from iotdps.hub import HubRuntime
 from iotdps.pki import create_server_identity
 from iotdps.provisioning.ports import Store
 from iotdps.provisioning.service import ProvisioningService
@@ -57,6 +58,7 @@ class ManagementServer:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="mgmt-api", daemon=True)
         self._runner: web.AppRunner | None = None
+        self.hub: HubRuntime | None = None
         self.store: Store | None = None
         self.service: ProvisioningService | None = None
 
@@ -81,6 +83,9 @@ class ManagementServer:
     async def _start(self) -> None:
         self.store = await open_store(self.dsn)
         self.service = ProvisioningService(self.store, default_settings=ServiceSettings(ID_SCOPE))
+        # One hub named by this server's address, so the hub service API answers here too.
+        self.hub = HubRuntime(self.store, [self.host])
+        await self.hub.start()
         app = build_management_app(
             self.store,
             self.service,
@@ -88,6 +93,8 @@ class ManagementServer:
             host_names=("localhost", self.host),
             max_body=self.max_body,
             on_trust_changed=self._trust_changed,
+            hub=self.hub,
+            hub_hosts=(self.host,),
         )
         self._runner = web.AppRunner(app)
         await self._runner.setup()
@@ -96,6 +103,8 @@ class ManagementServer:
     async def _stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.hub is not None:
+            await self.hub.stop()
         if self.store is not None:
             await self.store.close()
 

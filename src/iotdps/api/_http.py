@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from iotdps.errors import InvalidInput
 from iotdps.provisioning.ports import Store
 from iotdps.provisioning.service import ProvisioningService
+
+if TYPE_CHECKING:
+    from iotdps.api.hub_service import HubOperations
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -36,6 +39,9 @@ class ApiContext:
     service: ProvisioningService
     max_body: int
     on_trust_changed: Callable[[], Awaitable[None]] | None = None
+    hub: HubOperations | None = None
+    # Hub service API routes: the hub this request addresses (its Host), set per request.
+    hub_name: str | None = None
 
     async def trust_changed(self) -> None:
         """Tell the TLS layer its anchors changed (verified CAs, X.509 enrollments, groups)."""

@@ -4,19 +4,25 @@ Every route of `routes.ROUTES` is checked for a SharedAccessSignature granting i
 before its handler runs; every error, ours or aiohttp's (unknown path, wrong method), leaves as
 the JSON error body of `api.errors`. `/openapi.json` (no credentials needed) is generated from
 the same route table.
+
+Hub service API routes (`scope == "hub"`) are served for the hub the request's Host names
+(the SDK's connection string HostName); the token's `sr` must name that hub too.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from iotdps.api._http import ApiContext
 from iotdps.api.auth import AccessPolicies
-from iotdps.api.errors import error_response, response_for
+from iotdps.api.errors import ApiError, error_response, response_for
+from iotdps.api.hub_service import HubOperations
 from iotdps.api.routes import ROUTES, Route, openapi_document
 from iotdps.errors import IotdpsError
 from iotdps.provisioning.ports import Store
@@ -48,15 +54,37 @@ async def _errors(request: web.Request, handler: _Handler) -> web.StreamResponse
         return response_for(exc)
 
 
-def _bind(route: Route, ctx: ApiContext, policies: AccessPolicies, host_names: Sequence[str]) -> _Handler:
+def _request_host(request: web.Request) -> str:
+    """The host part of the Host header (no port, no IPv6 brackets), lower case."""
+    raw = (request.headers.get("Host") or "").strip()
+    try:
+        return (urlsplit("//" + raw).hostname or "").lower()
+    except ValueError:
+        return ""
+
+
+def _bind(
+    route: Route, ctx: ApiContext, policies: AccessPolicies, host_names: Sequence[str], hubs: Mapping[str, str]
+) -> _Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
+        names, request_ctx = host_names, ctx
+        if route.scope == "hub":
+            hub = hubs.get(_request_host(request))
+            if hub is None:
+                raise ApiError(
+                    404,
+                    404002,
+                    "IotHubNotFound",
+                    "the Host of this request names no IoT hub served here; use HostName=<hub host name>:<port>",
+                )
+            names, request_ctx = (hub,), replace(ctx, hub_name=hub)
         policies.authenticate(
             request.headers.get("Authorization"),
-            host_names=host_names,
+            host_names=names,
             path=request.path,
             needed=route.permission,
         )
-        return await route.handler(ctx, request)
+        return await route.handler(request_ctx, request)
 
     handle.__name__ = route.operation_id
     return handle
@@ -70,13 +98,18 @@ def build_management_app(
     host_names: Sequence[str],
     max_body: int = 1 << 20,
     on_trust_changed: Callable[[], Awaitable[None]] | None = None,
+    hub: HubOperations | None = None,
+    hub_hosts: Sequence[str] = (),
 ) -> web.Application:
     """The management API. `host_names`: the names (and addresses) clients reach the service
     by; a token's `sr` must name one of them. `max_body`: the largest request body accepted.
-    `on_trust_changed` is awaited after every change of the X.509 trust anchors."""
+    `on_trust_changed` is awaited after every change of the X.509 trust anchors.
+    `hub`: the running hub (HubRuntime) and `hub_hosts` the host names of its hubs, for the hub
+    service API; without them the hub routes answer 404 (no hub) or 503 (needs the runtime)."""
     if not host_names:
         raise ValueError("host_names must name at least one host")
-    ctx = ApiContext(store, service, max_body, on_trust_changed)
+    ctx = ApiContext(store, service, max_body, on_trust_changed, hub)
+    hubs = {name.lower(): name for name in hub_hosts}
     # client_max_size is a backstop above ours: read_json refuses first with a clearer message.
     app = web.Application(middlewares=[_errors], client_max_size=max_body + 1024)
     names = tuple(host_names)
@@ -88,5 +121,5 @@ def build_management_app(
 
     app.router.add_get("/openapi.json", openapi, allow_head=False)
     for route in ROUTES:
-        app.router.add_route(route.method, route.path, _bind(route, ctx, policies, names))
+        app.router.add_route(route.method, route.path, _bind(route, ctx, policies, names, hubs))
     return app

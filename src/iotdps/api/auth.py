@@ -42,6 +42,9 @@ from iotdps.secret import Secret
 
 __all__ = [
     "DEFAULT_POLICIES",
+    "HUB_OWNER_POLICY",
+    "HUB_POLICIES",
+    "HUB_RIGHTS",
     "OWNER_POLICY",
     "POLICIES_FILE",
     "AccessPolicies",
@@ -67,13 +70,34 @@ class Permission(StrEnum):
     ENROLLMENT_WRITE = "EnrollmentWrite"
     REGISTRATION_READ = "RegistrationStatusRead"
     REGISTRATION_WRITE = "RegistrationStatusWrite"
+    # The IoT hub's rights (the hub service API): the identity registry and cloud-side
+    # operations (twin, direct methods, cloud-to-device, reading telemetry).
+    REGISTRY_READ = "RegistryRead"
+    REGISTRY_WRITE = "RegistryWrite"
+    SERVICE_CONNECT = "ServiceConnect"
 
 
-_ALL = frozenset(Permission)
-# Policies created at first start: the owner (everything, as Azure's default policy) and two
-# narrower ones for tooling that should not change the service configuration.
+HUB_OWNER_POLICY = "iothubowner"
+_DPS_RIGHTS = frozenset(
+    {
+        Permission.SERVICE_CONFIG,
+        Permission.ENROLLMENT_READ,
+        Permission.ENROLLMENT_WRITE,
+        Permission.REGISTRATION_READ,
+        Permission.REGISTRATION_WRITE,
+    }
+)
+HUB_RIGHTS = frozenset({Permission.REGISTRY_READ, Permission.REGISTRY_WRITE, Permission.SERVICE_CONNECT})
+# Policies created at first start. As on Azure, the DPS and the hubs have separate policies:
+# the DPS owner (everything of the provisioning service) and two narrower ones for tooling that
+# should not change the service configuration; the hub owner (every hub of this server) and a
+# service-only one (twin, methods, messages; the registry read-only).
+HUB_POLICIES: Mapping[str, frozenset[Permission]] = {
+    HUB_OWNER_POLICY: HUB_RIGHTS,
+    "service": frozenset({Permission.SERVICE_CONNECT, Permission.REGISTRY_READ}),
+}
 DEFAULT_POLICIES: Mapping[str, frozenset[Permission]] = {
-    OWNER_POLICY: _ALL,
+    OWNER_POLICY: _DPS_RIGHTS,
     "enrollmentread": frozenset({Permission.ENROLLMENT_READ, Permission.REGISTRATION_READ}),
     "enrollmentwrite": frozenset(
         {
@@ -83,6 +107,7 @@ DEFAULT_POLICIES: Mapping[str, frozenset[Permission]] = {
             Permission.REGISTRATION_WRITE,
         }
     ),
+    **HUB_POLICIES,
 }
 
 
@@ -152,6 +177,9 @@ class AccessPolicies:
     def __init__(self, policies: Iterable[AccessPolicy], *, just_created: bool = False) -> None:
         self._policies = {p.name: p for p in policies}
         self.just_created = just_created
+        # Policies made by this process (all of them at first start; the hub policies when an
+        # older policy file had none): their connection strings are shown this once.
+        self.fresh_names: tuple[str, ...] = tuple(sorted(self._policies)) if just_created else ()
 
     def __repr__(self) -> str:
         return f"AccessPolicies({sorted(self._policies)!r})"
@@ -181,7 +209,15 @@ class AccessPolicies:
         """The policies in `<data_dir>/access-policies.json`, generated (mode 0600) when absent."""
         path = Path(data_dir) / POLICIES_FILE
         if path.exists():
-            return cls.load(path)
+            loaded = cls.load(path)
+            if not any(p.rights & HUB_RIGHTS for p in loaded._policies.values()):
+                # A data dir from before the hub service API: add the hub policies (keeping
+                # every existing one) so the hubs are manageable after an upgrade.
+                added = [p for p in cls.generate(HUB_POLICIES)._policies.values() if p.name not in loaded._policies]
+                loaded._policies.update((p.name, p) for p in added)
+                loaded.save(path)
+                loaded.fresh_names = tuple(sorted(p.name for p in added))
+            return loaded
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         policies = cls.generate()
         policies.save(path)

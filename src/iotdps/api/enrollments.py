@@ -156,22 +156,40 @@ async def _delete(ctx: ApiContext, kind: Kind, key: str, etag: str | None) -> No
         await ctx.trust_changed()
 
 
+async def _state(uow: UnitOfWork, kind: Kind, key: str) -> Any:
+    """The registration record of an individual enrollment's device, if it has registered."""
+    return await uow.registrations.get(key) if kind is ENROLLMENTS else None
+
+
+def _with_state(record: Record, state: Any) -> dict[str, Any]:
+    """As the DPS service API answers: an individual enrollment carries the registration state
+    of its device once the device has registered (read-only; ignored when sent back)."""
+    doc: dict[str, Any] = record.to_json()
+    if state is not None:
+        doc["registrationState"] = state.to_json()
+    return doc
+
+
 # --------------------------------------------------------------------------- handlers
 
 
 def handlers(kind: Kind) -> dict[str, Callable[[ApiContext, web.Request], Awaitable[web.StreamResponse]]]:
     async def get(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
         key = kind.check_id(request.match_info["id"])
-        found = await _get(ctx, kind, key)
+        async with ctx.store.begin() as uow:
+            found = await kind.repo(uow).get(key)
+            state = await _state(uow, kind, key) if found is not None else None
         if found is None:
             raise NotFound(f"{kind.noun} {key} not found")
-        return json_response(found.to_json(), etag=found.etag)
+        return json_response(_with_state(found, state), etag=found.etag)
 
     async def put(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
         key = kind.check_id(request.match_info["id"])
         doc = json_object(await read_json(request, ctx), f"the {kind.noun}")
         saved = await _write(ctx, kind, key, doc, if_match(request))
-        return json_response(saved.to_json(), etag=saved.etag)
+        async with ctx.store.begin() as uow:
+            state = await _state(uow, kind, key)
+        return json_response(_with_state(saved, state), etag=saved.etag)
 
     async def delete(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
         key = kind.check_id(request.match_info["id"])

@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from iotdps.api import enrollments as enr
+from iotdps.api import hub_service as hubs
 from iotdps.api import service_config as cfg
 from iotdps.api._http import ApiContext
 from iotdps.api.auth import Permission
@@ -45,6 +46,8 @@ class Route:
     etag_header: bool = False
     query: tuple[tuple[str, dict[str, Any], str], ...] = ()
     errors: tuple[int, ...] = field(default=(400, 401))
+    # "hub": a hub service API route; the request's Host names the hub (api.hub_service).
+    scope: str = "dps"
 
 
 _ENR = enr.handlers(enr.ENROLLMENTS)
@@ -52,6 +55,7 @@ _GRP = enr.handlers(enr.GROUPS)
 _ER, _EW = Permission.ENROLLMENT_READ, Permission.ENROLLMENT_WRITE
 _RR, _RW = Permission.REGISTRATION_READ, Permission.REGISTRATION_WRITE
 _SC = Permission.SERVICE_CONFIG
+_GR, _GW, _SV = Permission.REGISTRY_READ, Permission.REGISTRY_WRITE, Permission.SERVICE_CONNECT
 
 
 def _enrollment_routes(base: str, h: dict[str, Handler], schema: str, bulk: str, op: str, tag: str) -> list[Route]:
@@ -136,7 +140,7 @@ def _enrollment_routes(base: str, h: dict[str, Handler], schema: str, bulk: str,
 _CA = "/certificates/{name}"
 _HUB = "/linkedHubs/{name}"
 
-ROUTES: tuple[Route, ...] = (
+_DPS_ROUTES: tuple[Route, ...] = (
     *_enrollment_routes(
         "/enrollments", _ENR, "IndividualEnrollment", "BulkEnrollmentOperation", "IndividualEnrollment", "enrollment"
     ),
@@ -376,17 +380,171 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
+_DEV = "/devices/{id}"
+_TWIN = "/twins/{id}"
+_HUB_ROUTES: tuple[Route, ...] = (
+    Route(
+        "GET",
+        "/devices",
+        hubs.list_devices,
+        _GR,
+        "Devices_GetDevices",
+        "Device identities of the hub",
+        "hub devices",
+        answer={"type": "array", "items": ref("Device")},
+        query=(("top", {"type": "integer"}, "at most this many (outside 1..1000: 1000)"),),
+        errors=(400, 401, 404),
+        scope="hub",
+    ),
+    Route(
+        "GET",
+        _DEV,
+        hubs.get_device,
+        _GR,
+        "Devices_GetIdentity",
+        "A device identity, with its keys",
+        "hub devices",
+        answer=ref("Device"),
+        etag_header=True,
+        errors=(400, 401, 404),
+        scope="hub",
+    ),
+    Route(
+        "PUT",
+        _DEV,
+        hubs.put_device,
+        _GW,
+        "Devices_CreateOrUpdateIdentity",
+        "Create a device identity (no If-Match; 409 if it exists) or update one (If-Match)",
+        "hub devices",
+        body="Device",
+        answer=ref("Device"),
+        if_match=True,
+        etag_header=True,
+        errors=(400, 401, 404, 409, 412),
+        scope="hub",
+    ),
+    Route(
+        "DELETE",
+        _DEV,
+        hubs.delete_device,
+        _GW,
+        "Devices_DeleteIdentity",
+        "Delete a device identity (its queued cloud-to-device messages too)",
+        "hub devices",
+        status=204,
+        if_match=True,
+        errors=(400, 401, 404, 412),
+        scope="hub",
+    ),
+    Route(
+        "GET",
+        _TWIN,
+        hubs.get_twin,
+        _GR,
+        "Devices_GetTwin",
+        "A device twin",
+        "hub twins",
+        answer=ref("Twin"),
+        etag_header=True,
+        errors=(400, 401, 404),
+        scope="hub",
+    ),
+    Route(
+        "PATCH",
+        _TWIN,
+        hubs.patch_twin,
+        _SV,
+        "Devices_UpdateTwin",
+        "Merge tags and desired properties (pushed to the device when connected)",
+        "hub twins",
+        body="Twin",
+        answer=ref("Twin"),
+        if_match=True,
+        etag_header=True,
+        errors=(400, 401, 404, 412),
+        scope="hub",
+    ),
+    Route(
+        "PUT",
+        _TWIN,
+        hubs.replace_twin,
+        _SV,
+        "Devices_ReplaceTwin",
+        "Replace tags and desired properties (pushed to the device when connected)",
+        "hub twins",
+        body="Twin",
+        answer=ref("Twin"),
+        if_match=True,
+        etag_header=True,
+        errors=(400, 401, 404, 412),
+        scope="hub",
+    ),
+    Route(
+        "POST",
+        f"{_TWIN}/methods",
+        hubs.invoke_method,
+        _SV,
+        "Devices_InvokeMethod",
+        "Invoke a direct method and wait for the device's answer",
+        "hub methods",
+        body="CloudToDeviceMethod",
+        answer=ref("CloudToDeviceMethodResult"),
+        errors=(400, 401, 404, 504),
+        scope="hub",
+    ),
+    Route(
+        "POST",
+        f"{_DEV}/messages/deviceBound",
+        hubs.send_c2d,
+        _SV,
+        "CloudToDevice_Send",
+        "Queue a cloud-to-device message (an iotdps addition: the SDK sends C2D over AMQP)",
+        "hub messages",
+        body="CloudToDeviceMessage",
+        status=202,
+        answer=ref("CloudToDeviceAccepted"),
+        errors=(400, 401, 404, 429),
+        scope="hub",
+    ),
+    Route(
+        "GET",
+        f"{_DEV}/messages/events",
+        hubs.read_events,
+        _SV,
+        "Telemetry_Read",
+        "Recent telemetry of a device, oldest first (an iotdps addition)",
+        "hub messages",
+        answer={"type": "array", "items": ref("TelemetryEvent")},
+        query=(
+            ("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "at most this many (default 100)"),
+            ("after", {"type": "integer", "minimum": 0}, "only messages after this sequenceNumber (else the newest)"),
+        ),
+        errors=(400, 401, 404),
+        scope="hub",
+    ),
+)
+
+ROUTES: tuple[Route, ...] = (*_DPS_ROUTES, *_HUB_ROUTES)
+
+
 # --------------------------------------------------------------------------- OpenAPI
 
 _REASONS = {
     400: "Invalid input: the message says what is wrong; nothing was stored",
     401: "Missing or invalid SharedAccessSignature, or the policy lacks the permission",
-    404: "Not found",
+    404: "Not found (for hub routes also: the Host names no hub served here, or the device is not online)",
+    409: "The device already exists",
     412: "If-Match does not match the stored etag",
+    429: "The device's cloud-to-device queue is full",
+    504: "The device did not answer the direct method in time",
 }
 
 
 def _path_schema(path: str, name: str) -> dict[str, Any]:
+    if name == "id" and path.startswith(("/devices", "/twins")):
+        # What the router documents; the server accepts IoT Hub's whole device id alphabet.
+        return {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"}
     if name == "id":
         return REGISTRATION_ID
     if path.startswith("/linkedHubs"):
@@ -401,7 +559,8 @@ def _operation(route: Route) -> dict[str, Any]:
             "in": "query",
             "required": False,
             "schema": {"type": "string"},
-            "description": f"accepted and ignored; the SDKs send {', '.join(API_VERSIONS)}",
+            "description": f"accepted and ignored; the SDKs send {', '.join(API_VERSIONS)}"
+            + (f" (azure-iot-hub: {hubs.HUB_API_VERSION})" if route.scope == "hub" else ""),
         },
     ]
     for name in ("id", "name"):
@@ -486,8 +645,10 @@ def openapi_document(server_url: str | None = None) -> dict[str, Any]:
             "title": "iotdps management API",
             "version": "2021-10-01",
             "description": "The Azure DPS service API (enrollments, groups, registration states) plus the "
-            "service configuration (CA certificates, linked hubs, settings). Authorization: "
-            "`SharedAccessSignature sr=<host>&sig=..&se=..&skn=<policy>`.",
+            "service configuration (CA certificates, linked hubs, settings), and the IoT hub service API "
+            "subset (devices, twins, direct methods; cloud-to-device messages and telemetry are iotdps "
+            "additions). Authorization: `SharedAccessSignature sr=<host>&sig=..&se=..&skn=<policy>`; "
+            "for hub routes the Host and `sr` name the hub.",
         },
         "paths": paths,
         "components": {

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["COMPONENTS", "REGISTRATION_ID", "ref"]
+__all__ = ["COMPONENTS", "HUB_COMPONENTS", "REGISTRATION_ID", "ref"]
 
 _STR: dict[str, Any] = {"type": "string"}
 _STR_OR_NULL: dict[str, Any] = {"type": ["string", "null"]}
@@ -144,6 +144,118 @@ _LINKED_HUB = {
         "allocationWeight": {"type": "integer", "minimum": 1, "maximum": 1000},
         "applyAllocationPolicy": {"type": "boolean"},
         "location": _STR,
+    },
+}
+
+_THUMBPRINTS = {
+    "type": ["object", "null"],
+    "properties": {"primaryThumbprint": _STR_OR_NULL, "secondaryThumbprint": _STR_OR_NULL},
+}
+_CAPABILITIES = {"type": ["object", "null"], "properties": {"iotEdge": _BOOL_OR_NULL}}
+_SAS_KEY = {"type": ["string", "null"], "description": "base64 of 16 to 64 bytes; generated when absent"}
+
+_DEVICE = {
+    "type": "object",
+    "properties": {
+        "deviceId": _STR_OR_NULL,
+        "generationId": {"type": ["string", "null"], "readOnly": True},
+        "etag": _STR_OR_NULL,
+        "connectionState": {"type": ["string", "null"], "readOnly": True},
+        "status": {"type": ["string", "null"], "enum": ["enabled", "disabled", None]},
+        "statusReason": _STR_OR_NULL,
+        "connectionStateUpdatedTime": {"type": ["string", "null"], "readOnly": True},
+        "statusUpdatedTime": {"type": ["string", "null"], "readOnly": True},
+        "lastActivityTime": {"type": ["string", "null"], "readOnly": True},
+        "cloudToDeviceMessageCount": {"type": ["integer", "null"], "readOnly": True},
+        "authentication": {
+            "type": ["object", "null"],
+            "properties": {
+                "type": {"type": ["string", "null"], "enum": ["sas", "selfSigned", "certificateAuthority", None]},
+                "symmetricKey": {
+                    "type": ["object", "null"],
+                    "properties": {"primaryKey": _SAS_KEY, "secondaryKey": _SAS_KEY},
+                },
+                "x509Thumbprint": _THUMBPRINTS,
+            },
+        },
+        "capabilities": _CAPABILITIES,
+    },
+}
+
+_TWIN_DOC = {
+    "type": "object",
+    "properties": {
+        "deviceId": _STR_OR_NULL,
+        "etag": _STR_OR_NULL,
+        "deviceEtag": {"type": ["string", "null"], "readOnly": True},
+        "version": {"type": ["integer", "null"], "readOnly": True},
+        "status": {"type": ["string", "null"], "readOnly": True},
+        "connectionState": {"type": ["string", "null"], "readOnly": True},
+        "authenticationType": {"type": ["string", "null"], "readOnly": True},
+        "x509Thumbprint": _THUMBPRINTS,
+        "capabilities": _CAPABILITIES,
+        "tags": _OBJ_OR_NULL,
+        "properties": {
+            "type": ["object", "null"],
+            "properties": {
+                "desired": _OBJ_OR_NULL,
+                "reported": {"type": ["object", "null"], "description": "read-only: ignored in requests"},
+            },
+        },
+    },
+}
+
+HUB_COMPONENTS: dict[str, Any] = {
+    "Device": _DEVICE,
+    "Twin": _TWIN_DOC,
+    "CloudToDeviceMethod": {
+        "type": "object",
+        "required": ["methodName"],
+        "properties": {
+            "methodName": {"type": "string", "minLength": 1, "maxLength": 128},
+            "payload": {"description": "any JSON value, passed to the device"},
+            "responseTimeoutInSeconds": {"type": "integer", "minimum": 1, "maximum": 300},
+            "connectTimeoutInSeconds": {"type": "integer", "minimum": 0, "maximum": 300},
+        },
+    },
+    "CloudToDeviceMethodResult": {
+        "type": "object",
+        "required": ["status"],
+        "properties": {"status": {"type": "integer"}, "payload": {}},
+    },
+    "CloudToDeviceMessage": {
+        "type": "object",
+        "description": "body (UTF-8 text) or bodyBase64 (bytes), not both",
+        "properties": {
+            "body": _STR,
+            "bodyBase64": {"type": "string", "contentEncoding": "base64"},
+            "properties": {
+                "type": "object",
+                "additionalProperties": _STR,
+                "description": "application properties (names must not start with $)",
+            },
+            "messageId": {"type": "string", "minLength": 1},
+            "correlationId": {"type": "string", "minLength": 1},
+            "contentType": {"type": "string", "minLength": 1},
+            "contentEncoding": {"type": "string", "minLength": 1},
+            "userId": {"type": "string", "minLength": 1},
+            "ack": {"type": "string", "enum": ["none", "positive", "negative", "full"]},
+            "ttlSeconds": {"type": "number", "exclusiveMinimum": 0, "maximum": 172800},
+        },
+    },
+    "CloudToDeviceAccepted": {"type": "object", "required": ["messageId"], "properties": {"messageId": _STR}},
+    "TelemetryEvent": {
+        "type": "object",
+        "required": ["sequenceNumber", "enqueuedTimeUtc", "bodyBase64"],
+        "properties": {
+            "sequenceNumber": {"type": "integer"},
+            "enqueuedTimeUtc": _STR,
+            "body": {"type": ["string", "null"], "description": "the body as text, null when not UTF-8"},
+            "bodyBase64": _STR,
+            "systemProperties": {"type": "object", "additionalProperties": _STR},
+            "applicationProperties": {"type": "object", "additionalProperties": _STR_OR_NULL},
+            "moduleId": _STR_OR_NULL,
+        },
     },
 }
 
@@ -292,3 +404,4 @@ COMPONENTS: dict[str, Any] = {
     },
     "Explanation": {"type": "object", "required": ["lines"], "properties": {"lines": {"type": "array", "items": _STR}}},
 }
+COMPONENTS.update(HUB_COMPONENTS)

@@ -22,7 +22,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,7 +32,7 @@ from cryptography import x509
 
 from iotdps.allocation.webhook_http import AiohttpWebhookTransport
 from iotdps.api.app import build_management_app
-from iotdps.api.auth import AccessPolicies
+from iotdps.api.auth import HUB_RIGHTS, AccessPolicies
 from iotdps.attestation.x509 import X509Evidence, evidence_from_chain
 from iotdps.config import Config
 from iotdps.enrollment.models import LinkedHub, ServiceSettings, utcnow
@@ -143,14 +143,20 @@ class Server:
         self._anchor_prints = frozenset(sha256_thumbprint(c) for c in anchors)
         endpoints = await self._listen()
         policies = AccessPolicies.load_or_create(config.data_dir)
+        hub_hosts = [h.host_name for h in config.effective_hubs]
         management = build_management_app(
             self.store,
             self.service,
             policies,
             host_names=config.server_names(),
             on_trust_changed=self._trust_changed,
+            hub=self.hub_runtime,
+            hub_hosts=hub_hosts if self.hub_runtime is not None else (),
         )
-        await self._serve_app(management, config.management.bind, config.management.port)
+        # The hub service API is reached at each hub's host name: serve the management port on
+        # every hub address too (unless the management API already listens on all addresses).
+        extra = [] if config.management.bind in ("0.0.0.0", "::") else [h.bind for h in config.effective_hubs]  # noqa: S104
+        await self._serve_app(management, config.management.bind, config.management.port, extra_hosts=extra)
         if self.hub_runtime is not None:
             await self._serve_control(self.hub_runtime)
         endpoints.append(f"https://{config.management.bind}:{config.management.port} (management API)")
@@ -164,12 +170,19 @@ class Server:
         info = StartupInfo(
             settings.id_scope, config.dps.host_name, endpoints, server_files.ca_pem, first_start, server_files, notes
         )
-        if policies.just_created:
-            # Shown once: the keys stay in access-policies.json (0600) and are never printed again.
-            info.connection_strings = {
-                name: policies.connection_string(name, f"{config.management_host}:{config.management.port}")
-                for name in policies.names
-            }
+        # Shown once: the keys stay in access-policies.json (0600) and are never printed again.
+        # Hub policies are shown with each hub's host name (what the hub SDK must address).
+        for name in policies.fresh_names:
+            if policies.get(name).rights & HUB_RIGHTS:
+                for hub_host in hub_hosts:
+                    label = name if len(hub_hosts) == 1 else f"{name} ({hub_host})"
+                    info.connection_strings[label] = policies.connection_string(
+                        name, f"{hub_host}:{config.management.port}"
+                    )
+            else:
+                info.connection_strings[name] = policies.connection_string(
+                    name, f"{config.management_host}:{config.management.port}"
+                )
         return info
 
     async def _ensure_settings(self, store: Store) -> ServiceSettings:
@@ -220,12 +233,13 @@ class Server:
         app.router.add_get(WEBSOCKET_PATH, websocket)
         return app
 
-    async def _serve_app(self, app: web.Application, host: str, port: int) -> None:
+    async def _serve_app(self, app: web.Application, host: str, port: int, *, extra_hosts: Sequence[str] = ()) -> None:
         assert self.tls is not None
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
-        site = TlsSite(runner, host, port, self.tls, handshake_timeout=self.config.tls.handshake_timeout)
-        await site.start()
+        for address in dict.fromkeys([host, *(h for h in extra_hosts if h not in ("0.0.0.0", "::"))]):  # noqa: S104
+            site = TlsSite(runner, address, port, self.tls, handshake_timeout=self.config.tls.handshake_timeout)
+            await site.start()
         self._runners.append(runner)
 
     async def _serve_control(self, runtime: HubRuntime) -> None:

@@ -45,8 +45,9 @@ def pki() -> Pki:
     return Pki()
 
 
-def seed_registrations(server: ManagementServer, group: str, ids: list[str]) -> None:
-    """Registration records as the register pipeline would leave them for group devices."""
+def seed_registrations(server: ManagementServer, group: str | None, ids: list[str]) -> None:
+    """Registration records as the register pipeline would leave them (for group devices when
+    `group` is given, else for individual enrollments)."""
 
     async def go() -> None:
         assert server.store is not None
@@ -60,7 +61,7 @@ def seed_registrations(server: ManagementServer, group: str, ids: list[str]) -> 
                         substatus="initialAssignment",
                         assigned_hub="hub-1.example.net",
                         device_id=rid,
-                        attestation_type="x509",
+                        attestation_type="x509" if group else "symmetricKey",
                         enrollment_group_id=group,
                     )
                 )

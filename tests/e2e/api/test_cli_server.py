@@ -2,23 +2,32 @@
 
 create-ca-root -> proof-ca-root-possession (upload, code, verification certificate, verify,
 all through the management API) -> create-ca-intermediate --enroll (the group through the
-API) -> create-device-cert; then the same admin commands the local data dir takes.
+API) -> create-device-cert -> the official device SDK provisions with that certificate against
+the same `iotdps up`, connects to its hub and sends telemetry, read back through the API;
+then the same admin commands the local data dir takes.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import requests
+from azure.iot.device import X509, IoTHubDeviceClient, ProvisioningDeviceClient
 from click.testing import CliRunner
 
+from iotdps.api import make_service_sas
 from iotdps.cli.main import cli
 from iotdps_testing.mgmt import ManagementServer
+from iotdps_testing.server import RunningServer, start_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+logging.getLogger("azure").setLevel(logging.WARNING)
 
 SRC = str(Path(__file__).resolve().parents[3] / "src")
 
@@ -39,33 +48,89 @@ def _ok(runner: CliRunner, args: list[str], env: dict[str, str]) -> str:
     return result.output
 
 
-def test_seed_001_round_trip_against_the_server(server: ManagementServer, tmp_path: Path) -> None:
+def test_seed_001_round_trip_against_the_server(tmp_path: Path) -> None:
+    """The factory side through the CLI against a real `iotdps up`, then the device side with
+    the official SDK: provision with the minted certificate, connect to the assigned hub, send
+    telemetry, and read it back through the management API's hub routes."""
+    server = start_server(tmp_path)
+    try:
+        _seed_001(server, tmp_path)
+    finally:
+        server.stop()
+
+
+def _seed_001(server: RunningServer, tmp_path: Path) -> None:
     runner = CliRunner()
-    env = _env(server, tmp_path)
+    policies = json.loads((server.data_dir / "access-policies.json").read_text())["policies"]
+    keys = {p["keyName"]: p["primaryKey"] for p in policies}
+    management = f"{server.address}:8443"
+    env = {
+        "IOTDPS_CA_DIR": str(tmp_path / "ca"),
+        "IOTDPS_CA_PASSPHRASE": "factory secret",
+        "IOTDPS_SERVER_CA": str(server.server_ca_path),
+        "IOTDPS_CONNECTION_STRING": (
+            f"HostName={management};SharedAccessKeyName=provisioningserviceowner;"
+            f"SharedAccessKey={keys['provisioningserviceowner']}"
+        ),
+        "IOTDPS_DATA_DIR": str(tmp_path / "unused-local-data"),
+    }
     _ok(runner, ["create-ca-root", "--name", "root"], env)
-    trust_before = server.trust_changes
     out = _ok(runner, ["proof-ca-root-possession", "--ca", "root"], env)
     assert "verified on the provisioning service" in out
-    assert server.trust_changes > trust_before
     # Again: already verified with the same certificate, nothing to do.
     _ok(runner, ["proof-ca-root-possession", "--ca", "root"], env)
-
+    hub = server.address  # the server's one hub shares the DPS host name
     out = _ok(
-        runner,
-        ["create-ca-intermediate", "--name", "factory-a", "--parent", "root", "--enroll", "--hub", "hub-1.example.net"],
-        env,
+        runner, ["create-ca-intermediate", "--name", "factory-a", "--parent", "root", "--enroll", "--hub", hub], env
     )
     assert "enrollment group 'factory-a' created" in out
-    _ok(runner, ["create-device-cert", "--ca", "factory-a", "-r", "seed-dev-001", "--out", str(tmp_path / "dev")], env)
-    assert any((tmp_path / "dev").iterdir())
+    device_dir = tmp_path / "dev"
+    _ok(runner, ["create-device-cert", "--ca", "factory-a", "-r", "seed-dev-001", "--out", str(device_dir)], env)
 
     shown = json.loads(_ok(runner, ["group", "show", "factory-a"], env))
     assert shown["attestation"]["x509"]["signingCertificates"]["primary"]["info"]["subjectName"] == "CN=factory-a"
-    assert shown["iotHubs"] == ["hub-1.example.net"]
-    cas = _ok(runner, ["ca", "show", "root"], env)
-    assert json.loads(cas)["properties"]["isVerified"] is True
+    assert shown["iotHubs"] == [hub]
+    assert json.loads(_ok(runner, ["ca", "show", "root"], env))["properties"]["isVerified"] is True
     # Nothing went to the local data dir: the commands talked to the server only.
     assert not (tmp_path / "unused-local-data" / "iotdps.db").exists()
+
+    # The device: the official SDK, X.509 with the minted bundle (leaf + intermediate).
+    cert_file = next(device_dir.glob("*cert*.pem"))
+    key_file = next(p for p in device_dir.iterdir() if p != cert_file and "key" in p.name)
+    credential = X509(str(cert_file), str(key_file))
+    provisioning = ProvisioningDeviceClient.create_from_x509_certificate(
+        provisioning_host=server.address,
+        registration_id="seed-dev-001",
+        id_scope=server.id_scope,
+        x509=credential,
+        server_verification_cert=server.server_ca,
+    )
+    result = provisioning.register()
+    assert result.status == "assigned", server.log()
+    assert result.registration_state.assigned_hub == hub
+    device_id = result.registration_state.device_id
+    assert device_id == "seed-dev-001"
+    client = IoTHubDeviceClient.create_from_x509_certificate(
+        x509=credential, hostname=hub, device_id=device_id, server_verification_cert=server.server_ca
+    )
+    client.connect()
+    try:
+        client.send_message("seed-001 first telemetry")
+    finally:
+        client.shutdown()
+
+    # Read it back through the management API (the hub's telemetry route, hub policy).
+    token = make_service_sas(f"{hub}:8443", "iothubowner", keys["iothubowner"])
+    url = f"https://{hub}:8443/devices/{device_id}/messages/events?limit=10"
+    events: list[dict[str, object]] = []
+    deadline = time.monotonic() + 15
+    while not events and time.monotonic() < deadline:
+        answer = requests.get(url, headers={"Authorization": token}, verify=str(server.server_ca_path), timeout=30)
+        assert answer.status_code == 200, answer.text
+        events = answer.json()
+        if not events:
+            time.sleep(0.2)
+    assert [e["body"] for e in events] == ["seed-001 first telemetry"]
 
 
 def test_admin_commands_with_server(server: ManagementServer, tmp_path: Path) -> None:

@@ -52,9 +52,12 @@ def _exercise(operation: Any, server: ManagementServer, token: str) -> None:
 def test_server_matches_its_openapi_document(api_schema: schemathesis.BaseSchema, server: ManagementServer) -> None:
     # schemathesis's pytest plugin does not load under this pytest, so each operation's
     # strategy is driven by hypothesis directly; the checks are schemathesis's own.
-    key = server.policies.get("provisioningserviceowner").primary_key.reveal()
-    token = make_service_sas(server.host, "provisioningserviceowner", key)
+    tokens = {
+        scope: make_service_sas(server.host, policy, server.policies.get(policy).primary_key.reveal())
+        for scope, policy in (("dps", "provisioningserviceowner"), ("hub", "iothubowner"))
+    }
     operations = [result.ok() for result in api_schema.get_all_operations()]
-    assert len(operations) >= 30
+    assert len(operations) >= 40
     for operation in operations:
-        _exercise(operation, server, token)
+        hub = operation.path.startswith(("/devices", "/twins"))
+        _exercise(operation, server, tokens["hub" if hub else "dps"])

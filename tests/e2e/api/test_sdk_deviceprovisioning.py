@@ -164,3 +164,21 @@ def test_credentials_forms_and_refusals(server: ManagementServer) -> None:
     body = bad_key.value.response.json()
     assert set(body) >= {"errorCode", "trackingId", "message", "timestampUtc"} and body["errorCode"] == 401002
     assert bad_key.value.response.headers["x-ms-error-code"] == "Unauthorized"
+
+
+def test_enrollment_get_carries_the_registration_state(server: ManagementServer) -> None:
+    client = _client(server)
+    client.enrollment.create_or_update(
+        id="sdk2-state-1", enrollment={"registrationId": "sdk2-state-1", "attestation": {"type": "symmetricKey"}}
+    )
+    assert "registrationState" not in client.enrollment.get(id="sdk2-state-1")
+    seed_registrations(server, None, ["sdk2-state-1"])
+    fetched = client.enrollment.get(id="sdk2-state-1")
+    state = fetched["registrationState"]
+    assert state["registrationId"] == "sdk2-state-1" and state["status"] == "assigned"
+    assert state["assignedHub"] == "hub-1.example.net" and state["deviceId"] == "sdk2-state-1"
+    # A record read with its state can be written back (the state is read-only and ignored).
+    fetched["provisioningStatus"] = "disabled"
+    written = client.enrollment.create_or_update(id="sdk2-state-1", enrollment=fetched, if_match=fetched["etag"])
+    assert written["provisioningStatus"] == "disabled"
+    client.enrollment.delete(id="sdk2-state-1")

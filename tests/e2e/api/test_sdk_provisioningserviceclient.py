@@ -111,3 +111,19 @@ def test_wrong_key_is_refused(server: ManagementServer) -> None:
     with pytest.raises(ProvisioningServiceError) as refused:
         client.get_individual_enrollment("whatever")
     assert _status(refused.value) == 401
+
+
+def test_enrollment_carries_its_registration_state(server: ManagementServer) -> None:
+    client = _client(server)
+    sym = AttestationMechanism(type="symmetricKey", symmetric_key=SymmetricKeyAttestation())
+    client.create_or_update(IndividualEnrollment.create("sdk1-state", sym))
+    assert client.get_individual_enrollment("sdk1-state").registration_state is None
+    seed_registrations(server, None, ["sdk1-state"])
+    fetched = client.get_individual_enrollment("sdk1-state")
+    state = fetched.registration_state
+    assert state.registration_id == "sdk1-state" and state.status == "assigned"
+    assert state.assigned_hub == "hub-1.example.net"
+    fetched.provisioning_status = "disabled"
+    written = client.create_or_update(fetched)
+    assert written.provisioning_status == "disabled" and written.registration_state.status == "assigned"
+    client.delete(written)

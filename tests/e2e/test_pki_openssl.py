@@ -52,11 +52,9 @@ def four_levels(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return ca, cwd
 
 
-def test_device_bundle_verifies_with_openssl(four_levels: tuple[Path, Path]) -> None:
-    ca, cwd = four_levels
-    iotdps(["create-device-cert", "-r", "dev-e2e"], ca, cwd)
-    leaf, untrusted = split_bundle(cwd / "dev-e2e.cert.pem", cwd)
-    r = openssl(
+def verify_client(ca: Path, leaf: Path, untrusted: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`openssl verify` of a device certificate as a TLS client, strictly, to the CA dir's root."""
+    return openssl(
         "verify",
         "-x509_strict",
         "-purpose",
@@ -68,6 +66,13 @@ def test_device_bundle_verifies_with_openssl(four_levels: tuple[Path, Path]) -> 
         str(leaf),
         cwd=cwd,
     )
+
+
+def test_device_bundle_verifies_with_openssl(four_levels: tuple[Path, Path]) -> None:
+    ca, cwd = four_levels
+    iotdps(["create-device-cert", "-r", "dev-e2e"], ca, cwd)
+    leaf, untrusted = split_bundle(cwd / "dev-e2e.cert.pem", cwd)
+    r = verify_client(ca, leaf, untrusted, cwd)
     assert r.returncode == 0 and ": OK" in r.stdout, r.stdout + r.stderr
     # The key file is an unencrypted PKCS#8 key that openssl reads, and it matches the certificate.
     k = openssl("pkey", "-in", "dev-e2e.key.pem", "-pubout", cwd=cwd)
@@ -89,18 +94,7 @@ def test_batch_archive_verifies_with_openssl(four_levels: tuple[Path, Path]) -> 
     ca, cwd = four_levels
     iotdps(["create-device-cert", "--count", "5", "--id-prefix", "b-", "--out", "batch"], ca, cwd)
     leaf, untrusted = split_bundle(cwd / "batch" / "b-000005.cert.pem", cwd)
-    r = openssl(
-        "verify",
-        "-x509_strict",
-        "-purpose",
-        "sslclient",
-        "-CAfile",
-        str(ca / "root.cert.pem"),
-        "-untrusted",
-        str(untrusted),
-        str(leaf),
-        cwd=cwd,
-    )
+    r = verify_client(ca, leaf, untrusted, cwd)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -129,18 +123,7 @@ def test_openssl_csr_is_signed(four_levels: tuple[Path, Path]) -> None:
     assert r.returncode == 0, r.stderr
     iotdps(["create-device-cert", "--csr", "modem.csr", "--ca", "line"], ca, cwd)
     leaf, untrusted = split_bundle(cwd / "modem-42.cert.pem", cwd)
-    r = openssl(
-        "verify",
-        "-x509_strict",
-        "-purpose",
-        "sslclient",
-        "-CAfile",
-        str(ca / "root.cert.pem"),
-        "-untrusted",
-        str(untrusted),
-        str(leaf),
-        cwd=cwd,
-    )
+    r = verify_client(ca, leaf, untrusted, cwd)
     assert r.returncode == 0, r.stdout + r.stderr
     text = openssl("x509", "-in", str(leaf), "-noout", "-text", cwd=cwd).stdout
     assert "CA:FALSE" in text and "TLS Web Client Authentication" in text

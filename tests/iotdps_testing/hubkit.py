@@ -9,19 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime as dt
 import os
 import queue
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
 
 from iotdps.attestation import certs
 from iotdps.hub import HubRuntime
@@ -35,9 +30,10 @@ from iotdps.server.listen import TlsAppServer, serve_aiohttp_app, start_tls_serv
 from iotdps.server.mqtt_conn import MqttConnection, MqttEndpoint
 from iotdps.server.tls import ServerTls
 from iotdps.server.ws_bridge import WEBSOCKET_PATH, serve_mqtt_websocket
+from iotdps_testing.devcerts import DeviceCert
 from iotdps_testing.net import free_loopback_address
 
-__all__ = ["DeviceCert", "HubServer", "device_cert", "put_sas_device", "put_x509_device", "start_hub", "wait_for"]
+__all__ = ["HubServer", "put_sas_device", "put_x509_device", "start_hub", "wait_for"]
 
 MAX_PACKET = 300 * 1024
 T = TypeVar("T")
@@ -118,38 +114,6 @@ async def put_sas_device(store: Store, hub: str, device_id: str, *, status: str 
     async with store.begin() as uow:
         await uow.devices.put(device)
     return key
-
-
-@dataclass
-class DeviceCert:
-    cert: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
-    cert_file: Path
-    key_file: Path
-
-
-def device_cert(directory: Path, cn: str) -> DeviceCert:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = directory / f"{cn}.pem", directory / f"{cn}.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return DeviceCert(cert, key, cert_file, key_file)
 
 
 async def put_x509_device(store: Store, hub: str, device: DeviceCert, *, sha1: bool = False) -> None:

@@ -61,6 +61,11 @@ class RunningServer:
     def cli_json(self, *args: str) -> Any:
         return json.loads(self.cli(*args))
 
+    def symmetric_keys(self, kind: str, name: str) -> tuple[str, str]:
+        """Primary and secondary key of enrollment or group `name` (`kind`: "enrollment", "group")."""
+        keys = self.cli_json(kind, "show", name, "--show-keys")["attestation"]["symmetricKey"]
+        return keys["primaryKey"], keys["secondaryKey"]
+
     def refusals(self, registration_id: str | None = None) -> list[Any]:
         """The operator's view: refusal log entries, newest first."""
         from iotdps.store import open_store

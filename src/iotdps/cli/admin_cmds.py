@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import click
 from rich.console import Console
@@ -29,17 +30,19 @@ from iotdps.enrollment.models import (
     EnrollmentGroup,
     IndividualEnrollment,
     LinkedHub,
+    ProvisioningStatus,
     ServiceSettings,
 )
-from iotdps.errors import InvalidInput, NotFound
+from iotdps.errors import AlreadyExists, InvalidInput, NotFound
 from iotdps.provisioning.admin import put_enrollment, put_group
-from iotdps.provisioning.ports import Store
+from iotdps.provisioning.ports import Page, Store, UnitOfWork
 from iotdps.provisioning.service import ProvisioningService
 from iotdps.secret import Secret
 
 __all__ = ["register"]
 
 T = TypeVar("T")
+M = TypeVar("M", IndividualEnrollment, EnrollmentGroup)
 _REPROVISION = {
     "migrate": {"updateHubAssignment": True, "migrateDeviceData": True},
     "reset": {"updateHubAssignment": True, "migrateDeviceData": False},
@@ -107,7 +110,13 @@ def _settings_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
+_device_id_option = click.option("--device-id")
+
+
 def _apply_settings(doc: dict[str, Any], kw: dict[str, Any], *, creating: bool) -> None:
+    # `--device-id` exists on enrollments only; a group's kw has no such key.
+    if kw.get("device_id"):
+        doc["deviceId"] = kw["device_id"]
     if kw.get("hubs"):
         doc["iotHubs"] = list(kw["hubs"])
     if kw.get("allocation_policy"):
@@ -218,7 +227,170 @@ def ca_delete(name: str) -> None:
     click.echo(f"CA {name} deleted")
 
 
-# --------------------------------------------------------------------------- enrollments
+# --------------------------------------------------------------------------- enrollments and groups
+#
+# Individual enrollments and enrollment groups are managed the same way: only the key, the
+# repository, the write path (provisioning.admin checks differ) and the attestation options of
+# `create` differ. One `_Family` names those differences; `_family_commands` adds the commands
+# both share (show, list, update, disable, enable, delete), so a fix to one reaches the other.
+
+
+class _Repo(Protocol[M]):
+    """What the shared commands use of EnrollmentRepo and GroupRepo (positional keys)."""
+
+    async def get(self, key: str, /) -> M | None: ...
+    async def delete(self, key: str, /) -> None: ...
+    async def list(self, page_size: int = ..., continuation: str | None = ..., /) -> Page[M]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Family(Generic[M]):
+    noun: str  # first word of every message: "enrollment", "group"
+    key: str  # the click argument holding the id: "registration_id", "group_id"
+    repo: Callable[[UnitOfWork], _Repo[M]]
+    put: Callable[[Store, M, str | None], Awaitable[M]]
+    parse: Callable[[dict[str, Any]], M]
+    ident: Callable[[M], str]
+    with_status: Callable[[M, ProvisioningStatus], M]
+
+    async def get(self, store: Store, key: str) -> M:
+        async with store.begin() as uow:
+            found = await self.repo(uow).get(key)
+        if found is None:
+            raise NotFound(f"{self.noun} {key} not found")
+        return found
+
+    def create(self, key: str, doc: dict[str, Any], kw: dict[str, Any]) -> None:
+        """Parse `doc` (id and attestation already set) with the settings options and write it."""
+        _apply_settings(doc, kw, creating=True)
+        record = self.parse(doc)
+
+        async def go(svc: ProvisioningService, store: Store) -> M:
+            async with store.begin() as uow:
+                if await self.repo(uow).get(key) is not None:
+                    raise AlreadyExists(f"{self.noun} {key} exists; use update")
+            return await self.put(store, record, None)
+
+        saved = _run(go)
+        click.echo(
+            f"{self.noun} {self.ident(saved)} created ({saved.attestation.type}, {saved.settings.provisioning_status})"
+        )
+
+
+async def _all_pages(fetch: Callable[[str | None], Awaitable[Page[T]]]) -> list[T]:
+    """Every item of a paged listing (bounded: at most 100,000 pages)."""
+    out: list[T] = []
+    token: str | None = None
+    for _ in range(100_000):
+        page = await fetch(token)
+        out.extend(page.items)
+        token = page.continuation
+        if token is None:
+            break
+    return out
+
+
+def _family_commands(
+    group: click.Group,
+    family: _Family[M],
+    *,
+    update_options: Callable[[Callable[..., Any]], Callable[..., Any]],
+    table: tuple[str, list[str], Callable[[M], list[Any]]],
+) -> None:
+    """Add show, list, update, disable, enable and delete for `family` to `group`.
+
+    The commands carry no docstring (click would show it as help): as before the fold, their
+    help is the option list alone.
+    """
+    argument = click.argument(family.key)
+
+    @group.command("show")
+    @argument
+    @click.option("--show-keys", is_flag=True, help="Include symmetric keys in the output.")
+    @_store_options
+    def show(show_keys: bool, **kw: Any) -> None:
+        found = _run(lambda _, store: family.get(store, kw[family.key]))
+        _echo_json(found.to_json(include_keys=show_keys))
+
+    @group.command("list")
+    @_store_options
+    def list_() -> None:
+        async def go(svc: ProvisioningService, store: Store) -> list[M]:
+            async with store.begin() as uow:
+                repo = family.repo(uow)
+                return await _all_pages(lambda token: repo.list(500, token))
+
+        title, columns, row = table
+        _table(title, columns, [row(r) for r in _run(go)])
+
+    @group.command("update")
+    @argument
+    @update_options
+    @_store_options
+    def update(**kw: Any) -> None:
+        key = kw[family.key]
+
+        async def go(svc: ProvisioningService, store: Store) -> M:
+            current = await family.get(store, key)
+            doc = current.to_json(include_keys=True)
+            _apply_settings(doc, kw, creating=False)
+            return await family.put(store, family.parse(doc), current.etag)
+
+        saved = _run(go)
+        click.echo(f"{family.noun} {family.ident(saved)} updated")
+
+    def set_status(key: str, status: ProvisioningStatus) -> None:
+        async def go(svc: ProvisioningService, store: Store) -> None:
+            current = await family.get(store, key)
+            await family.put(store, family.with_status(current, status), current.etag)
+
+        _run(go)
+        click.echo(f"{family.noun} {key} {status}")
+
+    @group.command("disable")
+    @argument
+    @_store_options
+    def disable(**kw: Any) -> None:
+        set_status(kw[family.key], "disabled")
+
+    @group.command("enable")
+    @argument
+    @_store_options
+    def enable(**kw: Any) -> None:
+        set_status(kw[family.key], "enabled")
+
+    @group.command("delete")
+    @argument
+    @_store_options
+    def delete(**kw: Any) -> None:
+        key = kw[family.key]
+
+        async def go(svc: ProvisioningService, store: Store) -> None:
+            async with store.begin() as uow:
+                await family.repo(uow).delete(key)
+
+        _run(go)
+        click.echo(f"{family.noun} {key} deleted")
+
+
+_ENROLLMENTS: _Family[IndividualEnrollment] = _Family(
+    noun="enrollment",
+    key="registration_id",
+    repo=lambda uow: uow.enrollments,
+    put=put_enrollment,
+    parse=IndividualEnrollment.from_json,
+    ident=lambda e: e.registration_id,
+    with_status=IndividualEnrollment.with_status,
+)
+_GROUPS: _Family[EnrollmentGroup] = _Family(
+    noun="group",
+    key="group_id",
+    repo=lambda uow: uow.groups,
+    put=put_group,
+    parse=EnrollmentGroup.from_json,
+    ident=lambda g: g.enrollment_group_id,
+    with_status=EnrollmentGroup.with_status,
+)
 
 
 @click.group("enrollment")
@@ -233,7 +405,7 @@ def enrollment_group() -> None:
 @click.option("--symmetric-key", is_flag=True, help="Symmetric-key attestation (keys generated unless given).")
 @click.option("--primary-key")
 @click.option("--secondary-key")
-@click.option("--device-id")
+@_device_id_option
 @_settings_options
 @_store_options
 def enrollment_create(registration_id: str, **kw: Any) -> None:
@@ -246,125 +418,29 @@ def enrollment_create(registration_id: str, **kw: Any) -> None:
         attestation: dict[str, Any] = {"type": "x509", "x509": {"clientCertificates": slots}}
     else:
         attestation = _symmetric_key_doc(kw["primary_key"], kw["secondary_key"])
-    doc: dict[str, Any] = {"registrationId": registration_id, "attestation": attestation}
-    if kw["device_id"]:
-        doc["deviceId"] = kw["device_id"]
-    _apply_settings(doc, kw, creating=True)
-    enrollment = IndividualEnrollment.from_json(doc)
-
-    async def go(svc: ProvisioningService, store: Store) -> IndividualEnrollment:
-        async with store.begin() as uow:
-            if await uow.enrollments.get(registration_id) is not None:
-                from iotdps.errors import AlreadyExists
-
-                raise AlreadyExists(f"enrollment {registration_id} exists; use update")
-        return await put_enrollment(store, enrollment)
-
-    saved = _run(go)
-    click.echo(
-        f"enrollment {saved.registration_id} created ({saved.attestation.type}, {saved.settings.provisioning_status})"
-    )
+    _ENROLLMENTS.create(registration_id, {"registrationId": registration_id, "attestation": attestation}, kw)
 
 
-async def _get_enrollment(store: Store, registration_id: str) -> IndividualEnrollment:
-    async with store.begin() as uow:
-        found = await uow.enrollments.get(registration_id)
-    if found is None:
-        raise NotFound(f"enrollment {registration_id} not found")
-    return found
-
-
-@enrollment_group.command("show")
-@click.argument("registration_id")
-@click.option("--show-keys", is_flag=True, help="Include symmetric keys in the output.")
-@_store_options
-def enrollment_show(registration_id: str, show_keys: bool) -> None:
-    found = _run(lambda _, store: _get_enrollment(store, registration_id))
-    _echo_json(found.to_json(include_keys=show_keys))
-
-
-@enrollment_group.command("list")
-@_store_options
-def enrollment_list() -> None:
-    async def go(svc: ProvisioningService, store: Store) -> list[IndividualEnrollment]:
-        out: list[IndividualEnrollment] = []
-        token: str | None = None
-        async with store.begin() as uow:
-            for _ in range(100_000):
-                page = await uow.enrollments.list(page_size=500, continuation=token)
-                out.extend(page.items)
-                token = page.continuation
-                if token is None:
-                    break
-        return out
-
-    rows = [
-        [
-            e.registration_id,
-            e.attestation.type,
-            e.settings.provisioning_status,
-            e.device_id,
-            ",".join(e.settings.iot_hubs),
-        ]
-        for e in _run(go)
+def _enrollment_row(e: IndividualEnrollment) -> list[Any]:
+    return [
+        e.registration_id,
+        e.attestation.type,
+        e.settings.provisioning_status,
+        e.device_id,
+        ",".join(e.settings.iot_hubs),
     ]
-    _table("Individual enrollments", ["registration id", "attestation", "status", "device id", "hubs"], rows)
 
 
-@enrollment_group.command("update")
-@click.argument("registration_id")
-@click.option("--device-id")
-@_settings_options
-@_store_options
-def enrollment_update(registration_id: str, **kw: Any) -> None:
-    async def go(svc: ProvisioningService, store: Store) -> IndividualEnrollment:
-        current = await _get_enrollment(store, registration_id)
-        doc = current.to_json(include_keys=True)
-        if kw["device_id"]:
-            doc["deviceId"] = kw["device_id"]
-        _apply_settings(doc, kw, creating=False)
-        return await put_enrollment(store, IndividualEnrollment.from_json(doc), if_match=current.etag)
-
-    saved = _run(go)
-    click.echo(f"enrollment {saved.registration_id} updated")
-
-
-def _set_enrollment_status(registration_id: str, status: str) -> None:
-    async def go(svc: ProvisioningService, store: Store) -> None:
-        current = await _get_enrollment(store, registration_id)
-        await put_enrollment(store, current.with_status(status), if_match=current.etag)  # type: ignore[arg-type]
-
-    _run(go)
-    click.echo(f"enrollment {registration_id} {status}")
-
-
-@enrollment_group.command("disable")
-@click.argument("registration_id")
-@_store_options
-def enrollment_disable(registration_id: str) -> None:
-    _set_enrollment_status(registration_id, "disabled")
-
-
-@enrollment_group.command("enable")
-@click.argument("registration_id")
-@_store_options
-def enrollment_enable(registration_id: str) -> None:
-    _set_enrollment_status(registration_id, "enabled")
-
-
-@enrollment_group.command("delete")
-@click.argument("registration_id")
-@_store_options
-def enrollment_delete(registration_id: str) -> None:
-    async def go(svc: ProvisioningService, store: Store) -> None:
-        async with store.begin() as uow:
-            await uow.enrollments.delete(registration_id)
-
-    _run(go)
-    click.echo(f"enrollment {registration_id} deleted")
-
-
-# --------------------------------------------------------------------------- groups
+_family_commands(
+    enrollment_group,
+    _ENROLLMENTS,
+    update_options=lambda f: _device_id_option(_settings_options(f)),
+    table=(
+        "Individual enrollments",
+        ["registration id", "attestation", "status", "device id", "hubs"],
+        _enrollment_row,
+    ),
+)
 
 
 @click.group("group")
@@ -392,116 +468,24 @@ def group_create(group_id: str, **kw: Any) -> None:
         attestation = {"type": "x509", "x509": {"signingCertificates": slot}}
     else:
         attestation = _symmetric_key_doc(kw["primary_key"], kw["secondary_key"])
-    doc: dict[str, Any] = {"enrollmentGroupId": group_id, "attestation": attestation}
-    _apply_settings(doc, kw, creating=True)
-    group = EnrollmentGroup.from_json(doc)
-
-    async def go(svc: ProvisioningService, store: Store) -> EnrollmentGroup:
-        async with store.begin() as uow:
-            if await uow.groups.get(group_id) is not None:
-                from iotdps.errors import AlreadyExists
-
-                raise AlreadyExists(f"group {group_id} exists; use update")
-        return await put_group(store, group)
-
-    saved = _run(go)
-    click.echo(
-        f"group {saved.enrollment_group_id} created ({saved.attestation.type}, {saved.settings.provisioning_status})"
-    )
+    _GROUPS.create(group_id, {"enrollmentGroupId": group_id, "attestation": attestation}, kw)
 
 
-async def _get_group(store: Store, group_id: str) -> EnrollmentGroup:
-    async with store.begin() as uow:
-        found = await uow.groups.get(group_id)
-    if found is None:
-        raise NotFound(f"group {group_id} not found")
-    return found
+def _group_row(g: EnrollmentGroup) -> list[Any]:
+    trust = ""
+    if g.attestation.x509 is not None:
+        refs = [f"ca:{r}" for r in g.attestation.x509.ca_references if r]
+        signing = [f"cert:{s.info.get('subjectName')}" for s in g.attestation.x509.signing_certificates if s]
+        trust = ", ".join(refs + signing)
+    return [g.enrollment_group_id, g.attestation.type, g.settings.provisioning_status, trust]
 
 
-@group_group.command("show")
-@click.argument("group_id")
-@click.option("--show-keys", is_flag=True, help="Include symmetric keys in the output.")
-@_store_options
-def group_show(group_id: str, show_keys: bool) -> None:
-    found = _run(lambda _, store: _get_group(store, group_id))
-    _echo_json(found.to_json(include_keys=show_keys))
-
-
-@group_group.command("list")
-@_store_options
-def group_list() -> None:
-    async def go(svc: ProvisioningService, store: Store) -> list[EnrollmentGroup]:
-        out: list[EnrollmentGroup] = []
-        token: str | None = None
-        async with store.begin() as uow:
-            for _ in range(100_000):
-                page = await uow.groups.list(page_size=500, continuation=token)
-                out.extend(page.items)
-                token = page.continuation
-                if token is None:
-                    break
-        return out
-
-    def trust(g: EnrollmentGroup) -> str:
-        x = g.attestation.x509
-        if x is None:
-            return ""
-        refs = [f"ca:{r}" for r in x.ca_references if r]
-        signing = [f"cert:{s.info.get('subjectName')}" for s in x.signing_certificates if s]
-        return ", ".join(refs + signing)
-
-    rows = [[g.enrollment_group_id, g.attestation.type, g.settings.provisioning_status, trust(g)] for g in _run(go)]
-    _table("Enrollment groups", ["group id", "attestation", "status", "trust"], rows)
-
-
-@group_group.command("update")
-@click.argument("group_id")
-@_settings_options
-@_store_options
-def group_update(group_id: str, **kw: Any) -> None:
-    async def go(svc: ProvisioningService, store: Store) -> EnrollmentGroup:
-        current = await _get_group(store, group_id)
-        doc = current.to_json(include_keys=True)
-        _apply_settings(doc, kw, creating=False)
-        return await put_group(store, EnrollmentGroup.from_json(doc), if_match=current.etag)
-
-    saved = _run(go)
-    click.echo(f"group {saved.enrollment_group_id} updated")
-
-
-def _set_group_status(group_id: str, status: str) -> None:
-    async def go(svc: ProvisioningService, store: Store) -> None:
-        current = await _get_group(store, group_id)
-        await put_group(store, current.with_status(status), if_match=current.etag)  # type: ignore[arg-type]
-
-    _run(go)
-    click.echo(f"group {group_id} {status}")
-
-
-@group_group.command("disable")
-@click.argument("group_id")
-@_store_options
-def group_disable(group_id: str) -> None:
-    _set_group_status(group_id, "disabled")
-
-
-@group_group.command("enable")
-@click.argument("group_id")
-@_store_options
-def group_enable(group_id: str) -> None:
-    _set_group_status(group_id, "enabled")
-
-
-@group_group.command("delete")
-@click.argument("group_id")
-@_store_options
-def group_delete(group_id: str) -> None:
-    async def go(svc: ProvisioningService, store: Store) -> None:
-        async with store.begin() as uow:
-            await uow.groups.delete(group_id)
-
-    _run(go)
-    click.echo(f"group {group_id} deleted")
+_family_commands(
+    group_group,
+    _GROUPS,
+    update_options=_settings_options,
+    table=("Enrollment groups", ["group id", "attestation", "status", "trust"], _group_row),
+)
 
 
 # --------------------------------------------------------------------------- hubs and settings
@@ -641,16 +625,8 @@ def registration_show(registration_id: str) -> None:
 @_store_options
 def registration_list(group_id: str | None) -> None:
     async def go(svc: ProvisioningService, store: Store) -> list[Any]:
-        out: list[Any] = []
-        token: str | None = None
         async with store.begin() as uow:
-            for _ in range(100_000):
-                page = await uow.registrations.list(500, token, enrollment_group_id=group_id)
-                out.extend(page.items)
-                token = page.continuation
-                if token is None:
-                    break
-        return out
+            return await _all_pages(lambda token: uow.registrations.list(500, token, enrollment_group_id=group_id))
 
     rows = [
         [r.registration_id, r.status, r.substatus, r.assigned_hub, r.device_id, r.enrollment_group_id, r.error_code]

@@ -118,6 +118,8 @@ def _key_spec(ctx: click.Context, param: click.Parameter, value: str) -> KeySpec
 _KEY_TYPE = click.option(
     "--key-type", default="p256", show_default=True, callback=_key_spec, help="p256, p384, rsa2048 or rsa3072"
 )
+_CN = click.option("--cn", default=None, help="subject CN (default: the name)")
+_ORG = click.option("--org", default=None, help="subject O")
 _PASSPHRASE = click.option(
     "--passphrase",
     envvar=ENV_PASSPHRASE,
@@ -147,10 +149,19 @@ def _pick_signing_ca(cadir: CaDirectory, name: str | None) -> str:
 # -- CA creation ------------------------------------------------------------------------------
 
 
+def _check_new_ca(cadir: CaDirectory, name: str, parent: str | None = None) -> None:
+    """Refuse a bad or taken CA name (and an unknown parent) before any prompt or key generation."""
+    check_ca_name(name)
+    if parent is not None:
+        cadir.get(parent)
+    if any(r.name == name for r in cadir.records()):
+        raise AlreadyExists(f"a CA named {name!r} already exists in {cadir.path}")
+
+
 @click.command("create-ca-root")
 @click.option("--name", default="root", show_default=True, help="name of the CA in the CA directory")
-@click.option("--cn", default=None, help="subject CN (default: the name)")
-@click.option("--org", default=None, help="subject O")
+@_CN
+@_ORG
 @click.option("--days", type=click.IntRange(min=1), default=3650, show_default=True)
 @click.option(
     "--path-length",
@@ -174,9 +185,7 @@ def create_ca_root(
 ) -> None:
     """Create a self-signed root CA and keep it in the CA directory."""
     cadir = _cadir(ca_dir)
-    check_ca_name(name)
-    if any(r.name == name for r in cadir.records()):
-        raise AlreadyExists(f"a CA named {name!r} already exists in {cadir.path}")
+    _check_new_ca(cadir, name)
     secret = _secret(passphrase, prompt=f"New passphrase for CA {name!r}", confirm=True)
     key = generate_private_key(key_type)
     cert = create_root_ca(cn or name, key, _validity(days), path_length=path_length, organization=org)
@@ -188,8 +197,8 @@ def create_ca_root(
 @click.command("create-ca-intermediate")
 @click.option("--name", required=True, help="name of the new CA (e.g. factory-a, line-1)")
 @click.option("--parent", required=True, help="the root or intermediate that signs it")
-@click.option("--cn", default=None, help="subject CN (default: the name)")
-@click.option("--org", default=None, help="subject O")
+@_CN
+@_ORG
 @click.option(
     "--days",
     type=click.IntRange(min=1),
@@ -242,10 +251,7 @@ def create_ca_intermediate(
     With --enroll, also create its enrollment group on the provisioning service: on the local
     data dir, or through the management API with --server."""
     cadir = _cadir(ca_dir)
-    check_ca_name(name)
-    cadir.get(parent)  # an unknown parent fails before any prompt
-    if any(r.name == name for r in cadir.records()):
-        raise AlreadyExists(f"a CA named {name!r} already exists in {cadir.path}")
+    _check_new_ca(cadir, name, parent)
     parent_secret = _secret(
         parent_passphrase if parent_passphrase is not None else passphrase,
         prompt=f"Passphrase of CA {parent!r}",

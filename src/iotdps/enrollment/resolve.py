@@ -105,6 +105,18 @@ def _refuse(
     return Decision(False, individual, group, reason, message, tuple(steps))
 
 
+def _individual_matched(
+    steps: list[str], name: str, individual: IndividualEnrollment, slot: KeySlot, how: str
+) -> Decision:
+    """The last step for an individual enrollment whose credential matched (`how`, in words):
+    admit, unless it is disabled; a disabled individual blocks, no group is consulted after it."""
+    if not individual.enabled:
+        steps.append(f"{name}: found, {slot} {how}, disabled -> refuse")
+        return _refuse(steps, RefusalReason.ENROLLMENT_DISABLED, f"{name} is disabled", individual=individual)
+    steps.append(f"{name}: found, {slot} {how}, enabled -> admit")
+    return Decision(True, individual, None, None, "", tuple(steps), slot)
+
+
 def resolve_x509(
     registration_id: str,
     leaf_sha256: str,
@@ -147,11 +159,7 @@ def resolve_x509(
                 f"device certificate sha256 {leaf[:16]}... is not the certificate of {name}",
                 individual=individual,
             )
-        if not individual.enabled:
-            steps.append(f"{name}: found, {slot} certificate matches, disabled -> refuse")
-            return _refuse(steps, RefusalReason.ENROLLMENT_DISABLED, f"{name} is disabled", individual=individual)
-        steps.append(f"{name}: found, {slot} certificate matches, enabled -> admit")
-        return Decision(True, individual, None, None, "", tuple(steps), slot)
+        return _individual_matched(steps, name, individual, slot, "certificate matches")
 
     steps.append(f"individual enrollment {registration_id}: not found")
     for step in ca_steps:
@@ -227,11 +235,7 @@ def resolve_symmetric_key(
                 f"SAS signature does not verify with the keys of {name}",
                 individual=individual,
             )
-        if not individual.enabled:
-            steps.append(f"{name}: found, {slot} key verifies, disabled -> refuse")
-            return _refuse(steps, RefusalReason.ENROLLMENT_DISABLED, f"{name} is disabled", individual=individual)
-        steps.append(f"{name}: found, {slot} key verifies, enabled -> admit")
-        return Decision(True, individual, None, None, "", tuple(steps), slot)
+        return _individual_matched(steps, name, individual, slot, "key verifies")
 
     steps.append(f"individual enrollment {registration_id}: not found")
     for group in sorted(groups, key=lambda g: g.enrollment_group_id):

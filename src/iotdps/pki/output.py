@@ -130,7 +130,30 @@ def tar_member(name: str, data: bytes, mode: int, mtime: int) -> bytes:
     return bytes(header) + data + b"\0" * (-len(data) % 512)
 
 
-class _TarSink:
+class _ArchiveSink:
+    """What tar and zip do alike: per device the key (0600) then the chain (0644), and the
+    manifest as the last member; a subclass says how a member is written and the archive ended."""
+
+    manifest: _Manifest
+
+    def _put(self, name: str, data: bytes, mode: int) -> None:
+        raise NotImplementedError
+
+    def _end(self) -> None:
+        raise NotImplementedError
+
+    def add(self, device: MintedDevice) -> None:
+        cert_name, key_name = _names(device)
+        self._put(key_name, device.key_pem, 0o600)
+        self._put(cert_name, device.chain_pem, 0o644)
+        self.manifest.add(device)
+
+    def close(self) -> None:
+        self._put("manifest.csv", self.manifest.data(), 0o644)
+        self._end()
+
+
+class _TarSink(_ArchiveSink):
     def __init__(self, fileobj: io.BufferedWriter, gz: bool) -> None:
         # compresslevel 1: keys are random and do not compress; certificates a little. Speed wins.
         self.raw = fileobj
@@ -143,20 +166,13 @@ class _TarSink:
     def _put(self, name: str, data: bytes, mode: int) -> None:
         self.out.write(tar_member(name, data, mode, self.now))
 
-    def add(self, device: MintedDevice) -> None:
-        cert_name, key_name = _names(device)
-        self._put(key_name, device.key_pem, 0o600)
-        self._put(cert_name, device.chain_pem, 0o644)
-        self.manifest.add(device)
-
-    def close(self) -> None:
-        self._put("manifest.csv", self.manifest.data(), 0o644)
+    def _end(self) -> None:
         self.out.write(b"\0" * 1024)  # end-of-archive marker: two zero blocks
         if self.out is not self.raw:
             self.out.close()  # flushes the gzip trailer; the raw file stays open for fsync
 
 
-class _ZipSink:
+class _ZipSink(_ArchiveSink):
     def __init__(self, fileobj: io.BufferedWriter) -> None:
         self.zip = zipfile.ZipFile(fileobj, mode="w", compression=zipfile.ZIP_STORED)
         self.manifest = _Manifest()
@@ -167,14 +183,7 @@ class _ZipSink:
         info.external_attr = (0o100000 | mode) << 16  # regular file with Unix permissions
         self.zip.writestr(info, data)
 
-    def add(self, device: MintedDevice) -> None:
-        cert_name, key_name = _names(device)
-        self._put(key_name, device.key_pem, 0o600)
-        self._put(cert_name, device.chain_pem, 0o644)
-        self.manifest.add(device)
-
-    def close(self) -> None:
-        self._put("manifest.csv", self.manifest.data(), 0o644)
+    def _end(self) -> None:
         self.zip.close()
 
 

@@ -102,14 +102,22 @@ class DeviceApi:
             return _error(400, 400004, "Invalid registration id", request)
         return scope, registration_id
 
-    async def register(self, request: web.Request) -> web.Response:
+    async def _ids_and_body(self, request: web.Request) -> tuple[str, str, dict[str, Any]] | web.Response:
+        """Path ids, then the JSON body: the first problem answers the request (register and the
+        registration lookup take both; the path is checked before the body is read)."""
         ids = self._ids(request)
         if isinstance(ids, web.Response):
             return ids
-        scope, registration_id = ids
         body = await _json_body(request)
         if isinstance(body, web.Response):
             return body
+        return (*ids, body)
+
+    async def register(self, request: web.Request) -> web.Response:
+        parts = await self._ids_and_body(request)
+        if isinstance(parts, web.Response):
+            return parts
+        scope, registration_id, body = parts
         if body.get("registrationId", registration_id) != registration_id:
             return _error(400, 400002, "registrationId does not match the request path", request)
         if body.get("tpm") is not None:
@@ -138,13 +146,10 @@ class DeviceApi:
         return _respond(outcome_reply(outcome), request)
 
     async def registration_status(self, request: web.Request) -> web.Response:
-        ids = self._ids(request)
-        if isinstance(ids, web.Response):
-            return ids
-        scope, registration_id = ids
-        body = await _json_body(request)
-        if isinstance(body, web.Response):
-            return body
+        parts = await self._ids_and_body(request)
+        if isinstance(parts, web.Response):
+            return parts
+        scope, registration_id, body = parts
         if body.get("csr") is not None:
             return _error(400, 400001, "csr is not accepted by the status lookup", request)
         credential = await self._credential(request)

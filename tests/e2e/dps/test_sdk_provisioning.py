@@ -8,7 +8,6 @@ The certificates come from our own factory CLI, as in seed 001.
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import hashlib
 import hmac
 import socket
@@ -22,13 +21,10 @@ from typing import Any
 import pytest
 from azure.iot.device import X509, ProvisioningDeviceClient
 from azure.iot.device.exceptions import ClientError, CredentialError
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from iotdps.protocols.mqtt.client import ClientSession
 from iotdps.protocols.mqtt.events import ConnAckReceived
+from iotdps_testing.devcerts import derived_key, self_signed_device
 from iotdps_testing.server import RunningServer, start_server
 
 pytestmark = pytest.mark.e2e
@@ -109,39 +105,9 @@ def _sas_client(server: RunningServer, registration_id: str, key: str, **kwargs:
     )
 
 
-def _keys(server: RunningServer, kind: str, name: str) -> tuple[str, str]:
-    doc = server.cli_json(kind, "show", name, "--show-keys")
-    keys = doc["attestation"]["symmetricKey"]
-    return keys["primaryKey"], keys["secondaryKey"]
-
-
-def _derived(group_key: str, registration_id: str) -> str:
-    digest = hmac.new(base64.b64decode(group_key), registration_id.encode(), hashlib.sha256).digest()
-    return base64.b64encode(digest).decode()
-
-
 def _self_signed(tmp: Path, cn: str, *, days: int = 30, offset_days: int = -1) -> tuple[X509, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    start = dt.datetime.now(dt.UTC) + dt.timedelta(days=offset_days)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp / f"{cn}.cert.pem", tmp / f"{cn}.key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return X509(str(cert_path), str(key_path)), cert_path
+    dev = self_signed_device(tmp, cn, days=days, offset_days=offset_days)
+    return X509(str(dev.cert_file), str(dev.key_file)), dev.cert_file
 
 
 def _last_refusal(server: RunningServer, registration_id: str) -> Any:
@@ -188,7 +154,7 @@ def test_x509_self_signed_individual_over_websockets(server: RunningServer, tmp_
 
 def test_symmetric_key_individual(server: RunningServer) -> None:
     server.cli("enrollment", "create", "sym-1", "--symmetric-key", "--hub", HUB_A, "--allocation-policy", "static")
-    primary, secondary = _keys(server, "enrollment", "sym-1")
+    primary, secondary = server.symmetric_keys("enrollment", "sym-1")
     first = _sas_client(server, "sym-1", primary).register()
     assert (first.status, first.registration_state.assigned_hub) == ("assigned", HUB_A)
     assert first.registration_state.device_id == "sym-1"
@@ -199,8 +165,8 @@ def test_symmetric_key_individual(server: RunningServer) -> None:
 
 def test_symmetric_key_group_derived(server: RunningServer) -> None:
     server.cli("group", "create", "sym-group", "--symmetric-key")
-    primary, _ = _keys(server, "group", "sym-group")
-    result = _sas_client(server, "grp-dev-7", _derived(primary, "grp-dev-7"), websockets=True).register()
+    primary, _ = server.symmetric_keys("group", "sym-group")
+    result = _sas_client(server, "grp-dev-7", derived_key(primary, "grp-dev-7"), websockets=True).register()
     assert result.status == "assigned"
     assert result.registration_state.device_id == "grp-dev-7"
     assert server.registration("grp-dev-7").enrollment_group_id == "sym-group"
@@ -303,7 +269,7 @@ def test_bad_sas(server: RunningServer) -> None:
 def test_expired_sas_gets_connack_5(server: RunningServer) -> None:
     # The SDK always signs fresh tokens, so the expired one goes through our own MQTT client.
     server.cli("enrollment", "create", "sym-old", "--symmetric-key")
-    primary, _ = _keys(server, "enrollment", "sym-old")
+    primary, _ = server.symmetric_keys("enrollment", "sym-old")
     sr = urllib.parse.quote(f"{server.id_scope}/registrations/sym-old", safe="")
     expiry = int(time.time()) - 60
     sig = base64.b64encode(hmac.new(base64.b64decode(primary), f"{sr}\n{expiry}".encode(), hashlib.sha256).digest())
@@ -349,7 +315,7 @@ def test_throttled_then_success(tmp_path: Path) -> None:
     )
     try:
         throttled.cli("enrollment", "create", "slow-1", "--symmetric-key")
-        primary, _ = _keys(throttled, "enrollment", "slow-1")
+        primary, _ = throttled.symmetric_keys("enrollment", "slow-1")
         assert _sas_client(throttled, "slow-1", primary).register().status == "assigned"
         started = time.monotonic()
         # The bucket is empty now: the SDK gets 429 + retry-after, waits, and succeeds.

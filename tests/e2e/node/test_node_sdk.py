@@ -11,9 +11,6 @@ package-lock.json (`npm ci` in this directory; .ci/run does it).
 from __future__ import annotations
 
 import base64
-import datetime as dt
-import hashlib
-import hmac
 import json
 import os
 import shutil
@@ -26,11 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from iotdps_testing.devcerts import derived_key, self_signed_device
 from iotdps_testing.net import free_loopback_address
 from iotdps_testing.server import RunningServer, start_server
 
@@ -126,45 +120,12 @@ def assigned(report: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
-def _self_signed(tmp: Path, cn: str) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    start = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp / f"{cn}.cert.pem", tmp / f"{cn}.key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_path, key_path
-
-
-def _keys(server: RunningServer, kind: str, name: str) -> tuple[str, str]:
-    keys = server.cli_json(kind, "show", name, "--show-keys")["attestation"]["symmetricKey"]
-    return keys["primaryKey"], keys["secondaryKey"]
-
-
-def _derived(group_key: str, registration_id: str) -> str:
-    digest = hmac.new(base64.b64decode(group_key), registration_id.encode(), hashlib.sha256).digest()
-    return base64.b64encode(digest).decode()
-
-
 # --------------------------------------------------------------------------- X.509
 
 
 def test_x509_self_signed_individual(server: RunningServer, tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path, "node-solo-1")
+    dev = self_signed_device(tmp_path, "node-solo-1")
+    cert, key = dev.cert_file, dev.key_file
     server.cli(
         "enrollment", "create", "node-solo-1", "--cert", str(cert),
         "--device-id", "node-solo-device", "--hub", HUB_B, "--allocation-policy", "static",
@@ -212,7 +173,7 @@ def _verification_code(output: str) -> str:
 
 def test_symmetric_key_individual(server: RunningServer) -> None:
     server.cli("enrollment", "create", "node-sym-1", "--symmetric-key", "--hub", HUB_A, "--allocation-policy", "static")
-    primary, _ = _keys(server, "enrollment", "node-sym-1")
+    primary, _ = server.symmetric_keys("enrollment", "node-sym-1")
     state = assigned(register(server, "node-sym-1", symmetric_key=primary))
     assert state["assignedHub"] == HUB_A
     assert state["deviceId"] == "node-sym-1"
@@ -220,8 +181,8 @@ def test_symmetric_key_individual(server: RunningServer) -> None:
 
 def test_symmetric_key_group_derived(server: RunningServer) -> None:
     server.cli("group", "create", "node-sym-group", "--symmetric-key")
-    primary, _ = _keys(server, "group", "node-sym-group")
-    state = assigned(register(server, "node-grp-3", symmetric_key=_derived(primary, "node-grp-3")))
+    primary, _ = server.symmetric_keys("group", "node-sym-group")
+    state = assigned(register(server, "node-grp-3", symmetric_key=derived_key(primary, "node-grp-3")))
     assert state["deviceId"] == "node-grp-3"
     assert state["assignedHub"] in (HUB_A, HUB_B)
     assert server.registration("node-grp-3").enrollment_group_id == "node-sym-group"
@@ -273,7 +234,7 @@ def test_slow_custom_allocation_is_polled(server: RunningServer, slow_webhook: t
     server.cli(
         "enrollment", "create", "node-slow-1", "--symmetric-key", "--allocation-policy", "custom", "--webhook-url", url
     )  # fmt: skip
-    primary, _ = _keys(server, "enrollment", "node-slow-1")
+    primary, _ = server.symmetric_keys("enrollment", "node-slow-1")
     report = register(
         server,
         "node-slow-1",
@@ -307,7 +268,7 @@ def test_server_certificate_is_checked(server: RunningServer) -> None:
     # Without the server CA the SDK refuses our server: the TLS in these tests is real, and
     # NODE_EXTRA_CA_CERTS is what makes a private-CA clone reachable.
     server.cli("enrollment", "create", "node-untrusting", "--symmetric-key")
-    primary, _ = _keys(server, "enrollment", "node-untrusting")
+    primary, _ = server.symmetric_keys("enrollment", "node-untrusting")
     report = register(server, "node-untrusting", trust_ca=False, symmetric_key=primary)
     assert not report["ok"]
     assert report["error"]["code"] in ("SELF_SIGNED_CERT_IN_CHAIN", "UNABLE_TO_VERIFY_LEAF_SIGNATURE"), report

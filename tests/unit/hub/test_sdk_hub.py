@@ -20,7 +20,8 @@ from azure.iot.device.exceptions import CredentialError
 from iotdps.hub import DeviceNotConnected
 from iotdps.registry.hub import HubStore
 from iotdps.store import MemoryStore, open_store
-from iotdps_testing.hubkit import HubServer, device_cert, put_sas_device, put_x509_device, start_hub, wait_for
+from iotdps_testing.devcerts import self_signed_device
+from iotdps_testing.hubkit import HubServer, put_sas_device, put_x509_device, start_hub, wait_for
 
 pytestmark = pytest.mark.e2e
 logging.getLogger("azure").setLevel(logging.WARNING)
@@ -184,11 +185,11 @@ async def test_token_renewal_keeps_c2d_and_methods(hub: HubServer) -> None:
 
 
 async def test_x509_device_by_thumbprint_and_refusals(hub: HubServer, tmp_path: Path) -> None:
-    good = device_cert(tmp_path, "dev-x")
+    good = self_signed_device(tmp_path, "dev-x")
     await put_x509_device(hub.store, hub.host, good)
-    other = device_cert(tmp_path, "dev-y")  # registered with another certificate's thumbprint
+    other = self_signed_device(tmp_path, "dev-y")  # registered with another certificate's thumbprint
     (tmp_path / "old").mkdir()
-    await put_x509_device(hub.store, hub.host, device_cert(tmp_path / "old", "dev-y"))
+    await put_x509_device(hub.store, hub.host, self_signed_device(tmp_path / "old", "dev-y"))
     x = IoTHubDeviceClient.create_from_x509_certificate(
         x509=X509(str(good.cert_file), str(good.key_file)),
         hostname=hub.host,

@@ -1,4 +1,6 @@
-"""Percent-encoded `key=value&...` strings as the Azure SDKs write them (private helpers).
+"""Private helpers of the DPS and hub topic modules (dps.py, hub.py): percent-encoded
+`key=value&...` strings as the Azure SDKs write them, the status check of a response topic, and
+how a device's text is quoted in an error message.
 
 Not `urllib.parse.parse_qsl`: it turns `+` into a space, and the SDKs percent-encode with
 `quote` (a literal `+` stays `+`). A key without `=` has the value None; `key=` is "".
@@ -10,7 +12,7 @@ from urllib.parse import quote, unquote
 
 from iotdps.protocols.mqtt.errors import InvalidDeviceRequest
 
-__all__ = ["decode_component", "encode_component", "parse_query"]
+__all__ = ["check_status", "decode_component", "encode_component", "parse_query", "short"]
 
 
 def decode_component(raw: str, what: str) -> str:
@@ -41,3 +43,15 @@ def parse_query(raw: str, what: str) -> dict[str, str | None]:
             raise InvalidDeviceRequest(f"{what} repeats the key {key!r}")
         out[key] = decode_component(value_raw, what) if sep else None
     return out
+
+
+def short(value: str) -> str:
+    """`value` quoted for an error message, cut at 64 characters (a device chooses its length)."""
+    return repr(value if len(value) <= 64 else value[:61] + "...")
+
+
+def check_status(status: int) -> int:
+    """`status` when it is an HTTP status code (100..599, not a bool), else ValueError."""
+    if isinstance(status, bool) or not 100 <= status <= 599:
+        raise ValueError(f"status {status!r} is not an HTTP status code")
+    return status

@@ -17,11 +17,11 @@ bad input. QoS 1 messages we publish stay in `inflight` until their PUBACK.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
-from types import MappingProxyType
+from collections.abc import Sequence
 
-from iotdps.protocols.mqtt.codec import DEFAULT_MAX_PACKET_SIZE, Decoder, encode
-from iotdps.protocols.mqtt.errors import MqttProtocolError, MqttStateError
+from iotdps.protocols.mqtt._session import SessionCore
+from iotdps.protocols.mqtt.codec import DEFAULT_MAX_PACKET_SIZE, encode
+from iotdps.protocols.mqtt.errors import MqttProtocolError
 from iotdps.protocols.mqtt.events import (
     ConnAckReceived,
     Disconnected,
@@ -46,7 +46,7 @@ from iotdps.protocols.mqtt.packets import (
     Unsubscribe,
     Will,
 )
-from iotdps.protocols.mqtt.topics import is_valid_topic_filter, is_valid_topic_name
+from iotdps.protocols.mqtt.topics import is_valid_topic_filter
 
 __all__ = ["ClientSession", "ClientState"]
 
@@ -86,58 +86,14 @@ _TRANSITIONS: dict[tuple[ClientState, PacketType | _Action], ClientState] = {
 }
 
 
-class ClientSession:
+class ClientSession(SessionCore[ClientState, _Action]):
     """One connection, client side."""
 
+    _SIDE = "client"
+    _NOUN = "client session"
+
     def __init__(self, *, max_packet_size: int = DEFAULT_MAX_PACKET_SIZE) -> None:
-        self._decoder = Decoder(max_packet_size)
-        self._state = ClientState.IDLE
-        self._inflight: dict[int, Publish] = {}
-        self._next_id = 1
-        self._pending_acks: set[int] = set()  # SUBSCRIBE / UNSUBSCRIBE ids awaiting an answer
-        self._close_reason: str | None = None
-
-    @property
-    def state(self) -> ClientState:
-        return self._state
-
-    @property
-    def closed(self) -> bool:
-        return self._state is ClientState.CLOSED
-
-    @property
-    def close_reason(self) -> str | None:
-        return self._close_reason
-
-    @property
-    def inflight(self) -> Mapping[int, Publish]:
-        """QoS 1 messages published and not yet PUBACKed, by packet id."""
-        return MappingProxyType(self._inflight)
-
-    def _move(self, trigger: PacketType | _Action) -> bool:
-        new = _TRANSITIONS.get((self._state, trigger))
-        if new is None:
-            return False
-        self._state = new
-        return True
-
-    def _app(self, action: _Action) -> None:
-        if not self._move(action):
-            raise MqttStateError(f"cannot {action.value} a client session in state {self._state.value}")
-
-    def _close(self, reason: str) -> None:
-        self._state = ClientState.CLOSED
-        if self._close_reason is None:
-            self._close_reason = reason
-
-    def _allocate_id(self) -> int:
-        if len(self._inflight) + len(self._pending_acks) >= 0xFFFF:
-            raise MqttStateError("all 65535 packet ids are in use")
-        pid = self._next_id
-        while pid in self._inflight or pid in self._pending_acks:
-            pid = pid % 0xFFFF + 1
-        self._next_id = pid % 0xFFFF + 1
-        return pid
+        super().__init__(_TRANSITIONS, ClientState.IDLE, ClientState.CLOSED, max_packet_size)
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -178,18 +134,7 @@ class ClientSession:
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> tuple[int | None, bytes]:
         """PUBLISH at QoS 0 or 1; returns (packet id or None, bytes)."""
-        if qos not in (0, 1):
-            raise ValueError("the client publishes at QoS 0 or 1 only")
-        if not is_valid_topic_name(topic):
-            raise ValueError("a PUBLISH topic must be non-empty and without wildcards")
-        self._app(_Action.SEND)
-        if qos == 0:
-            return None, encode(Publish(topic, payload, 0, retain))
-        pid = self._allocate_id()
-        message = Publish(topic, payload, 1, retain, False, pid)
-        data = encode(message)
-        self._inflight[pid] = message
-        return pid, data
+        return self._publish(_Action.SEND, topic, payload, qos, retain)
 
     def puback(self, packet_id: int) -> bytes:
         self._app(_Action.SEND)

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 
 from iotdps.ids import check_registration_id
-from iotdps.protocols.mqtt._query import encode_component, parse_query
+from iotdps.protocols.mqtt._query import check_status, encode_component, parse_query, short
 from iotdps.protocols.mqtt.errors import InvalidDeviceRequest
 
 __all__ = [
@@ -45,10 +45,6 @@ _RESPONSE_PREFIX = "$dps/registrations/res/"
 _ID_SCOPE = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
 
 
-def _short(value: str) -> str:
-    return repr(value if len(value) <= 64 else value[:61] + "...")
-
-
 # -- CONNECT username --------------------------------------------------------------------------
 
 
@@ -75,7 +71,7 @@ def parse_dps_username(username: str) -> DpsUsername:
         )
     id_scope, _, registration_id, query = parts
     if not _ID_SCOPE.match(id_scope):
-        raise InvalidDeviceRequest(f"DPS username has an invalid id scope {_short(id_scope)}")
+        raise InvalidDeviceRequest(f"DPS username has an invalid id scope {short(id_scope)}")
     check_registration_id(registration_id)
     params = parse_query(query, "DPS username")
     api_version = params.get("api-version")
@@ -107,7 +103,7 @@ class DpsStatusRequest:
 def _split_request(topic: str) -> tuple[str, dict[str, str | None]]:
     path, sep, query = topic.partition("?")
     if not sep:
-        raise InvalidDeviceRequest(f"DPS topic {_short(topic)} has no query string")
+        raise InvalidDeviceRequest(f"DPS topic {short(topic)} has no query string")
     if not path.endswith("/"):
         path += "/"
     return path, parse_query(query, "DPS topic")
@@ -116,7 +112,7 @@ def _split_request(topic: str) -> tuple[str, dict[str, str | None]]:
 def _required(params: dict[str, str | None], key: str, topic: str) -> str:
     value = params.get(key)
     if not value:
-        raise InvalidDeviceRequest(f"DPS topic {_short(topic)} has no {key}")
+        raise InvalidDeviceRequest(f"DPS topic {short(topic)} has no {key}")
     return value
 
 
@@ -130,7 +126,7 @@ def parse_dps_request_topic(topic: str) -> DpsRegisterRequest | DpsStatusRequest
         return DpsRegisterRequest(_required(params, "$rid", topic))
     if path == _STATUS_PATH:
         return DpsStatusRequest(_required(params, "$rid", topic), _required(params, "operationId", topic))
-    raise InvalidDeviceRequest(f"unknown DPS topic {_short(topic)}")
+    raise InvalidDeviceRequest(f"unknown DPS topic {short(topic)}")
 
 
 def format_dps_response_topic(status: int, rid: str, retry_after: int | None = None) -> str:
@@ -140,9 +136,7 @@ def format_dps_response_topic(status: int, rid: str, retry_after: int | None = N
     percent-encoded (a UUID comes out unchanged, and no `$` can follow `?$rid=`) and
     `retry-after` is a plain integer (it is read with `int(x, 10)`).
     """
-    if isinstance(status, bool) or not 100 <= status <= 599:
-        raise ValueError(f"status {status!r} is not an HTTP status code")
-    topic = f"{_RESPONSE_PREFIX}{status}/?$rid={encode_component(rid)}"
+    topic = f"{_RESPONSE_PREFIX}{check_status(status)}/?$rid={encode_component(rid)}"
     if retry_after is not None:
         if isinstance(retry_after, bool) or not isinstance(retry_after, int) or retry_after < 0:
             raise ValueError("retry-after must be a non-negative integer number of seconds")
@@ -168,10 +162,10 @@ class DpsResponse:
 def parse_dps_response_topic(topic: str) -> DpsResponse:
     """Client side: `$dps/registrations/res/{status}/?$rid=...[&retry-after=...]`."""
     if not topic.startswith(_RESPONSE_PREFIX):
-        raise InvalidDeviceRequest(f"not a DPS response topic: {_short(topic)}")
+        raise InvalidDeviceRequest(f"not a DPS response topic: {short(topic)}")
     status_raw, _, rest = topic[len(_RESPONSE_PREFIX) :].partition("/")
     if not status_raw.isdigit() or not rest.startswith("?"):
-        raise InvalidDeviceRequest(f"malformed DPS response topic {_short(topic)}")
+        raise InvalidDeviceRequest(f"malformed DPS response topic {short(topic)}")
     params = parse_query(rest[1:], "DPS response topic")
     retry_raw = params.get("retry-after")
     retry_after = None

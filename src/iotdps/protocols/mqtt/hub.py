@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from iotdps.protocols.mqtt._query import encode_component, parse_query
+from iotdps.protocols.mqtt._query import check_status, encode_component, parse_query, short
 from iotdps.protocols.mqtt.errors import InvalidDeviceRequest
 from iotdps.protocols.mqtt.topics import topic_matches
 
@@ -68,10 +68,6 @@ _NAME_TO_WIRE = {name: wire for wire, name in SYSTEM_PROPERTY_KEYS.items()}
 _TWIN_GET = "$iothub/twin/GET/"
 _TWIN_REPORTED = "$iothub/twin/PATCH/properties/reported/"
 _METHOD_RES = "$iothub/methods/res/"
-
-
-def _short(value: str) -> str:
-    return repr(value if len(value) <= 64 else value[:61] + "...")
 
 
 # -- usernames ---------------------------------------------------------------------------------
@@ -217,7 +213,7 @@ class MethodResponse:
 def _rid(query: str, topic: str) -> str:
     rid = parse_query(query, "hub topic").get("$rid")
     if not rid:
-        raise InvalidDeviceRequest(f"hub topic {_short(topic)} has no $rid")
+        raise InvalidDeviceRequest(f"hub topic {short(topic)} has no $rid")
     return rid
 
 
@@ -231,7 +227,7 @@ def _telemetry(topic: str) -> Telemetry | None:
     else:
         return None
     if not device_id or module_id == "":
-        raise InvalidDeviceRequest(f"telemetry topic {_short(topic)} has an empty id")
+        raise InvalidDeviceRequest(f"telemetry topic {short(topic)} has an empty id")
     # The trailing `/` before the bag is always sent by 2.14.0; tolerate its absence.
     bag = "/".join(topic.split("/")[bag_index:])
     system, app = parse_property_bag(bag)
@@ -253,9 +249,9 @@ def parse_device_topic(topic: str) -> Telemetry | TwinGetRequest | TwinReportedP
         if sep and path.startswith(_METHOD_RES):
             status = path[len(_METHOD_RES) :].rstrip("/")
             if not (status.isdigit() and len(status) <= 3):
-                raise InvalidDeviceRequest(f"method response topic {_short(topic)} has a bad status")
+                raise InvalidDeviceRequest(f"method response topic {short(topic)} has a bad status")
             return MethodResponse(int(status), _rid(query, topic))
-    raise InvalidDeviceRequest(f"unknown hub topic {_short(topic)}")
+    raise InvalidDeviceRequest(f"unknown hub topic {short(topic)}")
 
 
 def format_telemetry_topic(
@@ -291,20 +287,14 @@ def parse_c2d_topic(topic: str) -> C2DMessage:
     """Client side: the inverse of `format_c2d_topic`."""
     parts = topic.split("/", 4)
     if len(parts) < 4 or parts[0] != "devices" or parts[2:4] != ["messages", "devicebound"]:
-        raise InvalidDeviceRequest(f"not a cloud-to-device topic: {_short(topic)}")
+        raise InvalidDeviceRequest(f"not a cloud-to-device topic: {short(topic)}")
     system, app = parse_property_bag(parts[4] if len(parts) == 5 else "")
     return C2DMessage(parts[1], system, app)
 
 
-def _status(status: int) -> int:
-    if isinstance(status, bool) or not 100 <= status <= 599:
-        raise ValueError(f"status {status!r} is not an HTTP status code")
-    return status
-
-
 def format_twin_response_topic(status: int, rid: str, version: int | None = None) -> str:
     """`$iothub/twin/res/{status}/?$rid={rid}[&$version={v}]` (204 + version for a reported PATCH)."""
-    topic = f"$iothub/twin/res/{_status(status)}/?$rid={encode_component(rid)}"
+    topic = f"$iothub/twin/res/{check_status(status)}/?$rid={encode_component(rid)}"
     if version is not None:
         topic += f"&$version={int(version)}"
     return topic

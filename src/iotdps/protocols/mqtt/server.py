@@ -32,11 +32,11 @@ State rules (the table `_TRANSITIONS` below is the single source of truth):
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from types import MappingProxyType
+from collections.abc import Callable, Iterable, Sequence
 
-from iotdps.protocols.mqtt.codec import DEFAULT_MAX_PACKET_SIZE, Decoder, encode
-from iotdps.protocols.mqtt.errors import MqttProtocolError, MqttStateError
+from iotdps.protocols.mqtt._session import SessionCore
+from iotdps.protocols.mqtt.codec import DEFAULT_MAX_PACKET_SIZE, encode
+from iotdps.protocols.mqtt.errors import MqttProtocolError
 from iotdps.protocols.mqtt.events import (
     Connected,
     Disconnected,
@@ -61,7 +61,6 @@ from iotdps.protocols.mqtt.packets import (
     UnsubAck,
     Unsubscribe,
 )
-from iotdps.protocols.mqtt.topics import is_valid_topic_name
 
 __all__ = ["ServerSession", "ServerState"]
 
@@ -111,8 +110,11 @@ class _Violation(Exception):
         self.connack_code = connack_code
 
 
-class ServerSession:
+class ServerSession(SessionCore[ServerState, _Action]):
     """One client connection, server side. See the module docstring for the rules."""
+
+    _SIDE = "server"
+    _NOUN = "session"
 
     def __init__(
         self,
@@ -122,34 +124,18 @@ class ServerSession:
         connect_timeout: float | None = 30.0,
         inflight: Iterable[Publish] = (),
     ) -> None:
-        self._decoder = Decoder(max_packet_size)
-        self._state = ServerState.AWAIT_CONNECT
+        super().__init__(_TRANSITIONS, ServerState.AWAIT_CONNECT, ServerState.CLOSED, max_packet_size)
         self._created = now
         self._last_rx = now
         self._connect_timeout = connect_timeout
         self._outgoing = bytearray()
         self._connect: Connect | None = None
-        self._close_reason: str | None = None
-        self._inflight: dict[int, Publish] = {}
         for message in inflight:
             if message.qos != 1 or message.packet_id is None:
                 raise ValueError("only QoS 1 messages with a packet id can be in flight")
             self._inflight[message.packet_id] = message
-        self._next_id = 1
 
     # -- inspection ----------------------------------------------------------------------------
-
-    @property
-    def state(self) -> ServerState:
-        return self._state
-
-    @property
-    def closed(self) -> bool:
-        return self._state is ServerState.CLOSED
-
-    @property
-    def close_reason(self) -> str | None:
-        return self._close_reason
 
     @property
     def connect_packet(self) -> Connect | None:
@@ -157,31 +143,8 @@ class ServerSession:
         return self._connect
 
     @property
-    def inflight(self) -> Mapping[int, Publish]:
-        """QoS 1 messages sent and not yet PUBACKed, by packet id, oldest first."""
-        return MappingProxyType(self._inflight)
-
-    @property
     def max_packet_size(self) -> int:
         return self._decoder.max_packet_size
-
-    # -- transitions ---------------------------------------------------------------------------
-
-    def _move(self, trigger: PacketType | _Action) -> bool:
-        new = _TRANSITIONS.get((self._state, trigger))
-        if new is None:
-            return False
-        self._state = new
-        return True
-
-    def _app(self, action: _Action) -> None:
-        if not self._move(action):
-            raise MqttStateError(f"cannot {action.value} a session in state {self._state.value}")
-
-    def _close(self, reason: str) -> None:
-        self._state = ServerState.CLOSED
-        if self._close_reason is None:
-            self._close_reason = reason
 
     # -- receiving -----------------------------------------------------------------------------
 
@@ -289,18 +252,7 @@ class ServerSession:
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> bytes:
         """PUBLISH to the client; QoS 1 messages get a packet id and stay in `inflight`."""
-        if qos not in (0, 1):
-            raise ValueError("the server publishes at QoS 0 or 1 only")
-        if not is_valid_topic_name(topic):
-            raise ValueError("a PUBLISH topic must be non-empty and without wildcards")
-        self._app(_Action.SEND)
-        if qos == 0:
-            return encode(Publish(topic, payload, 0, retain))
-        packet_id = self._allocate_id()
-        message = Publish(topic, payload, 1, retain, False, packet_id)
-        data = encode(message)
-        self._inflight[packet_id] = message
-        return data
+        return self._publish(_Action.SEND, topic, payload, qos, retain)[1]
 
     def resend_inflight(self) -> bytes:
         """Every in-flight message again, DUP set, oldest first (for a resumed session, §4.4)."""
@@ -330,15 +282,6 @@ class ServerSession:
         if self._state is not ServerState.CLOSED:
             self._app(_Action.CLOSE)
             self._close(reason)
-
-    def _allocate_id(self) -> int:
-        if len(self._inflight) >= 0xFFFF:
-            raise MqttStateError("all 65535 packet ids are in flight")
-        pid = self._next_id
-        while pid in self._inflight:
-            pid = pid % 0xFFFF + 1
-        self._next_id = pid % 0xFFFF + 1
-        return pid
 
     # -- time ----------------------------------------------------------------------------------
 

@@ -307,9 +307,18 @@ def _family_commands(
     @group.command("show")
     @argument
     @click.option("--show-keys", is_flag=True, help="Include symmetric keys in the output.")
+    @click.option(
+        "--primary-key", "primary_only", is_flag=True, help="Print only the primary symmetric key (for a key file)."
+    )
     @_store_options
-    def show(show_keys: bool, **kw: Any) -> None:
+    def show(show_keys: bool, primary_only: bool, **kw: Any) -> None:
         found = _run(lambda _, store: family.get(store, kw[family.key]))
+        if primary_only:
+            keys = found.attestation.symmetric_key
+            if keys is None:
+                raise InvalidInput(f"{kw[family.key]} does not use symmetric-key attestation")
+            click.echo(keys.primary_key.reveal())
+            return
         _echo_json(found.to_json(include_keys=show_keys))
 
     @group.command("list")

@@ -33,7 +33,7 @@ def _banner(info: StartupInfo) -> str:
             "First start. Enroll a device, then provision it with the official Azure SDK:",
             "",
             "  iotdps enrollment create my-device --symmetric-key",
-            "  iotdps enrollment show my-device --show-keys   # primaryKey -> device.key",
+            "  iotdps enrollment show my-device --primary-key > device.key",
             "",
         ]
         lines += ["    " + line for line in device_snippet(info).splitlines()]

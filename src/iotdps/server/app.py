@@ -386,7 +386,7 @@ client = ProvisioningDeviceClient.create_from_symmetric_key(
     provisioning_host="{info.dps_host}",
     registration_id="{registration_id}",
     id_scope="{info.id_scope}",
-    symmetric_key=open("device.key").read().strip(),  # from: iotdps enrollment show {registration_id} --show-keys
+    symmetric_key=open("device.key").read().strip(),
     server_verification_cert=open("{info.server_ca}").read(),
 )
 result = client.register()

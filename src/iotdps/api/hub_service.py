@@ -92,7 +92,13 @@ class HubOperations(Protocol):
     def is_connected(self, hub: str, device_id: str) -> bool: ...
     def disconnect(self, hub: str, device_id: str, reason: str = ...) -> bool: ...
     async def update_desired(
-        self, hub: str, device_id: str, patch: Mapping[str, Any], if_match: str | None = None
+        self,
+        hub: str,
+        device_id: str,
+        patch: Mapping[str, Any],
+        if_match: str | None = None,
+        *,
+        tags: Mapping[str, Any] | None = None,
     ) -> Twin: ...
     async def invoke_method(
         self, hub: str, device_id: str, name: str, payload: Any, timeout: float
@@ -462,16 +468,16 @@ async def _change_twin(ctx: ApiContext, request: web.Request, *, replace_all: bo
     if desired:
         if ctx.hub is None:
             raise _no_hub()
-        # Desired first: this write checks the etag atomically on the stored row, and the hub
-        # pushes the patch to the device when it is connected.
+        # Desired properties and tags in one write (nothing half-applied), checked against the
+        # stored row's etag; the hub pushes the desired patch when the device is connected.
         try:
-            await ctx.hub.update_desired(hub, device_id, desired, device.etag)
+            await ctx.hub.update_desired(hub, device_id, desired, device.etag, tags=tags or None)
         except PreconditionFailed:
             raise _precondition("twin") from None
         except NotFound:
             raise _device_not_found(device_id) from None
-    if tags:
-        await _merge_tags(ctx, hub, device_id, tags, etag if not desired else None)
+    elif tags:
+        await _merge_tags(ctx, hub, device_id, tags, etag)
     device = await _load(ctx, hub, device_id)
     body = twin_json(device, _connection(ctx, device))
     return json_response(body, etag=body["etag"])

@@ -34,7 +34,7 @@ from iotdps.hub.auth import check_device
 from iotdps.hub.endpoint import DeviceEndpoint
 from iotdps.hub.errors import DeviceNotConnected, MethodTimeout
 from iotdps.hub.telemetry import TelemetryWriter
-from iotdps.hub.twin import apply_desired_patch, apply_reported_patch
+from iotdps.hub.twin import apply_desired_patch, apply_reported_patch, merge_patch
 from iotdps.protocols.mqtt.codec import DEFAULT_MAX_PACKET_SIZE
 from iotdps.protocols.mqtt.errors import InvalidDeviceRequest
 from iotdps.protocols.mqtt.hub import (
@@ -284,11 +284,23 @@ class HubRuntime:
     # -- cloud-side operations ------------------------------------------------------------------
 
     async def update_desired(
-        self, hub: str, device_id: str, patch: Mapping[str, Any], if_match: str | None = None
+        self,
+        hub: str,
+        device_id: str,
+        patch: Mapping[str, Any],
+        if_match: str | None = None,
+        *,
+        tags: Mapping[str, Any] | None = None,
     ) -> Twin:
-        """Apply a desired-properties patch and push it to the device if it is connected."""
+        """Apply a desired-properties patch (and a tags patch, in the same write) and push the
+        desired patch to the device if it is connected."""
         hub = self._canonical(hub)
-        device = await self._update_twin(hub, device_id, lambda twin: apply_desired_patch(twin, patch), if_match)
+
+        def change(twin: Twin) -> Twin:
+            changed = apply_desired_patch(twin, patch)
+            return replace(changed, tags=merge_patch(changed.tags, tags)) if tags else changed
+
+        device = await self._update_twin(hub, device_id, change, if_match)
         endpoint = self._live.get((hub, device_id))
         if endpoint is not None:
             pushed = {k: v for k, v in patch.items() if k != "$version"}

@@ -26,6 +26,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "iotdps.cli.server_cmds",
     "iotdps.cli.hub_cmds",
     "iotdps.cli.device_cmds",
+    "iotdps.cli.simulate_cmds",
 )
 
 

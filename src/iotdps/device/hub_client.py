@@ -13,7 +13,8 @@ import inspect
 import itertools
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+import ssl
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote
@@ -75,13 +76,17 @@ class HubClient:
         on_c2d: Callable[[C2DReceived], Any] | None = None,
         on_method: MethodHandler | None = None,
         on_desired: Callable[[dict[str, Any]], Any] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """`ssl_context`: one made beforehand with `credentials.tls_context` (the fleet
+        simulator); by default each `connect` makes one from `ca_pem` and `credential`."""
         self.hostname = hostname
         self.device_id = device_id
         self._credential = credential
         self._ca_pem = ca_pem
         self._port = port
         self._keepalive = keepalive
+        self._ssl_context = ssl_context
         self.on_c2d = on_c2d
         self.on_method = on_method
         self.on_desired = on_desired
@@ -99,7 +104,7 @@ class HubClient:
         mqtt = await open_mqtt(
             self.hostname,
             self._port,
-            tls_context(self._ca_pem, self._credential),
+            self._ssl_context or tls_context(self._ca_pem, self._credential),
             on_publish=self._on_publish,
             timeout=timeout,
         )
@@ -163,6 +168,12 @@ class HubClient:
         app = dict(sorted((properties or {}).items()))
         payload = body.encode() if isinstance(body, str) else body
         await self._client().publish(format_telemetry_topic(self.device_id, system, app), payload, timeout=timeout)
+
+    async def send_telemetry_many(self, bodies: Sequence[bytes], *, timeout: float = 30.0) -> None:
+        """Send several telemetry messages (no properties) in one write; returns once the hub
+        has stored and acknowledged all of them."""
+        topic = format_telemetry_topic(self.device_id, {}, {})
+        await self._client().publish_many([(topic, body) for body in bodies], timeout=timeout)
 
     async def _twin_request(self, topic_path: str, body: bytes, timeout: float) -> tuple[int, int | None, bytes]:
         rid = format(next(self._rids), "x")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -61,9 +62,14 @@ async def provision(
     port: int = 8883,
     payload: Any = None,
     timeout: float = 60.0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Assignment:
+    """Register and return the assignment. `ssl_context`: a context made beforehand with
+    `credentials.tls_context` (the fleet simulator builds them before it starts the clock);
+    by default one is made from `ca_pem` and `credential` for this call."""
     responses: asyncio.Queue[PublishReceived] = asyncio.Queue()
-    client = await open_mqtt(provisioning_host, port, tls_context(ca_pem, credential), on_publish=responses.put_nowait)
+    context = ssl_context or tls_context(ca_pem, credential)
+    client = await open_mqtt(provisioning_host, port, context, on_publish=responses.put_nowait)
     username = f"{id_scope}/registrations/{registration_id}/api-version={DPS_API_VERSION}&ClientVersion=" + quote(
         CLIENT_VERSION, safe=""
     )

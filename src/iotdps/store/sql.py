@@ -23,7 +23,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcon
 from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import ColumnElement, Row, Select, Table, delete, func, select, update
+from sqlalchemy import ColumnElement, Row, Select, Table, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, Result
@@ -143,11 +143,17 @@ class _SqlTx:
         if current is not None:
             await self.run(update(table).where(*self._where(table, key)).values(**values))
             return etag, rec.to_utc(current.created), now
+        if not self.pg:
+            # SQLite: every transaction began IMMEDIATE, so this one has held the write lock
+            # since before the SELECT above and nobody can have inserted the key since. A plain
+            # INSERT is compiled once and cached; SQLAlchemy 2.0 cannot cache ON CONFLICT and
+            # compiled it on every write (two per registration; bench/PROFILE.md).
+            await self.run(insert(table).values(**key, created=now, **values))
+            return etag, now, now
         # No row seen: insert, and if a concurrent transaction inserted the key meanwhile,
         # update its row instead, keeping its `created` (RETURNING says which).
-        inserter = pg_insert if self.pg else sqlite_insert
         statement = (
-            inserter(table)
+            pg_insert(table)
             .values(**key, created=now, **values)
             .on_conflict_do_update(index_elements=list(key), set_=values)
             .returning(table.c.created)

@@ -1,0 +1,163 @@
+"""Registrations per second against `iotdps up`, next to nginx's bare TLS handshake rate.
+
+    python bench/registrations.py [-n 600] [--concurrency 20] [--attestation x509|symmetric-key]
+                                  [--store sqlite|postgres]
+
+In one run, on the same certificates and the same cores:
+1. `iotdps up` (one process, one event loop; SQLite in its data dir, or a fresh PostgreSQL
+   database) gets an enrollment group (X.509: a CA proven by proof of possession) and `n`
+   devices register through its MQTT/TLS 1.2 endpoint with our device client (the code behind
+   `iotdps simulate`): TCP connect, full mutual-TLS handshake, CONNECT, SUBSCRIBE, register,
+   answer, `concurrency` devices at a time.
+2. nginx (Debian's nginx-light; one worker process, as iotdps serves from one loop) with the
+   iotdps server certificate and key, TLS 1.2 only, the same cipher suites, no session cache,
+   no tickets, the device CA as client CA: the same client makes `n` bare handshakes with the
+   same device credentials and concurrency, and closes each connection right away.
+
+Process layout: the server under test and this script (the load generator, one event loop)
+are two processes sharing the machine's cores (2 on CI); both servers meet the same client.
+Printed: rate, p50/p99 latency, server CPU per operation (from /proc), and the ratio of
+registrations/s to nginx handshakes/s (target: at least 70%). It prints; it never fails on a
+slow machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _harness as h
+from iotdps.device.fleet import Fleet, create_fleet
+from iotdps.device.simulate import PhaseStats, handshake_only, register_fleet
+from iotdps.provisioning.service import ProvisioningService
+from iotdps.store import open_store
+
+WARMUP = 10
+
+# Set before forking the client processes; they inherit it (SSL contexts do not pickle).
+_SHARED: dict[str, Any] = {}
+
+
+def _client_part(part: tuple[int, int]) -> PhaseStats:
+    k, i = part
+    job = _SHARED["job"]
+    return job(_SHARED["items"][i::k])  # type: ignore[no-any-return]
+
+
+def split_run(clients: int, items: list[Any], job: Any) -> PhaseStats:
+    """Run `job(slice)` in `clients` forked processes (or here, for 1); merged stats. The rate is
+    the total over the slowest process's time, as the processes start together."""
+    if clients <= 1:
+        return job(items)  # type: ignore[no-any-return]
+    import multiprocessing
+
+    _SHARED.update(job=job, items=items)
+    with multiprocessing.get_context("fork").Pool(clients) as pool:
+        parts = pool.map(_client_part, [(clients, i) for i in range(clients)])
+    merged = PhaseStats()
+    for p in parts:
+        merged.attempted += p.attempted
+        merged.succeeded += p.succeeded
+        merged.latencies += p.latencies
+        merged.errors.update(p.errors)
+        merged.elapsed = max(merged.elapsed, p.elapsed)
+    return merged
+
+
+async def prepare(server: h.Iotdps, attestation: Any, n: int, work: Path) -> tuple[str, Fleet]:
+    store = await open_store(server.dsn, create=False)
+    try:
+        async with store.begin() as uow:
+            settings = await uow.settings.get()
+        assert settings is not None
+        fleet = await create_fleet(
+            ProvisioningService(store), store, attestation, n + WARMUP, work / "devices", server.server_ca
+        )
+        return settings.id_scope, fleet
+    finally:
+        await store.close()
+
+
+def line(name: str, stats: PhaseStats, cpu: float, what: str) -> str:
+    per = 1000 * cpu / stats.succeeded if stats.succeeded else 0.0
+    return (
+        f"{name:<8} {stats.succeeded:6d} {what:<14} {stats.rate:8.1f}/s   p50 {1000 * stats.percentile(50):7.1f} ms"
+        f"   p99 {1000 * stats.percentile(99):7.1f} ms   server CPU {per:6.2f} ms/op"
+        f"   errors {dict(stats.errors) or 0}"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-n", type=int, default=600, help="registrations (and handshakes) per side")
+    ap.add_argument("--concurrency", type=int, default=20)
+    ap.add_argument("--attestation", choices=["x509", "symmetric-key"], default="x509")
+    ap.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite")
+    ap.add_argument("--clients", type=int, default=1, help="load-generator processes (default 1)")
+    args = ap.parse_args()
+    n = max(1, min(args.n, 20_000))
+
+    with h.temp_dir("iotdps-bench-reg-") as tmp, contextlib.ExitStack() as stack:
+        work = Path(tmp)
+        dsn = stack.enter_context(h.postgres_database()) if args.store == "postgres" else None
+        server = stack.enter_context(h.iotdps_up(work, dsn=dsn))
+        scope, fleet = asyncio.run(prepare(server, args.attestation, n, work))
+        devices = fleet.devices
+        # A few first registrations load the new CA into the TLS trust store; not timed.
+        asyncio.run(register_fleet(server.address, 8883, scope, devices[:WARMUP], concurrency=2))
+
+        cpu0 = h.cpu_seconds(server.process.pid)
+        per_client = max(1, args.concurrency // max(1, args.clients))
+
+        def register(part: list[Any]) -> PhaseStats:
+            return asyncio.run(register_fleet(server.address, 8883, scope, part, concurrency=per_client))[0]
+
+        stats = split_run(args.clients, list(devices[WARMUP:]), register)
+        ours_cpu = h.cpu_seconds(server.process.pid) - cpu0
+        h.stop(server.process)  # the reference runs alone on the cores
+
+        tls = server.data_dir / "tls"
+        client_ca = work / "devices" / "fleet-root.pem"
+        if not client_ca.exists():  # symmetric keys: no device CA; nginx still asks for a certificate
+            client_ca = tls / "server-ca.pem"
+        nginx = stack.enter_context(h.nginx_tls(work, tls / "server.pem", tls / "server.key", client_ca))
+        contexts = [d.context for d in devices[WARMUP:]]
+        # The server name iotdps's certificate covers is the iotdps address; nginx listens elsewhere.
+        asyncio.run(
+            handshake_only(nginx.address, nginx.port, contexts[:WARMUP], WARMUP, server_hostname=server.address)
+        )
+        cpu0 = h.cpu_seconds(nginx.worker)
+
+        def handshakes(part: list[Any]) -> PhaseStats:
+            return asyncio.run(
+                handshake_only(
+                    nginx.address, nginx.port, part, len(part), concurrency=per_client, server_hostname=server.address
+                )
+            )
+
+        ref = split_run(args.clients, contexts, handshakes)
+        ref_cpu = h.cpu_seconds(nginx.worker) - cpu0
+
+    print(
+        f"registrations: {args.attestation}, store {args.store}, MQTT over TLS 1.2, concurrency {args.concurrency}, "
+        f"{args.clients} client process(es), "
+        f"{time.strftime('%Y-%m-%d %H:%M')}"
+    )
+    print(line("iotdps", stats, ours_cpu, "registrations"))
+    print(line("nginx", ref, ref_cpu, "handshakes"))
+    if ref.rate:
+        print(
+            f"ratio  : iotdps registrations/s = {100 * stats.rate / ref.rate:.0f}% "
+            "of nginx handshakes/s (target >= 70%)"
+        )
+
+
+if __name__ == "__main__":
+    main()

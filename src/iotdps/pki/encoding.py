@@ -52,11 +52,13 @@ def _as_bytes(data: bytes | str) -> bytes:
 
 def _pem_or_der_blobs(raw: bytes, label: bytes) -> tuple[str, bytes]:
     """Classify input as ("pem", raw) or ("der", der bytes); base64 text becomes DER."""
+    # DER is binary: its last bytes may well be 0x20 or 0x0A, so it is never stripped
+    # (stripping corrupted about 1 certificate in 40).
+    if raw[:1] == b"\x30":  # an ASN.1 SEQUENCE: DER as is
+        return "der", raw
     stripped = raw.strip()
     if b"-----BEGIN" in stripped:
         return "pem", stripped
-    if stripped[:1] == b"\x30":  # an ASN.1 SEQUENCE: DER as is
-        return "der", stripped
     try:
         der = base64.b64decode(b"".join(stripped.split()), validate=True)
     except (binascii.Error, ValueError):

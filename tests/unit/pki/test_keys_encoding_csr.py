@@ -133,3 +133,17 @@ def test_csr_checks(hierarchy: Any) -> None:
     der[i : i + 5] = b"dev-2"
     with pytest.raises(InvalidInput, match="signature does not verify"):
         sign_device_csr(hierarchy.line, bytes(der), Validity.days(5))
+
+
+def test_der_ending_in_whitespace_bytes_loads(hierarchy: Any) -> None:
+    # A DER certificate's last byte is part of its signature and may be 0x20, 0x0A...: loading
+    # must not strip it. Reissue until one ends in an ASCII whitespace byte (bounded).
+    for _ in range(2000):
+        key = generate_private_key()
+        cert = issue_device_certificate(hierarchy.line, "dev-ws", key.public_key(), Validity.days(3))
+        der = cert.public_bytes(serialization.Encoding.DER)
+        if der[-1:] in (b" ", b"\n", b"\r", b"\t", b"\x0b", b"\x0c"):
+            break
+    else:
+        pytest.fail("no certificate ending in a whitespace byte in 2000 tries")
+    assert load_certificate(der) == cert

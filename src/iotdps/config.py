@@ -54,8 +54,14 @@ __all__ = [
     "ManagementConfig",
     "TlsConfig",
     "is_ip_address",
+    "is_unspecified",
     "load_config",
 ]
+
+
+def is_unspecified(address: str) -> bool:
+    """True for the all-interfaces addresses, which no client can dial."""
+    return address in ("0.0.0.0", "::")  # noqa: S104 (compared, not bound)
 
 
 def is_ip_address(value: str) -> bool:
@@ -135,18 +141,16 @@ class Config:
         names += list(self.tls.extra_names)
         # Listening addresses too: a client may dial the address rather than a name.
         binds = [self.dps.bind, self.management.bind, *(h.bind for h in self.effective_hubs)]
-        names += [b for b in binds if b not in _UNSPECIFIED]
+        names += [b for b in binds if not is_unspecified(b)]
         return tuple(dict.fromkeys(names))
 
     @property
     def management_host(self) -> str:
         """The host clients of the management API dial (for connection strings)."""
-        if self.management.bind in _UNSPECIFIED:
+        if is_unspecified(self.management.bind):
             return self.dps.host_name
         return self.management.bind
 
-
-_UNSPECIFIED = frozenset({"0.0.0.0", "::"})  # noqa: S104 (compared, not bound)
 
 _ENV_PREFIX = "IOTDPS_"
 

@@ -22,7 +22,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,7 +34,7 @@ from iotdps.allocation.webhook_http import AiohttpWebhookTransport
 from iotdps.api.app import build_management_app
 from iotdps.api.auth import HUB_RIGHTS, AccessPolicies
 from iotdps.attestation.x509 import X509Evidence, evidence_from_chain
-from iotdps.config import Config
+from iotdps.config import Config, is_unspecified
 from iotdps.enrollment.models import LinkedHub, ServiceSettings, utcnow
 from iotdps.hub import HubRuntime, control_socket_path
 from iotdps.pki.encoding import sha256_thumbprint
@@ -107,7 +107,6 @@ class Server:
         self._tasks: list[asyncio.Task[Any]] = []
         self._webhook: AiohttpWebhookTransport | None = None
         self._stopped = asyncio.Event()
-        self.extra_cleanup: list[Callable[[], Awaitable[None]]] = []
 
     # ------------------------------------------------------------------ start
 
@@ -120,10 +119,11 @@ class Server:
         self.store = await open_store(config.database_dsn)
         settings = await self._ensure_settings(self.store)
         await self._sync_linked_hubs(self.store)
+        hub_hosts = [h.host_name for h in config.effective_hubs]
         if self.hub is None:
             self.hub_runtime = HubRuntime(
                 self.store,
-                [h.host_name for h in config.effective_hubs],
+                hub_hosts,
                 max_packet_size=config.limits.max_packet_size,
             )
             await self.hub_runtime.start()
@@ -143,7 +143,6 @@ class Server:
         self._anchor_prints = frozenset(sha256_thumbprint(c) for c in anchors)
         endpoints = await self._listen()
         policies = AccessPolicies.load_or_create(config.data_dir)
-        hub_hosts = [h.host_name for h in config.effective_hubs]
         management = build_management_app(
             self.store,
             self.service,
@@ -155,7 +154,8 @@ class Server:
         )
         # The hub service API is reached at each hub's host name: serve the management port on
         # every hub address too (unless the management API already listens on all addresses).
-        extra = [] if config.management.bind in ("0.0.0.0", "::") else [h.bind for h in config.effective_hubs]  # noqa: S104
+        extra = [] if is_unspecified(config.management.bind) else [h.bind for h in config.effective_hubs]
+        extra = [address for address in extra if not is_unspecified(address)]
         await self._serve_app(management, config.management.bind, config.management.port, extra_hosts=extra)
         if self.hub_runtime is not None:
             await self._serve_control(self.hub_runtime)
@@ -237,7 +237,7 @@ class Server:
         assert self.tls is not None
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
-        for address in dict.fromkeys([host, *(h for h in extra_hosts if h not in ("0.0.0.0", "::"))]):  # noqa: S104
+        for address in dict.fromkeys([host, *extra_hosts]):
             site = TlsSite(runner, address, port, self.tls, handshake_timeout=self.config.tls.handshake_timeout)
             await site.start()
         self._runners.append(runner)
@@ -258,10 +258,6 @@ class Server:
             os.umask(old_umask)
         path.chmod(0o600)
         self._runners.append(runner)
-
-    async def serve_app(self, app: web.Application, host: str, port: int) -> None:
-        """Serve another application (management API) over the same TLS identity."""
-        await self._serve_app(app, host, port)
 
     # ------------------------------------------------------------------ connections
 
@@ -362,9 +358,6 @@ class Server:
                 await asyncio.wait_for(server.wait_closed(), 2.0)
         for runner in self._runners:
             await runner.cleanup()
-        for cleanup in self.extra_cleanup:
-            with contextlib.suppress(Exception):
-                await cleanup()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -372,9 +365,6 @@ class Server:
             await self._webhook.close()
         if self.store is not None:
             await self.store.close()
-
-    async def wait_stopped(self) -> None:
-        await self._stopped.wait()
 
 
 def device_snippet(info: StartupInfo, registration_id: str = "my-device") -> str:

@@ -2,48 +2,23 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import socket
 import ssl
 import time
-import urllib.parse
 from pathlib import Path
 
 import pytest
 
-from iotdps.protocols.mqtt.client import ClientSession
-from iotdps.protocols.mqtt.events import ConnAckReceived
+from iotdps.attestation.symmetric_key import make_sas_token
+from iotdps_testing.rawdps import dps_connect
 from iotdps_testing.server import RunningServer, start_server
 
 pytestmark = pytest.mark.e2e
 
 
-def _token(scope: str, registration_id: str, key: str) -> str:
-    sr = urllib.parse.quote(f"{scope}/registrations/{registration_id}", safe="")
-    expiry = int(time.time()) + 600
-    sig = base64.b64encode(hmac.new(base64.b64decode(key), f"{sr}\n{expiry}".encode(), hashlib.sha256).digest())
-    return f"SharedAccessSignature sr={sr}&sig={urllib.parse.quote(sig.decode(), safe='')}&se={expiry}"
-
-
 def _connect(server: RunningServer, key: str) -> tuple[ssl.SSLSocket, int]:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.load_verify_locations(cadata=server.server_ca)
-    raw = socket.create_connection((server.address, 8883), timeout=10)
-    tls = context.wrap_socket(raw, server_hostname=server.address)
-    session = ClientSession()
-    username = f"{server.id_scope}/registrations/cap-1/api-version=2019-03-31&ClientVersion=test"
-    tls.sendall(session.connect("cap-1", username, _token(server.id_scope, "cap-1", key), keepalive=60))
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        data = tls.recv(4096)
-        if not data:
-            break
-        for event in session.receive_data(data):
-            if isinstance(event, ConnAckReceived):
-                return tls, event.return_code
-    raise AssertionError("no CONNACK")
+    token = make_sas_token(server.id_scope, "cap-1", key, int(time.time()) + 600)
+    tls, _, code = dps_connect(server, "cap-1", token)
+    return tls, code
 
 
 def test_connections_beyond_the_cap_get_connack_3(tmp_path: Path) -> None:

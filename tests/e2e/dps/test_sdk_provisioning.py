@@ -8,12 +8,7 @@ The certificates come from our own factory CLI, as in seed 001.
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
-import socket
-import ssl
 import time
-import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,9 +17,9 @@ import pytest
 from azure.iot.device import X509, ProvisioningDeviceClient
 from azure.iot.device.exceptions import ClientError, CredentialError
 
-from iotdps.protocols.mqtt.client import ClientSession
-from iotdps.protocols.mqtt.events import ConnAckReceived
+from iotdps.attestation.symmetric_key import make_sas_token
 from iotdps_testing.devcerts import derived_key, self_signed_device
+from iotdps_testing.rawdps import dps_connect
 from iotdps_testing.server import RunningServer, start_server
 
 pytestmark = pytest.mark.e2e
@@ -270,31 +265,11 @@ def test_expired_sas_gets_connack_5(server: RunningServer) -> None:
     # The SDK always signs fresh tokens, so the expired one goes through our own MQTT client.
     server.cli("enrollment", "create", "sym-old", "--symmetric-key")
     primary, _ = server.symmetric_keys("enrollment", "sym-old")
-    sr = urllib.parse.quote(f"{server.id_scope}/registrations/sym-old", safe="")
-    expiry = int(time.time()) - 60
-    sig = base64.b64encode(hmac.new(base64.b64decode(primary), f"{sr}\n{expiry}".encode(), hashlib.sha256).digest())
-    token = f"SharedAccessSignature sr={sr}&sig={urllib.parse.quote(sig.decode(), safe='')}&se={expiry}"
-    username = f"{server.id_scope}/registrations/sym-old/api-version=2019-03-31&ClientVersion=test"
-    assert _raw_connack(server, "sym-old", username, token) == 5
+    token = make_sas_token(server.id_scope, "sym-old", primary, int(time.time()) - 60)
+    tls, _, code = dps_connect(server, "sym-old", token)
+    tls.close()
+    assert code == 5
     assert _last_refusal(server, "sym-old").reason == "SAS_EXPIRED"
-
-
-def _raw_connack(server: RunningServer, client_id: str, username: str, password: str) -> int:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.load_verify_locations(cadata=server.server_ca)
-    session = ClientSession()
-    with socket.create_connection((server.address, 8883), timeout=10) as raw:
-        with context.wrap_socket(raw, server_hostname=server.address) as tls:
-            tls.sendall(session.connect(client_id, username, password, keepalive=30, clean_session=False))
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                data = tls.recv(4096)
-                if not data:
-                    break
-                for event in session.receive_data(data):
-                    if isinstance(event, ConnAckReceived):
-                        return event.return_code
-    raise AssertionError("no CONNACK")
 
 
 def test_refusal_details_never_reach_the_device(server: RunningServer) -> None:

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import http.server
 import json
-import socket
-import ssl
 import threading
 import time
-import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 
-from iotdps.protocols.mqtt.client import ClientSession
+from iotdps.attestation.symmetric_key import make_sas_token
 from iotdps_testing.net import free_loopback_address, free_port
+from iotdps_testing.rawdps import dps_connect
 from iotdps_testing.server import start_server
 
 pytestmark = pytest.mark.e2e
@@ -57,13 +52,6 @@ def webhook() -> Iterator[str]:
     httpd.server_close()
 
 
-def _sas(scope: str, registration_id: str, key: str) -> str:
-    sr = urllib.parse.quote(f"{scope}/registrations/{registration_id}", safe="")
-    expiry = int(time.time()) + 600
-    sig = base64.b64encode(hmac.new(base64.b64decode(key), f"{sr}\n{expiry}".encode(), hashlib.sha256).digest())
-    return f"SharedAccessSignature sr={sr}&sig={urllib.parse.quote(sig.decode(), safe='')}&se={expiry}"
-
-
 def test_sigterm_lets_a_slow_registration_finish(tmp_path: Path, webhook: str) -> None:
     address = free_loopback_address()
     server = start_server(tmp_path, address=address, config=f'[[hubs]]\nhost_name = "{HUB}"\nbind = "{address}"\n')
@@ -73,27 +61,23 @@ def test_sigterm_lets_a_slow_registration_finish(tmp_path: Path, webhook: str) -
             "--webhook-url", webhook, "--webhook-api-version", "2021-10-01",
         )  # fmt: skip
         key = server.cli_json("enrollment", "show", "slow-dev", "--show-keys")["attestation"]["symmetricKey"]
-        token = _sas(server.id_scope, "slow-dev", key["primaryKey"])
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.load_verify_locations(cadata=server.server_ca)
-        session = ClientSession()
-        username = f"{server.id_scope}/registrations/slow-dev/api-version=2019-03-31&ClientVersion=test"
-        with socket.create_connection((server.address, 8883), timeout=10) as raw:
-            with context.wrap_socket(raw, server_hostname=server.address) as tls:
-                tls.sendall(session.connect("slow-dev", username, token, keepalive=60, clean_session=False))
-                _, sub = session.subscribe([("$dps/registrations/res/#", 1)])
-                tls.sendall(sub)
-                body = json.dumps({"payload": None, "registrationId": "slow-dev"}).encode()
-                _, publish = session.publish("$dps/registrations/PUT/iotdps-register/?$rid=1", body, qos=1)
-                tls.sendall(publish)
-                deadline = time.monotonic() + 10
-                while not _SlowWebhook.calls and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                assert _SlowWebhook.calls, "the webhook was never called"
-                # The webhook is now busy for WEBHOOK_DELAY seconds: stop the server meanwhile.
-                started = time.monotonic()
-                assert server.stop() == 0, server.log()
-                assert time.monotonic() - started >= WEBHOOK_DELAY * 0.5
+        token = make_sas_token(server.id_scope, "slow-dev", key["primaryKey"], int(time.time()) + 600)
+        tls, session, code = dps_connect(server, "slow-dev", token)
+        assert code == 0
+        with tls:
+            _, sub = session.subscribe([("$dps/registrations/res/#", 1)])
+            tls.sendall(sub)
+            body = json.dumps({"payload": None, "registrationId": "slow-dev"}).encode()
+            _, publish = session.publish("$dps/registrations/PUT/iotdps-register/?$rid=1", body, qos=1)
+            tls.sendall(publish)
+            deadline = time.monotonic() + 10
+            while not _SlowWebhook.calls and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert _SlowWebhook.calls, "the webhook was never called"
+            # The webhook is now busy for WEBHOOK_DELAY seconds: stop the server meanwhile.
+            started = time.monotonic()
+            assert server.stop() == 0, server.log()
+            assert time.monotonic() - started >= WEBHOOK_DELAY * 0.5
         record = server.registration("slow-dev")
         assert record is not None
         assert record.status == "assigned", record

@@ -125,12 +125,9 @@ class MqttConnection(asyncio.Protocol):
         """Send a PUBLISH; returns the packet id of a QoS 1 message (None for QoS 0 / closed)."""
         if not self.open:
             return None
-        before = set(self.session.inflight)
-        self.write(self.session.publish(topic, payload, qos))
-        if qos == 1:
-            (packet_id,) = set(self.session.inflight) - before
-            return packet_id
-        return None
+        packet_id, data = self.session.publish_with_id(topic, payload, qos)
+        self.write(data)
+        return packet_id
 
     def close(self, reason: str = "closed by server") -> None:
         if self._closed:

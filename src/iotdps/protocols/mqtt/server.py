@@ -252,7 +252,13 @@ class ServerSession(SessionCore[ServerState, _Action]):
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> bytes:
         """PUBLISH to the client; QoS 1 messages get a packet id and stay in `inflight`."""
-        return self._publish(_Action.SEND, topic, payload, qos, retain)[1]
+        return self.publish_with_id(topic, payload, qos, retain)[1]
+
+    def publish_with_id(
+        self, topic: str, payload: bytes, qos: int = 0, retain: bool = False
+    ) -> tuple[int | None, bytes]:
+        """As `publish`, also returning the packet id of a QoS 1 message (None for QoS 0)."""
+        return self._publish(_Action.SEND, topic, payload, qos, retain)
 
     def resend_inflight(self) -> bytes:
         """Every in-flight message again, DUP set, oldest first (for a resumed session, §4.4)."""

@@ -119,7 +119,7 @@ def iotdps_up(work: Path, *, dsn: str | None = None, extra_config: str = "") -> 
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"iotdps up did not start:\n{log.read_text(errors='replace')[-3000:]}")
             time.sleep(0.05)
-        yield Iotdps(address, data_dir, process, log, dsn or f"sqlite+aiosqlite:///{data_dir / 'iotdps.db'}")
+        yield Iotdps(address, data_dir, process, log, dsn or f"sqlite:///{data_dir / 'iotdps.db'}")
     finally:
         stop(process)
 

@@ -40,7 +40,7 @@ async def run(n: int, dsn: str, profile: Path | None) -> None:
     statements = [0]
     transactions = [0]
     if isinstance(store, SqlStore):
-        sync_engine = store.engine.sync_engine
+        sync_engine = getattr(store.engine, "sync_engine", store.engine)
 
         @event.listens_for(sync_engine, "before_cursor_execute")
         def _count(*_: Any) -> None:
@@ -107,7 +107,7 @@ def main() -> None:
     ap.add_argument("--profile", type=Path, default=None)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="iotdps-regpath-") as tmp:
-        dsn = args.dsn or f"sqlite+aiosqlite:///{Path(tmp) / 'iotdps.db'}"
+        dsn = args.dsn or f"sqlite:///{Path(tmp) / 'iotdps.db'}"
         asyncio.run(run(max(args.n, 40), dsn, args.profile))
 
 

@@ -125,7 +125,7 @@ class Config:
 
     @property
     def database_dsn(self) -> str:
-        return self.dsn or f"sqlite+aiosqlite:///{self.data_dir / 'iotdps.db'}"
+        return self.dsn or f"sqlite:///{self.data_dir / 'iotdps.db'}"
 
     @property
     def effective_hubs(self) -> tuple[HubConfig, ...]:
@@ -236,8 +236,11 @@ def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
     if dsn is not None and (not isinstance(dsn, str) or "://" not in dsn):
         problems.add("dsn must be a database URL such as postgresql+asyncpg://user@host/db")
         dsn = None
-    elif isinstance(dsn, str) and not dsn.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://", "memory://")):
-        problems.add("dsn must start with sqlite+aiosqlite://, postgresql+asyncpg:// or memory://")
+    elif isinstance(dsn, str) and not dsn.startswith(
+        # sqlite+aiosqlite:// is the spelling of earlier releases; it opens the same store.
+        ("sqlite://", "sqlite+aiosqlite://", "postgresql://", "postgresql+asyncpg://", "memory://")
+    ):
+        problems.add("dsn must start with sqlite://, postgresql+asyncpg:// or memory://")
 
     dps = _section(raw, "dps", DpsConfig(), problems)
     management = _section(raw, "management", ManagementConfig(), problems)

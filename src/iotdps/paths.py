@@ -24,4 +24,4 @@ def default_data_dir() -> Path:
 def default_dsn(data_dir: Path) -> str:
     """The SQLite database in `data_dir`, which is created owner-only (0700): it holds keys."""
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return f"sqlite+aiosqlite:///{(data_dir / DB_FILE_NAME).resolve()}"
+    return f"sqlite:///{(data_dir / DB_FILE_NAME).resolve()}"

@@ -82,7 +82,7 @@ async def open_backend(backend: str, request: pytest.FixtureRequest, tmp_path: P
     if backend == "memory":
         return await open_store("memory://", refusal_limit=options["refusal_limit"])
     if backend == "sqlite":
-        return await open_store(f"sqlite+aiosqlite:///{tmp_path / 'contract.db'}", **options)
+        return await open_store(f"sqlite:///{tmp_path / 'contract.db'}", **options)
     schema = request.getfixturevalue("pg_schema")
     store = await open_store(PG_DSN, schema=schema, **options)
     assert isinstance(store, SqlStore)

@@ -9,6 +9,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from iotdps.enrollment.models import ServiceSettings
 from iotdps.errors import StoreError
@@ -30,14 +31,18 @@ async def test_migrated_schema_matches_tables(backend: str, request: pytest.Fixt
     try:
         assert isinstance(store, SqlStore)
         assert await current_revision(store.engine) == head_revision()
-        async with store.engine.connect() as conn:
-            assert await conn.run_sync(_diff) == []
+        if isinstance(store.engine, AsyncEngine):
+            async with store.engine.connect() as conn:
+                assert await conn.run_sync(_diff) == []
+        else:
+            with store.engine.connect() as conn:
+                assert _diff(conn) == []
     finally:
         await store.close()
 
 
 async def test_reopening_keeps_data_and_create_false_checks_revision(tmp_path: Path) -> None:
-    dsn = f"sqlite+aiosqlite:///{tmp_path / 'reopen.db'}"
+    dsn = f"sqlite:///{tmp_path / 'reopen.db'}"
     with pytest.raises(StoreError):
         await open_store(dsn, create=False)  # an empty database is not at the newest revision
     first = await open_store(dsn)

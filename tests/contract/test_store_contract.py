@@ -543,7 +543,7 @@ async def test_unreachable_postgres_is_a_store_error_without_the_password() -> N
 
 async def test_unopenable_sqlite_is_a_store_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError):
-        await open_store(f"sqlite+aiosqlite:///{tmp_path / 'missing-dir' / 'x.db'}")
+        await open_store(f"sqlite:///{tmp_path / 'missing-dir' / 'x.db'}")
 
 
 async def test_bad_dsn_is_invalid_input_without_echo() -> None:

@@ -71,7 +71,7 @@ class RunningServer:
         from iotdps.store import open_store
 
         async def read() -> list[Any]:
-            store = await open_store(f"sqlite+aiosqlite:///{self.data_dir / 'iotdps.db'}", create=False)
+            store = await open_store(f"sqlite:///{self.data_dir / 'iotdps.db'}", create=False)
             try:
                 async with store.begin() as uow:
                     return list(await uow.refusals.list(registration_id, limit=50))
@@ -84,7 +84,7 @@ class RunningServer:
         from iotdps.store import open_store
 
         async def read() -> Any:
-            store = await open_store(f"sqlite+aiosqlite:///{self.data_dir / 'iotdps.db'}", create=False)
+            store = await open_store(f"sqlite:///{self.data_dir / 'iotdps.db'}", create=False)
             try:
                 async with store.begin() as uow:
                     return await uow.registrations.get(registration_id)

@@ -9,7 +9,7 @@ from iotdps.errors import ConfigError
 def test_defaults_use_sqlite_in_data_dir(tmp_path: Path) -> None:
     config = load_config(environ={"IOTDPS_DATA_DIR": str(tmp_path)})
     assert config.data_dir == tmp_path
-    assert config.database_dsn == f"sqlite+aiosqlite:///{tmp_path / 'iotdps.db'}"
+    assert config.database_dsn == f"sqlite:///{tmp_path / 'iotdps.db'}"
     assert config.dps.mqtt_port == 8883 and config.dps.https_port == 443
     # With no hub configured, one hub shares the DPS host name.
     assert [h.host_name for h in config.effective_hubs] == ["localhost"]

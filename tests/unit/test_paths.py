@@ -19,5 +19,5 @@ def test_platform_dir_without_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_default_dsn_creates_private_dir(tmp_path: Path) -> None:
     target = tmp_path / "a" / "b"
     dsn = default_dsn(target)
-    assert dsn == f"sqlite+aiosqlite:///{target.resolve() / 'iotdps.db'}"
+    assert dsn == f"sqlite:///{target.resolve() / 'iotdps.db'}"
     assert stat.S_IMODE(target.stat().st_mode) == 0o700

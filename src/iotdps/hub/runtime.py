@@ -114,7 +114,7 @@ class HubRuntime:
         """Stop accepting devices, store all queued telemetry, then close every connection."""
         self._stopping = True
         # Background work is told to stop, never cancelled: a task cancelled inside a store
-        # transaction can leave an aiosqlite connection that the engine cannot dispose.
+        # transaction would roll back work the caller believes is under way.
         self._stop_event.set()
         if self._expiry is not None:
             await self._expiry

@@ -1,15 +1,21 @@
 """Storage adapters for the `Store` port (iotdps.provisioning.ports).
 
 `open_store(dsn)` is the one entry point: "memory://" gives the in-memory store,
-"sqlite+aiosqlite:///path" and "postgresql+asyncpg://user@host/db" the SQL store, migrated
-to the newest schema on open ("sqlite:///" and "postgresql://" pick those drivers too).
+"sqlite:///path" and "postgresql+asyncpg://user@host/db" the SQL store, migrated to the
+newest schema on open ("postgresql://" picks asyncpg too; "sqlite:///", the DSN of
+earlier releases, still names the same SQLite store).
+
+SQLite runs on the event loop's own thread through the standard sqlite3 module: its statements
+take microseconds (WAL, no fsync per commit), far less than handing each one to a worker thread
+and back, which is what aiosqlite did and what dominated the registration path
+(bench/PROFILE.md).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -20,12 +26,13 @@ from iotdps.provisioning.ports import Clock, Store
 from iotdps.store._common import DEFAULT_REFUSAL_LIMIT
 from iotdps.store.memory import MemoryStore
 from iotdps.store.migrate import current_revision, head_revision, upgrade
-from iotdps.store.sql import DEFAULT_PRUNE_EVERY, SqlStore, describe_error
+from iotdps.store.sql import DEFAULT_PRUNE_EVERY, SQLITE_BUSY_SLICE_MS, SqlStore, describe_error
 
 __all__ = ["MemoryStore", "SqlStore", "open_store"]
 
-_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
-_SQLITE_BUSY_MS = 5000
+_DRIVERS = {"sqlite": "sqlite+pysqlite", "postgresql": "postgresql+asyncpg"}
+# Other spellings that name the same driver; aiosqlite was the SQLite driver of earlier releases.
+_ALIASES = {"sqlite+aiosqlite": "sqlite+pysqlite"}
 _PG_CONNECT_TIMEOUT = 10.0
 
 
@@ -55,10 +62,10 @@ async def open_store(
         elif await current_revision(engine) != head_revision():
             raise StoreError("the database schema is not at the newest revision; migrate it first")
     except StoreError:
-        await engine.dispose()
+        await store.close()
         raise
     except Exception as exc:
-        await engine.dispose()
+        await store.close()
         raise describe_error(exc, url) from None
     return store
 
@@ -71,25 +78,25 @@ def _parse(dsn: str) -> URL:
         raise InvalidInput("the store DSN is not a database URL") from None
     backend = url.get_backend_name()
     if backend not in _DRIVERS:
-        raise InvalidInput("unsupported store DSN (use memory://, sqlite+aiosqlite:/// or postgresql+asyncpg://)")
+        raise InvalidInput("unsupported store DSN (use memory://, sqlite:/// or postgresql+asyncpg://)")
     wanted = _DRIVERS[backend]
-    if url.drivername == backend:
+    if url.drivername == backend or _ALIASES.get(url.drivername) == wanted:
         url = url.set(drivername=wanted)
     elif url.drivername != wanted:
         raise InvalidInput(f"unsupported database driver; use {wanted}")
     return url
 
 
-def _engine(url: URL, schema: str | None) -> AsyncEngine:
+def _engine(url: URL, schema: str | None) -> Engine | AsyncEngine:
     # hide_parameters: statement parameters hold documents with keys; never in errors or logs.
     options: dict[str, Any] = {"hide_parameters": True}
     if url.get_backend_name() == "sqlite":
         if schema is not None:
             raise InvalidInput("a schema applies to PostgreSQL only")
-        if url.database in (None, "", ":memory:"):
-            # One in-memory database lives as long as its one connection.
-            options["poolclass"] = StaticPool
-        engine = create_async_engine(url, **options)
+        # One connection for the process: SQLite has one writer, the store serialises its
+        # transactions on the event loop, and an in-memory database lives as long as it does.
+        options["poolclass"] = StaticPool
+        engine = create_engine(url, **options)
         _sqlite_setup(engine)
         return engine
     server_settings = {"application_name": "iotdps"}
@@ -99,8 +106,8 @@ def _engine(url: URL, schema: str | None) -> AsyncEngine:
     return create_async_engine(url, **options)
 
 
-def _sqlite_setup(engine: AsyncEngine) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def _sqlite_setup(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Autocommit at the driver so that we, not pysqlite, say how a transaction begins.
         dbapi_connection.isolation_level = None
@@ -109,12 +116,14 @@ def _sqlite_setup(engine: AsyncEngine) -> None:
             "PRAGMA journal_mode=WAL",  # readers do not block the writer
             "PRAGMA synchronous=NORMAL",  # durable at checkpoints; safe with WAL
             "PRAGMA foreign_keys=ON",  # index tables cascade with their group
-            f"PRAGMA busy_timeout={_SQLITE_BUSY_MS}",  # wait for another process's writer
+            # Another process's writer is waited for by SqlStore.begin on the event loop, a
+            # few milliseconds at a time, not by sleeping inside sqlite with the loop blocked.
+            f"PRAGMA busy_timeout={SQLITE_BUSY_SLICE_MS}",
         ):
             cursor.execute(pragma)
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         # Take the write lock at BEGIN: a read lock upgraded later can fail with SQLITE_BUSY.
         conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -8,8 +8,10 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from iotdps.store.sql import sqlite_begin
 
 __all__ = ["current_revision", "head_revision", "upgrade"]
 
@@ -37,9 +39,12 @@ def _current(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
-async def current_revision(engine: AsyncEngine) -> str | None:
-    async with engine.connect() as conn:
-        return await conn.run_sync(_current)
+async def current_revision(engine: Engine | AsyncEngine) -> str | None:
+    if isinstance(engine, AsyncEngine):
+        async with engine.connect() as conn:
+            return await conn.run_sync(_current)
+    with await sqlite_begin(engine) as conn:
+        return _current(conn)
 
 
 def _upgrade(connection: Connection) -> None:
@@ -50,7 +55,12 @@ def _upgrade(connection: Connection) -> None:
         command.upgrade(_config(connection), "head")
 
 
-async def upgrade(engine: AsyncEngine) -> None:
+async def upgrade(engine: Engine | AsyncEngine) -> None:
     """Migrate to the newest revision, in one transaction."""
-    async with engine.begin() as conn:
-        await conn.run_sync(_upgrade)
+    if isinstance(engine, AsyncEngine):
+        async with engine.begin() as conn:
+            await conn.run_sync(_upgrade)
+        return
+    with await sqlite_begin(engine) as conn:
+        _upgrade(conn)
+        conn.commit()

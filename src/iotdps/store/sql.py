@@ -1,10 +1,14 @@
-"""The SQL store: SQLAlchemy 2 Core over aiosqlite (the default) or asyncpg (several nodes).
+"""The SQL store: SQLAlchemy 2 Core over sqlite3 (the default) or asyncpg (several nodes).
 
 Concurrency, per engine:
-- SQLite has one writer. Every transaction starts with BEGIN IMMEDIATE, so it takes the write
-  lock up front instead of failing to upgrade a read lock half way (SQLITE_BUSY on commit),
-  and an asyncio.Lock serialises this process's transactions so they queue on the event loop
-  instead of sleeping in busy_timeout. Other processes still wait through busy_timeout.
+- SQLite has one writer. The store holds one connection and runs its statements on the event
+  loop's thread: each takes microseconds (WAL, synchronous=NORMAL: no fsync per commit), and a
+  thread hand-off per statement cost far more than the statement (bench/PROFILE.md). Every
+  transaction starts with BEGIN IMMEDIATE, so it takes the write lock up front instead of
+  failing to upgrade a read lock half way (SQLITE_BUSY on commit), and an asyncio.Lock
+  serialises this process's transactions so they queue on the event loop. When another process
+  holds the write lock, BEGIN gives up after a few milliseconds and the store tries again after
+  an asyncio sleep, so the loop keeps serving while it waits (up to SQLITE_BUSY_WAIT).
 - PostgreSQL runs transactions concurrently (READ COMMITTED). A put locks the row it reads
   (SELECT ... FOR UPDATE) before checking the etag; a first insert is an INSERT ... ON CONFLICT
   DO UPDATE that keeps `created`, so two concurrent first writes of one key both succeed and
@@ -23,11 +27,11 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcon
 from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import ColumnElement, Row, Select, Table, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, Row, Select, Table, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, Result
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from iotdps.enrollment.models import (
@@ -68,7 +72,12 @@ from iotdps.store._common import (
     encode_token,
 )
 
-__all__ = ["SqlStore", "describe_error"]
+__all__ = ["SQLITE_BUSY_SLICE_MS", "SqlStore", "describe_error", "sqlite_begin"]
+
+# SQLite: how long one BEGIN waits inside sqlite for another process's writer (the event loop
+# is blocked meanwhile), and how long the store keeps trying, between asyncio sleeps.
+SQLITE_BUSY_SLICE_MS = 20
+SQLITE_BUSY_WAIT = 5.0
 
 # Prune the refusal log once every this many inserts (per store object), not on every one.
 DEFAULT_PRUNE_EVERY = 100
@@ -87,10 +96,30 @@ def describe_error(exc: BaseException, url: URL) -> StoreError:
     return StoreError(f"database error on {where}: {type(orig).__name__}{detail}")
 
 
+async def sqlite_begin(engine: Engine) -> Connection:
+    """A connection in a new BEGIN IMMEDIATE transaction, waiting out other processes' writers."""
+    deadline = asyncio.get_running_loop().time() + SQLITE_BUSY_WAIT
+    pause = 0.002
+    while True:
+        conn = engine.connect()
+        try:
+            conn.begin()
+            return conn
+        except OperationalError as exc:
+            conn.close()
+            locked = "locked" in str(exc.orig) or "busy" in str(exc.orig)
+            if not locked or asyncio.get_running_loop().time() + pause > deadline:
+                raise
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
 class _SqlTx:
-    def __init__(self, store: SqlStore, conn: AsyncConnection) -> None:
+    def __init__(self, store: SqlStore, conn: AsyncConnection | Connection) -> None:
         self.store = store
-        self.conn = conn
+        # Exactly one of the two: SQLite's connection runs on this thread, asyncpg's awaits.
+        self.sync = conn if isinstance(conn, Connection) else None
+        self.conn = conn if isinstance(conn, AsyncConnection) else None
         self.pg = store.dialect == "postgresql"
         self.open = True
 
@@ -101,7 +130,12 @@ class _SqlTx:
         if not self.open:
             raise StoreError("the transaction has ended")
         try:
-            if params is not None:  # executemany: one round trip for a whole batch
+            if self.sync is not None:
+                if params is not None:  # executemany: one call for a whole batch
+                    return self.sync.execute(statement, list(params))
+                return self.sync.execute(statement)
+            assert self.conn is not None
+            if params is not None:
                 return await self.conn.execute(statement, list(params))
             return await self.conn.execute(statement)
         except _DB_ERRORS as exc:
@@ -716,7 +750,7 @@ class SqlStore:
 
     def __init__(
         self,
-        engine: AsyncEngine,
+        engine: Engine | AsyncEngine,
         *,
         clock: Clock | None = None,
         refusal_limit: int = DEFAULT_REFUSAL_LIMIT,
@@ -749,8 +783,7 @@ class SqlStore:
         body_error: BaseException | None = None
         async with serial:
             try:
-                async with self.engine.begin() as conn:
-                    tx = _SqlTx(self, conn)
+                async with self._transaction() as tx:
                     try:
                         yield _UnitOfWork(tx)
                     except BaseException as exc:
@@ -764,9 +797,29 @@ class SqlStore:
                     raise
                 raise self.error(exc) from None
 
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[_SqlTx]:
+        """Commit when the block ends normally, roll back when it raises."""
+        if isinstance(self.engine, AsyncEngine):
+            async with self.engine.begin() as conn:
+                yield _SqlTx(self, conn)
+            return
+        with await sqlite_begin(self.engine) as conn:
+            transaction = conn.get_transaction()
+            assert transaction is not None
+            try:
+                yield _SqlTx(self, conn)
+            except BaseException:
+                transaction.rollback()
+                raise
+            transaction.commit()
+
     async def close(self) -> None:
         self._closed = True
-        await self.engine.dispose()
+        if isinstance(self.engine, AsyncEngine):
+            await self.engine.dispose()
+        else:
+            self.engine.dispose()
 
     def __repr__(self) -> str:
         return f"SqlStore({self.engine.url.render_as_string(hide_password=True)})"

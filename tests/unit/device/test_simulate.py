@@ -54,7 +54,7 @@ def store_view(server: RunningServer, prefix: str, n: int) -> tuple[list[Any], d
 
     async def read() -> tuple[list[Any], dict[str, int]]:
         # Every store of ours implements the hub repositories too.
-        store = cast(HubStore, await open_store(f"sqlite+aiosqlite:///{server.data_dir / 'iotdps.db'}", create=False))
+        store = cast(HubStore, await open_store(f"sqlite:///{server.data_dir / 'iotdps.db'}", create=False))
         try:
             records, counts = [], {}
             async with store.begin() as uow:

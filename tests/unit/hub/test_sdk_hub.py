@@ -30,7 +30,7 @@ logging.getLogger("paho").setLevel(logging.WARNING)
 
 @pytest.fixture
 async def hub(tmp_path: Path) -> AsyncIterator[HubServer]:
-    store = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'hub.db'}")
+    store = await open_store(f"sqlite:///{tmp_path / 'hub.db'}")
     server = await start_hub(store, websockets=True)
     yield server
     await server.close()

@@ -15,7 +15,7 @@ from iotdps.store import open_store
 
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    store = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'iotdps.db'}", clock=FixedClock(NOW))
+    store = await open_store(f"sqlite:///{tmp_path / 'iotdps.db'}", clock=FixedClock(NOW))
     try:
         yield await Env(store=store).setup()
     finally:

@@ -9,6 +9,7 @@ A credential type nobody registered is answered UNSUPPORTED_ATTESTATION, never a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -75,7 +76,10 @@ def _refuse(kind: AttestationKind, reason: RefusalReason, message: str, steps: S
     return Authentication(Decision(False, reason=reason, message=message, steps=tuple(steps)), kind)
 
 
+@functools.lru_cache(maxsize=1024)
 def _load(pem: str) -> x509.Certificate | None:
+    # Memoised: every X.509 registration loads every uploaded CA and (above a non-root
+    # anchor) every group's signing certificate; the PEM text fixes the (immutable) result.
     try:
         return certs.load_certificate(pem)
     except InvalidInput:

@@ -22,12 +22,12 @@ statement parameters (which may hold keys) are never shown (`hide_parameters`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import ColumnElement, Connection, Engine, Row, Select, Table, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, Row, Select, Table, bindparam, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, Result
@@ -114,6 +114,25 @@ async def sqlite_begin(engine: Engine) -> Connection:
         pause = min(pause * 2, 0.05)
 
 
+_PREBUILT: dict[tuple[Any, ...], Any] = {}
+
+
+def _prebuilt(shape: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+    """The statement for `shape`, built on first use (a few dozen shapes in all)."""
+    statement = _PREBUILT.get(shape)
+    if statement is None:
+        statement = _PREBUILT[shape] = build()
+    return statement
+
+
+def _key_where(table: Table, key: Mapping[str, Any]) -> list[ColumnElement[bool]]:
+    return [table.c[name] == bindparam(f"k_{name}") for name in key]
+
+
+def _locked(query: Select[Any], lock: bool) -> Select[Any]:
+    return query.with_for_update() if lock else query
+
+
 class _SqlTx:
     def __init__(self, store: SqlStore, conn: AsyncConnection | Connection) -> None:
         self.store = store
@@ -126,35 +145,46 @@ class _SqlTx:
     def now(self) -> datetime:
         return rec.to_utc(self.store.clock.now())
 
-    async def run(self, statement: Any, params: Sequence[Mapping[str, Any]] | None = None) -> Result[Any]:
+    async def run(
+        self,
+        statement: Any,
+        params: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        bind: Mapping[str, Any] | None = None,
+    ) -> Result[Any]:
+        """Execute; `params` runs it once per mapping (one call), `bind` fills its bind parameters."""
         if not self.open:
             raise StoreError("the transaction has ended")
+        arguments: Any = list(params) if params is not None else bind
         try:
             if self.sync is not None:
-                if params is not None:  # executemany: one call for a whole batch
-                    return self.sync.execute(statement, list(params))
-                return self.sync.execute(statement)
+                return self.sync.execute(statement, arguments)
             assert self.conn is not None
-            if params is not None:
-                return await self.conn.execute(statement, list(params))
-            return await self.conn.execute(statement)
+            return await self.conn.execute(statement, arguments)
         except _DB_ERRORS as exc:
             # Chained for callers that tell an integrity error apart; parameters are hidden.
             raise self.store.error(exc) from exc
 
     # Generic operations over one keyed table ---------------------------------------
+    # Their statements are built once per shape, with bind parameters for the key: SQLAlchemy
+    # memoises a statement object's cache key, so executing it again skips rebuilding and
+    # re-hashing the expression tree, which was most of a keyed read's cost (bench/PROFILE.md).
 
     @staticmethod
-    def _where(table: Table, key: Mapping[str, str]) -> list[ColumnElement[bool]]:
-        return [table.c[name] == value for name, value in key.items()]
+    def _bind(key: Mapping[str, Any]) -> dict[str, Any]:
+        return {f"k_{name}": value for name, value in key.items()}
+
+    def _get_statement(self, table: Table, key: Mapping[str, Any], lock: bool) -> Any:
+        return _prebuilt(
+            ("get", table.name, tuple(key), lock and self.pg),
+            lambda: _locked(
+                select(table.c.doc, table.c.etag, table.c.created, table.c.updated).where(*_key_where(table, key)),
+                lock and self.pg,
+            ),
+        )
 
     async def get(self, table: Table, key: Mapping[str, str], *, lock: bool = False) -> Row[Any] | None:
-        query: Select[Any] = select(table.c.doc, table.c.etag, table.c.created, table.c.updated).where(
-            *self._where(table, key)
-        )
-        if lock and self.pg:
-            query = query.with_for_update()
-        return (await self.run(query)).first()
+        return (await self.run(self._get_statement(table, key, lock), bind=self._bind(key))).first()
 
     async def put(
         self,
@@ -167,41 +197,50 @@ class _SqlTx:
     ) -> tuple[str, datetime, datetime]:
         """Write `doc` (and projection `columns`) under `key`; returns (etag, created, updated)."""
         dump_doc(doc, what)  # fail on non-JSON values here, as the memory store does
-        current = (
-            await self.run(self._lock(select(table.c.etag, table.c.created).where(*self._where(table, key))))
-        ).first()
+        bind = self._bind(key)
+        current_query = _prebuilt(
+            ("current", table.name, tuple(key), self.pg),
+            lambda: _locked(select(table.c.etag, table.c.created).where(*_key_where(table, key)), self.pg),
+        )
+        current = (await self.run(current_query, bind=bind)).first()
         check_put(what, current.etag if current else None, current is not None, if_match)
         now = self.now()
         etag = new_etag()
         values = {"doc": doc, "etag": etag, "updated": now, **(columns or {})}
         if current is not None:
-            await self.run(update(table).where(*self._where(table, key)).values(**values))
+            statement = _prebuilt(
+                ("update", table.name, tuple(key), tuple(values)),
+                lambda: update(table).where(*_key_where(table, key)),
+            )
+            await self.run(statement, bind={**bind, **values})
             return etag, rec.to_utc(current.created), now
         if not self.pg:
             # SQLite: every transaction began IMMEDIATE, so this one has held the write lock
-            # since before the SELECT above and nobody can have inserted the key since. A plain
-            # INSERT is compiled once and cached; SQLAlchemy 2.0 cannot cache ON CONFLICT and
-            # compiled it on every write (two per registration; bench/PROFILE.md).
-            await self.run(insert(table).values(**key, created=now, **values))
+            # since before the SELECT above and nobody can have inserted the key since, and a
+            # plain INSERT (SQLAlchemy cannot cache ON CONFLICT; it compiled one per write).
+            await self.run(_prebuilt(("insert", table.name), table.insert), bind={**key, "created": now, **values})
             return etag, now, now
         # No row seen: insert, and if a concurrent transaction inserted the key meanwhile,
         # update its row instead, keeping its `created` (RETURNING says which).
-        statement = (
+        upsert = (
             pg_insert(table)
             .values(**key, created=now, **values)
             .on_conflict_do_update(index_elements=list(key), set_=values)
             .returning(table.c.created)
         )
-        created = (await self.run(statement)).scalar_one()
+        created = (await self.run(upsert)).scalar_one()
         return etag, rec.to_utc(created), now
 
-    def _lock(self, query: Select[Any]) -> Select[Any]:
-        return query.with_for_update() if self.pg else query
-
     async def delete(self, table: Table, key: Mapping[str, str], what: str, if_match: str | None) -> None:
-        current = (await self.run(self._lock(select(table.c.etag).where(*self._where(table, key))))).first()
+        bind = self._bind(key)
+        current_query = _prebuilt(
+            ("etag", table.name, tuple(key), self.pg),
+            lambda: _locked(select(table.c.etag).where(*_key_where(table, key)), self.pg),
+        )
+        current = (await self.run(current_query, bind=bind)).first()
         check_delete(what, current.etag if current else None, current is not None, if_match)
-        await self.run(delete(table).where(*self._where(table, key)))
+        statement = _prebuilt(("delete", table.name, tuple(key)), lambda: delete(table).where(*_key_where(table, key)))
+        await self.run(statement, bind=bind)
 
     async def page(
         self,
@@ -221,9 +260,22 @@ class _SqlTx:
         token = encode_token(rows[page_size - 1][0]) if len(rows) > page_size else None
         return rows[:page_size], token
 
-    async def select_docs(self, table: Table, *filters: ColumnElement[bool], order: str) -> list[Row[Any]]:
-        query = select(table.c.doc, table.c.etag, table.c.created, table.c.updated).where(*filters)
-        return list((await self.run(query.order_by(table.c[order]))).all())
+    async def select_docs(
+        self,
+        table: Table,
+        *filters: ColumnElement[bool],
+        order: str,
+        shape: str = "",
+        bind: Mapping[str, Any] | None = None,
+    ) -> list[Row[Any]]:
+        """Rows matching `filters`; callers name the filters' `shape` (values go in `bind`) so
+        that the statement is built once."""
+
+        def build() -> Any:
+            query = select(table.c.doc, table.c.etag, table.c.created, table.c.updated).where(*filters)
+            return query.order_by(table.c[order])
+
+        return list((await self.run(_prebuilt(("docs", table.name, order, shape), build), bind=bind)).all())
 
 
 def _stamp(row: Row[Any]) -> tuple[str, datetime, datetime]:
@@ -264,7 +316,9 @@ class _Enrollments:
         return Page([self._load(r) for r in rows], token)
 
     async def list_x509(self) -> Sequence[IndividualEnrollment]:
-        rows = await self._tx.select_docs(self._t, self._t.c.attestation_type == "x509", order="registration_id")
+        rows = await self._tx.select_docs(
+            self._t, self._t.c.attestation_type == "x509", order="registration_id", shape="x509"
+        )
         return [self._load(r) for r in rows]
 
 
@@ -313,8 +367,14 @@ class _Groups:
         return Page([self._load(r) for r in rows], token)
 
     async def _through(self, index: Table, column: str, value: str) -> Sequence[EnrollmentGroup]:
-        ids = select(index.c.group_id).where(index.c[column] == value)
-        rows = await self._tx.select_docs(self._t, self._t.c.group_id.in_(ids), order="group_id")
+        ids = select(index.c.group_id).where(index.c[column] == bindparam("value"))
+        rows = await self._tx.select_docs(
+            self._t,
+            self._t.c.group_id.in_(ids),
+            order="group_id",
+            shape=f"{index.name}.{column}",
+            bind={"value": value},
+        )
         return [self._load(r) for r in rows]
 
     async def find_by_signing_thumbprint(self, sha256_thumbprint: str) -> Sequence[EnrollmentGroup]:
@@ -324,7 +384,9 @@ class _Groups:
         return await self._through(t.group_ca_references, "ca_name", ca_name)
 
     async def list_symmetric_key(self) -> Sequence[EnrollmentGroup]:
-        rows = await self._tx.select_docs(self._t, self._t.c.attestation_type == "symmetricKey", order="group_id")
+        rows = await self._tx.select_docs(
+            self._t, self._t.c.attestation_type == "symmetricKey", order="group_id", shape="symmetricKey"
+        )
         return [self._load(r) for r in rows]
 
 
@@ -346,7 +408,13 @@ class _Cas:
         wanted = sha256_thumbprint.upper()
         if not wanted:
             return None
-        rows = await self._tx.select_docs(self._t, self._t.c.sha256_thumbprint == wanted, order="name")
+        rows = await self._tx.select_docs(
+            self._t,
+            self._t.c.sha256_thumbprint == bindparam("thumbprint"),
+            order="name",
+            shape="thumbprint",
+            bind={"thumbprint": wanted},
+        )
         return self._load(rows[0]) if rows else None
 
     async def put(self, ca: CaCertificate, if_match: str | None = None) -> CaCertificate:

@@ -22,10 +22,10 @@ statement parameters (which may hold keys) are never shown (`hide_parameters`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar, cast
 
 from sqlalchemy import ColumnElement, Connection, Engine, Row, Select, Table, bindparam, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -114,6 +114,15 @@ async def sqlite_begin(engine: Engine) -> Connection:
         pause = min(pause * 2, 0.05)
 
 
+_T = TypeVar("_T")
+
+# What every registration reads and an operator rarely changes; the SQLite store caches reads
+# of these tables between transactions (SqlStore.begin).
+_CACHED_TABLES = frozenset(
+    table.name
+    for table in (t.service_settings, t.linked_hubs, t.ca_certificates, t.enrollment_groups, t.individual_enrollments)
+)
+
 _PREBUILT: dict[tuple[Any, ...], Any] = {}
 
 
@@ -141,6 +150,7 @@ class _SqlTx:
         self.conn = conn if isinstance(conn, AsyncConnection) else None
         self.pg = store.dialect == "postgresql"
         self.open = True
+        self.dirty = False  # wrote a table the read cache holds (see SqlStore.begin)
 
     def now(self) -> datetime:
         return rec.to_utc(self.store.clock.now())
@@ -164,6 +174,21 @@ class _SqlTx:
         except _DB_ERRORS as exc:
             # Chained for callers that tell an integrity error apart; parameters are hidden.
             raise self.store.error(exc) from exc
+
+    async def cached(self, key: tuple[Any, ...], load: Callable[[], Awaitable[_T]]) -> _T:
+        """`load()`, or its answer from the store's read cache (SqlStore.begin says when)."""
+        cache = self.store.read_cache if not self.dirty else None
+        if cache is None:
+            return await load()
+        if key in cache:
+            return cast(_T, cache[key])
+        value = await load()
+        cache[key] = value
+        return value
+
+    def wrote(self, table: Table) -> None:
+        if table.name in _CACHED_TABLES:
+            self.dirty = True
 
     # Generic operations over one keyed table ---------------------------------------
     # Their statements are built once per shape, with bind parameters for the key: SQLAlchemy
@@ -197,6 +222,7 @@ class _SqlTx:
     ) -> tuple[str, datetime, datetime]:
         """Write `doc` (and projection `columns`) under `key`; returns (etag, created, updated)."""
         dump_doc(doc, what)  # fail on non-JSON values here, as the memory store does
+        self.wrote(table)
         bind = self._bind(key)
         current_query = _prebuilt(
             ("current", table.name, tuple(key), self.pg),
@@ -232,6 +258,7 @@ class _SqlTx:
         return etag, rec.to_utc(created), now
 
     async def delete(self, table: Table, key: Mapping[str, str], what: str, if_match: str | None) -> None:
+        self.wrote(table)
         bind = self._bind(key)
         current_query = _prebuilt(
             ("etag", table.name, tuple(key), self.pg),
@@ -367,6 +394,11 @@ class _Groups:
         return Page([self._load(r) for r in rows], token)
 
     async def _through(self, index: Table, column: str, value: str) -> Sequence[EnrollmentGroup]:
+        return list(
+            await self._tx.cached(("through", index.name, value), lambda: self._through_db(index, column, value))
+        )
+
+    async def _through_db(self, index: Table, column: str, value: str) -> Sequence[EnrollmentGroup]:
         ids = select(index.c.group_id).where(index.c[column] == bindparam("value"))
         rows = await self._tx.select_docs(
             self._t,
@@ -375,7 +407,7 @@ class _Groups:
             shape=f"{index.name}.{column}",
             bind={"value": value},
         )
-        return [self._load(r) for r in rows]
+        return tuple(self._load(r) for r in rows)
 
     async def find_by_signing_thumbprint(self, sha256_thumbprint: str) -> Sequence[EnrollmentGroup]:
         return await self._through(t.group_signing_thumbprints, "sha256", sha256_thumbprint.upper())
@@ -384,10 +416,13 @@ class _Groups:
         return await self._through(t.group_ca_references, "ca_name", ca_name)
 
     async def list_symmetric_key(self) -> Sequence[EnrollmentGroup]:
+        return list(await self._tx.cached(("symmetricKey groups",), self._list_symmetric_key))
+
+    async def _list_symmetric_key(self) -> Sequence[EnrollmentGroup]:
         rows = await self._tx.select_docs(
             self._t, self._t.c.attestation_type == "symmetricKey", order="group_id", shape="symmetricKey"
         )
-        return [self._load(r) for r in rows]
+        return tuple(self._load(r) for r in rows)
 
 
 class _Cas:
@@ -446,7 +481,10 @@ class _Cas:
         await self._tx.delete(self._t, {"name": name}, f"CA certificate {name}", if_match)
 
     async def list(self) -> Sequence[CaCertificate]:
-        return [self._load(r) for r in await self._tx.select_docs(self._t, order="name")]
+        return list(await self._tx.cached(("cas",), self._list))
+
+    async def _list(self) -> Sequence[CaCertificate]:
+        return tuple(self._load(r) for r in await self._tx.select_docs(self._t, order="name"))
 
 
 class _Hubs:
@@ -468,7 +506,10 @@ class _Hubs:
         await self._tx.delete(self._t, {"host_name": host_name}, f"linked hub {host_name}", None)
 
     async def list(self) -> Sequence[LinkedHub]:
-        return [rec.hub_from_doc(r.doc) for r in await self._tx.select_docs(self._t, order="host_name")]
+        return list(await self._tx.cached(("hubs",), self._list))
+
+    async def _list(self) -> Sequence[LinkedHub]:
+        return tuple(rec.hub_from_doc(r.doc) for r in await self._tx.select_docs(self._t, order="host_name"))
 
 
 class _Settings:
@@ -479,6 +520,9 @@ class _Settings:
         self._tx = tx
 
     async def get(self) -> ServiceSettings | None:
+        return await self._tx.cached(("settings",), self._get)
+
+    async def _get(self) -> ServiceSettings | None:
         row = await self._tx.get(self._t, self._KEY)
         return rec.settings_from_doc(row.doc) if row else None
 
@@ -834,6 +878,14 @@ class SqlStore:
         self._refusals_added = 0
         self._serial = asyncio.Lock() if self.dialect == "sqlite" else None
         self._closed = False
+        # SQLite's read cache: answers of _SqlTx.cached, valid while PRAGMA data_version (which
+        # moves when another connection, e.g. another process, commits) stays where it was and
+        # no transaction of ours wrote a cached table. `read_cache` is set only inside a
+        # transaction, which on SQLite is the only one running. PostgreSQL, where other nodes
+        # write without telling us, reads through.
+        self._cache: dict[tuple[Any, ...], Any] = {}
+        self._cache_version: int | None = None
+        self.read_cache: dict[tuple[Any, ...], Any] | None = None
 
     def error(self, exc: BaseException) -> StoreError:
         return describe_error(exc, self.engine.url)
@@ -875,12 +927,25 @@ class SqlStore:
         with await sqlite_begin(self.engine) as conn:
             transaction = conn.get_transaction()
             assert transaction is not None
+            tx = _SqlTx(self, conn)
             try:
-                yield _SqlTx(self, conn)
+                # Read under the write lock: nobody else commits until we do.
+                raw: Any = conn.connection.driver_connection  # sqlite3.Connection: skip SQLAlchemy here
+                version = raw.execute("PRAGMA data_version").fetchone()[0]
+                if version != self._cache_version:
+                    self._cache.clear()
+                    self._cache_version = version
+                self.read_cache = self._cache
+                yield tx
             except BaseException:
                 transaction.rollback()
                 raise
-            transaction.commit()
+            else:
+                transaction.commit()
+            finally:
+                self.read_cache = None
+                if tx.dirty:
+                    self._cache.clear()
 
     async def close(self) -> None:
         self._closed = True

@@ -24,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from sqlalchemy import event
+from sqlalchemy import Engine, event
 
 from iotdps.attestation.registry import SasCredential
 from iotdps.attestation.symmetric_key import derive_device_key, make_sas_token
@@ -39,14 +39,23 @@ async def run(n: int, dsn: str, profile: Path | None) -> None:
     store = await open_store(dsn)
     statements = [0]
     transactions = [0]
-    if isinstance(store, SqlStore):
-        sync_engine = getattr(store.engine, "sync_engine", store.engine)
+    if isinstance(store, SqlStore) and isinstance(store.engine, Engine):
+        # SQLite: the store hands most statements to sqlite3 directly; sqlite3 sees them all.
+        def _trace(sql: str) -> None:
+            word = sql.split(None, 1)[0].upper()
+            if word == "BEGIN":
+                transactions[0] += 1
+            elif word not in ("COMMIT", "ROLLBACK", "PRAGMA"):
+                statements[0] += 1
 
-        @event.listens_for(sync_engine, "before_cursor_execute")
+        store.engine.raw_connection().driver_connection.set_trace_callback(_trace)  # type: ignore[union-attr]
+    elif isinstance(store, SqlStore):
+
+        @event.listens_for(store.engine.sync_engine, "before_cursor_execute")
         def _count(*_: Any) -> None:
             statements[0] += 1
 
-        @event.listens_for(sync_engine, "begin")
+        @event.listens_for(store.engine.sync_engine, "begin")
         def _count_tx(*_: Any) -> None:
             transactions[0] += 1
 

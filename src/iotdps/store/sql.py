@@ -22,12 +22,28 @@ statement parameters (which may hold keys) are never shown (`hide_parameters`).
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from collections import namedtuple
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, TypeVar, cast
 
-from sqlalchemy import ColumnElement, Connection, Engine, Row, Select, Table, bindparam, delete, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Dialect,
+    Engine,
+    Row,
+    Select,
+    Table,
+    bindparam,
+    delete,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, Result
@@ -82,7 +98,9 @@ SQLITE_BUSY_WAIT = 5.0
 # Prune the refusal log once every this many inserts (per store object), not on every one.
 DEFAULT_PRUNE_EVERY = 100
 
-_DB_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError, TimeoutError)
+_DB_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, sqlite3.Error, OSError, TimeoutError)
+# What a unique index refusing a row looks like, through SQLAlchemy or straight from sqlite3.
+_INTEGRITY_ERRORS = (IntegrityError, sqlite3.IntegrityError)
 
 
 def describe_error(exc: BaseException, url: URL) -> StoreError:
@@ -134,6 +152,38 @@ def _prebuilt(shape: tuple[Any, ...], build: Callable[[], Any]) -> Any:
     return statement
 
 
+@dataclass(frozen=True, slots=True)
+class _RawStatement:
+    """A prebuilt statement compiled once for sqlite3: SQL text, bind order and converters."""
+
+    sql: str
+    binds: tuple[tuple[str, Callable[[Any], Any] | None], ...]
+    row: Callable[..., Any] | None  # a named tuple type for the selected columns
+    results: tuple[Callable[[Any], Any] | None, ...]
+
+    def arguments(self, bind: Mapping[str, Any]) -> list[Any]:
+        return [bind[name] if convert is None else convert(bind[name]) for name, convert in self.binds]
+
+    def load(self, rows: list[tuple[Any, ...]]) -> list[Any]:
+        assert self.row is not None
+        results = self.results
+        return [self.row(*(v if f is None else f(v) for f, v in zip(results, r, strict=True))) for r in rows]
+
+
+def _compile_raw(statement: Any, names: Sequence[str], dialect: Dialect) -> _RawStatement | None:
+    """`statement` as sqlite3 runs it with the bind parameters `names`; None when SQLAlchemy must
+    run it itself (a column default to fill in, for one)."""
+    compiled = statement.compile(dialect=dialect, column_keys=[n for n in names if not n.startswith("k_")])
+    order = list(compiled.positiontup or ())
+    if not set(order) <= set(names):
+        return None
+    binds = tuple((n, compiled.binds[n].type.dialect_impl(dialect).bind_processor(dialect)) for n in order)
+    columns = list(statement.selected_columns) if isinstance(statement, Select) else []
+    row = namedtuple("_Row", [c.key for c in columns]) if columns else None  # type: ignore[misc]
+    results = tuple(c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns)
+    return _RawStatement(compiled.string, binds, row, results)
+
+
 def _key_where(table: Table, key: Mapping[str, Any]) -> list[ColumnElement[bool]]:
     return [table.c[name] == bindparam(f"k_{name}") for name in key]
 
@@ -175,6 +225,33 @@ class _SqlTx:
             # Chained for callers that tell an integrity error apart; parameters are hidden.
             raise self.store.error(exc) from exc
 
+    async def fetch(self, shape: tuple[Any, ...], build: Callable[[], Any], bind: Mapping[str, Any]) -> list[Any]:
+        """Rows of the prebuilt statement `shape` (see run_prebuilt)."""
+        return await self.run_prebuilt(shape, build, bind, rows=True)
+
+    async def run_prebuilt(
+        self, shape: tuple[Any, ...], build: Callable[[], Any], bind: Mapping[str, Any], *, rows: bool = False
+    ) -> list[Any]:
+        """Execute the statement `build` makes for `shape`, built once. On SQLite it is also
+        compiled once and handed to sqlite3 directly, inside the transaction SQLAlchemy began:
+        SQLAlchemy's per-execution work cost more than SQLite's (bench/PROFILE.md)."""
+        statement = _prebuilt(shape, build)
+        if self.sync is None:
+            result = await self.run(statement, bind=bind)
+            return list(result.all()) if rows else []
+        if not self.open:
+            raise StoreError("the transaction has ended")
+        dialect = self.sync.dialect
+        raw = _prebuilt(("sqlite3", *shape, *bind), lambda: _compile_raw(statement, list(bind), dialect) or False)
+        if raw is False:
+            result = await self.run(statement, bind=bind)
+            return list(result.all()) if rows else []
+        try:
+            cursor = self.sync.connection.driver_connection.execute(raw.sql, raw.arguments(bind))  # type: ignore[union-attr]
+            return raw.load(cursor.fetchall()) if rows else []
+        except _DB_ERRORS as exc:
+            raise self.store.error(exc) from exc
+
     async def cached(self, key: tuple[Any, ...], load: Callable[[], Awaitable[_T]]) -> _T:
         """`load()`, or its answer from the store's read cache (SqlStore.begin says when)."""
         cache = self.store.read_cache if not self.dirty else None
@@ -199,17 +276,17 @@ class _SqlTx:
     def _bind(key: Mapping[str, Any]) -> dict[str, Any]:
         return {f"k_{name}": value for name, value in key.items()}
 
-    def _get_statement(self, table: Table, key: Mapping[str, Any], lock: bool) -> Any:
-        return _prebuilt(
-            ("get", table.name, tuple(key), lock and self.pg),
+    async def get(self, table: Table, key: Mapping[str, str], *, lock: bool = False) -> Row[Any] | None:
+        lock = lock and self.pg
+        found = await self.fetch(
+            ("get", table.name, tuple(key), lock),
             lambda: _locked(
                 select(table.c.doc, table.c.etag, table.c.created, table.c.updated).where(*_key_where(table, key)),
-                lock and self.pg,
+                lock,
             ),
+            self._bind(key),
         )
-
-    async def get(self, table: Table, key: Mapping[str, str], *, lock: bool = False) -> Row[Any] | None:
-        return (await self.run(self._get_statement(table, key, lock), bind=self._bind(key))).first()
+        return found[0] if found else None
 
     async def put(
         self,
@@ -224,27 +301,28 @@ class _SqlTx:
         dump_doc(doc, what)  # fail on non-JSON values here, as the memory store does
         self.wrote(table)
         bind = self._bind(key)
-        current_query = _prebuilt(
+        found = await self.fetch(
             ("current", table.name, tuple(key), self.pg),
             lambda: _locked(select(table.c.etag, table.c.created).where(*_key_where(table, key)), self.pg),
+            bind,
         )
-        current = (await self.run(current_query, bind=bind)).first()
+        current = found[0] if found else None
         check_put(what, current.etag if current else None, current is not None, if_match)
         now = self.now()
         etag = new_etag()
         values = {"doc": doc, "etag": etag, "updated": now, **(columns or {})}
         if current is not None:
-            statement = _prebuilt(
+            await self.run_prebuilt(
                 ("update", table.name, tuple(key), tuple(values)),
                 lambda: update(table).where(*_key_where(table, key)),
+                {**bind, **values},
             )
-            await self.run(statement, bind={**bind, **values})
             return etag, rec.to_utc(current.created), now
         if not self.pg:
             # SQLite: every transaction began IMMEDIATE, so this one has held the write lock
             # since before the SELECT above and nobody can have inserted the key since, and a
             # plain INSERT (SQLAlchemy cannot cache ON CONFLICT; it compiled one per write).
-            await self.run(_prebuilt(("insert", table.name), table.insert), bind={**key, "created": now, **values})
+            await self.run_prebuilt(("insert", table.name), table.insert, {**key, "created": now, **values})
             return etag, now, now
         # No row seen: insert, and if a concurrent transaction inserted the key meanwhile,
         # update its row instead, keeping its `created` (RETURNING says which).
@@ -260,14 +338,16 @@ class _SqlTx:
     async def delete(self, table: Table, key: Mapping[str, str], what: str, if_match: str | None) -> None:
         self.wrote(table)
         bind = self._bind(key)
-        current_query = _prebuilt(
+        found = await self.fetch(
             ("etag", table.name, tuple(key), self.pg),
             lambda: _locked(select(table.c.etag).where(*_key_where(table, key)), self.pg),
+            bind,
         )
-        current = (await self.run(current_query, bind=bind)).first()
+        current = found[0] if found else None
         check_delete(what, current.etag if current else None, current is not None, if_match)
-        statement = _prebuilt(("delete", table.name, tuple(key)), lambda: delete(table).where(*_key_where(table, key)))
-        await self.run(statement, bind=bind)
+        await self.run_prebuilt(
+            ("delete", table.name, tuple(key)), lambda: delete(table).where(*_key_where(table, key)), bind
+        )
 
     async def page(
         self,
@@ -302,7 +382,7 @@ class _SqlTx:
             query = select(table.c.doc, table.c.etag, table.c.created, table.c.updated).where(*filters)
             return query.order_by(table.c[order])
 
-        return list((await self.run(_prebuilt(("docs", table.name, order, shape), build), bind=bind)).all())
+        return await self.fetch(("docs", table.name, order, shape), build, bind or {})
 
 
 def _stamp(row: Row[Any]) -> tuple[str, datetime, datetime]:
@@ -472,7 +552,7 @@ class _Cas:
             stamp = await self._tx.put(self._t, {"name": ca.name}, f"CA certificate {ca.name}", doc, if_match, columns)
         except StoreError as exc:
             # The unique thumbprint index lost a race against a concurrent upload.
-            if isinstance(exc.__cause__, IntegrityError):
+            if isinstance(exc.__cause__, _INTEGRITY_ERRORS):
                 raise AlreadyExists("this certificate is already uploaded as another CA") from None
             raise
         return rec.ca_from_doc(doc, *stamp)

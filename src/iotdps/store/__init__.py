@@ -26,7 +26,7 @@ from iotdps.provisioning.ports import Clock, Store
 from iotdps.store._common import DEFAULT_REFUSAL_LIMIT
 from iotdps.store.memory import MemoryStore
 from iotdps.store.migrate import current_revision, head_revision, upgrade
-from iotdps.store.sql import DEFAULT_PRUNE_EVERY, SQLITE_BUSY_SLICE_MS, SqlStore, describe_error
+from iotdps.store.sql import DEFAULT_PRUNE_EVERY, RAW_TRANSACTIONS, SQLITE_BUSY_SLICE_MS, SqlStore, describe_error
 
 __all__ = ["MemoryStore", "SqlStore", "open_store"]
 
@@ -126,4 +126,6 @@ def _sqlite_setup(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         # Take the write lock at BEGIN: a read lock upgraded later can fail with SQLITE_BUSY.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # The store's own connection sends its BEGIN IMMEDIATE itself (SqlStore._transaction).
+        if not conn.get_execution_options().get(RAW_TRANSACTIONS):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -88,7 +88,7 @@ from iotdps.store._common import (
     encode_token,
 )
 
-__all__ = ["SQLITE_BUSY_SLICE_MS", "SqlStore", "describe_error", "sqlite_begin"]
+__all__ = ["RAW_TRANSACTIONS", "SQLITE_BUSY_SLICE_MS", "SqlStore", "describe_error", "sqlite_begin"]
 
 # SQLite: how long one BEGIN waits inside sqlite for another process's writer (the event loop
 # is blocked meanwhile), and how long the store keeps trying, between asyncio sleeps.
@@ -114,24 +114,6 @@ def describe_error(exc: BaseException, url: URL) -> StoreError:
     return StoreError(f"database error on {where}: {type(orig).__name__}{detail}")
 
 
-async def sqlite_begin(engine: Engine) -> Connection:
-    """A connection in a new BEGIN IMMEDIATE transaction, waiting out other processes' writers."""
-    deadline = asyncio.get_running_loop().time() + SQLITE_BUSY_WAIT
-    pause = 0.002
-    while True:
-        conn = engine.connect()
-        try:
-            conn.begin()
-            return conn
-        except OperationalError as exc:
-            conn.close()
-            locked = "locked" in str(exc.orig) or "busy" in str(exc.orig)
-            if not locked or asyncio.get_running_loop().time() + pause > deadline:
-                raise
-        await asyncio.sleep(pause)
-        pause = min(pause * 2, 0.05)
-
-
 _T = TypeVar("_T")
 
 # What every registration reads and an operator rarely changes; the SQLite store caches reads
@@ -150,6 +132,42 @@ def _prebuilt(shape: tuple[Any, ...], build: Callable[[], Any]) -> Any:
     if statement is None:
         statement = _PREBUILT[shape] = build()
     return statement
+
+
+# The execution option that marks the store's own SQLite connection, whose transactions the
+# store begins and ends itself (see SqlStore._transaction); the engine's "begin" hook skips it.
+RAW_TRANSACTIONS = "iotdps_raw_transactions"
+
+
+async def _retry_busy(attempt: Callable[[], _T]) -> _T:
+    """`attempt()`, tried again after asyncio sleeps while another process holds the write lock."""
+    deadline = asyncio.get_running_loop().time() + SQLITE_BUSY_WAIT
+    pause = 0.002
+    while True:
+        try:
+            return attempt()
+        except (OperationalError, sqlite3.OperationalError) as exc:
+            words = str(getattr(exc, "orig", None) or exc)
+            locked = "locked" in words or "busy" in words
+            if not locked or asyncio.get_running_loop().time() + pause > deadline:
+                raise
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
+async def sqlite_begin(engine: Engine) -> Connection:
+    """A connection in a new BEGIN IMMEDIATE transaction, waiting out other processes' writers."""
+
+    def attempt() -> Connection:
+        conn = engine.connect()
+        try:
+            conn.begin()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    return await _retry_busy(attempt)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +219,7 @@ class _SqlTx:
         self.pg = store.dialect == "postgresql"
         self.open = True
         self.dirty = False  # wrote a table the read cache holds (see SqlStore.begin)
+        self.through_sqlalchemy = False  # SQLite: SQLAlchemy ran a statement (and autobegan)
 
     def now(self) -> datetime:
         return rec.to_utc(self.store.clock.now())
@@ -218,6 +237,7 @@ class _SqlTx:
         arguments: Any = list(params) if params is not None else bind
         try:
             if self.sync is not None:
+                self.through_sqlalchemy = True
                 return self.sync.execute(statement, arguments)
             assert self.conn is not None
             return await self.conn.execute(statement, arguments)
@@ -966,6 +986,7 @@ class SqlStore:
         self._cache: dict[tuple[Any, ...], Any] = {}
         self._cache_version: int | None = None
         self.read_cache: dict[tuple[Any, ...], Any] | None = None
+        self._sqlite: Connection | None = None
 
     def error(self, exc: BaseException) -> StoreError:
         return describe_error(exc, self.engine.url)
@@ -1001,38 +1022,49 @@ class SqlStore:
     async def _transaction(self) -> AsyncIterator[_SqlTx]:
         """Commit when the block ends normally, roll back when it raises."""
         if isinstance(self.engine, AsyncEngine):
-            async with self.engine.begin() as conn:
-                yield _SqlTx(self, conn)
+            async with self.engine.begin() as pg_conn:
+                yield _SqlTx(self, pg_conn)
             return
-        with await sqlite_begin(self.engine) as conn:
-            transaction = conn.get_transaction()
-            assert transaction is not None
-            tx = _SqlTx(self, conn)
-            try:
-                # Read under the write lock: nobody else commits until we do.
-                raw: Any = conn.connection.driver_connection  # sqlite3.Connection: skip SQLAlchemy here
-                version = raw.execute("PRAGMA data_version").fetchone()[0]
-                if version != self._cache_version:
-                    self._cache.clear()
-                    self._cache_version = version
-                self.read_cache = self._cache
-                yield tx
-            except BaseException:
-                transaction.rollback()
-                raise
-            else:
-                transaction.commit()
-            finally:
-                self.read_cache = None
-                if tx.dirty:
-                    self._cache.clear()
+        # SQLite: the store's one connection, with BEGIN IMMEDIATE / COMMIT / ROLLBACK sent by us;
+        # SQLAlchemy's transaction bookkeeping cost more per registration than SQLite's commit.
+        conn = self._sqlite_connection(self.engine)
+        raw: Any = conn.connection.driver_connection  # sqlite3.Connection
+        await _retry_busy(lambda: raw.execute("BEGIN IMMEDIATE"))
+        tx = _SqlTx(self, conn)
+        try:
+            # Read under the write lock: nobody else commits until we do.
+            version = raw.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._cache_version:
+                self._cache.clear()
+                self._cache_version = version
+            self.read_cache = self._cache
+            yield tx
+            raw.execute("COMMIT")
+        finally:
+            self.read_cache = None
+            if raw.in_transaction:  # the block raised, or COMMIT failed
+                raw.execute("ROLLBACK")
+            if tx.through_sqlalchemy:
+                # End the transaction SQLAlchemy autobegan on its first statement, so its
+                # bookkeeping matches SQLite's again (sqlite3's rollback is a no-op by now).
+                conn.rollback()
+            if tx.dirty:
+                self._cache.clear()
+
+    def _sqlite_connection(self, engine: Engine) -> Connection:
+        if self._sqlite is None:
+            self._sqlite = engine.connect().execution_options(**{RAW_TRANSACTIONS: True})
+        return self._sqlite
 
     async def close(self) -> None:
         self._closed = True
         if isinstance(self.engine, AsyncEngine):
             await self.engine.dispose()
-        else:
-            self.engine.dispose()
+            return
+        if self._sqlite is not None:
+            self._sqlite.close()
+            self._sqlite = None
+        self.engine.dispose()
 
     def __repr__(self) -> str:
         return f"SqlStore({self.engine.url.render_as_string(hide_password=True)})"

@@ -50,14 +50,20 @@ async def run(n: int, dsn: str, profile: Path | None) -> None:
 
         store.engine.raw_connection().driver_connection.set_trace_callback(_trace)  # type: ignore[union-attr]
     elif isinstance(store, SqlStore):
+        # PostgreSQL: most statements go to asyncpg directly; its query logger sees them all.
+        def _log(query: Any) -> None:
+            if query.query.split(None, 1)[0].upper() not in ("BEGIN", "COMMIT", "ROLLBACK"):
+                statements[0] += 1
 
-        @event.listens_for(store.engine.sync_engine, "before_cursor_execute")
-        def _count(*_: Any) -> None:
-            statements[0] += 1
+        @event.listens_for(store.engine.sync_engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.driver_connection.add_query_logger(_log)
 
         @event.listens_for(store.engine.sync_engine, "begin")
         def _count_tx(*_: Any) -> None:
             transactions[0] += 1
+
+        await store.engine.dispose()  # new connections, with the logger
 
     try:
         async with store.begin() as uow:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, TypeVar, cast
 
+import asyncpg
 from sqlalchemy import (
     ColumnElement,
     Connection,
@@ -98,9 +99,16 @@ SQLITE_BUSY_WAIT = 5.0
 # Prune the refusal log once every this many inserts (per store object), not on every one.
 DEFAULT_PRUNE_EVERY = 100
 
-_DB_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, sqlite3.Error, OSError, TimeoutError)
-# What a unique index refusing a row looks like, through SQLAlchemy or straight from sqlite3.
-_INTEGRITY_ERRORS = (IntegrityError, sqlite3.IntegrityError)
+_DB_ERRORS: tuple[type[BaseException], ...] = (
+    SQLAlchemyError,
+    sqlite3.Error,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    OSError,
+    TimeoutError,
+)
+# What a unique index refusing a row looks like, through SQLAlchemy or straight from the driver.
+_INTEGRITY_ERRORS = (IntegrityError, sqlite3.IntegrityError, asyncpg.IntegrityConstraintViolationError)
 
 
 def describe_error(exc: BaseException, url: URL) -> StoreError:
@@ -124,6 +132,7 @@ _CACHED_TABLES = frozenset(
 )
 
 _PREBUILT: dict[tuple[Any, ...], Any] = {}
+_VERSION_QUERY = select(t.config_version.c.version).where(t.config_version.c.id == 1)
 
 
 def _prebuilt(shape: tuple[Any, ...], build: Callable[[], Any]) -> Any:
@@ -182,22 +191,22 @@ class _RawStatement:
     def arguments(self, bind: Mapping[str, Any]) -> list[Any]:
         return [bind[name] if convert is None else convert(bind[name]) for name, convert in self.binds]
 
-    def load(self, rows: list[tuple[Any, ...]]) -> list[Any]:
+    def load(self, rows: Sequence[Sequence[Any]]) -> list[Any]:
         assert self.row is not None
         results = self.results
         return [self.row(*(v if f is None else f(v) for f, v in zip(results, r, strict=True))) for r in rows]
 
 
 def _compile_raw(statement: Any, names: Sequence[str], dialect: Dialect) -> _RawStatement | None:
-    """`statement` as sqlite3 runs it with the bind parameters `names`; None when SQLAlchemy must
-    run it itself (a column default to fill in, for one)."""
+    """`statement` as the driver runs it with the bind parameters `names`; None when SQLAlchemy
+    must run it itself (a column default to fill in, for one)."""
     compiled = statement.compile(dialect=dialect, column_keys=[n for n in names if not n.startswith("k_")])
     order = list(compiled.positiontup or ())
     if not set(order) <= set(names):
         return None
     binds = tuple((n, compiled.binds[n].type.dialect_impl(dialect).bind_processor(dialect)) for n in order)
-    columns = list(statement.selected_columns) if isinstance(statement, Select) else []
-    row = namedtuple("_Row", [c.key for c in columns]) if columns else None  # type: ignore[misc]
+    columns = list(statement.exported_columns)  # what a SELECT selects or a DML statement returns
+    row = namedtuple("_Row", [c.key for c in columns]) if columns else None
     results = tuple(c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns)
     return _RawStatement(compiled.string, binds, row, results)
 
@@ -218,7 +227,8 @@ class _SqlTx:
         self.conn = conn if isinstance(conn, AsyncConnection) else None
         self.pg = store.dialect == "postgresql"
         self.open = True
-        self.dirty = False  # wrote a table the read cache holds (see SqlStore.begin)
+        self.dirty = False  # wrote a table the read cache holds (see SqlStore._cache_for)
+        self.cache: dict[tuple[Any, ...], Any] | None = None  # the read cache this transaction may use
         self.through_sqlalchemy = False  # SQLite: SQLAlchemy ran a statement (and autobegan)
 
     def now(self) -> datetime:
@@ -252,29 +262,34 @@ class _SqlTx:
     async def run_prebuilt(
         self, shape: tuple[Any, ...], build: Callable[[], Any], bind: Mapping[str, Any], *, rows: bool = False
     ) -> list[Any]:
-        """Execute the statement `build` makes for `shape`, built once. On SQLite it is also
-        compiled once and handed to sqlite3 directly, inside the transaction SQLAlchemy began:
-        SQLAlchemy's per-execution work cost more than SQLite's (bench/PROFILE.md)."""
+        """Execute the statement `build` makes for `shape`, built once, and compiled once: the
+        driver (sqlite3 or asyncpg) gets its SQL text and converted arguments directly, inside
+        the transaction already begun. SQLAlchemy's per-execution work cost more than the
+        database's, and it compiled an INSERT ... ON CONFLICT anew every time (bench/PROFILE.md)."""
         statement = _prebuilt(shape, build)
-        if self.sync is None:
-            result = await self.run(statement, bind=bind)
-            return list(result.all()) if rows else []
         if not self.open:
             raise StoreError("the transaction has ended")
-        dialect = self.sync.dialect
-        raw = _prebuilt(("sqlite3", *shape, *bind), lambda: _compile_raw(statement, list(bind), dialect) or False)
+        dialect = self.sync.dialect if self.sync is not None else self.store.engine.dialect
+        raw = _prebuilt((dialect.name, *shape, *bind), lambda: _compile_raw(statement, list(bind), dialect) or False)
         if raw is False:
             result = await self.run(statement, bind=bind)
             return list(result.all()) if rows else []
         try:
-            cursor = self.sync.connection.driver_connection.execute(raw.sql, raw.arguments(bind))  # type: ignore[union-attr]
-            return raw.load(cursor.fetchall()) if rows else []
+            if self.sync is not None:
+                driver: Any = self.sync.connection.driver_connection  # sqlite3.Connection
+                found = driver.execute(raw.sql, raw.arguments(bind)).fetchall()
+            else:
+                assert self.conn is not None
+                adapted = await self.conn.get_raw_connection()
+                pg: Any = adapted.driver_connection  # asyncpg.Connection, in SQLAlchemy's transaction
+                found = await pg.fetch(raw.sql, *raw.arguments(bind))
+            return raw.load(found) if rows else []
         except _DB_ERRORS as exc:
             raise self.store.error(exc) from exc
 
     async def cached(self, key: tuple[Any, ...], load: Callable[[], Awaitable[_T]]) -> _T:
         """`load()`, or its answer from the store's read cache (SqlStore.begin says when)."""
-        cache = self.store.read_cache if not self.dirty else None
+        cache = self.cache if not self.dirty else None
         if cache is None:
             return await load()
         if key in cache:
@@ -283,9 +298,19 @@ class _SqlTx:
         cache[key] = value
         return value
 
-    def wrote(self, table: Table) -> None:
-        if table.name in _CACHED_TABLES:
+    async def wrote(self, table: Table) -> None:
+        """Note a write to `table`; the first write to a cached table bumps config_version."""
+        if table.name in _CACHED_TABLES and not self.dirty:
             self.dirty = True
+            await self.run_prebuilt(
+                ("bump",),
+                lambda: (
+                    update(t.config_version)
+                    .where(t.config_version.c.id == 1)
+                    .values(version=t.config_version.c.version + 1)
+                ),
+                {},
+            )
 
     # Generic operations over one keyed table ---------------------------------------
     # Their statements are built once per shape, with bind parameters for the key: SQLAlchemy
@@ -319,7 +344,7 @@ class _SqlTx:
     ) -> tuple[str, datetime, datetime]:
         """Write `doc` (and projection `columns`) under `key`; returns (etag, created, updated)."""
         dump_doc(doc, what)  # fail on non-JSON values here, as the memory store does
-        self.wrote(table)
+        await self.wrote(table)
         bind = self._bind(key)
         found = await self.fetch(
             ("current", table.name, tuple(key), self.pg),
@@ -344,19 +369,21 @@ class _SqlTx:
             # plain INSERT (SQLAlchemy cannot cache ON CONFLICT; it compiled one per write).
             await self.run_prebuilt(("insert", table.name), table.insert, {**key, "created": now, **values})
             return etag, now, now
+
         # No row seen: insert, and if a concurrent transaction inserted the key meanwhile,
         # update its row instead, keeping its `created` (RETURNING says which).
-        upsert = (
-            pg_insert(table)
-            .values(**key, created=now, **values)
-            .on_conflict_do_update(index_elements=list(key), set_=values)
-            .returning(table.c.created)
-        )
-        created = (await self.run(upsert)).scalar_one()
-        return etag, rec.to_utc(created), now
+        def upsert() -> Any:
+            statement = pg_insert(table)
+            return statement.on_conflict_do_update(
+                index_elements=list(key), set_={name: statement.excluded[name] for name in values}
+            ).returning(table.c.created)
+
+        shape = ("upsert", table.name, tuple(key), tuple(values))
+        found = await self.fetch(shape, upsert, {**key, "created": now, **values})
+        return etag, found[0].created, now
 
     async def delete(self, table: Table, key: Mapping[str, str], what: str, if_match: str | None) -> None:
-        self.wrote(table)
+        await self.wrote(table)
         bind = self._bind(key)
         found = await self.fetch(
             ("etag", table.name, tuple(key), self.pg),
@@ -978,14 +1005,11 @@ class SqlStore:
         self._refusals_added = 0
         self._serial = asyncio.Lock() if self.dialect == "sqlite" else None
         self._closed = False
-        # SQLite's read cache: answers of _SqlTx.cached, valid while PRAGMA data_version (which
-        # moves when another connection, e.g. another process, commits) stays where it was and
-        # no transaction of ours wrote a cached table. `read_cache` is set only inside a
-        # transaction, which on SQLite is the only one running. PostgreSQL, where other nodes
-        # write without telling us, reads through.
+        # The read cache: answers of _SqlTx.cached (settings, hubs, CAs, group lookups), filled
+        # under one "version" of the configuration tables and trusted only by transactions that
+        # see that same version (see _cache_for).
         self._cache: dict[tuple[Any, ...], Any] = {}
         self._cache_version: int | None = None
-        self.read_cache: dict[tuple[Any, ...], Any] | None = None
         self._sqlite: Connection | None = None
 
     def error(self, exc: BaseException) -> StoreError:
@@ -1023,7 +1047,15 @@ class SqlStore:
         """Commit when the block ends normally, roll back when it raises."""
         if isinstance(self.engine, AsyncEngine):
             async with self.engine.begin() as pg_conn:
-                yield _SqlTx(self, pg_conn)
+                tx = _SqlTx(self, pg_conn)
+                try:
+                    found = await tx.fetch(("config version",), lambda: _VERSION_QUERY, {})
+                    # No row (someone emptied the table): no version to trust, read through.
+                    tx.cache = self._cache_for(found[0][0]) if found else None
+                    yield tx
+                finally:
+                    if tx.dirty:
+                        self._drop_cache()
             return
         # SQLite: the store's one connection, with BEGIN IMMEDIATE / COMMIT / ROLLBACK sent by us;
         # SQLAlchemy's transaction bookkeeping cost more per registration than SQLite's commit.
@@ -1033,15 +1065,10 @@ class SqlStore:
         tx = _SqlTx(self, conn)
         try:
             # Read under the write lock: nobody else commits until we do.
-            version = raw.execute("PRAGMA data_version").fetchone()[0]
-            if version != self._cache_version:
-                self._cache.clear()
-                self._cache_version = version
-            self.read_cache = self._cache
+            tx.cache = self._cache_for(raw.execute("PRAGMA data_version").fetchone()[0])
             yield tx
             raw.execute("COMMIT")
         finally:
-            self.read_cache = None
             if raw.in_transaction:  # the block raised, or COMMIT failed
                 raw.execute("ROLLBACK")
             if tx.through_sqlalchemy:
@@ -1049,7 +1076,31 @@ class SqlStore:
                 # bookkeeping matches SQLite's again (sqlite3's rollback is a no-op by now).
                 conn.rollback()
             if tx.dirty:
-                self._cache.clear()
+                self._drop_cache()
+
+    def _cache_for(self, version: int) -> dict[tuple[Any, ...], Any] | None:
+        """The cache a transaction that sees `version` may use, or None to read through.
+
+        SQLite: `version` is PRAGMA data_version, read under the write lock; it moves when
+        another connection (another process) commits, and our own writes drop the cache.
+        PostgreSQL: `version` is config_version, which every writer of a cached table bumps,
+        on any node; transactions run concurrently here, so one that sees an older version
+        than the cache's reads through, and a newer version starts a new cache. A transaction
+        that reads the version before another commits and the rows after may cache the newer
+        rows under the older version: stale only in the safe direction, and dropped as soon as
+        a transaction sees the new version.
+        """
+        if version == self._cache_version:
+            return self._cache
+        if self.dialect == "postgresql" and self._cache_version is not None and version < self._cache_version:
+            return None
+        self._cache = {}
+        self._cache_version = version
+        return self._cache
+
+    def _drop_cache(self) -> None:
+        self._cache = {}
+        self._cache_version = None
 
     def _sqlite_connection(self, engine: Engine) -> Connection:
         if self._sqlite is None:

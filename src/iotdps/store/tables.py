@@ -42,6 +42,7 @@ __all__ = [
     "ID_LENGTH",
     "UtcDateTime",
     "ca_certificates",
+    "config_version",
     "devices",
     "doc_type",
     "enrollment_groups",
@@ -248,4 +249,13 @@ hub_sessions = Table(
     # {"subscriptions": [[filter, qos], ...], "desiredVersionSent": n}
     Column("doc", doc_type(), nullable=False),
     Column("updated", UtcDateTime(), nullable=False),
+)
+
+# One row (id 1): bumped by every transaction that writes a table the store caches; see
+# SqlStore and migration 0003.
+config_version = Table(
+    "config_version",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("version", BigInteger, nullable=False),
 )

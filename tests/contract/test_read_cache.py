@@ -1,0 +1,89 @@
+"""The SQL store's read cache never hides another node's (or process's) committed change.
+
+Two store objects on one database stand in for two nodes (PostgreSQL) or for `iotdps up` and a
+local admin command (SQLite): whatever one commits, the other's next transaction reads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from iotdps.enrollment.models import EnrollmentGroup, LinkedHub, ServiceSettings
+from iotdps.provisioning.ports import Store
+from iotdps.store import open_store
+
+from .conftest import PG_DSN, open_backend
+
+pytestmark = pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+
+
+async def _second(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if backend == "sqlite":
+        return await open_store(f"sqlite:///{tmp_path / 'contract.db'}")
+    return await open_store(PG_DSN, schema=request.getfixturevalue("pg_schema"))
+
+
+async def test_another_nodes_writes_are_read_at_once(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    node_a = await open_backend(backend, request, tmp_path)
+    node_b = await _second(backend, request, tmp_path)
+    try:
+        for _ in range(2):  # the second round is answered from node A's cache
+            async with node_a.begin() as uow:
+                assert await uow.settings.get() is None
+                assert await uow.hubs.list() == []
+                assert await uow.groups.list_symmetric_key() == []
+        async with node_b.begin() as uow:
+            await uow.settings.put(ServiceSettings("0ne00000078"))
+            await uow.hubs.put(LinkedHub("hub-a.example", 1, True))
+            await uow.groups.put(
+                EnrollmentGroup.from_json({"enrollmentGroupId": "g1", "attestation": {"type": "symmetricKey"}})
+            )
+        async with node_a.begin() as uow:
+            assert await uow.settings.get() == ServiceSettings("0ne00000078")
+            assert [hub.host_name for hub in await uow.hubs.list()] == ["hub-a.example"]
+            assert [g.enrollment_group_id for g in await uow.groups.list_symmetric_key()] == ["g1"]
+        async with node_b.begin() as uow:  # a delete is seen too
+            await uow.groups.delete("g1")
+        async with node_a.begin() as uow:
+            assert await uow.groups.list_symmetric_key() == []
+            assert await uow.cas.list() == []
+    finally:
+        await node_a.close()
+        await node_b.close()
+
+
+async def test_a_rolled_back_write_never_reaches_the_cache(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    store = await open_backend(backend, request, tmp_path)
+    try:
+        async with store.begin() as uow:
+            await uow.settings.put(ServiceSettings("0ne00000079"))
+        with pytest.raises(RuntimeError):
+            async with store.begin() as uow:
+                await uow.settings.put(ServiceSettings("0ne000000FF"))
+                assert await uow.settings.get() == ServiceSettings("0ne000000FF")  # read inside the transaction
+                raise RuntimeError("abandon the transaction")
+        async with store.begin() as uow:
+            assert await uow.settings.get() == ServiceSettings("0ne00000079")
+    finally:
+        await store.close()
+
+
+async def test_own_writes_are_read_back(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    store = await open_backend(backend, request, tmp_path)
+    try:
+        async with store.begin() as uow:
+            assert await uow.cas.list() == []
+        async with store.begin() as uow:
+            await uow.hubs.put(LinkedHub("hub-b.example", 2, True))
+        async with store.begin() as uow:
+            assert [(h.host_name, h.allocation_weight) for h in await uow.hubs.list()] == [("hub-b.example", 2)]
+    finally:
+        await store.close()

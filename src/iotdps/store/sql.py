@@ -230,6 +230,9 @@ class _SqlTx:
         self.dirty = False  # wrote a table the read cache holds (see SqlStore._cache_for)
         self.cache: dict[tuple[Any, ...], Any] | None = None  # the read cache this transaction may use
         self.through_sqlalchemy = False  # SQLite: SQLAlchemy ran a statement (and autobegan)
+        # (table, *key) -> (etag, created) or None (no row) of keyed rows this transaction has
+        # locked, read under SQLite's write lock, or written; put skips reading them again.
+        self.known: dict[tuple[str, ...], tuple[str, datetime] | None] = {}
 
     def now(self) -> datetime:
         return rec.to_utc(self.store.clock.now())
@@ -331,7 +334,12 @@ class _SqlTx:
             ),
             self._bind(key),
         )
-        return found[0] if found else None
+        row = found[0] if found else None
+        if lock or not self.pg:
+            # Locked (PostgreSQL) or read under the write lock (SQLite): still true when this
+            # transaction writes the key, so put need not read it again.
+            self.known[(table.name, *key.values())] = (row.etag, row.created) if row is not None else None
+        return row
 
     async def put(
         self,
@@ -346,13 +354,17 @@ class _SqlTx:
         dump_doc(doc, what)  # fail on non-JSON values here, as the memory store does
         await self.wrote(table)
         bind = self._bind(key)
-        found = await self.fetch(
-            ("current", table.name, tuple(key), self.pg),
-            lambda: _locked(select(table.c.etag, table.c.created).where(*_key_where(table, key)), self.pg),
-            bind,
-        )
-        current = found[0] if found else None
-        check_put(what, current.etag if current else None, current is not None, if_match)
+        memo = (table.name, *key.values())
+        if memo in self.known:
+            current = self.known[memo]
+        else:
+            found = await self.fetch(
+                ("current", table.name, tuple(key), self.pg),
+                lambda: _locked(select(table.c.etag, table.c.created).where(*_key_where(table, key)), self.pg),
+                bind,
+            )
+            current = (found[0].etag, found[0].created) if found else None
+        check_put(what, current[0] if current else None, current is not None, if_match)
         now = self.now()
         etag = new_etag()
         values = {"doc": doc, "etag": etag, "updated": now, **(columns or {})}
@@ -362,12 +374,15 @@ class _SqlTx:
                 lambda: update(table).where(*_key_where(table, key)),
                 {**bind, **values},
             )
-            return etag, rec.to_utc(current.created), now
+            created = rec.to_utc(current[1])
+            self.known[memo] = (etag, created)
+            return etag, created, now
         if not self.pg:
             # SQLite: every transaction began IMMEDIATE, so this one has held the write lock
             # since before the SELECT above and nobody can have inserted the key since, and a
             # plain INSERT (SQLAlchemy cannot cache ON CONFLICT; it compiled one per write).
             await self.run_prebuilt(("insert", table.name), table.insert, {**key, "created": now, **values})
+            self.known[memo] = (etag, now)
             return etag, now, now
 
         # No row seen: insert, and if a concurrent transaction inserted the key meanwhile,
@@ -380,6 +395,7 @@ class _SqlTx:
 
         shape = ("upsert", table.name, tuple(key), tuple(values))
         found = await self.fetch(shape, upsert, {**key, "created": now, **values})
+        self.known[memo] = (etag, found[0].created)  # the row is ours (locked) from here on
         return etag, found[0].created, now
 
     async def delete(self, table: Table, key: Mapping[str, str], what: str, if_match: str | None) -> None:
@@ -395,6 +411,7 @@ class _SqlTx:
         await self.run_prebuilt(
             ("delete", table.name, tuple(key)), lambda: delete(table).where(*_key_where(table, key)), bind
         )
+        self.known[(table.name, *key.values())] = None
 
     async def page(
         self,

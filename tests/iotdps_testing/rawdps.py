@@ -16,7 +16,9 @@ __all__ = ["DpsConnection", "dps_connect"]
 DpsConnection = tuple[ssl.SSLSocket, ClientSession, int]
 
 
-def dps_connect(server: RunningServer, registration_id: str, token: str, *, timeout: float = 10.0) -> DpsConnection:
+def dps_connect(
+    server: RunningServer, registration_id: str, token: str, *, timeout: float = 10.0, keepalive: int = 60
+) -> DpsConnection:
     """TLS to the server's 8883, CONNECT as `registration_id` with the SAS `token`; returns the
     socket (the caller closes it), the session and the CONNACK return code."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -25,7 +27,7 @@ def dps_connect(server: RunningServer, registration_id: str, token: str, *, time
     tls = context.wrap_socket(raw, server_hostname=server.address)
     session = ClientSession()
     username = f"{server.id_scope}/registrations/{registration_id}/api-version=2019-03-31&ClientVersion=test"
-    tls.sendall(session.connect(registration_id, username, token, keepalive=60, clean_session=False))
+    tls.sendall(session.connect(registration_id, username, token, keepalive=keepalive, clean_session=False))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         data = tls.recv(4096)

@@ -113,8 +113,19 @@ def sha1_thumbprint(cert: x509.Certificate) -> str:
     return cert.fingerprint(hashes.SHA1()).hex().upper()  # noqa: S303 - a thumbprint, not a signature
 
 
+# Thumbprints by certificate: an X.509 registration asks for the same few (its chain's CAs)
+# a dozen times, and a dict lookup costs a seventh of a digest. Bounded; cleared when full.
+_SHA256: dict[x509.Certificate, str] = {}
+_SHA256_MAX = 4096
+
+
 def sha256_thumbprint(cert: x509.Certificate) -> str:
-    return cert.fingerprint(hashes.SHA256()).hex().upper()
+    found = _SHA256.get(cert)
+    if found is None:
+        if len(_SHA256) >= _SHA256_MAX:
+            _SHA256.clear()
+        found = _SHA256[cert] = cert.fingerprint(hashes.SHA256()).hex().upper()
+    return found
 
 
 def common_name(name: x509.Name) -> str | None:

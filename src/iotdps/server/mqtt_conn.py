@@ -78,6 +78,7 @@ class MqttConnection(asyncio.Protocol):
         self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # the deadline _timer was set for
         self._on_closed = on_closed
         self._closed = False
         self._close_reason = "closed"
@@ -101,7 +102,13 @@ class MqttConnection(asyncio.Protocol):
         self._flush_session()
         for event in events:
             self._queue.put_nowait(event)
-        self._arm_timer()
+        # Activity only moves the keep-alive deadline later, and a timer that fires early
+        # re-arms itself for the rest, so re-arm only when the deadline came nearer (CONNECT
+        # with a keep-alive shorter than the connect timeout): one timer per packet cost more
+        # than the packet's parsing.
+        deadline = self.session.keepalive_deadline()
+        if deadline is not None and (self._timer is None or deadline < self._timer_at):
+            self._arm_timer()
 
     def eof_received(self) -> bool | None:
         self.close("peer closed the connection")
@@ -156,6 +163,7 @@ class MqttConnection(asyncio.Protocol):
         if deadline is None:
             return
         delay = max(0.0, deadline - self._clock())
+        self._timer_at = deadline
         self._timer = asyncio.get_running_loop().call_later(delay + 0.01, self._on_timer)
 
     def _on_timer(self) -> None:

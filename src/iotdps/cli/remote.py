@@ -469,7 +469,7 @@ class _Registrations:
 
 
 class _Devices:
-    async def get(self, hub: str, device_id: str) -> DeviceIdentity | None:
+    async def get(self, hub: str, device_id: str, *, for_update: bool = False) -> DeviceIdentity | None:
         raise _unsupported("the hub device registry")
 
     async def put(self, device: DeviceIdentity, if_match: str | None = None) -> DeviceIdentity:

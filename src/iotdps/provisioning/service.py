@@ -479,8 +479,10 @@ class ProvisioningService:
         old: DeviceIdentity | None = None
         before = previous_hub(current)
         if before is not None and current is not None and current.device_id:
-            old = await uow.devices.get(before, current.device_id)
-        existing = await uow.devices.get(placement.hub, plan.device_id)
+            old = await uow.devices.get(before, current.device_id, for_update=True)
+        # Locked: the identity is rewritten from what is read here (its twin included), and a
+        # twin update the hub commits meanwhile must wait rather than be overwritten.
+        existing = await uow.devices.get(placement.hub, plan.device_id, for_update=True)
         initial = (webhook.initial_twin if webhook and webhook.initial_twin else None) or plan.settings.initial_twin
 
         if existing is None:

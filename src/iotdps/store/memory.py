@@ -356,7 +356,7 @@ class _Devices:
     def _load(row: _Row) -> DeviceIdentity:
         return rec.device_from_doc(row.load(), *_stamp(row))
 
-    async def get(self, hub: str, device_id: str) -> DeviceIdentity | None:
+    async def get(self, hub: str, device_id: str, *, for_update: bool = False) -> DeviceIdentity | None:
         row = self._tx.get("devices", (hub, device_id))
         return self._load(row) if row else None
 

@@ -736,8 +736,8 @@ class _Devices:
     def _load(row: Row[Any]) -> DeviceIdentity:
         return rec.device_from_doc(row.doc, *_stamp(row))
 
-    async def get(self, hub: str, device_id: str) -> DeviceIdentity | None:
-        row = await self._tx.get(self._t, {"hub": hub, "device_id": device_id})
+    async def get(self, hub: str, device_id: str, *, for_update: bool = False) -> DeviceIdentity | None:
+        row = await self._tx.get(self._t, {"hub": hub, "device_id": device_id}, lock=for_update)
         return self._load(row) if row else None
 
     async def put(self, device: DeviceIdentity, if_match: str | None = None) -> DeviceIdentity:

@@ -2,7 +2,7 @@
 
 `open_store(dsn)` is the one entry point: "memory://" gives the in-memory store,
 "sqlite:///path" and "postgresql+asyncpg://user@host/db" the SQL store, migrated to the
-newest schema on open ("postgresql://" picks asyncpg too; "sqlite:///", the DSN of
+newest schema on open ("postgresql://" picks asyncpg too; "sqlite+aiosqlite:///", the DSN of
 earlier releases, still names the same SQLite store).
 
 SQLite runs on the event loop's own thread through the standard sqlite3 module: its statements

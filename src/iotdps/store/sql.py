@@ -124,8 +124,8 @@ def describe_error(exc: BaseException, url: URL) -> StoreError:
 
 _T = TypeVar("_T")
 
-# What every registration reads and an operator rarely changes; the SQLite store caches reads
-# of these tables between transactions (SqlStore.begin).
+# What every registration reads and an operator rarely changes; the store caches reads of these
+# tables between transactions (SqlStore._cache_for says when a transaction may use them).
 _CACHED_TABLES = frozenset(
     table.name
     for table in (t.service_settings, t.linked_hubs, t.ca_certificates, t.enrollment_groups, t.individual_enrollments)
@@ -181,7 +181,8 @@ async def sqlite_begin(engine: Engine) -> Connection:
 
 @dataclass(frozen=True, slots=True)
 class _RawStatement:
-    """A prebuilt statement compiled once for sqlite3: SQL text, bind order and converters."""
+    """A prebuilt statement compiled once for its driver (sqlite3 or asyncpg): SQL text, bind
+    order and SQLAlchemy's own type converters."""
 
     sql: str
     binds: tuple[tuple[str, Callable[[Any], Any] | None], ...]
@@ -291,7 +292,7 @@ class _SqlTx:
             raise self.store.error(exc) from exc
 
     async def cached(self, key: tuple[Any, ...], load: Callable[[], Awaitable[_T]]) -> _T:
-        """`load()`, or its answer from the store's read cache (SqlStore.begin says when)."""
+        """`load()`, or its answer from the store's read cache (SqlStore._cache_for says when)."""
         cache = self.cache if not self.dirty else None
         if cache is None:
             return await load()
@@ -379,8 +380,8 @@ class _SqlTx:
             return etag, created, now
         if not self.pg:
             # SQLite: every transaction began IMMEDIATE, so this one has held the write lock
-            # since before the SELECT above and nobody can have inserted the key since, and a
-            # plain INSERT (SQLAlchemy cannot cache ON CONFLICT; it compiled one per write).
+            # since before it read the key and nobody can have inserted it since: a plain
+            # INSERT will do, no ON CONFLICT.
             await self.run_prebuilt(("insert", table.name), table.insert, {**key, "created": now, **values})
             self.known[memo] = (etag, now)
             return etag, now, now

@@ -11,7 +11,7 @@ from datetime import datetime
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtensionOID
 
 from iotdps.pki.encoding import (
@@ -86,10 +86,10 @@ def names_issuer(child: x509.Certificate, issuer: x509.Certificate) -> bool:
     return aki is None or ski is None or aki == ski
 
 
-# signed_by answers, keyed by both certificates' SHA-256 (which fix the answer): every X.509
-# registration checks the same CA links again (a root's self-signature, an intermediate's
-# issuer), and a signature check costs far more than two digests. Bounded; cleared when full.
-_SIGNED_BY: dict[tuple[bytes, bytes], bool] = {}
+# signed_by answers, keyed by both certificates' SHA-256 thumbprints (which fix the answer):
+# every X.509 registration checks the same CA links again (a root's self-signature, an
+# intermediate's issuer), and a signature check costs far more. Bounded; cleared when full.
+_SIGNED_BY: dict[tuple[str, str], bool] = {}
 _SIGNED_BY_MAX = 4096
 
 
@@ -97,7 +97,7 @@ def signed_by(child: x509.Certificate, issuer: x509.Certificate) -> bool:
     """True when `issuer` names and signed `child` (the signature is checked)."""
     if not names_issuer(child, issuer):
         return False
-    key = (child.fingerprint(hashes.SHA256()), issuer.fingerprint(hashes.SHA256()))
+    key = (sha256_thumbprint(child), sha256_thumbprint(issuer))
     known = _SIGNED_BY.get(key)
     if known is not None:
         return known

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import functools
 from typing import TypedDict
 
 from cryptography import x509
@@ -113,19 +114,11 @@ def sha1_thumbprint(cert: x509.Certificate) -> str:
     return cert.fingerprint(hashes.SHA1()).hex().upper()  # noqa: S303 - a thumbprint, not a signature
 
 
-# Thumbprints by certificate: an X.509 registration asks for the same few (its chain's CAs)
-# a dozen times, and a dict lookup costs a seventh of a digest. Bounded; cleared when full.
-_SHA256: dict[x509.Certificate, str] = {}
-_SHA256_MAX = 4096
-
-
+# Memoised by certificate: an X.509 registration asks for the same few (its chain's CAs) a
+# dozen times, and a lookup costs a seventh of a digest.
+@functools.lru_cache(maxsize=4096)
 def sha256_thumbprint(cert: x509.Certificate) -> str:
-    found = _SHA256.get(cert)
-    if found is None:
-        if len(_SHA256) >= _SHA256_MAX:
-            _SHA256.clear()
-        found = _SHA256[cert] = cert.fingerprint(hashes.SHA256()).hex().upper()
-    return found
+    return cert.fingerprint(hashes.SHA256()).hex().upper()
 
 
 def common_name(name: x509.Name) -> str | None:

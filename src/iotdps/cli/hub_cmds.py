@@ -20,6 +20,7 @@ from typing import Any, TypeVar, cast
 
 import click
 
+from iotdps.cli.remote import store_options
 from iotdps.errors import InvalidInput, NotFound
 from iotdps.hub.control import ControlClient, control_socket_path
 from iotdps.hub.twin import device_twin_json
@@ -30,29 +31,6 @@ __all__ = ["register", "store_options"]
 
 T = TypeVar("T")
 _POLL_MIN, _POLL_MAX = 0.2, 2.0
-
-
-def store_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """`--data-dir` / `--dsn`, remembered on the root context (same options as the admin CLI)."""
-
-    def remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-        root = ctx.find_root()
-        root.obj = root.obj or {}
-        if value is not None:
-            root.obj[str(param.name)] = value
-        return value
-
-    f = click.option(
-        "--dsn", envvar="IOTDPS_DSN", expose_value=False, callback=remember, help="Store DSN (secret: not echoed)."
-    )(f)
-    return click.option(
-        "--data-dir",
-        envvar="IOTDPS_DATA_DIR",
-        type=click.Path(file_okay=False),
-        expose_value=False,
-        callback=remember,
-        help="Data directory (default: the per-user data dir).",
-    )(f)
 
 
 def _data_dir() -> Path:

@@ -63,6 +63,7 @@ __all__ = [
     "open_target",
     "prove_possession",
     "run_target",
+    "store_options",
     "target_options",
 ]
 
@@ -75,26 +76,45 @@ _MAX_PAGES = 100_000
 # --------------------------------------------------------------------------- options
 
 
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Keep an option's value on the root context, where the commands' helpers look for it."""
+    root = ctx.find_root()
+    root.obj = root.obj or {}
+    if value is not None:
+        root.obj[str(param.name)] = value
+    return value
+
+
+_Options = list[tuple[str, dict[str, Any]]]
+
+_STORE_OPTIONS: _Options = [
+    (
+        "--data-dir",
+        {
+            "envvar": "IOTDPS_DATA_DIR",
+            "type": click.Path(file_okay=False),
+            "help": "Data directory (default: the per-user data dir).",
+        },
+    ),
+    ("--dsn", {"envvar": "IOTDPS_DSN", "help": "Store DSN (secret: not echoed)."}),
+]
+
+
+def _with_options(f: Callable[..., Any], options: _Options) -> Callable[..., Any]:
+    for name, kw in reversed(options):
+        f = click.option(name, expose_value=False, callback=_remember, **kw)(f)
+    return f
+
+
+def store_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """`--data-dir` / `--dsn` only, remembered on the root context (not passed to `f`)."""
+    return _with_options(f, _STORE_OPTIONS)
+
+
 def target_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """The local-store and server options, remembered on the root context (not passed to `f`)."""
-
-    def remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-        root = ctx.find_root()
-        root.obj = root.obj or {}
-        if value is not None:
-            root.obj[str(param.name)] = value
-        return value
-
-    options: list[tuple[str, dict[str, Any]]] = [
-        (
-            "--data-dir",
-            {
-                "envvar": "IOTDPS_DATA_DIR",
-                "type": click.Path(file_okay=False),
-                "help": "Data directory (default: the per-user data dir).",
-            },
-        ),
-        ("--dsn", {"envvar": "IOTDPS_DSN", "help": "Store DSN (secret: not echoed)."}),
+    options: _Options = [
+        *_STORE_OPTIONS,
         ("--server", {"envvar": "IOTDPS_SERVER", "help": "Management API URL of a running iotdps."}),
         (
             "--connection-string",
@@ -114,9 +134,7 @@ def target_options(f: Callable[..., Any]) -> Callable[..., Any]:
             },
         ),
     ]
-    for name, kw in reversed(options):
-        f = click.option(name, expose_value=False, callback=remember, **kw)(f)
-    return f
+    return _with_options(f, options)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,9 +93,16 @@ class Iotdps:
 
 
 @contextlib.contextmanager
-def iotdps_up(work: Path, *, dsn: str | None = None, extra_config: str = "") -> Iterator[Iotdps]:
+def iotdps_up(
+    work: Path,
+    *,
+    dsn: str | None = None,
+    extra_config: str = "",
+    wrapper: Sequence[str] = (),
+    start_timeout: float = 60.0,
+) -> Iterator[Iotdps]:
     """`python -m iotdps up` on a fresh address and data dir, as a user runs it (log level
-    info, to a file); stopped on exit."""
+    info, to a file); stopped on exit. `wrapper` goes before the command (valgrind...)."""
     address = free_address(8883)
     data_dir = work / "iotdps-data"
     config = work / "iotdps.toml"
@@ -108,13 +115,13 @@ def iotdps_up(work: Path, *, dsn: str | None = None, extra_config: str = "") -> 
     env = {**os.environ, "PYTHONPATH": str(SRC), "PYTHONUNBUFFERED": "1"}
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "iotdps", "up", "--config", str(config)],
+            [*wrapper, sys.executable, "-m", "iotdps", "up", "--config", str(config)],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
         )
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + start_timeout
         while "iotdps is up" not in log.read_text(errors="replace"):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"iotdps up did not start:\n{log.read_text(errors='replace')[-3000:]}")

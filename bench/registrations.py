@@ -16,9 +16,9 @@ In one run, on the same certificates and the same cores:
 
 Process layout: the server under test and this script (the load generator, one event loop)
 are two processes sharing the machine's cores (2 on CI); both servers meet the same client.
-Printed: rate, p50/p99 latency, server CPU per operation (from /proc), and the ratio of
-registrations/s to nginx handshakes/s (target: at least 70%). It prints; it never fails on a
-slow machine.
+Printed: rate, p50/p99 latency, CPU per operation of the server (from /proc) and of the
+load generator (its own process time), and the ratio of registrations/s to nginx
+handshakes/s (target: at least 70%). It prints; it never fails on a slow machine.
 """
 
 from __future__ import annotations
@@ -45,30 +45,37 @@ WARMUP = 10
 _SHARED: dict[str, Any] = {}
 
 
-def _client_part(part: tuple[int, int]) -> PhaseStats:
+def _timed(job: Any, items: list[Any]) -> tuple[PhaseStats, float]:
+    """`job(items)` and the CPU seconds this process spent on it."""
+    cpu0 = time.process_time()
+    stats = job(items)
+    return stats, time.process_time() - cpu0
+
+
+def _client_part(part: tuple[int, int]) -> tuple[PhaseStats, float]:
     k, i = part
-    job = _SHARED["job"]
-    return job(_SHARED["items"][i::k])  # type: ignore[no-any-return]
+    return _timed(_SHARED["job"], _SHARED["items"][i::k])
 
 
-def split_run(clients: int, items: list[Any], job: Any) -> PhaseStats:
-    """Run `job(slice)` in `clients` forked processes (or here, for 1); merged stats. The rate is
-    the total over the slowest process's time, as the processes start together."""
+def split_run(clients: int, items: list[Any], job: Any) -> tuple[PhaseStats, float]:
+    """Run `job(slice)` in `clients` forked processes (or here, for 1): merged stats and the
+    clients' CPU seconds. The rate is the total over the slowest process's time, as the
+    processes start together."""
     if clients <= 1:
-        return job(items)  # type: ignore[no-any-return]
+        return _timed(job, items)
     import multiprocessing
 
     _SHARED.update(job=job, items=items)
     with multiprocessing.get_context("fork").Pool(clients) as pool:
-        parts = pool.map(_client_part, [(clients, i) for i in range(clients)])
+        results = pool.map(_client_part, [(clients, i) for i in range(clients)])
     merged = PhaseStats()
-    for p in parts:
+    for p, _ in results:
         merged.attempted += p.attempted
         merged.succeeded += p.succeeded
         merged.latencies += p.latencies
         merged.errors.update(p.errors)
         merged.elapsed = max(merged.elapsed, p.elapsed)
-    return merged
+    return merged, sum(cpu for _, cpu in results)
 
 
 async def prepare(server: h.Iotdps, attestation: Any, n: int, work: Path) -> tuple[str, Fleet]:
@@ -85,11 +92,14 @@ async def prepare(server: h.Iotdps, attestation: Any, n: int, work: Path) -> tup
         await store.close()
 
 
-def line(name: str, stats: PhaseStats, cpu: float, what: str) -> str:
-    per = 1000 * cpu / stats.succeeded if stats.succeeded else 0.0
+def line(name: str, stats: PhaseStats, cpu: float, client_cpu: float, what: str) -> str:
+    def per(seconds: float) -> float:
+        return 1000 * seconds / stats.succeeded if stats.succeeded else 0.0
+
     return (
         f"{name:<8} {stats.succeeded:6d} {what:<14} {stats.rate:8.1f}/s   p50 {1000 * stats.percentile(50):7.1f} ms"
-        f"   p99 {1000 * stats.percentile(99):7.1f} ms   server CPU {per:6.2f} ms/op"
+        f"   p99 {1000 * stats.percentile(99):7.1f} ms"
+        f"   CPU/op server {per(cpu):5.2f} ms client {per(client_cpu):5.2f} ms"
         f"   errors {dict(stats.errors) or 0}"
     )
 
@@ -119,7 +129,7 @@ def main() -> None:
         def register(part: list[Any]) -> PhaseStats:
             return asyncio.run(register_fleet(server.address, 8883, scope, part, concurrency=per_client))[0]
 
-        stats = split_run(args.clients, list(devices[WARMUP:]), register)
+        stats, client_cpu = split_run(args.clients, list(devices[WARMUP:]), register)
         ours_cpu = h.cpu_seconds(server.process.pid) - cpu0
         h.stop(server.process)  # the reference runs alone on the cores
 
@@ -142,7 +152,7 @@ def main() -> None:
                 )
             )
 
-        ref = split_run(args.clients, contexts, handshakes)
+        ref, ref_client_cpu = split_run(args.clients, contexts, handshakes)
         ref_cpu = h.cpu_seconds(nginx.worker) - cpu0
 
     print(
@@ -150,8 +160,8 @@ def main() -> None:
         f"{args.clients} client process(es), "
         f"{time.strftime('%Y-%m-%d %H:%M')}"
     )
-    print(line("iotdps", stats, ours_cpu, "registrations"))
-    print(line("nginx", ref, ref_cpu, "handshakes"))
+    print(line("iotdps", stats, ours_cpu, client_cpu, "registrations"))
+    print(line("nginx", ref, ref_cpu, ref_client_cpu, "handshakes"))
     if ref.rate:
         print(
             f"ratio  : iotdps registrations/s = {100 * stats.rate / ref.rate:.0f}% "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from iotdps.errors import IotdpsError
 from iotdps.protocols.mqtt.client import ClientSession
@@ -51,6 +51,8 @@ class MqttClient(asyncio.Protocol):
         self._waiters: dict[int, asyncio.Future[object]] = {}
         self.lost: asyncio.Future[str] = loop.create_future()
         self._pinger: asyncio.Task[None] | None = None
+        self._keepalive = 0
+        self._corked: list[bytes] | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -86,13 +88,54 @@ class MqttClient(asyncio.Protocol):
         return self._transport is not None and not self.session.closed
 
     def _write(self, data: bytes) -> None:
-        if self._transport is not None and not self._transport.is_closing():
+        if self._corked is not None:
+            self._corked.append(data)
+        elif self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Packets written inside the block leave in one write: one TLS record, one send."""
+        self._corked = []
+        try:
+            yield
+        finally:
+            data, self._corked = b"".join(self._corked), None
+            if data:
+                self._write(data)
 
     def _resolve(self, packet_id: int, value: object) -> None:
         waiter = self._waiters.pop(packet_id, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(value)
+
+    def send_connect(
+        self,
+        client_id: str,
+        username: str | None,
+        password: str | None,
+        *,
+        keepalive: int = 60,
+        clean_session: bool = False,
+    ) -> None:
+        """Write CONNECT without waiting for CONNACK; `connected()` waits. MQTT 3.1.1 (3.1.4)
+        lets a client send further packets right behind CONNECT, which saves a round trip per
+        request it pipelines; a refused CONNECT makes the server drop them."""
+        self._keepalive = keepalive
+        self._write(self.session.connect(client_id, username, password, keepalive, clean_session))
+
+    async def connected(self, timeout: float = 10.0) -> None:
+        """Wait for the CONNACK of `send_connect`; ConnectRefused if the server said no."""
+        try:
+            code = await asyncio.wait_for(asyncio.shield(self._connack), timeout)
+        except TimeoutError:
+            self.close("no CONNACK")
+            raise
+        if code != 0:
+            self.close(f"refused with CONNACK {code}")
+            raise ConnectRefused(code)
+        if self._keepalive:
+            self._pinger = asyncio.get_running_loop().create_task(self._ping(self._keepalive))
 
     async def handshake(
         self,
@@ -104,17 +147,8 @@ class MqttClient(asyncio.Protocol):
         clean_session: bool = False,
         timeout: float = 10.0,
     ) -> None:
-        self._write(self.session.connect(client_id, username, password, keepalive, clean_session))
-        try:
-            code = await asyncio.wait_for(asyncio.shield(self._connack), timeout)
-        except TimeoutError:
-            self.close("no CONNACK")
-            raise
-        if code != 0:
-            self.close(f"refused with CONNACK {code}")
-            raise ConnectRefused(code)
-        if keepalive:
-            self._pinger = asyncio.get_running_loop().create_task(self._ping(keepalive))
+        self.send_connect(client_id, username, password, keepalive=keepalive, clean_session=clean_session)
+        await self.connected(timeout)
 
     async def _ping(self, keepalive: int) -> None:
         while self.is_open:
@@ -124,13 +158,18 @@ class MqttClient(asyncio.Protocol):
 
     async def publish(self, topic: str, payload: bytes, qos: int = 1, timeout: float = 30.0) -> None:
         """Publish; at QoS 1 wait for the PUBACK (the hub sends it once the message is stored)."""
+        waiter = self.publish_nowait(topic, payload, qos)
+        if waiter is not None:
+            await asyncio.wait_for(waiter, timeout)
+
+    def publish_nowait(self, topic: str, payload: bytes, qos: int = 1) -> asyncio.Future[object] | None:
+        """Write a PUBLISH now; at QoS 1 the future resolves on its PUBACK."""
         if not self.is_open:
             raise ConnectionError("not connected")
         packet_id, data = self.session.publish(topic, payload, qos)
         waiter = self._waiter(packet_id)
         self._write(data)
-        if waiter is not None:
-            await asyncio.wait_for(waiter, timeout)
+        return waiter
 
     async def publish_many(self, messages: Sequence[tuple[str, bytes]], qos: int = 1, timeout: float = 30.0) -> None:
         """Publish several messages in one write; at QoS 1 wait until every one is acknowledged.
@@ -152,15 +191,19 @@ class MqttClient(asyncio.Protocol):
             await asyncio.wait_for(asyncio.gather(*waiters), timeout)
 
     async def subscribe(self, filters: Sequence[str], timeout: float = 30.0) -> tuple[int, ...]:
+        codes = await asyncio.wait_for(self.subscribe_nowait(filters), timeout)
+        assert isinstance(codes, tuple)
+        return codes
+
+    def subscribe_nowait(self, filters: Sequence[str]) -> asyncio.Future[object]:
+        """Write a SUBSCRIBE (QoS 1 for each filter) now; the future resolves to the SUBACK codes."""
         if not self.is_open:
             raise ConnectionError("not connected")
         packet_id, data = self.session.subscribe([(f, 1) for f in filters])
         waiter = self._waiter(packet_id)
         self._write(data)
         assert waiter is not None
-        codes = await asyncio.wait_for(waiter, timeout)
-        assert isinstance(codes, tuple)
-        return codes
+        return waiter
 
     def _waiter(self, packet_id: int | None) -> asyncio.Future[object] | None:
         if packet_id is None:
@@ -184,6 +227,7 @@ class MqttClient(asyncio.Protocol):
         for waiter in self._waiters.values():
             if not waiter.done():
                 waiter.set_exception(ConnectionError(reason))
+                waiter.exception()  # retrieved: a pipelined request's waiter may have no reader yet
         self._waiters.clear()
         if not self._connack.done():
             self._connack.set_exception(ConnectionError(reason))

@@ -75,6 +75,11 @@ class TlsServerProtocol(asyncio.Protocol):
         self._drain_scheduled = False
         self._lost_exc: Exception | None = None
         self._eof_from_peer = False
+        # Plaintext the app wrote during this turn of the event loop, sent as one TLS record
+        # when the turn ends (see _write_plaintext).
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self._out_scheduled = False
 
     # -- socket side ------------------------------------------------------------------------
 
@@ -238,10 +243,33 @@ class TlsServerProtocol(asyncio.Protocol):
             raw.write(b"".join(out) if len(out) > 1 else out[0])
 
     def _write_plaintext(self, data: bytes | bytearray | memoryview) -> None:
-        conn = self._conn
+        """Queue plaintext; it is encrypted and sent when this turn of the event loop ends.
+
+        An MQTT answer is often several packets written one after another (CONNACK, SUBACK and
+        PUBACK for a client that pipelined them): one TLS record and one send() for all of them
+        instead of one each halves the per-connection write cost."""
+        if self._state is not _State.OPEN or self._conn is None:
+            return
+        chunk = bytes(data)  # a copy only if the caller passed a mutable buffer
+        self._out.append(chunk)
+        self._out_size += len(chunk)
+        if self._out_size >= _WRITE_CHUNK:
+            self._send_out()
+        elif not self._out_scheduled:
+            self._out_scheduled = True
+            asyncio.get_running_loop().call_soon(self._send_out)
+
+    def _send_out(self) -> None:
+        self._out_scheduled = False
+        conn, out = self._conn, self._out
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        self._out_size = 0
         if self._state is not _State.OPEN or conn is None:
             return
-        view = memoryview(data).cast("B")
+        view = memoryview(data)
         try:
             while view:
                 n = conn.send(view[:_WRITE_CHUNK])
@@ -253,6 +281,7 @@ class TlsServerProtocol(asyncio.Protocol):
     def _start_close(self) -> None:
         if self._state in (_State.CLOSING, _State.CLOSED):
             return
+        self._send_out()  # what the app wrote before close() goes out before close_notify
         self._state = _State.CLOSING
         self._cancel_timeout()
         if self._conn is not None:
@@ -394,8 +423,9 @@ class TlsAppTransport(asyncio.Transport):
         self._raw.set_write_buffer_limits(high, low)
 
     def get_write_buffer_size(self) -> int:
-        # Ciphertext never waits in the BIO (every write is flushed), so the socket buffer is all.
-        return self._raw.get_write_buffer_size()
+        # Ciphertext never waits in the BIO (every record is flushed): the socket's buffer
+        # plus the plaintext queued for the end of this loop turn is all.
+        return self._raw.get_write_buffer_size() + self._owner._out_size
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
         return self._raw.get_write_buffer_limits()

@@ -263,3 +263,66 @@ async def test_app_close_sends_close_notify(pki: Pki) -> None:
         assert first == b"bye" and rest == b""
     finally:
         server.close()
+
+
+async def test_writes_in_one_loop_turn_leave_as_one_record(pki: Pki) -> None:
+    """Writes made during one turn of the event loop are sent as one TLS record, in order;
+    a write in a later turn is a record of its own; close() sends what is queued first."""
+    buffered: list[int] = []
+
+    class Chatty(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.WriteTransport)
+            self.transport = transport
+            for piece in (b"con", b"nack", bytearray(b"-sub"), memoryview(b"ack")):
+                transport.write(piece)
+            buffered.append(transport.get_write_buffer_size())  # the queued plaintext counts
+            asyncio.get_running_loop().call_later(0.05, self.later)
+
+        def later(self) -> None:
+            self.transport.write(b"|reply")
+            self.transport.close()
+
+    server = await start_tls_server("127.0.0.1", 0, pki.server_tls(), Chatty)
+    port = server.sockets[0].getsockname()[1]
+    try:
+
+        def client() -> tuple[bytes, list[int]]:
+            ctx = pki.client_ctx(pki.dev1)  # TLS 1.2, as the SDK pins it: record types are visible
+            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            tls = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+            records: list[int] = []
+            plain = b""
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+                while True:
+                    try:
+                        tls.do_handshake()
+                        break
+                    except ssl.SSLWantReadError:
+                        raw.sendall(outgoing.read())
+                        incoming.write(raw.recv(65536))
+                raw.sendall(outgoing.read())
+                stream = b""
+                while chunk := raw.recv(65536):
+                    stream += chunk
+            # Walk the record headers (type, version, length) of what followed the handshake.
+            pos = 0
+            while pos + 5 <= len(stream):
+                records.append(stream[pos])
+                pos += 5 + int.from_bytes(stream[pos + 3 : pos + 5], "big")
+            incoming.write(stream)
+            incoming.write_eof()
+            try:
+                while data := tls.read(65536):
+                    plain += data
+            except ssl.SSLZeroReturnError:
+                pass
+            return plain, records
+
+        plain, records = await asyncio.to_thread(client)
+        assert plain == b"connack-suback|reply"
+        app_data, alert = 23, 21
+        assert records == [app_data, app_data, alert]  # two writes' worth, then close_notify
+        assert buffered and buffered[0] >= len(b"connack-suback")
+    finally:
+        server.close()

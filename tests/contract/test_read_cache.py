@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from iotdps.enrollment.models import EnrollmentGroup, LinkedHub, ServiceSettings
-from iotdps.provisioning.ports import Store
+from iotdps.enrollment.models import EnrollmentGroup, LinkedHub, RegistrationRecord, ServiceSettings
+from iotdps.provisioning.ports import Store, UnitOfWork
 from iotdps.store import open_store
 
 from .conftest import PG_DSN, open_backend
@@ -87,3 +87,44 @@ async def test_own_writes_are_read_back(backend: str, request: pytest.FixtureReq
             assert [(h.host_name, h.allocation_weight) for h in await uow.hubs.list()] == [("hub-b.example", 2)]
     finally:
         await store.close()
+
+
+async def test_derived_answers_last_until_a_cached_table_changes(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    node_a = await open_backend(backend, request, tmp_path)
+    node_b = await _second(backend, request, tmp_path)
+    computed: list[int] = []
+
+    async def groups_now(uow: UnitOfWork) -> int:
+        async def count() -> int:
+            computed.append(1)
+            return len(await uow.groups.list_symmetric_key())
+
+        return await uow.derived(("symmetric-key groups",), count)
+
+    group = EnrollmentGroup.from_json({"enrollmentGroupId": "g1", "attestation": {"type": "symmetricKey"}})
+    try:
+        for _ in range(3):
+            async with node_a.begin() as uow:
+                assert await groups_now(uow) == 0
+        assert len(computed) == 1  # later transactions were answered from the cache
+        async with node_a.begin() as uow:  # our own write: not cached while the write is pending
+            await uow.groups.put(group)
+            assert await groups_now(uow) == 1
+        async with node_a.begin() as uow:
+            assert await groups_now(uow) == 1
+        async with node_b.begin() as uow:  # another node's (or process's) write
+            await uow.groups.delete("g1")
+        async with node_a.begin() as uow:
+            assert await groups_now(uow) == 0
+        # A registration (devices and registration records only) keeps the derived answer.
+        before = len(computed)
+        async with node_a.begin() as uow:
+            await uow.registrations.put(RegistrationRecord("dev-1", "assigning", "op-1"))
+        async with node_a.begin() as uow:
+            assert await groups_now(uow) == 0
+        assert len(computed) == before
+    finally:
+        await node_a.close()
+        await node_b.close()

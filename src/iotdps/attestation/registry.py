@@ -128,6 +128,75 @@ class _X509WebhookContext(Mapping[str, Any]):
         return 1
 
 
+@dataclass(frozen=True, slots=True)
+class _Trust:
+    """The uploaded CAs as the X.509 mechanism looks them up: by SHA-256 thumbprint."""
+
+    uploaded: Mapping[str, tuple[str, bool]]  # thumbprint -> (name, verified)
+    certificates: Mapping[str, x509.Certificate]
+    verified: frozenset[str]
+
+
+async def _trust(uow: UnitOfWork) -> _Trust:
+    async def build() -> _Trust:
+        cas = await uow.cas.list()
+        return _Trust(
+            {ca.sha256_thumbprint: (ca.name, ca.is_verified) for ca in cas},
+            {ca.sha256_thumbprint: cert for ca in cas if (cert := _load(ca.certificate)) is not None},
+            frozenset(ca.sha256_thumbprint for ca in cas if ca.is_verified),
+        )
+
+    return await uow.derived(("x509 trust",), build)
+
+
+@dataclass(frozen=True, slots=True)
+class _AboveLeaf:
+    """What a verified chain says above its leaf: a refusal, or the CA steps precedence walks."""
+
+    refusal: Authentication | None
+    steps: tuple[CaStep, ...] = ()
+    reaches_verified: bool = False
+
+
+async def _above_leaf(
+    uow: UnitOfWork, chain: Sequence[x509.Certificate], trust: _Trust, *, anchored_at_leaf: bool
+) -> _AboveLeaf:
+    """The verified chain's CA part: anchor still trusted, extended to a root, groups per CA.
+
+    Nothing here depends on the leaf once the anchor is a CA, so for a device of a known
+    production line the answer comes from the read cache (see `X509Mechanism`)."""
+    anchor = chain[-1]
+    anchor_tp = certs.sha256_thumbprint(anchor)
+    # The TLS trust store may be older than the store: re-check the anchor is still trusted.
+    if not anchored_at_leaf and anchor_tp not in trust.verified:
+        if anchor_tp in trust.uploaded:
+            return _AboveLeaf(
+                _refuse("x509", RefusalReason.CA_NOT_VERIFIED, f"CA {trust.uploaded[anchor_tp][0]} is not verified")
+            )
+        return _AboveLeaf(
+            _refuse(
+                "x509",
+                RefusalReason.CHAIN_UNKNOWN_CA,
+                f"chain stops at {certs.describe(anchor)}, which is not uploaded",
+            )
+        )
+    extended = extend_above(chain, trust.certificates.values())
+    if not (certs.is_self_issued(extended[-1])):
+        extended = extend_above(extended, [*trust.certificates.values(), *await _group_signing_certs(uow)])
+    steps: list[CaStep] = []
+    for cert in extended[1:]:
+        tp = certs.sha256_thumbprint(cert)
+        found_groups: dict[str, EnrollmentGroup] = {
+            g.enrollment_group_id: g for g in await uow.groups.find_by_signing_thumbprint(tp)
+        }
+        if tp in trust.uploaded:
+            for g in await uow.groups.find_by_ca_reference(trust.uploaded[tp][0]):
+                found_groups.setdefault(g.enrollment_group_id, g)
+        name, verified = trust.uploaded.get(tp, (None, False))
+        steps.append(CaStep(certs.describe(cert), tp, tuple(found_groups.values()), name, verified))
+    return _AboveLeaf(None, tuple(steps), any(step.sha256_thumbprint in trust.verified for step in steps))
+
+
 class X509Mechanism:
     name: AttestationKind = "x509"
 
@@ -140,10 +209,7 @@ class X509Mechanism:
             return _refuse("x509", problem.reason, problem.message)
         leaf = evidence.presented[0]
         leaf_sha256 = certs.sha256_thumbprint(leaf)
-        cas = list(await uow.cas.list())
-        uploaded = {ca.sha256_thumbprint: (ca.name, ca.is_verified) for ca in cas}
-        ca_certs = {ca.sha256_thumbprint: cert for ca in cas if (cert := _load(ca.certificate)) is not None}
-        verified_prints = {ca.sha256_thumbprint for ca in cas if ca.is_verified}
+        trust = await _trust(uow)
         individual = await uow.enrollments.get(registration_id)
 
         if evidence.verified is None:
@@ -157,46 +223,28 @@ class X509Mechanism:
                     f"no individual enrollment {registration_id} for the self-signed certificate "
                     f"{certs.describe(leaf)}",
                 )
-            anchors = [ca_certs[tp] for tp in verified_prints if tp in ca_certs]
+            anchors = [trust.certificates[tp] for tp in trust.verified if tp in trust.certificates]
             if individual is not None and individual.attestation.x509 is not None:
                 anchors += [
                     c for s in individual.attestation.x509.client_certificates if s and (c := _load(s.certificate))
                 ]
-            known = [*ca_certs.values(), *await _group_signing_certs(uow)]
-            found = diagnose(evidence, anchors, known, uploaded, now)
+            known = [*trust.certificates.values(), *await _group_signing_certs(uow)]
+            found = diagnose(evidence, anchors, known, trust.uploaded, now)
             return _refuse("x509", found.reason, found.message)
 
         chain = evidence.verified
-        anchor = chain[-1]
-        anchor_tp = certs.sha256_thumbprint(anchor)
-        # The TLS trust store may be older than the store: re-check the anchor is still trusted.
-        if anchor_tp != leaf_sha256 and anchor_tp not in verified_prints:
-            if anchor_tp in uploaded:
-                return _refuse("x509", RefusalReason.CA_NOT_VERIFIED, f"CA {uploaded[anchor_tp][0]} is not verified")
-            return _refuse(
-                "x509",
-                RefusalReason.CHAIN_UNKNOWN_CA,
-                f"chain stops at {certs.describe(anchor)}, which is not uploaded",
-            )
-        extended = extend_above(chain, ca_certs.values())
-        if not (certs.is_self_issued(extended[-1])):
-            extended = extend_above(extended, [*ca_certs.values(), *await _group_signing_certs(uow)])
-        ca_chain = extended[1:]
-        reaches_verified = any(certs.sha256_thumbprint(c) in verified_prints for c in ca_chain)
-
-        steps: list[CaStep] = []
-        if individual is None:
-            for cert in ca_chain:
-                tp = certs.sha256_thumbprint(cert)
-                found_groups: dict[str, EnrollmentGroup] = {
-                    g.enrollment_group_id: g for g in await uow.groups.find_by_signing_thumbprint(tp)
-                }
-                if tp in uploaded:
-                    for g in await uow.groups.find_by_ca_reference(uploaded[tp][0]):
-                        found_groups.setdefault(g.enrollment_group_id, g)
-                name, verified = uploaded.get(tp, (None, False))
-                steps.append(CaStep(certs.describe(cert), tp, tuple(found_groups.values()), name, verified))
-        decision = resolve_x509(registration_id, leaf_sha256, individual, steps, reaches_verified_ca=reaches_verified)
+        if len(chain) == 1:  # the leaf itself is the TLS anchor (an enrolled device certificate)
+            above = await _above_leaf(uow, chain, trust, anchored_at_leaf=True)
+        else:
+            # Every device of a production line presents the same CAs above its leaf: their
+            # thumbprints key the answer, kept while no CA, group or setting changes.
+            key = ("x509 above leaf", *(certs.sha256_thumbprint(c) for c in chain[1:]))
+            above = await uow.derived(key, lambda: _above_leaf(uow, chain, trust, anchored_at_leaf=False))
+        if above.refusal is not None:
+            return above.refusal
+        decision = resolve_x509(
+            registration_id, leaf_sha256, individual, above.steps, reaches_verified_ca=above.reaches_verified
+        )
         auth = DeviceAuth("selfSigned", primary_thumbprints=(leaf_sha256, certs.sha1_thumbprint(leaf)))
         context = _X509WebhookContext(leaf)
         return Authentication(decision, "x509", auth if decision.admitted else None, context, leaf_sha256)

@@ -536,6 +536,9 @@ class _RemoteUnitOfWork:
         self.devices = _Devices()
         self.refusals = _Refusals(http)
 
+    async def derived(self, key: tuple[Any, ...], compute: Callable[[], Awaitable[T]]) -> T:
+        return await compute()  # each read is a request to a server that may change under us
+
 
 class RemoteStore:
     """The `Store` port over the management API (see the module docstring on atomicity)."""

@@ -20,7 +20,7 @@ Store rules every implementation keeps:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -167,6 +167,13 @@ class UnitOfWork(Protocol):
     registrations: RegistrationRepo
     devices: DeviceRepo
     refusals: RefusalLog
+
+    async def derived(self, key: tuple[Any, ...], compute: Callable[[], Awaitable[T]]) -> T:
+        """`compute()`, or the answer it gave for the same key earlier, in this or an earlier
+        transaction, as long as no enrollment group, CA, linked hub or setting has changed
+        since (a store without a read cache just calls it). Only for answers derived from
+        those tables: an X.509 chain's CA steps, say, which every device of a line repeats."""
+        ...
 
 
 class Store(Protocol):

@@ -16,11 +16,11 @@ from __future__ import annotations
 import asyncio
 import bisect
 import json
-from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from iotdps.enrollment.models import (
     CaCertificate,
@@ -58,6 +58,8 @@ from iotdps.store._common import (
     dump_doc,
     encode_token,
 )
+
+_T = TypeVar("_T")
 
 __all__ = ["MemoryStore"]
 
@@ -546,6 +548,9 @@ class _UnitOfWork:
         self.telemetry: TelemetryRepo = _Telemetry(tx)
         self.c2d: C2DRepo = _C2D(tx)
         self.hub_sessions: HubSessionRepo = _HubSessions(tx)
+
+    async def derived(self, key: tuple[Any, ...], compute: Callable[[], Awaitable[_T]]) -> _T:
+        return await compute()  # no read cache to keep it in
 
 
 class MemoryStore:

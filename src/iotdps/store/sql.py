@@ -996,6 +996,11 @@ class _UnitOfWork:
         self.telemetry: TelemetryRepo = _Telemetry(tx)
         self.c2d: C2DRepo = _C2D(tx)
         self.hub_sessions: HubSessionRepo = _HubSessions(tx)
+        self._tx = tx
+
+    async def derived(self, key: tuple[Any, ...], compute: Callable[[], Awaitable[_T]]) -> _T:
+        # Kept in the read cache, which every write of its tables drops (SqlStore._cache_for).
+        return await self._tx.cached(("derived", *key), compute)
 
 
 class SqlStore:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from certkit import NOW, FixedClock, seed004
-from helpers import HUBS, KEY1, Env, ca_group, sk_enrollment, x509_enrollment
+from certkit import NOW, FixedClock, seed004, tls_evidence
+from helpers import HUBS, KEY1, SCOPE, Env, ca_group, sk_enrollment, x509_enrollment
 
+from iotdps.provisioning.outcomes import RefusalReason
+from iotdps.provisioning.service import RegistrationRequest
 from iotdps.store import open_store
 
 
@@ -34,6 +37,34 @@ async def test_seed004_on_sqlite(env: Env) -> None:
         record = await uow.registrations.get("dev-1")
         device = await uow.devices.get(record.assigned_hub, "dev-1")  # type: ignore[union-attr,arg-type]
     assert device is not None and device.auth.primary_thumbprints[0] == h.devices["dev-1"].sha256
+
+
+async def test_a_lines_remembered_chain_follows_group_and_ca_changes(env: Env) -> None:
+    """Devices of one line share the CA part of their chain, whose precedence steps the store
+    remembers between registrations; every change to a group or a CA must still be seen."""
+    h = seed004()
+    await env.service.upload_ca("root", h.root.pem, verified=True)
+    await env.group(ca_group("factory-a", signing=h.a))
+    assert (await env.register_x509("dev-1", h.chain("dev-1"))).status == "assigned"
+    assert (await env.register_x509("dev-2", h.chain("dev-2"))).status == "assigned"  # from the cache
+    await env.group(ca_group("factory-a", signing=h.a, provisioning_status="disabled"))
+    assert (await env.register_x509("dev-3", h.chain("dev-3"))).status == "disabled"
+    async with env.store.begin() as uow:
+        await uow.groups.delete("factory-a")
+    gone = await env.register_x509("dev-3", h.chain("dev-3"))
+    assert gone.record is None and gone.reason is not None and gone.reason is RefusalReason.NO_ENROLLMENT
+    await env.group(ca_group("all-devices", ca_ref="root"))
+    assert (await env.register_x509("dev-3", h.chain("dev-3"))).status == "assigned"
+    # The CA loses its verification. A TLS trust store built before that still verifies the
+    # chain (it is reloaded a moment later): the remembered steps must not admit the device.
+    stale = await tls_evidence(env.store, h.chain("dev-1"), NOW)  # line A: remembered
+    assert stale.verified is not None
+    async with env.store.begin() as uow:
+        ca = await uow.cas.get("root")
+        assert ca is not None
+        await uow.cas.put(replace(ca, is_verified=False))
+    refused = await env.service.register(RegistrationRequest(SCOPE, "dev-1", stale))
+    assert refused.record is None and refused.reason is RefusalReason.CA_NOT_VERIFIED
 
 
 async def test_reprovision_and_concurrency_on_sqlite(env: Env) -> None:

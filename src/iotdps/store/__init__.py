@@ -23,7 +23,7 @@ from sqlalchemy.pool import StaticPool
 
 from iotdps.errors import InvalidInput, StoreError
 from iotdps.provisioning.ports import Clock, Store
-from iotdps.store._common import DEFAULT_REFUSAL_LIMIT
+from iotdps.store._common import DEFAULT_REFUSAL_LIMIT, json_column_text
 from iotdps.store.memory import MemoryStore
 from iotdps.store.migrate import current_revision, head_revision, upgrade
 from iotdps.store.sql import DEFAULT_PRUNE_EVERY, RAW_TRANSACTIONS, SQLITE_BUSY_SLICE_MS, SqlStore, describe_error
@@ -89,7 +89,7 @@ def _parse(dsn: str) -> URL:
 
 def _engine(url: URL, schema: str | None) -> Engine | AsyncEngine:
     # hide_parameters: statement parameters hold documents with keys; never in errors or logs.
-    options: dict[str, Any] = {"hide_parameters": True}
+    options: dict[str, Any] = {"hide_parameters": True, "json_serializer": json_column_text}
     if url.get_backend_name() == "sqlite":
         if schema is not None:
             raise InvalidInput("a schema applies to PostgreSQL only")

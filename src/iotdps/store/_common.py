@@ -13,6 +13,7 @@ from iotdps.errors import InvalidInput, NotFound, PreconditionFailed
 
 __all__ = [
     "DEFAULT_REFUSAL_LIMIT",
+    "DocText",
     "SystemClock",
     "check_delete",
     "check_page_size",
@@ -20,6 +21,7 @@ __all__ = [
     "decode_token",
     "dump_doc",
     "encode_token",
+    "json_column_text",
 ]
 
 # Refusals are an operator's recent history, not an audit log: keep the newest this many.
@@ -75,9 +77,24 @@ def decode_token(token: str | None) -> str | None:
     return key
 
 
-def dump_doc(doc: Mapping[str, Any], what: str) -> str:
+class DocText(str):
+    """A document `dump_doc` already encoded: the SQL engines store the text as it is."""
+
+    __slots__ = ()
+
+
+def dump_doc(doc: Mapping[str, Any], what: str) -> DocText:
     """JSON text of a stored document; a value JSON cannot hold (or NaN) is the caller's error."""
     try:
-        return json.dumps(doc, separators=(",", ":"), allow_nan=False)
+        return DocText(json.dumps(doc, separators=(",", ":"), allow_nan=False))
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"{what} holds a value that is not JSON") from exc
+
+
+def json_column_text(value: Any) -> str:
+    """The SQL engines' JSON serializer. A put validates its document by encoding it
+    (dump_doc), and that text is what gets stored: encoding it a second time in the column
+    type cost a few percent of a registration."""
+    if isinstance(value, DocText):
+        return value
+    return json.dumps(value)

@@ -352,7 +352,7 @@ class _SqlTx:
         columns: Mapping[str, Any] | None = None,
     ) -> tuple[str, datetime, datetime]:
         """Write `doc` (and projection `columns`) under `key`; returns (etag, created, updated)."""
-        dump_doc(doc, what)  # fail on non-JSON values here, as the memory store does
+        text = dump_doc(doc, what)  # fails on non-JSON values here, as the memory store does
         await self.wrote(table)
         bind = self._bind(key)
         memo = (table.name, *key.values())
@@ -368,7 +368,7 @@ class _SqlTx:
         check_put(what, current[0] if current else None, current is not None, if_match)
         now = self.now()
         etag = new_etag()
-        values = {"doc": doc, "etag": etag, "updated": now, **(columns or {})}
+        values = {"doc": text, "etag": etag, "updated": now, **(columns or {})}
         if current is not None:
             await self.run_prebuilt(
                 ("update", table.name, tuple(key), tuple(values)),

@@ -64,3 +64,22 @@ async def test_gives_up_with_a_store_error_when_the_lock_is_never_released(
     finally:
         other.close()
         await store.close()
+
+
+async def test_a_read_only_unit_does_not_wait_for_another_writer(tmp_path: Path) -> None:
+    """Authentication reads (store.read) take a snapshot, not the write lock: a device is
+    authenticated while an admin command holds a write transaction, and sees the last commit."""
+    db = tmp_path / "busy.db"
+    store = await open_store(f"sqlite:///{db}")
+    async with store.begin() as uow:
+        await uow.settings.put(ServiceSettings("0ne00000066"))
+    other = sqlite3.connect(db, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("UPDATE service_settings SET etag = 'uncommitted'")
+        async with asyncio.timeout(0.5), store.read() as uow:
+            assert await uow.settings.get() == ServiceSettings("0ne00000066")
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+        await store.close()

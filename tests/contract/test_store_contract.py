@@ -559,3 +559,24 @@ async def test_closed_store_refuses_transactions(backend: str, request: pytest.F
     with pytest.raises(StoreError):
         async with opened.begin():
             pass
+
+
+# --------------------------------------------------------------------------- read-only units
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.name)
+async def test_a_read_only_unit_reads_and_refuses_writes(store: Store, kind: Kind) -> None:
+    first = kind.make("ro-1")
+    async with store.begin() as uow:
+        await kind.repo(uow).put(first)
+    async with store.read() as uow:
+        assert await kind.repo(uow).get(*kind.key(first)) is not None
+    with pytest.raises(StoreError, match="read-only"):
+        async with store.read() as uow:
+            await kind.repo(uow).put(kind.make("ro-2"))
+    with pytest.raises(StoreError, match="read-only"):
+        async with store.read() as uow:
+            await uow.refusals.add(Refusal("ro-3", "NO_ENROLLMENT", "no", None, datetime.now(UTC), None))
+    async with store.begin() as uow:  # nothing of either attempt was kept
+        assert await kind.repo(uow).get(*kind.key(kind.make("ro-2"))) is None
+        assert await uow.refusals.list("ro-3") == []

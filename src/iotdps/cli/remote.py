@@ -551,6 +551,10 @@ class RemoteStore:
     async def begin(self) -> AsyncIterator[UnitOfWork]:
         yield cast(UnitOfWork, self._uow)
 
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[UnitOfWork]:
+        yield cast(UnitOfWork, self._uow)  # each call is its own request either way
+
     async def close(self) -> None:
         await self.http.close()
 

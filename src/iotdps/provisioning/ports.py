@@ -181,6 +181,12 @@ class Store(Protocol):
         """One transaction; commit on normal exit, roll back on exception."""
         ...
 
+    def read(self) -> AbstractAsyncContextManager[UnitOfWork]:
+        """A unit of work that only reads; a write in it raises StoreError. Cheaper than begin()
+        where the database allows (no BEGIN/COMMIT round trips, no write lock); each read sees
+        what was committed before it, as under READ COMMITTED."""
+        ...
+
     async def close(self) -> None: ...
 
 

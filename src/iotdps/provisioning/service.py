@@ -258,7 +258,7 @@ class ProvisioningService:
             check_registration_id(registration_id)
         except InvalidRegistrationId as exc:
             return _auth_refusal(RefusalReason.INVALID_REGISTRATION_ID, exc.message)
-        async with self.store.begin() as uow:
+        async with self.store.read() as uow:
             settings = await self._settings(uow)
             if id_scope.lower() != settings.id_scope.lower():
                 return _auth_refusal(
@@ -278,7 +278,7 @@ class ProvisioningService:
         """What the TLS layer's trust store must hold: every verified uploaded CA and every
         individual X.509 enrollment's client certificates (used with PARTIAL_CHAIN)."""
         out: list[x509.Certificate] = []
-        async with self.store.begin() as uow:
+        async with self.store.read() as uow:
             for ca in await uow.cas.list():
                 if ca.is_verified:
                     out.extend(_load_all(ca.certificate))
@@ -292,7 +292,7 @@ class ProvisioningService:
     async def explain(self, registration_id: str, credential: Credential) -> list[str]:
         """The precedence walk and the decision in words, without registering (`iotdps explain`).
         The scope is the service's own; for an admitted device the built-in allocation is shown."""
-        async with self.store.begin() as uow:
+        async with self.store.read() as uow:
             settings = await self._settings(uow)
             linked = list(await uow.hubs.list())
         auth = await self.authenticate(settings.id_scope, registration_id, credential)
@@ -526,7 +526,7 @@ class ProvisioningService:
         refusal = await self._check_caller(id_scope, registration_id, credential)
         if refusal is not None:
             return refusal
-        async with self.store.begin() as uow:
+        async with self.store.read() as uow:
             record = await uow.registrations.get(registration_id)
         if record is None or not secrets.compare_digest(record.operation_id, operation_id):
             raise NotFound(f"operation {operation_id} of {registration_id} not found")
@@ -539,7 +539,7 @@ class ProvisioningService:
         refusal = await self._check_caller(id_scope, registration_id, credential)
         if refusal is not None:
             return refusal
-        async with self.store.begin() as uow:
+        async with self.store.read() as uow:
             record = await uow.registrations.get(registration_id)
         if record is None:
             raise NotFound(f"registration {registration_id} not found")

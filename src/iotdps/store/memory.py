@@ -592,6 +592,22 @@ class MemoryStore:
                 self.refusals.extend(tx.new_refusals)
                 del self.refusals[: max(0, len(self.refusals) - self.refusal_limit)]
 
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[_UnitOfWork]:
+        """A unit of work that only reads: one that wrote raises StoreError, and its writes are
+        dropped (the SQL store refuses the write itself)."""
+        if self._closed:
+            raise StoreError("the store is closed")
+        async with self._lock:
+            tx = _Tx(self)
+            try:
+                yield _UnitOfWork(tx)
+            finally:
+                tx.open = False
+            wrote = tx.changed or tx.new_refusals or tx.new_telemetry or tx.c2d is not None or tx.sessions is not None
+            if wrote:
+                raise StoreError("a read-only unit of work cannot write")
+
     async def close(self) -> None:
         self._closed = True
 

@@ -132,7 +132,12 @@ _CACHED_TABLES = frozenset(
 )
 
 _PREBUILT: dict[tuple[Any, ...], Any] = {}
+# Run through SQLAlchemy (its literal 1 keeps it off the raw path): that first execution is
+# what starts the asyncpg transaction of begin(); the statements after it go to asyncpg
+# directly and need that transaction open.
 _VERSION_QUERY = select(t.config_version.c.version).where(t.config_version.c.id == 1)
+# The same read on the raw path, for read(): it must not start a transaction.
+_VERSION_QUERY_RAW = select(t.config_version.c.version).where(t.config_version.c.id == bindparam("k_id"))
 
 
 def _prebuilt(shape: tuple[Any, ...], build: Callable[[], Any]) -> Any:
@@ -221,8 +226,9 @@ def _locked(query: Select[Any], lock: bool) -> Select[Any]:
 
 
 class _SqlTx:
-    def __init__(self, store: SqlStore, conn: AsyncConnection | Connection) -> None:
+    def __init__(self, store: SqlStore, conn: AsyncConnection | Connection, *, read_only: bool = False) -> None:
         self.store = store
+        self.read_only = read_only  # SqlStore.read: no transaction on PostgreSQL, no write lock on SQLite
         # Exactly one of the two: SQLite's connection runs on this thread, asyncpg's awaits.
         self.sync = conn if isinstance(conn, Connection) else None
         self.conn = conn if isinstance(conn, AsyncConnection) else None
@@ -248,6 +254,8 @@ class _SqlTx:
         """Execute; `params` runs it once per mapping (one call), `bind` fills its bind parameters."""
         if not self.open:
             raise StoreError("the transaction has ended")
+        if self.read_only and not isinstance(statement, Select):
+            raise StoreError("a read-only unit of work cannot write")
         arguments: Any = list(params) if params is not None else bind
         try:
             if self.sync is not None:
@@ -273,6 +281,8 @@ class _SqlTx:
         statement = _prebuilt(shape, build)
         if not self.open:
             raise StoreError("the transaction has ended")
+        if self.read_only and not isinstance(statement, Select):
+            raise StoreError("a read-only unit of work cannot write")
         dialect = self.sync.dialect if self.sync is not None else self.store.engine.dialect
         raw = _prebuilt((dialect.name, *shape, *bind), lambda: _compile_raw(statement, list(bind), dialect) or False)
         if raw is False:
@@ -304,6 +314,8 @@ class _SqlTx:
 
     async def wrote(self, table: Table) -> None:
         """Note a write to `table`; the first write to a cached table bumps config_version."""
+        if self.read_only:
+            raise StoreError("a read-only unit of work cannot write")
         if table.name in _CACHED_TABLES and not self.dirty:
             self.dirty = True
             await self.run_prebuilt(
@@ -1045,13 +1057,28 @@ class SqlStore:
 
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[_UnitOfWork]:
+        async with self._unit(self._transaction) as uow:
+            yield uow
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[_UnitOfWork]:
+        """A unit of work that only reads (a write raises StoreError). On PostgreSQL its
+        statements run without BEGIN and COMMIT, two round trips fewer: under READ COMMITTED,
+        which is what a transaction would have had, every statement sees the latest commits
+        either way. On SQLite it takes a read snapshot (deferred BEGIN), not the write lock,
+        so it never waits for another process's writer."""
+        async with self._unit(self._reading) as uow:
+            yield uow
+
+    @asynccontextmanager
+    async def _unit(self, opened: Callable[[], AbstractAsyncContextManager[_SqlTx]]) -> AsyncIterator[_UnitOfWork]:
         if self._closed:
             raise StoreError("the store is closed")
         serial: AbstractAsyncContextManager[Any] = self._serial if self._serial is not None else nullcontext()
         body_error: BaseException | None = None
         async with serial:
             try:
-                async with self._transaction() as tx:
+                async with opened() as tx:
                     try:
                         yield _UnitOfWork(tx)
                     except BaseException as exc:
@@ -1064,6 +1091,32 @@ class SqlStore:
                 if exc is body_error:
                     raise
                 raise self.error(exc) from None
+
+    @asynccontextmanager
+    async def _reading(self) -> AsyncIterator[_SqlTx]:
+        if isinstance(self.engine, AsyncEngine):
+            # No begin(): the prebuilt statements go to asyncpg directly, in autocommit. A
+            # statement SQLAlchemy runs itself would begin a transaction, rolled back on return.
+            async with self.engine.connect() as pg_conn:
+                tx = _SqlTx(self, pg_conn, read_only=True)
+                found = await tx.fetch(("config version raw",), lambda: _VERSION_QUERY_RAW, {"k_id": 1})
+                tx.cache = self._cache_for(found[0][0]) if found else None
+                yield tx
+            return
+        conn = self._sqlite_connection(self.engine)
+        raw: Any = conn.connection.driver_connection  # sqlite3.Connection
+        raw.execute("BEGIN")  # deferred: the first read takes a snapshot; no lock to wait for
+        tx = _SqlTx(self, conn, read_only=True)
+        try:
+            # Read before any row: the rows read are never older than the version (the cache
+            # may hold newer rows under it, which the next version's cache replaces).
+            tx.cache = self._cache_for(raw.execute("PRAGMA data_version").fetchone()[0])
+            yield tx
+        finally:
+            if raw.in_transaction:
+                raw.execute("COMMIT")  # ends the snapshot; nothing was written
+            if tx.through_sqlalchemy:
+                conn.rollback()
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[_SqlTx]:

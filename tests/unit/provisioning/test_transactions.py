@@ -48,6 +48,9 @@ class _FailingWrites:
         async with self.inner.begin() as uow:
             yield _BrokenUow(uow)
 
+    def read(self) -> Any:
+        return self.inner.read()
+
     async def close(self) -> None:
         await self.inner.close()
 

@@ -99,7 +99,7 @@ class AssignedLog:
 
     Enough to watch a test device arrive; at fleet scale a line per registration was a
     formatted record and a write() each, ~3% of the server's CPU. Every assignment is in the
-    registration records anyway (`iotdps registrations`, the service API). Refusals are
+    registration records anyway (`iotdps registration list`, the service API). Refusals are
     always logged one by one."""
 
     def __init__(self, clock: Callable[[], float], *, per_window: int = 10, window: float = 1.0) -> None:

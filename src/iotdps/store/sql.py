@@ -301,6 +301,38 @@ class _SqlTx:
         except _DB_ERRORS as exc:
             raise self.store.error(exc) from exc
 
+    async def run_prebuilt_many(
+        self, shape: tuple[Any, ...], build: Callable[[], Any], rows: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """run_prebuilt once per mapping of `rows` (all with the same keys), in one executemany:
+        SQLAlchemy's per-row parameter handling cost more than SQLite's insert of a telemetry
+        batch (bench/PROFILE.md)."""
+        if not rows:
+            return
+        statement = _prebuilt(shape, build)
+        if not self.open:
+            raise StoreError("the transaction has ended")
+        if self.read_only:
+            raise StoreError("a read-only unit of work cannot write")
+        names = list(rows[0])
+        dialect = self.sync.dialect if self.sync is not None else self.store.engine.dialect
+        raw = _prebuilt((dialect.name, *shape, *names), lambda: _compile_raw(statement, names, dialect) or False)
+        if raw is False:
+            await self.run(statement, rows)
+            return
+        arguments = [raw.arguments(row) for row in rows]
+        try:
+            if self.sync is not None:
+                driver: Any = self.sync.connection.driver_connection  # sqlite3.Connection
+                driver.executemany(raw.sql, arguments)
+            else:
+                assert self.conn is not None
+                adapted = await self.conn.get_raw_connection()
+                pg: Any = adapted.driver_connection  # asyncpg.Connection, in SQLAlchemy's transaction
+                await pg.executemany(raw.sql, arguments)
+        except _DB_ERRORS as exc:
+            raise self.store.error(exc) from exc
+
     async def cached(self, key: tuple[Any, ...], load: Callable[[], Awaitable[_T]]) -> _T:
         """`load()`, or its answer from the store's read cache (SqlStore._cache_for says when)."""
         cache = self.cache if not self.dirty else None
@@ -846,7 +878,7 @@ class _Telemetry:
             }
             for m in messages
         ]
-        await self._tx.run(self._t.insert(), rows)
+        await self._tx.run_prebuilt_many(("insert", self._t.name), self._t.insert, rows)
 
     async def list(
         self,

@@ -24,7 +24,7 @@ import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from aiohttp import web
@@ -61,8 +61,6 @@ MAX_METHOD_TIMEOUT = 300.0
 
 class _SystemClock:
     def now(self) -> datetime:
-        from datetime import UTC
-
         return datetime.now(UTC)
 
 

@@ -14,7 +14,7 @@ Changing anything here needs a new Alembic revision in store/migrations/versions
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -90,7 +90,8 @@ class UtcDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        utc = to_utc(value)
+        # Fast path for what the code base makes (datetime.now(UTC)): no conversion needed.
+        utc = value if value.tzinfo is UTC else to_utc(value)
         return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,6 +192,8 @@ class PeerIdentity:
     server_name: str | None
     tls_version: str
     cipher: str
+    # time.monotonic() when the handshake finished: which trust anchors it was checked against.
+    handshake_at: float = field(default_factory=time.monotonic)
 
     @property
     def leaf(self) -> x509.Certificate | None:

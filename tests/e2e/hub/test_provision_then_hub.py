@@ -12,6 +12,7 @@ import base64
 import datetime as dt
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -313,3 +314,27 @@ async def test_disabled_intermediate_blocks_new_devices_not_provisioned_ones(sta
     with pytest.raises(ConnectRefused) as refused:
         await direct.connect()
     assert refused.value.code == 5
+
+
+async def test_devices_refused_by_old_anchors_share_one_trust_reload(stack: Stack) -> None:
+    """A CA verified by another process a moment ago: the TLS anchors are older, so each of
+    ten devices arriving together fails OpenSSL's check and asks for a reload. One store read
+    answers them all (before: each waited 0.2 s for its own, the last ~2 s)."""
+    server = stack.server
+    assert server.service is not None and server.store is not None
+    root = _issue("Late Root", None, ca=True)
+    async with server.store.begin() as uow:
+        await uow.cas.put(CaCertificate("late-root", root.pem, certs.certificate_info(root.cert), is_verified=True))
+    handshakes_failed = time.monotonic()
+    reads = 0
+    real = server.service.trust_anchors
+
+    async def counted() -> list[x509.Certificate]:
+        nonlocal reads
+        reads += 1
+        return await real()
+
+    server.service.trust_anchors = counted  # type: ignore[method-assign]
+    answers = await asyncio.gather(*(server.reload_trust(on_demand=True, since=handshakes_failed) for _ in range(10)))
+    assert reads == 1
+    assert all(root.cert in anchors for anchors in answers)

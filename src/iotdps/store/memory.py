@@ -571,15 +571,20 @@ class MemoryStore:
         self._closed = False
 
     @asynccontextmanager
-    async def begin(self) -> AsyncIterator[_UnitOfWork]:
+    async def _open(self) -> AsyncIterator[_Tx]:
         if self._closed:
             raise StoreError("the store is closed")
         async with self._lock:
             tx = _Tx(self)
             try:
-                yield _UnitOfWork(tx)
+                yield tx
             finally:
                 tx.open = False
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[_UnitOfWork]:
+        async with self._open() as tx:
+            yield _UnitOfWork(tx)
             # Reached only when the block ended without an exception: commit.
             self.tables.update(tx.changed)
             self.seq = tx.seq
@@ -596,14 +601,8 @@ class MemoryStore:
     async def read(self) -> AsyncIterator[_UnitOfWork]:
         """A unit of work that only reads: one that wrote raises StoreError, and its writes are
         dropped (the SQL store refuses the write itself)."""
-        if self._closed:
-            raise StoreError("the store is closed")
-        async with self._lock:
-            tx = _Tx(self)
-            try:
-                yield _UnitOfWork(tx)
-            finally:
-                tx.open = False
+        async with self._open() as tx:
+            yield _UnitOfWork(tx)
             wrote = tx.changed or tx.new_refusals or tx.new_telemetry or tx.c2d is not None or tx.sessions is not None
             if wrote:
                 raise StoreError("a read-only unit of work cannot write")

@@ -4,12 +4,15 @@ Concurrency, per engine:
 - SQLite has one writer. The store holds one connection and runs its statements on the event
   loop's thread: each takes microseconds (WAL, synchronous=NORMAL: no fsync per commit), and a
   thread hand-off per statement cost far more than the statement (bench/PROFILE.md). Every
-  transaction starts with BEGIN IMMEDIATE, so it takes the write lock up front instead of
-  failing to upgrade a read lock half way (SQLITE_BUSY on commit), and an asyncio.Lock
-  serialises this process's transactions so they queue on the event loop. When another process
-  holds the write lock, BEGIN gives up after a few milliseconds and the store tries again after
-  an asyncio sleep, so the loop keeps serving while it waits (up to SQLITE_BUSY_WAIT).
-- PostgreSQL runs transactions concurrently (READ COMMITTED). A put locks the row it reads
+  transaction (begin()) starts with BEGIN IMMEDIATE, so it takes the write lock up front
+  instead of failing to upgrade a read lock half way (SQLITE_BUSY on commit), and an
+  asyncio.Lock serialises this process's units of work so they queue on the event loop. When
+  another process holds the write lock, BEGIN gives up after a few milliseconds and the store
+  tries again after an asyncio sleep, so the loop keeps serving while it waits (up to
+  SQLITE_BUSY_WAIT). A read-only unit (read()) takes a snapshot with a deferred BEGIN and never
+  waits for that lock.
+- PostgreSQL runs transactions concurrently (READ COMMITTED); read() runs its statements
+  without a transaction, which under READ COMMITTED sees the same. A put locks the row it reads
   (SELECT ... FOR UPDATE) before checking the etag; a first insert is an INSERT ... ON CONFLICT
   DO UPDATE that keeps `created`, so two concurrent first writes of one key both succeed and
   leave one consistent row. `registrations.get(for_update=True)` also takes a transaction-scoped

@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar, TypeVar, cast
+from typing import Any, ClassVar, Literal, TypeVar, cast
 
 import asyncpg
 from sqlalchemy import (
@@ -274,6 +274,20 @@ class _SqlTx:
         """Rows of the prebuilt statement `shape` (see run_prebuilt)."""
         return await self.run_prebuilt(shape, build, bind, rows=True)
 
+    def _prepared(
+        self, shape: tuple[Any, ...], build: Callable[[], Any], names: list[str]
+    ) -> tuple[Any, _RawStatement | Literal[False]]:
+        """The statement for `shape` and its compiled form for these bind names (False when
+        SQLAlchemy must run it), once this unit of work may run it."""
+        statement = _prebuilt(shape, build)
+        if not self.open:
+            raise StoreError("the transaction has ended")
+        if self.read_only and not isinstance(statement, Select):
+            raise StoreError("a read-only unit of work cannot write")
+        dialect = self.sync.dialect if self.sync is not None else self.store.engine.dialect
+        raw = _prebuilt((dialect.name, *shape, *names), lambda: _compile_raw(statement, names, dialect) or False)
+        return statement, raw
+
     async def run_prebuilt(
         self, shape: tuple[Any, ...], build: Callable[[], Any], bind: Mapping[str, Any], *, rows: bool = False
     ) -> list[Any]:
@@ -281,13 +295,7 @@ class _SqlTx:
         driver (sqlite3 or asyncpg) gets its SQL text and converted arguments directly, inside
         the transaction already begun. SQLAlchemy's per-execution work cost more than the
         database's, and it compiled an INSERT ... ON CONFLICT anew every time (bench/PROFILE.md)."""
-        statement = _prebuilt(shape, build)
-        if not self.open:
-            raise StoreError("the transaction has ended")
-        if self.read_only and not isinstance(statement, Select):
-            raise StoreError("a read-only unit of work cannot write")
-        dialect = self.sync.dialect if self.sync is not None else self.store.engine.dialect
-        raw = _prebuilt((dialect.name, *shape, *bind), lambda: _compile_raw(statement, list(bind), dialect) or False)
+        statement, raw = self._prepared(shape, build, list(bind))
         if raw is False:
             result = await self.run(statement, bind=bind)
             return list(result.all()) if rows else []
@@ -312,14 +320,7 @@ class _SqlTx:
         batch (bench/PROFILE.md)."""
         if not rows:
             return
-        statement = _prebuilt(shape, build)
-        if not self.open:
-            raise StoreError("the transaction has ended")
-        if self.read_only:
-            raise StoreError("a read-only unit of work cannot write")
-        names = list(rows[0])
-        dialect = self.sync.dialect if self.sync is not None else self.store.engine.dialect
-        raw = _prebuilt((dialect.name, *shape, *names), lambda: _compile_raw(statement, names, dialect) or False)
+        statement, raw = self._prepared(shape, build, list(rows[0]))
         if raw is False:
             await self.run(statement, rows)
             return

@@ -116,7 +116,8 @@ class HubClient:
             if isinstance(self._credential, SymmetricKey)
             else None
         )
-        await mqtt.handshake(self.device_id, username, password, keepalive=self._keepalive, timeout=timeout)
+        mqtt.send_connect(self.device_id, username, password, keepalive=self._keepalive)
+        await mqtt.connected(timeout)
         self._mqtt = mqtt
         filters = [TWIN_RESPONSE_FILTER]
         if self.on_c2d is not None:

@@ -137,19 +137,6 @@ class MqttClient(asyncio.Protocol):
         if self._keepalive:
             self._pinger = asyncio.get_running_loop().create_task(self._ping(self._keepalive))
 
-    async def handshake(
-        self,
-        client_id: str,
-        username: str | None,
-        password: str | None,
-        *,
-        keepalive: int = 60,
-        clean_session: bool = False,
-        timeout: float = 10.0,
-    ) -> None:
-        self.send_connect(client_id, username, password, keepalive=keepalive, clean_session=clean_session)
-        await self.connected(timeout)
-
     async def _ping(self, keepalive: int) -> None:
         while self.is_open:
             await asyncio.sleep(keepalive * 0.75)

@@ -1,7 +1,8 @@
 """Register with a DPS over MQTT, the way azure-iot-device does it (azure-wire-protocol.md 1).
 
 CONNECT as the registration id, subscribe `$dps/registrations/res/#`, publish the register
-request (all three in one write), then poll the operation (honouring `retry-after`) until it is assigned or refused.
+request (all three in one write), then poll the operation (honouring `retry-after`) until it
+is assigned or refused.
 """
 
 from __future__ import annotations
@@ -91,12 +92,11 @@ async def provision(
             except IotdpsError as exc:
                 raise Unauthorized(f"the provisioning service refused {registration_id}: {exc.message}") from None
             await subscribed
-            for _ in range(1000):  # bounded by the timeout long before this
-                if acked is None:
+            for attempt in range(1000):  # bounded by the timeout long before this
+                if attempt:  # the first request went out with CONNECT
                     acked = client.publish_nowait(topic, body)
                 if acked is not None:
                     await acked
-                acked = None
                 answer = await responses.get()
                 response = parse_dps_response_topic(answer.topic)
                 doc = json.loads(answer.payload) if answer.payload.strip() else {}

@@ -91,6 +91,7 @@ from iotdps.store._common import (
     dump_doc,
     encode_token,
 )
+from iotdps.store._sqlite_binds import sqlite_bind_converter
 
 __all__ = ["RAW_TRANSACTIONS", "SQLITE_BUSY_SLICE_MS", "SqlStore", "describe_error", "sqlite_begin"]
 
@@ -213,7 +214,10 @@ def _compile_raw(statement: Any, names: Sequence[str], dialect: Dialect) -> _Raw
     order = list(compiled.positiontup or ())
     if not set(order) <= set(names):
         return None
-    binds = tuple((n, compiled.binds[n].type.dialect_impl(dialect).bind_processor(dialect)) for n in order)
+    if dialect.name == "sqlite":
+        binds = tuple((n, sqlite_bind_converter(compiled.binds[n].type, dialect)) for n in order)
+    else:
+        binds = tuple((n, compiled.binds[n].type.dialect_impl(dialect).bind_processor(dialect)) for n in order)
     columns = list(statement.exported_columns)  # what a SELECT selects or a DML statement returns
     row = namedtuple("_Row", [c.key for c in columns]) if columns else None
     results = tuple(c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns)

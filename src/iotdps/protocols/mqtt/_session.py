@@ -18,7 +18,17 @@ from iotdps.protocols.mqtt.errors import MqttStateError
 from iotdps.protocols.mqtt.packets import PacketType, Publish
 from iotdps.protocols.mqtt.topics import is_valid_topic_name
 
-__all__ = ["SessionCore"]
+__all__ = ["SessionCore", "TableEnum"]
+
+
+class TableEnum(enum.Enum):
+    """Base of the states and triggers a transition table is keyed by.
+
+    Members are singletons, so identity hashing is right; Enum's own __hash__ hashes the
+    member's name in Python code, twice per table lookup and so on every packet."""
+
+    __hash__ = object.__hash__
+
 
 S = TypeVar("S", bound=enum.Enum)  # the side's states
 A = TypeVar("A", bound=enum.Enum)  # the side's application-driven triggers

@@ -16,10 +16,9 @@ bad input. QoS 1 messages we publish stay in `inflight` until their PUBACK.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
 
-from iotdps.protocols.mqtt._session import SessionCore
+from iotdps.protocols.mqtt._session import SessionCore, TableEnum
 from iotdps.protocols.mqtt.codec import DEFAULT_MAX_PACKET_SIZE, encode
 from iotdps.protocols.mqtt.errors import MqttProtocolError
 from iotdps.protocols.mqtt.events import (
@@ -51,14 +50,14 @@ from iotdps.protocols.mqtt.topics import is_valid_topic_filter
 __all__ = ["ClientSession", "ClientState"]
 
 
-class ClientState(enum.Enum):
+class ClientState(TableEnum):
     IDLE = "idle"
     CONNECTING = "connecting"
     CONNECTED = "connected"
     CLOSED = "closed"
 
 
-class _Action(enum.Enum):
+class _Action(TableEnum):
     CONNECT = "connect"
     SEND = "send"
     DISCONNECT = "disconnect"

@@ -31,10 +31,9 @@ State rules (the table `_TRANSITIONS` below is the single source of truth):
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Iterable, Sequence
 
-from iotdps.protocols.mqtt._session import SessionCore
+from iotdps.protocols.mqtt._session import SessionCore, TableEnum
 from iotdps.protocols.mqtt.codec import DEFAULT_MAX_PACKET_SIZE, encode
 from iotdps.protocols.mqtt.errors import MqttProtocolError
 from iotdps.protocols.mqtt.events import (
@@ -65,14 +64,14 @@ from iotdps.protocols.mqtt.packets import (
 __all__ = ["ServerSession", "ServerState"]
 
 
-class ServerState(enum.Enum):
+class ServerState(TableEnum):
     AWAIT_CONNECT = "await-connect"
     CONNECTING = "connecting"
     CONNECTED = "connected"
     CLOSED = "closed"
 
 
-class _Action(enum.Enum):
+class _Action(TableEnum):
     """Application-driven triggers (the rest of the table is keyed by received packet type)."""
 
     ACCEPT = "accept"

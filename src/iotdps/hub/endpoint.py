@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from iotdps.errors import InvalidInput, IotdpsError, NotFound
@@ -91,16 +91,17 @@ class DeviceEndpoint:
 
     # -- acknowledgements from the telemetry writer --------------------------------------------
 
-    def acknowledge(self, packet_id: int) -> None:
+    def acknowledge(self, packet_ids: Sequence[int]) -> None:
         if self.conn.open:
-            self.conn.write(self.conn.session.puback(packet_id))
+            session = self.conn.session
+            self.conn.write(b"".join([session.puback(packet_id) for packet_id in packet_ids]))
 
     def store_failed(self) -> None:
         self.conn.close("telemetry could not be stored")
 
     def _ack(self, event: PublishReceived) -> None:
         if event.qos == 1 and event.packet_id is not None:
-            self.acknowledge(event.packet_id)
+            self.acknowledge((event.packet_id,))
 
     # -- MqttEndpoint ---------------------------------------------------------------------------
 
@@ -126,7 +127,9 @@ class DeviceEndpoint:
                 dict(request.system_properties),
                 application,
             )
-            await self.runtime.writer.submit(message, self if event.qos == 1 else None, event.packet_id)
+            acker = self if event.qos == 1 else None
+            if not self.runtime.writer.offer(message, acker, event.packet_id):
+                await self.runtime.writer.submit(message, acker, event.packet_id)
             return
         self._ack(event)
         if isinstance(request, TwinGetRequest):

@@ -75,7 +75,9 @@ class MqttConnection(asyncio.Protocol):
         self.session = ServerSession(clock(), max_packet_size=max_packet_size, connect_timeout=connect_timeout)
         self._transport: asyncio.Transport | None = None
         self._endpoint: MqttEndpoint | None = None
-        self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        # What each data_received parsed, as one item: a burst of telemetry costs one hand-over
+        # to the worker, not one per packet. None tells the worker to stop.
+        self._queue: asyncio.Queue[list[Event] | None] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0  # the deadline _timer was set for
@@ -100,8 +102,8 @@ class MqttConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         events = self.session.receive_data(data, self._clock())
         self._flush_session()
-        for event in events:
-            self._queue.put_nowait(event)
+        if events:
+            self._queue.put_nowait(events)
         # Activity only moves the keep-alive deadline later, and a timer that fires early
         # re-arms itself for the rest, so re-arm only when the deadline came nearer (CONNECT
         # with a keep-alive shorter than the connect timeout): one timer per packet cost more
@@ -175,12 +177,15 @@ class MqttConnection(asyncio.Protocol):
 
     async def _run(self) -> None:
         try:
-            while True:
-                event = await self._queue.get()
-                if event is None:
+            running = True
+            while running:
+                events = await self._queue.get()
+                if events is None:
                     break
-                if not await self._dispatch(event):
-                    break
+                for event in events:
+                    if not await self._dispatch(event):
+                        running = False
+                        break
         except Exception:  # a handler bug must cost one connection, never the listener
             log.exception("MQTT connection %s (%s) failed", self.peername, self.identity)
             self.close("internal error")
@@ -205,7 +210,8 @@ class MqttConnection(asyncio.Protocol):
             self._endpoint = result
             self.write(self.session.accept())
             # Packets the client pipelined behind CONNECT were held until now.
-            for pending in self.session.receive_data(b"", self._clock()):
+            pending = self.session.receive_data(b"", self._clock())
+            if pending:
                 self._queue.put_nowait(pending)
             self._flush_session()
             return True

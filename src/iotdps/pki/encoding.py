@@ -10,11 +10,11 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-import functools
+import hashlib
 from typing import TypedDict
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 
 from iotdps.errors import InvalidInput
 
@@ -28,6 +28,7 @@ __all__ = [
     "load_certificates",
     "load_csr",
     "name_to_text",
+    "remember_thumbprints",
     "sha1_thumbprint",
     "sha256_thumbprint",
     "utc_text",
@@ -109,16 +110,40 @@ def der_b64(cert: x509.Certificate) -> str:
     return base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode("ascii")
 
 
+# Thumbprints memoised by certificate (equal DER, equal key): an X.509 registration asks for
+# its chain's CAs a dozen times, and computing one re-encodes the certificate to DER (about
+# 5 us). The TLS layer, which has each peer certificate's DER at hand, fills this in as it
+# parses them (`remember_thumbprints`). Bounded: emptied when full.
+_THUMBPRINTS: dict[x509.Certificate, tuple[str, str]] = {}
+_THUMBPRINTS_MAX = 4096
+
+
+def remember_thumbprints(cert: x509.Certificate, der: bytes) -> None:
+    """Record the thumbprints of `cert`, whose DER encoding is `der`."""
+    if len(_THUMBPRINTS) >= _THUMBPRINTS_MAX:
+        _THUMBPRINTS.clear()
+    _THUMBPRINTS[cert] = (
+        hashlib.sha1(der, usedforsecurity=False).hexdigest().upper(),  # a thumbprint, not a signature
+        hashlib.sha256(der).hexdigest().upper(),
+    )
+
+
+def _thumbprints(cert: x509.Certificate) -> tuple[str, str]:
+    found = _THUMBPRINTS.get(cert)
+    if found is None:
+        remember_thumbprints(cert, cert.public_bytes(serialization.Encoding.DER))
+        found = _THUMBPRINTS[cert]
+    return found
+
+
 def sha1_thumbprint(cert: x509.Certificate) -> str:
     """Upper-case hex SHA-1 of the DER certificate, as Azure shows thumbprints."""
-    return cert.fingerprint(hashes.SHA1()).hex().upper()  # noqa: S303 - a thumbprint, not a signature
+    return _thumbprints(cert)[0]
 
 
-# Memoised by certificate: an X.509 registration asks for the same few (its chain's CAs) a
-# dozen times, and a lookup costs a seventh of a digest.
-@functools.lru_cache(maxsize=4096)
 def sha256_thumbprint(cert: x509.Certificate) -> str:
-    return cert.fingerprint(hashes.SHA256()).hex().upper()
+    """Upper-case hex SHA-256 of the DER certificate."""
+    return _thumbprints(cert)[1]
 
 
 def common_name(name: x509.Name) -> str | None:

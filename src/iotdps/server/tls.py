@@ -31,8 +31,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from OpenSSL import SSL, crypto
+from OpenSSL._util import ffi as _ffi
+from OpenSSL._util import lib as _lib
 
 from iotdps.errors import PkiError
+from iotdps.pki.encoding import remember_thumbprints
 from iotdps.secret import Secret
 
 __all__ = [
@@ -141,10 +144,8 @@ _PLAIN_WORDS: dict[int, str] = {
 def _openssl_text(code: int) -> str:
     """OpenSSL's own short text for a verify error number."""
     # pyOpenSSL has no public wrapper for this; the binding is the one cryptography ships.
-    from OpenSSL._util import ffi, lib
-
-    raw = lib.X509_verify_cert_error_string(code)
-    return ffi.string(raw).decode("ascii", "replace") if raw != ffi.NULL else f"error {code}"
+    raw = _lib.X509_verify_cert_error_string(code)
+    return _ffi.string(raw).decode("ascii", "replace") if raw != _ffi.NULL else f"error {code}"
 
 
 def describe_verify_error(code: int) -> str:
@@ -413,21 +414,73 @@ class ServerTls:
 
 def _verify_result(conn: SSL.Connection) -> int:
     """OpenSSL's final verify result for this connection (0 = ok)."""
-    from OpenSSL._util import lib
+    return int(_lib.SSL_get_verify_result(conn._ssl))
 
-    return int(lib.SSL_get_verify_result(conn._ssl))
+
+def _der_of(x509_ptr: Any) -> bytes:
+    """The DER encoding of an OpenSSL X509 (OpenSSL keeps it from parsing: a copy, no encoding)."""
+    bio = _lib.BIO_new(_lib.BIO_s_mem())
+    if bio == _ffi.NULL:
+        raise MemoryError("BIO_new")
+    try:
+        if _lib.i2d_X509_bio(bio, x509_ptr) != 1:
+            raise PkiError("cannot encode a peer certificate")
+        data = _ffi.new("char **")
+        size = _lib.BIO_get_mem_data(bio, data)
+        return bytes(_ffi.buffer(data[0], size))
+    finally:
+        _lib.BIO_free(bio)
+
+
+# The CAs above device leaves, by DER: every device of a production line presents the same
+# ones, so each is parsed once, and the X.509 mechanism's caches meet the same objects again.
+_SHARED_CERTS: dict[bytes, x509.Certificate] = {}
+_SHARED_CERTS_MAX = 1024
+
+
+def _certificate(der: bytes, *, shared: bool) -> x509.Certificate:
+    if shared:
+        found = _SHARED_CERTS.get(der)
+        if found is not None:
+            return found
+    cert = x509.load_der_x509_certificate(der)
+    remember_thumbprints(cert, der)
+    if shared:
+        if len(_SHARED_CERTS) >= _SHARED_CERTS_MAX:
+            _SHARED_CERTS.clear()
+        _SHARED_CERTS[der] = cert
+    return cert
+
+
+def _stack(stack: Any) -> list[Any]:
+    if stack == _ffi.NULL:
+        return []
+    return [_lib.sk_X509_value(stack, i) for i in range(_lib.sk_X509_num(stack))]
 
 
 def peer_identity(conn: SSL.Connection) -> PeerIdentity:
-    """Read the peer's identity from a server-side Connection whose handshake has finished."""
-    leaf = conn.get_peer_certificate(as_cryptography=True)
+    """Read the peer's identity from a server-side Connection whose handshake has finished.
+
+    Certificates are read as DER straight from OpenSSL (pyOpenSSL's conversion wraps each in
+    an X509 object and dumps it through a BIO of its own first), each X509 of the connection
+    once, and the CAs above the leaf come from a cache keyed by their DER."""
+    ssl = conn._ssl  # pyOpenSSL exposes no DER access to the peer chain
     chain: list[x509.Certificate] = []
-    if leaf is not None:
+    seen: dict[Any, x509.Certificate] = {}  # OpenSSL X509 pointer -> certificate, this connection
+    leaf: x509.Certificate | None = None
+    leaf_ptr = _lib.SSL_get_peer_certificate(ssl)  # a reference of our own: released below
+    if leaf_ptr != _ffi.NULL:
+        try:
+            leaf = _certificate(_der_of(leaf_ptr), shared=False)
+            seen[leaf_ptr] = leaf
+        finally:
+            _lib.X509_free(leaf_ptr)  # the session holds its own reference: the pointer stays valid
         # On the server side OpenSSL's peer chain excludes the leaf; put it first.
         chain.append(leaf)
-        for c in conn.get_peer_cert_chain(as_cryptography=True) or []:
-            if c != leaf:
-                chain.append(c)
+        for ptr in _stack(_lib.SSL_get_peer_cert_chain(ssl)):
+            if ptr not in seen:
+                seen[ptr] = _certificate(_der_of(ptr), shared=True)
+                chain.append(seen[ptr])
     record = conn.get_app_data()
     errors = list(record.errors) if isinstance(record, _HandshakeRecord) else []
     if leaf is not None and not errors:
@@ -438,7 +491,10 @@ def peer_identity(conn: SSL.Connection) -> PeerIdentity:
             errors.append(VerifyError(0, code, _openssl_text(code), leaf.subject.rfc4514_string(), leaf))
     verified: tuple[x509.Certificate, ...] | None = None
     if leaf is not None and not errors:
-        built = conn.get_verified_chain(as_cryptography=True)
+        built = [
+            seen[ptr] if ptr in seen else _certificate(_der_of(ptr), shared=True)
+            for ptr in _stack(_lib.SSL_get0_verified_chain(ssl))
+        ]
         verified = tuple(built) if built else None
     sni = conn.get_servername()
     return PeerIdentity(

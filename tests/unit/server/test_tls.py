@@ -7,11 +7,13 @@ import socket
 import ssl
 
 import pytest
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 
 from iotdps.errors import PkiError
+from iotdps.pki.encoding import sha1_thumbprint, sha256_thumbprint
 from iotdps.server.tls import (
     PeerIdentity,
     ServerTls,
@@ -39,6 +41,22 @@ async def test_azure_sdk_style_client_verified_chain(pki: Pki, echo: EchoServer)
     assert peer.cipher.startswith("ECDHE-ECDSA-") and "GCM" in peer.cipher
     assert peer.server_name == "localhost"  # SNI for DNS names
     assert peer.explain() == "the certificate chain verified"
+
+
+async def test_peer_chains_share_their_cas_and_know_their_thumbprints(pki: Pki, echo: EchoServer) -> None:
+    for _ in range(2):
+        assert await ping(echo.port, pki.client_ctx(pki.dev1)) == b"ping"
+    first, second = echo.seen
+    assert first.chain == second.chain == (pki.dev1.cert, pki.intermediate)
+    # The CAs above the leaf are parsed once and shared; the verified chain reuses the
+    # connection's own objects rather than parsing them again.
+    assert second.chain[1] is first.chain[1]
+    assert first.verified_chain is not None and second.verified_chain is not None
+    assert first.verified_chain[0] is first.chain[0] and first.verified_chain[1] is first.chain[1]
+    assert second.verified_chain[2] is first.verified_chain[2]
+    for cert in (*second.verified_chain, first.chain[0]):
+        assert sha1_thumbprint(cert) == cert.fingerprint(hashes.SHA1()).hex().upper()  # noqa: S303 - a thumbprint
+        assert sha256_thumbprint(cert) == cert.fingerprint(hashes.SHA256()).hex().upper()
 
 
 async def test_ip_literal_sends_no_sni(pki: Pki, echo: EchoServer) -> None:

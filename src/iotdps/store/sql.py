@@ -1095,20 +1095,19 @@ class SqlStore:
         self._refusals_added += 1
         return self._refusals_added % self.prune_every == 0
 
-    @asynccontextmanager
-    async def begin(self) -> AsyncIterator[_UnitOfWork]:
-        async with self._unit(self._transaction) as uow:
-            yield uow
+    # begin() and read() hand out _unit's context manager itself rather than wrapping it in
+    # another generator: a registration opens two units, and each generator layer costs.
 
-    @asynccontextmanager
-    async def read(self) -> AsyncIterator[_UnitOfWork]:
+    def begin(self) -> AbstractAsyncContextManager[_UnitOfWork]:
+        return self._unit(self._transaction)
+
+    def read(self) -> AbstractAsyncContextManager[_UnitOfWork]:
         """A unit of work that only reads (a write raises StoreError). On PostgreSQL its
         statements run without BEGIN and COMMIT, two round trips fewer: under READ COMMITTED,
         which is what a transaction would have had, every statement sees the latest commits
         either way. On SQLite it takes a read snapshot (deferred BEGIN), not the write lock,
         so it never waits for another process's writer."""
-        async with self._unit(self._reading) as uow:
-            yield uow
+        return self._unit(self._reading)
 
     @asynccontextmanager
     async def _unit(self, opened: Callable[[], AbstractAsyncContextManager[_SqlTx]]) -> AsyncIterator[_UnitOfWork]:

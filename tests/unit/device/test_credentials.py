@@ -8,47 +8,32 @@ the same, so it must not drift to TLS 1.3 nor add a close_notify exchange.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import ipaddress
 import socket
 import ssl
 import threading
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
 from iotdps.device.credentials import SymmetricKey, tls_context
 from iotdps.device.mqtt import open_mqtt
+from iotdps.pki import create_server_identity
 from iotdps.protocols.mqtt.codec import Decoder, encode
 from iotdps.protocols.mqtt.packets import ConnAck, Connect, Disconnect
 from iotdps.secret import Secret
 
 
 def _server_files(directory: Path) -> tuple[str, Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "loopback")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .sign(key, hashes.SHA256())
-    )
-    pem = cert.public_bytes(serialization.Encoding.PEM)
+    """The server CA's PEM, and the files of a server certificate for 127.0.0.1 it signed."""
+    identity = create_server_identity((), ("127.0.0.1",))
     cert_file, key_file = directory / "server.pem", directory / "server.key"
-    cert_file.write_bytes(pem)
+    cert_file.write_bytes(identity.certificate.public_bytes(serialization.Encoding.PEM))
     key_file.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        identity.key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
     )
-    return pem.decode(), cert_file, key_file
+    return identity.ca_certificate.public_bytes(serialization.Encoding.PEM).decode(), cert_file, key_file
 
 
 async def test_device_context_speaks_tls12_to_a_server_offering_tls13(tmp_path: Path) -> None:

@@ -45,6 +45,7 @@ from sqlalchemy import (
     bindparam,
     delete,
     func,
+    literal_column,
     select,
     update,
 )
@@ -140,7 +141,18 @@ _PREBUILT: dict[tuple[Any, ...], Any] = {}
 # what starts the asyncpg transaction of begin(); the statements after it go to asyncpg
 # directly and need that transaction open.
 _VERSION_QUERY = select(t.config_version.c.version).where(t.config_version.c.id == 1)
+
+
 # The same read on the raw path, for read(): it must not start a transaction.
+def _registration_lock() -> Select[Any]:
+    """PostgreSQL's transaction-scoped advisory lock on a registration id's hash, prebuilt (the
+    constant is a literal so that the one bind parameter is the key): built per call, it went
+    through SQLAlchemy's statement compilation and execution on every registration."""
+    return select(
+        func.pg_advisory_xact_lock(func.hashtextextended(bindparam("k_key"), literal_column("0"))).label("locked")
+    )
+
+
 _VERSION_QUERY_RAW = select(t.config_version.c.version).where(t.config_version.c.id == bindparam("k_id"))
 
 
@@ -743,8 +755,8 @@ class _Registrations:
         if for_update and self._tx.pg:
             # FOR UPDATE cannot lock a row that does not exist yet; the advisory lock on the
             # id's hash serialises first registrations too (released at commit or rollback).
-            await self._tx.run(
-                select(func.pg_advisory_xact_lock(func.hashtextextended("registration:" + registration_id, 0)))
+            await self._tx.fetch(
+                ("registration lock",), _registration_lock, {"k_key": "registration:" + registration_id}
             )
         row = await self._tx.get(self._t, {"registration_id": registration_id}, lock=for_update)
         return self._load(row) if row else None

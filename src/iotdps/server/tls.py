@@ -46,6 +46,7 @@ __all__ = [
     "SniCallback",
     "VerifyCode",
     "VerifyError",
+    "bio_pending",
     "describe_verify_error",
     "load_pem_chain",
     "load_pem_key",
@@ -410,6 +411,14 @@ class ServerTls:
         other = self._sni_callback(raw.decode("ascii", "replace") if raw else None)
         if other is not None:
             conn.set_context(other)
+
+
+def bio_pending(conn: SSL.Connection) -> tuple[int, int]:
+    """Bytes waiting in a memory-BIO Connection: (ciphertext OpenSSL has not read yet,
+    ciphertext OpenSSL wants sent). Asking first spares the exception pyOpenSSL raises for
+    every read of an empty BIO, several per connection."""
+    into, out = conn._into_ssl, conn._from_ssl  # pyOpenSSL has no public accessor for these
+    return int(_lib.BIO_get_mem_data(into, _ffi.NULL)), int(_lib.BIO_get_mem_data(out, _ffi.NULL))
 
 
 def _verify_result(conn: SSL.Connection) -> int:

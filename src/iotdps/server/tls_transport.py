@@ -25,7 +25,7 @@ from typing import Any
 
 from OpenSSL import SSL
 
-from iotdps.server.tls import PeerIdentity, ServerTls, peer_identity, peercert_dict
+from iotdps.server.tls import PeerIdentity, ServerTls, bio_pending, peer_identity, peercert_dict
 
 __all__ = ["DEFAULT_HANDSHAKE_TIMEOUT", "PEER_INFO_KEY", "TlsAppTransport", "TlsServerProtocol"]
 
@@ -201,6 +201,8 @@ class TlsServerProtocol(asyncio.Protocol):
                     chunk = conn.recv(_READ_CHUNK)
                     parts.append(chunk)
                     size += len(chunk)
+                    if not conn.pending() and not bio_pending(conn)[0]:
+                        break  # all that arrived is read: no WantReadError to raise and catch
             except SSL.WantReadError:
                 pass
             except SSL.ZeroReturnError:
@@ -231,16 +233,14 @@ class TlsServerProtocol(asyncio.Protocol):
         conn, raw = self._conn, self._raw
         if conn is None or raw is None or raw.is_closing():
             return
-        out: list[bytes] = []
-        while True:
-            try:
-                out.append(conn.bio_read(_READ_CHUNK))
-            except SSL.WantReadError:
-                break
-            except SSL.Error:
-                break
-        if out:
-            raw.write(b"".join(out) if len(out) > 1 else out[0])
+        waiting = bio_pending(conn)[1]
+        if not waiting:
+            return
+        try:
+            data = conn.bio_read(waiting)
+        except SSL.Error:
+            return
+        raw.write(data)
 
     def _write_plaintext(self, data: bytes | bytearray | memoryview) -> None:
         """Queue plaintext; it is encrypted and sent when this turn of the event loop ends.

@@ -265,6 +265,42 @@ async def test_app_close_sends_close_notify(pki: Pki) -> None:
         server.close()
 
 
+async def test_data_then_close_notify_in_one_flight(pki: Pki) -> None:
+    """Several records and the peer's close_notify arrive together: the app gets all the data,
+    then eof_received, and the server answers with its own close_notify."""
+    got: list[bytes] = []
+    eof = asyncio.get_running_loop().create_future()
+
+    class Sink(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:
+            got.append(data)
+
+        def eof_received(self) -> bool | None:
+            if not eof.done():
+                eof.set_result(b"".join(got))
+            return None
+
+    server = await start_tls_server("127.0.0.1", 0, pki.server_tls(), Sink)
+    port = server.sockets[0].getsockname()[1]
+    try:
+
+        def client() -> bytes:
+            ctx = pki.client_ctx(pki.dev1)
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)  # Nagle: fewer segments
+                s = ctx.wrap_socket(raw, server_hostname="localhost")
+                for i in range(3):
+                    s.sendall(b"record %d;" % i)  # three TLS records back to back
+                plain = s.unwrap()  # our close_notify right behind them; waits for the server's
+                return plain.recv(10)
+
+        after = await asyncio.to_thread(client)
+        assert await asyncio.wait_for(eof, 5) == b"record 0;record 1;record 2;"
+        assert after == b""  # the server closed the TCP connection after its close_notify
+    finally:
+        server.close()
+
+
 async def test_writes_in_one_loop_turn_leave_as_one_record(pki: Pki) -> None:
     """Writes made during one turn of the event loop are sent as one TLS record, in order;
     a write in a later turn is a record of its own; close() sends what is queued first."""

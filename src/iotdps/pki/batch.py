@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 
 from iotdps.errors import InvalidInput
 from iotdps.ids import check_registration_id
-from iotdps.pki.encoding import certs_to_pem, utc_text
+from iotdps.pki.encoding import certs_to_pem, der_thumbprints, utc_text
 from iotdps.pki.issuer import Issuer, Validity
 from iotdps.pki.keys import KeySpec, encode_private_key, generate_private_key
 from iotdps.pki.profiles import MAX_CN_LENGTH
@@ -96,7 +96,7 @@ def _mint_one(job: _Job, registration_id: str) -> MintedDevice:
     key = generate_private_key(job.key_spec)
     serial = x509.random_serial_number()  # 159 bits from os.urandom
     der = job.template.certificate_der(serial, registration_id, key.public_key())
-    sha1, sha256 = DeviceTemplate.thumbprints(der)
+    sha1, sha256 = der_thumbprints(der)
     return MintedDevice(
         registration_id=registration_id,
         key_pem=encode_private_key(key, job.device_passphrase),

@@ -24,6 +24,7 @@ __all__ = [
     "certs_to_pem",
     "common_name",
     "der_b64",
+    "der_thumbprints",
     "load_certificate",
     "load_certificates",
     "load_csr",
@@ -118,14 +119,19 @@ _THUMBPRINTS: dict[x509.Certificate, tuple[str, str]] = {}
 _THUMBPRINTS_MAX = 4096
 
 
+def der_thumbprints(der: bytes) -> tuple[str, str]:
+    """(SHA-1, SHA-256) thumbprints of a DER certificate: upper-case hex, as Azure shows them."""
+    return (
+        hashlib.sha1(der, usedforsecurity=False).hexdigest().upper(),  # a thumbprint, not a signature
+        hashlib.sha256(der).hexdigest().upper(),
+    )
+
+
 def remember_thumbprints(cert: x509.Certificate, der: bytes) -> None:
     """Record the thumbprints of `cert`, whose DER encoding is `der`."""
     if len(_THUMBPRINTS) >= _THUMBPRINTS_MAX:
         _THUMBPRINTS.clear()
-    _THUMBPRINTS[cert] = (
-        hashlib.sha1(der, usedforsecurity=False).hexdigest().upper(),  # a thumbprint, not a signature
-        hashlib.sha256(der).hexdigest().upper(),
-    )
+    _THUMBPRINTS[cert] = der_thumbprints(der)
 
 
 def _thumbprints(cert: x509.Certificate) -> tuple[str, str]:

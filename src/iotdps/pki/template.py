@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import hashlib
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -131,10 +130,3 @@ class DeviceTemplate:
         else:
             sig = key.sign(tbs, ec.ECDSA(self._hash))
         return _tlv(0x30, tbs + self._sig_alg + _tlv(0x03, b"\x00" + sig))
-
-    @staticmethod
-    def thumbprints(der: bytes) -> tuple[str, str]:
-        return (
-            hashlib.sha1(der).hexdigest().upper(),  # noqa: S324 - a thumbprint, as Azure shows it
-            hashlib.sha256(der).hexdigest().upper(),
-        )

@@ -46,7 +46,8 @@ __all__ = [
     "SniCallback",
     "VerifyCode",
     "VerifyError",
-    "bio_pending",
+    "ciphertext_to_send",
+    "ciphertext_unread",
     "describe_verify_error",
     "load_pem_chain",
     "load_pem_key",
@@ -413,12 +414,19 @@ class ServerTls:
             conn.set_context(other)
 
 
-def bio_pending(conn: SSL.Connection) -> tuple[int, int]:
-    """Bytes waiting in a memory-BIO Connection: (ciphertext OpenSSL has not read yet,
-    ciphertext OpenSSL wants sent). Asking first spares the exception pyOpenSSL raises for
-    every read of an empty BIO, several per connection."""
-    into, out = conn._into_ssl, conn._from_ssl  # pyOpenSSL has no public accessor for these
-    return int(_lib.BIO_get_mem_data(into, _ffi.NULL)), int(_lib.BIO_get_mem_data(out, _ffi.NULL))
+# Bytes waiting in a memory-BIO Connection's two BIOs. Asking first spares the exception
+# pyOpenSSL raises for every read of an empty BIO, several per connection. pyOpenSSL has no
+# public accessor for the BIOs.
+
+
+def ciphertext_unread(conn: SSL.Connection) -> int:
+    """Ciphertext handed to OpenSSL (bio_write) that it has not processed yet."""
+    return int(_lib.BIO_get_mem_data(conn._into_ssl, _ffi.NULL))
+
+
+def ciphertext_to_send(conn: SSL.Connection) -> int:
+    """Ciphertext OpenSSL has produced for the peer (to bio_read)."""
+    return int(_lib.BIO_get_mem_data(conn._from_ssl, _ffi.NULL))
 
 
 def _verify_result(conn: SSL.Connection) -> int:

@@ -25,7 +25,14 @@ from typing import Any
 
 from OpenSSL import SSL
 
-from iotdps.server.tls import PeerIdentity, ServerTls, bio_pending, peer_identity, peercert_dict
+from iotdps.server.tls import (
+    PeerIdentity,
+    ServerTls,
+    ciphertext_to_send,
+    ciphertext_unread,
+    peer_identity,
+    peercert_dict,
+)
 
 __all__ = ["DEFAULT_HANDSHAKE_TIMEOUT", "PEER_INFO_KEY", "TlsAppTransport", "TlsServerProtocol"]
 
@@ -201,7 +208,7 @@ class TlsServerProtocol(asyncio.Protocol):
                     chunk = conn.recv(_READ_CHUNK)
                     parts.append(chunk)
                     size += len(chunk)
-                    if not conn.pending() and not bio_pending(conn)[0]:
+                    if not conn.pending() and not ciphertext_unread(conn):
                         break  # all that arrived is read: no WantReadError to raise and catch
             except SSL.WantReadError:
                 pass
@@ -233,7 +240,7 @@ class TlsServerProtocol(asyncio.Protocol):
         conn, raw = self._conn, self._raw
         if conn is None or raw is None or raw.is_closing():
             return
-        waiting = bio_pending(conn)[1]
+        waiting = ciphertext_to_send(conn)
         if not waiting:
             return
         try:

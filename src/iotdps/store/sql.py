@@ -144,6 +144,9 @@ _VERSION_QUERY = select(t.config_version.c.version).where(t.config_version.c.id 
 
 
 # The same read on the raw path, for read(): it must not start a transaction.
+_VERSION_QUERY_RAW = select(t.config_version.c.version).where(t.config_version.c.id == bindparam("k_id"))
+
+
 def _registration_lock() -> Select[Any]:
     """PostgreSQL's transaction-scoped advisory lock on a registration id's hash, prebuilt (the
     constant is a literal so that the one bind parameter is the key): built per call, it went
@@ -151,9 +154,6 @@ def _registration_lock() -> Select[Any]:
     return select(
         func.pg_advisory_xact_lock(func.hashtextextended(bindparam("k_key"), literal_column("0"))).label("locked")
     )
-
-
-_VERSION_QUERY_RAW = select(t.config_version.c.version).where(t.config_version.c.id == bindparam("k_id"))
 
 
 def _prebuilt(shape: tuple[Any, ...], build: Callable[[], Any]) -> Any:

@@ -209,10 +209,7 @@ class MqttClient(asyncio.Protocol):
         transport = self._transport
         if transport is not None and not transport.is_closing() and not transport.get_write_buffer_size():
             transport.abort()
-        self.close("client disconnected")
-        if not self.lost.done():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self.lost), 2)
+        self.close("client disconnected")  # resolves `lost`: there is nothing left to wait for
 
     def close(self, reason: str = "closed") -> None:
         self.session.close(reason)

@@ -124,11 +124,18 @@ class MqttClient(asyncio.Protocol):
         self._keepalive = keepalive
         self._write(self.session.connect(client_id, username, password, keepalive, clean_session))
 
-    async def connected(self, timeout: float = 10.0) -> None:
-        """Wait for the CONNACK of `send_connect`; ConnectRefused if the server said no."""
+    async def connected(self, timeout: float | None = 10.0) -> None:
+        """Wait for the CONNACK of `send_connect`; ConnectRefused if the server said no.
+
+        `timeout=None` is for a caller that already runs under its own `asyncio.timeout`:
+        it saves the timer and the shielding future per connection, which the fleet
+        simulator pays once per device."""
         try:
-            code = await asyncio.wait_for(asyncio.shield(self._connack), timeout)
-        except TimeoutError:
+            if timeout is None:
+                code = await self._connack
+            else:
+                code = await asyncio.wait_for(asyncio.shield(self._connack), timeout)
+        except (TimeoutError, asyncio.CancelledError):
             self.close("no CONNACK")
             raise
         if code != 0:
@@ -235,12 +242,16 @@ async def open_mqtt(
     context: ssl.SSLContext,
     *,
     on_publish: Callable[[PublishReceived], None] | None = None,
-    timeout: float = 10.0,
+    timeout: float | None = 10.0,
 ) -> MqttClient:
-    """A TLS connection to host:port with an MqttClient on it (CONNECT not sent yet)."""
+    """A TLS connection to host:port with an MqttClient on it (CONNECT not sent yet).
+
+    `timeout=None` is for a caller under its own `asyncio.timeout`: `wait_for` would run the
+    connection in a task of its own, an extra task and timer per connection."""
     loop = asyncio.get_running_loop()
-    _, protocol = await asyncio.wait_for(
-        loop.create_connection(lambda: MqttClient(on_publish), host, port, ssl=context, server_hostname=host),
-        timeout,
-    )
+    connecting = loop.create_connection(lambda: MqttClient(on_publish), host, port, ssl=context, server_hostname=host)
+    if timeout is None:
+        _, protocol = await connecting
+    else:
+        _, protocol = await asyncio.wait_for(connecting, timeout)
     return protocol

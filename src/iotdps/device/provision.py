@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 from iotdps.device.credentials import Credential, SymmetricKey, tls_context
-from iotdps.device.mqtt import open_mqtt
+from iotdps.device.mqtt import MqttClient, open_mqtt
 from iotdps.errors import IotdpsError, Unauthorized
 from iotdps.protocols.mqtt.dps import (
     DPS_RESPONSE_FILTER,
@@ -70,15 +70,18 @@ async def provision(
     by default one is made from `ca_pem` and `credential` for this call."""
     responses: asyncio.Queue[PublishReceived] = asyncio.Queue()
     context = ssl_context or tls_context(ca_pem, credential)
-    client = await open_mqtt(provisioning_host, port, context, on_publish=responses.put_nowait)
     username = f"{id_scope}/registrations/{registration_id}/api-version={DPS_API_VERSION}&ClientVersion=" + quote(
         CLIENT_VERSION, safe=""
     )
     password = credential.dps_token(id_scope, registration_id) if isinstance(credential, SymmetricKey) else None
     body = json.dumps({"registrationId": registration_id, "payload": payload}).encode()
     topic = format_register_topic(str(uuid.uuid4()))
+    client: MqttClient | None = None
     try:
+        # One deadline for the whole call, connection included; the steps inside take no
+        # timers of their own (one timer per device instead of three: bench/PROFILE.md).
         async with asyncio.timeout(timeout):
+            client = await open_mqtt(provisioning_host, port, context, on_publish=responses.put_nowait, timeout=None)
             # CONNECT, SUBSCRIBE and the register PUBLISH leave in one TLS record (MQTT 3.1.1
             # lets a client send behind CONNECT before its CONNACK): one round trip instead of
             # three before the service starts working, which is what a device on a slow link
@@ -88,7 +91,7 @@ async def provision(
                 subscribed = client.subscribe_nowait([DPS_RESPONSE_FILTER])
                 acked = client.publish_nowait(topic, body)
             try:
-                await client.connected()
+                await client.connected(timeout=None)
             except IotdpsError as exc:
                 raise Unauthorized(f"the provisioning service refused {registration_id}: {exc.message}") from None
             await subscribed
@@ -122,4 +125,5 @@ async def provision(
                 body = b" "
             raise ProvisioningFailed("provisioning did not finish")
     finally:
-        await client.disconnect()
+        if client is not None:
+            await client.disconnect()

@@ -109,3 +109,15 @@ async def test_refused_connect_fails_the_pipelined_requests_quietly(peer: Peer) 
     del acked
     gc.collect()
     assert reported == []
+
+
+async def test_connected_without_a_timer_of_its_own_keeps_the_callers_deadline(peer: Peer) -> None:
+    # provision() runs the whole exchange under one asyncio.timeout; a server that never
+    # answers CONNACK must still end it, and leave the connection closed.
+    client = await _client(peer)
+    client.send_connect("dev-1", None, None)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.1):
+            await client.connected(timeout=None)
+    assert client.lost.done()
+    assert not client.is_open

@@ -59,6 +59,10 @@ C2D_WINDOW = 16
 
 
 class DeviceEndpoint:
+    # Replies go out as they are written: a telemetry handler may wait for room in the
+    # writer's queue, and acknowledgements must not wait behind it.
+    holds_replies = False
+
     def __init__(
         self,
         runtime: HubRuntime,

@@ -43,6 +43,9 @@ _LET_IN = frozenset({RefusalReason.ENROLLMENT_DISABLED, RefusalReason.GROUP_DISA
 
 
 class DpsMqttEndpoint:
+    # CONNACK, SUBACK, the register's PUBACK and its reply leave together (MqttConnection._run).
+    holds_replies = True
+
     def __init__(
         self,
         runner: RegistrationRunner,

@@ -33,7 +33,7 @@ from iotdps.protocols.mqtt.events import (
 from iotdps.protocols.mqtt.packets import Connect
 from iotdps.protocols.mqtt.server import ServerSession
 from iotdps.server.tls import PeerIdentity
-from iotdps.server.tls_transport import PEER_INFO_KEY
+from iotdps.server.tls_transport import PEER_INFO_KEY, TlsAppTransport
 
 __all__ = ["MqttConnection", "MqttEndpoint", "Router"]
 
@@ -46,6 +46,12 @@ CONNACK_NOT_AUTHORIZED = 5
 
 class MqttEndpoint(Protocol):
     """What a DPS or hub endpoint does with one accepted connection."""
+
+    # True: what the connection writes while handling a batch of packets leaves in one write
+    # when the batch is done (see MqttConnection._run), so a pipelined CONNECT, SUBSCRIBE and
+    # register reach the device as one flight with their answers. False for an endpoint whose
+    # handlers may wait long (the hub's telemetry waits for room in its writer's queue).
+    holds_replies: bool
 
     async def on_publish(self, conn: MqttConnection, event: PublishReceived) -> None: ...
     async def on_subscribe(self, conn: MqttConnection, event: Subscribed) -> list[int]: ...
@@ -72,6 +78,8 @@ class MqttConnection(asyncio.Protocol):
     ) -> None:
         self._router = router
         self._clock = clock
+        # Kept: asyncio.get_running_loop() costs a getpid() system call on every call.
+        self._loop = asyncio.get_running_loop()
         self.session = ServerSession(clock(), max_packet_size=max_packet_size, connect_timeout=connect_timeout)
         self._transport: asyncio.Transport | None = None
         self._endpoint: MqttEndpoint | None = None
@@ -79,6 +87,8 @@ class MqttConnection(asyncio.Protocol):
         # to the worker, not one per packet. None tells the worker to stop.
         self._queue: asyncio.Queue[list[Event] | None] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
+        # Writes held while the worker handles a batch (None: not holding); see _run.
+        self._held: list[bytes] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0  # the deadline _timer was set for
         self._on_closed = on_closed
@@ -96,7 +106,7 @@ class MqttConnection(asyncio.Protocol):
         self._transport = transport
         self.peer = transport.get_extra_info(PEER_INFO_KEY)
         self.peername = transport.get_extra_info("peername")
-        self._worker = asyncio.get_running_loop().create_task(self._run())
+        self._worker = self._loop.create_task(self._run())
         self._arm_timer()
 
     def data_received(self, data: bytes) -> None:
@@ -127,8 +137,18 @@ class MqttConnection(asyncio.Protocol):
         return not self._closed and self._transport is not None
 
     def write(self, data: bytes) -> None:
-        if data and self._transport is not None and not self._transport.is_closing():
+        if not data:
+            return
+        if self._held is not None:
+            self._held.append(data)
+        elif self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
+
+    def _release(self) -> None:
+        """Stop holding writes and send what was held, in one write."""
+        held, self._held = self._held, None
+        if held:
+            self.write(held[0] if len(held) == 1 else b"".join(held))
 
     def publish(self, topic: str, payload: bytes, qos: int = 0) -> int | None:
         """Send a PUBLISH; returns the packet id of a QoS 1 message (None for QoS 0 / closed)."""
@@ -138,15 +158,22 @@ class MqttConnection(asyncio.Protocol):
         self.write(data)
         return packet_id
 
-    def close(self, reason: str = "closed by server") -> None:
+    def close(self, reason: str = "closed by server", *, goodbye: bool = False) -> None:
+        """Close after what was written. `goodbye`: the client ended the session with MQTT
+        DISCONNECT, so TLS's close_notify is skipped (see TlsAppTransport.close_after_goodbye)."""
         if self._closed:
             return
         self._closed = True
+        self._release()
         self.session.close(reason)
         if self._timer is not None:
             self._timer.cancel()
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.close()
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            if goodbye and isinstance(transport, TlsAppTransport):
+                transport.close_after_goodbye()
+            else:
+                transport.close()
         self._close_reason = reason
         self._queue.put_nowait(None)  # lets the worker run on_close and stop
 
@@ -166,7 +193,7 @@ class MqttConnection(asyncio.Protocol):
             return
         delay = max(0.0, deadline - self._clock())
         self._timer_at = deadline
-        self._timer = asyncio.get_running_loop().call_later(delay + 0.01, self._on_timer)
+        self._timer = self._loop.call_later(delay + 0.01, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -179,9 +206,20 @@ class MqttConnection(asyncio.Protocol):
         try:
             running = True
             while running:
+                if self._queue.empty():
+                    self._release()  # nothing more to answer for now: send the batch's replies
                 events = await self._queue.get()
                 if events is None:
                     break
+                endpoint = self._endpoint
+                if endpoint is None or endpoint.holds_replies:
+                    # One write per batch, not per packet: one TLS record and one send for
+                    # CONNACK, SUBACK, PUBACK and the register reply of a pipelining device.
+                    # A DPS handler waits at most the direct-answer budget (dps_common).
+                    if self._held is None:
+                        self._held = []
+                else:
+                    self._release()
                 for event in events:
                     if not await self._dispatch(event):
                         running = False
@@ -217,7 +255,7 @@ class MqttConnection(asyncio.Protocol):
             return True
         if isinstance(event, ProtocolViolation | Disconnected):
             self._flush_session()
-            self.close(event.reason)
+            self.close(event.reason, goodbye=isinstance(event, Disconnected))
             return False
         if isinstance(event, PingHandled):
             return True

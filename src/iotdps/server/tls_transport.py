@@ -72,6 +72,8 @@ class TlsServerProtocol(asyncio.Protocol):
         self._state = _State.HANDSHAKING
         self._conn: SSL.Connection | None = None
         self._raw: asyncio.Transport | None = None
+        # Kept: asyncio.get_running_loop() costs a getpid() system call on every call.
+        self._loop = asyncio.get_running_loop()
         self._app: asyncio.Protocol | None = None
         self._last_app: asyncio.Protocol | None = None  # for get_protocol() after the connection is gone
         self._app_transport: TlsAppTransport | None = None
@@ -95,8 +97,7 @@ class TlsServerProtocol(asyncio.Protocol):
         self._raw = transport
         self._peername = transport.get_extra_info("peername")
         self._conn = self._tls.new_connection()
-        loop = asyncio.get_running_loop()
-        self._timeout_handle = loop.call_later(self._handshake_timeout, self._on_handshake_timeout)
+        self._timeout_handle = self._loop.call_later(self._handshake_timeout, self._on_handshake_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self._state is _State.CLOSED or self._conn is None:
@@ -264,7 +265,7 @@ class TlsServerProtocol(asyncio.Protocol):
             self._send_out()
         elif not self._out_scheduled:
             self._out_scheduled = True
-            asyncio.get_running_loop().call_soon(self._send_out)
+            self._loop.call_soon(self._send_out)
 
     def _send_out(self) -> None:
         self._out_scheduled = False
@@ -297,6 +298,16 @@ class TlsServerProtocol(asyncio.Protocol):
             except SSL.Error:
                 pass
             self._flush()
+        if self._raw is not None:
+            self._raw.close()  # flushes the socket's buffer first, then connection_lost
+
+    def _close_after_goodbye(self) -> None:
+        """Send what the app wrote, then close the socket without close_notify."""
+        if self._state in (_State.CLOSING, _State.CLOSED):
+            return
+        self._send_out()
+        self._state = _State.CLOSING
+        self._cancel_timeout()
         if self._raw is not None:
             self._raw.close()  # flushes the socket's buffer first, then connection_lost
 
@@ -333,7 +344,7 @@ class TlsServerProtocol(asyncio.Protocol):
             # Plaintext may be waiting inside OpenSSL; deliver it without waiting for more bytes.
             if not self._drain_scheduled:
                 self._drain_scheduled = True
-                asyncio.get_running_loop().call_soon(self._scheduled_drain)
+                self._loop.call_soon(self._scheduled_drain)
 
     def _scheduled_drain(self) -> None:
         self._drain_scheduled = False
@@ -445,6 +456,15 @@ class TlsAppTransport(asyncio.Transport):
     def close(self) -> None:
         """Send close_notify, then close the socket once its buffer is written."""
         self._owner._start_close()
+
+    def close_after_goodbye(self) -> None:
+        """Close once the app protocol has ended the session at its own layer (MQTT's
+        DISCONNECT): what was written is sent, then the socket closes without TLS's
+        close_notify. The peer has said it is done and, like paho, closes its socket right
+        after; a close_notify would meet a closed socket (and cost a record and a send per
+        connection). Truncation, which close_notify guards against, cannot hide anything
+        once the peer has ended the session itself."""
+        self._owner._close_after_goodbye()
 
     def abort(self) -> None:
         self._owner._state = _State.CLOSED

@@ -140,6 +140,31 @@ class AssignedLog:
             self._hidden = 0
 
 
+async def _finished_within(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], budget: float) -> bool:
+    """Whether `task` finished within `budget` seconds; the task is left running either way.
+
+    What `asyncio.wait({task}, timeout=budget)` does for one task, without its sets and
+    per-call checks (it ran once per registration). Cancelling the caller leaves the task
+    alone too: the registration finishes and the device can poll for it."""
+    waiter: asyncio.Future[bool] = loop.create_future()
+
+    def finished(_: object) -> None:
+        if not waiter.done():
+            waiter.set_result(True)
+
+    def expired() -> None:
+        if not waiter.done():
+            waiter.set_result(False)
+
+    timer = loop.call_later(budget, expired)
+    task.add_done_callback(finished)
+    try:
+        return await waiter
+    finally:
+        timer.cancel()
+        task.remove_done_callback(finished)
+
+
 class RegistrationRunner:
     """Runs registrations for both edges: throttling, the direct-answer budget, logging, and
     tracking of in-flight work so a graceful shutdown can wait for it."""
@@ -185,11 +210,11 @@ class RegistrationRunner:
             return throttled
         operation_id = new_operation_id()
         request = RegistrationRequest(id_scope, registration_id, credential, payload, csr, operation_id, authentication)
-        task = asyncio.get_running_loop().create_task(self._run(request))
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._run(request))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
-        done, _ = await asyncio.wait({task}, timeout=self._budget)
-        if not done:
+        if not await _finished_within(loop, task, self._budget):
             # The pipeline goes on; the device polls the operation id it now knows.
             return assigning_reply(operation_id)
         return outcome_reply(task.result())

@@ -252,6 +252,7 @@ class _SqlTx:
         self.sync = conn if isinstance(conn, Connection) else None
         self.conn = conn if isinstance(conn, AsyncConnection) else None
         self.pg = store.dialect == "postgresql"
+        self._asyncpg: Any = None  # the asyncpg.Connection under `conn`, once asked for
         self.open = True
         self.dirty = False  # wrote a table the read cache holds (see SqlStore._cache_for)
         self.cache: dict[tuple[Any, ...], Any] | None = None  # the read cache this transaction may use
@@ -304,6 +305,15 @@ class _SqlTx:
         raw = _prebuilt((dialect.name, *shape, *names), lambda: _compile_raw(statement, names, dialect) or False)
         return statement, raw
 
+    async def _driver(self) -> Any:
+        """The asyncpg.Connection under this unit's connection, in SQLAlchemy's transaction.
+        Asked for once per unit: each get_raw_connection() is a greenlet switch through
+        SQLAlchemy's async layer, and a registration runs up to seven statements."""
+        assert self.conn is not None
+        adapted = await self.conn.get_raw_connection()
+        self._asyncpg = adapted.driver_connection
+        return self._asyncpg
+
     async def run_prebuilt(
         self, shape: tuple[Any, ...], build: Callable[[], Any], bind: Mapping[str, Any], *, rows: bool = False
     ) -> list[Any]:
@@ -320,9 +330,7 @@ class _SqlTx:
                 driver: Any = self.sync.connection.driver_connection  # sqlite3.Connection
                 found = driver.execute(raw.sql, raw.arguments(bind)).fetchall()
             else:
-                assert self.conn is not None
-                adapted = await self.conn.get_raw_connection()
-                pg: Any = adapted.driver_connection  # asyncpg.Connection, in SQLAlchemy's transaction
+                pg = self._asyncpg or await self._driver()
                 found = await pg.fetch(raw.sql, *raw.arguments(bind))
             return raw.load(found) if rows else []
         except _DB_ERRORS as exc:
@@ -346,9 +354,7 @@ class _SqlTx:
                 driver: Any = self.sync.connection.driver_connection  # sqlite3.Connection
                 driver.executemany(raw.sql, arguments)
             else:
-                assert self.conn is not None
-                adapted = await self.conn.get_raw_connection()
-                pg: Any = adapted.driver_connection  # asyncpg.Connection, in SQLAlchemy's transaction
+                pg = self._asyncpg or await self._driver()
                 await pg.executemany(raw.sql, arguments)
         except _DB_ERRORS as exc:
             raise self.store.error(exc) from exc

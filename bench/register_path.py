@@ -52,7 +52,7 @@ async def run(n: int, dsn: str, profile: Path | None) -> None:
     elif isinstance(store, SqlStore):
         # PostgreSQL: most statements go to asyncpg directly; its query logger sees them all.
         def _log(query: Any) -> None:
-            if query.query.split(None, 1)[0].upper() not in ("BEGIN", "COMMIT", "ROLLBACK"):
+            if query.query.split(None, 1)[0].upper().rstrip(";") not in ("BEGIN", "COMMIT", "ROLLBACK"):
                 statements[0] += 1
 
         @event.listens_for(store.engine.sync_engine, "connect")

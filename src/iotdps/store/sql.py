@@ -137,13 +137,14 @@ _CACHED_TABLES = frozenset(
 )
 
 _PREBUILT: dict[tuple[Any, ...], Any] = {}
-# Run through SQLAlchemy (its literal 1 keeps it off the raw path): that first execution is
-# what starts the asyncpg transaction of begin(); the statements after it go to asyncpg
-# directly and need that transaction open.
+# Run through SQLAlchemy (its literal 1 keeps it off the raw path) when the transaction of
+# begin() could not be started directly (see _SqlTx.start_pg_transaction): that first
+# execution starts it; the statements after it go to asyncpg and need it open.
 _VERSION_QUERY = select(t.config_version.c.version).where(t.config_version.c.id == 1)
 
 
-# The same read on the raw path, for read(): it must not start a transaction.
+# The same read on the raw path: for read(), which must not start a transaction, and for
+# begin() once its transaction has started.
 _VERSION_QUERY_RAW = select(t.config_version.c.version).where(t.config_version.c.id == bindparam("k_id"))
 
 
@@ -313,6 +314,26 @@ class _SqlTx:
         adapted = await self.conn.get_raw_connection()
         self._asyncpg = adapted.driver_connection
         return self._asyncpg
+
+    async def start_pg_transaction(self) -> bool:
+        """Send the BEGIN of SQLAlchemy's transaction now (PostgreSQL), so that the statements
+        after it may all go to asyncpg directly; False when it could not, and the caller must
+        run its first statement through SQLAlchemy, which begins on first use.
+
+        SQLAlchemy's asyncpg adapter begins lazily, on the first statement it executes itself.
+        Its `_start_transaction` coroutine is what it awaits then; calling it here saves a
+        whole SQLAlchemy execution per write transaction (bench/PROFILE.md). It is a private
+        hook: without it (another SQLAlchemy) the store only runs the old, slower way, and the
+        contract tests' rollback cases fail if a transaction did not start."""
+        assert self.conn is not None
+        adapted: Any = await self.conn.get_raw_connection()
+        self._asyncpg = adapted.driver_connection
+        start = getattr(adapted, "_start_transaction", None)
+        if start is None or not isinstance(getattr(adapted, "_started", None), bool):
+            return False
+        if not adapted._started:
+            await start()
+        return bool(adapted._started)
 
     async def run_prebuilt(
         self, shape: tuple[Any, ...], build: Callable[[], Any], bind: Mapping[str, Any], *, rows: bool = False
@@ -1182,7 +1203,10 @@ class SqlStore:
             async with self.engine.begin() as pg_conn:
                 tx = _SqlTx(self, pg_conn)
                 try:
-                    found = await tx.fetch(("config version",), lambda: _VERSION_QUERY, {})
+                    if await tx.start_pg_transaction():
+                        found = await tx.fetch(("config version raw",), lambda: _VERSION_QUERY_RAW, {"k_id": 1})
+                    else:
+                        found = await tx.fetch(("config version",), lambda: _VERSION_QUERY, {})
                     # No row (someone emptied the table): no version to trust, read through.
                     tx.cache = self._cache_for(found[0][0]) if found else None
                     yield tx

@@ -117,7 +117,7 @@ class Server:
         first_start = not (config.data_dir / "tls" / "server-ca.pem").exists()
         server_files = ensure_server_identity(config.data_dir, config.server_names())
 
-        self.store = await open_store(config.database_dsn)
+        self.store = await open_store(config.database_dsn, background_checkpoints=True)
         settings = await self._ensure_settings(self.store)
         await self._sync_linked_hubs(self.store)
         hub_hosts = [h.host_name for h in config.effective_hubs]

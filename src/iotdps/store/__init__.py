@@ -44,12 +44,15 @@ async def open_store(
     clock: Clock | None = None,
     refusal_limit: int = DEFAULT_REFUSAL_LIMIT,
     prune_every: int = DEFAULT_PRUNE_EVERY,
+    background_checkpoints: bool = False,
 ) -> Store:
     """Open the store `dsn` names.
 
     `create`: create or migrate the schema to the newest revision (else a database that is
     not at the newest revision is a StoreError). `schema`: a PostgreSQL schema to use instead of
-    the search_path default. Connection failures raise StoreError without the password.
+    the search_path default. `background_checkpoints`: a long-running process on SQLite
+    copies the write-ahead log into the database on a thread of its own, not inside commits
+    (store._checkpoint). Connection failures raise StoreError without the password.
     """
     if dsn.startswith("memory:"):
         return MemoryStore(clock=clock, refusal_limit=refusal_limit)
@@ -61,6 +64,8 @@ async def open_store(
             await upgrade(engine)
         elif await current_revision(engine) != head_revision():
             raise StoreError("the database schema is not at the newest revision; migrate it first")
+        if background_checkpoints:
+            store.checkpoint_in_background()
     except StoreError:
         await store.close()
         raise

@@ -82,6 +82,7 @@ from iotdps.registry.hub import C2DRepo, CloudMessage, HubSession, HubSessionRep
 from iotdps.registry.models import DeviceIdentity
 from iotdps.store import _records as rec
 from iotdps.store import tables as t
+from iotdps.store._checkpoint import BACKSTOP_PAGES, WalCheckpointer
 from iotdps.store._common import (
     DEFAULT_REFUSAL_LIMIT,
     SystemClock,
@@ -1125,6 +1126,7 @@ class SqlStore:
         self._cache: dict[tuple[Any, ...], Any] = {}
         self._cache_version: int | None = None
         self._sqlite: Connection | None = None
+        self._checkpointer: WalCheckpointer | None = None
 
     def error(self, exc: BaseException) -> StoreError:
         return describe_error(exc, self.engine.url)
@@ -1225,6 +1227,8 @@ class SqlStore:
             tx.cache = self._cache_for(raw.execute("PRAGMA data_version").fetchone()[0])
             yield tx
             raw.execute("COMMIT")
+            if self._checkpointer is not None:
+                self._checkpointer.committed()
         finally:
             if raw.in_transaction:  # the block raised, or COMMIT failed
                 raw.execute("ROLLBACK")
@@ -1264,8 +1268,24 @@ class SqlStore:
             self._sqlite = engine.connect().execution_options(**{RAW_TRANSACTIONS: True})
         return self._sqlite
 
+    def checkpoint_in_background(self) -> None:
+        """SQLite in a file: copy the write-ahead log into the database on a thread of its own
+        rather than inside a COMMIT on the event loop (see store._checkpoint); for `iotdps up`.
+        Does nothing for PostgreSQL or an in-memory database."""
+        path = self.engine.url.database
+        if isinstance(self.engine, AsyncEngine) or self._checkpointer is not None or not path or path == ":memory:":
+            return
+        raw: Any = self._sqlite_connection(self.engine).connection.driver_connection
+        raw.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
+        self._checkpointer = WalCheckpointer(path)
+        self._checkpointer.start()
+
     async def close(self) -> None:
         self._closed = True
+        if self._checkpointer is not None:
+            # Off the loop: a checkpoint in progress may take a moment to finish.
+            await asyncio.to_thread(self._checkpointer.stop)
+            self._checkpointer = None
         if isinstance(self.engine, AsyncEngine):
             await self.engine.dispose()
             return

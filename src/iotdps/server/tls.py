@@ -49,10 +49,16 @@ __all__ = [
     "ciphertext_to_send",
     "ciphertext_unread",
     "describe_verify_error",
+    "feed_ciphertext",
+    "handshake_step",
     "load_pem_chain",
     "load_pem_key",
     "peer_identity",
     "peercert_dict",
+    "plaintext_pending",
+    "read_plaintext",
+    "take_ciphertext",
+    "write_plaintext",
 ]
 
 log = logging.getLogger(__name__)
@@ -247,6 +253,37 @@ def _record_and_accept(conn: SSL.Connection, cert: crypto.X509, errnum: int, dep
     return True
 
 
+def _verify_callback(ok: int, store_ctx: Any) -> int:
+    """OpenSSL's verify callback, installed directly rather than through pyOpenSSL.
+
+    pyOpenSSL's wrapper builds an X509 object, looks the Connection up and calls back into
+    Python for every certificate of every chain, three times per device handshake, although
+    only a complaint needs any of that. Here a certificate that verified costs one call that
+    returns at once; a complaint goes to `_record_and_accept` with what pyOpenSSL would have
+    passed. The error is cleared (as pyOpenSSL does) only once it is recorded: if recording
+    failed, OpenSSL's own verdict stays and `peer_identity` reports it."""
+    if ok:
+        return 1
+    try:
+        x509_ptr = _lib.X509_STORE_CTX_get_current_cert(store_ctx)
+        _lib.X509_up_ref(x509_ptr)
+        cert = crypto.X509._from_raw_x509_ptr(x509_ptr)
+        errnum = int(_lib.X509_STORE_CTX_get_error(store_ctx))
+        depth = int(_lib.X509_STORE_CTX_get_error_depth(store_ctx))
+        ssl = _lib.X509_STORE_CTX_get_ex_data(store_ctx, _lib.SSL_get_ex_data_X509_STORE_CTX_idx())
+        conn = SSL.Connection._reverse_mapping[ssl]
+        _record_and_accept(conn, cert, errnum, depth, ok)
+    except Exception:
+        log.exception("the TLS verify callback failed; the peer's chain counts as unverified")
+        return 1
+    _lib.X509_STORE_CTX_set_error(store_ctx, _lib.X509_V_OK)
+    return 1
+
+
+# One cffi callback for every context; it must outlive them all, hence module level.
+_VERIFY_CALLBACK = _ffi.callback("int (*)(int, X509_STORE_CTX *)", _verify_callback)
+
+
 def load_pem_chain(path: str | Path) -> list[x509.Certificate]:
     try:
         certs = x509.load_pem_x509_certificates(Path(path).read_bytes())
@@ -389,7 +426,7 @@ class ServerTls:
             raise PkiError("the server private key does not match the server certificate") from None
         # Ask for a client certificate but do not require one (SAS devices present none), and
         # let the handshake finish whatever OpenSSL thinks of the chain.
-        ctx.set_verify(SSL.VERIFY_PEER, _record_and_accept)
+        _lib.SSL_CTX_set_verify(ctx._context, SSL.VERIFY_PEER, _VERIFY_CALLBACK)
         ctx.set_verify_depth(_VERIFY_DEPTH)
         store = ctx.get_cert_store()
         assert store is not None
@@ -427,6 +464,58 @@ def ciphertext_unread(conn: SSL.Connection) -> int:
 def ciphertext_to_send(conn: SSL.Connection) -> int:
     """Ciphertext OpenSSL has produced for the peer (to bio_read)."""
     return int(_lib.BIO_get_mem_data(conn._from_ssl, _ffi.NULL))
+
+
+# The TLS seam's calls into a memory-BIO Connection, made on OpenSSL directly. pyOpenSSL's
+# methods of the same names check their arguments, convert buffers and ask OpenSSL for an
+# error after every call; fifteen of them per device connection added up (bench/PROFILE.md).
+# A call that fails goes to pyOpenSSL's own error mapping, so failures raise exactly what the
+# pyOpenSSL method would (WantReadError, ZeroReturnError, SSL.Error...).
+_NO_ZERO_ALLOC = _ffi.new_allocator(should_clear_after_alloc=False)
+
+
+def feed_ciphertext(conn: SSL.Connection, data: bytes) -> None:
+    """Hand bytes from the socket to OpenSSL (Connection.bio_write)."""
+    if data and _lib.BIO_write(conn._into_ssl, data, len(data)) <= 0:
+        conn.bio_write(data)  # raises what pyOpenSSL raises for it
+
+
+def take_ciphertext(conn: SSL.Connection, size: int) -> bytes:
+    """Up to `size` bytes OpenSSL produced for the peer (Connection.bio_read); b"" if none."""
+    buf = _NO_ZERO_ALLOC("char[]", size)
+    got = _lib.BIO_read(conn._from_ssl, buf, size)
+    return _ffi.buffer(buf, got)[:] if got > 0 else b""
+
+
+def handshake_step(conn: SSL.Connection) -> None:
+    """Connection.do_handshake: returns when done, raises WantReadError while it needs input."""
+    result = _lib.SSL_do_handshake(conn._ssl)
+    if result <= 0:
+        conn._raise_ssl_error(conn._ssl, result)
+
+
+def read_plaintext(conn: SSL.Connection, size: int) -> bytes:
+    """Connection.recv: up to `size` bytes of plaintext."""
+    buf = _NO_ZERO_ALLOC("char[]", size)
+    result = _lib.SSL_read(conn._ssl, buf, size)
+    if result <= 0:
+        conn._raise_ssl_error(conn._ssl, result)
+    data: bytes = _ffi.buffer(buf, result)[:]
+    return data
+
+
+def write_plaintext(conn: SSL.Connection, data: bytes | memoryview) -> int:
+    """Connection.send: how many bytes of `data` OpenSSL took (all of it, with memory BIOs)."""
+    with _ffi.from_buffer(data) as view:
+        result = _lib.SSL_write(conn._ssl, view, len(view))
+    if result <= 0:
+        conn._raise_ssl_error(conn._ssl, result)
+    return int(result)
+
+
+def plaintext_pending(conn: SSL.Connection) -> int:
+    """Connection.pending: decrypted bytes OpenSSL holds that a read would return at once."""
+    return int(_lib.SSL_pending(conn._ssl))
 
 
 def _verify_result(conn: SSL.Connection) -> int:

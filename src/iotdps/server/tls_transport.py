@@ -30,8 +30,14 @@ from iotdps.server.tls import (
     ServerTls,
     ciphertext_to_send,
     ciphertext_unread,
+    feed_ciphertext,
+    handshake_step,
     peer_identity,
     peercert_dict,
+    plaintext_pending,
+    read_plaintext,
+    take_ciphertext,
+    write_plaintext,
 )
 
 __all__ = ["DEFAULT_HANDSHAKE_TIMEOUT", "PEER_INFO_KEY", "TlsAppTransport", "TlsServerProtocol"]
@@ -103,7 +109,7 @@ class TlsServerProtocol(asyncio.Protocol):
         if self._state is _State.CLOSED or self._conn is None:
             return
         try:
-            self._conn.bio_write(data)
+            feed_ciphertext(self._conn, data)
         except SSL.Error as e:
             self._fail("bio_write", e)
             return
@@ -149,7 +155,7 @@ class TlsServerProtocol(asyncio.Protocol):
     def _continue_handshake(self) -> None:
         assert self._conn is not None
         try:
-            self._conn.do_handshake()
+            handshake_step(self._conn)
         except SSL.WantReadError:
             self._flush()
             return
@@ -206,10 +212,10 @@ class TlsServerProtocol(asyncio.Protocol):
             closed_by_peer = False
             try:
                 while size < _DELIVER_MAX:
-                    chunk = conn.recv(_READ_CHUNK)
+                    chunk = read_plaintext(conn, _READ_CHUNK)
                     parts.append(chunk)
                     size += len(chunk)
-                    if not conn.pending() and not ciphertext_unread(conn):
+                    if not plaintext_pending(conn) and not ciphertext_unread(conn):
                         break  # all that arrived is read: no WantReadError to raise and catch
             except SSL.WantReadError:
                 pass
@@ -245,7 +251,7 @@ class TlsServerProtocol(asyncio.Protocol):
         if not waiting:
             return
         try:
-            data = conn.bio_read(waiting)
+            data = take_ciphertext(conn, waiting)
         except SSL.Error:
             return
         raw.write(data)
@@ -280,7 +286,7 @@ class TlsServerProtocol(asyncio.Protocol):
         view = memoryview(data)
         try:
             while view:
-                n = conn.send(view[:_WRITE_CHUNK])
+                n = write_plaintext(conn, view[:_WRITE_CHUNK])
                 view = view[n:]
                 self._flush()
         except SSL.Error as e:

@@ -11,9 +11,9 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from iotdps.attestation.registry import Authentication, Credential, SasCredential
 from iotdps.attestation.x509 import X509Evidence
@@ -140,29 +140,50 @@ class AssignedLog:
             self._hidden = 0
 
 
-async def _finished_within(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], budget: float) -> bool:
-    """Whether `task` finished within `budget` seconds; the task is left running either way.
+T = TypeVar("T")
 
-    What `asyncio.wait({task}, timeout=budget)` does for one task, without its sets and
-    per-call checks (it ran once per registration). Cancelling the caller leaves the task
-    alone too: the registration finishes and the device can poll for it."""
-    waiter: asyncio.Future[bool] = loop.create_future()
 
-    def finished(_: object) -> None:
-        if not waiter.done():
-            waiter.set_result(True)
+def _expire(answer: asyncio.Future[Any]) -> None:
+    if not answer.done():
+        answer.set_result(None)
 
-    def expired() -> None:
-        if not waiter.done():
-            waiter.set_result(False)
 
-    timer = loop.call_later(budget, expired)
-    task.add_done_callback(finished)
+async def _deliver(work: Awaitable[T], answer: asyncio.Future[T | None], inflight: set[asyncio.Task[Any]]) -> T | None:
+    """Run `work` and put its result (or exception) into `answer` if someone still waits."""
     try:
-        return await waiter
+        result = await work
+    except Exception as exc:
+        if answer.done():
+            raise  # nobody waits any more: asyncio reports it, as for any failed task
+        answer.set_exception(exc)
+        return None
+    except asyncio.CancelledError:
+        answer.cancel()
+        raise
+    finally:
+        inflight.discard(asyncio.current_task(answer.get_loop()))
+    if not answer.done():
+        answer.set_result(result)
+    return result
+
+
+async def run_within(
+    loop: asyncio.AbstractEventLoop, work: Awaitable[T], budget: float, inflight: set[asyncio.Task[Any]]
+) -> T | None:
+    """`work`'s result if it finishes within `budget` seconds (its exception if it fails
+    within them), else None; the work goes on either way, in a task kept in `inflight` until
+    it ends. Cancelling the caller leaves the work alone too: the registration finishes and
+    the device can poll for it.
+
+    What a task plus `asyncio.wait({task}, timeout=budget)` does, with one future the task
+    settles itself: no done-callbacks to schedule, no sets, once per registration."""
+    answer: asyncio.Future[T | None] = loop.create_future()
+    inflight.add(loop.create_task(_deliver(work, answer, inflight)))
+    timer = loop.call_later(budget, _expire, answer)
+    try:
+        return await answer
     finally:
         timer.cancel()
-        task.remove_done_callback(finished)
 
 
 class RegistrationRunner:
@@ -183,7 +204,7 @@ class RegistrationRunner:
         self._clock = clock
         self._retry_after = retry_after
         self._budget = direct_answer_budget
-        self._inflight: set[asyncio.Task[RegistrationOutcome]] = set()
+        self._inflight: set[asyncio.Task[Any]] = set()
         self.accepting = True
         self.assigned_log = AssignedLog(clock)
 
@@ -210,14 +231,11 @@ class RegistrationRunner:
             return throttled
         operation_id = new_operation_id()
         request = RegistrationRequest(id_scope, registration_id, credential, payload, csr, operation_id, authentication)
-        loop = asyncio.get_running_loop()
-        task = loop.create_task(self._run(request))
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
-        if not await _finished_within(loop, task, self._budget):
+        outcome = await run_within(asyncio.get_running_loop(), self._run(request), self._budget, self._inflight)
+        if outcome is None:
             # The pipeline goes on; the device polls the operation id it now knows.
             return assigning_reply(operation_id)
-        return outcome_reply(task.result())
+        return outcome_reply(outcome)
 
     async def _run(self, request: RegistrationRequest) -> RegistrationOutcome:
         outcome = await self.service.register(request)

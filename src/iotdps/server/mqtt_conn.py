@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
@@ -85,7 +86,10 @@ class MqttConnection(asyncio.Protocol):
         self._endpoint: MqttEndpoint | None = None
         # What each data_received parsed, as one item: a burst of telemetry costs one hand-over
         # to the worker, not one per packet. None tells the worker to stop.
-        self._queue: asyncio.Queue[list[Event] | None] = asyncio.Queue()
+        # (A deque and one future rather than an asyncio.Queue: a queue, its Event and its
+        # loop lookup per connection cost more than the DPS exchange's own parsing.)
+        self._inbox: deque[list[Event] | None] = deque()
+        self._inbox_waiter: asyncio.Future[None] | None = None
         self._worker: asyncio.Task[None] | None = None
         # Writes held while the worker handles a batch (None: not holding); see _run.
         self._held: list[bytes] | None = None
@@ -113,7 +117,7 @@ class MqttConnection(asyncio.Protocol):
         events = self.session.receive_data(data, self._clock())
         self._flush_session()
         if events:
-            self._queue.put_nowait(events)
+            self._post(events)
         # Activity only moves the keep-alive deadline later, and a timer that fires early
         # re-arms itself for the rest, so re-arm only when the deadline came nearer (CONNECT
         # with a keep-alive shorter than the connect timeout): one timer per packet cost more
@@ -175,12 +179,29 @@ class MqttConnection(asyncio.Protocol):
             else:
                 transport.close()
         self._close_reason = reason
-        self._queue.put_nowait(None)  # lets the worker run on_close and stop
+        self._post(None)  # lets the worker run on_close and stop
 
     # -- internals ----------------------------------------------------------------------------
 
     def _flush_session(self) -> None:
         self.write(self.session.data_to_send())
+
+    def _post(self, item: list[Event] | None) -> None:
+        """Hand the worker one read's events (None: stop), in arrival order."""
+        self._inbox.append(item)
+        waiter = self._inbox_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _next(self) -> list[Event] | None:
+        """Wait for the next item of the inbox."""
+        while not self._inbox:
+            self._inbox_waiter = self._loop.create_future()
+            try:
+                await self._inbox_waiter
+            finally:
+                self._inbox_waiter = None
+        return self._inbox.popleft()
 
     def _arm_timer(self) -> None:
         if self._closed:
@@ -206,9 +227,9 @@ class MqttConnection(asyncio.Protocol):
         try:
             running = True
             while running:
-                if self._queue.empty():
+                if not self._inbox:
                     self._release()  # nothing more to answer for now: send the batch's replies
-                events = await self._queue.get()
+                events = self._inbox.popleft() if self._inbox else await self._next()
                 if events is None:
                     break
                 endpoint = self._endpoint
@@ -250,7 +271,7 @@ class MqttConnection(asyncio.Protocol):
             # Packets the client pipelined behind CONNECT were held until now.
             pending = self.session.receive_data(b"", self._clock())
             if pending:
-                self._queue.put_nowait(pending)
+                self._post(pending)
             self._flush_session()
             return True
         if isinstance(event, ProtocolViolation | Disconnected):

@@ -15,7 +15,12 @@ from collections.abc import Callable
 from aiohttp import web
 
 from iotdps.server.tls import PeerIdentity, ServerTls
-from iotdps.server.tls_transport import DEFAULT_HANDSHAKE_TIMEOUT, PEER_INFO_KEY, TlsServerProtocol
+from iotdps.server.tls_transport import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    PEER_INFO_KEY,
+    HandshakeDeadlines,
+    TlsServerProtocol,
+)
 
 __all__ = ["TlsAppServer", "TlsSite", "request_peer", "serve_aiohttp_app", "start_tls_server"]
 
@@ -37,8 +42,9 @@ async def start_tls_server(
     `update_anchors` / `update_server_certificate` apply to the next connection accepted.
     """
     loop = asyncio.get_running_loop()
+    deadlines = HandshakeDeadlines(handshake_timeout)
     return await loop.create_server(
-        lambda: TlsServerProtocol(tls, protocol_factory, handshake_timeout=handshake_timeout),
+        lambda: TlsServerProtocol(tls, protocol_factory, deadlines=deadlines),
         host,
         port,
         reuse_address=reuse_address,

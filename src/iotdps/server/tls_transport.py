@@ -40,7 +40,7 @@ from iotdps.server.tls import (
     write_plaintext,
 )
 
-__all__ = ["DEFAULT_HANDSHAKE_TIMEOUT", "PEER_INFO_KEY", "TlsAppTransport", "TlsServerProtocol"]
+__all__ = ["DEFAULT_HANDSHAKE_TIMEOUT", "PEER_INFO_KEY", "HandshakeDeadlines", "TlsAppTransport", "TlsServerProtocol"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,41 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
+class HandshakeDeadlines:
+    """The handshake timeouts of one listener's connections, on one timer.
+
+    A timer per connection (call_later, then cancel once the handshake is done, the usual
+    case) was a TimerHandle built, pushed on the loop's heap and popped again per device.
+    The listener's connections share one timeout, so arrival order is deadline order: the
+    timer waits for the oldest one still handshaking, and a finished handshake costs a dict
+    removal."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._loop = asyncio.get_running_loop()
+        self._due: dict[TlsServerProtocol, float] = {}  # in arrival order, so in deadline order
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, protocol: TlsServerProtocol) -> None:
+        deadline = self._due[protocol] = self._loop.time() + self.timeout
+        if self._timer is None:
+            self._timer = self._loop.call_at(deadline, self._expire)
+
+    def discard(self, protocol: TlsServerProtocol) -> None:
+        self._due.pop(protocol, None)
+
+    def _expire(self) -> None:
+        self._timer = None
+        now = self._loop.time()
+        while self._due:
+            protocol, deadline = next(iter(self._due.items()))
+            if deadline > now:
+                self._timer = self._loop.call_at(deadline, self._expire)
+                return
+            del self._due[protocol]
+            protocol._on_handshake_timeout()
+
+
 class TlsServerProtocol(asyncio.Protocol):
     """Server side of one TLS connection; plug into `loop.create_server` via `start_tls_server`."""
 
@@ -71,8 +106,14 @@ class TlsServerProtocol(asyncio.Protocol):
         app_protocol_factory: Callable[[], asyncio.BaseProtocol],
         *,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        deadlines: HandshakeDeadlines | None = None,
     ) -> None:
+        """`deadlines`: the listener's shared handshake timer (its timeout then applies);
+        without it the connection arms a timer of its own."""
         self._tls = tls
+        self._deadlines = deadlines
+        if deadlines is not None:
+            handshake_timeout = deadlines.timeout
         self._factory = app_protocol_factory
         self._handshake_timeout = handshake_timeout
         self._state = _State.HANDSHAKING
@@ -103,7 +144,10 @@ class TlsServerProtocol(asyncio.Protocol):
         self._raw = transport
         self._peername = transport.get_extra_info("peername")
         self._conn = self._tls.new_connection()
-        self._timeout_handle = self._loop.call_later(self._handshake_timeout, self._on_handshake_timeout)
+        if self._deadlines is not None:
+            self._deadlines.add(self)
+        else:
+            self._timeout_handle = self._loop.call_later(self._handshake_timeout, self._on_handshake_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self._state is _State.CLOSED or self._conn is None:
@@ -197,6 +241,8 @@ class TlsServerProtocol(asyncio.Protocol):
             self._raw.abort()
 
     def _cancel_timeout(self) -> None:
+        if self._deadlines is not None:
+            self._deadlines.discard(self)
         if self._timeout_handle is not None:
             self._timeout_handle.cancel()
             self._timeout_handle = None

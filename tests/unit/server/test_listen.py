@@ -364,3 +364,30 @@ async def test_writes_in_one_loop_turn_leave_as_one_record(pki: Pki) -> None:
         assert buffered and buffered[0] >= len(b"connack-suback")
     finally:
         server.close()
+
+
+async def test_handshake_deadlines_are_per_connection_on_one_timer(pki: Pki) -> None:
+    """The listener's connections share one handshake timer; each is still dropped at its own
+    deadline: a silent client that came later is not cut short by an earlier one's."""
+    server, info = await start_echo(pki.server_tls(), handshake_timeout=0.6)
+    loop = asyncio.get_running_loop()
+    try:
+
+        async def silent(delay: float) -> float:
+            await asyncio.sleep(delay)
+            r, w = await asyncio.open_connection("127.0.0.1", info.port)
+            t0 = loop.time()
+            await asyncio.wait_for(r.read(), 5)  # ends when the server drops us
+            w.close()
+            return loop.time() - t0
+
+        async def completes() -> bytes:
+            await asyncio.sleep(0.1)
+            return await ping(info.port, pki.client_ctx(pki.dev1))
+
+        first, second, good = await asyncio.gather(silent(0), silent(0.35), completes())
+        assert good == b"ping"  # a finished handshake leaves the timer to the others
+        assert 0.5 <= first < 1.5
+        assert 0.5 <= second < 1.5  # its own 0.6 s, not what was left of the first one's
+    finally:
+        server.close()

@@ -44,7 +44,7 @@ async def start_tls_server(
     loop = asyncio.get_running_loop()
     deadlines = HandshakeDeadlines(handshake_timeout)
     return await loop.create_server(
-        lambda: TlsServerProtocol(tls, protocol_factory, deadlines=deadlines),
+        lambda: TlsServerProtocol(tls, protocol_factory, deadlines),
         host,
         port,
         reuse_address=reuse_address,

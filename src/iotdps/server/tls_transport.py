@@ -104,18 +104,12 @@ class TlsServerProtocol(asyncio.Protocol):
         self,
         tls: ServerTls,
         app_protocol_factory: Callable[[], asyncio.BaseProtocol],
-        *,
-        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
-        deadlines: HandshakeDeadlines | None = None,
+        deadlines: HandshakeDeadlines,
     ) -> None:
-        """`deadlines`: the listener's shared handshake timer (its timeout then applies);
-        without it the connection arms a timer of its own."""
+        """`deadlines`: the listener's shared handshake timer."""
         self._tls = tls
         self._deadlines = deadlines
-        if deadlines is not None:
-            handshake_timeout = deadlines.timeout
         self._factory = app_protocol_factory
-        self._handshake_timeout = handshake_timeout
         self._state = _State.HANDSHAKING
         self._conn: SSL.Connection | None = None
         self._raw: asyncio.Transport | None = None
@@ -124,7 +118,6 @@ class TlsServerProtocol(asyncio.Protocol):
         self._app: asyncio.Protocol | None = None
         self._last_app: asyncio.Protocol | None = None  # for get_protocol() after the connection is gone
         self._app_transport: TlsAppTransport | None = None
-        self._timeout_handle: asyncio.TimerHandle | None = None
         self._peername: Any = None
         self._app_paused = False  # the app asked us to stop delivering plaintext
         self._write_paused = False  # the socket's write buffer is above its high-water mark
@@ -144,10 +137,7 @@ class TlsServerProtocol(asyncio.Protocol):
         self._raw = transport
         self._peername = transport.get_extra_info("peername")
         self._conn = self._tls.new_connection()
-        if self._deadlines is not None:
-            self._deadlines.add(self)
-        else:
-            self._timeout_handle = self._loop.call_later(self._handshake_timeout, self._on_handshake_timeout)
+        self._deadlines.add(self)
 
     def data_received(self, data: bytes) -> None:
         if self._state is _State.CLOSED or self._conn is None:
@@ -234,18 +224,13 @@ class TlsServerProtocol(asyncio.Protocol):
         self._drain_plaintext()
 
     def _on_handshake_timeout(self) -> None:
-        self._timeout_handle = None
         if self._state is _State.HANDSHAKING and self._raw is not None:
-            log.debug("TLS handshake with %s timed out after %.1fs", self._peername, self._handshake_timeout)
+            log.debug("TLS handshake with %s timed out after %.1fs", self._peername, self._deadlines.timeout)
             self._state = _State.CLOSED
             self._raw.abort()
 
     def _cancel_timeout(self) -> None:
-        if self._deadlines is not None:
-            self._deadlines.discard(self)
-        if self._timeout_handle is not None:
-            self._timeout_handle.cancel()
-            self._timeout_handle = None
+        self._deadlines.discard(self)
 
     # -- data paths ------------------------------------------------------------------------
 
@@ -294,13 +279,8 @@ class TlsServerProtocol(asyncio.Protocol):
         if conn is None or raw is None or raw.is_closing():
             return
         waiting = ciphertext_to_send(conn)
-        if not waiting:
-            return
-        try:
-            data = take_ciphertext(conn, waiting)
-        except SSL.Error:
-            return
-        raw.write(data)
+        if waiting:
+            raw.write(take_ciphertext(conn, waiting))
 
     def _write_plaintext(self, data: bytes | bytearray | memoryview) -> None:
         """Queue plaintext; it is encrypted and sent when this turn of the event loop ends.
@@ -338,28 +318,19 @@ class TlsServerProtocol(asyncio.Protocol):
         except SSL.Error as e:
             self._fail("write", e)
 
-    def _start_close(self) -> None:
+    def _start_close(self, *, notify: bool = True) -> None:
+        """Send what the app wrote, then (`notify`) our close_notify, then close the socket."""
         if self._state in (_State.CLOSING, _State.CLOSED):
             return
         self._send_out()  # what the app wrote before close() goes out before close_notify
         self._state = _State.CLOSING
         self._cancel_timeout()
-        if self._conn is not None:
+        if notify and self._conn is not None:
             try:
                 self._conn.shutdown()  # queues our close_notify; we do not wait for the peer's
             except SSL.Error:
                 pass
             self._flush()
-        if self._raw is not None:
-            self._raw.close()  # flushes the socket's buffer first, then connection_lost
-
-    def _close_after_goodbye(self) -> None:
-        """Send what the app wrote, then close the socket without close_notify."""
-        if self._state in (_State.CLOSING, _State.CLOSED):
-            return
-        self._send_out()
-        self._state = _State.CLOSING
-        self._cancel_timeout()
         if self._raw is not None:
             self._raw.close()  # flushes the socket's buffer first, then connection_lost
 
@@ -516,7 +487,7 @@ class TlsAppTransport(asyncio.Transport):
         after; a close_notify would meet a closed socket (and cost a record and a send per
         connection). Truncation, which close_notify guards against, cannot hide anything
         once the peer has ended the session itself."""
-        self._owner._close_after_goodbye()
+        self._owner._start_close(notify=False)
 
     def abort(self) -> None:
         self._owner._state = _State.CLOSED

@@ -307,13 +307,19 @@ class _SqlTx:
         raw = _prebuilt((dialect.name, *shape, *names), lambda: _compile_raw(statement, names, dialect) or False)
         return statement, raw
 
+    async def _adapter(self) -> Any:
+        """SQLAlchemy's asyncpg adapter under this unit's connection; keeps the asyncpg
+        connection it wraps (`_asyncpg`) for the unit's statements."""
+        assert self.conn is not None
+        adapted = await self.conn.get_raw_connection()
+        self._asyncpg = adapted.driver_connection
+        return adapted
+
     async def _driver(self) -> Any:
         """The asyncpg.Connection under this unit's connection, in SQLAlchemy's transaction.
         Asked for once per unit: each get_raw_connection() is a greenlet switch through
         SQLAlchemy's async layer, and a registration runs up to seven statements."""
-        assert self.conn is not None
-        adapted = await self.conn.get_raw_connection()
-        self._asyncpg = adapted.driver_connection
+        await self._adapter()
         return self._asyncpg
 
     async def start_pg_transaction(self) -> bool:
@@ -326,9 +332,7 @@ class _SqlTx:
         whole SQLAlchemy execution per write transaction (bench/PROFILE.md). It is a private
         hook: without it (another SQLAlchemy) the store only runs the old, slower way, and the
         contract tests' rollback cases fail if a transaction did not start."""
-        assert self.conn is not None
-        adapted: Any = await self.conn.get_raw_connection()
-        self._asyncpg = adapted.driver_connection
+        adapted = await self._adapter()
         start = getattr(adapted, "_start_transaction", None)
         if start is None or not isinstance(getattr(adapted, "_started", None), bool):
             return False

@@ -39,7 +39,6 @@ class WalCheckpointer:
         self._wake = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self.checkpoints = 0  # completed runs, for tests and diagnostics
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="iotdps-wal-checkpoint", daemon=True)
@@ -79,7 +78,6 @@ class WalCheckpointer:
                 seen = commits
                 try:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                    self.checkpoints += 1
                 except sqlite3.Error as exc:
                     # Another process may hold what the checkpoint needs; the next run retries,
                     # and the store connection's backstop bounds the log meanwhile.

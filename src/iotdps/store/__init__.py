@@ -34,6 +34,13 @@ _DRIVERS = {"sqlite": "sqlite+pysqlite", "postgresql": "postgresql+asyncpg"}
 # Other spellings that name the same driver; aiosqlite was the SQLite driver of earlier releases.
 _ALIASES = {"sqlite+aiosqlite": "sqlite+pysqlite"}
 _PG_CONNECT_TIMEOUT = 10.0
+# PostgreSQL sessions kept open between units of work. SQLAlchemy's default pool (5, plus 10
+# overflow) closes every connection beyond the fifth as it comes back, so 20 registrations in
+# flight opened and closed sessions all the time (148 in 10 s of bench/registrations.py),
+# each a backend process, its authentication and asyncpg's type setup: most of the database's
+# CPU per registration (bench/PROFILE.md). `?pool_size=N&max_overflow=M` on the DSN set them.
+_PG_POOL = {"pool_size": 20, "max_overflow": 10}
+_PG_POOL_LIMITS = {"pool_size": (1, 1000), "max_overflow": (0, 1000)}
 
 
 async def open_store(
@@ -98,17 +105,36 @@ def _engine(url: URL, schema: str | None) -> Engine | AsyncEngine:
     if url.get_backend_name() == "sqlite":
         if schema is not None:
             raise InvalidInput("a schema applies to PostgreSQL only")
+        if any(name in url.query for name in _PG_POOL_LIMITS):
+            raise InvalidInput("pool_size and max_overflow apply to PostgreSQL only")
         # One connection for the process: SQLite has one writer, the store serialises its
         # transactions on the event loop, and an in-memory database lives as long as it does.
         options["poolclass"] = StaticPool
         engine = create_engine(url, **options)
         _sqlite_setup(engine)
         return engine
+    url, pool = _pool_options(url)
+    options.update(pool)
     server_settings = {"application_name": "iotdps"}
     if schema is not None:
         server_settings["search_path"] = schema
     options["connect_args"] = {"timeout": _PG_CONNECT_TIMEOUT, "server_settings": server_settings}
     return create_async_engine(url, **options)
+
+
+def _pool_options(url: URL) -> tuple[URL, dict[str, int]]:
+    """The PostgreSQL pool's size from the DSN's query (the defaults for what it leaves out),
+    and the URL without them: asyncpg would take them for connection arguments."""
+    options = dict(_PG_POOL)
+    for name, (low, high) in _PG_POOL_LIMITS.items():
+        raw = url.query.get(name)
+        if raw is None:
+            continue
+        value = int(raw) if isinstance(raw, str) and raw.isascii() and raw.isdigit() else -1
+        if not low <= value <= high:
+            raise InvalidInput(f"the store DSN's {name} must be one whole number from {low} to {high}")
+        options[name] = value
+    return url.difference_update_query(list(_PG_POOL_LIMITS)), options
 
 
 def _sqlite_setup(engine: Engine) -> None:

@@ -50,8 +50,40 @@ def free_address(port: int) -> str:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process so far (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = _stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def _stat_fields(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def postgres_postmaster() -> int | None:
+    """The pid of the machine's PostgreSQL server (its postmaster): the process named
+    `postgres` whose parent is not one; None when no PostgreSQL runs here."""
+    named: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            stat = (entry / "stat").read_text()
+            if stat[stat.index("(") + 1 : stat.rindex(")")] == "postgres":
+                named[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    roots = [pid for pid, parent in named.items() if parent not in named]
+    return min(roots) if roots else None
+
+
+def postgres_cpu_seconds(postmaster: int) -> float:
+    """User + system CPU of the whole PostgreSQL server so far: the postmaster, its live
+    processes (backends, WAL writer, checkpointer), and the backends that have exited, which
+    the postmaster reaped (cutime/cstime). Everything the database did for every client."""
+    fields = _stat_fields(postmaster)
+    total = sum(int(f) for f in fields[11:15])
+    for child in children(postmaster):
+        with contextlib.suppress(OSError):
+            f = _stat_fields(child)
+            total += int(f[11]) + int(f[12])
+    return total / TICK
 
 
 def rss_bytes(pid: int) -> int:

@@ -20,7 +20,10 @@ identical runs) lands on both sides alike. The ratio printed last is the median 
 Process layout: the server under test and this script (the load generator, one event loop;
 `--clients K` forks more) share the machine's cores (2 on CI). Printed per round: rate,
 p50/p99 latency, CPU per operation of the server (from /proc) and of the load generator (its
-own process time). Target: at least 70%. It prints; it never fails on a slow machine.
+own process time). With `--store postgres` it also prints the database's CPU per
+registration (the whole PostgreSQL server, from /proc) and the ceiling the shared cores set:
+the rate at which server, load generator and database together would use every core, as a
+share of nginx's rate. Target: at least 70%. It prints; it never fails on a slow machine.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import statistics
 import sys
 import time
@@ -100,15 +104,33 @@ async def prepare(server: h.Iotdps, attestation: Any, n: int, work: Path, warmup
         await store.close()
 
 
-def line(name: str, stats: PhaseStats, cpu: float, client_cpu: float, what: str) -> str:
+def line(name: str, stats: PhaseStats, cpu: float, client_cpu: float, what: str, db_cpu: float | None = None) -> str:
     def per(seconds: float) -> float:
         return 1000 * seconds / stats.succeeded if stats.succeeded else 0.0
 
+    database = f" database {per(db_cpu):5.2f} ms" if db_cpu is not None else ""
     return (
         f"{name:<10} {stats.succeeded:6d} {what:<14} {stats.rate:8.1f}/s   p50 {1000 * stats.percentile(50):7.1f} ms"
         f"   p99 {1000 * stats.percentile(99):7.1f} ms"
-        f"   CPU/op server {per(cpu):5.2f} ms client {per(client_cpu):5.2f} ms"
+        f"   CPU/op server {per(cpu):5.2f} ms client {per(client_cpu):5.2f} ms{database}"
         f"   errors {dict(stats.errors) or 0}"
+    )
+
+
+def core_ceiling(stats: PhaseStats, server: float, others: float, ref_rate: float) -> str:
+    """The rate at which the CPU measured per registration would keep every core busy, as a
+    share of nginx's rate: first for all of it (server + load generator + database; no
+    scheduling makes the run faster than this on these cores), then for the load generator
+    and the database alone, the ceiling even a server that cost nothing would meet."""
+    cores = len(os.sched_getaffinity(0))
+    if not stats.succeeded or ref_rate <= 0 or others <= 0:
+        return "ceiling: not measured"
+    whole = cores * stats.succeeded / (server + others)
+    without = cores * stats.succeeded / others
+    return (
+        f"ceiling: {cores} cores / {1000 * (server + others) / stats.succeeded:.2f} ms CPU per registration"
+        f" (server + client + database) = {whole:.0f}/s = {100 * whole / ref_rate:.0f}% of nginx;"
+        f" client + database alone: {100 * without / ref_rate:.0f}%"
     )
 
 
@@ -169,19 +191,24 @@ def main() -> None:
                 )
             )
 
+        postmaster = h.postgres_postmaster() if dsn else None
         ratios: list[float] = []
         for r in range(rounds):
             ours = list(devices[WARMUP + r * n : WARMUP + (r + 1) * n])
             cpu0 = h.cpu_seconds(server.process.pid)
+            db0 = h.postgres_cpu_seconds(postmaster) if postmaster else 0.0
             stats, client_cpu = split_run(args.clients, ours, register)
             ours_cpu = h.cpu_seconds(server.process.pid) - cpu0
+            db_cpu = h.postgres_cpu_seconds(postmaster) - db0 if postmaster else None
             cpu0 = h.cpu_seconds(nginx.worker)
             ref, ref_client_cpu = split_run(args.clients, contexts[r * n : (r + 1) * n], handshakes)
             ref_cpu = h.cpu_seconds(nginx.worker) - cpu0
             ratio = stats.rate / ref.rate if ref.rate else 0.0
             ratios.append(ratio)
-            print(line(f"{r + 1} iotdps", stats, ours_cpu, client_cpu, "registrations"))
+            print(line(f"{r + 1} iotdps", stats, ours_cpu, client_cpu, "registrations", db_cpu))
             print(line(f"{r + 1} nginx", ref, ref_cpu, ref_client_cpu, "handshakes"))
+            if db_cpu is not None:
+                print(f"{r + 1} {core_ceiling(stats, ours_cpu, client_cpu + db_cpu, ref.rate)}")
             print(f"{r + 1} ratio  {100 * ratio:.0f}%", flush=True)
 
     print(

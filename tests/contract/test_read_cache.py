@@ -128,3 +128,52 @@ async def test_derived_answers_last_until_a_cached_table_changes(
     finally:
         await node_a.close()
         await node_b.close()
+
+
+async def test_a_unit_that_reads_a_key_first_still_sees_another_nodes_writes(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    # On PostgreSQL the configuration version comes with a unit's first keyed read (one
+    # statement for both) rather than on its own: it must still cover the cached reads after.
+    node_a = await open_backend(backend, request, tmp_path)
+    node_b = await _second(backend, request, tmp_path)
+    try:
+        for _ in range(2):  # fill node A's cache, then answer from it
+            async with node_a.read() as uow:
+                assert await uow.enrollments.get("dev-1") is None
+                assert await uow.hubs.list() == []
+            async with node_a.begin() as uow:
+                assert await uow.registrations.get("dev-1", for_update=True) is None
+                assert await uow.hubs.list() == []
+        async with node_b.begin() as uow:
+            await uow.hubs.put(LinkedHub("hub-c.example", 1, True))
+        async with node_a.read() as uow:
+            assert await uow.enrollments.get("dev-1") is None
+            assert [hub.host_name for hub in await uow.hubs.list()] == ["hub-c.example"]
+        async with node_b.begin() as uow:
+            await uow.hubs.put(LinkedHub("hub-d.example", 1, True))
+        async with node_a.begin() as uow:
+            assert await uow.registrations.get("dev-1", for_update=True) is None
+            assert sorted(hub.host_name for hub in await uow.hubs.list()) == ["hub-c.example", "hub-d.example"]
+    finally:
+        await node_a.close()
+        await node_b.close()
+
+
+async def test_a_read_only_unit_keeps_one_view_of_a_key(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    node_a = await open_backend(backend, request, tmp_path)
+    node_b = await _second(backend, request, tmp_path)
+    try:
+        async with node_a.read() as uow:
+            assert await uow.registrations.get("dev-2") is None
+            async with node_b.begin() as other:  # commits while node A's unit is open
+                await other.registrations.put(RegistrationRecord("dev-2", "assigning", "op-2"))
+            assert await uow.registrations.get("dev-2") is None  # the unit's own view
+        async with node_a.read() as uow:
+            found = await uow.registrations.get("dev-2")
+            assert found is not None and found.operation_id == "op-2"
+    finally:
+        await node_a.close()
+        await node_b.close()

@@ -47,6 +47,7 @@ from sqlalchemy import (
     func,
     literal_column,
     select,
+    true,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -258,10 +259,16 @@ class _SqlTx:
         self.open = True
         self.dirty = False  # wrote a table the read cache holds (see SqlStore._cache_for)
         self.cache: dict[tuple[Any, ...], Any] | None = None  # the read cache this transaction may use
+        # PostgreSQL: config_version (which says whether `cache` may be used) is not read when
+        # the unit opens but with its first keyed read (see get) or before its first cached
+        # read, whichever comes first: a round trip of its own fewer in each unit that reads
+        # a key, as both of a registration's do (bench/PROFILE.md).
+        self.version_unread = False
         self.through_sqlalchemy = False  # SQLite: SQLAlchemy ran a statement (and autobegan)
         # (table, *key) -> (etag, created) or None (no row) of keyed rows this transaction has
         # locked, read under SQLite's write lock, or written; put skips reading them again.
         self.known: dict[tuple[str, ...], tuple[str, datetime] | None] = {}
+        self.seen: dict[tuple[str, ...], Row[Any] | None] = {}  # (table, *key) -> row, read-only units
 
     def now(self) -> datetime:
         return rec.to_utc(self.store.clock.now())
@@ -387,7 +394,12 @@ class _SqlTx:
 
     async def cached(self, key: tuple[Any, ...], load: Callable[[], Awaitable[_T]]) -> _T:
         """`load()`, or its answer from the store's read cache (SqlStore._cache_for says when)."""
-        cache = self.cache if not self.dirty else None
+        if self.dirty:
+            return await load()
+        if self.version_unread:
+            found = await self.fetch(("config version raw",), lambda: _VERSION_QUERY_RAW, {"k_id": 1})
+            self._version_read(found[0][0] if found else None)
+        cache = self.cache
         if cache is None:
             return await load()
         if key in cache:
@@ -395,6 +407,12 @@ class _SqlTx:
         value = await load()
         cache[key] = value
         return value
+
+    def _version_read(self, version: int | None) -> None:
+        """config_version as this unit read it, before any row it may take from the cache; None
+        (no row: someone emptied the table) means no version to trust, so it reads through."""
+        self.version_unread = False
+        self.cache = self.store._cache_for(version) if version is not None else None
 
     async def wrote(self, table: Table) -> None:
         """Note a write to `table`; the first write to a cached table bumps config_version."""
@@ -422,7 +440,19 @@ class _SqlTx:
         return {f"k_{name}": value for name, value in key.items()}
 
     async def get(self, table: Table, key: Mapping[str, str], *, lock: bool = False) -> Row[Any] | None:
-        lock = lock and self.pg
+        if not self.read_only:
+            return await self._get(table, key, lock=lock and self.pg)
+        # A read-only unit answers a key it has read again from what it read: one view of the
+        # row for the whole unit, and the caller may read a key early (ProvisioningService.
+        # authenticate does, so that PostgreSQL's config version comes with it) at no cost.
+        memo = (table.name, *key.values())
+        if memo not in self.seen:
+            self.seen[memo] = await self._get(table, key, lock=False)
+        return self.seen[memo]
+
+    async def _get(self, table: Table, key: Mapping[str, str], *, lock: bool) -> Row[Any] | None:
+        if self.version_unread:
+            return await self._get_with_version(table, key, lock)
         found = await self.fetch(
             ("get", table.name, tuple(key), lock),
             lambda: _locked(
@@ -435,6 +465,35 @@ class _SqlTx:
         if lock or not self.pg:
             # Locked (PostgreSQL) or read under the write lock (SQLite): still true when this
             # transaction writes the key, so put need not read it again.
+            self.known[(table.name, *key.values())] = (row.etag, row.created) if row is not None else None
+        return row
+
+    async def _get_with_version(self, table: Table, key: Mapping[str, str], lock: bool) -> Row[Any] | None:
+        """get, with config_version read by the same statement (PostgreSQL): the version row
+        left-joined to the keyed row, which a CTE reads (and locks: FOR UPDATE may not stand on
+        the nullable side of an outer join). The one statement's snapshot covers both."""
+
+        def build() -> Any:
+            found = _locked(
+                select(table.c.doc, table.c.etag, table.c.created, table.c.updated).where(*_key_where(table, key)),
+                lock,
+            ).cte("found")
+            version = t.config_version
+            return (
+                select(version.c.version, found.c.doc, found.c.etag, found.c.created, found.c.updated)
+                .select_from(version.outerjoin(found, true()))
+                .where(version.c.id == bindparam("k_version_row"))
+            )
+
+        rows = await self.fetch(
+            ("get+version", table.name, tuple(key), lock), build, {**self._bind(key), "k_version_row": 1}
+        )
+        if not rows:  # no version row: read through, and the key by itself
+            self._version_read(None)
+            return await self._get(table, key, lock=lock)
+        self._version_read(rows[0].version)
+        row = rows[0] if rows[0].etag is not None else None  # etag is NOT NULL in every keyed table
+        if lock:
             self.known[(table.name, *key.values())] = (row.etag, row.created) if row is not None else None
         return row
 
@@ -1183,8 +1242,7 @@ class SqlStore:
             # statement SQLAlchemy runs itself would begin a transaction, rolled back on return.
             async with self.engine.connect() as pg_conn:
                 tx = _SqlTx(self, pg_conn, read_only=True)
-                found = await tx.fetch(("config version raw",), lambda: _VERSION_QUERY_RAW, {"k_id": 1})
-                tx.cache = self._cache_for(found[0][0]) if found else None
+                tx.version_unread = True
                 yield tx
             return
         conn = self._sqlite_connection(self.engine)
@@ -1210,11 +1268,11 @@ class SqlStore:
                 tx = _SqlTx(self, pg_conn)
                 try:
                     if await tx.start_pg_transaction():
-                        found = await tx.fetch(("config version raw",), lambda: _VERSION_QUERY_RAW, {"k_id": 1})
+                        tx.version_unread = True
                     else:
+                        # This first execution, through SQLAlchemy, starts the transaction.
                         found = await tx.fetch(("config version",), lambda: _VERSION_QUERY, {})
-                    # No row (someone emptied the table): no version to trust, read through.
-                    tx.cache = self._cache_for(found[0][0]) if found else None
+                        tx._version_read(found[0][0] if found else None)
                     yield tx
                 finally:
                     if tx.dirty:

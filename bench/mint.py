@@ -39,7 +39,7 @@ from iotdps.pki import (
     create_intermediate_ca,
     create_root_ca,
     generate_private_key,
-    mint_devices,
+    mint_packed,
     open_device_sink,
 )
 from iotdps.secret import Secret
@@ -65,9 +65,8 @@ def run_iotdps(issuer: Issuer, n: int, out: Path, workers: int | None) -> float:
     ids = [f"bench-{i:07d}" for i in range(n)]
     start = time.perf_counter()
     with open_device_sink(out) as sink:
-        for chunk in mint_devices(issuer, ids, Validity.days(365), workers=workers):
-            for dev in chunk:
-                sink.add(dev)
+        for packed in mint_packed(issuer, ids, Validity.days(365), sink.packer, workers=workers):
+            sink.add_packed(packed)
     return time.perf_counter() - start
 
 

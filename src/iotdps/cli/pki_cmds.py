@@ -45,7 +45,7 @@ from iotdps.pki import (
     load_certificates,
     load_private_key,
     mint_device,
-    mint_devices,
+    mint_packed,
     open_device_sink,
     sign_device_csr,
     write_device_files,
@@ -403,12 +403,18 @@ def create_device_cert(
         ) as progress,
     ):
         task = progress.add_task("mint", total=len(ids))
-        for chunk in mint_devices(
-            issuer, ids, validity, key_spec=key_type, device_passphrase=dev_secret, workers=workers, clamp=True
+        for packed in mint_packed(
+            issuer,
+            ids,
+            validity,
+            sink.packer,
+            key_spec=key_type,
+            device_passphrase=dev_secret,
+            workers=workers,
+            clamp=True,
         ):
-            for dev in chunk:
-                sink.add(dev)
-            progress.advance(task, len(chunk))
+            sink.add_packed(packed)
+            progress.advance(task, len(packed))
             progress.refresh()
     kind = "archive" if is_archive(out) else "directory"
     click.echo(f"{len(ids)} devices ({ids[0]} .. {ids[-1]}) written to {kind} {out} with manifest.csv")

@@ -8,14 +8,15 @@ The public surface for the rest of iotdps:
 * issuing: `Validity`, `Issuer`, `create_root_ca`, `create_intermediate_ca`,
   `issue_device_certificate`, `issue_server_certificate`, `issue_verification_certificate`,
   `sign_device_csr`, `create_server_identity` (a server CA and a server certificate in one call)
-* bulk: `mint_device`, `mint_devices`, `MintedDevice`, `open_device_sink`, `write_device_files`
+* bulk: `mint_device`, `mint_devices`, `mint_packed`, `MintedDevice`, `open_device_sink`,
+  `write_device_files`
 * checking: `explain_chain` (a `ChainReport` that says why, in words), `verify_chain`
 * storage: `CaDirectory` (roots and intermediates by name, keys encrypted at rest)
 """
 
 from __future__ import annotations
 
-from iotdps.pki.batch import MintedDevice, mint_device, mint_devices
+from iotdps.pki.batch import MintedDevice, mint_device, mint_devices, mint_packed
 from iotdps.pki.cadir import CaDirectory, CaRecord, check_ca_name
 from iotdps.pki.chain import ChainReport, describe_certificate, explain_chain, verify_chain
 from iotdps.pki.csr import check_device_csr, sign_device_csr
@@ -76,6 +77,7 @@ __all__ = [
     "load_private_key",
     "mint_device",
     "mint_devices",
+    "mint_packed",
     "open_device_sink",
     "sha1_thumbprint",
     "sha256_thumbprint",

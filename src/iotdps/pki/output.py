@@ -5,26 +5,33 @@ archive (.tar, .tar.gz/.tgz, .zip) holding the same files. Both carry `manifest.
 serial, thumbprints, expiry) for the factory's records and for enrollment lists. Both appear
 all at once: the directory is staged and renamed, the archive written to a temporary file and
 renamed, so an interrupted run leaves nothing that looks like a complete batch.
+
+A sink's `packer` turns a chunk of minted devices into a `PackedDevices` where they were
+minted (mint_packed runs it in the worker processes): for a .tar or .tar.gz the archive members
+themselves, a .tar.gz's as a gzip member of its own (gzip members concatenate into one valid
+stream), so the parent only appends bytes and manifest rows.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import gzip
 import io
 import os
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from iotdps.fsutil import atomic_write_many, staged_directory
 from iotdps.pki.batch import MintedDevice
 
-__all__ = ["DeviceSink", "open_device_sink", "write_device_files"]
+__all__ = ["DeviceSink", "PackedDevices", "open_device_sink", "write_device_files"]
 
 _MANIFEST_HEADER = [
     "registration_id",
@@ -38,12 +45,64 @@ _MANIFEST_HEADER = [
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 
 
+@dataclass(frozen=True, slots=True)
+class PackedDevices:
+    """A chunk of minted devices as its sink stores them: their manifest rows, and either the
+    archive bytes to append (`blob`) or the devices themselves, for sinks that write each one."""
+
+    rows: list[list[str]]
+    blob: bytes | None = None
+    devices: list[MintedDevice] | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
 class DeviceSink(Protocol):
+    # Runs where the devices were minted; a module-level function or a partial of one.
+    packer: Callable[[list[MintedDevice]], PackedDevices]
+
     def add(self, device: MintedDevice) -> None: ...
+
+    def add_packed(self, packed: PackedDevices) -> None: ...
 
 
 def _names(device: MintedDevice) -> tuple[str, str]:
     return f"{device.registration_id}.cert.pem", f"{device.registration_id}.key.pem"
+
+
+def _row(device: MintedDevice) -> list[str]:
+    cert_name, key_name = _names(device)
+    return [
+        device.registration_id,
+        device.serial_number,
+        device.sha1_thumbprint,
+        device.sha256_thumbprint,
+        device.not_after_utc,
+        cert_name,
+        key_name,
+    ]
+
+
+def pack_devices(devices: list[MintedDevice]) -> PackedDevices:
+    """The devices as they are, for a sink that writes each one itself."""
+    return PackedDevices([_row(d) for d in devices], devices=devices)
+
+
+def pack_tar(devices: list[MintedDevice], *, mtime: int, gz: bool) -> PackedDevices:
+    """The devices' tar members (key 0600, then chain 0644, per device), gzip-compressed as
+    one gzip member when `gz`."""
+    members = []
+    for device in devices:
+        cert_name, key_name = _names(device)
+        members.append(tar_member(key_name, device.key_pem, 0o600, mtime))
+        members.append(tar_member(cert_name, device.chain_pem, 0o644, mtime))
+    return PackedDevices([_row(d) for d in devices], blob=_finish(b"".join(members), gz))
+
+
+def _finish(data: bytes, gz: bool) -> bytes:
+    # compresslevel 1: keys are random and do not compress; certificates a little. Speed wins.
+    return gzip.compress(data, compresslevel=1, mtime=0) if gz else data
 
 
 def write_device_files(device: MintedDevice, directory: str | os.PathLike[str]) -> tuple[Path, Path]:
@@ -67,24 +126,30 @@ class _Manifest:
         self.writer.writerow(_MANIFEST_HEADER)
 
     def add(self, device: MintedDevice) -> None:
-        cert_name, key_name = _names(device)
-        self.writer.writerow(
-            [
-                device.registration_id,
-                device.serial_number,
-                device.sha1_thumbprint,
-                device.sha256_thumbprint,
-                device.not_after_utc,
-                cert_name,
-                key_name,
-            ]
-        )
+        self.writer.writerow(_row(device))
+
+    def add_rows(self, rows: list[list[str]]) -> None:
+        self.writer.writerows(rows)
 
     def data(self) -> bytes:
         return self.buf.getvalue().encode("utf-8")
 
 
-class _DirectorySink:
+class _EachDevice:
+    """A sink that writes device by device in the parent (a directory, a zip archive)."""
+
+    packer: Callable[[list[MintedDevice]], PackedDevices] = staticmethod(pack_devices)
+
+    def add(self, device: MintedDevice) -> None:
+        raise NotImplementedError
+
+    def add_packed(self, packed: PackedDevices) -> None:
+        assert packed.devices is not None, "packed by another sink's packer"
+        for device in packed.devices:
+            self.add(device)
+
+
+class _DirectorySink(_EachDevice):
     def __init__(self, staging: Path) -> None:
         self.staging = staging
         self.manifest = _Manifest()
@@ -107,72 +172,69 @@ def _octal(value: int, width: int) -> bytes:
     return b"%0*o\0" % (width - 1, value)
 
 
+@functools.lru_cache(maxsize=16)
+def _tar_header_base(mode: int, mtime: int) -> tuple[bytes, int]:
+    """A ustar header with every field but the name, the size and the checksum filled in (those
+    are zeros, the checksum spaces, as it is summed), and the sum of its bytes."""
+    header = bytearray(512)
+    header[100:108] = _octal(mode, 8)
+    header[108:116] = _octal(0, 8)
+    header[116:124] = _octal(0, 8)
+    header[136:148] = _octal(mtime, 12)
+    header[148:156] = b" " * 8
+    header[156:157] = b"0"  # regular file
+    header[257:265] = b"ustar\x0000"
+    return bytes(header), sum(header)
+
+
 def tar_member(name: str, data: bytes, mode: int, mtime: int) -> bytes:
     """One regular-file member of a POSIX ustar archive: header block, data, zero padding.
 
     tarfile.addfile costs more CPU per member than minting the certificate in it; the header of
-    a short name is a fixed layout, so it is built directly (tests read it back with tarfile).
+    a short name is a fixed layout, so it is built directly from a template per mode and mtime,
+    its checksum from the template's sum plus the name's and the size's bytes (tests read it
+    back with tarfile and GNU tar).
     """
     raw = name.encode("utf-8")
     if len(raw) > 100:
         raise ValueError("tar member name longer than 100 bytes")
-    header = bytearray(512)
+    base, base_sum = _tar_header_base(mode, mtime)
+    size = _octal(len(data), 12)
+    header = bytearray(base)
     header[0 : len(raw)] = raw
-    header[100:108] = _octal(mode, 8)
-    header[108:116] = _octal(0, 8)
-    header[116:124] = _octal(0, 8)
-    header[124:136] = _octal(len(data), 12)
-    header[136:148] = _octal(mtime, 12)
-    header[148:156] = b" " * 8  # checksum field counts as spaces while summing
-    header[156:157] = b"0"  # regular file
-    header[257:265] = b"ustar\x0000"
-    header[148:156] = b"%06o\0 " % sum(header)
+    header[124:136] = size
+    header[148:156] = b"%06o\0 " % (base_sum + sum(raw) + sum(size))
     return bytes(header) + data + b"\0" * (-len(data) % 512)
 
 
-class _ArchiveSink:
-    """What tar and zip do alike: per device the key (0600) then the chain (0644), and the
-    manifest as the last member; a subclass says how a member is written and the archive ended."""
+class _TarSink:
+    """A .tar or .tar.gz: members arrive packed (pack_tar), the manifest is the last member."""
 
-    manifest: _Manifest
-
-    def _put(self, name: str, data: bytes, mode: int) -> None:
-        raise NotImplementedError
-
-    def _end(self) -> None:
-        raise NotImplementedError
+    def __init__(self, fileobj: io.BufferedWriter, gz: bool) -> None:
+        self.out = fileobj
+        self.gz = gz
+        self.manifest = _Manifest()
+        self.mtime = int(time.time())
+        self.packer: Callable[[list[MintedDevice]], PackedDevices] = functools.partial(
+            pack_tar, mtime=self.mtime, gz=gz
+        )
 
     def add(self, device: MintedDevice) -> None:
-        cert_name, key_name = _names(device)
-        self._put(key_name, device.key_pem, 0o600)
-        self._put(cert_name, device.chain_pem, 0o644)
-        self.manifest.add(device)
+        self.add_packed(self.packer([device]))
+
+    def add_packed(self, packed: PackedDevices) -> None:
+        assert packed.blob is not None, "packed by another sink's packer"
+        self.out.write(packed.blob)
+        self.manifest.add_rows(packed.rows)
 
     def close(self) -> None:
-        self._put("manifest.csv", self.manifest.data(), 0o644)
-        self._end()
+        manifest = tar_member("manifest.csv", self.manifest.data(), 0o644, self.mtime)
+        self.out.write(_finish(manifest + b"\0" * 1024, self.gz))  # end of archive: two zero blocks
 
 
-class _TarSink(_ArchiveSink):
-    def __init__(self, fileobj: io.BufferedWriter, gz: bool) -> None:
-        # compresslevel 1: keys are random and do not compress; certificates a little. Speed wins.
-        self.raw = fileobj
-        self.out: io.BufferedWriter | gzip.GzipFile = (
-            gzip.GzipFile(fileobj=fileobj, mode="wb", compresslevel=1, mtime=0) if gz else fileobj
-        )
-        self.manifest = _Manifest()
-        self.now = int(time.time())
+class _ZipSink(_EachDevice):
+    """Per device the key (0600) then the chain (0644), and the manifest as the last member."""
 
-    def _put(self, name: str, data: bytes, mode: int) -> None:
-        self.out.write(tar_member(name, data, mode, self.now))
-
-    def _end(self) -> None:
-        self.out.write(b"\0" * 1024)  # end-of-archive marker: two zero blocks
-        if self.out is not self.raw:
-            self.out.close()  # flushes the gzip trailer; the raw file stays open for fsync
-
-
-class _ZipSink(_ArchiveSink):
     def __init__(self, fileobj: io.BufferedWriter) -> None:
         self.zip = zipfile.ZipFile(fileobj, mode="w", compression=zipfile.ZIP_STORED)
         self.manifest = _Manifest()
@@ -183,7 +245,14 @@ class _ZipSink(_ArchiveSink):
         info.external_attr = (0o100000 | mode) << 16  # regular file with Unix permissions
         self.zip.writestr(info, data)
 
-    def _end(self) -> None:
+    def add(self, device: MintedDevice) -> None:
+        cert_name, key_name = _names(device)
+        self._put(key_name, device.key_pem, 0o600)
+        self._put(cert_name, device.chain_pem, 0o644)
+        self.manifest.add(device)
+
+    def close(self) -> None:
+        self._put("manifest.csv", self.manifest.data(), 0o644)
         self.zip.close()
 
 

@@ -6,6 +6,7 @@ import csv
 import io
 import os
 import stat
+import subprocess
 import tarfile
 import zipfile
 from pathlib import Path
@@ -24,6 +25,7 @@ from iotdps.pki import (
     load_certificates,
     load_private_key,
     mint_devices,
+    mint_packed,
     open_device_sink,
 )
 from iotdps.secret import Secret
@@ -92,23 +94,33 @@ def test_ca_directory(tmp_path: Path) -> None:
     assert [r.name for r in CaDirectory(tmp_path / "ca").records()] == ["root"]
 
 
-@pytest.mark.parametrize("name", ["batch", "batch.tar.gz", "batch.zip"])
-def test_mint_batch_outputs(hierarchy: Any, tmp_path: Path, name: str) -> None:
+@pytest.mark.parametrize("packed", [False, True], ids=["added", "packed"])
+@pytest.mark.parametrize("name", ["batch", "batch.tar.gz", "batch.tar", "batch.zip"])
+def test_mint_batch_outputs(hierarchy: Any, tmp_path: Path, name: str, packed: bool) -> None:
     ids = [f"dev-{i:03d}" for i in range(40)]
     out = tmp_path / name
     with open_device_sink(out) as sink:
-        for chunk in mint_devices(hierarchy.line, ids, Validity.days(30), workers=2, chunk=8):
-            for dev in chunk:
-                sink.add(dev)
+        if packed:  # the workers pack their chunks (the CLI's way)
+            for part in mint_packed(hierarchy.line, ids, Validity.days(30), sink.packer, workers=2, chunk=8):
+                sink.add_packed(part)
+        else:
+            for chunk in mint_devices(hierarchy.line, ids, Validity.days(30), workers=2, chunk=8):
+                for dev in chunk:
+                    sink.add(dev)
     files: dict[str, bytes] = {}
     if name.endswith(".zip"):
         with zipfile.ZipFile(out) as z:
             files = {n: z.read(n) for n in z.namelist()}
             assert (z.getinfo("dev-000.key.pem").external_attr >> 16) & 0o777 == 0o600
-    elif name.endswith(".tar.gz"):
+    elif ".tar" in name:
         with tarfile.open(out) as t:
             files = {m.name: t.extractfile(m).read() for m in t.getmembers()}  # type: ignore[union-attr]
             assert t.getmember("dev-000.key.pem").mode == 0o600
+            assert t.getnames()[-1] == "manifest.csv"
+        # GNU tar reads it too: a .tar.gz is one gzip member per chunk, concatenated.
+        listing = subprocess.run(["tar", "-tvf", str(out)], check=True, capture_output=True, text=True).stdout
+        assert len(listing.splitlines()) == 2 * len(ids) + 1
+        assert listing.splitlines()[0].startswith("-rw-------")
     else:
         files = {p.name: p.read_bytes() for p in out.iterdir()}
         assert stat.S_IMODE((out / "dev-000.key.pem").stat().st_mode) == 0o600

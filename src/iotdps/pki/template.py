@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -39,6 +40,26 @@ def _len(n: int) -> bytes:
 
 def _tlv(tag: int, content: bytes) -> bytes:
     return bytes([tag]) + _len(len(content)) + content
+
+
+def _content(der: bytes, at: int) -> tuple[int, int]:
+    """Where the content of the DER element at `at` starts and where the element ends."""
+    first = der[at + 1]
+    if first < 0x80:
+        return at + 2, at + 2 + first
+    width = first & 0x7F
+    start = at + 2 + width
+    return start, start + int.from_bytes(der[at + 2 : start], "big")
+
+
+def _key_identifier(spki: bytes) -> bytes:
+    """RFC 5280's method (1), as x509.SubjectKeyIdentifier.from_public_key computes it: the
+    SHA-1 of the subjectPublicKey BIT STRING's bits, read here from the SubjectPublicKeyInfo
+    DER already encoded (from_public_key encoded the key a second time)."""
+    body, _ = _content(spki, 0)  # SEQUENCE { AlgorithmIdentifier, BIT STRING }
+    _, algorithm_end = _content(spki, body)
+    bits, end = _content(spki, algorithm_end)
+    return hashlib.sha1(spki[bits + 1 : end], usedforsecurity=False).digest()  # after the unused-bits byte
 
 
 def _integer(value: int) -> bytes:
@@ -116,7 +137,7 @@ class DeviceTemplate:
     def tbs(self, serial: int, registration_id: str, public_key: CertificatePublicKeyTypes) -> bytes:
         """The DER TBSCertificate for one device. The caller validated `registration_id`."""
         spki = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        ski = x509.SubjectKeyIdentifier.from_public_key(public_key).digest
+        ski = _key_identifier(spki)
         subject = _tlv(0x30, _tlv(0x31, _tlv(0x30, _CN_OID + _tlv(0x0C, registration_id.encode("utf-8")))))
         ski_ext = _tlv(0x30, _SKI_OID + _tlv(0x04, _tlv(0x04, ski)))
         exts = _tlv(0xA3, _tlv(0x30, ski_ext + self._tail_exts))

@@ -215,7 +215,7 @@ def test_verification_certificate(hierarchy: Any) -> None:
 
 
 @pytest.mark.parametrize("issuer_spec", [KeySpec.P256, KeySpec.P384, KeySpec.RSA2048])
-@pytest.mark.parametrize("device_spec", [KeySpec.P256, KeySpec.RSA2048])
+@pytest.mark.parametrize("device_spec", [KeySpec.P256, KeySpec.P384, KeySpec.RSA2048])
 def test_template_encodes_exactly_the_builder_profile(
     issuer_spec: KeySpec, device_spec: KeySpec, hierarchy_factory: Any
 ) -> None:

@@ -113,6 +113,11 @@ _CN_OID = _oid("2.5.4.3")
 _VERSION_V3 = b"\xa0\x03\x02\x01\x02"  # [0] EXPLICIT INTEGER 2
 
 
+def _subject_name(cn: bytes) -> bytes:
+    """The Name with one RDN, CN = `cn` (a UTF8String)."""
+    return _tlv(0x30, _tlv(0x31, _tlv(0x30, _CN_OID + _tlv(0x0C, cn))))
+
+
 class DeviceTemplate:
     """The device profile for one issuer and one validity window, ready to stamp out."""
 
@@ -130,17 +135,28 @@ class DeviceTemplate:
             + _tlv(0x30, _time(validity.not_before) + _time(validity.not_after))
         )
         exts = device_extensions(issuer, rsa_subject=rsa_subject)
-        # The SKI comes first and varies per device; the extensions after it are constant.
+        # The SKI comes first and varies per device; the extensions after it are constant. An
+        # SKI is always 20 bytes, so everything before it (the extensions' lengths) is too.
         self._tail_exts = b"".join(_extension(e) for e in exts)
+        self._exts_head = self._extensions(bytes(20))[: -20 - len(self._tail_exts)]
+        self._subject_heads: dict[int, bytes] = {}  # CN length -> the subject's DER before the CN
         self.not_after = validity.not_after
+
+    def _extensions(self, ski: bytes) -> bytes:
+        return _tlv(0xA3, _tlv(0x30, _tlv(0x30, _SKI_OID + _tlv(0x04, _tlv(0x04, ski))) + self._tail_exts))
+
+    def _subject(self, cn: bytes) -> bytes:
+        head = self._subject_heads.get(len(cn))
+        if head is None:
+            head = self._subject_heads[len(cn)] = _subject_name(bytes(len(cn)))[: -len(cn) or None]
+        return head + cn
 
     def tbs(self, serial: int, registration_id: str, public_key: CertificatePublicKeyTypes) -> bytes:
         """The DER TBSCertificate for one device. The caller validated `registration_id`."""
         spki = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        ski = _key_identifier(spki)
-        subject = _tlv(0x30, _tlv(0x31, _tlv(0x30, _CN_OID + _tlv(0x0C, registration_id.encode("utf-8")))))
-        ski_ext = _tlv(0x30, _SKI_OID + _tlv(0x04, _tlv(0x04, ski)))
-        exts = _tlv(0xA3, _tlv(0x30, ski_ext + self._tail_exts))
+        # The fixed parts' DER headers come from the template; only the outer lengths are encoded here.
+        subject = self._subject(registration_id.encode("utf-8"))
+        exts = self._exts_head + _key_identifier(spki) + self._tail_exts
         return _tlv(0x30, _VERSION_V3 + _integer(serial) + self._middle + subject + spki + exts)
 
     def certificate_der(self, serial: int, registration_id: str, public_key: CertificatePublicKeyTypes) -> bytes:

@@ -239,3 +239,15 @@ def test_template_encodes_generalized_time_after_2049(hierarchy: Any) -> None:
     dk = generate_private_key()
     ref = issue_device_certificate(root, "d", dk.public_key(), far)
     assert DeviceTemplate(root, far).tbs(ref.serial_number, "d", dk.public_key()) == ref.tbs_certificate_bytes
+
+
+def test_template_encodes_every_cn_length_as_the_builder(hierarchy: Any) -> None:
+    # The subject's DER header is kept per CN length: each length must give the builder's bytes.
+    validity = Validity.days(3)
+    tpl = DeviceTemplate(hierarchy.line, validity)
+    dk = generate_private_key()
+    for length in (1, 2, 31, 63, 64):
+        rid = "d" * length
+        for _ in range(2):  # the second time from the kept header
+            ref = issue_device_certificate(hierarchy.line, rid, dk.public_key(), validity)
+            assert tpl.tbs(ref.serial_number, rid, dk.public_key()) == ref.tbs_certificate_bytes

@@ -137,14 +137,21 @@ def test_passphrase_prompt_is_confirmed_and_never_echoed(tmp_path: Path) -> None
     assert r.returncode != 0 and not (tmp_path / "ca" / "mismatch.key.pem").exists()
 
 
-def test_batch_with_progress_to_archive(workspace: tuple[Path, Path]) -> None:
+@pytest.mark.parametrize("name", ["b.zip", "b.tar.gz"])
+def test_batch_with_progress_to_archive(workspace: tuple[Path, Path], name: str) -> None:
     ca, cwd = workspace
-    r = run(["create-device-cert", "--count", "30", "--id-prefix", "line1-", "--out", "b.zip"], ca, cwd)
+    r = run(["create-device-cert", "--count", "30", "--id-prefix", "line1-", "--out", name], ca, cwd)
     assert r.returncode == 0, r.stderr
     assert "30 devices (line1-000001 .. line1-000030)" in r.stdout
     assert "30/30" in r.stderr  # the progress bar
-    assert (cwd / "b.zip").stat().st_mode & 0o777 == 0o600
-    _one_line_error(run(["create-device-cert", "--count", "3", "--out", "b.zip"], ca, cwd), "already exists")
+    assert (cwd / name).stat().st_mode & 0o777 == 0o600
+    if name.endswith(".tar.gz"):  # packed by the workers: GNU tar reads every member
+        listing = subprocess.run(["tar", "-tzf", name], cwd=cwd, check=True, capture_output=True, text=True).stdout
+        assert listing.split() == [
+            *(f"line1-{i:06d}.{part}.pem" for i in range(1, 31) for part in ("key", "cert")),
+            "manifest.csv",
+        ]
+    _one_line_error(run(["create-device-cert", "--count", "3", "--out", name], ca, cwd), "already exists")
 
 
 def test_proof_of_possession(workspace: tuple[Path, Path]) -> None:

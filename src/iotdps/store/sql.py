@@ -451,7 +451,9 @@ class _SqlTx:
         return self.seen[memo]
 
     async def _get(self, table: Table, key: Mapping[str, str], *, lock: bool) -> Row[Any] | None:
-        if self.version_unread:
+        # Once the unit has written a cached table it reads through (cached): no version needed,
+        # and none of its own uncommitted bump should reach the store's cache.
+        if self.version_unread and not self.dirty:
             return await self._get_with_version(table, key, lock)
         found = await self.fetch(
             ("get", table.name, tuple(key), lock),

@@ -247,6 +247,13 @@ def _locked(query: Select[Any], lock: bool) -> Select[Any]:
     return query.with_for_update() if lock else query
 
 
+def _keyed_row(table: Table, key: Mapping[str, Any], lock: bool) -> Select[Any]:
+    """A keyed table's row by its key (bind parameters k_<name>), locked for update when `lock`."""
+    return _locked(
+        select(table.c.doc, table.c.etag, table.c.created, table.c.updated).where(*_key_where(table, key)), lock
+    )
+
+
 class _SqlTx:
     def __init__(self, store: SqlStore, conn: AsyncConnection | Connection, *, read_only: bool = False) -> None:
         self.store = store
@@ -453,16 +460,11 @@ class _SqlTx:
     async def _get(self, table: Table, key: Mapping[str, str], *, lock: bool) -> Row[Any] | None:
         # Once the unit has written a cached table it reads through (cached): no version needed,
         # and none of its own uncommitted bump should reach the store's cache.
-        if self.version_unread and not self.dirty:
-            return await self._get_with_version(table, key, lock)
-        found = await self.fetch(
-            ("get", table.name, tuple(key), lock),
-            lambda: _locked(
-                select(table.c.doc, table.c.etag, table.c.created, table.c.updated).where(*_key_where(table, key)),
-                lock,
-            ),
-            self._bind(key),
-        )
+        found = await self._fetch_with_version(table, key, lock) if self.version_unread and not self.dirty else None
+        if found is None:
+            found = await self.fetch(
+                ("get", table.name, tuple(key), lock), lambda: _keyed_row(table, key, lock), self._bind(key)
+            )
         row = found[0] if found else None
         if lock or not self.pg:
             # Locked (PostgreSQL) or read under the write lock (SQLite): still true when this
@@ -470,16 +472,15 @@ class _SqlTx:
             self.known[(table.name, *key.values())] = (row.etag, row.created) if row is not None else None
         return row
 
-    async def _get_with_version(self, table: Table, key: Mapping[str, str], lock: bool) -> Row[Any] | None:
-        """get, with config_version read by the same statement (PostgreSQL): the version row
-        left-joined to the keyed row, which a CTE reads (and locks: FOR UPDATE may not stand on
-        the nullable side of an outer join). The one statement's snapshot covers both."""
+    async def _fetch_with_version(self, table: Table, key: Mapping[str, str], lock: bool) -> list[Any] | None:
+        """The keyed row (a list of none or one), with config_version read by the same statement
+        (PostgreSQL): the version row left-joined to the keyed row, which a CTE reads (and locks:
+        FOR UPDATE may not stand on the nullable side of an outer join). The one statement's
+        snapshot covers both. None when there is no version row: the caller reads the key by
+        itself, and the unit reads through."""
 
         def build() -> Any:
-            found = _locked(
-                select(table.c.doc, table.c.etag, table.c.created, table.c.updated).where(*_key_where(table, key)),
-                lock,
-            ).cte("found")
+            found = _keyed_row(table, key, lock).cte("found")
             version = t.config_version
             return (
                 select(version.c.version, found.c.doc, found.c.etag, found.c.created, found.c.updated)
@@ -490,14 +491,10 @@ class _SqlTx:
         rows = await self.fetch(
             ("get+version", table.name, tuple(key), lock), build, {**self._bind(key), "k_version_row": 1}
         )
-        if not rows:  # no version row: read through, and the key by itself
-            self._version_read(None)
-            return await self._get(table, key, lock=lock)
-        self._version_read(rows[0].version)
-        row = rows[0] if rows[0].etag is not None else None  # etag is NOT NULL in every keyed table
-        if lock:
-            self.known[(table.name, *key.values())] = (row.etag, row.created) if row is not None else None
-        return row
+        self._version_read(rows[0].version if rows else None)
+        if not rows:
+            return None
+        return [rows[0]] if rows[0].etag is not None else []  # etag is NOT NULL in every keyed table
 
     async def put(
         self,

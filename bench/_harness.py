@@ -77,13 +77,11 @@ def postgres_cpu_seconds(postmaster: int) -> float:
     """User + system CPU of the whole PostgreSQL server so far: the postmaster, its live
     processes (backends, WAL writer, checkpointer), and the backends that have exited, which
     the postmaster reaped (cutime/cstime). Everything the database did for every client."""
-    fields = _stat_fields(postmaster)
-    total = sum(int(f) for f in fields[11:15])
+    total = sum(int(f) for f in _stat_fields(postmaster)[11:15]) / TICK
     for child in children(postmaster):
-        with contextlib.suppress(OSError):
-            f = _stat_fields(child)
-            total += int(f[11]) + int(f[12])
-    return total / TICK
+        with contextlib.suppress(OSError):  # a backend that exited meanwhile
+            total += cpu_seconds(child)
+    return total
 
 
 def rss_bytes(pid: int) -> int:

@@ -128,13 +128,14 @@ def core_ceiling(stats: PhaseStats, server: float, others: float, ref: PhaseStat
     if not stats.succeeded or not ref.succeeded or ref.rate <= 0 or others <= 0:
         return "ceiling: not measured"
     others_per_op = others / stats.succeeded
-    whole = cores / (server / stats.succeeded + others_per_op)
-    bare = cores / (ref_server / ref.succeeded + others_per_op)
+    per_op = server / stats.succeeded + others_per_op
+    handshake = ref_server / ref.succeeded
+    whole = cores / per_op
+    bare = cores / (handshake + others_per_op)
     return (
-        f"ceiling: {cores} cores / {1000 * (server / stats.succeeded + others_per_op):.2f} ms CPU per registration"
+        f"ceiling: {cores} cores / {1000 * per_op:.2f} ms CPU per registration"
         f" (server + client + database) = {whole:.0f}/s = {100 * whole / ref.rate:.0f}% of nginx;"
-        f" with a server that only shook hands (nginx's {1000 * ref_server / ref.succeeded:.2f} ms):"
-        f" {100 * bare / ref.rate:.0f}%"
+        f" with a server that only shook hands (nginx's {1000 * handshake:.2f} ms): {100 * bare / ref.rate:.0f}%"
     )
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import uuid
 
-import pytest
+import azure.iot.device.iothub.models.message as sdk_message
+import azure.iot.device.iothub.pipeline.mqtt_topic_iothub as sdk_hub
+import azure.iot.device.provisioning.pipeline.mqtt_topic_provisioning as sdk_dps
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -12,12 +14,9 @@ from iotdps.protocols.mqtt import dps, hub
 
 keys = st.text(min_size=1, max_size=8).filter(lambda k: not k.startswith("$.") and k != "iothub-ack")
 # -- against the real 2.14.0 topic code --------------------------------------------------------
-# The SDK's own topic functions, imported from the installed azure-iot-device 2.14.0, are the
-# strongest check that both directions agree with what the device really does.
-
-sdk_dps = pytest.importorskip("azure.iot.device.provisioning.pipeline.mqtt_topic_provisioning")
-sdk_hub = pytest.importorskip("azure.iot.device.iothub.pipeline.mqtt_topic_iothub")
-sdk_message = pytest.importorskip("azure.iot.device.iothub.models.message")
+# The SDK's own topic functions (sdk_*, imported from the installed azure-iot-device 2.14.0; a
+# plain import, so a missing SDK fails instead of skipping) are the strongest check that both
+# directions agree with what the device really does.
 
 
 def test_sdk_dps_topics_parse_and_our_responses_satisfy_the_sdk() -> None:

@@ -1,6 +1,7 @@
 """Interop with real MQTT peers over loopback TCP.
 
-* our CLIENT session against the Mosquitto broker on 127.0.0.1:1883 (skipped if none listens);
+* our CLIENT session against a Mosquitto broker the test starts on a loopback address of its own
+  (the test fails, never skips, when the `mosquitto` binary is missing: .ci/run installs it);
 * our SERVER session driven by a tiny asyncio loop, with paho-mqtt 1.6.1 (the client inside
   azure-iot-device 2.14.0) connecting to it.
 """
@@ -8,11 +9,16 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
+import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 
 from iotdps.protocols.mqtt import (
@@ -28,15 +34,43 @@ from iotdps.protocols.mqtt import (
     SubAckReceived,
     Subscribed,
 )
+from iotdps_testing.net import free_loopback_address
 
-MOSQUITTO = ("127.0.0.1", 1883)
+MQTT_PORT = 1883
+# Debian installs the broker in sbin, which is not on every user's PATH.
+SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
 
 
-def _mosquitto_socket() -> socket.socket:
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[tuple[str, int]]:
+    """A Mosquitto broker of this test's own, on a free 127.x.y.z:1883; its (host, port)."""
+    binary = shutil.which("mosquitto") or shutil.which("mosquitto", path=SBIN)
+    if binary is None:
+        pytest.fail("the mosquitto broker is not installed (Debian: apt-get install mosquitto; .ci/run installs it)")
+    address = free_loopback_address((MQTT_PORT,))
+    config = tmp_path / "mosquitto.conf"
+    config.write_text(f"listener {MQTT_PORT} {address}\nallow_anonymous true\npersistence false\nlog_dest stderr\n")
+    log_path = tmp_path / "mosquitto.log"
+    with log_path.open("wb") as log:
+        broker = subprocess.Popen([binary, "-c", str(config)], stdout=log, stderr=subprocess.STDOUT)
     try:
-        return socket.create_connection(MOSQUITTO, timeout=2.0)
-    except OSError as exc:
-        pytest.skip(f"no MQTT broker listening on {MOSQUITTO[0]}:{MOSQUITTO[1]} ({exc})")
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection((address, MQTT_PORT), timeout=1).close()
+                break
+            except OSError:
+                if broker.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"mosquitto did not start on {address}:{MQTT_PORT}: {log_path.read_text()[-2000:]}")
+                time.sleep(0.05)
+        yield address, MQTT_PORT
+    finally:
+        broker.terminate()
+        try:
+            broker.wait(10)
+        except subprocess.TimeoutExpired:
+            broker.kill()
+            broker.wait(10)
 
 
 def _exchange(sock: socket.socket, client: ClientSession, data: bytes, want: type, limit: float = 5.0) -> list[Event]:
@@ -55,9 +89,8 @@ def _exchange(sock: socket.socket, client: ClientSession, data: bytes, want: typ
     return events
 
 
-def test_our_client_against_mosquitto() -> None:
-    sock = _mosquitto_socket()
-    with sock:
+def test_our_client_against_mosquitto(mosquitto: tuple[str, int]) -> None:
+    with socket.create_connection(mosquitto, timeout=5.0) as sock:
         client = ClientSession()
         client_id = f"iotdps-test-{uuid.uuid4().hex[:8]}"
         events = _exchange(sock, client, client.connect(client_id, keepalive=30), ConnAckReceived)
@@ -119,7 +152,6 @@ async def _serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 
 
 async def test_paho_client_against_our_server() -> None:
-    mqtt = pytest.importorskip("paho.mqtt.client")
     log: list[Event] = []
     server = await asyncio.start_server(lambda r, w: _serve_one(r, w, log), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]

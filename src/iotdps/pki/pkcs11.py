@@ -180,6 +180,7 @@ class Pkcs11Signer:
         self._private = private
         self._public = public_key
         self._algorithm = algorithm_for_public_key(public_key)
+        self._digest_size = self._algorithm.hash().digest_size
         self.label = label
         self.key_id = key_id
 
@@ -203,10 +204,8 @@ class Pkcs11Signer:
     def sign_digest(self, digest: bytes) -> bytes:
         """Sign a digest made with `algorithm`'s hash (SHA-256 or SHA-384)."""
         algorithm = self._algorithm
-        if len(digest) != hashlib.new(algorithm.hash_name).digest_size:
-            raise InvalidInput(
-                f"a {algorithm.hash_name} digest is {hashlib.new(algorithm.hash_name).digest_size} bytes"
-            )
+        if len(digest) != self._digest_size:
+            raise InvalidInput(f"a {algorithm.hash_name} digest is {self._digest_size} bytes, not {len(digest)}")
         if algorithm.ecdsa:
             mechanism, payload = Mechanism.ECDSA, digest
         else:

@@ -21,10 +21,12 @@ point here raises one Pkcs11Error that says so.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,13 +88,24 @@ def _module(path: Path) -> Any:
 class _Shared:
     """The one logged-in session of a token in this process (see the module docstring)."""
 
-    def __init__(self, session: Any, label: str, pin_digest: bytes) -> None:
+    def __init__(self, token: Any, session: Any, label: str, pin_digest: bytes) -> None:
+        self.token = token
         self.session = session
         self.label = label
         self.pin_digest = pin_digest
         self.refs = 0
         self.pid = os.getpid()
         self.lock = threading.RLock()
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[Any]:
+        """The session, held for one operation (a PKCS#11 session runs one at a time)."""
+        if self.pid != os.getpid():
+            raise Pkcs11Error(f"PKCS#11 token {self.label!r} was opened before fork(); open it in this process")
+        with self.lock:
+            if self.refs <= 0:
+                raise Pkcs11Error(f"PKCS#11 token {self.label!r} was closed")
+            yield self.session
 
 
 _SESSIONS: dict[tuple[str, str], _Shared] = {}
@@ -104,24 +117,33 @@ def _pin_digest(pin: Secret[str]) -> bytes:
     return hashlib.sha256(pin.reveal().encode("utf-8")).digest()
 
 
+def _mismatch(token: Any, uri: Pkcs11Uri) -> str | None:
+    """The first of the URI's manufacturer/model/serial that `token` does not have, as `name=value`."""
+    for name, attr, wanted in (
+        ("manufacturer", "manufacturer_id", uri.manufacturer),
+        ("model", "model", uri.model),
+        ("serial", "serial", uri.serial),
+    ):
+        have = getattr(token, attr)
+        have = have.decode("utf-8", "replace") if isinstance(have, bytes) else have
+        if wanted is not None and have.strip() != wanted:
+            return f"{name}={wanted!r} (it has {have.strip()!r})"
+    return None
+
+
 def _find_token(lib: Any, module: Path, uri: Pkcs11Uri, label: str) -> Any:
-    wanted = {"manufacturer_id": uri.manufacturer, "model": uri.model, "serial": uri.serial}
     try:
-        tokens = [
-            t
-            for t in lib.get_tokens(token_label=label)
-            if all(
-                v is None or (getattr(t, k).decode() if isinstance(getattr(t, k), bytes) else getattr(t, k)) == v
-                for k, v in wanted.items()
-            )
-        ]
+        labelled = list(lib.get_tokens(token_label=label))
         # Modules list a free slot's uninitialised token too (SoftHSM does): not worth naming.
         present = sorted({t.label for t in lib.get_tokens() if t.flags & TokenFlag.TOKEN_INITIALIZED})
     except pkcs11.PKCS11Error as exc:
         raise Pkcs11Error(f"cannot list the tokens of {module}: {type(exc).__name__}") from None
-    if not tokens:
+    if not labelled:
         known = ", ".join(repr(p) for p in present) or "none"
         raise TokenNotFound(f"no PKCS#11 token labelled {label!r} in {module} (tokens present: {known})")
+    tokens = [t for t in labelled if _mismatch(t, uri) is None]
+    if not tokens:
+        raise TokenNotFound(f"PKCS#11 token {label!r} does not match the URI's {_mismatch(labelled[0], uri)}")
     if len(tokens) > 1:
         raise Pkcs11Error(f"{len(tokens)} PKCS#11 tokens are labelled {label!r}; add serial= to the URI")
     return tokens[0]
@@ -210,23 +232,19 @@ class Pkcs11Signer:
             mechanism, payload = Mechanism.ECDSA, digest
         else:
             mechanism, payload = Mechanism.RSA_PKCS, _digest_info(algorithm, digest)
-        shared = self._shared
-        if shared.pid != os.getpid():
-            raise Pkcs11Error(f"PKCS#11 token {shared.label!r} was opened before fork(); open it in this process")
-        with shared.lock:
-            if shared.refs <= 0:
-                raise Pkcs11Error(f"PKCS#11 token {shared.label!r} was closed")
+        with self._shared.use():
             try:
                 raw = self._private.sign(payload, mechanism=mechanism)
             except pkcs11.PKCS11Error as exc:
                 raise Pkcs11Error(
-                    f"signing with key {self.label!r} in PKCS#11 token {shared.label!r} failed: {type(exc).__name__}"
+                    f"signing with key {self.label!r} in PKCS#11 token {self._shared.label!r} failed: "
+                    f"{type(exc).__name__}"
                 ) from None
         return ecdsa_raw_to_der(raw) if algorithm.ecdsa else bytes(raw)
 
     def custody(self) -> str:
         """Where the key has been, as the token tells it."""
-        with self._shared.lock:
+        with self._shared.use():
             attrs = self._private.get_attributes(
                 [Attribute.LOCAL, Attribute.ALWAYS_SENSITIVE, Attribute.NEVER_EXTRACTABLE, Attribute.EXTRACTABLE]
             )
@@ -262,11 +280,16 @@ class Pkcs11Token:
                 shared = None  # inherited through fork(): unusable here, and not ours to close
             if shared is None:
                 token = _find_token(lib, config.module_path, uri, label)
-                shared = _Shared(_login(token, label, config.pin), label, digest)
+                shared = _Shared(token, _login(token, label, config.pin), label, digest)
                 _SESSIONS[key] = shared
-            elif not hmac.compare_digest(shared.pin_digest, digest):
-                # Already logged in (by an earlier open): the token would not check this PIN.
-                raise WrongPin(f"wrong PIN for PKCS#11 token {label!r}")
+            else:
+                # Already logged in by an earlier open: the token would not check this PIN, nor
+                # would _find_token see this URI's manufacturer/model/serial.
+                if not hmac.compare_digest(shared.pin_digest, digest):
+                    raise WrongPin(f"wrong PIN for PKCS#11 token {label!r}")
+                mismatch = _mismatch(shared.token, uri)
+                if mismatch is not None:
+                    raise TokenNotFound(f"PKCS#11 token {label!r} does not match the URI's {mismatch}")
             shared.refs += 1
         return cls(shared, key, config.module_path)
 
@@ -300,10 +323,12 @@ class Pkcs11Token:
                 except pkcs11.PKCS11Error:
                     pass  # the token went away; nothing is left to release
 
-    def _session(self) -> Any:
+    @contextlib.contextmanager
+    def _use(self) -> Iterator[Any]:
         if self._closed:
             raise Pkcs11Error(f"PKCS#11 token {self.label!r} was closed")
-        return self._shared.session
+        with self._shared.use() as session:
+            yield session
 
     def _objects(self, object_class: Any, uri: Pkcs11Uri) -> list[Any]:
         attrs: dict[Any, Any] = {Attribute.CLASS: object_class}
@@ -311,8 +336,8 @@ class Pkcs11Token:
             attrs[Attribute.LABEL] = uri.object
         if uri.id is not None:
             attrs[Attribute.ID] = uri.id
-        with self._shared.lock:
-            return list(self._session().get_objects(attrs))
+        with self._use() as session:
+            return list(session.get_objects(attrs))
 
     def find_key(self, uri: Pkcs11Uri, *, public_key: SignerPublicKey | None = None) -> Pkcs11Signer:
         """The private key `uri` names (by object= and/or id=), as a signer.
@@ -333,7 +358,7 @@ class Pkcs11Token:
         if len(found) > 1:
             raise Pkcs11Error(f"{len(found)} private keys match {uri.describe()} {where}; add id= to the URI")
         private = found[0]
-        with self._shared.lock:
+        with self._use():
             label, key_id = private[Attribute.LABEL], private[Attribute.ID]
         # The public object is found by the private key's own id (and label), not the URI's.
         publics = self._objects(ObjectClass.PUBLIC_KEY, Pkcs11Uri(object=label or None, id=key_id or None))
@@ -347,7 +372,7 @@ class Pkcs11Token:
         return Pkcs11Signer(self._shared, private, chosen, label, key_id)
 
     def _public_from_object(self, obj: Any, what: str) -> SignerPublicKey:
-        with self._shared.lock:
+        with self._use():
             key_type = obj[Attribute.KEY_TYPE]
             if key_type == KeyType.EC:
                 return _ec_public_key(obj[Attribute.EC_PARAMS], obj[Attribute.EC_POINT], what)
@@ -384,9 +409,8 @@ class Pkcs11Token:
         else:
             key_type, bits = KeyType.EC, None
             public_template[Attribute.EC_PARAMS] = _CURVES[spec.value][1]
-        session = self._session()
         try:
-            with self._shared.lock:
+            with self._use() as session:
                 session.generate_keypair(
                     key_type,
                     bits,
@@ -461,9 +485,8 @@ class Pkcs11Token:
             }
         else:
             raise TypeError("key must be an EC or RSA private key")
-        session = self._session()
         try:
-            with self._shared.lock:
+            with self._use() as session:
                 made = session.create_object(private)
                 try:
                     session.create_object(public)

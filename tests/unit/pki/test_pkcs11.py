@@ -390,6 +390,17 @@ def test_missing_token_module_and_key_are_clear_errors(config: Pkcs11Config, tmp
         Pkcs11Token.open(Pkcs11Config(not_a_module, config.pin, "iotdps-ca"))
     with pytest.raises(InvalidInput, match="name the PKCS#11 token"):
         Pkcs11Token.open(Pkcs11Config(config.module_path, config.pin))
+    # The URI's manufacturer/model must be the token's, whether or not it is already open.
+    with Pkcs11Token.open(config, parse_pkcs11_uri("pkcs11:manufacturer=SoftHSM%20project;model=SoftHSM%20v2")) as t:
+        assert t.label == "iotdps-ca"
+    wrong_maker = parse_pkcs11_uri("pkcs11:token=iotdps-ca;manufacturer=Acme")
+    message = "PKCS#11 token 'iotdps-ca' does not match the URI's manufacturer='Acme' (it has 'SoftHSM project')"
+    with pytest.raises(TokenNotFound) as err:
+        Pkcs11Token.open(config, wrong_maker)
+    assert str(err.value) == message
+    with Pkcs11Token.open(config), pytest.raises(TokenNotFound) as err:
+        Pkcs11Token.open(config, wrong_maker)
+    assert str(err.value) == message
 
 
 def test_closing_one_open_keeps_the_others_logged_in(config: Pkcs11Config) -> None:
@@ -404,6 +415,8 @@ def test_closing_one_open_keeps_the_others_logged_in(config: Pkcs11Config) -> No
     first.close()
     with pytest.raises(Pkcs11Error, match="was closed"):
         key.sign(b"after close")
+    with pytest.raises(Pkcs11Error, match="was closed"):
+        first.find_key(key.uri)
 
 
 # -- custody: what the token refuses ---------------------------------------------------------

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from iotdps.errors import InvalidInput, PkiError
-from iotdps.pki.keys import PrivateKey
+from iotdps.pki.keys import PrivateKey, public_keys_match
 
 # The DER primitives of the bulk template (one encoder in the code base, not two).
 from iotdps.pki.template import _content, _oid, _tlv
@@ -210,25 +210,43 @@ def _check_inner_algorithm(tbs: bytes, index: int, algorithm: SignatureAlgorithm
         raise PkiError(f"the {what} names another signature algorithm than {algorithm.name}")
 
 
-def sign_certificate(builder: x509.CertificateBuilder, signer: Signer) -> x509.Certificate:
-    """The certificate `builder` describes, signed by `signer`.
+def _check_issuer(signer: Signer, issuer_name: x509.Name, issuer: x509.Certificate | None, what: str) -> None:
+    """With the CA certificate at hand, catch a key that is not the CA's (a URI naming the
+    wrong object) and an issuer name that is not the CA's, before the token signs anything."""
+    if issuer is None:
+        return
+    if issuer_name != issuer.subject:
+        raise PkiError(f"the {what}'s issuer name is not the subject of the CA certificate")
+    if not public_keys_match(signer.public_key(), issuer.public_key()):
+        raise PkiError(f"the signing key is not the key of the CA certificate {issuer.subject.rfc4514_string()!r}")
+
+
+def sign_certificate(
+    builder: x509.CertificateBuilder, signer: Signer, *, issuer: x509.Certificate | None = None
+) -> x509.Certificate:
+    """The certificate `builder` describes, signed by `signer` (the key of CA `issuer`, if given;
+    leave it out for a self-signed root).
 
     The builder's issuer name and AKI must already be the real issuer's (the profiles set both
     from the issuer certificate); nothing of the throwaway key ends up in the certificate.
     """
     algorithm = signer.algorithm
     draft = builder.sign(_throwaway(algorithm), algorithm.hash())
+    _check_issuer(signer, draft.issuer, issuer, "certificate")
     tbs = draft.tbs_certificate_bytes
     # TBSCertificate: [0] version, serialNumber, signature AlgorithmIdentifier, ...
     _check_inner_algorithm(tbs, 2, algorithm, "TBSCertificate")
     return x509.load_der_x509_certificate(signed_der(tbs, signer))
 
 
-def sign_crl(builder: x509.CertificateRevocationListBuilder, signer: Signer) -> x509.CertificateRevocationList:
-    """The CRL `builder` describes, signed by `signer`. As for certificates, the builder's
-    issuer name and AKI extension come from the real issuer."""
+def sign_crl(
+    builder: x509.CertificateRevocationListBuilder, signer: Signer, *, issuer: x509.Certificate | None = None
+) -> x509.CertificateRevocationList:
+    """The CRL `builder` describes, signed by `signer` (the key of CA `issuer`, if given). As
+    for certificates, the builder's issuer name and AKI extension come from the real issuer."""
     algorithm = signer.algorithm
     draft = builder.sign(_throwaway(algorithm), algorithm.hash())
+    _check_issuer(signer, draft.issuer, issuer, "CRL")
     tbs = draft.tbs_certlist_bytes
     # TBSCertList: version (v2, which cryptography always writes), signature, issuer, ...
     first, _ = _elements(tbs)[0]

@@ -250,9 +250,16 @@ def test_token_ca_signs_device_certificates_openssl_verifies(token: Pkcs11Token,
     root_cert = _self_signed_ca(root, f"HSM Root {spec.value}")
     # An intermediate whose key is in the token too, under the token root.
     line = token.generate_key(KeySpec.P256, label=_label())
-    line_cert = sign_certificate(_ca_builder("Line 1", line.public_key(), root_cert, root.public_key()), root)
+    line_builder = _ca_builder("Line 1", line.public_key(), root_cert, root.public_key())
+    line_cert = sign_certificate(line_builder, root, issuer=root_cert)
     device_key = ec.generate_private_key(ec.SECP256R1())
-    device = sign_certificate(_device_builder("device-001", device_key.public_key(), line_cert), line)
+    device_builder = _device_builder("device-001", device_key.public_key(), line_cert)
+    device = sign_certificate(device_builder, line, issuer=line_cert)
+    # The wrong key for a CA (a URI naming another object) is refused before the token signs.
+    with pytest.raises(PkiError, match="the signing key is not the key of the CA certificate 'CN=Line 1'"):
+        sign_certificate(device_builder, root, issuer=line_cert)
+    with pytest.raises(PkiError, match="issuer name is not the subject"):
+        sign_certificate(device_builder, line, issuer=root_cert)
 
     assert root_cert.signature_algorithm_oid == root.algorithm.oid
     device.verify_directly_issued_by(line_cert)
@@ -290,6 +297,7 @@ def test_token_signs_a_crl_openssl_accepts_and_enforces(token: Pkcs11Token, tmp_
         .add_extension(aki, critical=False)
         .add_extension(x509.CRLNumber(1), critical=False),
         ca,
+        issuer=ca_cert,
     )
     assert crl.is_signature_valid(ca.public_key())
 

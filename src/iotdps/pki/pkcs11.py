@@ -80,9 +80,18 @@ def _module(path: Path) -> Any:
     if not path.is_file():
         raise ModuleNotFound(f"the PKCS#11 module {path} does not exist ({ENV_MODULE})")
     try:
-        return pkcs11.lib(str(path))
+        lib = pkcs11.lib(str(path))
+        # PKCS#11 (5.4): a forked child must initialise the module again before using it; the
+        # parent's copy of its state is not the child's to use.
+        if _LOADED_IN.setdefault(str(path), os.getpid()) != os.getpid():
+            lib.reinitialize()
+            _LOADED_IN[str(path)] = os.getpid()
+        return lib
     except pkcs11.PKCS11Error as exc:
         raise ModuleNotFound(f"cannot load {path} as a PKCS#11 module: {exc or type(exc).__name__}") from None
+
+
+_LOADED_IN: dict[str, int] = {}  # module path -> the process that initialised it
 
 
 class _Shared:

@@ -6,6 +6,7 @@ Everything a token signs here is checked by the openssl CLI, not only by the cod
 from __future__ import annotations
 
 import datetime as dt
+import multiprocessing
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -425,6 +426,41 @@ def test_closing_one_open_keeps_the_others_logged_in(config: Pkcs11Config) -> No
         key.sign(b"after close")
     with pytest.raises(Pkcs11Error, match="was closed"):
         first.find_key(key.uri)
+
+
+_FORKED_KEY: Pkcs11Signer | None = None
+
+
+def _sign_in_child() -> str:
+    assert _FORKED_KEY is not None
+    try:
+        _FORKED_KEY.sign(b"from a forked worker")
+    except Pkcs11Error as exc:
+        return str(exc)
+    return "signed"
+
+
+def _open_and_sign_in_child(config: Pkcs11Config, uri: str) -> bytes:
+    with Pkcs11Token.open(config) as token:
+        return token.find_key(parse_pkcs11_uri(uri)).sign(b"from a forked worker")
+
+
+def test_a_forked_process_must_open_its_own_session(config: Pkcs11Config, token: Pkcs11Token) -> None:
+    """A bulk-minting worker forked from the parent cannot use the parent's session, and can
+    open its own (the module is initialised again in the child)."""
+    global _FORKED_KEY
+    _FORKED_KEY = key = token.generate_key(KeySpec.P256, label=_label())
+    try:
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            answer = pool.apply(_sign_in_child)
+            signature = pool.apply(_open_and_sign_in_child, (config, str(key.uri)))
+    finally:
+        _FORKED_KEY = None
+    assert answer == "PKCS#11 token 'iotdps-ca' was opened before fork(); open it in this process"
+    public = key.public_key()
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    public.verify(signature, b"from a forked worker", ec.ECDSA(hashes.SHA256()))
+    key.sign(b"the parent's session still works")
 
 
 # -- custody: what the token refuses ---------------------------------------------------------

@@ -73,13 +73,14 @@ def run_ci(
     (repo / ".venv" / "bin").mkdir(parents=True)
     bin_dir.mkdir()
     lines = CI_RUN.read_text().splitlines()
+    needed = [line.split()[1] for line in lines if line.startswith("need ")]  # present, unless `missing`
     if inject:
         last_need = max(i for i, line in enumerate(lines) if line.startswith("need "))
         lines.insert(last_need + 1, inject)
     (repo / ".ci" / "run").write_text("\n".join(lines) + "\n")
     for name in ("pip", "python", "ruff", "mypy"):
         _stub(repo / ".venv" / "bin" / name, f".venv/bin/{name}", SKIPS_FORBIDDEN if name == "python" else "")
-    for name in ("python3", "npm", "pg_isready", "mosquitto", "openssl", "apt-get"):
+    for name in ("python3", "npm", "pg_isready", "apt-get", *needed):
         if name not in missing:
             _stub(bin_dir / name, name)
     (bin_dir / "sudo").write_text('#!/bin/sh\nexec "$@"\n')

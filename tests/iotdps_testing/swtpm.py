@@ -1,9 +1,9 @@
 """A real software TPM 2.0 (swtpm) on loopback TCP, provisioned the way Azure's TPM SDKs expect.
 
 `running_swtpm(base_dir)` starts `swtpm socket --tpm2` with a server and a control port on
-127.0.0.1 (consecutive ports: the `swtpm:` TCTI always talks to control on port + 1), lets swtpm power itself on and run
-TPM2_Startup (`--flags not-need-init,startup-clear`), and by default provisions the two keys the
-Azure C and Node SDKs use (azure-wire-protocol.md 3.1):
+127.0.0.1 (consecutive ports: the `swtpm:` TCTI always finds control at port + 1), lets swtpm
+power itself on and run TPM2_Startup (`--flags not-need-init,startup-clear`), and by default
+provisions the two keys the Azure C and Node SDKs use (azure-wire-protocol.md 3.1):
 
 * the EK at persistent handle 0x81010001: RSA-2048 from the TCG default EK template
   (`tpm2_createek -G rsa`: AES-128-CFB, PolicySecret(endorsement) policy, adminWithPolicy);
@@ -11,8 +11,11 @@ Azure C and Node SDKs use (azure-wire-protocol.md 3.1):
   which is the C SDK's and the Node SDK's SRK template.
 
 Everything else talks to the TPM through tpm2-tools with the `swtpm:` TCTI (`Swtpm.tool`), so
-tests need no Python TSS. The binaries come from the Debian packages `swtpm`, `swtpm-tools` and
-`tpm2-tools`; when one is missing the helper raises (a TPM test never silently skips).
+tests need no Python TSS. `Swtpm.activate(blob)` plays the device side of the DPS challenge
+exactly as the C and Node SDKs do, and `Swtpm.hmac(data)` signs with the imported key.
+
+The binaries come from the Debian packages `swtpm`, `swtpm-tools` and `tpm2-tools`; when one
+is missing the helper raises (a TPM test never silently skips).
 
 Every wait is bounded: readiness polling, each tool call (timeout) and the shutdown.
 """
@@ -58,8 +61,17 @@ REQUIRED_BINARIES = (
     "tpm2_evictcontrol",
     "tpm2_readpublic",
     "tpm2_flushcontext",
+    "tpm2_getcap",
+    "tpm2_startauthsession",
+    "tpm2_policysecret",
+    "tpm2_activatecredential",
+    "tpm2_import",
+    "tpm2_load",
+    "tpm2_hmac",
 )
 _PACKAGES = "swtpm swtpm-tools tpm2-tools"
+# tpm2-tools' credential file: magic 0xBADCC0DE, version 1, then TPM2B_ID_OBJECT and TPM2B_ENCRYPTED_SECRET.
+_TOOLS_CREDENTIAL_HEADER = bytes.fromhex("badcc0de00000001")
 
 _START_ATTEMPTS = 5  # a port picked as free can be taken before swtpm binds it
 _READY_POLLS = 200
@@ -158,6 +170,59 @@ class Swtpm:
     def srk_public(self) -> bytes:
         return self.read_public(SRK_HANDLE)
 
+    def activate(self, blob: bytes) -> None:
+        """Import an activation blob the way the Azure C and Node SDKs do (azure-wire-protocol.md 3.3).
+
+        ActivateCredential(activate = SRK, key = EK under a PolicySecret(endorsement) session)
+        recovers the inner wrapper key; Import(parent = SRK, that key, AES-128-CFB), Load, and
+        EvictControl persist the ID key at 0x81000100, replacing an earlier one. The blob is cut
+        here independently of the service's code: six UINT16-sized fields, in SDK order.
+        """
+        fields = _split_sized(blob, 6)
+        files = {
+            "cred.bin": _TOOLS_CREDENTIAL_HEADER + fields[0] + fields[1],
+            "id.dup": fields[2],
+            "id.seed": fields[3],
+            "id.pub": fields[4],
+        }
+        for file_name, data in files.items():
+            (self.work_dir / file_name).write_bytes(data)
+        srk, ek = f"0x{SRK_HANDLE:08x}", f"0x{EK_HANDLE:08x}"
+        self.tool("tpm2_startauthsession", "--policy-session", "-S", "ek-session.ctx")
+        try:
+            self.tool("tpm2_policysecret", "-S", "ek-session.ctx", "-c", "e")
+            self.tool(
+                "tpm2_activatecredential",
+                "-c", srk,
+                "-C", ek,
+                "-i", "cred.bin",
+                "-o", "inner.key",
+                "-P", "session:ek-session.ctx",
+            )
+        finally:
+            self.tool("tpm2_flushcontext", "ek-session.ctx")
+        self.tool(
+            "tpm2_import",
+            "-C", srk,
+            "-u", "id.pub",
+            "-i", "id.dup",
+            "-s", "id.seed",
+            "-k", "inner.key",
+            "-r", "id.priv",
+        )
+        self.tool("tpm2_load", "-C", srk, "-u", "id.pub", "-r", "id.priv", "-c", "id.ctx")
+        persistent = self.tool("tpm2_getcap", "handles-persistent").decode().lower()
+        if f"0x{ID_KEY_HANDLE:08x}" in persistent:
+            self.tool("tpm2_evictcontrol", "-C", "o", "-c", f"0x{ID_KEY_HANDLE:08x}")
+        self.tool("tpm2_evictcontrol", "-C", "o", "-c", "id.ctx", f"0x{ID_KEY_HANDLE:08x}")
+        self.tool("tpm2_flushcontext", "-t")
+
+    def hmac(self, data: bytes, handle: int = ID_KEY_HANDLE) -> bytes:
+        """HMAC-SHA-256 computed inside the TPM with the key at `handle` (how devices sign SAS)."""
+        (self.work_dir / "hmac.in").write_bytes(data)
+        self.tool("tpm2_hmac", "-c", f"0x{handle:08x}", "-g", "sha256", "-o", "hmac.out", "hmac.in")
+        return (self.work_dir / "hmac.out").read_bytes()
+
     def stop(self) -> None:
         """Graceful shutdown through the control channel (state saved), then kill if it lingers."""
         if self.process.poll() is not None:
@@ -173,6 +238,22 @@ class Swtpm:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=_STOP_TIMEOUT)
+
+
+def _split_sized(data: bytes, count: int) -> list[bytes]:
+    """`count` consecutive TPM2B fields, each returned with its UINT16 size; nothing may follow."""
+    fields, pos = [], 0
+    for _ in range(count):
+        if pos + 2 > len(data):
+            raise SwtpmError("activation blob is truncated")
+        size = int.from_bytes(data[pos : pos + 2], "big")
+        if pos + 2 + size > len(data):
+            raise SwtpmError("activation blob is truncated")
+        fields.append(data[pos : pos + 2 + size])
+        pos += 2 + size
+    if pos != len(data):
+        raise SwtpmError("activation blob has trailing bytes")
+    return fields
 
 
 def _accepting(host: str, port: int) -> bool:

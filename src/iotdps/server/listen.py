@@ -4,6 +4,17 @@ aiohttp runs unchanged on top of `TlsAppTransport`: its low-level server (`AppRu
 an ordinary protocol factory. `TlsSite` plugs into aiohttp's runner like its own `TCPSite`, so
 `runner.cleanup()` stops it, and handlers reach the peer with
 `request.transport.get_extra_info("iotdps_peer")` (see `request_peer`).
+
+Every HTTP listener runs its app through `http_runner`, which holds what all of them share:
+- a deadline for the request head: a client has `request_timeout` seconds, from the end of its
+  TLS handshake or of its previous response, to send a complete request line and headers, or
+  the connection closes (aiohttp's keep-alive timer does this: it closes a connection that is
+  still waiting for a request when it fires; by default it waited an hour, so a client that
+  trickled a header in a byte at a time held its connection that long);
+- a body the app did not read (refused before reading it, or cut off at its deadline) is read
+  and dropped for at most `_LINGER` seconds before the connection closes (aiohttp's default, 10 s,
+  gave a client trickling its body 10 s more): long enough for a client on a working network to
+  finish sending and read the answer.
 """
 
 from __future__ import annotations
@@ -22,7 +33,33 @@ from iotdps.server.tls_transport import (
     TlsServerProtocol,
 )
 
-__all__ = ["TlsAppServer", "TlsSite", "request_peer", "serve_aiohttp_app", "start_tls_server"]
+__all__ = [
+    "DEFAULT_REQUEST_TIMEOUT",
+    "TlsAppServer",
+    "TlsSite",
+    "http_runner",
+    "request_peer",
+    "serve_aiohttp_app",
+    "start_tls_server",
+]
+
+DEFAULT_REQUEST_TIMEOUT = 30.0
+_LINGER = 2.0
+
+
+def http_runner(
+    app: web.Application, *, request_timeout: float = DEFAULT_REQUEST_TIMEOUT, shutdown_timeout: float = 5.0
+) -> web.AppRunner:
+    """The AppRunner every HTTP listener of iotdps uses (see the module docstring).
+
+    `request_timeout` is also how long an idle keep-alive connection stays open."""
+    return web.AppRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=shutdown_timeout,
+        keepalive_timeout=request_timeout,
+        lingering_time=_LINGER,
+    )
 
 
 async def start_tls_server(
@@ -126,11 +163,12 @@ async def serve_aiohttp_app(
     tls: ServerTls,
     *,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     shutdown_timeout: float = 5.0,
     backlog: int = 1024,
 ) -> TlsAppServer:
     """Serve `app` over TLS on host:port (port 0 picks a free one; see `.port`)."""
-    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, access_log=None)
+    runner = http_runner(app, request_timeout=request_timeout, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     site = TlsSite(runner, host, port, tls, handshake_timeout=handshake_timeout, backlog=backlog)
     try:

@@ -14,17 +14,25 @@ Every HTTP listener runs its app through `http_runner`, which holds what all of 
 - a body the app did not read (refused before reading it, or cut off at its deadline) is read
   and dropped for at most `_LINGER` seconds before the connection closes (aiohttp's default, 10 s,
   gave a client trickling its body 10 s more): long enough for a client on a working network to
-  finish sending and read the answer.
+  finish sending and read the answer;
+- one log line, without a traceback, for a request aiohttp's parser refuses (a 10,000-character
+  URL, too many headers, a bad request line): the client's mistake, answered 400 by aiohttp
+  itself, budgeted per kind like TLS handshake failures (`logthrottle`). A handler's own bug
+  still logs its traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
+from iotdps.server.logthrottle import ThrottledLog
 from iotdps.server.tls import PeerIdentity, ServerTls
 from iotdps.server.tls_transport import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -46,6 +54,35 @@ __all__ = [
 DEFAULT_REQUEST_TIMEOUT = 30.0
 _LINGER = 2.0
 
+_http_log = logging.getLogger("iotdps.http")
+_REFUSED_REQUESTS = ThrottledLog(_http_log, "malformed HTTP requests", rate=1.0, burst=10)
+
+
+class _HttpServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server logger, except that a request its parser refused is one budgeted line.
+
+    aiohttp logs those through `logger.exception("Error handling request from %s", remote,
+    exc_info=exc)`, a traceback per malformed request that anyone can send."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            peer = str(args[0]) if args else "?"
+            # The parser's message can quote the request (the URL it found too long): keep the
+            # part before the quote, and never more than a line's worth.
+            words = str(exc_info.message).split(":", 1)[0].strip()[:120] or "malformed request"
+            kind = type(exc_info).__name__
+            _REFUSED_REQUESTS.log(
+                kind, peer, "HTTP request from %s refused with %d: %s (%s)", peer, exc_info.code, words, kind
+            )
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kwargs)
+
+
+_HTTP_SERVER_LOG = _HttpServerLog()
+
 
 def http_runner(
     app: web.Application, *, request_timeout: float = DEFAULT_REQUEST_TIMEOUT, shutdown_timeout: float = 5.0
@@ -59,6 +96,7 @@ def http_runner(
         shutdown_timeout=shutdown_timeout,
         keepalive_timeout=request_timeout,
         lingering_time=_LINGER,
+        logger=_HTTP_SERVER_LOG,
     )
 
 

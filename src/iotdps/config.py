@@ -101,6 +101,10 @@ class LimitsConfig:
     retry_after_seconds: int = 3
     max_packet_size: int = 512 * 1024
     max_connections: int = 50_000
+    # Seconds a client has, once its TLS handshake is done, to send its MQTT CONNECT or a whole
+    # HTTP request head (and, on the DPS REST API, its body); also how long an idle HTTP
+    # keep-alive connection stays open. Nothing about the peer is known until then.
+    connect_timeout: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +296,8 @@ def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
         problems.add("limits.max_packet_size must be at least 1024")
     if tls.handshake_timeout <= 0:
         problems.add("tls.handshake_timeout must be > 0")
+    if not 0 < limits.connect_timeout <= 3600:
+        problems.add("limits.connect_timeout must be > 0 and at most 3600 seconds")
 
     if problems.items:
         return None

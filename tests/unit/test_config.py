@@ -108,3 +108,16 @@ def test_missing_or_broken_file(tmp_path: Path) -> None:
 def test_overrides_win(tmp_path: Path) -> None:
     config = load_config(environ={"IOTDPS_DATA_DIR": str(tmp_path)}, overrides={"dps.bind": "127.0.0.3", "dsn": None})
     assert config.dps.bind == "127.0.0.3"
+
+
+def test_connect_timeout_is_read_and_checked(tmp_path: Path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text("[limits]\nconnect_timeout = 5\n")
+    assert load_config(good, environ={"IOTDPS_DATA_DIR": str(tmp_path)}).limits.connect_timeout == 5.0
+    assert load_config(environ={"IOTDPS_DATA_DIR": str(tmp_path)}).limits.connect_timeout == 30.0
+    for value in ("0", "-1", "7200"):
+        bad = tmp_path / f"bad{value}.toml"
+        bad.write_text(f"[limits]\nconnect_timeout = {value}\n")
+        with pytest.raises(ConfigError) as info:
+            load_config(bad, environ={"IOTDPS_DATA_DIR": str(tmp_path)})
+        assert "limits.connect_timeout must be > 0 and at most 3600 seconds" in info.value.problems

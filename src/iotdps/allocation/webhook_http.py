@@ -6,12 +6,12 @@ Transport failures surface as TimeoutError or OSError, as the port promises.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 
+from iotdps.jsonload import InvalidJson, load_json
 from iotdps.provisioning.ports import WebhookResponse
 
 __all__ = ["AiohttpWebhookTransport"]
@@ -46,8 +46,8 @@ class AiohttpWebhookTransport:
         parsed: Mapping[str, Any] | None = None
         if len(raw) <= _MAX_BODY:
             try:
-                doc = json.loads(raw)
-            except ValueError:
+                doc = load_json(raw, what="the webhook's answer")
+            except InvalidJson:
                 doc = None
             if isinstance(doc, dict):
                 parsed = doc

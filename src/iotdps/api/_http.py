@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from iotdps.errors import InvalidInput
+from iotdps.jsonload import load_json
 from iotdps.provisioning.ports import Store
 from iotdps.provisioning.service import ProvisioningService
 
@@ -50,7 +51,8 @@ class ApiContext:
 
 
 async def read_json(request: web.Request, ctx: ApiContext, *, required: bool = True) -> Any:
-    """The request body as JSON. Oversized, non-UTF-8 or invalid JSON is a 400 that says so."""
+    """The request body as JSON. Oversized, non-UTF-8, invalid or too deeply nested JSON is a 400
+    that says so (iotdps.jsonload)."""
     declared = request.content_length
     if declared is not None and declared > ctx.max_body:
         raise InvalidInput(f"the request body is {declared} bytes; at most {ctx.max_body} are accepted")
@@ -63,24 +65,7 @@ async def read_json(request: web.Request, ctx: ApiContext, *, required: bool = T
         if required:
             raise InvalidInput("the request needs a JSON body")
         return None
-    try:
-        text = bytes(raw).decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise InvalidInput("the request body is not UTF-8") from None
-    try:
-        return json.loads(text, parse_constant=_no_constant)
-    except ValueError as exc:
-        raise InvalidInput(f"the request body is not valid JSON: {_short(exc)}") from None
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _short(exc: ValueError) -> str:
-    if isinstance(exc, json.JSONDecodeError):
-        return f"{exc.msg} at line {exc.lineno} column {exc.colno}"
-    return str(exc)[:200]
+    return load_json(raw, what="the request body")
 
 
 def json_object(doc: Any, what: str) -> Mapping[str, Any]:

@@ -34,6 +34,7 @@ from iotdps.enrollment.models import (
     ServiceSettings,
 )
 from iotdps.errors import AlreadyExists, InvalidInput, NotFound
+from iotdps.jsonload import load_json
 from iotdps.provisioning.admin import put_enrollment, put_group
 from iotdps.provisioning.ports import Page, Store, UnitOfWork
 from iotdps.provisioning.service import ProvisioningService
@@ -72,10 +73,7 @@ def _read(path: str) -> str:
 def _json_arg(text: str | None, what: str) -> Any:
     if text is None:
         return None
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise InvalidInput(f"{what} is not valid JSON") from exc
+    return load_json(text, what=what)  # InvalidJson, an InvalidInput: one `error:` line
 
 
 def _echo_json(doc: Any) -> None:

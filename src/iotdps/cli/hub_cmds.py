@@ -24,6 +24,7 @@ from iotdps.cli.remote import store_options
 from iotdps.errors import InvalidInput, NotFound
 from iotdps.hub.control import ControlClient, control_socket_path
 from iotdps.hub.twin import device_twin_json
+from iotdps.jsonload import load_json
 from iotdps.provisioning.ports import Store
 from iotdps.registry.hub import HubStore, TelemetryMessage
 
@@ -84,10 +85,7 @@ def _properties(pairs: tuple[str, ...]) -> dict[str, str]:
 def _json_option(text: str | None, what: str) -> Any:
     if text is None:
         return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        raise InvalidInput(f"{what} is not valid JSON") from None
+    return load_json(text, what=what)  # InvalidJson, an InvalidInput: one `error:` line
 
 
 def _hub_opts(f: Callable[..., Any]) -> Callable[..., Any]:

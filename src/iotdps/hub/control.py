@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +29,7 @@ from aiohttp import web
 from iotdps.errors import InvalidInput, IotdpsError, NotFound, PreconditionFailed, StoreError, Throttled
 from iotdps.hub.errors import DeviceNotConnected, MethodTimeout
 from iotdps.hub.twin import sdk_twin_json
+from iotdps.jsonload import InvalidJson, load_json
 
 if TYPE_CHECKING:
     from iotdps.hub.runtime import HubRuntime
@@ -46,10 +46,7 @@ def control_socket_path(data_dir: Path) -> Path:
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    try:
-        doc = await request.json()
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidInput("the request body is not JSON") from None
+    doc = load_json(await request.read(), what="the request body")  # raises InvalidJson, an InvalidInput
     if not isinstance(doc, dict):
         raise InvalidInput("the request body must be a JSON object")
     return doc
@@ -157,8 +154,8 @@ class ControlClient:
         except (aiohttp.ClientError, OSError) as exc:
             raise StoreError(f"cannot reach the running iotdps server at {self._path}: {type(exc).__name__}") from None
         try:
-            doc = json.loads(text) if text else None
-        except ValueError:
+            doc = load_json(text, what="the server's answer") if text else None
+        except InvalidJson:
             doc = None
         if status >= 400:
             message = doc.get("error") if isinstance(doc, dict) else None

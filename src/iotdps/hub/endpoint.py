@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from iotdps.errors import InvalidInput, IotdpsError, NotFound
 from iotdps.hub.twin import sdk_twin_json
+from iotdps.jsonload import InvalidJson, load_json
 from iotdps.protocols.mqtt.errors import InvalidDeviceRequest
 from iotdps.protocols.mqtt.events import PubAckReceived, PublishReceived, Subscribed, Unsubscribed
 from iotdps.protocols.mqtt.hub import (
@@ -157,8 +158,9 @@ class DeviceEndpoint:
 
     async def _twin_patch(self, rid: str, payload: bytes) -> None:
         try:
-            patch = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
+            patch = load_json(payload, what="the reported properties patch")
+        except InvalidJson:
+            # IoT Hub answers a patch it cannot take with status 400 on the response topic.
             self.conn.publish(format_twin_response_topic(400, rid), b"")
             return
         try:

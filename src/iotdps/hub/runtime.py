@@ -35,6 +35,7 @@ from iotdps.hub.endpoint import DeviceEndpoint
 from iotdps.hub.errors import DeviceNotConnected, MethodTimeout
 from iotdps.hub.telemetry import TelemetryWriter
 from iotdps.hub.twin import apply_desired_patch, apply_reported_patch, merge_patch
+from iotdps.jsonload import InvalidJson, load_json
 from iotdps.protocols.mqtt.codec import DEFAULT_MAX_PACKET_SIZE
 from iotdps.protocols.mqtt.errors import InvalidDeviceRequest
 from iotdps.protocols.mqtt.hub import (
@@ -343,8 +344,8 @@ class HubRuntime:
             log.info("hub %s: late or unknown method answer %r from %s", endpoint.hub, rid, endpoint.device_id)
             return
         try:
-            value: Any = json.loads(payload) if payload.strip() else None
-        except (ValueError, UnicodeDecodeError):
+            value: Any = load_json(payload, what="the method response") if payload.strip() else None
+        except InvalidJson:
             value = payload.decode("utf-8", "replace")
         waiting[1].set_result((status, value))
 

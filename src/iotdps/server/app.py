@@ -46,7 +46,7 @@ from iotdps.server.dps_common import RegistrationRunner
 from iotdps.server.dps_http import build_device_app
 from iotdps.server.dps_mqtt import route_dps
 from iotdps.server.identity import ServerFiles, ensure_server_identity
-from iotdps.server.listen import TlsSite, start_tls_server
+from iotdps.server.listen import TlsSite, http_runner, start_tls_server
 from iotdps.server.mqtt_conn import CONNACK_NOT_AUTHORIZED, CONNACK_SERVER_UNAVAILABLE, MqttConnection, MqttEndpoint
 from iotdps.server.ratelimit import TokenBucket
 from iotdps.server.tls import PeerIdentity, ServerTls, load_pem_chain, load_pem_key
@@ -215,7 +215,14 @@ class Server:
             )
             endpoints.append(f"mqtts://{host}:{port}")
 
-        device_app = build_device_app(self.runner, self._new_connection, self.refreshed_peer)
+        limits = config.limits
+        device_app = build_device_app(
+            self.runner,
+            self._new_connection,
+            self.refreshed_peer,
+            max_frame_size=limits.max_packet_size,
+            body_timeout=limits.connect_timeout,
+        )
         await self._serve_app(device_app, config.dps.bind, config.dps.https_port)
         endpoints.append(f"https://{config.dps.bind}:{config.dps.https_port} (DPS REST, MQTT over websockets)")
         ws_addrs = {(h.bind, h.websocket_port) for h in config.effective_hubs} - {
@@ -230,14 +237,16 @@ class Server:
         app = web.Application()
 
         async def websocket(request: web.Request) -> web.StreamResponse:
-            return await serve_mqtt_websocket(request, self._new_connection)
+            return await serve_mqtt_websocket(
+                request, self._new_connection, max_frame_size=self.config.limits.max_packet_size
+            )
 
         app.router.add_get(WEBSOCKET_PATH, websocket)
         return app
 
     async def _serve_app(self, app: web.Application, host: str, port: int, *, extra_hosts: Sequence[str] = ()) -> None:
         assert self.tls is not None
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+        runner = http_runner(app, request_timeout=self.config.limits.connect_timeout, shutdown_timeout=2.0)
         await runner.setup()
         for address in dict.fromkeys([host, *extra_hosts]):
             site = TlsSite(runner, address, port, self.tls, handshake_timeout=self.config.tls.handshake_timeout)
@@ -250,7 +259,9 @@ class Server:
         path = control_socket_path(self.config.data_dir)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # left by a crash; a live server would still hold its listener
-        runner = web.AppRunner(runtime.control_app(), access_log=None, shutdown_timeout=2.0)
+        runner = http_runner(
+            runtime.control_app(), request_timeout=self.config.limits.connect_timeout, shutdown_timeout=2.0
+        )
         await runner.setup()
         old_umask = os.umask(0o177)
         try:
@@ -264,8 +275,12 @@ class Server:
     # ------------------------------------------------------------------ connections
 
     def _new_connection(self) -> MqttConnection:
+        limits = self.config.limits
         conn = MqttConnection(
-            self._route, max_packet_size=self.config.limits.max_packet_size, on_closed=self._connections.discard
+            self._route,
+            max_packet_size=limits.max_packet_size,
+            connect_timeout=limits.connect_timeout,
+            on_closed=self._connections.discard,
         )
         self._connections.add(conn)
         return conn

@@ -8,7 +8,7 @@ are accepted as input and answered with a clear 400 until the nonce challenge ex
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -18,6 +18,8 @@ from aiohttp import web
 from iotdps.attestation.registry import Credential
 from iotdps.errors import InvalidInput, NotFound
 from iotdps.ids import is_valid_registration_id
+from iotdps.jsonload import InvalidJson, load_json
+from iotdps.protocols.mqtt.codec import DEFAULT_MAX_PACKET_SIZE
 from iotdps.server.dps_common import DeviceReply, RegistrationRunner, credential_from, error_body, outcome_reply
 from iotdps.server.listen import request_peer
 from iotdps.server.mqtt_conn import MqttConnection
@@ -48,21 +50,29 @@ def _respond(reply: DeviceReply, request: web.Request) -> web.Response:
     return web.Response(status=reply.status, body=reply.json_bytes(), content_type="application/json", headers=headers)
 
 
-def _error(status: int, code: int, message: str, request: web.Request) -> web.Response:
-    return _respond(DeviceReply(status, error_body(code, message)), request)
+def _error(status: int, code: int, message: str, request: web.Request, *, close: bool = False) -> web.Response:
+    response = _respond(DeviceReply(status, error_body(code, message)), request)
+    if close:
+        response.force_close()
+    return response
 
 
-async def _json_body(request: web.Request) -> dict[str, Any] | web.Response:
+async def _json_body(request: web.Request, deadline: float) -> dict[str, Any] | web.Response:
+    # The body comes before any credential is checked (the registration id in it is part of
+    # the request), so a peer that trickles it in is cut off at `deadline` seconds.
     try:
-        raw = await request.read()
+        async with asyncio.timeout(deadline):
+            raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return _error(413, 413000, "Request body too large", request)
+    except TimeoutError:
+        return _error(408, 408000, "Request body not received in time", request, close=True)
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return _error(400, 400001, "Request body is not valid JSON", request)
+        body = load_json(raw, what="Request body")
+    except InvalidJson as exc:
+        return _error(400, 400001, exc.message, request)
     if not isinstance(body, dict):
         return _error(400, 400001, "Request body must be a JSON object", request)
     return body
@@ -74,9 +84,12 @@ def _sas(request: web.Request) -> str | None:
 
 
 class DeviceApi:
-    def __init__(self, runner: RegistrationRunner, refresh_peer: PeerRefresher | None = None) -> None:
+    def __init__(
+        self, runner: RegistrationRunner, refresh_peer: PeerRefresher | None = None, *, body_timeout: float = 30.0
+    ) -> None:
         self.runner = runner
         self.refresh_peer = refresh_peer
+        self.body_timeout = body_timeout
 
     async def _credential(self, request: web.Request) -> Credential | None:
         peer, sas = request_peer(request), _sas(request)
@@ -108,7 +121,7 @@ class DeviceApi:
         ids = self._ids(request)
         if isinstance(ids, web.Response):
             return ids
-        body = await _json_body(request)
+        body = await _json_body(request, self.body_timeout)
         if isinstance(body, web.Response):
             return body
         return (*ids, body)
@@ -183,16 +196,21 @@ def build_device_app(
     runner: RegistrationRunner,
     mqtt_factory: Callable[[], MqttConnection],
     refresh_peer: PeerRefresher | None = None,
+    *,
+    max_frame_size: int = DEFAULT_MAX_PACKET_SIZE,
+    body_timeout: float = 30.0,
 ) -> web.Application:
     """The 443 application of the DPS address: REST device API and MQTT over websockets.
 
     `refresh_peer`, when given, re-verifies a client chain OpenSSL could not verify against the
-    current trust anchors (so a device enrolled a moment ago is not refused over HTTPS)."""
+    current trust anchors (so a device enrolled a moment ago is not refused over HTTPS).
+    `max_frame_size`: the largest websocket frame (the MQTT maximum packet size);
+    `body_timeout`: seconds a request body may take to arrive."""
     app = web.Application(client_max_size=MAX_DEVICE_BODY, middlewares=[_errors])
-    api = DeviceApi(runner, refresh_peer)
+    api = DeviceApi(runner, refresh_peer, body_timeout=body_timeout)
 
     async def websocket(request: web.Request) -> web.StreamResponse:
-        return await serve_mqtt_websocket(request, mqtt_factory)
+        return await serve_mqtt_websocket(request, mqtt_factory, max_frame_size=max_frame_size)
 
     app.router.add_get(WEBSOCKET_PATH, websocket)
     app.router.add_put("/{id_scope}/registrations/{registration_id}/register", api.register)

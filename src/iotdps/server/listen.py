@@ -4,16 +4,35 @@ aiohttp runs unchanged on top of `TlsAppTransport`: its low-level server (`AppRu
 an ordinary protocol factory. `TlsSite` plugs into aiohttp's runner like its own `TCPSite`, so
 `runner.cleanup()` stops it, and handlers reach the peer with
 `request.transport.get_extra_info("iotdps_peer")` (see `request_peer`).
+
+Every HTTP listener runs its app through `http_runner`, which holds what all of them share:
+- a deadline for the request head: a client has `request_timeout` seconds, from the end of its
+  TLS handshake or of its previous response, to send a complete request line and headers, or
+  the connection closes (aiohttp's keep-alive timer does this: it closes a connection that is
+  still waiting for a request when it fires; by default it waited an hour, so a client that
+  trickled a header in a byte at a time held its connection that long);
+- a body the app did not read (refused before reading it, or cut off at its deadline) is read
+  and dropped for at most `_LINGER` seconds before the connection closes (aiohttp's default, 10 s,
+  gave a client trickling its body 10 s more): long enough for a client on a working network to
+  finish sending and read the answer;
+- one log line, without a traceback, for a request aiohttp's parser refuses (a 10,000-character
+  URL, too many headers, a bad request line): the client's mistake, answered 400 by aiohttp
+  itself, budgeted per kind like TLS handshake failures (`logthrottle`). A handler's own bug
+  still logs its traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
+from iotdps.server.logthrottle import ThrottledLog
 from iotdps.server.tls import PeerIdentity, ServerTls
 from iotdps.server.tls_transport import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -22,7 +41,63 @@ from iotdps.server.tls_transport import (
     TlsServerProtocol,
 )
 
-__all__ = ["TlsAppServer", "TlsSite", "request_peer", "serve_aiohttp_app", "start_tls_server"]
+__all__ = [
+    "DEFAULT_REQUEST_TIMEOUT",
+    "TlsAppServer",
+    "TlsSite",
+    "http_runner",
+    "request_peer",
+    "serve_aiohttp_app",
+    "start_tls_server",
+]
+
+DEFAULT_REQUEST_TIMEOUT = 30.0
+_LINGER = 2.0
+
+_http_log = logging.getLogger("iotdps.http")
+_REFUSED_REQUESTS = ThrottledLog(_http_log, "malformed HTTP requests", rate=1.0, burst=10)
+
+
+class _HttpServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server logger, except that a request its parser refused is one budgeted line.
+
+    aiohttp logs those through `logger.exception("Error handling request from %s", remote,
+    exc_info=exc)`, a traceback per malformed request that anyone can send."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            peer = str(args[0]) if args else "?"
+            # The parser's message can quote the request (the URL it found too long): keep the
+            # part before the quote, and never more than a line's worth.
+            words = str(exc_info.message).split(":", 1)[0].strip()[:120] or "malformed request"
+            kind = type(exc_info).__name__
+            _REFUSED_REQUESTS.log(
+                kind, peer, "HTTP request from %s refused with %d: %s (%s)", peer, exc_info.code, words, kind
+            )
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kwargs)
+
+
+_HTTP_SERVER_LOG = _HttpServerLog()
+
+
+def http_runner(
+    app: web.Application, *, request_timeout: float = DEFAULT_REQUEST_TIMEOUT, shutdown_timeout: float = 5.0
+) -> web.AppRunner:
+    """The AppRunner every HTTP listener of iotdps uses (see the module docstring).
+
+    `request_timeout` is also how long an idle keep-alive connection stays open."""
+    return web.AppRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=shutdown_timeout,
+        keepalive_timeout=request_timeout,
+        lingering_time=_LINGER,
+        logger=_HTTP_SERVER_LOG,
+    )
 
 
 async def start_tls_server(
@@ -126,11 +201,12 @@ async def serve_aiohttp_app(
     tls: ServerTls,
     *,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     shutdown_timeout: float = 5.0,
     backlog: int = 1024,
 ) -> TlsAppServer:
     """Serve `app` over TLS on host:port (port 0 picks a free one; see `.port`)."""
-    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, access_log=None)
+    runner = http_runner(app, request_timeout=request_timeout, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     site = TlsSite(runner, host, port, tls, handshake_timeout=handshake_timeout, backlog=backlog)
     try:

@@ -11,8 +11,12 @@ sees an ordinary `asyncio.Transport` (`TlsAppTransport`), with the peer identity
 `get_extra_info("iotdps_peer")`.
 
 Failure policy: any TLS error, a handshake that outlasts its timeout, or a peer that speaks
-something else closes only that connection, logged at debug level with the peer address and
-OpenSSL's reason (never key material). Nothing is raised into the event loop.
+something else closes only that connection. Nothing is raised into the event loop. A failed
+handshake (a signature that does not verify, a client that rejects our certificate, a protocol
+version we refuse, a timeout, a peer that hangs up half-way) is logged at info level with the
+peer address and OpenSSL's reason (never key material), through a budget per reason
+(`logthrottle`): anyone can cause these, so a flood of them costs a few lines and a count.
+Errors after the handshake stay at debug level: the app protocol above reports its own.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 
 from OpenSSL import SSL
 
+from iotdps.server.logthrottle import ThrottledLog
 from iotdps.server.tls import (
     PeerIdentity,
     ServerTls,
@@ -46,6 +51,23 @@ log = logging.getLogger(__name__)
 
 PEER_INFO_KEY = "iotdps_peer"
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+
+# One budget for the whole process: every listener's handshake failures share the log.
+_HANDSHAKE_FAILURES = ThrottledLog(log, "TLS handshake failures", rate=1.0, burst=10)
+
+
+def _peer_text(peername: Any) -> str:
+    """`host:port` (IPv6 in brackets) for a socket peer name; whatever it is otherwise."""
+    if isinstance(peername, tuple) and len(peername) >= 2:
+        host = str(peername[0])
+        return f"[{host}]:{peername[1]}" if ":" in host else f"{host}:{peername[1]}"
+    return str(peername)
+
+
+def _handshake_failed(peername: Any, reason: str) -> None:
+    peer = _peer_text(peername)
+    _HANDSHAKE_FAILURES.log(reason, peer, "TLS handshake with %s failed: %s", peer, reason)
+
 
 # One TLS record carries at most 16 KiB of plaintext; reading several records before handing
 # them to the app saves calls into the app protocol without holding much memory.
@@ -124,6 +146,7 @@ class TlsServerProtocol(asyncio.Protocol):
         self._drain_scheduled = False
         self._lost_exc: Exception | None = None
         self._eof_from_peer = False
+        self._handshake_bytes = False  # the peer sent something: a hang-up is a failed handshake
         # Plaintext the app wrote during this turn of the event loop, sent as one TLS record
         # when the turn ends (see _write_plaintext).
         self._out: list[bytes] = []
@@ -148,6 +171,7 @@ class TlsServerProtocol(asyncio.Protocol):
             self._fail("bio_write", e)
             return
         if self._state is _State.HANDSHAKING:
+            self._handshake_bytes = True
             self._continue_handshake()
         else:
             self._drain_plaintext()
@@ -157,7 +181,7 @@ class TlsServerProtocol(asyncio.Protocol):
         # so tell the app and let the socket transport close; returning False does that.
         self._eof_from_peer = True
         if self._state is _State.HANDSHAKING:
-            log.debug("TLS peer %s closed during the handshake", self._peername)
+            self._hung_up_during_handshake("the peer closed the connection during the handshake")
             self._state = _State.CLOSED
             return False
         if self._app is not None and self._state is _State.OPEN:
@@ -168,6 +192,8 @@ class TlsServerProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timeout()
+        if self._state is _State.HANDSHAKING:
+            self._hung_up_during_handshake("the connection was lost during the handshake")
         self._state = _State.CLOSED
         app, self._app = self._app, None
         self._conn = None
@@ -225,9 +251,15 @@ class TlsServerProtocol(asyncio.Protocol):
 
     def _on_handshake_timeout(self) -> None:
         if self._state is _State.HANDSHAKING and self._raw is not None:
-            log.debug("TLS handshake with %s timed out after %.1fs", self._peername, self._deadlines.timeout)
+            _handshake_failed(self._peername, f"not finished within {self._deadlines.timeout:g} s")
             self._state = _State.CLOSED
             self._raw.abort()
+
+    def _hung_up_during_handshake(self, reason: str) -> None:
+        if self._handshake_bytes:
+            _handshake_failed(self._peername, reason)
+        else:  # connected and left without a byte: a port probe, not a TLS client
+            log.debug("TLS peer %s left before sending anything", self._peername)
 
     def _cancel_timeout(self) -> None:
         self._deadlines.discard(self)
@@ -341,7 +373,10 @@ class TlsServerProtocol(asyncio.Protocol):
 
     def _fail(self, where: str, exc: SSL.Error) -> None:
         # OpenSSL's reason strings name the failing check, never key material.
-        log.debug("TLS %s error with %s: %s", where, self._peername, _reason(exc))
+        if self._state is _State.HANDSHAKING:
+            _handshake_failed(self._peername, _reason(exc))
+        else:
+            log.debug("TLS %s error with %s: %s", where, self._peername, _reason(exc))
         was_open = self._state is _State.OPEN
         self._state = _State.CLOSED
         if was_open:

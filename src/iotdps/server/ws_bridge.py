@@ -3,7 +3,8 @@
 aiohttp performs the upgrade (paho 1.6.1 accepts its 101 answer; see tests) and this module
 makes the websocket look like an asyncio Transport, so the very same MqttConnection serves
 both TCP and websocket clients. MQTT bytes travel in binary frames; a frame may carry any
-slice of the stream, so frames are fed to the session as a byte stream.
+slice of the stream, so frames are fed to the session as a byte stream. A frame is at most
+the MQTT maximum packet size: the SDKs send one packet, or a part of one, per frame.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from iotdps.protocols.mqtt.codec import DEFAULT_MAX_PACKET_SIZE
 from iotdps.server.tls_transport import PEER_INFO_KEY
 
 __all__ = ["WEBSOCKET_PATH", "WebSocketTransport", "serve_mqtt_websocket"]
@@ -71,10 +73,18 @@ class WebSocketTransport(asyncio.Transport):
 
 
 async def serve_mqtt_websocket(
-    request: web.Request, protocol_factory: Callable[[], asyncio.Protocol]
+    request: web.Request,
+    protocol_factory: Callable[[], asyncio.Protocol],
+    *,
+    max_frame_size: int = DEFAULT_MAX_PACKET_SIZE,
 ) -> web.StreamResponse:
-    """The aiohttp handler body for WEBSOCKET_PATH: run one MQTT connection over it."""
-    ws = web.WebSocketResponse(protocols=("mqtt",), autoping=True, max_msg_size=0)
+    """The aiohttp handler body for WEBSOCKET_PATH: run one MQTT connection over it.
+
+    `max_frame_size` is the MQTT maximum packet size: a frame that carries more than one whole
+    packet's worth is refused (close code 1009) as soon as its header says so, before any of
+    its payload is buffered; nobody has authenticated yet when the first frames arrive.
+    (aiohttp refuses a message of exactly its `max_msg_size`, hence the + 1.)"""
+    ws = web.WebSocketResponse(protocols=("mqtt",), autoping=True, max_msg_size=max_frame_size + 1)
     await ws.prepare(request)
     transport = WebSocketTransport(ws, request)
     protocol = protocol_factory()

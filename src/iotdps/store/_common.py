@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from iotdps.errors import InvalidInput, NotFound, PreconditionFailed
+from iotdps.jsonload import InvalidJson, load_json
 
 __all__ = [
     "DEFAULT_REFUSAL_LIMIT",
@@ -68,9 +69,9 @@ def decode_token(token: str | None) -> str | None:
         return None
     try:
         padded = token + "=" * (-len(token) % 4)
-        value = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+        value = load_json(base64.urlsafe_b64decode(padded.encode("ascii")), what="the continuation token")
         key = value["k"]
-    except (binascii.Error, ValueError, UnicodeError, KeyError, TypeError) as exc:
+    except (binascii.Error, ValueError, UnicodeError, KeyError, TypeError, InvalidJson) as exc:
         raise InvalidInput("invalid continuation token") from exc
     if not isinstance(key, str):
         raise InvalidInput("invalid continuation token")

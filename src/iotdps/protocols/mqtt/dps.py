@@ -8,11 +8,11 @@ Server side: `parse_dps_username`, `parse_dps_request_topic`, `format_dps_respon
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 
 from iotdps.ids import check_registration_id
+from iotdps.jsonload import InvalidJson, load_json
 from iotdps.protocols.mqtt._query import check_status, encode_component, parse_query, short
 from iotdps.protocols.mqtt.errors import InvalidDeviceRequest
 
@@ -195,20 +195,12 @@ class RegisterBody:
     csr: str | None = None
 
 
-def _reject_constant(name: str) -> object:
-    raise InvalidDeviceRequest(f"register body contains {name}, which is not JSON")
-
-
 def parse_register_body(body: bytes) -> RegisterBody:
     """`{"payload": ..., "registrationId": "..."}` plus optional `tpm` and `csr` (section 10)."""
     try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidDeviceRequest("register body is not UTF-8") from None
-    try:
-        doc = json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
-        raise InvalidDeviceRequest("register body is not valid JSON") from None
+        doc = load_json(body, what="register body")
+    except InvalidJson as exc:
+        raise InvalidDeviceRequest(exc.message) from None
     if not isinstance(doc, dict):
         raise InvalidDeviceRequest("register body must be a JSON object")
     registration_id = doc.get("registrationId")

@@ -28,6 +28,9 @@ Example file:
     [limits]
     registrations_per_second = 0        # 0 = unlimited; beyond it devices get 429
 
+    [auth]
+    device_token_max_lifetime = 86400   # seconds ahead a device SAS token (DPS, hub) may expire
+
     [[hubs]]
     host_name = "hub1.example.local"
     bind = "127.0.0.1"
@@ -44,9 +47,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from iotdps.attestation.symmetric_key import DEFAULT_TOKEN_MAX_LIFETIME
 from iotdps.errors import ConfigError
 
 __all__ = [
+    "MAX_DEVICE_TOKEN_LIFETIME",
+    "MIN_DEVICE_TOKEN_LIFETIME",
+    "AuthConfig",
     "Config",
     "DpsConfig",
     "HubConfig",
@@ -103,6 +110,19 @@ class LimitsConfig:
     max_connections: int = 50_000
 
 
+# Bounds of auth.device_token_max_lifetime: below a minute no clock is good enough; above
+# 366 days (the management API's own cap) the setting no longer bounds anything.
+MIN_DEVICE_TOKEN_LIFETIME = 60
+MAX_DEVICE_TOKEN_LIFETIME = 366 * 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    # Seconds ahead of now a device SAS token (DPS and hub) may expire; see
+    # attestation.symmetric_key for why one day. Below 3600 the SDK's default tokens fail.
+    device_token_max_lifetime: int = DEFAULT_TOKEN_MAX_LIFETIME
+
+
 @dataclass(frozen=True, slots=True)
 class HubConfig:
     host_name: str
@@ -122,6 +142,7 @@ class Config:
     tls: TlsConfig = field(default_factory=TlsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     hubs: tuple[HubConfig, ...] = ()
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
     @property
     def database_dsn(self) -> str:
@@ -166,6 +187,7 @@ _ENV_KEYS: Mapping[str, tuple[str, str]] = {
     "MANAGEMENT_PORT": ("management", "port"),
     "TLS_EXTRA_NAMES": ("tls", "extra_names"),
     "REGISTRATIONS_PER_SECOND": ("limits", "registrations_per_second"),
+    "DEVICE_TOKEN_MAX_LIFETIME": ("auth", "device_token_max_lifetime"),
 }
 
 
@@ -225,7 +247,7 @@ def load_config(
 
 
 def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
-    known_top = {"data_dir", "dsn", "dps", "management", "tls", "limits", "hubs"}
+    known_top = {"data_dir", "dsn", "dps", "management", "tls", "limits", "hubs", "auth"}
     for key in raw:
         if key not in known_top:
             problems.add(f"unknown setting {key!r}")
@@ -246,6 +268,7 @@ def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
     management = _section(raw, "management", ManagementConfig(), problems)
     tls = _section(raw, "tls", TlsConfig(), problems)
     limits = _section(raw, "limits", LimitsConfig(), problems)
+    auth = _section(raw, "auth", AuthConfig(), problems)
 
     hubs: list[HubConfig] = []
     hub_index: list[int] = []  # position in the file, for messages
@@ -292,6 +315,10 @@ def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
         problems.add("limits.max_packet_size must be at least 1024")
     if tls.handshake_timeout <= 0:
         problems.add("tls.handshake_timeout must be > 0")
+    if not MIN_DEVICE_TOKEN_LIFETIME <= auth.device_token_max_lifetime <= MAX_DEVICE_TOKEN_LIFETIME:
+        problems.add(
+            f"auth.device_token_max_lifetime must be {MIN_DEVICE_TOKEN_LIFETIME}..{MAX_DEVICE_TOKEN_LIFETIME} seconds"
+        )
 
     if problems.items:
         return None
@@ -303,6 +330,7 @@ def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
         tls=tls,
         limits=limits,
         hubs=tuple(hubs),
+        auth=auth,
     )
 
 

@@ -108,3 +108,15 @@ def test_missing_or_broken_file(tmp_path: Path) -> None:
 def test_overrides_win(tmp_path: Path) -> None:
     config = load_config(environ={"IOTDPS_DATA_DIR": str(tmp_path)}, overrides={"dps.bind": "127.0.0.3", "dsn": None})
     assert config.dps.bind == "127.0.0.3"
+
+
+def test_device_token_lifetime(tmp_path: Path) -> None:
+    assert load_config(environ={"IOTDPS_DATA_DIR": str(tmp_path)}).auth.device_token_max_lifetime == 86400
+    file = tmp_path / "iotdps.toml"
+    file.write_text("[auth]\ndevice_token_max_lifetime = 7200\n")
+    assert load_config(file, environ={"IOTDPS_DATA_DIR": str(tmp_path)}).auth.device_token_max_lifetime == 7200
+    env = {"IOTDPS_DATA_DIR": str(tmp_path), "IOTDPS_DEVICE_TOKEN_MAX_LIFETIME": "600"}
+    assert load_config(file, environ=env).auth.device_token_max_lifetime == 600
+    for bad in ("10", str(400 * 24 * 3600)):
+        with pytest.raises(ConfigError, match=r"auth\.device_token_max_lifetime must be 60\.\.31622400"):
+            load_config(environ={**env, "IOTDPS_DEVICE_TOKEN_MAX_LIFETIME": bad})

@@ -212,6 +212,7 @@ class ProvisioningService:
         default_settings: ServiceSettings | None = None,
         webhook_timeout: float = DEFAULT_WEBHOOK_TIMEOUT,
         verification_code_ttl: timedelta = DEFAULT_VERIFICATION_CODE_TTL,
+        token_max_lifetime: int | None = None,
     ) -> None:
         self.store = store
         self.clock: Clock = clock or SystemClock()
@@ -219,6 +220,8 @@ class ProvisioningService:
         self.default_settings = default_settings
         self.webhook_timeout = webhook_timeout
         self.verification_code_ttl = verification_code_ttl
+        # Seconds a device SAS token may still be valid for (None: the attestation default).
+        self.token_max_lifetime = token_max_lifetime
 
     # ------------------------------------------------------------------ helpers
 
@@ -271,7 +274,7 @@ class ProvisioningService:
                 )
             if credential is None:
                 return _auth_refusal(RefusalReason.NO_CERTIFICATE, "the device presented no credential")
-            mechanism = mechanism_for(credential)
+            mechanism = mechanism_for(credential, max_token_lifetime=self.token_max_lifetime)
             if mechanism is None:
                 return _auth_refusal(
                     RefusalReason.UNSUPPORTED_ATTESTATION, f"unsupported credential {type(credential).__name__}"

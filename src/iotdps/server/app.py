@@ -126,11 +126,14 @@ class Server:
                 self.store,
                 hub_hosts,
                 max_packet_size=config.limits.max_packet_size,
+                token_max_lifetime=config.auth.device_token_max_lifetime,
             )
             await self.hub_runtime.start()
             self.hub = self.hub_runtime
         self._webhook = AiohttpWebhookTransport()
-        self.service = ProvisioningService(self.store, webhook=self._webhook)
+        self.service = ProvisioningService(
+            self.store, webhook=self._webhook, token_max_lifetime=config.auth.device_token_max_lifetime
+        )
         self.runner = RegistrationRunner(
             self.service,
             TokenBucket(config.limits.registrations_per_second, config.limits.registration_burst, time.monotonic()),

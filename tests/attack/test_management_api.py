@@ -6,23 +6,32 @@ route needs are written down HERE, independently of the route table, so a route 
 right drifts (or a new route nobody classified) fails this module. A refused request is a 401 or
 403; an admitted one is anything else but a 500 (404 and 400 are fine: the handler ran).
 
-Real parts: the management app over loopback TLS (iotdps_testing.mgmt) on a SQLite file.
+Then the enrollment certificates that could change another device's outcome, and the webhook
+destinations an enrollment may name.
+
+Real parts: the management app over loopback TLS (iotdps_testing.mgmt) on a SQLite file, and a
+real `iotdps up` with the official device SDK for the end-to-end cases.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import secrets
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from azure.iot.device import X509, ProvisioningDeviceClient
 
-from iotdps.api.auth import DEFAULT_POLICIES, Permission, make_service_sas
+from iotdps.api.auth import DEFAULT_POLICIES, AccessPolicies, Permission, make_service_sas
 from iotdps.api.routes import ROUTES, Route
 from iotdps_testing.mgmt import ManagementServer
+from iotdps_testing.server import RunningServer, start_server
 
 pytestmark = pytest.mark.e2e
 
@@ -166,3 +175,152 @@ def test_read_only_policy_reads_no_key(server: ManagementServer) -> None:
         refused = requests.post(base + path + "/attestationmechanism", headers=reader, verify=verify, timeout=30)
         assert refused.status_code == 401
         assert not any(s in refused.text for s in secrets_)
+
+
+# --------------------------------------------------------------------------- enrollment certificates
+#
+# An individual enrollment's certificates are TLS anchors (with PARTIAL_CHAIN), so a CA
+# certificate slipped into one (a bundle our own CLI writes, or a CA certificate alone) would
+# stop every chain through it there, short of the verified root: every device under that
+# intermediate refused. An enrollment's certificate is exactly one certificate, a device's own.
+
+PASSPHRASE = "factory-passphrase-for-attack-tests"
+
+
+@pytest.fixture(scope="module")
+def dps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    running = start_server(tmp_path_factory.mktemp("dps-certs"))
+    yield running
+    assert running.stop() == 0, running.log()
+
+
+@pytest.fixture(scope="module")
+def line(dps: RunningServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Root (proven to the service, a group on it) and intermediate line-a, not uploaded."""
+    ca_dir = tmp_path_factory.mktemp("ca")
+    dps.env.update({"IOTDPS_CA_DIR": str(ca_dir), "IOTDPS_CA_PASSPHRASE": PASSPHRASE})
+    dps.cli("create-ca-root", "--name", "root")
+    dps.cli("create-ca-intermediate", "--name", "line-a", "--parent", "root")
+    dps.cli("ca", "upload", "root", str(ca_dir / "root.cert.pem"))
+    code = next(t for t in dps.cli("ca", "verification-code", "root").replace(":", " ").split() if len(t) >= 32)
+    proof = ca_dir / "proof.pem"
+    dps.cli("proof-ca-root-possession", "--ca", "root", "--verification-code", code, "--out", str(proof))
+    dps.cli("ca", "verify", "root", str(proof))
+    dps.cli("group", "create", "factory", "--ca-ref", "root")
+    return ca_dir
+
+
+def _line_device(dps: RunningServer, ca_dir: Path, registration_id: str) -> tuple[X509, Path]:
+    out = ca_dir / "devices"
+    dps.cli("create-device-cert", "--registration-id", registration_id, "--ca", "line-a", "--out", str(out))
+    bundle = out / f"{registration_id}.cert.pem"
+    return X509(str(bundle), str(out / f"{registration_id}.key.pem")), bundle
+
+
+def _register(dps: RunningServer, registration_id: str, cert: X509) -> str:
+    client = ProvisioningDeviceClient.create_from_x509_certificate(
+        provisioning_host=dps.address,
+        registration_id=registration_id,
+        id_scope=dps.id_scope,
+        x509=cert,
+        server_verification_cert=dps.server_ca,
+    )
+    return str(client.register().status)
+
+
+def _reloads(dps: RunningServer) -> int:
+    return dps.log().count("TLS trust anchors reloaded")
+
+
+def _wait_for_reload(dps: RunningServer, before: int) -> None:
+    """A local CLI write reaches the TLS trust store at the server's next poll (3 s)."""
+    deadline = time.monotonic() + 15
+    while _reloads(dps) <= before and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def _management(dps: RunningServer, policy: str) -> tuple[str, dict[str, str]]:
+    policies = AccessPolicies.load(dps.data_dir / "access-policies.json")
+    host = f"{dps.address}:8443"
+    token = make_service_sas(host, policy, policies.get(policy).primary_key.reveal())
+    return f"https://{host}", {"Authorization": token}
+
+
+def _put_enrollment(dps: RunningServer, registration_id: str, pem: str) -> requests.Response:
+    base, auth = _management(dps, "enrollmentwrite")
+    doc = {
+        "registrationId": registration_id,
+        "attestation": {"type": "x509", "x509": {"clientCertificates": {"primary": {"certificate": pem}}}},
+    }
+    server_ca = dps.data_dir / "tls" / "server-ca.pem"
+    return requests.put(f"{base}/enrollments/{registration_id}", json=doc, headers=auth, verify=server_ca, timeout=30)
+
+
+def test_cli_bundle_enrollment_keeps_only_the_device_certificate(dps: RunningServer, line: Path) -> None:
+    first, _ = _line_device(dps, line, "line-dev-1")
+    assert _register(dps, "line-dev-1", first) == "assigned"
+
+    # Our own CLI's output file (leaf + intermediate) given to `enrollment create --cert`.
+    cert, bundle = _line_device(dps, line, "line-dev-9")
+    assert bundle.read_text().count("BEGIN CERTIFICATE") >= 2
+    before = _reloads(dps)
+    dps.cli("enrollment", "create", "line-dev-9", "--cert", str(bundle))
+    stored = dps.cli_json("enrollment", "show", "line-dev-9")["attestation"]["x509"]["clientCertificates"]
+    assert stored["primary"]["certificate"].count("BEGIN CERTIFICATE") == 1
+    assert stored["primary"]["info"]["subjectName"] == "CN=line-dev-9"
+    _wait_for_reload(dps, before)
+
+    # Every other device of the line still provisions, and so does the enrolled one.
+    newcomer, _ = _line_device(dps, line, "line-dev-2")
+    assert _register(dps, "line-dev-2", newcomer) == "assigned"
+    assert _register(dps, "line-dev-1", first) == "assigned"
+    assert _register(dps, "line-dev-9", cert) == "assigned"
+
+
+def test_api_refuses_a_bundle_and_a_ca_certificate(dps: RunningServer, line: Path) -> None:
+    _, bundle = _line_device(dps, line, "line-dev-8")
+    answer = _put_enrollment(dps, "line-dev-8", bundle.read_text())
+    assert answer.status_code == 400, answer.text
+    assert "exactly one certificate" in answer.json()["message"]
+
+    # The intermediate itself, alone, as "its own" enrollment (its CN is a valid registration id).
+    intermediate = (line / "line-a.cert.pem").read_text()
+    answer = _put_enrollment(dps, "line-a", intermediate)
+    assert answer.status_code == 400, answer.text
+    assert "CA certificate" in answer.json()["message"]
+    base, auth = _management(dps, "provisioningserviceowner")
+    server_ca = dps.data_dir / "tls" / "server-ca.pem"
+    for rid in ("line-dev-8", "line-a"):
+        missing = requests.get(f"{base}/enrollments/{rid}", headers=auth, verify=server_ca, timeout=30)
+        assert missing.status_code == 404  # nothing was stored
+
+    time.sleep(3.5)  # past the trust poll: had anything been stored, the anchors would now hold it
+    newcomer, _ = _line_device(dps, line, "line-dev-3")
+    assert _register(dps, "line-dev-3", newcomer) == "assigned"
+
+
+def test_a_ca_certificate_stored_by_an_older_version_is_no_anchor(dps: RunningServer, line: Path) -> None:
+    """Defence for records written before these rules: the trust store takes from an individual
+    enrollment only its first certificate, and never a CA certificate."""
+    from iotdps.enrollment.models import Attestation, CertificateSlot, IndividualEnrollment, X509Attestation
+    from iotdps.store import open_store
+
+    intermediate = (line / "line-a.cert.pem").read_text()
+    _, bundle = _line_device(dps, line, "line-dev-7")
+
+    async def plant() -> None:
+        store = await open_store(f"sqlite:///{dps.data_dir / 'iotdps.db'}", create=False)
+        try:
+            async with store.begin() as uow:
+                for rid, pem in (("line-a", intermediate), ("line-dev-7", bundle.read_text())):
+                    slot = CertificateSlot(pem, {"subjectName": f"CN={rid}"})
+                    att = Attestation("x509", x509=X509Attestation((slot, None)))
+                    await uow.enrollments.put(IndividualEnrollment(rid, att))
+        finally:
+            await store.close()
+
+    before = _reloads(dps)
+    asyncio.run(plant())
+    _wait_for_reload(dps, before)
+    newcomer, _ = _line_device(dps, line, "line-dev-4")
+    assert _register(dps, "line-dev-4", newcomer) == "assigned"

@@ -283,7 +283,12 @@ class ProvisioningService:
 
     async def trust_anchors(self) -> list[x509.Certificate]:
         """What the TLS layer's trust store must hold: every verified uploaded CA and every
-        individual X.509 enrollment's client certificates (used with PARTIAL_CHAIN)."""
+        individual X.509 enrollment's client certificates (used with PARTIAL_CHAIN).
+
+        From an enrollment only its one device certificate is taken, never a CA certificate:
+        with PARTIAL_CHAIN an anchor ends every chain through it, so an intermediate here would
+        stop its whole line short of the verified root. The write path refuses both
+        (provisioning.admin); this also holds for records an older version stored."""
         out: list[x509.Certificate] = []
         async with self.store.read() as uow:
             for ca in await uow.cas.list():
@@ -292,8 +297,8 @@ class ProvisioningService:
             for enrollment in await uow.enrollments.list_x509():
                 if enrollment.attestation.x509 is not None:
                     for slot in enrollment.attestation.x509.client_certificates:
-                        if slot is not None:
-                            out.extend(_load_all(slot.certificate))
+                        device = _load_all(slot.certificate)[:1] if slot is not None else []
+                        out.extend(c for c in device if not certs.is_ca(c))
         return out
 
     async def explain(self, registration_id: str, credential: Credential) -> list[str]:

@@ -31,6 +31,9 @@ Example file:
     [auth]
     device_token_max_lifetime = 86400   # seconds ahead a device SAS token (DPS, hub) may expire
 
+    [allocation]
+    webhook_allowlist = ["http://alloc.internal:8080/api", "10.0.0.0/8"]   # besides public HTTPS
+
     [[hubs]]
     host_name = "hub1.example.local"
     bind = "127.0.0.1"
@@ -47,12 +50,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from iotdps.allocation.destinations import WebhookDestinations
 from iotdps.attestation.symmetric_key import DEFAULT_TOKEN_MAX_LIFETIME
-from iotdps.errors import ConfigError
+from iotdps.errors import ConfigError, InvalidInput
 
 __all__ = [
     "MAX_DEVICE_TOKEN_LIFETIME",
     "MIN_DEVICE_TOKEN_LIFETIME",
+    "AllocationConfig",
     "AuthConfig",
     "Config",
     "DpsConfig",
@@ -124,6 +129,17 @@ class AuthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AllocationConfig:
+    # Custom-allocation webhook destinations besides HTTPS to public addresses: URL prefixes,
+    # host names (*.domain) and addresses or networks (allocation.destinations).
+    webhook_allowlist: tuple[str, ...] = ()
+
+    @property
+    def webhook_destinations(self) -> WebhookDestinations:
+        return WebhookDestinations.parse(self.webhook_allowlist)
+
+
+@dataclass(frozen=True, slots=True)
 class HubConfig:
     host_name: str
     bind: str = "127.0.0.1"
@@ -143,6 +159,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     hubs: tuple[HubConfig, ...] = ()
     auth: AuthConfig = field(default_factory=AuthConfig)
+    allocation: AllocationConfig = field(default_factory=AllocationConfig)
 
     @property
     def database_dsn(self) -> str:
@@ -188,7 +205,10 @@ _ENV_KEYS: Mapping[str, tuple[str, str]] = {
     "TLS_EXTRA_NAMES": ("tls", "extra_names"),
     "REGISTRATIONS_PER_SECOND": ("limits", "registrations_per_second"),
     "DEVICE_TOKEN_MAX_LIFETIME": ("auth", "device_token_max_lifetime"),
+    "WEBHOOK_ALLOWLIST": ("allocation", "webhook_allowlist"),
 }
+# Settings that are lists; their environment variables are comma separated.
+_LIST_KEYS = frozenset({"extra_names", "webhook_allowlist"})
 
 
 class _Problems:
@@ -232,7 +252,7 @@ def load_config(
         if not isinstance(target, dict):
             problems.add(f"[{section}] must be a table")
             continue
-        target[key] = [v.strip() for v in value.split(",") if v.strip()] if key == "extra_names" else value
+        target[key] = [v.strip() for v in value.split(",") if v.strip()] if key in _LIST_KEYS else value
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
@@ -247,7 +267,7 @@ def load_config(
 
 
 def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
-    known_top = {"data_dir", "dsn", "dps", "management", "tls", "limits", "hubs", "auth"}
+    known_top = {"data_dir", "dsn", "dps", "management", "tls", "limits", "hubs", "auth", "allocation"}
     for key in raw:
         if key not in known_top:
             problems.add(f"unknown setting {key!r}")
@@ -269,6 +289,7 @@ def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
     tls = _section(raw, "tls", TlsConfig(), problems)
     limits = _section(raw, "limits", LimitsConfig(), problems)
     auth = _section(raw, "auth", AuthConfig(), problems)
+    allocation = _section(raw, "allocation", AllocationConfig(), problems)
 
     hubs: list[HubConfig] = []
     hub_index: list[int] = []  # position in the file, for messages
@@ -319,6 +340,10 @@ def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
         problems.add(
             f"auth.device_token_max_lifetime must be {MIN_DEVICE_TOKEN_LIFETIME}..{MAX_DEVICE_TOKEN_LIFETIME} seconds"
         )
+    try:
+        WebhookDestinations.parse(allocation.webhook_allowlist)
+    except InvalidInput as exc:
+        problems.add(f"allocation.webhook_allowlist: {exc.message}")
 
     if problems.items:
         return None
@@ -331,6 +356,7 @@ def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
         limits=limits,
         hubs=tuple(hubs),
         auth=auth,
+        allocation=allocation,
     )
 
 

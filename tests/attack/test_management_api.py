@@ -17,16 +17,22 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import http.server
+import ipaddress
 import json
 import secrets
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import requests
 from azure.iot.device import X509, ProvisioningDeviceClient
+from azure.iot.device.exceptions import ClientError
 
 from iotdps.api.auth import DEFAULT_POLICIES, AccessPolicies, Permission, make_service_sas
 from iotdps.api.routes import ROUTES, Route
@@ -324,3 +330,165 @@ def test_a_ca_certificate_stored_by_an_older_version_is_no_anchor(dps: RunningSe
     _wait_for_reload(dps, before)
     newcomer, _ = _line_device(dps, line, "line-dev-4")
     assert _register(dps, "line-dev-4", newcomer) == "assigned"
+
+
+# --------------------------------------------------------------------------- webhook destinations
+#
+# An EnrollmentWrite holder names the custom-allocation webhook URL and the server POSTs
+# enrollment JSON to it: without rules, a request forgery into loopback, the private network
+# or a cloud metadata address. HTTPS to public addresses only, unless the configuration's
+# allowlist says otherwise; checked when written and again when called.
+
+
+def _loopback_name() -> str | None:
+    """A host name (not `localhost`, which is refused by name) that resolves to loopback here."""
+    name = socket.gethostname()
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(name, 443, type=socket.SOCK_STREAM)}
+    except OSError:
+        return None
+    return name if addresses and all(ipaddress.ip_address(a).is_loopback for a in addresses) else None
+
+
+_FORGED_TARGETS = (
+    "http://127.0.0.1:9/allocate",  # plain http
+    "http://alloc.example.com/allocate",  # plain http to a public name
+    "https://127.0.0.1/allocate",  # loopback
+    "https://10.1.2.3/allocate",  # private
+    "https://169.254.169.254/latest/meta-data/",  # link-local: cloud metadata
+    "https://[::1]/allocate",
+    "https://[::ffff:127.0.0.1]/allocate",  # IPv4-mapped loopback
+    "https://[fe80::1]/allocate",
+    "https://100.64.0.1/allocate",  # shared address space
+    "https://0.0.0.0/allocate",
+    "https://localhost:8443/allocate",
+    "https://2130706433/allocate",  # 127.0.0.1 in a legacy spelling
+    "ftp://alloc.example.com/allocate",
+)
+
+
+def _hook_doc(kind: str, key: str, url: str) -> dict[str, Any]:
+    id_field = "registrationId" if kind == "enrollments" else "enrollmentGroupId"
+    return {
+        id_field: key,
+        "attestation": {"type": "symmetricKey"},
+        "allocationPolicy": "custom",
+        "customAllocationDefinition": {"webhookUrl": url, "apiVersion": "2021-10-01"},
+    }
+
+
+def test_webhook_destinations_are_refused_when_written(server: ManagementServer) -> None:
+    auth = _authorization(server, "enrollmentwrite")
+    owner = _authorization(server, "provisioningserviceowner")
+    base, verify = server.base_url, str(server.ca_path)
+    targets = list(_FORGED_TARGETS)
+    if (name := _loopback_name()) is not None:
+        targets.append(f"https://{name}/allocate")  # a name that resolves to loopback
+    wrong: list[str] = []
+    for kind in ("enrollments", "enrollmentGroups"):
+        for n, url in enumerate(targets):
+            key = f"hook-{kind[:5].lower()}-{n}"
+            answer = requests.put(
+                f"{base}/{kind}/{key}", json=_hook_doc(kind, key, url), headers=auth, verify=verify, timeout=30
+            )
+            if answer.status_code != 400 or "webhookUrl" not in answer.json().get("message", ""):
+                wrong.append(f"{kind} {url}: {answer.status_code} {answer.text[:200]}")
+            elif requests.get(f"{base}/{kind}/{key}", headers=owner, verify=verify, timeout=30).status_code != 404:
+                wrong.append(f"{kind} {url}: stored despite the 400")
+        # The bulk route writes through the same check.
+        bulk_field = "enrollments" if kind == "enrollments" else "enrollmentGroups"
+        bulk = {"mode": "create", bulk_field: [_hook_doc(kind, f"hook-bulk-{kind[:5].lower()}", targets[2])]}
+        answer = requests.post(f"{base}/{kind}", json=bulk, headers=auth, verify=verify, timeout=30)
+        if answer.status_code != 200 or answer.json()["isSuccessful"] or "webhookUrl" not in answer.text:
+            wrong.append(f"bulk {kind}: {answer.status_code} {answer.text[:200]}")
+    assert not wrong, "\n".join(wrong)
+    # HTTPS to a public address is what a webhook normally is: accepted.
+    public = _hook_doc("enrollments", "hook-public", "https://93.184.215.14/api/allocate?code=secret")
+    answer = requests.put(f"{base}/enrollments/hook-public", json=public, headers=auth, verify=verify, timeout=30)
+    assert answer.status_code == 200, answer.text
+
+
+class _Webhook(http.server.BaseHTTPRequestHandler):
+    """Answers the first hub offered, and records who asked."""
+
+    calls: ClassVar[list[str]] = []
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", "0"))
+        request = json.loads(self.rfile.read(length))
+        type(self).calls.append(request["deviceRuntimeContext"]["registrationId"])
+        answer = json.dumps({"iotHubHostName": request["linkedHubs"][0]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+
+@pytest.fixture
+def webhook() -> Iterator[tuple[int, list[str]]]:
+    handler = type("Hook", (_Webhook,), {"calls": []})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield httpd.server_address[1], handler.calls
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
+def _custom_device(dps: RunningServer, registration_id: str, url: str) -> None:
+    """Enrolled by the local CLI (the data dir's owner: no write-time check), then registered."""
+    dps.cli(
+        "enrollment", "create", registration_id, "--symmetric-key", "--allocation-policy", "custom",
+        "--webhook-url", url, "--webhook-api-version", "2021-10-01",
+    )  # fmt: skip
+    key, _ = dps.symmetric_keys("enrollment", registration_id)
+    client = ProvisioningDeviceClient.create_from_symmetric_key(
+        provisioning_host=dps.address,
+        registration_id=registration_id,
+        id_scope=dps.id_scope,
+        symmetric_key=key,
+        server_verification_cert=dps.server_ca,
+    )
+    with contextlib.suppress(ClientError):  # a failed operation: 2.14.0 raises or returns it
+        client.register()
+
+
+def test_webhook_destinations_are_checked_when_called(dps: RunningServer, webhook: tuple[int, list[str]]) -> None:
+    port, calls = webhook
+    targets = {"hook-call-http": f"http://127.0.0.1:{port}/allocate"}
+    if (name := _loopback_name()) is not None:
+        # Passes the rules as written (https, a host name); what it resolves to does not.
+        targets["hook-call-dns"] = f"https://{name}:{port}/allocate"
+    for rid, url in targets.items():
+        _custom_device(dps, rid, url)
+        record = dps.registration(rid)
+        assert record is not None and record.status == "failed", record
+        refusal = dps.refusals(rid)[0]
+        assert refusal.reason == "WEBHOOK_FAILED"
+        assert "not called" in refusal.message and "webhook_allowlist" in refusal.message
+    assert calls == []  # not one byte reached the internal address
+    if "hook-call-dns" in targets:
+        assert "resolves to 127." in dps.refusals("hook-call-dns")[0].message
+
+
+def test_allowlisted_webhook_is_called(tmp_path: Path, webhook: tuple[int, list[str]]) -> None:
+    port, calls = webhook
+    allowed = start_server(tmp_path, config=f'[allocation]\nwebhook_allowlist = ["http://127.0.0.1:{port}/allocate"]\n')
+    try:
+        _custom_device(allowed, "hook-allowed-1", f"http://127.0.0.1:{port}/allocate")
+        record = allowed.registration("hook-allowed-1")
+        assert record is not None and record.status == "assigned", record
+        assert calls == ["hook-allowed-1"]
+        # Same host and port, another path: not what the allowlist names.
+        _custom_device(allowed, "hook-allowed-2", f"http://127.0.0.1:{port}/other")
+        assert calls == ["hook-allowed-1"]
+        assert allowed.refusals("hook-allowed-2")[0].reason == "WEBHOOK_FAILED"
+    finally:
+        assert allowed.stop() == 0, allowed.log()

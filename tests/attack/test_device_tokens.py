@@ -11,6 +11,7 @@ SDK would never send.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -19,14 +20,17 @@ import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
-from azure.iot.device import IoTHubDeviceClient, ProvisioningDeviceClient
+from azure.iot.device import X509, IoTHubDeviceClient, ProvisioningDeviceClient
+from azure.iot.device.exceptions import ClientError, CredentialError
 
 from iotdps.attestation.symmetric_key import make_sas_token
 from iotdps.protocols.mqtt.client import ClientSession
 from iotdps.protocols.mqtt.events import ConnAckReceived
+from iotdps_testing.devcerts import derived_key
 from iotdps_testing.rawdps import dps_connect
 from iotdps_testing.server import RunningServer, start_server
 
@@ -138,3 +142,110 @@ def test_configured_maximum_applies_to_dps_and_hub(tmp_path: Path) -> None:
         assert _hub_connack(server, device_id, _hub_token(server.address, device_id, key, now + 7000)) == 0
     finally:
         assert server.stop() == 0, server.log()
+
+
+# --------------------------------------------------------------------------- registration-id case
+#
+# DPS registration ids are case-insensitive ("a case-insensitive string", REST spec): `GDEV-1`
+# and `gdev-1` are one registration, found by one individual enrollment. Case-sensitive lookups
+# made them two devices on the hub, and let a group key holder step around a (disabled)
+# individual enrollment by changing case.
+
+PASSPHRASE = "factory-passphrase-for-attack-tests"
+
+
+def _hub_devices(server: RunningServer, hub: str) -> list[str]:
+    from iotdps.store import open_store
+
+    async def read() -> list[str]:
+        store = await open_store(f"sqlite:///{server.data_dir / 'iotdps.db'}", create=False)
+        try:
+            async with store.begin() as uow:
+                page = await uow.devices.list(hub, page_size=1000)
+                return [d.device_id for d in page.items]
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
+
+
+def _sas_register(server: RunningServer, registration_id: str, key: str) -> Any:
+    return ProvisioningDeviceClient.create_from_symmetric_key(
+        provisioning_host=server.address,
+        registration_id=registration_id,
+        id_scope=server.id_scope,
+        symmetric_key=key,
+        server_verification_cert=server.server_ca,
+    ).register()
+
+
+def test_group_device_under_two_spellings_is_one_registration(server: RunningServer) -> None:
+    server.cli("group", "create", "case-group", "--symmetric-key")
+    group_key, _ = server.symmetric_keys("group", "case-group")
+    first = _sas_register(server, "GDEV-1", derived_key(group_key, "GDEV-1"))
+    assert (first.status, first.registration_state.device_id) == ("assigned", "GDEV-1")
+    # The same device id in lower case (its key derived from that spelling, as the SDK does).
+    lower_key = derived_key(group_key, "gdev-1")
+    second = _sas_register(server, "gdev-1", lower_key)
+    assert second.status == "assigned"
+    assert second.registration_state.device_id == "GDEV-1"  # the same hub identity
+    assert second.registration_state.sub_status == "reprovisionedToInitialAssignment"
+    assert second.registration_state.created_date_time == first.registration_state.created_date_time
+    record = server.registration("gDeV-1")
+    assert record is not None and record.operation_id == second.operation_id
+    assert [d for d in _hub_devices(server, server.address) if d.lower() == "gdev-1"] == ["GDEV-1"]
+    # The device connects to its hub as the device id it was given, with its current key.
+    client = IoTHubDeviceClient.create_from_symmetric_key(
+        symmetric_key=lower_key, hostname=server.address, device_id="GDEV-1", server_verification_cert=server.server_ca
+    )
+    try:
+        client.connect()
+        client.send_message("one device")
+    finally:
+        client.shutdown()
+
+
+def test_case_cannot_step_around_an_individual_enrollment(server: RunningServer) -> None:
+    server.cli("group", "create", "open-group", "--symmetric-key")
+    group_key, _ = server.symmetric_keys("group", "open-group")
+    server.cli("enrollment", "create", "BLOCKED-7", "--symmetric-key", "--disabled")
+    for spelling in ("BLOCKED-7", "blocked-7", "Blocked-7"):
+        # A group key holder derives a key for any spelling; the individual enrollment decides.
+        with pytest.raises((ClientError, CredentialError)):
+            _sas_register(server, spelling, derived_key(group_key, spelling))
+        assert server.refusals(spelling)[0].enrollment == "individual:BLOCKED-7"
+    assert not [d for d in _hub_devices(server, server.address) if d.lower() == "blocked-7"]
+
+
+def test_x509_cn_and_registration_id_compare_without_case(server: RunningServer, tmp_path: Path) -> None:
+    ca_dir = tmp_path / "ca"
+    server.env.update({"IOTDPS_CA_DIR": str(ca_dir), "IOTDPS_CA_PASSPHRASE": PASSPHRASE})
+    server.cli("create-ca-root", "--name", "case-root")
+    server.cli("ca", "upload", "case-root", str(ca_dir / "case-root.cert.pem"), "--verified")
+    server.cli("group", "create", "case-x509", "--ca-ref", "case-root")
+    out = ca_dir / "devices"
+    server.cli("create-device-cert", "--registration-id", "XDEV-1", "--ca", "case-root", "--out", str(out))
+    cert = X509(str(out / "XDEV-1.cert.pem"), str(out / "XDEV-1.key.pem"))
+    results = []
+    for spelling in ("xdev-1", "XDEV-1"):
+        results.append(
+            ProvisioningDeviceClient.create_from_x509_certificate(
+                provisioning_host=server.address,
+                registration_id=spelling,
+                id_scope=server.id_scope,
+                x509=cert,
+                server_verification_cert=server.server_ca,
+            ).register()
+        )
+    assert [r.status for r in results] == ["assigned", "assigned"]
+    # The hub identity is named by the CN as written: the hub compares the two exactly.
+    assert [r.registration_state.device_id for r in results] == ["XDEV-1", "XDEV-1"]
+    assert [d for d in _hub_devices(server, server.address) if d.lower() == "xdev-1"] == ["XDEV-1"]
+    client = IoTHubDeviceClient.create_from_x509_certificate(
+        x509=cert, hostname=server.address, device_id="XDEV-1", server_verification_cert=server.server_ca
+    )
+    try:
+        client.connect()
+        client.send_message("one certificate, one device")
+    finally:
+        client.shutdown()

@@ -135,7 +135,7 @@ async def _write(ctx: ApiContext, kind: Kind, key: str, doc: Mapping[str, Any], 
     given = body.get(kind.id_field)
     if given is None:
         body[kind.id_field] = key
-    elif given != key:
+    elif not isinstance(given, str) or given.lower() != key.lower():  # ids are case-insensitive
         raise InvalidInput(f"{kind.id_field} {given!r} in the body differs from {key!r} in the URL")
     record = kind.parse(body)
     hook = record.settings.custom_allocation_definition

@@ -68,6 +68,8 @@ class Authentication:
     device_auth: DeviceAuth | None = None
     webhook_context: Mapping[str, Any] = field(default_factory=dict)
     leaf_sha256: str | None = None
+    # X.509: the leaf's CN exactly as written (the hub compares it with the device id).
+    common_name: str | None = None
 
 
 class Mechanism(Protocol):
@@ -253,7 +255,9 @@ class X509Mechanism:
         )
         auth = DeviceAuth("selfSigned", primary_thumbprints=(leaf_sha256, certs.sha1_thumbprint(leaf)))
         context = _X509WebhookContext(leaf)
-        return Authentication(decision, "x509", auth if decision.admitted else None, context, leaf_sha256)
+        return Authentication(
+            decision, "x509", auth if decision.admitted else None, context, leaf_sha256, certs.common_name(leaf)
+        )
 
 
 class SymmetricKeyMechanism:

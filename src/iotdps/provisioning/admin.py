@@ -29,6 +29,7 @@ from iotdps.enrollment.models import (
     X509Attestation,
 )
 from iotdps.errors import InvalidInput
+from iotdps.ids import same_registration_id
 from iotdps.provisioning.ports import Store
 
 __all__ = ["fill_certificate_info", "put_enrollment", "put_group"]
@@ -84,7 +85,7 @@ async def put_enrollment(
                     " enrollment group)"
                 )
             cn = certs.common_name(cert)
-            if cn != enrollment.registration_id:
+            if cn is None or not same_registration_id(cn, enrollment.registration_id):
                 raise InvalidInput(
                     f"certificate CN {cn!r} is not the registration id {enrollment.registration_id!r};"
                     " a device registers with its certificate's CN"

@@ -28,6 +28,12 @@ Example file:
     [limits]
     registrations_per_second = 0        # 0 = unlimited; beyond it devices get 429
 
+    [auth]
+    device_token_max_lifetime = 86400   # seconds ahead a device SAS token (DPS, hub) may expire
+
+    [allocation]
+    webhook_allowlist = ["http://alloc.internal:8080/api", "10.0.0.0/8"]   # besides public HTTPS
+
     [[hubs]]
     host_name = "hub1.example.local"
     bind = "127.0.0.1"
@@ -44,9 +50,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from iotdps.errors import ConfigError
+from iotdps.allocation.destinations import WebhookDestinations
+from iotdps.attestation.symmetric_key import DEFAULT_TOKEN_MAX_LIFETIME
+from iotdps.errors import ConfigError, InvalidInput
 
 __all__ = [
+    "MAX_DEVICE_TOKEN_LIFETIME",
+    "MIN_DEVICE_TOKEN_LIFETIME",
+    "AllocationConfig",
+    "AuthConfig",
     "Config",
     "DpsConfig",
     "HubConfig",
@@ -107,6 +119,30 @@ class LimitsConfig:
     connect_timeout: float = 30.0
 
 
+# Bounds of auth.device_token_max_lifetime: below a minute no clock is good enough; above
+# 366 days (the management API's own cap) the setting no longer bounds anything.
+MIN_DEVICE_TOKEN_LIFETIME = 60
+MAX_DEVICE_TOKEN_LIFETIME = 366 * 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    # Seconds ahead of now a device SAS token (DPS and hub) may expire; see
+    # attestation.symmetric_key for why one day. Below 3600 the SDK's default tokens fail.
+    device_token_max_lifetime: int = DEFAULT_TOKEN_MAX_LIFETIME
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationConfig:
+    # Custom-allocation webhook destinations besides HTTPS to public addresses: URL prefixes,
+    # host names (*.domain) and addresses or networks (allocation.destinations).
+    webhook_allowlist: tuple[str, ...] = ()
+
+    @property
+    def webhook_destinations(self) -> WebhookDestinations:
+        return WebhookDestinations.parse(self.webhook_allowlist)
+
+
 @dataclass(frozen=True, slots=True)
 class HubConfig:
     host_name: str
@@ -126,6 +162,8 @@ class Config:
     tls: TlsConfig = field(default_factory=TlsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     hubs: tuple[HubConfig, ...] = ()
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    allocation: AllocationConfig = field(default_factory=AllocationConfig)
 
     @property
     def database_dsn(self) -> str:
@@ -170,7 +208,11 @@ _ENV_KEYS: Mapping[str, tuple[str, str]] = {
     "MANAGEMENT_PORT": ("management", "port"),
     "TLS_EXTRA_NAMES": ("tls", "extra_names"),
     "REGISTRATIONS_PER_SECOND": ("limits", "registrations_per_second"),
+    "DEVICE_TOKEN_MAX_LIFETIME": ("auth", "device_token_max_lifetime"),
+    "WEBHOOK_ALLOWLIST": ("allocation", "webhook_allowlist"),
 }
+# Settings that are lists; their environment variables are comma separated.
+_LIST_KEYS = frozenset({"extra_names", "webhook_allowlist"})
 
 
 class _Problems:
@@ -214,7 +256,7 @@ def load_config(
         if not isinstance(target, dict):
             problems.add(f"[{section}] must be a table")
             continue
-        target[key] = [v.strip() for v in value.split(",") if v.strip()] if key == "extra_names" else value
+        target[key] = [v.strip() for v in value.split(",") if v.strip()] if key in _LIST_KEYS else value
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
@@ -229,7 +271,7 @@ def load_config(
 
 
 def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
-    known_top = {"data_dir", "dsn", "dps", "management", "tls", "limits", "hubs"}
+    known_top = {"data_dir", "dsn", "dps", "management", "tls", "limits", "hubs", "auth", "allocation"}
     for key in raw:
         if key not in known_top:
             problems.add(f"unknown setting {key!r}")
@@ -250,6 +292,8 @@ def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
     management = _section(raw, "management", ManagementConfig(), problems)
     tls = _section(raw, "tls", TlsConfig(), problems)
     limits = _section(raw, "limits", LimitsConfig(), problems)
+    auth = _section(raw, "auth", AuthConfig(), problems)
+    allocation = _section(raw, "allocation", AllocationConfig(), problems)
 
     hubs: list[HubConfig] = []
     hub_index: list[int] = []  # position in the file, for messages
@@ -298,6 +342,14 @@ def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
         problems.add("tls.handshake_timeout must be > 0")
     if not 0 < limits.connect_timeout <= 3600:
         problems.add("limits.connect_timeout must be > 0 and at most 3600 seconds")
+    if not MIN_DEVICE_TOKEN_LIFETIME <= auth.device_token_max_lifetime <= MAX_DEVICE_TOKEN_LIFETIME:
+        problems.add(
+            f"auth.device_token_max_lifetime must be {MIN_DEVICE_TOKEN_LIFETIME}..{MAX_DEVICE_TOKEN_LIFETIME} seconds"
+        )
+    try:
+        WebhookDestinations.parse(allocation.webhook_allowlist)
+    except InvalidInput as exc:
+        problems.add(f"allocation.webhook_allowlist: {exc.message}")
 
     if problems.items:
         return None
@@ -309,6 +361,8 @@ def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
         tls=tls,
         limits=limits,
         hubs=tuple(hubs),
+        auth=auth,
+        allocation=allocation,
     )
 
 

@@ -6,13 +6,31 @@ import re
 
 from iotdps.errors import InvalidRegistrationId
 
-__all__ = ["REGISTRATION_ID_MAX", "check_registration_id", "is_valid_registration_id"]
+__all__ = [
+    "REGISTRATION_ID_MAX",
+    "check_registration_id",
+    "is_valid_registration_id",
+    "registration_key",
+    "same_registration_id",
+]
 
 REGISTRATION_ID_MAX = 128
 
 # DPS: case-insensitive alphanumerics plus - . _ : ; at most 128 characters; the last
 # character must be alphanumeric or '-' (azure-wire-protocol.md 1.4).
 _REGISTRATION_ID = re.compile(r"^[A-Za-z0-9._:-]*[A-Za-z0-9-]\Z")
+
+
+def registration_key(value: str) -> str:
+    """The form registration ids are compared and stored under: DPS treats them case-
+    insensitively ("a case-insensitive string", REST spec; `GDEV-1` and `gdev-1` are one
+    registration), so the store keys them lower case while each record keeps the spelling it
+    was written with. The alphabet is ASCII, so lower() is a full case fold."""
+    return value.lower()
+
+
+def same_registration_id(a: str, b: str) -> bool:
+    return a.lower() == b.lower()
 
 
 def is_valid_registration_id(value: str) -> bool:

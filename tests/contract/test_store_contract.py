@@ -272,24 +272,60 @@ async def test_paging_enrollments_groups_registrations(store: Store) -> None:
             await uow.enrollments.put(sym_enrollment(rid))
             await uow.groups.put(sym_group(rid))
             await uow.registrations.put(registration(rid, group="g-even" if PAGE_IDS.index(rid) % 2 == 0 else None))
-    expected = sorted(PAGE_IDS)
+    # Registration ids are case-insensitive keys: they list in the order of their lower case.
+    expected = sorted(PAGE_IDS, key=str.lower)
     async with store.begin() as uow:
         enrollments, pages = await collect(lambda tok: uow.enrollments.list(page_size=5, continuation=tok))
         assert [e.registration_id for e in enrollments] == expected and pages == 6
         groups, pages = await collect(lambda tok: uow.groups.list(page_size=7, continuation=tok))
-        assert [g.enrollment_group_id for g in groups] == expected and pages == 4
+        assert [g.enrollment_group_id for g in groups] == sorted(PAGE_IDS) and pages == 4
         regs, _ = await collect(lambda tok: uow.registrations.list(page_size=4, continuation=tok))
         assert [r.registration_id for r in regs] == expected
         even, _ = await collect(
             lambda tok: uow.registrations.list(page_size=3, continuation=tok, enrollment_group_id="g-even")
         )
-        assert [r.registration_id for r in even] == sorted(PAGE_IDS[::2])
+        assert [r.registration_id for r in even] == sorted(PAGE_IDS[::2], key=str.lower)
         # An exact multiple of the page size ends without an empty page.
         whole = await uow.enrollments.list(page_size=len(PAGE_IDS))
         assert len(whole.items) == len(PAGE_IDS) and whole.continuation is None
         first = await uow.enrollments.list(page_size=2)
         assert first.continuation is not None
         assert await uow.registrations.list(enrollment_group_id="nobody") == Page([], None)
+
+
+async def test_registration_ids_are_case_insensitive_keys(store: Store) -> None:
+    """DPS registration ids are case-insensitive: GDEV-1 and gdev-1 are one enrollment and one
+    registration record, found and replaced whatever the case; a record keeps the spelling it
+    was last written with."""
+    async with store.begin() as uow:
+        first = await uow.enrollments.put(sym_enrollment("GDEV-1"))
+        await uow.registrations.put(registration("GDEV-1"))
+    async with store.begin() as uow:
+        found = await uow.enrollments.get("gdev-1")
+        assert found is not None and found.registration_id == "GDEV-1" and found.etag == first.etag
+        record = await uow.registrations.get("gDev-1", for_update=True)
+        assert record is not None and record.registration_id == "GDEV-1"
+        with pytest.raises(PreconditionFailed):
+            await uow.enrollments.put(sym_enrollment("gdev-1"), if_match="not-the-etag")
+    async with store.begin() as uow:
+        again = await uow.enrollments.put(sym_enrollment("gdev-1"), if_match=first.etag)
+        assert again.created == first.created and again.registration_id == "gdev-1"
+        await uow.registrations.put(replace(registration("gdev-1"), operation_id="op-2"))
+    async with store.begin() as uow:
+        assert [e.registration_id for e in (await uow.enrollments.list()).items] == ["gdev-1"]
+        regs = (await uow.registrations.list()).items
+        assert [(r.registration_id, r.operation_id) for r in regs] == [("gdev-1", "op-2")]
+        assert [e.registration_id for e in await uow.enrollments.list_x509()] == []
+        await uow.enrollments.delete("GDEV-1")
+        await uow.registrations.delete("Gdev-1", if_match=regs[0].etag)
+    async with store.begin() as uow:
+        assert await uow.enrollments.get("gdev-1") is None
+        assert await uow.registrations.get("GDEV-1") is None
+        with pytest.raises(NotFound):
+            await uow.enrollments.delete("gdev-1")
+        # Group ids stay as they are: the group API compares them exactly.
+        await uow.groups.put(sym_group("Fleet"))
+        assert await uow.groups.get("fleet") is None
 
 
 async def test_paging_is_stable_under_inserts_and_rejects_bad_tokens(store: Store) -> None:

@@ -121,3 +121,27 @@ def test_connect_timeout_is_read_and_checked(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as info:
             load_config(bad, environ={"IOTDPS_DATA_DIR": str(tmp_path)})
         assert "limits.connect_timeout must be > 0 and at most 3600 seconds" in info.value.problems
+
+
+def test_device_token_lifetime(tmp_path: Path) -> None:
+    assert load_config(environ={"IOTDPS_DATA_DIR": str(tmp_path)}).auth.device_token_max_lifetime == 86400
+    file = tmp_path / "iotdps.toml"
+    file.write_text("[auth]\ndevice_token_max_lifetime = 7200\n")
+    assert load_config(file, environ={"IOTDPS_DATA_DIR": str(tmp_path)}).auth.device_token_max_lifetime == 7200
+    env = {"IOTDPS_DATA_DIR": str(tmp_path), "IOTDPS_DEVICE_TOKEN_MAX_LIFETIME": "600"}
+    assert load_config(file, environ=env).auth.device_token_max_lifetime == 600
+    for bad in ("10", str(400 * 24 * 3600)):
+        with pytest.raises(ConfigError, match=r"auth\.device_token_max_lifetime must be 60\.\.31622400"):
+            load_config(environ={**env, "IOTDPS_DEVICE_TOKEN_MAX_LIFETIME": bad})
+
+
+def test_webhook_allowlist(tmp_path: Path) -> None:
+    assert load_config(environ={"IOTDPS_DATA_DIR": str(tmp_path)}).allocation.webhook_allowlist == ()
+    file = tmp_path / "iotdps.toml"
+    file.write_text('[allocation]\nwebhook_allowlist = ["http://alloc.internal:8080/api", "10.0.0.0/8"]\n')
+    config = load_config(file, environ={"IOTDPS_DATA_DIR": str(tmp_path)})
+    assert config.allocation.webhook_destinations.check("https://10.1.1.1/x").refusal is None
+    env = {"IOTDPS_DATA_DIR": str(tmp_path), "IOTDPS_WEBHOOK_ALLOWLIST": "hooks.local, 192.0.2.0/24"}
+    assert load_config(file, environ=env).allocation.webhook_allowlist == ("hooks.local", "192.0.2.0/24")
+    with pytest.raises(ConfigError, match=r"allocation\.webhook_allowlist: 'ftp://x'"):
+        load_config(environ={**env, "IOTDPS_WEBHOOK_ALLOWLIST": "ftp://x"})

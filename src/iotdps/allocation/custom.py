@@ -4,8 +4,9 @@ The request carries the enrollment as the service API shows it, with no keys; th
 runtime context (current hub and device id only when it was assigned before); and `linkedHubs`
 (only the current hub when the reprovision policy says never to move). Any bad answer (non-2xx,
 not an object, no or unknown `iotHubHostName`, malformed `initialTwin`, timeout, connection
-failure) refuses the registration with WEBHOOK_FAILED and words for the operator. Webhook URLs
-often carry a secret (`?code=...`), so messages name only the URL's host.
+failure, a destination the allowlist refuses) refuses the registration with WEBHOOK_FAILED and
+words for the operator. Webhook URLs often carry a secret (`?code=...`), so messages name only
+the URL's host.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from iotdps.allocation.destinations import DestinationRefused
 from iotdps.enrollment.models import (
     CustomAllocationDefinition,
     EnrollmentGroup,
@@ -106,6 +108,8 @@ async def call_webhook(
         response = await transport.post_json(definition.webhook_url, request, timeout)
     except TimeoutError as exc:
         raise Refused(RefusalReason.WEBHOOK_FAILED, f"webhook at {host} timed out after {timeout:g} s") from exc
+    except DestinationRefused as exc:
+        raise Refused(RefusalReason.WEBHOOK_FAILED, f"webhook at {host} not called: {exc}") from exc
     except OSError as exc:
         raise Refused(RefusalReason.WEBHOOK_FAILED, f"webhook at {host} unreachable ({type(exc).__name__})") from exc
     return parse_response(response.status, response.body, linked_hubs, host)

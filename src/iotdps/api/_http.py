@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from iotdps.allocation.destinations import WebhookDestinations
 from iotdps.errors import InvalidInput
 from iotdps.jsonload import load_json
 from iotdps.provisioning.ports import Store
@@ -43,6 +44,8 @@ class ApiContext:
     hub: HubOperations | None = None
     # Hub service API routes: the hub this request addresses (its Host), set per request.
     hub_name: str | None = None
+    # Where custom-allocation webhooks may point (checked when an enrollment is written).
+    webhook_destinations: WebhookDestinations = field(default_factory=WebhookDestinations)
 
     async def trust_changed(self) -> None:
         """Tell the TLS layer its anchors changed (verified CAs, X.509 enrollments, groups)."""

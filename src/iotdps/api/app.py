@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from iotdps.allocation.destinations import WebhookDestinations
 from iotdps.api._http import ApiContext
 from iotdps.api.auth import AccessPolicies
 from iotdps.api.errors import ApiError, error_response, response_for
@@ -100,15 +101,25 @@ def build_management_app(
     on_trust_changed: Callable[[], Awaitable[None]] | None = None,
     hub: HubOperations | None = None,
     hub_hosts: Sequence[str] = (),
+    webhook_destinations: WebhookDestinations | None = None,
 ) -> web.Application:
     """The management API. `host_names`: the names (and addresses) clients reach the service
     by; a token's `sr` must name one of them. `max_body`: the largest request body accepted.
     `on_trust_changed` is awaited after every change of the X.509 trust anchors.
     `hub`: the running hub (HubRuntime) and `hub_hosts` the host names of its hubs, for the hub
-    service API; without them the hub routes answer 404 (no hub) or 503 (needs the runtime)."""
+    service API; without them the hub routes answer 404 (no hub) or 503 (needs the runtime).
+    `webhook_destinations`: where an enrollment's custom-allocation webhook may point (default:
+    HTTPS to public addresses only)."""
     if not host_names:
         raise ValueError("host_names must name at least one host")
-    ctx = ApiContext(store, service, max_body, on_trust_changed, hub)
+    ctx = ApiContext(
+        store,
+        service,
+        max_body,
+        on_trust_changed,
+        hub,
+        webhook_destinations=webhook_destinations or WebhookDestinations(),
+    )
     hubs = {name.lower(): name for name in hub_hosts}
     # client_max_size is a backstop above ours: read_json refuses first with a clearer message.
     app = web.Application(middlewares=[_errors], client_max_size=max_body + 1024)

@@ -9,6 +9,8 @@ Shapes and verbs are azure-wire-protocol.md section 4. Choices where the spec is
 - A bulk operation runs each item in its own transaction and reports the failed ones.
 - Only `SELECT *` queries are understood; anything else is refused with 400 rather than
   silently answered with everything.
+- A custom-allocation webhook URL must pass the destination rules (allocation.destinations)
+  when it is written: a 400 names the rule.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
+from iotdps.allocation.webhook_http import check_webhook_url
 from iotdps.api._http import (
     ApiContext,
     if_match,
@@ -132,9 +135,16 @@ async def _write(ctx: ApiContext, kind: Kind, key: str, doc: Mapping[str, Any], 
     given = body.get(kind.id_field)
     if given is None:
         body[kind.id_field] = key
-    elif given != key:
+    elif not isinstance(given, str) or given.lower() != key.lower():  # ids are case-insensitive
         raise InvalidInput(f"{kind.id_field} {given!r} in the body differs from {key!r} in the URL")
     record = kind.parse(body)
+    hook = record.settings.custom_allocation_definition
+    if hook is not None:
+        # Anyone with EnrollmentWrite names this URL and the server will POST to it: refuse
+        # what would reach loopback or the internal network (allocation.destinations).
+        refusal = await check_webhook_url(ctx.webhook_destinations, hook.webhook_url)
+        if refusal is not None:
+            raise InvalidInput(f"customAllocationDefinition.webhookUrl: {refusal}")
     stored = await _get(ctx, kind, key)
     record = replace(
         record, attestation=_keep_stored_keys(body, record.attestation, stored.attestation if stored else None)

@@ -99,11 +99,13 @@ def _enrollment_routes(base: str, h: dict[str, Handler], schema: str, bulk: str,
             if_match=True,
             errors=(400, 401, 404, 412),
         ),
+        # The attestation with its keys needs write rights: a group's master key lets its holder
+        # register any id, so the read-only policy must not read it (least privilege).
         Route(
             "POST",
             f"{item}/attestationmechanism",
             h["attestation"],
-            _ER,
+            _EW,
             f"{op}_GetAttestationMechanism",
             f"The attestation of a {tag}, with its keys",
             tag,

@@ -18,7 +18,13 @@ from typing import Any, Literal, Protocol
 from cryptography import x509
 
 from iotdps.attestation import certs
-from iotdps.attestation.symmetric_key import SasCheck, check_token, derive_device_key, parse_sas
+from iotdps.attestation.symmetric_key import (
+    DEFAULT_TOKEN_MAX_LIFETIME,
+    SasCheck,
+    check_token,
+    derive_device_key,
+    parse_sas,
+)
 from iotdps.attestation.tpm import TpmEvidence
 from iotdps.attestation.x509 import X509Evidence, check_leaf, diagnose, extend_above
 from iotdps.enrollment.models import CaCertificate, EnrollmentGroup, IndividualEnrollment
@@ -62,6 +68,8 @@ class Authentication:
     device_auth: DeviceAuth | None = None
     webhook_context: Mapping[str, Any] = field(default_factory=dict)
     leaf_sha256: str | None = None
+    # X.509: the leaf's CN exactly as written (the hub compares it with the device id).
+    common_name: str | None = None
 
 
 class Mechanism(Protocol):
@@ -247,11 +255,16 @@ class X509Mechanism:
         )
         auth = DeviceAuth("selfSigned", primary_thumbprints=(leaf_sha256, certs.sha1_thumbprint(leaf)))
         context = _X509WebhookContext(leaf)
-        return Authentication(decision, "x509", auth if decision.admitted else None, context, leaf_sha256)
+        return Authentication(
+            decision, "x509", auth if decision.admitted else None, context, leaf_sha256, certs.common_name(leaf)
+        )
 
 
 class SymmetricKeyMechanism:
     name: AttestationKind = "symmetricKey"
+
+    def __init__(self, max_token_lifetime: int = DEFAULT_TOKEN_MAX_LIFETIME) -> None:
+        self.max_token_lifetime = max_token_lifetime
 
     async def authenticate(
         self, uow: UnitOfWork, id_scope: str, registration_id: str, credential: Any, now: datetime
@@ -262,7 +275,7 @@ class SymmetricKeyMechanism:
         parsed = parse_sas(sas.token.reveal())
         if isinstance(parsed, SasCheck):
             return _refuse("symmetricKey", parsed.reason, parsed.message)
-        checked = check_token(parsed, id_scope, registration_id, now)
+        checked = check_token(parsed, id_scope, registration_id, now, self.max_token_lifetime)
         if checked is not None:
             return _refuse("symmetricKey", checked.reason, checked.message)
         individual = await uow.enrollments.get(registration_id)
@@ -307,7 +320,11 @@ _MECHANISMS: dict[type, Mechanism] = {
 }
 
 
-def mechanism_for(credential: object) -> Mechanism | None:
+def mechanism_for(credential: object, *, max_token_lifetime: int | None = None) -> Mechanism | None:
+    """The mechanism for this credential's type; `max_token_lifetime` overrides the default
+    maximum lifetime of SAS tokens (seconds)."""
+    if max_token_lifetime is not None and isinstance(credential, SasCredential):
+        return SymmetricKeyMechanism(max_token_lifetime)
     return _MECHANISMS.get(type(credential))
 
 

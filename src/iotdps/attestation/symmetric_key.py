@@ -5,6 +5,12 @@ Token: `SharedAccessSignature sr={urlenc(scope/registrations/id)}&sig={urlenc(b6
 string exactly as received, because SDKs percent-encode it differently (`%2F` vs `%2f`, quote vs
 quote_plus) and the device signed what it sent; only after that is `sr` decoded and compared,
 case-insensitively, with the resource the device claims (azure-wire-protocol.md 1.3).
+
+Lifetime: a token is a bearer credential until its `se`, so one valid for years is a leaked key
+in all but name. Tokens valid further ahead than a maximum are refused, at DPS and at the hub
+(hub.auth). The default, one day, is 24 times what every Azure device SDK sends (azure-iot-device
+2.14.0 signs DPS and hub tokens for `sastoken_ttl` = 3600 s and renews them), which leaves room
+for a device whose clock runs up to 23 hours fast, and bounds a stolen token to a day.
 """
 
 from __future__ import annotations
@@ -20,17 +26,20 @@ from urllib.parse import quote, unquote
 from iotdps.provisioning.outcomes import RefusalReason
 
 __all__ = [
+    "DEFAULT_TOKEN_MAX_LIFETIME",
     "SAS_PREFIX",
     "SasCheck",
     "SasToken",
     "check_token",
     "derive_device_key",
+    "lifetime_problem",
     "make_sas_token",
     "parse_sas",
     "signature_matches",
 ]
 
 SAS_PREFIX = "SharedAccessSignature "
+DEFAULT_TOKEN_MAX_LIFETIME = 24 * 3600
 _DPS_SKN = "registration"
 
 
@@ -84,8 +93,25 @@ def parse_sas(token: str) -> SasToken | SasCheck:
     return SasToken(sr=fields["sr"], signature=signature, expiry=int(se), skn=fields.get("skn"))
 
 
-def check_token(token: SasToken, id_scope: str, registration_id: str, now: datetime) -> SasCheck | None:
-    """Resource, skn and expiry: everything that does not need a key."""
+def lifetime_problem(expiry: int, now: datetime, max_lifetime: int) -> str | None:
+    """Words when a token expiring at `expiry` is valid further ahead than `max_lifetime` seconds."""
+    ahead = expiry - int(now.timestamp())
+    if ahead > max_lifetime:
+        return (
+            f"SAS token valid for {ahead} s more, too far ahead: at most {max_lifetime} s are accepted "
+            "(auth.device_token_max_lifetime)"
+        )
+    return None
+
+
+def check_token(
+    token: SasToken,
+    id_scope: str,
+    registration_id: str,
+    now: datetime,
+    max_lifetime: int = DEFAULT_TOKEN_MAX_LIFETIME,
+) -> SasCheck | None:
+    """Resource, skn, expiry and lifetime: everything that does not need a key."""
     if token.skn is not None and unquote(token.skn) != _DPS_SKN:
         return SasCheck(RefusalReason.SAS_MALFORMED, f"SAS skn must be {_DPS_SKN!r} when present")
     expected = f"{id_scope}/registrations/{registration_id}"
@@ -96,6 +122,9 @@ def check_token(token: SasToken, id_scope: str, registration_id: str, now: datet
         )
     if token.expiry < int(now.timestamp()):
         return SasCheck(RefusalReason.SAS_EXPIRED, f"SAS token expired at Unix time {token.expiry}")
+    too_long = lifetime_problem(token.expiry, now, max_lifetime)
+    if too_long is not None:
+        return SasCheck(RefusalReason.SAS_LIFETIME_TOO_LONG, too_long)
     return None
 
 

@@ -20,6 +20,7 @@ from datetime import datetime
 from cryptography import x509
 
 from iotdps.attestation import certs
+from iotdps.ids import same_registration_id
 from iotdps.provisioning.outcomes import RefusalReason
 
 __all__ = [
@@ -81,7 +82,8 @@ def check_leaf(leaf: x509.Certificate | None, registration_id: str, now: datetim
     if leaf is None:
         return ChainProblem(RefusalReason.NO_CERTIFICATE, "the device presented no client certificate")
     cn = certs.common_name(leaf)
-    if cn != registration_id:
+    # Registration ids are case-insensitive (iotdps.ids), so is their match with the CN.
+    if cn is None or not same_registration_id(cn, registration_id):
         return ChainProblem(RefusalReason.CN_MISMATCH, f"CN {cn!r} != registration id {registration_id!r}")
     return _time_problem(leaf, now, "device certificate")
 

@@ -70,6 +70,20 @@ def _read(path: str) -> str:
         raise InvalidInput(f"cannot read {path}: {exc.strerror}") from exc
 
 
+def _device_certificate(path: str) -> str:
+    """The device's own certificate from FILE. `create-device-cert` writes the device's chain
+    (leaf first, then its CA certificates), and an enrollment takes exactly one certificate, so
+    the leaf is sent and the rest named on stderr (the server refuses a chain outright)."""
+    found = certs.load_certificates(_read(path))
+    if len(found) > 1:
+        click.echo(
+            f"note: {path} holds {len(found)} certificates; the enrollment takes the first, "
+            f"{certs.describe(found[0])}, the device's own (its CA certificates are not enrolled)",
+            err=True,
+        )
+    return certs.to_pem(found[0])
+
+
 def _json_arg(text: str | None, what: str) -> Any:
     if text is None:
         return None
@@ -407,7 +421,11 @@ def enrollment_group() -> None:
 
 @enrollment_group.command("create")
 @click.argument("registration_id")
-@click.option("--cert", type=click.Path(exists=True, dir_okay=False), help="X.509: the device certificate.")
+@click.option(
+    "--cert",
+    type=click.Path(exists=True, dir_okay=False),
+    help="X.509: the device certificate (of a chain file, the first certificate).",
+)
 @click.option("--secondary-cert", type=click.Path(exists=True, dir_okay=False))
 @click.option("--symmetric-key", is_flag=True, help="Symmetric-key attestation (keys generated unless given).")
 @click.option("--primary-key")
@@ -419,9 +437,9 @@ def enrollment_create(registration_id: str, **kw: Any) -> None:
     if bool(kw["cert"]) == bool(kw["symmetric_key"]):
         raise InvalidInput("give exactly one of --cert FILE or --symmetric-key")
     if kw["cert"]:
-        slots: dict[str, Any] = {"primary": {"certificate": _read(kw["cert"])}}
+        slots: dict[str, Any] = {"primary": {"certificate": _device_certificate(kw["cert"])}}
         if kw["secondary_cert"]:
-            slots["secondary"] = {"certificate": _read(kw["secondary_cert"])}
+            slots["secondary"] = {"certificate": _device_certificate(kw["secondary_cert"])}
         attestation: dict[str, Any] = {"type": "x509", "x509": {"clientCertificates": slots}}
     else:
         attestation = _symmetric_key_doc(kw["primary_key"], kw["secondary_key"])

@@ -4,6 +4,7 @@
 (the device itself only sees CONNACK 5). Hub SAS tokens are device-scoped: `sr` is
 `{hostname}/devices/{deviceId}` (percent-encoded), no `skn`, signed with the device's primary
 or secondary key. The signature covers `sr` exactly as sent (symmetric_key.parse_sas keeps it raw).
+A token valid further ahead than the maximum lifetime is refused, as at DPS (symmetric_key).
 
 X.509 devices that DPS provisioned are `selfSigned`: the leaf's SHA-256 or SHA-1 thumbprint must
 be registered, and the leaf's CN must be the device id. The chain need not reach one of our
@@ -17,7 +18,13 @@ from datetime import datetime
 from urllib.parse import unquote
 
 from iotdps.attestation import certs
-from iotdps.attestation.symmetric_key import SasCheck, parse_sas, signature_matches
+from iotdps.attestation.symmetric_key import (
+    DEFAULT_TOKEN_MAX_LIFETIME,
+    SasCheck,
+    lifetime_problem,
+    parse_sas,
+    signature_matches,
+)
 from iotdps.registry.models import DeviceIdentity
 from iotdps.server.tls import PeerIdentity
 
@@ -27,7 +34,7 @@ __all__ = ["check_device"]
 _LEAF_TIME_ERRORS = frozenset({9, 10, 13, 14})
 
 
-def _check_sas(device: DeviceIdentity, hostname: str, password: bytes, now: datetime) -> str | None:
+def _check_sas(device: DeviceIdentity, hostname: str, password: bytes, now: datetime, max_lifetime: int) -> str | None:
     auth = device.auth
     if auth.type != "sas":
         return f"device {device.device_id} does not authenticate with a SAS token"
@@ -45,6 +52,9 @@ def _check_sas(device: DeviceIdentity, hostname: str, password: bytes, now: date
         return f"SAS resource {unquote(token.sr)!r} is not {expected!r}"
     if token.expiry < int(now.timestamp()):
         return f"SAS token expired at Unix time {token.expiry}"
+    too_long = lifetime_problem(token.expiry, now, max_lifetime)
+    if too_long is not None:
+        return too_long
     for key in (auth.primary_key, auth.secondary_key):
         if key is not None and signature_matches(token, key.reveal()):
             return None
@@ -76,6 +86,7 @@ def check_device(
     password: bytes | None,
     peer: PeerIdentity | None,
     now: datetime,
+    max_token_lifetime: int = DEFAULT_TOKEN_MAX_LIFETIME,
 ) -> str | None:
     """None when `device` may connect with these credentials, else why not."""
     if device is None:
@@ -83,5 +94,5 @@ def check_device(
     if device.status != "enabled":
         return f"device {device.device_id} is disabled"
     if password:
-        return _check_sas(device, hostname, password, now)
+        return _check_sas(device, hostname, password, now, max_token_lifetime)
     return _check_x509(device, peer)

@@ -29,6 +29,7 @@ from typing import Any, cast
 
 from aiohttp import web
 
+from iotdps.attestation.symmetric_key import DEFAULT_TOKEN_MAX_LIFETIME
 from iotdps.errors import InvalidInput, IotdpsError, NotFound, PreconditionFailed, Throttled
 from iotdps.hub.auth import check_device
 from iotdps.hub.endpoint import DeviceEndpoint
@@ -75,6 +76,7 @@ class HubRuntime:
         clock: Clock | None = None,
         c2d_expiry_interval: float = 30.0,
         telemetry_batch: int = 2000,
+        token_max_lifetime: int = DEFAULT_TOKEN_MAX_LIFETIME,
     ) -> None:
         if not hub_host_names:
             raise InvalidInput("at least one hub host name is needed")
@@ -82,6 +84,7 @@ class HubRuntime:
         self._store = cast(HubStore, store)
         self._hosts = {name.lower(): name for name in hub_host_names}
         self.max_packet_size = max_packet_size
+        self.token_max_lifetime = token_max_lifetime
         self._clock: Clock = clock or _SystemClock()
         self._c2d_expiry_interval = c2d_expiry_interval
         self.writer = TelemetryWriter(self._store, max_batch=telemetry_batch)
@@ -194,7 +197,9 @@ class HubRuntime:
         except IotdpsError as exc:
             log.warning("hub %s: CONNECT of %s failed on the store: %s", hub, device_id, exc.message)
             return CONNACK_SERVER_UNAVAILABLE
-        reason = check_device(device, username.hostname, connect.password, conn.peer, self.now())
+        reason = check_device(
+            device, username.hostname, connect.password, conn.peer, self.now(), self.token_max_lifetime
+        )
         if reason is not None or device is None or not conn.open:
             log.info("hub %s: device %s refused at CONNECT: %s", hub, device_id, reason)
             return CONNACK_NOT_AUTHORIZED

@@ -5,6 +5,15 @@ certificate itself, never trusting a client's `info`; checks that an individual 
 enrollment's certificate names the registration id (its CN must be the registration id, or
 the device could never register); and that a group's caReferences name uploaded CAs.
 The CLI and the management API both call these.
+
+Every certificate slot holds exactly one certificate, as on Azure (clientCertificates and
+signingCertificates are `{primary, secondary}`, each one certificate; Azure refuses a chain
+file there). It matters beyond the shape: an individual enrollment's certificate is a TLS
+trust anchor, so a bundle (leaf + intermediates, as a device's certificate file holds) would
+make its intermediate an anchor and stop every chain through it short of the verified root,
+refusing the whole production line. For the same reason an individual enrollment takes a
+device (end-entity) certificate, never a CA certificate: no enrollment may change another
+device's outcome.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from iotdps.enrollment.models import (
     X509Attestation,
 )
 from iotdps.errors import InvalidInput
+from iotdps.ids import same_registration_id
 from iotdps.provisioning.ports import Store
 
 __all__ = ["fill_certificate_info", "put_enrollment", "put_group"]
@@ -29,10 +39,16 @@ def _slot(slot: CertificateSlot | None, where: str) -> CertificateSlot | None:
     if slot is None:
         return None
     try:
-        cert = certs.load_certificate(slot.certificate)
+        found = certs.load_certificates(slot.certificate)
     except InvalidInput as exc:
         raise InvalidInput(f"{where}: {exc.message}") from exc
-    return CertificateSlot(slot.certificate, dict(certs.certificate_info(cert)))
+    if len(found) != 1:
+        raise InvalidInput(
+            f"{where} holds {len(found)} certificates; an enrollment's certificate is exactly one certificate,"
+            " not a chain (for a device certificate file that also holds its CA certificates, send only the"
+            " first one, the device's own)"
+        )
+    return CertificateSlot(slot.certificate, dict(certs.certificate_info(found[0])))
 
 
 def fill_certificate_info(attestation: Attestation) -> Attestation:
@@ -58,11 +74,18 @@ async def put_enrollment(
 ) -> IndividualEnrollment:
     attestation = fill_certificate_info(enrollment.attestation)
     if attestation.x509 is not None:
-        for slot in attestation.x509.client_certificates:
+        for which, slot in zip(("primary", "secondary"), attestation.x509.client_certificates, strict=True):
             if slot is None:
                 continue
-            cn = certs.common_name(certs.load_certificate(slot.certificate))
-            if cn != enrollment.registration_id:
+            cert = certs.load_certificate(slot.certificate)
+            if certs.is_ca(cert):
+                raise InvalidInput(
+                    f"clientCertificates.{which} ({certs.describe(cert)}) is a CA certificate (basicConstraints"
+                    " CA:TRUE); an individual enrollment takes the device's own certificate (enroll a CA with an"
+                    " enrollment group)"
+                )
+            cn = certs.common_name(cert)
+            if cn is None or not same_registration_id(cn, enrollment.registration_id):
                 raise InvalidInput(
                     f"certificate CN {cn!r} is not the registration id {enrollment.registration_id!r};"
                     " a device registers with its certificate's CN"

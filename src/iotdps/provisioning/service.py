@@ -48,7 +48,7 @@ from iotdps.enrollment.models import (
 )
 from iotdps.enrollment.resolve import Decision
 from iotdps.errors import ConfigError, InvalidInput, InvalidRegistrationId, NotFound
-from iotdps.ids import check_registration_id
+from iotdps.ids import check_registration_id, same_registration_id
 from iotdps.provisioning.outcomes import (
     DeviceAnswer,
     RefusalReason,
@@ -162,6 +162,9 @@ class RegistrationPlan:
     webhook_context: Mapping[str, Any]
     leaf_sha256: str | None = None
     payload: Any = None
+    # The device id is the registration id as the device spelled it (a group's SAS device):
+    # a registration that already exists keeps the device id it has (`_settled`).
+    device_id_from_request: bool = False
 
     @property
     def enrollment(self) -> IndividualEnrollment | EnrollmentGroup:
@@ -173,10 +176,22 @@ class RegistrationPlan:
 
 def _plan(request: RegistrationRequest, auth: Authentication, settings: ServiceSettings) -> RegistrationPlan:
     decision = auth.decision
-    enrollment_settings = (decision.individual or decision.group).settings  # type: ignore[union-attr]
-    # Device id: an individual enrollment's deviceId when set, else the registration id
-    # (= the leaf CN for X.509) (azure-wire-protocol.md 1.4).
-    device_id = (decision.individual.device_id if decision.individual else None) or request.registration_id
+    individual = decision.individual
+    enrollment_settings = (individual or decision.group).settings  # type: ignore[union-attr]
+    # Device id (azure-wire-protocol.md 1.4): an individual enrollment's deviceId when set, else
+    # the registration id. Registration ids are case-insensitive, device ids are not (IoT Hub),
+    # so which spelling: for X.509 the leaf's CN as written (the hub compares CN and device id
+    # exactly), for an individual enrollment its own registrationId, for a group device the
+    # device's spelling at its first registration (`_settled`).
+    from_request = False
+    if individual is not None and individual.device_id:
+        device_id = individual.device_id
+    elif auth.common_name:
+        device_id = auth.common_name
+    elif individual is not None:
+        device_id = individual.registration_id
+    else:
+        device_id, from_request = request.registration_id, True
     assert auth.device_auth is not None and auth.attestation_type is not None
     return RegistrationPlan(
         registration_id=request.registration_id,
@@ -190,7 +205,21 @@ def _plan(request: RegistrationRequest, auth: Authentication, settings: ServiceS
         webhook_context=auth.webhook_context,
         leaf_sha256=auth.leaf_sha256,
         payload=request.payload,
+        device_id_from_request=from_request,
     )
+
+
+def _settled(plan: RegistrationPlan, current: RegistrationRecord | None) -> RegistrationPlan:
+    """The plan for a registration that may already exist. `GDEV-1` and `gdev-1` are one
+    registration (iotdps.ids): it keeps the spelling it was first made with and, when the device
+    id is the device's spelling of it, its device id, so one device never becomes two hub
+    identities (or a renamed one) by changing case."""
+    if current is None:
+        return plan
+    changes: dict[str, Any] = {"registration_id": current.registration_id}
+    if plan.device_id_from_request and current.device_id and same_registration_id(current.device_id, plan.device_id):
+        changes["device_id"] = current.device_id
+    return replace(plan, **changes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +241,7 @@ class ProvisioningService:
         default_settings: ServiceSettings | None = None,
         webhook_timeout: float = DEFAULT_WEBHOOK_TIMEOUT,
         verification_code_ttl: timedelta = DEFAULT_VERIFICATION_CODE_TTL,
+        token_max_lifetime: int | None = None,
     ) -> None:
         self.store = store
         self.clock: Clock = clock or SystemClock()
@@ -219,6 +249,8 @@ class ProvisioningService:
         self.default_settings = default_settings
         self.webhook_timeout = webhook_timeout
         self.verification_code_ttl = verification_code_ttl
+        # Seconds a device SAS token may still be valid for (None: the attestation default).
+        self.token_max_lifetime = token_max_lifetime
 
     # ------------------------------------------------------------------ helpers
 
@@ -271,7 +303,7 @@ class ProvisioningService:
                 )
             if credential is None:
                 return _auth_refusal(RefusalReason.NO_CERTIFICATE, "the device presented no credential")
-            mechanism = mechanism_for(credential)
+            mechanism = mechanism_for(credential, max_token_lifetime=self.token_max_lifetime)
             if mechanism is None:
                 return _auth_refusal(
                     RefusalReason.UNSUPPORTED_ATTESTATION, f"unsupported credential {type(credential).__name__}"
@@ -280,7 +312,12 @@ class ProvisioningService:
 
     async def trust_anchors(self) -> list[x509.Certificate]:
         """What the TLS layer's trust store must hold: every verified uploaded CA and every
-        individual X.509 enrollment's client certificates (used with PARTIAL_CHAIN)."""
+        individual X.509 enrollment's client certificates (used with PARTIAL_CHAIN).
+
+        From an enrollment only its one device certificate is taken, never a CA certificate:
+        with PARTIAL_CHAIN an anchor ends every chain through it, so an intermediate here would
+        stop its whole line short of the verified root. The write path refuses both
+        (provisioning.admin); this also holds for records an older version stored."""
         out: list[x509.Certificate] = []
         async with self.store.read() as uow:
             for ca in await uow.cas.list():
@@ -289,8 +326,8 @@ class ProvisioningService:
             for enrollment in await uow.enrollments.list_x509():
                 if enrollment.attestation.x509 is not None:
                     for slot in enrollment.attestation.x509.client_certificates:
-                        if slot is not None:
-                            out.extend(_load_all(slot.certificate))
+                        device = _load_all(slot.certificate)[:1] if slot is not None else []
+                        out.extend(c for c in device if not certs.is_ca(c))
         return out
 
     async def explain(self, registration_id: str, credential: Credential) -> list[str]:
@@ -331,7 +368,7 @@ class ProvisioningService:
             current = await uow.registrations.get(request.registration_id, for_update=True)
             settings = await self._settings(uow)
             linked = list(await uow.hubs.list())
-            plan = _plan(request, auth, settings)
+            plan = _settled(_plan(request, auth, settings), current)
             if plan.policy != "custom":
                 # Built-in allocation is pure, so read, allocate and write share one
                 # transaction: one BEGIN/COMMIT and one read of the record fewer per device
@@ -361,7 +398,7 @@ class ProvisioningService:
         async with self.store.begin() as uow:
             current = await uow.registrations.get(request.registration_id, for_update=True)
             record = _failed_record(
-                request.registration_id,
+                current.registration_id if current is not None else request.registration_id,
                 operation_id,
                 current,
                 decision.reason,
@@ -416,6 +453,7 @@ class ProvisioningService:
     ) -> RegistrationOutcome:
         async with self.store.begin() as uow:
             current = await uow.registrations.get(plan.registration_id, for_update=True)
+            plan = _settled(plan, current)
             written = await self._write_in(uow, plan, operation_id, allocated, current)
         return await self._finish(plan, operation_id, written, decision)
 
@@ -496,9 +534,18 @@ class ProvisioningService:
         existing = await uow.devices.get(placement.hub, plan.device_id, for_update=True)
         initial = (webhook.initial_twin if webhook and webhook.initial_twin else None) or plan.settings.initial_twin
 
+        # The same device under another spelling of its CN (a new certificate, X.509 device ids
+        # follow the CN): the identity is renamed on its hub, its twin kept.
+        respelled = (
+            existing is None
+            and old is not None
+            and old.hub == placement.hub
+            and same_registration_id(old.device_id, plan.device_id)
+            and placement.twin == "keep"
+        )
         if existing is None:
             # A fresh identity: migrated data when there is some, else the initial twin.
-            if placement.twin == "migrate" and old is not None:
+            if (placement.twin == "migrate" or respelled) and old is not None:
                 twin = old.twin
             else:
                 twin = Twin(tags=dict(initial.tags), desired=dict(initial.desired)) if initial else Twin()

@@ -126,11 +126,14 @@ class Server:
                 self.store,
                 hub_hosts,
                 max_packet_size=config.limits.max_packet_size,
+                token_max_lifetime=config.auth.device_token_max_lifetime,
             )
             await self.hub_runtime.start()
             self.hub = self.hub_runtime
-        self._webhook = AiohttpWebhookTransport()
-        self.service = ProvisioningService(self.store, webhook=self._webhook)
+        self._webhook = AiohttpWebhookTransport(destinations=config.allocation.webhook_destinations)
+        self.service = ProvisioningService(
+            self.store, webhook=self._webhook, token_max_lifetime=config.auth.device_token_max_lifetime
+        )
         self.runner = RegistrationRunner(
             self.service,
             TokenBucket(config.limits.registrations_per_second, config.limits.registration_burst, time.monotonic()),
@@ -153,6 +156,7 @@ class Server:
             on_trust_changed=self._trust_changed,
             hub=self.hub_runtime,
             hub_hosts=hub_hosts if self.hub_runtime is not None else (),
+            webhook_destinations=config.allocation.webhook_destinations,
         )
         # The hub service API is reached at each hub's host name: serve the management port on
         # every hub address too (unless the management API already listens on all addresses).

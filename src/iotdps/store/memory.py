@@ -32,6 +32,7 @@ from iotdps.enrollment.models import (
     new_etag,
 )
 from iotdps.errors import AlreadyExists, InvalidInput, StoreError
+from iotdps.ids import registration_key
 from iotdps.provisioning.ports import (
     CaRepo,
     Clock,
@@ -168,14 +169,14 @@ class _Enrollments:
         return rec.enrollment_from_doc(row.load(), *_stamp(row))
 
     async def get(self, registration_id: str) -> IndividualEnrollment | None:
-        row = self._tx.get("enrollments", registration_id)
+        row = self._tx.get("enrollments", registration_key(registration_id))
         return self._load(row) if row else None
 
     async def put(self, enrollment: IndividualEnrollment, if_match: str | None = None) -> IndividualEnrollment:
         what = f"enrollment {enrollment.registration_id}"
         row = self._tx.put(
             "enrollments",
-            enrollment.registration_id,
+            registration_key(enrollment.registration_id),
             what,
             rec.enrollment_to_doc(enrollment),
             if_match,
@@ -184,7 +185,7 @@ class _Enrollments:
         return self._load(row)
 
     async def delete(self, registration_id: str, if_match: str | None = None) -> None:
-        self._tx.delete("enrollments", registration_id, f"enrollment {registration_id}", if_match)
+        self._tx.delete("enrollments", registration_key(registration_id), f"enrollment {registration_id}", if_match)
 
     async def list(self, page_size: int = 100, continuation: str | None = None) -> Page[IndividualEnrollment]:
         keys = [str(k) for k in self._tx.read("enrollments")]
@@ -323,14 +324,14 @@ class _Registrations:
 
     async def get(self, registration_id: str, *, for_update: bool = False) -> RegistrationRecord | None:
         # Every transaction already holds the store's one lock, so for_update has nothing to add.
-        row = self._tx.get("registrations", registration_id)
+        row = self._tx.get("registrations", registration_key(registration_id))
         return self._load(row) if row else None
 
     async def put(self, record: RegistrationRecord, if_match: str | None = None) -> RegistrationRecord:
         what = f"registration {record.registration_id}"
         row = self._tx.put(
             "registrations",
-            record.registration_id,
+            registration_key(record.registration_id),
             what,
             rec.registration_to_doc(record),
             if_match,
@@ -339,7 +340,7 @@ class _Registrations:
         return self._load(row)
 
     async def delete(self, registration_id: str, if_match: str | None = None) -> None:
-        self._tx.delete("registrations", registration_id, f"registration {registration_id}", if_match)
+        self._tx.delete("registrations", registration_key(registration_id), f"registration {registration_id}", if_match)
 
     async def list(
         self, page_size: int = 100, continuation: str | None = None, *, enrollment_group_id: str | None = None

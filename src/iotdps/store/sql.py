@@ -66,6 +66,7 @@ from iotdps.enrollment.models import (
     new_etag,
 )
 from iotdps.errors import AlreadyExists, InvalidInput, StoreError
+from iotdps.ids import registration_key
 from iotdps.provisioning.ports import (
     CaRepo,
     Clock,
@@ -619,14 +620,14 @@ class _Enrollments:
         return rec.enrollment_from_doc(row.doc, *_stamp(row))
 
     async def get(self, registration_id: str) -> IndividualEnrollment | None:
-        row = await self._tx.get(self._t, {"registration_id": registration_id})
+        row = await self._tx.get(self._t, {"registration_id": registration_key(registration_id)})
         return self._load(row) if row else None
 
     async def put(self, enrollment: IndividualEnrollment, if_match: str | None = None) -> IndividualEnrollment:
         doc = rec.enrollment_to_doc(enrollment)
         stamp = await self._tx.put(
             self._t,
-            {"registration_id": enrollment.registration_id},
+            {"registration_id": registration_key(enrollment.registration_id)},
             f"enrollment {enrollment.registration_id}",
             doc,
             if_match,
@@ -635,7 +636,8 @@ class _Enrollments:
         return rec.enrollment_from_doc(doc, *stamp)
 
     async def delete(self, registration_id: str, if_match: str | None = None) -> None:
-        await self._tx.delete(self._t, {"registration_id": registration_id}, f"enrollment {registration_id}", if_match)
+        key = {"registration_id": registration_key(registration_id)}
+        await self._tx.delete(self._t, key, f"enrollment {registration_id}", if_match)
 
     async def list(self, page_size: int = 100, continuation: str | None = None) -> Page[IndividualEnrollment]:
         rows, token = await self._tx.page(self._t, "registration_id", page_size, continuation)
@@ -846,9 +848,11 @@ class _Registrations:
             # FOR UPDATE cannot lock a row that does not exist yet; the advisory lock on the
             # id's hash serialises first registrations too (released at commit or rollback).
             await self._tx.fetch(
-                ("registration lock",), _registration_lock, {"k_key": "registration:" + registration_id}
+                ("registration lock",),
+                _registration_lock,
+                {"k_key": "registration:" + registration_key(registration_id)},
             )
-        row = await self._tx.get(self._t, {"registration_id": registration_id}, lock=for_update)
+        row = await self._tx.get(self._t, {"registration_id": registration_key(registration_id)}, lock=for_update)
         return self._load(row) if row else None
 
     async def put(self, record: RegistrationRecord, if_match: str | None = None) -> RegistrationRecord:
@@ -860,7 +864,7 @@ class _Registrations:
         }
         stamp = await self._tx.put(
             self._t,
-            {"registration_id": record.registration_id},
+            {"registration_id": registration_key(record.registration_id)},
             f"registration {record.registration_id}",
             doc,
             if_match,
@@ -870,7 +874,7 @@ class _Registrations:
 
     async def delete(self, registration_id: str, if_match: str | None = None) -> None:
         await self._tx.delete(
-            self._t, {"registration_id": registration_id}, f"registration {registration_id}", if_match
+            self._t, {"registration_id": registration_key(registration_id)}, f"registration {registration_id}", if_match
         )
 
     async def list(

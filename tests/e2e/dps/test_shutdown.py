@@ -54,7 +54,9 @@ def webhook() -> Iterator[str]:
 
 def test_sigterm_lets_a_slow_registration_finish(tmp_path: Path, webhook: str) -> None:
     address = free_loopback_address()
-    server = start_server(tmp_path, address=address, config=f'[[hubs]]\nhost_name = "{HUB}"\nbind = "{address}"\n')
+    # Plain HTTP on loopback is a webhook destination only when the allowlist names it.
+    config = f'[[hubs]]\nhost_name = "{HUB}"\nbind = "{address}"\n[allocation]\nwebhook_allowlist = ["{webhook}"]\n'
+    server = start_server(tmp_path, address=address, config=config)
     try:
         server.cli(
             "enrollment", "create", "slow-dev", "--symmetric-key", "--allocation-policy", "custom",

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from iotdps_testing.devcerts import derived_key, self_signed_device
-from iotdps_testing.net import free_loopback_address
+from iotdps_testing.net import free_loopback_address, free_port
 from iotdps_testing.server import RunningServer, start_server
 
 pytestmark = pytest.mark.e2e
@@ -65,13 +65,21 @@ def node_modules() -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(node_modules: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+def webhook_port() -> int:
+    """The custom-allocation webhook's port, chosen before the server starts: plain HTTP on
+    loopback is a webhook destination only when the configuration's allowlist names it."""
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def server(node_modules: Path, webhook_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     # Depends on node_modules so that a missing install fails before a server starts.
     tmp = tmp_path_factory.mktemp("node-dps")
     address = free_loopback_address()
     # Both hubs are named here only; provisioning assigns, nobody connects to them.
     config = (
         f'[[hubs]]\nhost_name = "{HUB_A}"\nbind = "{address}"\n[[hubs]]\nhost_name = "{HUB_B}"\nbind = "{address}"\n'
+        f'[allocation]\nwebhook_allowlist = ["http://127.0.0.1:{webhook_port}/allocate"]\n'
     )
     running = start_server(tmp, address=address, config=config)
     yield running
@@ -216,9 +224,9 @@ class _SlowWebhook(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def slow_webhook() -> Iterator[tuple[str, list[Any]]]:
+def slow_webhook(webhook_port: int) -> Iterator[tuple[str, list[Any]]]:
     handler = type("Handler", (_SlowWebhook,), {"seen": []})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd = ThreadingHTTPServer(("127.0.0.1", webhook_port), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:

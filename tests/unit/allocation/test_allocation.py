@@ -10,6 +10,7 @@ import pytest
 from aiohttp import web
 
 from iotdps.allocation.custom import build_request, call_webhook, parse_response
+from iotdps.allocation.destinations import WebhookDestinations
 from iotdps.allocation.geo import choose_geo
 from iotdps.allocation.hashed import choose_hashed
 from iotdps.allocation.policy import allocate_builtin, candidate_hubs, choose_static
@@ -106,7 +107,9 @@ async def test_webhook_over_real_http_with_timeout() -> None:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    transport = AiohttpWebhookTransport()
+    # Plain HTTP on loopback: allowed only because the allowlist names these prefixes.
+    allowed = WebhookDestinations.parse([f"http://127.0.0.1:{port}/alloc", "http://127.0.0.1:1/"])
+    transport = AiohttpWebhookTransport(destinations=allowed)
     try:
         definition = CustomAllocationDefinition(f"http://127.0.0.1:{port}/alloc?code=s3cret", "2021-10-01")
         hubs = ["a.local", "b.local"]

@@ -73,6 +73,16 @@ def test_expired_wrong_resource_and_skn() -> None:
     assert check_token(skn, "s", "dev-1", NOW).reason is RefusalReason.SAS_MALFORMED  # type: ignore[union-attr]
 
 
+def test_lifetime_beyond_the_maximum_is_refused() -> None:
+    now = int(NOW.timestamp())
+    day = _parsed(make_sas_token("s", "dev-1", KEY, now + 24 * 3600))
+    assert check_token(day, "s", "dev-1", NOW) is None  # the default maximum, inclusive
+    longer = _parsed(make_sas_token("s", "dev-1", KEY, now + 24 * 3600 + 1))
+    assert check_token(longer, "s", "dev-1", NOW).reason is RefusalReason.SAS_LIFETIME_TOO_LONG  # type: ignore[union-attr]
+    hour = _parsed(make_sas_token("s", "dev-1", KEY, now + 3601))
+    assert check_token(hour, "s", "dev-1", NOW, max_lifetime=3600).reason is RefusalReason.SAS_LIFETIME_TOO_LONG  # type: ignore[union-attr]
+
+
 def test_wrong_key_and_tampered_expiry_fail() -> None:
     token = _parsed(make_sas_token("s", "dev-1", KEY, SE))
     assert not signature_matches(token, base64.b64encode(b"x" * 32).decode())

@@ -63,6 +63,7 @@ def test_hub_sas_checks() -> None:
         "signature": make_hub_sas_token("hub.test", "dev-1", new_key(), future),
         "skn": make_hub_sas_token("hub.test", "dev-1", key, future) + "&skn=iothubowner",
         "malformed": "SharedAccessSignature sr=x",
+        "year 9999": make_hub_sas_token("hub.test", "dev-1", key, 253402300799),
     }
     for what, token in cases.items():
         reason = check_device(device, "hub.test", token.encode(), None, NOW)
@@ -74,6 +75,8 @@ def test_hub_sas_checks() -> None:
     assert check_device(None, "hub.test", token, None, NOW) == "no such device on this hub"
     assert "neither" in (check_device(device, "hub.test", None, None, NOW) or "")
     assert quote("hub.test/devices/dev-1", safe="") in token.decode()
+    # The maximum lifetime is a setting: 600 s ahead passes the default, not a 300 s cap.
+    assert "too far ahead" in (check_device(device, "hub.test", good, None, NOW, max_token_lifetime=300) or "")
 
 
 async def test_telemetry_is_group_committed_and_every_message_acknowledged() -> None:

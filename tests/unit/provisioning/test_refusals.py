@@ -147,6 +147,12 @@ async def sas_expired() -> tuple[Env, RegistrationOutcome]:
     return env, await env.register_sas("dev-1", KEY1, expiry=int(NOW.timestamp()) - 1)
 
 
+async def sas_lifetime_too_long() -> tuple[Env, RegistrationOutcome]:
+    env = await Env().setup()
+    await env.enroll(sk_enrollment("dev-1"))
+    return env, await env.register_sas("dev-1", KEY1, expiry=253402300799)  # year 9999
+
+
 async def sas_bad_signature() -> tuple[Env, RegistrationOutcome]:
     env = await Env().setup()
     await env.enroll(sk_enrollment("dev-1"))
@@ -207,6 +213,7 @@ CASES: dict[str, tuple[Case, RefusalReason, str, str | None]] = {
     "sas missing": (sas_missing, R.SAS_MISSING, "no SAS token", None),
     "sas malformed": (sas_malformed, R.SAS_MALFORMED, "lacks sig", None),
     "sas expired": (sas_expired, R.SAS_EXPIRED, "expired at Unix time", None),
+    "sas lifetime": (sas_lifetime_too_long, R.SAS_LIFETIME_TOO_LONG, "too far ahead", None),
     "sas signature": (sas_bad_signature, R.SAS_BAD_SIGNATURE, "does not verify with the keys", None),
     "sas resource": (sas_wrong_resource, R.SAS_WRONG_RESOURCE, "registrations/dev-2", None),
     "no hub": (no_hub, R.NO_HUB, "no hub of the linked hubs", "failed"),

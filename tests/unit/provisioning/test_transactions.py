@@ -124,6 +124,7 @@ async def test_reuploading_another_certificate_drops_verification() -> None:
 
 
 async def test_operation_status_needs_the_right_operation_and_credential() -> None:
+    from certkit import NOW
     from helpers import SCOPE
 
     from iotdps.attestation.registry import SasCredential
@@ -137,10 +138,12 @@ async def test_operation_status_needs_the_right_operation_and_credential() -> No
     assert done.operation_id is not None
     with pytest.raises(NotFound):
         await env.service.operation_status(SCOPE, "dev-1", "5.other")
-    good = SasCredential(Secret(make_sas_token(SCOPE, "dev-1", KEY1, 2_000_000_000)))
+    good = SasCredential(Secret(make_sas_token(SCOPE, "dev-1", KEY1, int(NOW.timestamp()) + 3600)))
     polled = await env.service.operation_status(SCOPE, "dev-1", done.operation_id, good)
     assert polled.operation_json()["registrationState"]["assignedHub"] == done.record.assigned_hub  # type: ignore[union-attr]
-    bad = SasCredential(Secret(make_sas_token(SCOPE, "dev-1", "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFB", 2_000_000_000)))
+    bad = SasCredential(
+        Secret(make_sas_token(SCOPE, "dev-1", "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFB", int(NOW.timestamp()) + 3600))
+    )
     refused = await env.service.operation_status(SCOPE, "dev-1", done.operation_id, bad)
     assert refused.record is None and refused.reason is RefusalReason.SAS_BAD_SIGNATURE
     status = await env.service.registration_status(SCOPE, "dev-1", good)

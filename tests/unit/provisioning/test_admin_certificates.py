@@ -1,0 +1,59 @@
+"""What an enrollment's certificate slots accept (provisioning.admin), and what the TLS trust
+store takes from them (ProvisioningService.trust_anchors)."""
+
+from __future__ import annotations
+
+import pytest
+from certkit import issue
+from helpers import x509_enrollment
+
+from iotdps.attestation import certs
+from iotdps.enrollment.models import (
+    Attestation,
+    CertificateSlot,
+    EnrollmentGroup,
+    IndividualEnrollment,
+    X509Attestation,
+)
+from iotdps.errors import InvalidInput
+from iotdps.provisioning.admin import put_enrollment, put_group
+from iotdps.provisioning.service import ProvisioningService
+from iotdps.store import MemoryStore
+
+
+async def test_a_slot_holds_exactly_one_certificate() -> None:
+    store = MemoryStore()
+    root = issue("root", ca=True)
+    line = issue("line-a", root, ca=True)
+    leaf = issue("dev-1", line)
+    bundle = leaf.pem + line.pem
+    enrollment = x509_enrollment("dev-1", leaf)
+    slot = CertificateSlot(bundle)
+    with pytest.raises(InvalidInput, match=r"clientCertificates\.primary holds 2 certificates; .*exactly one"):
+        await put_enrollment(store, IndividualEnrollment("dev-1", Attestation("x509", X509Attestation((slot, None)))))
+    group = EnrollmentGroup("g", Attestation("x509", X509Attestation(signing_certificates=(slot, None))))
+    with pytest.raises(InvalidInput, match=r"signingCertificates\.primary holds 2 certificates"):
+        await put_group(store, group)
+    assert (await put_enrollment(store, enrollment)).registration_id == "dev-1"
+
+
+async def test_an_individual_enrollment_takes_no_ca_certificate() -> None:
+    store = MemoryStore()
+    ca = issue("line-a", ca=True)
+    with pytest.raises(InvalidInput, match=r"CN=line-a .* is a CA certificate"):
+        await put_enrollment(store, x509_enrollment("line-a", ca))
+    async with store.begin() as uow:
+        assert await uow.enrollments.get("line-a") is None
+
+
+async def test_trust_anchors_take_one_device_certificate_per_slot() -> None:
+    store = MemoryStore()
+    line = issue("line-a", issue("root", ca=True), ca=True)
+    leaf = issue("dev-1", line)
+    # Records as an older version could have stored them, written past the admin checks.
+    async with store.begin() as uow:
+        for rid, pem in (("dev-1", leaf.pem + line.pem), ("line-a", line.pem)):
+            att = Attestation("x509", X509Attestation((CertificateSlot(pem), None)))
+            await uow.enrollments.put(IndividualEnrollment(rid, att))
+    anchors = await ProvisioningService(store).trust_anchors()
+    assert [certs.common_name(c) for c in anchors] == ["dev-1"]

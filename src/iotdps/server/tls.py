@@ -235,12 +235,14 @@ class PeerIdentity:
 
 
 class _HandshakeRecord:
-    """Per-connection scratch space the verify callback writes into (the Connection's app data)."""
+    """Per-connection scratch space the verify callback writes into (the Connection's app data),
+    and the anchors of the context the connection started with."""
 
-    __slots__ = ("errors",)
+    __slots__ = ("anchors", "errors")
 
-    def __init__(self) -> None:
+    def __init__(self, anchors: frozenset[x509.Certificate] = frozenset()) -> None:
         self.errors: list[VerifyError] = []
+        self.anchors = anchors
 
 
 def _record_and_accept(conn: SSL.Connection, cert: crypto.X509, errnum: int, depth: int, ok: int) -> bool:
@@ -338,6 +340,7 @@ class ServerTls:
         self._chain: tuple[x509.Certificate, ...] = ()
         self._key: ServerPrivateKey | None = None
         self._anchors: tuple[x509.Certificate, ...] = tuple(anchors)
+        self._anchor_set = frozenset(self._anchors)
         self._context: SSL.Context | None = None
         self.update_server_certificate(certificate_chain, private_key)
 
@@ -386,6 +389,7 @@ class ServerTls:
         anchors = tuple(certs)
         self._context = self._build(self._chain, self._key, anchors)
         self._anchors = anchors
+        self._anchor_set = frozenset(anchors)
 
     def update_server_certificate(self, chain: Sequence[x509.Certificate], key: ServerPrivateKey) -> None:
         """Rotate the server certificate without a restart (new connections only)."""
@@ -399,7 +403,7 @@ class ServerTls:
         """A server-side Connection on memory BIOs, ready for `bio_write` of the first bytes."""
         conn = SSL.Connection(self.context, None)
         conn.set_accept_state()
-        conn.set_app_data(_HandshakeRecord())
+        conn.set_app_data(_HandshakeRecord(self._anchor_set))
         return conn
 
     def _build(
@@ -612,6 +616,16 @@ def peer_identity(conn: SSL.Connection) -> PeerIdentity:
             for ptr in _stack(_lib.SSL_get0_verified_chain(ssl))
         ]
         verified = tuple(built) if built else None
+        if (
+            verified is not None
+            and len(verified) > 1
+            and isinstance(record, _HandshakeRecord)
+            and leaf in record.anchors
+        ):
+            # OpenSSL's last resort with PARTIAL_CHAIN: no issuer was trusted, but the leaf itself
+            # is (an individual enrollment); its verified chain then still lists the untrusted
+            # CAs the device sent. The leaf is the anchor that vouched: nothing above it counts.
+            verified = verified[:1]
     if leaf is not None:
         # The chain policy on the path OpenSSL built (its CAs' verdicts are memoised), or on the
         # leaf alone when there is no such path: the hub's thumbprint devices need no chain, but

@@ -92,12 +92,14 @@ def make(
     authority_key_id: bytes | None = None,
     subject_key_id: bytes | None = None,
     signing_key: Key | None = None,
+    pss_salt: int | None = None,
 ) -> Cert:
     """One certificate. Defaults: P-256, valid from a day ago for 30 days, SKI and AKI, critical
     basic constraints, key usage (devices: digitalSignature; CAs: keyCertSign + cRLSign), EKU
     clientAuth for devices and none for CAs (`eku=None` leaves it out), SHA-256. `issuer` None: self-signed.
     The forgery knobs: `issuer_name`, `authority_key_id`, `subject_key_id` and `signing_key`
-    override what the issuer would put there."""
+    override what the issuer would put there. `pss_salt`: sign RSASSA-PSS (SHA-256, MGF1-SHA-256)
+    with this salt length (the issuer key must be RSA)."""
     key = key or new_key()
     now = dt.datetime.now(dt.UTC)
     name = subject or x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
@@ -137,6 +139,9 @@ def make(
     for value, critical in extra:
         builder = builder.add_extension(value, critical=critical)
     algorithm: Any = None if isinstance(signer, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    if pss_salt is not None:
+        pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=pss_salt)
+        return Cert(builder.sign(signer, algorithm, rsa_padding=pss), key)
     return Cert(builder.sign(signer, algorithm), key)
 
 

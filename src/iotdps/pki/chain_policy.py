@@ -22,8 +22,8 @@ A chain is good when it passes both halves; the halves differ only where `path_p
 refuses anyway, which is what makes the verdicts agree. The rules, in operator's words (the
 README's "Who gets in" says the same):
 
-- every certificate is X.509 v3 with a sane serial number and a non-empty issuer, and is valid
-  now (the trust anchor included);
+- every certificate is X.509 v3 with a sane serial number and is valid now (the trust anchor
+  included); a CA's subject and issuer names are not empty;
 - keys: RSA of at least 2048 bits, or EC on P-256 or P-384; nothing else (P-521, brainpool,
   Ed25519 and DSA are refused);
 - signatures: RSA PKCS#1 v1.5 or RSASSA-PSS with SHA-256/384/512, or ECDSA with SHA-256/384/512;
@@ -176,15 +176,18 @@ def certificate_label(cert: x509.Certificate) -> str:
 _Finding = tuple[Rule, str] | None
 
 
-def _basics(cert: x509.Certificate) -> _Finding:
+def _basics(cert: x509.Certificate, *, names: bool) -> _Finding:
     if cert.version is not x509.Version.v3:
         return Rule.MALFORMED, "{cert} is an X.509 v1 certificate; v3 is required"
     serial = cert.serial_number
     # cryptography's verifier takes 1..21 octets (20 plus a sign octet), never negative.
     if serial < 0 or (serial.bit_length() // 8 + 1) > 21:
         return Rule.MALFORMED, "{cert} has a serial number that is negative or longer than 20 octets"
-    if len(cert.issuer) == 0:
-        return Rule.MALFORMED, "{cert} has an empty issuer name"
+    # Names are checked on CAs only (memoised): building a leaf's issuer Name costs as much as
+    # the rest of its checks. A leaf with an empty issuer chains only to a CA with an empty
+    # subject, refused here, or is self-signed with no CN, refused as no registration id.
+    if names and (len(cert.issuer) == 0 or len(cert.subject) == 0):
+        return Rule.MALFORMED, "{cert} has an empty issuer or subject name"
     return None
 
 
@@ -230,24 +233,40 @@ def _signature(cert: x509.Certificate) -> _Finding:
     return Rule.SIGNATURE, f"{{cert}} is signed with {name}; only RSA or ECDSA with SHA-256/384/512 are accepted"
 
 
-def _extensions(cert: x509.Certificate) -> tuple[x509.Extensions | None, _Finding]:
+@dataclass(frozen=True, slots=True)
+class _Usage:
+    """The three extensions the rules read, picked out in the one pass over the extensions."""
+
+    bc: x509.BasicConstraints | None = None
+    ku: x509.KeyUsage | None = None
+    eku: x509.ExtendedKeyUsage | None = None
+
+
+def _extensions(cert: x509.Certificate) -> tuple[_Usage | None, _Finding]:
     try:
         extensions = cert.extensions
     except (ValueError, x509.DuplicateExtension) as exc:
         return None, (Rule.MALFORMED, f"{{cert}} has extensions that cannot be read ({type(exc).__name__})")
+    found: dict[x509.ObjectIdentifier, x509.ExtensionType] = {}
+    problem: _Finding = None
     for ext in extensions:
-        if ext.critical and ext.oid not in _KNOWN:
-            name = getattr(ext.oid, "_name", "Unknown OID")
-            shown = ext.oid.dotted_string if name == "Unknown OID" else f"{name} ({ext.oid.dotted_string})"
-            return extensions, (Rule.CRITICAL_EXTENSION, f"{{cert}} carries the unknown critical extension {shown}")
-    return extensions, None
+        oid = ext.oid
+        if oid in _USAGE_OIDS:
+            found[oid] = ext.value
+        elif problem is None and ext.critical and oid not in _KNOWN:
+            name = getattr(oid, "_name", "Unknown OID")
+            shown = oid.dotted_string if name == "Unknown OID" else f"{name} ({oid.dotted_string})"
+            problem = Rule.CRITICAL_EXTENSION, f"{{cert}} carries the unknown critical extension {shown}"
+    bc, ku, eku = (found.get(oid) for oid in _USAGE_OIDS)
+    usage = _Usage(
+        bc if isinstance(bc, x509.BasicConstraints) else None,
+        ku if isinstance(ku, x509.KeyUsage) else None,
+        eku if isinstance(eku, x509.ExtendedKeyUsage) else None,
+    )
+    return usage, problem
 
 
-def _value(extensions: x509.Extensions, cls: type[x509.ExtensionType]) -> x509.ExtensionType | None:
-    try:
-        return extensions.get_extension_for_class(cls).value
-    except x509.ExtensionNotFound:
-        return None
+_USAGE_OIDS = (ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.KEY_USAGE, ExtensionOID.EXTENDED_KEY_USAGE)
 
 
 def _eku_names(eku: x509.ExtendedKeyUsage) -> str:
@@ -310,49 +329,52 @@ def _ca_eku(eku: x509.ExtendedKeyUsage | None) -> _Finding:
 
 
 def _leaf_findings(cert: x509.Certificate, *, signature: bool) -> list[tuple[Rule, str]]:
-    found = [_basics(cert), _key(cert)]
+    found = [_basics(cert, names=False), _key(cert)]
     if signature:
         found.append(_signature(cert))
-    extensions, problem = _extensions(cert)
+    usage, problem = _extensions(cert)
     found.append(problem)
-    if extensions is not None:
-        bc, ku, eku = (_value(extensions, c) for c in (x509.BasicConstraints, x509.KeyUsage, x509.ExtendedKeyUsage))
-        found += [
-            _leaf_bc(bc if isinstance(bc, x509.BasicConstraints) else None),
-            _leaf_ku(ku if isinstance(ku, x509.KeyUsage) else None),
-            _leaf_eku(eku if isinstance(eku, x509.ExtendedKeyUsage) else None),
-        ]
+    if usage is not None:
+        found += [_leaf_bc(usage.bc), _leaf_ku(usage.ku), _leaf_eku(usage.eku)]
     return [f for f in found if f is not None]
 
 
 def _ca_findings(cert: x509.Certificate, *, anchor: bool) -> list[tuple[Rule, str]]:
-    found = [_basics(cert), _key(cert)]
+    found = [_basics(cert, names=True), _key(cert)]
     if not anchor:
         found.append(_signature(cert))
-    extensions, problem = _extensions(cert)
+    usage, problem = _extensions(cert)
     found.append(problem)
-    if extensions is not None:
-        bc, ku, eku = (_value(extensions, c) for c in (x509.BasicConstraints, x509.KeyUsage, x509.ExtendedKeyUsage))
-        found += [
-            _ca_bc(bc if isinstance(bc, x509.BasicConstraints) else None),
-            _ca_ku(ku if isinstance(ku, x509.KeyUsage) else None, anchor=anchor),
-            _ca_eku(eku if isinstance(eku, x509.ExtendedKeyUsage) else None),
-        ]
+    if usage is not None:
+        found += [_ca_bc(usage.bc), _ca_ku(usage.ku, anchor=anchor), _ca_eku(usage.eku)]
     return [f for f in found if f is not None]
 
 
-# A CA certificate's findings depend only on the certificate and whether it ends the path; every
-# device of a production line brings the same CAs. Keyed by the certificate itself (equality is
-# its DER) and bounded: cleared when full.
-_CA_MEMO: dict[tuple[x509.Certificate, bool], tuple[tuple[Rule, str], ...]] = {}
+@dataclass(frozen=True, slots=True)
+class _CaVerdict:
+    certificate: x509.Certificate  # held, so that its id() is not reused while memoised
+    findings: tuple[tuple[Rule, str], ...]
+    path_length: int | None
+
+
+# A CA certificate's verdict depends only on the certificate and whether it ends the path, and
+# every device of a production line brings the same CAs: the TLS seam hands them over as the
+# same objects (it parses each CA's DER once), so the memo is keyed by identity, which costs
+# nothing per handshake (hashing a certificate hashes its DER). Bounded: cleared when full.
+_CA_MEMO: dict[tuple[int, bool], _CaVerdict] = {}
 _CA_MEMO_MAX = 4096
 
 
-def _ca_memo(cert: x509.Certificate, anchor: bool) -> tuple[tuple[Rule, str], ...]:
-    key = (cert, anchor)
+def _ca_verdict(cert: x509.Certificate, anchor: bool) -> _CaVerdict:
+    key = (id(cert), anchor)
     found = _CA_MEMO.get(key)
-    if found is None:
-        found = tuple(_ca_findings(cert, anchor=anchor))
+    if found is None or found.certificate is not cert:
+        path_length: int | None = None
+        try:
+            path_length = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length
+        except (x509.ExtensionNotFound, ValueError, x509.DuplicateExtension):
+            pass  # no constraint to apply; the findings say what is wrong
+        found = _CaVerdict(cert, tuple(_ca_findings(cert, anchor=anchor)), path_length)
         if len(_CA_MEMO) >= _CA_MEMO_MAX:
             _CA_MEMO.clear()
         _CA_MEMO[key] = found
@@ -400,20 +422,17 @@ def path_problems(path: Sequence[x509.Certificate], now: dt.datetime | None = No
         )
     for depth in range(1, last + 1):
         cert = path[depth]
-        problems += [PolicyProblem(depth, r, cert, w) for r, w in _ca_memo(cert, depth == last)]
-        try:
-            bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-        except (x509.ExtensionNotFound, ValueError, x509.DuplicateExtension):
-            continue
+        verdict = _ca_verdict(cert, depth == last)
+        problems += [PolicyProblem(depth, r, cert, w) for r, w in verdict.findings]
         below = depth - 1  # the intermediates between this CA and the leaf
-        if bc.path_length is not None and below > bc.path_length:
+        if verdict.path_length is not None and below > verdict.path_length:
             problems.append(
                 PolicyProblem(
                     depth,
                     Rule.PATH_LENGTH,
                     cert,
-                    f"path length violated: {{cert}} allows at most {bc.path_length} intermediate CA(s) below it, "
-                    f"but the chain has {below}",
+                    f"path length violated: {{cert}} allows at most {verdict.path_length} intermediate CA(s) "
+                    f"below it, but the chain has {below}",
                 )
             )
     if now is not None:

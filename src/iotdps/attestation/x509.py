@@ -1,14 +1,20 @@
 """X.509 attestation: what the TLS layer proved, and words for when it proved nothing.
 
 The TLS layer hands over, per connection, the chain the device presented (leaf first), the chain
-OpenSSL verified (leaf..anchor, or None) and OpenSSL's verify errors. Its trust store holds every
-verified uploaded CA and every individual enrollment's client certificates, with PARTIAL_CHAIN, so
-the anchor may be a root, an intermediate or the leaf itself. We do not re-verify a chain OpenSSL
-verified (architecture.md); when it did not verify, `diagnose` rebuilds the path in Python only to
-tell the operator *which* certificate is missing, unverified or expired.
+OpenSSL verified and the chain policy accepted (leaf..anchor, or None) and the errors of both.
+Its trust store holds every verified uploaded CA and every individual enrollment's client
+certificates, with PARTIAL_CHAIN, so the anchor may be a root, an intermediate or the leaf itself.
+We do not re-verify a chain OpenSSL verified (architecture.md).
 
-`evidence_from_chain` is the same path building used as a verifier, for callers without a TLS
-handshake (tests, `iotdps explain`, an HTTP front end that passes the chain in a header).
+`evidence_from_chain` is the verifier for callers without a TLS handshake, or whose handshake ran
+against older anchors (`iotdps explain`, the API's /explain, the server's on-demand trust reload):
+cryptography's client verifier under the same chain policy (`iotdps.pki.chain_policy`), so its
+verdict is the handshake's.
+
+`diagnose` never admits: it says *why* a chain did not verify, in words naming the certificate at
+fault. `build_path` is our own walker, kept for those words only (which certificate is missing,
+uploaded but not verified, expired, signed by a same-named CA with another key: the verifiers
+give one terse reason); on the path it finds, the chain policy names any rule that is broken.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from cryptography import x509
 
 from iotdps.attestation import certs
 from iotdps.ids import same_registration_id
+from iotdps.pki.chain_policy import Rule, path_problems, verify_client_chain
 from iotdps.provisioning.outcomes import RefusalReason
 
 __all__ = [
@@ -96,7 +103,8 @@ def build_path(
     known: Iterable[x509.Certificate] = (),
     uploaded: Mapping[str, tuple[str, bool]] | None = None,
 ) -> _Path:
-    """Walk from the leaf to an anchor, checking signatures, CA flags and validity times.
+    """Walk from the leaf to an anchor, checking signatures, CA flags and validity times: for the
+    words of `diagnose`, never to admit (the chain policy's verifier does that).
 
     `anchors`: trusted certificates (verified CAs, enrolled device certificates). `known`: other
     certificates that may fill gaps (unverified uploads, group signing certificates).
@@ -167,6 +175,10 @@ def _dead_end(
         (c for c in pool if certs.sha256_thumbprint(c) not in in_path and current.issuer == c.subject), None
     )
     if lookalike is not None:
+        # A signature algorithm the policy refuses (SHA-1, MD5) does not verify at all: say so.
+        weak = [p for p in path_problems([current, lookalike]) if p.rule is Rule.SIGNATURE and p.depth == 0]
+        if weak:
+            return ChainProblem(RefusalReason.CHAIN_INVALID, weak[0].describe(certs.describe))
         return ChainProblem(
             RefusalReason.CHAIN_INVALID,
             f"the signature on {certs.describe(current)} does not verify with {certs.describe(lookalike)}",
@@ -191,12 +203,23 @@ def _dead_end(
 def evidence_from_chain(
     chain: Sequence[x509.Certificate], anchors: Iterable[x509.Certificate], now: datetime
 ) -> X509Evidence:
-    """Verify `chain` (leaf first) against `anchors` in Python, shaped like the TLS layer's answer."""
+    """Verify `chain` (leaf first) against `anchors` under the chain policy, shaped like the TLS
+    layer's answer; a refusal says why in words (the walker's, where the verifier is terse)."""
+    anchors = list(anchors)
+    verdict = verify_client_chain(chain, anchors, now)
+    if verdict.path is not None:
+        return X509Evidence(tuple(chain), verdict.path, ())
+    if verdict.problems or not chain:
+        return X509Evidence(tuple(chain), None, tuple(verdict.reasons(certs.describe)))
     found = build_path(chain, anchors, now)
-    if found.chain is not None:
-        return X509Evidence(tuple(chain), found.chain, ())
-    assert found.problem is not None
-    return X509Evidence(tuple(chain), None, (found.problem.message,))
+    if found.problem is not None:
+        return X509Evidence(tuple(chain), None, (found.problem.message,))
+    assert found.chain is not None
+    words = [p.describe(certs.describe) for p in path_problems(found.chain, now)]
+    return X509Evidence(tuple(chain), None, tuple(words or verdict.reasons(certs.describe)))
+
+
+_POLICY_REASONS = {Rule.EXPIRED: RefusalReason.CERT_EXPIRED, Rule.NOT_YET_VALID: RefusalReason.CERT_NOT_YET_VALID}
 
 
 def diagnose(
@@ -206,14 +229,19 @@ def diagnose(
     uploaded: Mapping[str, tuple[str, bool]],
     now: datetime,
 ) -> ChainProblem:
-    """Why a chain OpenSSL refused does not verify, in words naming the certificate at fault.
+    """Why a chain the TLS layer refused does not verify, in words naming the certificate at fault.
 
-    Never admits: if Python finds a path that OpenSSL did not (a CA verified after the TLS
-    context was built, say), the refusal stands and quotes OpenSSL's errors.
+    Never admits: if the walker finds a path (a CA verified after the TLS context was built,
+    say), the chain policy's words on that path, or else the TLS layer's errors, are the answer.
     """
     found = build_path(evidence.presented, anchors, now, known=known, uploaded=uploaded)
     if found.problem is not None:
         return found.problem
+    assert found.chain is not None
+    broken = path_problems(found.chain, now)
+    if broken:
+        reason = _POLICY_REASONS.get(broken[0].rule, RefusalReason.CHAIN_INVALID)
+        return ChainProblem(reason, "; ".join(p.describe(certs.describe) for p in broken))
     detail = "; ".join(evidence.errors) or "no detail"
     return ChainProblem(RefusalReason.CHAIN_INVALID, f"TLS verification failed ({detail})")
 

@@ -8,8 +8,10 @@ A token valid further ahead than the maximum lifetime is refused, as at DPS (sym
 
 X.509 devices that DPS provisioned are `selfSigned`: the leaf's SHA-256 or SHA-1 thumbprint must
 be registered, and the leaf's CN must be the device id. The chain need not reach one of our
-anchors, as on the real hub; an expired or not-yet-valid leaf is still refused.
-`certificateAuthority` devices need a chain that verified against our anchors plus the CN.
+anchors, as on the real hub; an expired or not-yet-valid leaf is still refused, and so is a leaf
+that breaks the chain policy's rules for device certificates (a CA, a weak key, no clientAuth...:
+`iotdps.pki.chain_policy`). `certificateAuthority` devices need a chain that verified against
+our anchors under the chain policy (the TLS layer's verdict), plus the CN.
 """
 
 from __future__ import annotations
@@ -67,8 +69,11 @@ def _check_x509(device: DeviceIdentity, peer: PeerIdentity | None) -> str | None
         return "the device presented neither a SAS token nor a client certificate"
     if certs.common_name(leaf) != device.device_id:
         return f"the certificate's CN {certs.common_name(leaf)!r} is not the device id"
-    if any(e.depth == 0 and e.code in _LEAF_TIME_ERRORS for e in peer.verify_errors):
+    if any(e.depth == 0 and e.code in _LEAF_TIME_ERRORS and not e.policy for e in peer.verify_errors):
         return "the device certificate is expired or not yet valid"
+    broken = next((e for e in peer.verify_errors if e.depth == 0 and e.policy), None)
+    if broken is not None:
+        return f"the device certificate breaks the certificate policy: {broken.message}"
     auth = device.auth
     if auth.type == "selfSigned":
         wanted = {tp.upper() for tp in (*auth.primary_thumbprints, *auth.secondary_thumbprints)}

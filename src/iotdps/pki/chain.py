@@ -6,6 +6,10 @@ the factory forgot the line intermediate, the certificate is a server certificat
 a valid registration id, the key file belongs to another device. `explain_chain` walks the chain
 itself to find those, then asks cryptography's verifier for the final verdict so that the
 answer never says "valid" when a real TLS stack would refuse.
+
+For device (client) chains both the words and the verdict are the service's chain policy
+(`iotdps.pki.chain_policy`): `iotdps cert verify` says VALID exactly when the server's TLS
+handshake and `iotdps explain` would accept the chain against the same anchors.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from cryptography.x509.verification import (
 
 from iotdps.errors import ChainError, InvalidRegistrationId
 from iotdps.ids import check_registration_id
+from iotdps.pki.chain_policy import Rule, path_problems, verify_client_chain
 from iotdps.pki.issuer import is_self_issued
 from iotdps.pki.keys import public_keys_match
 
@@ -114,21 +119,30 @@ def _check_time(cert: x509.Certificate, now: dt.datetime, problems: list[str]) -
 def _check_leaf(
     cert: x509.Certificate, purpose: Purpose, registration_id: bool, problems: list[str], notes: list[str]
 ) -> None:
+    """The leaf's own checks. A device certificate's structural rules (CA flag, key usage,
+    extended key usage, key, signature) are the chain policy's, applied by explain_chain to the
+    whole path; here only what the policy does not judge, and the server and "any" profiles."""
     label = describe_certificate(cert)
+    if purpose == "client":
+        if _ext(cert, x509.ExtendedKeyUsage) is None:
+            notes.append(
+                f"{label} has no extended key usage extension; accepted (RFC 5280 reads that as any use), "
+                "but a device certificate should say clientAuth"
+            )
+        _check_registration_id(cert, label, registration_id, problems)
+        return
     bc = _ext(cert, x509.BasicConstraints)
     if isinstance(bc, x509.BasicConstraints) and bc.ca:
         problems.append(f"{label} is a CA certificate (CA:TRUE), not a device or server certificate")
-    wanted = {"client": ExtendedKeyUsageOID.CLIENT_AUTH, "server": ExtendedKeyUsageOID.SERVER_AUTH}.get(purpose)
     eku = _ext(cert, x509.ExtendedKeyUsage)
-    if wanted is not None:
-        role = (
-            "a device certificate needs clientAuth (TLS client)"
-            if purpose == "client"
-            else "a server certificate needs serverAuth (TLS server)"
-        )
+    if purpose == "server":
+        role = "a server certificate needs serverAuth (TLS server)"
         if isinstance(eku, x509.ExtendedKeyUsage):
             usages = list(eku)
-            if wanted not in usages and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in usages:
+            if (
+                ExtendedKeyUsageOID.SERVER_AUTH not in usages
+                and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in usages
+            ):
                 have = ", ".join(_EKU_NAMES.get(u, u.dotted_string) for u in usages) or "nothing"
                 problems.append(f"wrong extended key usage: {label} allows {have}; {role}")
         else:
@@ -136,7 +150,10 @@ def _check_leaf(
     ku = _ext(cert, x509.KeyUsage)
     if isinstance(ku, x509.KeyUsage) and not ku.digital_signature:
         problems.append(f"{label} lacks keyUsage digitalSignature, which a TLS handshake needs")
-    if registration_id and purpose == "client":
+
+
+def _check_registration_id(cert: x509.Certificate, label: str, registration_id: bool, problems: list[str]) -> None:
+    if registration_id:
         cns = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
         if not cns:
             problems.append(f"{label} has no CN; DPS takes the registration id from the CN")
@@ -183,7 +200,8 @@ def _verifier_error(
     server_name: str | None,
 ) -> str | None:
     """cryptography's verdict: None if it validates, else its reason."""
-    # Device certificates carry their identity in the CN; the web-PKI default wants a SAN.
+    # Server and "any" profiles only (device chains go through the chain policy); a device
+    # names itself by its CN, where the web-PKI default wants a SAN.
     ee = ExtensionPolicy.webpki_defaults_ee().may_be_present(x509.SubjectAlternativeName, Criticality.AGNOSTIC, None)
     builder = (
         PolicyBuilder()
@@ -259,7 +277,11 @@ def explain_chain(
             parent = cand
             break
         if parent is None:
-            if by_name:
+            weak = [p for p in path_problems([current, *by_name[:1]]) if p.rule is Rule.SIGNATURE and p.depth == 0]
+            if by_name and weak:
+                # SHA-1 or MD5: cryptography does not verify such a signature at all.
+                problems.append(weak[0].describe(describe_certificate))
+            elif by_name:
                 problems.append(
                     f"the signature on {label} does not verify with the key of "
                     f"{describe_certificate(by_name[0])}: same name, different key (an old or re-created CA?)"
@@ -289,16 +311,28 @@ def explain_chain(
             "hint: a certificate that is not yet valid usually means a wrong clock; check the date "
             "and time of this machine (or the device) and of the machine that issued it"
         )
-    # path[k] signs path[k-1]; below it are the k-1 certificates between it and the leaf,
-    # minus self-issued ones, which RFC 5280 does not count.
-    for k in range(1, len(path)):
-        below = sum(1 for c in path[1:k] if not is_self_issued(c))
-        _check_ca(path[k], below, problems)
+    if purpose == "client":
+        # The service's chain policy, in its own words, on the path as far as it was built
+        # (validity was reported above, with the clock hint).
+        problems.extend(p.describe(describe_certificate) for p in path_problems(path))
+    else:
+        # path[k] signs path[k-1]; below it are the k-1 certificates between it and the leaf,
+        # minus self-issued ones, which RFC 5280 does not count.
+        for k in range(1, len(path)):
+            below = sum(1 for c in path[1:k] if not is_self_issued(c))
+            _check_ca(path[k], below, problems)
 
     if anchored and not problems:
-        reason = _verifier_error(leaf, intermediates, roots, when, purpose, server_name)
-        if reason is not None:
-            problems.append(f"the chain does not validate: {reason}")
+        if purpose == "client":
+            # The verdict the server's handshake and `iotdps explain` reach on the same anchors.
+            verdict = verify_client_chain([leaf, *intermediates], roots, when)
+            reasons = verdict.reasons(describe_certificate)
+            if reasons:
+                problems.append(f"the chain does not validate: {'; '.join(reasons)}")
+        else:
+            reason = _verifier_error(leaf, intermediates, roots, when, purpose, server_name)
+            if reason is not None:
+                problems.append(f"the chain does not validate: {reason}")
     if anchored and len(path) > 1:
         extra = [c for c in intermediates if c not in path]
         if extra:

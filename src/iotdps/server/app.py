@@ -309,11 +309,12 @@ class Server:
             conn.peer = await self.refreshed_peer(conn.peer)
 
     async def refreshed_peer(self, peer: PeerIdentity) -> PeerIdentity:
-        """If OpenSSL could not verify the chain, our anchors may be older than the store
+        """If the TLS layer did not verify the chain, our anchors may be older than the store
         (a CA verified or a device enrolled a moment ago, maybe by another process): reload
-        them and verify the presented chain against the current set. Only this failure path
-        verifies in Python; a chain OpenSSL verified is never re-checked. Used by the MQTT
-        route and the HTTPS device API alike."""
+        them and verify the presented chain against the current set, under the same chain
+        policy (iotdps.pki.chain_policy), so this path can never admit what the handshake's
+        policy refuses. Only this failure path verifies in Python; a chain OpenSSL verified is
+        never re-verified. Used by the MQTT route and the HTTPS device API alike."""
         if not peer.chain or peer.verified_chain is not None:
             return peer
         anchors = await self.reload_trust(on_demand=True, since=peer.handshake_at)

@@ -10,8 +10,12 @@ registration id. pyOpenSSL also drives the OpenSSL bundled in `cryptography`, wh
 
 Trust decisions stay with OpenSSL: the trust store holds the anchors (verified CAs and
 individually enrolled device certificates) with PARTIAL_CHAIN, so any of them is a trust anchor
-by itself, even an intermediate or a non-self-signed leaf. A chain OpenSSL verified is never
-re-verified in Python; `PeerIdentity.verify_errors` says what OpenSSL disliked.
+by itself, even an intermediate or a non-self-signed leaf. OpenSSL verifies with the TLS client
+purpose and its default security level (2: RSA >= 2048, no SHA-1). A chain OpenSSL verified is
+never re-verified in Python; the service's chain policy (`iotdps.pki.chain_policy`) adds its
+structural rules on the path OpenSSL built (leaf not a CA, key types and curves, signature
+algorithms, unknown critical extensions...), no signature work, and a chain that breaks one
+counts as unverified. `PeerIdentity.verify_errors` says what OpenSSL, or the policy, disliked.
 
 Everything engine-specific lives in this module and `tls_transport.py`; the rest of iotdps sees
 `ServerTls` and `PeerIdentity` only.
@@ -35,6 +39,7 @@ from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
 
 from iotdps.errors import PkiError
+from iotdps.pki.chain_policy import MAX_INTERMEDIATES, leaf_problems, path_problems
 from iotdps.pki.encoding import remember_thumbprints
 from iotdps.secret import Secret
 
@@ -86,7 +91,9 @@ TLS12_CIPHERS: tuple[str, ...] = (
 )
 
 # Deep enough for root -> several intermediates -> leaf; bounds the work a hostile chain causes.
-_VERIFY_DEPTH = 10
+# OpenSSL's depth counts intermediates; two more than the chain policy allows, so that a chain
+# a little too long is refused by the policy, in its words.
+_VERIFY_DEPTH = MAX_INTERMEDIATES + 2
 
 
 class VerifyCode(enum.IntEnum):
@@ -166,9 +173,11 @@ def describe_verify_error(code: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class VerifyError:
-    """One complaint OpenSSL raised while verifying the client's chain.
+    """One complaint OpenSSL (or the chain policy) raised about the client's chain.
 
     `depth` 0 is the leaf. `message` is OpenSSL's own text; `reason` says it in plain words.
+    `policy`: raised by the service's chain policy on a chain OpenSSL accepted (or on the leaf
+    of one it did not); `code` is then the nearest OpenSSL code and `message` names the rule.
     """
 
     depth: int
@@ -176,10 +185,11 @@ class VerifyError:
     message: str
     subject: str
     certificate: x509.Certificate | None = field(default=None, compare=False, repr=False)
+    policy: bool = False
 
     @property
     def reason(self) -> str:
-        return describe_verify_error(self.code)
+        return self.message if self.policy else describe_verify_error(self.code)
 
     def __str__(self) -> str:
         return f"depth {self.depth} ({self.subject}): {self.reason}"
@@ -225,12 +235,14 @@ class PeerIdentity:
 
 
 class _HandshakeRecord:
-    """Per-connection scratch space the verify callback writes into (the Connection's app data)."""
+    """Per-connection scratch space the verify callback writes into (the Connection's app data),
+    and the anchors of the context the connection started with."""
 
-    __slots__ = ("errors",)
+    __slots__ = ("anchors", "errors")
 
-    def __init__(self) -> None:
+    def __init__(self, anchors: frozenset[x509.Certificate] = frozenset()) -> None:
         self.errors: list[VerifyError] = []
+        self.anchors = anchors
 
 
 def _record_and_accept(conn: SSL.Connection, cert: crypto.X509, errnum: int, depth: int, ok: int) -> bool:
@@ -328,6 +340,7 @@ class ServerTls:
         self._chain: tuple[x509.Certificate, ...] = ()
         self._key: ServerPrivateKey | None = None
         self._anchors: tuple[x509.Certificate, ...] = tuple(anchors)
+        self._anchor_set = frozenset(self._anchors)
         self._context: SSL.Context | None = None
         self.update_server_certificate(certificate_chain, private_key)
 
@@ -376,6 +389,7 @@ class ServerTls:
         anchors = tuple(certs)
         self._context = self._build(self._chain, self._key, anchors)
         self._anchors = anchors
+        self._anchor_set = frozenset(anchors)
 
     def update_server_certificate(self, chain: Sequence[x509.Certificate], key: ServerPrivateKey) -> None:
         """Rotate the server certificate without a restart (new connections only)."""
@@ -389,7 +403,7 @@ class ServerTls:
         """A server-side Connection on memory BIOs, ready for `bio_write` of the first bytes."""
         conn = SSL.Connection(self.context, None)
         conn.set_accept_state()
-        conn.set_app_data(_HandshakeRecord())
+        conn.set_app_data(_HandshakeRecord(self._anchor_set))
         return conn
 
     def _build(
@@ -602,6 +616,29 @@ def peer_identity(conn: SSL.Connection) -> PeerIdentity:
             for ptr in _stack(_lib.SSL_get0_verified_chain(ssl))
         ]
         verified = tuple(built) if built else None
+        if (
+            verified is not None
+            and len(verified) > 1
+            and isinstance(record, _HandshakeRecord)
+            and leaf in record.anchors
+        ):
+            # OpenSSL's last resort with PARTIAL_CHAIN: no issuer was trusted, but the leaf itself
+            # is (an individual enrollment); its verified chain then still lists the untrusted
+            # CAs the device sent. The leaf is the anchor that vouched: nothing above it counts.
+            verified = verified[:1]
+    if leaf is not None:
+        # The chain policy on the path OpenSSL built (its CAs' verdicts are memoised), or on the
+        # leaf alone when there is no such path: the hub's thumbprint devices need no chain, but
+        # their certificate still meets the policy's leaf rules.
+        problems = path_problems(verified) if verified is not None else leaf_problems(leaf)
+        if problems:
+            verified = None
+            errors += [
+                VerifyError(
+                    p.depth, int(p.rule), p.describe(), p.certificate.subject.rfc4514_string(), p.certificate, True
+                )
+                for p in problems
+            ]
     sni = conn.get_servername()
     return PeerIdentity(
         chain=tuple(chain),

@@ -238,7 +238,12 @@ def _issue(cn: str, issuer: Issued | None, *, ca: bool) -> Issued:
         builder = builder.add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), critical=False
         )
-    if not ca:
+    if ca:
+        # The chain policy wants keyCertSign on every CA below a trust anchor (RFC 5280 4.2.1.3).
+        builder = builder.add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
+    else:
         builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
     return Issued(builder.sign((issuer or Issued(None, key)).key, hashes.SHA256()), key)  # type: ignore[arg-type]
 

@@ -68,6 +68,11 @@ def issue(
     )
     if basic_constraints:
         builder = builder.add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    if ca:
+        # The chain policy wants keyCertSign on every CA below a trust anchor (RFC 5280 4.2.1.3).
+        builder = builder.add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
     signer = issuer.key if issuer else key
     if issuer is not None:
         builder = builder.add_extension(

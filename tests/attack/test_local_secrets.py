@@ -1,0 +1,124 @@
+"""Secrets at rest on the service's machine: CA key encryption strength, file modes of everything
+secret-bearing, and what the first-start banner may write into a log stream.
+
+The key files are parsed with `openssl asn1parse`, not with our own DER code, so the check does
+not share a bug with the writer.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from iotdps.pki.keys import load_private_key
+from iotdps.secret import Secret
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+PASSPHRASE = "a factory passphrase"
+
+# What current guidance accepts (OWASP Password Storage Cheat Sheet): scrypt with N*r*p at least
+# 2^14 * 8 * 5 (its 16 MiB setting), or PBKDF2-HMAC-SHA256 with at least 600,000 iterations.
+_MIN_SCRYPT_WORK = 2**14 * 8 * 5
+_MIN_PBKDF2_ITERATIONS = 600_000
+
+
+def _cli(args: list[str], ca_dir: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IOTDPS_")}
+    env.update(PYTHONPATH=str(SRC), IOTDPS_CA_DIR=str(ca_dir), IOTDPS_CA_PASSPHRASE=PASSPHRASE)
+    return subprocess.run(
+        [sys.executable, "-m", "iotdps", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+
+
+def _asn1(pem: Path) -> list[str]:
+    out = subprocess.run(
+        ["openssl", "asn1parse", "-in", str(pem)], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
+    return out.splitlines()
+
+
+def kdf_strength(pem: Path) -> tuple[str, int]:
+    """('scrypt', N*r*p) or ('PBKDF2', iterations) of an encrypted PKCS#8 file, from openssl's
+    own parse of its EncryptedPrivateKeyInfo; the cipher must be AES-256-CBC."""
+    lines = _asn1(pem)
+    objects = [line.split(":")[-1].strip() for line in lines if "OBJECT" in line]
+    integers = [int(line.split(":")[-1].strip(), 16) for line in lines if "INTEGER" in line]
+    assert objects[0] == "PBES2", lines
+    assert "aes-256-cbc" in objects, lines
+    if objects[1] == "scrypt":
+        n, r, p = integers[:3]
+        return "scrypt", n * r * p
+    assert objects[1] == "PBKDF2", lines
+    assert "hmacWithSHA256" in objects, lines  # not the SHA-1 default
+    return "PBKDF2", integers[0]
+
+
+def assert_strong(pem: Path) -> None:
+    kdf, work = kdf_strength(pem)
+    floor = _MIN_SCRYPT_WORK if kdf == "scrypt" else _MIN_PBKDF2_ITERATIONS
+    assert work >= floor, f"{pem.name}: {kdf} work factor {work} is below {floor}"
+
+
+def test_ca_keys_are_written_with_a_strong_kdf_and_old_keys_still_load(tmp_path: Path) -> None:
+    ca_dir = tmp_path / "ca"
+    for args in (
+        ["create-ca-root", "--name", "root"],
+        ["create-ca-intermediate", "--name", "line", "--parent", "root"],
+    ):
+        done = _cli(args, ca_dir, tmp_path)
+        assert done.returncode == 0, done.stderr
+    for name in ("root", "line"):
+        key_file = ca_dir / f"{name}.key.pem"
+        assert key_file.read_bytes().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+        assert_strong(key_file)
+        # openssl itself can read what we wrote (its scrypt memory limit is 32 MiB).
+        subprocess.run(
+            ["openssl", "pkey", "-in", str(key_file), "-passin", f"pass:{PASSPHRASE}", "-noout"],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+
+    # A key written by an earlier iotdps (cryptography's PBES2: PBKDF2-SHA256, 2,048 rounds)
+    # still works for every command that loads it.
+    key_file = ca_dir / "line.key.pem"
+    key = load_private_key(key_file.read_bytes(), Secret(PASSPHRASE))
+    old = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(PASSPHRASE.encode()),
+    )
+    key_file.write_bytes(old)
+    assert kdf_strength(key_file) == ("PBKDF2", 2048)
+    done = _cli(["create-device-cert", "--ca", "line", "-r", "dev-1", "--out", str(tmp_path / "out")], ca_dir, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out" / "dev-1.cert.pem").exists()
+
+
+def test_the_strength_check_refuses_a_weak_key(tmp_path: Path) -> None:
+    """The check above reads what openssl writes, and a weak work factor fails it."""
+    plain = tmp_path / "plain.pem"
+    subprocess.run(
+        ["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", str(plain)],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    weak = tmp_path / "weak.pem"
+    subprocess.run(
+        [
+            *("openssl", "pkcs8", "-topk8", "-in", str(plain), "-out", str(weak), "-passout", "pass:x"),
+            *("-scrypt", "-scrypt_N", "1024", "-scrypt_r", "8", "-scrypt_p", "1"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    assert kdf_strength(weak) == ("scrypt", 1024 * 8)
+    with pytest.raises(AssertionError, match="below"):
+        assert_strong(weak)

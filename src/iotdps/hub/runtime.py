@@ -31,7 +31,7 @@ from aiohttp import web
 
 from iotdps.errors import InvalidInput, IotdpsError, NotFound, PreconditionFailed, Throttled
 from iotdps.hub.auth import check_device
-from iotdps.hub.endpoint import DeviceEndpoint
+from iotdps.hub.endpoint import DeviceEndpoint, identity_properties
 from iotdps.hub.errors import DeviceNotConnected, MethodTimeout
 from iotdps.hub.telemetry import TelemetryWriter
 from iotdps.hub.twin import apply_desired_patch, apply_reported_patch, merge_patch
@@ -209,6 +209,7 @@ class HubRuntime:
             persistent=persistent,
             session=session,
             desired_version=device.twin.desired_version,
+            identity=identity_properties(device, "sas" if connect.password else "x509"),
         )
         conn.identity = f"{hub}/{device_id}"
         self._live[key] = endpoint

@@ -7,9 +7,15 @@ not share a bug with the writer.
 
 from __future__ import annotations
 
+import json
 import os
+import pty
+import select
+import signal
+import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +23,8 @@ from cryptography.hazmat.primitives import serialization
 
 from iotdps.pki.keys import load_private_key
 from iotdps.secret import Secret
+from iotdps_testing.net import free_loopback_address
+from iotdps_testing.server import start_server
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 PASSPHRASE = "a factory passphrase"
@@ -122,3 +130,110 @@ def test_the_strength_check_refuses_a_weak_key(tmp_path: Path) -> None:
     assert kdf_strength(weak) == ("scrypt", 1024 * 8)
     with pytest.raises(AssertionError, match="below"):
         assert_strong(weak)
+
+
+# Files of a data dir that carry no secret: the server CA certificate is what devices are given.
+PUBLIC_FILES = {"tls/server-ca.pem"}
+# Every one of these must exist once `iotdps up` runs (the list the walk below must cover).
+SECRET_FILES = {
+    "iotdps.db",  # enrollment keys, group master keys, device keys: plain text
+    "iotdps.db-wal",
+    "iotdps.db-shm",
+    "access-policies.json",
+    "control.sock",
+    "tls/server-ca.key",
+    "tls/server-ca.passphrase",
+    "tls/server.key",
+    "tls/server.pem",
+}
+
+
+def _policy_keys(data_dir: Path) -> list[str]:
+    policies = json.loads((data_dir / "access-policies.json").read_text())["policies"]
+    return [p[k] for p in policies for k in ("primaryKey", "secondaryKey")]
+
+
+def test_up_keeps_every_secret_owner_only_and_out_of_its_log(tmp_path: Path) -> None:
+    """A data dir someone made 0755 beforehand, a process umask of 0, standard output to a file
+    (as under a service manager): every secret-bearing file is still 0600, start-up warns about
+    the directory, and the log holds no management key and no passphrase."""
+    address = free_loopback_address()
+    data_dir = tmp_path / f"data-{address}"
+    data_dir.mkdir()
+    data_dir.chmod(0o755)
+    old_umask = os.umask(0)
+    try:
+        server = start_server(tmp_path, address=address)
+    finally:
+        os.umask(old_umask)
+    try:
+        # A write through the CLI while the server holds the database open.
+        server.cli("enrollment", "create", "dev-1", "--symmetric-key")
+        found = {
+            str(path.relative_to(data_dir)): stat.S_IMODE(path.lstat().st_mode)
+            for path in data_dir.rglob("*")
+            if not path.is_dir()
+        }
+        assert SECRET_FILES <= found.keys(), sorted(found)
+        loose = {name: oct(mode) for name, mode in found.items() if mode & 0o077 and name not in PUBLIC_FILES}
+        assert loose == {}, f"readable by others: {loose}"
+        assert_strong(data_dir / "tls" / "server-ca.key")
+
+        log = server.log()
+        assert "open to other users" in log and str(data_dir) in log
+        assert str(data_dir / "access-policies.json") in log  # where the keys are
+        secrets_ = [*_policy_keys(data_dir), (data_dir / "tls" / "server-ca.passphrase").read_text().strip()]
+        leaked = [s for s in secrets_ if s in log]
+        assert leaked == [], "a key or passphrase went to the log"
+    finally:
+        assert server.stop() == 0
+
+
+def test_up_shows_connection_strings_on_a_terminal_only(tmp_path: Path) -> None:
+    """On an interactive terminal the first start shows the new keys once (the operator is
+    watching); the log stream (stderr, here a file) still holds none."""
+    address = free_loopback_address()
+    data_dir = tmp_path / "data"
+    config = tmp_path / "iotdps.toml"
+    config.write_text(
+        f'data_dir = "{data_dir}"\n[dps]\nhost_name = "{address}"\nbind = "{address}"\n'
+        f'[management]\nbind = "{address}"\n'
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC), "PYTHONUNBUFFERED": "1"}
+    env.pop("IOTDPS_DATA_DIR", None)
+    primary, secondary = pty.openpty()
+    stderr_path = tmp_path / "stderr.log"
+    with stderr_path.open("w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "iotdps", "up", "--config", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=secondary,
+            stderr=stderr,
+            env=env,
+        )
+    os.close(secondary)
+    shown = b""
+    try:
+        deadline = time.monotonic() + 60
+        while b"First start" not in shown and time.monotonic() < deadline and process.poll() is None:
+            ready, _, _ = select.select([primary], [], [], 0.5)
+            if ready:
+                try:
+                    shown += os.read(primary, 65536)
+                except OSError:
+                    break
+        text = shown.decode(errors="replace")
+        assert "First start" in text, text + stderr_path.read_text()
+        keys = _policy_keys(data_dir)
+        owner = json.loads((data_dir / "access-policies.json").read_text())["policies"]
+        owner_key = next(p["primaryKey"] for p in owner if p["keyName"] == "provisioningserviceowner")
+        assert f"SharedAccessKeyName=provisioningserviceowner;SharedAccessKey={owner_key}" in text
+        assert not [k for k in keys if k in stderr_path.read_text()]
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+        os.close(primary)

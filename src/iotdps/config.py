@@ -101,6 +101,8 @@ class LimitsConfig:
     retry_after_seconds: int = 3
     max_packet_size: int = 512 * 1024
     max_connections: int = 50_000
+    # Entries kept in the refusal history (`iotdps refusals`); see store._common for the rules.
+    refusal_history: int = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +292,8 @@ def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
         problems.add("limits.registrations_per_second must be >= 0")
     if limits.max_packet_size < 1024:
         problems.add("limits.max_packet_size must be at least 1024")
+    if not 100 <= limits.refusal_history <= 10_000_000:
+        problems.add("limits.refusal_history must be 100..10000000")
     if tls.handshake_timeout <= 0:
         problems.add("tls.handshake_timeout must be > 0")
 

@@ -21,6 +21,7 @@ import contextlib
 import itertools
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -48,6 +49,7 @@ from iotdps.provisioning.ports import Clock, Store
 from iotdps.registry.hub import CloudMessage, HubSession, HubStore
 from iotdps.registry.models import DeviceIdentity, Twin
 from iotdps.server.mqtt_conn import CONNACK_NOT_AUTHORIZED, CONNACK_SERVER_UNAVAILABLE, MqttConnection, MqttEndpoint
+from iotdps.server.throttled_log import ThrottledLog
 
 __all__ = ["DEFAULT_C2D_TTL", "MAX_C2D_QUEUE", "HubRuntime"]
 
@@ -91,6 +93,8 @@ class HubRuntime:
         self._expiry: asyncio.Task[None] | None = None
         self._stop_event = asyncio.Event()
         self._stopping = False
+        # A refused CONNECT is an outsider's doing: its log lines come at a bounded rate.
+        self.refused_log = ThrottledLog(log, time.monotonic, "hub CONNECT refusals")
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -118,6 +122,7 @@ class HubRuntime:
             await self._expiry
             self._expiry = None
         await self.writer.stop()
+        self.refused_log.flush()
         for endpoint in list(self._live.values()):
             endpoint.conn.close("hub shutting down")
         for _endpoint, future in self._methods.values():
@@ -166,21 +171,34 @@ class HubRuntime:
         """Authenticate a hub CONNECT: the device's endpoint, or a CONNACK refusal code."""
         if self._stopping:
             return CONNACK_SERVER_UNAVAILABLE
+        refused = self.refused_log
         try:
             username = parse_hub_username(connect.username or "")
         except InvalidDeviceRequest as exc:
-            log.info("hub CONNECT from %s refused: %s", conn.peername, exc.message)
+            refused("bad username", "hub CONNECT from %s refused: %s", conn.peername, exc.message)
             return CONNACK_NOT_AUTHORIZED
         hub = self._hosts.get(username.hostname.lower())
         device_id = username.device_id
         if hub is None:
-            log.info("hub CONNECT for unknown hub %r refused", username.hostname)
+            refused("unknown hub", "hub CONNECT for unknown hub %r refused", username.hostname[:200])
             return CONNACK_NOT_AUTHORIZED
         if username.module_id is not None:
-            log.info("hub %s: module %s/%s refused: modules are not supported", hub, device_id, username.module_id)
+            refused(
+                "module",
+                "hub %s: module %s/%s refused: modules are not supported",
+                hub,
+                device_id[:200],
+                username.module_id[:200],
+            )
             return CONNACK_NOT_AUTHORIZED
         if connect.client_id != device_id:
-            log.info("hub %s: client id %r is not the device id %r", hub, connect.client_id, device_id)
+            refused(
+                "client id",
+                "hub %s: client id %r is not the device id %r",
+                hub,
+                connect.client_id[:200],
+                device_id[:200],
+            )
             return CONNACK_IDENTIFIER_REJECTED
         persistent = not connect.clean_session
         try:
@@ -195,7 +213,14 @@ class HubRuntime:
             return CONNACK_SERVER_UNAVAILABLE
         reason = check_device(device, username.hostname, connect.password, conn.peer, self.now())
         if reason is not None or device is None or not conn.open:
-            log.info("hub %s: device %s refused at CONNECT: %s", hub, device_id, reason)
+            refused(
+                "device",
+                "hub %s: device %s from %s refused at CONNECT: %s",
+                hub,
+                device_id[:200],
+                conn.peername,
+                reason,
+            )
             return CONNACK_NOT_AUTHORIZED
         key = (hub, device_id)
         old = self._live.pop(key, None)

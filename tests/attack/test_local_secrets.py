@@ -36,10 +36,11 @@ _MIN_PBKDF2_ITERATIONS = 600_000
 
 
 def _cli(args: list[str], ca_dir: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The CLI in a process of its own, with a umask of 0 (nothing narrows the modes it asks for)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IOTDPS_")}
     env.update(PYTHONPATH=str(SRC), IOTDPS_CA_DIR=str(ca_dir), IOTDPS_CA_PASSPHRASE=PASSPHRASE)
     return subprocess.run(
-        [sys.executable, "-m", "iotdps", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "iotdps", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120, umask=0
     )
 
 
@@ -74,12 +75,20 @@ def assert_strong(pem: Path) -> None:
 
 def test_ca_keys_are_written_with_a_strong_kdf_and_old_keys_still_load(tmp_path: Path) -> None:
     ca_dir = tmp_path / "ca"
+    ca_dir.mkdir()
+    ca_dir.chmod(0o755)  # made by someone else, open to all
     for args in (
         ["create-ca-root", "--name", "root"],
         ["create-ca-intermediate", "--name", "line", "--parent", "root"],
     ):
         done = _cli(args, ca_dir, tmp_path)
         assert done.returncode == 0, done.stderr
+    # The CA directory is owner-only, and so is everything in it but the certificates and the
+    # index (public: names, subjects, thumbprints).
+    assert stat.S_IMODE(ca_dir.stat().st_mode) == 0o700
+    public = {"index.json", "root.cert.pem", "line.cert.pem"}
+    loose = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in ca_dir.iterdir() if p.name not in public}
+    assert loose and all(mode == "0o600" for mode in loose.values()), loose
     for name in ("root", "line"):
         key_file = ca_dir / f"{name}.key.pem"
         assert key_file.read_bytes().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")

@@ -135,7 +135,7 @@ def test_a_refusal_flood_keeps_the_forged_certificate_refusal_and_a_bounded_log(
         elapsed = time.monotonic() - started
 
         entries = _api_refusals(server)
-        # Bounded (the table is pruned every 100 new entries; what is shown, exactly), and the
+        # Bounded (the table is pruned every 100 attempts; what is shown, exactly), and the
         # forged-certificate attempt is still there as it was.
         assert len(entries) == HISTORY
         assert _stored_rows(server) < HISTORY + 100

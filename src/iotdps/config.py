@@ -117,6 +117,8 @@ class LimitsConfig:
     # HTTP request head (and, on the DPS REST API, its body); also how long an idle HTTP
     # keep-alive connection stays open. Nothing about the peer is known until then.
     connect_timeout: float = 30.0
+    # Entries kept in the refusal history (`iotdps refusals`); see store._common for the rules.
+    refusal_history: int = 10_000
 
 
 # Bounds of auth.device_token_max_lifetime: below a minute no clock is good enough; above
@@ -338,6 +340,8 @@ def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
         problems.add("limits.registrations_per_second must be >= 0")
     if limits.max_packet_size < 1024:
         problems.add("limits.max_packet_size must be at least 1024")
+    if not 100 <= limits.refusal_history <= 10_000_000:
+        problems.add("limits.refusal_history must be 100..10000000")
     if tls.handshake_timeout <= 0:
         problems.add("tls.handshake_timeout must be > 0")
     if not 0 < limits.connect_timeout <= 3600:

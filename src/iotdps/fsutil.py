@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_many", "staged_directory"]
+__all__ = ["atomic_write", "atomic_write_many", "open_to_others", "private_file", "staged_directory"]
 
 PRIVATE_MODE = 0o600
 
@@ -114,3 +114,34 @@ def staged_directory(final: str | os.PathLike[str]) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     _fsync_dir(target.parent)
+
+
+def private_file(path: str | os.PathLike[str]) -> None:
+    """Make sure `path` exists and only its owner may read or write it (0600), whatever the
+    umask and whoever made its directory.
+
+    For files another library creates and fills, SQLite's database first of all: an empty file
+    is a valid empty database, and SQLite gives the -wal and -shm it creates beside it the
+    database file's own mode. An existing file (one an older release left 0644) is narrowed.
+    Raises OSError when the file can neither be created nor narrowed (the caller's open would
+    fail next anyway, with the library's own message).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, PRIVATE_MODE)
+    except FileExistsError:
+        if os.stat(path).st_mode & 0o077:
+            os.chmod(path, PRIVATE_MODE)
+        return
+    try:
+        os.fchmod(fd, PRIVATE_MODE)  # the umask only ever narrows os.open's mode; say it anyway
+    finally:
+        os.close(fd)
+
+
+def open_to_others(directory: str | os.PathLike[str]) -> int:
+    """The group and other permission bits of `directory` (0 when private or missing)."""
+    try:
+        return os.stat(directory).st_mode & 0o077
+    except OSError:
+        return 0

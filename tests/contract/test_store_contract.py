@@ -504,26 +504,74 @@ async def test_unit_of_work_is_dead_after_its_block(store: Store) -> None:
 # --------------------------------------------------------------------------- refusals
 
 
-def refusal(rid: str, n: int) -> Refusal:
+def refusal(rid: str, n: int, *, reason: str = "NO_ENROLLMENT", peer: str | None = "10.0.0.9") -> Refusal:
     at = datetime(2024, 1, 1, tzinfo=UTC) + timedelta(seconds=n)
-    return Refusal(rid, "enrollment_not_found", f"attempt {n}", "x509", at)
+    return Refusal(rid, reason, f"attempt {n}", "x509", at, None, peer)
 
 
-async def test_refusal_log_is_bounded_and_newest_first(store: Store) -> None:
-    for n in range(4):
+async def add_refusals(store: Store, *refusals: Refusal) -> None:
+    for one in refusals:
         async with store.begin() as uow:
-            await uow.refusals.add(refusal("dev-a" if n % 2 else "dev-b", n))
+            await uow.refusals.add(one)
+
+
+async def test_refusals_count_repeated_attempts_in_one_entry(store: Store) -> None:
+    # Three attempts of one device from one address with one reason: one entry.
+    await add_refusals(store, *(refusal("dev-a", n) for n in (1, 2)))
+    async with store.begin() as uow:  # two in one transaction count the same way
+        await uow.refusals.add(refusal("dev-a", 3))
+        assert [(r.count, r.message) for r in await uow.refusals.list("dev-a")] == [(3, "attempt 3")]
+        await uow.refusals.add(replace(refusal("dev-a", 4), enrollment="g-1", attestation_type="sas"))
+    # Another address, another reason: entries of their own.
+    await add_refusals(store, refusal("dev-a", 5, peer="10.0.0.10"), refusal("dev-a", 6, reason="CHAIN_INVALID"))
     async with store.begin() as uow:
-        for n in range(4, 11):
-            await uow.refusals.add(refusal("dev-a" if n % 2 else "dev-b", n))
+        found = await uow.refusals.list("dev-a")
+    assert [(r.reason, r.peer, r.count) for r in found] == [
+        ("CHAIN_INVALID", "10.0.0.9", 1),
+        ("NO_ENROLLMENT", "10.0.0.10", 1),
+        ("NO_ENROLLMENT", "10.0.0.9", 4),
+    ]
+    counted = found[2]
+    # First and latest time; the latest attempt's words, attestation and enrollment.
+    assert counted.first_at == refusal("dev-a", 1).at and counted.at == refusal("dev-a", 4).at
+    assert (counted.message, counted.attestation_type, counted.enrollment) == ("attempt 4", "sas", "g-1")
+    assert is_utc(counted.at) and is_utc(counted.first_at)
+    assert found[0].first_seen == found[0].at
+    # A peer-less attempt (no network edge) is an entry with peer None.
+    await add_refusals(store, refusal("dev-b", 7, peer=None))
     async with store.begin() as uow:
-        newest = await uow.refusals.list()
-        assert [r.message for r in newest] == [f"attempt {n}" for n in (10, 9, 8, 7, 6)]  # REFUSAL_LIMIT = 5
-        assert newest[0] == refusal("dev-b", 10)
-        assert [r.message for r in await uow.refusals.list("dev-a")] == ["attempt 9", "attempt 7"]
-        assert [r.message for r in await uow.refusals.list(limit=2)] == ["attempt 10", "attempt 9"]
+        (peerless,) = await uow.refusals.list("dev-b")
+    assert peerless.peer is None and peerless.count == 1
+
+
+async def test_refusal_history_is_bounded_and_a_flood_evicts_only_its_own(store: Store) -> None:
+    """REFUSAL_LIMIT = 5. A forged certificate from one address, then a flood of distinct
+    registration ids from another (an IPv6 /64, changing its address each time) and from the
+    forger's own address with another reason: the flood keeps only its newest entries."""
+    forged = refusal("victim-1", 0, reason="CHAIN_INVALID", peer="10.0.0.1")
+    await add_refusals(store, forged)
+    flood = [refusal(f"junk-{n}", n, peer=f"2001:db8:0:1::{n:x}") for n in range(1, 30)]
+    flood += [refusal(f"junk-b-{n}", 100 + n, peer="10.0.0.1") for n in range(1, 10)]
+    await add_refusals(store, *flood[:20])
+    async with store.begin() as uow:  # and several in one transaction
+        for one in flood[20:]:
+            await uow.refusals.add(one)
+    async with store.begin() as uow:
+        kept = await uow.refusals.list()
+        assert [r.registration_id for r in await uow.refusals.list("victim-1")] == ["victim-1"]
+        assert [r.registration_id for r in await uow.refusals.list(limit=2)] == ["junk-b-9", "junk-b-8"]
         assert await uow.refusals.list("nobody") == []
-        assert is_utc(newest[0].at)
+    # Each (source, reason) pair's newest first, then the second-newest, latest attempt first.
+    assert [r.registration_id for r in kept] == ["junk-b-9", "junk-b-8", "junk-29", "junk-28", "victim-1"]
+    assert kept[-1] == replace(forged, first_at=forged.at)
+
+
+async def test_refused_registration_ids_are_kept_cut_to_size(store: Store) -> None:
+    long_id = "x" * 300  # what a device sent, not a valid registration id
+    await add_refusals(store, refusal(long_id, 1), refusal(long_id, 2))
+    async with store.begin() as uow:
+        (entry,) = await uow.refusals.list()
+    assert entry.registration_id == long_id[:128] and entry.count == 2
 
 
 # --------------------------------------------------------------------------- secrets

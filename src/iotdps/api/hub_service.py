@@ -55,7 +55,7 @@ from iotdps.errors import InvalidInput, IotdpsError, NotFound, PreconditionFaile
 # device side and the service side.
 from iotdps.hub.twin import apply_desired_patch, merge_patch
 from iotdps.registry.hub import HubUnitOfWork, TelemetryMessage
-from iotdps.registry.models import AuthType, DeviceAuth, DeviceIdentity, DeviceStatus, Twin
+from iotdps.registry.models import AuthType, DeviceAuth, DeviceIdentity, DeviceStatus, Twin, generation_id
 from iotdps.secret import Secret
 
 __all__ = [
@@ -162,13 +162,6 @@ def _first(values: Sequence[str]) -> str | None:
     return values[0] if values else None
 
 
-def _generation(device: DeviceIdentity) -> str:
-    """Stable for one identity; a device deleted and created again gets a new one (created differs)."""
-    created = device.created.isoformat() if device.created else ""
-    digest = hashlib.sha256(f"{device.hub}/{device.device_id}/{created}".encode()).digest()
-    return str(int.from_bytes(digest[:7], "big"))
-
-
 def _connection(ctx: ApiContext, device: DeviceIdentity) -> str:
     hub = ctx.hub
     return "Connected" if hub is not None and hub.is_connected(device.hub, device.device_id) else "Disconnected"
@@ -178,7 +171,7 @@ def device_json(device: DeviceIdentity, connection_state: str) -> dict[str, Any]
     auth = device.auth
     return {
         "deviceId": device.device_id,
-        "generationId": _generation(device),
+        "generationId": generation_id(device),
         "etag": identity_etag(device),
         "connectionState": connection_state,
         "status": device.status,

@@ -388,7 +388,7 @@ COMPONENTS: dict[str, Any] = {
     },
     "Refusal": {
         "type": "object",
-        "required": ["registrationId", "reason", "message", "timestampUtc"],
+        "required": ["registrationId", "reason", "message", "timestampUtc", "count", "firstSeenUtc", "lastSeenUtc"],
         "properties": {
             "registrationId": _STR,
             "reason": _STR,
@@ -396,6 +396,10 @@ COMPONENTS: dict[str, Any] = {
             "attestationType": _STR_OR_NULL,
             "enrollment": _STR_OR_NULL,
             "timestampUtc": _STR,
+            "peerAddress": _STR_OR_NULL,
+            "count": {"type": "integer", "minimum": 1},
+            "firstSeenUtc": _STR,
+            "lastSeenUtc": _STR,
         },
     },
     "ExplainRequest": {

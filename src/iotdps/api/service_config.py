@@ -22,6 +22,7 @@ from iotdps.attestation.x509 import evidence_from_chain
 from iotdps.enrollment.models import ALLOCATION_POLICIES, LinkedHub, ServiceSettings, format_time
 from iotdps.errors import InvalidInput, NotFound
 from iotdps.ids import check_registration_id
+from iotdps.provisioning.ports import Refusal
 from iotdps.secret import Secret
 
 __all__ = [
@@ -245,19 +246,25 @@ async def list_refusals(ctx: ApiContext, request: web.Request) -> web.StreamResp
         raise InvalidInput(f"limit must be 1..{_REFUSALS_MAX}")
     async with ctx.store.begin() as uow:
         found = await uow.refusals.list(rid, limit)
-    return json_response(
-        [
-            {
-                "registrationId": r.registration_id,
-                "reason": r.reason,
-                "message": r.message,
-                "attestationType": r.attestation_type,
-                "enrollment": r.enrollment,
-                "timestampUtc": r.at.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            }
-            for r in found
-        ]
-    )
+    return json_response([_refusal_json(r) for r in found])
+
+
+def _refusal_json(refusal: Refusal) -> dict[str, Any]:
+    """One entry: the attempts with one reason, registration id and peer. `timestampUtc` is
+    the latest attempt (what it was when an entry was one attempt)."""
+    last = refusal.at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "registrationId": refusal.registration_id,
+        "reason": refusal.reason,
+        "message": refusal.message,
+        "attestationType": refusal.attestation_type,
+        "enrollment": refusal.enrollment,
+        "timestampUtc": last,
+        "peerAddress": refusal.peer,
+        "count": refusal.count,
+        "firstSeenUtc": refusal.first_seen.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "lastSeenUtc": last,
+    }
 
 
 async def explain(ctx: ApiContext, request: web.Request) -> web.StreamResponse:

@@ -36,7 +36,7 @@ from iotdps.enrollment.models import (
 from iotdps.errors import AlreadyExists, InvalidInput, NotFound
 from iotdps.jsonload import load_json
 from iotdps.provisioning.admin import put_enrollment, put_group
-from iotdps.provisioning.ports import Page, Store, UnitOfWork
+from iotdps.provisioning.ports import Page, Refusal, Store, UnitOfWork
 from iotdps.provisioning.service import ProvisioningService
 from iotdps.secret import Secret
 
@@ -94,12 +94,19 @@ def _echo_json(doc: Any) -> None:
     click.echo(json.dumps(doc, indent=2, sort_keys=True, default=str))
 
 
-def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+def _table(title: str, columns: list[str], rows: list[list[Any]], *, whole: tuple[str, ...] = ()) -> None:
+    """A rich table; the `whole` columns (codes, times) are never cut or wrapped, the others
+    share what width is left."""
+    cells = [["" if v is None else str(v) for v in row] for row in rows]
     table = Table(title=title)
-    for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
+    for index, column in enumerate(columns):
+        if column in whole:
+            width = max([len(column), *(len(row[index]) for row in cells)])
+            table.add_column(column, no_wrap=True, min_width=width)
+        else:
+            table.add_column(column)
+    for row in cells:
+        table.add_row(*row)
     Console().print(table)
 
 
@@ -680,14 +687,25 @@ def registration_delete(registration_id: str) -> None:
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
 @_store_options
 def refusals_cmd(registration_id: str | None, limit: int) -> None:
-    """Recent refused registrations, newest first, with the reason in words."""
+    """Recent refused registrations, latest first, with the reason in words. Repeated attempts
+    (same reason, registration id and peer address) are one line with their count and the
+    first and latest time."""
 
     async def go(svc: ProvisioningService, store: Store) -> list[Any]:
         async with store.begin() as uow:
             return list(await uow.refusals.list(registration_id, limit))
 
-    rows = [[f"{r.at:%Y-%m-%d %H:%M:%S}", r.registration_id, r.reason, r.message, r.enrollment] for r in _run(go)]
-    _table("Refusals", ["at (UTC)", "registration id", "reason", "why", "enrollment"], rows)
+    def why(r: Refusal) -> str:
+        words = r.message + (f" (enrollment {r.enrollment})" if r.enrollment else "")
+        return words + (f"; first at {r.first_seen:%Y-%m-%d %H:%M:%S}" if r.count > 1 else "")
+
+    rows = [[f"{r.at:%Y-%m-%d %H:%M:%S}", str(r.count), r.registration_id, r.peer, r.reason, why(r)] for r in _run(go)]
+    _table(
+        "Refusals",
+        ["last (UTC)", "count", "registration id", "peer", "reason", "why"],
+        rows,
+        whole=("last (UTC)", "count", "reason"),
+    )
 
 
 @click.command("explain")

@@ -518,8 +518,11 @@ class _Refusals:
                 d["reason"],
                 d["message"],
                 d.get("attestationType"),
-                parse_time(d["timestampUtc"]),
+                parse_time(d.get("lastSeenUtc") or d["timestampUtc"]),
                 d.get("enrollment"),
+                d.get("peerAddress"),
+                int(d.get("count", 1)),
+                parse_time(d["firstSeenUtc"]) if d.get("firstSeenUtc") else None,
             )
             for d in docs
         ]

@@ -6,17 +6,32 @@ import asyncio
 import gc
 import logging
 import signal
+import sys
 from pathlib import Path
 
 import click
 
+from iotdps.api.auth import POLICIES_FILE
 from iotdps.config import Config, load_config
+from iotdps.fsutil import open_to_others
 from iotdps.server.app import Server, StartupInfo, device_snippet
 
 __all__ = ["register"]
 
+log = logging.getLogger("iotdps.up")
 
-def _banner(info: StartupInfo) -> str:
+
+def _redacted(connection_string: str) -> str:
+    """The connection string with its key replaced by where to find it."""
+    parts = [p for p in connection_string.split(";") if not p.startswith("SharedAccessKey=")]
+    return ";".join([*parts, f"SharedAccessKey=<primaryKey in {POLICIES_FILE}>"])
+
+
+def _banner(info: StartupInfo, policies_file: Path, *, interactive: bool) -> str:
+    """What `iotdps up` prints once it listens. New management keys are shown only when
+    `interactive` (standard output is a terminal): under a service manager or with output
+    redirected, standard output is a log, and a log must not hold the owner key. Then the
+    banner names the 0600 file that holds them and the connection strings without their keys."""
     lines = ["iotdps is up", ""]
     lines += [f"  listening    {e}" for e in info.endpoints]
     lines += [
@@ -25,9 +40,16 @@ def _banner(info: StartupInfo) -> str:
         f"  server CA    {info.server_ca}   (give this file to devices as their trust anchor)",
     ]
     lines += [f"  note         {n}" for n in info.notes]
-    if info.connection_strings:
-        lines += ["", "Management API credentials (shown once; kept in access-policies.json in the data dir):"]
+    if info.connection_strings and interactive:
+        lines += ["", f"Management API credentials (shown once, on this terminal only; kept in {policies_file}):"]
         lines += [f"  {name:26} {value}" for name, value in info.connection_strings.items()]
+    elif info.connection_strings:
+        lines += [
+            "",
+            f"Management API credentials: new access policies in {policies_file} (mode 0600, owner only).",
+            "Their keys are not printed here, because standard output is not a terminal. Connection strings:",
+        ]
+        lines += [f"  {name:26} {_redacted(value)}" for name, value in info.connection_strings.items()]
     if info.first_start:
         lines += [
             "",
@@ -60,10 +82,19 @@ async def _run(config: Config) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    shared = open_to_others(config.data_dir)
+    if shared:
+        log.warning(
+            "the data directory %s is open to other users (group/other bits %03o): it holds the database, "
+            "the TLS keys and the access policies; run chmod 700 on it",
+            config.data_dir,
+            shared,
+        )
     try:
         info = await server.start()
         _settle_gc()
-        click.echo(_banner(info), err=False)
+        interactive = sys.stdout.isatty()
+        click.echo(_banner(info, config.data_dir / POLICIES_FILE, interactive=interactive), err=False)
         await stop.wait()
         click.echo("iotdps: shutting down", err=True)
     finally:

@@ -14,6 +14,9 @@ Rules (azure-wire-protocol.md section 8):
 * Telemetry is PUBACKed by the group-commit writer once stored; every other QoS 1 PUBLISH is
   PUBACKed as soon as it has been handled.
 * A topic we do not know, or telemetry for another device id, closes the connection.
+* Identity properties are the hub's to set (`HUB_SET_PROPERTIES`): whatever a device puts in its
+  bag under those names is dropped, and the hub stamps the connection's device id, auth method
+  and generation id on every message, so a reader can trust them.
 * C2D: at most `C2D_WINDOW` messages in flight; a message leaves the queue when the device
   PUBACKs it, so a message in flight when the connection drops is delivered again next time.
 """
@@ -24,7 +27,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from iotdps.errors import InvalidInput, IotdpsError, NotFound
 from iotdps.hub.twin import sdk_twin_json
@@ -47,16 +50,57 @@ from iotdps.protocols.mqtt.hub import (
 )
 from iotdps.protocols.mqtt.packets import SUBACK_FAILURE
 from iotdps.registry.hub import CloudMessage, HubSession, TelemetryMessage
+from iotdps.registry.models import DeviceIdentity, generation_id
 from iotdps.server.mqtt_conn import MqttConnection
 
 if TYPE_CHECKING:
     from iotdps.hub.runtime import HubRuntime
 
-__all__ = ["C2D_WINDOW", "DeviceEndpoint"]
+__all__ = ["C2D_WINDOW", "HUB_SET_PROPERTIES", "DeviceEndpoint", "identity_properties"]
 
 log = logging.getLogger(__name__)
 
 C2D_WINDOW = 16
+
+# The system properties IoT Hub documents as "set by IoT Hub" on device-to-cloud messages
+# (iothub-connection-device-id, -module-id, -auth-method, -auth-generation-id, iothub-enqueuedtime),
+# by our names (system bag) and by their long names (which a device could send as application
+# properties, for a reader that merges both bags). A device that could set them could pass its
+# messages off as another device's.
+HUB_SET_PROPERTIES = frozenset(
+    {
+        "connection_device_id",
+        "connection_module_id",
+        "connection_auth_method",
+        "connection_auth_generation_id",
+        "enqueued_time",
+        "iothub-connection-device-id",
+        "iothub-connection-module-id",
+        "iothub-connection-auth-method",
+        "iothub-connection-auth-generation-id",
+        "iothub-enqueuedtime",
+    }
+)
+
+
+def identity_properties(device: DeviceIdentity, auth: Literal["sas", "x509"]) -> dict[str, str | None]:
+    """What the hub stamps on a connection's messages. The auth method is the JSON object IoT
+    Hub puts there (scope, type, issuer)."""
+    method = {
+        "scope": "device",
+        "type": "sas" if auth == "sas" else "x509Certificate",
+        "issuer": "iothub" if auth == "sas" else "external",
+        "acceptingIpFilterRule": None,
+    }
+    return {
+        "connection_device_id": device.device_id,
+        "connection_auth_method": json.dumps(method, separators=(",", ":")),
+        "connection_auth_generation_id": generation_id(device),
+    }
+
+
+def _without_hub_set(bag: Mapping[str, str | None]) -> dict[str, str | None]:
+    return {k: v for k, v in bag.items() if k.lower() not in HUB_SET_PROPERTIES}
 
 
 class DeviceEndpoint:
@@ -74,11 +118,14 @@ class DeviceEndpoint:
         persistent: bool,
         session: HubSession | None,
         desired_version: int,
+        identity: Mapping[str, str | None] | None = None,
     ) -> None:
         self.runtime = runtime
         self.conn = conn
         self.hub = hub
         self.device_id = device_id
+        # Stamped on every message this connection sends (see identity_properties).
+        self.identity: Mapping[str, str | None] = identity or {"connection_device_id": device_id}
         self.persistent = persistent  # clean session 0
         self.c2d_filter = C2D_FILTER_TEMPLATE.format(device_id=device_id)
         self._allowed = frozenset({self.c2d_filter, METHODS_FILTER, TWIN_RESPONSE_FILTER, TWIN_DESIRED_FILTER})
@@ -121,7 +168,7 @@ class DeviceEndpoint:
             if request.device_id != self.device_id or request.module_id is not None:
                 conn.close("telemetry for another device or module")
                 return
-            application = dict(request.application_properties)
+            application = _without_hub_set(request.application_properties)
             if event.retain:
                 application["mqtt-retain"] = "true"  # what IoT Hub does with RETAIN
             message = TelemetryMessage(
@@ -129,7 +176,7 @@ class DeviceEndpoint:
                 self.device_id,
                 event.payload,
                 self.runtime.now(),
-                dict(request.system_properties),
+                {**_without_hub_set(request.system_properties), **self.identity},
                 application,
             )
             acker = self if event.qos == 1 else None

@@ -21,6 +21,7 @@ import contextlib
 import itertools
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -32,7 +33,7 @@ from aiohttp import web
 from iotdps.attestation.symmetric_key import DEFAULT_TOKEN_MAX_LIFETIME
 from iotdps.errors import InvalidInput, IotdpsError, NotFound, PreconditionFailed, Throttled
 from iotdps.hub.auth import check_device
-from iotdps.hub.endpoint import DeviceEndpoint
+from iotdps.hub.endpoint import DeviceEndpoint, identity_properties
 from iotdps.hub.errors import DeviceNotConnected, MethodTimeout
 from iotdps.hub.telemetry import TelemetryWriter
 from iotdps.hub.twin import apply_desired_patch, apply_reported_patch, merge_patch
@@ -50,6 +51,7 @@ from iotdps.provisioning.ports import Clock, Store
 from iotdps.registry.hub import CloudMessage, HubSession, HubStore
 from iotdps.registry.models import DeviceIdentity, Twin
 from iotdps.server.mqtt_conn import CONNACK_NOT_AUTHORIZED, CONNACK_SERVER_UNAVAILABLE, MqttConnection, MqttEndpoint
+from iotdps.server.throttled_log import ThrottledLog
 
 __all__ = ["DEFAULT_C2D_TTL", "MAX_C2D_QUEUE", "HubRuntime"]
 
@@ -95,6 +97,8 @@ class HubRuntime:
         self._expiry: asyncio.Task[None] | None = None
         self._stop_event = asyncio.Event()
         self._stopping = False
+        # A refused CONNECT is an outsider's doing: its log lines come at a bounded rate.
+        self.refused_log = ThrottledLog(log, time.monotonic, "hub CONNECT refusals")
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -122,6 +126,7 @@ class HubRuntime:
             await self._expiry
             self._expiry = None
         await self.writer.stop()
+        self.refused_log.flush()
         for endpoint in list(self._live.values()):
             endpoint.conn.close("hub shutting down")
         for _endpoint, future in self._methods.values():
@@ -170,21 +175,34 @@ class HubRuntime:
         """Authenticate a hub CONNECT: the device's endpoint, or a CONNACK refusal code."""
         if self._stopping:
             return CONNACK_SERVER_UNAVAILABLE
+        refused = self.refused_log
         try:
             username = parse_hub_username(connect.username or "")
         except InvalidDeviceRequest as exc:
-            log.info("hub CONNECT from %s refused: %s", conn.peername, exc.message)
+            refused("bad username", "hub CONNECT from %s refused: %s", conn.peername, exc.message)
             return CONNACK_NOT_AUTHORIZED
         hub = self._hosts.get(username.hostname.lower())
         device_id = username.device_id
         if hub is None:
-            log.info("hub CONNECT for unknown hub %r refused", username.hostname)
+            refused("unknown hub", "hub CONNECT for unknown hub %r refused", username.hostname[:200])
             return CONNACK_NOT_AUTHORIZED
         if username.module_id is not None:
-            log.info("hub %s: module %s/%s refused: modules are not supported", hub, device_id, username.module_id)
+            refused(
+                "module",
+                "hub %s: module %s/%s refused: modules are not supported",
+                hub,
+                device_id[:200],
+                username.module_id[:200],
+            )
             return CONNACK_NOT_AUTHORIZED
         if connect.client_id != device_id:
-            log.info("hub %s: client id %r is not the device id %r", hub, connect.client_id, device_id)
+            refused(
+                "client id",
+                "hub %s: client id %r is not the device id %r",
+                hub,
+                connect.client_id[:200],
+                device_id[:200],
+            )
             return CONNACK_IDENTIFIER_REJECTED
         persistent = not connect.clean_session
         try:
@@ -201,7 +219,14 @@ class HubRuntime:
             device, username.hostname, connect.password, conn.peer, self.now(), self.token_max_lifetime
         )
         if reason is not None or device is None or not conn.open:
-            log.info("hub %s: device %s refused at CONNECT: %s", hub, device_id, reason)
+            refused(
+                "device",
+                "hub %s: device %s from %s refused at CONNECT: %s",
+                hub,
+                device_id[:200],
+                conn.peername,
+                reason,
+            )
             return CONNACK_NOT_AUTHORIZED
         key = (hub, device_id)
         old = self._live.pop(key, None)
@@ -215,6 +240,7 @@ class HubRuntime:
             persistent=persistent,
             session=session,
             desired_version=device.twin.desired_version,
+            identity=identity_properties(device, "sas" if connect.password else "x509"),
         )
         conn.identity = f"{hub}/{device_id}"
         self._live[key] = endpoint

@@ -104,7 +104,7 @@ def _mint_one(job: _Job, registration_id: str) -> MintedDevice:
     sha1, sha256 = der_thumbprints(der)
     return MintedDevice(
         registration_id=registration_id,
-        key_pem=encode_private_key(key, job.device_passphrase),
+        key_pem=encode_private_key(key, job.device_passphrase, bulk=True),
         chain_pem=der_to_pem(der) + job.tail_pem,
         serial_number=format(serial, "X"),
         sha1_thumbprint=sha1,

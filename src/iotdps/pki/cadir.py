@@ -95,7 +95,9 @@ class CaDirectory:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(self.path / ".lock", "a+b") as fh:
+        # Owner-only like everything in the directory, whatever the umask (it holds no secret,
+        # but nobody else has any business locking it).
+        with os.fdopen(os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o600), "a+b") as fh:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
             try:
                 yield

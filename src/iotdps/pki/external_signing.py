@@ -34,10 +34,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from iotdps.errors import InvalidInput, PkiError
-from iotdps.pki.keys import PrivateKey, public_keys_match
 
-# The DER primitives of the bulk template (one encoder in the code base, not two).
-from iotdps.pki.template import _content, _oid, _tlv
+# The DER primitives shared with the bulk template and PKCS#8 (one encoder in the code base).
+from iotdps.pki.der import content as _content
+from iotdps.pki.der import oid as _oid
+from iotdps.pki.der import tlv as _tlv
+from iotdps.pki.keys import PrivateKey, public_keys_match
 
 __all__ = [
     "ECDSA_SHA256",

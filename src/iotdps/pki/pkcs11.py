@@ -34,6 +34,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from iotdps.errors import AlreadyExists, InvalidInput
+from iotdps.pki.der import oid as _oid
+from iotdps.pki.der import tlv as _tlv
 from iotdps.pki.external_signing import (
     SignatureAlgorithm,
     SignerPublicKey,
@@ -52,7 +54,6 @@ from iotdps.pki.pkcs11_uri import (
     TokenNotFound,
     WrongPin,
 )
-from iotdps.pki.template import _oid, _tlv
 from iotdps.secret import Secret
 
 try:

@@ -16,7 +16,6 @@ still parsed back and checked in the test suite.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import hashlib
 
@@ -25,31 +24,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
+from iotdps.pki.der import content as _content
+from iotdps.pki.der import der_to_pem
+from iotdps.pki.der import integer as _integer
+from iotdps.pki.der import oid as _oid
+from iotdps.pki.der import tlv as _tlv
 from iotdps.pki.issuer import Issuer, Validity, signature_hash
 from iotdps.pki.profiles import device_extensions
 
 __all__ = ["DeviceTemplate", "der_to_pem"]
-
-
-def _len(n: int) -> bytes:
-    if n < 0x80:
-        return bytes([n])
-    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([0x80 | len(body)]) + body
-
-
-def _tlv(tag: int, content: bytes) -> bytes:
-    return bytes([tag]) + _len(len(content)) + content
-
-
-def _content(der: bytes, at: int) -> tuple[int, int]:
-    """Where the content of the DER element at `at` starts and where the element ends."""
-    first = der[at + 1]
-    if first < 0x80:
-        return at + 2, at + 2 + first
-    width = first & 0x7F
-    start = at + 2 + width
-    return start, start + int.from_bytes(der[at + 2 : start], "big")
 
 
 def _key_identifier(spki: bytes) -> bytes:
@@ -60,24 +43,6 @@ def _key_identifier(spki: bytes) -> bytes:
     _, algorithm_end = _content(spki, body)
     bits, end = _content(spki, algorithm_end)
     return hashlib.sha1(spki[bits + 1 : end], usedforsecurity=False).digest()  # after the unused-bits byte
-
-
-def _integer(value: int) -> bytes:
-    body = value.to_bytes(value.bit_length() // 8 + 1, "big")  # +1 keeps the sign bit clear
-    return _tlv(0x02, body)
-
-
-def _oid(dotted: str) -> bytes:
-    parts = [int(p) for p in dotted.split(".")]
-    out = bytearray([40 * parts[0] + parts[1]])
-    for p in parts[2:]:
-        chunk = [p & 0x7F]
-        p >>= 7
-        while p:
-            chunk.append(0x80 | (p & 0x7F))
-            p >>= 7
-        out += bytes(reversed(chunk))
-    return _tlv(0x06, bytes(out))
 
 
 def _time(when: dt.datetime) -> bytes:
@@ -100,12 +65,6 @@ def _sig_alg(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
 def _extension(ext: x509.Extension[x509.ExtensionType]) -> bytes:
     crit = b"\x01\x01\xff" if ext.critical else b""  # DER omits the FALSE default
     return _tlv(0x30, _oid(ext.oid.dotted_string) + crit + _tlv(0x04, ext.value.public_bytes()))
-
-
-def der_to_pem(der: bytes, label: str = "CERTIFICATE") -> bytes:
-    b64 = base64.b64encode(der)
-    lines = b"\n".join(b64[i : i + 64] for i in range(0, len(b64), 64))
-    return b"-----BEGIN " + label.encode() + b"-----\n" + lines + b"\n-----END " + label.encode() + b"-----\n"
 
 
 _SKI_OID = _oid(x509.ObjectIdentifier("2.5.29.14").dotted_string)

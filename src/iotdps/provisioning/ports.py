@@ -65,9 +65,13 @@ class Page(Generic[T]):
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    """One refused registration attempt, kept for operators (the device only saw a status).
+    """Refused registration attempts, kept for operators (the device only saw a status).
 
-    `reason` is a stable machine code (see provisioning.outcomes); `message` the words.
+    `reason` is a stable machine code (see provisioning.outcomes); `message` the words. `peer`
+    is the device's IP address as the edge saw it (None when there was no network peer).
+    Attempts with the same reason, registration id and peer are one entry: `count` of them,
+    the first at `first_at`, the latest at `at` (with the latest message, attestation type and
+    enrollment). What `add` takes is one attempt (count 1, `first_at` None).
     """
 
     registration_id: str
@@ -76,6 +80,13 @@ class Refusal:
     attestation_type: str | None
     at: datetime
     enrollment: str | None = None
+    peer: str | None = None
+    count: int = 1
+    first_at: datetime | None = None
+
+    @property
+    def first_seen(self) -> datetime:
+        return self.first_at or self.at
 
 
 class EnrollmentRepo(Protocol):
@@ -149,12 +160,18 @@ class DeviceRepo(Protocol):
 
 
 class RefusalLog(Protocol):
-    async def add(self, refusal: Refusal) -> None:
-        """Append; implementations keep a bounded history (oldest entries pruned)."""
-        ...
+    """A bounded history that a flood cannot wipe (the rules: store._common, "Refusal retention").
+
+    `add` counts an attempt into the entry of its (reason, registration id, peer), or starts
+    one. Past the store's limit, entries are dropped fairly: the newest entries of every
+    (source network, reason) pair are kept before the second-newest of any, and so on, so one
+    noisy source (or one noisy reason) only ever pushes out its own older entries.
+    """
+
+    async def add(self, refusal: Refusal) -> None: ...
 
     async def list(self, registration_id: str | None = None, limit: int = 100) -> Sequence[Refusal]:
-        """Newest first."""
+        """The retained entries, latest attempt first."""
         ...
 
 

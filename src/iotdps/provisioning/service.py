@@ -104,6 +104,8 @@ class RegistrationRequest:
     # An edge that already ran `authenticate` for this credential (MQTT does at CONNECT) passes
     # the result, so the read phase does not repeat attestation and precedence.
     authentication: Authentication | None = None
+    # The device's IP address as the edge saw it: a refusal is counted under it.
+    peer: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +167,7 @@ class RegistrationPlan:
     # The device id is the registration id as the device spelled it (a group's SAS device):
     # a registration that already exists keeps the device id it has (`_settled`).
     device_id_from_request: bool = False
+    peer: str | None = None
 
     @property
     def enrollment(self) -> IndividualEnrollment | EnrollmentGroup:
@@ -206,6 +209,7 @@ def _plan(request: RegistrationRequest, auth: Authentication, settings: ServiceS
         leaf_sha256=auth.leaf_sha256,
         payload=request.payload,
         device_id_from_request=from_request,
+        peer=request.peer,
     )
 
 
@@ -268,19 +272,21 @@ class ProvisioningService:
         message: str,
         attestation_type: str | None,
         enrollment: str | None,
+        peer: str | None,
     ) -> None:
         async with self.store.begin() as uow:
             await uow.refusals.add(
-                Refusal(registration_id, reason.value, message, attestation_type, self.clock.now(), enrollment)
+                Refusal(registration_id, reason.value, message, attestation_type, self.clock.now(), enrollment, peer)
             )
 
-    async def record_refusal(self, registration_id: str, auth: Authentication) -> None:
-        """Log a refusal an edge made from `authenticate` alone (MQTT CONNACK 5 at CONNECT)."""
+    async def record_refusal(self, registration_id: str, auth: Authentication, peer: str | None = None) -> None:
+        """Log a refusal an edge made from `authenticate` alone (MQTT CONNACK 5 at CONNECT);
+        `peer`: the device's IP address."""
         decision = auth.decision
         if decision.reason is None:
             raise ValueError("not a refusal")
         await self._log(
-            registration_id, decision.reason, decision.message, auth.attestation_type, decision.enrollment_name
+            registration_id, decision.reason, decision.message, auth.attestation_type, decision.enrollment_name, peer
         )
 
     async def authenticate(self, id_scope: str, registration_id: str, credential: Credential | None) -> Authentication:
@@ -385,7 +391,12 @@ class ProvisioningService:
         decision = auth.decision
         assert decision.reason is not None
         await self._log(
-            request.registration_id, decision.reason, decision.message, auth.attestation_type, decision.enrollment_name
+            request.registration_id,
+            decision.reason,
+            decision.message,
+            auth.attestation_type,
+            decision.enrollment_name,
+            request.peer,
         )
         if not decision.matched:
             return RegistrationOutcome(None, None, decision.reason, decision.message, decision.steps)
@@ -511,7 +522,12 @@ class ProvisioningService:
         saved, refusal = written
         if refusal is not None:
             await self._log(
-                plan.registration_id, refusal.reason, refusal.message, plan.attestation_type, decision.enrollment_name
+                plan.registration_id,
+                refusal.reason,
+                refusal.message,
+                plan.attestation_type,
+                decision.enrollment_name,
+                plan.peer,
             )
             return RegistrationOutcome(operation_id, saved, refusal.reason, refusal.message, decision.steps)
         return RegistrationOutcome(operation_id, saved, None, "", decision.steps)
@@ -576,12 +592,18 @@ class ProvisioningService:
     # ------------------------------------------------------------------ status lookups
 
     async def operation_status(
-        self, id_scope: str, registration_id: str, operation_id: str, credential: Credential | None = None
+        self,
+        id_scope: str,
+        registration_id: str,
+        operation_id: str,
+        credential: Credential | None = None,
+        *,
+        peer: str | None = None,
     ) -> RegistrationOutcome:
         """The device polls its operation. `credential` None: the edge vouches that this
         connection already authenticated as `registration_id` (MQTT). Raises NotFound for an
         unknown or superseded operation id."""
-        refusal = await self._check_caller(id_scope, registration_id, credential)
+        refusal = await self._check_caller(id_scope, registration_id, credential, peer)
         if refusal is not None:
             return refusal
         async with self.store.read() as uow:
@@ -591,10 +613,10 @@ class ProvisioningService:
         return RegistrationOutcome(operation_id, record)
 
     async def registration_status(
-        self, id_scope: str, registration_id: str, credential: Credential | None = None
+        self, id_scope: str, registration_id: str, credential: Credential | None = None, *, peer: str | None = None
     ) -> RegistrationOutcome:
         """HTTPS `POST /{idScope}/registrations/{id}`: the device's current registration state."""
-        refusal = await self._check_caller(id_scope, registration_id, credential)
+        refusal = await self._check_caller(id_scope, registration_id, credential, peer)
         if refusal is not None:
             return refusal
         async with self.store.read() as uow:
@@ -604,7 +626,7 @@ class ProvisioningService:
         return RegistrationOutcome(record.operation_id, record)
 
     async def _check_caller(
-        self, id_scope: str, registration_id: str, credential: Credential | None
+        self, id_scope: str, registration_id: str, credential: Credential | None, peer: str | None
     ) -> RegistrationOutcome | None:
         if credential is None:
             return None
@@ -613,7 +635,7 @@ class ProvisioningService:
         if auth.decision.admitted or (auth.decision.matched and auth.decision.reason in _MATCHED_OK):
             return None
         assert auth.decision.reason is not None
-        await self._log(registration_id, auth.decision.reason, auth.decision.message, auth.attestation_type, None)
+        await self._log(registration_id, auth.decision.reason, auth.decision.message, auth.attestation_type, None, peer)
         return RegistrationOutcome(None, None, auth.decision.reason, auth.decision.message, auth.decision.steps)
 
     # ------------------------------------------------------------------ CA proof of possession

@@ -7,6 +7,7 @@ registration record in one transaction: both are rows of the same store.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -14,7 +15,7 @@ from typing import Any, Literal
 
 from iotdps.secret import Secret
 
-__all__ = ["AuthType", "DeviceAuth", "DeviceIdentity", "DeviceStatus", "Twin"]
+__all__ = ["AuthType", "DeviceAuth", "DeviceIdentity", "DeviceStatus", "Twin", "generation_id"]
 
 AuthType = Literal["sas", "selfSigned", "certificateAuthority", "none"]
 DeviceStatus = Literal["enabled", "disabled"]
@@ -64,3 +65,11 @@ class DeviceIdentity:
     etag: str | None = None
     created: datetime | None = None
     updated: datetime | None = None
+
+
+def generation_id(device: DeviceIdentity) -> str:
+    """IoT Hub's generationId: stable for one identity; a device deleted and created again gets a
+    new one (its `created` differs). The hub stamps it on telemetry, the service API shows it."""
+    created = device.created.isoformat() if device.created else ""
+    digest = hashlib.sha256(f"{device.hub}/{device.device_id}/{created}".encode()).digest()
+    return str(int.from_bytes(digest[:7], "big"))

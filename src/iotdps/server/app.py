@@ -117,7 +117,9 @@ class Server:
         first_start = not (config.data_dir / "tls" / "server-ca.pem").exists()
         server_files = ensure_server_identity(config.data_dir, config.server_names())
 
-        self.store = await open_store(config.database_dsn, background_checkpoints=True)
+        self.store = await open_store(
+            config.database_dsn, background_checkpoints=True, refusal_limit=config.limits.refusal_history
+        )
         settings = await self._ensure_settings(self.store)
         await self._sync_linked_hubs(self.store)
         hub_hosts = [h.host_name for h in config.effective_hubs]
@@ -301,7 +303,10 @@ class Server:
             return await route_dps(self.runner, conn, connect)
         if kind == "hub" and self.hub is not None:
             return await self.hub.route(conn, connect)
-        log.info("CONNECT from %s refused: username is neither a DPS nor a hub username", conn.peername)
+        assert self.runner is not None
+        self.runner.refused_log(
+            "BAD_USERNAME", "CONNECT from %s refused: username is neither a DPS nor a hub username", conn.peername
+        )
         return CONNACK_NOT_AUTHORIZED
 
     async def _refresh_peer(self, conn: MqttConnection) -> None:

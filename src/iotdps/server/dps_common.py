@@ -21,6 +21,7 @@ from iotdps.enrollment.models import format_time, utcnow
 from iotdps.provisioning.service import ProvisioningService, RegistrationOutcome, RegistrationRequest, new_operation_id
 from iotdps.secret import Secret
 from iotdps.server.ratelimit import TokenBucket
+from iotdps.server.throttled_log import ThrottledLog
 from iotdps.server.tls import PeerIdentity
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "credential_from",
     "error_body",
     "outcome_reply",
+    "peer_address",
 ]
 
 log = logging.getLogger("iotdps.dps")
@@ -99,45 +101,26 @@ class AssignedLog:
 
     Enough to watch a test device arrive; at fleet scale a line per registration was a
     formatted record and a write() each, ~3% of the server's CPU. Every assignment is in the
-    registration records anyway (`iotdps registration list`, the service API). Refusals are
-    always logged one by one."""
+    registration records anyway (`iotdps registration list`, the service API)."""
 
     def __init__(self, clock: Callable[[], float], *, per_window: int = 10, window: float = 1.0) -> None:
-        self._clock = clock
-        self._per_window = per_window
-        self._window = window
-        self._window_start = float("-inf")
-        self._shown = 0
-        self._hidden = 0
-        self._summary: asyncio.TimerHandle | None = None
+        self._lines = ThrottledLog(log, clock, "registrations assigned", per_window=per_window, window=window)
 
     def __call__(self, registration_id: str, status: str, hub: str | None, device_id: str | None) -> None:
-        now = self._clock()
-        if now >= self._window_start + self._window:
-            self._window_start = now
-            self._shown = 0
-        if self._shown < self._per_window:
-            self._shown += 1
-            log.info("registration %s %s on %s as %s", registration_id, status, hub, device_id)
-            return
-        self._hidden += 1
-        if self._summary is None:
-            delay = max(0.0, self._window_start + self._window - now)
-            self._summary = asyncio.get_running_loop().call_later(delay, self.flush)
+        self._lines("", "registration %s %s on %s as %s", registration_id, status, hub, device_id)
 
     def flush(self) -> None:
         """Log how many lines were held back (also on shutdown)."""
-        if self._summary is not None:
-            self._summary.cancel()
-            self._summary = None
-        if self._hidden:
-            log.info(
-                "%d more registrations assigned (logged one by one up to %d per %g s)",
-                self._hidden,
-                self._per_window,
-                self._window,
-            )
-            self._hidden = 0
+        self._lines.flush()
+
+
+def peer_address(peername: object) -> str | None:
+    """The IP address of a transport's `peername` (a (host, port, ...) tuple for TCP)."""
+    if isinstance(peername, tuple) and peername:
+        return str(peername[0])
+    if isinstance(peername, str) and peername:
+        return peername
+    return None
 
 
 T = TypeVar("T")
@@ -207,6 +190,8 @@ class RegistrationRunner:
         self._inflight: set[asyncio.Task[Any]] = set()
         self.accepting = True
         self.assigned_log = AssignedLog(clock)
+        # Refused CONNECTs and registrations, DPS and hub alike: an outsider decides how many.
+        self.refused_log = ThrottledLog(log, clock, "refusals")
 
     def throttled(self) -> DeviceReply | None:
         wait = self._bucket.take(self._clock())
@@ -223,6 +208,8 @@ class RegistrationRunner:
         payload: Any,
         csr: str | None,
         authentication: Authentication | None = None,
+        *,
+        peer: str | None = None,
     ) -> DeviceReply:
         if not self.accepting:
             return DeviceReply(503, error_body(503000, "Service is shutting down; retry later"), self._retry_after)
@@ -230,7 +217,9 @@ class RegistrationRunner:
         if throttled is not None:
             return throttled
         operation_id = new_operation_id()
-        request = RegistrationRequest(id_scope, registration_id, credential, payload, csr, operation_id, authentication)
+        request = RegistrationRequest(
+            id_scope, registration_id, credential, payload, csr, operation_id, authentication, peer
+        )
         outcome = await run_within(asyncio.get_running_loop(), self._run(request), self._budget, self._inflight)
         if outcome is None:
             # The pipeline goes on; the device polls the operation id it now knows.
@@ -240,7 +229,14 @@ class RegistrationRunner:
     async def _run(self, request: RegistrationRequest) -> RegistrationOutcome:
         outcome = await self.service.register(request)
         if outcome.reason is not None:
-            log.info("registration %s refused: %s (%s)", request.registration_id, outcome.reason.value, outcome.message)
+            self.refused_log(
+                outcome.reason.value,
+                "registration %s from %s refused: %s (%s)",
+                request.registration_id,
+                request.peer,
+                outcome.reason.value,
+                outcome.message,
+            )
         else:
             record = outcome.record
             assert record is not None
@@ -253,3 +249,4 @@ class RegistrationRunner:
         if self._inflight:
             await asyncio.wait(set(self._inflight), timeout=timeout)
         self.assigned_log.flush()
+        self.refused_log.flush()

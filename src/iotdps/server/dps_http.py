@@ -139,7 +139,9 @@ class DeviceApi:
         if csr is not None and not isinstance(csr, str):
             return _error(400, 400001, "csr must be a base64 string", request)
         credential = await self._credential(request)
-        reply = await self.runner.register(scope, registration_id, credential, body.get("payload"), csr)
+        reply = await self.runner.register(
+            scope, registration_id, credential, body.get("payload"), csr, peer=request.remote
+        )
         return _respond(reply, request)
 
     async def operation_status(self, request: web.Request) -> web.Response:
@@ -152,7 +154,7 @@ class DeviceApi:
             return _error(401, 401000, "Unauthorized", request)
         try:
             outcome = await self.runner.service.operation_status(
-                scope, registration_id, request.match_info["operation_id"], credential
+                scope, registration_id, request.match_info["operation_id"], credential, peer=request.remote
             )
         except NotFound:
             return _error(404, 404000, "Operation not found", request)
@@ -169,7 +171,9 @@ class DeviceApi:
         if credential is None:
             return _error(401, 401000, "Unauthorized", request)
         try:
-            outcome = await self.runner.service.registration_status(scope, registration_id, credential)
+            outcome = await self.runner.service.registration_status(
+                scope, registration_id, credential, peer=request.remote
+            )
         except NotFound:
             return _error(404, 404000, "Registration not found", request)
         reply = outcome_reply(outcome)

@@ -28,7 +28,14 @@ from iotdps.protocols.mqtt.events import PubAckReceived, PublishReceived, Subscr
 from iotdps.protocols.mqtt.packets import SUBACK_FAILURE, Connect
 from iotdps.protocols.mqtt.topics import topic_matches
 from iotdps.provisioning.outcomes import RefusalReason
-from iotdps.server.dps_common import DeviceReply, RegistrationRunner, credential_from, error_body, outcome_reply
+from iotdps.server.dps_common import (
+    DeviceReply,
+    RegistrationRunner,
+    credential_from,
+    error_body,
+    outcome_reply,
+    peer_address,
+)
 from iotdps.server.mqtt_conn import CONNACK_NOT_AUTHORIZED, MqttConnection, MqttEndpoint
 
 __all__ = ["DPS_RESPONSE_FILTER", "DpsMqttEndpoint", "route_dps"]
@@ -53,6 +60,7 @@ class DpsMqttEndpoint:
         registration_id: str,
         credential: Credential | None,
         authentication: Authentication,
+        peer: str | None = None,
     ):
         self._runner = runner
         # Attestation and precedence ran at CONNECT; the first register reuses the result
@@ -62,6 +70,7 @@ class DpsMqttEndpoint:
         self._id_scope = id_scope
         self._registration_id = registration_id
         self._credential = credential
+        self._peer = peer
 
     def _reply(self, conn: MqttConnection, rid: str, reply: DeviceReply) -> None:
         # QoS 0 like real DPS: the SDK does not acknowledge or need acknowledging of replies.
@@ -91,7 +100,13 @@ class DpsMqttEndpoint:
             return DeviceReply(400, error_body(400005, "TPM attestation is not supported over MQTT"))
         authentication, self._authentication = self._authentication, None
         return await self._runner.register(
-            self._id_scope, self._registration_id, self._credential, parsed.payload, parsed.csr, authentication
+            self._id_scope,
+            self._registration_id,
+            self._credential,
+            parsed.payload,
+            parsed.csr,
+            authentication,
+            peer=self._peer,
         )
 
     async def _status(self, operation_id: str) -> DeviceReply:
@@ -120,16 +135,24 @@ class DpsMqttEndpoint:
 
 
 async def route_dps(runner: RegistrationRunner, conn: MqttConnection, connect: Connect) -> MqttEndpoint | int:
-    """Authenticate a DPS CONNECT: an endpoint, or CONNACK 5 with the reason logged."""
+    """Authenticate a DPS CONNECT: an endpoint, or CONNACK 5 with the reason logged (at a
+    bounded rate: runner.refused_log) and counted in the refusal history."""
+    peer = peer_address(conn.peername)
     try:
         username = parse_dps_username(connect.username or "")
     except InvalidInput as exc:
-        log.info("DPS CONNECT from %s refused: %s", conn.peername, exc.message)
+        runner.refused_log("BAD_USERNAME", "DPS CONNECT from %s refused: %s", peer, exc.message)
         return CONNACK_NOT_AUTHORIZED
     registration_id = username.registration_id
     conn.identity = registration_id
     if connect.client_id != registration_id:
-        log.info("DPS CONNECT refused: client id %r is not registration id %r", connect.client_id, registration_id)
+        runner.refused_log(
+            "CLIENT_ID_MISMATCH",
+            "DPS CONNECT from %s refused: client id %r is not registration id %r",
+            peer,
+            connect.client_id[:200],
+            registration_id[:200],
+        )
         return CONNACK_NOT_AUTHORIZED
     password = connect.password.decode("utf-8", "replace") if connect.password else None
     credential = credential_from(conn.peer, password)
@@ -137,8 +160,15 @@ async def route_dps(runner: RegistrationRunner, conn: MqttConnection, connect: C
     auth = await service.authenticate(username.id_scope, registration_id, credential)
     decision = auth.decision
     if decision.admitted or (decision.matched and decision.reason in _LET_IN):
-        return DpsMqttEndpoint(runner, username.id_scope, registration_id, credential, auth)
+        return DpsMqttEndpoint(runner, username.id_scope, registration_id, credential, auth, peer)
     assert decision.reason is not None
-    await service.record_refusal(registration_id, auth)
-    log.info("DPS CONNECT %s refused: %s (%s)", registration_id, decision.reason.value, decision.message)
+    await service.record_refusal(registration_id, auth, peer)
+    runner.refused_log(
+        decision.reason.value,
+        "DPS CONNECT %s from %s refused: %s (%s)",
+        registration_id[:200],
+        peer,
+        decision.reason.value,
+        decision.message,
+    )
     return CONNACK_NOT_AUTHORIZED

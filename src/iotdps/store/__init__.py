@@ -13,6 +13,7 @@ and back, which is what aiosqlite did and what dominated the registration path
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -22,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
 from iotdps.errors import InvalidInput, StoreError
+from iotdps.fsutil import private_file
 from iotdps.provisioning.ports import Clock, Store
 from iotdps.store._common import DEFAULT_REFUSAL_LIMIT, json_column_text
 from iotdps.store.memory import MemoryStore
@@ -110,6 +112,8 @@ def _engine(url: URL, schema: str | None) -> Engine | AsyncEngine:
         # One connection for the process: SQLite has one writer, the store serialises its
         # transactions on the event loop, and an in-memory database lives as long as it does.
         options["poolclass"] = StaticPool
+        if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
+            _private_sqlite_files(url.database)
         engine = create_engine(url, **options)
         _sqlite_setup(engine)
         return engine
@@ -135,6 +139,21 @@ def _pool_options(url: URL) -> tuple[URL, dict[str, int]]:
             raise InvalidInput(f"the store DSN's {name} must be one whole number from {low} to {high}")
         options[name] = value
     return url.difference_update_query(list(_PG_POOL_LIMITS)), options
+
+
+def _private_sqlite_files(database: str) -> None:
+    """The database holds enrollment keys and group master keys in plain text: it is created
+    0600 before SQLite opens it (SQLite would make it 0644 less the umask, in whatever directory
+    it is given), and SQLite then creates its -wal and -shm with the same mode. Files an older
+    release left readable are narrowed. Errors are left to SQLite's own open."""
+    for path in (database, f"{database}-wal", f"{database}-shm"):
+        try:
+            if path == database:
+                private_file(path)
+            elif os.stat(path).st_mode & 0o077:
+                os.chmod(path, 0o600)
+        except OSError:
+            continue
 
 
 def _sqlite_setup(engine: Engine) -> None:

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
+import ipaddress
 import json
-from collections.abc import Mapping
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from iotdps.errors import InvalidInput, NotFound, PreconditionFailed
 from iotdps.jsonload import InvalidJson, load_json
+from iotdps.provisioning.ports import Refusal
 
 __all__ = [
     "DEFAULT_REFUSAL_LIMIT",
+    "REFUSAL_ID_LENGTH",
+    "REFUSAL_PEER_LENGTH",
     "DocText",
     "SystemClock",
     "check_delete",
@@ -23,10 +29,18 @@ __all__ = [
     "dump_doc",
     "encode_token",
     "json_column_text",
+    "merged_refusal",
+    "refusal_key",
+    "refusal_source",
+    "retained_refusals",
 ]
 
-# Refusals are an operator's recent history, not an audit log: keep the newest this many.
+# Refusals are an operator's recent history, not an audit log: keep this many entries (each
+# entry counts every attempt with the same reason, registration id and peer).
 DEFAULT_REFUSAL_LIMIT = 10_000
+# A refused registration id may be anything a device sent; it is kept cut to the column's size.
+REFUSAL_ID_LENGTH = 128
+REFUSAL_PEER_LENGTH = 64  # an IPv6 address with a zone fits
 _MAX_PAGE = 1000
 
 
@@ -99,3 +113,78 @@ def json_column_text(value: Any) -> str:
     if isinstance(value, DocText):
         return value
     return json.dumps(value)
+
+
+# --------------------------------------------------------------------------- refusal retention
+#
+# Why: an unauthenticated peer can make refusals as fast as it can open connections. When the
+# history kept the newest N attempts, ~10,000 junk CONNECTs evicted every real refusal (a
+# forged certificate among them) in half a minute. Two rules keep what an operator needs:
+#
+# 1. Aggregation. Attempts with the same (reason, registration id, peer address) are one entry
+#    with a count and first/last seen, so a device (or attacker) retrying costs one entry.
+# 2. Fair eviction. Past the limit, entries are ranked within their (source, reason) pair,
+#    newest first, and kept by that rank: every pair's newest entry before any pair's second,
+#    and so on (ties: the more recent first). A source is one IPv4 address or one IPv6 /64
+#    (what one customer network gets). A flood from one source, varying its registration ids,
+#    only rotates its own entries; to evict an entry of rank 1 it takes more than `limit`
+#    distinct (source, reason) pairs newer than it. With ~20 reasons and the default 10,000,
+#    that is hundreds of addresses or /64s, and the refusals of those are then what is kept.
+
+
+def refusal_source(peer: str | None) -> str:
+    """The network a peer address counts as for fair eviction: the IPv4 address itself, the
+    /64 of an IPv6 address (an IPv4-mapped one is its IPv4 address); "" when there is no peer."""
+    if not peer:
+        return ""
+    try:
+        address = ipaddress.ip_address(peer.split("%", 1)[0])
+    except ValueError:
+        return peer[:REFUSAL_PEER_LENGTH]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+def refusal_key(refusal: Refusal) -> tuple[str, str, str]:
+    """The (reason, registration id, peer) an attempt is counted under, cut to the columns."""
+    return (refusal.reason, refusal.registration_id[:REFUSAL_ID_LENGTH], (refusal.peer or "")[:REFUSAL_PEER_LENGTH])
+
+
+def merged_refusal(current: Refusal | None, attempt: Refusal) -> Refusal:
+    """`attempt` counted into the entry `current` of its key (None: a new entry)."""
+    _, registration_id, peer = refusal_key(attempt)
+    if current is None:
+        return dataclasses.replace(
+            attempt, registration_id=registration_id, peer=peer or None, first_at=attempt.first_at or attempt.at
+        )
+    return dataclasses.replace(
+        attempt,
+        registration_id=registration_id,
+        peer=peer or None,
+        count=current.count + attempt.count,
+        first_at=current.first_seen,
+    )
+
+
+_K = TypeVar("_K")
+
+
+def retained_refusals(entries: Iterable[tuple[_K, int, Refusal]], limit: int) -> list[tuple[_K, int, Refusal]]:
+    """The (key, insertion number, entry) triples fair eviction keeps, at most `limit` of them,
+    latest attempt first. The SQL store runs the same ranking as one window query."""
+    pairs: dict[tuple[str, str], list[tuple[_K, int, Refusal]]] = defaultdict(list)
+    for entry in entries:
+        pairs[(refusal_source(entry[2].peer), entry[2].reason)].append(entry)
+    ranked: list[tuple[int, tuple[_K, int, Refusal]]] = []
+    for members in pairs.values():
+        members.sort(key=lambda e: (e[2].at, e[1]), reverse=True)
+        ranked.extend(enumerate(members))
+    # By rank; within a rank the latest first (two stable sorts: recency, then rank).
+    ranked.sort(key=lambda r: (r[1][2].at, r[1][1]), reverse=True)
+    ranked.sort(key=lambda r: r[0])
+    kept = [entry for _, entry in ranked[:limit]]
+    kept.sort(key=lambda e: (e[2].at, e[1]), reverse=True)
+    return kept

@@ -58,6 +58,9 @@ from iotdps.store._common import (
     decode_token,
     dump_doc,
     encode_token,
+    merged_refusal,
+    refusal_key,
+    retained_refusals,
 )
 
 _T = TypeVar("_T")
@@ -378,6 +381,24 @@ class _Devices:
         return Page([self._load(r) for r in chosen], token)
 
 
+_RefusalEntries = dict[tuple[str, str, str], tuple[int, Refusal]]
+
+
+def _count_refusals(entries: _RefusalEntries, serial: int, attempts: Sequence[Refusal]) -> tuple[_RefusalEntries, int]:
+    """A copy of `entries` with `attempts` counted in, and the next insertion number (which
+    orders entries like the SQL store's ids: an entry keeps its number when counted into)."""
+    merged = dict(entries)
+    for attempt in attempts:
+        key = refusal_key(attempt)
+        found = merged.get(key)
+        if found is None:
+            merged[key] = (serial, merged_refusal(None, attempt))
+            serial += 1
+        else:
+            merged[key] = (found[0], merged_refusal(found[1], attempt))
+    return merged, serial
+
+
 class _Refusals:
     def __init__(self, tx: _Tx) -> None:
         self._tx = tx
@@ -390,10 +411,11 @@ class _Refusals:
         self._tx.check_open()
         if limit < 1:
             raise InvalidInput("limit must be at least 1")
-        # Newest first = most recently added first; the pending ones of this transaction lead.
-        newest = [*reversed(self._tx.new_refusals), *reversed(self._tx.store.refusals)]
-        bound = self._tx.store.refusal_limit
-        chosen = [r for r in newest[:bound] if registration_id is None or r.registration_id == registration_id]
+        store = self._tx.store
+        # This transaction's own attempts count too, as in the SQL store.
+        entries, _ = _count_refusals(store.refusals, store.refusal_serial, self._tx.new_refusals)
+        kept = retained_refusals(((k, n, r) for k, (n, r) in entries.items()), store.refusal_limit)
+        chosen = [r for _, _, r in kept if registration_id is None or r.registration_id == registration_id]
         return chosen[:limit]
 
 
@@ -563,7 +585,9 @@ class MemoryStore:
         self.clock: Clock = clock or SystemClock()
         self.refusal_limit = refusal_limit
         self.tables: dict[str, dict[Hashable, _Row]] = {name: {} for name in _TABLES}
-        self.refusals: list[Refusal] = []  # oldest first
+        # (reason, registration id, peer) -> (insertion number, entry); see store._common.
+        self.refusals: _RefusalEntries = {}
+        self.refusal_serial = 0
         self.telemetry: list[TelemetryMessage] = []  # ascending seq
         self.c2d: dict[int, CloudMessage] = {}
         self.hub_sessions: dict[tuple[str, str], HubSession] = {}
@@ -595,8 +619,9 @@ class MemoryStore:
             if tx.sessions is not None:
                 self.hub_sessions = tx.sessions
             if tx.new_refusals:
-                self.refusals.extend(tx.new_refusals)
-                del self.refusals[: max(0, len(self.refusals) - self.refusal_limit)]
+                entries, self.refusal_serial = _count_refusals(self.refusals, self.refusal_serial, tx.new_refusals)
+                kept = retained_refusals(((k, n, r) for k, (n, r) in entries.items()), self.refusal_limit)
+                self.refusals = {k: (n, r) for k, n, r in kept}
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[_UnitOfWork]:

@@ -94,6 +94,8 @@ from iotdps.store._common import (
     decode_token,
     dump_doc,
     encode_token,
+    refusal_key,
+    refusal_source,
 )
 from iotdps.store._sqlite_binds import sqlite_bind_converter
 
@@ -925,33 +927,67 @@ class _Refusals:
     def __init__(self, tx: _SqlTx) -> None:
         self._tx = tx
 
-    def _oldest_kept(self) -> Any:
-        """The id just below the newest `refusal_limit` entries (NULL when there are fewer)."""
-        limit = self._tx.store.refusal_limit
-        return select(self._t.c.id).order_by(self._t.c.id.desc()).limit(1).offset(limit).scalar_subquery()
+    @staticmethod
+    def _upsert(pg: bool) -> Any:
+        """Count an attempt into its (reason, registration id, peer) entry, or start one."""
+        table = t.refusals
+        statement = (pg_insert if pg else sqlite_insert)(table)
+        latest = ("at", "message", "attestation_type", "enrollment")
+        return statement.on_conflict_do_update(
+            index_elements=["reason", "registration_id", "peer"],
+            set_={
+                "attempts": table.c.attempts + statement.excluded.attempts,
+                **{name: statement.excluded[name] for name in latest},
+            },
+        )
+
+    def _kept(self) -> Select[Any]:
+        """Ids of the entries fair eviction keeps (store._common, "refusal retention"): ranked
+        within their (source, reason), newest first; kept by rank, then recency."""
+        table = self._t
+        rank = (
+            func.row_number()
+            .over(partition_by=(table.c.source, table.c.reason), order_by=(table.c.at.desc(), table.c.id.desc()))
+            .label("rank")
+        )
+        ranked = select(table.c.id, table.c.at, rank).subquery("ranked")
+        return (
+            select(ranked.c.id)
+            .order_by(ranked.c.rank, ranked.c.at.desc(), ranked.c.id.desc())
+            .limit(self._tx.store.refusal_limit)
+        )
 
     async def add(self, refusal: Refusal) -> None:
-        await self._tx.run(
-            self._t.insert().values(
-                registration_id=refusal.registration_id,
-                at=refusal.at,
-                reason=refusal.reason,
-                message=refusal.message,
-                attestation_type=refusal.attestation_type,
-                enrollment=refusal.enrollment,
-            )
+        reason, registration_id, peer = refusal_key(refusal)
+        pg = self._tx.pg
+        await self._tx.run_prebuilt(
+            ("refusal upsert", pg),
+            lambda: self._upsert(pg),
+            {
+                "registration_id": registration_id,
+                "reason": reason,
+                "peer": peer,
+                "source": refusal_source(peer),
+                "at": refusal.at,
+                "first_at": refusal.first_at or refusal.at,
+                "attempts": refusal.count,
+                "message": refusal.message,
+                "attestation_type": refusal.attestation_type,
+                "enrollment": refusal.enrollment,
+            },
         )
         if self._tx.store.count_refusal():
-            await self._tx.run(delete(self._t).where(self._t.c.id <= self._oldest_kept()))
+            await self._tx.run(delete(self._t).where(self._t.c.id.not_in(self._kept())))
 
     async def list(self, registration_id: str | None = None, limit: int = 100) -> Sequence[Refusal]:
         if limit < 1:
             raise InvalidInput("limit must be at least 1")
-        # Pruning runs every few inserts; the bound holds exactly on what is shown.
-        query = select(self._t).where(self._t.c.id > func.coalesce(self._oldest_kept(), 0))
+        # Pruning runs every few inserts; the same rule applied here makes the bound exact.
+        kept = self._kept().subquery("kept")
+        query = select(self._t).join(kept, kept.c.id == self._t.c.id)
         if registration_id is not None:
             query = query.where(self._t.c.registration_id == registration_id)
-        rows = (await self._tx.run(query.order_by(self._t.c.id.desc()).limit(limit))).all()
+        rows = (await self._tx.run(query.order_by(self._t.c.at.desc(), self._t.c.id.desc()).limit(limit))).all()
         return [
             Refusal(
                 registration_id=r.registration_id,
@@ -960,6 +996,9 @@ class _Refusals:
                 attestation_type=r.attestation_type,
                 at=rec.to_utc(r.at),
                 enrollment=r.enrollment,
+                peer=r.peer or None,
+                count=r.attempts,
+                first_at=rec.to_utc(r.first_at),
             )
             for r in rows
         ]

@@ -32,6 +32,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator, TypeEngine
@@ -191,6 +192,9 @@ devices = Table(
     *_stamps(),
 )
 
+# One row per (reason, registration id, peer): `attempts` of them, the first at `first_at`, the
+# latest at `at` with its message (revision 0004; the retention rules are in store._common).
+# `source` is the peer's network (IPv4 address, IPv6 /64), the unit of fair eviction.
 refusals = Table(
     "refusals",
     metadata,
@@ -202,6 +206,11 @@ refusals = Table(
     Column("message", Text, nullable=False),
     Column("attestation_type", String(16), nullable=True),
     Column("enrollment", String(ID_LENGTH), nullable=True),
+    Column("peer", String(64), nullable=False, server_default=""),
+    Column("source", String(64), nullable=False, server_default=""),
+    Column("attempts", BigInteger(), nullable=False, server_default="1"),
+    Column("first_at", UtcDateTime(), nullable=False),
+    UniqueConstraint("reason", "registration_id", "peer"),
 )
 
 

@@ -27,7 +27,8 @@ class Pki:
 
     def __init__(self) -> None:
         self.key = generate_private_key()
-        self.cert = create_root_ca("api-test-root", self.key, Validity.days(30))
+        # Longer than the devices' 30 days: a device issued a second later must not outlive it.
+        self.cert = create_root_ca("api-test-root", self.key, Validity.days(60))
         self.issuer = Issuer(self.cert, self.key)
 
     @property

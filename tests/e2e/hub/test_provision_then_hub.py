@@ -188,7 +188,11 @@ async def test_device_client_caches_the_assignment_and_reprovisions_when_refused
     async with stack.store.begin() as uow:
         (stored,) = await uow.telemetry.list(hub, "own-dev")
     assert stored.application_properties == {"unit": "°C / s"}
-    assert stored.system_properties == {"message_id": "m-1", "content_type": "application/json"}
+    assert stored.system_properties["connection_device_id"] == "own-dev"  # stamped by the hub
+    assert {k: v for k, v in stored.system_properties.items() if not k.startswith("connection_")} == {
+        "message_id": "m-1",
+        "content_type": "application/json",
+    }
 
     # Second start: straight to the cached hub, the provisioning service is not contacted.
     second = DeviceAgent(settings, **handlers())

@@ -18,6 +18,7 @@ from azure.iot.device import X509, IoTHubDeviceClient, Message, MethodResponse
 from azure.iot.device.exceptions import CredentialError
 
 from iotdps.hub import DeviceNotConnected
+from iotdps.hub.endpoint import identity_properties
 from iotdps.registry.hub import HubStore
 from iotdps.store import MemoryStore, open_store
 from iotdps_testing.devcerts import self_signed_device
@@ -83,11 +84,15 @@ async def test_sas_device_telemetry_twin_methods_c2d(hub: HubServer) -> None:
         assert len(rows) == 1
         row = rows[0]
         assert row.body == b'{"t": 21.5}'
+        device = await hub.runtime.get_device(hub.host, "dev-1")
+        assert device is not None
         assert row.system_properties == {
             "message_id": "mid-1",
             "correlation_id": "cid 1",
             "content_type": "application/json",
             "content_encoding": "utf-8",
+            # Stamped by the hub, not sent by the device.
+            **identity_properties(device, "sas"),
         }
         assert row.application_properties == {"alert": "yes please", "path": "a/b&c=d"}
         assert row.device_id == "dev-1" and row.enqueued.tzinfo is not None

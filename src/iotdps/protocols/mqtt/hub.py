@@ -60,6 +60,10 @@ SYSTEM_PROPERTY_KEYS: Mapping[str, str] = {
     "$.on": "output_name",
     "$.to": "to",
     "iothub-ack": "ack",
+    # Set by the hub on the messages it stores or routes; a device's values are replaced
+    # (hub.endpoint).
+    "$.cdid": "connection_device_id",
+    "$.cmid": "connection_module_id",
 }
 """Wire key -> our name for the system properties of a property bag (section 8.2/8.3)."""
 

@@ -51,6 +51,7 @@ from iotdps.provisioning.ports import Clock, Store
 from iotdps.registry.hub import CloudMessage, HubSession, HubStore
 from iotdps.registry.models import DeviceIdentity, Twin
 from iotdps.server.mqtt_conn import CONNACK_NOT_AUTHORIZED, CONNACK_SERVER_UNAVAILABLE, MqttConnection, MqttEndpoint
+from iotdps.server.peers import peer_text
 from iotdps.server.throttled_log import ThrottledLog
 
 __all__ = ["DEFAULT_C2D_TTL", "MAX_C2D_QUEUE", "HubRuntime"]
@@ -179,7 +180,7 @@ class HubRuntime:
         try:
             username = parse_hub_username(connect.username or "")
         except InvalidDeviceRequest as exc:
-            refused("bad username", "hub CONNECT from %s refused: %s", conn.peername, exc.message)
+            refused("bad username", "hub CONNECT from %s refused: %s", peer_text(conn.peername), exc.message)
             return CONNACK_NOT_AUTHORIZED
         hub = self._hosts.get(username.hostname.lower())
         device_id = username.device_id
@@ -224,7 +225,7 @@ class HubRuntime:
                 "hub %s: device %s from %s refused at CONNECT: %s",
                 hub,
                 device_id[:200],
-                conn.peername,
+                peer_text(conn.peername),
                 reason,
             )
             return CONNACK_NOT_AUTHORIZED

@@ -48,6 +48,7 @@ from iotdps.server.dps_mqtt import route_dps
 from iotdps.server.identity import ServerFiles, ensure_server_identity
 from iotdps.server.listen import TlsSite, http_runner, start_tls_server
 from iotdps.server.mqtt_conn import CONNACK_NOT_AUTHORIZED, CONNACK_SERVER_UNAVAILABLE, MqttConnection, MqttEndpoint
+from iotdps.server.peers import peer_text
 from iotdps.server.ratelimit import TokenBucket
 from iotdps.server.tls import PeerIdentity, ServerTls, load_pem_chain, load_pem_key
 from iotdps.server.ws_bridge import WEBSOCKET_PATH, serve_mqtt_websocket
@@ -294,7 +295,9 @@ class Server:
     async def _route(self, conn: MqttConnection, connect: Connect) -> MqttEndpoint | int:
         if len(self._connections) > self.config.limits.max_connections:
             # CONNACK 3 "server unavailable": the SDKs treat it as transient and retry.
-            log.warning("connection limit %d reached; refusing %s", self.config.limits.max_connections, conn.peername)
+            log.warning(
+                "connection limit %d reached; refusing %s", self.config.limits.max_connections, peer_text(conn.peername)
+            )
             return CONNACK_SERVER_UNAVAILABLE
         kind = classify_username(connect.username or "")
         if kind == "dps":
@@ -305,7 +308,9 @@ class Server:
             return await self.hub.route(conn, connect)
         assert self.runner is not None
         self.runner.refused_log(
-            "BAD_USERNAME", "CONNECT from %s refused: username is neither a DPS nor a hub username", conn.peername
+            "BAD_USERNAME",
+            "CONNECT from %s refused: username is neither a DPS nor a hub username",
+            peer_text(conn.peername),
         )
         return CONNACK_NOT_AUTHORIZED
 

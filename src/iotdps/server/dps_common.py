@@ -33,7 +33,6 @@ __all__ = [
     "credential_from",
     "error_body",
     "outcome_reply",
-    "peer_address",
 ]
 
 log = logging.getLogger("iotdps.dps")
@@ -113,14 +112,6 @@ class AssignedLog:
         """Log how many lines were held back (also on shutdown)."""
         self._lines.flush()
 
-
-def peer_address(peername: object) -> str | None:
-    """The IP address of a transport's `peername` (a (host, port, ...) tuple for TCP)."""
-    if isinstance(peername, tuple) and peername:
-        return str(peername[0])
-    if isinstance(peername, str) and peername:
-        return peername
-    return None
 
 
 T = TypeVar("T")

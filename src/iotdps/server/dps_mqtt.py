@@ -34,9 +34,9 @@ from iotdps.server.dps_common import (
     credential_from,
     error_body,
     outcome_reply,
-    peer_address,
 )
 from iotdps.server.mqtt_conn import CONNACK_NOT_AUTHORIZED, MqttConnection, MqttEndpoint
+from iotdps.server.peers import peer_address
 
 __all__ = ["DPS_RESPONSE_FILTER", "DpsMqttEndpoint", "route_dps"]
 

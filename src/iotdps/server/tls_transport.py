@@ -30,6 +30,7 @@ from typing import Any
 from OpenSSL import SSL
 
 from iotdps.server.logthrottle import ThrottledLog
+from iotdps.server.peers import peer_text
 from iotdps.server.tls import (
     PeerIdentity,
     ServerTls,
@@ -56,16 +57,9 @@ DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 _HANDSHAKE_FAILURES = ThrottledLog(log, "TLS handshake failures", rate=1.0, burst=10)
 
 
-def _peer_text(peername: Any) -> str:
-    """`host:port` (IPv6 in brackets) for a socket peer name; whatever it is otherwise."""
-    if isinstance(peername, tuple) and len(peername) >= 2:
-        host = str(peername[0])
-        return f"[{host}]:{peername[1]}" if ":" in host else f"{host}:{peername[1]}"
-    return str(peername)
-
 
 def _handshake_failed(peername: Any, reason: str) -> None:
-    peer = _peer_text(peername)
+    peer = peer_text(peername)
     _HANDSHAKE_FAILURES.log(reason, peer, "TLS handshake with %s failed: %s", peer, reason)
 
 

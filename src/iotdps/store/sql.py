@@ -30,7 +30,7 @@ from collections import namedtuple
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal, TypeVar, cast
 
 import asyncpg
@@ -69,6 +69,7 @@ from iotdps.errors import AlreadyExists, InvalidInput, StoreError
 from iotdps.provisioning.ports import (
     CaRepo,
     Clock,
+    DeviceCounts,
     DeviceRepo,
     EnrollmentRepo,
     GroupRepo,
@@ -77,7 +78,9 @@ from iotdps.provisioning.ports import (
     Refusal,
     RefusalLog,
     RegistrationRepo,
+    ServiceCounts,
     SettingsRepo,
+    StatisticsRepo,
 )
 from iotdps.registry.hub import C2DRepo, CloudMessage, HubSession, HubSessionRepo, TelemetryMessage, TelemetryRepo
 from iotdps.registry.models import DeviceIdentity
@@ -961,6 +964,55 @@ class _Refusals:
         ]
 
 
+class _Stats:
+    """Counts by SQL aggregates: no document is loaded. The per-minute buckets are a string
+    prefix on SQLite (which keeps times as ISO text) and date_trunc on PostgreSQL."""
+
+    def __init__(self, tx: _SqlTx) -> None:
+        self._tx = tx
+
+    async def _count(self, table: Table) -> int:
+        return int((await self._tx.run(select(func.count()).select_from(table))).scalar_one())
+
+    async def counts(self) -> ServiceCounts:
+        reg = t.registrations
+        rows = (await self._tx.run(select(reg.c.status, func.count()).group_by(reg.c.status))).all()
+        return ServiceCounts(
+            await self._count(t.individual_enrollments),
+            await self._count(t.enrollment_groups),
+            {str(status): int(n) for status, n in rows},
+        )
+
+    def _minute(self, column: Any) -> Any:
+        return func.date_trunc("minute", column) if self._tx.pg else func.substr(column, 1, 16)
+
+    def _load_minute(self, value: Any) -> datetime:
+        if isinstance(value, datetime):
+            return rec.to_utc(value).replace(second=0, microsecond=0)
+        return datetime.strptime(str(value), "%Y-%m-%d %H:%M").replace(tzinfo=UTC)
+
+    async def _buckets(self, column: Any, *where: ColumnElement[bool]) -> dict[datetime, int]:
+        bucket = self._minute(column).label("minute")
+        rows = (await self._tx.run(select(bucket, func.count()).where(*where).group_by(bucket))).all()
+        return {self._load_minute(minute): int(n) for minute, n in rows}
+
+    async def per_minute(self, since: datetime) -> tuple[Mapping[datetime, int], Mapping[datetime, int]]:
+        reg, ref = t.registrations, t.refusals
+        assigned = await self._buckets(reg.c.updated, reg.c.updated >= since, reg.c.status == "assigned")
+        # The same bound as RefusalLog.list: rows past the limit that pruning has not reached yet
+        # are not counted.
+        kept = ref.c.id > func.coalesce(_Refusals(self._tx)._oldest_kept(), 0)
+        refused = await self._buckets(ref.c.at, ref.c.at >= since, kept)
+        return assigned, refused
+
+    async def devices(self, hub: str) -> DeviceCounts:
+        dev = t.devices
+        status = dev.c.doc["status"].as_string()
+        rows = (await self._tx.run(select(status, func.count()).where(dev.c.hub == hub).group_by(status))).all()
+        counts = {str(s): int(n) for s, n in rows}
+        return DeviceCounts(sum(counts.values()), counts.get("enabled", 0))
+
+
 def _bag(props: object) -> dict[str, str | None]:
     return {str(k): (None if v is None else str(v)) for k, v in dict(props or {}).items()}  # type: ignore[call-overload]
 
@@ -1147,6 +1199,7 @@ class _UnitOfWork:
         self.registrations: RegistrationRepo = _Registrations(tx)
         self.devices: DeviceRepo = _Devices(tx)
         self.refusals: RefusalLog = _Refusals(tx)
+        self.stats: StatisticsRepo = _Stats(tx)
         self.telemetry: TelemetryRepo = _Telemetry(tx)
         self.c2d: C2DRepo = _C2D(tx)
         self.hub_sessions: HubSessionRepo = _HubSessions(tx)

@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_PAGE_SIZE",
     "MAX_PAGE_SIZE",
     "ApiContext",
+    "ServiceAbout",
     "if_match",
     "json_object",
     "json_response",
@@ -34,6 +35,16 @@ _JSON = "application/json"
 
 
 @dataclass(frozen=True, slots=True)
+class ServiceAbout:
+    """What the server tells operators about itself (GET /status): the host name devices use,
+    the endpoints it listens on, and the hubs whose service API and devices it serves."""
+
+    device_host: str | None = None
+    endpoints: tuple[str, ...] = ()
+    hubs_served: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ApiContext:
     store: Store
     service: ProvisioningService
@@ -42,6 +53,7 @@ class ApiContext:
     hub: HubOperations | None = None
     # Hub service API routes: the hub this request addresses (its Host), set per request.
     hub_name: str | None = None
+    about: ServiceAbout = ServiceAbout()
 
     async def trust_changed(self) -> None:
         """Tell the TLS layer its anchors changed (verified CAs, X.509 enrollments, groups)."""

@@ -31,6 +31,7 @@ from aiohttp import web
 from cryptography import x509
 
 from iotdps.allocation.webhook_http import AiohttpWebhookTransport
+from iotdps.api._http import ServiceAbout
 from iotdps.api.app import build_management_app
 from iotdps.api.auth import HUB_RIGHTS, AccessPolicies
 from iotdps.attestation.x509 import X509Evidence, evidence_from_chain
@@ -144,6 +145,7 @@ class Server:
         self._anchor_prints = frozenset(sha256_thumbprint(c) for c in anchors)
         self._anchors = anchors
         endpoints = await self._listen()
+        endpoints.append(f"https://{config.management.bind}:{config.management.port} (management API)")
         policies = AccessPolicies.load_or_create(config.data_dir)
         management = build_management_app(
             self.store,
@@ -153,6 +155,7 @@ class Server:
             on_trust_changed=self._trust_changed,
             hub=self.hub_runtime,
             hub_hosts=hub_hosts if self.hub_runtime is not None else (),
+            about=ServiceAbout(config.dps.host_name, tuple(endpoints)),
         )
         # The hub service API is reached at each hub's host name: serve the management port on
         # every hub address too (unless the management API already listens on all addresses).
@@ -161,7 +164,6 @@ class Server:
         await self._serve_app(management, config.management.bind, config.management.port, extra_hosts=extra)
         if self.hub_runtime is not None:
             await self._serve_control(self.hub_runtime)
-        endpoints.append(f"https://{config.management.bind}:{config.management.port} (management API)")
         self._tasks.append(asyncio.get_running_loop().create_task(self._watch_trust()))
         notes = []
         if server_files.passphrase_file is not None:

@@ -53,6 +53,7 @@ from iotdps.server.ratelimit import TokenBucket
 from iotdps.server.tls import PeerIdentity, ServerTls, load_pem_chain, load_pem_key
 from iotdps.server.ws_bridge import WEBSOCKET_PATH, serve_mqtt_websocket
 from iotdps.store import open_store
+from iotdps.web import Console
 
 __all__ = ["HubRouter", "Server", "StartupInfo", "new_id_scope"]
 
@@ -146,7 +147,9 @@ class Server:
         self._anchors = anchors
         endpoints = await self._listen()
         endpoints.append(f"https://{config.management.bind}:{config.management.port} (management API)")
+        endpoints.append(f"https://{config.management.bind}:{config.management.port}/console/ (console)")
         policies = AccessPolicies.load_or_create(config.data_dir)
+        console = Console(policies)
         management = build_management_app(
             self.store,
             self.service,
@@ -156,7 +159,9 @@ class Server:
             hub=self.hub_runtime,
             hub_hosts=hub_hosts if self.hub_runtime is not None else (),
             about=ServiceAbout(config.dps.host_name, tuple(endpoints)),
+            sessions=console.sessions,
         )
+        console.mount(management)
         # The hub service API is reached at each hub's host name: serve the management port on
         # every hub address too (unless the management API already listens on all addresses).
         extra = [] if is_unspecified(config.management.bind) else [h.bind for h in config.effective_hubs]

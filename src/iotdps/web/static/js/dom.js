@@ -1,4 +1,4 @@
-// Building the page without innerHTML: every text from the server goes in as a text node, so
+// Building the page without parsing HTML strings: every text from the server goes in as a text node, so
 // nothing it contains can become markup (no XSS through a registration id or a CA subject).
 
 let uid = 0;

@@ -108,14 +108,20 @@ export async function page(path, size, continuation, options = {}) {
 
 async function stillSignedIn() {
   const response = await fetch("/console/session", { credentials: "same-origin", cache: "no-store" });
-  if (!response.ok) return false;
+  if (!response.ok) {
+    await response.text(); // read to the end: an unread body keeps the request open
+    return false;
+  }
   adopt(await response.json());
   return true;
 }
 
 export async function loadSession() {
   const response = await fetch("/console/session", { credentials: "same-origin", cache: "no-store" });
-  if (response.status === 401) return false;
+  if (response.status === 401) {
+    await response.text();
+    return false;
+  }
   if (!response.ok) throw await failure(response);
   adopt(await response.json());
   return true;
@@ -137,11 +143,12 @@ export async function signIn(credentials) {
 }
 
 export async function signOut() {
-  await fetch("/console/session", {
+  const response = await fetch("/console/session", {
     method: "DELETE",
     headers: { "X-CSRF-Token": session.csrfToken || "" },
     credentials: "same-origin",
   });
+  await response.text();
   adopt({});
 }
 

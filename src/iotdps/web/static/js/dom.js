@@ -51,17 +51,17 @@ export function clear(el) {
   return el;
 }
 
-/** A labelled control: label (with an optional hint) + the control, linked by id. */
+/** A labelled control: label + optional hint (its description, not part of its name) + the control. */
 export function field(labelText, control, hint) {
   const id = control.id || newId("field");
   control.id = id;
-  const parts = [labelText];
+  let hintEl = null;
   if (hint) {
     const hintId = `${id}-hint`;
     control.setAttribute("aria-describedby", [control.getAttribute("aria-describedby"), hintId].filter(Boolean).join(" "));
-    parts.push(h("span", { class: "hint", id: hintId, text: hint }));
+    hintEl = h("span", { class: "hint", id: hintId, text: hint });
   }
-  return h("div", { class: "field" }, h("label", { for: id }, ...parts), control);
+  return h("div", { class: "field" }, h("label", { for: id, text: labelText }), hintEl, control);
 }
 
 export function checkbox(labelText, checked, props = {}) {
@@ -113,7 +113,7 @@ export function facts(pairs) {
 /** A short message in the corner (also read out by screen readers: the region is aria-live). */
 export function notify(text, kind = "ok") {
   const box = document.getElementById("notices");
-  const note = h("div", { class: `notice ${kind}`, text });
+  const note = h("div", { class: `notice ${kind}`, text: text.charAt(0).toUpperCase() + text.slice(1) });
   box.append(note);
   setTimeout(() => note.remove(), kind === "bad" ? 9000 : 4500);
 }

@@ -69,7 +69,15 @@ function renderWho() {
   );
 }
 
+// Focus follows navigation (a screen reader then announces the new page), but not on the
+// first paint after a load: the keyboard starts at the top, where the skip link is.
+let firstPaint = true;
+
 function focusHeading() {
+  if (firstPaint) {
+    firstPaint = false;
+    return;
+  }
   const heading = main.querySelector("h1");
   if (heading) {
     heading.setAttribute("tabindex", "-1");
@@ -166,6 +174,7 @@ function showSignIn(adding = false) {
 }
 
 async function render() {
+  if (location.hash && !location.hash.startsWith("#/")) return; // an in-page anchor, not a route
   const ticket = ++rendering;
   const { path, params } = route();
   if (path === "signin") {
@@ -217,6 +226,12 @@ async function start() {
   window.addEventListener("hashchange", render);
   await render();
 }
+
+// The skip link moves focus without touching the address (the router owns #/...).
+document.querySelector(".skip").addEventListener("click", (event) => {
+  event.preventDefault();
+  main.focus();
+});
 
 whenSignedOut(() => {
   notify("Your session has ended; sign in again.", "bad");

@@ -173,7 +173,8 @@ function proofSteps(view, ca) {
               });
               state.code = null;
               notify(`CA ${ca.name} is verified: its devices can now be admitted.`);
-              draw();
+              // Redraw the whole page: the summary's status changed too.
+              window.dispatchEvent(new HashChangeEvent("hashchange"));
             } catch (error) {
               append(problem, alert(error instanceof ApiError && error.stale ? STALE_MESSAGE : error.message));
             }
@@ -184,11 +185,17 @@ function proofSteps(view, ca) {
       field("Verification certificate file", file),
       h("div", { class: "actions" }, h("button", { type: "submit", text: "Verify", disabled: !state.code })),
     );
+    const done = h("p", { class: "muted", text: "Done." });
     append(
       steps,
-      h("li", { class: cls(0) }, h("h3", { text: "Get a verification code" }), generate),
-      h("li", { class: cls(1) }, h("h3", { text: "Sign the code with the CA" }), codeBox || h("p", { class: "muted", text: "Generate a code first." })),
-      h("li", { class: cls(2) }, h("h3", { text: "Upload the verification certificate" }), isVerified ? null : verify),
+      h("li", { class: cls(0) }, h("h3", { text: "Get a verification code" }), isVerified ? done.cloneNode(true) : generate),
+      h(
+        "li",
+        { class: cls(1) },
+        h("h3", { text: "Sign the code with the CA" }),
+        isVerified ? done.cloneNode(true) : codeBox || h("p", { class: "muted", text: "Generate a code first." }),
+      ),
+      h("li", { class: cls(2) }, h("h3", { text: "Upload the verification certificate" }), isVerified ? done.cloneNode(true) : verify),
       h(
         "li",
         { class: isVerified ? "done" : null },

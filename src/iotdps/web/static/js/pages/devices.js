@@ -353,13 +353,11 @@ async function deviceDetail(view, hub, id) {
       );
     }
   }
-  const sections = [];
   let telemetry = null;
+  let actionsBox = h("p", { class: "muted", text: "Methods, messages and telemetry need ServiceConnect." });
   if (can(RIGHTS.serviceConnect)) {
     telemetry = telemetrySection(hub, id);
-    sections.push(h("div", { class: "split" }, methodSection(hub, id), c2dSection(hub, id)), telemetry.el);
-  } else {
-    sections.push(h("p", { class: "muted", text: "Methods, messages and telemetry need ServiceConnect." }));
+    actionsBox = h("div", { class: "split" }, methodSection(hub, id), c2dSection(hub, id));
   }
   append(
     view,
@@ -378,8 +376,9 @@ async function deviceDetail(view, hub, id) {
       actions.length ? h("div", { class: "actions" }, actions) : null,
       problem,
     ),
+    telemetry ? telemetry.el : null,
     twinSection(hub, id, twin, reload),
-    sections,
+    actionsBox,
   );
   return telemetry ? telemetry.stop : undefined;
 }

@@ -388,11 +388,14 @@ export async function renderDetail(view, kind, id) {
 
   const stale = () => {
     clear(problem);
-    append(
-      problem,
-      alert(STALE_MESSAGE, "warn"),
-      h("button", { type: "button", class: "secondary", text: "Reload", on: { click: () => go(kind.page, id) } }),
-    );
+    const reload = h("button", {
+      type: "button",
+      class: "secondary",
+      text: "Reload",
+      on: { click: () => window.dispatchEvent(new HashChangeEvent("hashchange")) },
+    });
+    append(problem, alert(STALE_MESSAGE, "warn"), reload);
+    reload.focus(); // brings the message into view, next to what to do about it
   };
 
   const put = async (body, etag) => {

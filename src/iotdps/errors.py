@@ -8,6 +8,7 @@
     ├── AlreadyExists           create of something that exists (409)
     ├── PreconditionFailed      etag mismatch (412)
     ├── Unauthorized            credentials missing or wrong (401)
+    ├── Forbidden               credentials right, request refused (403: a console change without its CSRF token)
     ├── Throttled               rate limit hit; carries retry_after seconds (429)
     ├── PkiError                a certificate or key operation failed
     │   ├── BadPassphrase
@@ -25,6 +26,7 @@ __all__ = [
     "BadPassphrase",
     "ChainError",
     "ConfigError",
+    "Forbidden",
     "InvalidInput",
     "InvalidRegistrationId",
     "IotdpsError",
@@ -81,6 +83,10 @@ class PreconditionFailed(IotdpsError):
 
 class Unauthorized(IotdpsError):
     http_status = 401
+
+
+class Forbidden(IotdpsError):
+    http_status = 403
 
 
 class Throttled(IotdpsError):

@@ -574,6 +574,38 @@ async def test_refused_registration_ids_are_kept_cut_to_size(store: Store) -> No
     assert entry.registration_id == long_id[:128] and entry.count == 2
 
 
+async def test_statistics_count_records_and_bucket_activity_by_minute(store: Store) -> None:
+    now = datetime.now(UTC)
+    async with store.begin() as uow:
+        for rid in ("s-1", "s-2"):
+            await uow.enrollments.put(sym_enrollment(rid))
+        await uow.groups.put(sym_group("s-g"))
+        await uow.registrations.put(registration("s-1"))
+        await uow.registrations.put(registration("s-2", "s-g"))
+        await uow.registrations.put(registration("s-3", status="failed"))
+        await uow.devices.put(device("hub1.example", "s-1"))
+        await uow.devices.put(replace(device("hub1.example", "s-2"), status="disabled"))
+        await uow.devices.put(device("hub2.example", "s-3"))
+        await uow.refusals.add(Refusal("s-x", "enrollment_not_found", "one", "x509", now))
+        await uow.refusals.add(Refusal("s-x", "enrollment_not_found", "old", "x509", now - timedelta(hours=2)))
+    async with store.read() as uow:
+        counts = await uow.stats.counts()
+        assigned, refused = await uow.stats.per_minute(now - timedelta(hours=1))
+        later = await uow.stats.per_minute(now + timedelta(minutes=5))
+        assert (await uow.stats.devices("hub1.example")).total == 2
+        assert (await uow.stats.devices("hub1.example")).enabled == 1
+        assert (await uow.stats.devices("hub2.example")).total == 1
+        assert (await uow.stats.devices("nowhere")).total == 0
+    assert (counts.enrollments, counts.groups) == (2, 1)
+    assert dict(counts.registrations) == {"assigned": 2, "failed": 1}
+    # Both assignments were written a moment ago: in this minute (or the next, at a boundary).
+    assert sum(assigned.values()) == 2 and sum(refused.values()) == 1
+    for minute in (*assigned, *refused):
+        assert is_utc(minute) and minute.second == 0 and minute.microsecond == 0
+        assert abs(minute - now.replace(second=0, microsecond=0)) <= timedelta(minutes=1)
+    assert later == ({}, {})
+
+
 # --------------------------------------------------------------------------- secrets
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_PAGE_SIZE",
     "MAX_PAGE_SIZE",
     "ApiContext",
+    "ServiceAbout",
     "if_match",
     "json_object",
     "json_response",
@@ -36,6 +37,16 @@ _JSON = "application/json"
 
 
 @dataclass(frozen=True, slots=True)
+class ServiceAbout:
+    """What the server tells operators about itself (GET /status): the host name devices use,
+    the endpoints it listens on, and the hubs whose service API and devices it serves."""
+
+    device_host: str | None = None
+    endpoints: tuple[str, ...] = ()
+    hubs_served: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ApiContext:
     store: Store
     service: ProvisioningService
@@ -46,6 +57,7 @@ class ApiContext:
     hub_name: str | None = None
     # Where custom-allocation webhooks may point (checked when an enrollment is written).
     webhook_destinations: WebhookDestinations = field(default_factory=WebhookDestinations)
+    about: ServiceAbout = ServiceAbout()
 
     async def trust_changed(self) -> None:
         """Tell the TLS layer its anchors changed (verified CAs, X.509 enrollments, groups)."""

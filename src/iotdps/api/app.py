@@ -6,7 +6,12 @@ the JSON error body of `api.errors`. `/openapi.json` (no credentials needed) is 
 the same route table.
 
 Hub service API routes (`scope == "hub"`) are served for the hub the request's Host names
-(the SDK's connection string HostName); the token's `sr` must name that hub too.
+(the SDK's connection string HostName), or the `x-iotdps-hub` header when present (a browser
+cannot choose its Host); the token's `sr` must name that hub too.
+
+The console (iotdps.web) signs in once and then calls these same routes with a session
+cookie instead of a token: `AccessPolicies.authorize` maps the session to its policies and
+checks the same permission per route, plus a CSRF token on every change.
 """
 
 from __future__ import annotations
@@ -20,11 +25,11 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from iotdps.allocation.destinations import WebhookDestinations
-from iotdps.api._http import ApiContext
-from iotdps.api.auth import AccessPolicies
+from iotdps.api._http import ApiContext, ServiceAbout
+from iotdps.api.auth import AccessPolicies, SessionGate
 from iotdps.api.errors import ApiError, error_response, response_for
 from iotdps.api.hub_service import HubOperations
-from iotdps.api.routes import ROUTES, Route, openapi_document
+from iotdps.api.routes import HUB_HEADER, ROUTES, Route, openapi_document
 from iotdps.errors import IotdpsError
 from iotdps.provisioning.ports import Store
 from iotdps.provisioning.service import ProvisioningService
@@ -65,12 +70,18 @@ def _request_host(request: web.Request) -> str:
 
 
 def _bind(
-    route: Route, ctx: ApiContext, policies: AccessPolicies, host_names: Sequence[str], hubs: Mapping[str, str]
+    route: Route,
+    ctx: ApiContext,
+    policies: AccessPolicies,
+    host_names: Sequence[str],
+    hubs: Mapping[str, str],
+    sessions: SessionGate | None,
 ) -> _Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         names, request_ctx = host_names, ctx
         if route.scope == "hub":
-            hub = hubs.get(_request_host(request))
+            named = request.headers.get(HUB_HEADER)
+            hub = hubs.get(named.strip().lower() if named is not None else _request_host(request))
             if hub is None:
                 raise ApiError(
                     404,
@@ -79,11 +90,14 @@ def _bind(
                     "the Host of this request names no IoT hub served here; use HostName=<hub host name>:<port>",
                 )
             names, request_ctx = (hub,), replace(ctx, hub_name=hub)
-        policies.authenticate(
-            request.headers.get("Authorization"),
+        policies.authorize(
+            request.headers,
+            request.cookies,
+            request.method,
             host_names=names,
             path=request.path,
             needed=route.permission,
+            sessions=sessions,
         )
         return await route.handler(request_ctx, request)
 
@@ -102,6 +116,8 @@ def build_management_app(
     hub: HubOperations | None = None,
     hub_hosts: Sequence[str] = (),
     webhook_destinations: WebhookDestinations | None = None,
+    sessions: SessionGate | None = None,
+    about: ServiceAbout | None = None,
 ) -> web.Application:
     """The management API. `host_names`: the names (and addresses) clients reach the service
     by; a token's `sr` must name one of them. `max_body`: the largest request body accepted.
@@ -109,9 +125,12 @@ def build_management_app(
     `hub`: the running hub (HubRuntime) and `hub_hosts` the host names of its hubs, for the hub
     service API; without them the hub routes answer 404 (no hub) or 503 (needs the runtime).
     `webhook_destinations`: where an enrollment's custom-allocation webhook may point (default:
-    HTTPS to public addresses only)."""
+    HTTPS to public addresses only).
+    `sessions`: the console's session table (iotdps.web), a second way in besides tokens.
+    `about`: the endpoints and device host name GET /status reports."""
     if not host_names:
         raise ValueError("host_names must name at least one host")
+    about = replace(about or ServiceAbout(), hubs_served=tuple(hub_hosts))
     ctx = ApiContext(
         store,
         service,
@@ -119,6 +138,7 @@ def build_management_app(
         on_trust_changed,
         hub,
         webhook_destinations=webhook_destinations or WebhookDestinations(),
+        about=about,
     )
     hubs = {name.lower(): name for name in hub_hosts}
     # client_max_size is a backstop above ours: read_json refuses first with a clearer message.
@@ -132,5 +152,5 @@ def build_management_app(
 
     app.router.add_get("/openapi.json", openapi, allow_head=False)
     for route in ROUTES:
-        app.router.add_route(route.method, route.path, _bind(route, ctx, policies, names, hubs))
+        app.router.add_route(route.method, route.path, _bind(route, ctx, policies, names, hubs, sessions))
     return app

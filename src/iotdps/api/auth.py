@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote, quote_plus, unquote, unquote_plus, urlsplit
 
 from iotdps.errors import InvalidInput, Unauthorized
@@ -41,15 +41,19 @@ from iotdps.fsutil import atomic_write
 from iotdps.secret import Secret
 
 __all__ = [
+    "CSRF_HEADER",
     "DEFAULT_POLICIES",
     "HUB_OWNER_POLICY",
     "HUB_POLICIES",
     "HUB_RIGHTS",
     "OWNER_POLICY",
     "POLICIES_FILE",
+    "SESSION_COOKIE",
     "AccessPolicies",
     "AccessPolicy",
     "Permission",
+    "SessionGate",
+    "key_digest",
     "make_service_sas",
 ]
 
@@ -301,6 +305,65 @@ class AccessPolicies:
                 f"access policy {policy.name} does not grant {needed.value}",
             )
         return policy
+
+
+    # ------------------------------------------------------------------ browser sessions
+
+    def authorize(
+        self,
+        headers: Mapping[str, str],
+        cookies: Mapping[str, str],
+        method: str,
+        *,
+        host_names: Sequence[str],
+        path: str,
+        needed: Permission | None,
+        sessions: SessionGate | None,
+    ) -> AccessPolicy:
+        """The policy a request acts as: its SharedAccessSignature's, or, with no Authorization
+        header, the console session its cookie names (iotdps.web). A session stands for the
+        policies whose keys the operator gave at login and holds the same rights, checked
+        here route by route like a token's; a change (any method but GET/HEAD/OPTIONS) must
+        also carry the session's CSRF token (403 without it). A policy whose keys were
+        rotated since the login no longer counts for the session."""
+        header = headers.get("Authorization")
+        cookie = cookies.get(SESSION_COOKIE)
+        if header or sessions is None or not cookie:
+            return self.authenticate(header, host_names=host_names, path=path, needed=needed)
+        proven = sessions.proven(cookie, headers.get(CSRF_HEADER), change=method.upper() not in _SAFE_METHODS)
+        for name, digest in sorted(proven.items()):
+            policy = self._policies.get(name)
+            if policy is None or not any(
+                hmac.compare_digest(digest, key_digest(k.reveal())) for k in (policy.primary_key, policy.secondary_key)
+            ):
+                continue
+            if needed is None or needed in policy.rights:
+                return policy
+        wanted = needed.value if needed is not None else "access"
+        log.info("console session refused: its policies (%s) do not grant %s", ", ".join(sorted(proven)), wanted)
+        raise Unauthorized(f"the policies of this session do not grant {wanted}")
+
+
+# The console's session cookie: `__Host-` makes the browser insist on Secure, Path=/ and no
+# Domain, so no other host (or plain-HTTP origin) can set or read it.
+SESSION_COOKIE = "__Host-iotdps-session"
+CSRF_HEADER = "X-CSRF-Token"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def key_digest(key: str) -> str:
+    """What a session remembers of the key it was opened with: enough to notice a rotation."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+class SessionGate(Protocol):
+    """The console's session table (iotdps.web.sessions), as the API's check sees it."""
+
+    def proven(self, session_id: str, csrf_token: str | None, *, change: bool) -> Mapping[str, str]:
+        """Policy name -> key_digest of the key given at login, for a live session. Raises
+        Unauthorized for an unknown or expired session, and Forbidden when `change` and
+        `csrf_token` is missing or not the session's."""
+        ...
 
 
 _GENERIC = "the SharedAccessSignature is not valid for this service"

@@ -19,6 +19,7 @@ from iotdps.enrollment.models import format_time, utcnow
 from iotdps.errors import (
     AlreadyExists,
     ConfigError,
+    Forbidden,
     InvalidInput,
     IotdpsError,
     NotFound,
@@ -43,6 +44,7 @@ class _Code:
 # Order matters: the first class an error is an instance of wins.
 _TABLE: tuple[tuple[type[IotdpsError], _Code], ...] = (
     (Unauthorized, _Code(401, 401002, "Unauthorized")),
+    (Forbidden, _Code(403, 403001, "Forbidden")),
     (NotFound, _Code(404, 404201, "NotFound")),
     (AlreadyExists, _Code(409, 409201, "Conflict")),
     (PreconditionFailed, _Code(412, 412002, "PreconditionFailed")),

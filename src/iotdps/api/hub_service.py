@@ -10,6 +10,7 @@
     POST   /twins/{id}/methods          invoke a direct method
     POST   /devices/{id}/messages/deviceBound   iotdps: queue a cloud-to-device message
     GET    /devices/{id}/messages/events        iotdps: recent telemetry of the device
+    GET    /devices/{id}/messages/events/stream iotdps: new telemetry as server-sent events
 
 Which hub: every hub has its own host name, and the SDK addresses one by its connection
 string's HostName (`HostName=<hub host>:<management port>`): the request's `Host` names the
@@ -49,7 +50,7 @@ from aiohttp import web
 from iotdps.api._http import ApiContext, if_match, json_object, json_response, read_json
 from iotdps.api.errors import ApiError
 from iotdps.enrollment.models import format_time
-from iotdps.errors import InvalidInput, IotdpsError, NotFound, PreconditionFailed
+from iotdps.errors import InvalidInput, IotdpsError, NotFound, PreconditionFailed, Throttled
 
 # The twin's merge rules are the hub's (pure functions): one definition of a patch for the
 # device side and the service side.
@@ -72,6 +73,7 @@ __all__ = [
     "read_events",
     "replace_twin",
     "send_c2d",
+    "stream_events",
     "twin_etag",
     "twin_json",
 ]
@@ -90,6 +92,7 @@ class HubOperations(Protocol):
     """What the API needs of the running hub (iotdps.hub.HubRuntime provides it)."""
 
     def is_connected(self, hub: str, device_id: str) -> bool: ...
+    def connected_count(self, hub: str) -> int: ...
     def disconnect(self, hub: str, device_id: str, reason: str = ...) -> bool: ...
     async def update_desired(
         self,
@@ -637,3 +640,81 @@ def _query_int(request: web.Request, name: str, default: int | None, low: int, h
     if value < low or (high is not None and value > high):
         raise InvalidInput(f"{name} must be between {low} and {high}" if high else f"{name} must be at least {low}")
     return value
+
+
+# --------------------------------------------------------------------------- live telemetry
+
+# The stream reads the store (where the hub's writer puts every acknowledged message), so it
+# shows what every node of a fleet received, at the cost of a short poll.
+_STREAM_POLL = 0.5
+_STREAM_HEARTBEAT = 15.0
+_STREAM_BATCH = 100
+_MAX_STREAMS = 64
+_open_streams = 0
+
+
+def _last_event_id(request: web.Request) -> int | None:
+    raw = request.headers.get("Last-Event-ID")
+    if raw is None or not raw.strip():
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidInput("Last-Event-ID must be a sequenceNumber") from None
+    if value < 0:
+        raise InvalidInput("Last-Event-ID must be a sequenceNumber")
+    return value
+
+
+async def stream_events(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
+    """Server-sent events: each new telemetry message of the device as `event: telemetry`
+    (`id:` its sequenceNumber, `data:` the TelemetryEvent JSON), from `after` (or the
+    Last-Event-ID a reconnecting EventSource sends) or else from now on, until `timeout`
+    seconds have passed; then `event: end` and the stream closes (a client reconnects)."""
+    global _open_streams
+    hub, device_id = _hub(ctx), _device_id(request)
+    after = _query_int(request, "after", None, 0, None)
+    if after is None:
+        after = _last_event_id(request)
+    seconds = _query_int(request, "timeout", 300, 1, 3600)
+    async with ctx.store.read() as uow:
+        if await uow.devices.get(hub, device_id) is None:
+            raise _device_not_found(device_id)
+        if after is None:
+            newest = await cast(HubUnitOfWork, uow).telemetry.list(hub, device_id, limit=1, newest=True)
+            after = (newest[-1].seq or 0) if newest else 0
+    if _open_streams >= _MAX_STREAMS:
+        raise Throttled(f"{_MAX_STREAMS} telemetry streams are open; try again later", 5)
+    _open_streams += 1
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    )
+    try:
+        await response.prepare(request)
+        await response.write(b": telemetry of " + device_id.encode() + b"\n\n")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        quiet_since = loop.time()
+        while loop.time() < deadline:
+            async with ctx.store.read() as uow:
+                found = await cast(HubUnitOfWork, uow).telemetry.list(
+                    hub, device_id, after=after, limit=_STREAM_BATCH
+                )
+            for message in found:
+                data = json.dumps(_event_json(message))
+                await response.write(f"id: {message.seq}\nevent: telemetry\ndata: {data}\n\n".encode())
+                after = message.seq
+            now = loop.time()
+            if found:
+                quiet_since = now
+            elif now - quiet_since >= _STREAM_HEARTBEAT:
+                await response.write(b": keep-alive\n\n")
+                quiet_since = now
+            if len(found) < _STREAM_BATCH:
+                await asyncio.sleep(max(0.0, min(_STREAM_POLL, deadline - now)))
+        await response.write(b"event: end\ndata: {}\n\n")
+    except ConnectionError:
+        pass  # the client went away; nothing to answer
+    finally:
+        _open_streams -= 1
+    return response

@@ -16,16 +16,20 @@ from aiohttp import web
 from iotdps.api import enrollments as enr
 from iotdps.api import hub_service as hubs
 from iotdps.api import service_config as cfg
+from iotdps.api import statistics as stats
 from iotdps.api._http import ApiContext
-from iotdps.api.auth import Permission
+from iotdps.api.auth import CSRF_HEADER, SESSION_COOKIE, Permission
 from iotdps.api.schemas import COMPONENTS, REGISTRATION_ID, ref
 
-__all__ = ["API_VERSIONS", "ROUTES", "Handler", "Route", "openapi_document"]
+__all__ = ["API_VERSIONS", "HUB_HEADER", "ROUTES", "Handler", "Route", "openapi_document"]
 
 Handler = Callable[[ApiContext, web.Request], Awaitable[web.StreamResponse]]
 
 # What the official SDKs send (the server answers every version the same way).
 API_VERSIONS = ("2021-10-01", "2019-03-31", "2018-09-01-preview", "2025-07-01-preview")
+# Names the hub of a hub route when the Host cannot (a browser sets the Host itself): the
+# console sends it. The rules stay the same: a token's `sr` must name that hub too.
+HUB_HEADER = "x-iotdps-hub"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +52,7 @@ class Route:
     errors: tuple[int, ...] = field(default=(400, 401))
     # "hub": a hub service API route; the request's Host names the hub (api.hub_service).
     scope: str = "dps"
+    content_type: str = "application/json"  # of the success body
 
 
 _ENR = enr.handlers(enr.ENROLLMENTS)
@@ -379,6 +384,16 @@ _DPS_ROUTES: tuple[Route, ...] = (
         answer=ref("Explanation"),
         errors=(400, 401, 404),
     ),
+    Route(
+        "GET",
+        "/status",
+        stats.service_status,
+        _RR,
+        "Status_Get",
+        "ID scope, endpoints, linked hubs, record counts, assignments and refusals per minute (an iotdps addition)",
+        "status",
+        answer=ref("ServiceStatus"),
+    ),
 )
 
 
@@ -525,6 +540,47 @@ _HUB_ROUTES: tuple[Route, ...] = (
         errors=(400, 401, 404),
         scope="hub",
     ),
+    Route(
+        "GET",
+        f"{_DEV}/messages/events/stream",
+        hubs.stream_events,
+        _SV,
+        "Telemetry_Stream",
+        "New telemetry of a device as server-sent events (an iotdps addition)",
+        "hub messages",
+        answer={"type": "string", "description": "`event: telemetry` with `id:` and `data:` a TelemetryEvent"},
+        content_type="text/event-stream",
+        query=(
+            ("after", {"type": "integer", "minimum": 0}, "from this sequenceNumber on (else Last-Event-ID, else now)"),
+            ("timeout", {"type": "integer", "minimum": 1, "maximum": 3600}, "close after this many seconds (300)"),
+        ),
+        errors=(400, 401, 404, 429),
+        scope="hub",
+    ),
+    Route(
+        "GET",
+        "/statistics/devices",
+        stats.device_statistics,
+        _GR,
+        "Statistics_GetDeviceStatistics",
+        "Device identities of the hub: total, enabled, disabled",
+        "hub statistics",
+        answer=ref("RegistryStatistics"),
+        errors=(400, 401, 404),
+        scope="hub",
+    ),
+    Route(
+        "GET",
+        "/statistics/service",
+        stats.service_statistics,
+        _SV,
+        "Statistics_GetServiceStatistics",
+        "Devices of the hub connected now",
+        "hub statistics",
+        answer=ref("ServiceStatistics"),
+        errors=(400, 401, 404),
+        scope="hub",
+    ),
 )
 
 ROUTES: tuple[Route, ...] = (*_DPS_ROUTES, *_HUB_ROUTES)
@@ -535,10 +591,11 @@ ROUTES: tuple[Route, ...] = (*_DPS_ROUTES, *_HUB_ROUTES)
 _REASONS = {
     400: "Invalid input: the message says what is wrong; nothing was stored",
     401: "Missing or invalid SharedAccessSignature, or the policy lacks the permission",
+    403: "A change through a console session without the session's CSRF token",
     404: "Not found (for hub routes also: the Host names no hub served here, or the device is not online)",
     409: "The device already exists",
     412: "If-Match does not match the stored etag",
-    429: "The device's cloud-to-device queue is full",
+    429: "The device's cloud-to-device queue is full, or too many telemetry streams are open",
     504: "The device did not answer the direct method in time",
 }
 
@@ -568,6 +625,16 @@ def _operation(route: Route) -> dict[str, Any]:
     for name in ("id", "name"):
         if "{" + name + "}" in route.path:
             params.append({"name": name, "in": "path", "required": True, "schema": _path_schema(route.path, name)})
+    if route.scope == "hub":
+        params.append(
+            {
+                "name": HUB_HEADER,
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": "the hub, when the Host cannot name it (a browser): its host name",
+            }
+        )
     if route.if_match:
         params.append(
             {
@@ -602,7 +669,7 @@ def _operation(route: Route) -> dict[str, Any]:
 
     success: dict[str, Any] = {"description": route.summary}
     if route.answer is not None:
-        success["content"] = {"application/json": {"schema": route.answer}}
+        success["content"] = {route.content_type: {"schema": route.answer}}
     headers: dict[str, Any] = {}
     if route.paged:
         headers["x-ms-continuation"] = {"schema": {"type": "string"}, "description": "absent on the last page"}
@@ -613,7 +680,8 @@ def _operation(route: Route) -> dict[str, Any]:
     if headers:
         success["headers"] = headers
     responses: dict[str, Any] = {str(route.status): success}
-    for status in route.errors:
+    errors = route.errors if route.method == "GET" else tuple(sorted({*route.errors, 403}))
+    for status in errors:
         responses[str(status)] = {
             "description": _REASONS[status],
             "headers": {"x-ms-error-code": {"schema": {"type": "string"}, "required": True}},
@@ -625,7 +693,7 @@ def _operation(route: Route) -> dict[str, Any]:
         "tags": [route.tag],
         "parameters": params,
         "responses": responses,
-        "security": [{"sas": []}],
+        "security": [{"sas": []}, {"session": []}],
     }
     if route.permission is not None:
         op["x-permission"] = route.permission.value
@@ -650,12 +718,21 @@ def openapi_document(server_url: str | None = None) -> dict[str, Any]:
             "service configuration (CA certificates, linked hubs, settings), and the IoT hub service API "
             "subset (devices, twins, direct methods; cloud-to-device messages and telemetry are iotdps "
             "additions). Authorization: `SharedAccessSignature sr=<host>&sig=..&se=..&skn=<policy>`; "
-            "for hub routes the Host and `sr` name the hub.",
+            "for hub routes the Host (or x-iotdps-hub) and `sr` name the hub. The console calls the same "
+            "routes with its session cookie.",
         },
         "paths": paths,
         "components": {
             "schemas": COMPONENTS,
-            "securitySchemes": {"sas": {"type": "apiKey", "in": "header", "name": "Authorization"}},
+            "securitySchemes": {
+                "sas": {"type": "apiKey", "in": "header", "name": "Authorization"},
+                "session": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": SESSION_COOKIE,
+                    "description": f"the console's session (POST /console/session); changes also need {CSRF_HEADER}",
+                },
+            },
         },
     }
     if server_url:

@@ -122,6 +122,8 @@ _CA = {
             "required": ["isVerified", "certificate"],
             "properties": {
                 "subject": _STR,
+                "issuer": _STR,
+                "notBefore": _STR,
                 "expiry": _STR,
                 "thumbprint": _STR,
                 "sha256Thumbprint": _STR,
@@ -409,3 +411,62 @@ COMPONENTS: dict[str, Any] = {
     "Explanation": {"type": "object", "required": ["lines"], "properties": {"lines": {"type": "array", "items": _STR}}},
 }
 COMPONENTS.update(HUB_COMPONENTS)
+
+_COUNT: dict[str, Any] = {"type": "integer", "minimum": 0}
+COMPONENTS.update(
+    {
+        "ServiceStatus": {
+            "type": "object",
+            "required": ["endpoints", "linkedHubs", "enrollments", "enrollmentGroups", "registrations", "perMinute"],
+            "properties": {
+                "idScope": _STR_OR_NULL,
+                "deviceProvisioningHostName": _STR_OR_NULL,
+                "endpoints": {"type": "array", "items": _STR},
+                "linkedHubs": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["hostName", "served"],
+                        "properties": {
+                            "hostName": _STR,
+                            "allocationWeight": {"type": "integer"},
+                            "served": {"type": "boolean", "description": "this process serves the hub"},
+                        },
+                    },
+                },
+                "enrollments": _COUNT,
+                "enrollmentGroups": _COUNT,
+                "registrations": {
+                    "type": "object",
+                    "description": "registration records by status",
+                    "additionalProperties": _COUNT,
+                },
+                "perMinute": {
+                    "type": "object",
+                    "required": ["start", "minutes", "assignments", "refusals"],
+                    "description": "one count per minute from start (UTC), the current minute last",
+                    "properties": {
+                        "start": _STR,
+                        "minutes": {"type": "integer"},
+                        "assignments": {"type": "array", "items": _COUNT},
+                        "refusals": {"type": "array", "items": _COUNT},
+                    },
+                },
+            },
+        },
+        "RegistryStatistics": {
+            "type": "object",
+            "required": ["totalDeviceCount", "enabledDeviceCount", "disabledDeviceCount"],
+            "properties": {
+                "totalDeviceCount": _COUNT,
+                "enabledDeviceCount": _COUNT,
+                "disabledDeviceCount": _COUNT,
+            },
+        },
+        "ServiceStatistics": {
+            "type": "object",
+            "required": ["connectedDeviceCount"],
+            "properties": {"connectedDeviceCount": _COUNT},
+        },
+    }
+)

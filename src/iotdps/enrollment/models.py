@@ -592,6 +592,9 @@ class CaCertificate:
             "properties": _drop_none(
                 {
                     "subject": self.info.get("subjectName"),
+                    # The issuer lets a client draw the hierarchy (root -> factory -> line).
+                    "issuer": self.info.get("issuerName"),
+                    "notBefore": self.info.get("notBeforeUtc"),
                     "expiry": self.info.get("notAfterUtc"),
                     "thumbprint": self.info.get("sha1Thumbprint"),
                     "sha256Thumbprint": self.info.get("sha256Thumbprint"),

@@ -166,6 +166,11 @@ class HubRuntime:
     def connection_count(self) -> int:
         return len(self._live)
 
+    def connected_count(self, hub: str) -> int:
+        """Devices of `hub` connected to this process now (0 for a hub not served here)."""
+        name = self._hosts.get(hub.lower())
+        return sum(1 for live_hub, _device in self._live if live_hub == name)
+
     def _canonical(self, hub: str) -> str:
         name = self._hosts.get(hub.lower())
         if name is None:

@@ -39,6 +39,7 @@ from iotdps.registry.models import DeviceIdentity
 __all__ = [
     "CaRepo",
     "Clock",
+    "DeviceCounts",
     "DeviceRepo",
     "EnrollmentRepo",
     "GroupRepo",
@@ -47,7 +48,9 @@ __all__ = [
     "Refusal",
     "RefusalLog",
     "RegistrationRepo",
+    "ServiceCounts",
     "SettingsRepo",
+    "StatisticsRepo",
     "Store",
     "UnitOfWork",
     "WebhookResponse",
@@ -175,6 +178,40 @@ class RefusalLog(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class ServiceCounts:
+    """How many records the provisioning service holds; `registrations` by status."""
+
+    enrollments: int
+    groups: int
+    registrations: Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceCounts:
+    """Device identities of one hub."""
+
+    total: int
+    enabled: int
+
+
+class StatisticsRepo(Protocol):
+    """Counts for operators (the console's overview, the hub's statistics routes). Answers come
+    from the database, so every node of a fleet shows the same numbers, and they survive a
+    restart."""
+
+    async def counts(self) -> ServiceCounts: ...
+
+    async def per_minute(self, since: datetime) -> tuple[Mapping[datetime, int], Mapping[datetime, int]]:
+        """(assignments, refusals) per minute from `since` on, keyed by the minute's start
+        (UTC, seconds zero). An assigned registration counts in the minute of its latest
+        assignment (a device assigned twice in the window counts once); refusals count as
+        far back as the bounded refusal log reaches."""
+        ...
+
+    async def devices(self, hub: str) -> DeviceCounts: ...
+
+
 class UnitOfWork(Protocol):
     enrollments: EnrollmentRepo
     groups: GroupRepo
@@ -184,6 +221,7 @@ class UnitOfWork(Protocol):
     registrations: RegistrationRepo
     devices: DeviceRepo
     refusals: RefusalLog
+    stats: StatisticsRepo
 
     async def derived(self, key: tuple[Any, ...], compute: Callable[[], Awaitable[T]]) -> T:
         """`compute()`, or the answer it gave for the same key earlier, in this or an earlier

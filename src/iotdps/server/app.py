@@ -31,6 +31,7 @@ from aiohttp import web
 from cryptography import x509
 
 from iotdps.allocation.webhook_http import AiohttpWebhookTransport
+from iotdps.api._http import ServiceAbout
 from iotdps.api.app import build_management_app
 from iotdps.api.auth import HUB_RIGHTS, AccessPolicies
 from iotdps.attestation.x509 import X509Evidence, evidence_from_chain
@@ -53,6 +54,7 @@ from iotdps.server.ratelimit import TokenBucket
 from iotdps.server.tls import PeerIdentity, ServerTls, load_pem_chain, load_pem_key
 from iotdps.server.ws_bridge import WEBSOCKET_PATH, serve_mqtt_websocket
 from iotdps.store import open_store
+from iotdps.web import Console
 
 __all__ = ["HubRouter", "Server", "StartupInfo", "new_id_scope"]
 
@@ -150,7 +152,10 @@ class Server:
         self._anchor_prints = frozenset(sha256_thumbprint(c) for c in anchors)
         self._anchors = anchors
         endpoints = await self._listen()
+        endpoints.append(f"https://{config.management.bind}:{config.management.port} (management API)")
+        endpoints.append(f"https://{config.management.bind}:{config.management.port}/console/ (console)")
         policies = AccessPolicies.load_or_create(config.data_dir)
+        console = Console(policies)
         management = build_management_app(
             self.store,
             self.service,
@@ -160,7 +165,10 @@ class Server:
             hub=self.hub_runtime,
             hub_hosts=hub_hosts if self.hub_runtime is not None else (),
             webhook_destinations=config.allocation.webhook_destinations,
+            about=ServiceAbout(config.dps.host_name, tuple(endpoints)),
+            sessions=console.sessions,
         )
+        console.mount(management)
         # The hub service API is reached at each hub's host name: serve the management port on
         # every hub address too (unless the management API already listens on all addresses).
         extra = [] if is_unspecified(config.management.bind) else [h.bind for h in config.effective_hubs]
@@ -168,7 +176,6 @@ class Server:
         await self._serve_app(management, config.management.bind, config.management.port, extra_hosts=extra)
         if self.hub_runtime is not None:
             await self._serve_control(self.hub_runtime)
-        endpoints.append(f"https://{config.management.bind}:{config.management.port} (management API)")
         self._tasks.append(asyncio.get_running_loop().create_task(self._watch_trust()))
         notes = []
         if server_files.passphrase_file is not None:

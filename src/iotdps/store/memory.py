@@ -36,6 +36,7 @@ from iotdps.ids import registration_key
 from iotdps.provisioning.ports import (
     CaRepo,
     Clock,
+    DeviceCounts,
     DeviceRepo,
     EnrollmentRepo,
     GroupRepo,
@@ -44,7 +45,9 @@ from iotdps.provisioning.ports import (
     Refusal,
     RefusalLog,
     RegistrationRepo,
+    ServiceCounts,
     SettingsRepo,
+    StatisticsRepo,
 )
 from iotdps.registry.hub import C2DRepo, CloudMessage, HubSession, HubSessionRepo, TelemetryMessage, TelemetryRepo
 from iotdps.registry.models import DeviceIdentity
@@ -557,6 +560,49 @@ class _HubSessions:
         self._write().pop((hub, device_id), None)
 
 
+def _minute(at: datetime) -> datetime:
+    return rec.to_utc(at).replace(second=0, microsecond=0)
+
+
+class _Stats:
+    def __init__(self, tx: _Tx) -> None:
+        self._tx = tx
+
+    async def counts(self) -> ServiceCounts:
+        by_status: dict[str, int] = {}
+        for row in self._tx.read("registrations").values():
+            status = str(row.load().get("status"))
+            by_status[status] = by_status.get(status, 0) + 1
+        return ServiceCounts(len(self._tx.read("enrollments")), len(self._tx.read("groups")), by_status)
+
+    async def per_minute(self, since: datetime) -> tuple[Mapping[datetime, int], Mapping[datetime, int]]:
+        since = rec.to_utc(since)
+        assigned: dict[datetime, int] = {}
+        for row in self._tx.read("registrations").values():
+            if row.updated is not None and row.updated >= since and row.load().get("status") == "assigned":
+                minute = _minute(row.updated)
+                assigned[minute] = assigned.get(minute, 0) + 1
+        refused: dict[datetime, int] = {}
+        # Refusals are entries counted per (reason, registration id, peer): each counts once,
+        # in the minute it was last seen (as the SQL store does).
+        store = self._tx.store
+        entries, _ = _count_refusals(store.refusals, store.refusal_serial, self._tx.new_refusals)
+        kept = [r for _, _, r in retained_refusals(((k, n, r) for k, (n, r) in entries.items()), store.refusal_limit)]
+        for refusal in kept:
+            if rec.to_utc(refusal.at) >= since:
+                minute = _minute(refusal.at)
+                refused[minute] = refused.get(minute, 0) + 1
+        return assigned, refused
+
+    async def devices(self, hub: str) -> DeviceCounts:
+        total = enabled = 0
+        for key, row in self._tx.read("devices").items():
+            if isinstance(key, tuple) and key[0] == hub:
+                total += 1
+                enabled += row.load().get("status") == "enabled"
+        return DeviceCounts(total, enabled)
+
+
 class _UnitOfWork:
     def __init__(self, tx: _Tx) -> None:
         # Annotated with the port types: the UnitOfWork protocol's attributes are invariant.
@@ -568,6 +614,7 @@ class _UnitOfWork:
         self.registrations: RegistrationRepo = _Registrations(tx)
         self.devices: DeviceRepo = _Devices(tx)
         self.refusals: RefusalLog = _Refusals(tx)
+        self.stats: StatisticsRepo = _Stats(tx)
         self.telemetry: TelemetryRepo = _Telemetry(tx)
         self.c2d: C2DRepo = _C2D(tx)
         self.hub_sessions: HubSessionRepo = _HubSessions(tx)

@@ -30,7 +30,7 @@ from collections import namedtuple
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal, TypeVar, cast
 
 import asyncpg
@@ -70,6 +70,7 @@ from iotdps.ids import registration_key
 from iotdps.provisioning.ports import (
     CaRepo,
     Clock,
+    DeviceCounts,
     DeviceRepo,
     EnrollmentRepo,
     GroupRepo,
@@ -78,7 +79,9 @@ from iotdps.provisioning.ports import (
     Refusal,
     RefusalLog,
     RegistrationRepo,
+    ServiceCounts,
     SettingsRepo,
+    StatisticsRepo,
 )
 from iotdps.registry.hub import C2DRepo, CloudMessage, HubSession, HubSessionRepo, TelemetryMessage, TelemetryRepo
 from iotdps.registry.models import DeviceIdentity
@@ -941,7 +944,7 @@ class _Refusals:
             },
         )
 
-    def _kept(self) -> Select[Any]:
+    def kept(self) -> Select[Any]:
         """Ids of the entries fair eviction keeps (store._common, "refusal retention"): ranked
         within their (source, reason), newest first; kept by rank, then recency."""
         table = self._t
@@ -977,13 +980,13 @@ class _Refusals:
             },
         )
         if self._tx.store.count_refusal():
-            await self._tx.run(delete(self._t).where(self._t.c.id.not_in(self._kept())))
+            await self._tx.run(delete(self._t).where(self._t.c.id.not_in(self.kept())))
 
     async def list(self, registration_id: str | None = None, limit: int = 100) -> Sequence[Refusal]:
         if limit < 1:
             raise InvalidInput("limit must be at least 1")
         # Pruning runs every few inserts; the same rule applied here makes the bound exact.
-        kept = self._kept().subquery("kept")
+        kept = self.kept().subquery("kept")
         query = select(self._t).join(kept, kept.c.id == self._t.c.id)
         if registration_id is not None:
             query = query.where(self._t.c.registration_id == registration_id)
@@ -1002,6 +1005,56 @@ class _Refusals:
             )
             for r in rows
         ]
+
+
+class _Stats:
+    """Counts by SQL aggregates: no document is loaded. The per-minute buckets are a string
+    prefix on SQLite (which keeps times as ISO text) and date_trunc on PostgreSQL."""
+
+    def __init__(self, tx: _SqlTx) -> None:
+        self._tx = tx
+
+    async def _count(self, table: Table) -> int:
+        return int((await self._tx.run(select(func.count()).select_from(table))).scalar_one())
+
+    async def counts(self) -> ServiceCounts:
+        reg = t.registrations
+        rows = (await self._tx.run(select(reg.c.status, func.count()).group_by(reg.c.status))).all()
+        return ServiceCounts(
+            await self._count(t.individual_enrollments),
+            await self._count(t.enrollment_groups),
+            {str(status): int(n) for status, n in rows},
+        )
+
+    def _minute(self, column: Any) -> Any:
+        return func.date_trunc("minute", column) if self._tx.pg else func.substr(column, 1, 16)
+
+    def _load_minute(self, value: Any) -> datetime:
+        if isinstance(value, datetime):
+            return rec.to_utc(value).replace(second=0, microsecond=0)
+        return datetime.strptime(str(value), "%Y-%m-%d %H:%M").replace(tzinfo=UTC)
+
+    async def _buckets(self, column: Any, *where: ColumnElement[bool]) -> dict[datetime, int]:
+        bucket = self._minute(column).label("minute")
+        rows = (await self._tx.run(select(bucket, func.count()).where(*where).group_by(bucket))).all()
+        return {self._load_minute(minute): int(n) for minute, n in rows}
+
+    async def per_minute(self, since: datetime) -> tuple[Mapping[datetime, int], Mapping[datetime, int]]:
+        reg, ref = t.registrations, t.refusals
+        assigned = await self._buckets(reg.c.updated, reg.c.updated >= since, reg.c.status == "assigned")
+        # Refusals are entries counted per (reason, registration id, peer): each counts once, in
+        # the minute it was last seen, within the same bound as RefusalLog.list (entries past
+        # it that pruning has not reached yet are not counted).
+        kept = ref.c.id.in_(_Refusals(self._tx).kept())
+        refused = await self._buckets(ref.c.at, ref.c.at >= since, kept)
+        return assigned, refused
+
+    async def devices(self, hub: str) -> DeviceCounts:
+        dev = t.devices
+        status = dev.c.doc["status"].as_string()
+        rows = (await self._tx.run(select(status, func.count()).where(dev.c.hub == hub).group_by(status))).all()
+        counts = {str(s): int(n) for s, n in rows}
+        return DeviceCounts(sum(counts.values()), counts.get("enabled", 0))
 
 
 def _bag(props: object) -> dict[str, str | None]:
@@ -1190,6 +1243,7 @@ class _UnitOfWork:
         self.registrations: RegistrationRepo = _Registrations(tx)
         self.devices: DeviceRepo = _Devices(tx)
         self.refusals: RefusalLog = _Refusals(tx)
+        self.stats: StatisticsRepo = _Stats(tx)
         self.telemetry: TelemetryRepo = _Telemetry(tx)
         self.c2d: C2DRepo = _C2D(tx)
         self.hub_sessions: HubSessionRepo = _HubSessions(tx)

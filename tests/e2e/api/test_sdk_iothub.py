@@ -282,3 +282,101 @@ def test_c2d_over_rest_and_telemetry_read_back(server: RunningServer) -> None:
         events = answer.json()
         time.sleep(0.2)
     assert [e["body"] for e in events] == ["closed"]
+
+
+def test_statistics_with_the_sdk(server: RunningServer) -> None:
+    hub = _hubs(server)[1]
+    registry = _registry(server, hub)
+    before = registry.get_device_registry_statistics()
+    key = _new_key()
+    registry.create_device_with_sas("sdk-stat-1", key, _new_key(), "enabled")
+    registry.create_device_with_sas("sdk-stat-2", _new_key(), _new_key(), "disabled")
+    after = registry.get_device_registry_statistics()
+    assert after.total_device_count == before.total_device_count + 2
+    assert after.enabled_device_count == before.enabled_device_count + 1
+    assert after.disabled_device_count == before.disabled_device_count + 1
+    assert registry.get_service_statistics().connected_device_count == 0
+    client = IoTHubDeviceClient.create_from_symmetric_key(
+        symmetric_key=key, hostname=hub, device_id="sdk-stat-1", server_verification_cert=server.server_ca
+    )
+    client.connect()
+    try:
+        assert registry.get_service_statistics().connected_device_count == 1
+        # The other hub's numbers are its own.
+        assert _registry(server, _hubs(server)[0]).get_service_statistics().connected_device_count == 0
+    finally:
+        client.shutdown()
+
+
+def _sse_events(lines: Iterator[str], wanted: int, deadline: float) -> list[dict[str, Any]]:
+    """Parse server-sent events until `wanted` telemetry events arrived (or the deadline)."""
+    events: list[dict[str, Any]] = []
+    current: dict[str, str] = {}
+    for line in lines:
+        if line == "":
+            if current.get("event") == "telemetry":
+                events.append({"id": current.get("id"), **json.loads(current["data"])})
+            current = {}
+            if len(events) >= wanted or time.monotonic() > deadline:
+                break
+        elif not line.startswith(":"):
+            name, _, value = line.partition(": ")
+            current[name] = value
+    return events
+
+
+def test_live_telemetry_stream_with_the_hub_named_by_header(server: RunningServer) -> None:
+    hub, other = _hubs(server)
+    registry = _registry(server, hub)
+    key = _new_key()
+    registry.create_device_with_sas("sdk-live-1", key, _new_key(), "enabled")
+    token = make_service_sas(f"{hub}:{MGMT_PORT}", "iothubowner", _key(server, "iothubowner"))
+    ca = str(server.server_ca_path)
+    # Reached on the DPS address: the header names the hub, and the token must name it too.
+    url = f"https://{server.address}:{MGMT_PORT}/devices/sdk-live-1/messages/events/stream?timeout=20"
+    wrong = requests.get(url, headers={"Authorization": token, "x-iotdps-hub": other}, verify=ca, timeout=30)
+    assert wrong.status_code == 401
+    nohub = {"Authorization": token, "x-iotdps-hub": "nohub.example"}
+    unknown = requests.get(url, headers=nohub, verify=ca, timeout=30)
+    assert unknown.status_code == 404
+    client = IoTHubDeviceClient.create_from_symmetric_key(
+        symmetric_key=key, hostname=hub, device_id="sdk-live-1", server_verification_cert=server.server_ca
+    )
+    client.connect()
+    try:
+        client.send_message("before the stream")  # not shown: a stream starts from now
+        time.sleep(1.0)
+        with requests.get(
+            url, headers={"Authorization": token, "x-iotdps-hub": hub}, verify=ca, timeout=30, stream=True
+        ) as stream:
+            assert stream.status_code == 200
+            assert stream.headers["Content-Type"].startswith("text/event-stream")
+            lines = stream.iter_lines(decode_unicode=True)
+            sender = threading.Timer(0.5, lambda: [client.send_message(f"live {n}") for n in range(2)])
+            sender.start()
+            events = _sse_events(lines, 2, time.monotonic() + 15)
+            sender.join()
+    finally:
+        client.shutdown()
+    assert [e["body"] for e in events] == ["live 0", "live 1"]
+    assert [int(e["id"]) for e in events] == [e["sequenceNumber"] for e in events]
+
+
+def test_status_counts_and_hubs_served(server: RunningServer) -> None:
+    token = make_service_sas(
+        f"{server.address}:{MGMT_PORT}", "enrollmentread", _key(server, "enrollmentread")
+    )
+    answer = requests.get(
+        f"https://{server.address}:{MGMT_PORT}/status",
+        headers={"Authorization": token},
+        verify=str(server.server_ca_path),
+        timeout=30,
+    )
+    assert answer.status_code == 200
+    status = answer.json()
+    assert status["idScope"] == server.id_scope
+    assert status["deviceProvisioningHostName"] == server.address
+    assert any(e.startswith(f"mqtts://{server.address}:8883") for e in status["endpoints"])
+    assert {h["hostName"]: h["served"] for h in status["linkedHubs"]} == {h: True for h in _hubs(server)}
+    assert len(status["perMinute"]["assignments"]) == len(status["perMinute"]["refusals"]) == 60
+    assert status["enrollments"] >= 0 and isinstance(status["registrations"], dict)

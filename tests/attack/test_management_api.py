@@ -91,6 +91,10 @@ REQUIRED: dict[str, Permission] = {
     "Devices_InvokeMethod": _SV,
     "CloudToDevice_Send": _SV,
     "Telemetry_Read": _SV,
+    "Telemetry_Stream": _SV,
+    "Status_Get": _RR,
+    "Statistics_GetDeviceStatistics": _GR,
+    "Statistics_GetServiceStatistics": _SV,
 }
 
 # Who asks: each default policy by name, nobody, and a token signed with a key nobody holds.
@@ -122,9 +126,11 @@ def _authorization(server: ManagementServer, caller: str) -> dict[str, str]:
 def _request(server: ManagementServer, route: Route, caller: str) -> requests.Response:
     path = route.path.replace("{id}", "attack-dev-1").replace("{name}", "attack-name")
     body: Any = {} if route.body is not None else None
+    # A stream stays open until its timeout: one second is enough to see it was admitted.
+    query = "?api-version=2021-10-01" + ("&timeout=1" if route.content_type == "text/event-stream" else "")
     return requests.request(
         route.method,
-        server.base_url + path + "?api-version=2021-10-01",
+        server.base_url + path + query,
         headers={**_authorization(server, caller), "Content-Type": "application/json"},
         data=json.dumps(body) if body is not None else None,
         verify=str(server.ca_path),

@@ -587,7 +587,7 @@ async def test_statistics_count_records_and_bucket_activity_by_minute(store: Sto
         await uow.devices.put(replace(device("hub1.example", "s-2"), status="disabled"))
         await uow.devices.put(device("hub2.example", "s-3"))
         await uow.refusals.add(Refusal("s-x", "enrollment_not_found", "one", "x509", now))
-        await uow.refusals.add(Refusal("s-x", "enrollment_not_found", "old", "x509", now - timedelta(hours=2)))
+        await uow.refusals.add(Refusal("s-y", "enrollment_not_found", "old", "x509", now - timedelta(hours=2)))
     async with store.read() as uow:
         counts = await uow.stats.counts()
         assigned, refused = await uow.stats.per_minute(now - timedelta(hours=1))

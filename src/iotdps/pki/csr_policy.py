@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
@@ -326,7 +327,7 @@ def vet_csr(
 
     try:
         public_key = req.public_key()
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise CsrRefused(CsrRefusal.KEY_NOT_ACCEPTED, "the CSR's public key is of an unsupported type") from None
     key_type = key_type_of(public_key)
     if key_type is None or key_type not in accepted:

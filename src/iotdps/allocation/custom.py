@@ -24,8 +24,8 @@ from iotdps.enrollment.models import (
     InitialTwin,
 )
 from iotdps.errors import InvalidInput
-from iotdps.provisioning.outcomes import RefusalReason, Refused
 from iotdps.provisioning.ports import WebhookTransport
+from iotdps.refusals import RefusalReason, Refused
 
 __all__ = ["DEFAULT_WEBHOOK_TIMEOUT", "WebhookAllocation", "build_request", "call_webhook", "parse_response"]
 

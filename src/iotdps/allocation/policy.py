@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from iotdps.allocation.geo import choose_geo
 from iotdps.allocation.hashed import choose_hashed
 from iotdps.enrollment.models import AllocationPolicy, EnrollmentSettings, LinkedHub
-from iotdps.provisioning.outcomes import RefusalReason, Refused
+from iotdps.refusals import RefusalReason, Refused
 
 __all__ = ["allocate_builtin", "candidate_hubs", "choose_static"]
 

@@ -30,8 +30,8 @@ from iotdps.attestation.x509 import X509Evidence, check_leaf, diagnose, extend_a
 from iotdps.enrollment.models import CaCertificate, EnrollmentGroup, IndividualEnrollment
 from iotdps.enrollment.resolve import CaStep, Decision, resolve_symmetric_key, resolve_x509
 from iotdps.errors import InvalidInput
-from iotdps.provisioning.outcomes import RefusalReason
 from iotdps.provisioning.ports import UnitOfWork
+from iotdps.refusals import RefusalReason
 from iotdps.registry.models import DeviceAuth
 from iotdps.secret import Secret
 

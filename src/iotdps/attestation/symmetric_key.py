@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import quote, unquote
 
-from iotdps.provisioning.outcomes import RefusalReason
+from iotdps.refusals import RefusalReason
 
 __all__ = [
     "DEFAULT_TOKEN_MAX_LIFETIME",

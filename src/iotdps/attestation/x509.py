@@ -28,7 +28,7 @@ from cryptography import x509
 from iotdps.attestation import certs
 from iotdps.ids import same_registration_id
 from iotdps.pki.chain_policy import Rule, path_problems, verify_client_chain
-from iotdps.provisioning.outcomes import RefusalReason
+from iotdps.refusals import RefusalReason
 
 __all__ = [
     "MAX_CHAIN_DEPTH",

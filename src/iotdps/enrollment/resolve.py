@@ -27,7 +27,7 @@ from iotdps.attestation import certs
 from iotdps.attestation.symmetric_key import SasToken, derive_device_key, signature_matches
 from iotdps.enrollment.models import CertificateSlot, EnrollmentGroup, IndividualEnrollment
 from iotdps.errors import InvalidInput
-from iotdps.provisioning.outcomes import RefusalReason
+from iotdps.refusals import RefusalReason
 
 __all__ = [
     "CaStep",

@@ -70,7 +70,7 @@ class Page(Generic[T]):
 class Refusal:
     """Refused registration attempts, kept for operators (the device only saw a status).
 
-    `reason` is a stable machine code (see provisioning.outcomes); `message` the words. `peer`
+    `reason` is a stable machine code (see iotdps.refusals); `message` the words. `peer`
     is the device's IP address as the edge saw it (None when there was no network peer).
     Attempts with the same reason, registration id and peer are one entry: `count` of them,
     the first at `first_at`, the latest at `at` (with the latest message, attestation type and

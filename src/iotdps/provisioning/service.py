@@ -16,7 +16,7 @@ Refusals: every one goes to the refusal log with words for operators. When an en
 matched (disabled, or allocation failed), the registration record also shows status
 disabled / failed with the terse device-facing errorCode and message; the previous hub and
 device id stay on such a record so that a later registration migrates correctly.
-The device only ever gets `outcomes.device_answer(reason)`.
+The device only ever gets `refusals.device_answer(reason)`.
 """
 
 from __future__ import annotations
@@ -49,15 +49,10 @@ from iotdps.enrollment.models import (
 from iotdps.enrollment.resolve import Decision
 from iotdps.errors import ConfigError, InvalidInput, InvalidRegistrationId, NotFound
 from iotdps.ids import check_registration_id, same_registration_id
-from iotdps.provisioning.outcomes import (
-    DeviceAnswer,
-    RefusalReason,
-    Refused,
-    check_transition,
-    device_answer,
-)
+from iotdps.provisioning.lifecycle import check_transition
 from iotdps.provisioning.ports import Clock, Refusal, Store, UnitOfWork, WebhookTransport
 from iotdps.provisioning.reprovision import Placement, place, previous_hub
+from iotdps.refusals import DeviceAnswer, RefusalReason, Refused, device_answer
 from iotdps.registry.models import DeviceAuth, DeviceIdentity, Twin
 from iotdps.secret import Secret
 

@@ -1,7 +1,7 @@
 """What the DPS device edges (MQTT and HTTPS) share: credentials from the transport, the
 Azure error body, and how a register outcome becomes a status code and a JSON body.
 
-Devices get terse answers (outcomes.DEVICE_ANSWERS); the reason in words goes to the refusal
+Devices get terse answers (iotdps.refusals.DEVICE_ANSWERS); the reason in words goes to the refusal
 log and to our log at info level, never to the device.
 """
 

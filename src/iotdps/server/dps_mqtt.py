@@ -27,7 +27,7 @@ from iotdps.protocols.mqtt.dps import (
 from iotdps.protocols.mqtt.events import PubAckReceived, PublishReceived, Subscribed, Unsubscribed
 from iotdps.protocols.mqtt.packets import SUBACK_FAILURE, Connect
 from iotdps.protocols.mqtt.topics import topic_matches
-from iotdps.provisioning.outcomes import RefusalReason
+from iotdps.refusals import RefusalReason
 from iotdps.server.dps_common import (
     DeviceReply,
     RegistrationRunner,

@@ -23,7 +23,7 @@ from iotdps.enrollment.models import (
     LinkedHub,
     SymmetricKeyAttestation,
 )
-from iotdps.provisioning.outcomes import RefusalReason, Refused
+from iotdps.refusals import RefusalReason, Refused
 
 IDS = [f"device-{i:05d}" for i in range(10_000)]
 

@@ -19,7 +19,7 @@ from iotdps.attestation.symmetric_key import (
     parse_sas,
     signature_matches,
 )
-from iotdps.provisioning.outcomes import RefusalReason
+from iotdps.refusals import RefusalReason
 
 KEY = base64.b64encode(b"k" * 32).decode()
 NOW = datetime(2026, 3, 1, tzinfo=UTC)

@@ -8,7 +8,7 @@ from certkit import NOW, issue, seed004
 
 from iotdps.attestation import certs
 from iotdps.attestation.x509 import build_path, check_leaf, evidence_from_chain, extend_above
-from iotdps.provisioning.outcomes import RefusalReason as R
+from iotdps.refusals import RefusalReason as R
 
 
 def test_partial_chain_anchors_root_intermediate_or_leaf() -> None:

@@ -17,7 +17,7 @@ from iotdps.enrollment.models import (
     X509Attestation,
 )
 from iotdps.enrollment.resolve import CaStep, resolve_symmetric_key, resolve_x509
-from iotdps.provisioning.outcomes import RefusalReason as R
+from iotdps.refusals import RefusalReason as R
 from iotdps.secret import Secret
 
 LEAF = "AA" * 32

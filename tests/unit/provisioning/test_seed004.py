@@ -10,7 +10,7 @@ import pytest
 from certkit import seed004
 from helpers import Env, ca_group, x509_enrollment
 
-from iotdps.provisioning.outcomes import RefusalReason
+from iotdps.refusals import RefusalReason
 
 A, D = "assigned", "disabled"
 NO = RefusalReason.NO_ENROLLMENT

@@ -11,8 +11,8 @@ import pytest
 from certkit import NOW, FixedClock, seed004, tls_evidence
 from helpers import HUBS, KEY1, SCOPE, Env, ca_group, sk_enrollment, x509_enrollment
 
-from iotdps.provisioning.outcomes import RefusalReason
 from iotdps.provisioning.service import RegistrationRequest
+from iotdps.refusals import RefusalReason
 from iotdps.store import open_store
 
 

@@ -129,7 +129,7 @@ async def test_operation_status_needs_the_right_operation_and_credential() -> No
 
     from iotdps.attestation.registry import SasCredential
     from iotdps.attestation.symmetric_key import make_sas_token
-    from iotdps.provisioning.outcomes import RefusalReason
+    from iotdps.refusals import RefusalReason
     from iotdps.secret import Secret
 
     env = await Env().setup()

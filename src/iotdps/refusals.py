@@ -1,4 +1,4 @@
-"""Why a registration was refused, what the device is told, and how a record's status moves.
+"""Why a registration was refused, and what the device is told.
 
 Two audiences, two answers. The operator gets a `RefusalReason` (a stable code) plus words
 naming the certificate, CA, enrollment or group at fault, in the refusal log and in `explain`.
@@ -18,17 +18,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
-from iotdps.enrollment.models import RegistrationStatus
 from iotdps.errors import IotdpsError
 
 __all__ = [
     "DEVICE_ANSWERS",
-    "TERMINAL_STATUSES",
-    "TRANSITIONS",
     "DeviceAnswer",
     "RefusalReason",
     "Refused",
-    "check_transition",
     "device_answer",
 ]
 
@@ -83,38 +79,37 @@ class DeviceAnswer:
     registration_status: Literal["failed", "disabled"] | None = None
 
 
-_R = RefusalReason
 _UNAUTHORIZED = DeviceAnswer(401, 401000, "Unauthorized")
 _BAD_CERT = DeviceAnswer(401, 401002, "Invalid certificate")
 
 # The one table. Everything that fails authentication is a plain 401 so that a caller cannot
 # tell an unknown registration id from a wrong key or an untrusted CA.
 DEVICE_ANSWERS: dict[RefusalReason, DeviceAnswer] = {
-    _R.INVALID_REGISTRATION_ID: DeviceAnswer(400, 400004, "Invalid registration id"),  # own sub-code
-    _R.ID_SCOPE_MISMATCH: _UNAUTHORIZED,
-    _R.UNSUPPORTED_ATTESTATION: DeviceAnswer(400, 400005, "Attestation mechanism not supported"),  # own
-    _R.NO_CERTIFICATE: _BAD_CERT,
-    _R.CN_MISMATCH: _BAD_CERT,
-    _R.CERT_EXPIRED: _BAD_CERT,
-    _R.CERT_NOT_YET_VALID: _BAD_CERT,
-    _R.CHAIN_UNKNOWN_CA: _BAD_CERT,
-    _R.CA_NOT_VERIFIED: _BAD_CERT,
-    _R.CHAIN_INVALID: _BAD_CERT,
-    _R.INDIVIDUAL_CERT_MISMATCH: _BAD_CERT,
-    _R.SAS_MISSING: _UNAUTHORIZED,
-    _R.SAS_MALFORMED: _UNAUTHORIZED,
-    _R.SAS_EXPIRED: _UNAUTHORIZED,
-    _R.SAS_BAD_SIGNATURE: _UNAUTHORIZED,
-    _R.SAS_WRONG_RESOURCE: _UNAUTHORIZED,
-    _R.SAS_LIFETIME_TOO_LONG: _UNAUTHORIZED,
-    _R.ATTESTATION_MISMATCH: _UNAUTHORIZED,
-    _R.NO_ENROLLMENT: _UNAUTHORIZED,
+    RefusalReason.INVALID_REGISTRATION_ID: DeviceAnswer(400, 400004, "Invalid registration id"),  # own sub-code
+    RefusalReason.ID_SCOPE_MISMATCH: _UNAUTHORIZED,
+    RefusalReason.UNSUPPORTED_ATTESTATION: DeviceAnswer(400, 400005, "Attestation mechanism not supported"),  # own
+    RefusalReason.NO_CERTIFICATE: _BAD_CERT,
+    RefusalReason.CN_MISMATCH: _BAD_CERT,
+    RefusalReason.CERT_EXPIRED: _BAD_CERT,
+    RefusalReason.CERT_NOT_YET_VALID: _BAD_CERT,
+    RefusalReason.CHAIN_UNKNOWN_CA: _BAD_CERT,
+    RefusalReason.CA_NOT_VERIFIED: _BAD_CERT,
+    RefusalReason.CHAIN_INVALID: _BAD_CERT,
+    RefusalReason.INDIVIDUAL_CERT_MISMATCH: _BAD_CERT,
+    RefusalReason.SAS_MISSING: _UNAUTHORIZED,
+    RefusalReason.SAS_MALFORMED: _UNAUTHORIZED,
+    RefusalReason.SAS_EXPIRED: _UNAUTHORIZED,
+    RefusalReason.SAS_BAD_SIGNATURE: _UNAUTHORIZED,
+    RefusalReason.SAS_WRONG_RESOURCE: _UNAUTHORIZED,
+    RefusalReason.SAS_LIFETIME_TOO_LONG: _UNAUTHORIZED,
+    RefusalReason.ATTESTATION_MISMATCH: _UNAUTHORIZED,
+    RefusalReason.NO_ENROLLMENT: _UNAUTHORIZED,
     # A matched but disabled enrollment ends the operation in status `disabled` (section 7).
-    _R.ENROLLMENT_DISABLED: DeviceAnswer(200, 401003, "Enrollment disabled", "disabled"),  # own sub-code
-    _R.GROUP_DISABLED: DeviceAnswer(200, 401003, "Enrollment disabled", "disabled"),  # own sub-code
-    _R.NO_HUB: DeviceAnswer(200, 400208, "No IoT hub available for this registration", "failed"),
-    _R.HUB_NOT_LINKED: DeviceAnswer(200, 400209, "IoT hub not linked to this service", "failed"),
-    _R.WEBHOOK_FAILED: DeviceAnswer(200, 400210, "Custom allocation failed", "failed"),  # own sub-code
+    RefusalReason.ENROLLMENT_DISABLED: DeviceAnswer(200, 401003, "Enrollment disabled", "disabled"),  # own sub-code
+    RefusalReason.GROUP_DISABLED: DeviceAnswer(200, 401003, "Enrollment disabled", "disabled"),  # own sub-code
+    RefusalReason.NO_HUB: DeviceAnswer(200, 400208, "No IoT hub available for this registration", "failed"),
+    RefusalReason.HUB_NOT_LINKED: DeviceAnswer(200, 400209, "IoT hub not linked to this service", "failed"),
+    RefusalReason.WEBHOOK_FAILED: DeviceAnswer(200, 400210, "Custom allocation failed", "failed"),  # own sub-code
 }
 
 
@@ -131,34 +126,3 @@ class Refused(IotdpsError):
 
 def device_answer(reason: RefusalReason) -> DeviceAnswer:
     return DEVICE_ANSWERS[reason]
-
-
-# --------------------------------------------------------------------------- record states
-#
-# A registration record's status moves only along these edges. Rules:
-# - A register operation starts from any state (or from no record): it may first write
-#   `assigning` (custom allocation writes it before calling the webhook, so a poll sees the
-#   operation) and then ends in exactly one terminal state.
-# - `assigning` is never left except by its own operation's terminal write, or by a newer
-#   operation (a device may re-register while a webhook is slow; the newest wins).
-# - Terminal states (`assigned`, `failed`, `disabled`) are left only by a new operation
-#   (a new operation id); within one operation they are final.
-# - `unassigned` is Azure's name for "no registration yet"; we never write it.
-
-TERMINAL_STATUSES: frozenset[str] = frozenset({"assigned", "failed", "disabled"})
-
-# (from, to) within one operation; `None` = no record (or a record of an older operation).
-TRANSITIONS: dict[str | None, frozenset[str]] = {
-    None: frozenset({"assigning", "assigned", "failed", "disabled"}),
-    "assigning": frozenset({"assigned", "failed", "disabled"}),
-    "assigned": frozenset(),
-    "failed": frozenset(),
-    "disabled": frozenset(),
-}
-
-
-def check_transition(old: RegistrationStatus | None, new: RegistrationStatus, *, same_operation: bool) -> None:
-    """Raise ValueError for a write the table does not allow (a bug, never a device's fault)."""
-    start: str | None = old if same_operation else None
-    if start not in TRANSITIONS or new not in TRANSITIONS[start]:
-        raise ValueError(f"registration status may not move from {old!r} to {new!r} within one operation")

@@ -1,8 +1,9 @@
-"""Identifier rules shared by the CA toolkit, the provisioning core and the hub."""
+"""Identifier rules shared by the CA toolkit, the provisioning core and the hub; fresh etags."""
 
 from __future__ import annotations
 
 import re
+import secrets
 
 from iotdps.errors import InvalidRegistrationId
 
@@ -10,6 +11,7 @@ __all__ = [
     "REGISTRATION_ID_MAX",
     "check_registration_id",
     "is_valid_registration_id",
+    "new_etag",
     "registration_key",
     "same_registration_id",
 ]
@@ -54,3 +56,8 @@ def check_registration_id(value: str) -> str:
             f"registration id {value!r} contains {shown!r}; only letters, digits and - . _ : are allowed"
         )
     raise InvalidRegistrationId(f"registration id {value!r} must end with a letter, a digit or '-'")
+
+
+def new_etag() -> str:
+    """An opaque entity tag; a fresh one is written with every change of a record."""
+    return secrets.token_hex(8)

@@ -17,8 +17,9 @@ from alembic import command
 from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from iotdps.enrollment.models import IndividualEnrollment, RegistrationRecord
+from iotdps.enrollment.models import IndividualEnrollment
 from iotdps.errors import StoreError
+from iotdps.provisioning.registrations import RegistrationRecord
 from iotdps.store import _records as rec
 from iotdps.store import open_store
 from iotdps.store import tables as t

@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from iotdps.enrollment.models import EnrollmentGroup, LinkedHub, RegistrationRecord, ServiceSettings
+from iotdps.allocation.hubs import LinkedHub
+from iotdps.enrollment.models import EnrollmentGroup
 from iotdps.provisioning.ports import Store, UnitOfWork
+from iotdps.provisioning.registrations import RegistrationRecord
+from iotdps.provisioning.settings import ServiceSettings
 from iotdps.store import open_store
 
 from .conftest import PG_DSN, open_backend

@@ -15,9 +15,9 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from iotdps.enrollment.models import ServiceSettings
 from iotdps.errors import StoreError
 from iotdps.provisioning.ports import Refusal
+from iotdps.provisioning.settings import ServiceSettings
 from iotdps.store import SqlStore, open_store
 from iotdps.store import tables as t
 from iotdps.store.migrate import _config, current_revision, head_revision

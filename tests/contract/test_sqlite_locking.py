@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from iotdps.enrollment.models import ServiceSettings
 from iotdps.errors import StoreError
+from iotdps.provisioning.settings import ServiceSettings
 from iotdps.store import open_store, sql
 
 

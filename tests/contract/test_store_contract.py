@@ -14,24 +14,24 @@ from typing import Any
 
 import pytest
 
+from iotdps.allocation.hubs import LinkedHub
+from iotdps.enrollment.cas import CaCertificate
 from iotdps.enrollment.models import (
     Attestation,
-    CaCertificate,
     CertificateSlot,
     CustomAllocationDefinition,
     EnrollmentGroup,
     EnrollmentSettings,
     IndividualEnrollment,
     InitialTwin,
-    LinkedHub,
-    RegistrationRecord,
     ReprovisionPolicy,
-    ServiceSettings,
     SymmetricKeyAttestation,
     X509Attestation,
 )
 from iotdps.errors import AlreadyExists, InvalidInput, NotFound, PreconditionFailed, StoreError
 from iotdps.provisioning.ports import Page, Refusal, Store, UnitOfWork
+from iotdps.provisioning.registrations import RegistrationRecord
+from iotdps.provisioning.settings import ServiceSettings
 from iotdps.registry.models import DeviceAuth, DeviceIdentity, Twin
 from iotdps.secret import Secret
 from iotdps.store import open_store

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from iotdps.allocation.hashed import choose_hashed
-from iotdps.enrollment.models import LinkedHub
+from iotdps.allocation.hubs import LinkedHub
 
 __all__ = ["choose_geo"]
 

@@ -15,7 +15,7 @@ import hashlib
 import math
 from collections.abc import Sequence
 
-from iotdps.enrollment.models import LinkedHub
+from iotdps.allocation.hubs import LinkedHub
 
 __all__ = ["choose_hashed", "score"]
 

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 
 from iotdps.allocation.geo import choose_geo
 from iotdps.allocation.hashed import choose_hashed
-from iotdps.enrollment.models import AllocationPolicy, EnrollmentSettings, LinkedHub
+from iotdps.allocation.hubs import LinkedHub
+from iotdps.enrollment.models import AllocationPolicy, EnrollmentSettings
 from iotdps.refusals import RefusalReason, Refused
 
 __all__ = ["allocate_builtin", "candidate_hubs", "choose_static"]

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from iotdps.enrollment.models import format_time, utcnow
 from iotdps.errors import (
     AlreadyExists,
     ConfigError,
@@ -28,6 +27,7 @@ from iotdps.errors import (
     Throttled,
     Unauthorized,
 )
+from iotdps.timestamps import format_time, utcnow
 
 __all__ = ["ApiError", "error_code", "error_response", "response_for"]
 

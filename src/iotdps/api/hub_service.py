@@ -49,7 +49,6 @@ from aiohttp import web
 
 from iotdps.api._http import ApiContext, if_match, json_object, json_response, read_json
 from iotdps.api.errors import ApiError
-from iotdps.enrollment.models import format_time
 from iotdps.errors import InvalidInput, IotdpsError, NotFound, PreconditionFailed, Throttled
 
 # The twin's merge rules are the hub's (pure functions): one definition of a patch for the
@@ -58,6 +57,7 @@ from iotdps.hub.twin import apply_desired_patch, merge_patch
 from iotdps.registry.hub import HubUnitOfWork, TelemetryMessage
 from iotdps.registry.models import AuthType, DeviceAuth, DeviceIdentity, DeviceStatus, Twin, generation_id
 from iotdps.secret import Secret
+from iotdps.timestamps import format_time
 
 __all__ = [
     "HUB_API_VERSION",

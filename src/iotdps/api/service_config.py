@@ -14,16 +14,19 @@ from typing import Any, cast
 
 from aiohttp import web
 
+from iotdps.allocation.hubs import LinkedHub
 from iotdps.api._http import ApiContext, if_match, json_object, json_response, read_json
 from iotdps.attestation import certs
 from iotdps.attestation.registry import SasCredential
 from iotdps.attestation.symmetric_key import make_sas_token
 from iotdps.attestation.x509 import evidence_from_chain
-from iotdps.enrollment.models import ALLOCATION_POLICIES, LinkedHub, ServiceSettings, format_time
+from iotdps.enrollment.models import ALLOCATION_POLICIES
 from iotdps.errors import InvalidInput, NotFound
 from iotdps.ids import check_registration_id
 from iotdps.provisioning.ports import Refusal
+from iotdps.provisioning.settings import ServiceSettings
 from iotdps.secret import Secret
+from iotdps.timestamps import format_time
 
 __all__ = [
     "delete_ca",

@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from iotdps.api._http import ApiContext, json_response
-from iotdps.enrollment.models import format_time, utcnow
+from iotdps.timestamps import format_time, utcnow
 
 __all__ = ["WINDOW_MINUTES", "device_statistics", "service_statistics", "service_status"]
 

@@ -27,7 +27,8 @@ from iotdps.attestation.symmetric_key import (
 )
 from iotdps.attestation.tpm import TpmEvidence
 from iotdps.attestation.x509 import X509Evidence, check_leaf, diagnose, extend_above
-from iotdps.enrollment.models import CaCertificate, EnrollmentGroup, IndividualEnrollment
+from iotdps.enrollment.cas import CaCertificate
+from iotdps.enrollment.models import EnrollmentGroup, IndividualEnrollment
 from iotdps.enrollment.resolve import CaStep, Decision, resolve_symmetric_key, resolve_x509
 from iotdps.errors import InvalidInput
 from iotdps.provisioning.ports import UnitOfWork

@@ -20,24 +20,19 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from iotdps.allocation.hubs import LinkedHub
 from iotdps.attestation import certs
 from iotdps.attestation.registry import SasCredential
 from iotdps.attestation.symmetric_key import make_sas_token
 from iotdps.attestation.x509 import evidence_from_chain
 from iotdps.cli.remote import RemoteService, run_target, target_options
-from iotdps.enrollment.models import (
-    ALLOCATION_POLICIES,
-    EnrollmentGroup,
-    IndividualEnrollment,
-    LinkedHub,
-    ProvisioningStatus,
-    ServiceSettings,
-)
+from iotdps.enrollment.models import ALLOCATION_POLICIES, EnrollmentGroup, IndividualEnrollment, ProvisioningStatus
 from iotdps.errors import AlreadyExists, InvalidInput, NotFound
 from iotdps.jsonload import load_json
 from iotdps.provisioning.admin import put_enrollment, put_group
 from iotdps.provisioning.ports import Page, Refusal, Store, UnitOfWork
 from iotdps.provisioning.service import ProvisioningService
+from iotdps.provisioning.settings import ServiceSettings
 from iotdps.secret import Secret
 
 __all__ = ["register"]

@@ -30,17 +30,11 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 import click
 
+from iotdps.allocation.hubs import LinkedHub
 from iotdps.api.auth import make_service_sas
 from iotdps.attestation import certs
-from iotdps.enrollment.models import (
-    CaCertificate,
-    EnrollmentGroup,
-    IndividualEnrollment,
-    LinkedHub,
-    RegistrationRecord,
-    ServiceSettings,
-    parse_time,
-)
+from iotdps.enrollment.cas import CaCertificate
+from iotdps.enrollment.models import EnrollmentGroup, IndividualEnrollment
 from iotdps.errors import (
     AlreadyExists,
     InvalidInput,
@@ -51,9 +45,12 @@ from iotdps.errors import (
     Unauthorized,
 )
 from iotdps.provisioning.ports import Page, Refusal, Store, UnitOfWork
+from iotdps.provisioning.registrations import RegistrationRecord
 from iotdps.provisioning.service import ProvisioningService
+from iotdps.provisioning.settings import ServiceSettings
 from iotdps.registry.models import DeviceIdentity
 from iotdps.secret import Secret
+from iotdps.timestamps import parse_time
 
 __all__ = [
     "RemoteService",

@@ -27,7 +27,8 @@ from typing import Literal, Protocol
 from cryptography.hazmat.primitives import serialization
 
 from iotdps.device.credentials import Credential, SymmetricKey, X509Files, tls_context
-from iotdps.enrollment.models import CaCertificate, EnrollmentGroup
+from iotdps.enrollment.cas import CaCertificate
+from iotdps.enrollment.models import EnrollmentGroup
 from iotdps.pki import (
     Issuer,
     Validity,

@@ -1,4 +1,4 @@
-"""Records of the provisioning service, in the shapes of the Azure DPS service API.
+"""Enrollments and enrollment groups, in the shapes of the Azure DPS service API.
 
 Every record is an immutable dataclass with `to_json()` (the camelCase document the DPS
 service API returns, azure-wire-protocol.md section 4) and `from_json()` (strict: wrong types
@@ -8,6 +8,10 @@ document plus a few indexed key columns, so the API, the CLI and the store agree
 Secrets (symmetric keys) are held in `Secret` so that a record can be logged or printed
 without leaking them; `to_json(include_keys=False)` leaves them out, as the service API's GET
 does (keys only come back from `attestationmechanism`).
+
+The other records of the service live with what they are about: uploaded CA certificates in
+`enrollment.cas`, linked hubs in `allocation.hubs`, the service settings in
+`provisioning.settings` and registration records in `provisioning.registrations`.
 """
 
 from __future__ import annotations
@@ -17,11 +21,12 @@ import binascii
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal, cast
 
 from iotdps.errors import InvalidInput
 from iotdps.ids import check_registration_id
+from iotdps.jsonfields import drop_none, obj, opt_bool, opt_object, opt_str, req_str, stamps
 from iotdps.secret import Secret
 
 __all__ = [
@@ -29,33 +34,23 @@ __all__ = [
     "DEFAULT_REPROVISION_POLICY",
     "AllocationPolicy",
     "Attestation",
-    "CaCertificate",
+    "AttestationType",
     "CertificateSlot",
     "CustomAllocationDefinition",
     "EnrollmentGroup",
+    "EnrollmentSettings",
     "IndividualEnrollment",
     "InitialTwin",
-    "LinkedHub",
     "ProvisioningStatus",
-    "RegistrationRecord",
-    "RegistrationStatus",
     "ReprovisionPolicy",
-    "ServiceSettings",
-    "Substatus",
     "SymmetricKeyAttestation",
     "TpmAttestation",
     "X509Attestation",
-    "format_time",
     "generate_symmetric_key",
-    "new_etag",
-    "parse_time",
-    "utcnow",
 ]
 
 ProvisioningStatus = Literal["enabled", "disabled"]
 AllocationPolicy = Literal["hashed", "geoLatency", "static", "custom"]
-RegistrationStatus = Literal["unassigned", "assigning", "assigned", "failed", "disabled"]
-Substatus = Literal["initialAssignment", "deviceDataMigrated", "deviceDataReset", "reprovisionedToInitialAssignment"]
 AttestationType = Literal["x509", "symmetricKey", "tpm"]
 
 ALLOCATION_POLICIES: tuple[str, ...] = ("hashed", "geoLatency", "static", "custom")
@@ -64,38 +59,7 @@ _PROVISIONING_STATUSES: tuple[str, ...] = ("enabled", "disabled")
 _KEY_MIN, _KEY_MAX, _KEY_GENERATED = 16, 64, 64
 
 
-# --------------------------------------------------------------------------- helpers
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def format_time(value: datetime) -> str:
-    """ISO-8601 in UTC with 7 fractional digits and `Z`, as real DPS writes timestamps."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "0Z"
-
-
-def parse_time(value: str) -> datetime:
-    text = value.strip()
-    if text.endswith("Z"):
-        text = text[:-1] + "+00:00"
-    # Python accepts at most 6 fractional digits; DPS writes 7.
-    if "." in text:
-        head, _, rest = text.partition(".")
-        digits = "".join(c for c in rest if c.isdigit())
-        tz = rest[len(digits) :]
-        text = f"{head}.{digits[:6]}{tz}"
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise InvalidInput(f"{value!r} is not an ISO-8601 time") from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def new_etag() -> str:
-    """An opaque entity tag; a fresh one is written with every change of a record."""
-    return secrets.token_hex(8)
+# --------------------------------------------------------------------------- symmetric keys
 
 
 def generate_symmetric_key() -> Secret[str]:
@@ -112,48 +76,6 @@ def _check_key(value: object, where: str) -> Secret[str]:
     if not _KEY_MIN <= len(raw) <= _KEY_MAX:
         raise InvalidInput(f"{where} must decode to {_KEY_MIN}..{_KEY_MAX} bytes, not {len(raw)}")
     return Secret(value)
-
-
-def _obj(doc: object, where: str) -> Mapping[str, Any]:
-    if not isinstance(doc, Mapping):
-        raise InvalidInput(f"{where} must be a JSON object")
-    return cast(Mapping[str, Any], doc)
-
-
-def _opt_str(doc: Mapping[str, Any], key: str, where: str) -> str | None:
-    value = doc.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InvalidInput(f"{where}.{key} must be a string")
-    return value
-
-
-def _req_str(doc: Mapping[str, Any], key: str, where: str) -> str:
-    value = _opt_str(doc, key, where)
-    if not value:
-        raise InvalidInput(f"{where}.{key} is required")
-    return value
-
-
-def _opt_bool(doc: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
-    value = doc.get(key)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise InvalidInput(f"{where}.{key} must be true or false")
-    return value
-
-
-def _opt_object(doc: Mapping[str, Any], key: str, where: str) -> dict[str, Any] | None:
-    value = doc.get(key)
-    if value is None:
-        return None
-    return dict(_obj(value, f"{where}.{key}"))
-
-
-def _drop_none(doc: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in doc.items() if v is not None}
 
 
 # --------------------------------------------------------------------------- attestation
@@ -192,38 +114,38 @@ class X509Attestation:
             ("signingCertificates", self.signing_certificates),
         ):
             if any(pair):
-                out[key] = _drop_none(
+                out[key] = drop_none(
                     {
                         "primary": pair[0].to_json() if pair[0] else None,
                         "secondary": pair[1].to_json() if pair[1] else None,
                     }
                 )
         if any(self.ca_references):
-            out["caReferences"] = _drop_none({"primary": self.ca_references[0], "secondary": self.ca_references[1]})
+            out["caReferences"] = drop_none({"primary": self.ca_references[0], "secondary": self.ca_references[1]})
         return out
 
     @staticmethod
     def from_json(doc: object, where: str) -> X509Attestation:
-        body = _obj(doc, where)
+        body = obj(doc, where)
 
         def slots(key: str) -> tuple[CertificateSlot | None, CertificateSlot | None]:
-            pair = _opt_object(body, key, where) or {}
+            pair = opt_object(body, key, where) or {}
             result: list[CertificateSlot | None] = []
             for which in ("primary", "secondary"):
                 slot = pair.get(which)
                 if slot is None:
                     result.append(None)
                     continue
-                slot_doc = _obj(slot, f"{where}.{key}.{which}")
-                cert = _req_str(slot_doc, "certificate", f"{where}.{key}.{which}")
-                info = _opt_object(slot_doc, "info", f"{where}.{key}.{which}") or {}
+                slot_doc = obj(slot, f"{where}.{key}.{which}")
+                cert = req_str(slot_doc, "certificate", f"{where}.{key}.{which}")
+                info = opt_object(slot_doc, "info", f"{where}.{key}.{which}") or {}
                 result.append(CertificateSlot(cert, info))
             return result[0], result[1]
 
-        refs = _opt_object(body, "caReferences", where) or {}
+        refs = opt_object(body, "caReferences", where) or {}
         ca_refs = (
-            _opt_str(refs, "primary", f"{where}.caReferences"),
-            _opt_str(refs, "secondary", f"{where}.caReferences"),
+            opt_str(refs, "primary", f"{where}.caReferences"),
+            opt_str(refs, "secondary", f"{where}.caReferences"),
         )
         return X509Attestation(slots("clientCertificates"), slots("signingCertificates"), ca_refs)
 
@@ -248,7 +170,7 @@ class SymmetricKeyAttestation:
     @staticmethod
     def from_json(doc: object, where: str) -> SymmetricKeyAttestation:
         """Missing keys are generated, as DPS does when `symmetricKey` is empty."""
-        body = _obj(doc, where) if doc is not None else {}
+        body = obj(doc, where) if doc is not None else {}
         primary = body.get("primaryKey")
         secondary = body.get("secondaryKey")
         return SymmetricKeyAttestation(
@@ -263,13 +185,13 @@ class TpmAttestation:
     storage_root_key: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return _drop_none({"endorsementKey": self.endorsement_key, "storageRootKey": self.storage_root_key})
+        return drop_none({"endorsementKey": self.endorsement_key, "storageRootKey": self.storage_root_key})
 
     @staticmethod
     def from_json(doc: object, where: str) -> TpmAttestation:
-        body = _obj(doc, where)
-        ek = _req_str(body, "endorsementKey", where)
-        srk = _opt_str(body, "storageRootKey", where)
+        body = obj(doc, where)
+        ek = req_str(body, "endorsementKey", where)
+        srk = opt_str(body, "storageRootKey", where)
         for name, value in (("endorsementKey", ek), ("storageRootKey", srk)):
             if value is not None:
                 try:
@@ -298,7 +220,7 @@ class Attestation:
 
     @staticmethod
     def from_json(doc: object, where: str, *, group: bool) -> Attestation:
-        body = _obj(doc, where)
+        body = obj(doc, where)
         kind = body.get("type")
         if kind == "x509":
             x509 = X509Attestation.from_json(body.get("x509"), f"{where}.x509")
@@ -343,10 +265,10 @@ class ReprovisionPolicy:
     def from_json(doc: object, where: str) -> ReprovisionPolicy:
         if doc is None:
             return DEFAULT_REPROVISION_POLICY
-        body = _obj(doc, where)
+        body = obj(doc, where)
         return ReprovisionPolicy(
-            _opt_bool(body, "updateHubAssignment", where, True),
-            _opt_bool(body, "migrateDeviceData", where, True),
+            opt_bool(body, "updateHubAssignment", where, True),
+            opt_bool(body, "migrateDeviceData", where, True),
         )
 
 
@@ -363,11 +285,11 @@ class CustomAllocationDefinition:
 
     @staticmethod
     def from_json(doc: object, where: str) -> CustomAllocationDefinition:
-        body = _obj(doc, where)
-        url = _req_str(body, "webhookUrl", where)
+        body = obj(doc, where)
+        url = req_str(body, "webhookUrl", where)
         if not url.startswith(("http://", "https://")):
             raise InvalidInput(f"{where}.webhookUrl must be an http(s) URL")
-        return CustomAllocationDefinition(url, _req_str(body, "apiVersion", where))
+        return CustomAllocationDefinition(url, req_str(body, "apiVersion", where))
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,10 +306,10 @@ class InitialTwin:
     def from_json(doc: object, where: str) -> InitialTwin | None:
         if doc is None:
             return None
-        body = _obj(doc, where)
-        tags = _opt_object(body, "tags", where) or {}
-        props = _opt_object(body, "properties", where) or {}
-        desired = _opt_object(props, "desired", f"{where}.properties") or {}
+        body = obj(doc, where)
+        tags = opt_object(body, "tags", where) or {}
+        props = opt_object(body, "properties", where) or {}
+        desired = opt_object(props, "desired", f"{where}.properties") or {}
         return InitialTwin(tags, desired)
 
 
@@ -409,7 +331,7 @@ class EnrollmentSettings:
         return self.provisioning_status == "enabled"
 
     def to_json(self) -> dict[str, Any]:
-        return _drop_none(
+        return drop_none(
             {
                 "provisioningStatus": self.provisioning_status,
                 "allocationPolicy": self.allocation_policy,
@@ -435,16 +357,16 @@ class EnrollmentSettings:
         hubs = body.get("iotHubs") or []
         if not isinstance(hubs, list) or not all(isinstance(h, str) and h for h in hubs):
             raise InvalidInput(f"{where}.iotHubs must be a list of hub host names")
-        caps = _opt_object(body, "capabilities", where) or {}
+        caps = opt_object(body, "capabilities", where) or {}
         custom = body.get("customAllocationDefinition")
         settings = EnrollmentSettings(
             provisioning_status=cast(ProvisioningStatus, status),
             allocation_policy=cast(AllocationPolicy | None, policy),
             iot_hubs=tuple(hubs),
-            iot_hub_host_name=_opt_str(body, "iotHubHostName", where),
+            iot_hub_host_name=opt_str(body, "iotHubHostName", where),
             reprovision_policy=ReprovisionPolicy.from_json(body.get("reprovisionPolicy"), f"{where}.reprovisionPolicy"),
             initial_twin=InitialTwin.from_json(body.get("initialTwin"), f"{where}.initialTwin"),
-            iot_edge=_opt_bool(caps, "iotEdge", f"{where}.capabilities", False),
+            iot_edge=opt_bool(caps, "iotEdge", f"{where}.capabilities", False),
             custom_allocation_definition=(
                 CustomAllocationDefinition.from_json(custom, f"{where}.customAllocationDefinition")
                 if custom is not None
@@ -454,16 +376,6 @@ class EnrollmentSettings:
         if settings.allocation_policy == "custom" and settings.custom_allocation_definition is None:
             raise InvalidInput(f"{where}: allocationPolicy custom needs customAllocationDefinition")
         return settings
-
-
-def _stamp_json(etag: str | None, created: datetime | None, updated: datetime | None) -> dict[str, Any]:
-    return _drop_none(
-        {
-            "etag": etag,
-            "createdDateTimeUtc": format_time(created) if created else None,
-            "lastUpdatedDateTimeUtc": format_time(updated) if updated else None,
-        }
-    )
 
 
 # --------------------------------------------------------------------------- enrollments
@@ -497,14 +409,14 @@ class IndividualEnrollment:
         if self.optional_device_information is not None:
             doc["optionalDeviceInformation"] = dict(self.optional_device_information)
         doc.update(self.settings.to_json())
-        doc.update(_stamp_json(self.etag, self.created, self.updated))
+        doc.update(stamps(self.etag, self.created, self.updated))
         return doc
 
     @staticmethod
     def from_json(doc: object, where: str = "enrollment") -> IndividualEnrollment:
-        body = _obj(doc, where)
-        registration_id = check_registration_id(_req_str(body, "registrationId", where))
-        device_id = _opt_str(body, "deviceId", where)
+        body = obj(doc, where)
+        registration_id = check_registration_id(req_str(body, "registrationId", where))
+        device_id = opt_str(body, "deviceId", where)
         if device_id is not None and device_id != "":
             check_registration_id(device_id)
         return IndividualEnrollment(
@@ -512,8 +424,8 @@ class IndividualEnrollment:
             attestation=Attestation.from_json(body.get("attestation"), f"{where}.attestation", group=False),
             settings=EnrollmentSettings.from_json(body, where),
             device_id=device_id or None,
-            optional_device_information=_opt_object(body, "optionalDeviceInformation", where),
-            etag=_opt_str(body, "etag", where),
+            optional_device_information=opt_object(body, "optionalDeviceInformation", where),
+            etag=opt_str(body, "etag", where),
         )
 
 
@@ -539,13 +451,13 @@ class EnrollmentGroup:
             "attestation": self.attestation.to_json(include_keys),
         }
         doc.update(self.settings.to_json())
-        doc.update(_stamp_json(self.etag, self.created, self.updated))
+        doc.update(stamps(self.etag, self.created, self.updated))
         return doc
 
     @staticmethod
     def from_json(doc: object, where: str = "enrollmentGroup") -> EnrollmentGroup:
-        body = _obj(doc, where)
-        group_id = _req_str(body, "enrollmentGroupId", where)
+        body = obj(doc, where)
+        group_id = req_str(body, "enrollmentGroupId", where)
         try:
             check_registration_id(group_id)
         except InvalidInput as exc:
@@ -554,145 +466,5 @@ class EnrollmentGroup:
             enrollment_group_id=group_id,
             attestation=Attestation.from_json(body.get("attestation"), f"{where}.attestation", group=True),
             settings=EnrollmentSettings.from_json(body, where),
-            etag=_opt_str(body, "etag", where),
+            etag=opt_str(body, "etag", where),
         )
-
-
-# --------------------------------------------------------------------------- CA certificates
-
-
-@dataclass(frozen=True, slots=True)
-class CaCertificate:
-    """A CA certificate uploaded to the service; a trust anchor only once verified.
-
-    Proof of possession: `verification_code` is random, single use and expires at
-    `verification_code_expires`; a verification certificate whose CN equals it, signed by
-    this CA's key, sets `is_verified`.
-    """
-
-    name: str
-    certificate: str
-    info: Mapping[str, Any]
-    is_verified: bool = False
-    verification_code: Secret[str] | None = None
-    verification_code_expires: datetime | None = None
-    etag: str | None = None
-    created: datetime | None = None
-    updated: datetime | None = None
-
-    @property
-    def sha256_thumbprint(self) -> str:
-        return str(self.info.get("sha256Thumbprint", "")).upper()
-
-    def to_json(self) -> dict[str, Any]:
-        """The ARM-style certificate description (azure-wire-protocol.md section 5)."""
-        return {
-            "name": self.name,
-            "etag": self.etag,
-            "properties": _drop_none(
-                {
-                    "subject": self.info.get("subjectName"),
-                    # The issuer lets a client draw the hierarchy (root -> factory -> line).
-                    "issuer": self.info.get("issuerName"),
-                    "notBefore": self.info.get("notBeforeUtc"),
-                    "expiry": self.info.get("notAfterUtc"),
-                    "thumbprint": self.info.get("sha1Thumbprint"),
-                    "sha256Thumbprint": self.info.get("sha256Thumbprint"),
-                    "isVerified": self.is_verified,
-                    "created": format_time(self.created) if self.created else None,
-                    "updated": format_time(self.updated) if self.updated else None,
-                    "certificate": self.certificate,
-                }
-            ),
-        }
-
-
-# --------------------------------------------------------------------------- service config
-
-
-@dataclass(frozen=True, slots=True)
-class LinkedHub:
-    host_name: str
-    allocation_weight: int = 1
-    apply_allocation_policy: bool = True
-    location: str | None = None
-
-    def __post_init__(self) -> None:
-        if not self.host_name:
-            raise InvalidInput("a linked hub needs a host name")
-        if not 1 <= self.allocation_weight <= 1000:
-            raise InvalidInput(f"allocationWeight of hub {self.host_name} must be 1..1000")
-
-    def to_json(self) -> dict[str, Any]:
-        return _drop_none(
-            {
-                "name": self.host_name,
-                "allocationWeight": self.allocation_weight,
-                "applyAllocationPolicy": self.apply_allocation_policy,
-                "location": self.location,
-            }
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceSettings:
-    id_scope: str
-    default_allocation_policy: AllocationPolicy = "hashed"
-
-    def __post_init__(self) -> None:
-        if self.default_allocation_policy == "custom":
-            raise InvalidInput("the service default allocation policy cannot be custom")
-        if self.default_allocation_policy not in ALLOCATION_POLICIES:
-            raise InvalidInput(f"unknown allocation policy {self.default_allocation_policy!r}")
-
-
-# --------------------------------------------------------------------------- registrations
-
-
-@dataclass(frozen=True, slots=True)
-class RegistrationRecord:
-    """What the service remembers of one registration id (DeviceRegistrationState).
-
-    `created` survives reprovisioning; `updated` and `etag` change with every registration.
-    `operation_id` is the opaque id of the latest register operation, which the device polls.
-    `enrollment_group_id` names the group that admitted the device (None for individual).
-    """
-
-    registration_id: str
-    status: RegistrationStatus
-    operation_id: str
-    substatus: Substatus | None = None
-    assigned_hub: str | None = None
-    device_id: str | None = None
-    error_code: int | None = None
-    error_message: str | None = None
-    payload: Any = None
-    attestation_type: AttestationType | None = None
-    enrollment_group_id: str | None = None
-    x509_thumbprint: str | None = None
-    etag: str | None = None
-    created: datetime | None = None
-    updated: datetime | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """The DeviceRegistrationState / registrationState document."""
-        doc: dict[str, Any] = _drop_none(
-            {
-                "registrationId": self.registration_id,
-                "assignedHub": self.assigned_hub,
-                "deviceId": self.device_id,
-                "status": self.status,
-                "substatus": self.substatus,
-                "errorCode": self.error_code,
-                "errorMessage": self.error_message,
-                "payload": self.payload,
-            }
-        )
-        doc.update(_stamp_json(self.etag, self.created, self.updated))
-        if self.attestation_type == "x509":
-            doc["x509"] = _drop_none({"enrollmentGroupId": self.enrollment_group_id})
-        elif self.attestation_type == "symmetricKey":
-            doc["symmetricKey"] = _drop_none({"enrollmentGroupId": self.enrollment_group_id})
-        elif self.attestation_type == "tpm":
-            doc["tpm"] = {}
-        return doc

@@ -77,7 +77,7 @@ def wire_pem(cert: x509.Certificate) -> str:
 
 
 def _format_time(value: datetime) -> str:
-    # The DPS timestamp form (7 fractional digits, Z), as enrollment.models.format_time writes
+    # The DPS timestamp form (7 fractional digits, Z), as iotdps.timestamps.format_time writes
     # it; pki sits below enrollment and cannot import it.
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "0Z"
 

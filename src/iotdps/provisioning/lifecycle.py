@@ -6,7 +6,7 @@ Why a registration was refused and what the device is told live on the floor
 
 from __future__ import annotations
 
-from iotdps.enrollment.models import RegistrationStatus
+from iotdps.provisioning.registrations import RegistrationStatus
 
 __all__ = ["TERMINAL_STATUSES", "TRANSITIONS", "check_transition"]
 

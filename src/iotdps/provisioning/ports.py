@@ -26,14 +26,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
 
-from iotdps.enrollment.models import (
-    CaCertificate,
-    EnrollmentGroup,
-    IndividualEnrollment,
-    LinkedHub,
-    RegistrationRecord,
-    ServiceSettings,
-)
+from iotdps.allocation.hubs import LinkedHub
+from iotdps.enrollment.cas import CaCertificate
+from iotdps.enrollment.models import EnrollmentGroup, IndividualEnrollment
+from iotdps.provisioning.registrations import RegistrationRecord
+from iotdps.provisioning.settings import ServiceSettings
 from iotdps.registry.models import DeviceIdentity
 
 __all__ = [

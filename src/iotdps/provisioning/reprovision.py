@@ -26,7 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from iotdps.enrollment.models import RegistrationRecord, ReprovisionPolicy, Substatus
+from iotdps.enrollment.models import ReprovisionPolicy
+from iotdps.provisioning.registrations import RegistrationRecord, Substatus
 
 __all__ = ["Placement", "TwinAction", "place", "previous_hub"]
 

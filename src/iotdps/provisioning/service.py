@@ -31,27 +31,26 @@ from typing import Any
 from cryptography import x509
 
 from iotdps.allocation.custom import DEFAULT_WEBHOOK_TIMEOUT, WebhookAllocation, build_request, call_webhook
+from iotdps.allocation.hubs import LinkedHub
 from iotdps.allocation.policy import allocate_builtin, candidate_hubs
 from iotdps.attestation import certs
 from iotdps.attestation.registry import AttestationKind, Authentication, Credential, mechanism_for
+from iotdps.enrollment.cas import CaCertificate
 from iotdps.enrollment.models import (
     AllocationPolicy,
-    CaCertificate,
     EnrollmentGroup,
     EnrollmentSettings,
     IndividualEnrollment,
     InitialTwin,
-    LinkedHub,
-    RegistrationRecord,
-    RegistrationStatus,
-    ServiceSettings,
 )
 from iotdps.enrollment.resolve import Decision
 from iotdps.errors import ConfigError, InvalidInput, InvalidRegistrationId, NotFound
 from iotdps.ids import check_registration_id, same_registration_id
 from iotdps.provisioning.lifecycle import check_transition
 from iotdps.provisioning.ports import Clock, Refusal, Store, UnitOfWork, WebhookTransport
+from iotdps.provisioning.registrations import RegistrationRecord, RegistrationStatus
 from iotdps.provisioning.reprovision import Placement, place, previous_hub
+from iotdps.provisioning.settings import ServiceSettings
 from iotdps.refusals import DeviceAnswer, RefusalReason, Refused, device_answer
 from iotdps.registry.models import DeviceAuth, DeviceIdentity, Twin
 from iotdps.secret import Secret

@@ -30,19 +30,20 @@ from typing import Any, Protocol
 from aiohttp import web
 from cryptography import x509
 
+from iotdps.allocation.hubs import LinkedHub
 from iotdps.allocation.webhook_http import AiohttpWebhookTransport
 from iotdps.api._http import ServiceAbout
 from iotdps.api.app import build_management_app
 from iotdps.api.auth import HUB_RIGHTS, AccessPolicies
 from iotdps.attestation.x509 import X509Evidence, evidence_from_chain
 from iotdps.config import Config, is_unspecified
-from iotdps.enrollment.models import LinkedHub, ServiceSettings, utcnow
 from iotdps.hub import HubRuntime, control_socket_path
 from iotdps.pki.encoding import sha256_thumbprint
 from iotdps.protocols.mqtt.hub import classify_username
 from iotdps.protocols.mqtt.packets import Connect
 from iotdps.provisioning.ports import Store
 from iotdps.provisioning.service import ProvisioningService
+from iotdps.provisioning.settings import ServiceSettings
 from iotdps.server.dps_common import RegistrationRunner
 from iotdps.server.dps_http import build_device_app
 from iotdps.server.dps_mqtt import route_dps
@@ -54,6 +55,7 @@ from iotdps.server.ratelimit import TokenBucket
 from iotdps.server.tls import PeerIdentity, ServerTls, load_pem_chain, load_pem_key
 from iotdps.server.ws_bridge import WEBSOCKET_PATH, serve_mqtt_websocket
 from iotdps.store import open_store
+from iotdps.timestamps import utcnow
 from iotdps.web import Console
 
 __all__ = ["HubRouter", "Server", "StartupInfo", "new_id_scope"]

@@ -16,21 +16,15 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from iotdps.enrollment.models import (
-    AllocationPolicy,
-    CaCertificate,
-    EnrollmentGroup,
-    IndividualEnrollment,
-    LinkedHub,
-    RegistrationRecord,
-    RegistrationStatus,
-    ServiceSettings,
-    Substatus,
-    parse_time,
-)
+from iotdps.allocation.hubs import LinkedHub
+from iotdps.enrollment.cas import CaCertificate
+from iotdps.enrollment.models import AllocationPolicy, EnrollmentGroup, IndividualEnrollment
+from iotdps.provisioning.registrations import RegistrationRecord, RegistrationStatus, Substatus
+from iotdps.provisioning.settings import ServiceSettings
 from iotdps.registry.models import AuthType, DeviceAuth, DeviceIdentity, DeviceStatus, Twin
 from iotdps.secret import Secret
 from iotdps.store.codes import hash_code
+from iotdps.timestamps import parse_time
 
 __all__ = [
     "STAMP_KEYS",

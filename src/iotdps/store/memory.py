@@ -22,17 +22,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
-from iotdps.enrollment.models import (
-    CaCertificate,
-    EnrollmentGroup,
-    IndividualEnrollment,
-    LinkedHub,
-    RegistrationRecord,
-    ServiceSettings,
-    new_etag,
-)
+from iotdps.allocation.hubs import LinkedHub
+from iotdps.enrollment.cas import CaCertificate
+from iotdps.enrollment.models import EnrollmentGroup, IndividualEnrollment
 from iotdps.errors import AlreadyExists, InvalidInput, StoreError
-from iotdps.ids import registration_key
+from iotdps.ids import new_etag, registration_key
 from iotdps.provisioning.ports import (
     CaRepo,
     Clock,
@@ -49,6 +43,8 @@ from iotdps.provisioning.ports import (
     SettingsRepo,
     StatisticsRepo,
 )
+from iotdps.provisioning.registrations import RegistrationRecord
+from iotdps.provisioning.settings import ServiceSettings
 from iotdps.registry.hub import C2DRepo, CloudMessage, HubSession, HubSessionRepo, TelemetryMessage, TelemetryRepo
 from iotdps.registry.models import DeviceIdentity
 from iotdps.store import _records as rec

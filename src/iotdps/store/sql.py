@@ -56,17 +56,11 @@ from sqlalchemy.engine import URL, Result
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from iotdps.enrollment.models import (
-    CaCertificate,
-    EnrollmentGroup,
-    IndividualEnrollment,
-    LinkedHub,
-    RegistrationRecord,
-    ServiceSettings,
-    new_etag,
-)
+from iotdps.allocation.hubs import LinkedHub
+from iotdps.enrollment.cas import CaCertificate
+from iotdps.enrollment.models import EnrollmentGroup, IndividualEnrollment
 from iotdps.errors import AlreadyExists, InvalidInput, StoreError
-from iotdps.ids import registration_key
+from iotdps.ids import new_etag, registration_key
 from iotdps.provisioning.ports import (
     CaRepo,
     Clock,
@@ -83,6 +77,8 @@ from iotdps.provisioning.ports import (
     SettingsRepo,
     StatisticsRepo,
 )
+from iotdps.provisioning.registrations import RegistrationRecord
+from iotdps.provisioning.settings import ServiceSettings
 from iotdps.registry.hub import C2DRepo, CloudMessage, HubSession, HubSessionRepo, TelemetryMessage, TelemetryRepo
 from iotdps.registry.models import DeviceIdentity
 from iotdps.store import _records as rec

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from iotdps.enrollment.models import RegistrationRecord
 from iotdps.pki import Issuer, Validity, create_root_ca, generate_private_key, issue_device_certificate
+from iotdps.provisioning.registrations import RegistrationRecord
 from iotdps_testing.mgmt import ManagementServer
 
 

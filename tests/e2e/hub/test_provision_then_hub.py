@@ -37,9 +37,9 @@ from iotdps.device import (
     X509Files,
     load_state,
 )
+from iotdps.enrollment.cas import CaCertificate
 from iotdps.enrollment.models import (
     Attestation,
-    CaCertificate,
     CertificateSlot,
     EnrollmentGroup,
     EnrollmentSettings,

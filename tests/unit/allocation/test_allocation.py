@@ -13,6 +13,7 @@ from iotdps.allocation.custom import build_request, call_webhook, parse_response
 from iotdps.allocation.destinations import WebhookDestinations
 from iotdps.allocation.geo import choose_geo
 from iotdps.allocation.hashed import choose_hashed
+from iotdps.allocation.hubs import LinkedHub
 from iotdps.allocation.policy import allocate_builtin, candidate_hubs, choose_static
 from iotdps.allocation.webhook_http import AiohttpWebhookTransport
 from iotdps.enrollment.models import (
@@ -20,7 +21,6 @@ from iotdps.enrollment.models import (
     CustomAllocationDefinition,
     EnrollmentSettings,
     IndividualEnrollment,
-    LinkedHub,
     SymmetricKeyAttestation,
 )
 from iotdps.refusals import RefusalReason, Refused

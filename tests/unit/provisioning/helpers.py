@@ -6,6 +6,7 @@ from typing import Any
 
 from certkit import NOW, FixedClock, Issued, tls_evidence
 
+from iotdps.allocation.hubs import LinkedHub
 from iotdps.attestation.registry import SasCredential
 from iotdps.attestation.symmetric_key import make_sas_token
 from iotdps.enrollment.models import (
@@ -14,14 +15,13 @@ from iotdps.enrollment.models import (
     EnrollmentGroup,
     EnrollmentSettings,
     IndividualEnrollment,
-    LinkedHub,
-    ServiceSettings,
     SymmetricKeyAttestation,
     X509Attestation,
 )
 from iotdps.provisioning.admin import put_enrollment, put_group
 from iotdps.provisioning.ports import Store, WebhookTransport
 from iotdps.provisioning.service import ProvisioningService, RegistrationOutcome, RegistrationRequest
+from iotdps.provisioning.settings import ServiceSettings
 from iotdps.secret import Secret
 from iotdps.store import MemoryStore
 

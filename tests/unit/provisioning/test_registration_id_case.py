@@ -7,7 +7,7 @@ from helpers import KEY1, Env, ca_group, sk_enrollment, sk_group, x509_enrollmen
 
 from iotdps.attestation import certs
 from iotdps.attestation.symmetric_key import derive_device_key
-from iotdps.enrollment.models import CaCertificate
+from iotdps.enrollment.cas import CaCertificate
 
 
 async def _devices(env: Env, hub: str) -> list[str]:

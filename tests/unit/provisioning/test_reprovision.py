@@ -8,13 +8,9 @@ from typing import Any
 import pytest
 from helpers import KEY1, Env, sk_enrollment
 
-from iotdps.enrollment.models import (
-    CustomAllocationDefinition,
-    InitialTwin,
-    RegistrationRecord,
-    ReprovisionPolicy,
-)
+from iotdps.enrollment.models import CustomAllocationDefinition, InitialTwin, ReprovisionPolicy
 from iotdps.provisioning.ports import WebhookResponse
+from iotdps.provisioning.registrations import RegistrationRecord
 from iotdps.provisioning.reprovision import place
 
 H, H2 = "hub-a.local", "hub-b.local"

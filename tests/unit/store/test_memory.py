@@ -8,15 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from iotdps.enrollment.models import (
-    Attestation,
-    CaCertificate,
-    IndividualEnrollment,
-    RegistrationRecord,
-    SymmetricKeyAttestation,
-)
+from iotdps.enrollment.cas import CaCertificate
+from iotdps.enrollment.models import Attestation, IndividualEnrollment, SymmetricKeyAttestation
 from iotdps.errors import NotFound, PreconditionFailed, StoreError
 from iotdps.provisioning.ports import Refusal
+from iotdps.provisioning.registrations import RegistrationRecord
 from iotdps.secret import Secret
 from iotdps.store import MemoryStore, open_store
 from iotdps.store.codes import code_matches, hash_code

@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from iotdps.enrollment.models import LinkedHub
+from iotdps.allocation.hubs import LinkedHub
 from iotdps.store import SqlStore, open_store
 from iotdps.store._checkpoint import BACKSTOP_PAGES
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from iotdps.device.credentials import make_hub_sas_token
+from iotdps.ports import Store
 from iotdps.protocols.mqtt import ClientSession, ConnAckReceived, Event, PubAckReceived
 from iotdps.protocols.mqtt.hub import format_telemetry_topic
-from iotdps.provisioning.ports import Store
 from iotdps.store import open_store, sql
 from iotdps_testing.hubkit import HubServer, put_sas_device, start_hub
 

@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from iotdps.provisioning.ports import Store
+from iotdps.ports import Store
 from iotdps.store import SqlStore, open_store
 from iotdps.store import tables as t
 

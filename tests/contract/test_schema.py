@@ -16,7 +16,7 @@ from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from iotdps.errors import StoreError
-from iotdps.provisioning.ports import Refusal
+from iotdps.ports import Refusal
 from iotdps.provisioning.settings import ServiceSettings
 from iotdps.store import SqlStore, open_store
 from iotdps.store import tables as t

@@ -29,7 +29,7 @@ from iotdps.enrollment.models import (
     X509Attestation,
 )
 from iotdps.errors import AlreadyExists, InvalidInput, NotFound, PreconditionFailed, StoreError
-from iotdps.provisioning.ports import Page, Refusal, Store, UnitOfWork
+from iotdps.ports import Page, Refusal, Store, UnitOfWork
 from iotdps.provisioning.registrations import RegistrationRecord
 from iotdps.provisioning.settings import ServiceSettings
 from iotdps.registry.models import DeviceAuth, DeviceIdentity, Twin

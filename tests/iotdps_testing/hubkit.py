@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives import serialization
 from iotdps.attestation import certs
 from iotdps.hub import HubRuntime
 from iotdps.pki import create_server_identity
+from iotdps.ports import Store
 from iotdps.protocols.mqtt.hub import classify_username
 from iotdps.protocols.mqtt.packets import Connect
-from iotdps.provisioning.ports import Store
 from iotdps.registry.models import DeviceAuth, DeviceIdentity, Twin
 from iotdps.secret import Secret
 from iotdps.server.listen import TlsAppServer, serve_aiohttp_app, start_tls_server

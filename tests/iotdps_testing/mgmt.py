@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from iotdps.api import AccessPolicies, build_management_app
 from iotdps.hub import HubRuntime
 from iotdps.pki import create_server_identity
-from iotdps.provisioning.ports import Store
+from iotdps.ports import Store
 from iotdps.provisioning.service import ProvisioningService
 from iotdps.provisioning.settings import ServiceSettings
 from iotdps.store import open_store

@@ -24,7 +24,7 @@ from iotdps.enrollment.models import (
     InitialTwin,
 )
 from iotdps.errors import InvalidInput
-from iotdps.provisioning.ports import WebhookTransport
+from iotdps.ports import WebhookTransport
 from iotdps.refusals import RefusalReason, Refused
 
 __all__ = ["DEFAULT_WEBHOOK_TIMEOUT", "WebhookAllocation", "build_request", "call_webhook", "parse_response"]

@@ -24,7 +24,7 @@ from aiohttp.resolver import ThreadedResolver
 
 from iotdps.allocation.destinations import DestinationRefused, Verdict, WebhookDestinations
 from iotdps.jsonload import InvalidJson, load_json
-from iotdps.provisioning.ports import WebhookResponse
+from iotdps.ports import WebhookResponse
 
 __all__ = ["AiohttpWebhookTransport", "check_webhook_url"]
 

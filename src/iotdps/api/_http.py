@@ -12,7 +12,7 @@ from aiohttp import web
 from iotdps.allocation.destinations import WebhookDestinations
 from iotdps.errors import InvalidInput
 from iotdps.jsonload import load_json
-from iotdps.provisioning.ports import Store
+from iotdps.ports import Store
 from iotdps.provisioning.service import ProvisioningService
 
 if TYPE_CHECKING:

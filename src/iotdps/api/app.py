@@ -31,7 +31,7 @@ from iotdps.api.errors import ApiError, error_response, response_for
 from iotdps.api.hub_service import HubOperations
 from iotdps.api.routes import HUB_HEADER, ROUTES, Route, openapi_document
 from iotdps.errors import IotdpsError
-from iotdps.provisioning.ports import Store
+from iotdps.ports import Store
 from iotdps.provisioning.service import ProvisioningService
 
 __all__ = ["build_management_app"]

@@ -36,8 +36,8 @@ from iotdps.api.errors import error_code
 from iotdps.enrollment.models import Attestation, EnrollmentGroup, IndividualEnrollment, SymmetricKeyAttestation
 from iotdps.errors import AlreadyExists, InvalidInput, IotdpsError, NotFound
 from iotdps.ids import check_registration_id
+from iotdps.ports import Page, UnitOfWork
 from iotdps.provisioning.admin import put_enrollment, put_group
-from iotdps.provisioning.ports import Page, UnitOfWork
 
 __all__ = [
     "BULK_MAX",

@@ -54,7 +54,8 @@ from iotdps.errors import InvalidInput, IotdpsError, NotFound, PreconditionFaile
 # The twin's merge rules are the hub's (pure functions): one definition of a patch for the
 # device side and the service side.
 from iotdps.hub.twin import apply_desired_patch, merge_patch
-from iotdps.registry.hub import HubUnitOfWork, TelemetryMessage
+from iotdps.ports import HubUnitOfWork
+from iotdps.registry.hub import TelemetryMessage
 from iotdps.registry.models import AuthType, DeviceAuth, DeviceIdentity, DeviceStatus, Twin, generation_id
 from iotdps.secret import Secret
 from iotdps.timestamps import format_time
@@ -405,7 +406,7 @@ async def delete_device(ctx: ApiContext, request: web.Request) -> web.StreamResp
             raise _device_not_found(device_id)
         _check_etag(etag, identity_etag(stored), "device")
         await uow.devices.delete(hub, device_id, if_match=stored.etag)
-        # Every store of ours implements the hub repositories too (registry.hub).
+        # Every store of ours implements the hub repositories too (iotdps.ports).
         await cast(HubUnitOfWork, uow).c2d.purge(hub, device_id)
     if ctx.hub is not None:
         ctx.hub.disconnect(hub, device_id, "the device identity was deleted")

@@ -23,7 +23,7 @@ from iotdps.attestation.x509 import evidence_from_chain
 from iotdps.enrollment.models import ALLOCATION_POLICIES
 from iotdps.errors import InvalidInput, NotFound
 from iotdps.ids import check_registration_id
-from iotdps.provisioning.ports import Refusal
+from iotdps.ports import Refusal
 from iotdps.provisioning.settings import ServiceSettings
 from iotdps.secret import Secret
 from iotdps.timestamps import format_time

@@ -31,7 +31,7 @@ from iotdps.enrollment.cas import CaCertificate
 from iotdps.enrollment.models import EnrollmentGroup, IndividualEnrollment
 from iotdps.enrollment.resolve import CaStep, Decision, resolve_symmetric_key, resolve_x509
 from iotdps.errors import InvalidInput
-from iotdps.provisioning.ports import UnitOfWork
+from iotdps.ports import UnitOfWork
 from iotdps.refusals import RefusalReason
 from iotdps.registry.models import DeviceAuth
 from iotdps.secret import Secret

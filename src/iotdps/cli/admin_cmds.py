@@ -29,8 +29,8 @@ from iotdps.cli.remote import RemoteService, run_target, target_options
 from iotdps.enrollment.models import ALLOCATION_POLICIES, EnrollmentGroup, IndividualEnrollment, ProvisioningStatus
 from iotdps.errors import AlreadyExists, InvalidInput, NotFound
 from iotdps.jsonload import load_json
+from iotdps.ports import Page, Refusal, Store, UnitOfWork
 from iotdps.provisioning.admin import put_enrollment, put_group
-from iotdps.provisioning.ports import Page, Refusal, Store, UnitOfWork
 from iotdps.provisioning.service import ProvisioningService
 from iotdps.provisioning.settings import ServiceSettings
 from iotdps.secret import Secret

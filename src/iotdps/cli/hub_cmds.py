@@ -25,8 +25,8 @@ from iotdps.errors import InvalidInput, NotFound
 from iotdps.hub.control import ControlClient, control_socket_path
 from iotdps.hub.twin import device_twin_json
 from iotdps.jsonload import load_json
-from iotdps.provisioning.ports import Store
-from iotdps.registry.hub import HubStore, TelemetryMessage
+from iotdps.ports import HubStore, Store
+from iotdps.registry.hub import TelemetryMessage
 
 __all__ = ["register", "store_options"]
 

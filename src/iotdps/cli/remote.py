@@ -44,7 +44,7 @@ from iotdps.errors import (
     StoreError,
     Unauthorized,
 )
-from iotdps.provisioning.ports import Page, Refusal, Store, UnitOfWork
+from iotdps.ports import Page, Refusal, Store, UnitOfWork
 from iotdps.provisioning.registrations import RegistrationRecord
 from iotdps.provisioning.service import ProvisioningService
 from iotdps.provisioning.settings import ServiceSettings

@@ -38,8 +38,8 @@ from iotdps.pki import (
     issue_verification_certificate,
     mint_devices,
 )
+from iotdps.ports import Store
 from iotdps.provisioning.admin import put_group
-from iotdps.provisioning.ports import Store
 from iotdps.secret import Secret
 
 __all__ = ["AttestationChoice", "CaService", "Fleet", "SimDevice", "create_fleet", "fleet_prefix"]

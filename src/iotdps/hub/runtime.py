@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from aiohttp import web
@@ -38,6 +38,7 @@ from iotdps.hub.errors import DeviceNotConnected, MethodTimeout
 from iotdps.hub.telemetry import TelemetryWriter
 from iotdps.hub.twin import apply_desired_patch, apply_reported_patch, merge_patch
 from iotdps.jsonload import InvalidJson, load_json
+from iotdps.ports import Clock, HubStore, Store, SystemClock
 from iotdps.protocols.mqtt.codec import DEFAULT_MAX_PACKET_SIZE
 from iotdps.protocols.mqtt.errors import InvalidDeviceRequest
 from iotdps.protocols.mqtt.hub import (
@@ -47,8 +48,7 @@ from iotdps.protocols.mqtt.hub import (
     parse_hub_username,
 )
 from iotdps.protocols.mqtt.packets import Connect
-from iotdps.provisioning.ports import Clock, Store
-from iotdps.registry.hub import CloudMessage, HubSession, HubStore
+from iotdps.registry.hub import CloudMessage, HubSession
 from iotdps.registry.models import DeviceIdentity, Twin
 from iotdps.server.mqtt_conn import CONNACK_NOT_AUTHORIZED, CONNACK_SERVER_UNAVAILABLE, MqttConnection, MqttEndpoint
 from iotdps.server.peers import peer_text
@@ -62,11 +62,6 @@ CONNACK_IDENTIFIER_REJECTED = 2
 MAX_C2D_QUEUE = 50  # IoT Hub's per-device queue depth
 DEFAULT_C2D_TTL = 3600.0  # IoT Hub's default message time to live
 MAX_METHOD_TIMEOUT = 300.0
-
-
-class _SystemClock:
-    def now(self) -> datetime:
-        return datetime.now(UTC)
 
 
 class HubRuntime:
@@ -83,12 +78,12 @@ class HubRuntime:
     ) -> None:
         if not hub_host_names:
             raise InvalidInput("at least one hub host name is needed")
-        # Every store of ours implements the hub repositories too (registry.hub).
+        # Every store of ours implements the hub repositories too (iotdps.ports).
         self._store = cast(HubStore, store)
         self._hosts = {name.lower(): name for name in hub_host_names}
         self.max_packet_size = max_packet_size
         self.token_max_lifetime = token_max_lifetime
-        self._clock: Clock = clock or _SystemClock()
+        self._clock: Clock = clock or SystemClock()
         self._c2d_expiry_interval = c2d_expiry_interval
         self.writer = TelemetryWriter(self._store, max_batch=telemetry_batch)
         self._live: dict[tuple[str, str], DeviceEndpoint] = {}

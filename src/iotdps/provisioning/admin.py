@@ -30,7 +30,7 @@ from iotdps.enrollment.models import (
 )
 from iotdps.errors import InvalidInput
 from iotdps.ids import same_registration_id
-from iotdps.provisioning.ports import Store
+from iotdps.ports import Store
 
 __all__ = ["fill_certificate_info", "put_enrollment", "put_group"]
 

@@ -25,7 +25,7 @@ import secrets
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from cryptography import x509
@@ -46,8 +46,8 @@ from iotdps.enrollment.models import (
 from iotdps.enrollment.resolve import Decision
 from iotdps.errors import ConfigError, InvalidInput, InvalidRegistrationId, NotFound
 from iotdps.ids import check_registration_id, same_registration_id
+from iotdps.ports import Clock, Refusal, Store, SystemClock, UnitOfWork, WebhookTransport
 from iotdps.provisioning.lifecycle import check_transition
-from iotdps.provisioning.ports import Clock, Refusal, Store, UnitOfWork, WebhookTransport
 from iotdps.provisioning.registrations import RegistrationRecord, RegistrationStatus
 from iotdps.provisioning.reprovision import Placement, place, previous_hub
 from iotdps.provisioning.settings import ServiceSettings
@@ -61,16 +61,10 @@ __all__ = [
     "RegistrationOutcome",
     "RegistrationPlan",
     "RegistrationRequest",
-    "SystemClock",
     "new_operation_id",
 ]
 
 DEFAULT_VERIFICATION_CODE_TTL = timedelta(hours=1)
-
-
-class SystemClock:
-    def now(self) -> datetime:
-        return datetime.now(UTC)
 
 
 def new_operation_id() -> str:

@@ -39,9 +39,9 @@ from iotdps.attestation.x509 import X509Evidence, evidence_from_chain
 from iotdps.config import Config, is_unspecified
 from iotdps.hub import HubRuntime, control_socket_path
 from iotdps.pki.encoding import sha256_thumbprint
+from iotdps.ports import Store
 from iotdps.protocols.mqtt.hub import classify_username
 from iotdps.protocols.mqtt.packets import Connect
-from iotdps.provisioning.ports import Store
 from iotdps.provisioning.service import ProvisioningService
 from iotdps.provisioning.settings import ServiceSettings
 from iotdps.server.dps_common import RegistrationRunner

@@ -1,4 +1,4 @@
-"""Storage adapters for the `Store` port (iotdps.provisioning.ports).
+"""Storage adapters for the `Store` port (iotdps.ports).
 
 `open_store(dsn)` is the one entry point: "memory://" gives the in-memory store,
 "sqlite:///path" and "postgresql+asyncpg://user@host/db" the SQL store, migrated to the
@@ -24,7 +24,7 @@ from sqlalchemy.pool import StaticPool
 
 from iotdps.errors import InvalidInput, StoreError
 from iotdps.fsutil import private_file
-from iotdps.provisioning.ports import Clock, Store
+from iotdps.ports import Clock, Store
 from iotdps.store._common import DEFAULT_REFUSAL_LIMIT, json_column_text
 from iotdps.store.memory import MemoryStore
 from iotdps.store.migrate import current_revision, head_revision, upgrade

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from iotdps.errors import InvalidInput, NotFound, PreconditionFailed
 from iotdps.jsonload import InvalidJson, load_json
-from iotdps.provisioning.ports import Refusal
+from iotdps.ports import Refusal
 
 __all__ = [
     "DEFAULT_REFUSAL_LIMIT",

@@ -27,13 +27,15 @@ from iotdps.enrollment.cas import CaCertificate
 from iotdps.enrollment.models import EnrollmentGroup, IndividualEnrollment
 from iotdps.errors import AlreadyExists, InvalidInput, StoreError
 from iotdps.ids import new_etag, registration_key
-from iotdps.provisioning.ports import (
+from iotdps.ports import (
+    C2DRepo,
     CaRepo,
     Clock,
     DeviceCounts,
     DeviceRepo,
     EnrollmentRepo,
     GroupRepo,
+    HubSessionRepo,
     LinkedHubRepo,
     Page,
     Refusal,
@@ -42,10 +44,11 @@ from iotdps.provisioning.ports import (
     ServiceCounts,
     SettingsRepo,
     StatisticsRepo,
+    TelemetryRepo,
 )
 from iotdps.provisioning.registrations import RegistrationRecord
 from iotdps.provisioning.settings import ServiceSettings
-from iotdps.registry.hub import C2DRepo, CloudMessage, HubSession, HubSessionRepo, TelemetryMessage, TelemetryRepo
+from iotdps.registry.hub import CloudMessage, HubSession, TelemetryMessage
 from iotdps.registry.models import DeviceIdentity
 from iotdps.store import _records as rec
 from iotdps.store._common import (

@@ -49,9 +49,9 @@ from iotdps.enrollment.models import (
 )
 from iotdps.errors import Unauthorized
 from iotdps.hub import HubRuntime
+from iotdps.ports import HubStore
 from iotdps.protocols.mqtt.packets import Connect
 from iotdps.provisioning.admin import put_enrollment, put_group
-from iotdps.registry.hub import HubStore
 from iotdps.secret import Secret
 from iotdps.server.app import Server
 from iotdps.server.mqtt_conn import MqttConnection, MqttEndpoint

@@ -49,7 +49,7 @@ def simulate(server: RunningServer, *args: str) -> dict[str, Any]:
 
 def store_view(server: RunningServer, prefix: str, n: int) -> tuple[list[Any], dict[str, int]]:
     """The registration records of the run's devices and their stored telemetry counts."""
-    from iotdps.registry.hub import HubStore
+    from iotdps.ports import HubStore
     from iotdps.store import open_store
 
     async def read() -> tuple[list[Any], dict[str, int]]:

@@ -13,7 +13,7 @@ from iotdps.device import HubClient, SymmetricKey, make_hub_sas_token
 from iotdps.errors import InvalidInput
 from iotdps.hub.auth import check_device
 from iotdps.hub.twin import apply_desired_patch, apply_reported_patch, merge_patch, sdk_twin_json
-from iotdps.registry.hub import HubStore
+from iotdps.ports import HubStore
 from iotdps.registry.models import DeviceAuth, DeviceIdentity, Twin
 from iotdps.secret import Secret
 from iotdps.store import MemoryStore

@@ -19,7 +19,7 @@ from azure.iot.device.exceptions import CredentialError
 
 from iotdps.hub import DeviceNotConnected
 from iotdps.hub.endpoint import identity_properties
-from iotdps.registry.hub import HubStore
+from iotdps.ports import HubStore
 from iotdps.store import MemoryStore, open_store
 from iotdps_testing.devcerts import self_signed_device
 from iotdps_testing.hubkit import HubServer, put_sas_device, put_x509_device, start_hub, wait_for

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from iotdps.hub.telemetry import TelemetryWriter
-from iotdps.provisioning.ports import Store
+from iotdps.ports import Store
 from iotdps.registry.hub import TelemetryMessage
 from iotdps.store import open_store
 

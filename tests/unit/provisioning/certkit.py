@@ -17,7 +17,7 @@ from cryptography.x509.oid import NameOID
 
 from iotdps.attestation import certs
 from iotdps.attestation.x509 import X509Evidence, build_path
-from iotdps.provisioning.ports import Store
+from iotdps.ports import Store
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -18,8 +18,8 @@ from iotdps.enrollment.models import (
     SymmetricKeyAttestation,
     X509Attestation,
 )
+from iotdps.ports import Store, WebhookTransport
 from iotdps.provisioning.admin import put_enrollment, put_group
-from iotdps.provisioning.ports import Store, WebhookTransport
 from iotdps.provisioning.service import ProvisioningService, RegistrationOutcome, RegistrationRequest
 from iotdps.provisioning.settings import ServiceSettings
 from iotdps.secret import Secret

@@ -20,7 +20,7 @@ from iotdps.attestation.symmetric_key import derive_device_key
 from iotdps.attestation.tpm import TpmEvidence
 from iotdps.attestation.x509 import X509Evidence
 from iotdps.enrollment.models import CustomAllocationDefinition
-from iotdps.provisioning.ports import WebhookResponse
+from iotdps.ports import WebhookResponse
 from iotdps.provisioning.service import RegistrationOutcome, RegistrationRequest
 from iotdps.refusals import DEVICE_ANSWERS, RefusalReason
 from iotdps.secret import Secret

@@ -9,7 +9,7 @@ import pytest
 from helpers import KEY1, Env, sk_enrollment
 
 from iotdps.enrollment.models import CustomAllocationDefinition, InitialTwin, ReprovisionPolicy
-from iotdps.provisioning.ports import WebhookResponse
+from iotdps.ports import WebhookResponse
 from iotdps.provisioning.registrations import RegistrationRecord
 from iotdps.provisioning.reprovision import place
 

@@ -14,7 +14,7 @@ from certkit import issue
 from helpers import HUBS, KEY1, Env, sk_enrollment
 
 from iotdps.errors import InvalidInput, NotFound, PreconditionFailed, StoreError
-from iotdps.provisioning.ports import UnitOfWork
+from iotdps.ports import UnitOfWork
 
 
 class _BrokenDevices:

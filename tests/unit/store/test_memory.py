@@ -11,7 +11,7 @@ import pytest
 from iotdps.enrollment.cas import CaCertificate
 from iotdps.enrollment.models import Attestation, IndividualEnrollment, SymmetricKeyAttestation
 from iotdps.errors import NotFound, PreconditionFailed, StoreError
-from iotdps.provisioning.ports import Refusal
+from iotdps.ports import Refusal
 from iotdps.provisioning.registrations import RegistrationRecord
 from iotdps.secret import Secret
 from iotdps.store import MemoryStore, open_store

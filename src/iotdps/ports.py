@@ -1,8 +1,13 @@
-"""Ports of the provisioning core: what it needs from the outside, as Protocols.
+"""Ports: every repository and service Protocol the core needs from the outside.
 
 The core never imports an adapter. The store (SQLite / PostgreSQL, and an in-memory fake that
-the contract suite holds to the same behaviour), the clock, randomness and the webhook
-transport are injected.
+the contract suite in tests/contract holds to the same behaviour), the clock, randomness and the
+webhook transport are injected, and this module says what each must do.
+
+This module sits on the floor, under the core: any core package may import it, and it imports
+nothing of the core at run time. The records the repositories carry belong to their domains
+(`enrollment`, `allocation.hubs`, `provisioning`, the hub's records); they are named here for the
+type checker only (`TYPE_CHECKING`).
 
 Store rules every implementation keeps:
 - `Store.begin()` is one transaction: it commits when the block exits normally and rolls
@@ -16,6 +21,16 @@ Store rules every implementation keeps:
 - `RegistrationRepo.get(..., for_update=True)` locks the row until the transaction ends
   (SELECT ... FOR UPDATE on PostgreSQL; SQLite serialises writers), so two concurrent
   registrations of one id end in one consistent record.
+
+The hub's repositories (every store of ours implements them too):
+- Telemetry is append-only. `add_many` assigns increasing sequence numbers (`seq`) in the order
+  given; `list` returns messages in ascending `seq`. It is written in batches by the hub's
+  group-commit writer: one transaction per batch.
+- A cloud-to-device message stays queued until `complete` (the device PUBACKed it) or until it
+  expires (`expire` deletes every message whose `expires` is at or before `now`); `pending`
+  never returns an expired message.
+- A hub session (the subscriptions of a clean-session-0 device) is replaced whole by `put`;
+  `delete` of a missing session is not an error.
 """
 
 from __future__ import annotations
@@ -23,23 +38,29 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Generic, Protocol, TypeVar
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from iotdps.allocation.hubs import LinkedHub
-from iotdps.enrollment.cas import CaCertificate
-from iotdps.enrollment.models import EnrollmentGroup, IndividualEnrollment
-from iotdps.provisioning.registrations import RegistrationRecord
-from iotdps.provisioning.settings import ServiceSettings
-from iotdps.registry.models import DeviceIdentity
+if TYPE_CHECKING:
+    from iotdps.allocation.hubs import LinkedHub
+    from iotdps.enrollment.cas import CaCertificate
+    from iotdps.enrollment.models import EnrollmentGroup, IndividualEnrollment
+    from iotdps.provisioning.registrations import RegistrationRecord
+    from iotdps.provisioning.settings import ServiceSettings
+    from iotdps.registry.hub import CloudMessage, HubSession, TelemetryMessage
+    from iotdps.registry.models import DeviceIdentity
 
 __all__ = [
+    "C2DRepo",
     "CaRepo",
     "Clock",
     "DeviceCounts",
     "DeviceRepo",
     "EnrollmentRepo",
     "GroupRepo",
+    "HubSessionRepo",
+    "HubStore",
+    "HubUnitOfWork",
     "LinkedHubRepo",
     "Page",
     "Refusal",
@@ -49,6 +70,8 @@ __all__ = [
     "SettingsRepo",
     "StatisticsRepo",
     "Store",
+    "SystemClock",
+    "TelemetryRepo",
     "UnitOfWork",
     "WebhookResponse",
     "WebhookTransport",
@@ -248,6 +271,13 @@ class Clock(Protocol):
         ...
 
 
+class SystemClock:
+    """The real clock (tests inject a fixed one)."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
 @dataclass(frozen=True, slots=True)
 class WebhookResponse:
     status: int
@@ -258,3 +288,60 @@ class WebhookTransport(Protocol):
     async def post_json(self, url: str, body: Mapping[str, Any], timeout: float) -> WebhookResponse:
         """POST `body` as JSON; raise TimeoutError or OSError on transport failure."""
         ...
+
+
+# --------------------------------------------------------------------------- the hub's repositories
+
+
+class TelemetryRepo(Protocol):
+    async def add_many(self, messages: Sequence[TelemetryMessage]) -> None: ...
+
+    async def list(
+        self,
+        hub: str,
+        device_id: str | None = None,
+        *,
+        after: int | None = None,
+        limit: int = 100,
+        newest: bool = False,
+    ) -> Sequence[TelemetryMessage]:
+        """Ascending `seq`. `after`: only messages with a greater seq. `newest`: the last
+        `limit` matching messages (still returned oldest first), else the first `limit`."""
+        ...
+
+
+class C2DRepo(Protocol):
+    async def add(self, message: CloudMessage) -> CloudMessage: ...
+    async def pending(
+        self, hub: str, device_id: str, now: datetime, *, after: int | None = None, limit: int = 100
+    ) -> Sequence[CloudMessage]: ...
+    async def complete(self, hub: str, device_id: str, seq: int) -> bool:
+        """Remove one delivered message; False when it was already gone."""
+        ...
+
+    async def count(self, hub: str, device_id: str) -> int: ...
+    async def expire(self, now: datetime) -> int:
+        """Delete every message that expired at or before `now`; the number deleted."""
+        ...
+
+    async def purge(self, hub: str, device_id: str) -> int:
+        """Delete a device's whole queue (the device was deleted); the number deleted."""
+        ...
+
+
+class HubSessionRepo(Protocol):
+    async def get(self, hub: str, device_id: str) -> HubSession | None: ...
+    async def put(self, session: HubSession) -> None: ...
+    async def delete(self, hub: str, device_id: str) -> None: ...
+
+
+class HubUnitOfWork(Protocol):
+    devices: DeviceRepo
+    telemetry: TelemetryRepo
+    c2d: C2DRepo
+    hub_sessions: HubSessionRepo
+
+
+class HubStore(Protocol):
+    def begin(self) -> AbstractAsyncContextManager[HubUnitOfWork]: ...
+    async def close(self) -> None: ...

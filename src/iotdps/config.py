@@ -51,8 +51,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from iotdps.allocation.destinations import WebhookDestinations
-from iotdps.attestation.symmetric_key import DEFAULT_TOKEN_MAX_LIFETIME
 from iotdps.errors import ConfigError, InvalidInput
+from iotdps.sas import DEFAULT_TOKEN_MAX_LIFETIME
 
 __all__ = [
     "MAX_DEVICE_TOKEN_LIFETIME",

@@ -27,9 +27,9 @@ import pytest
 from azure.iot.device import X509, IoTHubDeviceClient, ProvisioningDeviceClient
 from azure.iot.device.exceptions import ClientError, CredentialError
 
-from iotdps.attestation.symmetric_key import make_sas_token
 from iotdps.protocols.mqtt.client import ClientSession
 from iotdps.protocols.mqtt.events import ConnAckReceived
+from iotdps.sas import make_sas_token
 from iotdps_testing.devcerts import derived_key
 from iotdps_testing.rawdps import dps_connect
 from iotdps_testing.server import RunningServer, start_server

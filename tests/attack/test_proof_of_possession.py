@@ -1,6 +1,6 @@
 """Forged proof of possession, and a forged CA above a trust anchor.
 
-Both rest on one signature check (`attestation.certs.signed_by`). With that check reduced to
+Both rest on one signature check (`pki.certs.signed_by`). With that check reduced to
 the issuer name and key-id comparison, the suite used to pass all the same: its only negative
 proof-of-possession test used a CA with another name. Here every forgery gets the names right:
 - a verification certificate whose CN is the outstanding code, whose issuer name and authority

@@ -24,9 +24,9 @@ import pytest
 import requests
 
 from iotdps.api import make_service_sas
-from iotdps.attestation.symmetric_key import make_sas_token
 from iotdps.protocols.mqtt.client import ClientSession
 from iotdps.protocols.mqtt.events import ConnAckReceived
+from iotdps.sas import make_sas_token
 from iotdps_testing.devcerts import self_signed_device
 from iotdps_testing.hubkit import new_key
 from iotdps_testing.rawdps import dps_connect

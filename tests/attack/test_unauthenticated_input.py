@@ -28,9 +28,9 @@ from urllib.parse import quote
 import pytest
 
 from iotdps.api import make_service_sas
-from iotdps.attestation.symmetric_key import make_sas_token
 from iotdps.protocols.mqtt.client import ClientSession
 from iotdps.protocols.mqtt.events import ConnAckReceived, Event, PublishReceived, SubAckReceived
+from iotdps.sas import make_sas_token
 from iotdps_testing.devcerts import self_signed_device
 from iotdps_testing.net import free_loopback_address
 from iotdps_testing.rawdps import dps_connect

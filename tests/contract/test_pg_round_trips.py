@@ -15,11 +15,11 @@ from sqlalchemy import event
 
 from iotdps.allocation.hubs import LinkedHub
 from iotdps.attestation.registry import SasCredential
-from iotdps.attestation.symmetric_key import derive_device_key, make_sas_token
 from iotdps.enrollment.models import EnrollmentGroup
 from iotdps.provisioning.admin import put_group
 from iotdps.provisioning.service import ProvisioningService, RegistrationRequest
 from iotdps.provisioning.settings import ServiceSettings
+from iotdps.sas import derive_device_key, make_sas_token
 from iotdps.secret import Secret
 from iotdps.store import SqlStore, open_store
 

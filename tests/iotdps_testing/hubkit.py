@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
-from iotdps.attestation import certs
 from iotdps.hub import HubRuntime
-from iotdps.pki import create_server_identity
+from iotdps.pki import certs, create_server_identity
+from iotdps.pki.encoding import sha1_thumbprint, sha256_thumbprint
 from iotdps.ports import Store
 from iotdps.protocols.mqtt.hub import classify_username
 from iotdps.protocols.mqtt.packets import Connect
@@ -117,7 +117,7 @@ async def put_sas_device(store: Store, hub: str, device_id: str, *, status: str 
 
 
 async def put_x509_device(store: Store, hub: str, device: DeviceCert, *, sha1: bool = False) -> None:
-    tp = certs.sha1_thumbprint(device.cert) if sha1 else certs.sha256_thumbprint(device.cert)
+    tp = sha1_thumbprint(device.cert) if sha1 else sha256_thumbprint(device.cert)
     cn = certs.common_name(device.cert) or ""
     async with store.begin() as uow:
         await uow.devices.put(DeviceIdentity(hub, cn, DeviceAuth("selfSigned", primary_thumbprints=(tp,)), twin=Twin()))

@@ -16,15 +16,16 @@ from aiohttp import web
 
 from iotdps.allocation.hubs import LinkedHub
 from iotdps.api._http import ApiContext, if_match, json_object, json_response, read_json
-from iotdps.attestation import certs
 from iotdps.attestation.registry import SasCredential
-from iotdps.attestation.symmetric_key import make_sas_token
 from iotdps.attestation.x509 import evidence_from_chain
 from iotdps.enrollment.models import ALLOCATION_POLICIES
 from iotdps.errors import InvalidInput, NotFound
 from iotdps.ids import check_registration_id
+from iotdps.pki import certs
+from iotdps.pki.encoding import load_certificate, load_certificates
 from iotdps.ports import Refusal
 from iotdps.provisioning.settings import ServiceSettings
+from iotdps.sas import make_sas_token
 from iotdps.secret import Secret
 from iotdps.timestamps import format_time
 
@@ -94,7 +95,7 @@ async def put_ca(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
         verified = False
     if not isinstance(verified, bool):
         raise InvalidInput("isVerified must be true or false")
-    cert = certs.load_certificate(pem)
+    cert = load_certificate(pem)
     if not certs.is_ca(cert):
         raise InvalidInput("the certificate is not a CA certificate (basicConstraints CA:TRUE is missing)")
     async with ctx.store.begin() as uow:
@@ -280,7 +281,7 @@ async def explain(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
             raise InvalidInput(f"{field} must be a string")
     svc = ctx.service
     if chain_text:
-        chain = certs.load_certificates(str(chain_text))
+        chain = load_certificates(str(chain_text))
         registration_id = str(rid) if rid else (certs.common_name(chain[0]) or "")
         evidence = evidence_from_chain(chain, await svc.trust_anchors(), svc.clock.now())
         lines = [f"registration id: {registration_id}"]

@@ -17,23 +17,18 @@ from typing import Any, Literal, Protocol
 
 from cryptography import x509
 
-from iotdps.attestation import certs
-from iotdps.attestation.symmetric_key import (
-    DEFAULT_TOKEN_MAX_LIFETIME,
-    SasCheck,
-    check_token,
-    derive_device_key,
-    parse_sas,
-)
 from iotdps.attestation.tpm import TpmEvidence
 from iotdps.attestation.x509 import X509Evidence, check_leaf, diagnose, extend_above
 from iotdps.enrollment.cas import CaCertificate
 from iotdps.enrollment.models import EnrollmentGroup, IndividualEnrollment
 from iotdps.enrollment.resolve import CaStep, Decision, resolve_symmetric_key, resolve_x509
 from iotdps.errors import InvalidInput
+from iotdps.pki import certs
+from iotdps.pki.encoding import certificate_info, load_certificate, sha1_thumbprint, sha256_thumbprint
 from iotdps.ports import UnitOfWork
 from iotdps.refusals import RefusalReason
 from iotdps.registry.models import DeviceAuth
+from iotdps.sas import DEFAULT_TOKEN_MAX_LIFETIME, SasCheck, check_token, derive_device_key, parse_sas
 from iotdps.secret import Secret
 
 __all__ = [
@@ -90,7 +85,7 @@ def _load(pem: str) -> x509.Certificate | None:
     # Memoised: every X.509 registration loads every uploaded CA and (above a non-root
     # anchor) every group's signing certificate; the PEM text fixes the (immutable) result.
     try:
-        return certs.load_certificate(pem)
+        return load_certificate(pem)
     except InvalidInput:
         return None
 
@@ -124,7 +119,7 @@ class _X509WebhookContext(Mapping[str, Any]):
 
     def _context(self) -> dict[str, Any]:
         if self._value is None:
-            self._value = {"x509": {"clientCertificateInfo": dict(certs.certificate_info(self._leaf))}}
+            self._value = {"x509": {"clientCertificateInfo": dict(certificate_info(self._leaf))}}
         return self._value
 
     def __getitem__(self, key: str) -> Any:
@@ -175,7 +170,7 @@ async def _above_leaf(
     Nothing here depends on the leaf once the anchor is a CA, so for a device of a known
     production line the answer comes from the read cache (see `X509Mechanism`)."""
     anchor = chain[-1]
-    anchor_tp = certs.sha256_thumbprint(anchor)
+    anchor_tp = sha256_thumbprint(anchor)
     # The TLS trust store may be older than the store: re-check the anchor is still trusted.
     if not anchored_at_leaf and anchor_tp not in trust.verified:
         if anchor_tp in trust.uploaded:
@@ -194,7 +189,7 @@ async def _above_leaf(
         extended = extend_above(extended, [*trust.certificates.values(), *await _group_signing_certs(uow)])
     steps: list[CaStep] = []
     for cert in extended[1:]:
-        tp = certs.sha256_thumbprint(cert)
+        tp = sha256_thumbprint(cert)
         found_groups: dict[str, EnrollmentGroup] = {
             g.enrollment_group_id: g for g in await uow.groups.find_by_signing_thumbprint(tp)
         }
@@ -217,7 +212,7 @@ class X509Mechanism:
         if problem is not None:
             return _refuse("x509", problem.reason, problem.message)
         leaf = evidence.presented[0]
-        leaf_sha256 = certs.sha256_thumbprint(leaf)
+        leaf_sha256 = sha256_thumbprint(leaf)
         trust = await _trust(uow)
         individual = await uow.enrollments.get(registration_id)
 
@@ -247,14 +242,14 @@ class X509Mechanism:
         else:
             # Every device of a production line presents the same CAs above its leaf: their
             # thumbprints key the answer, kept while no CA, group or setting changes.
-            key = ("x509 above leaf", *(certs.sha256_thumbprint(c) for c in chain[1:]))
+            key = ("x509 above leaf", *(sha256_thumbprint(c) for c in chain[1:]))
             above = await uow.derived(key, lambda: _above_leaf(uow, chain, trust, anchored_at_leaf=False))
         if above.refusal is not None:
             return above.refusal
         decision = resolve_x509(
             registration_id, leaf_sha256, individual, above.steps, reaches_verified_ca=above.reaches_verified
         )
-        auth = DeviceAuth("selfSigned", primary_thumbprints=(leaf_sha256, certs.sha1_thumbprint(leaf)))
+        auth = DeviceAuth("selfSigned", primary_thumbprints=(leaf_sha256, sha1_thumbprint(leaf)))
         context = _X509WebhookContext(leaf)
         return Authentication(
             decision, "x509", auth if decision.admitted else None, context, leaf_sha256, certs.common_name(leaf)

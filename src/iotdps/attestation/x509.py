@@ -25,9 +25,10 @@ from datetime import datetime
 
 from cryptography import x509
 
-from iotdps.attestation import certs
 from iotdps.ids import same_registration_id
+from iotdps.pki import certs
 from iotdps.pki.chain_policy import Rule, path_problems, verify_client_chain
+from iotdps.pki.encoding import sha256_thumbprint
 from iotdps.refusals import RefusalReason
 
 __all__ = [
@@ -113,13 +114,13 @@ def build_path(
     if not presented:
         return _Path(None, ChainProblem(RefusalReason.NO_CERTIFICATE, "the device presented no client certificate"))
     uploaded = uploaded or {}
-    anchor_prints = {certs.sha256_thumbprint(a): a for a in anchors}
+    anchor_prints = {sha256_thumbprint(a): a for a in anchors}
     pool: list[x509.Certificate] = []
     seen: set[str] = set()
     # Preference when several certificates could be the issuer: anchors, then what the device
     # sent, then other known certificates.
     for cert in (*anchor_prints.values(), *presented[1:], *known):
-        tp = certs.sha256_thumbprint(cert)
+        tp = sha256_thumbprint(cert)
         if tp not in seen:
             seen.add(tp)
             pool.append(cert)
@@ -132,14 +133,14 @@ def build_path(
     unverified: list[str] = []
     current = leaf
     for _ in range(MAX_CHAIN_DEPTH):
-        tp = certs.sha256_thumbprint(current)
+        tp = sha256_thumbprint(current)
         if tp in anchor_prints:
             return _Path(tuple(path))
         if tp in uploaded and not uploaded[tp][1]:
             unverified.append(uploaded[tp][0])
-        in_path = {certs.sha256_thumbprint(c) for c in path}
+        in_path = {sha256_thumbprint(c) for c in path}
         issuer = next(
-            (c for c in pool if certs.sha256_thumbprint(c) not in in_path and certs.signed_by(current, c)), None
+            (c for c in pool if sha256_thumbprint(c) not in in_path and certs.signed_by(current, c)), None
         )
         if issuer is None:
             return _Path(None, _dead_end(current, leaf, pool, in_path, unverified), tuple(unverified))
@@ -172,7 +173,7 @@ def _dead_end(
     if unverified:
         return ChainProblem(RefusalReason.CA_NOT_VERIFIED, f"CA {unverified[-1]} is not verified")
     lookalike = next(
-        (c for c in pool if certs.sha256_thumbprint(c) not in in_path and current.issuer == c.subject), None
+        (c for c in pool if sha256_thumbprint(c) not in in_path and current.issuer == c.subject), None
     )
     if lookalike is not None:
         # A signature algorithm the policy refuses (SHA-1, MD5) does not verify at all: say so.
@@ -258,8 +259,8 @@ def extend_above(chain: Sequence[x509.Certificate], known: Iterable[x509.Certifi
         top = out[-1]
         if certs.is_self_issued(top) and certs.signed_by(top, top):
             break
-        in_path = {certs.sha256_thumbprint(c) for c in out}
-        issuer = next((c for c in pool if certs.sha256_thumbprint(c) not in in_path and certs.signed_by(top, c)), None)
+        in_path = {sha256_thumbprint(c) for c in out}
+        issuer = next((c for c in pool if sha256_thumbprint(c) not in in_path and certs.signed_by(top, c)), None)
         if issuer is None:
             break
         out.append(issuer)

@@ -21,18 +21,19 @@ from rich.console import Console
 from rich.table import Table
 
 from iotdps.allocation.hubs import LinkedHub
-from iotdps.attestation import certs
 from iotdps.attestation.registry import SasCredential
-from iotdps.attestation.symmetric_key import make_sas_token
 from iotdps.attestation.x509 import evidence_from_chain
 from iotdps.cli.remote import RemoteService, run_target, target_options
 from iotdps.enrollment.models import ALLOCATION_POLICIES, EnrollmentGroup, IndividualEnrollment, ProvisioningStatus
 from iotdps.errors import AlreadyExists, InvalidInput, NotFound
 from iotdps.jsonload import load_json
+from iotdps.pki import certs
+from iotdps.pki.encoding import load_certificates
 from iotdps.ports import Page, Refusal, Store, UnitOfWork
 from iotdps.provisioning.admin import put_enrollment, put_group
 from iotdps.provisioning.service import ProvisioningService
 from iotdps.provisioning.settings import ServiceSettings
+from iotdps.sas import make_sas_token
 from iotdps.secret import Secret
 
 __all__ = ["register"]
@@ -69,7 +70,7 @@ def _device_certificate(path: str) -> str:
     """The device's own certificate from FILE. `create-device-cert` writes the device's chain
     (leaf first, then its CA certificates), and an enrollment takes exactly one certificate, so
     the leaf is sent and the rest named on stderr (the server refuses a chain outright)."""
-    found = certs.load_certificates(_read(path))
+    found = load_certificates(_read(path))
     if len(found) > 1:
         click.echo(
             f"note: {path} holds {len(found)} certificates; the enrollment takes the first, "
@@ -724,7 +725,7 @@ def explain_cmd(bundle: str | None, registration_id: str | None, symmetric_key: 
         if isinstance(svc, RemoteService):
             return await remote(svc)
         if bundle:
-            chain = certs.load_certificates(_read(bundle))
+            chain = load_certificates(_read(bundle))
             rid = registration_id or certs.common_name(chain[0]) or ""
             evidence = evidence_from_chain(chain, await svc.trust_anchors(), svc.clock.now())
             lines = [f"registration id: {rid}"]

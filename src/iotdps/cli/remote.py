@@ -32,7 +32,6 @@ import click
 
 from iotdps.allocation.hubs import LinkedHub
 from iotdps.api.auth import make_service_sas
-from iotdps.attestation import certs
 from iotdps.enrollment.cas import CaCertificate
 from iotdps.enrollment.models import EnrollmentGroup, IndividualEnrollment
 from iotdps.errors import (
@@ -44,6 +43,7 @@ from iotdps.errors import (
     StoreError,
     Unauthorized,
 )
+from iotdps.pki.encoding import certificate_info, load_certificate, sha256_thumbprint
 from iotdps.ports import Page, Refusal, Store, UnitOfWork
 from iotdps.provisioning.registrations import RegistrationRecord
 from iotdps.provisioning.service import ProvisioningService
@@ -270,13 +270,13 @@ def _stamped(record: Any, doc: Mapping[str, Any]) -> Any:
 
 def _ca_from_json(doc: Mapping[str, Any]) -> CaCertificate:
     props = doc.get("properties") or {}
-    cert = certs.load_certificate(str(props.get("certificate", "")))
+    cert = load_certificate(str(props.get("certificate", "")))
     created, updated = props.get("created"), props.get("updated")
     expiry = props.get("verificationCodeExpiry")
     return CaCertificate(
         name=str(doc.get("name")),
         certificate=str(props.get("certificate")),
-        info=certs.certificate_info(cert),
+        info=certificate_info(cert),
         is_verified=bool(props.get("isVerified")),
         verification_code_expires=parse_time(expiry) if isinstance(expiry, str) else None,
         etag=doc.get("etag"),
@@ -644,7 +644,7 @@ async def prove_possession(
     """The whole proof of possession: upload the CA when it is missing or different, get a
     code, have `sign(code)` issue the verification certificate (PEM), verify. A CA already
     verified with the same certificate is left as it is."""
-    wanted = certs.sha256_thumbprint(certs.load_certificate(ca_pem))
+    wanted = sha256_thumbprint(load_certificate(ca_pem))
     async with store.begin() as uow:
         current = await uow.cas.get(name)
     if current is not None and current.sha256_thumbprint == wanted and current.is_verified:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from iotdps.attestation.symmetric_key import SAS_PREFIX, derive_device_key, make_sas_token
+from iotdps.sas import SAS_PREFIX, derive_device_key, make_sas_token
 from iotdps.secret import Secret
 
 __all__ = ["Credential", "SymmetricKey", "X509Files", "make_hub_sas_token", "tls_context"]

@@ -23,11 +23,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from iotdps.attestation import certs
-from iotdps.attestation.symmetric_key import SasToken, derive_device_key, signature_matches
 from iotdps.enrollment.models import CertificateSlot, EnrollmentGroup, IndividualEnrollment
 from iotdps.errors import InvalidInput
+from iotdps.pki.encoding import load_certificate, sha256_thumbprint
 from iotdps.refusals import RefusalReason
+from iotdps.sas import SasToken, derive_device_key, signature_matches
 
 __all__ = [
     "CaStep",
@@ -89,7 +89,7 @@ def slot_thumbprint(slot: CertificateSlot | None) -> str | None:
     if slot.sha256_thumbprint:
         return slot.sha256_thumbprint
     try:
-        return certs.sha256_thumbprint(certs.load_certificate(slot.certificate))
+        return sha256_thumbprint(load_certificate(slot.certificate))
     except InvalidInput:
         return None
 

@@ -3,8 +3,8 @@
 `check_device` returns None when the device is admitted, or the reason in words for operators
 (the device itself only sees CONNACK 5). Hub SAS tokens are device-scoped: `sr` is
 `{hostname}/devices/{deviceId}` (percent-encoded), no `skn`, signed with the device's primary
-or secondary key. The signature covers `sr` exactly as sent (symmetric_key.parse_sas keeps it raw).
-A token valid further ahead than the maximum lifetime is refused, as at DPS (symmetric_key).
+or secondary key. The signature covers `sr` exactly as sent (iotdps.sas.parse_sas keeps it raw).
+A token valid further ahead than the maximum lifetime is refused, as at DPS (iotdps.sas).
 
 X.509 devices that DPS provisioned are `selfSigned`: the leaf's SHA-256 or SHA-1 thumbprint must
 be registered, and the leaf's CN must be the device id. The chain need not reach one of our
@@ -19,15 +19,10 @@ from __future__ import annotations
 from datetime import datetime
 from urllib.parse import unquote
 
-from iotdps.attestation import certs
-from iotdps.attestation.symmetric_key import (
-    DEFAULT_TOKEN_MAX_LIFETIME,
-    SasCheck,
-    lifetime_problem,
-    parse_sas,
-    signature_matches,
-)
+from iotdps.pki import certs
+from iotdps.pki.encoding import sha1_thumbprint, sha256_thumbprint
 from iotdps.registry.models import DeviceIdentity
+from iotdps.sas import DEFAULT_TOKEN_MAX_LIFETIME, SasCheck, lifetime_problem, parse_sas, signature_matches
 from iotdps.server.tls import PeerIdentity
 
 __all__ = ["check_device"]
@@ -77,7 +72,7 @@ def _check_x509(device: DeviceIdentity, peer: PeerIdentity | None) -> str | None
     auth = device.auth
     if auth.type == "selfSigned":
         wanted = {tp.upper() for tp in (*auth.primary_thumbprints, *auth.secondary_thumbprints)}
-        if certs.sha256_thumbprint(leaf) in wanted or certs.sha1_thumbprint(leaf) in wanted:
+        if sha256_thumbprint(leaf) in wanted or sha1_thumbprint(leaf) in wanted:
             return None
         return "the certificate's thumbprint is not registered for this device"
     if auth.type == "certificateAuthority":

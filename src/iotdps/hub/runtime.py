@@ -30,7 +30,6 @@ from typing import Any, cast
 
 from aiohttp import web
 
-from iotdps.attestation.symmetric_key import DEFAULT_TOKEN_MAX_LIFETIME
 from iotdps.errors import InvalidInput, IotdpsError, NotFound, PreconditionFailed, Throttled
 from iotdps.hub.auth import check_device
 from iotdps.hub.endpoint import DeviceEndpoint, identity_properties
@@ -50,6 +49,7 @@ from iotdps.protocols.mqtt.hub import (
 from iotdps.protocols.mqtt.packets import Connect
 from iotdps.registry.hub import CloudMessage, HubSession
 from iotdps.registry.models import DeviceIdentity, Twin
+from iotdps.sas import DEFAULT_TOKEN_MAX_LIFETIME
 from iotdps.server.mqtt_conn import CONNACK_NOT_AUTHORIZED, CONNACK_SERVER_UNAVAILABLE, MqttConnection, MqttEndpoint
 from iotdps.server.peers import peer_text
 from iotdps.server.throttled_log import ThrottledLog

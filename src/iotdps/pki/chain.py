@@ -34,8 +34,8 @@ from cryptography.x509.verification import (
 
 from iotdps.errors import ChainError, InvalidRegistrationId
 from iotdps.ids import check_registration_id
+from iotdps.pki.certs import is_self_issued
 from iotdps.pki.chain_policy import Rule, path_problems, verify_client_chain
-from iotdps.pki.issuer import is_self_issued
 from iotdps.pki.keys import public_keys_match
 
 __all__ = ["ChainReport", "Purpose", "describe_certificate", "explain_chain", "verify_chain"]

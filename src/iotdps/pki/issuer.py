@@ -16,9 +16,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from iotdps.errors import InvalidInput, PkiError
+from iotdps.pki.certs import is_self_issued
 from iotdps.pki.keys import PrivateKey, public_keys_match
 
-__all__ = ["CLOCK_SKEW", "Issuer", "Validity", "is_self_issued", "signature_hash"]
+__all__ = ["CLOCK_SKEW", "Issuer", "Validity", "signature_hash"]
 
 # Certificates start a few minutes in the past: a device or a server whose clock runs slightly
 # behind would otherwise reject a certificate minted seconds ago as "not yet valid".
@@ -75,10 +76,6 @@ class Validity:
                 f"expires ({na:%Y-%m-%d}); choose fewer days"
             )
         return Validity(self.not_before, na)
-
-
-def is_self_issued(cert: x509.Certificate) -> bool:
-    return cert.subject == cert.issuer
 
 
 def signature_hash(key: PrivateKey) -> hashes.SHA256 | hashes.SHA384:

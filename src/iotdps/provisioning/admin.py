@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from iotdps.attestation import certs
 from iotdps.enrollment.models import (
     Attestation,
     CertificateSlot,
@@ -30,6 +29,8 @@ from iotdps.enrollment.models import (
 )
 from iotdps.errors import InvalidInput
 from iotdps.ids import same_registration_id
+from iotdps.pki import certs
+from iotdps.pki.encoding import certificate_info, load_certificate, load_certificates
 from iotdps.ports import Store
 
 __all__ = ["fill_certificate_info", "put_enrollment", "put_group"]
@@ -39,7 +40,7 @@ def _slot(slot: CertificateSlot | None, where: str) -> CertificateSlot | None:
     if slot is None:
         return None
     try:
-        found = certs.load_certificates(slot.certificate)
+        found = load_certificates(slot.certificate)
     except InvalidInput as exc:
         raise InvalidInput(f"{where}: {exc.message}") from exc
     if len(found) != 1:
@@ -48,7 +49,7 @@ def _slot(slot: CertificateSlot | None, where: str) -> CertificateSlot | None:
             " not a chain (for a device certificate file that also holds its CA certificates, send only the"
             " first one, the device's own)"
         )
-    return CertificateSlot(slot.certificate, dict(certs.certificate_info(found[0])))
+    return CertificateSlot(slot.certificate, dict(certificate_info(found[0])))
 
 
 def fill_certificate_info(attestation: Attestation) -> Attestation:
@@ -77,7 +78,7 @@ async def put_enrollment(
         for which, slot in zip(("primary", "secondary"), attestation.x509.client_certificates, strict=True):
             if slot is None:
                 continue
-            cert = certs.load_certificate(slot.certificate)
+            cert = load_certificate(slot.certificate)
             if certs.is_ca(cert):
                 raise InvalidInput(
                     f"clientCertificates.{which} ({certs.describe(cert)}) is a CA certificate (basicConstraints"

@@ -33,7 +33,6 @@ from cryptography import x509
 from iotdps.allocation.custom import DEFAULT_WEBHOOK_TIMEOUT, WebhookAllocation, build_request, call_webhook
 from iotdps.allocation.hubs import LinkedHub
 from iotdps.allocation.policy import allocate_builtin, candidate_hubs
-from iotdps.attestation import certs
 from iotdps.attestation.registry import AttestationKind, Authentication, Credential, mechanism_for
 from iotdps.enrollment.cas import CaCertificate
 from iotdps.enrollment.models import (
@@ -46,6 +45,8 @@ from iotdps.enrollment.models import (
 from iotdps.enrollment.resolve import Decision
 from iotdps.errors import ConfigError, InvalidInput, InvalidRegistrationId, NotFound
 from iotdps.ids import check_registration_id, same_registration_id
+from iotdps.pki import certs
+from iotdps.pki.encoding import certificate_info, load_certificate, load_certificates
 from iotdps.ports import Clock, Refusal, Store, SystemClock, UnitOfWork, WebhookTransport
 from iotdps.provisioning.lifecycle import check_transition
 from iotdps.provisioning.registrations import RegistrationRecord, RegistrationStatus
@@ -634,8 +635,8 @@ class ProvisioningService:
         """Upload (or replace) a CA certificate. A replaced certificate loses its verification."""
         if not name or any(c in name for c in "/\\?#") or len(name) > 128:
             raise InvalidInput("a CA name is 1..128 characters without / \\ ? #")
-        cert = certs.load_certificate(pem)
-        ca = CaCertificate(name, certs.to_pem(cert), certs.certificate_info(cert), is_verified=verified)
+        cert = load_certificate(pem)
+        ca = CaCertificate(name, certs.to_pem(cert), certificate_info(cert), is_verified=verified)
         async with self.store.begin() as uow:
             existing = await uow.cas.get(name)
             if existing is not None and existing.sha256_thumbprint == ca.sha256_thumbprint and not verified:
@@ -663,7 +664,7 @@ class ProvisioningService:
         signed it. The code is consumed on success."""
         from iotdps.store.codes import code_matches  # stdlib-only helper shared with the store
 
-        presented = certs.load_certificate(verification_cert_pem)
+        presented = load_certificate(verification_cert_pem)
         async with self.store.begin() as uow:
             ca = await uow.cas.get(name)
             if ca is None:
@@ -675,7 +676,7 @@ class ProvisioningService:
             cn = certs.common_name(presented) or ""
             if not code_matches(ca.verification_code, cn):
                 raise InvalidInput("the verification certificate's CN is not the outstanding verification code")
-            if not certs.signed_by(presented, certs.load_certificate(ca.certificate)):
+            if not certs.signed_by(presented, load_certificate(ca.certificate)):
                 raise InvalidInput(f"the verification certificate is not signed by CA {name}")
             verified = replace(ca, is_verified=True, verification_code=None, verification_code_expires=None)
             return await uow.cas.put(verified, if_match)
@@ -686,7 +687,7 @@ _MATCHED_OK = frozenset({RefusalReason.ENROLLMENT_DISABLED, RefusalReason.GROUP_
 
 def _load_all(pem: str) -> list[x509.Certificate]:
     try:
-        return certs.load_certificates(pem)
+        return load_certificates(pem)
     except InvalidInput:
         return []
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from iotdps.attestation.symmetric_key import make_sas_token
 from iotdps.protocols.mqtt.client import ClientSession
 from iotdps.protocols.mqtt.events import ConnAckReceived, PubAckReceived, PublishReceived, SubAckReceived
+from iotdps.sas import make_sas_token
 from iotdps_testing.server import RunningServer, start_server
 
 pytestmark = pytest.mark.e2e

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from iotdps.attestation.symmetric_key import make_sas_token
+from iotdps.sas import make_sas_token
 from iotdps_testing.rawdps import dps_connect
 from iotdps_testing.server import RunningServer, start_server
 

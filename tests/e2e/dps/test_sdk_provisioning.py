@@ -17,7 +17,7 @@ import pytest
 from azure.iot.device import X509, ProvisioningDeviceClient
 from azure.iot.device.exceptions import ClientError, CredentialError
 
-from iotdps.attestation.symmetric_key import make_sas_token
+from iotdps.sas import make_sas_token
 from iotdps_testing.devcerts import derived_key, self_signed_device
 from iotdps_testing.rawdps import dps_connect
 from iotdps_testing.server import RunningServer, start_server

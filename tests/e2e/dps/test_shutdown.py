@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from iotdps.attestation.symmetric_key import make_sas_token
+from iotdps.sas import make_sas_token
 from iotdps_testing.net import free_loopback_address, free_port
 from iotdps_testing.rawdps import dps_connect
 from iotdps_testing.server import start_server

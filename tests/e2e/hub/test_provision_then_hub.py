@@ -25,7 +25,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from iotdps.attestation import certs
 from iotdps.config import Config, DpsConfig, HubConfig, ManagementConfig
 from iotdps.device import (
     ConnectRefused,
@@ -49,6 +48,8 @@ from iotdps.enrollment.models import (
 )
 from iotdps.errors import Unauthorized
 from iotdps.hub import HubRuntime
+from iotdps.pki import certs
+from iotdps.pki.encoding import certificate_info
 from iotdps.ports import HubStore
 from iotdps.protocols.mqtt.packets import Connect
 from iotdps.provisioning.admin import put_enrollment, put_group
@@ -276,7 +277,7 @@ async def test_disabled_intermediate_blocks_new_devices_not_provisioned_ones(sta
     store = stack.server.store
     assert store is not None
     async with store.begin() as uow:
-        await uow.cas.put(CaCertificate("root", root.pem, certs.certificate_info(root.cert), is_verified=True))
+        await uow.cas.put(CaCertificate("root", root.pem, certificate_info(root.cert), is_verified=True))
     await put_group(store, _group("factory-a", inter_a))
     await stack.server.reload_trust()
 
@@ -333,7 +334,7 @@ async def test_devices_refused_by_old_anchors_share_one_trust_reload(stack: Stac
     assert server.service is not None and server.store is not None
     root = _issue("Late Root", None, ca=True)
     async with server.store.begin() as uow:
-        await uow.cas.put(CaCertificate("late-root", root.pem, certs.certificate_info(root.cert), is_verified=True))
+        await uow.cas.put(CaCertificate("late-root", root.pem, certificate_info(root.cert), is_verified=True))
     handshakes_failed = time.monotonic()
     reads = 0
     real = server.service.trust_anchors

@@ -6,8 +6,8 @@ from datetime import timedelta
 
 from certkit import NOW, issue, seed004
 
-from iotdps.attestation import certs
 from iotdps.attestation.x509 import build_path, check_leaf, evidence_from_chain, extend_above
+from iotdps.pki.encoding import certificate_info, load_certificate, load_certificates
 from iotdps.refusals import RefusalReason as R
 
 
@@ -78,16 +78,16 @@ def test_extend_above_the_anchor() -> None:
 
 def test_certificate_info_and_loading() -> None:
     h = seed004()
-    info = certs.certificate_info(h.a.cert)
+    info = certificate_info(h.a.cert)
     assert info["subjectName"] == "CN=A" and info["issuerName"] == "CN=root"
     assert info["sha256Thumbprint"] == h.a.sha256 and info["sha256Thumbprint"].isupper()
     assert len(info["sha1Thumbprint"]) == 40
     bundle = h.a.pem + h.root.pem
-    assert certs.load_certificates(bundle) == [h.a.cert, h.root.cert]
+    assert load_certificates(bundle) == [h.a.cert, h.root.cert]
     import base64
 
     from cryptography.hazmat.primitives.serialization import Encoding
 
     der = h.a.cert.public_bytes(Encoding.DER)
-    assert certs.load_certificate(der) == h.a.cert
-    assert certs.load_certificate(base64.b64encode(der).decode()) == h.a.cert
+    assert load_certificate(der) == h.a.cert
+    assert load_certificate(base64.b64encode(der).decode()) == h.a.cert

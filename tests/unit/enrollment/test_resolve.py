@@ -6,7 +6,6 @@ import base64
 
 import pytest
 
-from iotdps.attestation.symmetric_key import SasToken, derive_device_key, make_sas_token, parse_sas
 from iotdps.enrollment.models import (
     Attestation,
     CertificateSlot,
@@ -18,6 +17,7 @@ from iotdps.enrollment.models import (
 )
 from iotdps.enrollment.resolve import CaStep, resolve_symmetric_key, resolve_x509
 from iotdps.refusals import RefusalReason as R
+from iotdps.sas import SasToken, derive_device_key, make_sas_token, parse_sas
 from iotdps.secret import Secret
 
 LEAF = "AA" * 32

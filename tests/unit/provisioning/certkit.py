@@ -15,8 +15,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from iotdps.attestation import certs
 from iotdps.attestation.x509 import X509Evidence, build_path
+from iotdps.pki import certs
+from iotdps.pki.encoding import load_certificate, sha256_thumbprint
 from iotdps.ports import Store
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -41,7 +42,7 @@ class Issued:
 
     @property
     def sha256(self) -> str:
-        return certs.sha256_thumbprint(self.cert)
+        return sha256_thumbprint(self.cert)
 
 
 def issue(
@@ -112,12 +113,12 @@ async def tls_anchors(store: Store) -> list[x509.Certificate]:
     async with store.begin() as uow:
         for ca in await uow.cas.list():
             if ca.is_verified:
-                out.append(certs.load_certificate(ca.certificate))
+                out.append(load_certificate(ca.certificate))
         for enrollment in await uow.enrollments.list_x509():
             assert enrollment.attestation.x509 is not None
             for slot in enrollment.attestation.x509.client_certificates:
                 if slot is not None:
-                    out.append(certs.load_certificate(slot.certificate))
+                    out.append(load_certificate(slot.certificate))
     return out
 
 

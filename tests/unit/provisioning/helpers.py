@@ -8,7 +8,6 @@ from certkit import NOW, FixedClock, Issued, tls_evidence
 
 from iotdps.allocation.hubs import LinkedHub
 from iotdps.attestation.registry import SasCredential
-from iotdps.attestation.symmetric_key import make_sas_token
 from iotdps.enrollment.models import (
     Attestation,
     CertificateSlot,
@@ -22,6 +21,7 @@ from iotdps.ports import Store, WebhookTransport
 from iotdps.provisioning.admin import put_enrollment, put_group
 from iotdps.provisioning.service import ProvisioningService, RegistrationOutcome, RegistrationRequest
 from iotdps.provisioning.settings import ServiceSettings
+from iotdps.sas import make_sas_token
 from iotdps.secret import Secret
 from iotdps.store import MemoryStore
 

@@ -7,7 +7,6 @@ import pytest
 from certkit import issue
 from helpers import x509_enrollment
 
-from iotdps.attestation import certs
 from iotdps.enrollment.models import (
     Attestation,
     CertificateSlot,
@@ -16,6 +15,7 @@ from iotdps.enrollment.models import (
     X509Attestation,
 )
 from iotdps.errors import InvalidInput
+from iotdps.pki import certs
 from iotdps.provisioning.admin import put_enrollment, put_group
 from iotdps.provisioning.service import ProvisioningService
 from iotdps.store import MemoryStore

@@ -81,9 +81,9 @@ def test_admin_flow(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def
     import asyncio
 
     from iotdps.attestation.registry import SasCredential
-    from iotdps.attestation.symmetric_key import make_sas_token
     from iotdps.paths import default_dsn
     from iotdps.provisioning.service import ProvisioningService, RegistrationRequest
+    from iotdps.sas import make_sas_token
     from iotdps.secret import Secret
     from iotdps.store import open_store
 

@@ -16,13 +16,13 @@ from certkit import NOW, issue, seed004
 from helpers import KEY1, KEY2, SCOPE, Env, sk_enrollment, sk_group, x509_enrollment
 
 from iotdps.attestation.registry import SasCredential
-from iotdps.attestation.symmetric_key import derive_device_key
 from iotdps.attestation.tpm import TpmEvidence
 from iotdps.attestation.x509 import X509Evidence
 from iotdps.enrollment.models import CustomAllocationDefinition
 from iotdps.ports import WebhookResponse
 from iotdps.provisioning.service import RegistrationOutcome, RegistrationRequest
 from iotdps.refusals import DEVICE_ANSWERS, RefusalReason
+from iotdps.sas import derive_device_key
 from iotdps.secret import Secret
 
 R = RefusalReason
@@ -162,7 +162,7 @@ async def sas_bad_signature() -> tuple[Env, RegistrationOutcome]:
 async def sas_wrong_resource() -> tuple[Env, RegistrationOutcome]:
     env = await Env().setup()
     await env.enroll(sk_enrollment("dev-1"))
-    from iotdps.attestation.symmetric_key import make_sas_token
+    from iotdps.sas import make_sas_token
 
     token = make_sas_token(SCOPE, "dev-2", KEY1, int(NOW.timestamp()) + 60)
     return env, await env.service.register(RegistrationRequest(SCOPE, "dev-1", SasCredential(Secret(token))))

@@ -5,9 +5,9 @@ from __future__ import annotations
 from certkit import issue
 from helpers import KEY1, Env, ca_group, sk_enrollment, sk_group, x509_enrollment
 
-from iotdps.attestation import certs
-from iotdps.attestation.symmetric_key import derive_device_key
 from iotdps.enrollment.cas import CaCertificate
+from iotdps.pki.encoding import certificate_info
+from iotdps.sas import derive_device_key
 
 
 async def _devices(env: Env, hub: str) -> list[str]:
@@ -45,7 +45,7 @@ async def test_x509_device_id_is_the_cn_as_written() -> None:
     env = await Env().setup()
     root = issue("root", ca=True)
     async with env.store.begin() as uow:
-        info = certs.certificate_info(root.cert)
+        info = certificate_info(root.cert)
         await uow.cas.put(CaCertificate("root", root.pem, info, is_verified=True))
     await env.group(ca_group("line", ca_ref="root"))
     leaf = issue("XDEV-1", root)

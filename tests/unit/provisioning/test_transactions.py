@@ -128,8 +128,8 @@ async def test_operation_status_needs_the_right_operation_and_credential() -> No
     from helpers import SCOPE
 
     from iotdps.attestation.registry import SasCredential
-    from iotdps.attestation.symmetric_key import make_sas_token
     from iotdps.refusals import RefusalReason
+    from iotdps.sas import make_sas_token
     from iotdps.secret import Secret
 
     env = await Env().setup()

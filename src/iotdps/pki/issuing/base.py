@@ -27,9 +27,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from iotdps.errors import IotdpsError, PkiError
+from iotdps.pki.certs import is_self_issued
 from iotdps.pki.csr_policy import AcceptedCsr, IssuanceProfile
 from iotdps.pki.encoding import common_name, der_b64, sha1_thumbprint, sha256_thumbprint
-from iotdps.pki.issuer import CLOCK_SKEW, is_self_issued
+from iotdps.pki.issuer import CLOCK_SKEW
 from iotdps.pki.keys import public_keys_match
 from iotdps.pki.trust_bundle import wire_pem
 

@@ -1,4 +1,7 @@
-"""Symmetric-key attestation: DPS SAS tokens and group-derived device keys.
+"""Shared access signatures: parse, check, sign and verify SAS tokens; group-derived device keys.
+
+A leaf under the core: symmetric-key attestation, enrollment precedence (which group's derived
+key verifies a token), the hub's CONNECT and our own device client all sign or verify here.
 
 Token: `SharedAccessSignature sr={urlenc(scope/registrations/id)}&sig={urlenc(b64 hmac)}&se={unix}
 [&skn=registration]`, fields in any order (SDKs differ). The signature is checked over the `sr`

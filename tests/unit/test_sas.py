@@ -10,16 +10,8 @@ from urllib.parse import quote
 
 import pytest
 
-from iotdps.attestation.symmetric_key import (
-    SasCheck,
-    SasToken,
-    check_token,
-    derive_device_key,
-    make_sas_token,
-    parse_sas,
-    signature_matches,
-)
 from iotdps.refusals import RefusalReason
+from iotdps.sas import SasCheck, SasToken, check_token, derive_device_key, make_sas_token, parse_sas, signature_matches
 
 KEY = base64.b64encode(b"k" * 32).decode()
 NOW = datetime(2026, 3, 1, tzinfo=UTC)

@@ -1,8 +1,8 @@
-"""Certificate helpers of the provisioning core: chain links, signatures and operator names.
+"""Facts of one certificate and the link between two: CA or not, who issued it, a short name.
 
-Loading, thumbprints and the Azure X509CertificateInfo come from `iotdps.pki.encoding` (the
-CA toolkit is part of the core) and are re-exported here so attestation code has one import.
-Thumbprints are upper-case hex, as the Azure APIs print them.
+Loading, thumbprints (upper-case hex, as the Azure APIs print them) and the Azure
+X509CertificateInfo are `iotdps.pki.encoding`'s; walking from a certificate to a trust anchor is
+`iotdps.pki.path`'s, on top of `signed_by` here.
 """
 
 from __future__ import annotations
@@ -14,29 +14,17 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtensionOID
 
-from iotdps.pki.encoding import (
-    certificate_info,
-    load_certificate,
-    load_certificates,
-    sha1_thumbprint,
-    sha256_thumbprint,
-)
 from iotdps.pki.encoding import common_name as _name_cn
-from iotdps.pki.issuer import is_self_issued
+from iotdps.pki.encoding import sha256_thumbprint
 
 __all__ = [
-    "certificate_info",
     "common_name",
     "describe",
     "is_ca",
     "is_self_issued",
-    "load_certificate",
-    "load_certificates",
     "names_issuer",
     "not_after",
     "not_before",
-    "sha1_thumbprint",
-    "sha256_thumbprint",
     "signed_by",
     "to_pem",
 ]
@@ -56,6 +44,10 @@ def not_before(cert: x509.Certificate) -> datetime:
 
 def not_after(cert: x509.Certificate) -> datetime:
     return cert.not_valid_after_utc
+
+
+def is_self_issued(cert: x509.Certificate) -> bool:
+    return cert.subject == cert.issuer
 
 
 def is_ca(cert: x509.Certificate) -> bool:

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from sqlalchemy import Engine, event
 
 from iotdps.allocation.hubs import LinkedHub
-from iotdps.attestation.registry import SasCredential
 from iotdps.enrollment.models import EnrollmentGroup
+from iotdps.evidence import SasCredential
 from iotdps.provisioning.admin import put_group
 from iotdps.provisioning.service import ProvisioningService, RegistrationRequest
 from iotdps.provisioning.settings import ServiceSettings

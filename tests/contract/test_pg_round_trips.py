@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import event
 
 from iotdps.allocation.hubs import LinkedHub
-from iotdps.attestation.registry import SasCredential
 from iotdps.enrollment.models import EnrollmentGroup
+from iotdps.evidence import SasCredential
 from iotdps.provisioning.admin import put_group
 from iotdps.provisioning.service import ProvisioningService, RegistrationRequest
 from iotdps.provisioning.settings import ServiceSettings

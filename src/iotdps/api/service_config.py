@@ -16,10 +16,10 @@ from aiohttp import web
 
 from iotdps.allocation.hubs import LinkedHub
 from iotdps.api._http import ApiContext, if_match, json_object, json_response, read_json
-from iotdps.attestation.registry import SasCredential
 from iotdps.attestation.x509 import evidence_from_chain
 from iotdps.enrollment.models import ALLOCATION_POLICIES
 from iotdps.errors import InvalidInput, NotFound
+from iotdps.evidence import SasCredential
 from iotdps.ids import check_registration_id
 from iotdps.pki import certs
 from iotdps.pki.encoding import load_certificate, load_certificates

@@ -1,8 +1,8 @@
 """Attestation: who is this device? X.509 chains, SAS tokens, TPM (unsupported for now).
 
-Each mechanism is a small plug-in behind `registry.Mechanism`; `registry.mechanism_for`
-answers an unknown mechanism with an explicit "unsupported", not a crash. The package
-`__init__` imports nothing so that `enrollment.resolve` can use the helpers without a cycle.
+One module per mechanism (x509.py, symmetric_key.py, tpm.py), each a small plug-in behind
+`authentication.Mechanism`; `mechanisms.mechanism_for` picks one by the credential's type and
+answers an unknown credential with None, an explicit "unsupported", not a crash.
 """
 
 __all__: list[str] = []

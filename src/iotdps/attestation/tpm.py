@@ -2,19 +2,27 @@
 
 Enrollments keep the endorsement and storage root keys so that adding the HTTPS nonce challenge
 (azure-wire-protocol.md 3) later needs no migration; a device that tries TPM today gets a clear
-UNSUPPORTED_ATTESTATION refusal, never a crash.
+UNSUPPORTED_ATTESTATION refusal, never a crash. `tpm_crypto` already does the service's side of
+the challenge in software (keys, names, the activation blob).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
-__all__ = ["TpmEvidence"]
+from iotdps.attestation.authentication import Authentication, refusal
+from iotdps.enrollment.models import AttestationType
+from iotdps.ports import UnitOfWork
+from iotdps.refusals import RefusalReason
+
+__all__ = ["TpmMechanism"]
 
 
-@dataclass(frozen=True, slots=True)
-class TpmEvidence:
-    """What a TPM device sends with its register request (base64 TPM2B_PUBLIC blobs)."""
+class TpmMechanism:
+    name: AttestationType = "tpm"
 
-    endorsement_key: str
-    storage_root_key: str | None = None
+    async def authenticate(
+        self, uow: UnitOfWork, id_scope: str, registration_id: str, credential: Any, now: datetime
+    ) -> Authentication:
+        return refusal("tpm", RefusalReason.UNSUPPORTED_ATTESTATION, "TPM attestation is not supported yet")

@@ -21,11 +21,11 @@ from rich.console import Console
 from rich.table import Table
 
 from iotdps.allocation.hubs import LinkedHub
-from iotdps.attestation.registry import SasCredential
 from iotdps.attestation.x509 import evidence_from_chain
 from iotdps.cli.remote import RemoteService, run_target, target_options
 from iotdps.enrollment.models import ALLOCATION_POLICIES, EnrollmentGroup, IndividualEnrollment, ProvisioningStatus
 from iotdps.errors import AlreadyExists, InvalidInput, NotFound
+from iotdps.evidence import SasCredential
 from iotdps.jsonload import load_json
 from iotdps.pki import certs
 from iotdps.pki.encoding import load_certificates

@@ -19,11 +19,11 @@ from __future__ import annotations
 from datetime import datetime
 from urllib.parse import unquote
 
+from iotdps.evidence import PeerIdentity
 from iotdps.pki import certs
 from iotdps.pki.encoding import sha1_thumbprint, sha256_thumbprint
 from iotdps.registry.models import DeviceIdentity
 from iotdps.sas import DEFAULT_TOKEN_MAX_LIFETIME, SasCheck, lifetime_problem, parse_sas, signature_matches
-from iotdps.server.tls import PeerIdentity
 
 __all__ = ["check_device"]
 

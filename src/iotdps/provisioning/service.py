@@ -2,7 +2,7 @@
 
 Phases of `register` (architecture.md "authorization returns a plan"):
 1. Read (one short transaction): service settings, attestation and enrollment precedence
-   (`attestation.registry`), linked hubs, the current registration record. The outcome is an
+   (`attestation.mechanisms`), linked hubs, the current registration record. The outcome is an
    `Authentication` and, when admitted, a `RegistrationPlan`.
 2. Allocation. Built-in policies are pure and computed here. The custom webhook is called
    OUTSIDE any transaction (a slow webhook must not hold a row lock or SQLite's writer); an
@@ -33,10 +33,12 @@ from cryptography import x509
 from iotdps.allocation.custom import DEFAULT_WEBHOOK_TIMEOUT, WebhookAllocation, build_request, call_webhook
 from iotdps.allocation.hubs import LinkedHub
 from iotdps.allocation.policy import allocate_builtin, candidate_hubs
-from iotdps.attestation.registry import AttestationKind, Authentication, Credential, mechanism_for
+from iotdps.attestation.authentication import Authentication
+from iotdps.attestation.mechanisms import mechanism_for
 from iotdps.enrollment.cas import CaCertificate
 from iotdps.enrollment.models import (
     AllocationPolicy,
+    AttestationType,
     EnrollmentGroup,
     EnrollmentSettings,
     IndividualEnrollment,
@@ -44,6 +46,7 @@ from iotdps.enrollment.models import (
 )
 from iotdps.enrollment.resolve import Decision
 from iotdps.errors import ConfigError, InvalidInput, InvalidRegistrationId, NotFound
+from iotdps.evidence import Credential
 from iotdps.ids import check_registration_id, same_registration_id
 from iotdps.pki import certs
 from iotdps.pki.encoding import certificate_info, load_certificate, load_certificates
@@ -144,7 +147,7 @@ class RegistrationPlan:
 
     registration_id: str
     device_id: str
-    attestation_type: AttestationKind
+    attestation_type: AttestationType
     individual: IndividualEnrollment | None
     group: EnrollmentGroup | None
     settings: EnrollmentSettings
@@ -724,7 +727,7 @@ def _failed_record(
     operation_id: str,
     current: RegistrationRecord | None,
     reason: RefusalReason,
-    attestation_type: AttestationKind | None,
+    attestation_type: AttestationType | None,
     group_id: str | None,
     leaf_sha256: str | None,
 ) -> RegistrationRecord:

@@ -35,8 +35,9 @@ from iotdps.allocation.webhook_http import AiohttpWebhookTransport
 from iotdps.api._http import ServiceAbout
 from iotdps.api.app import build_management_app
 from iotdps.api.auth import HUB_RIGHTS, AccessPolicies
-from iotdps.attestation.x509 import X509Evidence, evidence_from_chain
+from iotdps.attestation.x509 import evidence_from_chain
 from iotdps.config import Config, is_unspecified
+from iotdps.evidence import PeerIdentity, X509Evidence
 from iotdps.hub import HubRuntime, control_socket_path
 from iotdps.pki.encoding import sha256_thumbprint
 from iotdps.ports import Store
@@ -52,7 +53,7 @@ from iotdps.server.listen import TlsSite, http_runner, start_tls_server
 from iotdps.server.mqtt_conn import CONNACK_NOT_AUTHORIZED, CONNACK_SERVER_UNAVAILABLE, MqttConnection, MqttEndpoint
 from iotdps.server.peers import peer_text
 from iotdps.server.ratelimit import TokenBucket
-from iotdps.server.tls import PeerIdentity, ServerTls, load_pem_chain, load_pem_key
+from iotdps.server.tls import ServerTls, load_pem_chain, load_pem_key
 from iotdps.server.ws_bridge import WEBSOCKET_PATH, serve_mqtt_websocket
 from iotdps.store import open_store
 from iotdps.timestamps import utcnow

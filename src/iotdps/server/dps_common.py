@@ -15,13 +15,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from iotdps.attestation.registry import Authentication, Credential, SasCredential
-from iotdps.attestation.x509 import X509Evidence
+from iotdps.attestation.authentication import Authentication
+from iotdps.evidence import Credential, PeerIdentity, SasCredential, X509Evidence
 from iotdps.provisioning.service import ProvisioningService, RegistrationOutcome, RegistrationRequest, new_operation_id
 from iotdps.secret import Secret
 from iotdps.server.ratelimit import TokenBucket
 from iotdps.server.throttled_log import ThrottledLog
-from iotdps.server.tls import PeerIdentity
 from iotdps.timestamps import format_time, utcnow
 
 __all__ = [

@@ -15,15 +15,14 @@ from typing import Any
 
 from aiohttp import web
 
-from iotdps.attestation.registry import Credential
 from iotdps.errors import InvalidInput, NotFound
+from iotdps.evidence import Credential, PeerIdentity
 from iotdps.ids import is_valid_registration_id
 from iotdps.jsonload import InvalidJson, load_json
 from iotdps.protocols.mqtt.codec import DEFAULT_MAX_PACKET_SIZE
 from iotdps.server.dps_common import DeviceReply, RegistrationRunner, credential_from, error_body, outcome_reply
 from iotdps.server.listen import request_peer
 from iotdps.server.mqtt_conn import MqttConnection
-from iotdps.server.tls import PeerIdentity
 from iotdps.server.ws_bridge import WEBSOCKET_PATH, serve_mqtt_websocket
 
 __all__ = ["MAX_DEVICE_BODY", "PeerRefresher", "build_device_app"]

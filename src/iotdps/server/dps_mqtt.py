@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import logging
 
-from iotdps.attestation.registry import Authentication, Credential
+from iotdps.attestation.authentication import Authentication
 from iotdps.errors import InvalidInput, NotFound
+from iotdps.evidence import Credential
 from iotdps.protocols.mqtt.dps import (
     DpsRegisterRequest,
     DpsStatusRequest,

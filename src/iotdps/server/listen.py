@@ -32,8 +32,9 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from iotdps.evidence import PeerIdentity
 from iotdps.server.logthrottle import ThrottledLog
-from iotdps.server.tls import PeerIdentity, ServerTls
+from iotdps.server.tls import ServerTls
 from iotdps.server.tls_transport import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     PEER_INFO_KEY,

@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
+from iotdps.evidence import PeerIdentity
 from iotdps.protocols.mqtt.events import (
     Connected,
     Disconnected,
@@ -33,7 +34,6 @@ from iotdps.protocols.mqtt.events import (
 )
 from iotdps.protocols.mqtt.packets import Connect
 from iotdps.protocols.mqtt.server import ServerSession
-from iotdps.server.tls import PeerIdentity
 from iotdps.server.tls_transport import PEER_INFO_KEY, TlsAppTransport
 
 __all__ = ["MqttConnection", "MqttEndpoint", "Router"]

@@ -29,10 +29,10 @@ from typing import Any
 
 from OpenSSL import SSL
 
+from iotdps.evidence import PeerIdentity
 from iotdps.server.logthrottle import ThrottledLog
 from iotdps.server.peers import peer_text
 from iotdps.server.tls import (
-    PeerIdentity,
     ServerTls,
     ciphertext_to_send,
     ciphertext_unread,

@@ -17,9 +17,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 from OpenSSL import SSL
 
+from iotdps.evidence import PeerIdentity
 from iotdps.pki import create_server_identity
 from iotdps.pki.chain_policy import Rule, leaf_problems, path_problems, verify_client_chain
-from iotdps.server.tls import PeerIdentity, ServerTls, peer_identity
+from iotdps.server.tls import ServerTls, peer_identity
 from iotdps_testing.x509craft import Cert, ku, make, new_key, weak_signed
 
 NOW = dt.datetime.now(dt.UTC)

@@ -15,7 +15,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from iotdps.attestation.x509 import X509Evidence, build_path
+from iotdps.attestation.x509 import build_path
+from iotdps.evidence import X509Evidence
 from iotdps.pki import certs
 from iotdps.pki.encoding import load_certificate, sha256_thumbprint
 from iotdps.ports import Store

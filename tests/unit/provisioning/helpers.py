@@ -7,7 +7,6 @@ from typing import Any
 from certkit import NOW, FixedClock, Issued, tls_evidence
 
 from iotdps.allocation.hubs import LinkedHub
-from iotdps.attestation.registry import SasCredential
 from iotdps.enrollment.models import (
     Attestation,
     CertificateSlot,
@@ -17,6 +16,7 @@ from iotdps.enrollment.models import (
     SymmetricKeyAttestation,
     X509Attestation,
 )
+from iotdps.evidence import SasCredential
 from iotdps.ports import Store, WebhookTransport
 from iotdps.provisioning.admin import put_enrollment, put_group
 from iotdps.provisioning.service import ProvisioningService, RegistrationOutcome, RegistrationRequest

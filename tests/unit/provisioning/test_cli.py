@@ -80,7 +80,7 @@ def test_admin_flow(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def
     # A registration through the service on the same database, then the registration commands.
     import asyncio
 
-    from iotdps.attestation.registry import SasCredential
+    from iotdps.evidence import SasCredential
     from iotdps.paths import default_dsn
     from iotdps.provisioning.service import ProvisioningService, RegistrationRequest
     from iotdps.sas import make_sas_token

@@ -15,10 +15,8 @@ import pytest
 from certkit import NOW, issue, seed004
 from helpers import KEY1, KEY2, SCOPE, Env, sk_enrollment, sk_group, x509_enrollment
 
-from iotdps.attestation.registry import SasCredential
-from iotdps.attestation.tpm import TpmEvidence
-from iotdps.attestation.x509 import X509Evidence
 from iotdps.enrollment.models import CustomAllocationDefinition
+from iotdps.evidence import SasCredential, TpmEvidence, X509Evidence
 from iotdps.ports import WebhookResponse
 from iotdps.provisioning.service import RegistrationOutcome, RegistrationRequest
 from iotdps.refusals import DEVICE_ANSWERS, RefusalReason

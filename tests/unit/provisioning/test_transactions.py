@@ -127,7 +127,7 @@ async def test_operation_status_needs_the_right_operation_and_credential() -> No
     from certkit import NOW
     from helpers import SCOPE
 
-    from iotdps.attestation.registry import SasCredential
+    from iotdps.evidence import SasCredential
     from iotdps.refusals import RefusalReason
     from iotdps.sas import make_sas_token
     from iotdps.secret import Secret

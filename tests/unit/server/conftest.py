@@ -16,8 +16,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from iotdps.evidence import PeerIdentity
 from iotdps.server.listen import start_tls_server
-from iotdps.server.tls import PeerIdentity, ServerTls
+from iotdps.server.tls import ServerTls
 from iotdps.server.tls_transport import PEER_INFO_KEY
 
 NOW = dt.datetime.now(dt.UTC)

@@ -13,14 +13,9 @@ from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 
 from iotdps.errors import PkiError
+from iotdps.evidence import PeerIdentity, VerifyCode
 from iotdps.pki.encoding import sha1_thumbprint, sha256_thumbprint
-from iotdps.server.tls import (
-    PeerIdentity,
-    ServerTls,
-    VerifyCode,
-    describe_verify_error,
-    peercert_dict,
-)
+from iotdps.server.tls import ServerTls, describe_verify_error, peercert_dict
 
 from .conftest import EchoServer, Pki, ping, start_echo
 

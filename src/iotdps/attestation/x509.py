@@ -15,14 +15,16 @@ cryptography's client verifier under the same chain policy (`iotdps.pki.chain_po
 verdict is the handshake's.
 
 `diagnose` never admits: it says *why* a chain did not verify, in words naming the certificate at
-fault. `build_path` is our own walker, kept for those words only (which certificate is missing,
-uploaded but not verified, expired, signed by a same-named CA with another key: the verifiers
-give one terse reason); on the path it finds, the chain policy names any rule that is broken.
+fault. `build_path` walks the chain with the walker `iotdps cert verify` uses too (`pki.path`),
+for those words only (which certificate is missing, uploaded but not verified, expired, signed by
+a same-named CA with another key: the verifiers give one terse reason); on the path it finds,
+the chain policy names any rule that is broken.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -39,6 +41,7 @@ from iotdps.ids import same_registration_id
 from iotdps.pki import certs
 from iotdps.pki.chain_policy import Rule, path_problems, verify_client_chain
 from iotdps.pki.encoding import certificate_info, load_certificate, sha1_thumbprint, sha256_thumbprint
+from iotdps.pki.path import End, Walk, walk
 from iotdps.ports import UnitOfWork
 from iotdps.refusals import RefusalReason
 from iotdps.registry.models import DeviceAuth
@@ -103,7 +106,7 @@ def build_path(
     known: Iterable[x509.Certificate] = (),
     uploaded: Mapping[str, tuple[str, bool]] | None = None,
 ) -> _Path:
-    """Walk from the leaf to an anchor, checking signatures, CA flags and validity times: for the
+    """Walk from the leaf to an anchor (`pki.path`), checking CA flags and validity times: for the
     words of `diagnose`, never to admit (the chain policy's verifier does that).
 
     `anchors`: trusted certificates (verified CAs, enrolled device certificates). `known`: other
@@ -113,63 +116,45 @@ def build_path(
     if not presented:
         return _Path(None, ChainProblem(RefusalReason.NO_CERTIFICATE, "the device presented no client certificate"))
     uploaded = uploaded or {}
-    anchor_prints = {sha256_thumbprint(a): a for a in anchors}
-    pool: list[x509.Certificate] = []
-    seen: set[str] = set()
+    anchors = list(anchors)
     # Preference when several certificates could be the issuer: anchors, then what the device
     # sent, then other known certificates.
-    for cert in (*anchor_prints.values(), *presented[1:], *known):
-        tp = sha256_thumbprint(cert)
-        if tp not in seen:
-            seen.add(tp)
-            pool.append(cert)
-
-    leaf = presented[0]
-    problem = _time_problem(leaf, now, "device certificate")
+    walked = walk(presented[:1], [*anchors, *presented[1:], *known], anchors, max_steps=MAX_CHAIN_DEPTH)
+    problem = _time_problem(walked.path[0], now, "device certificate")
     if problem:
         return _Path(None, problem)
-    path = [leaf]
-    unverified: list[str] = []
-    current = leaf
-    for _ in range(MAX_CHAIN_DEPTH):
-        tp = sha256_thumbprint(current)
-        if tp in anchor_prints:
-            return _Path(tuple(path))
-        if tp in uploaded and not uploaded[tp][1]:
-            unverified.append(uploaded[tp][0])
-        in_path = {sha256_thumbprint(c) for c in path}
-        issuer = next((c for c in pool if sha256_thumbprint(c) not in in_path and certs.signed_by(current, c)), None)
-        if issuer is None:
-            return _Path(None, _dead_end(current, leaf, pool, in_path, unverified), tuple(unverified))
+    # The first broken link from the leaf up is the answer, as if the walk had stopped there.
+    for child, issuer in itertools.pairwise(walked.path):
         if not certs.is_ca(issuer):
             return _Path(
                 None,
                 ChainProblem(
                     RefusalReason.CHAIN_INVALID,
-                    f"{certs.describe(issuer)} signed {certs.describe(current)} but is not a CA (basicConstraints)",
+                    f"{certs.describe(issuer)} signed {certs.describe(child)} but is not a CA (basicConstraints)",
                 ),
             )
         problem = _time_problem(issuer, now, "CA certificate")
         if problem:
             return _Path(None, problem)
-        path.append(issuer)
-        current = issuer
-    return _Path(
-        None, ChainProblem(RefusalReason.CHAIN_INVALID, f"chain is longer than {MAX_CHAIN_DEPTH} certificates")
+    if walked.anchored:
+        return _Path(walked.path)
+    if walked.end is End.TOO_LONG:
+        return _Path(
+            None, ChainProblem(RefusalReason.CHAIN_INVALID, f"chain is longer than {MAX_CHAIN_DEPTH} certificates")
+        )
+    unverified = tuple(
+        uploaded[tp][0] for c in walked.path if (tp := sha256_thumbprint(c)) in uploaded and not uploaded[tp][1]
     )
+    return _Path(None, _dead_end(walked, unverified), unverified)
 
 
-def _dead_end(
-    current: x509.Certificate,
-    leaf: x509.Certificate,
-    pool: Sequence[x509.Certificate],
-    in_path: set[str],
-    unverified: Sequence[str],
-) -> ChainProblem:
+def _dead_end(walked: Walk, unverified: Sequence[str]) -> ChainProblem:
+    """Where a walk stopped short of an anchor, in the words attestation gives operators."""
+    current, leaf = walked.top, walked.path[0]
     # The most useful explanation first: a CA the operator uploaded but never verified.
     if unverified:
         return ChainProblem(RefusalReason.CA_NOT_VERIFIED, f"CA {unverified[-1]} is not verified")
-    lookalike = next((c for c in pool if sha256_thumbprint(c) not in in_path and current.issuer == c.subject), None)
+    lookalike = walked.lookalike
     if lookalike is not None:
         # A signature algorithm the policy refuses (SHA-1, MD5) does not verify at all: say so.
         weak = [p for p in path_problems([current, lookalike]) if p.rule is Rule.SIGNATURE and p.depth == 0]
@@ -246,20 +231,9 @@ def extend_above(chain: Sequence[x509.Certificate], known: Iterable[x509.Certifi
     """The verified chain continued above its anchor, through known CA certificates, to a root.
 
     OpenSSL stops at the first anchor (PARTIAL_CHAIN), but a group on a CA above it (the root
-    group of seed 004) must still be found. Each step is signature-checked.
+    group of seed 004) must still be found. Each step is signature-checked (`pki.path`).
     """
-    out = list(chain)
-    pool = list(known)
-    for _ in range(MAX_CHAIN_DEPTH):
-        top = out[-1]
-        if certs.is_self_issued(top) and certs.signed_by(top, top):
-            break
-        in_path = {sha256_thumbprint(c) for c in out}
-        issuer = next((c for c in pool if sha256_thumbprint(c) not in in_path and certs.signed_by(top, c)), None)
-        if issuer is None:
-            break
-        out.append(issuer)
-    return tuple(out)
+    return walk(chain, known, max_steps=MAX_CHAIN_DEPTH).path
 
 
 # --------------------------------------------------------------------------- the mechanism

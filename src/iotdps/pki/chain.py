@@ -4,8 +4,9 @@ OpenSSL and cryptography's verifier give a verdict and one terse reason. An oper
 device that fails to provision needs every reason, in words, with the fix: the clock is wrong,
 the factory forgot the line intermediate, the certificate is a server certificate, the CN is not
 a valid registration id, the key file belongs to another device. `explain_chain` walks the chain
-itself to find those, then asks cryptography's verifier for the final verdict so that the
-answer never says "valid" when a real TLS stack would refuse.
+(`pki.path`, the walker attestation's words use too) to find those, then asks cryptography's
+verifier for the final verdict so that the answer never says "valid" when a real TLS stack
+would refuse.
 
 For device (client) chains both the words and the verdict are the service's chain policy
 (`iotdps.pki.chain_policy`): `iotdps cert verify` says VALID exactly when the server's TLS
@@ -21,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import (
@@ -37,6 +37,7 @@ from iotdps.ids import check_registration_id
 from iotdps.pki.certs import is_self_issued
 from iotdps.pki.chain_policy import Rule, path_problems, verify_client_chain
 from iotdps.pki.keys import public_keys_match
+from iotdps.pki.path import End, walk
 
 __all__ = ["ChainReport", "Purpose", "describe_certificate", "explain_chain", "verify_chain"]
 
@@ -183,14 +184,6 @@ def _check_ca(cert: x509.Certificate, below: int, problems: list[str]) -> None:
         )
 
 
-def _self_signed(cert: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(cert)
-    except Exception:
-        return False
-    return True
-
-
 def _verifier_error(
     leaf: x509.Certificate,
     intermediates: Sequence[x509.Certificate],
@@ -248,58 +241,34 @@ def explain_chain(
         problems.append("the private key does not match the certificate (it belongs to another certificate)")
     _check_leaf(leaf, purpose, check_cn, problems, notes)
 
-    root_der = {r.public_bytes(serialization.Encoding.DER) for r in roots}
-    pool = [*intermediates, *roots]
-    path = [leaf]
-    anchored = False
-    current = leaf
-    seen = {leaf.public_bytes(serialization.Encoding.DER)}
-    # Bounded: each step adds a certificate not seen before, and the pool is finite.
-    for _ in range(len(pool) + 1):
-        if current.public_bytes(serialization.Encoding.DER) in root_der:
-            anchored = True
-            break
-        label = describe_certificate(current)
-        if is_self_issued(current) and _self_signed(current):
-            twin = any(r.subject == current.subject for r in roots)
+    walked = walk([leaf], [*intermediates, *roots], roots)
+    path = list(walked.path)
+    anchored = walked.anchored
+    top = describe_certificate(walked.top)
+    if walked.end is End.SELF_SIGNED:
+        twin = any(r.subject == walked.top.subject for r in roots)
+        problems.append(
+            f"the chain ends at the self-signed {top}, which is not one of the trusted roots"
+            + (" (a trusted root has the same name but a different key: a re-created root?)" if twin else "")
+        )
+    elif walked.end is End.WRONG_KEY and walked.lookalike is not None:
+        weak = [p for p in path_problems([walked.top, walked.lookalike]) if p.rule is Rule.SIGNATURE and p.depth == 0]
+        if weak:
+            # SHA-1 or MD5: cryptography does not verify such a signature at all.
+            problems.append(weak[0].describe(describe_certificate))
+        else:
             problems.append(
-                f"the chain ends at the self-signed {label}, which is not one of the trusted roots"
-                + (" (a trusted root has the same name but a different key: a re-created root?)" if twin else "")
+                f"the signature on {top} does not verify with the key of "
+                f"{describe_certificate(walked.lookalike)}: same name, different key (an old or re-created CA?)"
             )
-            break
-        by_name = [c for c in pool if c.subject == current.issuer]
-        parent = None
-        for cand in by_name:
-            try:
-                current.verify_directly_issued_by(cand)
-            except Exception:  # noqa: S112 - a failed candidate is reported below if none fits
-                continue
-            parent = cand
-            break
-        if parent is None:
-            weak = [p for p in path_problems([current, *by_name[:1]]) if p.rule is Rule.SIGNATURE and p.depth == 0]
-            if by_name and weak:
-                # SHA-1 or MD5: cryptography does not verify such a signature at all.
-                problems.append(weak[0].describe(describe_certificate))
-            elif by_name:
-                problems.append(
-                    f"the signature on {label} does not verify with the key of "
-                    f"{describe_certificate(by_name[0])}: same name, different key (an old or re-created CA?)"
-                )
-            else:
-                problems.append(
-                    f"missing intermediate: {label} was issued by {current.issuer.rfc4514_string()!r}, "
-                    "and no certificate with that subject is in the bundle, the extra chain "
-                    "or the trusted roots"
-                )
-            break
-        der = parent.public_bytes(serialization.Encoding.DER)
-        if der in seen:
-            problems.append("the chain loops back on itself")
-            break
-        seen.add(der)
-        path.append(parent)
-        current = parent
+    elif walked.end is End.NO_ISSUER:
+        problems.append(
+            f"missing intermediate: {top} was issued by {walked.top.issuer.rfc4514_string()!r}, "
+            "and no certificate with that subject is in the bundle, the extra chain "
+            "or the trusted roots"
+        )
+    elif walked.end is End.LOOP:
+        problems.append("the chain loops back on itself")
     if not roots:
         problems.append("no trusted root was given, so nothing can anchor the chain")
 

@@ -30,7 +30,8 @@ from iotdps.allocation.hubs import LinkedHub
 from iotdps.enrollment.models import EnrollmentGroup
 from iotdps.evidence import SasCredential
 from iotdps.provisioning.admin import put_group
-from iotdps.provisioning.service import ProvisioningService, RegistrationRequest
+from iotdps.provisioning.registration import RegistrationRequest
+from iotdps.provisioning.service import ProvisioningService
 from iotdps.provisioning.settings import ServiceSettings
 from iotdps.sas import derive_device_key, make_sas_token
 from iotdps.secret import Secret

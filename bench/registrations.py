@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness as h
 from iotdps.device.fleet import Fleet, create_fleet
 from iotdps.device.simulate import PhaseStats, handshake_only, register_fleet
-from iotdps.provisioning.service import ProvisioningService
+from iotdps.provisioning.ca_admin import CaAdminService
 from iotdps.store import open_store
 
 # Registrations (and nginx handshakes) before the first timed round, at the timed
@@ -98,7 +98,7 @@ async def prepare(server: h.Iotdps, attestation: Any, n: int, work: Path, warmup
             settings = await uow.settings.get()
         assert settings is not None
         fleet = await create_fleet(
-            ProvisioningService(store), store, attestation, n + warmup, work / "devices", server.server_ca
+            CaAdminService(store), store, attestation, n + warmup, work / "devices", server.server_ca
         )
         return settings.id_scope, fleet
     finally:

@@ -45,13 +45,14 @@ if TYPE_CHECKING:
     from iotdps.allocation.hubs import LinkedHub
     from iotdps.enrollment.cas import CaCertificate
     from iotdps.enrollment.models import EnrollmentGroup, IndividualEnrollment
-    from iotdps.provisioning.registrations import RegistrationRecord
+    from iotdps.provisioning.records import RegistrationRecord
     from iotdps.provisioning.settings import ServiceSettings
     from iotdps.registry.hub import CloudMessage, HubSession, TelemetryMessage
     from iotdps.registry.models import DeviceIdentity
 
 __all__ = [
     "C2DRepo",
+    "CaAdmin",
     "CaRepo",
     "Clock",
     "DeviceCounts",
@@ -276,6 +277,17 @@ class SystemClock:
 
     def now(self) -> datetime:
         return datetime.now(UTC)
+
+
+class CaAdmin(Protocol):
+    """CA proof of possession (provisioning.ca_admin locally; the CLI's client of a remote server
+    speaks the same three calls over the management API)."""
+
+    async def upload_ca(
+        self, name: str, pem: str, verified: bool = False, if_match: str | None = None
+    ) -> CaCertificate: ...
+    async def generate_verification_code(self, name: str, if_match: str | None = None) -> tuple[str, CaCertificate]: ...
+    async def verify_ca(self, name: str, verification_cert_pem: str, if_match: str | None = None) -> CaCertificate: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from iotdps.enrollment.models import IndividualEnrollment
 from iotdps.errors import StoreError
-from iotdps.provisioning.registrations import RegistrationRecord
+from iotdps.provisioning.records import RegistrationRecord
 from iotdps.store import _records as rec
 from iotdps.store import open_store
 from iotdps.store import tables as t

@@ -14,7 +14,7 @@ import pytest
 from iotdps.allocation.hubs import LinkedHub
 from iotdps.enrollment.models import EnrollmentGroup
 from iotdps.ports import Store, UnitOfWork
-from iotdps.provisioning.registrations import RegistrationRecord
+from iotdps.provisioning.records import RegistrationRecord
 from iotdps.provisioning.settings import ServiceSettings
 from iotdps.store import open_store
 

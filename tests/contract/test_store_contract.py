@@ -29,13 +29,13 @@ from iotdps.enrollment.models import (
     X509Attestation,
 )
 from iotdps.errors import AlreadyExists, InvalidInput, NotFound, PreconditionFailed, StoreError
+from iotdps.pki.verification import code_matches
 from iotdps.ports import Page, Refusal, Store, UnitOfWork
-from iotdps.provisioning.registrations import RegistrationRecord
+from iotdps.provisioning.records import RegistrationRecord
 from iotdps.provisioning.settings import ServiceSettings
 from iotdps.registry.models import DeviceAuth, DeviceIdentity, Twin
 from iotdps.secret import Secret
 from iotdps.store import open_store
-from iotdps.store.codes import code_matches
 
 from .conftest import open_backend
 

@@ -24,7 +24,10 @@ from iotdps.ids import check_registration_id
 from iotdps.pki import certs
 from iotdps.pki.encoding import load_certificate, load_certificates
 from iotdps.ports import Refusal
+from iotdps.provisioning.ca_admin import CaAdminService
+from iotdps.provisioning.explain import explain_registration
 from iotdps.provisioning.settings import ServiceSettings
+from iotdps.provisioning.trust import trust_anchors
 from iotdps.sas import make_sas_token
 from iotdps.secret import Secret
 from iotdps.timestamps import format_time
@@ -100,10 +103,14 @@ async def put_ca(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
         raise InvalidInput("the certificate is not a CA certificate (basicConstraints CA:TRUE is missing)")
     async with ctx.store.begin() as uow:
         before = await uow.cas.get(name)
-    saved = await ctx.service.upload_ca(name, pem, verified, if_match(request))
+    saved = await _cas(ctx).upload_ca(name, pem, verified, if_match(request))
     if saved.is_verified or (before is not None and before.is_verified):
         await ctx.trust_changed()
     return json_response(saved.to_json(), etag=saved.etag)
+
+
+def _cas(ctx: ApiContext) -> CaAdminService:
+    return CaAdminService(ctx.store, ctx.service.clock)
 
 
 async def delete_ca(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
@@ -119,7 +126,7 @@ async def delete_ca(ctx: ApiContext, request: web.Request) -> web.StreamResponse
 
 async def generate_verification_code(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
     name = _ca_name(request)
-    code, saved = await ctx.service.generate_verification_code(name, if_match(request))
+    code, saved = await _cas(ctx).generate_verification_code(name, if_match(request))
     doc = saved.to_json()
     doc["properties"]["verificationCode"] = code
     if saved.verification_code_expires is not None:
@@ -131,7 +138,7 @@ async def verify_ca(ctx: ApiContext, request: web.Request) -> web.StreamResponse
     name = _ca_name(request)
     doc = json_object(await read_json(request, ctx), "the verification request")
     pem = _certificate_field(doc, "a verification request")
-    saved = await ctx.service.verify_ca(name, pem, if_match(request))
+    saved = await _cas(ctx).verify_ca(name, pem, if_match(request))
     await ctx.trust_changed()
     return json_response(saved.to_json(), etag=saved.etag)
 
@@ -283,13 +290,13 @@ async def explain(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
     if chain_text:
         chain = load_certificates(str(chain_text))
         registration_id = str(rid) if rid else (certs.common_name(chain[0]) or "")
-        evidence = evidence_from_chain(chain, await svc.trust_anchors(), svc.clock.now())
+        evidence = evidence_from_chain(chain, await trust_anchors(ctx.store), svc.clock.now())
         lines = [f"registration id: {registration_id}"]
         if evidence.verified is None:
             lines.append(f"chain: not trusted by the TLS layer ({'; '.join(evidence.errors)})")
         else:
             lines.append("chain: " + " -> ".join(certs.describe(c) for c in evidence.verified))
-        return json_response({"lines": lines + await svc.explain(registration_id, evidence)})
+        return json_response({"lines": lines + await explain_registration(svc, registration_id, evidence)})
     if not rid or not key:
         raise InvalidInput("give certificates, or registrationId and symmetricKey")
     registration_id = check_registration_id(str(rid))
@@ -303,4 +310,5 @@ async def explain(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
     except ValueError:
         raise InvalidInput("symmetricKey is not base64") from None
     lines = [f"registration id: {registration_id}"]
-    return json_response({"lines": lines + await svc.explain(registration_id, SasCredential(Secret(token)))})
+    credential = SasCredential(Secret(token))
+    return json_response({"lines": lines + await explain_registration(svc, registration_id, credential)})

@@ -19,7 +19,7 @@ from iotdps.ports import UnitOfWork
 from iotdps.refusals import RefusalReason
 from iotdps.registry.models import DeviceAuth
 
-__all__ = ["Authentication", "Mechanism", "refusal"]
+__all__ = ["Authentication", "Mechanism", "refuse"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +41,7 @@ class Mechanism(Protocol):
     ) -> Authentication: ...
 
 
-def refusal(
+def refuse(
     kind: AttestationType | None, reason: RefusalReason, message: str, steps: Sequence[str] = ()
 ) -> Authentication:
     """A refusal before (or without) any enrollment matching the device."""

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from iotdps.attestation.authentication import Authentication, refusal
+from iotdps.attestation.authentication import Authentication, refuse
 from iotdps.enrollment.models import AttestationType, EnrollmentGroup, IndividualEnrollment
 from iotdps.enrollment.resolve import resolve_symmetric_key
 from iotdps.evidence import SasCredential
@@ -36,13 +36,13 @@ class SymmetricKeyMechanism:
     ) -> Authentication:
         sas: SasCredential = credential
         if not sas.token.reveal():
-            return refusal("symmetricKey", RefusalReason.SAS_MISSING, "the device sent no SAS token")
+            return refuse("symmetricKey", RefusalReason.SAS_MISSING, "the device sent no SAS token")
         parsed = parse_sas(sas.token.reveal())
         if isinstance(parsed, SasCheck):
-            return refusal("symmetricKey", parsed.reason, parsed.message)
+            return refuse("symmetricKey", parsed.reason, parsed.message)
         checked = check_token(parsed, id_scope, registration_id, now, self.max_token_lifetime)
         if checked is not None:
-            return refusal("symmetricKey", checked.reason, checked.message)
+            return refuse("symmetricKey", checked.reason, checked.message)
         individual = await uow.enrollments.get(registration_id)
         groups: Sequence[EnrollmentGroup] = () if individual is not None else await uow.groups.list_symmetric_key()
         decision = resolve_symmetric_key(registration_id, parsed, individual, groups)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from iotdps.attestation.authentication import Authentication, refusal
+from iotdps.attestation.authentication import Authentication, refuse
 from iotdps.enrollment.models import AttestationType
 from iotdps.ports import UnitOfWork
 from iotdps.refusals import RefusalReason
@@ -25,4 +25,4 @@ class TpmMechanism:
     async def authenticate(
         self, uow: UnitOfWork, id_scope: str, registration_id: str, credential: Any, now: datetime
     ) -> Authentication:
-        return refusal("tpm", RefusalReason.UNSUPPORTED_ATTESTATION, "TPM attestation is not supported yet")
+        return refuse("tpm", RefusalReason.UNSUPPORTED_ATTESTATION, "TPM attestation is not supported yet")

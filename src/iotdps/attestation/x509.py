@@ -32,7 +32,7 @@ from typing import Any
 
 from cryptography import x509
 
-from iotdps.attestation.authentication import Authentication, refusal
+from iotdps.attestation.authentication import Authentication, refuse
 from iotdps.enrollment.models import AttestationType, EnrollmentGroup
 from iotdps.enrollment.resolve import CaStep, resolve_x509
 from iotdps.errors import InvalidInput
@@ -334,10 +334,10 @@ async def _above_leaf(
     if not anchored_at_leaf and anchor_tp not in trust.verified:
         if anchor_tp in trust.uploaded:
             return _AboveLeaf(
-                refusal("x509", RefusalReason.CA_NOT_VERIFIED, f"CA {trust.uploaded[anchor_tp][0]} is not verified")
+                refuse("x509", RefusalReason.CA_NOT_VERIFIED, f"CA {trust.uploaded[anchor_tp][0]} is not verified")
             )
         return _AboveLeaf(
-            refusal(
+            refuse(
                 "x509",
                 RefusalReason.CHAIN_UNKNOWN_CA,
                 f"chain stops at {certs.describe(anchor)}, which is not uploaded",
@@ -369,7 +369,7 @@ class X509Mechanism:
         evidence: X509Evidence = credential
         problem = check_leaf(evidence.leaf, registration_id, now)
         if problem is not None:
-            return refusal("x509", problem.reason, problem.message)
+            return refuse("x509", problem.reason, problem.message)
         leaf = evidence.presented[0]
         leaf_sha256 = sha256_thumbprint(leaf)
         trust = await _trust(uow)
@@ -380,7 +380,7 @@ class X509Mechanism:
                 # A lone self-signed certificate can only be admitted by an individual
                 # enrollment; say so, whatever the TLS trust store held at the handshake
                 # (the verified path below reaches the same words).
-                return refusal(
+                return refuse(
                     "x509",
                     RefusalReason.NO_ENROLLMENT,
                     f"no individual enrollment {registration_id} for the self-signed certificate "
@@ -393,7 +393,7 @@ class X509Mechanism:
                 ]
             known = [*trust.certificates.values(), *await _group_signing_certs(uow)]
             found = diagnose(evidence, anchors, known, trust.uploaded, now)
-            return refusal("x509", found.reason, found.message)
+            return refuse("x509", found.reason, found.message)
 
         chain = evidence.verified
         if len(chain) == 1:  # the leaf itself is the TLS anchor (an enrolled device certificate)

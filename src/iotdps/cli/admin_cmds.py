@@ -29,10 +29,12 @@ from iotdps.evidence import SasCredential
 from iotdps.jsonload import load_json
 from iotdps.pki import certs
 from iotdps.pki.encoding import load_certificates
-from iotdps.ports import Page, Refusal, Store, UnitOfWork
+from iotdps.ports import CaAdmin, Page, Refusal, Store, UnitOfWork
 from iotdps.provisioning.admin import put_enrollment, put_group
+from iotdps.provisioning.explain import explain_registration
 from iotdps.provisioning.service import ProvisioningService
 from iotdps.provisioning.settings import ServiceSettings
+from iotdps.provisioning.trust import trust_anchors
 from iotdps.sas import make_sas_token
 from iotdps.secret import Secret
 
@@ -50,7 +52,7 @@ _REPROVISION = {
 # --------------------------------------------------------------------------- plumbing
 
 
-def _run(fn: Callable[[ProvisioningService, Store], Awaitable[T]]) -> T:
+def _run(fn: Callable[[CaAdmin, Store], Awaitable[T]]) -> T:
     """Run `fn` on the local store, or against `--server` (cli.remote speaks the management API)."""
     return run_target(fn)
 
@@ -208,7 +210,7 @@ def ca_verify(name: str, file: str) -> None:
 @ca_group.command("list")
 @_store_options
 def ca_list() -> None:
-    async def go(svc: ProvisioningService, store: Store) -> list[Any]:
+    async def go(svc: CaAdmin, store: Store) -> list[Any]:
         async with store.begin() as uow:
             return list(await uow.cas.list())
 
@@ -220,7 +222,7 @@ def ca_list() -> None:
 @click.argument("name")
 @_store_options
 def ca_show(name: str) -> None:
-    async def go(svc: ProvisioningService, store: Store) -> Any:
+    async def go(svc: CaAdmin, store: Store) -> Any:
         async with store.begin() as uow:
             ca = await uow.cas.get(name)
         if ca is None:
@@ -234,7 +236,7 @@ def ca_show(name: str) -> None:
 @click.argument("name")
 @_store_options
 def ca_delete(name: str) -> None:
-    async def go(svc: ProvisioningService, store: Store) -> None:
+    async def go(svc: CaAdmin, store: Store) -> None:
         async with store.begin() as uow:
             await uow.cas.delete(name)
 
@@ -280,7 +282,7 @@ class _Family(Generic[M]):
         _apply_settings(doc, kw, creating=True)
         record = self.parse(doc)
 
-        async def go(svc: ProvisioningService, store: Store) -> M:
+        async def go(svc: CaAdmin, store: Store) -> M:
             async with store.begin() as uow:
                 if await self.repo(uow).get(key) is not None:
                     raise AlreadyExists(f"{self.noun} {key} exists; use update")
@@ -339,7 +341,7 @@ def _family_commands(
     @group.command("list")
     @_store_options
     def list_() -> None:
-        async def go(svc: ProvisioningService, store: Store) -> list[M]:
+        async def go(svc: CaAdmin, store: Store) -> list[M]:
             async with store.begin() as uow:
                 repo = family.repo(uow)
                 return await _all_pages(lambda token: repo.list(500, token))
@@ -354,7 +356,7 @@ def _family_commands(
     def update(**kw: Any) -> None:
         key = kw[family.key]
 
-        async def go(svc: ProvisioningService, store: Store) -> M:
+        async def go(svc: CaAdmin, store: Store) -> M:
             current = await family.get(store, key)
             doc = current.to_json(include_keys=True)
             _apply_settings(doc, kw, creating=False)
@@ -364,7 +366,7 @@ def _family_commands(
         click.echo(f"{family.noun} {family.ident(saved)} updated")
 
     def set_status(key: str, status: ProvisioningStatus) -> None:
-        async def go(svc: ProvisioningService, store: Store) -> None:
+        async def go(svc: CaAdmin, store: Store) -> None:
             current = await family.get(store, key)
             await family.put(store, family.with_status(current, status), current.etag)
 
@@ -389,7 +391,7 @@ def _family_commands(
     def delete(**kw: Any) -> None:
         key = kw[family.key]
 
-        async def go(svc: ProvisioningService, store: Store) -> None:
+        async def go(svc: CaAdmin, store: Store) -> None:
             async with store.begin() as uow:
                 await family.repo(uow).delete(key)
 
@@ -533,7 +535,7 @@ def hub_group() -> None:
 def hub_add(host_name: str, weight: int, apply_allocation_policy: bool, location: str | None) -> None:
     hub = LinkedHub(host_name, weight, apply_allocation_policy, location)
 
-    async def go(svc: ProvisioningService, store: Store) -> None:
+    async def go(svc: CaAdmin, store: Store) -> None:
         async with store.begin() as uow:
             await uow.hubs.put(hub)
 
@@ -550,7 +552,7 @@ def hub_add(host_name: str, weight: int, apply_allocation_policy: bool, location
 def hub_update(host_name: str, weight: int | None, apply_allocation_policy: bool | None, location: str | None) -> None:
     from dataclasses import replace
 
-    async def go(svc: ProvisioningService, store: Store) -> None:
+    async def go(svc: CaAdmin, store: Store) -> None:
         async with store.begin() as uow:
             hub = await uow.hubs.get(host_name)
             if hub is None:
@@ -572,7 +574,7 @@ def hub_update(host_name: str, weight: int | None, apply_allocation_policy: bool
 @click.argument("host_name")
 @_store_options
 def hub_remove(host_name: str) -> None:
-    async def go(svc: ProvisioningService, store: Store) -> None:
+    async def go(svc: CaAdmin, store: Store) -> None:
         async with store.begin() as uow:
             if await uow.hubs.get(host_name) is None:
                 raise NotFound(f"hub {host_name} is not linked")
@@ -585,7 +587,7 @@ def hub_remove(host_name: str) -> None:
 @hub_group.command("list")
 @_store_options
 def hub_list() -> None:
-    async def go(svc: ProvisioningService, store: Store) -> list[LinkedHub]:
+    async def go(svc: CaAdmin, store: Store) -> list[LinkedHub]:
         async with store.begin() as uow:
             return list(await uow.hubs.list())
 
@@ -605,7 +607,7 @@ def settings_group() -> None:
 def settings_set(id_scope: str, default_allocation_policy: str) -> None:
     settings = ServiceSettings(id_scope, default_allocation_policy)  # type: ignore[arg-type]
 
-    async def go(svc: ProvisioningService, store: Store) -> None:
+    async def go(svc: CaAdmin, store: Store) -> None:
         async with store.begin() as uow:
             await uow.settings.put(settings)
 
@@ -616,7 +618,7 @@ def settings_set(id_scope: str, default_allocation_policy: str) -> None:
 @settings_group.command("show")
 @_store_options
 def settings_show() -> None:
-    async def go(svc: ProvisioningService, store: Store) -> ServiceSettings | None:
+    async def go(svc: CaAdmin, store: Store) -> ServiceSettings | None:
         async with store.begin() as uow:
             return await uow.settings.get()
 
@@ -638,7 +640,7 @@ def registration_group() -> None:
 @click.argument("registration_id")
 @_store_options
 def registration_show(registration_id: str) -> None:
-    async def go(svc: ProvisioningService, store: Store) -> dict[str, Any]:
+    async def go(svc: CaAdmin, store: Store) -> dict[str, Any]:
         async with store.begin() as uow:
             record = await uow.registrations.get(registration_id)
         if record is None:
@@ -652,7 +654,7 @@ def registration_show(registration_id: str) -> None:
 @click.option("--group", "group_id", help="Only devices of this enrollment group.")
 @_store_options
 def registration_list(group_id: str | None) -> None:
-    async def go(svc: ProvisioningService, store: Store) -> list[Any]:
+    async def go(svc: CaAdmin, store: Store) -> list[Any]:
         async with store.begin() as uow:
             return await _all_pages(lambda token: uow.registrations.list(500, token, enrollment_group_id=group_id))
 
@@ -670,7 +672,7 @@ def registration_delete(registration_id: str) -> None:
     """Delete the record: the device's next registration is an initial assignment. The device
     identity on the hub is left alone (as on Azure)."""
 
-    async def go(svc: ProvisioningService, store: Store) -> None:
+    async def go(svc: CaAdmin, store: Store) -> None:
         async with store.begin() as uow:
             await uow.registrations.delete(registration_id)
 
@@ -687,7 +689,7 @@ def refusals_cmd(registration_id: str | None, limit: int) -> None:
     (same reason, registration id and peer address) are one line with their count and the
     first and latest time."""
 
-    async def go(svc: ProvisioningService, store: Store) -> list[Any]:
+    async def go(svc: CaAdmin, store: Store) -> list[Any]:
         async with store.begin() as uow:
             return list(await uow.refusals.list(registration_id, limit))
 
@@ -721,33 +723,34 @@ def explain_cmd(bundle: str | None, registration_id: str | None, symmetric_key: 
             body = {"registrationId": registration_id, "symmetricKey": symmetric_key}
         return await svc.explain_remote({k: v for k, v in body.items() if v})
 
-    async def go(svc: ProvisioningService, store: Store) -> list[str]:
+    async def go(svc: CaAdmin, store: Store) -> list[str]:
         if isinstance(svc, RemoteService):
             return await remote(svc)
+        service = ProvisioningService(store)
         if bundle:
             chain = load_certificates(_read(bundle))
             rid = registration_id or certs.common_name(chain[0]) or ""
-            evidence = evidence_from_chain(chain, await svc.trust_anchors(), svc.clock.now())
+            evidence = evidence_from_chain(chain, await trust_anchors(store), service.clock.now())
             lines = [f"registration id: {rid}"]
             if evidence.verified is None:
                 lines.append(f"chain: not trusted by the TLS layer ({'; '.join(evidence.errors)})")
             else:
                 lines.append("chain: " + " -> ".join(certs.describe(c) for c in evidence.verified))
-            return lines + await svc.explain(rid, evidence)
+            return lines + await explain_registration(service, rid, evidence)
         if not registration_id or not symmetric_key:
             raise InvalidInput("--symmetric-key needs --registration-id")
         async with store.begin() as uow:
             settings = await uow.settings.get()
         if settings is None:
             raise NotFound("no service settings yet; run `iotdps settings set --id-scope ...`")
-        expiry = int(svc.clock.now().timestamp()) + 300
+        expiry = int(service.clock.now().timestamp()) + 300
         try:
             token = make_sas_token(settings.id_scope, registration_id, symmetric_key, expiry)
         except ValueError as exc:
             raise InvalidInput("--symmetric-key is not base64") from exc
         return [
             f"registration id: {registration_id}",
-            *await svc.explain(registration_id, SasCredential(Secret(token))),
+            *await explain_registration(service, registration_id, SasCredential(Secret(token))),
         ]
 
     for line in _run(go):

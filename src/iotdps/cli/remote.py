@@ -9,9 +9,9 @@ Every administration command takes the same target options:
 Environment: IOTDPS_SERVER, IOTDPS_CONNECTION_STRING, IOTDPS_POLICY, IOTDPS_KEY,
 IOTDPS_SERVER_CA. A connection string alone is enough: its HostName is the server.
 
-`run_target(fn)` hands `fn` a provisioning service and a store. Locally they are the real
-ones; against a server they are `RemoteService` / `RemoteStore`, which speak the management
-API: the commands are written once. A remote "transaction" is not atomic (each call is one
+`run_target(fn)` hands `fn` the CA administration (`iotdps.ports.CaAdmin`) and a store. Locally
+they are the real ones; against a server they are `RemoteService` / `RemoteStore`, which speak
+the management API: the commands are written once. A remote "transaction" is not atomic (each call is one
 HTTP request); etags (If-Match) keep read-modify-write safe instead.
 """
 
@@ -44,9 +44,9 @@ from iotdps.errors import (
     Unauthorized,
 )
 from iotdps.pki.encoding import certificate_info, load_certificate, sha256_thumbprint
-from iotdps.ports import Page, Refusal, Store, UnitOfWork
-from iotdps.provisioning.registrations import RegistrationRecord
-from iotdps.provisioning.service import ProvisioningService
+from iotdps.ports import CaAdmin, Page, Refusal, Store, UnitOfWork
+from iotdps.provisioning.ca_admin import CaAdminService
+from iotdps.provisioning.records import RegistrationRecord
 from iotdps.provisioning.settings import ServiceSettings
 from iotdps.registry.models import DeviceIdentity
 from iotdps.secret import Secret
@@ -560,7 +560,7 @@ class RemoteStore:
 
 
 class RemoteService:
-    """The parts of ProvisioningService the administration commands use, over the API."""
+    """CA administration (`iotdps.ports.CaAdmin`) and explain, over the management API."""
 
     def __init__(self, store: RemoteStore) -> None:
         self.http = store.http
@@ -602,14 +602,13 @@ def _local_dsn(params: Mapping[str, Any]) -> str:
 
 
 @asynccontextmanager
-async def open_target(params: Mapping[str, Any]) -> AsyncIterator[tuple[ProvisioningService, Store, bool]]:
-    """(service, store, remote?) for the options in `params` (the root context's obj)."""
+async def open_target(params: Mapping[str, Any]) -> AsyncIterator[tuple[CaAdmin, Store, bool]]:
+    """(CA administration, store, remote?) for the options in `params` (the root context's obj)."""
     target = server_target(params)
     if target is not None:
         remote = RemoteStore(target)
         try:
-            # RemoteService has the service methods the commands call; the rest are local-only.
-            yield cast(ProvisioningService, RemoteService(remote)), cast(Store, remote), True
+            yield RemoteService(remote), cast(Store, remote), True
         finally:
             await remote.close()
         return
@@ -617,7 +616,7 @@ async def open_target(params: Mapping[str, Any]) -> AsyncIterator[tuple[Provisio
 
     store = await open_store(_local_dsn(params))
     try:
-        yield ProvisioningService(store), store, False
+        yield CaAdminService(store), store, False
     finally:
         await store.close()
 
@@ -627,8 +626,8 @@ def target_params() -> dict[str, Any]:
     return dict(ctx.find_root().obj or {})
 
 
-def run_target(fn: Callable[[ProvisioningService, Store], Awaitable[T]]) -> T:
-    """Run `fn` with the service and store the command's options name (local or server)."""
+def run_target(fn: Callable[[CaAdmin, Store], Awaitable[T]]) -> T:
+    """Run `fn` with the CA administration and store the command's options name (local or server)."""
     params = target_params()
 
     async def go() -> T:
@@ -639,7 +638,7 @@ def run_target(fn: Callable[[ProvisioningService, Store], Awaitable[T]]) -> T:
 
 
 async def prove_possession(
-    svc: ProvisioningService, store: Store, name: str, ca_pem: str, sign: Callable[[str], str]
+    svc: CaAdmin, store: Store, name: str, ca_pem: str, sign: Callable[[str], str]
 ) -> CaCertificate:
     """The whole proof of possession: upload the CA when it is missing or different, get a
     code, have `sign(code)` issue the verification certificate (PEM), verify. A CA already

@@ -22,12 +22,11 @@ import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 from cryptography.hazmat.primitives import serialization
 
 from iotdps.device.credentials import Credential, SymmetricKey, X509Files, tls_context
-from iotdps.enrollment.cas import CaCertificate
 from iotdps.enrollment.models import EnrollmentGroup
 from iotdps.pki import (
     Issuer,
@@ -38,23 +37,13 @@ from iotdps.pki import (
     issue_verification_certificate,
     mint_devices,
 )
-from iotdps.ports import Store
+from iotdps.ports import CaAdmin, Store
 from iotdps.provisioning.admin import put_group
 from iotdps.secret import Secret
 
-__all__ = ["AttestationChoice", "CaService", "Fleet", "SimDevice", "create_fleet", "fleet_prefix"]
+__all__ = ["AttestationChoice", "Fleet", "SimDevice", "create_fleet", "fleet_prefix"]
 
 AttestationChoice = Literal["x509", "symmetric-key"]
-
-
-class CaService(Protocol):
-    """The proof-of-possession calls of ProvisioningService (or the CLI's remote stand-in)."""
-
-    async def upload_ca(
-        self, name: str, pem: str, verified: bool = False, if_match: str | None = None
-    ) -> CaCertificate: ...
-    async def generate_verification_code(self, name: str, if_match: str | None = None) -> tuple[str, CaCertificate]: ...
-    async def verify_ca(self, name: str, verification_cert_pem: str, if_match: str | None = None) -> CaCertificate: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +80,7 @@ def _pem(cert: object) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
 
 
-async def _x509_group(svc: CaService, store: Store, prefix: str, work_dir: Path) -> tuple[Issuer, str, str]:
+async def _x509_group(svc: CaAdmin, store: Store, prefix: str, work_dir: Path) -> tuple[Issuer, str, str]:
     validity = Validity.days(30)
     root_key = generate_private_key()
     root = Issuer(create_root_ca(f"{prefix} root", root_key, validity, path_length=1), root_key, name="root")
@@ -120,7 +109,7 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 async def create_fleet(
-    svc: CaService,
+    svc: CaAdmin,
     store: Store,
     attestation: AttestationChoice,
     count: int,

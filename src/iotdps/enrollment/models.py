@@ -11,7 +11,7 @@ does (keys only come back from `attestationmechanism`).
 
 The other records of the service live with what they are about: uploaded CA certificates in
 `enrollment.cas`, linked hubs in `allocation.hubs`, the service settings in
-`provisioning.settings` and registration records in `provisioning.registrations`.
+`provisioning.settings` and registration records in `provisioning.records`.
 """
 
 from __future__ import annotations

@@ -1,14 +1,17 @@
-"""How a registration record's status moves: the one table of the registration lifecycle.
+"""How a registration record's status moves: the one table of the registration lifecycle, and
+the records of the non-terminal and refused states.
 
 Why a registration was refused and what the device is told live on the floor
-(`iotdps.refusals`); this module only says which status may follow which.
+(`iotdps.refusals`); this module says which status may follow which.
 """
 
 from __future__ import annotations
 
-from iotdps.provisioning.registrations import RegistrationStatus
+from iotdps.enrollment.models import AttestationType
+from iotdps.provisioning.records import RegistrationRecord, RegistrationStatus
+from iotdps.refusals import RefusalReason, device_answer
 
-__all__ = ["TERMINAL_STATUSES", "TRANSITIONS", "check_transition"]
+__all__ = ["TERMINAL_STATUSES", "TRANSITIONS", "assigning_record", "check_transition", "refused_record"]
 
 # A registration record's status moves only along these edges. Rules:
 # - A register operation starts from any state (or from no record): it may first write
@@ -37,3 +40,57 @@ def check_transition(old: RegistrationStatus | None, new: RegistrationStatus, *,
     start: str | None = old if same_operation else None
     if start not in TRANSITIONS or new not in TRANSITIONS[start]:
         raise ValueError(f"registration status may not move from {old!r} to {new!r} within one operation")
+
+
+def assigning_record(
+    registration_id: str,
+    operation_id: str,
+    current: RegistrationRecord | None,
+    attestation_type: AttestationType,
+    group_id: str | None,
+    leaf_sha256: str | None,
+) -> RegistrationRecord:
+    """The record a custom allocation writes before calling its webhook, so that a poll sees the
+    operation; the previous hub and device id stay on it until the terminal write."""
+    return RegistrationRecord(
+        registration_id=registration_id,
+        status="assigning",
+        operation_id=operation_id,
+        substatus=current.substatus if current else None,
+        assigned_hub=current.assigned_hub if current else None,
+        device_id=current.device_id if current else None,
+        attestation_type=attestation_type,
+        enrollment_group_id=group_id,
+        x509_thumbprint=leaf_sha256,
+    )
+
+
+def refused_record(
+    registration_id: str,
+    operation_id: str,
+    current: RegistrationRecord | None,
+    reason: RefusalReason,
+    attestation_type: AttestationType | None,
+    group_id: str | None,
+    leaf_sha256: str | None,
+) -> RegistrationRecord:
+    """The record of an operation refused after an enrollment matched (disabled, no hub...): the
+    device-facing status, code and message; the previous hub and device id stay on it so that a
+    later registration migrates correctly."""
+    answer = device_answer(reason)
+    assert answer.registration_status is not None
+    same_op = current is not None and current.operation_id == operation_id
+    check_transition(current.status if current else None, answer.registration_status, same_operation=same_op)
+    return RegistrationRecord(
+        registration_id=registration_id,
+        status=answer.registration_status,
+        operation_id=operation_id,
+        substatus=current.substatus if current else None,
+        assigned_hub=current.assigned_hub if current else None,
+        device_id=current.device_id if current else None,
+        error_code=answer.error_code,
+        error_message=answer.message,
+        attestation_type=attestation_type,
+        enrollment_group_id=group_id,
+        x509_thumbprint=leaf_sha256,
+    )

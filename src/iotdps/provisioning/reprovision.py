@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from iotdps.enrollment.models import ReprovisionPolicy
-from iotdps.provisioning.registrations import RegistrationRecord, Substatus
+from iotdps.provisioning.records import RegistrationRecord, Substatus
 
 __all__ = ["Placement", "TwinAction", "place", "previous_hub"]
 

@@ -45,6 +45,7 @@ from iotdps.protocols.mqtt.hub import classify_username
 from iotdps.protocols.mqtt.packets import Connect
 from iotdps.provisioning.service import ProvisioningService
 from iotdps.provisioning.settings import ServiceSettings
+from iotdps.provisioning.trust import trust_anchors
 from iotdps.server.dps_common import RegistrationRunner
 from iotdps.server.dps_http import build_device_app
 from iotdps.server.dps_mqtt import route_dps
@@ -148,7 +149,7 @@ class Server:
             time.monotonic,
             retry_after=config.limits.retry_after_seconds,
         )
-        anchors = await self.service.trust_anchors()
+        anchors = await trust_anchors(self.store)
         self.tls = ServerTls(
             load_pem_chain(server_files.chain_pem), load_pem_key(server_files.key_pem), anchors=anchors
         )
@@ -355,7 +356,7 @@ class Server:
         e.g. after its device's handshake failed against the old ones; a reload that started
         since answers it without another. Ten devices of a CA verified a moment ago that
         arrive together share one reload instead of waiting 0.2 s each in turn."""
-        assert self.service is not None and self.tls is not None
+        assert self.store is not None and self.tls is not None
         asked = since if since is not None else time.monotonic()
         async with self._reload_lock:
             if on_demand and self._last_reload >= asked:
@@ -364,7 +365,7 @@ class Server:
             if on_demand and wait > 0:
                 await asyncio.sleep(wait)
             self._last_reload = time.monotonic()
-            anchors = await self.service.trust_anchors()
+            anchors = await trust_anchors(self.store)
             self._anchors = anchors
             prints = frozenset(sha256_thumbprint(c) for c in anchors)
             if prints != self._anchor_prints:

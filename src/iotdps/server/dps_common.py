@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 
 from iotdps.attestation.authentication import Authentication
 from iotdps.evidence import Credential, PeerIdentity, SasCredential, X509Evidence
-from iotdps.provisioning.service import ProvisioningService, RegistrationOutcome, RegistrationRequest, new_operation_id
+from iotdps.provisioning.registration import RegistrationOutcome, RegistrationRequest, new_operation_id
+from iotdps.provisioning.service import ProvisioningService
 from iotdps.secret import Secret
 from iotdps.server.ratelimit import TokenBucket
 from iotdps.server.throttled_log import ThrottledLog

@@ -19,11 +19,11 @@ from typing import Any, cast
 from iotdps.allocation.hubs import LinkedHub
 from iotdps.enrollment.cas import CaCertificate
 from iotdps.enrollment.models import AllocationPolicy, EnrollmentGroup, IndividualEnrollment
-from iotdps.provisioning.registrations import RegistrationRecord, RegistrationStatus, Substatus
+from iotdps.pki.verification import hash_code
+from iotdps.provisioning.records import RegistrationRecord, RegistrationStatus, Substatus
 from iotdps.provisioning.settings import ServiceSettings
 from iotdps.registry.models import AuthType, DeviceAuth, DeviceIdentity, DeviceStatus, Twin
 from iotdps.secret import Secret
-from iotdps.store.codes import hash_code
 from iotdps.timestamps import parse_time
 
 __all__ = [
@@ -107,7 +107,7 @@ def group_ca_references(group: EnrollmentGroup) -> set[str]:
 
 
 def ca_to_doc(ca: CaCertificate) -> dict[str, Any]:
-    """The verification code is stored hashed (see iotdps.store.codes)."""
+    """The verification code is stored hashed (see iotdps.pki.verification)."""
     code = ca.verification_code.reveal() if ca.verification_code is not None else None
     expires = ca.verification_code_expires
     return {

@@ -80,7 +80,7 @@ from iotdps.ports import (
     StatisticsRepo,
     TelemetryRepo,
 )
-from iotdps.provisioning.registrations import RegistrationRecord
+from iotdps.provisioning.records import RegistrationRecord
 from iotdps.provisioning.settings import ServiceSettings
 from iotdps.registry.hub import CloudMessage, HubSession, TelemetryMessage
 from iotdps.registry.models import DeviceIdentity

@@ -130,7 +130,7 @@ ca_certificates = Table(
     # NULL when the certificate info carries no thumbprint; unique otherwise.
     Column("sha256_thumbprint", String(64), nullable=True),
     Column("is_verified", Boolean, nullable=False, default=False),
-    # SHA-256 of the proof-of-possession code (iotdps.store.codes), never the code.
+    # SHA-256 of the proof-of-possession code (iotdps.pki.verification), never the code.
     Column("verification_code_hash", String(80), nullable=True),
     Column("doc", doc_type(), nullable=False),
     *_stamps(),

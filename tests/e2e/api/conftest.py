@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from iotdps.pki import Issuer, Validity, create_root_ca, generate_private_key, issue_device_certificate
-from iotdps.provisioning.registrations import RegistrationRecord
+from iotdps.provisioning.records import RegistrationRecord
 from iotdps_testing.mgmt import ManagementServer
 
 

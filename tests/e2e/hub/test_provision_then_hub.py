@@ -50,10 +50,11 @@ from iotdps.errors import Unauthorized
 from iotdps.hub import HubRuntime
 from iotdps.pki import certs
 from iotdps.pki.encoding import certificate_info
-from iotdps.ports import HubStore
+from iotdps.ports import HubStore, Store
 from iotdps.protocols.mqtt.packets import Connect
 from iotdps.provisioning.admin import put_enrollment, put_group
 from iotdps.secret import Secret
+from iotdps.server import app as server_app
 from iotdps.server.app import Server
 from iotdps.server.mqtt_conn import MqttConnection, MqttEndpoint
 from iotdps_testing.net import free_loopback_address, free_port
@@ -326,7 +327,9 @@ async def test_disabled_intermediate_blocks_new_devices_not_provisioned_ones(sta
     assert refused.value.code == 5
 
 
-async def test_devices_refused_by_old_anchors_share_one_trust_reload(stack: Stack) -> None:
+async def test_devices_refused_by_old_anchors_share_one_trust_reload(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A CA verified by another process a moment ago: the TLS anchors are older, so each of
     ten devices arriving together fails OpenSSL's check and asks for a reload. One store read
     answers them all (before: each waited 0.2 s for its own, the last ~2 s)."""
@@ -337,14 +340,14 @@ async def test_devices_refused_by_old_anchors_share_one_trust_reload(stack: Stac
         await uow.cas.put(CaCertificate("late-root", root.pem, certificate_info(root.cert), is_verified=True))
     handshakes_failed = time.monotonic()
     reads = 0
-    real = server.service.trust_anchors
+    real = server_app.trust_anchors
 
-    async def counted() -> list[x509.Certificate]:
+    async def counted(store: Store) -> list[x509.Certificate]:
         nonlocal reads
         reads += 1
-        return await real()
+        return await real(store)
 
-    server.service.trust_anchors = counted  # type: ignore[method-assign]
+    monkeypatch.setattr(server_app, "trust_anchors", counted)
     answers = await asyncio.gather(*(server.reload_trust(on_demand=True, since=handshakes_failed) for _ in range(10)))
     assert reads == 1
     assert all(root.cert in anchors for anchors in answers)

@@ -19,7 +19,9 @@ from iotdps.enrollment.models import (
 from iotdps.evidence import SasCredential
 from iotdps.ports import Store, WebhookTransport
 from iotdps.provisioning.admin import put_enrollment, put_group
-from iotdps.provisioning.service import ProvisioningService, RegistrationOutcome, RegistrationRequest
+from iotdps.provisioning.ca_admin import CaAdminService
+from iotdps.provisioning.registration import RegistrationOutcome, RegistrationRequest
+from iotdps.provisioning.service import ProvisioningService
 from iotdps.provisioning.settings import ServiceSettings
 from iotdps.sas import make_sas_token
 from iotdps.secret import Secret
@@ -63,6 +65,7 @@ class Env:
         self.clock = FixedClock()
         self.store: Store = store or MemoryStore(clock=self.clock)
         self.service = ProvisioningService(self.store, self.clock, webhook)
+        self.cas = CaAdminService(self.store, self.clock)
         self._hubs = hubs
 
     async def setup(self) -> Env:

@@ -1,5 +1,4 @@
-"""What an enrollment's certificate slots accept (provisioning.admin), and what the TLS trust
-store takes from them (ProvisioningService.trust_anchors)."""
+"""What an enrollment's certificate slots accept (provisioning.admin)."""
 
 from __future__ import annotations
 
@@ -15,9 +14,7 @@ from iotdps.enrollment.models import (
     X509Attestation,
 )
 from iotdps.errors import InvalidInput
-from iotdps.pki import certs
 from iotdps.provisioning.admin import put_enrollment, put_group
-from iotdps.provisioning.service import ProvisioningService
 from iotdps.store import MemoryStore
 
 
@@ -44,16 +41,3 @@ async def test_an_individual_enrollment_takes_no_ca_certificate() -> None:
         await put_enrollment(store, x509_enrollment("line-a", ca))
     async with store.begin() as uow:
         assert await uow.enrollments.get("line-a") is None
-
-
-async def test_trust_anchors_take_one_device_certificate_per_slot() -> None:
-    store = MemoryStore()
-    line = issue("line-a", issue("root", ca=True), ca=True)
-    leaf = issue("dev-1", line)
-    # Records as an older version could have stored them, written past the admin checks.
-    async with store.begin() as uow:
-        for rid, pem in (("dev-1", leaf.pem + line.pem), ("line-a", line.pem)):
-            att = Attestation("x509", X509Attestation((CertificateSlot(pem), None)))
-            await uow.enrollments.put(IndividualEnrollment(rid, att))
-    anchors = await ProvisioningService(store).trust_anchors()
-    assert [certs.common_name(c) for c in anchors] == ["dev-1"]

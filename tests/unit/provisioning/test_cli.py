@@ -82,7 +82,8 @@ def test_admin_flow(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def
 
     from iotdps.evidence import SasCredential
     from iotdps.paths import default_dsn
-    from iotdps.provisioning.service import ProvisioningService, RegistrationRequest
+    from iotdps.provisioning.registration import RegistrationRequest
+    from iotdps.provisioning.service import ProvisioningService
     from iotdps.sas import make_sas_token
     from iotdps.secret import Secret
     from iotdps.store import open_store

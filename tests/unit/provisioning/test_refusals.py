@@ -18,7 +18,7 @@ from helpers import KEY1, KEY2, SCOPE, Env, sk_enrollment, sk_group, x509_enroll
 from iotdps.enrollment.models import CustomAllocationDefinition
 from iotdps.evidence import SasCredential, TpmEvidence, X509Evidence
 from iotdps.ports import WebhookResponse
-from iotdps.provisioning.service import RegistrationOutcome, RegistrationRequest
+from iotdps.provisioning.registration import RegistrationOutcome, RegistrationRequest
 from iotdps.refusals import DEVICE_ANSWERS, RefusalReason
 from iotdps.sas import derive_device_key
 from iotdps.secret import Secret
@@ -30,7 +30,7 @@ Case = Callable[[], Awaitable[tuple[Env, RegistrationOutcome]]]
 async def _x509_world(**kw: Any) -> tuple[Env, Any]:
     h = seed004()
     env = await Env(**kw).setup()
-    await env.service.upload_ca("root", h.root.pem, verified=True)
+    await env.cas.upload_ca("root", h.root.pem, verified=True)
     return env, h
 
 
@@ -81,7 +81,7 @@ async def chain_unknown_ca() -> tuple[Env, RegistrationOutcome]:
 async def ca_not_verified() -> tuple[Env, RegistrationOutcome]:
     h = seed004()
     env = await Env().setup()
-    await env.service.upload_ca("factory-root", h.root.pem)
+    await env.cas.upload_ca("factory-root", h.root.pem)
     return env, await env.register_x509("dev-1", h.chain("dev-1"))
 
 
@@ -89,7 +89,7 @@ async def chain_invalid() -> tuple[Env, RegistrationOutcome]:
     h = seed004()
     env = await Env().setup()
     impostor = issue("A", ca=True)  # same name as A, another key
-    await env.service.upload_ca("impostor", impostor.pem, verified=True)
+    await env.cas.upload_ca("impostor", impostor.pem, verified=True)
     return env, await env.register_x509("dev-1", [h.devices["dev-1"].cert])
 
 

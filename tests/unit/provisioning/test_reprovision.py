@@ -10,7 +10,7 @@ from helpers import KEY1, Env, sk_enrollment
 
 from iotdps.enrollment.models import CustomAllocationDefinition, InitialTwin, ReprovisionPolicy
 from iotdps.ports import WebhookResponse
-from iotdps.provisioning.registrations import RegistrationRecord
+from iotdps.provisioning.records import RegistrationRecord
 from iotdps.provisioning.reprovision import place
 
 H, H2 = "hub-a.local", "hub-b.local"

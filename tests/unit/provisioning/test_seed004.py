@@ -36,7 +36,7 @@ async def _outcomes(env: Env, h) -> list[object]:
 async def test_five_devices_every_step() -> None:
     h = seed004()
     env = await Env().setup()
-    await env.service.upload_ca("root", h.root.pem, verified=True)
+    await env.cas.upload_ca("root", h.root.pem, verified=True)
 
     assert await _outcomes(env, h) == EXPECTED["no enrollment"]
 
@@ -53,7 +53,7 @@ async def test_five_devices_every_step() -> None:
 async def test_refusal_words_name_the_deciding_enrollment() -> None:
     h = seed004()
     env = await Env().setup()
-    await env.service.upload_ca("root", h.root.pem, verified=True)
+    await env.cas.upload_ca("root", h.root.pem, verified=True)
     await env.group(ca_group("all-devices", ca_ref="root"))
     await env.group(ca_group("factory-b", signing=h.b, provisioning_status="disabled"))
 
@@ -77,8 +77,8 @@ async def test_group_above_the_tls_anchor_is_found(anchor: str) -> None:
     """OpenSSL stops at the first anchor; with A verified, the root group must still match."""
     h = seed004()
     env = await Env().setup()
-    await env.service.upload_ca("root", h.root.pem, verified=anchor == "root")
-    await env.service.upload_ca("A", h.a.pem, verified=anchor == "A")
+    await env.cas.upload_ca("root", h.root.pem, verified=anchor == "root")
+    await env.cas.upload_ca("A", h.a.pem, verified=anchor == "A")
     await env.group(ca_group("all-devices", ca_ref="root"))
     result = await env.register_x509("dev-2", h.chain("dev-2"))
     assert result.status == "assigned", result.message

@@ -11,7 +11,7 @@ import pytest
 from certkit import NOW, FixedClock, seed004, tls_evidence
 from helpers import HUBS, KEY1, SCOPE, Env, ca_group, sk_enrollment, x509_enrollment
 
-from iotdps.provisioning.service import RegistrationRequest
+from iotdps.provisioning.registration import RegistrationRequest
 from iotdps.refusals import RefusalReason
 from iotdps.store import open_store
 
@@ -27,7 +27,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
 
 async def test_seed004_on_sqlite(env: Env) -> None:
     h = seed004()
-    await env.service.upload_ca("root", h.root.pem, verified=True)
+    await env.cas.upload_ca("root", h.root.pem, verified=True)
     await env.group(ca_group("all-devices", ca_ref="root"))
     await env.group(ca_group("factory-b", signing=h.b, provisioning_status="disabled"))
     await env.enroll(x509_enrollment("dev-3", h.devices["dev-3"], provisioning_status="disabled"))
@@ -43,7 +43,7 @@ async def test_a_lines_remembered_chain_follows_group_and_ca_changes(env: Env) -
     """Devices of one line share the CA part of their chain, whose precedence steps the store
     remembers between registrations; every change to a group or a CA must still be seen."""
     h = seed004()
-    await env.service.upload_ca("root", h.root.pem, verified=True)
+    await env.cas.upload_ca("root", h.root.pem, verified=True)
     await env.group(ca_group("factory-a", signing=h.a))
     assert (await env.register_x509("dev-1", h.chain("dev-1"))).status == "assigned"
     assert (await env.register_x509("dev-2", h.chain("dev-2"))).status == "assigned"  # from the cache

@@ -1,19 +1,16 @@
-"""One registration is one transaction; concurrent registrations end in one consistent record;
-CA proof of possession."""
+"""One registration is one transaction; concurrent registrations end in one consistent record."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
 from typing import Any
 
 import pytest
-from certkit import issue
 from helpers import HUBS, KEY1, Env, sk_enrollment
 
-from iotdps.errors import InvalidInput, NotFound, PreconditionFailed, StoreError
+from iotdps.errors import NotFound, StoreError
 from iotdps.ports import UnitOfWork
 
 
@@ -79,48 +76,6 @@ async def test_concurrent_registrations_of_one_id_end_in_one_record() -> None:
     assert [(d.hub, d.device_id) for d in devices] == [(record.assigned_hub, "dev-1")]
     substatuses = sorted(str(r.record.substatus) for r in results if r.record)
     assert substatuses.count("initialAssignment") == 1
-
-
-async def test_proof_of_possession() -> None:
-    env = await Env().setup()
-    root = issue("factory-root", ca=True)
-    ca = await env.service.upload_ca("factory", root.pem)
-    assert not ca.is_verified
-    with pytest.raises(InvalidInput, match="no outstanding verification code"):
-        await env.service.verify_ca("factory", issue("x", root).pem)
-    with pytest.raises(PreconditionFailed):
-        await env.service.generate_verification_code("factory", if_match="stale")
-    code, ca = await env.service.generate_verification_code("factory", if_match=ca.etag)
-    assert len(code) == 48 and code not in repr(ca)
-
-    with pytest.raises(InvalidInput, match="CN is not the outstanding"):
-        await env.service.verify_ca("factory", issue("WRONG", root).pem)
-    with pytest.raises(InvalidInput, match="not signed by CA factory"):
-        await env.service.verify_ca("factory", issue(code, issue("other", ca=True)).pem)
-    verified = await env.service.verify_ca("factory", issue(code, root).pem, if_match=ca.etag)
-    assert verified.is_verified and verified.verification_code is None
-    # Single use: the code is gone.
-    with pytest.raises(InvalidInput):
-        await env.service.verify_ca("factory", issue(code, root).pem)
-    with pytest.raises(NotFound):
-        await env.service.generate_verification_code("nope")
-
-
-async def test_verification_code_expires() -> None:
-    env = await Env().setup()
-    root = issue("factory-root", ca=True)
-    await env.service.upload_ca("factory", root.pem)
-    code, _ = await env.service.generate_verification_code("factory")
-    env.clock.current += timedelta(hours=2)
-    with pytest.raises(InvalidInput, match="expired"):
-        await env.service.verify_ca("factory", issue(code, root).pem)
-
-
-async def test_reuploading_another_certificate_drops_verification() -> None:
-    env = await Env().setup()
-    await env.service.upload_ca("factory", issue("r1", ca=True).pem, verified=True)
-    same_name = await env.service.upload_ca("factory", issue("r2", ca=True).pem)
-    assert not same_name.is_verified
 
 
 async def test_operation_status_needs_the_right_operation_and_credential() -> None:

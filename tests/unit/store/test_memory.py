@@ -11,11 +11,11 @@ import pytest
 from iotdps.enrollment.cas import CaCertificate
 from iotdps.enrollment.models import Attestation, IndividualEnrollment, SymmetricKeyAttestation
 from iotdps.errors import NotFound, PreconditionFailed, StoreError
+from iotdps.pki.verification import code_matches, hash_code
 from iotdps.ports import Refusal
-from iotdps.provisioning.registrations import RegistrationRecord
+from iotdps.provisioning.records import RegistrationRecord
 from iotdps.secret import Secret
 from iotdps.store import MemoryStore, open_store
-from iotdps.store.codes import code_matches, hash_code
 
 
 class StepClock:

@@ -1,4 +1,10 @@
-"""Verification codes of CA proof of possession are secrets: the store keeps only a hash.
+"""Verification codes of CA proof of possession: fresh ones, and how a stored one is checked.
+
+Proof of possession: the service hands out a random code; whoever holds the CA's key issues a
+verification certificate whose CN is that code, signed by the CA (`provisioning.ca_admin` checks
+both, the signature with `pki.certs.signed_by`).
+
+Codes are secrets: the store keeps only a hash.
 
 A verification code is single use and short lived, but while it is valid whoever knows it can
 get a CA marked verified (by anyone holding the CA key, which is the point, yet a leaked
@@ -6,18 +12,17 @@ database dump should not hand out live codes). So `CaRepo.put` stores `hash_code
 record read back holds that hash in `verification_code`. Whoever checks a presented code calls
 `code_matches(record.verification_code, presented)`; it accepts the stored hash or, for a
 record that never went through a store, the plain code, and compares in constant time.
-
-Standard library only, so the provisioning core may import it without depending on an adapter.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 
 from iotdps.secret import Secret
 
-__all__ = ["HASH_PREFIX", "code_matches", "hash_code", "is_hashed"]
+__all__ = ["HASH_PREFIX", "code_matches", "hash_code", "is_hashed", "new_code"]
 
 # A prefix marks a hashed value so that putting a record read back from the store does not
 # hash the hash. Generated codes are hex or base64url and never contain '$'.
@@ -44,3 +49,8 @@ def code_matches(stored: Secret[str] | None, presented: str) -> bool:
     # (from a leaked dump) must not pass for the code.
     offered = HASH_PREFIX + hashlib.sha256(presented.encode("utf-8")).hexdigest()
     return hmac.compare_digest(expected.encode("utf-8"), offered.encode("utf-8"))
+
+
+def new_code() -> str:
+    """A fresh verification code: 48 upper-case hex digits (192 random bits), fit for a CN."""
+    return secrets.token_hex(24).upper()

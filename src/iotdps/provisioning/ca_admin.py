@@ -1,0 +1,92 @@
+"""CA proof of possession: upload a CA certificate, hand out a verification code, verify.
+
+An uploaded CA is a trust anchor only once verified: the service gives out a random code (single
+use, expiring after `verification_code_ttl`), and a verification certificate whose CN is that
+code, signed by the CA's key, proves that whoever asks holds the key (azure-wire-protocol.md 5).
+The code rules are `pki.verification`'s; the signature check is `pki.certs.signed_by`.
+
+The management API and the CLI call this service; the CLI against a remote server calls the
+same three operations over the API (`iotdps.ports.CaAdmin`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+
+from iotdps.enrollment.cas import CaCertificate
+from iotdps.errors import InvalidInput, NotFound
+from iotdps.pki import certs
+from iotdps.pki.encoding import certificate_info, load_certificate
+from iotdps.pki.verification import code_matches, new_code
+from iotdps.ports import Clock, Store, SystemClock
+from iotdps.secret import Secret
+
+__all__ = ["DEFAULT_VERIFICATION_CODE_TTL", "CaAdminService"]
+
+DEFAULT_VERIFICATION_CODE_TTL = timedelta(hours=1)
+
+
+class CaAdminService:
+    """The local `CaAdmin`: proof of possession against the store."""
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock | None = None,
+        *,
+        verification_code_ttl: timedelta = DEFAULT_VERIFICATION_CODE_TTL,
+    ) -> None:
+        self.store = store
+        self.clock: Clock = clock or SystemClock()
+        self.verification_code_ttl = verification_code_ttl
+
+    async def upload_ca(
+        self, name: str, pem: str, verified: bool = False, if_match: str | None = None
+    ) -> CaCertificate:
+        """Upload (or replace) a CA certificate. A replaced certificate loses its verification."""
+        if not name or any(c in name for c in "/\\?#") or len(name) > 128:
+            raise InvalidInput("a CA name is 1..128 characters without / \\ ? #")
+        cert = load_certificate(pem)
+        ca = CaCertificate(name, certs.to_pem(cert), certificate_info(cert), is_verified=verified)
+        async with self.store.begin() as uow:
+            existing = await uow.cas.get(name)
+            if existing is not None and existing.sha256_thumbprint == ca.sha256_thumbprint and not verified:
+                ca = replace(ca, is_verified=existing.is_verified)
+            return await uow.cas.put(ca, if_match)
+
+    async def generate_verification_code(self, name: str, if_match: str | None = None) -> tuple[str, CaCertificate]:
+        """A fresh random code (single use, expires after `verification_code_ttl`); the previous
+        outstanding code, if any, is replaced. Returns the code and the updated record."""
+        code = new_code()
+        async with self.store.begin() as uow:
+            ca = await uow.cas.get(name)
+            if ca is None:
+                raise NotFound(f"CA certificate {name} not found")
+            updated = replace(
+                ca,
+                verification_code=Secret(code),
+                verification_code_expires=self.clock.now() + self.verification_code_ttl,
+            )
+            saved = await uow.cas.put(updated, if_match)
+        return code, saved
+
+    async def verify_ca(self, name: str, verification_cert_pem: str, if_match: str | None = None) -> CaCertificate:
+        """Proof of possession: the certificate's CN is the outstanding code and the CA's key
+        signed it. The code is consumed on success."""
+        presented = load_certificate(verification_cert_pem)
+        async with self.store.begin() as uow:
+            ca = await uow.cas.get(name)
+            if ca is None:
+                raise NotFound(f"CA certificate {name} not found")
+            if ca.verification_code is None or ca.verification_code_expires is None:
+                raise InvalidInput(f"CA {name} has no outstanding verification code; generate one first")
+            if self.clock.now() > ca.verification_code_expires:
+                raise InvalidInput(f"the verification code of CA {name} has expired; generate a new one")
+            cn = certs.common_name(presented) or ""
+            if not code_matches(ca.verification_code, cn):
+                raise InvalidInput("the verification certificate's CN is not the outstanding verification code")
+            if not certs.signed_by(presented, load_certificate(ca.certificate)):
+                raise InvalidInput(f"the verification certificate is not signed by CA {name}")
+            verified = replace(ca, is_verified=True, verification_code=None, verification_code_expires=None)
+            return await uow.cas.put(verified, if_match)

@@ -15,26 +15,30 @@ network or a cloud metadata address. The rule:
   shared, reserved, unspecified) and multicast; an IPv4-mapped IPv6 address counts as its IPv4
   address. `localhost` and `*.localhost` are loopback by name.
 
-The check runs twice: when an enrollment is written (a clear 400) and when the webhook is called,
-on the addresses the host name resolves to at that moment (DNS may answer differently later).
-This module decides; the lookups are the callers' (allocation.webhook_http).
+The check runs twice: when an enrollment is written (a clear 400, `check_webhook_url`, which
+looks the name up with the event loop's resolver) and when the webhook is called, on the
+addresses the host name resolves to at that moment (DNS may answer differently later; the
+transport, server/webhook_http.py, checks inside its own resolver what it dials).
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import SplitResult, urlsplit
 
 from iotdps.errors import InvalidInput
 
-__all__ = ["DestinationRefused", "Verdict", "WebhookDestinations"]
+__all__ = ["DestinationRefused", "Verdict", "WebhookDestinations", "check_webhook_url"]
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _ALLOWLIST = "[allocation] webhook_allowlist"
+_LOOKUP_TIMEOUT = 5.0
 
 
 class DestinationRefused(OSError):
@@ -199,3 +203,22 @@ def _is_host_name(name: str) -> bool:
     return 0 < len(name) <= 253 and all(
         0 < len(label) <= 63 and label.replace("-", "").isalnum() and label.isascii() for label in labels
     )
+
+
+async def _lookup(host: str) -> list[str]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+async def check_webhook_url(destinations: WebhookDestinations, url: str) -> str | None:
+    """Words when `url` may not be a webhook (the rules, then what its host resolves to now);
+    None when it may. A name that does not resolve yet is let through: the call-time check
+    decides then."""
+    verdict = destinations.check(url)
+    if verdict.refusal is not None or verdict.any_address:
+        return verdict.refusal
+    try:
+        addresses = await asyncio.wait_for(_lookup(verdict.host), _LOOKUP_TIMEOUT)
+    except (OSError, TimeoutError, UnicodeError):
+        return None
+    return destinations.resolved_refusal(verdict, addresses)

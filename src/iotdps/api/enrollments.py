@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from iotdps.allocation.webhook_http import check_webhook_url
+from iotdps.allocation.destinations import check_webhook_url
 from iotdps.api._http import (
     ApiContext,
     if_match,

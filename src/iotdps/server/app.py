@@ -31,7 +31,6 @@ from aiohttp import web
 from cryptography import x509
 
 from iotdps.allocation.hubs import LinkedHub
-from iotdps.allocation.webhook_http import AiohttpWebhookTransport
 from iotdps.api._http import ServiceAbout
 from iotdps.api.app import build_management_app
 from iotdps.api.auth import HUB_RIGHTS, AccessPolicies
@@ -55,6 +54,7 @@ from iotdps.server.mqtt_conn import CONNACK_NOT_AUTHORIZED, CONNACK_SERVER_UNAVA
 from iotdps.server.peers import peer_text
 from iotdps.server.ratelimit import TokenBucket
 from iotdps.server.tls import ServerTls, load_pem_chain, load_pem_key
+from iotdps.server.webhook_http import AiohttpWebhookTransport
 from iotdps.server.ws_bridge import WEBSOCKET_PATH, serve_mqtt_websocket
 from iotdps.store import open_store
 from iotdps.timestamps import utcnow

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from typing import Any
 
 import pytest
-from aiohttp import web
 
-from iotdps.allocation.custom import build_request, call_webhook, parse_response
-from iotdps.allocation.destinations import WebhookDestinations
+from iotdps.allocation.custom import parse_response
 from iotdps.allocation.geo import choose_geo
 from iotdps.allocation.hashed import choose_hashed
 from iotdps.allocation.hubs import LinkedHub
 from iotdps.allocation.policy import allocate_builtin, candidate_hubs, choose_static
-from iotdps.allocation.webhook_http import AiohttpWebhookTransport
 from iotdps.enrollment.models import (
-    Attestation,
-    CustomAllocationDefinition,
     EnrollmentSettings,
-    IndividualEnrollment,
-    SymmetricKeyAttestation,
 )
 from iotdps.refusals import RefusalReason, Refused
 
@@ -83,50 +75,3 @@ def test_bad_webhook_answers(status: int, body: Any, words: str) -> None:
     with pytest.raises(Refused) as err:
         parse_response(status, body, ["a.local"], "hook.example")
     assert err.value.reason is RefusalReason.WEBHOOK_FAILED and words in err.value.message
-
-
-def _enrollment() -> IndividualEnrollment:
-    keys = SymmetricKeyAttestation.generate()
-    return IndividualEnrollment("dev-1", Attestation("symmetricKey", symmetric_key=keys))
-
-
-async def test_webhook_over_real_http_with_timeout() -> None:
-    seen: list[Any] = []
-
-    async def allocate(request: web.Request) -> web.Response:
-        body = await request.json()
-        seen.append(body)
-        if body["deviceRuntimeContext"]["registrationId"] == "slow":
-            await asyncio.sleep(2)
-        return web.json_response({"iotHubHostName": body["linkedHubs"][-1], "payload": {"ok": True}})
-
-    app = web.Application()
-    app.router.add_post("/alloc", allocate)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    # Plain HTTP on loopback: allowed only because the allowlist names these prefixes.
-    allowed = WebhookDestinations.parse([f"http://127.0.0.1:{port}/alloc", "http://127.0.0.1:1/"])
-    transport = AiohttpWebhookTransport(destinations=allowed)
-    try:
-        definition = CustomAllocationDefinition(f"http://127.0.0.1:{port}/alloc?code=s3cret", "2021-10-01")
-        hubs = ["a.local", "b.local"]
-        body = build_request(_enrollment(), "dev-1", hubs, attestation_context={"symmetricKey": {}})
-        answer = await call_webhook(transport, definition, body, hubs, timeout=5)
-        assert (answer.hub, answer.payload) == ("b.local", {"ok": True})
-        assert seen[0]["linkedHubs"] == hubs and "primaryKey" not in str(seen[0])
-
-        slow = build_request(_enrollment(), "slow", hubs, attestation_context={"symmetricKey": {}})
-        with pytest.raises(Refused) as err:
-            await call_webhook(transport, definition, slow, hubs, timeout=0.3)
-        assert "timed out" in err.value.message and "s3cret" not in err.value.message
-
-        gone = CustomAllocationDefinition("http://127.0.0.1:1/alloc", "2021-10-01")
-        with pytest.raises(Refused) as err:
-            await call_webhook(transport, gone, body, hubs, timeout=2)
-        assert "unreachable" in err.value.message
-    finally:
-        await transport.close()
-        await runner.cleanup()

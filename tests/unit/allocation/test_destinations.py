@@ -1,15 +1,14 @@
-"""Where a custom-allocation webhook may point (allocation.destinations), and the transport
-that enforces it on what it dials (allocation.webhook_http)."""
+"""Where a custom-allocation webhook may point (allocation.destinations): the rules, and the
+check when an enrollment is written. The transport that enforces them on what it dials is
+tested with it (tests/unit/server/test_webhook_http.py)."""
 
 from __future__ import annotations
 
 import socket
 
 import pytest
-from aiohttp import web
 
-from iotdps.allocation.destinations import DestinationRefused, WebhookDestinations
-from iotdps.allocation.webhook_http import AiohttpWebhookTransport, check_webhook_url
+from iotdps.allocation.destinations import WebhookDestinations, check_webhook_url
 from iotdps.errors import InvalidInput
 
 STRICT = WebhookDestinations()
@@ -101,37 +100,3 @@ async def test_write_time_check_resolves_names() -> None:
     assert await check_webhook_url(WebhookDestinations.parse([name]), f"https://{name}/api") is None
     # A name that does not resolve (yet) is decided when the webhook is called.
     assert await check_webhook_url(STRICT, "https://no-such-host.invalid/api") is None
-
-
-async def test_transport_refuses_what_the_name_resolves_to() -> None:
-    name = _loopback_name()
-    calls: list[str] = []
-
-    async def allocate(request: web.Request) -> web.Response:
-        calls.append(request.path)
-        return web.json_response({"iotHubHostName": "a.local"})
-
-    app = web.Application()
-    app.router.add_post("/alloc", allocate)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    # The URL prefix names the host, so the rules pass it as written; the resolver still
-    # refuses loopback for a URL that only passed as "https to some name".
-    strict = AiohttpWebhookTransport(destinations=STRICT)
-    by_prefix = AiohttpWebhookTransport(destinations=WebhookDestinations.parse([f"http://{name}:{port}/alloc"]))
-    try:
-        with pytest.raises(DestinationRefused) as refused:
-            await strict.post_json(f"https://{name}:{port}/alloc", {}, 5)
-        assert "resolves to 127." in str(refused.value)
-        with pytest.raises(DestinationRefused):
-            await strict.post_json(f"http://{name}:{port}/alloc", {}, 5)  # plain http
-        assert calls == []
-        answer = await by_prefix.post_json(f"http://{name}:{port}/alloc", {}, 5)
-        assert answer.status == 200 and calls == ["/alloc"]
-    finally:
-        await strict.close()
-        await by_prefix.close()
-        await runner.cleanup()

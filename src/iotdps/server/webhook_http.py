@@ -1,4 +1,5 @@
-"""The WebhookTransport adapter over aiohttp (the one HTTP client of the project).
+"""The WebhookTransport adapter over aiohttp (the one HTTP client of the project): the
+custom-allocation webhook's way out (the port: `iotdps.ports.WebhookTransport`).
 
 A non-JSON or non-object body is reported as `body=None`; the caller decides it is a failure.
 Transport failures surface as TimeoutError or OSError, as the port promises; a destination the
@@ -12,7 +13,6 @@ No DNS cache, no proxy from the environment, no redirects.
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import socket
 from collections.abc import Mapping
@@ -26,31 +26,11 @@ from iotdps.allocation.destinations import DestinationRefused, Verdict, WebhookD
 from iotdps.jsonload import InvalidJson, load_json
 from iotdps.ports import WebhookResponse
 
-__all__ = ["AiohttpWebhookTransport", "check_webhook_url"]
+__all__ = ["AiohttpWebhookTransport"]
 
 _MAX_BODY = 1 << 20  # a webhook answer is a few hundred bytes; refuse to buffer megabytes
-_LOOKUP_TIMEOUT = 5.0
 # The verdict of the request being made, for the resolver (it sees only host and port).
 _VERDICT: contextvars.ContextVar[Verdict | None] = contextvars.ContextVar("webhook_verdict", default=None)
-
-
-async def _lookup(host: str) -> list[str]:
-    infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    return [str(info[4][0]) for info in infos]
-
-
-async def check_webhook_url(destinations: WebhookDestinations, url: str) -> str | None:
-    """Words when `url` may not be a webhook (the rules, then what its host resolves to now);
-    None when it may. A name that does not resolve yet is let through: the call-time check
-    decides then."""
-    verdict = destinations.check(url)
-    if verdict.refusal is not None or verdict.any_address:
-        return verdict.refusal
-    try:
-        addresses = await asyncio.wait_for(_lookup(verdict.host), _LOOKUP_TIMEOUT)
-    except (OSError, TimeoutError, UnicodeError):
-        return None
-    return destinations.resolved_refusal(verdict, addresses)
 
 
 class _GuardedResolver(AbstractResolver):

@@ -244,7 +244,7 @@ class UnitOfWork(Protocol):
     refusals: RefusalLog
     stats: StatisticsRepo
 
-    async def derived(self, key: tuple[Any, ...], compute: Callable[[], Awaitable[T]]) -> T:
+    async def cached_config_answer(self, key: tuple[Any, ...], compute: Callable[[], Awaitable[T]]) -> T:
         """`compute()`, or the answer it gave for the same key earlier, in this or an earlier
         transaction, as long as no enrollment group, CA, linked hub or setting has changed
         since (a store without a read cache just calls it). Only for answers derived from

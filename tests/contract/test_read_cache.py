@@ -107,7 +107,7 @@ async def test_derived_answers_last_until_a_cached_table_changes(nodes: tuple[St
             computed.append(1)
             return len(await uow.groups.list_symmetric_key())
 
-        return await uow.derived(("symmetric-key groups",), count)
+        return await uow.cached_config_answer(("symmetric-key groups",), count)
 
     group = EnrollmentGroup.from_json({"enrollmentGroupId": "g1", "attestation": {"type": "symmetricKey"}})
     for _ in range(3):

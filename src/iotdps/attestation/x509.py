@@ -309,7 +309,7 @@ async def _trust(uow: UnitOfWork) -> _Trust:
             frozenset(ca.sha256_thumbprint for ca in cas if ca.is_verified),
         )
 
-    return await uow.derived(("x509 trust",), build)
+    return await uow.cached_config_answer(("x509 trust",), build)
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,7 +402,7 @@ class X509Mechanism:
             # Every device of a production line presents the same CAs above its leaf: their
             # thumbprints key the answer, kept while no CA, group or setting changes.
             key = ("x509 above leaf", *(sha256_thumbprint(c) for c in chain[1:]))
-            above = await uow.derived(key, lambda: _above_leaf(uow, chain, trust, anchored_at_leaf=False))
+            above = await uow.cached_config_answer(key, lambda: _above_leaf(uow, chain, trust, anchored_at_leaf=False))
         if above.refusal is not None:
             return above.refusal
         decision = resolve_x509(

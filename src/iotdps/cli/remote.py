@@ -536,7 +536,7 @@ class _RemoteUnitOfWork:
         self.devices = _Devices()
         self.refusals = _Refusals(http)
 
-    async def derived(self, key: tuple[Any, ...], compute: Callable[[], Awaitable[T]]) -> T:
+    async def cached_config_answer(self, key: tuple[Any, ...], compute: Callable[[], Awaitable[T]]) -> T:
         return await compute()  # each read is a request to a server that may change under us
 
 

@@ -618,7 +618,7 @@ class _UnitOfWork:
         self.c2d: C2DRepo = _C2D(tx)
         self.hub_sessions: HubSessionRepo = _HubSessions(tx)
 
-    async def derived(self, key: tuple[Any, ...], compute: Callable[[], Awaitable[_T]]) -> _T:
+    async def cached_config_answer(self, key: tuple[Any, ...], compute: Callable[[], Awaitable[_T]]) -> _T:
         return await compute()  # no read cache to keep it in
 
 

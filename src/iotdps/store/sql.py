@@ -1248,7 +1248,7 @@ class _UnitOfWork:
         self.hub_sessions: HubSessionRepo = _HubSessions(tx)
         self._tx = tx
 
-    async def derived(self, key: tuple[Any, ...], compute: Callable[[], Awaitable[_T]]) -> _T:
+    async def cached_config_answer(self, key: tuple[Any, ...], compute: Callable[[], Awaitable[_T]]) -> _T:
         # Kept in the read cache, which every write of its tables drops (SqlStore._cache_for).
         return await self._tx.cached(("derived", *key), compute)
 

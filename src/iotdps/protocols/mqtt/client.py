@@ -64,24 +64,21 @@ class _Action(TableEnum):
     CLOSE = "close"
 
 
-_S = ClientState
-_P = PacketType
-
 _TRANSITIONS: dict[tuple[ClientState, PacketType | _Action], ClientState] = {
-    (_S.IDLE, _Action.CONNECT): _S.CONNECTING,
-    (_S.CONNECTING, _Action.SEND): _S.CONNECTING,
-    (_S.CONNECTING, _P.CONNACK): _S.CONNECTED,  # refused CONNACKs close in the handler
-    (_S.CONNECTED, _Action.SEND): _S.CONNECTED,
-    (_S.CONNECTED, _P.PUBLISH): _S.CONNECTED,
-    (_S.CONNECTED, _P.PUBACK): _S.CONNECTED,
-    (_S.CONNECTED, _P.SUBACK): _S.CONNECTED,
-    (_S.CONNECTED, _P.UNSUBACK): _S.CONNECTED,
-    (_S.CONNECTED, _P.PINGRESP): _S.CONNECTED,
-    (_S.CONNECTING, _Action.DISCONNECT): _S.CLOSED,
-    (_S.CONNECTED, _Action.DISCONNECT): _S.CLOSED,
-    (_S.IDLE, _Action.CLOSE): _S.CLOSED,
-    (_S.CONNECTING, _Action.CLOSE): _S.CLOSED,
-    (_S.CONNECTED, _Action.CLOSE): _S.CLOSED,
+    (ClientState.IDLE, _Action.CONNECT): ClientState.CONNECTING,
+    (ClientState.CONNECTING, _Action.SEND): ClientState.CONNECTING,
+    (ClientState.CONNECTING, PacketType.CONNACK): ClientState.CONNECTED,  # refused CONNACKs close in the handler
+    (ClientState.CONNECTED, _Action.SEND): ClientState.CONNECTED,
+    (ClientState.CONNECTED, PacketType.PUBLISH): ClientState.CONNECTED,
+    (ClientState.CONNECTED, PacketType.PUBACK): ClientState.CONNECTED,
+    (ClientState.CONNECTED, PacketType.SUBACK): ClientState.CONNECTED,
+    (ClientState.CONNECTED, PacketType.UNSUBACK): ClientState.CONNECTED,
+    (ClientState.CONNECTED, PacketType.PINGRESP): ClientState.CONNECTED,
+    (ClientState.CONNECTING, _Action.DISCONNECT): ClientState.CLOSED,
+    (ClientState.CONNECTED, _Action.DISCONNECT): ClientState.CLOSED,
+    (ClientState.IDLE, _Action.CLOSE): ClientState.CLOSED,
+    (ClientState.CONNECTING, _Action.CLOSE): ClientState.CLOSED,
+    (ClientState.CONNECTED, _Action.CLOSE): ClientState.CLOSED,
 }
 
 

@@ -80,23 +80,20 @@ class _Action(TableEnum):
     CLOSE = "close"
 
 
-_S = ServerState
-_P = PacketType
-
 _TRANSITIONS: dict[tuple[ServerState, PacketType | _Action], ServerState] = {
-    (_S.AWAIT_CONNECT, _P.CONNECT): _S.CONNECTING,
-    (_S.CONNECTING, _Action.ACCEPT): _S.CONNECTED,
-    (_S.CONNECTING, _Action.REFUSE): _S.CLOSED,
-    (_S.CONNECTED, _P.PUBLISH): _S.CONNECTED,
-    (_S.CONNECTED, _P.PUBACK): _S.CONNECTED,
-    (_S.CONNECTED, _P.SUBSCRIBE): _S.CONNECTED,
-    (_S.CONNECTED, _P.UNSUBSCRIBE): _S.CONNECTED,
-    (_S.CONNECTED, _P.PINGREQ): _S.CONNECTED,
-    (_S.CONNECTED, _P.DISCONNECT): _S.CLOSED,
-    (_S.CONNECTED, _Action.SEND): _S.CONNECTED,
-    (_S.AWAIT_CONNECT, _Action.CLOSE): _S.CLOSED,
-    (_S.CONNECTING, _Action.CLOSE): _S.CLOSED,
-    (_S.CONNECTED, _Action.CLOSE): _S.CLOSED,
+    (ServerState.AWAIT_CONNECT, PacketType.CONNECT): ServerState.CONNECTING,
+    (ServerState.CONNECTING, _Action.ACCEPT): ServerState.CONNECTED,
+    (ServerState.CONNECTING, _Action.REFUSE): ServerState.CLOSED,
+    (ServerState.CONNECTED, PacketType.PUBLISH): ServerState.CONNECTED,
+    (ServerState.CONNECTED, PacketType.PUBACK): ServerState.CONNECTED,
+    (ServerState.CONNECTED, PacketType.SUBSCRIBE): ServerState.CONNECTED,
+    (ServerState.CONNECTED, PacketType.UNSUBSCRIBE): ServerState.CONNECTED,
+    (ServerState.CONNECTED, PacketType.PINGREQ): ServerState.CONNECTED,
+    (ServerState.CONNECTED, PacketType.DISCONNECT): ServerState.CLOSED,
+    (ServerState.CONNECTED, _Action.SEND): ServerState.CONNECTED,
+    (ServerState.AWAIT_CONNECT, _Action.CLOSE): ServerState.CLOSED,
+    (ServerState.CONNECTING, _Action.CLOSE): ServerState.CLOSED,
+    (ServerState.CONNECTED, _Action.CLOSE): ServerState.CLOSED,
 }
 
 _PINGRESP = b"\xd0\x00"

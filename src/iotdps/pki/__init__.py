@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from iotdps.pki.batch import MintedDevice, mint_device, mint_devices, mint_packed
 from iotdps.pki.cadir import CaDirectory, CaRecord, check_ca_name
-from iotdps.pki.chain import ChainReport, describe_certificate, explain_chain, verify_chain
+from iotdps.pki.certs import describe_certificate
+from iotdps.pki.chain import ChainReport, explain_chain, verify_chain
 from iotdps.pki.csr import check_device_csr, sign_device_csr
 from iotdps.pki.encoding import (
     X509CertificateInfo,

@@ -1,5 +1,10 @@
 """Facts of one certificate and the link between two: CA or not, who issued it, a short name.
 
+Three short names, one per audience: `describe` ("CN=factory-a (sha256 1A2B...)") for the
+refusal log and `iotdps explain`, where two CAs of one name must be told apart;
+`certificate_label` ("CN=factory-a") in the chain policy's rules; `describe_certificate`
+("'factory-a'") in `iotdps cert verify`'s report on a device bundle.
+
 Loading, thumbprints (upper-case hex, as the Azure APIs print them) and the Azure
 X509CertificateInfo are `iotdps.pki.encoding`'s; walking from a certificate to a trust anchor is
 `iotdps.pki.path`'s, on top of `signed_by` here.
@@ -18,8 +23,10 @@ from iotdps.pki.encoding import common_name as _name_cn
 from iotdps.pki.encoding import sha256_thumbprint
 
 __all__ = [
+    "certificate_label",
     "common_name",
     "describe",
+    "describe_certificate",
     "is_ca",
     "is_self_issued",
     "names_issuer",
@@ -109,3 +116,21 @@ def describe(cert: x509.Certificate) -> str:
     cn = common_name(cert)
     name = f"CN={cn}" if cn is not None else cert.subject.rfc4514_string() or "(empty subject)"
     return f"{name} (sha256 {sha256_thumbprint(cert)[:16]}...)"
+
+
+def certificate_label(cert: x509.Certificate) -> str:
+    """`CN=name`, or the whole subject when it has no CN."""
+    cns = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    if cns:
+        value = cns[-1].value
+        return "CN=" + (value.decode("utf-8", "replace") if isinstance(value, bytes) else value)
+    return cert.subject.rfc4514_string() or "(empty subject)"
+
+
+def describe_certificate(cert: x509.Certificate) -> str:
+    """A short human label: the CN if there is one, else the whole subject."""
+    cns = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    if cns:
+        v = cns[-1].value
+        return repr(v.decode("utf-8", "replace") if isinstance(v, bytes) else v)
+    return repr(cert.subject.rfc4514_string() or "(empty subject)")

@@ -34,12 +34,12 @@ from cryptography.x509.verification import (
 
 from iotdps.errors import ChainError, InvalidRegistrationId
 from iotdps.ids import check_registration_id
-from iotdps.pki.certs import is_self_issued
+from iotdps.pki.certs import describe_certificate, is_self_issued
 from iotdps.pki.chain_policy import Rule, path_problems, verify_client_chain
 from iotdps.pki.keys import public_keys_match
 from iotdps.pki.path import End, walk
 
-__all__ = ["ChainReport", "Purpose", "describe_certificate", "explain_chain", "verify_chain"]
+__all__ = ["ChainReport", "Purpose", "explain_chain", "verify_chain"]
 
 Purpose = Literal["client", "server", "any"]
 
@@ -51,15 +51,6 @@ _EKU_NAMES = {
     ExtendedKeyUsageOID.TIME_STAMPING: "timeStamping",
     ExtendedKeyUsageOID.OCSP_SIGNING: "OCSPSigning",
 }
-
-
-def describe_certificate(cert: x509.Certificate) -> str:
-    """A short human label: the CN if there is one, else the whole subject."""
-    cns = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-    if cns:
-        v = cns[-1].value
-        return repr(v.decode("utf-8", "replace") if isinstance(v, bytes) else v)
-    return repr(cert.subject.rfc4514_string() or "(empty subject)")
 
 
 @dataclass(frozen=True)

@@ -70,13 +70,14 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
+from iotdps.pki.certs import certificate_label
+
 __all__ = [
     "MAX_INTERMEDIATES",
     "MIN_RSA_BITS",
     "ChainVerdict",
     "PolicyProblem",
     "Rule",
-    "certificate_label",
     "leaf_problems",
     "path_problems",
     "verify_client_chain",
@@ -158,15 +159,6 @@ class PolicyProblem:
 
     def describe(self, label: Callable[[x509.Certificate], str] | None = None) -> str:
         return self.template.replace("{cert}", (label or certificate_label)(self.certificate))
-
-
-def certificate_label(cert: x509.Certificate) -> str:
-    """`CN=name`, or the whole subject when it has no CN."""
-    cns = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-    if cns:
-        value = cns[-1].value
-        return "CN=" + (value.decode("utf-8", "replace") if isinstance(value, bytes) else value)
-    return cert.subject.rfc4514_string() or "(empty subject)"
 
 
 # ---------------------------------------------------------------------------- single rules

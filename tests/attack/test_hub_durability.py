@@ -24,14 +24,15 @@ from iotdps.device.credentials import make_hub_sas_token
 from iotdps.ports import Store
 from iotdps.protocols.mqtt import ClientSession, ConnAckReceived, Event, PubAckReceived
 from iotdps.protocols.mqtt.hub import format_telemetry_topic
-from iotdps.store import open_store, sql
+from iotdps.store import open_store
+from iotdps.store.sql import engine as sql_engine
 from iotdps_testing.hubkit import HubServer, put_sas_device, start_hub
 
 pytestmark = pytest.mark.e2e
 
 DEVICE = "durable-1"
 # Long enough for the writer to try (and retry) its transaction while the lock is held, well
-# short of the store's patience for another writer (sql.SQLITE_BUSY_WAIT, 5 s).
+# short of the store's patience for another writer (store.sql.engine.SQLITE_BUSY_WAIT, 5 s).
 HOLD = 1.5
 
 
@@ -154,7 +155,7 @@ async def test_telemetry_that_cannot_be_stored_is_never_acknowledged(
 ) -> None:
     # How long the store waits for another writer before it gives up: shortened from 5 s, so
     # that the write fails while the lock is still held.
-    monkeypatch.setattr(sql, "SQLITE_BUSY_WAIT", 0.3)
+    monkeypatch.setattr(sql_engine, "SQLITE_BUSY_WAIT", 0.3)
     device = await RawDevice.connect(setup.hub, setup.key)
     lost = b"reading that cannot be stored"
     lock = lock_writes(setup.db)

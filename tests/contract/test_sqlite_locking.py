@@ -10,7 +10,8 @@ import pytest
 
 from iotdps.errors import StoreError
 from iotdps.provisioning.settings import ServiceSettings
-from iotdps.store import open_store, sql
+from iotdps.store import open_store
+from iotdps.store.sql import engine as sql_engine
 
 
 async def test_waits_for_another_writer_while_the_loop_keeps_running(tmp_path: Path) -> None:
@@ -51,7 +52,7 @@ async def test_gives_up_with_a_store_error_when_the_lock_is_never_released(
 ) -> None:
     db = tmp_path / "stuck.db"
     store = await open_store(f"sqlite:///{db}")
-    monkeypatch.setattr(sql, "SQLITE_BUSY_WAIT", 0.3)
+    monkeypatch.setattr(sql_engine, "SQLITE_BUSY_WAIT", 0.3)
     other = sqlite3.connect(db, isolation_level=None)
     try:
         other.execute("BEGIN IMMEDIATE")

@@ -11,7 +11,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from iotdps.store.sql import sqlite_begin
+from iotdps.store.sql.engine import sqlite_begin
 
 __all__ = ["current_revision", "head_revision", "upgrade"]
 

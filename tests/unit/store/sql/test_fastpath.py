@@ -19,7 +19,7 @@ from iotdps.registry.hub import TelemetryMessage
 from iotdps.store import SqlStore, open_store
 from iotdps.store import tables as t
 from iotdps.store._common import DocText
-from iotdps.store._sqlite_binds import sqlite_bind_converter
+from iotdps.store.sql.fastpath import sqlite_bind_converter
 
 UTC = dt.UTC
 PLUS_TWO = dt.timezone(dt.timedelta(hours=2))

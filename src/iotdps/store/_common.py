@@ -1,4 +1,5 @@
-"""Rules every store applies the same way: etag preconditions, continuation tokens, the clock."""
+"""Rules every store applies the same way: etag preconditions, continuation tokens, page and
+limit bounds, stored JSON text, refusal retention. (The clock is the floor's: ports.SystemClock.)"""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import ipaddress
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from iotdps.errors import InvalidInput, NotFound, PreconditionFailed
@@ -21,10 +21,10 @@ __all__ = [
     "REFUSAL_ID_LENGTH",
     "REFUSAL_PEER_LENGTH",
     "DocText",
-    "SystemClock",
     "check_delete",
     "check_page_size",
     "check_put",
+    "check_refusal_limit",
     "decode_token",
     "dump_doc",
     "encode_token",
@@ -42,11 +42,6 @@ DEFAULT_REFUSAL_LIMIT = 10_000
 REFUSAL_ID_LENGTH = 128
 REFUSAL_PEER_LENGTH = 64  # an IPv6 address with a zone fits
 _MAX_PAGE = 1000
-
-
-class SystemClock:
-    def now(self) -> datetime:
-        return datetime.now(UTC)
 
 
 def check_put(what: str, current_etag: str | None, exists: bool, if_match: str | None) -> None:
@@ -70,6 +65,12 @@ def check_page_size(page_size: int) -> int:
     if not 1 <= page_size <= _MAX_PAGE:
         raise InvalidInput(f"page size must be 1..{_MAX_PAGE}")
     return page_size
+
+
+def check_refusal_limit(limit: int) -> int:
+    if limit < 1:
+        raise InvalidInput("limit must be at least 1")
+    return limit
 
 
 def encode_token(last_key: str) -> str:

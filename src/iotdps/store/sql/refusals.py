@@ -10,11 +10,10 @@ from sqlalchemy import Select, delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from iotdps.errors import InvalidInput
 from iotdps.ports import Refusal
 from iotdps.store import _records as rec
 from iotdps.store import tables as t
-from iotdps.store._common import refusal_key, refusal_source
+from iotdps.store._common import check_refusal_limit, refusal_key, refusal_source
 from iotdps.store.sql.tx import SqlTx
 
 __all__ = ["Refusals", "kept_refusals"]
@@ -77,8 +76,7 @@ class Refusals:
             await self._tx.run(delete(self._t).where(self._t.c.id.not_in(kept)))
 
     async def list(self, registration_id: str | None = None, limit: int = 100) -> Sequence[Refusal]:
-        if limit < 1:
-            raise InvalidInput("limit must be at least 1")
+        check_refusal_limit(limit)
         # Pruning runs every few inserts; the same rule applied here makes the bound exact.
         kept = kept_refusals(self._tx.db.refusal_limit).subquery("kept")
         query = select(self._t).join(kept, kept.c.id == self._t.c.id)

@@ -5,20 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from iotdps.ports import (
-    C2DRepo,
-    CaRepo,
-    DeviceRepo,
-    EnrollmentRepo,
-    GroupRepo,
-    HubSessionRepo,
-    LinkedHubRepo,
-    RefusalLog,
-    RegistrationRepo,
-    SettingsRepo,
-    StatisticsRepo,
-    TelemetryRepo,
-)
+from iotdps.store._unit import Repositories, UnitRepositories
 from iotdps.store.sql.configuration import Cas, Hubs, Settings
 from iotdps.store.sql.enrollments import Enrollments, Groups
 from iotdps.store.sql.hub import C2D, Devices, HubSessions, Telemetry
@@ -32,21 +19,25 @@ __all__ = ["SqlUnitOfWork"]
 _T = TypeVar("_T")
 
 
-class SqlUnitOfWork:
+_REPOSITORIES: Repositories[SqlTx] = Repositories(
+    enrollments=Enrollments,
+    groups=Groups,
+    cas=Cas,
+    hubs=Hubs,
+    settings=Settings,
+    registrations=Registrations,
+    devices=Devices,
+    refusals=Refusals,
+    stats=Stats,
+    telemetry=Telemetry,
+    c2d=C2D,
+    hub_sessions=HubSessions,
+)
+
+
+class SqlUnitOfWork(UnitRepositories):
     def __init__(self, tx: SqlTx) -> None:
-        # Annotated with the port types: the UnitOfWork protocol's attributes are invariant.
-        self.enrollments: EnrollmentRepo = Enrollments(tx)
-        self.groups: GroupRepo = Groups(tx)
-        self.cas: CaRepo = Cas(tx)
-        self.hubs: LinkedHubRepo = Hubs(tx)
-        self.settings: SettingsRepo = Settings(tx)
-        self.registrations: RegistrationRepo = Registrations(tx)
-        self.devices: DeviceRepo = Devices(tx)
-        self.refusals: RefusalLog = Refusals(tx)
-        self.stats: StatisticsRepo = Stats(tx)
-        self.telemetry: TelemetryRepo = Telemetry(tx)
-        self.c2d: C2DRepo = C2D(tx)
-        self.hub_sessions: HubSessionRepo = HubSessions(tx)
+        super().__init__(tx, _REPOSITORIES)
         self._tx = tx
 
     async def cached_config_answer(self, key: tuple[Any, ...], compute: Callable[[], Awaitable[_T]]) -> _T:

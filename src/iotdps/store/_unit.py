@@ -1,0 +1,65 @@
+"""The unit of work both stores hand out: one repository per aggregate, each built over the
+store's own transaction. Only the repository classes differ between the stores; the list of
+aggregates, and how a unit is put together, is this one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from iotdps.ports import (
+    C2DRepo,
+    CaRepo,
+    DeviceRepo,
+    EnrollmentRepo,
+    GroupRepo,
+    HubSessionRepo,
+    LinkedHubRepo,
+    RefusalLog,
+    RegistrationRepo,
+    SettingsRepo,
+    StatisticsRepo,
+    TelemetryRepo,
+)
+
+__all__ = ["Repositories", "UnitRepositories"]
+
+_Tx = TypeVar("_Tx")
+
+
+@dataclass(frozen=True, slots=True)
+class Repositories(Generic[_Tx]):
+    """One store's repository classes (each takes that store's transaction)."""
+
+    enrollments: Callable[[_Tx], EnrollmentRepo]
+    groups: Callable[[_Tx], GroupRepo]
+    cas: Callable[[_Tx], CaRepo]
+    hubs: Callable[[_Tx], LinkedHubRepo]
+    settings: Callable[[_Tx], SettingsRepo]
+    registrations: Callable[[_Tx], RegistrationRepo]
+    devices: Callable[[_Tx], DeviceRepo]
+    refusals: Callable[[_Tx], RefusalLog]
+    stats: Callable[[_Tx], StatisticsRepo]
+    telemetry: Callable[[_Tx], TelemetryRepo]
+    c2d: Callable[[_Tx], C2DRepo]
+    hub_sessions: Callable[[_Tx], HubSessionRepo]
+
+
+class UnitRepositories:
+    """The repositories of one unit of work; a store's unit adds `cached_config_answer`."""
+
+    def __init__(self, tx: _Tx, repositories: Repositories[_Tx]) -> None:
+        # Annotated with the port types: the UnitOfWork protocol's attributes are invariant.
+        self.enrollments: EnrollmentRepo = repositories.enrollments(tx)
+        self.groups: GroupRepo = repositories.groups(tx)
+        self.cas: CaRepo = repositories.cas(tx)
+        self.hubs: LinkedHubRepo = repositories.hubs(tx)
+        self.settings: SettingsRepo = repositories.settings(tx)
+        self.registrations: RegistrationRepo = repositories.registrations(tx)
+        self.devices: DeviceRepo = repositories.devices(tx)
+        self.refusals: RefusalLog = repositories.refusals(tx)
+        self.stats: StatisticsRepo = repositories.stats(tx)
+        self.telemetry: TelemetryRepo = repositories.telemetry(tx)
+        self.c2d: C2DRepo = repositories.c2d(tx)
+        self.hub_sessions: HubSessionRepo = repositories.hub_sessions(tx)

@@ -5,10 +5,10 @@
 newest schema on open ("postgresql://" picks asyncpg too; "sqlite+aiosqlite:///", the DSN of
 earlier releases, still names the same SQLite store).
 
-SQLite runs on the event loop's own thread through the standard sqlite3 module: its statements
-take microseconds (WAL, no fsync per commit), far less than handing each one to a worker thread
-and back, which is what aiosqlite did and what dominated the registration path
-(bench/PROFILE.md).
+The two stores are packages cut the same way (a module per aggregate, a unit of work, a
+transaction): store/memory/ and store/sql/ (whose engine.py holds the two drivers and whose
+fastpath.py is the one module that reaches under SQLAlchemy). What both apply alike is in
+_common.py (rules), _records.py (documents) and _unit.py (the unit of work's repositories).
 """
 
 from __future__ import annotations

@@ -45,10 +45,10 @@ if TYPE_CHECKING:
     from iotdps.allocation.hubs import LinkedHub
     from iotdps.enrollment.cas import CaCertificate
     from iotdps.enrollment.models import EnrollmentGroup, IndividualEnrollment
+    from iotdps.hub.devices import DeviceIdentity
+    from iotdps.hub.records import CloudMessage, HubSession, TelemetryMessage
     from iotdps.provisioning.records import RegistrationRecord
     from iotdps.provisioning.settings import ServiceSettings
-    from iotdps.registry.hub import CloudMessage, HubSession, TelemetryMessage
-    from iotdps.registry.models import DeviceIdentity
 
 __all__ = [
     "C2DRepo",

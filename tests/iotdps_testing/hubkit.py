@@ -18,13 +18,13 @@ from typing import Any, TypeVar
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
-from iotdps.hub import HubRuntime
+from iotdps.hub.devices import DeviceAuth, DeviceIdentity, Twin
+from iotdps.hub.runtime import HubRuntime
 from iotdps.pki import certs, create_server_identity
 from iotdps.pki.encoding import sha1_thumbprint, sha256_thumbprint
 from iotdps.ports import Store
 from iotdps.protocols.mqtt.hub import classify_username
 from iotdps.protocols.mqtt.packets import Connect
-from iotdps.registry.models import DeviceAuth, DeviceIdentity, Twin
 from iotdps.secret import Secret
 from iotdps.server.listen import TlsAppServer, serve_aiohttp_app, start_tls_server
 from iotdps.server.mqtt_conn import MqttConnection, MqttEndpoint

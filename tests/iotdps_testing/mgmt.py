@@ -19,7 +19,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
 from iotdps.api import AccessPolicies, build_management_app
-from iotdps.hub import HubRuntime
+from iotdps.hub.runtime import HubRuntime
 from iotdps.pki import create_server_identity
 from iotdps.ports import Store
 from iotdps.provisioning.service import ProvisioningService

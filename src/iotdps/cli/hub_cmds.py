@@ -23,10 +23,10 @@ import click
 from iotdps.cli.remote import store_options
 from iotdps.errors import InvalidInput, NotFound
 from iotdps.hub.control import ControlClient, control_socket_path
+from iotdps.hub.records import TelemetryMessage
 from iotdps.hub.twin import device_twin_json
 from iotdps.jsonload import load_json
 from iotdps.ports import HubStore, Store
-from iotdps.registry.hub import TelemetryMessage
 
 __all__ = ["register", "store_options"]
 

@@ -30,6 +30,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from iotdps.errors import InvalidInput, IotdpsError, NotFound
+from iotdps.hub.devices import DeviceIdentity, generation_id
+from iotdps.hub.records import CloudMessage, HubSession, TelemetryMessage
 from iotdps.hub.twin import sdk_twin_json
 from iotdps.jsonload import InvalidJson, load_json
 from iotdps.protocols.mqtt.errors import InvalidDeviceRequest
@@ -49,8 +51,6 @@ from iotdps.protocols.mqtt.hub import (
     parse_device_topic,
 )
 from iotdps.protocols.mqtt.packets import SUBACK_FAILURE
-from iotdps.registry.hub import CloudMessage, HubSession, TelemetryMessage
-from iotdps.registry.models import DeviceIdentity, generation_id
 from iotdps.server.mqtt_conn import MqttConnection
 
 if TYPE_CHECKING:

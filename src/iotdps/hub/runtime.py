@@ -32,8 +32,10 @@ from aiohttp import web
 
 from iotdps.errors import InvalidInput, IotdpsError, NotFound, PreconditionFailed, Throttled
 from iotdps.hub.auth import check_device
+from iotdps.hub.devices import DeviceIdentity, Twin
 from iotdps.hub.endpoint import DeviceEndpoint, identity_properties
 from iotdps.hub.errors import DeviceNotConnected, MethodTimeout
+from iotdps.hub.records import CloudMessage, HubSession
 from iotdps.hub.telemetry import TelemetryWriter
 from iotdps.hub.twin import apply_desired_patch, apply_reported_patch, merge_patch
 from iotdps.jsonload import InvalidJson, load_json
@@ -47,8 +49,6 @@ from iotdps.protocols.mqtt.hub import (
     parse_hub_username,
 )
 from iotdps.protocols.mqtt.packets import Connect
-from iotdps.registry.hub import CloudMessage, HubSession
-from iotdps.registry.models import DeviceIdentity, Twin
 from iotdps.sas import DEFAULT_TOKEN_MAX_LIFETIME
 from iotdps.server.mqtt_conn import CONNACK_NOT_AUTHORIZED, CONNACK_SERVER_UNAVAILABLE, MqttConnection, MqttEndpoint
 from iotdps.server.peers import peer_text

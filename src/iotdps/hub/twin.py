@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from iotdps.errors import InvalidInput
-from iotdps.registry.models import DeviceIdentity, Twin
+from iotdps.hub.devices import DeviceIdentity, Twin
 
 __all__ = [
     "MAX_DEPTH",

@@ -37,7 +37,8 @@ from iotdps.api.auth import HUB_RIGHTS, AccessPolicies
 from iotdps.attestation.x509 import evidence_from_chain
 from iotdps.config import Config, is_unspecified
 from iotdps.evidence import PeerIdentity, X509Evidence
-from iotdps.hub import HubRuntime, control_socket_path
+from iotdps.hub.control import control_socket_path
+from iotdps.hub.runtime import HubRuntime
 from iotdps.pki.encoding import sha256_thumbprint
 from iotdps.ports import Store
 from iotdps.protocols.mqtt.hub import classify_username

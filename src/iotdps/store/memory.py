@@ -26,6 +26,8 @@ from iotdps.allocation.hubs import LinkedHub
 from iotdps.enrollment.cas import CaCertificate
 from iotdps.enrollment.models import EnrollmentGroup, IndividualEnrollment
 from iotdps.errors import AlreadyExists, InvalidInput, StoreError
+from iotdps.hub.devices import DeviceIdentity
+from iotdps.hub.records import CloudMessage, HubSession, TelemetryMessage
 from iotdps.ids import new_etag, registration_key
 from iotdps.ports import (
     C2DRepo,
@@ -48,8 +50,6 @@ from iotdps.ports import (
 )
 from iotdps.provisioning.records import RegistrationRecord
 from iotdps.provisioning.settings import ServiceSettings
-from iotdps.registry.hub import CloudMessage, HubSession, TelemetryMessage
-from iotdps.registry.models import DeviceIdentity
 from iotdps.store import _records as rec
 from iotdps.store._common import (
     DEFAULT_REFUSAL_LIMIT,

@@ -60,6 +60,8 @@ from iotdps.allocation.hubs import LinkedHub
 from iotdps.enrollment.cas import CaCertificate
 from iotdps.enrollment.models import EnrollmentGroup, IndividualEnrollment
 from iotdps.errors import AlreadyExists, InvalidInput, StoreError
+from iotdps.hub.devices import DeviceIdentity
+from iotdps.hub.records import CloudMessage, HubSession, TelemetryMessage
 from iotdps.ids import new_etag, registration_key
 from iotdps.ports import (
     C2DRepo,
@@ -82,8 +84,6 @@ from iotdps.ports import (
 )
 from iotdps.provisioning.records import RegistrationRecord
 from iotdps.provisioning.settings import ServiceSettings
-from iotdps.registry.hub import CloudMessage, HubSession, TelemetryMessage
-from iotdps.registry.models import DeviceIdentity
 from iotdps.store import _records as rec
 from iotdps.store import tables as t
 from iotdps.store._checkpoint import BACKSTOP_PAGES, WalCheckpointer

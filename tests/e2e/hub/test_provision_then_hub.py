@@ -47,7 +47,7 @@ from iotdps.enrollment.models import (
     X509Attestation,
 )
 from iotdps.errors import Unauthorized
-from iotdps.hub import HubRuntime
+from iotdps.hub.runtime import HubRuntime
 from iotdps.pki import certs
 from iotdps.pki.encoding import certificate_info
 from iotdps.ports import HubStore, Store

@@ -25,7 +25,7 @@ from iotdps.device import save_state
 from iotdps.device.agent import DeviceSettings
 from iotdps.device.credentials import SymmetricKey
 from iotdps.device.provision import Assignment
-from iotdps.hub import control_socket_path
+from iotdps.hub.control import control_socket_path
 from iotdps.paths import default_dsn
 from iotdps.secret import Secret
 from iotdps.store import open_store

@@ -12,9 +12,9 @@ import pytest
 from iotdps.device import HubClient, SymmetricKey, make_hub_sas_token
 from iotdps.errors import InvalidInput
 from iotdps.hub.auth import check_device
+from iotdps.hub.devices import DeviceAuth, DeviceIdentity, Twin
 from iotdps.hub.twin import apply_desired_patch, apply_reported_patch, merge_patch, sdk_twin_json
 from iotdps.ports import HubStore
-from iotdps.registry.models import DeviceAuth, DeviceIdentity, Twin
 from iotdps.secret import Secret
 from iotdps.store import MemoryStore
 from iotdps_testing.hubkit import new_key, put_sas_device, start_hub

@@ -17,8 +17,8 @@ import pytest
 from azure.iot.device import X509, IoTHubDeviceClient, Message, MethodResponse
 from azure.iot.device.exceptions import CredentialError
 
-from iotdps.hub import DeviceNotConnected
 from iotdps.hub.endpoint import identity_properties
+from iotdps.hub.errors import DeviceNotConnected
 from iotdps.ports import HubStore
 from iotdps.store import MemoryStore, open_store
 from iotdps_testing.devcerts import self_signed_device

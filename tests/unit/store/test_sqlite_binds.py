@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import JSON, select
 
-from iotdps.registry.hub import TelemetryMessage
+from iotdps.hub.records import TelemetryMessage
 from iotdps.store import SqlStore, open_store
 from iotdps.store import tables as t
 from iotdps.store._common import DocText

@@ -50,9 +50,9 @@ from iotdps.protocols.mqtt.hub import (
 )
 from iotdps.protocols.mqtt.packets import Connect
 from iotdps.sas import DEFAULT_TOKEN_MAX_LIFETIME
+from iotdps.server.logthrottle import WindowedLog
 from iotdps.server.mqtt_conn import CONNACK_NOT_AUTHORIZED, CONNACK_SERVER_UNAVAILABLE, MqttConnection, MqttEndpoint
 from iotdps.server.peers import peer_text
-from iotdps.server.throttled_log import ThrottledLog
 
 __all__ = ["DEFAULT_C2D_TTL", "MAX_C2D_QUEUE", "HubRuntime"]
 
@@ -94,7 +94,7 @@ class HubRuntime:
         self._stop_event = asyncio.Event()
         self._stopping = False
         # A refused CONNECT is an outsider's doing: its log lines come at a bounded rate.
-        self.refused_log = ThrottledLog(log, time.monotonic, "hub CONNECT refusals")
+        self.refused_log = WindowedLog(log, time.monotonic, "hub CONNECT refusals")
 
     # -- lifecycle ------------------------------------------------------------------------------
 

@@ -20,8 +20,8 @@ from iotdps.evidence import Credential, PeerIdentity, SasCredential, X509Evidenc
 from iotdps.provisioning.registration import RegistrationOutcome, RegistrationRequest, new_operation_id
 from iotdps.provisioning.service import ProvisioningService
 from iotdps.secret import Secret
+from iotdps.server.logthrottle import WindowedLog
 from iotdps.server.ratelimit import TokenBucket
-from iotdps.server.throttled_log import ThrottledLog
 from iotdps.timestamps import format_time, utcnow
 
 __all__ = [
@@ -103,7 +103,7 @@ class AssignedLog:
     registration records anyway (`iotdps registration list`, the service API)."""
 
     def __init__(self, clock: Callable[[], float], *, per_window: int = 10, window: float = 1.0) -> None:
-        self._lines = ThrottledLog(log, clock, "registrations assigned", per_window=per_window, window=window)
+        self._lines = WindowedLog(log, clock, "registrations assigned", per_window=per_window, window=window)
 
     def __call__(self, registration_id: str, status: str, hub: str | None, device_id: str | None) -> None:
         self._lines("", "registration %s %s on %s as %s", registration_id, status, hub, device_id)
@@ -182,7 +182,7 @@ class RegistrationRunner:
         self.accepting = True
         self.assigned_log = AssignedLog(clock)
         # Refused CONNECTs and registrations, DPS and hub alike: an outsider decides how many.
-        self.refused_log = ThrottledLog(log, clock, "refusals")
+        self.refused_log = WindowedLog(log, clock, "refusals")
 
     def throttled(self) -> DeviceReply | None:
         wait = self._bucket.take(self._clock())

@@ -46,9 +46,9 @@ from iotdps.protocols.mqtt.packets import Connect
 from iotdps.provisioning.service import ProvisioningService
 from iotdps.provisioning.settings import ServiceSettings
 from iotdps.provisioning.trust import trust_anchors
-from iotdps.server.dps_common import RegistrationRunner
 from iotdps.server.dps_http import build_device_app
 from iotdps.server.dps_mqtt import route_dps
+from iotdps.server.dps_runner import RegistrationRunner
 from iotdps.server.identity import ServerFiles, ensure_server_identity
 from iotdps.server.listen import TlsSite, http_runner, start_tls_server
 from iotdps.server.mqtt_conn import CONNACK_NOT_AUTHORIZED, CONNACK_SERVER_UNAVAILABLE, MqttConnection, MqttEndpoint

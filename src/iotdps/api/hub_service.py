@@ -90,7 +90,7 @@ _MAX_EVENTS = 1000
 
 
 class HubOperations(Protocol):
-    """What the API needs of the running hub (iotdps.hub.HubRuntime provides it)."""
+    """What the API needs of the running hub (iotdps.hub.cloud.CloudOperations provides it)."""
 
     def is_connected(self, hub: str, device_id: str) -> bool: ...
     def connected_count(self, hub: str) -> int: ...

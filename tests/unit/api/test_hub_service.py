@@ -1,4 +1,4 @@
-"""The hub service API's edge over real loopback TLS (in-thread server with a HubRuntime):
+"""The hub service API's edge over real loopback TLS (in-thread server with the Hubs):
 hub selection by Host, policies, IoT Hub's error codes, twin replace, C2D and telemetry."""
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ from iotdps.device.fleet import SimDevice
 from iotdps.device.hub_client import HubClient
 from iotdps.device.provision import Assignment
 from iotdps.device.simulate import TelemetryStats, connect_fleet, send_telemetry
-from iotdps.registry.models import DeviceAuth, DeviceIdentity
+from iotdps.hub.devices import DeviceAuth, DeviceIdentity
 from iotdps.secret import Secret
 from iotdps.store import open_store
 

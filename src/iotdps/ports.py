@@ -45,10 +45,10 @@ if TYPE_CHECKING:
     from iotdps.allocation.hubs import LinkedHub
     from iotdps.enrollment.cas import CaCertificate
     from iotdps.enrollment.models import EnrollmentGroup, IndividualEnrollment
+    from iotdps.hub.devices import DeviceIdentity
+    from iotdps.hub.records import CloudMessage, HubSession, TelemetryMessage
     from iotdps.provisioning.records import RegistrationRecord
     from iotdps.provisioning.settings import ServiceSettings
-    from iotdps.registry.hub import CloudMessage, HubSession, TelemetryMessage
-    from iotdps.registry.models import DeviceIdentity
 
 __all__ = [
     "C2DRepo",
@@ -63,6 +63,7 @@ __all__ = [
     "HubStore",
     "HubUnitOfWork",
     "LinkedHubRepo",
+    "LiveDevices",
     "Page",
     "Refusal",
     "RefusalLog",
@@ -357,3 +358,41 @@ class HubUnitOfWork(Protocol):
 class HubStore(Protocol):
     def begin(self) -> AbstractAsyncContextManager[HubUnitOfWork]: ...
     async def close(self) -> None: ...
+
+
+# --------------------------------------------------------------------------- the hub's live connections
+
+
+class LiveDevices(Protocol):
+    """The devices connected to this process's hubs, as the hub's domain reaches them.
+
+    `iotdps.hub.cloud` acts on the store and then, through this, on the device's connection if
+    there is one; `iotdps.server.hub_live` implements it over MQTT connections. Hub names are
+    the canonical host names the hub serves. Nothing here waits for a socket write, and no
+    method is called inside a store transaction.
+    """
+
+    def is_connected(self, hub: str, device_id: str) -> bool: ...
+
+    def connected_count(self, hub: str) -> int:
+        """Devices of `hub` connected to this process now."""
+        ...
+
+    def disconnect(self, hub: str, device_id: str, reason: str) -> bool:
+        """Close the device's connection; False when it was not connected."""
+        ...
+
+    async def push_desired(self, hub: str, device_id: str, patch: Mapping[str, Any], version: int) -> None:
+        """Send a desired-properties patch (now at `version`) if the device is connected and
+        subscribed to desired patches; its session remembers the version it was sent."""
+        ...
+
+    def deliver_c2d(self, hub: str, device_id: str) -> None:
+        """A cloud-to-device message was queued: start delivering if the device listens."""
+        ...
+
+    async def call_method(self, hub: str, device_id: str, name: str, payload: bytes, timeout: float) -> tuple[int, Any]:
+        """Send a direct method request (`payload`: JSON) and wait for the device's answer:
+        (status, payload). Raises iotdps.hub.errors.DeviceNotConnected when the device is not
+        connected or not subscribed to methods, MethodTimeout after `timeout` seconds."""
+        ...

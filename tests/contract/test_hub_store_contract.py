@@ -8,8 +8,8 @@ from typing import cast
 import pytest
 
 from iotdps.errors import AlreadyExists
+from iotdps.hub.records import CloudMessage, HubSession, TelemetryMessage
 from iotdps.ports import HubStore, Store
-from iotdps.registry.hub import CloudMessage, HubSession, TelemetryMessage
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -29,11 +29,11 @@ from iotdps.enrollment.models import (
     X509Attestation,
 )
 from iotdps.errors import AlreadyExists, InvalidInput, NotFound, PreconditionFailed, StoreError
+from iotdps.hub.devices import DeviceAuth, DeviceIdentity, Twin
 from iotdps.pki.verification import code_matches
 from iotdps.ports import Page, Refusal, Store, UnitOfWork
 from iotdps.provisioning.records import RegistrationRecord
 from iotdps.provisioning.settings import ServiceSettings
-from iotdps.registry.models import DeviceAuth, DeviceIdentity, Twin
 from iotdps.secret import Secret
 from iotdps.store import open_store
 

@@ -1,4 +1,4 @@
-"""A real hub on loopback for tests: TLS on <addr>:8883 (and websockets on :443), a HubRuntime,
+"""A real hub on loopback for tests: TLS on <addr>:8883 (and websockets on :443), the Hubs,
 and helpers to create device identities and certificates.
 
 The Azure SDK's ports are fixed, so every server takes its own 127.x.y.z address and a server
@@ -18,18 +18,18 @@ from typing import Any, TypeVar
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
-from iotdps.hub import HubRuntime
+from iotdps.hub.devices import DeviceAuth, DeviceIdentity, Twin
 from iotdps.pki import certs, create_server_identity
 from iotdps.pki.encoding import sha1_thumbprint, sha256_thumbprint
 from iotdps.ports import Store
 from iotdps.protocols.mqtt.hub import classify_username
 from iotdps.protocols.mqtt.packets import Connect
-from iotdps.registry.models import DeviceAuth, DeviceIdentity, Twin
 from iotdps.secret import Secret
 from iotdps.server.listen import TlsAppServer, serve_aiohttp_app, start_tls_server
 from iotdps.server.mqtt_conn import MqttConnection, MqttEndpoint
 from iotdps.server.tls import ServerTls
 from iotdps.server.ws_bridge import WEBSOCKET_PATH, serve_mqtt_websocket
+from iotdps.wiring.hub import Hubs
 from iotdps_testing.devcerts import DeviceCert
 from iotdps_testing.net import free_loopback_address
 
@@ -42,7 +42,7 @@ T = TypeVar("T")
 @dataclass
 class HubServer:
     address: str
-    runtime: HubRuntime
+    hubs: Hubs
     store: Store
     tls: ServerTls
     ca_pem: str
@@ -57,7 +57,7 @@ class HubServer:
     async def close(self) -> None:
         for server in self.servers:
             server.close()
-        await self.runtime.stop()
+        await self.hubs.stop()
         for site in self.sites:
             await site.close()
         for server in self.servers:
@@ -74,16 +74,16 @@ async def start_hub(
     address = free_loopback_address()
     identity = create_server_identity(dns_names=("localhost",), ip_addresses=[address])
     tls = ServerTls([identity.certificate, identity.ca_certificate], identity.key)  # type: ignore[arg-type]
-    runtime = HubRuntime(store, [address, *extra_hosts], max_packet_size=MAX_PACKET, c2d_expiry_interval=0.5)
-    await runtime.start()
+    hubs = Hubs(store, [address, *extra_hosts], c2d_expiry_interval=0.5)
+    await hubs.start()
     ca_pem = identity.ca_certificate.public_bytes(serialization.Encoding.PEM).decode()
-    hub = HubServer(address, runtime, store, tls, ca_pem)
+    hub = HubServer(address, hubs, store, tls, ca_pem)
 
     async def router(conn: MqttConnection, connect: Connect) -> MqttEndpoint | int:
         kind = classify_username(connect.username or "")
         if kind == "hub":
             hub.connects += 1
-            return await runtime.route(conn, connect)
+            return await hubs.route(conn, connect)
         if kind == "dps" and dps_router is not None:
             result: MqttEndpoint | int = await dps_router(conn, connect)
             return result

@@ -19,12 +19,12 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
 from iotdps.api import AccessPolicies, build_management_app
-from iotdps.hub import HubRuntime
 from iotdps.pki import create_server_identity
 from iotdps.ports import Store
 from iotdps.provisioning.service import ProvisioningService
 from iotdps.provisioning.settings import ServiceSettings
 from iotdps.store import open_store
+from iotdps.wiring.hub import Hubs
 from iotdps_testing.net import free_port
 
 __all__ = ["ID_SCOPE", "ManagementServer"]
@@ -58,7 +58,7 @@ class ManagementServer:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="mgmt-api", daemon=True)
         self._runner: web.AppRunner | None = None
-        self.hub: HubRuntime | None = None
+        self.hub: Hubs | None = None
         self.store: Store | None = None
         self.service: ProvisioningService | None = None
 
@@ -84,7 +84,7 @@ class ManagementServer:
         self.store = await open_store(self.dsn)
         self.service = ProvisioningService(self.store, default_settings=ServiceSettings(ID_SCOPE))
         # One hub named by this server's address, so the hub service API answers here too.
-        self.hub = HubRuntime(self.store, [self.host])
+        self.hub = Hubs(self.store, [self.host])
         await self.hub.start()
         app = build_management_app(
             self.store,
@@ -93,7 +93,7 @@ class ManagementServer:
             host_names=("localhost", self.host),
             max_body=self.max_body,
             on_trust_changed=self._trust_changed,
-            hub=self.hub,
+            hub=self.hub.cloud,
             hub_hosts=(self.host,),
         )
         self._runner = web.AppRunner(app)

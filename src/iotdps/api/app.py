@@ -122,7 +122,7 @@ def build_management_app(
     """The management API. `host_names`: the names (and addresses) clients reach the service
     by; a token's `sr` must name one of them. `max_body`: the largest request body accepted.
     `on_trust_changed` is awaited after every change of the X.509 trust anchors.
-    `hub`: the running hub (HubRuntime) and `hub_hosts` the host names of its hubs, for the hub
+    `hub`: the running hub's cloud operations (iotdps.hub.cloud) and `hub_hosts` the host names of its hubs, for the hub
     service API; without them the hub routes answer 404 (no hub) or 503 (needs the runtime).
     `webhook_destinations`: where an enrollment's custom-allocation webhook may point (default:
     HTTPS to public addresses only).

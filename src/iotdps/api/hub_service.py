@@ -50,13 +50,13 @@ from aiohttp import web
 from iotdps.api._http import ApiContext, if_match, json_object, json_response, read_json
 from iotdps.api.errors import ApiError
 from iotdps.errors import InvalidInput, IotdpsError, NotFound, PreconditionFailed, Throttled
+from iotdps.hub.devices import AuthType, DeviceAuth, DeviceIdentity, DeviceStatus, Twin, generation_id
+from iotdps.hub.records import TelemetryMessage
 
 # The twin's merge rules are the hub's (pure functions): one definition of a patch for the
 # device side and the service side.
 from iotdps.hub.twin import apply_desired_patch, merge_patch
 from iotdps.ports import HubUnitOfWork
-from iotdps.registry.hub import TelemetryMessage
-from iotdps.registry.models import AuthType, DeviceAuth, DeviceIdentity, DeviceStatus, Twin, generation_id
 from iotdps.secret import Secret
 from iotdps.timestamps import format_time
 
@@ -90,7 +90,7 @@ _MAX_EVENTS = 1000
 
 
 class HubOperations(Protocol):
-    """What the API needs of the running hub (iotdps.hub.HubRuntime provides it)."""
+    """What the API needs of the running hub (iotdps.hub.cloud.CloudOperations provides it)."""
 
     def is_connected(self, hub: str, device_id: str) -> bool: ...
     def connected_count(self, hub: str) -> int: ...

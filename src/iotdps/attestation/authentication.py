@@ -15,9 +15,9 @@ from typing import Any, Protocol
 
 from iotdps.enrollment.models import AttestationType
 from iotdps.enrollment.resolve import Decision
+from iotdps.hub.devices import DeviceAuth
 from iotdps.ports import UnitOfWork
 from iotdps.refusals import RefusalReason
-from iotdps.registry.models import DeviceAuth
 
 __all__ = ["Authentication", "Mechanism", "refuse"]
 

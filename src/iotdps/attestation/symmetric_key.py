@@ -16,9 +16,9 @@ from iotdps.attestation.authentication import Authentication, refuse
 from iotdps.enrollment.models import AttestationType, EnrollmentGroup, IndividualEnrollment
 from iotdps.enrollment.resolve import resolve_symmetric_key
 from iotdps.evidence import SasCredential
+from iotdps.hub.devices import DeviceAuth
 from iotdps.ports import UnitOfWork
 from iotdps.refusals import RefusalReason
-from iotdps.registry.models import DeviceAuth
 from iotdps.sas import DEFAULT_TOKEN_MAX_LIFETIME, SasCheck, check_token, derive_device_key, parse_sas
 from iotdps.secret import Secret
 

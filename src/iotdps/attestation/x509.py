@@ -37,6 +37,7 @@ from iotdps.enrollment.models import AttestationType, EnrollmentGroup
 from iotdps.enrollment.resolve import CaStep, resolve_x509
 from iotdps.errors import InvalidInput
 from iotdps.evidence import X509Evidence
+from iotdps.hub.devices import DeviceAuth
 from iotdps.ids import same_registration_id
 from iotdps.pki import certs
 from iotdps.pki.chain_policy import Rule, path_problems, verify_client_chain
@@ -44,7 +45,6 @@ from iotdps.pki.encoding import certificate_info, load_certificate, sha1_thumbpr
 from iotdps.pki.path import End, Walk, walk
 from iotdps.ports import UnitOfWork
 from iotdps.refusals import RefusalReason
-from iotdps.registry.models import DeviceAuth
 
 __all__ = [
     "MAX_CHAIN_DEPTH",

@@ -22,11 +22,11 @@ import click
 
 from iotdps.cli.remote import store_options
 from iotdps.errors import InvalidInput, NotFound
-from iotdps.hub.control import ControlClient, control_socket_path
+from iotdps.hub.records import TelemetryMessage
 from iotdps.hub.twin import device_twin_json
 from iotdps.jsonload import load_json
 from iotdps.ports import HubStore, Store
-from iotdps.registry.hub import TelemetryMessage
+from iotdps.server.control import ControlClient, control_socket_path
 
 __all__ = ["register", "store_options"]
 
@@ -299,10 +299,10 @@ def twin_update_desired(hub: str, device_id: str, patch_text: str, if_match: str
         return
 
     async def offline(store: Store) -> dict[str, Any]:
-        from iotdps.hub.runtime import HubRuntime
+        from iotdps.hub.cloud import offline_operations
         from iotdps.hub.twin import sdk_twin_json
 
-        twin = await HubRuntime(store, [hub]).update_desired(hub, device_id, patch, if_match)
+        twin = await offline_operations(store, hub).update_desired(hub, device_id, patch, if_match)
         return {"version": twin.version, "properties": sdk_twin_json(twin), "tags": dict(twin.tags)}
 
     _echo(_with_store(offline))
@@ -346,9 +346,9 @@ def c2d_send(hub: str, device_id: str, body: str, props: tuple[str, ...], ttl: f
         return
 
     async def offline(store: Store) -> str:
-        from iotdps.hub.runtime import HubRuntime
+        from iotdps.hub.cloud import offline_operations
 
-        return await HubRuntime(store, [hub]).send_c2d(hub, device_id, body.encode(), properties, ttl)
+        return await offline_operations(store, hub).send_c2d(hub, device_id, body.encode(), properties, ttl)
 
     click.echo(_with_store(offline))
 

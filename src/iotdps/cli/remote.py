@@ -43,12 +43,12 @@ from iotdps.errors import (
     StoreError,
     Unauthorized,
 )
+from iotdps.hub.devices import DeviceIdentity
 from iotdps.pki.encoding import certificate_info, load_certificate, sha256_thumbprint
 from iotdps.ports import CaAdmin, Page, Refusal, Store, UnitOfWork
 from iotdps.provisioning.ca_admin import CaAdminService
 from iotdps.provisioning.records import RegistrationRecord
 from iotdps.provisioning.settings import ServiceSettings
-from iotdps.registry.models import DeviceIdentity
 from iotdps.secret import Secret
 from iotdps.timestamps import parse_time
 

@@ -14,7 +14,7 @@ import click
 from iotdps.api.auth import POLICIES_FILE
 from iotdps.config import Config, load_config
 from iotdps.fsutil import open_to_others
-from iotdps.server.app import Server, StartupInfo, device_snippet
+from iotdps.wiring.node import Server, StartupInfo, device_snippet
 
 __all__ = ["register"]
 

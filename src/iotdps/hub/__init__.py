@@ -1,13 +1,9 @@
-"""The minimal IoT hub: device registry, MQTT sessions, telemetry, twin, methods, cloud-to-device.
+"""The minimal IoT hub's domain: device registry records, twin, telemetry, methods, C2D.
 
-`HubRuntime` is the entry point (`iotdps up` builds one for all hub host names); the device
-side of the same protocol is `iotdps.device`.
+No sockets here: the hub's MQTT endpoint and control socket are transports in `iotdps.server`,
+and this package reaches live connections only through `iotdps.ports.LiveDevices`. Import the
+module you need (`iotdps.hub.devices`, `iotdps.hub.twin`...): this package re-exports nothing,
+so importing a record does not import the runtime.
 """
 
-from __future__ import annotations
-
-from iotdps.hub.control import ControlClient, control_socket_path
-from iotdps.hub.errors import DeviceNotConnected, MethodTimeout
-from iotdps.hub.runtime import HubRuntime
-
-__all__ = ["ControlClient", "DeviceNotConnected", "HubRuntime", "MethodTimeout", "control_socket_path"]
+__all__: list[str] = []

@@ -20,9 +20,9 @@ from datetime import datetime
 from urllib.parse import unquote
 
 from iotdps.evidence import PeerIdentity
+from iotdps.hub.devices import DeviceIdentity
 from iotdps.pki import certs
 from iotdps.pki.encoding import sha1_thumbprint, sha256_thumbprint
-from iotdps.registry.models import DeviceIdentity
 from iotdps.sas import DEFAULT_TOKEN_MAX_LIFETIME, SasCheck, lifetime_problem, parse_sas, signature_matches
 
 __all__ = ["check_device"]

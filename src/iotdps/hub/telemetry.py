@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from iotdps.errors import IotdpsError
+from iotdps.hub.records import TelemetryMessage
 from iotdps.ports import HubStore
-from iotdps.registry.hub import TelemetryMessage
 
 __all__ = ["Acker", "TelemetryWriter"]
 

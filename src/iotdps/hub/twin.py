@@ -2,16 +2,19 @@
 
 A patch is a JSON merge: objects merge key by key, `null` deletes a key, anything else
 replaces. Every change of a section bumps that section's `$version` and the twin's version.
+`update_twin` is the one read-change-write of a stored twin (the device's reported patches and
+the cloud's desired patches alike).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from iotdps.errors import InvalidInput
-from iotdps.registry.models import DeviceIdentity, Twin
+from iotdps.errors import InvalidInput, NotFound, PreconditionFailed
+from iotdps.hub.devices import DeviceIdentity, Twin
+from iotdps.ports import HubStore
 
 __all__ = [
     "MAX_DEPTH",
@@ -20,6 +23,7 @@ __all__ = [
     "device_twin_json",
     "merge_patch",
     "sdk_twin_json",
+    "update_twin",
 ]
 
 # Azure allows 5 levels of nesting in twin properties (10 for tags); we hold patches to 10.
@@ -88,3 +92,24 @@ def device_twin_json(device: DeviceIdentity) -> dict[str, Any]:
         "tags": dict(twin.tags),
         "properties": sdk_twin_json(twin),
     }
+
+
+async def update_twin(
+    store: HubStore, hub: str, device_id: str, change: Callable[[Twin], Twin], if_match: str | None = None
+) -> DeviceIdentity:
+    """Read, change and write a twin; retried when a concurrent writer won the etag race
+    (unless the caller asked for a given etag: then the race is theirs to see)."""
+    for attempt in range(5):
+        try:
+            async with store.begin() as uow:
+                device = await uow.devices.get(hub, device_id)
+                if device is None:
+                    raise NotFound(f"device {device_id} not found on {hub}")
+                if if_match not in (None, "*") and if_match != device.etag:
+                    raise PreconditionFailed(f"device {device_id} has changed: etag does not match")
+                updated = replace(device, twin=change(device.twin))
+                return await uow.devices.put(updated, if_match=device.etag)
+        except PreconditionFailed:
+            if if_match not in (None, "*") or attempt == 4:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover

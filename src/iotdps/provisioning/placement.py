@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from iotdps.allocation.custom import WebhookAllocation
 from iotdps.enrollment.models import InitialTwin
+from iotdps.hub.devices import DeviceIdentity, Twin
 from iotdps.ids import same_registration_id
 from iotdps.ports import UnitOfWork
 from iotdps.provisioning.records import RegistrationRecord
 from iotdps.provisioning.registration import RegistrationPlan
 from iotdps.provisioning.reprovision import Placement, previous_hub
-from iotdps.registry.models import DeviceIdentity, Twin
 
 __all__ = ["place_device", "twin_from"]
 

@@ -27,11 +27,11 @@ from iotdps.enrollment.models import (
     IndividualEnrollment,
 )
 from iotdps.evidence import Credential
+from iotdps.hub.devices import DeviceAuth
 from iotdps.ids import same_registration_id
 from iotdps.provisioning.records import RegistrationRecord, RegistrationStatus
 from iotdps.provisioning.settings import ServiceSettings
 from iotdps.refusals import DeviceAnswer, RefusalReason, Refused, device_answer
-from iotdps.registry.models import DeviceAuth
 
 __all__ = [
     "Allocated",

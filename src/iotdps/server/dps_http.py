@@ -20,7 +20,8 @@ from iotdps.evidence import Credential, PeerIdentity
 from iotdps.ids import is_valid_registration_id
 from iotdps.jsonload import InvalidJson, load_json
 from iotdps.protocols.mqtt.codec import DEFAULT_MAX_PACKET_SIZE
-from iotdps.server.dps_common import DeviceReply, RegistrationRunner, credential_from, error_body, outcome_reply
+from iotdps.server.dps_replies import DeviceReply, credential_from, error_body, outcome_reply
+from iotdps.server.dps_runner import RegistrationRunner
 from iotdps.server.listen import request_peer
 from iotdps.server.mqtt_conn import MqttConnection
 from iotdps.server.ws_bridge import WEBSOCKET_PATH, serve_mqtt_websocket

@@ -7,7 +7,7 @@ register call ends in status `disabled`, as on Azure.
 
 Topics: responses go to `$dps/registrations/res/{status}/?$rid={rid}[&retry-after=N]`,
 always with a JSON body. The register reply is a direct 200 when the pipeline finishes within
-the budget, else 202 + polling (see dps_common).
+the budget, else 202 + polling (see dps_runner).
 """
 
 from __future__ import annotations
@@ -29,13 +29,8 @@ from iotdps.protocols.mqtt.events import PubAckReceived, PublishReceived, Subscr
 from iotdps.protocols.mqtt.packets import SUBACK_FAILURE, Connect
 from iotdps.protocols.mqtt.topics import topic_matches
 from iotdps.refusals import RefusalReason
-from iotdps.server.dps_common import (
-    DeviceReply,
-    RegistrationRunner,
-    credential_from,
-    error_body,
-    outcome_reply,
-)
+from iotdps.server.dps_replies import DeviceReply, credential_from, error_body, outcome_reply
+from iotdps.server.dps_runner import RegistrationRunner
 from iotdps.server.mqtt_conn import CONNACK_NOT_AUTHORIZED, MqttConnection, MqttEndpoint
 from iotdps.server.peers import peer_address
 

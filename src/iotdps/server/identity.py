@@ -25,6 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from iotdps.config import is_ip_address
+from iotdps.errors import ConfigError
 from iotdps.fsutil import atomic_write, atomic_write_many
 from iotdps.pki import (
     Issuer,
@@ -87,8 +88,6 @@ def _passphrase(tls_dir: Path, environ: Mapping[str, str], create: bool) -> tupl
     if path.exists():
         return Secret(path.read_text(encoding="utf-8").strip()), path
     if not create:
-        from iotdps.errors import ConfigError
-
         raise ConfigError([f"the server CA passphrase is missing: set {PASSPHRASE_ENV} or restore {path}"])
     generated = secrets.token_urlsafe(32)
     atomic_write(path, generated.encode(), mode=0o600)

@@ -33,7 +33,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from iotdps.evidence import PeerIdentity
-from iotdps.server.logthrottle import ThrottledLog
+from iotdps.server.logthrottle import PerReasonLog
 from iotdps.server.tls import ServerTls
 from iotdps.server.tls_transport import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -56,7 +56,7 @@ DEFAULT_REQUEST_TIMEOUT = 30.0
 _LINGER = 2.0
 
 _http_log = logging.getLogger("iotdps.http")
-_REFUSED_REQUESTS = ThrottledLog(_http_log, "malformed HTTP requests", rate=1.0, burst=10)
+_REFUSED_REQUESTS = PerReasonLog(_http_log, "malformed HTTP requests", rate=1.0, burst=10)
 
 
 class _HttpServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]

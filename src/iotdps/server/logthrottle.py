@@ -1,14 +1,17 @@
-"""Log lines that anyone on the network can cause, through a token bucket per reason.
+"""Log lines that anyone on the network can cause, at a bounded rate: the one log throttle.
 
-A failed TLS handshake or a malformed HTTP request costs the peer nothing, so without a budget
-a flood of them becomes a flood of log lines (disk, and the lines an operator needs scroll
-away). Each reason (OpenSSL's reason string, "timeout", the parse error's kind) has its own
-bucket: `burst` lines at once, then `rate` a second. What a bucket holds back is counted, and
-the count is logged once the bucket has a token again (by a timer, so a flood that stops
-still gets its count reported), with the last peer it came from.
+A failed TLS handshake, a malformed HTTP request or a refused CONNECT costs the peer nothing, so
+without a budget a flood of them becomes a flood of log lines (disk, and the lines an operator
+needs scroll away: 10,000 refusal lines in half a minute in a test). Nothing goes unmentioned:
+what a budget holds back is counted and the count is logged.
 
-One reason flooding does not silence another: a storm of port scans leaves the one device
-whose signature does not verify visible. The number of reasons kept is bounded too.
+Two budgets, for two kinds of line:
+- `PerReasonLog`: a token bucket per reason (OpenSSL's reason string, "timeout", the parse
+  error's kind), so a storm of port scans leaves the one device whose signature does not verify
+  visible. Summary: "N more <what> (<reason>) not logged, the last from <peer>".
+- `WindowedLog`: one budget a window for all kinds, counted by kind (a refusal reason), so the
+  total is bounded however many kinds a flood uses. Summary, once a window: "N more <what>
+  (logged one by one up to P per W s): KIND n, ...".
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["ThrottledLog"]
+__all__ = ["PerReasonLog", "WindowedLog"]
 
 _MAX_REASONS = 256
 
@@ -33,8 +37,13 @@ class _Bucket:
     timer: asyncio.TimerHandle | None = None
 
 
-class ThrottledLog:
-    """`log(reason, peer, message)` logs `message` unless `reason` is over its budget."""
+class PerReasonLog:
+    """`log(reason, peer, message)` logs `message` unless `reason` is over its own budget.
+
+    For failures where one kind must not hide another (TLS handshakes, malformed HTTP): each
+    reason has a token bucket, `burst` lines at once then `rate` a second; what a bucket held
+    back is counted and logged, with the last peer, once it has a token again (by a timer, so
+    a flood that stops still gets its count). At most `_MAX_REASONS` reasons are kept."""
 
     def __init__(
         self,
@@ -121,3 +130,70 @@ class ThrottledLog:
         """Drop the oldest reason; its pending count is logged first, without a token."""
         reason = next(iter(self._buckets))
         self._report(reason, self._buckets.pop(reason))
+
+
+class WindowedLog:
+    """`lines(kind, message)` (a call): the first `per_window` lines of each `window` seconds one by one,
+    whatever their kind; past that they are counted by kind and summed up in one line at the end
+    of the window, so the log grows by at most `per_window + 1` lines a window.
+
+    For lines whose total must stay bounded (refused CONNECTs and registrations, registrations
+    assigned): the refusals themselves are in the refusal history, counted per device and peer."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        clock: Callable[[], float],
+        what: str,
+        *,
+        per_window: int = 10,
+        window: float = 1.0,
+    ) -> None:
+        """`what` names the held-back lines in the summary ("more <what>")."""
+        self._log = logger
+        self._clock = clock
+        self._what = what
+        self._per_window = per_window
+        self._window = window
+        self._window_start = float("-inf")
+        self._shown = 0
+        self._hidden: Counter[str] = Counter()
+        self._summary: asyncio.TimerHandle | None = None
+
+    def __call__(self, kind: str, message: str, *args: object) -> None:
+        """Log `message % args` at info level, or count it under `kind` when over the rate."""
+        now = self._clock()
+        if now >= self._window_start + self._window:
+            self._window_start = now
+            self._shown = 0
+        if self._shown < self._per_window:
+            self._shown += 1
+            self._log.info(message, *args)
+            return
+        self._hidden[kind] += 1
+        if self._summary is None:
+            delay = max(0.0, self._window_start + self._window - now)
+            try:
+                self._summary = asyncio.get_running_loop().call_later(delay, self.flush)
+            except RuntimeError:  # no loop (a synchronous caller): the next flush says it
+                pass
+
+    def flush(self) -> None:
+        """Log how many lines were held back, by kind (also called on shutdown)."""
+        if self._summary is not None:
+            self._summary.cancel()
+            self._summary = None
+        if not self._hidden:
+            return
+        total = sum(self._hidden.values())
+        kinds = [k for k in self._hidden if k]
+        detail = ": " + ", ".join(f"{k} {n}" for k, n in self._hidden.most_common()) if kinds else ""
+        self._log.info(
+            "%d more %s (logged one by one up to %d per %g s)%s",
+            total,
+            self._what,
+            self._per_window,
+            self._window,
+            detail,
+        )
+        self._hidden.clear()

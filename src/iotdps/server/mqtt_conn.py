@@ -236,7 +236,7 @@ class MqttConnection(asyncio.Protocol):
                 if endpoint is None or endpoint.holds_replies:
                     # One write per batch, not per packet: one TLS record and one send for
                     # CONNACK, SUBACK, PUBACK and the register reply of a pipelining device.
-                    # A DPS handler waits at most the direct-answer budget (dps_common).
+                    # A DPS handler waits at most the direct-answer budget (dps_runner).
                     if self._held is None:
                         self._held = []
                 else:

@@ -30,7 +30,7 @@ from typing import Any
 from OpenSSL import SSL
 
 from iotdps.evidence import PeerIdentity
-from iotdps.server.logthrottle import ThrottledLog
+from iotdps.server.logthrottle import PerReasonLog
 from iotdps.server.peers import peer_text
 from iotdps.server.tls import (
     ServerTls,
@@ -54,7 +54,7 @@ PEER_INFO_KEY = "iotdps_peer"
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 
 # One budget for the whole process: every listener's handshake failures share the log.
-_HANDSHAKE_FAILURES = ThrottledLog(log, "TLS handshake failures", rate=1.0, burst=10)
+_HANDSHAKE_FAILURES = PerReasonLog(log, "TLS handshake failures", rate=1.0, burst=10)
 
 
 

@@ -19,10 +19,10 @@ from typing import Any, cast
 from iotdps.allocation.hubs import LinkedHub
 from iotdps.enrollment.cas import CaCertificate
 from iotdps.enrollment.models import AllocationPolicy, EnrollmentGroup, IndividualEnrollment
+from iotdps.hub.devices import AuthType, DeviceAuth, DeviceIdentity, DeviceStatus, Twin
 from iotdps.pki.verification import hash_code
 from iotdps.provisioning.records import RegistrationRecord, RegistrationStatus, Substatus
 from iotdps.provisioning.settings import ServiceSettings
-from iotdps.registry.models import AuthType, DeviceAuth, DeviceIdentity, DeviceStatus, Twin
 from iotdps.secret import Secret
 from iotdps.timestamps import parse_time
 

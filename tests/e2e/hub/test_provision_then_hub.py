@@ -1,7 +1,7 @@
-"""Provision through the real DPS endpoint (server.app), then work on the assigned hub.
+"""Provision through the real DPS endpoint (wiring.node), then work on the assigned hub.
 
-The server runs in-process (`Server` from iotdps.server.app) with two hubs, each on its own
-loopback address, and our HubRuntime routed in for hub CONNECTs. Devices are the unmodified
+The server runs in-process (`Server` from iotdps.wiring.node) with two hubs, each on its own
+loopback address, and our Hubs routed in for hub CONNECTs. Devices are the unmodified
 azure-iot-device 2.14.0 SDK and our own device client (iotdps.device).
 """
 
@@ -47,16 +47,16 @@ from iotdps.enrollment.models import (
     X509Attestation,
 )
 from iotdps.errors import Unauthorized
-from iotdps.hub import HubRuntime
 from iotdps.pki import certs
 from iotdps.pki.encoding import certificate_info
 from iotdps.ports import HubStore, Store
 from iotdps.protocols.mqtt.packets import Connect
 from iotdps.provisioning.admin import put_enrollment, put_group
 from iotdps.secret import Secret
-from iotdps.server import app as server_app
-from iotdps.server.app import Server
 from iotdps.server.mqtt_conn import MqttConnection, MqttEndpoint
+from iotdps.wiring import node as server_app
+from iotdps.wiring.hub import Hubs
+from iotdps.wiring.node import Server
 from iotdps_testing.net import free_loopback_address, free_port
 
 pytestmark = pytest.mark.e2e
@@ -66,7 +66,7 @@ logging.getLogger("azure").setLevel(logging.WARNING)
 class _LateHub:
     """The runtime needs the store the server opens in start(); route to it once it exists."""
 
-    runtime: HubRuntime | None = None
+    runtime: Hubs | None = None
 
     async def route(self, conn: MqttConnection, connect: Connect) -> MqttEndpoint | int:
         if self.runtime is None:
@@ -77,7 +77,7 @@ class _LateHub:
 @dataclass
 class Stack:
     server: Server
-    runtime: HubRuntime
+    runtime: Hubs
     dps: str
     hubs: tuple[str, str]
     scope: str
@@ -103,7 +103,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     server = Server(config, hub=late)
     info = await server.start()
     assert server.store is not None
-    runtime = HubRuntime(server.store, hubs)
+    runtime = Hubs(server.store, hubs)
     await runtime.start()
     late.runtime = runtime
     yield Stack(server, runtime, dps, hubs, info.id_scope, info.server_ca.read_text())
@@ -178,13 +178,13 @@ async def test_device_client_caches_the_assignment_and_reprovisions_when_refused
     twin = await client.get_twin()
     assert twin["reported"]["$version"] == 1
     assert await client.patch_reported({"fw": "2.0"}) == 2
-    await stack.runtime.update_desired(hub, "own-dev", {"rate": 10})
+    await stack.runtime.cloud.update_desired(hub, "own-dev", {"rate": 10})
     assert (await asyncio.wait_for(desired.get(), 5))["rate"] == 10
-    assert await stack.runtime.invoke_method(hub, "own-dev", "blink", [1, 2], 5) == (
+    assert await stack.runtime.cloud.invoke_method(hub, "own-dev", "blink", [1, 2], 5) == (
         200,
         {"method": "blink", "got": [1, 2]},
     )
-    await stack.runtime.send_c2d(hub, "own-dev", b"to the device", {}, 30)
+    await stack.runtime.cloud.send_c2d(hub, "own-dev", b"to the device", {}, 30)
     assert await asyncio.wait_for(c2d.get(), 5) == b"to the device"
     await first.stop()
     async with stack.store.begin() as uow:

@@ -1,4 +1,4 @@
-"""The hub service API's edge over real loopback TLS (in-thread server with a HubRuntime):
+"""The hub service API's edge over real loopback TLS (in-thread server with the Hubs):
 hub selection by Host, policies, IoT Hub's error codes, twin replace, C2D and telemetry."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import requests
 
 from iotdps.api import make_service_sas
 from iotdps.api.hub_service import identity_etag, twin_etag
+from iotdps.hub.devices import DeviceAuth, DeviceIdentity, Twin
+from iotdps.hub.records import TelemetryMessage
 from iotdps.ports import HubStore
-from iotdps.registry.hub import TelemetryMessage
-from iotdps.registry.models import DeviceAuth, DeviceIdentity, Twin
 from iotdps.secret import Secret
 from iotdps_testing.mgmt import ManagementServer
 

@@ -25,9 +25,9 @@ from iotdps.device import save_state
 from iotdps.device.agent import DeviceSettings
 from iotdps.device.credentials import SymmetricKey
 from iotdps.device.provision import Assignment
-from iotdps.hub import control_socket_path
 from iotdps.paths import default_dsn
 from iotdps.secret import Secret
+from iotdps.server.control import control_socket_path
 from iotdps.store import open_store
 from iotdps_testing.hubkit import HubServer, put_sas_device, start_hub, wait_for
 
@@ -62,7 +62,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     data_dir = tmp_path / "data"
     store = await open_store(default_dsn(data_dir))
     hub = await start_hub(store)
-    runner = web.AppRunner(hub.runtime.control_app())
+    runner = web.AppRunner(hub.hubs.control_app())
     await runner.setup()
     sock = control_socket_path(data_dir)
     site = web.UnixSite(runner, str(sock))
@@ -144,10 +144,10 @@ async def test_registry_telemetry_twin_methods_c2d_through_the_cli(env: Env) -> 
         # Disabling drops the live connection and refuses the next CONNECT.
         await env.cli("device", "disable", "--hub", hub.host, "--device", "cli-dev")
         for _ in range(50):
-            if not hub.runtime.is_connected(hub.host, "cli-dev"):
+            if not hub.hubs.cloud.is_connected(hub.host, "cli-dev"):
                 break
             await asyncio.sleep(0.1)
-        assert not hub.runtime.is_connected(hub.host, "cli-dev")
+        assert not hub.hubs.cloud.is_connected(hub.host, "cli-dev")
     finally:
         await asyncio.to_thread(client.shutdown)
     await env.cli("device", "delete", "--hub", hub.host, "--device", "cli-other")

@@ -12,9 +12,9 @@ import pytest
 from iotdps.device import HubClient, SymmetricKey, make_hub_sas_token
 from iotdps.errors import InvalidInput
 from iotdps.hub.auth import check_device
+from iotdps.hub.devices import DeviceAuth, DeviceIdentity, Twin
 from iotdps.hub.twin import apply_desired_patch, apply_reported_patch, merge_patch, sdk_twin_json
 from iotdps.ports import HubStore
-from iotdps.registry.models import DeviceAuth, DeviceIdentity, Twin
 from iotdps.secret import Secret
 from iotdps.store import MemoryStore
 from iotdps_testing.hubkit import new_key, put_sas_device, start_hub
@@ -100,7 +100,7 @@ async def test_telemetry_is_group_committed_and_every_message_acknowledged() -> 
         rows = await uow.telemetry.list(hub.host, limit=1000)
     assert len(rows) == devices * per_device
     # Batches formed by themselves: far fewer transactions than messages.
-    assert hub.runtime.writer.batches < len(rows) / 4, (hub.runtime.writer.batches, elapsed)
+    assert hub.hubs.writer.batches < len(rows) / 4, (hub.hubs.writer.batches, elapsed)
     for i in range(devices):
         mine = [r.body for r in rows if r.device_id == f"load-{i}"]
         assert mine == [f"m{n}".encode() for n in range(per_device)]  # per-device order kept
@@ -114,7 +114,7 @@ async def test_stop_flushes_queued_telemetry() -> None:
     await client.connect()
     sends = [asyncio.create_task(client.send_telemetry(f"x{n}", timeout=5)) for n in range(200)]
     await asyncio.sleep(0.02)  # some written, some queued, some still on the wire
-    await hub.close()  # stops the runtime while messages are in flight
+    await hub.close()  # stops the hubs while messages are in flight
     await asyncio.gather(*sends, return_exceptions=True)
     acknowledged = {f"x{n}".encode() for n, s in enumerate(sends) if s.exception() is None}
     async with store.begin() as uow:

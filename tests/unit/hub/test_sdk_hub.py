@@ -17,8 +17,8 @@ import pytest
 from azure.iot.device import X509, IoTHubDeviceClient, Message, MethodResponse
 from azure.iot.device.exceptions import CredentialError
 
-from iotdps.hub import DeviceNotConnected
-from iotdps.hub.endpoint import identity_properties
+from iotdps.hub.errors import DeviceNotConnected
+from iotdps.hub.stamps import identity_properties
 from iotdps.ports import HubStore
 from iotdps.store import MemoryStore, open_store
 from iotdps_testing.devcerts import self_signed_device
@@ -84,7 +84,7 @@ async def test_sas_device_telemetry_twin_methods_c2d(hub: HubServer) -> None:
         assert len(rows) == 1
         row = rows[0]
         assert row.body == b'{"t": 21.5}'
-        device = await hub.runtime.get_device(hub.host, "dev-1")
+        device = await hub.hubs.requests.get_device(hub.host, "dev-1")
         assert device is not None
         assert row.system_properties == {
             "message_id": "mid-1",
@@ -102,25 +102,25 @@ async def test_sas_device_telemetry_twin_methods_c2d(hub: HubServer) -> None:
         assert twin["desired"]["$version"] == 1 and twin["reported"]["$version"] == 1
         await asyncio.to_thread(client.patch_twin_reported_properties, {"fw": "1.0", "nested": {"a": 1}})
         await asyncio.to_thread(client.patch_twin_reported_properties, {"nested": {"b": 2}})
-        device = await hub.runtime.get_device(hub.host, "dev-1")
+        device = await hub.hubs.requests.get_device(hub.host, "dev-1")
         assert device is not None
         assert device.twin.reported == {"fw": "1.0", "nested": {"a": 1, "b": 2}}
         assert device.twin.reported_version == 3
 
         # Desired patch pushed to the connected device, with its $version.
         await asyncio.sleep(0.3)  # the SDK's subscribes were sent when the handlers were set
-        updated = await hub.runtime.update_desired(hub.host, "dev-1", {"interval": 5})
+        updated = await hub.hubs.cloud.update_desired(hub.host, "dev-1", {"interval": 5})
         patch = await wait_for(inbox.patches)
         assert patch == {"interval": 5, "$version": updated.desired_version} and updated.desired_version == 2
         twin = await asyncio.to_thread(client.get_twin)
         assert twin["desired"] == {"interval": 5, "$version": 2}
 
         # Direct method round trip.
-        status, payload = await hub.runtime.invoke_method(hub.host, "dev-1", "reboot", {"delay": 1}, 10)
+        status, payload = await hub.hubs.cloud.invoke_method(hub.host, "dev-1", "reboot", {"delay": 1}, 10)
         assert status == 200 and payload == {"echo": {"delay": 1}, "name": "reboot"}
 
         # Cloud-to-device with properties; it leaves the queue once PUBACKed.
-        mid = await hub.runtime.send_c2d(hub.host, "dev-1", b"hello device", {"k": "v/1", "$.cid": "c-9"}, 60)
+        mid = await hub.hubs.cloud.send_c2d(hub.host, "dev-1", b"hello device", {"k": "v/1", "$.cid": "c-9"}, 60)
         received = await wait_for(inbox.messages)
         assert received.data == b"hello device" and received.message_id == mid
         assert received.correlation_id == "c-9" and received.custom_properties == {"k": "v/1"}
@@ -143,18 +143,18 @@ async def test_c2d_sent_while_offline_is_delivered_on_reconnect_and_expired_ones
         inbox = await asyncio.to_thread(Inbox, client)
         await asyncio.sleep(0.3)
         await asyncio.to_thread(client.disconnect)
-        await hub.runtime.send_c2d(hub.host, "dev-2", b"short-lived", {}, 0.2)
-        await hub.runtime.send_c2d(hub.host, "dev-2", b"waiting", {}, 60)
-        await hub.runtime.update_desired(hub.host, "dev-2", {"mode": "eco"})
+        await hub.hubs.cloud.send_c2d(hub.host, "dev-2", b"short-lived", {}, 0.2)
+        await hub.hubs.cloud.send_c2d(hub.host, "dev-2", b"waiting", {}, 60)
+        await hub.hubs.cloud.update_desired(hub.host, "dev-2", {"mode": "eco"})
         with pytest.raises(DeviceNotConnected):
-            await hub.runtime.invoke_method(hub.host, "dev-2", "x", None, 1)
+            await hub.hubs.cloud.invoke_method(hub.host, "dev-2", "x", None, 1)
         await asyncio.sleep(0.4)  # the first message expires
         await asyncio.to_thread(client.connect)  # no re-subscribe: the session kept them
         received = await wait_for(inbox.messages)
         assert received.data == b"waiting"
         patch = await wait_for(inbox.patches)
         assert patch["mode"] == "eco" and patch["$version"] == 2
-        status, _ = await hub.runtime.invoke_method(hub.host, "dev-2", "ping", None, 10)
+        status, _ = await hub.hubs.cloud.invoke_method(hub.host, "dev-2", "ping", None, 10)
         assert status == 200
         with pytest.raises(queue.Empty):
             inbox.messages.get(timeout=0.3)
@@ -178,12 +178,12 @@ async def test_token_renewal_keeps_c2d_and_methods(hub: HubServer) -> None:
             await asyncio.sleep(0.1)
         assert hub.connects > before, "the SDK did not renew its token"
         for _ in range(50):
-            if hub.runtime.is_connected(hub.host, "dev-ttl"):
+            if hub.hubs.cloud.is_connected(hub.host, "dev-ttl"):
                 break
             await asyncio.sleep(0.1)
-        status, payload = await hub.runtime.invoke_method(hub.host, "dev-ttl", "after-renewal", 7, 10)
+        status, payload = await hub.hubs.cloud.invoke_method(hub.host, "dev-ttl", "after-renewal", 7, 10)
         assert status == 200 and payload["echo"] == 7
-        await hub.runtime.send_c2d(hub.host, "dev-ttl", b"still here", {}, 60)
+        await hub.hubs.cloud.send_c2d(hub.host, "dev-ttl", b"still here", {}, 60)
         assert (await wait_for(inbox.messages)).data == b"still here"
     finally:
         await shutdown(client)

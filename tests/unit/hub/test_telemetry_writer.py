@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from iotdps.hub.records import TelemetryMessage
 from iotdps.hub.telemetry import TelemetryWriter
 from iotdps.ports import Store
-from iotdps.registry.hub import TelemetryMessage
 from iotdps.store import open_store
 
 

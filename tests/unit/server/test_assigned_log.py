@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from iotdps.server.dps_common import AssignedLog
+from iotdps.server.dps_runner import AssignedLog
 
 
 async def test_lines_past_the_rate_are_summed_up_at_the_end_of_the_window(caplog: pytest.LogCaptureFixture) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from iotdps.server.dps_common import run_within
+from iotdps.server.dps_runner import run_within
 
 
 async def _after(delay: float, value: Any) -> Any:

@@ -61,7 +61,7 @@ SYSTEM_PROPERTY_KEYS: Mapping[str, str] = {
     "$.to": "to",
     "iothub-ack": "ack",
     # Set by the hub on the messages it stores or routes; a device's values are replaced
-    # (hub.endpoint).
+    # (hub.stamps).
     "$.cdid": "connection_device_id",
     "$.cmid": "connection_module_id",
 }

@@ -9,9 +9,9 @@ from dataclasses import replace
 from datetime import datetime
 
 from iotdps.errors import AlreadyExists
+from iotdps.hub.devices import DeviceIdentity
+from iotdps.hub.records import CloudMessage, HubSession, TelemetryMessage
 from iotdps.ports import Page
-from iotdps.registry.hub import CloudMessage, HubSession, TelemetryMessage
-from iotdps.registry.models import DeviceIdentity
 from iotdps.store import _records as rec
 from iotdps.store._common import check_page_size
 from iotdps.store.memory.tx import MemoryTx, Row, stamp

@@ -10,9 +10,9 @@ from datetime import datetime
 from typing import Any
 
 from iotdps.errors import StoreError
+from iotdps.hub.records import CloudMessage, HubSession, TelemetryMessage
 from iotdps.ids import new_etag
 from iotdps.ports import Clock, Refusal
-from iotdps.registry.hub import CloudMessage, HubSession, TelemetryMessage
 from iotdps.store import _records as rec
 from iotdps.store._common import check_delete, check_page_size, check_put, decode_token, dump_doc, encode_token
 

@@ -12,9 +12,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from iotdps.errors import AlreadyExists
+from iotdps.hub.devices import DeviceIdentity
+from iotdps.hub.records import CloudMessage, HubSession, TelemetryMessage
 from iotdps.ports import Page
-from iotdps.registry.hub import CloudMessage, HubSession, TelemetryMessage
-from iotdps.registry.models import DeviceIdentity
 from iotdps.store import _records as rec
 from iotdps.store import tables as t
 from iotdps.store._common import check_page_size

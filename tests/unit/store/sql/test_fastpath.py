@@ -24,7 +24,7 @@ from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 from sqlalchemy.dialects.sqlite import pysqlite as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from iotdps.registry.hub import TelemetryMessage
+from iotdps.hub.records import TelemetryMessage
 from iotdps.store import SqlStore, open_store
 from iotdps.store import tables as t
 from iotdps.store._common import DocText, json_column_text

@@ -1,4 +1,4 @@
-"""`iotdps up`: the one place where the adapters are wired together.
+"""`iotdps up`: the one place where the adapters are wired together (the composition root).
 
 One process, one asyncio loop:
 - MQTT over TLS on every configured (address, 8883): DPS and hub CONNECTs share a listener
@@ -37,7 +37,6 @@ from iotdps.api.auth import HUB_RIGHTS, AccessPolicies
 from iotdps.attestation.x509 import evidence_from_chain
 from iotdps.config import Config, is_unspecified
 from iotdps.evidence import PeerIdentity, X509Evidence
-from iotdps.hub import HubRuntime, control_socket_path
 from iotdps.pki.encoding import sha256_thumbprint
 from iotdps.ports import Store
 from iotdps.protocols.mqtt.hub import classify_username
@@ -45,9 +44,10 @@ from iotdps.protocols.mqtt.packets import Connect
 from iotdps.provisioning.service import ProvisioningService
 from iotdps.provisioning.settings import ServiceSettings
 from iotdps.provisioning.trust import trust_anchors
-from iotdps.server.dps_common import RegistrationRunner
+from iotdps.server.control import control_socket_path
 from iotdps.server.dps_http import build_device_app
 from iotdps.server.dps_mqtt import route_dps
+from iotdps.server.dps_runner import RegistrationRunner
 from iotdps.server.identity import ServerFiles, ensure_server_identity
 from iotdps.server.listen import TlsSite, http_runner, start_tls_server
 from iotdps.server.mqtt_conn import CONNACK_NOT_AUTHORIZED, CONNACK_SERVER_UNAVAILABLE, MqttConnection, MqttEndpoint
@@ -59,6 +59,7 @@ from iotdps.server.ws_bridge import WEBSOCKET_PATH, serve_mqtt_websocket
 from iotdps.store import open_store
 from iotdps.timestamps import utcnow
 from iotdps.web import Console
+from iotdps.wiring.hub import Hubs
 
 __all__ = ["HubRouter", "Server", "StartupInfo", "new_id_scope"]
 
@@ -77,7 +78,7 @@ def new_id_scope() -> str:
 
 
 class HubRouter(Protocol):
-    """What the hub runtime offers the shared listener (see iotdps.hub.runtime)."""
+    """What the hubs offer the shared listener (see iotdps.wiring.hub.Hubs.route)."""
 
     async def route(self, conn: MqttConnection, connect: Connect) -> MqttEndpoint | int: ...
 
@@ -97,10 +98,10 @@ class StartupInfo:
 class Server:
     def __init__(self, config: Config, *, hub: HubRouter | None = None) -> None:
         """`hub`: a router for hub CONNECTs supplied by the caller (tests); by default the
-        server runs its own HubRuntime for the configured hubs."""
+        server runs its own Hubs for the configured hubs."""
         self.config = config
         self.hub = hub
-        self.hub_runtime: HubRuntime | None = None
+        self.hubs: Hubs | None = None
         self.store: Store | None = None
         self.service: ProvisioningService | None = None
         self.runner: RegistrationRunner | None = None
@@ -131,14 +132,9 @@ class Server:
         await self._sync_linked_hubs(self.store)
         hub_hosts = [h.host_name for h in config.effective_hubs]
         if self.hub is None:
-            self.hub_runtime = HubRuntime(
-                self.store,
-                hub_hosts,
-                max_packet_size=config.limits.max_packet_size,
-                token_max_lifetime=config.auth.device_token_max_lifetime,
-            )
-            await self.hub_runtime.start()
-            self.hub = self.hub_runtime
+            self.hubs = Hubs(self.store, hub_hosts, token_max_lifetime=config.auth.device_token_max_lifetime)
+            await self.hubs.start()
+            self.hub = self.hubs
         self._webhook = AiohttpWebhookTransport(destinations=config.allocation.webhook_destinations)
         self.service = ProvisioningService(
             self.store, webhook=self._webhook, token_max_lifetime=config.auth.device_token_max_lifetime
@@ -166,8 +162,8 @@ class Server:
             policies,
             host_names=config.server_names(),
             on_trust_changed=self._trust_changed,
-            hub=self.hub_runtime,
-            hub_hosts=hub_hosts if self.hub_runtime is not None else (),
+            hub=self.hubs.cloud if self.hubs is not None else None,
+            hub_hosts=hub_hosts if self.hubs is not None else (),
             webhook_destinations=config.allocation.webhook_destinations,
             about=ServiceAbout(config.dps.host_name, tuple(endpoints)),
             sessions=console.sessions,
@@ -178,8 +174,8 @@ class Server:
         extra = [] if is_unspecified(config.management.bind) else [h.bind for h in config.effective_hubs]
         extra = [address for address in extra if not is_unspecified(address)]
         await self._serve_app(management, config.management.bind, config.management.port, extra_hosts=extra)
-        if self.hub_runtime is not None:
-            await self._serve_control(self.hub_runtime)
+        if self.hubs is not None:
+            await self._serve_control(self.hubs)
         self._tasks.append(asyncio.get_running_loop().create_task(self._watch_trust()))
         notes = []
         if server_files.passphrase_file is not None:
@@ -271,14 +267,14 @@ class Server:
             await site.start()
         self._runners.append(runner)
 
-    async def _serve_control(self, runtime: HubRuntime) -> None:
+    async def _serve_control(self, hubs: Hubs) -> None:
         """The CLI's way into this process (method invoke, C2D, desired patches): HTTP on a
         unix socket in the data dir, 0600, so only the owner of the data dir can use it."""
         path = control_socket_path(self.config.data_dir)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # left by a crash; a live server would still hold its listener
         runner = http_runner(
-            runtime.control_app(), request_timeout=self.config.limits.connect_timeout, shutdown_timeout=2.0
+            hubs.control_app(), request_timeout=self.config.limits.connect_timeout, shutdown_timeout=2.0
         )
         await runner.setup()
         old_umask = os.umask(0o177)
@@ -399,10 +395,10 @@ class Server:
             server.close()
         if self.runner is not None:
             await self.runner.drain(SHUTDOWN_GRACE_SECONDS)
-        if self.hub_runtime is not None:
+        if self.hubs is not None:
             # Flushes acknowledged telemetry and closes device connections; before the
             # listeners' wait_closed, which on 3.11 waits for every open connection.
-            await self.hub_runtime.stop()
+            await self.hubs.stop()
         for conn in list(self._connections):
             conn.close("server shutting down")
         for server in self._servers:

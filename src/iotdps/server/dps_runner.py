@@ -1,39 +1,24 @@
-"""What the DPS device edges (MQTT and HTTPS) share: credentials from the transport, the
-Azure error body, and how a register outcome becomes a status code and a JSON body.
-
-Devices get terse answers (iotdps.refusals.DEVICE_ANSWERS); the reason in words goes to the refusal
-log and to our log at info level, never to the device.
+"""Running registrations for the DPS device edges (MQTT and HTTPS alike): throttling, the
+direct-answer budget, the log lines (assigned and refused, at a bounded rate) and the work in
+flight that a graceful shutdown waits for.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from iotdps.attestation.authentication import Authentication
-from iotdps.evidence import Credential, PeerIdentity, SasCredential, X509Evidence
+from iotdps.evidence import Credential
 from iotdps.provisioning.registration import RegistrationOutcome, RegistrationRequest, new_operation_id
 from iotdps.provisioning.service import ProvisioningService
-from iotdps.secret import Secret
+from iotdps.server.dps_replies import DeviceReply, assigning_reply, error_body, outcome_reply
+from iotdps.server.logthrottle import WindowedLog
 from iotdps.server.ratelimit import TokenBucket
-from iotdps.server.throttled_log import ThrottledLog
-from iotdps.timestamps import format_time, utcnow
 
-__all__ = [
-    "DIRECT_ANSWER_BUDGET",
-    "AssignedLog",
-    "DeviceReply",
-    "RegistrationRunner",
-    "assigning_reply",
-    "credential_from",
-    "error_body",
-    "outcome_reply",
-]
+__all__ = ["DIRECT_ANSWER_BUDGET", "AssignedLog", "RegistrationRunner", "run_within"]
 
 log = logging.getLogger("iotdps.dps")
 
@@ -41,57 +26,6 @@ log = logging.getLogger("iotdps.dps")
 # finish in milliseconds, so the device gets `assigned` at once (2.14.0 accepts a direct
 # 200 and skips its fixed 2 s wait); a slow custom-allocation webhook gets 202 and polling.
 DIRECT_ANSWER_BUDGET = 1.0
-# What we tell devices to wait between polls.
-POLL_RETRY_AFTER = 1
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceReply:
-    status: int
-    body: dict[str, Any]
-    retry_after: int | None = None
-
-    def json_bytes(self) -> bytes:
-        return json.dumps(self.body, separators=(",", ":")).encode()
-
-
-def error_body(error_code: int, message: str) -> dict[str, Any]:
-    """The Azure device-facing error object (azure-wire-protocol.md 1.7)."""
-    return {
-        "errorCode": error_code,
-        "trackingId": str(uuid.uuid4()),
-        "message": message,
-        "timestampUtc": format_time(utcnow()),
-    }
-
-
-def credential_from(peer: PeerIdentity | None, sas_token: str | None) -> Credential | None:
-    """A SAS token wins when both are present (a device may present a certificate the
-    enrollment does not use); otherwise the TLS client certificate chain, if any."""
-    if sas_token:
-        return SasCredential(Secret(sas_token))
-    if peer is not None and peer.chain:
-        return X509Evidence(
-            presented=tuple(peer.chain),
-            verified=tuple(peer.verified_chain) if peer.verified_chain is not None else None,
-            errors=tuple(e.message for e in peer.verify_errors),
-        )
-    return None
-
-
-def outcome_reply(outcome: RegistrationOutcome) -> DeviceReply:
-    """Status code and body for a register / poll / lookup outcome."""
-    if outcome.record is None:
-        answer = outcome.answer
-        assert answer is not None
-        return DeviceReply(answer.http_status, error_body(answer.error_code, answer.message))
-    if outcome.record.status == "assigning":
-        return DeviceReply(202, outcome.operation_json(), POLL_RETRY_AFTER)
-    return DeviceReply(200, outcome.operation_json())
-
-
-def assigning_reply(operation_id: str) -> DeviceReply:
-    return DeviceReply(202, {"operationId": operation_id, "status": "assigning"}, POLL_RETRY_AFTER)
 
 
 class AssignedLog:
@@ -103,7 +37,7 @@ class AssignedLog:
     registration records anyway (`iotdps registration list`, the service API)."""
 
     def __init__(self, clock: Callable[[], float], *, per_window: int = 10, window: float = 1.0) -> None:
-        self._lines = ThrottledLog(log, clock, "registrations assigned", per_window=per_window, window=window)
+        self._lines = WindowedLog(log, clock, "registrations assigned", per_window=per_window, window=window)
 
     def __call__(self, registration_id: str, status: str, hub: str | None, device_id: str | None) -> None:
         self._lines("", "registration %s %s on %s as %s", registration_id, status, hub, device_id)
@@ -182,7 +116,7 @@ class RegistrationRunner:
         self.accepting = True
         self.assigned_log = AssignedLog(clock)
         # Refused CONNECTs and registrations, DPS and hub alike: an outsider decides how many.
-        self.refused_log = ThrottledLog(log, clock, "refusals")
+        self.refused_log = WindowedLog(log, clock, "refusals")
 
     def throttled(self) -> DeviceReply | None:
         wait = self._bucket.take(self._clock())

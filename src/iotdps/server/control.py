@@ -1,4 +1,4 @@
-"""The local control endpoint: plain HTTP JSON on `<data_dir>/control.sock` (mode 0600).
+"""The hub's local control endpoint: plain HTTP JSON on `<data_dir>/control.sock` (mode 0600).
 
 The CLI runs in another process than the server; method invokes, C2D sends, desired-twin
 updates and disconnects need the running hub (its live connections), so they go through here.
@@ -21,18 +21,17 @@ import base64
 import binascii
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
 
 from iotdps.errors import InvalidInput, IotdpsError, NotFound, PreconditionFailed, StoreError, Throttled
+from iotdps.hub.cloud import CloudOperations
 from iotdps.hub.errors import DeviceNotConnected, MethodTimeout
 from iotdps.hub.twin import sdk_twin_json
 from iotdps.jsonload import InvalidJson, load_json
-
-if TYPE_CHECKING:
-    from iotdps.hub.runtime import HubRuntime
 
 __all__ = ["CONTROL_SOCKET_NAME", "ControlClient", "build_control_app", "control_socket_path"]
 
@@ -62,16 +61,18 @@ def _guard(handler: Handler) -> Handler:
     return wrapped
 
 
-def build_control_app(runtime: HubRuntime) -> web.Application:
+def build_control_app(operations: CloudOperations) -> web.Application:
+    """The control app over the hub's cloud-side operations (iotdps.hub.cloud)."""
+
     async def hubs(request: web.Request) -> web.StreamResponse:
-        return web.json_response({"hubs": list(runtime.host_names), "connections": runtime.connection_count})
+        return web.json_response({"hubs": list(operations.host_names), "connections": operations.connection_count})
 
     async def method(request: web.Request) -> web.StreamResponse:
         doc = await _body(request)
         timeout = doc.get("timeout", 30)
         if not isinstance(timeout, int | float) or isinstance(timeout, bool):
             raise InvalidInput("timeout must be a number of seconds")
-        status, payload = await runtime.invoke_method(
+        status, payload = await operations.invoke_method(
             request.match_info["hub"],
             request.match_info["device"],
             str(doc.get("name") or ""),
@@ -95,7 +96,7 @@ def build_control_app(runtime: HubRuntime) -> web.Application:
         ttl = doc.get("ttl")
         if ttl is not None and (not isinstance(ttl, int | float) or isinstance(ttl, bool)):
             raise InvalidInput("ttl must be a number of seconds")
-        mid = await runtime.send_c2d(
+        mid = await operations.send_c2d(
             request.match_info["hub"], request.match_info["device"], body, props, None if ttl is None else float(ttl)
         )
         return web.json_response({"messageId": mid})
@@ -106,13 +107,13 @@ def build_control_app(runtime: HubRuntime) -> web.Application:
         if not isinstance(patch, dict):
             raise InvalidInput("patch must be a JSON object")
         if_match = doc.get("ifMatch")
-        twin = await runtime.update_desired(
+        twin = await operations.update_desired(
             request.match_info["hub"], request.match_info["device"], patch, str(if_match) if if_match else None
         )
         return web.json_response({"version": twin.version, "properties": sdk_twin_json(twin), "tags": dict(twin.tags)})
 
     async def disconnect(request: web.Request) -> web.StreamResponse:
-        done = runtime.disconnect(request.match_info["hub"], request.match_info["device"])
+        done = operations.disconnect(request.match_info["hub"], request.match_info["device"])
         return web.json_response({"disconnected": done})
 
     app = web.Application(client_max_size=1024 * 1024)
@@ -170,6 +171,4 @@ class ControlClient:
 
     @staticmethod
     def device_path(hub: str, device_id: str, tail: str) -> str:
-        from urllib.parse import quote
-
         return f"/hubs/{quote(hub, safe='')}/devices/{quote(device_id, safe='')}/{tail}"

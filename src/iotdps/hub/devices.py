@@ -1,8 +1,9 @@
-"""The device registry record shared by the provisioning core (which creates and moves
-identities) and the hub (which authenticates devices and serves their twin).
+"""The hub's device registry record: who a device is on a hub, how it proves itself, its twin.
 
-It lives in the core, not in `hub/`, because provisioning must create the identity and its
-registration record in one transaction: both are rows of the same store.
+Shared by the provisioning core (which creates and moves identities, in the same transaction
+as the registration record: both are rows of one store) and the hub (which authenticates
+devices and serves their twin). It is hub domain with no I/O, so `provisioning` and
+`attestation` may import it; `hub/records.py` holds the hub's other records.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Hub records beyond the device identity: telemetry, cloud-to-device messages, MQTT sessions.
 
-These live in the core (next to `DeviceIdentity`) because two adapters share them: the store
-persists them and the hub runtime reads and writes them. Their repositories are Protocols in
-`iotdps.ports` (with the rules every implementation keeps); the store package implements them
-for the MemoryStore and the SqlStore, and the contract suite in tests/contract holds both to
-one behaviour.
+These live in the hub's domain (next to `DeviceIdentity` in devices.py) because two adapters
+share them: the store persists them and the hub's MQTT endpoint reads and writes them. Their
+repositories are Protocols in `iotdps.ports` (with the rules every implementation keeps); the
+store package implements them for the MemoryStore and the SqlStore, and the contract suite in
+tests/contract holds both to one behaviour.
 """
 
 from __future__ import annotations

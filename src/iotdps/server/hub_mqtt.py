@@ -1,4 +1,8 @@
-"""One connected hub device: the MqttEndpoint that serves its PUBLISH/SUBSCRIBE/PUBACK.
+"""The hub's MQTT endpoint: one connected device's PUBLISH/SUBSCRIBE/PUBACK, beside dps_mqtt.py.
+
+The hub's side of each request is `iotdps.hub.device_requests.DeviceRequests`; this module
+parses topics and writes replies. The connections a process holds, and the CONNECT that makes
+one of these, are hub_live.py's (`EndpointHost` below is what an endpoint needs of it).
 
 Per-connection state is kept small (10,000 idle devices per process is a target): the
 subscriptions, the cloud-to-device messages in flight (packet id -> queue seq) and a few
@@ -14,7 +18,7 @@ Rules (azure-wire-protocol.md section 8):
 * Telemetry is PUBACKed by the group-commit writer once stored; every other QoS 1 PUBLISH is
   PUBACKed as soon as it has been handled.
 * A topic we do not know, or telemetry for another device id, closes the connection.
-* Identity properties are the hub's to set (`HUB_SET_PROPERTIES`): whatever a device puts in its
+* Identity properties are the hub's to set (iotdps.hub.stamps): whatever a device puts in its
   bag under those names is dropped, and the hub stamps the connection's device id, auth method
   and generation id on every message, so a reader can trust them.
 * C2D: at most `C2D_WINDOW` messages in flight; a message leaves the queue when the device
@@ -26,10 +30,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import Any, Protocol
 
 from iotdps.errors import InvalidInput, IotdpsError, NotFound
+from iotdps.hub.device_requests import DeviceRequests
+from iotdps.hub.records import CloudMessage, HubSession
 from iotdps.hub.twin import sdk_twin_json
 from iotdps.jsonload import InvalidJson, load_json
 from iotdps.protocols.mqtt.errors import InvalidDeviceRequest
@@ -49,58 +55,27 @@ from iotdps.protocols.mqtt.hub import (
     parse_device_topic,
 )
 from iotdps.protocols.mqtt.packets import SUBACK_FAILURE
-from iotdps.registry.hub import CloudMessage, HubSession, TelemetryMessage
-from iotdps.registry.models import DeviceIdentity, generation_id
 from iotdps.server.mqtt_conn import MqttConnection
 
-if TYPE_CHECKING:
-    from iotdps.hub.runtime import HubRuntime
-
-__all__ = ["C2D_WINDOW", "HUB_SET_PROPERTIES", "DeviceEndpoint", "identity_properties"]
+__all__ = ["C2D_WINDOW", "DeviceEndpoint", "EndpointHost"]
 
 log = logging.getLogger(__name__)
 
 C2D_WINDOW = 16
 
-# The system properties IoT Hub documents as "set by IoT Hub" on device-to-cloud messages
-# (iothub-connection-device-id, -module-id, -auth-method, -auth-generation-id, iothub-enqueuedtime),
-# by our names (system bag) and by their long names (which a device could send as application
-# properties, for a reader that merges both bags). A device that could set them could pass its
-# messages off as another device's.
-HUB_SET_PROPERTIES = frozenset(
-    {
-        "connection_device_id",
-        "connection_module_id",
-        "connection_auth_method",
-        "connection_auth_generation_id",
-        "enqueued_time",
-        "iothub-connection-device-id",
-        "iothub-connection-module-id",
-        "iothub-connection-auth-method",
-        "iothub-connection-auth-generation-id",
-        "iothub-enqueuedtime",
-    }
-)
 
+class EndpointHost(Protocol):
+    """What an endpoint needs of the connections it belongs to (hub_live.HubConnections)."""
 
-def identity_properties(device: DeviceIdentity, auth: Literal["sas", "x509"]) -> dict[str, str | None]:
-    """What the hub stamps on a connection's messages. The auth method is the JSON object IoT
-    Hub puts there (scope, type, issuer)."""
-    method = {
-        "scope": "device",
-        "type": "sas" if auth == "sas" else "x509Certificate",
-        "issuer": "iothub" if auth == "sas" else "external",
-        "acceptingIpFilterRule": None,
-    }
-    return {
-        "connection_device_id": device.device_id,
-        "connection_auth_method": json.dumps(method, separators=(",", ":")),
-        "connection_auth_generation_id": generation_id(device),
-    }
+    def detach(self, endpoint: DeviceEndpoint, reason: str) -> None:
+        """The connection closed: forget it, fail the method calls waiting on it."""
+        ...
 
+    def method_answered(self, endpoint: DeviceEndpoint, rid: str, status: int, payload: bytes) -> None: ...
 
-def _without_hub_set(bag: Mapping[str, str | None]) -> dict[str, str | None]:
-    return {k: v for k, v in bag.items() if k.lower() not in HUB_SET_PROPERTIES}
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run `coro` in the background; the hub's shutdown waits for it."""
+        ...
 
 
 class DeviceEndpoint:
@@ -110,7 +85,8 @@ class DeviceEndpoint:
 
     def __init__(
         self,
-        runtime: HubRuntime,
+        host: EndpointHost,
+        requests: DeviceRequests,
         conn: MqttConnection,
         hub: str,
         device_id: str,
@@ -120,11 +96,12 @@ class DeviceEndpoint:
         desired_version: int,
         identity: Mapping[str, str | None] | None = None,
     ) -> None:
-        self.runtime = runtime
+        self._host = host
+        self._requests = requests
         self.conn = conn
         self.hub = hub
         self.device_id = device_id
-        # Stamped on every message this connection sends (see identity_properties).
+        # Stamped on every message this connection sends (iotdps.hub.stamps).
         self.identity: Mapping[str, str | None] = identity or {"connection_device_id": device_id}
         self.persistent = persistent  # clean session 0
         self.c2d_filter = C2D_FILTER_TEMPLATE.format(device_id=device_id)
@@ -168,20 +145,19 @@ class DeviceEndpoint:
             if request.device_id != self.device_id or request.module_id is not None:
                 conn.close("telemetry for another device or module")
                 return
-            application = _without_hub_set(request.application_properties)
-            if event.retain:
-                application["mqtt-retain"] = "true"  # what IoT Hub does with RETAIN
-            message = TelemetryMessage(
+            message = self._requests.telemetry_message(
                 self.hub,
                 self.device_id,
                 event.payload,
-                self.runtime.now(),
-                {**_without_hub_set(request.system_properties), **self.identity},
-                application,
+                request.system_properties,
+                request.application_properties,
+                self.identity,
+                retain=event.retain,
             )
             acker = self if event.qos == 1 else None
-            if not self.runtime.writer.offer(message, acker, event.packet_id):
-                await self.runtime.writer.submit(message, acker, event.packet_id)
+            writer = self._requests.writer
+            if not writer.offer(message, acker, event.packet_id):
+                await writer.submit(message, acker, event.packet_id)
             return
         self._ack(event)
         if isinstance(request, TwinGetRequest):
@@ -189,11 +165,11 @@ class DeviceEndpoint:
         elif isinstance(request, TwinReportedPatch):
             await self._twin_patch(request.rid, event.payload)
         elif isinstance(request, MethodResponse):
-            self.runtime.method_answered(self, request.rid, request.status, event.payload)
+            self._host.method_answered(self, request.rid, request.status, event.payload)
 
     async def _twin_get(self, rid: str) -> None:
         try:
-            device = await self.runtime.get_device(self.hub, self.device_id)
+            device = await self._requests.get_device(self.hub, self.device_id)
         except IotdpsError:
             self.conn.publish(format_twin_response_topic(503, rid), b"")
             return
@@ -211,7 +187,7 @@ class DeviceEndpoint:
             self.conn.publish(format_twin_response_topic(400, rid), b"")
             return
         try:
-            version = await self.runtime.patch_reported(self.hub, self.device_id, patch)
+            version = await self._requests.patch_reported(self.hub, self.device_id, patch)
         except (InvalidInput, NotFound) as exc:
             self.conn.publish(format_twin_response_topic(exc.http_status, rid), b"")
             return
@@ -234,7 +210,7 @@ class DeviceEndpoint:
             granted.append(level)
         if TWIN_DESIRED_FILTER in new:
             # From now on, every desired change is pushed; the device reads the rest by GET.
-            device = await self.runtime.get_device(self.hub, self.device_id)
+            device = await self._requests.get_device(self.hub, self.device_id)
             if device is not None:
                 self.desired_version_sent = device.twin.desired_version
         if new:
@@ -251,26 +227,26 @@ class DeviceEndpoint:
     async def on_puback(self, conn: MqttConnection, event: PubAckReceived) -> None:
         seq = self._c2d_inflight.pop(event.packet_id, None)
         if seq is not None:
-            await self.runtime.complete_c2d(self.hub, self.device_id, seq)
+            await self._requests.complete_c2d(self.hub, self.device_id, seq)
             self.kick_c2d()
 
     async def on_close(self, conn: MqttConnection, reason: str) -> None:
         self.closed = True  # a running delivery sees this after its current step and ends
-        self.runtime.detach(self, reason)
+        self._host.detach(self, reason)
 
     # -- session --------------------------------------------------------------------------------
 
     async def _save(self) -> None:
         if self.persistent:
             session = HubSession(self.hub, self.device_id, tuple(self.subscriptions.items()), self.desired_version_sent)
-            await self.runtime.save_session(session)
+            await self._requests.save_session(session)
 
     async def resume(self) -> None:
         """After CONNACK: deliver what waited while the device was away."""
         if self.closed:
             return
         if TWIN_DESIRED_FILTER in self.subscriptions and self.desired_version_sent < self._desired_at_connect:
-            device = await self.runtime.get_device(self.hub, self.device_id)
+            device = await self._requests.get_device(self.hub, self.device_id)
             if device is not None and not self.closed:
                 # The whole desired section, as the SDK itself raises after its reconnect GET.
                 self.push_desired(device.twin.desired, device.twin.desired_version)
@@ -297,7 +273,7 @@ class DeviceEndpoint:
         if self._pump is not None and not self._pump.done():
             self._pump_again = True
             return
-        self._pump = self.runtime.spawn(self._deliver())
+        self._pump = self._host.spawn(self._deliver())
 
     async def _deliver(self) -> None:
         while not self.closed:
@@ -305,7 +281,7 @@ class DeviceEndpoint:
             room = C2D_WINDOW - len(self._c2d_inflight)
             if room > 0:
                 try:
-                    messages = await self.runtime.pending_c2d(self.hub, self.device_id, self._c2d_last, room)
+                    messages = await self._requests.pending_c2d(self.hub, self.device_id, self._c2d_last, room)
                 except IotdpsError as exc:
                     log.warning("hub %s: C2D for %s not read: %s", self.hub, self.device_id, exc.message)
                     return

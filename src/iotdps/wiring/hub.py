@@ -1,0 +1,76 @@
+"""The hubs of one node, assembled: the hub's domain (iotdps.hub) and its live connections
+(iotdps.server.hub_live), started and stopped in the right order.
+
+    names        HubNames: the host names served here
+    writer       TelemetryWriter: group-committed telemetry
+    requests     DeviceRequests: what a connected device's requests do to the records
+    connections  HubConnections: CONNECT routing and the live connections (LiveDevices)
+    cloud        CloudOperations: desired patches, methods, C2D, disconnects (API, control, CLI)
+    expiry       C2DExpiry: the sweep of expired cloud-to-device messages
+
+Shutdown order matters: stop admitting devices, store all queued telemetry (its PUBACKs still go
+out), then close every connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import cast
+
+from aiohttp import web
+
+from iotdps.hub.c2d import C2DExpiry
+from iotdps.hub.cloud import CloudOperations
+from iotdps.hub.device_requests import DeviceRequests
+from iotdps.hub.names import HubNames
+from iotdps.hub.telemetry import TelemetryWriter
+from iotdps.ports import Clock, HubStore, Store, SystemClock
+from iotdps.protocols.mqtt.packets import Connect
+from iotdps.sas import DEFAULT_TOKEN_MAX_LIFETIME
+from iotdps.server.control import build_control_app
+from iotdps.server.hub_live import HubConnections
+from iotdps.server.mqtt_conn import MqttConnection, MqttEndpoint
+
+__all__ = ["Hubs"]
+
+
+class Hubs:
+    def __init__(
+        self,
+        store: Store,
+        hub_host_names: Sequence[str],
+        *,
+        clock: Clock | None = None,
+        c2d_expiry_interval: float = 30.0,
+        telemetry_batch: int = 2000,
+        token_max_lifetime: int = DEFAULT_TOKEN_MAX_LIFETIME,
+    ) -> None:
+        # Every store of ours implements the hub repositories too (iotdps.ports).
+        hub_store = cast(HubStore, store)
+        clock = clock or SystemClock()
+        self.names = HubNames(hub_host_names)
+        self.writer = TelemetryWriter(hub_store, max_batch=telemetry_batch)
+        self.requests = DeviceRequests(hub_store, self.writer, clock=clock, token_max_lifetime=token_max_lifetime)
+        self.connections = HubConnections(self.names, self.requests)
+        self.cloud = CloudOperations(hub_store, self.names, self.connections, clock)
+        self.expiry = C2DExpiry(hub_store, clock, c2d_expiry_interval)
+
+    async def route(self, conn: MqttConnection, connect: Connect) -> MqttEndpoint | int:
+        """The shared listener's router for hub CONNECTs."""
+        return await self.connections.route(conn, connect)
+
+    async def start(self) -> None:
+        self.connections.start()
+        self.writer.start()
+        self.expiry.start()
+
+    async def stop(self) -> None:
+        """Stop accepting devices, store all queued telemetry, then close every connection."""
+        self.connections.stop_accepting()
+        await self.expiry.stop()
+        await self.writer.stop()
+        await self.connections.close_all()
+
+    def control_app(self) -> web.Application:
+        """The local control endpoint (HTTP JSON on a unix socket) for the CLI."""
+        return build_control_app(self.cloud)

@@ -20,7 +20,7 @@ from typing import Any, TypeVar, cast
 
 import click
 
-from iotdps.cli.remote import store_options
+from iotdps.cli.target import store_options
 from iotdps.errors import InvalidInput, NotFound
 from iotdps.hub.control import ControlClient, control_socket_path
 from iotdps.hub.twin import device_twin_json

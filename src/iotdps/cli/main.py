@@ -36,6 +36,7 @@ class LazyCommand:
 
 
 _PKI, _ADMIN, _HUB = "iotdps.cli.pki_cmds", "iotdps.cli.admin_cmds", "iotdps.cli.hub_cmds"
+_ENROLLMENT = "iotdps.cli.enrollment_cmds"
 
 COMMANDS: dict[str, LazyCommand] = {
     "c2d": LazyCommand((_HUB,), "Cloud-to-device messages."),
@@ -52,11 +53,11 @@ COMMANDS: dict[str, LazyCommand] = {
     "device": LazyCommand(
         (_HUB, "iotdps.cli.device_cmds"), "Devices registered on a hub (and `device run`: our device client)."
     ),
-    "enrollment": LazyCommand((_ADMIN,), "Individual enrollments."),
+    "enrollment": LazyCommand((_ENROLLMENT,), "Individual enrollments."),
     "explain": LazyCommand(
         (_ADMIN,), "Show the precedence walk and the decision for a device, without registering it."
     ),
-    "group": LazyCommand((_ADMIN,), "Enrollment groups."),
+    "group": LazyCommand((_ENROLLMENT,), "Enrollment groups."),
     "hub": LazyCommand((_ADMIN,), "Linked IoT hubs."),
     "method": LazyCommand((_HUB,), "Direct methods on connected devices (needs the running server)."),
     "proof-ca-root-possession": LazyCommand((_PKI,), "Prove possession of a CA's key to the provisioning service."),

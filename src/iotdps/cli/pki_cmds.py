@@ -24,7 +24,8 @@ from typing import Any, TypeVar
 import click
 from cryptography.hazmat.primitives import serialization
 
-from iotdps.cli.remote import enroll_signing_group, prove_possession, run_target, target_options
+from iotdps.cli.client import enroll_signing_group, prove_possession
+from iotdps.cli.target import run_client, target_options
 from iotdps.errors import AlreadyExists, InvalidInput
 from iotdps.fsutil import atomic_write
 from iotdps.ids import check_registration_id
@@ -273,7 +274,7 @@ def create_ca_intermediate(
     if enroll:
         pem = cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
         gid = group_id or name
-        group = run_target(lambda svc, store: enroll_signing_group(store, gid, pem, hubs))
+        group = run_client(lambda client: enroll_signing_group(client, gid, pem, hubs))
         click.echo(f"enrollment group {group.enrollment_group_id!r} created with CA {name!r} as signing certificate")
 
 
@@ -467,7 +468,7 @@ def proof_ca_root_possession(
     if verification_code is None:
         ca_pem = (cadir.path / record.cert_file).read_text(encoding="ascii")
         target = service_name or name
-        verified = run_target(lambda svc, store: prove_possession(svc, store, target, ca_pem, sign))
+        verified = run_client(lambda client: prove_possession(client, target, ca_pem, sign))
         click.echo(f"CA {name!r} verified on the provisioning service as {verified.name!r}")
         click.echo(f"sha256 thumbprint {verified.sha256_thumbprint}")
         return

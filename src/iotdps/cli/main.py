@@ -36,13 +36,13 @@ class LazyCommand:
 
 
 _PKI, _ADMIN, _HUB = "iotdps.cli.pki_cmds", "iotdps.cli.admin_cmds", "iotdps.cli.hub_cmds"
-_ENROLLMENT = "iotdps.cli.enrollment_cmds"
+_ENROLLMENT, _CERT = "iotdps.cli.enrollment_cmds", "iotdps.cli.cert_cmds"
 
 COMMANDS: dict[str, LazyCommand] = {
     "c2d": LazyCommand((_HUB,), "Cloud-to-device messages."),
     "ca": LazyCommand((_ADMIN,), "CA certificates: upload, proof of possession, list."),
-    "ca-dir": LazyCommand((_PKI,), "The local CA directory."),
-    "cert": LazyCommand((_PKI,), "Read certificates and explain chains."),
+    "ca-dir": LazyCommand((_CERT,), "The local CA directory."),
+    "cert": LazyCommand((_CERT,), "Read certificates and explain chains."),
     "create-ca-intermediate": LazyCommand(
         (_PKI,), "Create an intermediate CA (one per factory or production line) signed by --parent."
     ),

@@ -42,9 +42,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h
+from iotdps.cli.local import LocalAdminClient
 from iotdps.device.fleet import Fleet, create_fleet
 from iotdps.device.simulate import PhaseStats, handshake_only, register_fleet
-from iotdps.provisioning.ca_admin import CaAdminService
 from iotdps.store import open_store
 
 # Registrations (and nginx handshakes) before the first timed round, at the timed
@@ -94,12 +94,10 @@ async def prepare(server: h.Iotdps, attestation: Any, n: int, work: Path, warmup
     """An enrollment for `attestation` and `n + warmup` devices with credentials."""
     store = await open_store(server.dsn, create=False)
     try:
-        async with store.begin() as uow:
-            settings = await uow.settings.get()
+        admin = LocalAdminClient(store)
+        settings = await admin.get_settings()
         assert settings is not None
-        fleet = await create_fleet(
-            CaAdminService(store), store, attestation, n + warmup, work / "devices", server.server_ca
-        )
+        fleet = await create_fleet(admin, attestation, n + warmup, work / "devices", server.server_ca)
         return settings.id_scope, fleet
     finally:
         await store.close()

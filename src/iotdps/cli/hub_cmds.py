@@ -16,17 +16,18 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 
-from iotdps.cli.remote import store_options
+from iotdps.cli.target import store_options
 from iotdps.errors import InvalidInput, NotFound
-from iotdps.hub.records import TelemetryMessage
-from iotdps.hub.twin import device_twin_json
 from iotdps.jsonload import load_json
 from iotdps.ports import HubStore, Store
-from iotdps.server.control import ControlClient, control_socket_path
+
+if TYPE_CHECKING:
+    from iotdps.hub.records import TelemetryMessage
+    from iotdps.server.control import ControlClient
 
 __all__ = ["register", "store_options"]
 
@@ -64,6 +65,10 @@ def _with_store(fn: Callable[[Store], Awaitable[T]]) -> T:
 
 
 def _control() -> ControlClient | None:
+    # The hub package (and aiohttp, the control socket's client) only for the commands that
+    # talk to a running server: registry and telemetry commands start without them.
+    from iotdps.server.control import ControlClient, control_socket_path
+
     path = control_socket_path(_data_dir())
     return ControlClient(path) if path.exists() else None
 
@@ -123,6 +128,8 @@ def device_list(hub: str) -> None:
 
 
 def _device_doc(hub: str, device_id: str) -> dict[str, Any]:
+    from iotdps.hub.twin import device_twin_json  # the hub package loads its runtime with it
+
     async def go(store: Store) -> dict[str, Any]:
         async with store.begin() as uow:
             device = await uow.devices.get(hub, device_id)
@@ -174,7 +181,7 @@ def _kick(hub: str, device_id: str) -> None:
     """Drop the device's live connection, if a server runs (a disabled device must go now)."""
     control = _control()
     if control is not None:
-        asyncio.run(control.call("POST", ControlClient.device_path(hub, device_id, "disconnect")))
+        asyncio.run(control.call("POST", control.device_path(hub, device_id, "disconnect")))
 
 
 @device_group.command("disable")
@@ -294,7 +301,7 @@ def twin_update_desired(hub: str, device_id: str, patch_text: str, if_match: str
         raise InvalidInput("--patch must be a JSON object")
     control = _control()
     if control is not None:
-        path = ControlClient.device_path(hub, device_id, "twin/desired")
+        path = control.device_path(hub, device_id, "twin/desired")
         _echo(asyncio.run(control.call("PATCH", path, {"patch": patch, "ifMatch": if_match})))
         return
 
@@ -323,7 +330,7 @@ def method_invoke(hub: str, device_id: str, name: str, payload: str | None, time
     control = _control()
     if control is None:
         raise NotFound(f"no running iotdps server (no control socket in {_data_dir()})")
-    _echo(asyncio.run(control.call("POST", ControlClient.device_path(hub, device_id, "methods"), body)))
+    _echo(asyncio.run(control.call("POST", control.device_path(hub, device_id, "methods"), body)))
 
 
 @click.group("c2d")
@@ -341,7 +348,7 @@ def c2d_send(hub: str, device_id: str, body: str, props: tuple[str, ...], ttl: f
     control = _control()
     if control is not None:
         doc = {"body": body, "properties": properties, "ttl": ttl}
-        result = asyncio.run(control.call("POST", ControlClient.device_path(hub, device_id, "messages"), doc))
+        result = asyncio.run(control.call("POST", control.device_path(hub, device_id, "messages"), doc))
         click.echo(result["messageId"])
         return
 

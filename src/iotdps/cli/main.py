@@ -1,43 +1,117 @@
 """Entry point of the `iotdps` command.
 
-Each command family lives in its own module and registers itself on `cli`; this module only
-assembles them and maps errors at the edge: any IotdpsError becomes one line on stderr and
-exit code 2, never a traceback.
+Each command family lives in its own module with a `register(group: click.Group) -> None`;
+this module only names them and maps errors at the edge: any IotdpsError becomes one line on
+stderr and exit code 2, never a traceback.
+
+Startup is kept light on purpose: a command family's module is imported only when one of its
+commands is chosen, so `iotdps --help` or `iotdps hub list` never imports the server, the
+management API or aiohttp. `iotdps --help` lists the commands from the summaries below;
+tests/unit/cli/test_main.py holds each summary to the first line of its command's own help
+and fails if `--help` imports a heavy module.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+from dataclasses import dataclass
 
 import click
 
 from iotdps import __version__
 from iotdps.errors import ConfigError, IotdpsError
 
-__all__ = ["EXIT_BAD_INPUT", "cli", "main"]
+__all__ = ["COMMANDS", "EXIT_BAD_INPUT", "LazyCommand", "cli", "load_command", "main", "summary_command"]
 
 EXIT_BAD_INPUT = 2
 
-# Command modules; each defines `register(group: click.Group) -> None`.
-_COMMAND_MODULES: tuple[str, ...] = (
-    "iotdps.cli.pki_cmds",
-    "iotdps.cli.admin_cmds",
-    "iotdps.cli.server_cmds",
-    "iotdps.cli.hub_cmds",
-    "iotdps.cli.device_cmds",
-    "iotdps.cli.simulate_cmds",
-)
+
+@dataclass(frozen=True, slots=True)
+class LazyCommand:
+    """Where a top-level command lives and what `iotdps --help` says of it."""
+
+    modules: tuple[str, ...]  # registered in this order (`device run` joins the hub's `device`)
+    summary: str
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+_PKI, _ADMIN, _HUB = "iotdps.cli.pki_cmds", "iotdps.cli.admin_cmds", "iotdps.cli.hub_cmds"
+_ENROLLMENT, _CERT = "iotdps.cli.enrollment_cmds", "iotdps.cli.cert_cmds"
+
+COMMANDS: dict[str, LazyCommand] = {
+    "c2d": LazyCommand((_HUB,), "Cloud-to-device messages."),
+    "ca": LazyCommand((_ADMIN,), "CA certificates: upload, proof of possession, list."),
+    "ca-dir": LazyCommand((_CERT,), "The local CA directory."),
+    "cert": LazyCommand((_CERT,), "Read certificates and explain chains."),
+    "create-ca-intermediate": LazyCommand(
+        (_PKI,), "Create an intermediate CA (one per factory or production line) signed by --parent."
+    ),
+    "create-ca-root": LazyCommand((_PKI,), "Create a self-signed root CA and keep it in the CA directory."),
+    "create-device-cert": LazyCommand(
+        (_PKI,), "Create device certificates: key + certificate bundle (leaf + intermediates) per device."
+    ),
+    "device": LazyCommand(
+        (_HUB, "iotdps.cli.device_cmds"), "Devices registered on a hub (and `device run`: our device client)."
+    ),
+    "enrollment": LazyCommand((_ENROLLMENT,), "Individual enrollments."),
+    "explain": LazyCommand(
+        (_ADMIN,), "Show the precedence walk and the decision for a device, without registering it."
+    ),
+    "group": LazyCommand((_ENROLLMENT,), "Enrollment groups."),
+    "hub": LazyCommand((_ADMIN,), "Linked IoT hubs."),
+    "method": LazyCommand((_HUB,), "Direct methods on connected devices (needs the running server)."),
+    "proof-ca-root-possession": LazyCommand((_PKI,), "Prove possession of a CA's key to the provisioning service."),
+    "refusals": LazyCommand((_ADMIN,), "Recent refused registrations, latest first, with the reason in words."),
+    "registration": LazyCommand((_ADMIN,), "Registration records."),
+    "settings": LazyCommand((_ADMIN,), "Service settings: ID scope and default allocation policy."),
+    "simulate": LazyCommand(
+        ("iotdps.cli.simulate_cmds",),
+        "Register a fleet of simulated devices (and optionally send telemetry); print the rates.",
+    ),
+    "telemetry": LazyCommand((_HUB,), "Device-to-cloud messages stored by the hub."),
+    "twin": LazyCommand((_HUB,), "Device twins on a hub."),
+    "up": LazyCommand(("iotdps.cli.server_cmds",), "Run the provisioning service (and its hubs) until interrupted."),
+}
+
+
+def load_command(name: str) -> click.Command:
+    """The real command `name`, importing its module(s) now."""
+    scratch = click.Group()
+    for module in COMMANDS[name].modules:
+        importlib.import_module(module).register(scratch)
+    return scratch.commands[name]
+
+
+def summary_command(name: str) -> click.Command:
+    """A stand-in for command `name` that knows only its summary (for the command list)."""
+    return click.Command(name, help=COMMANDS[name].summary)
+
+
+class _LazyGroup(click.Group):
+    """A group whose subcommands are imported when chosen, not when the program starts."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        if cmd_name not in self.commands:
+            self.commands[cmd_name] = load_command(cmd_name)
+        return self.commands[cmd_name]
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # What click.Group does, from the summaries: listing must not import every command.
+        limit = formatter.width - 6 - max(len(name) for name in COMMANDS)
+        rows = [(name, summary_command(name).get_short_help_str(limit)) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="iotdps")
 def cli() -> None:
     """iotdps: self-hosted Device Provisioning Service, CA toolkit and IoT hub."""
-
-
-for _name in _COMMAND_MODULES:
-    importlib.import_module(_name).register(cli)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,8 +4,7 @@
     iotdps create-ca-intermediate      a factory or line CA under a root or an intermediate
     iotdps create-device-cert          one device, a batch (--count), or a device CSR (--csr)
     iotdps proof-ca-root-possession    the verification certificate for a verification code
-    iotdps ca-dir list                 what the CA directory holds
-    iotdps cert inspect | verify       read a certificate; explain why a bundle would (not) validate
+(`ca-dir` and `cert`, the local tools: cli.cert_cmds.)
 
 Passphrases come from --passphrase, then IOTDPS_CA_PASSPHRASE, then a prompt (confirmed when a
 new key is being encrypted); they are never printed.
@@ -14,17 +13,23 @@ new key is being encrypted); they are never printed.
 from __future__ import annotations
 
 import datetime as dt
-import functools
-import os
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
 from cryptography.hazmat.primitives import serialization
 
-from iotdps.cli.remote import enroll_signing_group, prove_possession, run_target, target_options
+from iotdps.cli.client import enroll_signing_group, prove_possession
+from iotdps.cli.pki_common import (
+    ENV_DEVICE_PASSPHRASE,
+    ENV_PARENT_PASSPHRASE,
+    ENV_PASSPHRASE,
+    IN_FILE,
+    ca_dir_option,
+    default_ca_dir,
+    edge,
+    open_ca_dir,
+)
+from iotdps.cli.target import run_client, target_options
 from iotdps.errors import AlreadyExists, InvalidInput
 from iotdps.fsutil import atomic_write
 from iotdps.ids import check_registration_id
@@ -32,75 +37,24 @@ from iotdps.pki import (
     CaDirectory,
     KeySpec,
     Validity,
-    certificate_info,
     certs_to_pem,
     check_ca_name,
     check_device_csr,
     create_intermediate_ca,
     create_root_ca,
     describe_certificate,
-    explain_chain,
     generate_private_key,
     issue_verification_certificate,
-    load_certificates,
-    load_private_key,
     mint_device,
     mint_packed,
     open_device_sink,
     sign_device_csr,
     write_device_files,
 )
-from iotdps.pki.keys import describe_public_key
 from iotdps.pki.output import is_archive
 from iotdps.secret import Secret
 
 __all__ = ["default_ca_dir", "register"]
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-ENV_CA_DIR = "IOTDPS_CA_DIR"
-ENV_PASSPHRASE = "IOTDPS_CA_PASSPHRASE"  # noqa: S105 - a variable name
-ENV_PARENT_PASSPHRASE = "IOTDPS_CA_PARENT_PASSPHRASE"  # noqa: S105
-ENV_DEVICE_PASSPHRASE = "IOTDPS_DEVICE_PASSPHRASE"  # noqa: S105
-
-
-def default_ca_dir() -> Path:
-    """IOTDPS_CA_DIR, else `ca` under the user's data directory (platformdirs)."""
-    env = os.environ.get(ENV_CA_DIR)
-    if env:
-        return Path(env)
-    import platformdirs
-
-    return platformdirs.user_data_path("iotdps") / "ca"
-
-
-def _edge(fn: F) -> F:
-    """File-system errors become one-line IotdpsErrors, which main() prints with exit code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except FileExistsError as exc:
-            raise AlreadyExists(f"{exc.filename or exc.args[0]} already exists; not overwriting it") from None
-        except OSError as exc:
-            where = f"{exc.filename}: " if exc.filename else ""
-            raise InvalidInput(f"{where}{exc.strerror or 'I/O error'}") from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _ca_dir_option(fn: F) -> F:
-    return click.option(
-        "--ca-dir",
-        type=click.Path(file_okay=False, path_type=Path),
-        default=None,
-        help=f"CA directory [env {ENV_CA_DIR}; default: the user data dir]",
-    )(fn)
-
-
-def _cadir(path: Path | None) -> CaDirectory:
-    return CaDirectory(path or default_ca_dir())
 
 
 def _secret(value: str | None, *, prompt: str, confirm: bool) -> Secret[str]:
@@ -171,8 +125,8 @@ def _check_new_ca(cadir: CaDirectory, name: str, parent: str | None = None) -> N
 )
 @_KEY_TYPE
 @_PASSPHRASE
-@_ca_dir_option
-@_edge
+@ca_dir_option
+@edge
 def create_ca_root(
     name: str,
     cn: str | None,
@@ -184,7 +138,7 @@ def create_ca_root(
     ca_dir: Path | None,
 ) -> None:
     """Create a self-signed root CA and keep it in the CA directory."""
-    cadir = _cadir(ca_dir)
+    cadir = open_ca_dir(ca_dir)
     _check_new_ca(cadir, name)
     secret = _secret(passphrase, prompt=f"New passphrase for CA {name!r}", confirm=True)
     key = generate_private_key(key_type)
@@ -228,9 +182,9 @@ def create_ca_root(
 )
 @click.option("--group-id", default=None, help="id of the enrollment group (default: the CA name)")
 @click.option("--hub", "hubs", multiple=True, help="linked hub(s) the group's devices may be assigned to")
-@_ca_dir_option
+@ca_dir_option
 @target_options
-@_edge
+@edge
 def create_ca_intermediate(
     name: str,
     parent: str,
@@ -250,7 +204,7 @@ def create_ca_intermediate(
 
     With --enroll, also create its enrollment group on the provisioning service: on the local
     data dir, or through the management API with --server."""
-    cadir = _cadir(ca_dir)
+    cadir = open_ca_dir(ca_dir)
     _check_new_ca(cadir, name, parent)
     parent_secret = _secret(
         parent_passphrase if parent_passphrase is not None else passphrase,
@@ -273,14 +227,11 @@ def create_ca_intermediate(
     if enroll:
         pem = cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
         gid = group_id or name
-        group = run_target(lambda svc, store: enroll_signing_group(store, gid, pem, hubs))
+        group = run_client(lambda client: enroll_signing_group(client, gid, pem, hubs))
         click.echo(f"enrollment group {group.enrollment_group_id!r} created with CA {name!r} as signing certificate")
 
 
 # -- devices ----------------------------------------------------------------------------------
-
-
-_IN_FILE = click.Path(dir_okay=False, exists=True, path_type=Path)
 
 
 @click.command("create-device-cert")
@@ -292,7 +243,7 @@ _IN_FILE = click.Path(dir_okay=False, exists=True, path_type=Path)
 @click.option(
     "--csr",
     "csr_file",
-    type=_IN_FILE,
+    type=IN_FILE,
     default=None,
     help="sign this device CSR (PEM, DER or base64) instead of generating a key",
 )
@@ -320,8 +271,8 @@ _IN_FILE = click.Path(dir_okay=False, exists=True, path_type=Path)
 )
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="processes for a batch (default: cores)")
 @_PASSPHRASE
-@_ca_dir_option
-@_edge
+@ca_dir_option
+@edge
 def create_device_cert(
     ca_name: str | None,
     registration_id: str | None,
@@ -343,7 +294,7 @@ def create_device_cert(
         raise InvalidInput("--count cannot be combined with --registration-id or --csr")
     if modes == 0:
         raise InvalidInput("say which device: --registration-id ID, --count N or --csr FILE")
-    cadir = _cadir(ca_dir)
+    cadir = open_ca_dir(ca_dir)
     name = _pick_signing_ca(cadir, ca_name)
     cadir.get(name)
     ids: list[str] = []
@@ -435,9 +386,9 @@ def create_device_cert(
     help="output file (default: verification-<CA>.cert.pem)",
 )
 @_PASSPHRASE
-@_ca_dir_option
+@ca_dir_option
 @target_options
-@_edge
+@edge
 def proof_ca_root_possession(
     verification_code: str | None,
     ca_name: str | None,
@@ -452,7 +403,7 @@ def proof_ca_root_possession(
     --server: upload the CA if the service lacks it, get a code, sign the verification
     certificate (CN = the code) with the CA key, verify. With --verification-code: only write
     that verification certificate, for a service you talk to yourself."""
-    cadir = _cadir(ca_dir)
+    cadir = open_ca_dir(ca_dir)
     name = ca_name or cadir.default_root()
     record = cadir.get(name)
     secret = _secret(passphrase, prompt=f"Passphrase of CA {name!r}", confirm=False)
@@ -467,7 +418,7 @@ def proof_ca_root_possession(
     if verification_code is None:
         ca_pem = (cadir.path / record.cert_file).read_text(encoding="ascii")
         target = service_name or name
-        verified = run_target(lambda svc, store: prove_possession(svc, store, target, ca_pem, sign))
+        verified = run_client(lambda client: prove_possession(client, target, ca_pem, sign))
         click.echo(f"CA {name!r} verified on the provisioning service as {verified.name!r}")
         click.echo(f"sha256 thumbprint {verified.sha256_thumbprint}")
         return
@@ -477,154 +428,11 @@ def proof_ca_root_possession(
     click.echo("upload it to the provisioning service to complete the proof of possession")
 
 
-# -- CA directory and certificate tools ---------------------------------------------------
-
-
-@click.group("ca-dir")
-def ca_group() -> None:
-    """The local CA directory."""
-
-
-@ca_group.command("list")
-@_ca_dir_option
-@_edge
-def ca_list(ca_dir: Path | None) -> None:
-    """List the CAs in the CA directory."""
-    cadir = _cadir(ca_dir)
-    records = cadir.records()
-    if not records:
-        click.echo(f"no CAs in {cadir.path}")
-        return
-    click.echo(f"CA directory {cadir.path}")
-    for r in sorted(records, key=lambda r: (r.kind != "root", r.name)):
-        plen = "-" if r.path_length is None else str(r.path_length)
-        click.echo(
-            f"{r.name:20} {r.kind:12} parent={r.parent or '-':12} pathlen={plen:3} "
-            f"expires={r.not_after_utc}  {r.subject}"
-        )
-
-
-@click.group("cert")
-def cert_group() -> None:
-    """Read certificates and explain chains."""
-
-
-def _read_certs(path: Path) -> list[Any]:
-    try:
-        return load_certificates(path.read_bytes())
-    except InvalidInput as exc:
-        raise InvalidInput(f"{path}: {exc.message}") from None
-
-
-@cert_group.command("inspect")
-@click.argument("file", type=_IN_FILE)
-@_edge
-def cert_inspect(file: Path) -> None:
-    """Show every certificate in FILE (PEM bundle, DER or base64)."""
-    from cryptography import x509
-
-    certs = _read_certs(file)
-    for i, cert in enumerate(certs):
-        info = certificate_info(cert)
-        if i:
-            click.echo("")
-        click.echo(f"[{i}] subject      {info['subjectName']}")
-        click.echo(f"    issuer       {info['issuerName']}")
-        click.echo(f"    serial       {info['serialNumber']}")
-        click.echo(f"    valid        {info['notBeforeUtc']} .. {info['notAfterUtc']}")
-        click.echo(f"    key          {describe_public_key(cert.public_key())}")
-        for ext in cert.extensions:
-            v = ext.value
-            crit = " (critical)" if ext.critical else ""
-            if isinstance(v, x509.BasicConstraints):
-                text = f"CA:{'TRUE' if v.ca else 'FALSE'}" + (
-                    f", pathlen {v.path_length}" if v.path_length is not None else ""
-                )
-                click.echo(f"    basic        {text}{crit}")
-            elif isinstance(v, x509.KeyUsage):
-                names = [
-                    n for n in ("digital_signature", "key_encipherment", "key_cert_sign", "crl_sign") if getattr(v, n)
-                ]
-                click.echo(f"    key usage    {', '.join(names) or '-'}{crit}")
-            elif isinstance(v, x509.ExtendedKeyUsage):
-                click.echo(f"    ext usage    {', '.join(u._name for u in v)}{crit}")
-            elif isinstance(v, x509.SubjectAlternativeName):
-                click.echo(f"    alt names    {', '.join(str(g.value) for g in v)}{crit}")
-            elif isinstance(v, x509.SubjectKeyIdentifier):
-                click.echo(f"    subject key  {v.digest.hex()}")
-            elif isinstance(v, x509.AuthorityKeyIdentifier) and v.key_identifier:
-                click.echo(f"    authority    {v.key_identifier.hex()}")
-        click.echo(f"    sha1         {info['sha1Thumbprint']}")
-        click.echo(f"    sha256       {info['sha256Thumbprint']}")
-
-
-@cert_group.command("verify")
-@click.argument("file", type=_IN_FILE)
-@click.option(
-    "--chain", "chain_files", multiple=True, type=_IN_FILE, help="extra intermediate certificates (repeatable)"
-)
-@click.option(
-    "--root",
-    "root_files",
-    multiple=True,
-    type=_IN_FILE,
-    help="trusted roots (repeatable; default: the roots in the CA directory)",
-)
-@click.option(
-    "--key",
-    "key_file",
-    type=_IN_FILE,
-    default=None,
-    help="the device's private key: check that it matches the certificate",
-)
-@click.option("--key-passphrase", envvar=ENV_DEVICE_PASSPHRASE, default=None, help="if the key is encrypted")
-@click.option(
-    "--server",
-    "server_name",
-    default=None,
-    help="check a server certificate for this host name instead of a device certificate",
-)
-@_ca_dir_option
-@_edge
-def cert_verify(
-    file: Path,
-    chain_files: tuple[Path, ...],
-    root_files: tuple[Path, ...],
-    key_file: Path | None,
-    key_passphrase: str | None,
-    server_name: str | None,
-    ca_dir: Path | None,
-) -> None:
-    """Explain, in words, whether the device bundle FILE would validate. Exit 0 if it does, 1 if not."""
-    certs = _read_certs(file)
-    intermediates = certs[1:] + [c for p in chain_files for c in _read_certs(p)]
-    roots = [c for p in root_files for c in _read_certs(p)] if root_files else _cadir(ca_dir).roots()
-    public_key = None
-    if key_file is not None:
-        key = load_private_key(
-            key_file.read_bytes(), Secret(key_passphrase) if key_passphrase else None, what=f"key {key_file}"
-        )
-        public_key = key.public_key()
-    report = explain_chain(
-        certs[0],
-        intermediates,
-        roots,
-        public_key=public_key,
-        purpose="server" if server_name else "client",
-        server_name=server_name,
-    )
-    click.echo(report.explain())
-    if not report.valid:
-        sys.exit(1)
-
-
 def register(group: click.Group) -> None:
     for command in (
         create_ca_root,
         create_ca_intermediate,
         create_device_cert,
         proof_ca_root_possession,
-        ca_group,
-        cert_group,
     ):
         group.add_command(command)

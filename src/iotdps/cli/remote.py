@@ -1,37 +1,27 @@
-"""Administration commands against a running iotdps, or on the local data dir.
+"""`RemoteAdminClient`: the `AdminClient` (cli.client) over a running iotdps's management API.
 
-Every administration command takes the same target options:
-    --data-dir DIR / --dsn DSN            the local store (the default)
-    --server URL                          a running iotdps's management API instead, with
-    --connection-string CS                `HostName=..;SharedAccessKeyName=..;SharedAccessKey=..`
-    --policy NAME --key KEY               (or these two), and
-    --server-ca FILE                      the CA that signed the server's certificate.
-Environment: IOTDPS_SERVER, IOTDPS_CONNECTION_STRING, IOTDPS_POLICY, IOTDPS_KEY,
-IOTDPS_SERVER_CA. A connection string alone is enough: its HostName is the server.
-
-`run_target(fn)` hands `fn` the CA administration (`iotdps.ports.CaAdmin`) and a store. Locally
-they are the real ones; against a server they are `RemoteService` / `RemoteStore`, which speak
-the management API: the commands are written once. A remote "transaction" is not atomic (each call is one
-HTTP request); etags (If-Match) keep read-modify-write safe instead.
+Each method is one HTTP request (a few are two, said where they are); nothing spans requests,
+so a read-modify-write across calls relies on etags (If-Match), which the API checks as the
+store does. Requests are signed with a service SAS token of the policy the target names; the
+token is made per request and never printed. This module is imported only for `--server`
+(cli.target), so aiohttp stays out of local commands.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
-from pathlib import Path
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any, TypeVar, cast
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import aiohttp
-import click
 
 from iotdps.allocation.hubs import LinkedHub
 from iotdps.api.auth import make_service_sas
+from iotdps.cli.client import ExplainRequest
+from iotdps.cli.target import ServerTarget
 from iotdps.enrollment.cas import CaCertificate
 from iotdps.enrollment.models import EnrollmentGroup, IndividualEnrollment
 from iotdps.errors import (
@@ -43,145 +33,18 @@ from iotdps.errors import (
     StoreError,
     Unauthorized,
 )
-from iotdps.hub.devices import DeviceIdentity
-from iotdps.pki.encoding import certificate_info, load_certificate, sha256_thumbprint
-from iotdps.ports import CaAdmin, Page, Refusal, Store, UnitOfWork
-from iotdps.provisioning.ca_admin import CaAdminService
+from iotdps.pki.encoding import certificate_info, load_certificate
+from iotdps.ports import Refusal
 from iotdps.provisioning.records import RegistrationRecord
 from iotdps.provisioning.settings import ServiceSettings
-from iotdps.secret import Secret
 from iotdps.timestamps import parse_time
 
-__all__ = [
-    "RemoteService",
-    "RemoteStore",
-    "ServerTarget",
-    "enroll_signing_group",
-    "open_target",
-    "prove_possession",
-    "run_target",
-    "store_options",
-    "target_options",
-]
+__all__ = ["RemoteAdminClient"]
 
-T = TypeVar("T")
+R = TypeVar("R", IndividualEnrollment, EnrollmentGroup)
 _TIMEOUT = 30.0
 _PAGE = 500
 _MAX_PAGES = 100_000
-
-
-# --------------------------------------------------------------------------- options
-
-
-def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-    """Keep an option's value on the root context, where the commands' helpers look for it."""
-    root = ctx.find_root()
-    root.obj = root.obj or {}
-    if value is not None:
-        root.obj[str(param.name)] = value
-    return value
-
-
-_Options = list[tuple[str, dict[str, Any]]]
-
-_STORE_OPTIONS: _Options = [
-    (
-        "--data-dir",
-        {
-            "envvar": "IOTDPS_DATA_DIR",
-            "type": click.Path(file_okay=False),
-            "help": "Data directory (default: the per-user data dir).",
-        },
-    ),
-    ("--dsn", {"envvar": "IOTDPS_DSN", "help": "Store DSN (secret: not echoed)."}),
-]
-
-
-def _with_options(f: Callable[..., Any], options: _Options) -> Callable[..., Any]:
-    for name, kw in reversed(options):
-        f = click.option(name, expose_value=False, callback=_remember, **kw)(f)
-    return f
-
-
-def store_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """`--data-dir` / `--dsn` only, remembered on the root context (not passed to `f`)."""
-    return _with_options(f, _STORE_OPTIONS)
-
-
-def target_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """The local-store and server options, remembered on the root context (not passed to `f`)."""
-    options: _Options = [
-        *_STORE_OPTIONS,
-        ("--server", {"envvar": "IOTDPS_SERVER", "help": "Management API URL of a running iotdps."}),
-        (
-            "--connection-string",
-            {
-                "envvar": "IOTDPS_CONNECTION_STRING",
-                "help": "HostName=..;SharedAccessKeyName=..;SharedAccessKey=.. (secret).",
-            },
-        ),
-        ("--policy", {"envvar": "IOTDPS_POLICY", "help": "Shared access policy name (with --key)."}),
-        ("--key", {"envvar": "IOTDPS_KEY", "help": "Shared access policy key (secret)."}),
-        (
-            "--server-ca",
-            {
-                "envvar": "IOTDPS_SERVER_CA",
-                "type": click.Path(dir_okay=False, exists=True),
-                "help": "CA certificate that signed the server's certificate.",
-            },
-        ),
-    ]
-    return _with_options(f, options)
-
-
-@dataclass(frozen=True)
-class ServerTarget:
-    url: str
-    policy: str
-    key: Secret[str]
-    ca_file: str | None = None
-
-    @property
-    def host(self) -> str:
-        return urlsplit(self.url).hostname or ""
-
-
-def _parse_connection_string(text: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for part in text.split(";"):
-        if not part.strip():
-            continue
-        name, sep, value = part.partition("=")
-        if not sep:
-            raise InvalidInput("the connection string is not Name=Value;Name=Value")
-        out[name.strip().lower()] = value.strip()
-    return out
-
-
-def server_target(params: Mapping[str, Any]) -> ServerTarget | None:
-    """The server the options name, or None for the local store."""
-    url, cs = params.get("server"), params.get("connection_string")
-    policy, key = params.get("policy"), params.get("key")
-    if cs:
-        parsed = _parse_connection_string(str(cs))
-        missing = [k for k in ("hostname", "sharedaccesskeyname", "sharedaccesskey") if not parsed.get(k)]
-        if missing:
-            raise InvalidInput(f"the connection string lacks {', '.join(missing)}")
-        url = url or parsed["hostname"]
-        policy, key = parsed["sharedaccesskeyname"], parsed["sharedaccesskey"]
-    if not url:
-        if policy or key:
-            raise InvalidInput("--policy/--key need --server URL")
-        return None
-    if not policy or not key:
-        raise InvalidInput("--server needs --connection-string, or --policy and --key")
-    text = str(url).rstrip("/")
-    if "://" not in text:
-        text = "https://" + text
-    if not text.startswith("https://"):
-        raise InvalidInput("--server must be an https:// URL")
-    ca = params.get("server_ca")
-    return ServerTarget(text, str(policy), Secret(str(key)), str(ca) if ca else None)
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -314,257 +177,55 @@ def _registration_from_json(doc: Mapping[str, Any]) -> RegistrationRecord:
     return cast(RegistrationRecord, _stamped(record, doc))
 
 
-def _unsupported(what: str) -> IotdpsError:
-    return InvalidInput(f"{what} is not available against a server")
+def _refusal_from_json(d: Mapping[str, Any]) -> Refusal:
+    return Refusal(
+        d["registrationId"],
+        d["reason"],
+        d["message"],
+        d.get("attestationType"),
+        parse_time(d.get("lastSeenUtc") or d["timestampUtc"]),
+        d.get("enrollment"),
+        d.get("peerAddress"),
+        int(d.get("count", 1)),
+        parse_time(d["firstSeenUtc"]) if d.get("firstSeenUtc") else None,
+    )
 
 
-# --------------------------------------------------------------------------- repositories
+# --------------------------------------------------------------------------- the client
 
 
-class _Enrollments:
-    base = "/enrollments"
-    item_type = "enrollment"
-
-    def __init__(self, http: _Http) -> None:
-        self.http = http
-
-    def _parse(self, doc: Mapping[str, Any]) -> Any:
-        return _stamped(IndividualEnrollment.from_json(doc), doc)
-
-    async def _full(self, doc: dict[str, Any], key: str) -> Any:
-        # GET answers carry no keys; fetch them so a record written back keeps its keys.
-        if doc.get("attestation", {}).get("type") == "symmetricKey":
-            att, _ = await self.http.call("POST", f"{self.base}/{_seg(key)}/attestationmechanism")
-            doc = {**doc, "attestation": att}
-        return self._parse(doc)
-
-    async def get(self, key: str) -> Any:
-        try:
-            doc, _ = await self.http.call("GET", f"{self.base}/{_seg(key)}")
-        except NotFound:
-            return None
-        return await self._full(doc, key)
-
-    async def put(self, record: Any, if_match: str | None = None) -> Any:
-        key = getattr(record, "registration_id", None) or record.enrollment_group_id
-        doc, _ = await self.http.call(
-            "PUT", f"{self.base}/{_seg(key)}", record.to_json(include_keys=True), if_match=if_match
-        )
-        return await self._full(doc, key)
-
-    async def delete(self, key: str, if_match: str | None = None) -> None:
-        await self.http.call("DELETE", f"{self.base}/{_seg(key)}", if_match=if_match)
-
-    async def list(self, page_size: int = 100, continuation: str | None = None) -> Page[Any]:
-        headers = {"x-ms-max-item-count": str(page_size)}
-        if continuation:
-            headers["x-ms-continuation"] = continuation
-        docs, got = await self.http.call("POST", f"{self.base}/query", {"query": "SELECT *"}, headers=headers)
-        return Page([self._parse(d) for d in docs], got.get("x-ms-continuation") or None)
-
-    async def list_x509(self) -> Sequence[Any]:
-        raise _unsupported("listing X.509 enrollments")
-
-
-class _Groups(_Enrollments):
-    base = "/enrollmentGroups"
-    item_type = "enrollmentGroup"
-
-    def _parse(self, doc: Mapping[str, Any]) -> Any:
-        return _stamped(EnrollmentGroup.from_json(doc), doc)
-
-    async def find_by_signing_thumbprint(self, sha256_thumbprint: str) -> Sequence[EnrollmentGroup]:
-        raise _unsupported("group lookup by thumbprint")
-
-    async def find_by_ca_reference(self, ca_name: str) -> Sequence[EnrollmentGroup]:
-        raise _unsupported("group lookup by CA reference")
-
-    async def list_symmetric_key(self) -> Sequence[EnrollmentGroup]:
-        raise _unsupported("listing symmetric-key groups")
-
-
-class _Cas:
-    def __init__(self, http: _Http) -> None:
-        self.http = http
-
-    async def get(self, name: str) -> CaCertificate | None:
-        try:
-            doc, _ = await self.http.call("GET", f"/certificates/{_seg(name)}")
-        except NotFound:
-            return None
-        return _ca_from_json(doc)
-
-    async def get_by_thumbprint(self, sha256_thumbprint: str) -> CaCertificate | None:
-        return next((c for c in await self.list() if c.sha256_thumbprint == sha256_thumbprint.upper()), None)
-
-    async def put(self, ca: CaCertificate, if_match: str | None = None) -> CaCertificate:
-        doc, _ = await self.http.call(
-            "PUT",
-            f"/certificates/{_seg(ca.name)}",
-            {"certificate": ca.certificate, "isVerified": ca.is_verified},
-            if_match=if_match,
-        )
-        return _ca_from_json(doc)
-
-    async def delete(self, name: str, if_match: str | None = None) -> None:
-        await self.http.call("DELETE", f"/certificates/{_seg(name)}", if_match=if_match)
-
-    async def list(self) -> Sequence[CaCertificate]:
-        doc, _ = await self.http.call("GET", "/certificates")
-        return [_ca_from_json(d) for d in doc["value"]]
-
-
-class _Hubs:
-    def __init__(self, http: _Http) -> None:
-        self.http = http
-
-    async def get(self, host_name: str) -> LinkedHub | None:
-        try:
-            doc, _ = await self.http.call("GET", f"/linkedHubs/{_seg(host_name)}")
-        except NotFound:
-            return None
-        return _hub_from_json(doc)
-
-    async def put(self, hub: LinkedHub) -> LinkedHub:
-        body = {k: v for k, v in hub.to_json().items() if k != "name"}
-        doc, _ = await self.http.call("PUT", f"/linkedHubs/{_seg(hub.host_name)}", body)
-        return _hub_from_json(doc)
-
-    async def delete(self, host_name: str) -> None:
-        await self.http.call("DELETE", f"/linkedHubs/{_seg(host_name)}")
-
-    async def list(self) -> Sequence[LinkedHub]:
-        doc, _ = await self.http.call("GET", "/linkedHubs")
-        return [_hub_from_json(d) for d in doc]
-
-
-class _Settings:
-    def __init__(self, http: _Http) -> None:
-        self.http = http
-
-    async def get(self) -> ServiceSettings | None:
-        try:
-            doc, _ = await self.http.call("GET", "/settings")
-        except NotFound:
-            return None
-        return ServiceSettings(str(doc["idScope"]), doc.get("allocationPolicy", "hashed"))
-
-    async def put(self, settings: ServiceSettings) -> ServiceSettings:
-        body = {"idScope": settings.id_scope, "allocationPolicy": settings.default_allocation_policy}
-        doc, _ = await self.http.call("PUT", "/settings", body)
-        return ServiceSettings(str(doc["idScope"]), doc.get("allocationPolicy", "hashed"))
-
-
-class _Registrations:
-    def __init__(self, http: _Http) -> None:
-        self.http = http
-
-    async def get(self, registration_id: str, *, for_update: bool = False) -> RegistrationRecord | None:
-        try:
-            doc, _ = await self.http.call("GET", f"/registrations/{_seg(registration_id)}")
-        except NotFound:
-            return None
-        return _registration_from_json(doc)
-
-    async def put(self, record: RegistrationRecord, if_match: str | None = None) -> RegistrationRecord:
-        raise _unsupported("writing a registration record")
-
-    async def delete(self, registration_id: str, if_match: str | None = None) -> None:
-        await self.http.call("DELETE", f"/registrations/{_seg(registration_id)}", if_match=if_match)
-
-    async def list(
-        self, page_size: int = 100, continuation: str | None = None, *, enrollment_group_id: str | None = None
-    ) -> Page[RegistrationRecord]:
-        headers = {"x-ms-max-item-count": str(page_size)}
-        if continuation:
-            headers["x-ms-continuation"] = continuation
-        path = f"/registrations/{_seg(enrollment_group_id)}/query" if enrollment_group_id else "/registrations/query"
-        docs, got = await self.http.call("POST", path, headers=headers)
-        return Page([_registration_from_json(d) for d in docs], got.get("x-ms-continuation") or None)
-
-
-class _Devices:
-    async def get(self, hub: str, device_id: str, *, for_update: bool = False) -> DeviceIdentity | None:
-        raise _unsupported("the hub device registry")
-
-    async def put(self, device: DeviceIdentity, if_match: str | None = None) -> DeviceIdentity:
-        raise _unsupported("the hub device registry")
-
-    async def delete(self, hub: str, device_id: str, if_match: str | None = None) -> None:
-        raise _unsupported("the hub device registry")
-
-    async def list(self, hub: str, page_size: int = 100, continuation: str | None = None) -> Page[DeviceIdentity]:
-        raise _unsupported("the hub device registry")
-
-
-class _Refusals:
-    def __init__(self, http: _Http) -> None:
-        self.http = http
-
-    async def add(self, refusal: Refusal) -> None:
-        raise _unsupported("writing a refusal")
-
-    async def list(self, registration_id: str | None = None, limit: int = 100) -> Sequence[Refusal]:
-        query = {"limit": str(min(limit, 1000))}
-        if registration_id:
-            query["registrationId"] = registration_id
-        docs, _ = await self.http.call("GET", "/refusals", query=query)
-        return [
-            Refusal(
-                d["registrationId"],
-                d["reason"],
-                d["message"],
-                d.get("attestationType"),
-                parse_time(d.get("lastSeenUtc") or d["timestampUtc"]),
-                d.get("enrollment"),
-                d.get("peerAddress"),
-                int(d.get("count", 1)),
-                parse_time(d["firstSeenUtc"]) if d.get("firstSeenUtc") else None,
-            )
-            for d in docs
-        ]
-
-
-class _RemoteUnitOfWork:
-    def __init__(self, http: _Http) -> None:
-        self.enrollments = _Enrollments(http)
-        self.groups = _Groups(http)
-        self.cas = _Cas(http)
-        self.hubs = _Hubs(http)
-        self.settings = _Settings(http)
-        self.registrations = _Registrations(http)
-        self.devices = _Devices()
-        self.refusals = _Refusals(http)
-
-    async def cached_config_answer(self, key: tuple[Any, ...], compute: Callable[[], Awaitable[T]]) -> T:
-        return await compute()  # each read is a request to a server that may change under us
-
-
-class RemoteStore:
-    """The `Store` port over the management API (see the module docstring on atomicity)."""
+class RemoteAdminClient:
+    """Administration of the iotdps at `target` (see the module docstring on atomicity)."""
 
     def __init__(self, target: ServerTarget) -> None:
         self.http = _Http(target)
-        self._uow = _RemoteUnitOfWork(self.http)
-
-    @asynccontextmanager
-    async def begin(self) -> AsyncIterator[UnitOfWork]:
-        yield cast(UnitOfWork, self._uow)
-
-    @asynccontextmanager
-    async def read(self) -> AsyncIterator[UnitOfWork]:
-        yield cast(UnitOfWork, self._uow)  # each call is its own request either way
 
     async def close(self) -> None:
         await self.http.close()
 
+    async def _get_or_none(self, path: str) -> Any:
+        try:
+            doc, _ = await self.http.call("GET", path)
+        except NotFound:
+            return None
+        return doc
 
-class RemoteService:
-    """CA administration (`iotdps.ports.CaAdmin`) and explain, over the management API."""
+    async def _all_pages(self, method: str, path: str, body: Any = None) -> list[Any]:
+        """Every document of a paged query (x-ms-continuation), at most 100,000 pages."""
+        out: list[Any] = []
+        continuation: str | None = None
+        for _ in range(_MAX_PAGES):
+            headers = {"x-ms-max-item-count": str(_PAGE)}
+            if continuation:
+                headers["x-ms-continuation"] = continuation
+            docs, got = await self.http.call(method, path, body, headers=headers)
+            out.extend(docs)
+            continuation = got.get("x-ms-continuation") or None
+            if continuation is None:
+                break
+        return out
 
-    def __init__(self, store: RemoteStore) -> None:
-        self.http = store.http
-        self.store = store
+    # ------------------------------------------------------------------ CA certificates
 
     async def upload_ca(
         self, name: str, pem: str, verified: bool = False, if_match: str | None = None
@@ -584,89 +245,129 @@ class RemoteService:
         )
         return _ca_from_json(doc)
 
-    async def explain_remote(self, body: Mapping[str, Any]) -> list[str]:
-        doc, _ = await self.http.call("POST", "/explain", dict(body))
-        return [str(line) for line in doc["lines"]]
+    async def get_ca(self, name: str) -> CaCertificate | None:
+        doc = await self._get_or_none(f"/certificates/{_seg(name)}")
+        return None if doc is None else _ca_from_json(doc)
 
+    async def list_cas(self) -> list[CaCertificate]:
+        doc, _ = await self.http.call("GET", "/certificates")
+        return [_ca_from_json(d) for d in doc["value"]]
 
-# --------------------------------------------------------------------------- running a command
+    async def delete_ca(self, name: str) -> None:
+        await self.http.call("DELETE", f"/certificates/{_seg(name)}")
 
+    # ------------------------------------------------------------------ enrollments and groups
+    #
+    # GET answers carry no symmetric keys; a record is completed with its keys (a second
+    # request, POST .../attestationmechanism) so that one written back keeps them.
 
-def _local_dsn(params: Mapping[str, Any]) -> str:
-    from iotdps.paths import default_data_dir, default_dsn
+    async def _with_keys(self, base: str, key: str, doc: dict[str, Any], parse: Callable[[Any], R]) -> R:
+        if doc.get("attestation", {}).get("type") == "symmetricKey":
+            att, _ = await self.http.call("POST", f"{base}/{_seg(key)}/attestationmechanism")
+            doc = {**doc, "attestation": att}
+        return cast(R, _stamped(parse(doc), doc))
 
-    if params.get("dsn"):
-        return str(params["dsn"])
-    data_dir = params.get("data_dir")
-    return default_dsn(Path(data_dir) if data_dir else default_data_dir())
+    async def _get_record(self, base: str, key: str, parse: Callable[[Any], R]) -> R | None:
+        doc = await self._get_or_none(f"{base}/{_seg(key)}")
+        return None if doc is None else await self._with_keys(base, key, doc, parse)
 
+    async def _put_record(self, base: str, key: str, record: R, if_match: str | None, parse: Callable[[Any], R]) -> R:
+        body = record.to_json(include_keys=True)
+        doc, _ = await self.http.call("PUT", f"{base}/{_seg(key)}", body, if_match=if_match)
+        return await self._with_keys(base, key, doc, parse)
 
-@asynccontextmanager
-async def open_target(params: Mapping[str, Any]) -> AsyncIterator[tuple[CaAdmin, Store, bool]]:
-    """(CA administration, store, remote?) for the options in `params` (the root context's obj)."""
-    target = server_target(params)
-    if target is not None:
-        remote = RemoteStore(target)
+    async def _list_records(self, base: str, parse: Callable[[Any], R]) -> list[R]:
+        docs = await self._all_pages("POST", f"{base}/query", {"query": "SELECT *"})
+        return [cast(R, _stamped(parse(d), d)) for d in docs]
+
+    async def get_enrollment(self, registration_id: str) -> IndividualEnrollment | None:
+        return await self._get_record("/enrollments", registration_id, IndividualEnrollment.from_json)
+
+    async def list_enrollments(self) -> list[IndividualEnrollment]:
+        return await self._list_records("/enrollments", IndividualEnrollment.from_json)
+
+    async def put_enrollment(
+        self, enrollment: IndividualEnrollment, if_match: str | None = None
+    ) -> IndividualEnrollment:
+        key = enrollment.registration_id
+        return await self._put_record("/enrollments", key, enrollment, if_match, IndividualEnrollment.from_json)
+
+    async def delete_enrollment(self, registration_id: str) -> None:
+        await self.http.call("DELETE", f"/enrollments/{_seg(registration_id)}")
+
+    async def get_group(self, group_id: str) -> EnrollmentGroup | None:
+        return await self._get_record("/enrollmentGroups", group_id, EnrollmentGroup.from_json)
+
+    async def list_groups(self) -> list[EnrollmentGroup]:
+        return await self._list_records("/enrollmentGroups", EnrollmentGroup.from_json)
+
+    async def put_group(self, group: EnrollmentGroup, if_match: str | None = None) -> EnrollmentGroup:
+        key = group.enrollment_group_id
+        return await self._put_record("/enrollmentGroups", key, group, if_match, EnrollmentGroup.from_json)
+
+    async def delete_group(self, group_id: str) -> None:
+        await self.http.call("DELETE", f"/enrollmentGroups/{_seg(group_id)}")
+
+    # ------------------------------------------------------------------ linked hubs and settings
+
+    async def list_hubs(self) -> list[LinkedHub]:
+        doc, _ = await self.http.call("GET", "/linkedHubs")
+        return [_hub_from_json(d) for d in doc]
+
+    async def put_hub(self, hub: LinkedHub) -> LinkedHub:
+        body = {k: v for k, v in hub.to_json().items() if k != "name"}
+        doc, _ = await self.http.call("PUT", f"/linkedHubs/{_seg(hub.host_name)}", body)
+        return _hub_from_json(doc)
+
+    async def update_hub(self, host_name: str, change: Callable[[LinkedHub], LinkedHub]) -> LinkedHub:
+        # Two requests, GET then PUT: linked hubs carry no etag, so the last writer wins.
+        doc = await self._get_or_none(f"/linkedHubs/{_seg(host_name)}")
+        if doc is None:
+            raise NotFound(f"hub {host_name} is not linked")
+        return await self.put_hub(change(_hub_from_json(doc)))
+
+    async def remove_hub(self, host_name: str) -> None:
         try:
-            yield RemoteService(remote), cast(Store, remote), True
-        finally:
-            await remote.close()
-        return
-    from iotdps.store import open_store
+            await self.http.call("DELETE", f"/linkedHubs/{_seg(host_name)}")
+        except NotFound:
+            raise NotFound(f"hub {host_name} is not linked") from None
 
-    store = await open_store(_local_dsn(params))
-    try:
-        yield CaAdminService(store), store, False
-    finally:
-        await store.close()
+    async def get_settings(self) -> ServiceSettings | None:
+        doc = await self._get_or_none("/settings")
+        return None if doc is None else ServiceSettings(str(doc["idScope"]), doc.get("allocationPolicy", "hashed"))
 
+    async def put_settings(self, settings: ServiceSettings) -> ServiceSettings:
+        body = {"idScope": settings.id_scope, "allocationPolicy": settings.default_allocation_policy}
+        doc, _ = await self.http.call("PUT", "/settings", body)
+        return ServiceSettings(str(doc["idScope"]), doc.get("allocationPolicy", "hashed"))
 
-def target_params() -> dict[str, Any]:
-    ctx = click.get_current_context()
-    return dict(ctx.find_root().obj or {})
+    # ------------------------------------------------------------------ registrations, refusals
 
+    async def get_registration(self, registration_id: str) -> RegistrationRecord | None:
+        doc = await self._get_or_none(f"/registrations/{_seg(registration_id)}")
+        return None if doc is None else _registration_from_json(doc)
 
-def run_target(fn: Callable[[CaAdmin, Store], Awaitable[T]]) -> T:
-    """Run `fn` with the CA administration and store the command's options name (local or server)."""
-    params = target_params()
+    async def list_registrations(self, enrollment_group_id: str | None = None) -> list[RegistrationRecord]:
+        path = f"/registrations/{_seg(enrollment_group_id)}/query" if enrollment_group_id else "/registrations/query"
+        return [_registration_from_json(d) for d in await self._all_pages("POST", path)]
 
-    async def go() -> T:
-        async with open_target(params) as (svc, store, _):
-            return await fn(svc, store)
+    async def delete_registration(self, registration_id: str) -> None:
+        await self.http.call("DELETE", f"/registrations/{_seg(registration_id)}")
 
-    return asyncio.run(go())
+    async def list_refusals(self, registration_id: str | None, limit: int) -> list[Refusal]:
+        query = {"limit": str(min(limit, 1000))}
+        if registration_id:
+            query["registrationId"] = registration_id
+        docs, _ = await self.http.call("GET", "/refusals", query=query)
+        return [_refusal_from_json(d) for d in docs]
 
+    # ------------------------------------------------------------------ explain
 
-async def prove_possession(
-    svc: CaAdmin, store: Store, name: str, ca_pem: str, sign: Callable[[str], str]
-) -> CaCertificate:
-    """The whole proof of possession: upload the CA when it is missing or different, get a
-    code, have `sign(code)` issue the verification certificate (PEM), verify. A CA already
-    verified with the same certificate is left as it is."""
-    wanted = sha256_thumbprint(load_certificate(ca_pem))
-    async with store.begin() as uow:
-        current = await uow.cas.get(name)
-    if current is not None and current.sha256_thumbprint == wanted and current.is_verified:
-        return current
-    if current is None or current.sha256_thumbprint != wanted:
-        current = await svc.upload_ca(name, ca_pem, False)
-    code, current = await svc.generate_verification_code(name, current.etag)
-    return await svc.verify_ca(name, sign(code), current.etag)
-
-
-async def enroll_signing_group(store: Store, group_id: str, ca_pem: str, hubs: Sequence[str] = ()) -> EnrollmentGroup:
-    """Create an X.509 enrollment group whose signing certificate is `ca_pem` (refused if the
-    group exists: an existing group is changed with `iotdps group update`)."""
-    from iotdps.provisioning.admin import put_group
-
-    doc: dict[str, Any] = {
-        "enrollmentGroupId": group_id,
-        "attestation": {"type": "x509", "x509": {"signingCertificates": {"primary": {"certificate": ca_pem}}}},
-    }
-    if hubs:
-        doc["iotHubs"] = list(hubs)
-    group = EnrollmentGroup.from_json(doc)
-    async with store.begin() as uow:
-        if await uow.groups.get(group_id) is not None:
-            raise AlreadyExists(f"enrollment group {group_id} already exists")
-    return await put_group(store, group)
+    async def explain(self, request: ExplainRequest) -> list[str]:
+        body = {
+            "registrationId": request.registration_id,
+            "certificates": request.chain_pem,
+            "symmetricKey": request.symmetric_key,
+        }
+        doc, _ = await self.http.call("POST", "/explain", {k: v for k, v in body.items() if v})
+        return [str(line) for line in doc["lines"]]

@@ -1,4 +1,8 @@
-"""`iotdps up`: run the service in the foreground until SIGINT or SIGTERM."""
+"""`iotdps up`: run the service in the foreground until SIGINT or SIGTERM.
+
+The server (and with it the store, the management API and aiohttp) is imported when `up`
+runs, not when this module is: `iotdps up --help` and every other command start without it.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,15 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from iotdps.api.auth import POLICIES_FILE
 from iotdps.config import Config, load_config
 from iotdps.fsutil import open_to_others
-from iotdps.wiring.node import Server, StartupInfo, device_snippet
+
+if TYPE_CHECKING:
+    from iotdps.wiring.node import StartupInfo
 
 __all__ = ["register"]
 
@@ -23,6 +29,8 @@ log = logging.getLogger("iotdps.up")
 
 def _redacted(connection_string: str) -> str:
     """The connection string with its key replaced by where to find it."""
+    from iotdps.api.auth import POLICIES_FILE
+
     parts = [p for p in connection_string.split(";") if not p.startswith("SharedAccessKey=")]
     return ";".join([*parts, f"SharedAccessKey=<primaryKey in {POLICIES_FILE}>"])
 
@@ -32,6 +40,8 @@ def _banner(info: StartupInfo, policies_file: Path, *, interactive: bool) -> str
     `interactive` (standard output is a terminal): under a service manager or with output
     redirected, standard output is a log, and a log must not hold the owner key. Then the
     banner names the 0600 file that holds them and the connection strings without their keys."""
+    from iotdps.wiring.node import device_snippet
+
     lines = ["iotdps is up", ""]
     lines += [f"  listening    {e}" for e in info.endpoints]
     lines += [
@@ -77,6 +87,9 @@ def _settle_gc() -> None:
 
 
 async def _run(config: Config) -> None:
+    from iotdps.api.auth import POLICIES_FILE
+    from iotdps.wiring.node import Server
+
     server = Server(config)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

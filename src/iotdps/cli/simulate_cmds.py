@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from iotdps.cli.remote import open_target, target_options, target_params
+from iotdps.cli.target import open_client, target_options, target_params
 from iotdps.device.fleet import AttestationChoice, create_fleet
 from iotdps.device.simulate import SimulationReport, register_fleet, run_telemetry
 from iotdps.errors import InvalidInput, IotdpsError
@@ -155,14 +155,11 @@ def simulate_command(
     fleet_info: dict[str, Any] = {}
 
     async def go(work: Path) -> SimulationReport:
-        async with open_target(params) as (svc, store, _remote):
-            async with store.begin() as uow:
-                settings = await uow.settings.get()
+        async with open_client(params) as client:
+            settings = await client.get_settings()
             if settings is None:
                 raise InvalidInput("the service has no ID scope yet: start `iotdps up` once first")
-            fleet = await create_fleet(
-                svc, store, attestation, count, work, ca_pem, on_progress=tick("credentials", count)
-            )
+            fleet = await create_fleet(client, attestation, count, work, ca_pem, on_progress=tick("credentials", count))
         stats, assignments = await register_fleet(
             dps_host,
             port,

@@ -8,8 +8,9 @@ with real devices:
   through iotdps.pki's template minting; a device presents leaf + intermediate.
 - symmetric key: one enrollment group; each device's key is derived from the group key.
 
-Everything goes through the service and the store ports, so the same code works on the
-local data dir and (with the CLI's `--server`) through the management API. Device keys
+Everything goes through a `FleetAdmin` the caller passes in (the CLI's administration client,
+on the local data dir or, with `--server`, through the management API): the device side never
+imports the provisioning service itself. Device keys
 and certificates are written to `work_dir` (0600): Python's `ssl` loads client certificates
 from files only.
 """
@@ -22,7 +23,7 @@ import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from cryptography.hazmat.primitives import serialization
 
@@ -37,13 +38,19 @@ from iotdps.pki import (
     issue_verification_certificate,
     mint_devices,
 )
-from iotdps.ports import CaAdmin, Store
-from iotdps.provisioning.admin import put_group
+from iotdps.ports import CaAdmin
 from iotdps.secret import Secret
 
-__all__ = ["AttestationChoice", "Fleet", "SimDevice", "create_fleet", "fleet_prefix"]
+__all__ = ["AttestationChoice", "Fleet", "FleetAdmin", "SimDevice", "create_fleet", "fleet_prefix"]
 
 AttestationChoice = Literal["x509", "symmetric-key"]
+
+
+class FleetAdmin(CaAdmin, Protocol):
+    """What a fleet needs of the provisioning service: CA proof of possession and writing its
+    enrollment group (validated as the management API does). cli.client.AdminClient is one."""
+
+    async def put_group(self, group: EnrollmentGroup, if_match: str | None = None) -> EnrollmentGroup: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +87,7 @@ def _pem(cert: object) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
 
 
-async def _x509_group(svc: CaAdmin, store: Store, prefix: str, work_dir: Path) -> tuple[Issuer, str, str]:
+async def _x509_group(admin: FleetAdmin, prefix: str, work_dir: Path) -> tuple[Issuer, str, str]:
     validity = Validity.days(30)
     root_key = generate_private_key()
     root = Issuer(create_root_ca(f"{prefix} root", root_key, validity, path_length=1), root_key, name="root")
@@ -88,15 +95,15 @@ async def _x509_group(svc: CaAdmin, store: Store, prefix: str, work_dir: Path) -
     line_cert = create_intermediate_ca(root, f"{prefix} line", line_key.public_key(), Validity.days(29))
     line = Issuer(line_cert, line_key, (root.certificate,), name="line")
     ca_name = f"{prefix}-root"
-    uploaded = await svc.upload_ca(ca_name, _pem(root.certificate), False)
-    code, uploaded = await svc.generate_verification_code(ca_name, uploaded.etag)
+    uploaded = await admin.upload_ca(ca_name, _pem(root.certificate), False)
+    code, uploaded = await admin.generate_verification_code(ca_name, uploaded.etag)
     proof = issue_verification_certificate(root, code, generate_private_key().public_key(), Validity.days(1))
-    await svc.verify_ca(ca_name, _pem(proof), uploaded.etag)
+    await admin.verify_ca(ca_name, _pem(proof), uploaded.etag)
     group_id = f"{prefix}-x509"
     group = EnrollmentGroup.from_json(
         {"enrollmentGroupId": group_id, "attestation": {"type": "x509", "x509": {"caReferences": {"primary": ca_name}}}}
     )
-    await put_group(store, group)
+    await admin.put_group(group)
     # For benchmarks that hand the same CA to another TLS server (bench/registrations.py).
     (work_dir / "fleet-root.pem").write_text(_pem(root.certificate))
     return line, ca_name, group_id
@@ -109,8 +116,7 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 async def create_fleet(
-    svc: CaAdmin,
-    store: Store,
+    admin: FleetAdmin,
     attestation: AttestationChoice,
     count: int,
     work_dir: Path,
@@ -130,7 +136,7 @@ async def create_fleet(
     ids: Sequence[str] = [f"{prefix}-{i:06d}" for i in range(count)]
     devices: list[SimDevice] = []
     if attestation == "x509":
-        line, ca_name, group_id = await _x509_group(svc, store, prefix, work_dir)
+        line, ca_name, group_id = await _x509_group(admin, prefix, work_dir)
         for chunk in mint_devices(line, ids, Validity.days(7), workers=workers):
             for minted in chunk:
                 cert_file = work_dir / f"{minted.registration_id}.cert.pem"
@@ -143,8 +149,7 @@ async def create_fleet(
                 on_progress(len(chunk))
         return Fleet(attestation, prefix, group_id, ca_name, tuple(devices))
     group_id = f"{prefix}-sas"
-    group = await put_group(
-        store,
+    group = await admin.put_group(
         EnrollmentGroup.from_json({"enrollmentGroupId": group_id, "attestation": {"type": "symmetricKey"}}),
     )
     assert group.attestation.symmetric_key is not None

@@ -3,7 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[2] / "src"
+SRC = Path(__file__).resolve().parents[3] / "src"
 
 
 def test_up_with_invalid_config_lists_every_problem(tmp_path: Path) -> None:

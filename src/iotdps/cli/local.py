@@ -1,0 +1,202 @@
+"""`LocalAdminClient`: the `AdminClient` (cli.client) over a store this process opened.
+
+Each method is one store transaction, so a read-modify-write such as `update_hub` or "refuse
+a hub that is not linked, else delete it" is atomic here. Enrollments and groups are written
+through provisioning.admin, the same checks the management API applies; proof of possession
+is provisioning.ca_admin's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from iotdps.allocation.hubs import LinkedHub
+from iotdps.cli.client import ExplainRequest
+from iotdps.enrollment.cas import CaCertificate
+from iotdps.enrollment.models import EnrollmentGroup, IndividualEnrollment
+from iotdps.errors import InvalidInput, NotFound
+from iotdps.ports import Page, Refusal, Store
+from iotdps.provisioning import admin
+from iotdps.provisioning.ca_admin import CaAdminService
+from iotdps.provisioning.records import RegistrationRecord
+from iotdps.provisioning.settings import ServiceSettings
+
+__all__ = ["LocalAdminClient", "all_pages"]
+
+T = TypeVar("T")
+_PAGE = 500
+_MAX_PAGES = 100_000
+
+
+async def all_pages(fetch: Callable[[str | None], Awaitable[Page[T]]]) -> list[T]:
+    """Every item of a paged listing (bounded: at most 100,000 pages)."""
+    out: list[T] = []
+    token: str | None = None
+    for _ in range(_MAX_PAGES):
+        page = await fetch(token)
+        out.extend(page.items)
+        token = page.continuation
+        if token is None:
+            break
+    return out
+
+
+class LocalAdminClient:
+    """Administration of the store `store` (which the caller opened and closes)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._ca = CaAdminService(store)
+
+    # ------------------------------------------------------------------ CA certificates
+
+    async def upload_ca(
+        self, name: str, pem: str, verified: bool = False, if_match: str | None = None
+    ) -> CaCertificate:
+        return await self._ca.upload_ca(name, pem, verified, if_match)
+
+    async def generate_verification_code(self, name: str, if_match: str | None = None) -> tuple[str, CaCertificate]:
+        return await self._ca.generate_verification_code(name, if_match)
+
+    async def verify_ca(self, name: str, verification_cert_pem: str, if_match: str | None = None) -> CaCertificate:
+        return await self._ca.verify_ca(name, verification_cert_pem, if_match)
+
+    async def get_ca(self, name: str) -> CaCertificate | None:
+        async with self.store.begin() as uow:
+            return await uow.cas.get(name)
+
+    async def list_cas(self) -> list[CaCertificate]:
+        async with self.store.begin() as uow:
+            return list(await uow.cas.list())
+
+    async def delete_ca(self, name: str) -> None:
+        async with self.store.begin() as uow:
+            await uow.cas.delete(name)
+
+    # ------------------------------------------------------------------ enrollments and groups
+
+    async def get_enrollment(self, registration_id: str) -> IndividualEnrollment | None:
+        async with self.store.begin() as uow:
+            return await uow.enrollments.get(registration_id)
+
+    async def list_enrollments(self) -> list[IndividualEnrollment]:
+        async with self.store.begin() as uow:
+            return await all_pages(lambda token: uow.enrollments.list(_PAGE, token))
+
+    async def put_enrollment(
+        self, enrollment: IndividualEnrollment, if_match: str | None = None
+    ) -> IndividualEnrollment:
+        return await admin.put_enrollment(self.store, enrollment, if_match)
+
+    async def delete_enrollment(self, registration_id: str) -> None:
+        async with self.store.begin() as uow:
+            await uow.enrollments.delete(registration_id)
+
+    async def get_group(self, group_id: str) -> EnrollmentGroup | None:
+        async with self.store.begin() as uow:
+            return await uow.groups.get(group_id)
+
+    async def list_groups(self) -> list[EnrollmentGroup]:
+        async with self.store.begin() as uow:
+            return await all_pages(lambda token: uow.groups.list(_PAGE, token))
+
+    async def put_group(self, group: EnrollmentGroup, if_match: str | None = None) -> EnrollmentGroup:
+        return await admin.put_group(self.store, group, if_match)
+
+    async def delete_group(self, group_id: str) -> None:
+        async with self.store.begin() as uow:
+            await uow.groups.delete(group_id)
+
+    # ------------------------------------------------------------------ linked hubs and settings
+
+    async def list_hubs(self) -> list[LinkedHub]:
+        async with self.store.begin() as uow:
+            return list(await uow.hubs.list())
+
+    async def put_hub(self, hub: LinkedHub) -> LinkedHub:
+        async with self.store.begin() as uow:
+            return await uow.hubs.put(hub)
+
+    async def update_hub(self, host_name: str, change: Callable[[LinkedHub], LinkedHub]) -> LinkedHub:
+        async with self.store.begin() as uow:
+            hub = await uow.hubs.get(host_name)
+            if hub is None:
+                raise NotFound(f"hub {host_name} is not linked")
+            return await uow.hubs.put(change(hub))
+
+    async def remove_hub(self, host_name: str) -> None:
+        async with self.store.begin() as uow:
+            if await uow.hubs.get(host_name) is None:
+                raise NotFound(f"hub {host_name} is not linked")
+            await uow.hubs.delete(host_name)
+
+    async def get_settings(self) -> ServiceSettings | None:
+        async with self.store.begin() as uow:
+            return await uow.settings.get()
+
+    async def put_settings(self, settings: ServiceSettings) -> ServiceSettings:
+        async with self.store.begin() as uow:
+            return await uow.settings.put(settings)
+
+    # ------------------------------------------------------------------ registrations, refusals
+
+    async def get_registration(self, registration_id: str) -> RegistrationRecord | None:
+        async with self.store.begin() as uow:
+            return await uow.registrations.get(registration_id)
+
+    async def list_registrations(self, enrollment_group_id: str | None = None) -> list[RegistrationRecord]:
+        async with self.store.begin() as uow:
+            return await all_pages(
+                lambda token: uow.registrations.list(_PAGE, token, enrollment_group_id=enrollment_group_id)
+            )
+
+    async def delete_registration(self, registration_id: str) -> None:
+        async with self.store.begin() as uow:
+            await uow.registrations.delete(registration_id)
+
+    async def list_refusals(self, registration_id: str | None, limit: int) -> list[Refusal]:
+        async with self.store.begin() as uow:
+            return list(await uow.refusals.list(registration_id, limit))
+
+    # ------------------------------------------------------------------ explain
+
+    async def explain(self, request: ExplainRequest) -> list[str]:
+        # The registration machinery is imported for this command alone: the other
+        # administration commands start without it (cli.main's light start).
+        from iotdps.attestation.x509 import evidence_from_chain
+        from iotdps.evidence import SasCredential
+        from iotdps.pki import certs
+        from iotdps.pki.encoding import load_certificates
+        from iotdps.provisioning.explain import explain_registration
+        from iotdps.provisioning.service import ProvisioningService
+        from iotdps.provisioning.trust import trust_anchors
+        from iotdps.sas import make_sas_token
+        from iotdps.secret import Secret
+
+        service = ProvisioningService(self.store)
+        if request.chain_pem is not None:
+            chain = load_certificates(request.chain_pem)
+            rid = request.registration_id or certs.common_name(chain[0]) or ""
+            evidence = evidence_from_chain(chain, await trust_anchors(self.store), service.clock.now())
+            lines = [f"registration id: {rid}"]
+            if evidence.verified is None:
+                lines.append(f"chain: not trusted by the TLS layer ({'; '.join(evidence.errors)})")
+            else:
+                lines.append("chain: " + " -> ".join(certs.describe(c) for c in evidence.verified))
+            return lines + await explain_registration(service, rid, evidence)
+        registration_id, key = request.registration_id, request.symmetric_key
+        if not registration_id or not key:
+            raise InvalidInput("--symmetric-key needs --registration-id")
+        settings = await self.get_settings()
+        if settings is None:
+            raise NotFound("no service settings yet; run `iotdps settings set --id-scope ...`")
+        expiry = int(service.clock.now().timestamp()) + 300
+        try:
+            token = make_sas_token(settings.id_scope, registration_id, key, expiry)
+        except ValueError as exc:
+            raise InvalidInput("--symmetric-key is not base64") from exc
+        return [
+            f"registration id: {registration_id}",
+            *await explain_registration(service, registration_id, SasCredential(Secret(token))),
+        ]

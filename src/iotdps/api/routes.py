@@ -13,12 +13,12 @@ from typing import Any
 
 from aiohttp import web
 
+from iotdps.access import CSRF_HEADER, SESSION_COOKIE, Permission
 from iotdps.api import enrollments as enr
 from iotdps.api import hub_service as hubs
 from iotdps.api import service_config as cfg
 from iotdps.api import statistics as stats
 from iotdps.api._http import ApiContext
-from iotdps.api.auth import CSRF_HEADER, SESSION_COOKIE, Permission
 from iotdps.api.schemas import COMPONENTS, REGISTRATION_ID, ref
 
 __all__ = ["API_VERSIONS", "HUB_HEADER", "ROUTES", "Handler", "Route", "openapi_document"]

@@ -30,8 +30,8 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 import click
 
+from iotdps.access import make_service_sas
 from iotdps.allocation.hubs import LinkedHub
-from iotdps.api.auth import make_service_sas
 from iotdps.enrollment.cas import CaCertificate
 from iotdps.enrollment.models import EnrollmentGroup, IndividualEnrollment
 from iotdps.errors import (

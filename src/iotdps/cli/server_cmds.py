@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from iotdps.api.auth import POLICIES_FILE
+from iotdps.access import POLICIES_FILE
 from iotdps.config import Config, load_config
 from iotdps.fsutil import open_to_others
 from iotdps.server.app import Server, StartupInfo, device_snippet

@@ -28,7 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
-from iotdps.api.auth import CSRF_HEADER, SESSION_COOKIE, AccessPolicies, Permission, key_digest
+from iotdps.access import CSRF_HEADER, SESSION_COOKIE, AccessPolicies, Permission, key_digest
 from iotdps.errors import Forbidden, InvalidInput, Unauthorized
 from iotdps.web.credentials import parse_credentials, prove
 from iotdps.web.sessions import LoginLimiter, Session, SessionTable

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from iotdps.provisioning.records import RegistrationRecord
     from iotdps.provisioning.settings import ServiceSettings
     from iotdps.registry.hub import CloudMessage, HubSession, TelemetryMessage
-    from iotdps.registry.models import DeviceIdentity
+    from iotdps.registry.models import DeviceIdentity, Twin
 
 __all__ = [
     "C2DRepo",
@@ -59,6 +59,7 @@ __all__ = [
     "DeviceRepo",
     "EnrollmentRepo",
     "GroupRepo",
+    "HubOperations",
     "HubSessionRepo",
     "HubStore",
     "HubUnitOfWork",
@@ -357,3 +358,27 @@ class HubUnitOfWork(Protocol):
 class HubStore(Protocol):
     def begin(self) -> AbstractAsyncContextManager[HubUnitOfWork]: ...
     async def close(self) -> None: ...
+
+
+class HubOperations(Protocol):
+    """What the management API needs of the running hub (iotdps.hub.HubRuntime provides it):
+    who is connected, and the cloud-side operations that reach a live device."""
+
+    def is_connected(self, hub: str, device_id: str) -> bool: ...
+    def connected_count(self, hub: str) -> int: ...
+    def disconnect(self, hub: str, device_id: str, reason: str = ...) -> bool: ...
+    async def update_desired(
+        self,
+        hub: str,
+        device_id: str,
+        patch: Mapping[str, Any],
+        if_match: str | None = None,
+        *,
+        tags: Mapping[str, Any] | None = None,
+    ) -> Twin: ...
+    async def invoke_method(
+        self, hub: str, device_id: str, name: str, payload: Any, timeout: float
+    ) -> tuple[int, Any]: ...
+    async def send_c2d(
+        self, hub: str, device_id: str, body: bytes, properties: Mapping[str, str], ttl: float | None
+    ) -> str: ...

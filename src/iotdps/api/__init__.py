@@ -12,7 +12,7 @@ console sessions); api.auth is only its aiohttp guard.
     enrollments.py     handlers: enrollments, groups, registration states
     service_config.py  handlers: CA certificates, linked hubs, settings, refusals, explain
     statistics.py      handlers: /status and the hub's statistics
-    hub_service.py     handlers of the hub service API: devices, twins, methods, messages
+    hub_service/       handlers of the hub service API: devices, twins, messages, telemetry
     _http.py           request/response helpers and the handlers' context (ApiContext)
     errors.py          the one error table: iotdps errors -> HTTP status and errorCode
 """

@@ -28,10 +28,9 @@ from iotdps.allocation.destinations import WebhookDestinations
 from iotdps.api._http import ApiContext, ServiceAbout
 from iotdps.api.auth import RequestHandler, guarded
 from iotdps.api.errors import error_response, response_for
-from iotdps.api.hub_service import HubOperations
 from iotdps.api.routes import ROUTES, openapi_document
 from iotdps.errors import IotdpsError
-from iotdps.ports import Store
+from iotdps.ports import HubOperations, Store
 from iotdps.provisioning.service import ProvisioningService
 
 __all__ = ["build_management_app"]

@@ -7,7 +7,8 @@ console sessions); api.auth is only its aiohttp guard.
 
     app.py             the application: error middleware, /openapi.json, every route guarded
     auth.py            the guard: which hub a request addresses, which policy it proves
-    routes.py          the route table (method, path, permission) and the OpenAPI document
+    routes/            the route table, one module per resource (method, path, permission)
+    openapi.py         the OpenAPI document, generated from the route table
     schemas.py         JSON Schemas of the bodies (for the OpenAPI document)
     enrollments.py     handlers: enrollments, groups, registration states
     service_config.py  handlers: CA certificates, linked hubs, settings, refusals, explain

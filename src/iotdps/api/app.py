@@ -28,7 +28,8 @@ from iotdps.allocation.destinations import WebhookDestinations
 from iotdps.api._http import ApiContext, ServiceAbout
 from iotdps.api.auth import RequestHandler, guarded
 from iotdps.api.errors import error_response, response_for
-from iotdps.api.routes import ROUTES, openapi_document
+from iotdps.api.openapi import openapi_document
+from iotdps.api.routes import ROUTES
 from iotdps.errors import IotdpsError
 from iotdps.ports import HubOperations, Store
 from iotdps.provisioning.service import ProvisioningService

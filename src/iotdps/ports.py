@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from iotdps.allocation.hubs import LinkedHub
     from iotdps.enrollment.cas import CaCertificate
     from iotdps.enrollment.models import EnrollmentGroup, IndividualEnrollment
-    from iotdps.hub.devices import DeviceIdentity
+    from iotdps.hub.devices import DeviceIdentity, Twin
     from iotdps.hub.records import CloudMessage, HubSession, TelemetryMessage
     from iotdps.provisioning.records import RegistrationRecord
     from iotdps.provisioning.settings import ServiceSettings
@@ -59,6 +59,7 @@ __all__ = [
     "DeviceRepo",
     "EnrollmentRepo",
     "GroupRepo",
+    "HubOperations",
     "HubSessionRepo",
     "HubStore",
     "HubUnitOfWork",
@@ -396,3 +397,27 @@ class LiveDevices(Protocol):
         (status, payload). Raises iotdps.hub.errors.DeviceNotConnected when the device is not
         connected or not subscribed to methods, MethodTimeout after `timeout` seconds."""
         ...
+
+
+class HubOperations(Protocol):
+    """What the management API needs of the running hub (iotdps.hub.cloud.CloudOperations provides it):
+    who is connected, and the cloud-side operations that reach a live device."""
+
+    def is_connected(self, hub: str, device_id: str) -> bool: ...
+    def connected_count(self, hub: str) -> int: ...
+    def disconnect(self, hub: str, device_id: str, reason: str = ...) -> bool: ...
+    async def update_desired(
+        self,
+        hub: str,
+        device_id: str,
+        patch: Mapping[str, Any],
+        if_match: str | None = None,
+        *,
+        tags: Mapping[str, Any] | None = None,
+    ) -> Twin: ...
+    async def invoke_method(
+        self, hub: str, device_id: str, name: str, payload: Any, timeout: float
+    ) -> tuple[int, Any]: ...
+    async def send_c2d(
+        self, hub: str, device_id: str, body: bytes, properties: Mapping[str, str], ttl: float | None
+    ) -> str: ...

@@ -34,7 +34,7 @@ import requests
 from azure.iot.device import X509, ProvisioningDeviceClient
 from azure.iot.device.exceptions import ClientError
 
-from iotdps.api.auth import DEFAULT_POLICIES, AccessPolicies, Permission, make_service_sas
+from iotdps.access import DEFAULT_POLICIES, AccessPolicies, Permission, make_service_sas
 from iotdps.api.routes import ROUTES, Route
 from iotdps_testing.mgmt import ManagementServer
 from iotdps_testing.server import RunningServer, start_server

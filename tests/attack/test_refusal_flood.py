@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import requests
 
-from iotdps.api import make_service_sas
+from iotdps.access import make_service_sas
 from iotdps.protocols.mqtt.client import ClientSession
 from iotdps.protocols.mqtt.events import ConnAckReceived
 from iotdps.sas import make_sas_token

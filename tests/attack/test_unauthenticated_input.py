@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 import pytest
 
-from iotdps.api import make_service_sas
+from iotdps.access import make_service_sas
 from iotdps.protocols.mqtt.client import ClientSession
 from iotdps.protocols.mqtt.events import ConnAckReceived, Event, PublishReceived, SubAckReceived
 from iotdps.sas import make_sas_token

@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
-from iotdps.api import AccessPolicies, build_management_app
+from iotdps.access import AccessPolicies
+from iotdps.api import build_management_app
 from iotdps.pki import create_server_identity
 from iotdps.ports import Store
 from iotdps.provisioning.service import ProvisioningService

@@ -5,18 +5,15 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 from iotdps.allocation.destinations import WebhookDestinations
 from iotdps.errors import InvalidInput
 from iotdps.jsonload import load_json
-from iotdps.ports import Store
+from iotdps.ports import HubOperations, Store
 from iotdps.provisioning.service import ProvisioningService
-
-if TYPE_CHECKING:
-    from iotdps.api.hub_service import HubOperations
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",

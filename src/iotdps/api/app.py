@@ -1,7 +1,7 @@
 """The management API as an aiohttp application (the lead serves it over TLS).
 
-Every route of `routes.ROUTES` is checked for a SharedAccessSignature granting its permission
-before its handler runs; every error, ours or aiohttp's (unknown path, wrong method), leaves as
+Every route of `routes.ROUTES` is checked (api.auth) for a SharedAccessSignature granting its
+permission before its handler runs; every error, ours or aiohttp's (unknown path, wrong method), leaves as
 the JSON error body of `api.errors`. `/openapi.json` (no credentials needed) is generated from
 the same route table.
 
@@ -10,38 +10,37 @@ Hub service API routes (`scope == "hub"`) are served for the hub the request's H
 cannot choose its Host); the token's `sr` must name that hub too.
 
 The console (iotdps.web) signs in once and then calls these same routes with a session
-cookie instead of a token: `AccessPolicies.authorize` maps the session to its policies and
-checks the same permission per route, plus a CSRF token on every change.
+cookie instead of a token: `AccessPolicies.authorize` (iotdps.access) maps the session to its
+policies and checks the same permission per route, plus a CSRF token on every change.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from iotdps.access import AccessPolicies, SessionGate
 from iotdps.allocation.destinations import WebhookDestinations
 from iotdps.api._http import ApiContext, ServiceAbout
-from iotdps.api.auth import AccessPolicies, SessionGate
-from iotdps.api.errors import ApiError, error_response, response_for
-from iotdps.api.hub_service import HubOperations
-from iotdps.api.routes import HUB_HEADER, ROUTES, Route, openapi_document
+from iotdps.api.auth import RequestHandler, guarded
+from iotdps.api.errors import error_response, response_for
+from iotdps.api.openapi import openapi_document
+from iotdps.api.routes import ROUTES
 from iotdps.errors import IotdpsError
-from iotdps.ports import Store
+from iotdps.ports import HubOperations, Store
 from iotdps.provisioning.service import ProvisioningService
 
 __all__ = ["build_management_app"]
 
-_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _HTTP_CODES = {404: (404000, "NotFound"), 405: (405000, "MethodNotAllowed"), 413: (400006, "RequestTooLarge")}
 
 
 @web.middleware
-async def _errors(request: web.Request, handler: _Handler) -> web.StreamResponse:
+async def _errors(request: web.Request, handler: RequestHandler) -> web.StreamResponse:
     try:
         return await handler(request)
     except IotdpsError as exc:
@@ -58,51 +57,6 @@ async def _errors(request: web.Request, handler: _Handler) -> web.StreamResponse
         return response
     except Exception as exc:  # the last line: a JSON 500, never a traceback
         return response_for(exc)
-
-
-def _request_host(request: web.Request) -> str:
-    """The host part of the Host header (no port, no IPv6 brackets), lower case."""
-    raw = (request.headers.get("Host") or "").strip()
-    try:
-        return (urlsplit("//" + raw).hostname or "").lower()
-    except ValueError:
-        return ""
-
-
-def _bind(
-    route: Route,
-    ctx: ApiContext,
-    policies: AccessPolicies,
-    host_names: Sequence[str],
-    hubs: Mapping[str, str],
-    sessions: SessionGate | None,
-) -> _Handler:
-    async def handle(request: web.Request) -> web.StreamResponse:
-        names, request_ctx = host_names, ctx
-        if route.scope == "hub":
-            named = request.headers.get(HUB_HEADER)
-            hub = hubs.get(named.strip().lower() if named is not None else _request_host(request))
-            if hub is None:
-                raise ApiError(
-                    404,
-                    404002,
-                    "IotHubNotFound",
-                    "the Host of this request names no IoT hub served here; use HostName=<hub host name>:<port>",
-                )
-            names, request_ctx = (hub,), replace(ctx, hub_name=hub)
-        policies.authorize(
-            request.headers,
-            request.cookies,
-            request.method,
-            host_names=names,
-            path=request.path,
-            needed=route.permission,
-            sessions=sessions,
-        )
-        return await route.handler(request_ctx, request)
-
-    handle.__name__ = route.operation_id
-    return handle
 
 
 def build_management_app(
@@ -152,5 +106,5 @@ def build_management_app(
 
     app.router.add_get("/openapi.json", openapi, allow_head=False)
     for route in ROUTES:
-        app.router.add_route(route.method, route.path, _bind(route, ctx, policies, names, hubs, sessions))
+        app.router.add_route(route.method, route.path, guarded(route, ctx, policies, names, hubs, sessions))
     return app

@@ -18,8 +18,8 @@ from urllib.parse import quote
 
 import aiohttp
 
+from iotdps.access import make_service_sas
 from iotdps.allocation.hubs import LinkedHub
-from iotdps.api.auth import make_service_sas
 from iotdps.cli.client import ExplainRequest
 from iotdps.cli.target import ServerTarget
 from iotdps.enrollment.cas import CaCertificate

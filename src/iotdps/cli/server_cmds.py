@@ -29,7 +29,7 @@ log = logging.getLogger("iotdps.up")
 
 def _redacted(connection_string: str) -> str:
     """The connection string with its key replaced by where to find it."""
-    from iotdps.api.auth import POLICIES_FILE
+    from iotdps.access import POLICIES_FILE
 
     parts = [p for p in connection_string.split(";") if not p.startswith("SharedAccessKey=")]
     return ";".join([*parts, f"SharedAccessKey=<primaryKey in {POLICIES_FILE}>"])
@@ -87,7 +87,7 @@ def _settle_gc() -> None:
 
 
 async def _run(config: Config) -> None:
-    from iotdps.api.auth import POLICIES_FILE
+    from iotdps.access import POLICIES_FILE
     from iotdps.wiring.node import Server
 
     server = Server(config)

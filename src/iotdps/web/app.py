@@ -7,8 +7,9 @@
     DELETE /console/session         sign out (needs the CSRF token)
 
 Everything else the page shows comes from the management API's own routes, called with the
-session cookie (and the CSRF token on changes): `AccessPolicies.authorize` holds a session to
-the rights of its policies, exactly as it holds a token.
+session cookie (and the CSRF token on changes): `AccessPolicies.authorize` (iotdps.access)
+holds a session to the rights of its policies, exactly as it holds a token. The console and
+the API share those rules through iotdps.access and never import each other.
 
 Every answer on the management port carries the security headers below: a Content-Security-
 Policy that allows scripts and styles from this origin only (no inline code or styles), no
@@ -28,7 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
-from iotdps.api.auth import CSRF_HEADER, SESSION_COOKIE, AccessPolicies, Permission, key_digest
+from iotdps.access import CSRF_HEADER, SESSION_COOKIE, AccessPolicies, Permission, key_digest
 from iotdps.errors import Forbidden, InvalidInput, Unauthorized
 from iotdps.web.credentials import parse_credentials, prove
 from iotdps.web.sessions import LoginLimiter, Session, SessionTable

@@ -13,7 +13,7 @@ import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from iotdps.api.auth import AccessPolicies, key_digest
+from iotdps.access import AccessPolicies, key_digest
 from iotdps.errors import InvalidInput, Unauthorized
 from iotdps.secret import Secret
 

@@ -48,7 +48,7 @@ def _digest(session_id: str) -> str:
 
 @dataclass
 class Session:
-    policies: dict[str, str]  # policy name -> key digest (auth.key_digest)
+    policies: dict[str, str]  # policy name -> key digest (access.key_digest)
     csrf_token: str
     created: float
     last_seen: float
@@ -60,7 +60,7 @@ class Session:
 
 @dataclass
 class SessionTable:
-    """Implements `iotdps.api.auth.SessionGate`. `clock`: seconds (time.time by default, so
+    """Implements `iotdps.access.SessionGate`. `clock`: seconds (time.time by default, so
     `expires` can be shown to the operator as a wall-clock time)."""
 
     idle_seconds: float = IDLE_SECONDS

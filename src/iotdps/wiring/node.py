@@ -30,10 +30,10 @@ from typing import Any, Protocol
 from aiohttp import web
 from cryptography import x509
 
+from iotdps.access import HUB_RIGHTS, AccessPolicies
 from iotdps.allocation.hubs import LinkedHub
-from iotdps.api._http import ServiceAbout
+from iotdps.api import ServiceAbout
 from iotdps.api.app import build_management_app
-from iotdps.api.auth import HUB_RIGHTS, AccessPolicies
 from iotdps.attestation.x509 import evidence_from_chain
 from iotdps.config import Config, is_unspecified
 from iotdps.evidence import PeerIdentity, X509Evidence

@@ -21,7 +21,7 @@ import requests
 from azure.iot.device import X509, IoTHubDeviceClient, ProvisioningDeviceClient
 from click.testing import CliRunner
 
-from iotdps.api import make_service_sas
+from iotdps.access import make_service_sas
 from iotdps.cli.main import cli
 from iotdps_testing.mgmt import ManagementServer
 from iotdps_testing.server import RunningServer, start_server

@@ -15,7 +15,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from iotdps.api import make_service_sas
+from iotdps.access import make_service_sas
 from iotdps_testing.mgmt import ManagementServer
 
 pytestmark = [pytest.mark.e2e]

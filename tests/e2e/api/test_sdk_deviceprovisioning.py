@@ -10,7 +10,7 @@ from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
 from azure.iot.deviceprovisioning import DeviceProvisioningClient
 
-from iotdps.api import make_service_sas
+from iotdps.access import make_service_sas
 from iotdps_testing.mgmt import ManagementServer
 
 from .conftest import Pki, seed_registrations

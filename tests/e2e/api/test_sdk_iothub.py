@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from msrest.exceptions import HttpOperationError
 
-from iotdps.api import make_service_sas
+from iotdps.access import make_service_sas
 from iotdps_testing.net import free_loopback_address
 from iotdps_testing.server import RunningServer, start_server
 

@@ -10,7 +10,7 @@ import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
 
-from iotdps.api import make_service_sas
+from iotdps.access import make_service_sas
 from iotdps.pki import Issuer, Validity, create_root_ca, generate_private_key, issue_verification_certificate
 from iotdps_testing.mgmt import ManagementServer
 

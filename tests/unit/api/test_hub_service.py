@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import requests
 
-from iotdps.api import make_service_sas
+from iotdps.access import make_service_sas
 from iotdps.api.hub_service import identity_etag, twin_etag
 from iotdps.hub.devices import DeviceAuth, DeviceIdentity, Twin
 from iotdps.hub.records import TelemetryMessage

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from iotdps.api.auth import (
+from iotdps.access import (
     CSRF_HEADER,
     SESSION_COOKIE,
     AccessPolicies,

@@ -30,6 +30,7 @@ STEPS = [
     ".venv/bin/python -m pytest",
     ".venv/bin/ruff check src tests bench",
     ".venv/bin/mypy",
+    ".venv/bin/lint-imports",
 ]
 
 
@@ -78,7 +79,7 @@ def run_ci(
         last_need = max(i for i, line in enumerate(lines) if line.startswith("need "))
         lines.insert(last_need + 1, inject)
     (repo / ".ci" / "run").write_text("\n".join(lines) + "\n")
-    for name in ("pip", "python", "ruff", "mypy"):
+    for name in ("pip", "python", "ruff", "mypy", "lint-imports"):
         _stub(repo / ".venv" / "bin" / name, f".venv/bin/{name}", SKIPS_FORBIDDEN if name == "python" else "")
     for name in ("python3", "npm", "pg_isready", "apt-get", *needed):
         if name not in missing:
@@ -122,6 +123,7 @@ def test_every_step_passing_runs_them_all_in_order(tmp_path: Path) -> None:
         (("python3",), (), 1, "exit status 3"),  # no venv
         ((".venv/bin/python",), (), 4, "exit status 3"),  # the tests failed
         ((".venv/bin/ruff",), (), 5, None),
+        ((".venv/bin/lint-imports",), (), 7, None),  # the import contract is broken
     ],
 )
 def test_a_failing_step_fails_ci_and_stops_it(

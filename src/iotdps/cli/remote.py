@@ -21,7 +21,7 @@ import aiohttp
 from iotdps.access import make_service_sas
 from iotdps.allocation.hubs import LinkedHub
 from iotdps.cli.client import ExplainRequest
-from iotdps.cli.target import ServerTarget
+from iotdps.cli.server_target import ServerTarget
 from iotdps.enrollment.cas import CaCertificate
 from iotdps.enrollment.models import EnrollmentGroup, IndividualEnrollment
 from iotdps.errors import (

@@ -19,15 +19,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit
 
 import click
 
-from iotdps.errors import InvalidInput
-from iotdps.secret import Secret
+from iotdps.cli.server_target import ServerTarget, server_target
 
 if TYPE_CHECKING:
     from iotdps.cli.client import AdminClient
@@ -117,56 +114,6 @@ def target_params() -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- which target
-
-
-@dataclass(frozen=True)
-class ServerTarget:
-    url: str
-    policy: str
-    key: Secret[str]
-    ca_file: str | None = None
-
-    @property
-    def host(self) -> str:
-        return urlsplit(self.url).hostname or ""
-
-
-def _parse_connection_string(text: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for part in text.split(";"):
-        if not part.strip():
-            continue
-        name, sep, value = part.partition("=")
-        if not sep:
-            raise InvalidInput("the connection string is not Name=Value;Name=Value")
-        out[name.strip().lower()] = value.strip()
-    return out
-
-
-def server_target(params: Mapping[str, Any]) -> ServerTarget | None:
-    """The server the options name, or None for the local store."""
-    url, cs = params.get("server"), params.get("connection_string")
-    policy, key = params.get("policy"), params.get("key")
-    if cs:
-        parsed = _parse_connection_string(str(cs))
-        missing = [k for k in ("hostname", "sharedaccesskeyname", "sharedaccesskey") if not parsed.get(k)]
-        if missing:
-            raise InvalidInput(f"the connection string lacks {', '.join(missing)}")
-        url = url or parsed["hostname"]
-        policy, key = parsed["sharedaccesskeyname"], parsed["sharedaccesskey"]
-    if not url:
-        if policy or key:
-            raise InvalidInput("--policy/--key need --server URL")
-        return None
-    if not policy or not key:
-        raise InvalidInput("--server needs --connection-string, or --policy and --key")
-    text = str(url).rstrip("/")
-    if "://" not in text:
-        text = "https://" + text
-    if not text.startswith("https://"):
-        raise InvalidInput("--server must be an https:// URL")
-    ca = params.get("server_ca")
-    return ServerTarget(text, str(policy), Secret(str(key)), str(ca) if ca else None)
 
 
 def local_dsn(params: Mapping[str, Any]) -> str:

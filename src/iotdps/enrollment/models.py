@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal, cast
 
+from iotdps.attestation.tpm_crypto import ID_KEY_BYTES, KeyRole, TpmKeyError, parse_tpm_key_b64
 from iotdps.errors import InvalidInput
 from iotdps.ids import check_registration_id
 from iotdps.jsonfields import drop_none, obj, opt_bool, opt_object, opt_str, req_str, stamps
@@ -47,6 +48,7 @@ __all__ = [
     "TpmAttestation",
     "X509Attestation",
     "generate_symmetric_key",
+    "generate_tpm_challenge_key",
 ]
 
 ProvisioningStatus = Literal["enabled", "disabled"]
@@ -179,10 +181,30 @@ class SymmetricKeyAttestation:
         )
 
 
+def generate_tpm_challenge_key() -> Secret[str]:
+    """The 32-byte HMAC key a TPM enrollment's challenges carry (base64)."""
+    return Secret(base64.b64encode(secrets.token_bytes(ID_KEY_BYTES)).decode("ascii"))
+
+
 @dataclass(frozen=True, slots=True)
 class TpmAttestation:
+    """A TPM individual enrollment: the device's EK (its identity) and optionally its SRK.
+
+    `challenge_key` is the ID key every 401 challenge of this enrollment wraps for the TPM
+    (azure-wire-protocol.md 3.2); the device's SAS must be signed with it. The service makes it
+    when the enrollment is written and it is never part of `to_json` (not even with keys): the
+    store keeps it beside the document (`store._records`), so creating the enrollment again
+    gives a new key and a challenge answered for the old enrollment no longer verifies.
+    """
+
     endorsement_key: str
     storage_root_key: str | None = None
+    challenge_key: Secret[str] = field(default_factory=generate_tpm_challenge_key, repr=False, compare=False)
+
+    @property
+    def ek_name(self) -> bytes:
+        """The EK's TPM name: the enrollment's identity, whatever base64 spelling was sent."""
+        return parse_tpm_key_b64(self.endorsement_key, KeyRole.EK).name
 
     def to_json(self) -> dict[str, Any]:
         return drop_none({"endorsementKey": self.endorsement_key, "storageRootKey": self.storage_root_key})
@@ -190,14 +212,17 @@ class TpmAttestation:
     @staticmethod
     def from_json(doc: object, where: str) -> TpmAttestation:
         body = obj(doc, where)
-        ek = req_str(body, "endorsementKey", where)
+        ek = req_str(body, "endorsementKey", where).strip()
         srk = opt_str(body, "storageRootKey", where)
-        for name, value in (("endorsementKey", ek), ("storageRootKey", srk)):
+        srk = srk.strip() or None if srk is not None else None
+        # Refuse what could never pass the challenge: the blob is built for an RSA-2048 EK with
+        # the TCG attributes, and for an RSA-2048 storage key (azure-wire-protocol.md 3.1).
+        for name, value, role in (("endorsementKey", ek, KeyRole.EK), ("storageRootKey", srk, KeyRole.SRK)):
             if value is not None:
                 try:
-                    base64.b64decode(value, validate=True)
-                except (binascii.Error, ValueError) as exc:
-                    raise InvalidInput(f"{where}.{name} is not valid base64") from exc
+                    parse_tpm_key_b64(value, role)
+                except TpmKeyError as exc:
+                    raise InvalidInput(f"{where}.{name}: {exc}") from exc
         return TpmAttestation(ek, srk)
 
 

@@ -138,6 +138,12 @@ class SoftTpm:
         self.id_key = key
         return key
 
+    def sign(self, data: bytes) -> bytes:
+        """TPM2_HMAC with the imported ID key."""
+        if self.id_key is None:
+            raise RuntimeError("no ID key imported yet")
+        return hmac.new(self.id_key, data, hashlib.sha256).digest()
+
     def sas(self, id_scope: str, registration_id: str, *, expiry: int | None = None, key: bytes | None = None) -> str:
         """The SAS token a TPM SDK builds, signed with the imported ID key (or `key`)."""
         use = key if key is not None else self.id_key

@@ -106,6 +106,7 @@ async def match_enrollment(uow: UnitOfWork, registration_id: str, evidence: TpmE
             f" for {registration_id}",
             steps,
         )
+    steps.append(f"{name}: found, tpm, endorsement key matches")
     srk_text = evidence.storage_root_key or tpm.storage_root_key
     if srk_text is None:
         steps.append(f"{name}: the device sent no storage root key and the enrollment holds none")
@@ -119,7 +120,6 @@ async def match_enrollment(uow: UnitOfWork, registration_id: str, evidence: TpmE
         srk = parse_tpm_key_b64(srk_text, KeyRole.SRK)
     except TpmKeyError as exc:
         return refuse(KIND, RefusalReason.TPM_INVALID_KEY, f"the device sent an invalid {exc}", steps)
-    steps.append(f"{name}: found, tpm, endorsement key matches")
     return TpmDevice(individual, ek, srk, steps)
 
 

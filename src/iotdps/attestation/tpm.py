@@ -35,9 +35,9 @@ from iotdps.attestation.tpm_crypto import (
 from iotdps.enrollment.models import AttestationType, IndividualEnrollment
 from iotdps.enrollment.resolve import Decision
 from iotdps.evidence import TpmEvidence
+from iotdps.hub.devices import DeviceAuth
 from iotdps.ports import UnitOfWork
 from iotdps.refusals import RefusalReason
-from iotdps.registry.models import DeviceAuth
 from iotdps.sas import DEFAULT_TOKEN_MAX_LIFETIME, SasCheck, SasToken, check_token, parse_sas, signature_matches
 from iotdps.secret import Secret
 
@@ -93,7 +93,7 @@ async def match_enrollment(uow: UnitOfWork, registration_id: str, evidence: TpmE
             steps,
         )
     try:
-        enrolled = tpm.ek_name
+        enrolled = parse_tpm_key_b64(tpm.endorsement_key, KeyRole.EK).name
     except TpmKeyError as exc:  # written before keys were validated: say so, never crash
         steps.append(f"{name}: its endorsement key is not valid ({exc})")
         return refuse(KIND, RefusalReason.TPM_INVALID_KEY, f"{name} holds an invalid {exc}", steps)

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal, cast
 
-from iotdps.attestation.tpm_crypto import ID_KEY_BYTES, KeyRole, TpmKeyError, parse_tpm_key_b64
 from iotdps.errors import InvalidInput
 from iotdps.ids import check_registration_id
 from iotdps.jsonfields import drop_none, obj, opt_bool, opt_object, opt_str, req_str, stamps
@@ -59,6 +58,8 @@ ALLOCATION_POLICIES: tuple[str, ...] = ("hashed", "geoLatency", "static", "custo
 _PROVISIONING_STATUSES: tuple[str, ...] = ("enabled", "disabled")
 # Symmetric keys supplied by a user: 16..64 bytes; generated ones are 64 bytes (DPS docs).
 _KEY_MIN, _KEY_MAX, _KEY_GENERATED = 16, 64, 64
+# The HMAC-SHA256 key an activation blob carries (attestation.tpm_crypto.ID_KEY_BYTES).
+_TPM_ID_KEY_BYTES = 32
 
 
 # --------------------------------------------------------------------------- symmetric keys
@@ -183,7 +184,7 @@ class SymmetricKeyAttestation:
 
 def generate_tpm_challenge_key() -> Secret[str]:
     """The 32-byte HMAC key a TPM enrollment's challenges carry (base64)."""
-    return Secret(base64.b64encode(secrets.token_bytes(ID_KEY_BYTES)).decode("ascii"))
+    return Secret(base64.b64encode(secrets.token_bytes(_TPM_ID_KEY_BYTES)).decode("ascii"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,11 +202,6 @@ class TpmAttestation:
     storage_root_key: str | None = None
     challenge_key: Secret[str] = field(default_factory=generate_tpm_challenge_key, repr=False, compare=False)
 
-    @property
-    def ek_name(self) -> bytes:
-        """The EK's TPM name: the enrollment's identity, whatever base64 spelling was sent."""
-        return parse_tpm_key_b64(self.endorsement_key, KeyRole.EK).name
-
     def to_json(self) -> dict[str, Any]:
         return drop_none({"endorsementKey": self.endorsement_key, "storageRootKey": self.storage_root_key})
 
@@ -215,14 +211,14 @@ class TpmAttestation:
         ek = req_str(body, "endorsementKey", where).strip()
         srk = opt_str(body, "storageRootKey", where)
         srk = srk.strip() or None if srk is not None else None
-        # Refuse what could never pass the challenge: the blob is built for an RSA-2048 EK with
-        # the TCG attributes, and for an RSA-2048 storage key (azure-wire-protocol.md 3.1).
-        for name, value, role in (("endorsementKey", ek, KeyRole.EK), ("storageRootKey", srk, KeyRole.SRK)):
+        # Whether these are usable TPM keys is checked where enrollments are written
+        # (provisioning.admin, with attestation.tpm_crypto); here only the wire form.
+        for name, value in (("endorsementKey", ek), ("storageRootKey", srk)):
             if value is not None:
                 try:
-                    parse_tpm_key_b64(value, role)
-                except TpmKeyError as exc:
-                    raise InvalidInput(f"{where}.{name}: {exc}") from exc
+                    base64.b64decode(value, validate=True)
+                except (binascii.Error, ValueError) as exc:
+                    raise InvalidInput(f"{where}.{name}: not base64") from exc
         return TpmAttestation(ek, srk)
 
 

@@ -48,7 +48,7 @@ def test_bad_endorsement_keys_are_one_line_errors(tmp_path: Path) -> None:
     movable = rsa_tpm2b_public(SoftTpm(0).ek_private, EK_ATTRS & ~0x2, EK_POLICY)
     cases = {
         "AAEC": "endorsement key: truncated",
-        "not base64!": "endorsement key: not base64",
+        "not base64!": "endorsementKey: not base64",
         base64.b64encode(movable).decode(): "endorsement key: attributes lack fixedTPM",
     }
     for ek, words in cases.items():

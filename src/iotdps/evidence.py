@@ -184,10 +184,12 @@ class SasCredential:
 
 @dataclass(frozen=True, slots=True)
 class TpmEvidence:
-    """What a TPM device sends with its register request (base64 TPM2B_PUBLIC blobs)."""
+    """What a TPM device sends with its register request (base64 TPM2B_PUBLIC blobs) and, in
+    answer to the service's challenge, the SAS token its TPM signed (None: it asks for one)."""
 
     endorsement_key: str
     storage_root_key: str | None = None
+    sas: Secret[str] | None = None
 
 
 Credential = X509Evidence | SasCredential | TpmEvidence

@@ -51,6 +51,10 @@ class RefusalReason(StrEnum):
     SAS_BAD_SIGNATURE = "SAS_BAD_SIGNATURE"
     SAS_WRONG_RESOURCE = "SAS_WRONG_RESOURCE"
     SAS_LIFETIME_TOO_LONG = "SAS_LIFETIME_TOO_LONG"
+    # TPM (the SAS itself is checked with the SAS_* reasons above)
+    TPM_INVALID_KEY = "TPM_INVALID_KEY"
+    TPM_EK_MISMATCH = "TPM_EK_MISMATCH"
+    TPM_OVER_MQTT = "TPM_OVER_MQTT"
     # enrollment resolution
     ATTESTATION_MISMATCH = "ATTESTATION_MISMATCH"
     NO_ENROLLMENT = "NO_ENROLLMENT"
@@ -102,6 +106,13 @@ DEVICE_ANSWERS: dict[RefusalReason, DeviceAnswer] = {
     RefusalReason.SAS_BAD_SIGNATURE: _UNAUTHORIZED,
     RefusalReason.SAS_WRONG_RESOURCE: _UNAUTHORIZED,
     RefusalReason.SAS_LIFETIME_TOO_LONG: _UNAUTHORIZED,
+    # A malformed EK or SRK says nothing about the trust configuration: the device may know.
+    RefusalReason.TPM_INVALID_KEY: DeviceAnswer(400, 400007, "Invalid TPM endorsement or storage root key"),  # own
+    RefusalReason.TPM_EK_MISMATCH: _UNAUTHORIZED,
+    # Azure DPS does TPM over HTTPS and AMQP only (azure-wire-protocol.md 3).
+    RefusalReason.TPM_OVER_MQTT: DeviceAnswer(
+        400, 400005, "TPM attestation is not supported over MQTT: register over HTTPS"
+    ),  # own sub-code
     RefusalReason.ATTESTATION_MISMATCH: _UNAUTHORIZED,
     RefusalReason.NO_ENROLLMENT: _UNAUTHORIZED,
     # A matched but disabled enrollment ends the operation in status `disabled` (section 7).

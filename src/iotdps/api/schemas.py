@@ -406,7 +406,7 @@ COMPONENTS: dict[str, Any] = {
     },
     "ExplainRequest": {
         "type": "object",
-        "properties": {"certificates": _STR, "registrationId": _STR, "symmetricKey": _STR},
+        "properties": {"certificates": _STR, "registrationId": _STR, "symmetricKey": _STR, "endorsementKey": _STR},
     },
     "Explanation": {"type": "object", "required": ["lines"], "properties": {"lines": {"type": "array", "items": _STR}}},
 }

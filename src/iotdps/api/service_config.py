@@ -19,7 +19,7 @@ from iotdps.api._http import ApiContext, if_match, json_object, json_response, r
 from iotdps.attestation.x509 import evidence_from_chain
 from iotdps.enrollment.models import ALLOCATION_POLICIES
 from iotdps.errors import InvalidInput, NotFound
-from iotdps.evidence import SasCredential
+from iotdps.evidence import SasCredential, TpmEvidence
 from iotdps.ids import check_registration_id
 from iotdps.pki import certs
 from iotdps.pki.encoding import load_certificate, load_certificates
@@ -280,10 +280,16 @@ def _refusal_json(refusal: Refusal) -> dict[str, Any]:
 
 async def explain(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
     """The precedence walk for a device, without registering it: give `certificates` (the
-    device chain, leaf first, PEM) or `registrationId` and `symmetricKey`."""
+    device chain, leaf first, PEM) or `registrationId` and `symmetricKey` or `endorsementKey` (TPM)."""
     doc = json_object(await read_json(request, ctx), "the explain request")
     chain_text, rid, key = doc.get("certificates"), doc.get("registrationId"), doc.get("symmetricKey")
-    for field, value in (("certificates", chain_text), ("registrationId", rid), ("symmetricKey", key)):
+    ek = doc.get("endorsementKey")
+    for field, value in (
+        ("certificates", chain_text),
+        ("registrationId", rid),
+        ("symmetricKey", key),
+        ("endorsementKey", ek),
+    ):
         if value is not None and not isinstance(value, str):
             raise InvalidInput(f"{field} must be a string")
     svc = ctx.service
@@ -297,8 +303,14 @@ async def explain(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
         else:
             lines.append("chain: " + " -> ".join(certs.describe(c) for c in evidence.verified))
         return json_response({"lines": lines + await explain_registration(svc, registration_id, evidence)})
+    if rid and ek:
+        # A TPM device: does its EK match, would it get the challenge (no SAS to check here).
+        registration_id = check_registration_id(str(rid))
+        lines = [f"registration id: {registration_id}"]
+        tpm = TpmEvidence(str(ek))
+        return json_response({"lines": lines + await explain_registration(svc, registration_id, tpm)})
     if not rid or not key:
-        raise InvalidInput("give certificates, or registrationId and symmetricKey")
+        raise InvalidInput("give certificates, or registrationId and symmetricKey or endorsementKey")
     registration_id = check_registration_id(str(rid))
     async with ctx.store.begin() as uow:
         settings = await uow.settings.get()

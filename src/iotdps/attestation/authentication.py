@@ -31,6 +31,8 @@ class Authentication:
     leaf_sha256: str | None = None
     # X.509: the leaf's CN exactly as written (the hub compares it with the device id).
     common_name: str | None = None
+    # TPM register: the activation blob wrapping `device_auth`'s key for the device's TPM.
+    tpm_authentication_key: str | None = None
 
 
 class Mechanism(Protocol):

@@ -27,4 +27,6 @@ def mechanism_for(credential: object, *, max_token_lifetime: int | None = None) 
     maximum lifetime of SAS tokens (seconds)."""
     if max_token_lifetime is not None and isinstance(credential, SasCredential):
         return SymmetricKeyMechanism(max_token_lifetime)
+    if max_token_lifetime is not None and isinstance(credential, TpmEvidence):
+        return TpmMechanism(max_token_lifetime)
     return _MECHANISMS.get(type(credential))

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from iotdps.attestation.authentication import Authentication, refuse
+from iotdps.attestation.tpm import authenticate_sas
 from iotdps.enrollment.models import AttestationType, EnrollmentGroup, IndividualEnrollment
 from iotdps.enrollment.resolve import resolve_symmetric_key
 from iotdps.evidence import SasCredential
@@ -44,6 +45,9 @@ class SymmetricKeyMechanism:
         if checked is not None:
             return refuse("symmetricKey", checked.reason, checked.message)
         individual = await uow.enrollments.get(registration_id)
+        if individual is not None and individual.attestation.tpm is not None:
+            # A TPM device's status lookups carry only the SAS its TPM signed (3.2 step 4).
+            return authenticate_sas(individual, parsed, [])
         groups: Sequence[EnrollmentGroup] = () if individual is not None else await uow.groups.list_symmetric_key()
         decision = resolve_symmetric_key(registration_id, parsed, individual, groups)
         auth: DeviceAuth | None = None

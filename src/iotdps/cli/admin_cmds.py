@@ -20,6 +20,7 @@ from iotdps.allocation.hubs import LinkedHub
 from iotdps.cli.client import AdminClient, ExplainRequest
 from iotdps.cli.shared import echo_json, read_text, table
 from iotdps.cli.target import run_client, target_options
+from iotdps.cli.tpm_keys import tpm_key_text
 from iotdps.errors import InvalidInput, NotFound
 from iotdps.ports import Refusal
 from iotdps.provisioning.settings import ServiceSettings
@@ -247,12 +248,18 @@ def refusals_cmd(registration_id: str | None, limit: int) -> None:
 @click.option("--cert", "bundle", type=click.Path(exists=True, dir_okay=False), help="Device chain, leaf first.")
 @click.option("--registration-id", help="Default for --cert: the leaf's CN.")
 @click.option("--symmetric-key", help="The device's key (individual or group-derived).")
+@click.option("--endorsement-key", help="A TPM device's EK (base64 or a file): would it get a challenge?")
 @target_options
-def explain_cmd(bundle: str | None, registration_id: str | None, symmetric_key: str | None) -> None:
+def explain_cmd(
+    bundle: str | None, registration_id: str | None, symmetric_key: str | None, endorsement_key: str | None
+) -> None:
     """Show the precedence walk and the decision for a device, without registering it."""
-    if bool(bundle) == bool(symmetric_key):
-        raise InvalidInput("give --cert BUNDLE, or --registration-id ID --symmetric-key KEY")
-    request = ExplainRequest(registration_id, read_text(bundle) if bundle else None, symmetric_key)
+    if [bool(bundle), bool(symmetric_key), bool(endorsement_key)].count(True) != 1:
+        raise InvalidInput(
+            "give --cert BUNDLE, or --registration-id ID with --symmetric-key KEY or --endorsement-key EK"
+        )
+    ek = tpm_key_text(endorsement_key, "--endorsement-key") if endorsement_key else None
+    request = ExplainRequest(registration_id, read_text(bundle) if bundle else None, symmetric_key, ek)
 
     async def go(client: AdminClient) -> list[str]:
         return await client.explain(request)

@@ -36,11 +36,13 @@ __all__ = ["AdminClient", "ExplainRequest", "enroll_signing_group", "prove_posse
 
 @dataclass(frozen=True, slots=True)
 class ExplainRequest:
-    """A device to explain: its certificate chain (PEM, leaf first) or its symmetric key."""
+    """A device to explain: its certificate chain (PEM, leaf first), its symmetric key, or its
+    TPM's endorsement key (base64)."""
 
     registration_id: str | None = None
     chain_pem: str | None = None
     symmetric_key: str | None = None
+    endorsement_key: str | None = None
 
 
 class AdminClient(CaAdmin, Protocol):

@@ -18,6 +18,7 @@ import click
 from iotdps.cli.client import AdminClient
 from iotdps.cli.shared import echo_json, json_arg, read_text, table
 from iotdps.cli.target import run_client, target_options
+from iotdps.cli.tpm_keys import tpm_key_text
 from iotdps.enrollment.models import ALLOCATION_POLICIES, EnrollmentGroup, IndividualEnrollment, ProvisioningStatus
 from iotdps.errors import AlreadyExists, InvalidInput, NotFound
 from iotdps.pki import certs
@@ -265,17 +266,26 @@ def enrollment_group() -> None:
 @click.option("--symmetric-key", is_flag=True, help="Symmetric-key attestation (keys generated unless given).")
 @click.option("--primary-key")
 @click.option("--secondary-key")
+@click.option("--endorsement-key", help="TPM: the EK (base64, or a file from tpm2_readpublic -o).")
+@click.option("--storage-root-key", help="TPM: the SRK (optional; base64 or a file).")
 @_device_id_option
 @_settings_options
 @target_options
 def enrollment_create(registration_id: str, **kw: Any) -> None:
-    if bool(kw["cert"]) == bool(kw["symmetric_key"]):
-        raise InvalidInput("give exactly one of --cert FILE or --symmetric-key")
-    if kw["cert"]:
+    if [bool(kw["cert"]), bool(kw["symmetric_key"]), bool(kw["endorsement_key"])].count(True) != 1:
+        raise InvalidInput("give exactly one of --cert FILE, --symmetric-key or --endorsement-key EK")
+    if kw["storage_root_key"] and not kw["endorsement_key"]:
+        raise InvalidInput("--storage-root-key goes with --endorsement-key")
+    if kw["endorsement_key"]:
+        tpm = {"endorsementKey": tpm_key_text(kw["endorsement_key"], "--endorsement-key")}
+        if kw["storage_root_key"]:
+            tpm["storageRootKey"] = tpm_key_text(kw["storage_root_key"], "--storage-root-key")
+        attestation: dict[str, Any] = {"type": "tpm", "tpm": tpm}
+    elif kw["cert"]:
         slots: dict[str, Any] = {"primary": {"certificate": _device_certificate(kw["cert"])}}
         if kw["secondary_cert"]:
             slots["secondary"] = {"certificate": _device_certificate(kw["secondary_cert"])}
-        attestation: dict[str, Any] = {"type": "x509", "x509": {"clientCertificates": slots}}
+        attestation = {"type": "x509", "x509": {"clientCertificates": slots}}
     else:
         attestation = _symmetric_key_doc(kw["primary_key"], kw["secondary_key"])
     _ENROLLMENTS.create(registration_id, {"registrationId": registration_id, "attestation": attestation}, kw)

@@ -186,6 +186,13 @@ class LocalAdminClient:
                 lines.append("chain: " + " -> ".join(certs.describe(c) for c in evidence.verified))
             return lines + await explain_registration(service, rid, evidence)
         registration_id, key = request.registration_id, request.symmetric_key
+        if request.endorsement_key is not None:
+            from iotdps.evidence import TpmEvidence
+
+            if not registration_id:
+                raise InvalidInput("--endorsement-key needs --registration-id")
+            tpm = TpmEvidence(request.endorsement_key)
+            return [f"registration id: {registration_id}", *await explain_registration(service, registration_id, tpm)]
         if not registration_id or not key:
             raise InvalidInput("--symmetric-key needs --registration-id")
         settings = await self.get_settings()

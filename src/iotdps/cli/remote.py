@@ -368,6 +368,7 @@ class RemoteAdminClient:
             "registrationId": request.registration_id,
             "certificates": request.chain_pem,
             "symmetricKey": request.symmetric_key,
+            "endorsementKey": request.endorsement_key,
         }
         doc, _ = await self.http.call("POST", "/explain", {k: v for k, v in body.items() if v})
         return [str(line) for line in doc["lines"]]

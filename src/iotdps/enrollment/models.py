@@ -47,6 +47,7 @@ __all__ = [
     "TpmAttestation",
     "X509Attestation",
     "generate_symmetric_key",
+    "generate_tpm_challenge_key",
 ]
 
 ProvisioningStatus = Literal["enabled", "disabled"]
@@ -57,6 +58,8 @@ ALLOCATION_POLICIES: tuple[str, ...] = ("hashed", "geoLatency", "static", "custo
 _PROVISIONING_STATUSES: tuple[str, ...] = ("enabled", "disabled")
 # Symmetric keys supplied by a user: 16..64 bytes; generated ones are 64 bytes (DPS docs).
 _KEY_MIN, _KEY_MAX, _KEY_GENERATED = 16, 64, 64
+# The HMAC-SHA256 key an activation blob carries (attestation.tpm_crypto.ID_KEY_BYTES).
+_TPM_ID_KEY_BYTES = 32
 
 
 # --------------------------------------------------------------------------- symmetric keys
@@ -179,10 +182,25 @@ class SymmetricKeyAttestation:
         )
 
 
+def generate_tpm_challenge_key() -> Secret[str]:
+    """The 32-byte HMAC key a TPM enrollment's challenges carry (base64)."""
+    return Secret(base64.b64encode(secrets.token_bytes(_TPM_ID_KEY_BYTES)).decode("ascii"))
+
+
 @dataclass(frozen=True, slots=True)
 class TpmAttestation:
+    """A TPM individual enrollment: the device's EK (its identity) and optionally its SRK.
+
+    `challenge_key` is the ID key every 401 challenge of this enrollment wraps for the TPM
+    (azure-wire-protocol.md 3.2); the device's SAS must be signed with it. The service makes it
+    when the enrollment is written and it is never part of `to_json` (not even with keys): the
+    store keeps it beside the document (`store._records`), so creating the enrollment again
+    gives a new key and a challenge answered for the old enrollment no longer verifies.
+    """
+
     endorsement_key: str
     storage_root_key: str | None = None
+    challenge_key: Secret[str] = field(default_factory=generate_tpm_challenge_key, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return drop_none({"endorsementKey": self.endorsement_key, "storageRootKey": self.storage_root_key})
@@ -190,14 +208,17 @@ class TpmAttestation:
     @staticmethod
     def from_json(doc: object, where: str) -> TpmAttestation:
         body = obj(doc, where)
-        ek = req_str(body, "endorsementKey", where)
+        ek = req_str(body, "endorsementKey", where).strip()
         srk = opt_str(body, "storageRootKey", where)
+        srk = srk.strip() or None if srk is not None else None
+        # Whether these are usable TPM keys is checked where enrollments are written
+        # (provisioning.admin, with attestation.tpm_crypto); here only the wire form.
         for name, value in (("endorsementKey", ek), ("storageRootKey", srk)):
             if value is not None:
                 try:
                     base64.b64decode(value, validate=True)
                 except (binascii.Error, ValueError) as exc:
-                    raise InvalidInput(f"{where}.{name} is not valid base64") from exc
+                    raise InvalidInput(f"{where}.{name}: not base64") from exc
         return TpmAttestation(ek, srk)
 
 

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from iotdps.attestation.tpm_crypto import KeyRole, TpmKeyError, parse_tpm_key_b64
 from iotdps.enrollment.models import (
     Attestation,
     CertificateSlot,
     EnrollmentGroup,
     IndividualEnrollment,
+    TpmAttestation,
     X509Attestation,
 )
 from iotdps.errors import InvalidInput
@@ -33,7 +35,7 @@ from iotdps.pki import certs
 from iotdps.pki.encoding import certificate_info, load_certificate, load_certificates
 from iotdps.ports import Store
 
-__all__ = ["fill_certificate_info", "put_enrollment", "put_group"]
+__all__ = ["check_tpm_keys", "fill_certificate_info", "put_enrollment", "put_group"]
 
 
 def _slot(slot: CertificateSlot | None, where: str) -> CertificateSlot | None:
@@ -70,10 +72,26 @@ def fill_certificate_info(attestation: Attestation) -> Attestation:
     return replace(attestation, x509=filled)
 
 
+def check_tpm_keys(tpm: TpmAttestation) -> None:
+    """Refuse keys that could never pass the challenge: the blob is built for an RSA-2048 EK with
+    the TCG attributes and an RSA-2048 storage key (azure-wire-protocol.md 3.1)."""
+    for name, value, role in (
+        ("endorsementKey", tpm.endorsement_key, KeyRole.EK),
+        ("storageRootKey", tpm.storage_root_key, KeyRole.SRK),
+    ):
+        if value is not None:
+            try:
+                parse_tpm_key_b64(value, role)
+            except TpmKeyError as exc:
+                raise InvalidInput(f"attestation.tpm.{name}: {exc}") from exc
+
+
 async def put_enrollment(
     store: Store, enrollment: IndividualEnrollment, if_match: str | None = None
 ) -> IndividualEnrollment:
     attestation = fill_certificate_info(enrollment.attestation)
+    if attestation.tpm is not None:
+        check_tpm_keys(attestation.tpm)
     if attestation.x509 is not None:
         for which, slot in zip(("primary", "secondary"), attestation.x509.client_certificates, strict=True):
             if slot is None:

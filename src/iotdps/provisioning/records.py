@@ -40,6 +40,9 @@ class RegistrationRecord:
     attestation_type: AttestationType | None = None
     enrollment_group_id: str | None = None
     x509_thumbprint: str | None = None
+    # TPM: the second activation blob (azure-wire-protocol.md 3.2 step 5), which wraps the
+    # device's hub key for its TPM. Not a secret: only that TPM can open it.
+    tpm_authentication_key: str | None = None
     etag: str | None = None
     created: datetime | None = None
     updated: datetime | None = None
@@ -64,5 +67,5 @@ class RegistrationRecord:
         elif self.attestation_type == "symmetricKey":
             doc["symmetricKey"] = drop_none({"enrollmentGroupId": self.enrollment_group_id})
         elif self.attestation_type == "tpm":
-            doc["tpm"] = {}
+            doc["tpm"] = drop_none({"authenticationKey": self.tpm_authentication_key})
         return doc

@@ -134,6 +134,7 @@ class RegistrationPlan:
     # a registration that already exists keeps the device id it has (`settled`).
     device_id_from_request: bool = False
     peer: str | None = None
+    tpm_authentication_key: str | None = None
 
     @property
     def enrollment(self) -> IndividualEnrollment | EnrollmentGroup:
@@ -177,6 +178,7 @@ def plan_for(request: RegistrationRequest, auth: Authentication, settings: Servi
         payload=request.payload,
         device_id_from_request=from_request,
         peer=request.peer,
+        tpm_authentication_key=auth.tpm_authentication_key,
     )
 
 

@@ -149,6 +149,15 @@ class ProvisioningService:
         auth = request.authentication or await self.authenticate(
             request.id_scope, request.registration_id, request.credential
         )
+        if auth.decision.admitted and auth.device_auth is None:
+            # A TPM enrollment's SAS alone opens status lookups; registering must send the EK too
+            # (the second blob needs it), as every TPM SDK does (azure-wire-protocol.md 3.2).
+            auth = refuse(
+                auth.attestation_type,
+                RefusalReason.TPM_INVALID_KEY,
+                "a TPM device registers with its endorsement key in the body, not with a SAS alone",
+                auth.decision.steps,
+            )
         decision = auth.decision
         if not decision.admitted:
             return await self._refused(request, operation_id, auth)
@@ -297,6 +306,7 @@ class ProvisioningService:
             attestation_type=plan.attestation_type,
             enrollment_group_id=plan.group.enrollment_group_id if plan.group else None,
             x509_thumbprint=plan.leaf_sha256,
+            tpm_authentication_key=plan.tpm_authentication_key,
         )
         return await uow.registrations.put(record), None
 

@@ -2,8 +2,9 @@
 websocket route: both live on port 443 of the DPS address.
 
 X.509 devices authenticate with their TLS client certificate (the TLS seam hands us the
-chain); symmetric-key devices with `Authorization: SharedAccessSignature ...`. TPM requests
-are accepted as input and answered with a clear 400 until the nonce challenge exists.
+chain); symmetric-key devices with `Authorization: SharedAccessSignature ...`; TPM devices
+send their keys in the body, get a 401 challenge without a SAS, and then answer with a SAS their
+TPM signed (`provisioning.tpm_challenge`, azure-wire-protocol.md 3.2).
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from typing import Any
 from aiohttp import web
 
 from iotdps.errors import InvalidInput, NotFound
-from iotdps.evidence import Credential, PeerIdentity
+from iotdps.evidence import Credential, PeerIdentity, TpmEvidence
 from iotdps.ids import is_valid_registration_id
 from iotdps.jsonload import InvalidJson, load_json
 from iotdps.protocols.mqtt.codec import DEFAULT_MAX_PACKET_SIZE
+from iotdps.provisioning.tpm_challenge import TpmChallenge, tpm_challenge
 from iotdps.server.dps_replies import DeviceReply, credential_from, error_body, outcome_reply
 from iotdps.server.dps_runner import RegistrationRunner
+from iotdps.server.dps_tpm import tpm_evidence
 from iotdps.server.listen import request_peer
 from iotdps.server.mqtt_conn import MqttConnection
 from iotdps.server.ws_bridge import WEBSOCKET_PATH, serve_mqtt_websocket
@@ -133,16 +136,35 @@ class DeviceApi:
         scope, registration_id, body = parts
         if body.get("registrationId", registration_id) != registration_id:
             return _error(400, 400002, "registrationId does not match the request path", request)
-        if body.get("tpm") is not None:
-            return _error(400, 400005, "TPM attestation is not supported by this service yet", request)
         csr = body.get("csr")
         if csr is not None and not isinstance(csr, str):
             return _error(400, 400001, "csr must be a base64 string", request)
-        credential = await self._credential(request)
+        credential: Credential | None
+        if body.get("tpm") is not None:
+            tpm = tpm_evidence(body["tpm"], _sas(request))
+            if isinstance(tpm, str):
+                return _error(400, 400001, tpm, request)
+            if tpm.sas is None:
+                return await self._tpm_challenge(request, scope, registration_id, tpm)
+            credential = tpm
+        else:
+            credential = await self._credential(request)
         reply = await self.runner.register(
             scope, registration_id, credential, body.get("payload"), csr, peer=request.remote
         )
         return _respond(reply, request)
+
+    async def _tpm_challenge(
+        self, request: web.Request, scope: str, registration_id: str, evidence: TpmEvidence
+    ) -> web.Response:
+        # Two RSA encryptions per request: throttled like a registration.
+        throttled = self.runner.throttled()
+        if throttled is not None:
+            return _respond(throttled, request)
+        answer = await tpm_challenge(self.runner.service, scope, registration_id, evidence, peer=request.remote)
+        if isinstance(answer, TpmChallenge):
+            return _respond(DeviceReply(401, answer.to_json()), request)
+        return _respond(outcome_reply(answer), request)
 
     async def operation_status(self, request: web.Request) -> web.Response:
         ids = self._ids(request)

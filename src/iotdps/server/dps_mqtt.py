@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 
-from iotdps.attestation.authentication import Authentication
+from iotdps.attestation.authentication import Authentication, refuse
 from iotdps.errors import InvalidInput, NotFound
 from iotdps.evidence import Credential
 from iotdps.protocols.mqtt.dps import (
@@ -93,7 +93,18 @@ class DpsMqttEndpoint:
         if parsed.registration_id != self._registration_id:
             return DeviceReply(400, error_body(400002, "registrationId does not match the connection's"))
         if parsed.tpm is not None:
-            return DeviceReply(400, error_body(400005, "TPM attestation is not supported over MQTT"))
+            # As Azure: TPM is HTTPS (and AMQP) only; the operator sees why in `iotdps refusals`.
+            why = "TPM attestation is not supported over MQTT (Azure DPS does TPM over HTTPS and AMQP only)"
+            self._authentication = None
+            return await self._runner.register(
+                self._id_scope,
+                self._registration_id,
+                self._credential,
+                parsed.payload,
+                parsed.csr,
+                refuse("tpm", RefusalReason.TPM_OVER_MQTT, why),
+                peer=self._peer,
+            )
         authentication, self._authentication = self._authentication, None
         return await self._runner.register(
             self._id_scope,

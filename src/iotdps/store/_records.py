@@ -66,14 +66,29 @@ def _unstamped(doc: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- enrollments
 
 
+# A TPM enrollment's challenge key sits beside the API document, never inside it: no API answer
+# (not even the attestation mechanism with keys) may reveal it (enrollment.models.TpmAttestation).
+TPM_CHALLENGE_KEY_FIELD = "tpmChallengeKey"
+
+
 def enrollment_to_doc(enrollment: IndividualEnrollment) -> dict[str, Any]:
-    return _unstamped(enrollment.to_json(include_keys=True))
+    doc = _unstamped(enrollment.to_json(include_keys=True))
+    tpm = enrollment.attestation.tpm
+    if tpm is not None:
+        doc[TPM_CHALLENGE_KEY_FIELD] = tpm.challenge_key.reveal()
+    return doc
 
 
 def enrollment_from_doc(
     doc: dict[str, Any], etag: str | None, created: datetime | None, updated: datetime | None
 ) -> IndividualEnrollment:
-    record = IndividualEnrollment.from_json(doc)
+    body = dict(doc)
+    challenge_key = body.pop(TPM_CHALLENGE_KEY_FIELD, None)
+    record = IndividualEnrollment.from_json(body)
+    tpm = record.attestation.tpm
+    if tpm is not None and isinstance(challenge_key, str):
+        attestation = replace(record.attestation, tpm=replace(tpm, challenge_key=Secret(challenge_key)))
+        record = replace(record, attestation=attestation)
     return replace(record, etag=etag, created=created, updated=updated)
 
 
@@ -181,6 +196,7 @@ def registration_to_doc(record: RegistrationRecord) -> dict[str, Any]:
         "attestationType": record.attestation_type,
         "enrollmentGroupId": record.enrollment_group_id,
         "x509Thumbprint": record.x509_thumbprint,
+        "tpmAuthenticationKey": record.tpm_authentication_key,
     }
 
 
@@ -200,6 +216,7 @@ def registration_from_doc(
         attestation_type=doc.get("attestationType"),
         enrollment_group_id=doc.get("enrollmentGroupId"),
         x509_thumbprint=doc.get("x509Thumbprint"),
+        tpm_authentication_key=doc.get("tpmAuthenticationKey"),
         etag=etag,
         created=created,
         updated=updated,

@@ -25,6 +25,7 @@ from iotdps.access import make_service_sas
 from iotdps.cli.main import cli
 from iotdps_testing.mgmt import ManagementServer
 from iotdps_testing.server import RunningServer, start_server
+from iotdps_testing.soft_tpm import SoftTpm
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 logging.getLogger("azure").setLevel(logging.WARNING)
@@ -152,6 +153,14 @@ def test_admin_commands_with_server(server: ManagementServer, tmp_path: Path) ->
     explained = _ok(runner, ["explain", "--registration-id", "cli-sym-1", "--symmetric-key", keys["primaryKey"]], env)
     assert "cli-sym-1" in explained and "disabled" in explained
     _ok(runner, ["enrollment", "delete", "cli-sym-1"], env)
+    # A TPM enrollment and the explain of its EK, over the management API.
+    tpm = SoftTpm(0)
+    _ok(runner, ["enrollment", "create", "cli-tpm-1", "--endorsement-key", tpm.ek_b64], env)
+    explained = _ok(runner, ["explain", "--registration-id", "cli-tpm-1", "--endorsement-key", tpm.ek_b64], env)
+    assert "endorsement key matches" in explained
+    wrong = _ok(runner, ["explain", "--registration-id", "cli-tpm-1", "--endorsement-key", SoftTpm(1).ek_b64], env)
+    assert "TPM_EK_MISMATCH" in wrong
+    _ok(runner, ["enrollment", "delete", "cli-tpm-1"], env)
     _ok(runner, ["hub", "remove", "hub-2.example.net"], env)
     _ok(runner, ["registration", "list"], env)
     _ok(runner, ["refusals"], env)

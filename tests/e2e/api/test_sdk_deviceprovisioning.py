@@ -12,6 +12,7 @@ from azure.iot.deviceprovisioning import DeviceProvisioningClient
 
 from iotdps.access import make_service_sas
 from iotdps_testing.mgmt import ManagementServer
+from iotdps_testing.soft_tpm import SoftTpm
 
 from .conftest import Pki, seed_registrations
 
@@ -83,7 +84,7 @@ def test_enrollment_query_pages_and_bulk(server: ManagementServer, pki: Pki) -> 
         bulk_operation={
             "mode": "create",
             "enrollments": [
-                {"registrationId": ids[0], "attestation": {"type": "tpm", "tpm": {"endorsementKey": "AAEC"}}}
+                {"registrationId": ids[0], "attestation": {"type": "tpm", "tpm": {"endorsementKey": SoftTpm(0).ek_b64}}}
             ],
         }
     )

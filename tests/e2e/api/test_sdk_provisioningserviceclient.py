@@ -17,6 +17,7 @@ from provisioningserviceclient.models import (
 )
 
 from iotdps_testing.mgmt import ManagementServer
+from iotdps_testing.soft_tpm import SoftTpm
 
 from .conftest import Pki, seed_registrations
 
@@ -35,9 +36,7 @@ def _status(error: ProvisioningServiceError) -> int:
 
 def test_individual_enrollments(server: ManagementServer, pki: Pki) -> None:
     client = _client(server)
-    tpm = AttestationMechanism.create_with_tpm(
-        "AToAAQALAAMAsgAgg3GXZ0SEs/gakMyNRqXXJP1S124GUgtk8qHaGzMUaaoABgCAAEMAEAgAAAAAAAEA"
-    )
+    tpm = AttestationMechanism.create_with_tpm(SoftTpm(0).ek_b64)
     created = client.create_or_update(IndividualEnrollment.create("sdk1-tpm", tpm, device_id="tpm-dev"))
     assert created.etag and created.device_id == "tpm-dev" and created.attestation.type == "tpm"
 

@@ -9,19 +9,21 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from certkit import NOW, issue, seed004
 from helpers import KEY1, KEY2, SCOPE, Env, sk_enrollment, sk_group, x509_enrollment
 
-from iotdps.enrollment.models import CustomAllocationDefinition
-from iotdps.evidence import SasCredential, TpmEvidence, X509Evidence
+from iotdps.attestation.authentication import refuse
+from iotdps.enrollment.models import CustomAllocationDefinition, IndividualEnrollment
+from iotdps.evidence import Credential, SasCredential, TpmEvidence, X509Evidence
 from iotdps.ports import WebhookResponse
 from iotdps.provisioning.registration import RegistrationOutcome, RegistrationRequest
 from iotdps.refusals import DEVICE_ANSWERS, RefusalReason
 from iotdps.sas import derive_device_key
 from iotdps.secret import Secret
+from iotdps_testing.soft_tpm import SoftTpm, tpm_enrollment_doc
 
 R = RefusalReason
 Case = Callable[[], Awaitable[tuple[Env, RegistrationOutcome]]]
@@ -47,7 +49,29 @@ async def id_scope_mismatch() -> tuple[Env, RegistrationOutcome]:
 
 async def unsupported_attestation() -> tuple[Env, RegistrationOutcome]:
     env = await Env().setup()
+    unknown = cast(Credential, "a credential no mechanism takes")
+    return env, await env.service.register(RegistrationRequest(SCOPE, "dev-1", unknown))
+
+
+async def tpm_invalid_key() -> tuple[Env, RegistrationOutcome]:
+    env = await Env().setup()
     return env, await env.service.register(RegistrationRequest(SCOPE, "dev-1", TpmEvidence("AAAA")))
+
+
+async def tpm_ek_mismatch() -> tuple[Env, RegistrationOutcome]:
+    env = await Env().setup()
+    await env.enroll(IndividualEnrollment.from_json(tpm_enrollment_doc("dev-1", SoftTpm(0))))
+    other = SoftTpm(1)
+    sas = Secret(other.sas(SCOPE, "dev-1", key=bytes(32), expiry=int(NOW.timestamp()) + 60))
+    evidence = TpmEvidence(other.ek_b64, other.srk_b64, sas)
+    return env, await env.service.register(RegistrationRequest(SCOPE, "dev-1", evidence))
+
+
+async def tpm_over_mqtt() -> tuple[Env, RegistrationOutcome]:
+    # The MQTT edge refuses a register body with `tpm` this way (server/dps_mqtt.py).
+    env = await Env().setup()
+    refused = refuse("tpm", R.TPM_OVER_MQTT, "not supported over MQTT (Azure DPS does TPM over HTTPS and AMQP only)")
+    return env, await env.service.register(RegistrationRequest(SCOPE, "dev-1", None, authentication=refused))
 
 
 async def no_certificate() -> tuple[Env, RegistrationOutcome]:
@@ -194,7 +218,10 @@ async def webhook_failed() -> tuple[Env, RegistrationOutcome]:
 CASES: dict[str, tuple[Case, RefusalReason, str, str | None]] = {
     "invalid registration id": (invalid_registration_id, R.INVALID_REGISTRATION_ID, "contains ' !'", None),
     "id scope": (id_scope_mismatch, R.ID_SCOPE_MISMATCH, "'0ne00OTHER' is not this service's", None),
-    "tpm": (unsupported_attestation, R.UNSUPPORTED_ATTESTATION, "TPM attestation is not supported", None),
+    "unsupported": (unsupported_attestation, R.UNSUPPORTED_ATTESTATION, "unsupported credential str", None),
+    "tpm invalid key": (tpm_invalid_key, R.TPM_INVALID_KEY, "invalid endorsement key", None),
+    "tpm other ek": (tpm_ek_mismatch, R.TPM_EK_MISMATCH, "is not the one enrolled for dev-1", None),
+    "tpm over mqtt": (tpm_over_mqtt, R.TPM_OVER_MQTT, "HTTPS and AMQP only", None),
     "no certificate": (no_certificate, R.NO_CERTIFICATE, "presented no client certificate", None),
     "cn mismatch": (cn_mismatch, R.CN_MISMATCH, "CN 'dev-1' != registration id 'dev-2'", None),
     "expired": (cert_expired, R.CERT_EXPIRED, "device certificate CN=dev-9", None),

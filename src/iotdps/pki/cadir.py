@@ -188,9 +188,7 @@ class CaDirectory:
         """Whether signing as `name` decrypts a key file (a token key needs the PIN instead)."""
         return self.get(name).custody == "file"
 
-    def issuer(
-        self, name: str, passphrase: Secret[str] | None, *, pkcs11_config: Pkcs11Config | None = None
-    ) -> Issuer:
+    def issuer(self, name: str, passphrase: Secret[str] | None, *, pkcs11_config: Pkcs11Config | None = None) -> Issuer:
         """An Issuer for CA `name`: its key file decrypted with `passphrase` (BadPassphrase if
         wrong), or its token key, logged in with `pkcs11_config` (default: the environment)."""
         chain = self.chain(name)

@@ -56,9 +56,7 @@ def open_token_signer(
         raise
 
 
-def create_token_key(
-    uri: Pkcs11Uri, spec: KeySpec, *, config: Pkcs11Config | None = None
-) -> tuple[Pkcs11Signer, bool]:
+def create_token_key(uri: Pkcs11Uri, spec: KeySpec, *, config: Pkcs11Config | None = None) -> tuple[Pkcs11Signer, bool]:
     """The key `uri` names if the token has it (made there by its vendor's tool, say), else a
     new one generated inside the token, never extractable. Returns (signer, generated)."""
     from iotdps.pki.pkcs11 import Pkcs11Token

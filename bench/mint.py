@@ -1,6 +1,6 @@
 """Bulk device minting: iotdps against the openssl CLI, in the same run.
 
-    python bench/mint.py [-n 2000] [--out devices.tar.gz] [--workers 2] [--openssl-jobs 1]
+    python bench/mint.py [-n 2000] [--out devices.tar.gz] [--workers 2] [--openssl-jobs 1] [--hsm]
 
 Both sides produce what a factory flashes: per device a fresh P-256 key and a certificate
 signed by a production-line CA (root -> factory -> line), with clientAuth/digitalSignature.
@@ -13,6 +13,12 @@ names a directory, per-device files; both with a manifest. openssl runs one
 The rates include writing the output. The CA key is unlocked once on the iotdps side; openssl
 gets an unencrypted copy so it pays no KDF per certificate (that favours openssl). This script
 prints; it never fails on a slow machine.
+
+With --hsm the line CA's key is also imported into a temporary SoftHSM2 token and the same
+batch is minted through it (each worker process logs in to the token with its own session),
+so the run prints the token rate next to the file-key rate and the openssl CLI. SoftHSM is a
+software token: a hardware HSM signs at its own rate, and this measures iotdps's overhead
+around C_Sign plus SoftHSM's signing.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # iotdps_testing.softhsm, for --hsm
 
 from cryptography.hazmat.primitives import serialization
 
@@ -55,7 +62,11 @@ def make_line_ca(ca_dir: Path) -> Issuer:
     for name in ("factory", "line"):
         k = generate_private_key()
         cadir.add(
-            name, create_intermediate_ca(parent, name, k.public_key(), Validity.days(1800)), k, pw, parent=parent.name
+            name,
+            create_intermediate_ca(parent, name, k.public_key(), Validity.days(1800), clamp=True),
+            k,
+            pw,
+            parent=parent.name,
         )
         parent = cadir.issuer(name, pw)
     return cadir.issuer("line", pw)  # one KDF, once, for the whole batch
@@ -68,6 +79,21 @@ def run_iotdps(issuer: Issuer, n: int, out: Path, workers: int | None) -> float:
         for packed in mint_packed(issuer, ids, Validity.days(365), sink.packer, workers=workers):
             sink.add_packed(packed)
     return time.perf_counter() - start
+
+
+def token_issuer(issuer: Issuer, work: Path) -> Issuer:
+    """The same line CA with its key imported into a fresh SoftHSM2 token (the file key's
+    twin, so both sides sign with one key and produce comparable certificates)."""
+    from iotdps.pki.pkcs11 import Pkcs11Token
+    from iotdps.pki.pkcs11_uri import Pkcs11Config
+    from iotdps_testing.softhsm import SOFTHSM_MODULE, start_softhsm
+
+    hsm = start_softhsm(work / "softhsm")  # before the module loads: SoftHSM reads its conf once
+    token = hsm.init_token("bench-ca", user_pin="bench-pin-1234")
+    opened = Pkcs11Token.open(Pkcs11Config(SOFTHSM_MODULE, Secret(token.user_pin), token.label))
+    assert issuer.private_key is not None
+    signer = opened.import_key(issuer.private_key, label="line")
+    return Issuer(issuer.certificate, signer, issuer.parents, name="line-in-token")
 
 
 def run_openssl(issuer: Issuer, n: int, work: Path, jobs: int) -> float:
@@ -143,6 +169,8 @@ def main() -> None:
         default=None,
         help="keep iotdps output here (a new directory, or .tar/.tar.gz/.tgz/.zip archive)",
     )
+    ap.add_argument("--hsm", action="store_true", help="also mint with the CA key in a SoftHSM2 token")
+    ap.add_argument("--hsm-n", type=int, default=None, help="certificates through the token (default: -n)")
     args = ap.parse_args()
     if shutil.which("openssl") is None:
         print("openssl binary not found; only iotdps is measured")
@@ -160,6 +188,17 @@ def main() -> None:
             f"iotdps : {n:7d} certs in {ours:7.3f} s = {our_rate:9.0f} certs/s "
             f"({args.workers or cores} worker processes, output: {out})"
         )
+        hsm_rate: float | None = None
+        if args.hsm:
+            in_token = token_issuer(issuer, work)
+            h = args.hsm_n or n
+            hsm_time = run_iotdps(in_token, h, work / "iotdps-hsm-devices.tar.gz", args.workers)
+            hsm_rate = h / hsm_time
+            print(
+                f"iotdps+HSM: {h:7d} certs in {hsm_time:7.3f} s = {hsm_rate:9.0f} certs/s "
+                f"(CA key in a SoftHSM2 token, {args.workers or cores} worker processes, one session each); "
+                f"{hsm_rate / our_rate:.0%} of the file-key rate"
+            )
         if shutil.which("openssl") is not None:
             m = args.openssl_n or n
             theirs = run_openssl(issuer, m, work, args.openssl_jobs)
@@ -172,6 +211,10 @@ def main() -> None:
                 f"ratio  : iotdps is {our_rate / their_rate:.0f}x the openssl CLI rate "
                 f"(target >= 100x, and >= 5000 certs/s)"
             )
+            if hsm_rate is not None:
+                print(
+                    f"ratio  : iotdps with the CA key in the token is {hsm_rate / their_rate:.0f}x the openssl CLI rate"
+                )
         if args.out is None:
             print("(output discarded; pass --out to keep it)")
 

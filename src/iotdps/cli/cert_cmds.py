@@ -1,7 +1,7 @@
 """Local CA directory and certificate tools (no service involved).
 
-    iotdps ca-dir list                 what the CA directory holds
-    iotdps cert inspect | verify       read a certificate; explain why a bundle would (not) validate
+iotdps ca-dir list                 what the CA directory holds, and where each key lives
+iotdps cert inspect | verify       read a certificate; explain why a bundle would (not) validate
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def ca_list(ca_dir: Path | None) -> None:
     for r in sorted(records, key=lambda r: (r.kind != "root", r.name)):
         plen = "-" if r.path_length is None else str(r.path_length)
         click.echo(
-            f"{r.name:20} {r.kind:12} parent={r.parent or '-':12} pathlen={plen:3} "
+            f"{r.name:20} {r.kind:12} parent={r.parent or '-':12} pathlen={plen:3} key={r.custody:9} "
             f"expires={r.not_after_utc}  {r.subject}"
         )
 

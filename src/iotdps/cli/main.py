@@ -37,14 +37,18 @@ class LazyCommand:
 
 _PKI, _ADMIN, _HUB = "iotdps.cli.pki_cmds", "iotdps.cli.admin_cmds", "iotdps.cli.hub_cmds"
 _ENROLLMENT, _CERT = "iotdps.cli.enrollment_cmds", "iotdps.cli.cert_cmds"
+_CUSTODY = "iotdps.cli.custody_cmds"
 
 COMMANDS: dict[str, LazyCommand] = {
     "c2d": LazyCommand((_HUB,), "Cloud-to-device messages."),
     "ca": LazyCommand((_ADMIN,), "CA certificates: upload, proof of possession, list."),
-    "ca-dir": LazyCommand((_CERT,), "The local CA directory."),
+    "ca-dir": LazyCommand((_CERT, _CUSTODY), "The local CA directory."),
     "cert": LazyCommand((_CERT,), "Read certificates and explain chains."),
     "create-ca-intermediate": LazyCommand(
         (_PKI,), "Create an intermediate CA (one per factory or production line) signed by --parent."
+    ),
+    "create-ca-csr": LazyCommand(
+        (_CUSTODY,), "Make a factory CA's key (in a token, or an encrypted file) and the CSR the root signs."
     ),
     "create-ca-root": LazyCommand((_PKI,), "Create a self-signed root CA and keep it in the CA directory."),
     "create-device-cert": LazyCommand(

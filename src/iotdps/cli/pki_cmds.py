@@ -4,10 +4,13 @@
     iotdps create-ca-intermediate      a factory or line CA under a root or an intermediate
     iotdps create-device-cert          one device, a batch (--count), or a device CSR (--csr)
     iotdps proof-ca-root-possession    the verification certificate for a verification code
-(`ca-dir` and `cert`, the local tools: cli.cert_cmds.)
+(`ca-dir` and `cert`, the local tools: cli.cert_cmds; create-ca-csr and the custody commands
+of `ca-dir`: cli.custody_cmds.)
 
 Passphrases come from --passphrase, then IOTDPS_CA_PASSPHRASE, then a prompt (confirmed when a
-new key is being encrypted); they are never printed.
+new key is being encrypted); they are never printed. A CA key in a PKCS#11 token is named by
+--pkcs11-uri (or by its CA directory entry); the token's module and PIN come only from the
+environment (IOTDPS_PKCS11_MODULE, IOTDPS_PKCS11_PIN or IOTDPS_PKCS11_PIN_FILE), never argv.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import click
 from cryptography.hazmat.primitives import serialization
 
 from iotdps.cli.client import enroll_signing_group, prove_possession
+from iotdps.cli.custody_cmds import signing_issuer, token_key
 from iotdps.cli.pki_common import (
     ENV_DEVICE_PASSPHRASE,
     ENV_PARENT_PASSPHRASE,
@@ -28,6 +32,7 @@ from iotdps.cli.pki_common import (
     default_ca_dir,
     edge,
     open_ca_dir,
+    pkcs11_option,
 )
 from iotdps.cli.target import run_client, target_options
 from iotdps.errors import AlreadyExists, InvalidInput
@@ -125,6 +130,7 @@ def _check_new_ca(cadir: CaDirectory, name: str, parent: str | None = None) -> N
 )
 @_KEY_TYPE
 @_PASSPHRASE
+@pkcs11_option("keep the root's key in a PKCS#11 token: generated there (non-extractable) unless it exists")
 @ca_dir_option
 @edge
 def create_ca_root(
@@ -135,15 +141,21 @@ def create_ca_root(
     path_length: int | None,
     key_type: KeySpec,
     passphrase: str | None,
+    pkcs11_uri: str | None,
     ca_dir: Path | None,
 ) -> None:
     """Create a self-signed root CA and keep it in the CA directory."""
     cadir = open_ca_dir(ca_dir)
     _check_new_ca(cadir, name)
-    secret = _secret(passphrase, prompt=f"New passphrase for CA {name!r}", confirm=True)
-    key = generate_private_key(key_type)
-    cert = create_root_ca(cn or name, key, _validity(days), path_length=path_length, organization=org)
-    rec = cadir.add(name, cert, key, secret)
+    if pkcs11_uri is not None:
+        signer = token_key(pkcs11_uri, key_type)
+        cert = create_root_ca(cn or name, signer, _validity(days), path_length=path_length, organization=org)
+        rec = cadir.add_in_token(name, cert, signer.uri)
+    else:
+        secret = _secret(passphrase, prompt=f"New passphrase for CA {name!r}", confirm=True)
+        key = generate_private_key(key_type)
+        cert = create_root_ca(cn or name, key, _validity(days), path_length=path_length, organization=org)
+        rec = cadir.add(name, cert, key, secret)
     click.echo(f"root CA {name!r} created: {cadir.path / rec.cert_file}")
     click.echo(f"sha256 thumbprint {rec.sha256_thumbprint}")
 
@@ -182,6 +194,14 @@ def create_ca_root(
 )
 @click.option("--group-id", default=None, help="id of the enrollment group (default: the CA name)")
 @click.option("--hub", "hubs", multiple=True, help="linked hub(s) the group's devices may be assigned to")
+@pkcs11_option("keep the new CA's key in a PKCS#11 token: generated there (non-extractable) unless it exists")
+@click.option(
+    "--csr",
+    "csr_file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="certify the key in this CA CSR (the factory keeps its key); only its key is used",
+)
 @ca_dir_option
 @target_options
 @edge
@@ -198,32 +218,54 @@ def create_ca_intermediate(
     enroll: bool,
     group_id: str | None,
     hubs: tuple[str, ...],
+    pkcs11_uri: str | None,
+    csr_file: Path | None,
     ca_dir: Path | None,
 ) -> None:
     """Create an intermediate CA (one per factory or production line) signed by --parent.
 
-    With --enroll, also create its enrollment group on the provisioning service: on the local
-    data dir, or through the management API with --server."""
+    With --csr, the factory made the key and sent its CSR: the new CA gets the root's
+    extensions and path length whatever the CSR asks, and the CA directory records only its
+    certificate (give it to the factory with `iotdps ca-dir export`). With --enroll, also create
+    its enrollment group on the provisioning service: on the local data dir, or through the
+    management API with --server."""
+    from iotdps.pki.ca_csr import check_ca_csr
+
+    if csr_file is not None and pkcs11_uri is not None:
+        raise InvalidInput("--csr and --pkcs11-uri exclude each other: with --csr the factory holds the key")
     cadir = open_ca_dir(ca_dir)
     _check_new_ca(cadir, name, parent)
-    parent_secret = _secret(
-        parent_passphrase if parent_passphrase is not None else passphrase,
-        prompt=f"Passphrase of CA {parent!r}",
-        confirm=False,
-    )
-    issuer = cadir.issuer(parent, parent_secret)
+    request = check_ca_csr(csr_file.read_bytes()) if csr_file is not None else None  # before any prompt
+    issuer = signing_issuer(cadir, parent, parent_passphrase if parent_passphrase is not None else passphrase, None)
     issuer.child_ca_path_length(path_length)  # refuse before asking for a new passphrase
-    secret = _secret(passphrase, prompt=f"New passphrase for CA {name!r}", confirm=True)
-    key = generate_private_key(key_type)
-    cert = create_intermediate_ca(
-        issuer, cn or name, key.public_key(), _validity(days), path_length=path_length, organization=org, clamp=True
-    )
-    rec = cadir.add(name, cert, key, secret, parent=parent)
+    validity = _validity(days)
+    if request is not None:
+        cert = create_intermediate_ca(
+            issuer, cn or name, request.public_key, validity, path_length=path_length, organization=org, clamp=True
+        )
+        rec = cadir.add_certificate(name, cert, parent=parent)
+        if request.requested:
+            click.echo(f"the CSR asked for {', '.join(request.requested)}: ignored, the root's profile applies")
+    elif pkcs11_uri is not None:
+        signer = token_key(pkcs11_uri, key_type)
+        cert = create_intermediate_ca(
+            issuer, cn or name, signer.public_key(), validity, path_length=path_length, organization=org, clamp=True
+        )
+        rec = cadir.add_in_token(name, cert, signer.uri, parent=parent)
+    else:
+        secret = _secret(passphrase, prompt=f"New passphrase for CA {name!r}", confirm=True)
+        key = generate_private_key(key_type)
+        cert = create_intermediate_ca(
+            issuer, cn or name, key.public_key(), validity, path_length=path_length, organization=org, clamp=True
+        )
+        rec = cadir.add(name, cert, key, secret, parent=parent)
     plen = "unlimited" if rec.path_length is None else str(rec.path_length)
     click.echo(
         f"intermediate CA {name!r} (parent {parent!r}, path length {plen}) created: {cadir.path / rec.cert_file}"
     )
     click.echo(f"sha256 thumbprint {rec.sha256_thumbprint}")
+    if request is not None:
+        click.echo(f"its key stays with the factory; give it `iotdps ca-dir export {name} --out DIR`")
     if enroll:
         pem = cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
         gid = group_id or name
@@ -271,6 +313,7 @@ def create_ca_intermediate(
 )
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="processes for a batch (default: cores)")
 @_PASSPHRASE
+@pkcs11_option("the signing CA's key is in a PKCS#11 token (default: where its CA directory entry says)")
 @ca_dir_option
 @edge
 def create_device_cert(
@@ -286,6 +329,7 @@ def create_device_cert(
     device_passphrase: str | None,
     workers: int | None,
     passphrase: str | None,
+    pkcs11_uri: str | None,
     ca_dir: Path | None,
 ) -> None:
     """Create device certificates: key + certificate bundle (leaf + intermediates) per device."""
@@ -310,8 +354,7 @@ def create_device_cert(
     csr_data = csr_file.read_bytes() if csr_file is not None else None
     if csr_data is not None:
         check_device_csr(csr_data, registration_id)  # a bad CSR fails before the passphrase prompt
-    secret = _secret(passphrase, prompt=f"Passphrase of CA {name!r}", confirm=False)
-    issuer = cadir.issuer(name, secret)
+    issuer = signing_issuer(cadir, name, passphrase, pkcs11_uri)
     dev_secret = Secret(device_passphrase) if device_passphrase else None
     validity = _validity(days)
 
@@ -386,6 +429,7 @@ def create_device_cert(
     help="output file (default: verification-<CA>.cert.pem)",
 )
 @_PASSPHRASE
+@pkcs11_option("the CA's key is in a PKCS#11 token (default: where its CA directory entry says)")
 @ca_dir_option
 @target_options
 @edge
@@ -395,6 +439,7 @@ def proof_ca_root_possession(
     service_name: str | None,
     out: Path | None,
     passphrase: str | None,
+    pkcs11_uri: str | None,
     ca_dir: Path | None,
 ) -> None:
     """Prove possession of a CA's key to the provisioning service.
@@ -406,8 +451,7 @@ def proof_ca_root_possession(
     cadir = open_ca_dir(ca_dir)
     name = ca_name or cadir.default_root()
     record = cadir.get(name)
-    secret = _secret(passphrase, prompt=f"Passphrase of CA {name!r}", confirm=False)
-    issuer = cadir.issuer(name, secret)
+    issuer = signing_issuer(cadir, name, passphrase, pkcs11_uri)
 
     def sign(code: str) -> str:
         # The subject key is a throwaway: the service checks only the CN and the CA's signature.

@@ -13,6 +13,7 @@ import click
 
 from iotdps.errors import AlreadyExists, InvalidInput
 from iotdps.pki import CaDirectory
+from iotdps.secret import Secret
 
 __all__ = [
     "ENV_CA_DIR",
@@ -20,10 +21,13 @@ __all__ = [
     "ENV_PARENT_PASSPHRASE",
     "ENV_PASSPHRASE",
     "IN_FILE",
+    "PKCS11_HELP",
     "ca_dir_option",
     "default_ca_dir",
     "edge",
     "open_ca_dir",
+    "pkcs11_option",
+    "prompt_secret",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -75,3 +79,20 @@ def open_ca_dir(path: Path | None) -> CaDirectory:
 
 # An existing input file, as a Path.
 IN_FILE = click.Path(dir_okay=False, exists=True, path_type=Path)
+
+
+def prompt_secret(value: str | None, *, prompt: str, confirm: bool) -> Secret[str]:
+    """A passphrase from its option or variable, else a hidden prompt; never empty."""
+    if value is None:
+        value = click.prompt(prompt, hide_input=True, confirmation_prompt=confirm, err=True)
+    if not value:
+        raise InvalidInput("the passphrase is empty")
+    return Secret(value)
+
+
+PKCS11_HELP = "(RFC 7512 URI, e.g. pkcs11:token=ca;object=NAME; module and PIN from IOTDPS_PKCS11_* only)"
+
+
+def pkcs11_option(help_text: str) -> Callable[[F], F]:
+    """--pkcs11-uri: a CA key in a token. Only the key's name: never the module or the PIN."""
+    return click.option("--pkcs11-uri", "pkcs11_uri", default=None, help=f"{help_text} {PKCS11_HELP}")

@@ -4,14 +4,18 @@ A factory flashes thousands of devices a shift; each needs a fresh key, a certif
 chain. The work is CPU-bound (key generation and one signature per device), so it runs in a
 process pool. The CA key is unlocked once in the parent, never per certificate: workers inherit
 the ready Issuer through fork (on platforms without fork they receive the key over their own
-pipe, never through a file). Results come back in order, in chunks, so the caller can write them
-and drive a progress bar while the workers continue. `mint_packed` also lets the workers turn
-each chunk into what the caller stores (archive bytes, say): the parent process then only
-appends, where packing 20,000 devices' archive members took it most of a core (bench/mint.py).
+pipe, never through a file). A CA key in a PKCS#11 token cannot cross fork() that way (a
+session belongs to the process that opened it), so each worker opens its own session to the
+same key (`ReopenableSigner.reopen`) and signs through it. Results come back in order, in
+chunks, so the caller can write them and drive a progress bar while the workers continue.
+`mint_packed` also lets the workers turn each chunk into what the caller stores (archive
+bytes, say): the parent process then only appends, where packing 20,000 devices' archive
+members took it most of a core (bench/mint.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -21,9 +25,10 @@ from typing import Any, TypeVar
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from iotdps.errors import InvalidInput
+from iotdps.errors import InvalidInput, PkiError
 from iotdps.ids import check_registration_id
 from iotdps.pki.encoding import certs_to_pem, der_thumbprints, utc_text
+from iotdps.pki.external_signing import ReopenableSigner
 from iotdps.pki.issuer import Issuer, Validity
 from iotdps.pki.keys import KeySpec, encode_private_key, generate_private_key
 from iotdps.pki.profiles import MAX_CN_LENGTH
@@ -124,6 +129,11 @@ def _init_worker(
 ) -> None:
     global _WORKER_JOB, _WORKER_PACK
     if job_parts is None:  # forked: the job and the packer are already in this process's memory
+        job = _WORKER_JOB
+        if job is not None and isinstance(job.issuer.key, ReopenableSigner):
+            # The parent's token session is not ours: log in again and sign through our own.
+            issuer = dataclasses.replace(job.issuer, key=job.issuer.key.reopen())
+            _WORKER_JOB = _job(issuer, job.validity, job.key_spec, job.device_passphrase)
         return
     _WORKER_PACK = pack
     chain_pem, key_der, validity, spec, dev_pw, name = job_parts
@@ -217,7 +227,9 @@ def _mint(
         initargs: tuple[object, ...] = (None,)
     else:  # pragma: no cover - Windows; the key goes over the worker's own pipe
         ctx = multiprocessing.get_context("spawn")
-        key_der = issuer.key.private_bytes(
+        if issuer.private_key is None:
+            raise PkiError("minting on several workers with a token-held CA key needs fork(); use one worker")
+        key_der = issuer.private_key.private_bytes(
             serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
         pw = device_passphrase.reveal() if device_passphrase is not None else None

@@ -6,8 +6,10 @@ Layout (one directory, mode 0700):
     <name>.cert.pem        the CA certificate
     <name>.key.pem         its private key, always encrypted PKCS#8 (mode 0600)
 
-The certificate and key are separate records: the index names the key file, so a later key
-store (an HSM) can replace the file without touching the certificate. Files appear atomically,
+The certificate and key are separate records, and the index says where the key is (custody.py):
+a key file, a PKCS#11 URI (`key_uri`: the key is in a token and never here), or neither (the
+key is someone else's: the parents in a factory's exported directory, or a factory CA that the
+root signed from the factory's CSR). Files appear atomically,
 key and certificate together, and the index is rewritten atomically under a lock, so two
 concurrent commands cannot lose each other's CA.
 """
@@ -19,8 +21,9 @@ import fcntl
 import json
 import os
 import re
+import shutil
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,18 +32,27 @@ from cryptography.hazmat.primitives import serialization
 
 from iotdps.errors import AlreadyExists, InvalidInput, NotFound, PkiError
 from iotdps.fsutil import atomic_write, atomic_write_many
+from iotdps.pki.custody import import_into_token, open_token_signer, token_key_uri
 from iotdps.pki.encoding import load_certificate, name_to_text, sha256_thumbprint, utc_text
 from iotdps.pki.issuer import Issuer
-from iotdps.pki.keys import PrivateKey, encode_private_key, load_private_key
+from iotdps.pki.keys import PrivateKey, encode_private_key, load_private_key, public_keys_match
+from iotdps.pki.pkcs11_uri import Pkcs11Config, Pkcs11Uri
 from iotdps.secret import Secret
 
-__all__ = ["CaDirectory", "CaKind", "CaRecord", "check_ca_name"]
+__all__ = ["CaDirectory", "CaKind", "CaRecord", "KeyCustody", "check_ca_name"]
 
 CaKind = Literal["root", "intermediate"]
+KeyCustody = Literal["file", "token", "elsewhere"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 _INDEX = "index.json"
 _VERSION = 1
+
+
+def _encrypted(key: PrivateKey, passphrase: Secret[str]) -> bytes:
+    if not isinstance(passphrase, Secret) or not passphrase.reveal():
+        raise InvalidInput("a CA key is always encrypted: a non-empty passphrase is required")
+    return encode_private_key(key, passphrase)
 
 
 def check_ca_name(name: str) -> str:
@@ -63,6 +75,14 @@ class CaRecord:
     subject: str
     sha256_thumbprint: str
     not_after_utc: str
+    # RFC 7512 URI of the key in a PKCS#11 token; None for a key file or a key held elsewhere.
+    key_uri: str | None = None
+
+    @property
+    def custody(self) -> KeyCustody:
+        if self.key_uri:
+            return "token"
+        return "file" if self.key_file else "elsewhere"
 
 
 class CaDirectory:
@@ -149,14 +169,34 @@ class CaDirectory:
 
     def encrypted_key(self, name: str) -> bytes:
         rec = self.get(name)
+        if rec.custody != "file":
+            raise PkiError(self._no_key_file(rec))
         try:
             return (self.path / rec.key_file).read_bytes()
         except OSError:
             raise PkiError(f"the key file of CA {name!r} is missing") from None
 
-    def issuer(self, name: str, passphrase: Secret[str] | None) -> Issuer:
-        """An Issuer for CA `name`, its key decrypted with `passphrase` (BadPassphrase if wrong)."""
+    def _no_key_file(self, rec: CaRecord) -> str:
+        if rec.custody == "token":
+            return f"the key of CA {rec.name!r} is in a PKCS#11 token ({rec.key_uri}), not in a file"
+        return (
+            f"the key of CA {rec.name!r} is not in {self.path}: its owner holds it "
+            "(attach it with `iotdps ca-dir attach-key`, or sign where it lives)"
+        )
+
+    def needs_passphrase(self, name: str) -> bool:
+        """Whether signing as `name` decrypts a key file (a token key needs the PIN instead)."""
+        return self.get(name).custody == "file"
+
+    def issuer(self, name: str, passphrase: Secret[str] | None, *, pkcs11_config: Pkcs11Config | None = None) -> Issuer:
+        """An Issuer for CA `name`: its key file decrypted with `passphrase` (BadPassphrase if
+        wrong), or its token key, logged in with `pkcs11_config` (default: the environment)."""
         chain = self.chain(name)
+        rec = self.get(name)
+        if rec.custody == "token":
+            assert rec.key_uri is not None
+            signer = open_token_signer(token_key_uri(rec.key_uri), chain[0], config=pkcs11_config)
+            return Issuer(chain[0], signer, chain[1:], name=name)
         key = load_private_key(self.encrypted_key(name), passphrase, what=f"key of CA {name!r}")
         return Issuer(chain[0], key, chain[1:], name=name)
 
@@ -173,10 +213,30 @@ class CaDirectory:
     ) -> CaRecord:
         """Store a new CA: its certificate, its key encrypted with `passphrase`, its index entry."""
         check_ca_name(name)
-        if not isinstance(passphrase, Secret) or not passphrase.reveal():
-            raise InvalidInput("a CA key is always encrypted: a non-empty passphrase is required")
+        return self._store(name, certificate, _encrypted(key, passphrase), None, parent)
+
+    def add_in_token(
+        self, name: str, certificate: x509.Certificate, key_uri: Pkcs11Uri, *, parent: str | None = None
+    ) -> CaRecord:
+        """Store a new CA whose key is in a PKCS#11 token: its certificate and the key's URI."""
+        check_ca_name(name)
+        return self._store(name, certificate, None, str(key_uri.key_only()), parent)
+
+    def add_certificate(self, name: str, certificate: x509.Certificate, *, parent: str | None = None) -> CaRecord:
+        """Store a CA whose key is held elsewhere (a factory's, signed from its CSR; a parent in
+        an exported directory): only its certificate."""
+        check_ca_name(name)
+        return self._store(name, certificate, None, None, parent)
+
+    def _store(
+        self,
+        name: str,
+        certificate: x509.Certificate,
+        key_pem: bytes | None,
+        key_uri: str | None,
+        parent: str | None,
+    ) -> CaRecord:
         bc = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
-        key_pem = encode_private_key(key, passphrase)
         cert_pem = certificate.public_bytes(serialization.Encoding.PEM)
         with self._locked():
             os.chmod(self.path, 0o700)
@@ -190,17 +250,19 @@ class CaDirectory:
                 kind="root" if parent is None else "intermediate",
                 parent=parent,
                 cert_file=f"{name}.cert.pem",
-                key_file=f"{name}.key.pem",
+                key_file=f"{name}.key.pem" if key_pem is not None else "",
                 path_length=bc.path_length,
                 subject=name_to_text(certificate.subject),
                 sha256_thumbprint=sha256_thumbprint(certificate),
                 not_after_utc=utc_text(certificate.not_valid_after_utc),
+                key_uri=key_uri,
             )
-            cert_path, key_path = self.path / rec.cert_file, self.path / rec.key_file
+            cert_path = self.path / rec.cert_file
             # All or nothing: a key without its index entry would be an orphan nobody can use.
             written: list[Path] = []
             try:
-                written += atomic_write_many({key_path: key_pem}, overwrite=False)
+                if key_pem is not None:
+                    written += atomic_write_many({self.path / rec.key_file: key_pem}, overwrite=False)
                 written += atomic_write_many({cert_path: cert_pem}, mode=0o644, overwrite=False)
                 records[name] = rec
                 self._write_index(records)
@@ -213,3 +275,105 @@ class CaDirectory:
                     path.unlink(missing_ok=True)
                 raise
         return rec
+
+    # -- custody: export to a factory, attach a key, move a key into a token -----------------
+
+    def _lineage(self, name: str) -> list[CaRecord]:
+        """CA `name`'s record, then its parent's, up to its root."""
+        chain = self.chain(name)  # checks the certificates exist and the parents do not cycle
+        out = [self.get(name)]
+        while len(out) < len(chain):
+            parent = out[-1].parent
+            assert parent is not None
+            out.append(self.get(parent))
+        return out
+
+    def export(self, name: str, out: str | os.PathLike[str]) -> CaDirectory:
+        """A new CA directory at `out` for whoever runs CA `name` (a factory): its certificate
+        and its key (file or token reference, if this directory has it), and the certificates
+        above it up to the root, without their keys. `out` must not exist; it appears whole."""
+        target = Path(out)
+        if target.exists():
+            raise AlreadyExists(f"{target} already exists; an export never merges into an existing directory")
+        lineage = self._lineage(name)
+        certs = self.chain(name)
+        key_pem = self.encrypted_key(name) if lineage[0].custody == "file" else None
+        staging = target.parent / f".{target.name}.export-{os.getpid()}"
+        dest = CaDirectory(staging)
+        try:
+            for rec, cert in reversed(list(zip(lineage, certs, strict=True))):
+                own = rec.name == name
+                dest._store(
+                    rec.name,
+                    cert,
+                    key_pem if own else None,
+                    rec.key_uri if own else None,
+                    rec.parent,
+                )
+            (staging / ".lock").unlink(missing_ok=True)
+            os.rename(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return CaDirectory(target)
+
+    def _replace(self, name: str, **changes: Any) -> CaRecord:
+        """Rewrite one index entry (under the lock)."""
+        records = self._read_index()
+        if name not in records:
+            raise NotFound(f"no CA named {name!r} in {self.path}")
+        records[name] = replace(records[name], **changes)
+        self._write_index(records)
+        return records[name]
+
+    def attach_key_file(
+        self, name: str, key: PrivateKey, passphrase: Secret[str], *, replace_existing: bool = False
+    ) -> CaRecord:
+        """Give CA `name` its key (the factory's own, whose CSR the root signed), encrypted
+        with `passphrase`. The key must be the certificate's."""
+        cert = self.certificate(name)
+        if not public_keys_match(key.public_key(), cert.public_key()):
+            raise PkiError(f"the key is not the key of CA {name!r} (its certificate has another public key)")
+        key_pem = _encrypted(key, passphrase)
+        with self._locked():
+            rec = self.get(name)
+            if rec.custody != "elsewhere" and not replace_existing:
+                raise AlreadyExists(f"CA {name!r} already has its key ({rec.custody}) in {self.path}")
+            key_file = f"{name}.key.pem"
+            atomic_write_many({self.path / key_file: key_pem}, overwrite=False)
+            try:
+                return self._replace(name, key_file=key_file, key_uri=None)
+            except BaseException:
+                (self.path / key_file).unlink(missing_ok=True)
+                raise
+
+    def attach_key_uri(self, name: str, key_uri: Pkcs11Uri, *, pkcs11_config: Pkcs11Config | None = None) -> CaRecord:
+        """Point CA `name` at its key in a token; the token is asked to prove it is the
+        certificate's key before the index changes."""
+        cert = self.certificate(name)
+        rec = self.get(name)
+        if rec.custody != "elsewhere":
+            raise AlreadyExists(f"CA {name!r} already has its key ({rec.custody}) in {self.path}")
+        signer = open_token_signer(key_uri, cert, config=pkcs11_config)
+        with self._locked():
+            return self._replace(name, key_uri=str(signer.uri))
+
+    def move_key_to_token(
+        self,
+        name: str,
+        passphrase: Secret[str] | None,
+        key_uri: Pkcs11Uri,
+        *,
+        pkcs11_config: Pkcs11Config | None = None,
+    ) -> CaRecord:
+        """Import CA `name`'s key file into a token (sensitive, non-extractable), point the
+        index at the token, then delete the key file: from then on the key is only in the token."""
+        rec = self.get(name)
+        if rec.custody != "file":
+            raise PkiError(self._no_key_file(rec))
+        key = load_private_key(self.encrypted_key(name), passphrase, what=f"key of CA {name!r}")
+        signer = import_into_token(key, key_uri, config=pkcs11_config)
+        with self._locked():
+            updated = self._replace(name, key_file="", key_uri=str(signer.uri))
+        (self.path / rec.key_file).unlink(missing_ok=True)
+        return updated

@@ -45,6 +45,7 @@ __all__ = [
     "ECDSA_SHA256",
     "ECDSA_SHA384",
     "RSA_PKCS1_SHA256",
+    "ReopenableSigner",
     "SignatureAlgorithm",
     "Signer",
     "SignerPublicKey",
@@ -116,6 +117,14 @@ class Signer(Protocol):
     def public_key(self) -> SignerPublicKey: ...
 
     def sign(self, data: bytes) -> bytes: ...
+
+
+@runtime_checkable
+class ReopenableSigner(Signer, Protocol):
+    """A Signer bound to a per-process session (a PKCS#11 token's): `reopen()` returns the
+    same key through a session of the calling process, for a forked worker."""
+
+    def reopen(self) -> Signer: ...
 
 
 class SoftwareSigner:

@@ -1,7 +1,8 @@
 """Validity windows and issuers: the two inputs every certificate profile needs.
 
 An `Issuer` pairs a CA certificate (and the certificates above it, up to its root) with a
-signing key. The key is a separate record: it comes from a key file, later perhaps an HSM, and
+signing key. The key is a separate record: a decrypted key file (a cryptography private key)
+or any `Signer` (external_signing: a PKCS#11 token's key, which never leaves the token), and
 the issuer only borrows it. Both types check themselves at construction so that a mistake
 surfaces where it is made, not at signing time.
 """
@@ -17,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from iotdps.errors import InvalidInput, PkiError
 from iotdps.pki.certs import is_self_issued
+from iotdps.pki.external_signing import Signer, SoftwareSigner
 from iotdps.pki.keys import PrivateKey, public_keys_match
 
 __all__ = ["CLOCK_SKEW", "Issuer", "Validity", "signature_hash"]
@@ -78,8 +80,10 @@ class Validity:
         return Validity(self.not_before, na)
 
 
-def signature_hash(key: PrivateKey) -> hashes.SHA256 | hashes.SHA384:
+def signature_hash(key: PrivateKey | Signer) -> hashes.SHA256 | hashes.SHA384:
     """SHA-384 for P-384 (matching the curve's strength), SHA-256 otherwise."""
+    if isinstance(key, Signer):
+        return key.algorithm.hash()
     if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384:
         return hashes.SHA384()
     return hashes.SHA256()
@@ -100,7 +104,8 @@ class Issuer:
     """
 
     certificate: x509.Certificate
-    key: PrivateKey = field(repr=False)
+    # A private key in memory, or a Signer whose key lives elsewhere (a token).
+    key: PrivateKey | Signer = field(repr=False)
     parents: tuple[x509.Certificate, ...] = ()
     name: str | None = None
     _aki: x509.AuthorityKeyIdentifier = field(init=False, repr=False, compare=False)
@@ -108,8 +113,8 @@ class Issuer:
     def __post_init__(self) -> None:
         if not isinstance(self.certificate, x509.Certificate):
             raise TypeError("certificate must be an x509.Certificate")
-        if not isinstance(self.key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
-            raise TypeError("key must be an EC or RSA private key")
+        if not isinstance(self.key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | Signer):
+            raise TypeError("key must be an EC or RSA private key, or a Signer")
         object.__setattr__(self, "parents", tuple(self.parents))
         label = self.label
         bc = _basic_constraints(self.certificate)
@@ -133,6 +138,19 @@ class Issuer:
 
     def __repr__(self) -> str:
         return f"Issuer(name={self.name!r}, subject={self.certificate.subject.rfc4514_string()!r})"
+
+    @property
+    def private_key(self) -> PrivateKey | None:
+        """The key when iotdps holds it in memory (a key file); None when a Signer holds it."""
+        return self.key if isinstance(self.key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) else None
+
+    @property
+    def signer(self) -> Signer:
+        """The key as a Signer, wherever it lives."""
+        key = self.key
+        if isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+            return SoftwareSigner(key)
+        return key
 
     @property
     def label(self) -> str:

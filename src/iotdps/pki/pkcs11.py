@@ -207,8 +207,17 @@ class Pkcs11Signer:
     """A private key in a token, as a `Signer` (external_signing.Signer): its public key, its
     signature algorithm, and `sign(data)` returning the DER signature that X.509 carries."""
 
-    def __init__(self, shared: _Shared, private: Any, public_key: SignerPublicKey, label: str, key_id: bytes) -> None:
+    def __init__(
+        self,
+        shared: _Shared,
+        private: Any,
+        public_key: SignerPublicKey,
+        label: str,
+        key_id: bytes,
+        config: Pkcs11Config | None = None,
+    ) -> None:
         self._shared = shared
+        self._config = config
         self._private = private
         self._public = public_key
         self._algorithm = algorithm_for_public_key(public_key)
@@ -252,6 +261,17 @@ class Pkcs11Signer:
                 ) from None
         return ecdsa_raw_to_der(raw) if algorithm.ecdsa else bytes(raw)
 
+    def reopen(self) -> Pkcs11Signer:
+        """This key through a session of the calling process: what a forked bulk-minting
+        worker uses, since the parent's session is not the child's (see the module docstring).
+        The child's session stays open for the life of that process."""
+        if self._config is None:
+            raise Pkcs11Error(f"key {self.label!r} was not opened from a configuration; it cannot be reopened")
+        if self._shared.pid == os.getpid():
+            return self
+        token = Pkcs11Token.open(self._config, Pkcs11Uri(token=self._shared.label))
+        return token.find_key(Pkcs11Uri(object=self.label or None, id=self.key_id or None), public_key=self._public)
+
     def custody(self) -> str:
         """Where the key has been, as the token tells it."""
         with self._shared.use():
@@ -268,10 +288,11 @@ class Pkcs11Signer:
 class Pkcs11Token:
     """An open, logged-in token. Use as a context manager, or call `close()`."""
 
-    def __init__(self, shared: _Shared, key: tuple[str, str], module: Path) -> None:
+    def __init__(self, shared: _Shared, key: tuple[str, str], config: Pkcs11Config) -> None:
         self._shared = shared
         self._key = key
-        self._module = module
+        self._config = config
+        self._module = config.module_path
         self._closed = False
 
     @classmethod
@@ -301,7 +322,7 @@ class Pkcs11Token:
                 if mismatch is not None:
                     raise TokenNotFound(f"PKCS#11 token {label!r} does not match the URI's {mismatch}")
             shared.refs += 1
-        return cls(shared, key, config.module_path)
+        return cls(shared, key, config)
 
     @property
     def label(self) -> str:
@@ -379,7 +400,7 @@ class Pkcs11Token:
         chosen = in_token or public_key
         if chosen is None:
             raise Pkcs11Error(f"{what} has no public key object; give the CA certificate to find its public key")
-        return Pkcs11Signer(self._shared, private, chosen, label, key_id)
+        return Pkcs11Signer(self._shared, private, chosen, label, key_id, self._config)
 
     def _public_from_object(self, obj: Any, what: str) -> SignerPublicKey:
         with self._use():

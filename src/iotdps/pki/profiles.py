@@ -18,6 +18,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from iotdps.errors import InvalidInput
 from iotdps.ids import check_registration_id
+from iotdps.pki.external_signing import Signer, sign_certificate
 from iotdps.pki.issuer import Issuer, Validity, signature_hash
 from iotdps.pki.keys import PrivateKey
 
@@ -118,6 +119,15 @@ def _base(
     )
 
 
+def _signed(builder: x509.CertificateBuilder, issuer: Issuer) -> x509.Certificate:
+    """The certificate signed by `issuer`'s key: by cryptography when the key is in memory,
+    else through its Signer (a token), which also checks the key is the CA certificate's."""
+    key = issuer.private_key
+    if key is not None:
+        return builder.sign(key, signature_hash(key))
+    return sign_certificate(builder, issuer.signer, issuer=issuer.certificate)
+
+
 def _issued(
     issuer: Issuer, subject: x509.Name, public_key: CertificatePublicKeyTypes, validity: Validity, *, clamp: bool
 ) -> x509.CertificateBuilder:
@@ -131,13 +141,15 @@ def _issued(
 
 def create_root_ca(
     common_name: str,
-    key: PrivateKey,
+    key: PrivateKey | Signer,
     validity: Validity,
     *,
     path_length: int | None = None,
     organization: str | None = None,
 ) -> x509.Certificate:
-    """A self-signed root: CA:TRUE (critical), keyCertSign + cRLSign, SKI and AKI."""
+    """A self-signed root: CA:TRUE (critical), keyCertSign + cRLSign, SKI and AKI.
+
+    `key` is a private key in memory or a Signer (a key made inside a token)."""
     if path_length is not None and (
         isinstance(path_length, bool) or not isinstance(path_length, int) or path_length < 0
     ):
@@ -150,6 +162,8 @@ def create_root_ca(
         .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .add_extension(_CA_KU, critical=True)
     )
+    if isinstance(key, Signer):
+        return sign_certificate(builder, key)
     return builder.sign(key, signature_hash(key))
 
 
@@ -175,7 +189,7 @@ def create_intermediate_ca(
         .add_extension(x509.BasicConstraints(ca=True, path_length=plen), critical=True)
         .add_extension(_CA_KU, critical=True)
     )
-    return builder.sign(issuer.key, signature_hash(issuer.key))
+    return _signed(builder, issuer)
 
 
 def _leaf_ku(public_key: CertificatePublicKeyTypes) -> x509.KeyUsage:
@@ -199,7 +213,7 @@ def issue_device_certificate(
     builder = _base(_cn(registration_id, "the registration id"), issuer.certificate.subject, pub, validity)
     for ext in device_extensions(issuer, rsa_subject=isinstance(pub, rsa.RSAPublicKey)):
         builder = builder.add_extension(ext.value, critical=ext.critical)
-    return builder.sign(issuer.key, signature_hash(issuer.key))
+    return _signed(builder, issuer)
 
 
 def device_extensions(issuer: Issuer, *, rsa_subject: bool) -> list[x509.Extension[x509.ExtensionType]]:
@@ -276,7 +290,7 @@ def issue_server_certificate(
         .add_extension(_SERVER_EKU, critical=False)
         .add_extension(san, critical=False)
     )
-    return builder.sign(issuer.key, signature_hash(issuer.key))
+    return _signed(builder, issuer)
 
 
 def issue_verification_certificate(
@@ -300,4 +314,4 @@ def issue_verification_certificate(
         .add_extension(_LEAF_BC, critical=True)
         .add_extension(_leaf_ku(pub), critical=True)
     )
-    return builder.sign(issuer.key, signature_hash(issuer.key))
+    return _signed(builder, issuer)

@@ -5,7 +5,8 @@ signature: Python-side builder objects, and a verification of every signature it
 fault-attack guard that costs two ECDSA verifies' worth of CPU per certificate). A factory
 batch issues thousands of certificates with one issuer, one validity and one profile, where only
 the serial, the CN, the public key and its SKI change. This module encodes that fixed
-TBSCertificate once and splices the four fields per device, then signs with the issuer key.
+TBSCertificate once and splices the four fields per device, then signs with the issuer key
+(in memory, or through a Signer when the CA key lives in a PKCS#11 token).
 
 The output is byte-for-byte the TBSCertificate that `profiles.issue_device_certificate` builds
 for the same inputs (tests compare the two), so the profile has one definition and this is only
@@ -29,6 +30,7 @@ from iotdps.pki.der import der_to_pem
 from iotdps.pki.der import integer as _integer
 from iotdps.pki.der import oid as _oid
 from iotdps.pki.der import tlv as _tlv
+from iotdps.pki.external_signing import verify_signature
 from iotdps.pki.issuer import Issuer, Validity, signature_hash
 from iotdps.pki.profiles import device_extensions
 
@@ -85,9 +87,10 @@ class DeviceTemplate:
             raise TypeError("DeviceTemplate needs an Issuer and a Validity")
         validity = validity.within(issuer.certificate)
         self._issuer = issuer
-        self._sig_alg = _sig_alg(issuer.key)
+        key = issuer.private_key
+        self._sig_alg = _sig_alg(key) if key is not None else issuer.signer.algorithm.identifier_der
         self._hash = signature_hash(issuer.key)
-        self._rsa = isinstance(issuer.key, rsa.RSAPrivateKey)
+        self._checked = False
         self._middle = (
             self._sig_alg
             + issuer.certificate.subject.public_bytes()
@@ -123,6 +126,14 @@ class DeviceTemplate:
         key = self._issuer.key
         if isinstance(key, rsa.RSAPrivateKey):
             sig = key.sign(tbs, padding.PKCS1v15(), self._hash)
-        else:
+        elif isinstance(key, ec.EllipticCurvePrivateKey):
             sig = key.sign(tbs, ec.ECDSA(self._hash))
+        else:
+            # A token's key. Its first signature per template is verified with the CA's public
+            # key (a URI naming the wrong key, or a token returning garbage, fails the batch at
+            # device one); the rest are not, as for file keys above.
+            sig = key.sign(tbs)
+            if not self._checked:
+                verify_signature(key.public_key(), key.algorithm, sig, tbs)
+                self._checked = True
         return _tlv(0x30, tbs + self._sig_alg + _tlv(0x03, b"\x00" + sig))

@@ -32,6 +32,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from iotdps import metrics
 from iotdps.evidence import PeerIdentity
 from iotdps.server.logthrottle import PerReasonLog
 from iotdps.server.tls import ServerTls
@@ -119,13 +120,17 @@ async def start_tls_server(
     """
     loop = asyncio.get_running_loop()
     deadlines = HandshakeDeadlines(handshake_timeout)
-    return await loop.create_server(
+    server = await loop.create_server(
         lambda: TlsServerProtocol(tls, protocol_factory, deadlines),
         host,
         port,
         reuse_address=reuse_address,
         backlog=backlog,
     )
+    listener = f"{host}:{_bound_port(server)}"
+    # Held weakly by the metrics: a closed server's listener drops out with its last connection.
+    metrics.track_listener(deadlines, lambda d: {listener: d.connections})
+    return server
 
 
 def _bound_port(server: asyncio.AbstractServer | None) -> int:

@@ -148,8 +148,11 @@ class WindowedLog:
         *,
         per_window: int = 10,
         window: float = 1.0,
+        count: Callable[[str], None] | None = None,
     ) -> None:
-        """`what` names the held-back lines in the summary ("more <what>")."""
+        """`what` names the held-back lines in the summary ("more <what>"). `count(kind)` is
+        called for every line, shown or held back (the refusal metrics: iotdps.metrics)."""
+        self._count = count
         self._log = logger
         self._clock = clock
         self._what = what
@@ -162,6 +165,8 @@ class WindowedLog:
 
     def __call__(self, kind: str, message: str, *args: object) -> None:
         """Log `message % args` at info level, or count it under `kind` when over the rate."""
+        if self._count is not None:
+            self._count(kind)
         now = self._clock()
         if now >= self._window_start + self._window:
             self._window_start = now

@@ -39,7 +39,9 @@ class AssignedLog:
     registration records anyway (`iotdps registration list`, the service API)."""
 
     def __init__(self, clock: Callable[[], float], *, per_window: int = 10, window: float = 1.0) -> None:
-        self._lines = WindowedLog(log, clock, "registrations assigned", per_window=per_window, window=window)
+        self._lines = WindowedLog(
+            log, clock, "registrations assigned", per_window=per_window, window=window, event="registration_assigned"
+        )
 
     def __call__(self, registration_id: str, status: str, hub: str | None, device_id: str | None) -> None:
         self._lines("", "registration %s %s on %s as %s", registration_id, status, hub, device_id)
@@ -136,7 +138,7 @@ class RegistrationRunner:
         self.accepting = True
         self.assigned_log = AssignedLog(clock)
         # Refused CONNECTs and registrations, DPS and hub alike: an outsider decides how many.
-        self.refused_log = WindowedLog(log, clock, "refusals", count=metrics.refusal)
+        self.refused_log = WindowedLog(log, clock, "refusals", count=metrics.refusal, event="refused")
 
     def throttled(self) -> DeviceReply | None:
         wait = self._bucket.take(self._clock())

@@ -53,7 +53,9 @@ class HubConnections:
         self._rids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
-        self.refused_log = WindowedLog(log, time.monotonic, "hub CONNECT refusals", count=metrics.refusal)
+        self.refused_log = WindowedLog(
+            log, time.monotonic, "hub CONNECT refusals", count=metrics.refusal, event="hub_connect_refused"
+        )
         metrics.track_hubs(self, HubConnections._connected_by_hub)
 
     # -- lifecycle ------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ DEFAULT_REQUEST_TIMEOUT = 30.0
 _LINGER = 2.0
 
 _http_log = logging.getLogger("iotdps.http")
-_REFUSED_REQUESTS = PerReasonLog(_http_log, "malformed HTTP requests", rate=1.0, burst=10)
+_REFUSED_REQUESTS = PerReasonLog(_http_log, "malformed HTTP requests", rate=1.0, burst=10, event="http_request_refused")
 
 
 class _HttpServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]

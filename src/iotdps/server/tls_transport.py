@@ -55,7 +55,7 @@ PEER_INFO_KEY = "iotdps_peer"
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 
 # One budget for the whole process: every listener's handshake failures share the log.
-_HANDSHAKE_FAILURES = PerReasonLog(log, "TLS handshake failures", rate=1.0, burst=10)
+_HANDSHAKE_FAILURES = PerReasonLog(log, "TLS handshake failures", rate=1.0, burst=10, event="tls_handshake_failed")
 
 
 

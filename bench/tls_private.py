@@ -31,10 +31,9 @@ from cryptography import x509
 from OpenSSL import SSL, crypto
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tls_handshakes import make_pki  # noqa: E402
-
-from iotdps.pki.chain_policy import leaf_problems, path_problems  # noqa: E402
-from iotdps.server import tls as seam  # noqa: E402
+from iotdps.pki.chain_policy import leaf_problems, path_problems
+from iotdps.server import tls as seam
+from tls_handshakes import make_pki
 
 _PAYLOAD = b"\x10" * 120  # about an MQTT CONNECT
 
@@ -232,9 +231,11 @@ def main() -> None:
     import cryptography
     import OpenSSL
 
-    print(f"cryptography {cryptography.__version__}, pyOpenSSL {OpenSSL.__version__}, {args.n} handshakes x {args.rounds}")
+    versions = f"cryptography {cryptography.__version__}, pyOpenSSL {OpenSSL.__version__}"
+    print(f"{versions}, {args.n} handshakes x {args.rounds}")
     for name, per in results.items():
-        print(f"{name:7s} server CPU per handshake: median {statistics.median(per):7.1f} us  ({', '.join(f'{v:.1f}' for v in per)})")
+        rounds = ", ".join(f"{v:.1f}" for v in per)
+        print(f"{name:7s} server CPU per handshake: median {statistics.median(per):7.1f} us  ({rounds})")
     count = args.n * args.rounds
     for name, split in phases.items():
         print(f"{name:7s} " + ", ".join(f"{phase} {v / count * 1e6:.1f} us" for phase, v in split.items()))

@@ -7,8 +7,6 @@ ImportError from deep inside SQLAlchemy.
 
 from __future__ import annotations
 
-import importlib.util
-
 from iotdps.errors import InvalidInput
 
 __all__ = ["MISSING_DRIVER", "pg_driver_errors", "require_pg_driver"]
@@ -28,5 +26,7 @@ def pg_driver_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[Base
 
 
 def require_pg_driver() -> None:
-    if importlib.util.find_spec("asyncpg") is None:
-        raise InvalidInput(MISSING_DRIVER)
+    try:
+        import asyncpg  # noqa: F401 - only: is it there?
+    except ImportError:
+        raise InvalidInput(MISSING_DRIVER) from None

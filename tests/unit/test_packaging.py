@@ -178,3 +178,22 @@ def test_cli_says_which_extra_when_the_driver_is_missing(tmp_path: Path) -> None
         "error: the PostgreSQL driver is not installed: install iotdps with the postgres extra "
         "(pip install 'iotdps[postgres]')"
     ]
+
+
+def test_grafana_dashboard_uses_only_metrics_iotdps_exports() -> None:
+    """Every series a panel queries is one iotdps.metrics exposes (or the process collector's)."""
+    import re
+
+    from iotdps import metrics
+
+    metrics.registration("assigned", "x509", "mqtt", 0.01)  # so every family has samples to name
+    exported = {line.split("{")[0].split(" ")[0] for line in metrics.exposition().decode().splitlines() if line}
+    exported |= {line.split()[2] for line in metrics.exposition().decode().splitlines() if line.startswith("# TYPE")}
+    dashboard = json.loads((ROOT / "packaging" / "grafana" / "iotdps-dashboard.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    assert len(dashboard["panels"]) >= 12
+    used = {name for expr in exprs for name in re.findall(r"\b((?:iotdps|process)_[a-z_]+)\b", expr)}
+    families = {re.sub(r"_(total|bucket|count|sum)$", "", name) for name in used}
+    missing = {f for f in families if f not in exported and f + "_total" not in exported}
+    assert not missing, missing
+    assert all('job=~"$job"' in expr for expr in exprs)

@@ -31,6 +31,9 @@ STEPS = [
     ".venv/bin/ruff check src tests bench",
     ".venv/bin/mypy",
     ".venv/bin/lint-imports",
+    "python3 -m venv .venv-oldest",
+    ".venv-oldest/bin/pip install -c .ci/oldest.txt -e .[test]",
+    ".venv-oldest/bin/python -m pytest tests/unit/server tests/unit/pki tests/e2e/dps tests/unit/test_packaging.py",
 ]
 
 
@@ -72,6 +75,7 @@ def run_ci(
     (repo / ".ci").mkdir(parents=True)
     (repo / "tests" / "e2e" / "node").mkdir(parents=True)
     (repo / ".venv" / "bin").mkdir(parents=True)
+    (repo / ".venv-oldest" / "bin").mkdir(parents=True)
     bin_dir.mkdir()
     lines = CI_RUN.read_text().splitlines()
     needed = [line.split()[1] for line in lines if line.startswith("need ")]  # present, unless `missing`
@@ -81,6 +85,9 @@ def run_ci(
     (repo / ".ci" / "run").write_text("\n".join(lines) + "\n")
     for name in ("pip", "python", "ruff", "mypy", "lint-imports"):
         _stub(repo / ".venv" / "bin" / name, f".venv/bin/{name}", SKIPS_FORBIDDEN if name == "python" else "")
+    for name in ("pip", "python"):  # the second venv, on the oldest pinned releases
+        check = SKIPS_FORBIDDEN if name == "python" else ""
+        _stub(repo / ".venv-oldest" / "bin" / name, f".venv-oldest/bin/{name}", check)
     for name in ("python3", "npm", "pg_isready", "apt-get", *needed):
         if name not in missing:
             _stub(bin_dir / name, name)
@@ -124,6 +131,7 @@ def test_every_step_passing_runs_them_all_in_order(tmp_path: Path) -> None:
         ((".venv/bin/python",), (), 4, "exit status 3"),  # the tests failed
         ((".venv/bin/ruff",), (), 5, None),
         ((".venv/bin/lint-imports",), (), 7, None),  # the import contract is broken
+        ((".venv-oldest/bin/python",), (), 10, None),  # the oldest releases failed
     ],
 )
 def test_a_failing_step_fails_ci_and_stops_it(

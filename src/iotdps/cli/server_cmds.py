@@ -19,6 +19,9 @@ import click
 from iotdps.config import Config, load_config
 from iotdps.fsutil import open_to_others
 
+# Standard library only: cheap at startup, and --log-format's choices come from it.
+from iotdps.logformat import LOG_FORMATS, configure_logging
+
 if TYPE_CHECKING:
     from iotdps.wiring.node import StartupInfo
 
@@ -121,6 +124,13 @@ async def _run(config: Config) -> None:
 @click.option("--dps-host", help="Host name devices use for the DPS [env IOTDPS_DPS_HOST].")
 @click.option("--bind", help="Address of the DPS listeners [env IOTDPS_DPS_BIND].")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option(
+    "--log-format",
+    default="text",
+    envvar="IOTDPS_LOG_FORMAT",
+    type=click.Choice(LOG_FORMATS),
+    help="text lines, or one JSON object per line [env IOTDPS_LOG_FORMAT].",
+)
 def up_cmd(
     config_path: Path | None,
     data_dir: Path | None,
@@ -128,9 +138,10 @@ def up_cmd(
     dps_host: str | None,
     bind: str | None,
     log_level: str,
+    log_format: str,
 ) -> None:
     """Run the provisioning service (and its hubs) until interrupted."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(log_level, log_format)
     overrides = {
         "data_dir": str(data_dir) if data_dir else None,
         "dsn": dsn,

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 
+from iotdps import metrics
 from iotdps.errors import InvalidInput, IotdpsError, NotFound, Throttled
 from iotdps.hub.records import CloudMessage
 from iotdps.ports import Clock, HubStore
@@ -70,6 +71,7 @@ async def enqueue(store: HubStore, message: CloudMessage) -> None:
         if await uow.c2d.count(hub, device_id) >= MAX_C2D_QUEUE:
             raise Throttled(f"the queue of device {device_id} is full ({MAX_C2D_QUEUE} messages)", 60)
         await uow.c2d.add(message)
+    metrics.hub_operation(hub, "c2d", "queued")
 
 
 class C2DExpiry:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from iotdps import metrics
 from iotdps.errors import IotdpsError
 from iotdps.evidence import PeerIdentity
 from iotdps.hub.auth import check_device
@@ -116,6 +117,7 @@ class DeviceRequests:
         try:
             async with self._store.begin() as uow:
                 await uow.c2d.complete(hub, device_id, seq)
+            metrics.hub_operation(hub, "c2d", "delivered")
         except IotdpsError as exc:
             log.warning("hub %s: C2D %d of %s not completed: %s", hub, seq, device_id, exc.message)
 

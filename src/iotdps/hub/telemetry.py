@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from iotdps import metrics
 from iotdps.errors import IotdpsError
 from iotdps.hub.records import TelemetryMessage
 from iotdps.ports import HubStore
@@ -47,6 +48,16 @@ class _Item:
     message: TelemetryMessage
     acker: Acker | None
     packet_id: int | None
+
+
+def _per_hub(batch: list[_Item]) -> dict[str, tuple[int, int]]:
+    """(messages, body bytes) per hub of a stored batch: one metrics call per hub, not per message."""
+    counts: dict[str, tuple[int, int]] = {}
+    for item in batch:
+        hub = item.message.hub
+        messages, size = counts.get(hub, (0, 0))
+        counts[hub] = (messages + 1, size + len(item.message.body))
+    return counts
 
 
 class TelemetryWriter:
@@ -142,6 +153,7 @@ class TelemetryWriter:
             return
         self.written += len(batch)
         self.batches += 1
+        metrics.telemetry(_per_hub(batch))
         if self._on_batch is not None:
             self._on_batch(len(batch))
         # The transaction has ended: now the sockets, one call per connection for its share.

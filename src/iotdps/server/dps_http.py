@@ -150,7 +150,7 @@ class DeviceApi:
         else:
             credential = await self._credential(request)
         reply = await self.runner.register(
-            scope, registration_id, credential, body.get("payload"), csr, peer=request.remote
+            scope, registration_id, credential, body.get("payload"), csr, peer=request.remote, transport="https"
         )
         return _respond(reply, request)
 

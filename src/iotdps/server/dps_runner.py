@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from iotdps import metrics
 from iotdps.attestation.authentication import Authentication
-from iotdps.evidence import Credential
+from iotdps.evidence import Credential, TpmEvidence, X509Evidence
 from iotdps.provisioning.registration import RegistrationOutcome, RegistrationRequest, new_operation_id
 from iotdps.provisioning.service import ProvisioningService
 from iotdps.server.dps_replies import DeviceReply, assigning_reply, error_body, outcome_reply
@@ -37,7 +39,9 @@ class AssignedLog:
     registration records anyway (`iotdps registration list`, the service API)."""
 
     def __init__(self, clock: Callable[[], float], *, per_window: int = 10, window: float = 1.0) -> None:
-        self._lines = WindowedLog(log, clock, "registrations assigned", per_window=per_window, window=window)
+        self._lines = WindowedLog(
+            log, clock, "registrations assigned", per_window=per_window, window=window, event="registration_assigned"
+        )
 
     def __call__(self, registration_id: str, status: str, hub: str | None, device_id: str | None) -> None:
         self._lines("", "registration %s %s on %s as %s", registration_id, status, hub, device_id)
@@ -94,6 +98,24 @@ async def run_within(
         timer.cancel()
 
 
+def _count_registration(
+    request: RegistrationRequest, outcome: RegistrationOutcome, transport: str, seconds: float
+) -> None:
+    record = outcome.record
+    if record is not None and record.attestation_type is not None:
+        attestation: str = record.attestation_type
+    elif isinstance(request.credential, X509Evidence):
+        attestation = "x509"
+    elif isinstance(request.credential, TpmEvidence):
+        attestation = "tpm"
+    elif request.credential is not None or request.authentication is not None:
+        attestation = "symmetricKey"  # a SAS token (symmetric key, or TPM's after its challenge)
+    else:
+        attestation = "none"
+    status = "refused" if record is None else str(record.status)
+    metrics.registration(status, attestation, transport, seconds)
+
+
 class RegistrationRunner:
     """Runs registrations for both edges: throttling, the direct-answer budget, logging, and
     tracking of in-flight work so a graceful shutdown can wait for it."""
@@ -116,11 +138,12 @@ class RegistrationRunner:
         self.accepting = True
         self.assigned_log = AssignedLog(clock)
         # Refused CONNECTs and registrations, DPS and hub alike: an outsider decides how many.
-        self.refused_log = WindowedLog(log, clock, "refusals")
+        self.refused_log = WindowedLog(log, clock, "refusals", count=metrics.refusal, event="refused")
 
     def throttled(self) -> DeviceReply | None:
         wait = self._bucket.take(self._clock())
         if wait:
+            metrics.rate_limited("registrations")
             log.info("registration throttled: retry after %d s", max(wait, self._retry_after))
             return DeviceReply(429, error_body(429001, "Too many requests; retry later"), max(wait, self._retry_after))
         return None
@@ -135,7 +158,9 @@ class RegistrationRunner:
         authentication: Authentication | None = None,
         *,
         peer: str | None = None,
+        transport: str = "mqtt",
     ) -> DeviceReply:
+        """`transport`: "mqtt" (also over websockets) or "https", for the metrics."""
         if not self.accepting:
             return DeviceReply(503, error_body(503000, "Service is shutting down; retry later"), self._retry_after)
         throttled = self.throttled()
@@ -145,14 +170,17 @@ class RegistrationRunner:
         request = RegistrationRequest(
             id_scope, registration_id, credential, payload, csr, operation_id, authentication, peer
         )
-        outcome = await run_within(asyncio.get_running_loop(), self._run(request), self._budget, self._inflight)
+        work = self._run(request, transport)
+        outcome = await run_within(asyncio.get_running_loop(), work, self._budget, self._inflight)
         if outcome is None:
             # The pipeline goes on; the device polls the operation id it now knows.
             return assigning_reply(operation_id)
         return outcome_reply(outcome)
 
-    async def _run(self, request: RegistrationRequest) -> RegistrationOutcome:
+    async def _run(self, request: RegistrationRequest, transport: str) -> RegistrationOutcome:
+        started = time.perf_counter()
         outcome = await self.service.register(request)
+        _count_registration(request, outcome, transport, time.perf_counter() - started)
         if outcome.reason is not None:
             self.refused_log(
                 outcome.reason.value,

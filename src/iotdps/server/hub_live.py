@@ -21,6 +21,7 @@ import time
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
+from iotdps import metrics
 from iotdps.errors import IotdpsError
 from iotdps.hub.device_requests import DeviceRequests
 from iotdps.hub.errors import DeviceNotConnected, MethodTimeout
@@ -52,7 +53,10 @@ class HubConnections:
         self._rids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
-        self.refused_log = WindowedLog(log, time.monotonic, "hub CONNECT refusals")
+        self.refused_log = WindowedLog(
+            log, time.monotonic, "hub CONNECT refusals", count=metrics.refusal, event="hub_connect_refused"
+        )
+        metrics.track_hubs(self, HubConnections._connected_by_hub)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -191,6 +195,13 @@ class HubConnections:
     def connected_count(self, hub: str) -> int:
         return sum(1 for live_hub, _device in self._live if live_hub == hub)
 
+    def _connected_by_hub(self) -> dict[str, float]:
+        """Devices connected now, per hub served here (read by the metrics when scraped)."""
+        counts = dict.fromkeys(self._names.all, 0.0)
+        for live_hub, _device in list(self._live):
+            counts[live_hub] = counts.get(live_hub, 0.0) + 1
+        return counts
+
     @property
     def connection_count(self) -> int:
         return len(self._live)
@@ -223,8 +234,11 @@ class HubConnections:
         self._methods[rid] = (endpoint, future)
         try:
             endpoint.conn.publish(format_method_request_topic(name, rid), payload, qos=0)
-            return await asyncio.wait_for(future, timeout)
+            answer = await asyncio.wait_for(future, timeout)
+            metrics.hub_operation(hub, "method", "answered")
+            return answer
         except TimeoutError:
+            metrics.hub_operation(hub, "method", "timeout")
             raise MethodTimeout(f"device {device_id} did not answer method {name!r} within {timeout:g} s") from None
         finally:
             self._methods.pop(rid, None)

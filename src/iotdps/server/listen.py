@@ -32,6 +32,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from iotdps import metrics
 from iotdps.evidence import PeerIdentity
 from iotdps.server.logthrottle import PerReasonLog
 from iotdps.server.tls import ServerTls
@@ -56,7 +57,7 @@ DEFAULT_REQUEST_TIMEOUT = 30.0
 _LINGER = 2.0
 
 _http_log = logging.getLogger("iotdps.http")
-_REFUSED_REQUESTS = PerReasonLog(_http_log, "malformed HTTP requests", rate=1.0, burst=10)
+_REFUSED_REQUESTS = PerReasonLog(_http_log, "malformed HTTP requests", rate=1.0, burst=10, event="http_request_refused")
 
 
 class _HttpServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -119,13 +120,17 @@ async def start_tls_server(
     """
     loop = asyncio.get_running_loop()
     deadlines = HandshakeDeadlines(handshake_timeout)
-    return await loop.create_server(
+    server = await loop.create_server(
         lambda: TlsServerProtocol(tls, protocol_factory, deadlines),
         host,
         port,
         reuse_address=reuse_address,
         backlog=backlog,
     )
+    listener = f"{host}:{_bound_port(server)}"
+    # Held weakly by the metrics: a closed server's listener drops out with its last connection.
+    metrics.track_listener(deadlines, lambda d: {listener: d.connections})
+    return server
 
 
 def _bound_port(server: asyncio.AbstractServer | None) -> int:

@@ -54,6 +54,7 @@ class PerReasonLog:
         rate: float = 1.0,
         burst: int = 10,
         clock: Callable[[], float] = time.monotonic,
+        event: str | None = None,
     ) -> None:
         """`what` names the event in the suppression summary ("TLS handshake failures")."""
         self._logger = logger
@@ -62,6 +63,7 @@ class PerReasonLog:
         self._rate = rate
         self._burst = max(1, burst)
         self._clock = clock
+        self._event = event  # the lines' event name in JSON logs (iotdps.logformat)
         self._buckets: dict[str, _Bucket] = {}
 
     def log(self, reason: str, peer: str, message: str, *args: object) -> bool:
@@ -76,13 +78,19 @@ class PerReasonLog:
             bucket = self._buckets[reason] = _Bucket(float(self._burst), now)
         if self._take(bucket, now):
             self._report(reason, bucket)
-            self._logger.log(self._level, message, *args)
+            self._logger.log(self._level, message, *args, extra=self._fields(reason, peer))
             return True
         bucket.suppressed += 1
         bucket.last_peer = peer
         if bucket.timer is None:
             self._schedule(reason, bucket)
         return False
+
+    def _fields(self, reason: str, peer: str) -> dict[str, str]:
+        fields = {"reason": reason, "peer": peer}
+        if self._event:
+            fields["event"] = self._event
+        return fields
 
     def _take(self, bucket: _Bucket, now: float) -> bool:
         bucket.tokens = min(float(self._burst), bucket.tokens + max(0.0, now - bucket.stamp) * self._rate)
@@ -148,8 +156,14 @@ class WindowedLog:
         *,
         per_window: int = 10,
         window: float = 1.0,
+        count: Callable[[str], None] | None = None,
+        event: str | None = None,
     ) -> None:
-        """`what` names the held-back lines in the summary ("more <what>")."""
+        """`what` names the held-back lines in the summary ("more <what>"). `count(kind)` is
+        called for every line, shown or held back (the refusal metrics: iotdps.metrics).
+        `event`: the lines' event name in JSON logs (iotdps.logformat)."""
+        self._count = count
+        self._event = event
         self._log = logger
         self._clock = clock
         self._what = what
@@ -162,13 +176,18 @@ class WindowedLog:
 
     def __call__(self, kind: str, message: str, *args: object) -> None:
         """Log `message % args` at info level, or count it under `kind` when over the rate."""
+        if self._count is not None:
+            self._count(kind)
         now = self._clock()
         if now >= self._window_start + self._window:
             self._window_start = now
             self._shown = 0
         if self._shown < self._per_window:
             self._shown += 1
-            self._log.info(message, *args)
+            extra: dict[str, str] = {"event": self._event} if self._event else {}
+            if kind:
+                extra["kind"] = kind
+            self._log.info(message, *args, extra=extra)
             return
         self._hidden[kind] += 1
         if self._summary is None:

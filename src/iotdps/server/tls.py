@@ -42,6 +42,10 @@ from iotdps.pki.encoding import remember_thumbprints
 from iotdps.secret import Secret
 
 __all__ = [
+    "PRIVATE_BINDINGS",
+    "PRIVATE_CLASS_MEMBERS",
+    "PRIVATE_CONNECTION_MEMBERS",
+    "PRIVATE_CONTEXT_MEMBER",
     "TLS12_CIPHERS",
     "ServerPrivateKey",
     "ServerTls",
@@ -62,6 +66,55 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# Every private pyOpenSSL name this seam uses, and why it is kept (bench/PROFILE.md, "The TLS
+# seam's private pyOpenSSL calls", measured with bench/tls_private.py). pyOpenSSL may change
+# any of them in any release: tests/unit/server/test_pyopenssl_private.py checks each one by
+# name and by behaviour, so an upgrade that breaks one fails there, naming it, rather than as
+# an AttributeError in the middle of a device's handshake.
+#
+# OpenSSL functions through `OpenSSL._util.lib` (cryptography's binding): the verify callback
+# installed with SSL_CTX_set_verify, the memory-BIO and SSL calls of the hot path, and the
+# peer chain read as DER.
+PRIVATE_BINDINGS: tuple[str, ...] = (
+    "X509_verify_cert_error_string",
+    "SSL_CTX_set_verify",
+    "X509_STORE_CTX_get_current_cert",
+    "X509_up_ref",
+    "X509_STORE_CTX_get_error",
+    "X509_STORE_CTX_get_error_depth",
+    "X509_STORE_CTX_get_ex_data",
+    "SSL_get_ex_data_X509_STORE_CTX_idx",
+    "X509_STORE_CTX_set_error",
+    "X509_V_OK",
+    "BIO_get_mem_data",
+    "BIO_write",
+    "BIO_read",
+    "SSL_do_handshake",
+    "SSL_read",
+    "SSL_write",
+    "SSL_pending",
+    "SSL_get_verify_result",
+    "BIO_new",
+    "BIO_s_mem",
+    "i2d_X509_bio",
+    "BIO_free",
+    "sk_X509_num",
+    "sk_X509_value",
+    "SSL_get_peer_certificate",
+    "X509_free",
+    "SSL_get_peer_cert_chain",
+    "SSL_get0_verified_chain",
+)
+# Private members of pyOpenSSL's classes: (class, attribute).
+PRIVATE_CLASS_MEMBERS: tuple[tuple[str, str], ...] = (
+    ("Connection", "_reverse_mapping"),  # SSL* -> Connection, for the direct verify callback
+    ("Connection", "_raise_ssl_error"),  # pyOpenSSL's own error mapping after a direct call
+    ("X509", "_from_raw_x509_ptr"),  # the certificate the verify callback complains about
+)
+# Instance attributes: of a Connection (its SSL* and memory BIOs) and of a Context (its SSL_CTX*).
+PRIVATE_CONNECTION_MEMBERS: tuple[str, ...] = ("_ssl", "_into_ssl", "_from_ssl")
+PRIVATE_CONTEXT_MEMBER = "_context"
 
 ServerPrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey
 
@@ -301,7 +354,6 @@ class ServerTls:
         # OpenSSL's stateful tickets (a session id, no ticket encryption): pyOpenSSL does not
         # bind SSL_CTX_set_num_tickets, and with the cache off those tickets never resume.
         ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
-        ctx.set_cipher_list(":".join(TLS12_CIPHERS).encode("ascii"))
         try:
             ctx.use_certificate(chain[0])
             for extra in chain[1:]:
@@ -327,6 +379,10 @@ class ServerTls:
         store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
         if self._sni_callback is not None:
             ctx.set_tlsext_servername_callback(self._on_sni)
+        # Last: pyOpenSSL 25.1 and 25.2 check a cipher list on a throwaway Connection, which marks
+        # the context used, and every later setter then warns (DeprecationWarning: "Attempting
+        # to mutate a Context after a Connection was created"; from 26.2 that is a ValueError).
+        ctx.set_cipher_list(":".join(TLS12_CIPHERS).encode("ascii"))
         return ctx
 
     def _on_sni(self, conn: SSL.Connection) -> None:

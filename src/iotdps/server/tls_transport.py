@@ -29,6 +29,7 @@ from typing import Any
 
 from OpenSSL import SSL
 
+from iotdps import metrics
 from iotdps.evidence import PeerIdentity
 from iotdps.server.logthrottle import PerReasonLog
 from iotdps.server.peers import peer_text
@@ -54,11 +55,12 @@ PEER_INFO_KEY = "iotdps_peer"
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 
 # One budget for the whole process: every listener's handshake failures share the log.
-_HANDSHAKE_FAILURES = PerReasonLog(log, "TLS handshake failures", rate=1.0, burst=10)
+_HANDSHAKE_FAILURES = PerReasonLog(log, "TLS handshake failures", rate=1.0, burst=10, event="tls_handshake_failed")
 
 
 
 def _handshake_failed(peername: Any, reason: str) -> None:
+    metrics.handshake_failure(reason)
     peer = peer_text(peername)
     _HANDSHAKE_FAILURES.log(reason, peer, "TLS handshake with %s failed: %s", peer, reason)
 
@@ -89,6 +91,9 @@ class HandshakeDeadlines:
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
+        # The listener's open connections, read by the metrics when scraped (one add and one
+        # subtract per connection; no metrics call on the connection path).
+        self.connections = 0
         self._loop = asyncio.get_running_loop()
         self._due: dict[TlsServerProtocol, float] = {}  # in arrival order, so in deadline order
         self._timer: asyncio.TimerHandle | None = None
@@ -155,6 +160,7 @@ class TlsServerProtocol(asyncio.Protocol):
         self._peername = transport.get_extra_info("peername")
         self._conn = self._tls.new_connection()
         self._deadlines.add(self)
+        self._deadlines.connections += 1
 
     def data_received(self, data: bytes) -> None:
         if self._state is _State.CLOSED or self._conn is None:
@@ -186,6 +192,8 @@ class TlsServerProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timeout()
+        if self._raw is not None:
+            self._deadlines.connections -= 1
         if self._state is _State.HANDSHAKING:
             self._hung_up_during_handshake("the connection was lost during the handshake")
         self._state = _State.CLOSED

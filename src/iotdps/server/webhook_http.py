@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextvars
 import socket
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +23,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
+from iotdps import metrics
 from iotdps.allocation.destinations import DestinationRefused, Verdict, WebhookDestinations
 from iotdps.jsonload import InvalidJson, load_json
 from iotdps.ports import WebhookResponse
@@ -87,6 +89,23 @@ class AiohttpWebhookTransport:
         return self._session
 
     async def post_json(self, url: str, body: Mapping[str, Any], timeout: float) -> WebhookResponse:
+        started = time.perf_counter()
+        outcome = "failed"
+        try:
+            response = await self._post_json(url, body, timeout)
+        except DestinationRefused:
+            outcome = "refused"
+            raise
+        except TimeoutError:
+            outcome = "timeout"
+            raise
+        else:
+            outcome = "ok" if 200 <= response.status < 300 else "http_error"
+            return response
+        finally:
+            metrics.webhook_call(outcome, time.perf_counter() - started)
+
+    async def _post_json(self, url: str, body: Mapping[str, Any], timeout: float) -> WebhookResponse:
         verdict = self.destinations.check(url)
         if verdict.refusal is not None:
             raise DestinationRefused(verdict.refusal)

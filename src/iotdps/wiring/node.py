@@ -51,12 +51,14 @@ from iotdps.server.dps_runner import RegistrationRunner
 from iotdps.server.identity import ServerFiles, ensure_server_identity
 from iotdps.server.listen import TlsSite, http_runner, start_tls_server
 from iotdps.server.mqtt_conn import CONNACK_NOT_AUTHORIZED, CONNACK_SERVER_UNAVAILABLE, MqttConnection, MqttEndpoint
+from iotdps.server.ops_http import add_ops_routes
 from iotdps.server.peers import peer_text
 from iotdps.server.ratelimit import TokenBucket
 from iotdps.server.tls import ServerTls, load_pem_chain, load_pem_key
 from iotdps.server.webhook_http import AiohttpWebhookTransport
 from iotdps.server.ws_bridge import WEBSOCKET_PATH, serve_mqtt_websocket
 from iotdps.store import open_store
+from iotdps.store.health import check_store
 from iotdps.timestamps import utcnow
 from iotdps.web import Console
 from iotdps.wiring.hub import Hubs
@@ -116,6 +118,7 @@ class Server:
         self._tasks: list[asyncio.Task[Any]] = []
         self._webhook: AiohttpWebhookTransport | None = None
         self._stopped = asyncio.Event()
+        self._started = False
 
     # ------------------------------------------------------------------ start
 
@@ -169,6 +172,7 @@ class Server:
             sessions=console.sessions,
         )
         console.mount(management)
+        add_ops_routes(management, self.readiness)
         # The hub service API is reached at each hub's host name: serve the management port on
         # every hub address too (unless the management API already listens on all addresses).
         extra = [] if is_unspecified(config.management.bind) else [h.bind for h in config.effective_hubs]
@@ -183,6 +187,7 @@ class Server:
                 f"The server CA key's passphrase was generated into {server_files.passphrase_file}; move it to a "
                 "secret store and pass it as IOTDPS_SERVER_CA_PASSPHRASE."
             )
+        self._started = True
         info = StartupInfo(
             settings.id_scope, config.dps.host_name, endpoints, server_files.ca_pem, first_start, server_files, notes
         )
@@ -285,6 +290,17 @@ class Server:
             os.umask(old_umask)
         path.chmod(0o600)
         self._runners.append(runner)
+
+    async def readiness(self) -> dict[str, bool]:
+        """For /readyz (server/ops_http.py): listeners bound and serving, the store answering,
+        its schema at this code's revision."""
+        listening = self._started and not self._stopped.is_set() and all(s.is_serving() for s in self._servers)
+        health = await check_store(self.store) if self.store is not None else None
+        return {
+            "listeners": listening,
+            "store": health is not None and health.reachable,
+            "migrations": health is not None and health.schema_current,
+        }
 
     # ------------------------------------------------------------------ connections
 

@@ -17,7 +17,6 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import asyncpg
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
@@ -27,6 +26,7 @@ from sqlalchemy.pool import StaticPool
 from iotdps.errors import InvalidInput, StoreError
 from iotdps.fsutil import private_file
 from iotdps.store._common import json_column_text
+from iotdps.store._pgdriver import pg_driver_errors, require_pg_driver
 
 __all__ = [
     "DB_ERRORS",
@@ -50,16 +50,17 @@ SQLITE_BUSY_WAIT = 5.0
 # store begins and ends itself (see SqlStore._transaction); the engine's "begin" hook skips it.
 RAW_TRANSACTIONS = "iotdps_raw_transactions"
 
+# asyncpg comes with the `postgres` extra: without it the SQL store serves SQLite alone.
+_PG_ERRORS, _PG_INTEGRITY = pg_driver_errors()
 DB_ERRORS: tuple[type[BaseException], ...] = (
     SQLAlchemyError,
     sqlite3.Error,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
+    *_PG_ERRORS,
     OSError,
     TimeoutError,
 )
 # What a unique index refusing a row looks like, through SQLAlchemy or straight from the driver.
-INTEGRITY_ERRORS = (IntegrityError, sqlite3.IntegrityError, asyncpg.IntegrityConstraintViolationError)
+INTEGRITY_ERRORS: tuple[type[BaseException], ...] = (IntegrityError, sqlite3.IntegrityError, *_PG_INTEGRITY)
 
 _DRIVERS = {"sqlite": "sqlite+pysqlite", "postgresql": "postgresql+asyncpg"}
 # Other spellings that name the same driver; aiosqlite was the SQLite driver of earlier releases.
@@ -123,6 +124,7 @@ def make_engine(url: URL, schema: str | None) -> Engine | AsyncEngine:
         engine = create_engine(url, **options)
         _sqlite_setup(engine)
         return engine
+    require_pg_driver()
     url, pool = _pool_options(url)
     options.update(pool)
     server_settings = {"application_name": "iotdps"}

@@ -25,6 +25,7 @@ statement parameters (which may hold keys) are never shown (`hide_parameters`).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import Any
@@ -32,6 +33,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from iotdps import metrics
 from iotdps.errors import StoreError
 from iotdps.ports import Clock, SystemClock
 from iotdps.store._checkpoint import BACKSTOP_PAGES, WalCheckpointer
@@ -100,6 +102,7 @@ class SqlStore:
         serial: AbstractAsyncContextManager[Any] = self._serial if self._serial is not None else nullcontext()
         body_error: BaseException | None = None
         async with serial:
+            started = time.perf_counter()  # the store's time, not the wait for our turn
             try:
                 async with opened() as tx:
                     try:
@@ -114,6 +117,8 @@ class SqlStore:
                 if exc is body_error:
                     raise
                 raise self.error(exc) from None
+            finally:
+                metrics.store_unit("write" if opened == self._transaction else "read", time.perf_counter() - started)
 
     @asynccontextmanager
     async def _reading(self) -> AsyncIterator[SqlTx]:

@@ -18,6 +18,8 @@ service) installs and runs without the native TSS libraries.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from iotdps.errors import IotdpsError
@@ -71,20 +73,35 @@ def _pytss() -> Any:
 class Tpm:
     """One open TPM. `tcti` is a tpm2-tools TCTI string: `device:/dev/tpmrm0` on a device,
     `swtpm:host=127.0.0.1,port=2321` for a software TPM. Calls are serialised: a TPM runs one
-    command at a time, and the asyncio client calls in from worker threads."""
+    command at a time, and the asyncio client calls in from worker threads. No connection is
+    held between calls (swtpm serves one client at a time, and tpm2-tools may want the TPM)."""
 
     def __init__(self, tcti: str) -> None:
         self._t = _pytss()
         self.tcti = tcti
         self._lock = threading.Lock()
-        try:
-            self._esapi = self._t.ESAPI(tcti)
-        except Exception as exc:  # the TSS raises its own types; say where, not a traceback
-            raise TpmError(f"cannot open the TPM at {tcti!r}: {exc}") from None
+        self._esapi: Any = None
+        with self._open():  # fail here, with the TCTI named, when the TPM cannot be reached
+            pass
+
+    @contextmanager
+    def _open(self) -> Iterator[None]:
+        """One ESAPI context per operation, under the lock. ESAPI caches what it knows of each
+        persistent handle while its context lives; the ID key at 0x81000100 is replaced on
+        every import, and a long-lived context then refuses the new key ("name mismatch")."""
+        with self._lock:
+            try:
+                self._esapi = self._t.ESAPI(self.tcti)
+            except Exception as exc:  # the TSS raises its own types; say where, not a traceback
+                raise TpmError(f"cannot open the TPM at {self.tcti!r}: {exc}") from None
+            try:
+                yield
+            finally:
+                self._esapi.close()
+                self._esapi = None
 
     def close(self) -> None:
-        with self._lock:
-            self._esapi.close()
+        """Nothing stays open between operations; kept so a Tpm can be used with `with`."""
 
     def __enter__(self) -> Tpm:
         return self
@@ -108,7 +125,7 @@ class Tpm:
         return handles
 
     def _read_public(self, handle: int, what: str) -> bytes:
-        with self._lock:
+        with self._open():
             if handle not in self._persistent():
                 raise TpmError(f"no {what} at 0x{handle:08x}: provision the TPM first (see the README)")
             tr = self._esapi.tr_from_tpmpublic(handle)
@@ -130,7 +147,7 @@ class Tpm:
 
         For a fresh software TPM (the fleet simulator); a real device's keys are left alone."""
         t = self._t
-        with self._lock:
+        with self._open():
             present = self._persistent()
             if EK_HANDLE not in present:
 
@@ -150,11 +167,15 @@ class Tpm:
         try:
             tr, _, _, _, _ = self._esapi.create_primary(t.TPM2B_SENSITIVE_CREATE(), template, hierarchy)
             try:
-                self._esapi.evict_control(t.ESYS_TR.OWNER, tr, handle)
+                self._close(self._esapi.evict_control(t.ESYS_TR.OWNER, tr, handle))
             finally:
                 self._esapi.flush_context(tr)  # swtpm has three transient slots
         except t.TSS2_Exception as exc:
             raise TpmError(f"creating the key at 0x{handle:08x} failed: {exc}") from None
+
+    def _close(self, tr: Any) -> None:
+        if tr != self._t.ESYS_TR.NONE:
+            self._esapi.tr_close(tr)
 
     # ------------------------------------------------------------------ the challenge
 
@@ -170,7 +191,7 @@ class Tpm:
             public, _ = t.TPM2B_PUBLIC.unmarshal(fields[4])
         except Exception as exc:  # the unmarshalers raise TSS errors on malformed fields
             raise TpmError(f"activation blob is malformed: {exc}") from None
-        with self._lock:
+        with self._open():
             esapi = self._esapi
             ek = esapi.tr_from_tpmpublic(EK_HANDLE)
             srk = esapi.tr_from_tpmpublic(SRK_HANDLE)
@@ -185,8 +206,10 @@ class Tpm:
                 try:
                     if ID_KEY_HANDLE in self._persistent():
                         old = esapi.tr_from_tpmpublic(ID_KEY_HANDLE)
-                        esapi.evict_control(t.ESYS_TR.OWNER, old, ID_KEY_HANDLE)  # closes `old`
-                    esapi.evict_control(t.ESYS_TR.OWNER, loaded, ID_KEY_HANDLE)
+                        self._close(esapi.evict_control(t.ESYS_TR.OWNER, old, ID_KEY_HANDLE))  # closes `old`
+                    # Close the new persistent object's handle too: ESAPI remembers a handle's
+                    # name while one is open, and the next import would then not match it.
+                    self._close(esapi.evict_control(t.ESYS_TR.OWNER, loaded, ID_KEY_HANDLE))
                 finally:
                     esapi.flush_context(loaded)
             finally:
@@ -217,7 +240,7 @@ class Tpm:
         if len(data) > _MAX_HMAC_INPUT:
             raise TpmError(f"data to sign is {len(data)} bytes; the TPM takes at most {_MAX_HMAC_INPUT}")
         t = self._t
-        with self._lock:
+        with self._open():
             if ID_KEY_HANDLE not in self._persistent():
                 raise TpmError("no key imported yet at 0x81000100: the device must provision first")
             key = self._esapi.tr_from_tpmpublic(ID_KEY_HANDLE)

@@ -50,6 +50,17 @@ def test_imports_the_services_blob_and_signs_with_its_key(swtpm: Swtpm) -> None:
     assert swtpm.hmac(f"{_SR}\n{_EXPIRY}".encode()) == tc.sas_signature(hub.key, _SR, _EXPIRY)
 
 
+def test_one_tpm_object_imports_again_and_again(swtpm: Swtpm) -> None:
+    # Each registration (and each reprovisioning) imports two blobs into the same handle; a
+    # long-lived ESAPI context used to refuse the third key ("name mismatch").
+    with Tpm(swtpm.tcti) as tpm:
+        ek, srk = tc.parse_ek(tpm.endorsement_key()), tc.parse_srk(tpm.storage_root_key())
+        for _ in range(4):
+            made = tc.build_activation_blob(ek, srk)
+            tpm.activate(made.blob)
+            assert tpm.sign(f"{_SR}\n{_EXPIRY}".encode()) == tc.sas_signature(made.key, _SR, _EXPIRY)
+
+
 def test_a_blob_for_another_tpm_is_refused_by_the_tpm(swtpm: Swtpm, tmp_path: Path) -> None:
     with running_swtpm(tmp_path / "other") as other:
         blob = tc.build_activation_blob(tc.parse_ek(other.ek_public), tc.parse_srk(other.srk_public)).blob

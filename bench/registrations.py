@@ -25,6 +25,16 @@ registration (the whole PostgreSQL server, from /proc) and the ceilings the shar
 as shares of nginx's rate: the rate at which server, load generator and database together
 would use every core, and the same with a server that spent only nginx's CPU per handshake.
 Target: at least 70%. It prints; it never fails on a slow machine.
+
+`--attestation tpm` measures something else, in one run on one server: symmetric-key
+registrations (MQTT, a group, as above) and TPM registrations (HTTPS; `--tpms` software TPMs,
+swtpm, each an individual enrollment) take turns, `--rounds` times, `-n` of each per round. A
+TPM registration is two requests (the 401 challenge, then the answer with the TPM-signed SAS)
+and costs the service two activation blobs (the challenge and the hub key: per blob two RSA-OAEP
+encryptions, KDFa, AES-CFB and HMACs); the device's side is the TPM's ActivateCredential,
+Import, Load and EvictControl, twice. Printed: rate, latency, the server's CPU per registration
+of each kind and their ratio. Each TPM registers again and again (a reprovisioning), `--tpms`
+at a time; the swtpm processes' CPU is the load generator's, not counted for the server.
 """
 
 from __future__ import annotations
@@ -142,12 +152,16 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=600, help="registrations (and handshakes) per side and round")
     ap.add_argument("--rounds", type=int, default=3, help="alternations of iotdps and nginx (default 3)")
     ap.add_argument("--concurrency", type=int, default=20)
-    ap.add_argument("--attestation", choices=["x509", "symmetric-key"], default="x509")
+    ap.add_argument("--attestation", choices=["x509", "symmetric-key", "tpm"], default="x509")
+    ap.add_argument("--tpms", type=int, default=8, help="software TPMs for --attestation tpm (default 8)")
     ap.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite")
     ap.add_argument("--clients", type=int, default=1, help="load-generator processes (default 1)")
     args = ap.parse_args()
     n = max(1, min(args.n, 20_000))
     rounds = max(1, min(args.rounds, 20))
+    if args.attestation == "tpm":
+        tpm_main(n, rounds, max(1, min(args.tpms, 32)), args.concurrency)
+        return
     print(
         f"registrations: {args.attestation}, store {args.store}, MQTT over TLS 1.2, concurrency {args.concurrency}, "
         f"{args.clients} client process(es), {rounds} round(s) of {n}, {time.strftime('%Y-%m-%d %H:%M')}",
@@ -218,6 +232,73 @@ def main() -> None:
         f"ratio  : iotdps registrations/s = {100 * statistics.median(ratios):.0f}% of nginx handshakes/s, "
         f"median of {rounds} round(s) ({', '.join(f'{100 * x:.0f}%' for x in ratios)}; target >= 70%)"
     )
+
+
+def tpm_main(n: int, rounds: int, tpm_count: int, concurrency: int) -> None:
+    """Symmetric-key (MQTT) and TPM (HTTPS, swtpm) registrations, taking turns on one server."""
+    from iotdps.device.swtpm import SwtpmPool
+
+    os.environ.setdefault("TSS2_LOG", "all+NONE")
+    print(
+        f"registrations: symmetric key (MQTT, concurrency {concurrency}) next to TPM (HTTPS, {tpm_count} swtpm), "
+        f"SQLite, {rounds} round(s) of {n} each, {time.strftime('%Y-%m-%d %H:%M')}",
+        flush=True,
+    )
+    with h.temp_dir("iotdps-bench-tpm-") as tmp, contextlib.ExitStack() as stack:
+        work = Path(tmp)
+        server = stack.enter_context(h.iotdps_up(work))
+        pool = stack.enter_context(SwtpmPool(tpm_count, work / "tpms"))
+        scope, sas_fleet = asyncio.run(prepare(server, "symmetric-key", n * rounds, work, warmup=WARMUP))
+
+        async def tpm_fleet() -> Any:
+            store = await open_store(server.dsn, create=False)
+            try:
+                return await create_fleet(
+                    LocalAdminClient(store), "tpm", tpm_count, work / "tpm-devices", server.server_ca, tpms=pool.tpms
+                )
+            finally:
+                await store.close()
+
+        tpm_devices = asyncio.run(tpm_fleet()).devices
+        sas_devices = sas_fleet.devices
+
+        def tpm_registrations(count: int) -> PhaseStats:
+            # Each TPM holds one challenge key at a time: a device is never in two registrations at
+            # once, so the TPMs register in waves of `tpm_count`.
+            merged, begin = PhaseStats(), time.perf_counter()
+            while merged.attempted < count:
+                wave = tpm_devices[: min(tpm_count, count - merged.attempted)]
+                stats, _ = asyncio.run(register_fleet(server.address, 8883, scope, wave, concurrency=len(wave)))
+                merged.attempted += stats.attempted
+                merged.succeeded += stats.succeeded
+                merged.latencies += stats.latencies
+                merged.errors.update(stats.errors)
+            merged.elapsed = time.perf_counter() - begin
+            return merged
+
+        # Not timed: warm both paths up.
+        asyncio.run(register_fleet(server.address, 8883, scope, sas_devices[:WARMUP], concurrency=concurrency))
+        tpm_registrations(2 * tpm_count)
+        ratios: list[float] = []
+        for r in range(rounds):
+            ours = list(sas_devices[WARMUP + r * n : WARMUP + (r + 1) * n])
+            cpu0, client0 = h.cpu_seconds(server.process.pid), time.process_time()
+            sas = asyncio.run(register_fleet(server.address, 8883, scope, ours, concurrency=concurrency))[0]
+            sas_cpu, sas_client = h.cpu_seconds(server.process.pid) - cpu0, time.process_time() - client0
+            cpu0, client0 = h.cpu_seconds(server.process.pid), time.process_time()
+            tpm = tpm_registrations(n)
+            tpm_cpu, tpm_client = h.cpu_seconds(server.process.pid) - cpu0, time.process_time() - client0
+            print(line(f"{r + 1} sym-key", sas, sas_cpu, sas_client, "registrations"))
+            print(line(f"{r + 1} tpm", tpm, tpm_cpu, tpm_client, "registrations"))
+            if sas.succeeded and tpm.succeeded:
+                ratio = (tpm_cpu / tpm.succeeded) / (sas_cpu / sas.succeeded)
+                ratios.append(ratio)
+                print(f"{r + 1} server CPU per TPM registration = {ratio:.1f}x a symmetric-key one", flush=True)
+    if ratios:
+        print(
+            f"ratio  : server CPU per TPM registration = {statistics.median(ratios):.1f}x symmetric key, "
+            f"median of {len(ratios)} round(s)"
+        )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ BASH = shutil.which("bash") or "/bin/bash"
 # What the README's test command and the lint steps run, in order, as the stand-ins log them.
 STEPS = [
     "python3 -m venv .venv",
-    ".venv/bin/pip install -e .[test]",
+    ".venv/bin/pip install -e .[test,tpm]",
     "npm ci --no-audit --no-fund --ignore-scripts --loglevel=error",
     ".venv/bin/python -m pytest",
     ".venv/bin/ruff check src tests bench",
@@ -112,7 +112,7 @@ def run_ci(
 
 def _logged(steps: list[str]) -> list[str]:
     """The logged steps without the machine checks before them."""
-    return [s.strip() for s in steps if not s.startswith(("pg_isready", "apt-get"))]
+    return [s.strip() for s in steps if not s.startswith(("pg_isready", "apt-get", "pkg-config"))]
 
 
 def test_every_step_passing_runs_them_all_in_order(tmp_path: Path) -> None:
@@ -157,6 +157,15 @@ def test_a_missing_command_is_installed_and_a_failed_install_fails_ci(tmp_path: 
     assert status != 0
     assert _logged(steps) == []  # stopped before the tests
     assert "error: apt-get update failed (needed to install iotdps-ci-package)" in stderr
+
+
+def test_a_missing_library_is_installed(tmp_path: Path) -> None:
+    # pkg-config finds no library (its stand-in fails): each library's package is installed.
+    status, steps, stderr = run_ci(tmp_path, failing=("pkg-config",))
+    assert status == 0, stderr
+    installs = [s for s in steps if s.startswith("apt-get install")]
+    assert [s.split()[-1] for s in installs] == ["libtss2-dev"]
+    assert _logged(steps) == STEPS
 
 
 # -- the skip guard ---------------------------------------------------------------------------

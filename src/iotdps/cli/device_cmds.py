@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import click
 
-from iotdps.device import C2DReceived, DeviceAgent, DeviceSettings, SymmetricKey, X509Files
+from iotdps.device import C2DReceived, DeviceAgent, DeviceSettings, SymmetricKey, TpmCredential, X509Files
 from iotdps.device.credentials import Credential
 from iotdps.errors import InvalidInput
 from iotdps.secret import Secret
@@ -24,11 +25,27 @@ __all__ = ["register"]
 
 
 def _credential(
-    symmetric_key: str | None, group_key: str | None, cert: str | None, key: str | None, registration_id: str
+    symmetric_key: str | None,
+    group_key: str | None,
+    cert: str | None,
+    key: str | None,
+    registration_id: str,
+    tpm_tcti: str | None = None,
 ) -> Credential:
-    chosen = [x for x in (symmetric_key, group_key, cert) if x]
+    chosen = [x for x in (symmetric_key, group_key, cert, tpm_tcti) if x]
     if len(chosen) != 1:
-        raise InvalidInput("give exactly one of --symmetric-key, --group-key or --cert (with --key)")
+        raise InvalidInput("give exactly one of --symmetric-key, --group-key, --cert (with --key) or --tpm")
+    if tpm_tcti:
+        # Imported here: tpm2-pytss (the tpm extra) is needed only by TPM devices.
+        from iotdps.device.tpm import Tpm, TpmError
+
+        # libtss2 logs its own warnings to stderr; the command reports errors in one line.
+        # TSS2_LOG set by the user (to debug the TSS) wins.
+        os.environ.setdefault("TSS2_LOG", "all+NONE")
+        try:
+            return TpmCredential(Tpm(tpm_tcti))
+        except TpmError as exc:
+            raise InvalidInput(exc.message) from None
     if symmetric_key:
         return SymmetricKey(Secret(symmetric_key))
     if group_key:
@@ -46,6 +63,15 @@ def _credential(
 @click.option("--group-key", envvar="IOTDPS_GROUP_KEY", help="A symmetric-key group's key: the device key is derived.")
 @click.option("--cert", type=click.Path(dir_okay=False, exists=True), help="Device certificate chain (PEM).")
 @click.option("--key", type=click.Path(dir_okay=False, exists=True), help="Device private key (PEM).")
+@click.option("--tpm", is_flag=True, help="A TPM device: HTTPS challenge, keys and SAS signing in the TPM.")
+@click.option(
+    "--tcti",
+    envvar="TPM2TOOLS_TCTI",
+    default="device:/dev/tpmrm0",
+    show_default=True,
+    help="With --tpm: how to reach the TPM (tpm2-tools syntax, e.g. swtpm:host=127.0.0.1,port=2321).",
+)
+@click.option("--https-port", type=click.IntRange(1, 65535), default=443, show_default=True, help="DPS over HTTPS.")
 @click.option("--ca", "ca_file", type=click.Path(dir_okay=False, exists=True), help="Server CA (PEM) to trust.")
 @click.option("--state", "state_file", type=click.Path(dir_okay=False), required=True, help="Assignment cache file.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8883, show_default=True)
@@ -61,6 +87,9 @@ def run_command(
     group_key: str | None,
     cert: str | None,
     key: str | None,
+    tpm: bool,
+    tcti: str,
+    https_port: int,
     ca_file: str | None,
     state_file: str,
     port: int,
@@ -70,10 +99,17 @@ def run_command(
     stay: float,
 ) -> None:
     """Run a device: provision or use the cache, connect, send telemetry, answer the cloud."""
-    credential = _credential(symmetric_key, group_key, cert, key, registration_id)
     ca_pem = Path(ca_file).read_text() if ca_file else None
+    credential = _credential(symmetric_key, group_key, cert, key, registration_id, tcti if tpm else None)
     settings = DeviceSettings(
-        provisioning_host, id_scope, registration_id, credential, Path(state_file), ca_pem=ca_pem, port=port
+        provisioning_host,
+        id_scope,
+        registration_id,
+        credential,
+        Path(state_file),
+        ca_pem=ca_pem,
+        port=port,
+        https_port=https_port,
     )
 
     def emit(kind: str, doc: Any) -> None:
@@ -116,6 +152,11 @@ def run_command(
         asyncio.run(go())
     except (OSError, TimeoutError) as exc:
         raise InvalidInput(f"device run failed: {type(exc).__name__}: {exc}") from None
+    finally:
+        if isinstance(credential, TpmCredential):
+            close = getattr(credential.tpm, "close", None)
+            if close is not None:
+                close()
 
 
 def register(group: click.Group) -> None:

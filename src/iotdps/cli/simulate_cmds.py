@@ -2,6 +2,11 @@
 
     iotdps simulate --devices 200 --attestation x509 --concurrency 20 \
         [--then-telemetry RATE --duration S] [--dps-host H] [--port 8883]
+    iotdps simulate --devices 4 --attestation tpm [--https-port 443]
+
+With `--attestation tpm` every device gets its own software TPM (an `swtpm` process on
+loopback, at most 32), an individual enrollment with that TPM's EK, and registers over HTTPS
+(TPM is not offered over MQTT); its hub tokens are signed in its TPM.
 
 Creates what the run needs (an enrollment group, and for X.509 a proven CA and minted device
 certificates) on the local data dir by default, or through the management API with
@@ -19,9 +24,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import os
 import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -32,12 +38,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from iotdps.cli.target import open_client, target_options, target_params
+from iotdps.device.credentials import TpmSigner
 from iotdps.device.fleet import AttestationChoice, create_fleet
 from iotdps.device.simulate import SimulationReport, register_fleet, run_telemetry
 from iotdps.errors import InvalidInput, IotdpsError
 from iotdps.paths import default_data_dir
 
 __all__ = ["register"]
+
+MAX_TPM_DEVICES = 32  # one swtpm process each: a handful proves the flow, not a load test
 
 
 def _check_loopback(host: str) -> None:
@@ -98,7 +107,9 @@ def _print_report(report: SimulationReport, console: Console) -> None:
 
 @click.command("simulate")
 @click.option("--devices", "count", type=click.IntRange(1, 100_000), default=10, show_default=True)
-@click.option("--attestation", type=click.Choice(["x509", "symmetric-key"]), default="symmetric-key", show_default=True)
+@click.option(
+    "--attestation", type=click.Choice(["x509", "symmetric-key", "tpm"]), default="symmetric-key", show_default=True
+)
 @click.option("--concurrency", type=click.IntRange(1, 5000), default=10, show_default=True)
 @click.option(
     "--then-telemetry",
@@ -113,6 +124,7 @@ def _print_report(report: SimulationReport, console: Console) -> None:
 @click.option("--window", type=click.IntRange(1, 1000), default=16, show_default=True, help="QoS 1 in flight (rate 0).")
 @click.option("--dps-host", default="localhost", show_default=True, help="DPS host name (a loopback name).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8883, show_default=True, help="MQTT port.")
+@click.option("--https-port", type=click.IntRange(1, 65535), default=443, show_default=True, help="HTTPS port (TPM).")
 @click.option("--ca", "ca_file", type=click.Path(dir_okay=False, exists=True), help="Server CA (default: data dir).")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), help="Keep device credentials here.")
 @click.option("--timeout", type=click.FloatRange(1, 600), default=30.0, show_default=True, help="Per registration.")
@@ -128,6 +140,7 @@ def simulate_command(
     window: int,
     dps_host: str,
     port: int,
+    https_port: int,
     ca_file: str | None,
     work_dir: Path | None,
     timeout: float,
@@ -136,6 +149,8 @@ def simulate_command(
 ) -> None:
     """Register a fleet of simulated devices (and optionally send telemetry); print the rates."""
     _check_loopback(dps_host)
+    if attestation == "tpm" and count > MAX_TPM_DEVICES:
+        raise InvalidInput(f"--attestation tpm runs one swtpm per device: at most {MAX_TPM_DEVICES} devices")
     params = target_params()
     ca_pem = _server_ca(params, ca_file)
     console = Console(stderr=as_json)
@@ -154,12 +169,14 @@ def simulate_command(
 
     fleet_info: dict[str, Any] = {}
 
-    async def go(work: Path) -> SimulationReport:
+    async def go(work: Path, tpms: Sequence[TpmSigner]) -> SimulationReport:
         async with open_client(params) as client:
             settings = await client.get_settings()
             if settings is None:
                 raise InvalidInput("the service has no ID scope yet: start `iotdps up` once first")
-            fleet = await create_fleet(client, attestation, count, work, ca_pem, on_progress=tick("credentials", count))
+            fleet = await create_fleet(
+                client, attestation, count, work, ca_pem, on_progress=tick("credentials", count), tpms=tpms
+            )
         stats, assignments = await register_fleet(
             dps_host,
             port,
@@ -168,6 +185,7 @@ def simulate_command(
             concurrency=concurrency,
             timeout=timeout,
             on_progress=tick("registering", count),
+            https_port=https_port,
         )
         report = SimulationReport(stats, assignments)
         fleet_info.update(attestation=fleet.attestation, prefix=fleet.prefix, group=fleet.group_id, ca=fleet.ca_name)
@@ -185,14 +203,24 @@ def simulate_command(
             )
         return report
 
+    def run(work: Path) -> SimulationReport:
+        if attestation != "tpm":
+            return asyncio.run(go(work, ()))
+        # Imported here: only TPM fleets need tpm2-pytss (the tpm extra) and swtpm.
+        from iotdps.device.swtpm import SwtpmPool
+
+        os.environ.setdefault("TSS2_LOG", "all+NONE")  # libtss2's own stderr lines; errors are ours
+        with SwtpmPool(count, work / "tpms") as pool:
+            return asyncio.run(go(work, pool.tpms))
+
     progress: AbstractContextManager[Any] = bar if show else nullcontext()
     try:
         with progress:
             if work_dir is not None:
-                report = asyncio.run(go(work_dir))
+                report = run(work_dir)
             else:
                 with tempfile.TemporaryDirectory(prefix="iotdps-sim-") as tmp:
-                    report = asyncio.run(go(Path(tmp)))
+                    report = run(Path(tmp))
     except IotdpsError:
         raise
     except OSError as exc:

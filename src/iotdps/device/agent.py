@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from iotdps.device.credentials import Credential
+from iotdps.device.credentials import Credential, TpmCredential
 from iotdps.device.hub_client import HubClient
 from iotdps.device.mqtt import ConnectRefused
 from iotdps.device.provision import Assignment, provision
+from iotdps.device.provision_https import provision_tpm
 
 __all__ = ["DeviceAgent", "DeviceSettings", "load_state", "save_state"]
 
@@ -36,6 +37,7 @@ class DeviceSettings:
     state_file: Path
     ca_pem: str | None = None
     port: int = 8883
+    https_port: int = 443  # DPS over HTTPS: where a TPM device registers
     payload: Any = None
     hub_attempts: int = 3
     retry_delay: float = 1.0
@@ -95,6 +97,19 @@ class DeviceAgent:
     async def _provision(self) -> Assignment:
         s = self.settings
         self.provisioned += 1
+        if isinstance(s.credential, TpmCredential):
+            # TPM is HTTPS-only; the hub key lands in the TPM, so the cached hub needs no secret.
+            assignment = await provision_tpm(
+                s.provisioning_host,
+                s.id_scope,
+                s.registration_id,
+                s.credential,
+                ca_pem=s.ca_pem,
+                port=s.https_port,
+                payload=s.payload,
+            )
+            save_state(s, assignment)
+            return assignment
         assignment = await provision(
             s.provisioning_host,
             s.id_scope,

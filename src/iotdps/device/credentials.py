@@ -1,4 +1,4 @@
-"""What a device proves itself with: a symmetric key or an X.509 certificate and key.
+"""What a device proves itself with: a symmetric key, an X.509 certificate and key, or a TPM.
 
 Hub SAS tokens are device-scoped (azure-wire-protocol.md 8.1): `sr` is the percent-encoded
 `{hostname}/devices/{deviceId}`, no `skn`. DPS tokens use `{scope}/registrations/{id}` (1.3).
@@ -13,12 +13,21 @@ import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import quote
 
 from iotdps.sas import SAS_PREFIX, derive_device_key, make_sas_token
 from iotdps.secret import Secret
 
-__all__ = ["Credential", "SymmetricKey", "X509Files", "make_hub_sas_token", "tls_context"]
+__all__ = [
+    "Credential",
+    "SymmetricKey",
+    "TpmCredential",
+    "TpmSigner",
+    "X509Files",
+    "make_hub_sas_token",
+    "tls_context",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +56,43 @@ class X509Files:
     passphrase: Secret[str] | None = None
 
 
-Credential = SymmetricKey | X509Files
+class TpmSigner(Protocol):
+    """What the client needs of a TPM (iotdps.device.tpm.Tpm): its keys, the blob import, HMAC."""
+
+    def endorsement_key(self) -> bytes: ...
+
+    def storage_root_key(self) -> bytes: ...
+
+    def activate(self, blob: bytes) -> None: ...
+
+    def sign(self, data: bytes) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TpmCredential:
+    """A TPM device (azure-wire-protocol.md 3): SAS tokens are signed inside the TPM with the key
+    imported from the service's activation blob; no key is ever held in memory here."""
+
+    tpm: TpmSigner
+
+    def _sign(self, sr: str, ttl: int) -> tuple[str, int]:
+        expiry = int(time.time()) + ttl
+        signed = self.tpm.sign(f"{sr}\n{expiry}".encode())
+        return quote(base64.b64encode(signed).decode("ascii"), safe=""), expiry
+
+    def dps_token(self, id_scope: str, registration_id: str, ttl: int = 3600) -> str:
+        # The C and Node SDKs' token: sr upper-case percent-encoded, skn=registration.
+        sr = quote(f"{id_scope}/registrations/{registration_id}", safe="")
+        sig, expiry = self._sign(sr, ttl)
+        return f"{SAS_PREFIX}sr={sr}&sig={sig}&se={expiry}&skn=registration"
+
+    def hub_token(self, hostname: str, device_id: str, ttl: int = 3600) -> str:
+        sr = quote(f"{hostname}/devices/{device_id}", safe="")
+        sig, expiry = self._sign(sr, ttl)
+        return f"{SAS_PREFIX}sr={sr}&sig={sig}&se={expiry}"
+
+
+Credential = SymmetricKey | X509Files | TpmCredential
 
 
 def make_hub_sas_token(hostname: str, device_id: str, key_b64: str, expiry: int) -> str:

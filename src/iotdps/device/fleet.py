@@ -7,6 +7,8 @@ with real devices:
   and an enrollment group references it. Device certificates come from the intermediate
   through iotdps.pki's template minting; a device presents leaf + intermediate.
 - symmetric key: one enrollment group; each device's key is derived from the group key.
+- TPM: one individual enrollment per device with its TPM's EK (TPM cannot be used by groups);
+  the caller brings the TPMs (iotdps.device.swtpm: software TPMs), and the keys stay in them.
 
 Everything goes through a `FleetAdmin` the caller passes in (the CLI's administration client,
 on the local data dir or, with `--server`, through the management API): the device side never
@@ -17,6 +19,7 @@ from files only.
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import ssl
@@ -27,8 +30,8 @@ from typing import Literal, Protocol
 
 from cryptography.hazmat.primitives import serialization
 
-from iotdps.device.credentials import Credential, SymmetricKey, X509Files, tls_context
-from iotdps.enrollment.models import EnrollmentGroup
+from iotdps.device.credentials import Credential, SymmetricKey, TpmCredential, TpmSigner, X509Files, tls_context
+from iotdps.enrollment.models import EnrollmentGroup, IndividualEnrollment
 from iotdps.pki import (
     Issuer,
     Validity,
@@ -43,7 +46,7 @@ from iotdps.secret import Secret
 
 __all__ = ["AttestationChoice", "Fleet", "FleetAdmin", "SimDevice", "create_fleet", "fleet_prefix"]
 
-AttestationChoice = Literal["x509", "symmetric-key"]
+AttestationChoice = Literal["x509", "symmetric-key", "tpm"]
 
 
 class FleetAdmin(CaAdmin, Protocol):
@@ -51,6 +54,10 @@ class FleetAdmin(CaAdmin, Protocol):
     enrollment group (validated as the management API does). cli.client.AdminClient is one."""
 
     async def put_group(self, group: EnrollmentGroup, if_match: str | None = None) -> EnrollmentGroup: ...
+
+    async def put_enrollment(
+        self, enrollment: IndividualEnrollment, if_match: str | None = None
+    ) -> IndividualEnrollment: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,11 +132,13 @@ async def create_fleet(
     prefix: str | None = None,
     on_progress: Callable[[int], None] | None = None,
     workers: int | None = None,
+    tpms: Sequence[TpmSigner] = (),
 ) -> Fleet:
     """Create the enrollment group (and CA) and `count` devices' credentials in `work_dir`.
 
     `ca_pem` is the server CA the devices trust. `on_progress(n)` is called as devices are
-    readied. Minting uses `workers` processes (default: every core).
+    readied. Minting uses `workers` processes (default: every core). For "tpm", `tpms` holds
+    one TPM per device (`count` is then at most their number).
     """
     prefix = prefix or fleet_prefix()
     work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -148,6 +157,21 @@ async def create_fleet(
             if on_progress is not None:
                 on_progress(len(chunk))
         return Fleet(attestation, prefix, group_id, ca_name, tuple(devices))
+    if attestation == "tpm":
+        if len(tpms) < count:
+            raise ValueError(f"a TPM fleet of {count} needs {count} TPMs, got {len(tpms)}")
+        # No client certificate, so one context serves every device (as for symmetric keys).
+        shared_tpm = tls_context(ca_pem, SymmetricKey(Secret("")))
+        for rid, tpm in zip(ids, tpms, strict=False):
+            ek = base64.b64encode(tpm.endorsement_key()).decode("ascii")
+            enrollment = IndividualEnrollment.from_json(
+                {"registrationId": rid, "attestation": {"type": "tpm", "tpm": {"endorsementKey": ek}}}
+            )
+            await admin.put_enrollment(enrollment)
+            devices.append(SimDevice(rid, TpmCredential(tpm), shared_tpm))
+            if on_progress is not None:
+                on_progress(1)
+        return Fleet(attestation, prefix, f"{prefix}-tpm (individual)", None, tuple(devices))
     group_id = f"{prefix}-sas"
     group = await admin.put_group(
         EnrollmentGroup.from_json({"enrollmentGroupId": group_id, "attestation": {"type": "symmetricKey"}}),

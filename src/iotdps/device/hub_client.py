@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote
 
-from iotdps.device.credentials import Credential, SymmetricKey, tls_context
+from iotdps.device.credentials import Credential, SymmetricKey, TpmCredential, tls_context
 from iotdps.device.mqtt import MqttClient, open_mqtt
 from iotdps.errors import IotdpsError
 from iotdps.protocols.mqtt.events import PublishReceived
@@ -113,7 +113,7 @@ class HubClient:
         )
         password = (
             self._credential.hub_token(self.hostname, self.device_id)
-            if isinstance(self._credential, SymmetricKey)
+            if isinstance(self._credential, SymmetricKey | TpmCredential)
             else None
         )
         mqtt.send_connect(self.device_id, username, password, keepalive=self._keepalive)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from iotdps.device.credentials import Credential, SymmetricKey, tls_context
+from iotdps.device.credentials import Credential, SymmetricKey, TpmCredential, tls_context
 from iotdps.device.mqtt import MqttClient, open_mqtt
 from iotdps.errors import IotdpsError, Unauthorized
 from iotdps.protocols.mqtt.dps import (
@@ -68,6 +68,9 @@ async def provision(
     """Register and return the assignment. `ssl_context`: a context made beforehand with
     `credentials.tls_context` (the fleet simulator builds them before it starts the clock);
     by default one is made from `ca_pem` and `credential` for this call."""
+    if isinstance(credential, TpmCredential):
+        # As on Azure: TPM attestation is HTTPS (or AMQP) only; provision_https.provision_tpm.
+        raise ProvisioningFailed("TPM attestation is not supported over MQTT: register over HTTPS (provision_tpm)")
     responses: asyncio.Queue[PublishReceived] = asyncio.Queue()
     context = ssl_context or tls_context(ca_pem, credential)
     username = f"{id_scope}/registrations/{registration_id}/api-version={DPS_API_VERSION}&ClientVersion=" + quote(

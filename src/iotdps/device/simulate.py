@@ -25,10 +25,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from iotdps.device.credentials import TpmCredential
 from iotdps.device.fleet import SimDevice
 from iotdps.device.hub_client import HubClient
 from iotdps.device.mqtt import ConnectRefused
 from iotdps.device.provision import Assignment, ProvisioningFailed, provision
+from iotdps.device.provision_https import provision_tpm
 from iotdps.errors import IotdpsError, Unauthorized
 
 __all__ = [
@@ -162,8 +164,10 @@ async def register_fleet(
     concurrency: int = 10,
     timeout: float = 30.0,
     on_progress: Progress | None = None,
+    https_port: int = 443,
 ) -> tuple[PhaseStats, dict[str, Assignment]]:
-    """Register every device once; returns the stats and the assignments of those that made it."""
+    """Register every device once; returns the stats and the assignments of those that made it.
+    TPM devices register over HTTPS on `https_port` (TPM is not offered over MQTT)."""
     stats = PhaseStats()
     assignments: dict[str, Assignment] = {}
 
@@ -172,15 +176,26 @@ async def register_fleet(
         stats.attempted += 1
         start = time.perf_counter()
         try:
-            assignment = await provision(
-                host,
-                id_scope,
-                device.registration_id,
-                device.credential,
-                port=port,
-                timeout=timeout,
-                ssl_context=device.context,
-            )
+            if isinstance(device.credential, TpmCredential):
+                assignment = await provision_tpm(
+                    host,
+                    id_scope,
+                    device.registration_id,
+                    device.credential,
+                    port=https_port,
+                    timeout=timeout,
+                    ssl_context=device.context,
+                )
+            else:
+                assignment = await provision(
+                    host,
+                    id_scope,
+                    device.registration_id,
+                    device.credential,
+                    port=port,
+                    timeout=timeout,
+                    ssl_context=device.context,
+                )
         except Exception as exc:  # counted by kind; one device's failure is not the run's
             stats.errors[error_kind(exc)] += 1
         else:

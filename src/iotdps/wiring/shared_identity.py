@@ -28,7 +28,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
-from iotdps.api.auth import POLICIES_FILE, AccessPolicies
+from iotdps.access import POLICIES_FILE, AccessPolicies
 from iotdps.errors import ConfigError, InvalidInput
 from iotdps.fsutil import atomic_write
 from iotdps.pki import load_certificates

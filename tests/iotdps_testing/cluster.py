@@ -116,7 +116,7 @@ class Balancer:
         self.address = address or free_loopback_address()
         lines = [
             "global",
-            "  maxconn 20000",
+            "  maxconn 4000",  # within the default open-files limit
             "defaults",
             "  mode tcp",
             "  timeout connect 2s",
@@ -156,9 +156,7 @@ class Balancer:
         self._log.close()
 
 
-def node_config(
-    data_dir: Path, address: str, service_host: str, dsn: str, nats_url: str = "", extra: str = ""
-) -> str:
+def node_config(data_dir: Path, address: str, service_host: str, dsn: str, nats_url: str = "", extra: str = "") -> str:
     """A node's TOML: its listeners on `address`, the service's names (DPS and hub) on the
     balancer's `service_host`."""
     cluster = f'[cluster]\nnats_url = "{nats_url}"\nheartbeat_seconds = 0.5\nlease_seconds = 2.0\n' if nats_url else ""

@@ -125,8 +125,6 @@ def test_a_node_never_becomes_a_second_identity(tmp_path: Path, dsn: str) -> Non
     with pg_database() as other_dsn:
         stranger = start_node(tmp_path / "other", service_host=service, dsn=other_dsn)
         stranger.stop()
-    moved = start_node(
-        tmp_path / "other", service_host=service, dsn=dsn, address=stranger.address, expect_failure=True
-    )
+    moved = start_node(tmp_path / "other", service_host=service, dsn=dsn, address=stranger.address, expect_failure=True)
     assert moved.process.returncode == 2
     assert "is not the server CA of the service in the database" in moved.log()

@@ -453,8 +453,10 @@ def _check_cluster(cluster: ClusterConfig, telemetry: TelemetryConfig, dsn: str 
     unknown = [r for r in telemetry.routes if r not in _ROUTES]
     if unknown:
         problems.add(f"telemetry.routes: unknown route {unknown[0]!r} (use sql, nats, webhook)")
-    if not telemetry.routes:
-        problems.add("telemetry.routes must name at least one route")
+    if "sql" not in telemetry.routes:
+        # The PUBACK waits for the SQL store (server/telemetry_routes.py): without it a PUBACK
+        # would promise nothing.
+        problems.add("telemetry.routes must include sql (the route a device's PUBACK waits for)")
     if "nats" in telemetry.routes and not cluster.nats_url:
         problems.add("the nats telemetry route needs cluster.nats_url")
     if telemetry.nats_stream and not (_NODE_ID_CHARS >= set(telemetry.nats_stream)):

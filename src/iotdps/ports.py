@@ -324,6 +324,11 @@ class TelemetryRepo(Protocol):
         `limit` matching messages (still returned oldest first), else the first `limit`."""
         ...
 
+    async def prune(self, hub: str, *, before: datetime | None, keep: int | None, limit: int) -> int:
+        """Retention: delete up to `limit` of `hub`'s oldest messages enqueued before `before`
+        or beyond its `keep` newest (None: that rule is off); the number deleted."""
+        ...
+
 
 class C2DRepo(Protocol):
     async def add(self, message: CloudMessage) -> CloudMessage: ...

@@ -68,9 +68,14 @@ class Cluster:
         self.live = live
         log.info("node %s joined the cluster (NATS %s)", self.node_id, self.config.nats_url)
 
-    async def stop(self) -> None:
+    async def leave(self) -> None:
+        """Stop serving other nodes and clear this node's presence (before the hubs close)."""
         if self.live is not None:
             await self.live.stop()
+            self.live = None
+
+    async def stop(self) -> None:
+        await self.leave()
         if self.nats is not None:
             try:
                 await self.nats.drain()

@@ -65,6 +65,7 @@ from iotdps.web import Console
 from iotdps.wiring.cluster import Cluster
 from iotdps.wiring.hub import Hubs
 from iotdps.wiring.shared_identity import join_service
+from iotdps.wiring.telemetry import Telemetry
 
 __all__ = ["HubRouter", "Server", "StartupInfo", "new_id_scope"]
 
@@ -108,6 +109,7 @@ class Server:
         self.hub = hub
         self.hubs: Hubs | None = None
         self.cluster: Cluster | None = None
+        self.telemetry: Telemetry | None = None
         self.store: Store | None = None
         self.service: ProvisioningService | None = None
         self.runner: RegistrationRunner | None = None
@@ -150,6 +152,10 @@ class Server:
             if shared is not None and config.cluster.nats_url:
                 self.cluster = Cluster(config.cluster, shared)
                 await self.cluster.start(self.hubs)
+            self.telemetry = Telemetry(
+                config, self.store, self.hubs, self.cluster.nats if self.cluster is not None else None
+            )
+            await self.telemetry.start()
         self._webhook = AiohttpWebhookTransport(destinations=config.allocation.webhook_destinations)
         self.service = ProvisioningService(
             self.store, webhook=self._webhook, token_max_lifetime=config.auth.device_token_max_lifetime
@@ -423,11 +429,15 @@ class Server:
         if self.runner is not None:
             await self.runner.drain(SHUTDOWN_GRACE_SECONDS)
         if self.cluster is not None:
-            await self.cluster.stop()
+            await self.cluster.leave()
         if self.hubs is not None:
             # Flushes acknowledged telemetry and closes device connections; before the
             # listeners' wait_closed, which on 3.11 waits for every open connection.
             await self.hubs.stop()
+        if self.telemetry is not None:
+            await self.telemetry.stop()
+        if self.cluster is not None:
+            await self.cluster.stop()
         for conn in list(self._connections):
             conn.close("server shutting down")
         for server in self._servers:

@@ -19,7 +19,7 @@ import pytest
 import requests
 from cryptography import x509
 
-from iotdps.api import make_service_sas
+from iotdps.access import make_service_sas
 from iotdps_testing.cluster import pg_database, start_node
 from iotdps_testing.net import free_loopback_address
 from iotdps_testing.server import RunningServer

@@ -274,7 +274,7 @@ config_version = Table(
 )
 
 
-# Several nodes, one service (revision 0006, iotdps.store.sql.cluster). `service_secrets` holds
+# Several nodes, one service (revision 0007, iotdps.store.sql.cluster). `service_secrets` holds
 # what every node must present alike (the server CA, the access policies), sealed with a key
 # from the environment; `cluster_nodes` is each node's lease, renewed by its heartbeat;
 # `device_presence` says which node holds a device's connection. Times there come from the

@@ -1,5 +1,5 @@
 """What nodes sharing one PostgreSQL database keep there besides the service's records:
-sealed shared secrets, node leases and device presence (tables.py, revision 0006).
+sealed shared secrets, node leases and device presence (tables.py, revision 0007).
 
 Implements `iotdps.ports.ClusterPresence`. Every time is the database's `now()`: the lease of a
 node is judged by one clock, whatever the nodes' own clocks say. A node's lease is live while

@@ -1,7 +1,7 @@
 """Several nodes, one service: sealed shared secrets, node leases, device presence.
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-20
 
 Types are spelled out here rather than imported from tables.py: a migration is history.
@@ -14,8 +14,8 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

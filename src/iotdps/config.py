@@ -59,11 +59,13 @@ __all__ = [
     "MIN_DEVICE_TOKEN_LIFETIME",
     "AllocationConfig",
     "AuthConfig",
+    "ClusterConfig",
     "Config",
     "DpsConfig",
     "HubConfig",
     "LimitsConfig",
     "ManagementConfig",
+    "TelemetryConfig",
     "TlsConfig",
     "is_ip_address",
     "is_unspecified",
@@ -146,6 +148,39 @@ class AllocationConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    # Several nodes on one PostgreSQL database: NATS carries hub operations to the node that
+    # holds a device's connection (server/cluster_live.py). Empty: this node works alone.
+    nats_url: str = ""
+    # This node's name in the cluster; empty: a random one per start (a restarted node is a new
+    # node, and the lease of the old one runs out).
+    node_id: str = ""
+    subject_prefix: str = "iotdps"
+    heartbeat_seconds: float = 2.0
+    # A node whose heartbeat is older than this is dead: its devices read as disconnected.
+    lease_seconds: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryConfig:
+    # Where device-to-cloud messages go (server/telemetry_routes.py): any of "sql", "nats", "webhook".
+    routes: tuple[str, ...] = ("sql",)
+    # The NATS route publishes to <subject_prefix>.telemetry.<hub>.<device> (tokens escaped);
+    # with a stream name, a JetStream stream on those subjects holds them for replay, and each
+    # publish waits for the stream's acknowledgement.
+    nats_stream: str = ""
+    webhook_url: str = ""
+    webhook_ca_file: str = ""
+    # Messages a route that is down holds before it drops the oldest (and says so).
+    route_buffer: int = 10_000
+    # Retention of the SQL store, per hub: older than this many seconds, and/or beyond this many
+    # newest messages, are pruned in the background. 0: kept forever.
+    retention_seconds: float = 0.0
+    retention_count: int = 0
+    prune_interval_seconds: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
 class HubConfig:
     host_name: str
     bind: str = "127.0.0.1"
@@ -166,6 +201,8 @@ class Config:
     hubs: tuple[HubConfig, ...] = ()
     auth: AuthConfig = field(default_factory=AuthConfig)
     allocation: AllocationConfig = field(default_factory=AllocationConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
 
     @property
     def database_dsn(self) -> str:
@@ -212,9 +249,12 @@ _ENV_KEYS: Mapping[str, tuple[str, str]] = {
     "REGISTRATIONS_PER_SECOND": ("limits", "registrations_per_second"),
     "DEVICE_TOKEN_MAX_LIFETIME": ("auth", "device_token_max_lifetime"),
     "WEBHOOK_ALLOWLIST": ("allocation", "webhook_allowlist"),
+    "NATS_URL": ("cluster", "nats_url"),
+    "NODE_ID": ("cluster", "node_id"),
+    "TELEMETRY_ROUTES": ("telemetry", "routes"),
 }
 # Settings that are lists; their environment variables are comma separated.
-_LIST_KEYS = frozenset({"extra_names", "webhook_allowlist"})
+_LIST_KEYS = frozenset({"extra_names", "webhook_allowlist", "routes"})
 
 
 class _Problems:
@@ -273,7 +313,19 @@ def load_config(
 
 
 def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
-    known_top = {"data_dir", "dsn", "dps", "management", "tls", "limits", "hubs", "auth", "allocation"}
+    known_top = {
+        "data_dir",
+        "dsn",
+        "dps",
+        "management",
+        "tls",
+        "limits",
+        "hubs",
+        "auth",
+        "allocation",
+        "cluster",
+        "telemetry",
+    }
     for key in raw:
         if key not in known_top:
             problems.add(f"unknown setting {key!r}")
@@ -296,6 +348,8 @@ def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
     limits = _section(raw, "limits", LimitsConfig(), problems)
     auth = _section(raw, "auth", AuthConfig(), problems)
     allocation = _section(raw, "allocation", AllocationConfig(), problems)
+    cluster = _section(raw, "cluster", ClusterConfig(), problems)
+    telemetry = _section(raw, "telemetry", TelemetryConfig(), problems)
 
     hubs: list[HubConfig] = []
     hub_index: list[int] = []  # position in the file, for messages
@@ -355,6 +409,8 @@ def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
     except InvalidInput as exc:
         problems.add(f"allocation.webhook_allowlist: {exc.message}")
 
+    _check_cluster(cluster, telemetry, dsn if isinstance(dsn, str) else None, problems)
+
     if problems.items:
         return None
     return Config(
@@ -367,7 +423,52 @@ def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
         hubs=tuple(hubs),
         auth=auth,
         allocation=allocation,
+        cluster=cluster,
+        telemetry=telemetry,
     )
+
+
+_NODE_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+_ROUTES = frozenset({"sql", "nats", "webhook"})
+
+
+def _subject_token_ok(value: str) -> bool:
+    """A NATS subject token (or dotted tokens) without wildcards or spaces."""
+    return bool(value) and all(part and _NODE_ID_CHARS >= set(part) for part in value.split("."))
+
+
+def _check_cluster(cluster: ClusterConfig, telemetry: TelemetryConfig, dsn: str | None, problems: _Problems) -> None:
+    if cluster.nats_url and not cluster.nats_url.startswith(("nats://", "tls://")):
+        problems.add("cluster.nats_url must start with nats:// or tls://")
+    if cluster.nats_url and not (dsn or "").startswith("postgresql"):
+        problems.add("cluster.nats_url needs a shared PostgreSQL database (dsn = postgresql+asyncpg://...)")
+    if cluster.node_id and (len(cluster.node_id) > 64 or not _NODE_ID_CHARS >= set(cluster.node_id)):
+        problems.add("cluster.node_id must be 1..64 letters, digits, '-' or '_'")
+    if not _subject_token_ok(cluster.subject_prefix):
+        problems.add("cluster.subject_prefix must be NATS subject tokens (letters, digits, '-', '_', '.')")
+    if not 0.1 <= cluster.heartbeat_seconds <= 60:
+        problems.add("cluster.heartbeat_seconds must be 0.1..60")
+    if cluster.lease_seconds < 2 * cluster.heartbeat_seconds:
+        problems.add("cluster.lease_seconds must be at least twice cluster.heartbeat_seconds")
+    unknown = [r for r in telemetry.routes if r not in _ROUTES]
+    if unknown:
+        problems.add(f"telemetry.routes: unknown route {unknown[0]!r} (use sql, nats, webhook)")
+    if "sql" not in telemetry.routes:
+        # The PUBACK waits for the SQL store (server/telemetry_routes.py): without it a PUBACK
+        # would promise nothing.
+        problems.add("telemetry.routes must include sql (the route a device's PUBACK waits for)")
+    if "nats" in telemetry.routes and not cluster.nats_url:
+        problems.add("the nats telemetry route needs cluster.nats_url")
+    if telemetry.nats_stream and not (_NODE_ID_CHARS >= set(telemetry.nats_stream)):
+        problems.add("telemetry.nats_stream must be letters, digits, '-' or '_'")
+    if "webhook" in telemetry.routes and not telemetry.webhook_url.startswith("https://"):
+        problems.add("the webhook telemetry route needs telemetry.webhook_url (https://...)")
+    if not 1 <= telemetry.route_buffer <= 10_000_000:
+        problems.add("telemetry.route_buffer must be 1..10000000")
+    if telemetry.retention_seconds < 0 or telemetry.retention_count < 0:
+        problems.add("telemetry.retention_seconds and retention_count must be >= 0 (0: keep forever)")
+    if not 1 <= telemetry.prune_interval_seconds <= 86400:
+        problems.add("telemetry.prune_interval_seconds must be 1..86400")
 
 
 _T = TypeVar("_T")

@@ -55,6 +55,7 @@ __all__ = [
     "CaAdmin",
     "CaRepo",
     "Clock",
+    "ClusterPresence",
     "DeviceCounts",
     "DeviceRepo",
     "EnrollmentRepo",
@@ -323,6 +324,11 @@ class TelemetryRepo(Protocol):
         `limit` matching messages (still returned oldest first), else the first `limit`."""
         ...
 
+    async def prune(self, hub: str, *, before: datetime | None, keep: int | None, limit: int) -> int:
+        """Retention: delete up to `limit` of `hub`'s oldest messages enqueued before `before`
+        or beyond its `keep` newest (None: that rule is off); the number deleted."""
+        ...
+
 
 class C2DRepo(Protocol):
     async def add(self, message: CloudMessage) -> CloudMessage: ...
@@ -421,3 +427,17 @@ class HubOperations(Protocol):
     async def send_c2d(
         self, hub: str, device_id: str, body: bytes, properties: Mapping[str, str], ttl: float | None
     ) -> str: ...
+
+
+class ClusterPresence(Protocol):
+    """Where each device's connection is, across the nodes of one service, and each node's lease
+    (iotdps.store.sql.cluster on PostgreSQL). A node renews its lease with `heartbeat`; a node
+    whose lease is older than `lease` seconds is dead, and its devices are not connected."""
+
+    async def heartbeat(self, node_id: str) -> None: ...
+    async def leave(self, node_id: str) -> None: ...
+    async def live_nodes(self, lease: float) -> list[str]: ...
+    async def reap(self, lease: float) -> int: ...
+    async def set_present(self, hub: str, device_id: str, node_id: str) -> None: ...
+    async def set_absent(self, hub: str, device_id: str, node_id: str) -> None: ...
+    async def presence(self, lease: float) -> Mapping[tuple[str, str], str]: ...

@@ -123,6 +123,8 @@ async def _run(config: Config) -> None:
 @click.option("--dsn", help="Database URL [env IOTDPS_DSN]; default SQLite in the data directory.")
 @click.option("--dps-host", help="Host name devices use for the DPS [env IOTDPS_DPS_HOST].")
 @click.option("--bind", help="Address of the DPS listeners [env IOTDPS_DPS_BIND].")
+@click.option("--nats", "nats_url", help="NATS URL for hub operations across nodes [env IOTDPS_NATS_URL].")
+@click.option("--node-id", help="This node's name in a cluster [env IOTDPS_NODE_ID]; default: random per start.")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option(
     "--log-format",
@@ -137,6 +139,8 @@ def up_cmd(
     dsn: str | None,
     dps_host: str | None,
     bind: str | None,
+    nats_url: str | None,
+    node_id: str | None,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -147,6 +151,8 @@ def up_cmd(
         "dsn": dsn,
         "dps.host_name": dps_host,
         "dps.bind": bind,
+        "cluster.nats_url": nats_url,
+        "cluster.node_id": node_id,
     }
     config = load_config(config_path, overrides=overrides)
     asyncio.run(_run(config))

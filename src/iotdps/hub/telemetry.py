@@ -81,6 +81,9 @@ class TelemetryWriter:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._on_batch = on_batch
+        # Told every stored batch, in commit order, after its transaction and before its PUBACKs:
+        # the telemetry routes beyond the SQL store (server/telemetry_routes.py).
+        self.after_commit: Callable[[Sequence[TelemetryMessage]], None] | None = None
         self.written = 0
         self.batches = 0
 
@@ -156,6 +159,8 @@ class TelemetryWriter:
         metrics.telemetry(_per_hub(batch))
         if self._on_batch is not None:
             self._on_batch(len(batch))
+        if self.after_commit is not None:
+            self.after_commit([item.message for item in batch])
         # The transaction has ended: now the sockets, one call per connection for its share.
         shares: dict[Acker, list[int]] = {}
         for item in batch:

@@ -18,7 +18,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from iotdps import metrics
@@ -57,6 +57,9 @@ class HubConnections:
             log, time.monotonic, "hub CONNECT refusals", count=metrics.refusal, event="hub_connect_refused"
         )
         metrics.track_hubs(self, HubConnections._connected_by_hub)
+        # Told (hub, device id, connected) whenever a device's connection here starts or ends:
+        # how the other nodes of a cluster learn where a device is (server/cluster_live.py).
+        self.on_presence: Callable[[str, str, bool], None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -161,6 +164,8 @@ class HubConnections:
         )
         conn.identity = f"{hub}/{device_id}"
         self._live[key] = endpoint
+        if self.on_presence is not None:
+            self.on_presence(hub, device_id, True)
         # Runs after the CONNACK (written as soon as this returns).
         self.spawn(endpoint.resume())
         return endpoint
@@ -171,6 +176,8 @@ class HubConnections:
         key = (endpoint.hub, endpoint.device_id)
         if self._live.get(key) is endpoint:
             del self._live[key]
+            if self.on_presence is not None:
+                self.on_presence(endpoint.hub, endpoint.device_id, False)
         for rid, (owner, future) in list(self._methods.items()):
             if owner is endpoint and not future.done():
                 future.set_exception(DeviceNotConnected(f"device {endpoint.device_id} disconnected"))

@@ -40,7 +40,7 @@ from iotdps.pki import (
 from iotdps.pki.keys import PrivateKey
 from iotdps.secret import Secret
 
-__all__ = ["ServerFiles", "ensure_server_identity"]
+__all__ = ["PASSPHRASE_ENV", "ServerFiles", "ensure_server_identity", "server_ca_passphrase"]
 
 PASSPHRASE_ENV = "IOTDPS_SERVER_CA_PASSPHRASE"  # noqa: S105 (a variable name, not a secret)
 # Reissue the server certificate when less than this much validity is left.
@@ -92,6 +92,12 @@ def _passphrase(tls_dir: Path, environ: Mapping[str, str], create: bool) -> tupl
     generated = secrets.token_urlsafe(32)
     atomic_write(path, generated.encode(), mode=0o600)
     return Secret(generated), path
+
+
+def server_ca_passphrase(data_dir: Path, environ: Mapping[str, str] | None = None) -> Secret[str]:
+    """The server CA's passphrase from the environment or the generated file; ConfigError when
+    neither has it (it is never generated here)."""
+    return _passphrase(data_dir / "tls", os.environ if environ is None else environ, create=False)[0]
 
 
 def ensure_server_identity(

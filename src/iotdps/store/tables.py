@@ -43,7 +43,9 @@ __all__ = [
     "ID_LENGTH",
     "UtcDateTime",
     "ca_certificates",
+    "cluster_nodes",
     "config_version",
+    "device_presence",
     "devices",
     "doc_type",
     "enrollment_groups",
@@ -58,6 +60,7 @@ __all__ = [
     "metadata",
     "refusals",
     "registrations",
+    "service_secrets",
     "service_settings",
 ]
 
@@ -268,4 +271,35 @@ config_version = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("version", BigInteger, nullable=False),
+)
+
+
+# Several nodes, one service (revision 0007, iotdps.store.sql.cluster). `service_secrets` holds
+# what every node must present alike (the server CA, the access policies), sealed with a key
+# from the environment; `cluster_nodes` is each node's lease, renewed by its heartbeat;
+# `device_presence` says which node holds a device's connection. Times there come from the
+# database's clock, so nodes with skewed clocks still agree on whose lease ran out.
+service_secrets = Table(
+    "service_secrets",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated", UtcDateTime(), nullable=False),
+)
+
+cluster_nodes = Table(
+    "cluster_nodes",
+    metadata,
+    Column("node_id", String(64), primary_key=True),
+    Column("started", UtcDateTime(), nullable=False),
+    Column("heartbeat", UtcDateTime(), nullable=False),
+)
+
+device_presence = Table(
+    "device_presence",
+    metadata,
+    Column("hub", key_type(HOST_LENGTH), primary_key=True),
+    Column("device_id", key_type(), primary_key=True),
+    Column("node_id", String(64), nullable=False, index=True),
+    Column("since", UtcDateTime(), nullable=False),
 )

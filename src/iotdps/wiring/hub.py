@@ -24,7 +24,7 @@ from iotdps.hub.cloud import CloudOperations
 from iotdps.hub.device_requests import DeviceRequests
 from iotdps.hub.names import HubNames
 from iotdps.hub.telemetry import TelemetryWriter
-from iotdps.ports import Clock, HubStore, Store, SystemClock
+from iotdps.ports import Clock, HubStore, LiveDevices, Store, SystemClock
 from iotdps.protocols.mqtt.packets import Connect
 from iotdps.sas import DEFAULT_TOKEN_MAX_LIFETIME
 from iotdps.server.control import build_control_app
@@ -52,8 +52,14 @@ class Hubs:
         self.writer = TelemetryWriter(hub_store, max_batch=telemetry_batch)
         self.requests = DeviceRequests(hub_store, self.writer, clock=clock, token_max_lifetime=token_max_lifetime)
         self.connections = HubConnections(self.names, self.requests)
+        self._hub_store, self._clock = hub_store, clock
         self.cloud = CloudOperations(hub_store, self.names, self.connections, clock)
         self.expiry = C2DExpiry(hub_store, clock, c2d_expiry_interval)
+
+    def use_live(self, live: LiveDevices) -> None:
+        """Cloud operations reach devices through `live` (a cluster's, which wraps
+        `connections`) instead of this node's connections alone. Before anything uses `cloud`."""
+        self.cloud = CloudOperations(self._hub_store, self.names, live, self._clock)
 
     async def route(self, conn: MqttConnection, connect: Connect) -> MqttEndpoint | int:
         """The shared listener's router for hub CONNECTs."""

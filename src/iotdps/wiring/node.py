@@ -59,9 +59,13 @@ from iotdps.server.webhook_http import AiohttpWebhookTransport
 from iotdps.server.ws_bridge import WEBSOCKET_PATH, serve_mqtt_websocket
 from iotdps.store import open_store
 from iotdps.store.health import check_store
+from iotdps.store.sql.cluster import cluster_db
 from iotdps.timestamps import utcnow
 from iotdps.web import Console
+from iotdps.wiring.cluster import Cluster
 from iotdps.wiring.hub import Hubs
+from iotdps.wiring.shared_identity import join_service
+from iotdps.wiring.telemetry import Telemetry
 
 __all__ = ["HubRouter", "Server", "StartupInfo", "new_id_scope"]
 
@@ -104,6 +108,8 @@ class Server:
         self.config = config
         self.hub = hub
         self.hubs: Hubs | None = None
+        self.cluster: Cluster | None = None
+        self.telemetry: Telemetry | None = None
         self.store: Store | None = None
         self.service: ProvisioningService | None = None
         self.runner: RegistrationRunner | None = None
@@ -126,11 +132,16 @@ class Server:
         config = self.config
         config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         first_start = not (config.data_dir / "tls" / "server-ca.pem").exists()
-        server_files = ensure_server_identity(config.data_dir, config.server_names())
-
         self.store = await open_store(
             config.database_dsn, background_checkpoints=True, refusal_limit=config.limits.refusal_history
         )
+        # On a shared (PostgreSQL) database the identity is the service's, not this node's.
+        shared = cluster_db(self.store)
+        if shared is not None:
+            server_files, policies = await join_service(shared, config.data_dir, config.server_names())
+        else:
+            server_files = ensure_server_identity(config.data_dir, config.server_names())
+            policies = AccessPolicies.load_or_create(config.data_dir)
         settings = await self._ensure_settings(self.store)
         await self._sync_linked_hubs(self.store)
         hub_hosts = [h.host_name for h in config.effective_hubs]
@@ -138,6 +149,13 @@ class Server:
             self.hubs = Hubs(self.store, hub_hosts, token_max_lifetime=config.auth.device_token_max_lifetime)
             await self.hubs.start()
             self.hub = self.hubs
+            if shared is not None and config.cluster.nats_url:
+                self.cluster = Cluster(config.cluster, shared)
+                await self.cluster.start(self.hubs)
+            self.telemetry = Telemetry(
+                config, self.store, self.hubs, self.cluster.nats if self.cluster is not None else None
+            )
+            await self.telemetry.start()
         self._webhook = AiohttpWebhookTransport(destinations=config.allocation.webhook_destinations)
         self.service = ProvisioningService(
             self.store, webhook=self._webhook, token_max_lifetime=config.auth.device_token_max_lifetime
@@ -157,7 +175,6 @@ class Server:
         endpoints = await self._listen()
         endpoints.append(f"https://{config.management.bind}:{config.management.port} (management API)")
         endpoints.append(f"https://{config.management.bind}:{config.management.port}/console/ (console)")
-        policies = AccessPolicies.load_or_create(config.data_dir)
         console = Console(policies)
         management = build_management_app(
             self.store,
@@ -411,10 +428,16 @@ class Server:
             server.close()
         if self.runner is not None:
             await self.runner.drain(SHUTDOWN_GRACE_SECONDS)
+        if self.cluster is not None:
+            await self.cluster.leave()
         if self.hubs is not None:
             # Flushes acknowledged telemetry and closes device connections; before the
             # listeners' wait_closed, which on 3.11 waits for every open connection.
             await self.hubs.stop()
+        if self.telemetry is not None:
+            await self.telemetry.stop()
+        if self.cluster is not None:
+            await self.cluster.stop()
         for conn in list(self._connections):
             conn.close("server shutting down")
         for server in self._servers:

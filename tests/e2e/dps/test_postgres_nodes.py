@@ -42,12 +42,15 @@ def database() -> Iterator[str]:
 
 
 def test_two_nodes_share_one_postgresql_store(tmp_path: Path, database: str) -> None:
-    env = {"IOTDPS_DSN": database}
-    # One after the other: the first node creates the schema and the ID scope.
+    # The second node joins the service the first initialised (wiring/shared_identity.py): it
+    # needs the passphrase that seals the shared server CA and policies in the database.
+    env = {"IOTDPS_DSN": database, "IOTDPS_SERVER_CA_PASSPHRASE": secrets.token_urlsafe(24)}
+    # One after the other: the first node creates the schema, the ID scope and the identity.
     node_a = start_server(tmp_path / "a", env=env)
     node_b = start_server(tmp_path / "b", env=env)
     try:
         assert node_a.id_scope == node_b.id_scope
+        assert node_a.server_ca == node_b.server_ca
         node_a.env["IOTDPS_DSN"] = database
         node_b.env["IOTDPS_DSN"] = database
         node_a.cli("enrollment", "create", "pg-dev-1", "--symmetric-key")

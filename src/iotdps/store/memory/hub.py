@@ -69,6 +69,19 @@ class Telemetry:
                 )
             )
 
+    async def prune(self, hub: str, *, before: datetime | None, keep: int | None, limit: int) -> int:
+        # The fake applies a prune at once rather than at commit: its committed telemetry is an
+        # append-only list, and pruning is idempotent, so a rolled-back prune is merely early.
+        self._tx.check_open()
+        ours = [m for m in self._tx.state.telemetry if m.hub == hub]
+        doomed: set[int] = {m.seq or 0 for m in ours[: max(0, len(ours) - keep)]} if keep is not None else set()
+        if before is not None:
+            cut = rec.to_utc(before)
+            doomed |= {m.seq or 0 for m in ours if m.enqueued < cut}
+        chosen = set(sorted(doomed)[:limit])
+        self._tx.state.telemetry[:] = [m for m in self._tx.state.telemetry if not (m.hub == hub and m.seq in chosen)]
+        return len(chosen)
+
     async def list(
         self,
         hub: str,

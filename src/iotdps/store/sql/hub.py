@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, delete, func, select
+from sqlalchemy import Row, delete, func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -122,6 +122,26 @@ class Telemetry:
             )
             for r in rows
         ]
+
+    async def prune(self, hub: str, *, before: datetime | None, keep: int | None, limit: int) -> int:
+        """Delete up to `limit` of the hub's oldest messages that are enqueued before `before`
+        or beyond its `keep` newest; the number deleted. Bounded, so a prune is a short
+        transaction between the writer's batches, never a long lock."""
+        c = self._t.c
+        doomed = []
+        if keep is not None:
+            cutoff = (
+                await self._tx.run(select(c.seq).where(c.hub == hub).order_by(c.seq.desc()).offset(keep).limit(1))
+            ).scalar()
+            if cutoff is not None:
+                doomed.append(c.seq <= cutoff)
+        if before is not None:
+            doomed.append(c.enqueued < before)
+        if not doomed:
+            return 0
+        oldest = select(c.seq).where(c.hub == hub, or_(*doomed)).order_by(c.seq).limit(limit)
+        result = await self._tx.run(delete(self._t).where(c.seq.in_(oldest.scalar_subquery())))
+        return int(getattr(result, "rowcount", 0) or 0)
 
 
 class C2D:

@@ -23,9 +23,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from iotdps.errors import ConfigError, InvalidInput
 from iotdps.secret import Secret
 
-__all__ = ["SEALING_KEY_ENV", "SealingKey"]
+__all__ = ["SEALING_KEY_ENV", "SEALING_KEY_FILE", "SealingKey"]
 
 SEALING_KEY_ENV = "IOTDPS_SEALING_KEY"
+SEALING_KEY_FILE = "sealing.key"  # in the data directory, beside the database
 _PREFIX = "v1."
 _NONCE = 12
 _MAX_SECRET = 4096  # an auth key or a passphrase; anything longer is a mistake

@@ -37,6 +37,7 @@ from iotdps.api.app import build_management_app
 from iotdps.attestation.x509 import evidence_from_chain
 from iotdps.config import Config, is_unspecified
 from iotdps.evidence import PeerIdentity, X509Evidence
+from iotdps.issuance.sealing import SEALING_KEY_FILE, SealingKey
 from iotdps.pki.encoding import sha256_thumbprint
 from iotdps.ports import Store
 from iotdps.protocols.mqtt.hub import classify_username
@@ -125,6 +126,7 @@ class Server:
         self._webhook: AiohttpWebhookTransport | None = None
         self._stopped = asyncio.Event()
         self._started = False
+        self.sealing: SealingKey | None = None  # seals issuing-CA secrets (issue 18)
 
     # ------------------------------------------------------------------ start
 
@@ -175,6 +177,7 @@ class Server:
         endpoints = await self._listen()
         endpoints.append(f"https://{config.management.bind}:{config.management.port} (management API)")
         endpoints.append(f"https://{config.management.bind}:{config.management.port}/console/ (console)")
+        self.sealing = SealingKey.load_or_create(config.data_dir / SEALING_KEY_FILE)
         console = Console(policies)
         management = build_management_app(
             self.store,
@@ -187,6 +190,7 @@ class Server:
             webhook_destinations=config.allocation.webhook_destinations,
             about=ServiceAbout(config.dps.host_name, tuple(endpoints)),
             sessions=console.sessions,
+            sealing=self.sealing,
         )
         console.mount(management)
         add_ops_routes(management, self.readiness)

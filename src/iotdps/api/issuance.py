@@ -14,9 +14,9 @@ from iotdps.api._http import ApiContext, if_match, json_object, json_response, r
 from iotdps.api.errors import ApiError
 from iotdps.errors import InvalidInput, NotFound
 from iotdps.ids import check_registration_id
-from iotdps.issuance.issuers import issuing_ca_from_request
+from iotdps.issuance import admin
 from iotdps.pki.cadir import check_ca_name
-from iotdps.pki.trust_bundle import TrustBundle, certificates_from_json, check_bundle_id
+from iotdps.pki.trust_bundle import certificates_from_json, check_bundle_id
 
 __all__ = [
     "delete_issuing_ca",
@@ -57,11 +57,7 @@ async def put_trust_bundle(ctx: ApiContext, request: web.Request) -> web.StreamR
     named = doc.get("id")
     if named is not None and (not isinstance(named, str) or named.lower() != bundle_id.lower()):
         raise InvalidInput(f"the body names trust bundle {named!r} but the path names {bundle_id!r}")
-    certificates = certificates_from_json(doc)
-    async with ctx.store.begin() as uow:
-        current = await uow.trust_bundles.get(bundle_id, for_update=True)
-        bundle = current.revised(certificates) if current else TrustBundle.new(bundle_id, certificates)
-        saved = await uow.trust_bundles.put(bundle, if_match(request))
+    saved = await admin.put_trust_bundle(ctx.store, bundle_id, certificates_from_json(doc), if_match(request))
     return json_response(saved.to_json(), etag=saved.etag)
 
 
@@ -97,11 +93,7 @@ async def put_issuing_ca(ctx: ApiContext, request: web.Request) -> web.StreamRes
         raise ApiError(
             503, 503002, "ServiceUnavailable", "this server has no sealing key: it cannot keep an issuing CA's secret"
         )
-    async with ctx.store.read() as uow:
-        before = await uow.issuing_cas.get(name)
-    ca = issuing_ca_from_request(name, doc, ctx.sealing, before)
-    async with ctx.store.begin() as uow:
-        saved = await uow.issuing_cas.put(ca, if_match(request))
+    saved = await admin.put_issuing_ca(ctx.store, ctx.sealing, name, doc, if_match(request))
     return json_response(saved.to_json(), etag=saved.etag)
 
 

@@ -37,6 +37,7 @@ from iotdps.api.app import build_management_app
 from iotdps.attestation.x509 import evidence_from_chain
 from iotdps.config import Config, is_unspecified
 from iotdps.evidence import PeerIdentity, X509Evidence
+from iotdps.issuance.issuers import IssuerCache
 from iotdps.issuance.sealing import SEALING_KEY_FILE, SealingKey
 from iotdps.pki.encoding import sha256_thumbprint
 from iotdps.ports import Store
@@ -127,6 +128,7 @@ class Server:
         self._stopped = asyncio.Event()
         self._started = False
         self.sealing: SealingKey | None = None  # seals issuing-CA secrets (issue 18)
+        self.issuers: IssuerCache | None = None
 
     # ------------------------------------------------------------------ start
 
@@ -159,8 +161,13 @@ class Server:
             )
             await self.telemetry.start()
         self._webhook = AiohttpWebhookTransport(destinations=config.allocation.webhook_destinations)
+        self.sealing = SealingKey.load_or_create(config.data_dir / SEALING_KEY_FILE)
+        self.issuers = IssuerCache(self.sealing)
         self.service = ProvisioningService(
-            self.store, webhook=self._webhook, token_max_lifetime=config.auth.device_token_max_lifetime
+            self.store,
+            webhook=self._webhook,
+            token_max_lifetime=config.auth.device_token_max_lifetime,
+            issuers=self.issuers,
         )
         self.runner = RegistrationRunner(
             self.service,
@@ -177,7 +184,6 @@ class Server:
         endpoints = await self._listen()
         endpoints.append(f"https://{config.management.bind}:{config.management.port} (management API)")
         endpoints.append(f"https://{config.management.bind}:{config.management.port}/console/ (console)")
-        self.sealing = SealingKey.load_or_create(config.data_dir / SEALING_KEY_FILE)
         console = Console(policies)
         management = build_management_app(
             self.store,
@@ -454,6 +460,8 @@ class Server:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._webhook is not None:
             await self._webhook.close()
+        if self.issuers is not None:
+            await self.issuers.close()  # CFSSL sessions
         if self.store is not None:
             await self.store.close()
 

@@ -166,9 +166,7 @@ def test_raw_https_registration_then_hub_with_the_issued_certificate(dps: Runnin
     chain = _chain(state)
     verdict = openssl_verify(tmp_path, chain, _bundle_pem(dps))
     assert verdict.returncode == 0, verdict.stdout + verdict.stderr
-    assert chain[0].not_valid_after_utc - chain[0].not_valid_before_utc <= __import__("datetime").timedelta(
-        days=7, minutes=10
-    )
+    assert chain[0].not_valid_after_utc - chain[0].not_valid_before_utc <= dt.timedelta(days=7, minutes=10)
     assert state["trustBundle"]["id"] == "fleet-roots"
     cert_file, key_file = tmp_path / "device.pem", tmp_path / "device.key"
     cert_file.write_bytes(certs_to_pem(chain))

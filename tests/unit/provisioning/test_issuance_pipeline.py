@@ -15,10 +15,13 @@ from cryptography.hazmat.primitives import serialization
 from helpers import KEY1, SCOPE, Env
 from issuekit import IssuingWorld, issuing_world
 
+from iotdps.evidence import SasCredential
 from iotdps.pki.encoding import sha256_thumbprint
 from iotdps.pki.trust_bundle import TrustBundle
+from iotdps.provisioning.explain import explain_registration
 from iotdps.refusals import RefusalReason
-from iotdps.sas import derive_device_key
+from iotdps.sas import derive_device_key, make_sas_token
+from iotdps.secret import Secret
 from iotdps.store import open_store
 from iotdps_testing.issuance import csr_b64, make_csr, openssl_verify
 
@@ -123,3 +126,12 @@ async def test_optional_policy_without_csr_assigns_and_required_refuses(world: I
     async with world.env.store.read() as uow:
         record = await uow.registrations.get("dev-1")
     assert record is not None and record.status == "assigned"  # the refused request wrote nothing
+
+
+async def test_explain_names_the_issuance_policy_and_bundle(world: IssuingWorld) -> None:
+    await world.group(policy=POLICY, trust_bundle_id="fleet-roots")
+    token = make_sas_token(SCOPE, "dev-1", DEVICE_KEY, int(NOW.timestamp()) + 600)
+    lines = await explain_registration(world.env.service, "dev-1", SasCredential(Secret(token)))
+    text = "\n".join(lines)
+    assert "certificate issuance: local issuing CA 'factory-ca', 7 days, CSR required" in text
+    assert "trust bundle: fleet-roots" in text

@@ -124,7 +124,7 @@ def _issuance_routes() -> tuple[Route, ...]:
             "issuance",
             answer={"type": "array", "items": ref("IssuedCertificate")},
             query=(
-                ("registrationId", {"type": "string"}, "only this registration id"),
+                ("registrationId", REGISTRATION_ID, "only this registration id"),
                 ("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "at most this many"),
             ),
         ),

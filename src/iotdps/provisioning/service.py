@@ -479,7 +479,6 @@ class ProvisioningService:
         credential: Credential | None = None,
         *,
         peer: str | None = None,
-        api_version: str | None = None,
     ) -> RegistrationOutcome:
         """HTTPS `POST /{idScope}/registrations/{id}`: the device's current registration state."""
         refusal = await self._check_caller(id_scope, registration_id, credential, peer)
@@ -489,8 +488,8 @@ class ProvisioningService:
             record = await uow.registrations.get(registration_id)
         if record is None:
             raise NotFound(f"registration {registration_id} not found")
-        extra = await self._extra_state(record, api_version)
-        return RegistrationOutcome(record.operation_id, record, extra_state=extra)
+        # No issuance fields here: the status lookup does not return the issued chain (wire doc 10.1).
+        return RegistrationOutcome(record.operation_id, record)
 
     async def _check_caller(
         self, id_scope: str, registration_id: str, credential: Credential | None, peer: str | None

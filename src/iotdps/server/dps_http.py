@@ -210,7 +210,7 @@ class DeviceApi:
             return _error(401, 401000, "Unauthorized", request)
         try:
             outcome = await self.runner.service.registration_status(
-                scope, registration_id, credential, peer=request.remote, api_version=request.query.get("api-version")
+                scope, registration_id, credential, peer=request.remote
             )
         except NotFound:
             return _error(404, 404000, "Registration not found", request)

@@ -186,6 +186,17 @@ def test_raw_https_registration_then_hub_with_the_issued_certificate(dps: Runnin
 
     asyncio.run(hub())
     assert len(_telemetry(dps, state["assignedHub"], rid)) == 1
+    # The status lookup answers the record, never the issued chain (wire doc 10.1).
+    token = make_sas_token(dps.id_scope, rid, key, int(time.time()) + 600)
+    lookup = requests.post(
+        f"https://{dps.address}/{dps.id_scope}/registrations/{rid}?api-version={P25}",
+        json={"registrationId": rid},
+        headers={"Authorization": token},
+        verify=str(dps.server_ca_path),
+        timeout=30,
+    )
+    assert lookup.status_code == 200 and lookup.json()["status"] == "assigned"
+    assert "issuedCertificateChain" not in lookup.json() and "trustBundle" not in lookup.json()
     # The 2021-11-01-preview shape: PEM and the bundle.
     other = _register_https(dps, rid, key, {"clientCertificateCsr": csr_b64(make_csr(rid))}, api_version=P21).json()[
         "registrationState"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from iotdps.access import Permission
 from iotdps.api import issuance as iss
 from iotdps.api.routes.route import Route
-from iotdps.api.schemas import ref
+from iotdps.api.schemas import REGISTRATION_ID, ref
 
 __all__ = ["ISSUANCE_ROUTES"]
 

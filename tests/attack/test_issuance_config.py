@@ -13,7 +13,7 @@ import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
 
-from iotdps.api.auth import make_service_sas
+from iotdps.access import make_service_sas
 from iotdps.pki import Issuer, Validity, create_root_ca, generate_private_key
 from iotdps.pki.keys import encode_private_key
 from iotdps.secret import Secret

@@ -267,7 +267,7 @@ hub_sessions = Table(
     Column("updated", UtcDateTime(), nullable=False),
 )
 
-# Certificate issuance (revision 0007, issue 18). Issuing CA objects keep their secret sealed
+# Certificate issuance (revision 0008, issue 18). Issuing CA objects keep their secret sealed
 # inside `doc` (issuance.sealing); trust bundles are keyed by their id in lower case (Azure
 # compares them case-insensitively) and `doc` keeps the spelling; issued certificates are
 # append-only, keyed by the leaf's SHA-256 thumbprint, listed by registration id (lower case).

@@ -1,7 +1,7 @@
 """Certificate issuance: issuing CA objects, trust bundles, issued certificates (issue 18).
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-07
 
 Types are spelled out here rather than imported from tables.py: a migration is history. The
@@ -17,8 +17,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision = "0007"
-down_revision = "0006"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 

@@ -2,6 +2,9 @@
 
     python bench/registrations.py [-n 600] [--rounds 3] [--concurrency 20]
                                   [--attestation x509|symmetric-key] [--store sqlite|postgres]
+    python bench/registrations.py --csr [-n 300] [--rounds 3]     (certificate issuance, issue 18)
+
+With `--csr` it measures issuance instead of the nginx comparison: see bench/issuance.py.
 
 In one run, on the same certificates and the same cores:
 1. `iotdps up` (one process, one event loop; SQLite in its data dir, or a fresh PostgreSQL
@@ -156,7 +159,11 @@ def main() -> None:
     ap.add_argument("--tpms", type=int, default=8, help="software TPMs for --attestation tpm (default 8)")
     ap.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite")
     ap.add_argument("--clients", type=int, default=1, help="load-generator processes (default 1)")
+    ap.add_argument("--csr", action="store_true", help="registrations with certificate issuance (bench/issuance.py)")
     args = ap.parse_args()
+    if args.csr:
+        main_csr(args)
+        return
     n = max(1, min(args.n, 20_000))
     rounds = max(1, min(args.rounds, 20))
     if args.attestation == "tpm":
@@ -299,6 +306,61 @@ def tpm_main(n: int, rounds: int, tpm_count: int, concurrency: int) -> None:
             f"ratio  : server CPU per TPM registration = {statistics.median(ratios):.1f}x symmetric key, "
             f"median of {len(ratios)} round(s)"
         )
+
+
+def main_csr(args: argparse.Namespace) -> None:
+    """X.509 registrations without and with a CSR, and openssl signing the same CSRs."""
+    import issuance
+
+    n = max(1, min(args.n, 20_000))
+    rounds = max(1, min(args.rounds, 20))
+    print(
+        f"registrations with issuance: x509 group + local issuing CA, store {args.store}, MQTT over TLS 1.2, "
+        f"concurrency {args.concurrency}, {rounds} round(s) of {n}, {time.strftime('%Y-%m-%d %H:%M')}",
+        flush=True,
+    )
+    with h.temp_dir("iotdps-bench-csr-") as tmp, contextlib.ExitStack() as stack:
+        work = Path(tmp)
+        dsn = stack.enter_context(h.postgres_database()) if args.store == "postgres" else None
+        server = stack.enter_context(h.iotdps_up(work, dsn=dsn))
+        scope, fleet = asyncio.run(prepare(server, "x509", 2 * n * rounds, work))
+        asyncio.run(issuance.enable_issuance(server, fleet, work))
+        devices = fleet.devices
+        warm = list(devices[:WARMUP])
+        asyncio.run(
+            register_fleet(
+                server.address, 8883, scope, warm, concurrency=args.concurrency,
+                csrs=issuance.csrs_for([d.registration_id for d in warm]),
+            )
+        )  # fmt: skip
+        for r in range(rounds):
+            base = WARMUP + 2 * r * n
+            plain, issuing = list(devices[base : base + n]), list(devices[base + n : base + 2 * n])
+            csrs = issuance.csrs_for([d.registration_id for d in issuing])
+            cpu0 = h.cpu_seconds(server.process.pid)
+            stats, client_cpu = _timed(
+                lambda part: asyncio.run(
+                    register_fleet(server.address, 8883, scope, part, concurrency=args.concurrency)
+                )[0],
+                plain,
+            )
+            cpu1 = h.cpu_seconds(server.process.pid)
+            with_csr, csr_client_cpu = _timed(
+                lambda part, csrs=csrs: asyncio.run(
+                    register_fleet(server.address, 8883, scope, part, concurrency=args.concurrency, csrs=csrs)
+                )[0],
+                issuing,
+            )
+            cpu2 = h.cpu_seconds(server.process.pid)
+            signed, seconds = asyncio.run(issuance.openssl_signing(work, csrs, args.concurrency))
+            print(line(f"{r + 1} x509", stats, cpu1 - cpu0, client_cpu, "registrations"))
+            print(line(f"{r + 1} +csr", with_csr, cpu2 - cpu1, csr_client_cpu, "with issuance"))
+            print(f"{r + 1} openssl {signed:6d} certificates   {signed / seconds:8.1f}/s   (one process per CSR)")
+            print(
+                f"{r + 1} ratio  issuance {100 * with_csr.rate / stats.rate if stats.rate else 0:.0f}% of plain x509;"
+                f" {with_csr.rate / (signed / seconds) if signed else 0:.1f}x openssl's signing rate",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

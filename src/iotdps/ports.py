@@ -47,6 +47,8 @@ if TYPE_CHECKING:
     from iotdps.enrollment.models import EnrollmentGroup, IndividualEnrollment
     from iotdps.hub.devices import DeviceIdentity, Twin
     from iotdps.hub.records import CloudMessage, HubSession, TelemetryMessage
+    from iotdps.issuance.models import IssuedCertificate, IssuingCa
+    from iotdps.pki.trust_bundle import TrustBundle
     from iotdps.provisioning.records import RegistrationRecord
     from iotdps.provisioning.settings import ServiceSettings
 
@@ -64,6 +66,8 @@ __all__ = [
     "HubSessionRepo",
     "HubStore",
     "HubUnitOfWork",
+    "IssuedCertificateRepo",
+    "IssuingCaRepo",
     "LinkedHubRepo",
     "LiveDevices",
     "Page",
@@ -76,6 +80,7 @@ __all__ = [
     "Store",
     "SystemClock",
     "TelemetryRepo",
+    "TrustBundleRepo",
     "UnitOfWork",
     "WebhookResponse",
     "WebhookTransport",
@@ -150,6 +155,39 @@ class CaRepo(Protocol):
     async def put(self, ca: CaCertificate, if_match: str | None = None) -> CaCertificate: ...
     async def delete(self, name: str, if_match: str | None = None) -> None: ...
     async def list(self) -> Sequence[CaCertificate]: ...
+
+
+class IssuingCaRepo(Protocol):
+    """Issuing CA objects by name (issue 18); the secret inside is sealed, never plain."""
+
+    async def get(self, name: str) -> IssuingCa | None: ...
+    async def put(self, ca: IssuingCa, if_match: str | None = None) -> IssuingCa: ...
+    async def delete(self, name: str, if_match: str | None = None) -> None: ...
+    async def list(self) -> Sequence[IssuingCa]: ...
+
+
+class TrustBundleRepo(Protocol):
+    """Trust bundles by id, compared case-insensitively (Azure's rule). `put` stores the given
+    version and gives it the store's etag and times (the bundle's own `etag`, `created` and
+    `modified` are replaced), with the usual if_match rules."""
+
+    async def get(self, bundle_id: str, *, for_update: bool = False) -> TrustBundle | None: ...
+    async def put(self, bundle: TrustBundle, if_match: str | None = None) -> TrustBundle: ...
+    async def delete(self, bundle_id: str, if_match: str | None = None) -> None: ...
+    async def list(self) -> Sequence[TrustBundle]: ...
+
+
+class IssuedCertificateRepo(Protocol):
+    """Every certificate issued at registration; append-only, keyed by SHA-256 thumbprint."""
+
+    async def add(self, cert: IssuedCertificate) -> None:
+        """AlreadyExists when a certificate with this thumbprint is recorded."""
+        ...
+
+    async def get(self, sha256_thumbprint: str) -> IssuedCertificate | None: ...
+    async def list(self, registration_id: str | None = None, limit: int = 100) -> Sequence[IssuedCertificate]:
+        """Newest first; `registration_id` compares case-insensitively, as registrations do."""
+        ...
 
 
 class LinkedHubRepo(Protocol):
@@ -246,6 +284,9 @@ class UnitOfWork(Protocol):
     devices: DeviceRepo
     refusals: RefusalLog
     stats: StatisticsRepo
+    issuing_cas: IssuingCaRepo
+    trust_bundles: TrustBundleRepo
+    issued_certificates: IssuedCertificateRepo
 
     async def cached_config_answer(self, key: tuple[Any, ...], compute: Callable[[], Awaitable[T]]) -> T:
         """`compute()`, or the answer it gave for the same key earlier, in this or an earlier

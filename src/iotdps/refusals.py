@@ -64,6 +64,20 @@ class RefusalReason(StrEnum):
     NO_HUB = "NO_HUB"
     HUB_NOT_LINKED = "HUB_NOT_LINKED"
     WEBHOOK_FAILED = "WEBHOOK_FAILED"
+    # certificate issuance (issue 18): the CSR (values match pki.csr_policy.CsrRefusal)...
+    CSR_TOO_LARGE = "CSR_TOO_LARGE"
+    CSR_MALFORMED = "CSR_MALFORMED"
+    CSR_KEY_NOT_ACCEPTED = "CSR_KEY_NOT_ACCEPTED"
+    CSR_BAD_SIGNATURE = "CSR_BAD_SIGNATURE"
+    CSR_CN_MISMATCH = "CSR_CN_MISMATCH"
+    CSR_REQUESTS_CA = "CSR_REQUESTS_CA"
+    CSR_REQUIRED = "CSR_REQUIRED"
+    CSR_NOT_EXPECTED = "CSR_NOT_EXPECTED"
+    # ...and the issuing CA (values: "ISSUANCE_" + pki.issuing.base.IssuanceFailure)
+    ISSUING_CA_UNKNOWN = "ISSUING_CA_UNKNOWN"
+    ISSUANCE_CA_UNREACHABLE = "ISSUANCE_CA_UNREACHABLE"
+    ISSUANCE_CA_REFUSED = "ISSUANCE_CA_REFUSED"
+    ISSUANCE_CA_BAD_RESPONSE = "ISSUANCE_CA_BAD_RESPONSE"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +99,7 @@ class DeviceAnswer:
 
 _UNAUTHORIZED = DeviceAnswer(401, 401000, "Unauthorized")
 _BAD_CERT = DeviceAnswer(401, 401002, "Invalid certificate")
+_BAD_CSR = DeviceAnswer(400, 400020, "Invalid certificate signing request")
 
 # The one table. Everything that fails authentication is a plain 401 so that a caller cannot
 # tell an unknown registration id from a wrong key or an untrusted CA.
@@ -121,6 +136,27 @@ DEVICE_ANSWERS: dict[RefusalReason, DeviceAnswer] = {
     RefusalReason.NO_HUB: DeviceAnswer(200, 400208, "No IoT hub available for this registration", "failed"),
     RefusalReason.HUB_NOT_LINKED: DeviceAnswer(200, 400209, "IoT hub not linked to this service", "failed"),
     RefusalReason.WEBHOOK_FAILED: DeviceAnswer(200, 400210, "Custom allocation failed", "failed"),  # own sub-code
+    # Certificate issuance (own sub-codes). A bad, missing or unexpected CSR refuses the request
+    # itself (400, nothing is written); the device authenticated, so it may learn what was wrong
+    # with its own request, not the policy's details.
+    RefusalReason.CSR_TOO_LARGE: _BAD_CSR,
+    RefusalReason.CSR_MALFORMED: _BAD_CSR,
+    RefusalReason.CSR_KEY_NOT_ACCEPTED: DeviceAnswer(400, 400021, "CSR key type not accepted"),
+    RefusalReason.CSR_BAD_SIGNATURE: _BAD_CSR,
+    RefusalReason.CSR_CN_MISMATCH: DeviceAnswer(400, 400022, "CSR subject must be CN=<registration id>"),
+    RefusalReason.CSR_REQUESTS_CA: DeviceAnswer(400, 400023, "CSR may not request CA rights"),
+    RefusalReason.CSR_REQUIRED: DeviceAnswer(400, 400024, "A certificate signing request is required"),
+    RefusalReason.CSR_NOT_EXPECTED: DeviceAnswer(
+        400, 400025, "Device sent CSR but it is not configured in the service"
+    ),
+    # The issuing CA failed after the device was admitted: the operation ends `failed`; an
+    # unreachable CA is worth retrying later (503 sub-code), the others need an operator.
+    RefusalReason.ISSUING_CA_UNKNOWN: DeviceAnswer(200, 400230, "Certificate issuance is misconfigured", "failed"),
+    RefusalReason.ISSUANCE_CA_UNREACHABLE: DeviceAnswer(
+        200, 503230, "Certificate issuing CA unavailable; retry later", "failed"
+    ),
+    RefusalReason.ISSUANCE_CA_REFUSED: DeviceAnswer(200, 400231, "Certificate issuance refused", "failed"),
+    RefusalReason.ISSUANCE_CA_BAD_RESPONSE: DeviceAnswer(200, 502230, "Certificate issuance failed", "failed"),
 }
 
 

@@ -150,6 +150,7 @@ SECRET_FILES = {
     "iotdps.db-shm",
     "access-policies.json",
     "control.sock",
+    "sealing.key",  # seals issuing CAs' secrets (issue 18)
     "tls/server-ca.key",
     "tls/server-ca.passphrase",
     "tls/server.key",
@@ -191,7 +192,11 @@ def test_up_keeps_every_secret_owner_only_and_out_of_its_log(tmp_path: Path) -> 
         log = server.log()
         assert "open to other users" in log and str(data_dir) in log
         assert str(data_dir / "access-policies.json") in log  # where the keys are
-        secrets_ = [*_policy_keys(data_dir), (data_dir / "tls" / "server-ca.passphrase").read_text().strip()]
+        secrets_ = [
+            *_policy_keys(data_dir),
+            (data_dir / "tls" / "server-ca.passphrase").read_text().strip(),
+            (data_dir / "sealing.key").read_text().strip(),
+        ]
         leaked = [s for s in secrets_ if s in log]
         assert leaked == [], "a key or passphrase went to the log"
     finally:

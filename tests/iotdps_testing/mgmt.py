@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 
 from iotdps.access import AccessPolicies
 from iotdps.api import build_management_app
+from iotdps.issuance.sealing import SealingKey
 from iotdps.pki import create_server_identity
 from iotdps.ports import Store
 from iotdps.provisioning.service import ProvisioningService
@@ -62,6 +63,7 @@ class ManagementServer:
         self.hub: Hubs | None = None
         self.store: Store | None = None
         self.service: ProvisioningService | None = None
+        self.sealing = SealingKey.generate()
 
     @property
     def base_url(self) -> str:
@@ -96,6 +98,7 @@ class ManagementServer:
             on_trust_changed=self._trust_changed,
             hub=self.hub.cloud,
             hub_hosts=(self.host,),
+            sealing=self.sealing,
         )
         self._runner = web.AppRunner(app)
         await self._runner.setup()

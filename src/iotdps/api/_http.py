@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -14,6 +14,9 @@ from iotdps.errors import InvalidInput
 from iotdps.jsonload import load_json
 from iotdps.ports import HubOperations, Store
 from iotdps.provisioning.service import ProvisioningService
+
+if TYPE_CHECKING:
+    from iotdps.issuance.sealing import SealingKey
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -55,6 +58,8 @@ class ApiContext:
     # Where custom-allocation webhooks may point (checked when an enrollment is written).
     webhook_destinations: WebhookDestinations = field(default_factory=WebhookDestinations)
     about: ServiceAbout = ServiceAbout()
+    # Seals the secrets of issuing CA objects (issue 18); None: such objects cannot be written.
+    sealing: SealingKey | None = None
 
     async def trust_changed(self) -> None:
         """Tell the TLS layer its anchors changed (verified CAs, X.509 enrollments, groups)."""

@@ -31,6 +31,7 @@ from iotdps.api.errors import error_response, response_for
 from iotdps.api.openapi import openapi_document
 from iotdps.api.routes import ROUTES
 from iotdps.errors import IotdpsError
+from iotdps.issuance.sealing import SealingKey
 from iotdps.ports import HubOperations, Store
 from iotdps.provisioning.service import ProvisioningService
 
@@ -72,6 +73,7 @@ def build_management_app(
     webhook_destinations: WebhookDestinations | None = None,
     sessions: SessionGate | None = None,
     about: ServiceAbout | None = None,
+    sealing: SealingKey | None = None,
 ) -> web.Application:
     """The management API. `host_names`: the names (and addresses) clients reach the service
     by; a token's `sr` must name one of them. `max_body`: the largest request body accepted.
@@ -81,7 +83,8 @@ def build_management_app(
     `webhook_destinations`: where an enrollment's custom-allocation webhook may point (default:
     HTTPS to public addresses only).
     `sessions`: the console's session table (iotdps.web), a second way in besides tokens.
-    `about`: the endpoints and device host name GET /status reports."""
+    `about`: the endpoints and device host name GET /status reports.
+    `sealing`: the key that seals issuing CA secrets (without it they cannot be written)."""
     if not host_names:
         raise ValueError("host_names must name at least one host")
     about = replace(about or ServiceAbout(), hubs_served=tuple(hub_hosts))
@@ -93,6 +96,7 @@ def build_management_app(
         hub,
         webhook_destinations=webhook_destinations or WebhookDestinations(),
         about=about,
+        sealing=sealing,
     )
     hubs = {name.lower(): name for name in hub_hosts}
     # client_max_size is a backstop above ours: read_json refuses first with a clearer message.

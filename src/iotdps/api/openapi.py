@@ -26,6 +26,10 @@ _REASONS = {
 
 
 def _path_schema(path: str, name: str) -> dict[str, Any]:
+    if path.startswith("/trustBundles"):  # pki.trust_bundle.check_bundle_id
+        return {"type": "string", "pattern": "^[A-Za-z0-9](?:[A-Za-z0-9._:-]{0,126}[A-Za-z0-9])?$"}
+    if path.startswith("/certificateAuthorities"):  # pki.cadir.check_ca_name
+        return {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}
     if name == "id" and path.startswith(("/devices", "/twins")):
         # What the router documents; the server accepts IoT Hub's whole device id alphabet.
         return {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"}

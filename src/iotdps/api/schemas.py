@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from iotdps.api.issuance_schemas import ISSUANCE_COMPONENTS
+
 __all__ = ["COMPONENTS", "HUB_COMPONENTS", "REGISTRATION_ID", "ref"]
 
 _STR: dict[str, Any] = {"type": "string"}
@@ -82,6 +84,20 @@ _SETTINGS_FIELDS: dict[str, Any] = {
         "required": ["webhookUrl", "apiVersion"],
         "properties": {"webhookUrl": _STR, "apiVersion": _STR},
     },
+    "clientCertificateIssuancePolicy": {
+        "type": ["object", "null"],
+        "required": ["certificateAuthorityName"],
+        "properties": {
+            "certificateAuthorityName": _STR,
+            "validityInDays": {"type": "integer", "minimum": 1, "maximum": 3650},
+            "acceptedKeyTypes": {
+                "type": "array",
+                "items": {"type": "string", "enum": ["ecP256", "ecP384", "rsa2048", "rsa3072", "rsa4096"]},
+            },
+            "csrRequirement": {"type": "string", "enum": ["required", "optional"]},
+        },
+    },
+    "trustBundleId": _STR_OR_NULL,
     "etag": {"type": ["string", "null"], "readOnly": True},
     "createdDateTimeUtc": {"type": ["string", "null"], "readOnly": True},
     "lastUpdatedDateTimeUtc": {"type": ["string", "null"], "readOnly": True},
@@ -411,6 +427,7 @@ COMPONENTS: dict[str, Any] = {
     "Explanation": {"type": "object", "required": ["lines"], "properties": {"lines": {"type": "array", "items": _STR}}},
 }
 COMPONENTS.update(HUB_COMPONENTS)
+COMPONENTS.update(ISSUANCE_COMPONENTS)
 
 _COUNT: dict[str, Any] = {"type": "integer", "minimum": 0}
 COMPONENTS.update(

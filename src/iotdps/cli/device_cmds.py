@@ -18,6 +18,7 @@ import click
 
 from iotdps.device import C2DReceived, DeviceAgent, DeviceSettings, SymmetricKey, TpmCredential, X509Files
 from iotdps.device.credentials import Credential
+from iotdps.device.issued import IssuedFiles
 from iotdps.errors import InvalidInput
 from iotdps.secret import Secret
 
@@ -79,6 +80,13 @@ def _credential(
 @click.option("--interval", type=click.FloatRange(min=0), default=1.0, show_default=True)
 @click.option("--message", default='{"hello": "iotdps"}', show_default=True, help="Telemetry body.")
 @click.option("--stay", type=click.FloatRange(min=0), default=0.0, help="Seconds to stay connected afterwards.")
+@click.option(
+    "--csr",
+    "issue_certificate",
+    is_flag=True,
+    help="Register with a CSR (api-version 2025-07-01-preview); use the issued certificate on the hub, "
+    "kept beside --state, and renew it when a third of its validity is left.",
+)
 def run_command(
     provisioning_host: str,
     id_scope: str,
@@ -97,6 +105,7 @@ def run_command(
     interval: float,
     message: str,
     stay: float,
+    issue_certificate: bool,
 ) -> None:
     """Run a device: provision or use the cache, connect, send telemetry, answer the cloud."""
     ca_pem = Path(ca_file).read_text() if ca_file else None
@@ -110,6 +119,7 @@ def run_command(
         ca_pem=ca_pem,
         port=port,
         https_port=https_port,
+        issue_certificate=issue_certificate,
     )
 
     def emit(kind: str, doc: Any) -> None:
@@ -137,6 +147,13 @@ def run_command(
                 "provisioned": agent.provisioned > 0,
             },
         )
+        if issue_certificate:
+            leaf = IssuedFiles(settings.state_file).leaf()
+            if leaf is not None:
+                emit(
+                    "certificate",
+                    {"serial": format(leaf.serial_number, "X"), "notAfter": leaf.not_valid_after_utc.isoformat()},
+                )
         try:
             for i in range(count):
                 await client.send_telemetry(message, {"seq": str(i)})

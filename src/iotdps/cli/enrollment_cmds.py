@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar
 import click
 
 from iotdps.cli.client import AdminClient
+from iotdps.cli.issuance_options import apply_issuance_options, issuance_options
 from iotdps.cli.shared import echo_json, json_arg, read_text, table
 from iotdps.cli.target import run_client, target_options
 from iotdps.cli.tpm_keys import tpm_key_text
@@ -61,6 +62,7 @@ def _settings_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--webhook-url"),
         click.option("--webhook-api-version", default=None),
         click.option("--disabled", is_flag=True, default=False, help="Create disabled."),
+        *issuance_options(),
     ]
     for option in reversed(options):
         f = option(f)
@@ -91,6 +93,7 @@ def _apply_settings(doc: dict[str, Any], kw: dict[str, Any], *, creating: bool) 
         }
     if creating and kw.get("disabled"):
         doc["provisioningStatus"] = "disabled"
+    apply_issuance_options(doc, kw)
 
 
 def _symmetric_key_doc(primary: str | None, secondary: str | None) -> dict[str, Any]:

@@ -38,11 +38,13 @@ class LazyCommand:
 _PKI, _ADMIN, _HUB = "iotdps.cli.pki_cmds", "iotdps.cli.admin_cmds", "iotdps.cli.hub_cmds"
 _ENROLLMENT, _CERT = "iotdps.cli.enrollment_cmds", "iotdps.cli.cert_cmds"
 _CUSTODY = "iotdps.cli.custody_cmds"
+_ISSUANCE = "iotdps.cli.issuance_cmds"
 
 COMMANDS: dict[str, LazyCommand] = {
     "c2d": LazyCommand((_HUB,), "Cloud-to-device messages."),
     "ca": LazyCommand((_ADMIN,), "CA certificates: upload, proof of possession, list."),
     "ca-dir": LazyCommand((_CERT, _CUSTODY), "The local CA directory."),
+    "certificate": LazyCommand((_ISSUANCE,), "Certificates issued to devices at registration."),
     "cert": LazyCommand((_CERT,), "Read certificates and explain chains."),
     "create-ca-intermediate": LazyCommand(
         (_PKI,), "Create an intermediate CA (one per factory or production line) signed by --parent."
@@ -63,6 +65,9 @@ COMMANDS: dict[str, LazyCommand] = {
     ),
     "group": LazyCommand((_ENROLLMENT,), "Enrollment groups."),
     "hub": LazyCommand((_ADMIN,), "Linked IoT hubs."),
+    "issuing-ca": LazyCommand(
+        (_ISSUANCE,), "Issuing CAs: what signs device certificates at registration (an enrollment names one)."
+    ),
     "method": LazyCommand((_HUB,), "Direct methods on connected devices (needs the running server)."),
     "proof-ca-root-possession": LazyCommand((_PKI,), "Prove possession of a CA's key to the provisioning service."),
     "refusals": LazyCommand((_ADMIN,), "Recent refused registrations, latest first, with the reason in words."),
@@ -73,6 +78,9 @@ COMMANDS: dict[str, LazyCommand] = {
         "Register a fleet of simulated devices (and optionally send telemetry); print the rates.",
     ),
     "telemetry": LazyCommand((_HUB,), "Device-to-cloud messages stored by the hub."),
+    "trust-bundle": LazyCommand(
+        (_ISSUANCE,), "Trust bundles: named, versioned sets of CA certificates for devices' root stores."
+    ),
     "twin": LazyCommand((_HUB,), "Device twins on a hub."),
     "up": LazyCommand(("iotdps.cli.server_cmds",), "Run the provisioning service (and its hubs) until interrupted."),
 }

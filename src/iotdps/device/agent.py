@@ -5,6 +5,11 @@ on the next boot. The cache is a small JSON state file (registration id, id scop
 host, assigned hub, device id), written atomically and owner-only. It is dropped, and the device
 provisions again, when the hub refuses the device (CONNACK 4/5: it was moved or deleted) or
 stays unreachable for `hub_attempts` tries.
+
+With `issue_certificate` (`iotdps device run --csr`, issue 18) the device registers with a CSR,
+keeps the issued key, chain and trust bundle beside the state file (device.issued), connects to
+the hub with that certificate, and registers again with a new CSR when less than a third of the
+certificate's validity is left (at start, or when the caller asks: `certificate_due`, `renew`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 
 from iotdps.device.credentials import Credential, TpmCredential
 from iotdps.device.hub_client import HubClient
+from iotdps.device.issued import IssuedFiles, due_for_renewal, new_key_and_csr
 from iotdps.device.mqtt import ConnectRefused
 from iotdps.device.provision import Assignment, provision
 from iotdps.device.provision_https import provision_tpm
@@ -42,6 +48,8 @@ class DeviceSettings:
     hub_attempts: int = 3
     retry_delay: float = 1.0
     keepalive: int = 60
+    # Register with a CSR and use the issued certificate on the hub (device.issued).
+    issue_certificate: bool = False
 
 
 def load_state(settings: DeviceSettings) -> Assignment | None:
@@ -84,11 +92,20 @@ class DeviceAgent:
 
     def _hub_client(self, assignment: Assignment) -> HubClient:
         s = self.settings
+        credential: Credential = s.credential
+        ca_pem = s.ca_pem
+        if s.issue_certificate:
+            files = IssuedFiles(s.state_file)
+            credential = files.credential() or s.credential
+            # The trust bundle joins the device's root store for the service.
+            bundle = files.bundle_pem()
+            if bundle is not None and ca_pem is not None:
+                ca_pem = ca_pem + "\n" + bundle
         return HubClient(
             assignment.assigned_hub,
             assignment.device_id,
-            s.credential,
-            ca_pem=s.ca_pem,
+            credential,
+            ca_pem=ca_pem,
             port=s.port,
             keepalive=s.keepalive,
             **self._handlers,
@@ -110,6 +127,7 @@ class DeviceAgent:
             )
             save_state(s, assignment)
             return assignment
+        key, csr = new_key_and_csr(s.registration_id) if s.issue_certificate else (None, None)
         assignment = await provision(
             s.provisioning_host,
             s.id_scope,
@@ -118,9 +136,31 @@ class DeviceAgent:
             ca_pem=s.ca_pem,
             port=s.port,
             payload=s.payload,
+            csr=csr,
         )
+        if key is not None:
+            IssuedFiles(s.state_file).save(key, assignment.issued_chain, assignment.trust_bundle)
         save_state(s, assignment)
         return assignment
+
+    def certificate_due(self) -> bool:
+        """With --csr: no issued certificate yet, or less than a third of its validity left."""
+        if not self.settings.issue_certificate:
+            return False
+        leaf = IssuedFiles(self.settings.state_file).leaf()
+        return leaf is None or due_for_renewal(leaf)
+
+    async def renew(self) -> HubClient:
+        """Register again with a new CSR and reconnect with the new certificate."""
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
+        assignment = await self._provision()
+        client = await self._try_hub(assignment)
+        if client is None:
+            raise ConnectRefused(5)
+        self.assignment, self.client = assignment, client
+        return client
 
     async def _try_hub(self, assignment: Assignment) -> HubClient | None:
         """The connected client, or None when the hub refused or stayed unreachable."""
@@ -144,7 +184,7 @@ class DeviceAgent:
     async def start(self) -> HubClient:
         """Connect to the cached hub, or provision (again) and connect to the assigned one."""
         cached = load_state(self.settings)
-        if cached is not None:
+        if cached is not None and not self.certificate_due():
             client = await self._try_hub(cached)
             if client is not None:
                 self.assignment, self.client = cached, client

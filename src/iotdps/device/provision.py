@@ -30,6 +30,8 @@ __all__ = ["CLIENT_VERSION", "Assignment", "ProvisioningFailed", "provision"]
 
 CLIENT_VERSION = "iotdps-device/0.1"
 DPS_API_VERSION = "2019-03-31"
+# The api-version whose register request carries a CSR (azure-wire-protocol.md 10.1).
+ISSUANCE_API_VERSION = "2025-07-01-preview"
 _MAX_RETRY_AFTER = 10
 
 
@@ -43,6 +45,9 @@ class Assignment:
     assigned_hub: str
     device_id: str
     substatus: str | None = None
+    # Certificate issuance (a register with a CSR): base64 DER, leaf first; the trust bundle.
+    issued_chain: tuple[str, ...] = ()
+    trust_bundle: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -64,20 +69,26 @@ async def provision(
     payload: Any = None,
     timeout: float = 60.0,
     ssl_context: ssl.SSLContext | None = None,
+    csr: str | None = None,
 ) -> Assignment:
     """Register and return the assignment. `ssl_context`: a context made beforehand with
     `credentials.tls_context` (the fleet simulator builds them before it starts the clock);
-    by default one is made from `ca_pem` and `credential` for this call."""
+    by default one is made from `ca_pem` and `credential` for this call. `csr`: base64 DER;
+    registers with api-version 2025-07-01-preview and returns the issued chain too."""
     if isinstance(credential, TpmCredential):
         # As on Azure: TPM attestation is HTTPS (or AMQP) only; provision_https.provision_tpm.
         raise ProvisioningFailed("TPM attestation is not supported over MQTT: register over HTTPS (provision_tpm)")
     responses: asyncio.Queue[PublishReceived] = asyncio.Queue()
     context = ssl_context or tls_context(ca_pem, credential)
-    username = f"{id_scope}/registrations/{registration_id}/api-version={DPS_API_VERSION}&ClientVersion=" + quote(
+    api_version = ISSUANCE_API_VERSION if csr is not None else DPS_API_VERSION
+    username = f"{id_scope}/registrations/{registration_id}/api-version={api_version}&ClientVersion=" + quote(
         CLIENT_VERSION, safe=""
     )
     password = credential.dps_token(id_scope, registration_id) if isinstance(credential, SymmetricKey) else None
-    body = json.dumps({"registrationId": registration_id, "payload": payload}).encode()
+    request: dict[str, Any] = {"registrationId": registration_id, "payload": payload}
+    if csr is not None:
+        request["csr"] = csr
+    body = json.dumps(request).encode()
     topic = format_register_topic(str(uuid.uuid4()))
     client: MqttClient | None = None
     try:
@@ -115,8 +126,16 @@ async def provision(
                 status = doc.get("status")
                 if status == "assigned":
                     state = doc.get("registrationState") or {}
+                    chain = state.get("issuedCertificateChain") or []
+                    if csr is not None and not chain:
+                        raise ProvisioningFailed("provisioning assigned the device but issued no certificate")
                     return Assignment(
-                        registration_id, str(state["assignedHub"]), str(state["deviceId"]), state.get("substatus")
+                        registration_id,
+                        str(state["assignedHub"]),
+                        str(state["deviceId"]),
+                        state.get("substatus"),
+                        tuple(str(c) for c in chain),
+                        state.get("trustBundle"),
                     )
                 if status != "assigning":
                     state = doc.get("registrationState") or {}

@@ -76,9 +76,7 @@ class _Flow:
             raise TimeoutError(f"provisioning {self.registration_id} did not finish in time")
         return left
 
-    def _request(
-        self, method: str, path: str, body: Any, sas: str | None
-    ) -> tuple[int, dict[str, Any], float | None]:
+    def _request(self, method: str, path: str, body: Any, sas: str | None) -> tuple[int, dict[str, Any], float | None]:
         """(status, JSON body or {}, Retry-After seconds)."""
         connection = http.client.HTTPSConnection(self.host, self.port, context=self.context, timeout=self._remaining())
         headers = {

@@ -165,9 +165,11 @@ async def register_fleet(
     timeout: float = 30.0,
     on_progress: Progress | None = None,
     https_port: int = 443,
+    csrs: Sequence[str] | None = None,
 ) -> tuple[PhaseStats, dict[str, Assignment]]:
     """Register every device once; returns the stats and the assignments of those that made it.
-    TPM devices register over HTTPS on `https_port` (TPM is not offered over MQTT)."""
+    TPM devices register over HTTPS on `https_port` (TPM is not offered over MQTT). `csrs`: one
+    CSR (base64 DER) per device, sent for certificate issuance (bench --csr)."""
     stats = PhaseStats()
     assignments: dict[str, Assignment] = {}
 
@@ -195,6 +197,7 @@ async def register_fleet(
                     port=port,
                     timeout=timeout,
                     ssl_context=device.context,
+                    csr=csrs[i] if csrs is not None else None,
                 )
         except Exception as exc:  # counted by kind; one device's failure is not the run's
             stats.errors[error_kind(exc)] += 1

@@ -27,6 +27,8 @@ from typing import Any, Literal, cast
 from iotdps.errors import InvalidInput
 from iotdps.ids import check_registration_id
 from iotdps.jsonfields import drop_none, obj, opt_bool, opt_object, opt_str, req_str, stamps
+from iotdps.pki.csr_policy import IssuancePolicy
+from iotdps.pki.trust_bundle import check_bundle_id
 from iotdps.secret import Secret
 
 __all__ = [
@@ -334,6 +336,13 @@ class InitialTwin:
         return InitialTwin(tags, desired)
 
 
+def _bundle_id(value: object, where: str) -> str:
+    try:
+        return check_bundle_id(value)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{where}: {exc.message}") from None
+
+
 @dataclass(frozen=True, slots=True)
 class EnrollmentSettings:
     """The fields individual enrollments and enrollment groups share."""
@@ -346,6 +355,10 @@ class EnrollmentSettings:
     initial_twin: InitialTwin | None = None
     iot_edge: bool = False
     custom_allocation_definition: CustomAllocationDefinition | None = None
+    # Certificate issuance at registration (issue 18): which issuing CA signs the device's CSR
+    # and how, and which trust bundle the registration answer carries.
+    issuance_policy: IssuancePolicy | None = None
+    trust_bundle_id: str | None = None
 
     @property
     def enabled(self) -> bool:
@@ -364,6 +377,8 @@ class EnrollmentSettings:
                 "customAllocationDefinition": (
                     self.custom_allocation_definition.to_json() if self.custom_allocation_definition else None
                 ),
+                "clientCertificateIssuancePolicy": self.issuance_policy.to_json() if self.issuance_policy else None,
+                "trustBundleId": self.trust_bundle_id,
             }
         )
 
@@ -380,6 +395,8 @@ class EnrollmentSettings:
             raise InvalidInput(f"{where}.iotHubs must be a list of hub host names")
         caps = opt_object(body, "capabilities", where) or {}
         custom = body.get("customAllocationDefinition")
+        issuance = body.get("clientCertificateIssuancePolicy")
+        bundle_id = body.get("trustBundleId")
         settings = EnrollmentSettings(
             provisioning_status=cast(ProvisioningStatus, status),
             allocation_policy=cast(AllocationPolicy | None, policy),
@@ -392,6 +409,14 @@ class EnrollmentSettings:
                 CustomAllocationDefinition.from_json(custom, f"{where}.customAllocationDefinition")
                 if custom is not None
                 else None
+            ),
+            issuance_policy=(
+                IssuancePolicy.from_json(issuance, f"{where}.clientCertificateIssuancePolicy")
+                if issuance is not None
+                else None
+            ),
+            trust_bundle_id=(
+                _bundle_id(bundle_id, f"{where}.trustBundleId") if bundle_id is not None and bundle_id != "" else None
             ),
         )
         if settings.allocation_policy == "custom" and settings.custom_allocation_definition is None:

@@ -7,7 +7,9 @@ never called from here. The scope is the service's own.
 
 from __future__ import annotations
 
+from iotdps.enrollment.models import EnrollmentSettings
 from iotdps.evidence import Credential
+from iotdps.pki.csr_policy import KeyType
 from iotdps.provisioning.registration import RegistrationRequest, allocate_builtin_for, plan_for
 from iotdps.provisioning.service import ProvisioningService
 
@@ -31,4 +33,26 @@ async def explain_registration(service: ProvisioningService, registration_id: st
                 lines.append(f"hub: none -> {allocated.refusal.reason}: {allocated.refusal.message}")
             else:
                 lines.append(f"hub: {allocated.hub} (unless the reprovision policy keeps the current hub)")
+        lines.extend(await _issuance_lines(service, plan.settings))
     return lines
+
+
+async def _issuance_lines(service: ProvisioningService, settings: EnrollmentSettings) -> list[str]:
+    """What certificate issuance this device's registration would involve (issue 18)."""
+    policy = settings.issuance_policy
+    out: list[str] = []
+    if policy is None:
+        out.append("certificate issuance: none (a CSR in the register request is refused: CSR_NOT_EXPECTED)")
+    else:
+        async with service.store.read() as uow:
+            ca = await uow.issuing_cas.get(policy.certificate_authority_name)
+        where = f"{ca.kind} issuing CA" if ca is not None else "MISSING issuing CA (ISSUING_CA_UNKNOWN)"
+        keys = ", ".join(t.value for t in KeyType if t in policy.accepted_key_types)
+        out.append(
+            f"certificate issuance: {where} {policy.certificate_authority_name!r}, {policy.validity_days} days, "
+            f"CSR {policy.csr_requirement.value} (api-version 2025-07-01-preview or 2021-11-01-preview), "
+            f"CN = registration id, key types {keys}"
+        )
+    if settings.trust_bundle_id:
+        out.append(f"trust bundle: {settings.trust_bundle_id} (sent with the preview api-versions)")
+    return out

@@ -62,6 +62,10 @@ def assigning_record(
         attestation_type=attestation_type,
         enrollment_group_id=group_id,
         x509_thumbprint=leaf_sha256,
+        # What the device still holds: the last bundle and certificate it was given.
+        trust_bundle_id=current.trust_bundle_id if current else None,
+        trust_bundle_version=current.trust_bundle_version if current else None,
+        issued_certificate=current.issued_certificate if current else None,
     )
 
 
@@ -93,4 +97,8 @@ def refused_record(
         attestation_type=attestation_type,
         enrollment_group_id=group_id,
         x509_thumbprint=leaf_sha256,
+        # What the device still holds: the last bundle and certificate it was given.
+        trust_bundle_id=current.trust_bundle_id if current else None,
+        trust_bundle_version=current.trust_bundle_version if current else None,
+        issued_certificate=current.issued_certificate if current else None,
     )

@@ -43,6 +43,11 @@ class RegistrationRecord:
     # TPM: the second activation blob (azure-wire-protocol.md 3.2 step 5), which wraps the
     # device's hub key for its TPM. Not a secret: only that TPM can open it.
     tpm_authentication_key: str | None = None
+    # Certificate issuance (issue 18): the trust bundle (id, version) the device last received,
+    # and the SHA-256 thumbprint of the certificate it was last issued.
+    trust_bundle_id: str | None = None
+    trust_bundle_version: int | None = None
+    issued_certificate: str | None = None
     etag: str | None = None
     created: datetime | None = None
     updated: datetime | None = None

@@ -29,6 +29,7 @@ from iotdps.enrollment.models import (
 from iotdps.evidence import Credential
 from iotdps.hub.devices import DeviceAuth
 from iotdps.ids import same_registration_id
+from iotdps.pki.issuing.base import IssuedChain
 from iotdps.provisioning.records import RegistrationRecord, RegistrationStatus
 from iotdps.provisioning.settings import ServiceSettings
 from iotdps.refusals import DeviceAnswer, RefusalReason, Refused, device_answer
@@ -55,7 +56,8 @@ class RegistrationRequest:
     """One register call as an edge parsed it.
 
     `credential`: `X509Evidence` (TLS chain), `SasCredential` or `TpmEvidence`.
-    `csr`: accepted and ignored for now (certificate issuance is a later feature).
+    `csr`: the CSR text of an api-version that carries one (pki.issuance_wire), else None.
+    `api_version`: what the device asked with; decides the issuance fields of the answer.
     `payload`: any JSON; it reaches only the custom-allocation webhook.
     `operation_id`: an edge that answers 202 before the pipeline finishes passes the id it
     already told the device; otherwise one is generated.
@@ -72,6 +74,7 @@ class RegistrationRequest:
     authentication: Authentication | None = None
     # The device's IP address as the edge saw it: a refusal is counted under it.
     peer: str | None = None
+    api_version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +91,8 @@ class RegistrationOutcome:
     reason: RefusalReason | None = None
     message: str = ""
     steps: tuple[str, ...] = field(default=())
+    # registrationState fields certificate issuance adds for the device's api-version.
+    extra_state: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def answer(self) -> DeviceAnswer | None:
@@ -104,7 +109,7 @@ class RegistrationOutcome:
         return {
             "operationId": self.operation_id,
             "status": self.record.status,
-            "registrationState": self.record.to_json(),
+            "registrationState": {**self.record.to_json(), **self.extra_state},
         }
 
     def error_json(self) -> dict[str, Any]:
@@ -135,6 +140,10 @@ class RegistrationPlan:
     device_id_from_request: bool = False
     peer: str | None = None
     tpm_authentication_key: str | None = None
+    api_version: str | None = None
+    # The certificate issued in the assigning phase (provisioning.issuance), if any.
+    issued: IssuedChain | None = None
+    issuer_kind: str | None = None
 
     @property
     def enrollment(self) -> IndividualEnrollment | EnrollmentGroup:
@@ -179,6 +188,7 @@ def plan_for(request: RegistrationRequest, auth: Authentication, settings: Servi
         device_id_from_request=from_request,
         peer=request.peer,
         tpm_authentication_key=auth.tpm_authentication_key,
+        api_version=request.api_version,
     )
 
 

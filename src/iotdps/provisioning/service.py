@@ -27,7 +27,9 @@ The device only ever gets `refusals.device_answer(reason)`.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
 
 from iotdps.allocation.custom import DEFAULT_WEBHOOK_TIMEOUT, build_request, call_webhook
 from iotdps.allocation.hubs import LinkedHub
@@ -38,7 +40,10 @@ from iotdps.enrollment.resolve import Decision
 from iotdps.errors import ConfigError, InvalidRegistrationId, NotFound
 from iotdps.evidence import Credential
 from iotdps.ids import check_registration_id
+from iotdps.pki.issuance_wire import csr_field
 from iotdps.ports import Clock, Refusal, Store, SystemClock, UnitOfWork, WebhookTransport
+from iotdps.provisioning import issuance
+from iotdps.provisioning.issuance import IssuerSource
 from iotdps.provisioning.lifecycle import assigning_record, check_transition, refused_record
 from iotdps.provisioning.placement import place_device
 from iotdps.provisioning.records import RegistrationRecord
@@ -71,8 +76,11 @@ class ProvisioningService:
         default_settings: ServiceSettings | None = None,
         webhook_timeout: float = DEFAULT_WEBHOOK_TIMEOUT,
         token_max_lifetime: int | None = None,
+        issuers: IssuerSource | None = None,
     ) -> None:
         self.store = store
+        # Working issuers for issuing CA objects (None: certificate issuance is unavailable).
+        self.issuers = issuers
         self.clock: Clock = clock or SystemClock()
         self.webhook = webhook
         self.default_settings = default_settings
@@ -161,6 +169,25 @@ class ProvisioningService:
         decision = auth.decision
         if not decision.admitted:
             return await self._refused(request, operation_id, auth)
+        try:
+            pending = issuance.vet(
+                (decision.individual or decision.group).settings,  # type: ignore[union-attr]
+                request.registration_id,
+                request.csr,
+            )
+        except Refused as exc:
+            # A bad, missing or unexpected CSR refuses the request; nothing is written.
+            await self._log(
+                request.registration_id,
+                exc.reason,
+                exc.message,
+                auth.attestation_type,
+                decision.enrollment_name,
+                request.peer,
+            )
+            return RegistrationOutcome(None, None, exc.reason, exc.message, decision.steps)
+        if pending is not None:
+            return await self._register_issuing(request, operation_id, auth, pending)
 
         async with self.store.begin() as uow:
             # The record first, locked: on PostgreSQL this read also brings the configuration
@@ -177,6 +204,52 @@ class ProvisioningService:
         if plan.policy != "custom":
             return await self._finish(plan, operation_id, written, decision)
         allocated = await self._allocate_custom(plan, operation_id, current, linked)
+        return await self._write(plan, operation_id, allocated, decision)
+
+    async def _register_issuing(
+        self,
+        request: RegistrationRequest,
+        operation_id: str,
+        auth: Authentication,
+        pending: issuance.PendingIssuance,
+    ) -> RegistrationOutcome:
+        """A registration that issues a certificate: the issuing CA is called in the assigning
+        phase, outside any transaction (an `assigning` record makes the operation visible to
+        polls first), then allocation and the write as usual."""
+        decision = auth.decision
+        async with self.store.begin() as uow:
+            current = await uow.registrations.get(request.registration_id, for_update=True)
+            settings = await self.service_settings(uow)
+            linked = list(await uow.hubs.list())
+            plan = settled(plan_for(request, auth, settings), current)
+            ca = await uow.issuing_cas.get(pending.policy.certificate_authority_name)
+            group_id = plan.group.enrollment_group_id if plan.group else None
+            await uow.registrations.put(
+                assigning_record(
+                    plan.registration_id, operation_id, current, plan.attestation_type, group_id, plan.leaf_sha256
+                )
+            )
+        try:
+            issued = await issuance.issue(ca, self.issuers, pending)
+        except Refused as exc:
+            async with self.store.begin() as uow:
+                now_record = await uow.registrations.get(plan.registration_id, for_update=True)
+                record = refused_record(
+                    plan.registration_id,
+                    operation_id,
+                    now_record,
+                    exc.reason,
+                    plan.attestation_type,
+                    group_id,
+                    plan.leaf_sha256,
+                )
+                saved = await uow.registrations.put(record)
+            return await self._finish(plan, operation_id, (saved, exc), decision)
+        plan = replace(plan, issued=issued, issuer_kind=ca.kind if ca is not None else None)
+        if plan.policy == "custom":
+            allocated = await self._allocate_custom(plan, operation_id, current, linked)
+        else:
+            allocated = allocate_builtin_for(plan, linked)
         return await self._write(plan, operation_id, allocated, decision)
 
     async def _refused(
@@ -291,8 +364,27 @@ class ProvisioningService:
                 plan.leaf_sha256,
             )
             return await uow.registrations.put(record), refusal
+        if plan.issued is not None:
+            plan = replace(plan, device_auth=issuance.hub_auth(plan.issued))
         placement = place(current, plan.settings.reprovision_policy, None if keeps_hub else allocated.hub)
         device = await place_device(uow, plan, placement, current, allocated.webhook)
+        bundle_id, bundle_version = await self._bundle_sent(uow, plan, current)
+        issued_sha256: str | None = None
+        if plan.issued is not None:
+            issued_sha256 = plan.issued.sha256_thumbprint
+            enrollment = (
+                f"group:{plan.group.enrollment_group_id}" if plan.group else f"individual:{plan.registration_id}"
+            )
+            await uow.issued_certificates.add(
+                issuance.issued_record(
+                    plan.issued,
+                    plan.registration_id,
+                    device.device_id,
+                    enrollment,
+                    self.clock.now(),
+                    plan.issuer_kind or "unknown",
+                )
+            )
         same_op = current is not None and current.operation_id == operation_id
         check_transition(current.status if current else None, "assigned", same_operation=same_op)
         record = RegistrationRecord(
@@ -307,8 +399,25 @@ class ProvisioningService:
             enrollment_group_id=plan.group.enrollment_group_id if plan.group else None,
             x509_thumbprint=plan.leaf_sha256,
             tpm_authentication_key=plan.tpm_authentication_key,
+            trust_bundle_id=bundle_id,
+            trust_bundle_version=bundle_version,
+            issued_certificate=issued_sha256,
         )
         return await uow.registrations.put(record), None
+
+    @staticmethod
+    async def _bundle_sent(
+        uow: UnitOfWork, plan: RegistrationPlan, current: RegistrationRecord | None
+    ) -> tuple[str | None, int | None]:
+        """The trust bundle (id, version) this answer carries: the enrollment's, for the
+        api-versions that carry one; the other api-versions deliver none, so the device still
+        holds what it got before."""
+        if plan.api_version is None or csr_field(plan.api_version) is None:
+            return (current.trust_bundle_id, current.trust_bundle_version) if current else (None, None)
+        if plan.settings.trust_bundle_id is None:
+            return None, None
+        bundle = await uow.trust_bundles.get(plan.settings.trust_bundle_id)
+        return (bundle.bundle_id, bundle.version) if bundle is not None else (None, None)
 
     async def _finish(
         self,
@@ -329,7 +438,15 @@ class ProvisioningService:
                 plan.peer,
             )
             return RegistrationOutcome(operation_id, saved, refusal.reason, refusal.message, decision.steps)
-        return RegistrationOutcome(operation_id, saved, None, "", decision.steps)
+        extra = await self._extra_state(saved, plan.api_version)
+        return RegistrationOutcome(operation_id, saved, None, "", decision.steps, extra)
+
+    async def _extra_state(self, record: RegistrationRecord, api_version: str | None) -> Mapping[str, Any]:
+        """Issuance's registrationState fields; no read at all for api-versions without them."""
+        if api_version is None or csr_field(api_version) is None:
+            return {}
+        async with self.store.read() as uow:
+            return await issuance.state_fields(uow, record, api_version)
 
     # ------------------------------------------------------------------ status lookups
 
@@ -341,6 +458,7 @@ class ProvisioningService:
         credential: Credential | None = None,
         *,
         peer: str | None = None,
+        api_version: str | None = None,
     ) -> RegistrationOutcome:
         """The device polls its operation. `credential` None: the edge vouches that this
         connection already authenticated as `registration_id` (MQTT). Raises NotFound for an
@@ -352,10 +470,15 @@ class ProvisioningService:
             record = await uow.registrations.get(registration_id)
         if record is None or not secrets.compare_digest(record.operation_id, operation_id):
             raise NotFound(f"operation {operation_id} of {registration_id} not found")
-        return RegistrationOutcome(operation_id, record)
+        return RegistrationOutcome(operation_id, record, extra_state=await self._extra_state(record, api_version))
 
     async def registration_status(
-        self, id_scope: str, registration_id: str, credential: Credential | None = None, *, peer: str | None = None
+        self,
+        id_scope: str,
+        registration_id: str,
+        credential: Credential | None = None,
+        *,
+        peer: str | None = None,
     ) -> RegistrationOutcome:
         """HTTPS `POST /{idScope}/registrations/{id}`: the device's current registration state."""
         refusal = await self._check_caller(id_scope, registration_id, credential, peer)
@@ -365,6 +488,7 @@ class ProvisioningService:
             record = await uow.registrations.get(registration_id)
         if record is None:
             raise NotFound(f"registration {registration_id} not found")
+        # No issuance fields here: the status lookup does not return the issued chain (wire doc 10.1).
         return RegistrationOutcome(record.operation_id, record)
 
     async def _check_caller(

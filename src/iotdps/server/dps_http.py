@@ -20,6 +20,7 @@ from iotdps.errors import InvalidInput, NotFound
 from iotdps.evidence import Credential, PeerIdentity, TpmEvidence
 from iotdps.ids import is_valid_registration_id
 from iotdps.jsonload import InvalidJson, load_json
+from iotdps.pki.issuance_wire import csr_field
 from iotdps.protocols.mqtt.codec import DEFAULT_MAX_PACKET_SIZE
 from iotdps.provisioning.tpm_challenge import TpmChallenge, tpm_challenge
 from iotdps.server.dps_replies import DeviceReply, credential_from, error_body, outcome_reply
@@ -136,9 +137,11 @@ class DeviceApi:
         scope, registration_id, body = parts
         if body.get("registrationId", registration_id) != registration_id:
             return _error(400, 400002, "registrationId does not match the request path", request)
-        csr = body.get("csr")
-        if csr is not None and not isinstance(csr, str):
-            return _error(400, 400001, "csr must be a base64 string", request)
+        api_version = request.query.get("api-version")
+        field = csr_field(api_version) if api_version else None
+        csr = body.get(field or "csr")
+        if csr is not None and (not isinstance(csr, str) or not csr):
+            return _error(400, 400001, f"{field or 'csr'} must be a non-empty base64 string", request)
         credential: Credential | None
         if body.get("tpm") is not None:
             tpm = tpm_evidence(body["tpm"], _sas(request))
@@ -150,7 +153,15 @@ class DeviceApi:
         else:
             credential = await self._credential(request)
         reply = await self.runner.register(
-            scope, registration_id, credential, body.get("payload"), csr, peer=request.remote, transport="https"
+            scope,
+            registration_id,
+            credential,
+            body.get("payload"),
+            # Only the api-versions that define a CSR field issue; the others ignore `csr` as before.
+            csr if field is not None else None,
+            peer=request.remote,
+            transport="https",
+            api_version=api_version,
         )
         return _respond(reply, request)
 
@@ -176,7 +187,12 @@ class DeviceApi:
             return _error(401, 401000, "Unauthorized", request)
         try:
             outcome = await self.runner.service.operation_status(
-                scope, registration_id, request.match_info["operation_id"], credential, peer=request.remote
+                scope,
+                registration_id,
+                request.match_info["operation_id"],
+                credential,
+                peer=request.remote,
+                api_version=request.query.get("api-version"),
             )
         except NotFound:
             return _error(404, 404000, "Operation not found", request)
@@ -187,7 +203,7 @@ class DeviceApi:
         if isinstance(parts, web.Response):
             return parts
         scope, registration_id, body = parts
-        if body.get("csr") is not None:
+        if body.get("csr") is not None or body.get("clientCertificateCsr") is not None:
             return _error(400, 400001, "csr is not accepted by the status lookup", request)
         credential = await self._credential(request)
         if credential is None:

@@ -17,6 +17,7 @@ import logging
 from iotdps.attestation.authentication import Authentication, refuse
 from iotdps.errors import InvalidInput, NotFound
 from iotdps.evidence import Credential
+from iotdps.pki.issuance_wire import csr_field
 from iotdps.protocols.mqtt.dps import (
     DpsRegisterRequest,
     DpsStatusRequest,
@@ -57,6 +58,7 @@ class DpsMqttEndpoint:
         credential: Credential | None,
         authentication: Authentication,
         peer: str | None = None,
+        api_version: str | None = None,
     ):
         self._runner = runner
         # Attestation and precedence ran at CONNECT; the first register reuses the result
@@ -67,6 +69,9 @@ class DpsMqttEndpoint:
         self._registration_id = registration_id
         self._credential = credential
         self._peer = peer
+        # From the CONNECT username; decides whether a CSR is read and how issuance answers.
+        self._api_version = api_version
+        self._csr_field = csr_field(api_version) if api_version else None
 
     def _reply(self, conn: MqttConnection, rid: str, reply: DeviceReply) -> None:
         # QoS 0 like real DPS: the SDK does not acknowledge or need acknowledging of replies.
@@ -87,7 +92,7 @@ class DpsMqttEndpoint:
 
     async def _register(self, body: bytes) -> DeviceReply:
         try:
-            parsed = parse_register_body(body)
+            parsed = parse_register_body(body, self._csr_field or "csr")
         except InvalidInput as exc:
             return DeviceReply(400, error_body(400001, f"Bad register request: {exc.message}"))
         if parsed.registration_id != self._registration_id:
@@ -111,15 +116,19 @@ class DpsMqttEndpoint:
             self._registration_id,
             self._credential,
             parsed.payload,
-            parsed.csr,
+            # Only the api-versions that define a CSR field issue; the others ignore `csr` as before.
+            parsed.csr if self._csr_field is not None else None,
             authentication,
             peer=self._peer,
+            api_version=self._api_version,
         )
 
     async def _status(self, operation_id: str) -> DeviceReply:
         try:
             # None: this connection authenticated as the registration id at CONNECT.
-            outcome = await self._runner.service.operation_status(self._id_scope, self._registration_id, operation_id)
+            outcome = await self._runner.service.operation_status(
+                self._id_scope, self._registration_id, operation_id, api_version=self._api_version
+            )
         except NotFound:
             return DeviceReply(404, error_body(404000, "Operation not found"))
         return outcome_reply(outcome)
@@ -167,7 +176,7 @@ async def route_dps(runner: RegistrationRunner, conn: MqttConnection, connect: C
     auth = await service.authenticate(username.id_scope, registration_id, credential)
     decision = auth.decision
     if decision.admitted or (decision.matched and decision.reason in _LET_IN):
-        return DpsMqttEndpoint(runner, username.id_scope, registration_id, credential, auth, peer)
+        return DpsMqttEndpoint(runner, username.id_scope, registration_id, credential, auth, peer, username.api_version)
     assert decision.reason is not None
     await service.record_refusal(registration_id, auth, peer)
     runner.refused_log(

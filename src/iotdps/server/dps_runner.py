@@ -51,7 +51,6 @@ class AssignedLog:
         self._lines.flush()
 
 
-
 T = TypeVar("T")
 
 
@@ -159,6 +158,7 @@ class RegistrationRunner:
         *,
         peer: str | None = None,
         transport: str = "mqtt",
+        api_version: str | None = None,
     ) -> DeviceReply:
         """`transport`: "mqtt" (also over websockets) or "https", for the metrics."""
         if not self.accepting:
@@ -168,7 +168,7 @@ class RegistrationRunner:
             return throttled
         operation_id = new_operation_id()
         request = RegistrationRequest(
-            id_scope, registration_id, credential, payload, csr, operation_id, authentication, peer
+            id_scope, registration_id, credential, payload, csr, operation_id, authentication, peer, api_version
         )
         work = self._run(request, transport)
         outcome = await run_within(asyncio.get_running_loop(), work, self._budget, self._inflight)

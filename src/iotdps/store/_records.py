@@ -197,6 +197,9 @@ def registration_to_doc(record: RegistrationRecord) -> dict[str, Any]:
         "enrollmentGroupId": record.enrollment_group_id,
         "x509Thumbprint": record.x509_thumbprint,
         "tpmAuthenticationKey": record.tpm_authentication_key,
+        "trustBundleId": record.trust_bundle_id,
+        "trustBundleVersion": record.trust_bundle_version,
+        "issuedCertificate": record.issued_certificate,
     }
 
 
@@ -217,6 +220,9 @@ def registration_from_doc(
         enrollment_group_id=doc.get("enrollmentGroupId"),
         x509_thumbprint=doc.get("x509Thumbprint"),
         tpm_authentication_key=doc.get("tpmAuthenticationKey"),
+        trust_bundle_id=doc.get("trustBundleId"),
+        trust_bundle_version=doc.get("trustBundleVersion"),
+        issued_certificate=doc.get("issuedCertificate"),
         etag=etag,
         created=created,
         updated=updated,

@@ -15,12 +15,15 @@ from iotdps.ports import (
     EnrollmentRepo,
     GroupRepo,
     HubSessionRepo,
+    IssuedCertificateRepo,
+    IssuingCaRepo,
     LinkedHubRepo,
     RefusalLog,
     RegistrationRepo,
     SettingsRepo,
     StatisticsRepo,
     TelemetryRepo,
+    TrustBundleRepo,
 )
 
 __all__ = ["Repositories", "UnitRepositories"]
@@ -44,6 +47,9 @@ class Repositories(Generic[_Tx]):
     telemetry: Callable[[_Tx], TelemetryRepo]
     c2d: Callable[[_Tx], C2DRepo]
     hub_sessions: Callable[[_Tx], HubSessionRepo]
+    issuing_cas: Callable[[_Tx], IssuingCaRepo]
+    trust_bundles: Callable[[_Tx], TrustBundleRepo]
+    issued_certificates: Callable[[_Tx], IssuedCertificateRepo]
 
 
 class UnitRepositories:
@@ -63,3 +69,6 @@ class UnitRepositories:
         self.telemetry: TelemetryRepo = repositories.telemetry(tx)
         self.c2d: C2DRepo = repositories.c2d(tx)
         self.hub_sessions: HubSessionRepo = repositories.hub_sessions(tx)
+        self.issuing_cas: IssuingCaRepo = repositories.issuing_cas(tx)
+        self.trust_bundles: TrustBundleRepo = repositories.trust_bundles(tx)
+        self.issued_certificates: IssuedCertificateRepo = repositories.issued_certificates(tx)

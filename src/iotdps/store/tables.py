@@ -55,6 +55,8 @@ __all__ = [
     "hub_sessions",
     "hub_telemetry",
     "individual_enrollments",
+    "issued_certificates",
+    "issuing_cas",
     "key_type",
     "linked_hubs",
     "metadata",
@@ -62,6 +64,7 @@ __all__ = [
     "registrations",
     "service_secrets",
     "service_settings",
+    "trust_bundles",
 ]
 
 ID_LENGTH = 128  # registration ids, group ids, device ids: at most 128 characters
@@ -262,6 +265,39 @@ hub_sessions = Table(
     # {"subscriptions": [[filter, qos], ...], "desiredVersionSent": n}
     Column("doc", doc_type(), nullable=False),
     Column("updated", UtcDateTime(), nullable=False),
+)
+
+# Certificate issuance (revision 0008, issue 18). Issuing CA objects keep their secret sealed
+# inside `doc` (issuance.sealing); trust bundles are keyed by their id in lower case (Azure
+# compares them case-insensitively) and `doc` keeps the spelling; issued certificates are
+# append-only, keyed by the leaf's SHA-256 thumbprint, listed by registration id (lower case).
+issuing_cas = Table(
+    "issuing_cas",
+    metadata,
+    Column("name", key_type(), primary_key=True),
+    Column("doc", doc_type(), nullable=False),
+    *_stamps(),
+)
+
+trust_bundles = Table(
+    "trust_bundles",
+    metadata,
+    Column("bundle_key", key_type(), primary_key=True),
+    Column("version", BigInteger(), nullable=False),
+    Column("doc", doc_type(), nullable=False),
+    *_stamps(),
+)
+
+issued_certificates = Table(
+    "issued_certificates",
+    metadata,
+    Column("sha256_thumbprint", String(64), primary_key=True),
+    Column("registration_key", key_type(), nullable=False, index=True),
+    Column("serial_number", String(64), nullable=False),
+    Column("issuer_name", key_type(), nullable=False),
+    Column("not_after", UtcDateTime(), nullable=False),
+    Column("issued_at", UtcDateTime(), nullable=False),
+    Column("doc", doc_type(), nullable=False),
 )
 
 # One row (id 1): bumped by every transaction that writes a table the store caches; see

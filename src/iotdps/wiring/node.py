@@ -37,6 +37,8 @@ from iotdps.api.app import build_management_app
 from iotdps.attestation.x509 import evidence_from_chain
 from iotdps.config import Config, is_unspecified
 from iotdps.evidence import PeerIdentity, X509Evidence
+from iotdps.issuance.issuers import IssuerCache
+from iotdps.issuance.sealing import SEALING_KEY_FILE, SealingKey
 from iotdps.pki.encoding import sha256_thumbprint
 from iotdps.ports import Store
 from iotdps.protocols.mqtt.hub import classify_username
@@ -125,6 +127,8 @@ class Server:
         self._webhook: AiohttpWebhookTransport | None = None
         self._stopped = asyncio.Event()
         self._started = False
+        self.sealing: SealingKey | None = None  # seals issuing-CA secrets (issue 18)
+        self.issuers: IssuerCache | None = None
 
     # ------------------------------------------------------------------ start
 
@@ -157,8 +161,13 @@ class Server:
             )
             await self.telemetry.start()
         self._webhook = AiohttpWebhookTransport(destinations=config.allocation.webhook_destinations)
+        self.sealing = SealingKey.load_or_create(config.data_dir / SEALING_KEY_FILE)
+        self.issuers = IssuerCache(self.sealing)
         self.service = ProvisioningService(
-            self.store, webhook=self._webhook, token_max_lifetime=config.auth.device_token_max_lifetime
+            self.store,
+            webhook=self._webhook,
+            token_max_lifetime=config.auth.device_token_max_lifetime,
+            issuers=self.issuers,
         )
         self.runner = RegistrationRunner(
             self.service,
@@ -187,6 +196,7 @@ class Server:
             webhook_destinations=config.allocation.webhook_destinations,
             about=ServiceAbout(config.dps.host_name, tuple(endpoints)),
             sessions=console.sessions,
+            sealing=self.sealing,
         )
         console.mount(management)
         add_ops_routes(management, self.readiness)
@@ -450,6 +460,8 @@ class Server:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._webhook is not None:
             await self._webhook.close()
+        if self.issuers is not None:
+            await self.issuers.close()  # CFSSL sessions
         if self.store is not None:
             await self.store.close()
 

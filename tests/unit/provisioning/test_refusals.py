@@ -7,13 +7,16 @@ record was written (only when an enrollment matched).
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, cast
 
 import pytest
 from certkit import NOW, issue, seed004
+from cryptography import x509
 from helpers import KEY1, KEY2, SCOPE, Env, sk_enrollment, sk_group, x509_enrollment
+from issuekit import expired_root, garbage_server, issuing_world
 
 from iotdps.attestation.authentication import refuse
 from iotdps.enrollment.models import CustomAllocationDefinition, IndividualEnrollment
@@ -23,6 +26,8 @@ from iotdps.provisioning.registration import RegistrationOutcome, RegistrationRe
 from iotdps.refusals import DEVICE_ANSWERS, RefusalReason
 from iotdps.sas import derive_device_key
 from iotdps.secret import Secret
+from iotdps_testing.issuance import csr_b64, make_csr
+from iotdps_testing.net import free_port
 from iotdps_testing.soft_tpm import SoftTpm, tpm_enrollment_doc
 
 R = RefusalReason
@@ -214,6 +219,91 @@ async def webhook_failed() -> tuple[Env, RegistrationOutcome]:
     return env, await env.register_sas("dev-1", KEY1)
 
 
+P25 = "2025-07-01-preview"
+_POLICY = {"certificateAuthorityName": "factory-ca"}
+
+
+async def _csr_case(csr: str | None, policy: dict[str, Any] | None = _POLICY) -> tuple[Env, RegistrationOutcome]:
+    world = await issuing_world()
+    await world.local_ca()
+    await world.group(policy=policy)
+    key = derive_device_key(KEY1, "dev-1")
+    return world.env, await world.env.register_sas("dev-1", key, csr=csr, api_version=P25)
+
+
+async def csr_not_expected() -> tuple[Env, RegistrationOutcome]:
+    return await _csr_case(csr_b64(make_csr("dev-1")), policy=None)
+
+
+async def csr_required() -> tuple[Env, RegistrationOutcome]:
+    return await _csr_case(None)
+
+
+async def csr_too_large() -> tuple[Env, RegistrationOutcome]:
+    return await _csr_case("A" * 9000)
+
+
+async def csr_malformed() -> tuple[Env, RegistrationOutcome]:
+    return await _csr_case("not base64 at all!")
+
+
+async def csr_key_not_accepted() -> tuple[Env, RegistrationOutcome]:
+    return await _csr_case(csr_b64(make_csr("dev-1")), {**_POLICY, "acceptedKeyTypes": ["ecP384"]})
+
+
+async def csr_bad_signature() -> tuple[Env, RegistrationOutcome]:
+    der = bytearray(base64.b64decode(csr_b64(make_csr("dev-1"))))
+    der[-3] ^= 0x01  # inside the signature's last integer: still a CSR, no longer signed by its key
+    return await _csr_case(base64.b64encode(bytes(der)).decode())
+
+
+async def csr_cn_mismatch() -> tuple[Env, RegistrationOutcome]:
+    return await _csr_case(csr_b64(make_csr("dev-2")))
+
+
+async def csr_requests_ca() -> tuple[Env, RegistrationOutcome]:
+    ca_ext = (x509.BasicConstraints(ca=True, path_length=None), True)
+    return await _csr_case(csr_b64(make_csr("dev-1", extensions=[ca_ext])))
+
+
+async def issuing_ca_unknown() -> tuple[Env, RegistrationOutcome]:
+    return await _csr_case(csr_b64(make_csr("dev-1")), {"certificateAuthorityName": "no-such-ca"})
+
+
+async def _issuer_case(setup: Callable[[Any], Awaitable[None]]) -> tuple[Env, RegistrationOutcome]:
+    world = await issuing_world()
+    await setup(world)
+    await world.group(policy={"certificateAuthorityName": "the-ca"})
+    key = derive_device_key(KEY1, "dev-1")
+    return world.env, await world.env.register_sas("dev-1", key, csr=csr_b64(make_csr("dev-1")), api_version=P25)
+
+
+async def issuance_ca_unreachable() -> tuple[Env, RegistrationOutcome]:
+    async def setup(world: Any) -> None:
+        await world.cfssl_ca("the-ca", f"http://127.0.0.1:{free_port()}")  # nobody listens
+
+    return await _issuer_case(setup)
+
+
+async def issuance_ca_refused() -> tuple[Env, RegistrationOutcome]:
+    async def setup(world: Any) -> None:
+        await world.local_ca("the-ca", expired_root())
+
+    return await _issuer_case(setup)
+
+
+async def issuance_ca_bad_response() -> tuple[Env, RegistrationOutcome]:
+    runner, url = await garbage_server()
+
+    async def setup(world: Any) -> None:
+        await world.cfssl_ca("the-ca", url)
+
+    try:
+        return await _issuer_case(setup)
+    finally:
+        await runner.cleanup()
+
+
 # case -> (reason, words the operator sees, a record is written with this status)
 CASES: dict[str, tuple[Case, RefusalReason, str, str | None]] = {
     "invalid registration id": (invalid_registration_id, R.INVALID_REGISTRATION_ID, "contains ' !'", None),
@@ -244,6 +334,18 @@ CASES: dict[str, tuple[Case, RefusalReason, str, str | None]] = {
     "no hub": (no_hub, R.NO_HUB, "no hub of the linked hubs", "failed"),
     "hub not linked": (hub_not_linked, R.HUB_NOT_LINKED, "nowhere.local", "failed"),
     "webhook failed": (webhook_failed, R.WEBHOOK_FAILED, "alloc.example answered HTTP 500", "failed"),
+    "csr not expected": (csr_not_expected, R.CSR_NOT_EXPECTED, "has no issuance policy", None),
+    "csr required": (csr_required, R.CSR_REQUIRED, "requires a CSR", None),
+    "csr too large": (csr_too_large, R.CSR_TOO_LARGE, "at most 8192", None),
+    "csr malformed": (csr_malformed, R.CSR_MALFORMED, "not base64", None),
+    "csr key": (csr_key_not_accepted, R.CSR_KEY_NOT_ACCEPTED, "not an accepted key type (ecP384)", None),
+    "csr signature": (csr_bad_signature, R.CSR_BAD_SIGNATURE, "signature does not verify", None),
+    "csr cn": (csr_cn_mismatch, R.CSR_CN_MISMATCH, "CN 'dev-2' is not the registration id", None),
+    "csr asks for ca": (csr_requests_ca, R.CSR_REQUESTS_CA, "basicConstraints CA:TRUE", None),
+    "issuing ca unknown": (issuing_ca_unknown, R.ISSUING_CA_UNKNOWN, "'no-such-ca', which does not exist", "failed"),
+    "ca unreachable": (issuance_ca_unreachable, R.ISSUANCE_CA_UNREACHABLE, "cannot reach CFSSL", "failed"),
+    "ca refused": (issuance_ca_refused, R.ISSUANCE_CA_REFUSED, "CN=Expired Root", "failed"),
+    "ca bad response": (issuance_ca_bad_response, R.ISSUANCE_CA_BAD_RESPONSE, "without a JSON object", "failed"),
 }
 
 

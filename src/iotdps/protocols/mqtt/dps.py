@@ -195,8 +195,9 @@ class RegisterBody:
     csr: str | None = None
 
 
-def parse_register_body(body: bytes) -> RegisterBody:
-    """`{"payload": ..., "registrationId": "..."}` plus optional `tpm` and `csr` (section 10)."""
+def parse_register_body(body: bytes, csr_field: str = "csr") -> RegisterBody:
+    """`{"payload": ..., "registrationId": "..."}` plus optional `tpm` and the CSR, in `csr_field`
+    (`csr`, or `clientCertificateCsr` in api-version 2021-11-01-preview; section 10)."""
     try:
         doc = load_json(body, what="register body")
     except InvalidJson as exc:
@@ -216,7 +217,7 @@ def parse_register_body(body: bytes) -> RegisterBody:
         if srk is not None and not isinstance(srk, str):
             raise InvalidDeviceRequest("register body tpm.storageRootKey must be a string")
         tpm = TpmAttestation(raw_tpm["endorsementKey"], srk)
-    csr = doc.get("csr")
+    csr = doc.get(csr_field)
     if csr is not None and (not isinstance(csr, str) or not csr):
-        raise InvalidDeviceRequest("register body csr must be a non-empty base64 string")
+        raise InvalidDeviceRequest(f"register body {csr_field} must be a non-empty base64 string")
     return RegisterBody(registration_id, doc.get("payload"), tpm, csr)

@@ -18,7 +18,19 @@ from iotdps.store._common import check_delete, check_page_size, check_put, decod
 
 __all__ = ["Committed", "MemoryTx", "RefusalEntries", "Row", "stamp"]
 
-_TABLES = ("enrollments", "groups", "cas", "hubs", "settings", "registrations", "devices")
+_TABLES = (
+    "enrollments",
+    "groups",
+    "cas",
+    "hubs",
+    "settings",
+    "registrations",
+    "devices",
+    # certificate issuance (memory/issuance.py)
+    "issuing_cas",
+    "trust_bundles",
+    "issued_certificates",
+)
 
 # (reason, registration id, peer) -> (insertion number, entry); see store._common.
 RefusalEntries = dict[tuple[str, str, str], tuple[int, Refusal]]

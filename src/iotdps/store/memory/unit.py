@@ -9,6 +9,7 @@ from iotdps.store._unit import Repositories, UnitRepositories
 from iotdps.store.memory.configuration import Cas, Hubs, Settings
 from iotdps.store.memory.enrollments import Enrollments, Groups
 from iotdps.store.memory.hub import C2D, Devices, HubSessions, Telemetry
+from iotdps.store.memory.issuance import IssuedCertificates, IssuingCas, TrustBundles
 from iotdps.store.memory.refusals import Refusals
 from iotdps.store.memory.registrations import Registrations
 from iotdps.store.memory.statistics import Stats
@@ -32,6 +33,9 @@ _REPOSITORIES: Repositories[MemoryTx] = Repositories(
     telemetry=Telemetry,
     c2d=C2D,
     hub_sessions=HubSessions,
+    issuing_cas=IssuingCas,
+    trust_bundles=TrustBundles,
+    issued_certificates=IssuedCertificates,
 )
 
 

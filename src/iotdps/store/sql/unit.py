@@ -9,6 +9,7 @@ from iotdps.store._unit import Repositories, UnitRepositories
 from iotdps.store.sql.configuration import Cas, Hubs, Settings
 from iotdps.store.sql.enrollments import Enrollments, Groups
 from iotdps.store.sql.hub import C2D, Devices, HubSessions, Telemetry
+from iotdps.store.sql.issuance import IssuedCertificates, IssuingCas, TrustBundles
 from iotdps.store.sql.refusals import Refusals
 from iotdps.store.sql.registrations import Registrations
 from iotdps.store.sql.statistics import Stats
@@ -32,6 +33,9 @@ _REPOSITORIES: Repositories[SqlTx] = Repositories(
     telemetry=Telemetry,
     c2d=C2D,
     hub_sessions=HubSessions,
+    issuing_cas=IssuingCas,
+    trust_bundles=TrustBundles,
+    issued_certificates=IssuedCertificates,
 )
 
 

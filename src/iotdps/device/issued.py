@@ -1,0 +1,111 @@
+"""A device certificate issued at registration (issue 18), kept beside the cached assignment.
+
+`iotdps device run --csr`: the device makes a P-256 key and a CSR (CN = registration id),
+registers with api-version 2025-07-01-preview, and keeps what comes back next to its state file:
+
+    <state>.key.pem      the private key (0600, written before the CSR is sent)
+    <state>.chain.pem    issuedCertificateChain: leaf, intermediates, root
+    <state>.bundle.pem   the trust bundle's certificates (its root store for the service)
+
+The hub connection then authenticates with the issued certificate. `due_for_renewal` says when
+to register again with a new CSR: when less than a third of the validity is left (a 30-day
+certificate is renewed after 20 days), so an unreachable service has time to come back.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from iotdps.device.credentials import X509Files
+
+__all__ = ["IssuedFiles", "due_for_renewal", "new_key_and_csr"]
+
+RENEW_WHEN_LEFT = 1 / 3
+
+
+def new_key_and_csr(registration_id: str) -> tuple[ec.EllipticCurvePrivateKey, str]:
+    """A fresh P-256 key and its CSR as the 2025-07-01-preview `csr` field (base64 DER)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, registration_id)])
+    csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
+    return key, base64.b64encode(csr.public_bytes(serialization.Encoding.DER)).decode("ascii")
+
+
+def due_for_renewal(leaf: x509.Certificate, now: dt.datetime | None = None) -> bool:
+    when = now or dt.datetime.now(dt.UTC)
+    lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
+    return leaf.not_valid_after_utc - when < lifetime * RENEW_WHEN_LEFT
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedFiles:
+    """The files beside state file `state`."""
+
+    state: Path
+
+    @property
+    def key_file(self) -> Path:
+        return self.state.with_name(self.state.name + ".key.pem")
+
+    @property
+    def chain_file(self) -> Path:
+        return self.state.with_name(self.state.name + ".chain.pem")
+
+    @property
+    def bundle_file(self) -> Path:
+        return self.state.with_name(self.state.name + ".bundle.pem")
+
+    def save(self, key: ec.EllipticCurvePrivateKey, chain_b64: Sequence[str], bundle: dict[str, Any] | None) -> None:
+        """Store a freshly issued chain (and its key and bundle); the chain file last, so a crash
+        in between leaves no chain that lacks its key."""
+        chain = [x509.load_der_x509_certificate(base64.b64decode(c)) for c in chain_b64]
+        if not chain:
+            raise ValueError("the service answered an empty issuedCertificateChain")
+        self.state.parent.mkdir(parents=True, exist_ok=True)
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        _write(self.key_file, key_pem, 0o600)
+        if bundle is not None:
+            pems = "".join(str(c["certificate"]).replace("\r\n", "\n") for c in bundle.get("certificates", []))
+            _write(self.bundle_file, pems.encode("ascii"), 0o644)
+        _write(self.chain_file, b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain), 0o644)
+
+    def leaf(self) -> x509.Certificate | None:
+        try:
+            return x509.load_pem_x509_certificates(self.chain_file.read_bytes())[0]
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def credential(self) -> X509Files | None:
+        """The issued certificate as the hub credential, when both files are there."""
+        if self.leaf() is None or not self.key_file.exists():
+            return None
+        return X509Files(self.chain_file, self.key_file)
+
+    def bundle_pem(self) -> str | None:
+        try:
+            text = self.bundle_file.read_text(encoding="ascii")
+        except OSError:
+            return None
+        return text or None

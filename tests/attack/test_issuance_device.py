@@ -1,0 +1,172 @@
+"""What a device can send wrong in a register request that carries a CSR (issue 18), against a
+real `iotdps up`, over HTTPS and over MQTT with a raw client: wrong types, oversized CSRs, weak
+keys, names it may not have, CA rights, a CSR where none is configured, and the api-versions
+that carry no CSR field (ignored, as before issuance existed). The certificate a device gets
+carries only what the service decides: CN = registration id, no SAN or other subject name the
+CSR asked for, no CA rights."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+from iotdps.protocols.mqtt.client import ClientSession
+from iotdps.protocols.mqtt.events import ConnAckReceived, PublishReceived
+from iotdps.sas import derive_device_key, make_sas_token
+from iotdps_testing.issuance import csr_b64, make_csr
+from iotdps_testing.server import RunningServer, start_server
+
+pytestmark = pytest.mark.e2e
+
+P25, P21, SDK = "2025-07-01-preview", "2021-11-01-preview", "2019-03-31"
+
+
+@pytest.fixture(scope="module")
+def dps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    tmp = tmp_path_factory.mktemp("issuance-attack")
+    server = start_server(tmp)
+    server.env.update({"IOTDPS_CA_DIR": str(tmp / "ca"), "IOTDPS_CA_PASSPHRASE": "attack-pass-1"})
+    try:
+        server.cli("create-ca-root", "--name", "attack-root")
+        server.cli("issuing-ca", "add-local", "attack-ca", "--ca", "attack-root")
+        server.cli("group", "create", "issuing", "--symmetric-key", "--issuing-ca", "attack-ca")
+        server.cli("group", "create", "plain", "--symmetric-key")
+        yield server
+    finally:
+        server.stop()
+
+
+def _key(dps: RunningServer, group: str, rid: str) -> str:
+    return derive_device_key(dps.symmetric_keys("group", group)[0], rid)
+
+
+def _https(dps: RunningServer, group: str, rid: str, body: Any, api_version: str = P25) -> requests.Response:
+    token = make_sas_token(dps.id_scope, rid, _key(dps, group, rid), int(time.time()) + 600)
+    return requests.put(
+        f"https://{dps.address}/{dps.id_scope}/registrations/{rid}/register?api-version={api_version}",
+        data=json.dumps(body) if not isinstance(body, bytes) else body,
+        headers={"Authorization": token, "Content-Type": "application/json"},
+        verify=str(dps.server_ca_path),
+        timeout=30,
+    )
+
+
+def _mqtt_register(dps: RunningServer, group: str, rid: str, body: bytes, api_version: str) -> tuple[str, Any]:
+    """CONNECT with `api_version` in the username, publish one register request; the answer's
+    topic and JSON body."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(cadata=dps.server_ca)
+    tls = context.wrap_socket(socket.create_connection((dps.address, 8883), timeout=10), server_hostname=dps.address)
+    try:
+        session = ClientSession()
+        token = make_sas_token(dps.id_scope, rid, _key(dps, group, rid), int(time.time()) + 600)
+        username = f"{dps.id_scope}/registrations/{rid}/api-version={api_version}&ClientVersion=attack"
+        tls.sendall(session.connect(rid, username, token))
+        tls.sendall(session.subscribe([("$dps/registrations/res/#", 1)])[1])
+        tls.sendall(session.publish("$dps/registrations/PUT/iotdps-register/?$rid=1", body, 1)[1])
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            data = tls.recv(65536)
+            if not data:
+                break
+            for event in session.receive_data(data):
+                if isinstance(event, ConnAckReceived):
+                    assert event.return_code == 0
+                if isinstance(event, PublishReceived) and event.topic.startswith("$dps/registrations/res/"):
+                    return event.topic, json.loads(event.payload)
+        raise AssertionError("no register answer")
+    finally:
+        tls.close()
+
+
+def test_wrong_types_and_sizes_are_400s(dps: RunningServer) -> None:
+    rid = "attack-types-1"
+    for body in (
+        {"registrationId": rid, "csr": 12345},
+        {"registrationId": rid, "csr": ["a"]},
+        {"registrationId": rid, "csr": ""},
+        {"registrationId": rid, "csr": "A" * 20000},  # past the CSR bound, inside the body bound
+    ):
+        response = _https(dps, "issuing", rid, body)
+        assert response.status_code == 400, (str(body)[:80], response.text)
+    assert dps.registration(rid) is None
+    assert "CSR_TOO_LARGE" in {r.reason for r in dps.refusals(rid)}
+
+
+def test_weak_keys_foreign_names_and_ca_rights_are_refused(dps: RunningServer) -> None:
+    rid = "attack-names-1"
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 - the weak key refused
+    cert_sign = x509.KeyUsage(False, False, False, False, False, True, False, False, False)  # keyCertSign
+    cases = {
+        "CSR_KEY_NOT_ACCEPTED": make_csr(rid, weak),
+        "CSR_CN_MISMATCH": make_csr("attack-names-2"),  # another device's name
+        "CSR_REQUESTS_CA": make_csr(rid, extensions=[(cert_sign, True)]),
+    }
+    for reason, csr in [*cases.items(), ("CSR_CN_MISMATCH", make_csr(None))]:  # no CN at all
+        response = _https(dps, "issuing", rid, {"registrationId": rid, "csr": csr_b64(csr)})
+        assert response.status_code == 400, (reason, response.text)
+    assert set(cases) <= {r.reason for r in dps.refusals(rid)}
+    assert dps.cli_json("certificate", "list", "--registration-id", rid, "--json") == []
+
+
+def test_the_certificate_carries_only_what_the_service_decides(dps: RunningServer) -> None:
+    rid = "attack-extras-1"
+    sans = x509.SubjectAlternativeName([x509.DNSName("bank.example"), x509.DNSName("localhost")])
+    eku = x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH, x509.oid.ExtendedKeyUsageOID.CODE_SIGNING])
+    csr = make_csr(
+        rid,
+        extensions=[(sans, False), (eku, False), (x509.BasicConstraints(ca=False, path_length=None), True)],
+        extra_names=[x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Evil Corp")],
+    )
+    response = _https(dps, "issuing", rid, {"registrationId": rid, "csr": csr_b64(csr)})
+    assert response.status_code == 200, response.text
+    chain = [
+        x509.load_der_x509_certificate(base64.b64decode(c))
+        for c in response.json()["registrationState"]["issuedCertificateChain"]
+    ]
+    leaf = chain[0]
+    assert leaf.subject.rfc4514_string() == f"CN={rid}"
+    with pytest.raises(x509.ExtensionNotFound):
+        leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    usages = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usages) == [x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert not leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+
+
+def test_csr_where_none_is_configured_and_versions_without_the_field(dps: RunningServer) -> None:
+    rid = "attack-plain-1"
+    csr = csr_b64(make_csr(rid))
+    refused = _https(dps, "plain", rid, {"registrationId": rid, "csr": csr})
+    assert refused.status_code == 400 and refused.json()["errorCode"] == 400025
+    assert "CSR_NOT_EXPECTED" in {r.reason for r in dps.refusals(rid)}
+    # The SDK's api-version has no CSR field: `csr` is ignored, as before issuance existed.
+    ignored = _https(dps, "plain", rid, {"registrationId": rid, "csr": csr}, api_version=SDK)
+    assert ignored.status_code == 200 and ignored.json()["status"] == "assigned"
+    assert "issuedCertificateChain" not in ignored.json()["registrationState"]
+    # 2021-11-01-preview reads clientCertificateCsr, not csr.
+    other_field = _https(dps, "issuing", "attack-plain-2", {"registrationId": "attack-plain-2", "csr": csr}, P21)
+    assert other_field.status_code == 400 and other_field.json()["errorCode"] == 400024  # CSR required
+
+
+def test_mqtt_edge_reads_the_field_of_its_api_version(dps: RunningServer) -> None:
+    rid = "attack-mqtt-1"
+    topic, doc = _mqtt_register(dps, "issuing", rid, json.dumps({"registrationId": rid, "csr": 7}).encode(), P25)
+    assert topic.startswith("$dps/registrations/res/400/") and "csr" in doc["message"]
+    good = json.dumps({"registrationId": rid, "clientCertificateCsr": csr_b64(make_csr(rid))}).encode()
+    topic, doc = _mqtt_register(dps, "issuing", rid, good, P21)
+    assert topic.startswith("$dps/registrations/res/200/"), (topic, doc)
+    assert doc["registrationState"]["issuedClientCertificate"].startswith("-----BEGIN CERTIFICATE-----")
+    bad = json.dumps({"registrationId": rid, "clientCertificateCsr": csr_b64(make_csr("someone"))}).encode()
+    topic, doc = _mqtt_register(dps, "issuing", rid, bad, P21)
+    assert topic.startswith("$dps/registrations/res/400/") and doc["errorCode"] == 400022

@@ -24,6 +24,8 @@ Example file:
 
     [tls]
     extra_names = ["iotdps.example.local", "10.0.0.5"]
+    # cert_file = "/etc/iotdps/server.pem"   # your own chain (leaf first) and key instead of
+    # key_file = "/etc/iotdps/server.key"    # the built-in server CA's; reloaded when they change
 
     [limits]
     registrations_per_second = 0        # 0 = unlimited; beyond it devices get 429
@@ -106,6 +108,16 @@ class TlsConfig:
     # server certificate's SANs; IP literals become IP SANs.
     extra_names: tuple[str, ...] = ()
     handshake_timeout: float = 10.0
+    # Bring your own server certificate (a corporate or public CA's): the PEM chain, leaf
+    # first, and its PEM key (encrypted: passphrase in IOTDPS_TLS_KEY_PASSPHRASE). Both or
+    # neither; when set, the built-in server CA signs nothing the server presents. The files
+    # are watched and a new pair is presented without a restart (server/cert_files.py).
+    cert_file: str = ""
+    key_file: str = ""
+
+    @property
+    def own_certificate(self) -> bool:
+        return bool(self.cert_file or self.key_file)
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +258,8 @@ _ENV_KEYS: Mapping[str, tuple[str, str]] = {
     "MANAGEMENT_BIND": ("management", "bind"),
     "MANAGEMENT_PORT": ("management", "port"),
     "TLS_EXTRA_NAMES": ("tls", "extra_names"),
+    "TLS_CERT_FILE": ("tls", "cert_file"),
+    "TLS_KEY_FILE": ("tls", "key_file"),
     "REGISTRATIONS_PER_SECOND": ("limits", "registrations_per_second"),
     "DEVICE_TOKEN_MAX_LIFETIME": ("auth", "device_token_max_lifetime"),
     "WEBHOOK_ALLOWLIST": ("allocation", "webhook_allowlist"),
@@ -398,6 +412,8 @@ def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
         problems.add("limits.refusal_history must be 100..10000000")
     if tls.handshake_timeout <= 0:
         problems.add("tls.handshake_timeout must be > 0")
+    if bool(tls.cert_file) != bool(tls.key_file):
+        problems.add("tls.cert_file and tls.key_file go together: set both or neither")
     if not 0 < limits.connect_timeout <= 3600:
         problems.add("limits.connect_timeout must be > 0 and at most 3600 seconds")
     if not MIN_DEVICE_TOKEN_LIFETIME <= auth.device_token_max_lifetime <= MAX_DEVICE_TOKEN_LIFETIME:

@@ -145,3 +145,20 @@ def test_webhook_allowlist(tmp_path: Path) -> None:
     assert load_config(file, environ=env).allocation.webhook_allowlist == ("hooks.local", "192.0.2.0/24")
     with pytest.raises(ConfigError, match=r"allocation\.webhook_allowlist: 'ftp://x'"):
         load_config(environ={**env, "IOTDPS_WEBHOOK_ALLOWLIST": "ftp://x"})
+
+
+def test_own_server_certificate_files(tmp_path: Path) -> None:
+    config_file = tmp_path / "c.toml"
+    config_file.write_text('[tls]\ncert_file = "/etc/iotdps/server.pem"\nkey_file = "/etc/iotdps/server.key"\n')
+    tls = load_config(config_file, environ={}).tls
+    assert (tls.cert_file, tls.key_file, tls.own_certificate) == (
+        "/etc/iotdps/server.pem",
+        "/etc/iotdps/server.key",
+        True,
+    )
+    assert not load_config(None, environ={}).tls.own_certificate
+    env = {"IOTDPS_TLS_CERT_FILE": "/a.pem", "IOTDPS_TLS_KEY_FILE": "/a.key"}
+    assert load_config(None, environ=env).tls.cert_file == "/a.pem"
+    config_file.write_text('[tls]\ncert_file = "/etc/iotdps/server.pem"\n')
+    with pytest.raises(ConfigError, match="set both or neither"):
+        load_config(config_file, environ={})

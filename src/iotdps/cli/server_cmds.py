@@ -50,8 +50,9 @@ def _banner(info: StartupInfo, policies_file: Path, *, interactive: bool) -> str
     lines += [
         f"  DPS host     {info.dps_host}   (devices: provisioning_host / global endpoint)",
         f"  ID scope     {info.id_scope}",
-        f"  server CA    {info.server_ca}   (give this file to devices as their trust anchor)",
     ]
+    if info.server_ca is not None:
+        lines.append(f"  server CA    {info.server_ca}   (give this file to devices as their trust anchor)")
     lines += [f"  note         {n}" for n in info.notes]
     if info.connection_strings and interactive:
         lines += ["", f"Management API credentials (shown once, on this terminal only; kept in {policies_file}):"]

@@ -46,6 +46,7 @@ from iotdps.protocols.mqtt.packets import Connect
 from iotdps.provisioning.service import ProvisioningService
 from iotdps.provisioning.settings import ServiceSettings
 from iotdps.provisioning.trust import trust_anchors
+from iotdps.server.cert_files import CertificateFiles, CertificateReloader, load_pair
 from iotdps.server.control import control_socket_path
 from iotdps.server.dps_http import build_device_app
 from iotdps.server.dps_mqtt import route_dps
@@ -56,7 +57,7 @@ from iotdps.server.mqtt_conn import CONNACK_NOT_AUTHORIZED, CONNACK_SERVER_UNAVA
 from iotdps.server.ops_http import add_ops_routes
 from iotdps.server.peers import peer_text
 from iotdps.server.ratelimit import TokenBucket
-from iotdps.server.tls import ServerTls, load_pem_chain, load_pem_key
+from iotdps.server.tls import ServerTls
 from iotdps.server.webhook_http import AiohttpWebhookTransport
 from iotdps.server.ws_bridge import WEBSOCKET_PATH, serve_mqtt_websocket
 from iotdps.store import open_store
@@ -74,6 +75,8 @@ __all__ = ["HubRouter", "Server", "StartupInfo", "new_id_scope"]
 log = logging.getLogger("iotdps.server")
 
 TRUST_POLL_SECONDS = 3.0
+# How often the server certificate files are looked at (server/cert_files.py).
+CERT_POLL_SECONDS = 2.0
 # At most one on-demand trust reload per this many seconds, so a flood of untrusted devices
 # cannot turn every handshake into a store query.
 _TRUST_RELOAD_MIN_INTERVAL = 0.2
@@ -96,9 +99,9 @@ class StartupInfo:
     id_scope: str
     dps_host: str
     endpoints: list[str]
-    server_ca: Path
+    server_ca: Path | None  # None: the operator's own certificate ([tls] cert_file) is presented
     first_start: bool
-    server_files: ServerFiles
+    server_files: ServerFiles | None
     notes: list[str] = field(default_factory=list)
     connection_strings: dict[str, str] = field(default_factory=dict)
 
@@ -136,16 +139,31 @@ class Server:
         config = self.config
         config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         first_start = not (config.data_dir / "tls" / "server-ca.pem").exists()
+        # Your own certificate (the [tls] files) is checked before anything else starts: a bad
+        # pair stops the start, in words. Otherwise the pair is the service's CA's, below.
+        own_files: CertificateFiles | None = None
+        if config.tls.own_certificate:
+            own_files = CertificateFiles.with_env_passphrase(Path(config.tls.cert_file), Path(config.tls.key_file))
+            load_pair(own_files)
+
         self.store = await open_store(
             config.database_dsn, background_checkpoints=True, refusal_limit=config.limits.refusal_history
         )
         # On a shared (PostgreSQL) database the identity is the service's, not this node's.
         shared = cluster_db(self.store)
+        server_files: ServerFiles | None
         if shared is not None:
             server_files, policies = await join_service(shared, config.data_dir, config.server_names())
         else:
-            server_files = ensure_server_identity(config.data_dir, config.server_names())
+            server_files = None if own_files else ensure_server_identity(config.data_dir, config.server_names())
             policies = AccessPolicies.load_or_create(config.data_dir)
+        if own_files is not None:
+            server_files = None  # the service's CA is not what this node presents
+        cert_files = own_files
+        if server_files is not None:
+            cert_files = CertificateFiles(server_files.chain_pem, server_files.key_pem)
+        assert cert_files is not None
+        chain, key = load_pair(cert_files)
         settings = await self._ensure_settings(self.store)
         await self._sync_linked_hubs(self.store)
         hub_hosts = [h.host_name for h in config.effective_hubs]
@@ -176,9 +194,9 @@ class Server:
             retry_after=config.limits.retry_after_seconds,
         )
         anchors = await trust_anchors(self.store)
-        self.tls = ServerTls(
-            load_pem_chain(server_files.chain_pem), load_pem_key(server_files.key_pem), anchors=anchors
-        )
+        self.tls = ServerTls(chain, key, anchors=anchors)
+        # New handshakes follow the files: a renewed own certificate, or `iotdps tls activate`.
+        reloader = CertificateReloader(self.tls, lambda: cert_files)
         self._anchor_prints = frozenset(sha256_thumbprint(c) for c in anchors)
         self._anchors = anchors
         endpoints = await self._listen()
@@ -208,15 +226,26 @@ class Server:
         if self.hubs is not None:
             await self._serve_control(self.hubs)
         self._tasks.append(asyncio.get_running_loop().create_task(self._watch_trust()))
+        self._tasks.append(asyncio.get_running_loop().create_task(reloader.run(self._stopped, CERT_POLL_SECONDS)))
         notes = []
-        if server_files.passphrase_file is not None:
+        if config.tls.own_certificate:
+            notes.append(
+                f"The server presents {config.tls.cert_file} ([tls] cert_file); devices need the CA that issued it."
+            )
+        if server_files is not None and server_files.passphrase_file is not None:
             notes.append(
                 f"The server CA key's passphrase was generated into {server_files.passphrase_file}; move it to a "
                 "secret store and pass it as IOTDPS_SERVER_CA_PASSPHRASE."
             )
         self._started = True
         info = StartupInfo(
-            settings.id_scope, config.dps.host_name, endpoints, server_files.ca_pem, first_start, server_files, notes
+            settings.id_scope,
+            config.dps.host_name,
+            endpoints,
+            server_files.ca_pem if server_files is not None else None,
+            first_start,
+            server_files,
+            notes,
         )
         # Shown once: the keys stay in access-policies.json (0600) and are never printed again.
         # Hub policies are shown with each hub's host name (what the hub SDK must address).
@@ -476,7 +505,7 @@ client = ProvisioningDeviceClient.create_from_symmetric_key(
     registration_id="{registration_id}",
     id_scope="{info.id_scope}",
     symmetric_key=open("device.key").read().strip(),
-    server_verification_cert=open("{info.server_ca}").read(),
+    server_verification_cert=open("{info.server_ca or 'server-ca.pem'}").read(),
 )
 result = client.register()
 print(result.status, result.registration_state.assigned_hub, result.registration_state.device_id)

@@ -96,7 +96,8 @@ def _passphrase(tls_dir: Path, environ: Mapping[str, str], create: bool) -> tupl
 
 def server_ca_passphrase(data_dir: Path, environ: Mapping[str, str] | None = None) -> Secret[str]:
     """The server CA's passphrase from the environment or the generated file; ConfigError when
-    neither has it (it is never generated here)."""
+    neither has it (it is never generated here). A CA made by `iotdps tls rotate` is encrypted
+    with the same one (server/ca_rotation.py)."""
     return _passphrase(data_dir / "tls", os.environ if environ is None else environ, create=False)[0]
 
 

@@ -40,7 +40,7 @@ def _write(d: Path, leaf: x509.Certificate, key: object, *chain: x509.Certificat
 
 async def _presented(port: int, ca: x509.Certificate) -> x509.Certificate:
     ctx = ssl.create_default_context(cadata=pem(ca).decode())
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="localhost")
+    _reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="localhost")
     der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
     writer.close()
     return x509.load_der_x509_certificate(der)

@@ -15,6 +15,7 @@ from iotdps.api.errors import ApiError
 from iotdps.errors import InvalidInput, NotFound
 from iotdps.ids import check_registration_id
 from iotdps.issuance import admin
+from iotdps.issuance.builtin import check_not_builtin
 from iotdps.pki.cadir import check_ca_name
 from iotdps.pki.trust_bundle import certificates_from_json, check_bundle_id
 
@@ -63,6 +64,7 @@ async def put_trust_bundle(ctx: ApiContext, request: web.Request) -> web.StreamR
 
 async def delete_trust_bundle(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
     bundle_id = check_bundle_id(request.match_info["id"])
+    check_not_builtin(bundle_id)
     async with ctx.store.begin() as uow:
         await uow.trust_bundles.delete(bundle_id, if_match(request))
     return web.Response(status=204)

@@ -26,6 +26,7 @@ from rich.table import Table
 
 from iotdps.cli.target import run_client, target_options, target_params
 from iotdps.errors import InvalidInput, NotFound
+from iotdps.issuance.builtin import check_not_builtin
 from iotdps.ports import Store
 
 if TYPE_CHECKING:
@@ -171,6 +172,7 @@ def bundle_delete(bundle_id: str) -> None:
         await http.call("DELETE", f"/trustBundles/{_seg(bundle_id)}")
 
     async def local(store: Store) -> None:
+        check_not_builtin(bundle_id)
         async with store.begin() as uow:
             await uow.trust_bundles.delete(bundle_id)
 

@@ -78,6 +78,10 @@ COMMANDS: dict[str, LazyCommand] = {
         "Register a fleet of simulated devices (and optionally send telemetry); print the rates.",
     ),
     "telemetry": LazyCommand((_HUB,), "Device-to-cloud messages stored by the hub."),
+    "tls": LazyCommand(
+        ("iotdps.cli.tls_cmds",),
+        "The server's TLS identity: rotate its CA, see who still needs the new one, activate it.",
+    ),
     "trust-bundle": LazyCommand(
         (_ISSUANCE,), "Trust bundles: named, versioned sets of CA certificates for devices' root stores."
     ),

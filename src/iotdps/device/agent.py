@@ -93,23 +93,28 @@ class DeviceAgent:
     def _hub_client(self, assignment: Assignment) -> HubClient:
         s = self.settings
         credential: Credential = s.credential
-        ca_pem = s.ca_pem
         if s.issue_certificate:
-            files = IssuedFiles(s.state_file)
-            credential = files.credential() or s.credential
-            # The trust bundle joins the device's root store for the service.
-            bundle = files.bundle_pem()
-            if bundle is not None and ca_pem is not None:
-                ca_pem = ca_pem + "\n" + bundle
+            credential = IssuedFiles(s.state_file).credential() or s.credential
         return HubClient(
             assignment.assigned_hub,
             assignment.device_id,
             credential,
-            ca_pem=ca_pem,
+            ca_pem=self.root_store(),
             port=s.port,
             keepalive=s.keepalive,
             **self._handlers,
         )
+
+    def root_store(self) -> str | None:
+        """The CAs this device trusts for the service (DPS and its hub alike): its configured CA
+        file and the last trust bundle it was given. The bundle is how a device learns a new
+        server CA before the service presents it (server CA rotation, provisioning.server_ca);
+        the configured CA stays, so a bundle can add trust but a bad one cannot strand it."""
+        s = self.settings
+        bundle = IssuedFiles(s.state_file).bundle_pem() if s.issue_certificate else None
+        if bundle is None or s.ca_pem is None:
+            return s.ca_pem
+        return s.ca_pem + "\n" + bundle
 
     async def _provision(self) -> Assignment:
         s = self.settings
@@ -133,7 +138,7 @@ class DeviceAgent:
             s.id_scope,
             s.registration_id,
             s.credential,
-            ca_pem=s.ca_pem,
+            ca_pem=self.root_store(),
             port=s.port,
             payload=s.payload,
             csr=csr,

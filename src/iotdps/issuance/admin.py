@@ -8,6 +8,7 @@ from typing import Any
 
 from cryptography import x509
 
+from iotdps.issuance.builtin import check_not_builtin
 from iotdps.issuance.issuers import issuing_ca_from_request
 from iotdps.issuance.models import IssuingCa
 from iotdps.issuance.sealing import SealingKey
@@ -22,6 +23,7 @@ async def put_trust_bundle(
 ) -> TrustBundle:
     """Create the bundle (version 1), or store its next version with these certificates."""
     check_bundle_id(bundle_id)
+    check_not_builtin(bundle_id)
     async with store.begin() as uow:
         current = await uow.trust_bundles.get(bundle_id, for_update=True)
         bundle = current.revised(certificates) if current else TrustBundle.new(bundle_id, certificates)

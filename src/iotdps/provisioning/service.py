@@ -40,6 +40,7 @@ from iotdps.enrollment.resolve import Decision
 from iotdps.errors import ConfigError, InvalidRegistrationId, NotFound
 from iotdps.evidence import Credential
 from iotdps.ids import check_registration_id
+from iotdps.issuance.builtin import BUILTIN_BUNDLE_ID
 from iotdps.pki.issuance_wire import csr_field
 from iotdps.ports import Clock, Refusal, Store, SystemClock, UnitOfWork, WebhookTransport
 from iotdps.provisioning import issuance
@@ -414,9 +415,9 @@ class ProvisioningService:
         holds what it got before."""
         if plan.api_version is None or csr_field(plan.api_version) is None:
             return (current.trust_bundle_id, current.trust_bundle_version) if current else (None, None)
-        if plan.settings.trust_bundle_id is None:
-            return None, None
-        bundle = await uow.trust_bundles.get(plan.settings.trust_bundle_id)
+        # An enrollment that names no bundle gets the server's own CAs, once a rotation of the
+        # server CA has published them (provisioning.server_ca); none before that.
+        bundle = await uow.trust_bundles.get(plan.settings.trust_bundle_id or BUILTIN_BUNDLE_ID)
         return (bundle.bundle_id, bundle.version) if bundle is not None else (None, None)
 
     async def _finish(

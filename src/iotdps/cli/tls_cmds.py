@@ -1,0 +1,216 @@
+"""`iotdps tls`: rotate the built-in server CA (rotate, rotation status, activate, retire).
+
+These act on the data dir's files (the CA keys never leave it) and on its store (the built-in
+trust bundle), so they run where the server's data dir is, not over the management API. A
+running `iotdps up` on the same data dir follows them without a restart: it presents the new
+chain once `activate` wrote it (server/cert_files.py), and answers registrations with the
+bundle from the store. The steps and their files: server/ca_rotation.py; the bundle and who
+has not received it: provisioning/server_ca.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from iotdps.cli.shared import table
+from iotdps.cli.target import local_dsn, store_options, target_params
+from iotdps.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from iotdps.ports import Store
+    from iotdps.server.ca_rotation import RotationState
+
+__all__ = ["register"]
+
+T = TypeVar("T")
+
+
+def _data_dir() -> Path:
+    from iotdps.paths import default_data_dir
+
+    given = target_params().get("data_dir")
+    return Path(given) if given else default_data_dir()
+
+
+def _with_store(fn: Callable[[Store], Awaitable[T]]) -> T:
+    from iotdps.store import open_store
+
+    async def go() -> T:
+        store = await open_store(local_dsn(target_params()))
+        try:
+            return await fn(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+def _publish(state: RotationState) -> int:
+    """Put the CAs devices must trust now into the built-in bundle; its version."""
+    from iotdps.provisioning.server_ca import publish_server_cas
+
+    async def go(store: Store) -> int:
+        async with store.begin() as uow:
+            return (await publish_server_cas(uow, state.trusted)).version
+
+    return _with_store(go)
+
+
+def _describe(cert: x509.Certificate) -> str:
+    from iotdps.pki.encoding import sha256_thumbprint
+
+    until = f"{cert.not_valid_after_utc:%Y-%m-%d}"
+    return f"{cert.subject.rfc4514_string()} (SHA-256 {sha256_thumbprint(cert)[:16]}..., until {until})"
+
+
+@click.group("tls")
+def tls_group() -> None:
+    """The server's TLS identity: rotate its CA, see who still needs the new one, activate it."""
+
+
+@tls_group.command("rotate")
+@store_options
+def rotate_command() -> None:
+    """Create a new server CA beside the current one and publish both in the built-in trust bundle.
+
+    The server keeps presenting its current chain; devices receive the bundle
+    `iotdps-server-ca` at their next registration (when their enrollment names no bundle of its
+    own). The new CA's key is encrypted with the current one's passphrase
+    (IOTDPS_SERVER_CA_PASSPHRASE or tls/server-ca.passphrase)."""
+    from iotdps.server import ca_rotation
+
+    data_dir = _data_dir()
+    current = ca_rotation.read_state(data_dir)
+    if current.phase is not ca_rotation.Phase.NONE:
+        _publish(current)  # a rotate that stopped before the store write completes here
+    state = ca_rotation.rotate(data_dir)
+    version = _publish(state)
+    assert state.next is not None
+    click.echo(f"new server CA   {_describe(state.next)}")
+    click.echo(f"current CA      {_describe(state.active)} (still presented)")
+    click.echo(f"trust bundle    iotdps-server-ca version {version} carries both")
+    click.echo(f"CA file         {data_dir / 'tls' / ca_rotation.CA_BUNDLE_FILE} (both CAs, for new devices)")
+    click.echo("next            iotdps tls rotation status; then iotdps tls activate")
+
+
+@tls_group.group("rotation")
+def rotation_group() -> None:
+    """Where a server CA rotation stands."""
+
+
+@rotation_group.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of a table.")
+@store_options
+def rotation_status(as_json: bool) -> None:
+    """List the devices that have not yet received a trust bundle with the new CA.
+
+    Those are the devices that activation would strand (pending) or has stranded (activated):
+    their next handshake fails, because they do not trust the CA the server then presents."""
+    from iotdps.provisioning.server_ca import unreached
+    from iotdps.server import ca_rotation
+
+    state = ca_rotation.read_state(_data_dir())
+    new_ca = state.new_ca
+
+    async def go(store: Store) -> list[Any]:
+        if new_ca is None:
+            return []
+        async with store.read() as uow:
+            return list(await unreached(uow, new_ca))
+
+    devices = _with_store(go)
+    if as_json:
+        doc = {
+            "phase": state.phase.value,
+            "presentedCa": _describe(state.active),
+            "newCa": _describe(new_ca) if new_ca is not None else None,
+            "devicesWithoutNewCa": [
+                {
+                    "registrationId": d.registration_id,
+                    "status": d.status,
+                    "assignedHub": d.assigned_hub,
+                    "deviceId": d.device_id,
+                    "trustBundleId": d.trust_bundle_id,
+                    "trustBundleVersion": d.trust_bundle_version,
+                }
+                for d in devices
+            ],
+        }
+        click.echo(json.dumps(doc, indent=2))
+        return
+    click.echo(f"phase           {state.phase.value}")
+    click.echo(f"presented CA    {_describe(state.active)}")
+    if new_ca is None:
+        click.echo("no rotation under way (iotdps tls rotate starts one)")
+        return
+    if state.phase is ca_rotation.Phase.PENDING:
+        click.echo(f"new CA          {_describe(new_ca)} (not presented until iotdps tls activate)")
+    else:
+        assert state.retiring is not None
+        click.echo(f"old CA          {_describe(state.retiring)} (still in the bundle until iotdps tls retire)")
+    verb = "would strand" if state.phase is ca_rotation.Phase.PENDING else "stranded"
+    click.echo(f"{len(devices)} device(s) have not received a trust bundle with the new CA (activation {verb} them)")
+    if devices:
+        rows = [
+            [d.registration_id, d.status, d.assigned_hub, d.device_id, d.trust_bundle_id, d.trust_bundle_version]
+            for d in devices
+        ]
+        columns = ["registration id", "status", "hub", "device id", "bundle", "version"]
+        table("Devices without the new CA", columns, rows)
+
+
+@tls_group.command("activate")
+@click.option("--force", is_flag=True, help="Activate even though some devices have not received the new CA.")
+@store_options
+def activate_command(force: bool) -> None:
+    """Present a server certificate issued by the new CA (a running server follows, no restart).
+
+    Refused while devices have not received the new CA (iotdps tls rotation status), unless
+    --force: those devices will fail their next handshake."""
+    from iotdps.provisioning.server_ca import unreached
+    from iotdps.server import ca_rotation
+
+    data_dir = _data_dir()
+    state = ca_rotation.read_state(data_dir)
+    if state.phase is ca_rotation.Phase.PENDING and state.next is not None and not force:
+        new_ca = state.next
+
+        async def go(store: Store) -> int:
+            async with store.read() as uow:
+                return len(await unreached(uow, new_ca))
+
+        count = _with_store(go)
+        if count:
+            raise InvalidInput(
+                f"activation would strand {count} device(s) that have not received the new CA "
+                "(iotdps tls rotation status lists them); re-register them first, or pass --force"
+            )
+    done = ca_rotation.activate(data_dir)
+    _publish(done)
+    click.echo(f"presented CA    {_describe(done.active)}")
+    click.echo(f"server chain    {data_dir / 'tls' / 'server.pem'} (a running server presents it within seconds)")
+    click.echo("next            iotdps tls retire, once no device needs the old CA")
+
+
+@tls_group.command("retire")
+@store_options
+def retire_command() -> None:
+    """End a rotation: drop the old server CA from the built-in trust bundle and the data dir."""
+    from iotdps.server import ca_rotation
+
+    data_dir = _data_dir()
+    state = ca_rotation.retire(data_dir)
+    version = _publish(state)
+    click.echo(f"trust bundle    iotdps-server-ca version {version} carries {_describe(state.active)} only")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(tls_group)

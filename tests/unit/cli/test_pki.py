@@ -46,8 +46,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return ca, cwd
 
 
-def _one_line_error(r: subprocess.CompletedProcess[str], text: str) -> None:
-    assert r.returncode == 2, (r.stdout, r.stderr)
+def _one_line_error(r: subprocess.CompletedProcess[str], text: str, code: int = 2) -> None:
+    assert r.returncode == code, (r.stdout, r.stderr)
     assert "Traceback" not in r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and text in lines[0], r.stderr
@@ -118,7 +118,8 @@ def test_bad_input_is_one_line_exit_2(
 ) -> None:
     ca, cwd = workspace
     (cwd / "garbage.csr").write_text("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n")
-    _one_line_error(run(args, ca, cwd, passphrase=passphrase), message)
+    # Exit 3 when a named thing does not exist, 2 for every other bad input.
+    _one_line_error(run(args, ca, cwd, passphrase=passphrase), message, 3 if "no CA named" in message else 2)
 
 
 def test_passphrase_prompt_is_confirmed_and_never_echoed(tmp_path: Path) -> None:

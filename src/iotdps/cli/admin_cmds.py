@@ -291,7 +291,8 @@ def explain_cmd(
 ) -> None:
     """Show the precedence walk and the decision for a device, without registering it.
 
-    Exit code 0 when the device would be admitted, 1 when it would be refused."""
+    Exit code 0 when the device would be admitted (a TPM: would get the challenge), 1 when it
+    would be refused."""
     if [bool(bundle), bool(symmetric_key), bool(endorsement_key)].count(True) != 1:
         raise InvalidInput(
             "give --cert BUNDLE, or --registration-id ID with --symmetric-key KEY or --endorsement-key EK"
@@ -304,7 +305,8 @@ def explain_cmd(
 
     lines = run_client(go)
     decision = next((line.removeprefix("decision: ") for line in lines if line.startswith("decision: ")), "")
-    admitted = decision == "admit"
+    # A TPM with a matching EK is "refused" only for want of the SAS the challenge brings.
+    admitted = decision == "admit" or (ek is not None and decision.startswith("refuse SAS_MISSING"))
     if wants_json():
         rid = next(
             (line.removeprefix("registration id: ") for line in lines if line.startswith("registration id: ")), None

@@ -20,7 +20,8 @@ def run(
     input_text: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IOTDPS_")}
-    env.update(PYTHONPATH=str(SRC), IOTDPS_CA_DIR=str(ca_dir))
+    # A data dir with no database: no service is configured, so nothing is registered.
+    env.update(PYTHONPATH=str(SRC), IOTDPS_CA_DIR=str(ca_dir), IOTDPS_DATA_DIR=str(cwd / "no-service"))
     if passphrase is not None:
         env["IOTDPS_CA_PASSPHRASE"] = passphrase
     return subprocess.run(

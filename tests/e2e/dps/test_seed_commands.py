@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from azure.iot.device import ProvisioningDeviceClient, X509
+from azure.iot.device import X509, ProvisioningDeviceClient
 
 from iotdps_testing.server import SRC, RunningServer, start_server
 

@@ -33,6 +33,7 @@ from iotdps.cli.pki_common import (
     edge,
     open_ca_dir,
     pkcs11_option,
+    prompt_secret,
 )
 from iotdps.cli.seed import generated_ca_name, generated_registration_id, newest_intermediate, service_configured
 from iotdps.cli.target import run_client, target_options
@@ -64,11 +65,7 @@ __all__ = ["default_ca_dir", "register"]
 
 
 def _secret(value: str | None, *, prompt: str, confirm: bool) -> Secret[str]:
-    if value is None:
-        value = click.prompt(prompt, hide_input=True, confirmation_prompt=confirm, err=True)
-    if not value:
-        raise InvalidInput("the passphrase is empty")
-    return Secret(value)
+    return prompt_secret(value, prompt=prompt, confirm=confirm)
 
 
 def _key_spec(ctx: click.Context, param: click.Parameter, value: str) -> KeySpec:

@@ -139,6 +139,17 @@ def test_passphrase_prompt_is_confirmed_and_never_echoed(tmp_path: Path) -> None
     assert r.returncode != 0 and not (tmp_path / "ca" / "mismatch.key.pem").exists()
 
 
+def test_passphrase_prompt_without_a_terminal_says_how_to_pass_it(tmp_path: Path) -> None:
+    # Issue 17: stdin is not a terminal and has nothing (a script, CI): not GetPassWarning + "aborted".
+    r = run(["create-ca-root", "--name", "scripted"], tmp_path / "ca", tmp_path, passphrase=None, input_text="")
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert r.stderr.strip() == (
+        "error: New passphrase for CA 'scripted': no terminal to ask on; "
+        "pass it with --passphrase or IOTDPS_CA_PASSPHRASE"
+    )
+    assert not (tmp_path / "ca" / "scripted.key.pem").exists()
+
+
 @pytest.mark.parametrize("name", ["b.zip", "b.tar.gz"])
 def test_batch_with_progress_to_archive(workspace: tuple[Path, Path], name: str) -> None:
     ca, cwd = workspace

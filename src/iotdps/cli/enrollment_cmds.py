@@ -370,6 +370,30 @@ _family_commands(
 )
 
 
+@group_group.command("compute-device-key")
+@click.argument("group_id", required=False)
+@click.option("--registration-id", required=True, help="The device's registration id.")
+@click.option("--group-key", help="The group's key (base64; secret); default: the group's primary key.")
+@target_options
+def group_compute_device_key(group_id: str | None, registration_id: str, group_key: str | None) -> None:
+    """Print a group device's key: base64(HMAC-SHA256(group key, registration id)), as
+    `az iot dps enrollment-group compute-device-key` does. From --group-key alone, or from
+    the primary key of group GROUP_ID on the service (local data dir or --server)."""
+    from iotdps.cli.token_cmds import device_key
+    from iotdps.ids import check_registration_id
+
+    check_registration_id(registration_id)
+    if group_key is None:
+        if not group_id:
+            raise InvalidInput("give GROUP_ID (its primary key is used) or --group-key")
+        found = run_client(lambda client: _GROUPS.get(client, group_id))
+        keys = found.attestation.symmetric_key
+        if keys is None:
+            raise InvalidInput(f"group {group_id} does not use symmetric-key attestation")
+        group_key = keys.primary_key.reveal()
+    click.echo(device_key(None, group_key, registration_id))
+
+
 def register(group: click.Group) -> None:
     for command in (enrollment_group, group_group):
         group.add_command(command)

@@ -81,6 +81,10 @@ COMMANDS: dict[str, LazyCommand] = {
     "proof-ca-root-possession": LazyCommand((_PKI,), "Prove possession of a CA's key to the provisioning service."),
     "refusals": LazyCommand((_ADMIN,), "Recent refused registrations, latest first, with the reason in words."),
     "registration": LazyCommand((_ADMIN,), "Registration records."),
+    "sas-token": LazyCommand(
+        ("iotdps.cli.token_cmds",),
+        "Print a SharedAccessSignature: a policy's (management API), a hub device's or a DPS one.",
+    ),
     "settings": LazyCommand((_ADMIN,), "Service settings: ID scope and default allocation policy."),
     "simulate": LazyCommand(
         ("iotdps.cli.simulate_cmds",),

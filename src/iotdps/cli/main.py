@@ -90,6 +90,10 @@ COMMANDS: dict[str, LazyCommand] = {
         ("iotdps.cli.simulate_cmds",),
         "Register a fleet of simulated devices (and optionally send telemetry); print the rates.",
     ),
+    "status": LazyCommand(
+        ("iotdps.cli.status_cmds",),
+        "Is a server running on this data dir: its pid, hubs served, connections, recent registrations.",
+    ),
     "telemetry": LazyCommand((_HUB,), "Device-to-cloud messages stored by the hub."),
     "tls": LazyCommand(
         ("iotdps.cli.tls_cmds",),

@@ -132,8 +132,8 @@ def _check_new_ca(cadir: CaDirectory, name: str, parent: str | None = None) -> N
 @click.option(
     "--register/--no-register",
     default=None,
-    help="upload the root to the provisioning service (default: when one is configured: --server, "
-    "IOTDPS_CONNECTION_STRING or a local data dir)",
+    help="upload the root to the provisioning service (default without --name: when one is configured: "
+    "--server, IOTDPS_CONNECTION_STRING or a local data dir)",
 )
 @ca_dir_option
 @target_options
@@ -152,10 +152,14 @@ def create_ca_root(
 ) -> None:
     """Create a self-signed root CA and keep it in the CA directory.
 
-    When a provisioning service is configured, the root is also uploaded to it (unverified:
-    `iotdps proof-ca-root-possession` proves it)."""
+    Bare (no --name), when a provisioning service is configured, the root is also uploaded to
+    it (unverified: `iotdps proof-ca-root-possession` proves it)."""
     if register is None:
-        register = service_configured()
+        # Bare (no --name), as the seed runs it: register when a service is configured. A
+        # named root keeps the old meaning (upload with `proof-ca-root-possession` or
+        # `ca upload`), so a root meant to stay unknown to the service stays unknown.
+        named = click.get_current_context().get_parameter_source("name") != click.core.ParameterSource.DEFAULT
+        register = not named and service_configured()
     cadir = open_ca_dir(ca_dir)
     _check_new_ca(cadir, name)
     if pkcs11_uri is not None:
@@ -208,8 +212,8 @@ def create_ca_root(
 @click.option(
     "--enroll/--no-enroll",
     default=None,
-    help="also create an enrollment group with this CA as its signing certificate "
-    "(default: when a service is configured: --server, IOTDPS_CONNECTION_STRING or a local data dir)",
+    help="also create an enrollment group with this CA as its signing certificate (default without "
+    "--name: when a service is configured: --server, IOTDPS_CONNECTION_STRING or a local data dir)",
 )
 @click.option("--group-id", default=None, help="id of the enrollment group (default: the CA name)")
 @click.option("--hub", "hubs", multiple=True, help="linked hub(s) the group's devices may be assigned to")
@@ -255,9 +259,12 @@ def create_ca_intermediate(
         raise InvalidInput("--csr and --pkcs11-uri exclude each other: with --csr the factory holds the key")
     cadir = open_ca_dir(ca_dir)
     parent = parent or cadir.default_root()
-    name = name or generated_ca_name(cadir)
     if enroll is None:
-        enroll = service_configured()
+        # Bare (no --name), as the seed runs it: enroll when a service is configured. A named
+        # CA keeps the old meaning (enroll only with --enroll), so scripts that create the
+        # group themselves afterwards still work.
+        enroll = name is None and service_configured()
+    name = name or generated_ca_name(cadir)
     _check_new_ca(cadir, name, parent)
     request = check_ca_csr(csr_file.read_bytes()) if csr_file is not None else None  # before any prompt
     issuer = signing_issuer(cadir, parent, parent_passphrase if parent_passphrase is not None else passphrase, None)

@@ -76,8 +76,7 @@ async def _gather(data_dir: Path, dsn: str) -> dict[str, Any]:
     finally:
         await store.close()
     doc["hubs"] = [
-        {"hostName": h.host_name, "served": h.host_name.lower() in served if doc["running"] else None}
-        for h in linked
+        {"hostName": h.host_name, "served": h.host_name.lower() in served if doc["running"] else None} for h in linked
     ]
     doc["registrationsLastMinute"] = recent
     return doc

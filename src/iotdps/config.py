@@ -408,6 +408,14 @@ def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
         problems.add("limits.registrations_per_second must be >= 0")
     if limits.max_packet_size < 1024:
         problems.add("limits.max_packet_size must be at least 1024")
+    # Limits that would let nothing through (a burst of -1, no connection) are mistakes, not
+    # settings: refuse them at start rather than serve a node that refuses every device.
+    if limits.registration_burst < 1:
+        problems.add("limits.registration_burst must be at least 1")
+    if limits.retry_after_seconds < 1:
+        problems.add("limits.retry_after_seconds must be at least 1")
+    if limits.max_connections < 1:
+        problems.add("limits.max_connections must be at least 1")
     if not 100 <= limits.refusal_history <= 10_000_000:
         problems.add("limits.refusal_history must be 100..10000000")
     if tls.handshake_timeout <= 0:

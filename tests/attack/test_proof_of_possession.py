@@ -165,8 +165,8 @@ def test_forged_root_above_an_anchor_extends_nothing(service: Service, how: str)
 
     device = make(f"device-under-{how}", line)
     bundle = write_bundle(service.files / f"{device.cn}.bundle.pem", [device.cert, line.cert])
-    explained = service.ok("explain", "--cert", str(bundle))
-    assert "decision: refuse NO_ENROLLMENT" in explained, explained
+    code, explained = service.cli("explain", "--cert", str(bundle))
+    assert code == 1 and "decision: refuse NO_ENROLLMENT" in explained, explained
     assert group not in explained, explained
 
     assert not _register(service, device, [line.cert])

@@ -109,7 +109,7 @@ def test_disabled_enrollment(server: RunningServer) -> None:
     assert reply.status == 200 and reply.body["status"] == "disabled"
     assert "tpm" not in reply.body["registrationState"] or not reply.body["registrationState"]["tpm"]
     assert _reasons(server, "tpm-off")[0] == "ENROLLMENT_DISABLED"
-    explained = server.cli("explain", "--registration-id", "tpm-off", "--endorsement-key", tpm.ek_b64)
+    explained = server.cli("explain", "--registration-id", "tpm-off", "--endorsement-key", tpm.ek_b64, expect=1)
     assert "endorsement key matches" in explained
 
 

@@ -39,6 +39,8 @@ class TokenCli:
             PYTHONPATH=os.pathsep.join([str(SRC), str(TESTS)]),
             IOTDPS_CA_DIR=str(self.ca_dir),
             IOTDPS_CA_PASSPHRASE=self.passphrase,
+            # No database there: no service is configured, so the toolkit registers nothing.
+            IOTDPS_DATA_DIR=str(self.ca_dir.parent / "no-service"),
         )
         env.update(self.extra_env)
         for name, value in overrides.items():
@@ -96,8 +98,9 @@ def start_token_cli(directory: Path, label: str = "factory-ca", user_pin: str = 
 
 
 def one_line_error(done: subprocess.CompletedProcess[str], text: str) -> str:
-    """The command failed with exit 2 and exactly one `error: ...` line containing `text`."""
-    assert done.returncode == 2, (done.stdout, done.stderr)
+    """The command failed with exit 2 (3 when a named thing does not exist) and exactly one
+    `error: ...` line containing `text`."""
+    assert done.returncode == (3 if "no CA named" in text else 2), (done.stdout, done.stderr)
     assert "Traceback" not in done.stderr
     lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and text in lines[0], done.stderr

@@ -162,3 +162,22 @@ def test_own_server_certificate_files(tmp_path: Path) -> None:
     config_file.write_text('[tls]\ncert_file = "/etc/iotdps/server.pem"\n')
     with pytest.raises(ConfigError, match="set both or neither"):
         load_config(config_file, environ={})
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "words"),
+    [
+        ("registration_burst", -1, "limits.registration_burst must be at least 1"),
+        ("registration_burst", 0, "limits.registration_burst must be at least 1"),
+        ("retry_after_seconds", -3, "limits.retry_after_seconds must be at least 1"),
+        ("max_connections", 0, "limits.max_connections must be at least 1"),
+        ("registrations_per_second", -1, "limits.registrations_per_second must be >= 0"),
+    ],
+)
+def test_impossible_limits_are_config_errors(tmp_path: Path, setting: str, value: int, words: str) -> None:
+    # Issue 17: `registration_burst = -1` started a node that refused every device.
+    file = tmp_path / "limits.toml"
+    file.write_text(f"[limits]\n{setting} = {value}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(file, environ={})
+    assert words in info.value.problems

@@ -3,8 +3,8 @@
 
 Every command runs on the local data dir (or `--dsn`), or with `--server URL` and credentials
 against a running iotdps: it is written once against the `AdminClient` (cli.client), and
-cli.target picks the local or the remote one. Errors are one line, exit 2 (cli.main maps
-IotdpsError).
+cli.target picks the local or the remote one. Errors are one line, exit 2 (3: not found;
+cli.main maps IotdpsError). Lists, reports and `explain` take --json (cli.output).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import click
 
 from iotdps.allocation.hubs import LinkedHub
 from iotdps.cli.client import AdminClient, ExplainRequest
-from iotdps.cli.shared import echo_json, read_text, table
+from iotdps.cli.output import EXIT_NEGATIVE, json_option, listing, wants_json
+from iotdps.cli.shared import echo_json, read_text
 from iotdps.cli.target import run_client, target_options
 from iotdps.cli.tpm_keys import tpm_key_text
 from iotdps.errors import InvalidInput, NotFound
@@ -79,11 +80,12 @@ def ca_verify(name: str, file: str) -> None:
 
 
 @ca_group.command("list")
+@json_option
 @target_options
 def ca_list() -> None:
     cas = run_client(lambda client: client.list_cas())
-    rows = [[c.name, c.info.get("subjectName"), c.sha256_thumbprint[:16] + "...", c.is_verified] for c in cas]
-    table("CA certificates", ["name", "subject", "sha256", "verified"], rows)
+    rows = [[c.name, c.info.get("subjectName"), c.sha256_thumbprint, c.is_verified] for c in cas]
+    listing("CA certificates", ["name", "subject", "sha256", "verified"], rows, [c.to_json() for c in cas])
 
 
 @ca_group.command("show")
@@ -151,11 +153,17 @@ def hub_remove(host_name: str) -> None:
 
 
 @hub_group.command("list")
+@json_option
 @target_options
 def hub_list() -> None:
     hubs = run_client(lambda client: client.list_hubs())
     rows = [[h.host_name, h.allocation_weight, h.apply_allocation_policy, h.location] for h in hubs]
-    table("Linked hubs", ["host name", "weight", "apply allocation policy", "location"], rows)
+    listing(
+        "Linked hubs",
+        ["host name", "weight", "apply allocation policy", "location"],
+        rows,
+        [h.to_json() for h in hubs],
+    )
 
 
 @click.group("settings")
@@ -192,8 +200,11 @@ def registration_group() -> None:
 
 @registration_group.command("show")
 @click.argument("registration_id")
+@json_option
 @target_options
 def registration_show(registration_id: str) -> None:
+    """The registration record as JSON (the DeviceRegistrationState document), with or
+    without --json."""
     record = run_client(lambda client: client.get_registration(registration_id))
     if record is None:
         raise NotFound(f"registration {registration_id} not found")
@@ -202,13 +213,20 @@ def registration_show(registration_id: str) -> None:
 
 @registration_group.command("list")
 @click.option("--group", "group_id", help="Only devices of this enrollment group.")
+@json_option
 @target_options
 def registration_list(group_id: str | None) -> None:
+    records = run_client(lambda client: client.list_registrations(group_id))
     rows = [
         [r.registration_id, r.status, r.substatus, r.assigned_hub, r.device_id, r.enrollment_group_id, r.error_code]
-        for r in run_client(lambda client: client.list_registrations(group_id))
+        for r in records
     ]
-    table("Registrations", ["registration id", "status", "substatus", "hub", "device id", "group", "error"], rows)
+    listing(
+        "Registrations",
+        ["registration id", "status", "substatus", "hub", "device id", "group", "error"],
+        rows,
+        [r.to_json() for r in records],
+    )
 
 
 @registration_group.command("delete")
@@ -224,6 +242,7 @@ def registration_delete(registration_id: str) -> None:
 @click.command("refusals")
 @click.option("--registration-id")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@json_option
 @target_options
 def refusals_cmd(registration_id: str | None, limit: int) -> None:
     """Recent refused registrations, latest first, with the reason in words. Repeated attempts
@@ -236,12 +255,28 @@ def refusals_cmd(registration_id: str | None, limit: int) -> None:
 
     refusals = run_client(lambda client: client.list_refusals(registration_id, limit))
     rows = [[f"{r.at:%Y-%m-%d %H:%M:%S}", str(r.count), r.registration_id, r.peer, r.reason, why(r)] for r in refusals]
-    table(
+    listing(
         "Refusals",
         ["last (UTC)", "count", "registration id", "peer", "reason", "why"],
         rows,
+        [_refusal_json(r) for r in refusals],
         whole=("last (UTC)", "count", "reason"),
     )
+
+
+def _refusal_json(r: Refusal) -> dict[str, Any]:
+    # The field names of the management API's GET /refusals, so a script reads either.
+    return {
+        "registrationId": r.registration_id,
+        "reason": r.reason,
+        "message": r.message,
+        "attestationType": r.attestation_type,
+        "enrollment": r.enrollment,
+        "peerAddress": r.peer,
+        "count": r.count,
+        "firstSeenUtc": f"{r.first_seen:%Y-%m-%dT%H:%M:%SZ}",
+        "lastSeenUtc": f"{r.at:%Y-%m-%dT%H:%M:%SZ}",
+    }
 
 
 @click.command("explain")
@@ -249,11 +284,15 @@ def refusals_cmd(registration_id: str | None, limit: int) -> None:
 @click.option("--registration-id", help="Default for --cert: the leaf's CN.")
 @click.option("--symmetric-key", help="The device's key (individual or group-derived).")
 @click.option("--endorsement-key", help="A TPM device's EK (base64 or a file): would it get a challenge?")
+@json_option
 @target_options
 def explain_cmd(
     bundle: str | None, registration_id: str | None, symmetric_key: str | None, endorsement_key: str | None
 ) -> None:
-    """Show the precedence walk and the decision for a device, without registering it."""
+    """Show the precedence walk and the decision for a device, without registering it.
+
+    Exit code 0 when the device would be admitted (a TPM: would get the challenge), 1 when it
+    would be refused."""
     if [bool(bundle), bool(symmetric_key), bool(endorsement_key)].count(True) != 1:
         raise InvalidInput(
             "give --cert BUNDLE, or --registration-id ID with --symmetric-key KEY or --endorsement-key EK"
@@ -264,8 +303,20 @@ def explain_cmd(
     async def go(client: AdminClient) -> list[str]:
         return await client.explain(request)
 
-    for line in run_client(go):
-        click.echo(line)
+    lines = run_client(go)
+    decision = next((line.removeprefix("decision: ") for line in lines if line.startswith("decision: ")), "")
+    # A TPM with a matching EK is "refused" only for want of the SAS the challenge brings.
+    admitted = decision == "admit" or (ek is not None and decision.startswith("refuse SAS_MISSING"))
+    if wants_json():
+        rid = next(
+            (line.removeprefix("registration id: ") for line in lines if line.startswith("registration id: ")), None
+        )
+        echo_json({"registrationId": rid, "admitted": admitted, "decision": decision, "lines": lines})
+    else:
+        for line in lines:
+            click.echo(line)
+    if not admitted:
+        raise SystemExit(EXIT_NEGATIVE)
 
 
 def register(group: click.Group) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from iotdps.cli.output import EXIT_NEGATIVE, echo_json, json_option, wants_json
 from iotdps.cli.pki_common import ENV_DEVICE_PASSPHRASE, IN_FILE, ca_dir_option, edge, open_ca_dir
 from iotdps.errors import InvalidInput
 from iotdps.pki import certificate_info, explain_chain, load_certificates, load_private_key
@@ -28,11 +29,15 @@ def ca_group() -> None:
 
 @ca_group.command("list")
 @ca_dir_option
+@json_option
 @edge
 def ca_list(ca_dir: Path | None) -> None:
     """List the CAs in the CA directory."""
     cadir = open_ca_dir(ca_dir)
     records = cadir.records()
+    if wants_json():
+        echo_json([_record_json(r) for r in records])
+        return
     if not records:
         click.echo(f"no CAs in {cadir.path}")
         return
@@ -43,6 +48,20 @@ def ca_list(ca_dir: Path | None) -> None:
             f"{r.name:20} {r.kind:12} parent={r.parent or '-':12} pathlen={plen:3} key={r.custody:9} "
             f"expires={r.not_after_utc}  {r.subject}"
         )
+
+
+def _record_json(r: Any) -> dict[str, Any]:
+    return {
+        "name": r.name,
+        "kind": r.kind,
+        "parent": r.parent,
+        "pathLength": r.path_length,
+        "notAfterUtc": r.not_after_utc,
+        "subject": r.subject,
+        "sha256Thumbprint": r.sha256_thumbprint,
+        "certFile": r.cert_file,
+        "keyCustody": r.custody,
+    }
 
 
 @click.group("cert")
@@ -57,14 +76,49 @@ def _read_certs(path: Path) -> list[Any]:
         raise InvalidInput(f"{path}: {exc.message}") from None
 
 
+def _extensions(cert: Any) -> list[tuple[str, str, str]]:
+    """(label for text, JSON key, value) of the extensions `cert inspect` shows."""
+    from cryptography import x509
+
+    out: list[tuple[str, str, str]] = []
+    for ext in cert.extensions:
+        v = ext.value
+        crit = " (critical)" if ext.critical else ""
+        if isinstance(v, x509.BasicConstraints):
+            text = f"CA:{'TRUE' if v.ca else 'FALSE'}" + (
+                f", pathlen {v.path_length}" if v.path_length is not None else ""
+            )
+            out.append(("basic", "basicConstraints", text + crit))
+        elif isinstance(v, x509.KeyUsage):
+            names = [n for n in ("digital_signature", "key_encipherment", "key_cert_sign", "crl_sign") if getattr(v, n)]
+            out.append(("key usage", "keyUsage", f"{', '.join(names) or '-'}{crit}"))
+        elif isinstance(v, x509.ExtendedKeyUsage):
+            out.append(("ext usage", "extendedKeyUsage", f"{', '.join(u._name for u in v)}{crit}"))
+        elif isinstance(v, x509.SubjectAlternativeName):
+            out.append(("alt names", "subjectAltNames", f"{', '.join(str(g.value) for g in v)}{crit}"))
+        elif isinstance(v, x509.SubjectKeyIdentifier):
+            out.append(("subject key", "subjectKeyIdentifier", v.digest.hex()))
+        elif isinstance(v, x509.AuthorityKeyIdentifier) and v.key_identifier:
+            out.append(("authority", "authorityKeyIdentifier", v.key_identifier.hex()))
+    return out
+
+
 @cert_group.command("inspect")
 @click.argument("file", type=IN_FILE)
+@json_option
 @edge
 def cert_inspect(file: Path) -> None:
     """Show every certificate in FILE (PEM bundle, DER or base64)."""
-    from cryptography import x509
-
     certs = _read_certs(file)
+    if wants_json():
+        docs = []
+        for cert in certs:
+            doc = dict(certificate_info(cert))
+            doc["publicKey"] = describe_public_key(cert.public_key())
+            doc["extensions"] = {key: value for _, key, value in _extensions(cert)}
+            docs.append(doc)
+        echo_json(docs)
+        return
     for i, cert in enumerate(certs):
         info = certificate_info(cert)
         if i:
@@ -74,27 +128,8 @@ def cert_inspect(file: Path) -> None:
         click.echo(f"    serial       {info['serialNumber']}")
         click.echo(f"    valid        {info['notBeforeUtc']} .. {info['notAfterUtc']}")
         click.echo(f"    key          {describe_public_key(cert.public_key())}")
-        for ext in cert.extensions:
-            v = ext.value
-            crit = " (critical)" if ext.critical else ""
-            if isinstance(v, x509.BasicConstraints):
-                text = f"CA:{'TRUE' if v.ca else 'FALSE'}" + (
-                    f", pathlen {v.path_length}" if v.path_length is not None else ""
-                )
-                click.echo(f"    basic        {text}{crit}")
-            elif isinstance(v, x509.KeyUsage):
-                names = [
-                    n for n in ("digital_signature", "key_encipherment", "key_cert_sign", "crl_sign") if getattr(v, n)
-                ]
-                click.echo(f"    key usage    {', '.join(names) or '-'}{crit}")
-            elif isinstance(v, x509.ExtendedKeyUsage):
-                click.echo(f"    ext usage    {', '.join(u._name for u in v)}{crit}")
-            elif isinstance(v, x509.SubjectAlternativeName):
-                click.echo(f"    alt names    {', '.join(str(g.value) for g in v)}{crit}")
-            elif isinstance(v, x509.SubjectKeyIdentifier):
-                click.echo(f"    subject key  {v.digest.hex()}")
-            elif isinstance(v, x509.AuthorityKeyIdentifier) and v.key_identifier:
-                click.echo(f"    authority    {v.key_identifier.hex()}")
+        for label, _, value in _extensions(cert):
+            click.echo(f"    {label:12} {value}")
         click.echo(f"    sha1         {info['sha1Thumbprint']}")
         click.echo(f"    sha256       {info['sha256Thumbprint']}")
 
@@ -156,7 +191,7 @@ def cert_verify(
     )
     click.echo(report.explain())
     if not report.valid:
-        sys.exit(1)
+        sys.exit(EXIT_NEGATIVE)
 
 
 def register(group: click.Group) -> None:

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from iotdps.provisioning.records import RegistrationRecord
     from iotdps.provisioning.settings import ServiceSettings
 
-__all__ = ["AdminClient", "ExplainRequest", "enroll_signing_group", "prove_possession"]
+__all__ = ["AdminClient", "ExplainRequest", "enroll_signing_group", "prove_possession", "register_ca"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +105,22 @@ async def prove_possession(client: AdminClient, name: str, ca_pem: str, sign: Ca
         current = await client.upload_ca(name, ca_pem, False)
     code, current = await client.generate_verification_code(name, current.etag)
     return await client.verify_ca(name, sign(code), current.etag)
+
+
+async def register_ca(client: AdminClient, name: str, ca_pem: str) -> CaCertificate:
+    """Upload a new CA unverified (proof of possession comes next). The same certificate
+    already there is left as it is; another certificate under the name is refused, never
+    replaced: devices may depend on the one there."""
+    wanted = sha256_thumbprint(load_certificate(ca_pem))
+    current = await client.get_ca(name)
+    if current is not None:
+        if current.sha256_thumbprint == wanted:
+            return current
+        raise AlreadyExists(
+            f"the provisioning service already has another CA named {name!r}; not replacing it "
+            "(create the root with --name, or --no-register)"
+        )
+    return await client.upload_ca(name, ca_pem, False)
 
 
 async def enroll_signing_group(

@@ -11,12 +11,21 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import ssl
 from pathlib import Path
 from typing import Any
 
 import click
 
-from iotdps.device import C2DReceived, DeviceAgent, DeviceSettings, SymmetricKey, TpmCredential, X509Files
+from iotdps.device import (
+    C2DReceived,
+    DeviceAgent,
+    DeviceSettings,
+    HubUnreachable,
+    SymmetricKey,
+    TpmCredential,
+    X509Files,
+)
 from iotdps.device.credentials import Credential
 from iotdps.device.issued import IssuedFiles
 from iotdps.errors import InvalidInput
@@ -167,13 +176,32 @@ def run_command(
 
     try:
         asyncio.run(go())
+    except HubUnreachable as exc:
+        if isinstance(exc.cause, ssl.SSLCertVerificationError):
+            raise InvalidInput(_untrusted(exc.hub, ca_file)) from None
+        raise
+    except ssl.SSLCertVerificationError:
+        raise InvalidInput(_untrusted(provisioning_host, ca_file)) from None
     except (OSError, TimeoutError) as exc:
-        raise InvalidInput(f"device run failed: {type(exc).__name__}: {exc}") from None
+        raise InvalidInput(
+            f"the provisioning service {provisioning_host}:{port} is unreachable ({type(exc).__name__}: {exc})"
+        ) from None
     finally:
         if isinstance(credential, TpmCredential):
             close = getattr(credential.tpm, "close", None)
             if close is not None:
                 close()
+
+
+def _untrusted(host: str, ca_file: str | None) -> str:
+    """A TLS verification failure in words: iotdps servers use their own CA, which a device
+    must be given (the system's CAs never signed it)."""
+    if ca_file is None:
+        return (
+            f"the certificate of {host} is not trusted: pass --ca FILE, the server CA "
+            "(tls/server-ca.pem in the server's data dir)"
+        )
+    return f"the certificate of {host} is not signed by --ca {ca_file}"
 
 
 def register(group: click.Group) -> None:

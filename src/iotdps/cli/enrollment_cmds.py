@@ -17,7 +17,9 @@ import click
 
 from iotdps.cli.client import AdminClient
 from iotdps.cli.issuance_options import apply_issuance_options, issuance_options
-from iotdps.cli.shared import echo_json, json_arg, read_text, table
+from iotdps.cli.output import json_option
+from iotdps.cli.output import listing as print_listing
+from iotdps.cli.shared import echo_json, json_arg, read_text
 from iotdps.cli.target import run_client, target_options
 from iotdps.cli.tpm_keys import tpm_key_text
 from iotdps.enrollment.models import ALLOCATION_POLICIES, EnrollmentGroup, IndividualEnrollment, ProvisioningStatus
@@ -164,6 +166,7 @@ def _family_commands(
     @click.option(
         "--primary-key", "primary_only", is_flag=True, help="Print only the primary symmetric key (for a key file)."
     )
+    @json_option
     @target_options
     def show(show_keys: bool, primary_only: bool, **kw: Any) -> None:
         found = run_client(lambda client: family.get(client, kw[family.key]))
@@ -176,10 +179,13 @@ def _family_commands(
         echo_json(found.to_json(include_keys=show_keys))
 
     @group.command("list")
+    @json_option
     @target_options
     def list_() -> None:
         title, columns, row = listing
-        table(title, columns, [row(r) for r in run_client(family.list_all)])
+        found = run_client(family.list_all)
+        # Keys never in a list: `show --show-keys` is the one way to print them.
+        print_listing(title, columns, [row(r) for r in found], [r.to_json(include_keys=False) for r in found])
 
     @group.command("update")
     @argument
@@ -362,6 +368,30 @@ _family_commands(
     update_options=_settings_options,
     listing=("Enrollment groups", ["group id", "attestation", "status", "trust"], _group_row),
 )
+
+
+@group_group.command("compute-device-key")
+@click.argument("group_id", required=False)
+@click.option("--registration-id", required=True, help="The device's registration id.")
+@click.option("--group-key", help="The group's key (base64; secret); default: the group's primary key.")
+@target_options
+def group_compute_device_key(group_id: str | None, registration_id: str, group_key: str | None) -> None:
+    """Print a group device's key: base64(HMAC-SHA256(group key, registration id)), as
+    `az iot dps enrollment-group compute-device-key` does. From --group-key alone, or from
+    the primary key of group GROUP_ID on the service (local data dir or --server)."""
+    from iotdps.cli.token_cmds import device_key
+    from iotdps.ids import check_registration_id
+
+    check_registration_id(registration_id)
+    if group_key is None:
+        if not group_id:
+            raise InvalidInput("give GROUP_ID (its primary key is used) or --group-key")
+        found = run_client(lambda client: _GROUPS.get(client, group_id))
+        keys = found.attestation.symmetric_key
+        if keys is None:
+            raise InvalidInput(f"group {group_id} does not use symmetric-key attestation")
+        group_key = keys.primary_key.reveal()
+    click.echo(device_key(None, group_key, registration_id))
 
 
 def register(group: click.Group) -> None:

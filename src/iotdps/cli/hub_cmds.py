@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 
+from iotdps.cli.output import json_option, listing
 from iotdps.cli.target import store_options
 from iotdps.errors import InvalidInput, NotFound
 from iotdps.jsonload import load_json
@@ -62,6 +63,19 @@ def _with_store(fn: Callable[[Store], Awaitable[T]]) -> T:
             await store.close()
 
     return asyncio.run(go())
+
+
+async def _known_hub(store: Store, hub: str) -> None:
+    """Refuse a hub name that names nothing: not linked and no device on it (a typo must not
+    read as a hub with no traffic)."""
+    async with store.begin() as uow:
+        linked = [h.host_name for h in await uow.hubs.list()]
+        if any(name.lower() == hub.lower() for name in linked):
+            return
+        if (await uow.devices.list(hub, page_size=1)).items:
+            return
+    known = ", ".join(sorted(linked)) or "none"
+    raise NotFound(f"hub {hub} is not linked (linked hubs: {known})")
 
 
 def _control() -> ControlClient | None:
@@ -109,9 +123,11 @@ def device_group() -> None:
 
 @device_group.command("list")
 @click.option("--hub", required=True, help="Hub host name.")
+@json_option
 @store_options
 def device_list(hub: str) -> None:
     async def go(store: Store) -> list[dict[str, Any]]:
+        await _known_hub(store, hub)
         out: list[dict[str, Any]] = []
         continuation: str | None = None
         for _ in range(100_000):
@@ -123,8 +139,9 @@ def device_list(hub: str) -> None:
                 break
         return out
 
-    for row in _with_store(go):
-        click.echo(f"{row['deviceId']}\t{row['status']}\t{row['auth']}")
+    docs = _with_store(go)
+    rows = [[d["deviceId"], d["status"], d["auth"]] for d in docs]
+    listing(f"Devices on {hub}", ["device id", "status", "auth"], rows, docs)
 
 
 def _device_doc(hub: str, device_id: str) -> dict[str, Any]:
@@ -248,6 +265,7 @@ def telemetry_tail(hub: str, device_id: str | None, follow: bool, limit: int, du
     """One JSON line per message, oldest first; with --follow, new ones as they are stored."""
 
     async def go(store: Store) -> None:
+        await _known_hub(store, hub)
         hub_store = cast(HubStore, store)
         async with hub_store.begin() as uow:
             messages = await uow.telemetry.list(hub, device_id, limit=limit, newest=True)

@@ -2,7 +2,8 @@
 
 Each command family lives in its own module with a `register(group: click.Group) -> None`;
 this module only names them and maps errors at the edge: any IotdpsError becomes one line on
-stderr and exit code 2, never a traceback.
+stderr, never a traceback, with the exit codes of cli.output (2 bad input, 3 not found; 1 is
+a command's own "checked, and the answer is no").
 
 Startup is kept light on purpose: a command family's module is imported only when one of its
 commands is chosen, so `iotdps --help` or `iotdps hub list` never imports the server, the
@@ -20,11 +21,19 @@ from dataclasses import dataclass
 import click
 
 from iotdps import __version__
-from iotdps.errors import ConfigError, IotdpsError
+from iotdps.cli.output import EXIT_BAD_INPUT, EXIT_NOT_FOUND, OUTPUT_CHOICES, remember_output
+from iotdps.errors import ConfigError, IotdpsError, NotFound
 
-__all__ = ["COMMANDS", "EXIT_BAD_INPUT", "LazyCommand", "cli", "load_command", "main", "summary_command"]
-
-EXIT_BAD_INPUT = 2
+__all__ = [
+    "COMMANDS",
+    "EXIT_BAD_INPUT",
+    "EXIT_NOT_FOUND",
+    "LazyCommand",
+    "cli",
+    "load_command",
+    "main",
+    "summary_command",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,10 +81,18 @@ COMMANDS: dict[str, LazyCommand] = {
     "proof-ca-root-possession": LazyCommand((_PKI,), "Prove possession of a CA's key to the provisioning service."),
     "refusals": LazyCommand((_ADMIN,), "Recent refused registrations, latest first, with the reason in words."),
     "registration": LazyCommand((_ADMIN,), "Registration records."),
+    "sas-token": LazyCommand(
+        ("iotdps.cli.token_cmds",),
+        "Print a SharedAccessSignature: a policy's (management API), a hub device's or a DPS one.",
+    ),
     "settings": LazyCommand((_ADMIN,), "Service settings: ID scope and default allocation policy."),
     "simulate": LazyCommand(
         ("iotdps.cli.simulate_cmds",),
         "Register a fleet of simulated devices (and optionally send telemetry); print the rates.",
+    ),
+    "status": LazyCommand(
+        ("iotdps.cli.status_cmds",),
+        "Is a server running on this data dir: its pid, hubs served, connections, recent registrations.",
     ),
     "telemetry": LazyCommand((_HUB,), "Device-to-cloud messages stored by the hub."),
     "tls": LazyCommand(
@@ -126,6 +143,16 @@ class _LazyGroup(click.Group):
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="iotdps")
+@click.option(
+    "--output",
+    type=click.Choice(OUTPUT_CHOICES),
+    envvar="IOTDPS_OUTPUT",
+    show_envvar=True,
+    default=None,
+    expose_value=False,
+    callback=remember_output,
+    help="How lists and reports print: table (default) or json.",
+)
 def cli() -> None:
     """iotdps: self-hosted Device Provisioning Service, CA toolkit and IoT hub."""
 
@@ -139,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_BAD_INPUT)
     except IotdpsError as exc:
         click.echo(f"error: {exc.message.splitlines()[0] if exc.message else type(exc).__name__}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
+        sys.exit(EXIT_NOT_FOUND if isinstance(exc, NotFound) else EXIT_BAD_INPUT)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(1)

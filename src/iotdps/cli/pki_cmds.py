@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 from cryptography.hazmat.primitives import serialization
 
-from iotdps.cli.client import enroll_signing_group, prove_possession
+from iotdps.cli.client import enroll_signing_group, prove_possession, register_ca
 from iotdps.cli.custody_cmds import signing_issuer, token_key
 from iotdps.cli.pki_common import (
     ENV_DEVICE_PASSPHRASE,
@@ -33,7 +33,9 @@ from iotdps.cli.pki_common import (
     edge,
     open_ca_dir,
     pkcs11_option,
+    prompt_secret,
 )
+from iotdps.cli.seed import generated_ca_name, generated_registration_id, newest_intermediate, service_configured
 from iotdps.cli.target import run_client, target_options
 from iotdps.errors import AlreadyExists, InvalidInput
 from iotdps.fsutil import atomic_write
@@ -63,11 +65,7 @@ __all__ = ["default_ca_dir", "register"]
 
 
 def _secret(value: str | None, *, prompt: str, confirm: bool) -> Secret[str]:
-    if value is None:
-        value = click.prompt(prompt, hide_input=True, confirmation_prompt=confirm, err=True)
-    if not value:
-        raise InvalidInput("the passphrase is empty")
-    return Secret(value)
+    return prompt_secret(value, prompt=prompt, confirm=confirm)
 
 
 def _key_spec(ctx: click.Context, param: click.Parameter, value: str) -> KeySpec:
@@ -131,7 +129,14 @@ def _check_new_ca(cadir: CaDirectory, name: str, parent: str | None = None) -> N
 @_KEY_TYPE
 @_PASSPHRASE
 @pkcs11_option("keep the root's key in a PKCS#11 token: generated there (non-extractable) unless it exists")
+@click.option(
+    "--register/--no-register",
+    default=None,
+    help="upload the root to the provisioning service (default without --name: when one is configured: "
+    "--server, IOTDPS_CONNECTION_STRING or a local data dir)",
+)
 @ca_dir_option
+@target_options
 @edge
 def create_ca_root(
     name: str,
@@ -142,9 +147,19 @@ def create_ca_root(
     key_type: KeySpec,
     passphrase: str | None,
     pkcs11_uri: str | None,
+    register: bool | None,
     ca_dir: Path | None,
 ) -> None:
-    """Create a self-signed root CA and keep it in the CA directory."""
+    """Create a self-signed root CA and keep it in the CA directory.
+
+    Bare (no --name), when a provisioning service is configured, the root is also uploaded to
+    it (unverified: `iotdps proof-ca-root-possession` proves it)."""
+    if register is None:
+        # Bare (no --name), as the seed runs it: register when a service is configured. A
+        # named root keeps the old meaning (upload with `proof-ca-root-possession` or
+        # `ca upload`), so a root meant to stay unknown to the service stays unknown.
+        named = click.get_current_context().get_parameter_source("name") != click.core.ParameterSource.DEFAULT
+        register = not named and service_configured()
     cadir = open_ca_dir(ca_dir)
     _check_new_ca(cadir, name)
     if pkcs11_uri is not None:
@@ -158,11 +173,18 @@ def create_ca_root(
         rec = cadir.add(name, cert, key, secret)
     click.echo(f"root CA {name!r} created: {cadir.path / rec.cert_file}")
     click.echo(f"sha256 thumbprint {rec.sha256_thumbprint}")
+    if register:
+        pem = cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+        registered = run_client(lambda client: register_ca(client, name, pem))
+        click.echo(
+            f"registered with the provisioning service as {registered.name!r} (unverified): "
+            "next, `iotdps proof-ca-root-possession`"
+        )
 
 
 @click.command("create-ca-intermediate")
-@click.option("--name", required=True, help="name of the new CA (e.g. factory-a, line-1)")
-@click.option("--parent", required=True, help="the root or intermediate that signs it")
+@click.option("--name", default=None, help="name of the new CA (e.g. factory-a; default: intermediate-<6 hex>)")
+@click.option("--parent", default=None, help="the root or intermediate that signs it (default: the only root)")
 @_CN
 @_ORG
 @click.option(
@@ -188,9 +210,10 @@ def create_ca_root(
     help="passphrase of the parent's key (default: --passphrase, else prompted)",
 )
 @click.option(
-    "--enroll",
-    is_flag=True,
-    help="also create an enrollment group with this CA as its signing certificate (local data dir or --server)",
+    "--enroll/--no-enroll",
+    default=None,
+    help="also create an enrollment group with this CA as its signing certificate (default without "
+    "--name: when a service is configured: --server, IOTDPS_CONNECTION_STRING or a local data dir)",
 )
 @click.option("--group-id", default=None, help="id of the enrollment group (default: the CA name)")
 @click.option("--hub", "hubs", multiple=True, help="linked hub(s) the group's devices may be assigned to")
@@ -206,8 +229,8 @@ def create_ca_root(
 @target_options
 @edge
 def create_ca_intermediate(
-    name: str,
-    parent: str,
+    name: str | None,
+    parent: str | None,
     cn: str | None,
     org: str | None,
     days: int,
@@ -215,7 +238,7 @@ def create_ca_intermediate(
     key_type: KeySpec,
     passphrase: str | None,
     parent_passphrase: str | None,
-    enroll: bool,
+    enroll: bool | None,
     group_id: str | None,
     hubs: tuple[str, ...],
     pkcs11_uri: str | None,
@@ -228,12 +251,20 @@ def create_ca_intermediate(
     extensions and path length whatever the CSR asks, and the CA directory records only its
     certificate (give it to the factory with `iotdps ca-dir export`). With --enroll, also create
     its enrollment group on the provisioning service: on the local data dir, or through the
-    management API with --server."""
+    management API with --server. Bare, it names the CA intermediate-<6 hex>, signs it with the
+    only root and enrolls it when a service is configured."""
     from iotdps.pki.ca_csr import check_ca_csr
 
     if csr_file is not None and pkcs11_uri is not None:
         raise InvalidInput("--csr and --pkcs11-uri exclude each other: with --csr the factory holds the key")
     cadir = open_ca_dir(ca_dir)
+    parent = parent or cadir.default_root()
+    if enroll is None:
+        # Bare (no --name), as the seed runs it: enroll when a service is configured. A named
+        # CA keeps the old meaning (enroll only with --enroll), so scripts that create the
+        # group themselves afterwards still work.
+        enroll = name is None and service_configured()
+    name = name or generated_ca_name(cadir)
     _check_new_ca(cadir, name, parent)
     request = check_ca_csr(csr_file.read_bytes()) if csr_file is not None else None  # before any prompt
     issuer = signing_issuer(cadir, parent, parent_passphrase if parent_passphrase is not None else passphrase, None)
@@ -332,14 +363,20 @@ def create_device_cert(
     pkcs11_uri: str | None,
     ca_dir: Path | None,
 ) -> None:
-    """Create device certificates: key + certificate bundle (leaf + intermediates) per device."""
+    """Create device certificates: key + certificate bundle (leaf + intermediates) per device.
+
+    Bare, one device with a generated registration id (device-<8 hex>, printed) under the
+    newest intermediate."""
     modes = sum(x is not None for x in (count, csr_file)) + (registration_id is not None and csr_file is None)
     if count is not None and (registration_id is not None or csr_file is not None):
         raise InvalidInput("--count cannot be combined with --registration-id or --csr")
-    if modes == 0:
-        raise InvalidInput("say which device: --registration-id ID, --count N or --csr FILE")
     cadir = open_ca_dir(ca_dir)
-    name = _pick_signing_ca(cadir, ca_name)
+    if modes == 0:
+        # Bare, as the seed runs it: a new device under the newest intermediate.
+        registration_id = generated_registration_id()
+        name = ca_name or newest_intermediate(cadir)
+    else:
+        name = _pick_signing_ca(cadir, ca_name)
     cadir.get(name)
     ids: list[str] = []
     if count is not None:
@@ -376,7 +413,7 @@ def create_device_cert(
             issuer, registration_id, validity, key_spec=key_type, device_passphrase=dev_secret, clamp=True
         )
         cert_path, key_path = write_device_files(dev, out or Path("."))
-        click.echo(f"device {registration_id!r}: certificate bundle {cert_path}, key {key_path}")
+        click.echo(f"device {registration_id!r} (CA {name!r}): certificate bundle {cert_path}, key {key_path}")
         click.echo(f"sha1 thumbprint {dev.sha1_thumbprint}  sha256 thumbprint {dev.sha256_thumbprint}")
         return
 

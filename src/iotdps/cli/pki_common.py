@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -81,13 +82,36 @@ def open_ca_dir(path: Path | None) -> CaDirectory:
 IN_FILE = click.Path(dir_okay=False, exists=True, path_type=Path)
 
 
-def prompt_secret(value: str | None, *, prompt: str, confirm: bool) -> Secret[str]:
-    """A passphrase from its option or variable, else a hidden prompt; never empty."""
+def prompt_secret(
+    value: str | None, *, prompt: str, confirm: bool, how: str = f"--passphrase or {ENV_PASSPHRASE}"
+) -> Secret[str]:
+    """A passphrase from its option or variable, else a hidden prompt; never empty.
+
+    Without a terminal (a script, CI, a pipe that has run dry) the prompt cannot hide what is
+    typed and usually gets nothing: say how to pass the passphrase (`how`) instead of Python's
+    GetPassWarning and "aborted"."""
     if value is None:
-        value = click.prompt(prompt, hide_input=True, confirmation_prompt=confirm, err=True)
+        if sys.stdin is None or not sys.stdin.isatty():
+            value = _piped_secret(prompt, confirm, how)
+        else:
+            value = click.prompt(prompt, hide_input=True, confirmation_prompt=confirm, err=True)
     if not value:
         raise InvalidInput("the passphrase is empty")
     return Secret(value)
+
+
+def _piped_secret(prompt: str, confirm: bool, how: str) -> str:
+    """The passphrase from a pipe, one line (twice when confirming); nothing to read is an error
+    that says how to pass it. Nothing is echoed: there is no terminal to hide input on."""
+    lines = []
+    for _ in range(2 if confirm else 1):
+        line = sys.stdin.readline() if sys.stdin is not None else ""
+        if not line:
+            raise InvalidInput(f"{prompt}: no terminal to ask on; pass it with {how}")
+        lines.append(line.rstrip("\r\n"))
+    if confirm and lines[0] != lines[1]:
+        raise InvalidInput(f"{prompt}: the two entries differ")
+    return lines[0]
 
 
 PKCS11_HELP = "(RFC 7512 URI, e.g. pkcs11:token=ca;object=NAME; module and PIN from IOTDPS_PKCS11_* only)"

@@ -7,7 +7,7 @@ cannot do TPM or CSR flows, and it is too heavy for load generation.
 
 from __future__ import annotations
 
-from iotdps.device.agent import DeviceAgent, DeviceSettings, load_state, save_state
+from iotdps.device.agent import DeviceAgent, DeviceSettings, HubUnreachable, load_state, save_state
 from iotdps.device.credentials import (
     Credential,
     SymmetricKey,
@@ -29,6 +29,7 @@ __all__ = [
     "DeviceAgent",
     "DeviceSettings",
     "HubClient",
+    "HubUnreachable",
     "MqttClient",
     "ProvisioningFailed",
     "SymmetricKey",

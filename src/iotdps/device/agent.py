@@ -28,8 +28,19 @@ from iotdps.device.issued import IssuedFiles, due_for_renewal, new_key_and_csr
 from iotdps.device.mqtt import ConnectRefused
 from iotdps.device.provision import Assignment, provision
 from iotdps.device.provision_https import provision_tpm
+from iotdps.errors import IotdpsError
 
-__all__ = ["DeviceAgent", "DeviceSettings", "load_state", "save_state"]
+__all__ = ["DeviceAgent", "DeviceSettings", "HubUnreachable", "load_state", "save_state"]
+
+
+class HubUnreachable(IotdpsError):
+    """The assigned hub could not be reached (no answer, connection refused, TLS failed):
+    not a refusal of the device, which is ConnectRefused with the hub's CONNACK code."""
+
+    def __init__(self, hub: str, attempts: int, cause: BaseException) -> None:
+        super().__init__(f"hub {hub} is unreachable after {attempts} attempts ({type(cause).__name__}: {cause})")
+        self.hub = hub
+        self.cause = cause
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +100,8 @@ class DeviceAgent:
         self.provisioned = 0  # how many times this agent contacted the provisioning service
         self.assignment: Assignment | None = None
         self.client: HubClient | None = None
+        # Why the last hub connection failed: the hub's refusal, or what kept it from answering.
+        self._hub_failure: ConnectRefused | BaseException | None = None
 
     def _hub_client(self, assignment: Assignment) -> HubClient:
         s = self.settings
@@ -176,9 +189,11 @@ class DeviceAgent:
                 return client
             except ConnectRefused as exc:
                 log.info("hub %s refused %s (CONNACK %d)", assignment.assigned_hub, assignment.device_id, exc.code)
+                self._hub_failure = exc
                 await client.close()
                 return None
             except (OSError, TimeoutError) as exc:
+                self._hub_failure = exc
                 log.info(
                     "hub %s unreachable (%s), attempt %d", assignment.assigned_hub, type(exc).__name__, attempt + 1
                 )
@@ -198,7 +213,11 @@ class DeviceAgent:
         assignment = await self._provision()
         client = await self._try_hub(assignment)
         if client is None:
-            raise ConnectRefused(5)
+            failure = self._hub_failure
+            if isinstance(failure, ConnectRefused):
+                raise failure
+            assert failure is not None
+            raise HubUnreachable(assignment.assigned_hub, self.settings.hub_attempts, failure)
         self.assignment, self.client = assignment, client
         return client
 

@@ -7,7 +7,8 @@ or secondary key. The signature covers `sr` exactly as sent (iotdps.sas.parse_sa
 A token valid further ahead than the maximum lifetime is refused, as at DPS (iotdps.sas).
 
 X.509 devices that DPS provisioned are `selfSigned`: the leaf's SHA-256 or SHA-1 thumbprint must
-be registered, and the leaf's CN must be the device id. The chain need not reach one of our
+be registered. The thumbprint is the identity, as on Azure, so the CN need not be the device id
+(an enrollment's deviceId override gives the device another id than its CN). The chain need not reach one of our
 anchors, as on the real hub; an expired or not-yet-valid leaf is still refused, and so is a leaf
 that breaks the chain policy's rules for device certificates (a CA, a weak key, no clientAuth...:
 `iotdps.pki.chain_policy`). `certificateAuthority` devices need a chain that verified against
@@ -62,8 +63,6 @@ def _check_x509(device: DeviceIdentity, peer: PeerIdentity | None) -> str | None
     leaf = peer.leaf if peer is not None else None
     if peer is None or leaf is None:
         return "the device presented neither a SAS token nor a client certificate"
-    if certs.common_name(leaf) != device.device_id:
-        return f"the certificate's CN {certs.common_name(leaf)!r} is not the device id"
     if any(e.depth == 0 and e.code in _LEAF_TIME_ERRORS and not e.policy for e in peer.verify_errors):
         return "the device certificate is expired or not yet valid"
     broken = next((e for e in peer.verify_errors if e.depth == 0 and e.policy), None)
@@ -76,6 +75,9 @@ def _check_x509(device: DeviceIdentity, peer: PeerIdentity | None) -> str | None
             return None
         return "the certificate's thumbprint is not registered for this device"
     if auth.type == "certificateAuthority":
+        # No thumbprint names the device here: only the CN ties the chain to this identity.
+        if certs.common_name(leaf) != device.device_id:
+            return f"the certificate's CN {certs.common_name(leaf)!r} is not the device id"
         return None if peer.ok else f"the certificate chain did not verify: {peer.explain()}"
     return f"device {device.device_id} does not authenticate with a certificate"
 

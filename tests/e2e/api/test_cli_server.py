@@ -43,9 +43,9 @@ def _env(server: ManagementServer, tmp_path: Path) -> dict[str, str]:
     }
 
 
-def _ok(runner: CliRunner, args: list[str], env: dict[str, str]) -> str:
+def _ok(runner: CliRunner, args: list[str], env: dict[str, str], code: int = 0) -> str:
     result = runner.invoke(cli, args, env=env, catch_exceptions=False)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == code, result.output
     return result.output
 
 
@@ -150,15 +150,21 @@ def test_admin_commands_with_server(server: ManagementServer, tmp_path: Path) ->
     again = json.loads(_ok(runner, ["enrollment", "show", "cli-sym-1", "--show-keys"], env))
     assert again["provisioningStatus"] == "disabled" and again["attestation"]["symmetricKey"] == keys
     assert "cli-sym-1" in _ok(runner, ["enrollment", "list"], env)
-    explained = _ok(runner, ["explain", "--registration-id", "cli-sym-1", "--symmetric-key", keys["primaryKey"]], env)
+    explained = _ok(  # disabled: explain refuses, exit 1
+        runner, ["explain", "--registration-id", "cli-sym-1", "--symmetric-key", keys["primaryKey"]], env, code=1
+    )
     assert "cli-sym-1" in explained and "disabled" in explained
     _ok(runner, ["enrollment", "delete", "cli-sym-1"], env)
     # A TPM enrollment and the explain of its EK, over the management API.
     tpm = SoftTpm(0)
     _ok(runner, ["enrollment", "create", "cli-tpm-1", "--endorsement-key", tpm.ek_b64], env)
-    explained = _ok(runner, ["explain", "--registration-id", "cli-tpm-1", "--endorsement-key", tpm.ek_b64], env)
+    explained = _ok(  # the EK matches, but no storage root key is known: refused, exit 1
+        runner, ["explain", "--registration-id", "cli-tpm-1", "--endorsement-key", tpm.ek_b64], env, code=1
+    )
     assert "endorsement key matches" in explained
-    wrong = _ok(runner, ["explain", "--registration-id", "cli-tpm-1", "--endorsement-key", SoftTpm(1).ek_b64], env)
+    wrong = _ok(
+        runner, ["explain", "--registration-id", "cli-tpm-1", "--endorsement-key", SoftTpm(1).ek_b64], env, code=1
+    )
     assert "TPM_EK_MISMATCH" in wrong
     _ok(runner, ["enrollment", "delete", "cli-tpm-1"], env)
     _ok(runner, ["hub", "remove", "hub-2.example.net"], env)
@@ -176,7 +182,7 @@ def test_errors_are_one_line_and_exit_2(server: ManagementServer, tmp_path: Path
         timeout=60,
         check=False,
     )
-    assert missing.returncode == 2 and missing.stderr.strip() == "error: enrollment no-such-device not found"
+    assert missing.returncode == 3 and missing.stderr.strip() == "error: enrollment no-such-device not found"
     bad_key = {**env, "IOTDPS_CONNECTION_STRING": server.connection_string().rsplit("=", 2)[0] + "=AAAA"}
     refused = subprocess.run(
         [sys.executable, "-m", "iotdps", "enrollment", "list"],

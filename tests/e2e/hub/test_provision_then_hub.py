@@ -351,3 +351,61 @@ async def test_devices_refused_by_old_anchors_share_one_trust_reload(
     answers = await asyncio.gather(*(server.reload_trust(on_demand=True, since=handshakes_failed) for _ in range(10)))
     assert reads == 1
     assert all(root.cert in anchors for anchors in answers)
+
+
+# -- issue 17: an X.509 individual enrollment with a deviceId override ------------------------
+
+
+async def test_x509_enrollment_with_device_id_override_connects_to_its_hub(stack: Stack, tmp_path: Path) -> None:
+    """Azure registers a DPS-provisioned X.509 device on the hub by thumbprint (selfSigned), so
+    a device whose enrollment names another device id connects although its CN is the
+    registration id."""
+    from iotdps_testing.devcerts import self_signed_device
+
+    dev = self_signed_device(tmp_path, "override-reg")
+    slot = CertificateSlot(dev.cert.public_bytes(serialization.Encoding.PEM).decode())
+    att = Attestation("x509", x509=X509Attestation(client_certificates=(slot, None)))
+    assert stack.server.store is not None
+    await put_enrollment(stack.server.store, IndividualEnrollment("override-reg", att, device_id="renamed-device"))
+    await stack.server.reload_trust()
+
+    def provision() -> Any:
+        from azure.iot.device import X509
+
+        client = ProvisioningDeviceClient.create_from_x509_certificate(
+            provisioning_host=stack.dps,
+            registration_id="override-reg",
+            id_scope=stack.scope,
+            x509=X509(str(dev.cert_file), str(dev.key_file)),
+            server_verification_cert=stack.ca_pem,
+        )
+        return client.register()
+
+    result = await asyncio.to_thread(provision)
+    assert result.status == "assigned"
+    hub, device_id = result.registration_state.assigned_hub, result.registration_state.device_id
+    assert device_id == "renamed-device"
+
+    from azure.iot.device import X509
+
+    client = IoTHubDeviceClient.create_from_x509_certificate(
+        x509=X509(str(dev.cert_file), str(dev.key_file)),
+        hostname=hub,
+        device_id=device_id,
+        server_verification_cert=stack.ca_pem,
+    )
+    try:
+        await asyncio.to_thread(client.connect)
+        await asyncio.to_thread(client.send_message, "renamed and connected")
+    finally:
+        await asyncio.to_thread(client.shutdown)
+    async with stack.store.begin() as uow:
+        assert [m.body for m in await uow.telemetry.list(hub, device_id)] == [b"renamed and connected"]
+
+    # The thumbprint is what identifies it: another certificate with the same CN is refused.
+    (tmp_path / "other").mkdir()
+    other = self_signed_device(tmp_path / "other", "override-reg")
+    direct = HubClient(hub, device_id, X509Files(other.cert_file, other.key_file), ca_pem=stack.ca_pem)
+    with pytest.raises(ConnectRefused) as refused:
+        await direct.connect()
+    assert refused.value.code == 5

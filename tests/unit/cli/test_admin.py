@@ -23,9 +23,9 @@ SRC = str(Path(__file__).resolve().parents[3] / "src")
 def run(tmp_path: Path):  # type: ignore[no-untyped-def]
     runner = CliRunner()
 
-    def invoke(*args: str) -> str:
+    def invoke(*args: str, code: int = 0) -> str:
         result = runner.invoke(cli, list(args), env={"IOTDPS_DATA_DIR": str(tmp_path / "data")}, catch_exceptions=False)
-        assert result.exit_code == 0, result.output
+        assert result.exit_code == code, result.output
         return result.output
 
     return invoke
@@ -59,7 +59,7 @@ def test_admin_flow(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def
     listing = run("group", "list")
     assert "factory-b" in listing and "disabled" in listing
 
-    out4 = run("explain", "--cert", _write(tmp_path / "dev4.pem", dev4.pem + b.pem))
+    out4 = run("explain", "--cert", _write(tmp_path / "dev4.pem", dev4.pem + b.pem), code=1)  # refused: exit 1
     assert "factory-b, disabled -> refuse" in out4 and "GROUP_DISABLED" in out4
     out1 = run("explain", "--cert", _write(tmp_path / "dev1.pem", dev1.pem + a.pem))
     assert "all, enabled -> admit" in out1 and "hub: hub-a.local" in out1
@@ -72,7 +72,7 @@ def test_admin_flow(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def
     key = json.loads(run("enrollment", "show", "sk-1", "--show-keys"))["attestation"]["symmetricKey"]["primaryKey"]
     assert "decision: admit" in run("explain", "--registration-id", "sk-1", "--symmetric-key", key)
     run("enrollment", "disable", "sk-1")
-    assert "ENROLLMENT_DISABLED" in run("explain", "--registration-id", "sk-1", "--symmetric-key", key)
+    assert "ENROLLMENT_DISABLED" in run("explain", "--registration-id", "sk-1", "--symmetric-key", key, code=1)
     run("enrollment", "enable", "sk-1")
     run("enrollment", "update", "sk-1", "--reprovision-policy", "never")
     assert json.loads(run("enrollment", "show", "sk-1"))["reprovisionPolicy"]["updateHubAssignment"] is False
@@ -110,7 +110,7 @@ def test_admin_flow(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def
     run("ca", "delete", "root")
 
 
-def test_errors_are_one_line_exit_2(tmp_path: Path) -> None:
+def test_errors_are_one_line_exit_3_not_found_2_bad_input(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": SRC, "IOTDPS_DATA_DIR": str(tmp_path / "d")}
     result = subprocess.run(
         [sys.executable, "-m", "iotdps", "enrollment", "show", "nope"],
@@ -119,7 +119,7 @@ def test_errors_are_one_line_exit_2(tmp_path: Path) -> None:
         env=env,
         timeout=60,
     )
-    assert result.returncode == 2
+    assert result.returncode == 3
     assert result.stderr.strip() == "error: enrollment nope not found"
     result = subprocess.run(
         [sys.executable, "-m", "iotdps", "group", "create", "g", "--symmetric-key", "--ca-ref", "x"],

@@ -17,11 +17,11 @@ from iotdps_testing.soft_tpm import EK_ATTRS, EK_POLICY, SoftTpm, rsa_tpm2b_publ
 SRC = str(Path(__file__).resolve().parents[3] / "src")
 
 
-def _run(tmp_path: Path, *args: str) -> str:
+def _run(tmp_path: Path, *args: str, code: int = 0) -> str:
     result = CliRunner().invoke(
         cli, list(args), env={"IOTDPS_DATA_DIR": str(tmp_path / "data")}, catch_exceptions=False
     )
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == code, result.output
     return result.output
 
 
@@ -38,7 +38,7 @@ def test_tpm_enrollment_from_base64_and_from_a_binary_file(tmp_path: Path) -> No
 
     matched = _run(tmp_path, "explain", "--registration-id", "tpm-1", "--endorsement-key", tpm.ek_b64)
     assert "endorsement key matches" in matched and "gets the challenge" in matched
-    wrong = _run(tmp_path, "explain", "--registration-id", "tpm-1", "--endorsement-key", str(ek_file))
+    wrong = _run(tmp_path, "explain", "--registration-id", "tpm-1", "--endorsement-key", str(ek_file), code=1)
     assert "TPM_EK_MISMATCH" in wrong and "another TPM's" in wrong
 
 

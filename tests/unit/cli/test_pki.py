@@ -20,7 +20,8 @@ def run(
     input_text: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IOTDPS_")}
-    env.update(PYTHONPATH=str(SRC), IOTDPS_CA_DIR=str(ca_dir))
+    # A data dir with no database: no service is configured, so nothing is registered.
+    env.update(PYTHONPATH=str(SRC), IOTDPS_CA_DIR=str(ca_dir), IOTDPS_DATA_DIR=str(cwd / "no-service"))
     if passphrase is not None:
         env["IOTDPS_CA_PASSPHRASE"] = passphrase
     return subprocess.run(
@@ -46,8 +47,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return ca, cwd
 
 
-def _one_line_error(r: subprocess.CompletedProcess[str], text: str) -> None:
-    assert r.returncode == 2, (r.stdout, r.stderr)
+def _one_line_error(r: subprocess.CompletedProcess[str], text: str, code: int = 2) -> None:
+    assert r.returncode == code, (r.stdout, r.stderr)
     assert "Traceback" not in r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and text in lines[0], r.stderr
@@ -118,7 +119,8 @@ def test_bad_input_is_one_line_exit_2(
 ) -> None:
     ca, cwd = workspace
     (cwd / "garbage.csr").write_text("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n")
-    _one_line_error(run(args, ca, cwd, passphrase=passphrase), message)
+    # Exit 3 when a named thing does not exist, 2 for every other bad input.
+    _one_line_error(run(args, ca, cwd, passphrase=passphrase), message, 3 if "no CA named" in message else 2)
 
 
 def test_passphrase_prompt_is_confirmed_and_never_echoed(tmp_path: Path) -> None:
@@ -135,6 +137,17 @@ def test_passphrase_prompt_is_confirmed_and_never_echoed(tmp_path: Path) -> None
         ["create-ca-root", "--name", "mismatch"], tmp_path / "ca", tmp_path, passphrase=None, input_text="one\ntwo\n"
     )
     assert r.returncode != 0 and not (tmp_path / "ca" / "mismatch.key.pem").exists()
+
+
+def test_passphrase_prompt_without_a_terminal_says_how_to_pass_it(tmp_path: Path) -> None:
+    # Issue 17: stdin is not a terminal and has nothing (a script, CI): not GetPassWarning + "aborted".
+    r = run(["create-ca-root", "--name", "scripted"], tmp_path / "ca", tmp_path, passphrase=None, input_text="")
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert r.stderr.strip() == (
+        "error: New passphrase for CA 'scripted': no terminal to ask on; "
+        "pass it with --passphrase or IOTDPS_CA_PASSPHRASE"
+    )
+    assert not (tmp_path / "ca" / "scripted.key.pem").exists()
 
 
 @pytest.mark.parametrize("name", ["b.zip", "b.tar.gz"])

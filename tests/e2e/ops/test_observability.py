@@ -170,7 +170,9 @@ def test_metrics_token_file_is_private_and_named_at_start(server: RunningServer)
 
 
 def test_metrics_without_auth_when_the_operator_says_so(tmp_path: Path) -> None:
-    running = start_server(tmp_path, env={"IOTDPS_METRICS_PORT": "9465", "IOTDPS_METRICS_REQUIRE_AUTH": "false"})
+    running = start_server(
+        tmp_path, extra_args=["--metrics-port", "9465"], env={"IOTDPS_METRICS_REQUIRE_AUTH": "false"}
+    )
     try:
         for port in (9465, 8443):
             answer = requests.get(

@@ -22,6 +22,11 @@ Example file:
     bind = "127.0.0.1"
     port = 8443
 
+    [metrics]
+    port = 9464                         # /metrics on a port of its own too (default 0: only on 8443)
+    bind = "127.0.0.1"                  # default: the management address
+    require_auth = true                 # a bearer token from token_file (default data_dir/metrics-token)
+
     [tls]
     extra_names = ["iotdps.example.local", "10.0.0.5"]
     # cert_file = "/etc/iotdps/server.pem"   # your own chain (leaf first) and key instead of
@@ -67,6 +72,7 @@ __all__ = [
     "HubConfig",
     "LimitsConfig",
     "ManagementConfig",
+    "MetricsConfig",
     "TelemetryConfig",
     "TlsConfig",
     "is_ip_address",
@@ -100,6 +106,21 @@ class DpsConfig:
 class ManagementConfig:
     bind: str = "127.0.0.1"
     port: int = 8443
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """Where /metrics is served besides the management port, and who may read it.
+
+    The exposition names the hubs and the listeners' addresses, so by default a scraper must
+    send `Authorization: Bearer <token>`, the token being the contents of `token_file` (made,
+    0600, on first start: Prometheus reads it with `credentials_file`). `require_auth = false`
+    serves it to anyone who can reach the port, as before this setting existed."""
+
+    bind: str = ""  # "" = the management address
+    port: int = 0  # 0 = no port of its own: /metrics only on the management port
+    require_auth: bool = True
+    token_file: str = ""  # "" = metrics-token in the data directory
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +229,7 @@ class Config:
     dsn: str | None = None
     dps: DpsConfig = field(default_factory=DpsConfig)
     management: ManagementConfig = field(default_factory=ManagementConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     hubs: tuple[HubConfig, ...] = ()
@@ -238,6 +260,16 @@ class Config:
         return tuple(dict.fromkeys(names))
 
     @property
+    def metrics_bind(self) -> str:
+        return self.metrics.bind or self.management.bind
+
+    @property
+    def metrics_token_file(self) -> Path:
+        if self.metrics.token_file:
+            return Path(self.metrics.token_file).expanduser()
+        return self.data_dir / "metrics-token"
+
+    @property
     def management_host(self) -> str:
         """The host clients of the management API dial (for connection strings)."""
         if is_unspecified(self.management.bind):
@@ -257,6 +289,10 @@ _ENV_KEYS: Mapping[str, tuple[str, str]] = {
     "HTTPS_PORT": ("dps", "https_port"),
     "MANAGEMENT_BIND": ("management", "bind"),
     "MANAGEMENT_PORT": ("management", "port"),
+    "METRICS_BIND": ("metrics", "bind"),
+    "METRICS_PORT": ("metrics", "port"),
+    "METRICS_REQUIRE_AUTH": ("metrics", "require_auth"),
+    "METRICS_TOKEN_FILE": ("metrics", "token_file"),
     "TLS_EXTRA_NAMES": ("tls", "extra_names"),
     "TLS_CERT_FILE": ("tls", "cert_file"),
     "TLS_KEY_FILE": ("tls", "key_file"),
@@ -332,6 +368,7 @@ def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
         "dsn",
         "dps",
         "management",
+        "metrics",
         "tls",
         "limits",
         "hubs",
@@ -358,6 +395,7 @@ def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
 
     dps = _section(raw, "dps", DpsConfig(), problems)
     management = _section(raw, "management", ManagementConfig(), problems)
+    metrics = _section(raw, "metrics", MetricsConfig(), problems)
     tls = _section(raw, "tls", TlsConfig(), problems)
     limits = _section(raw, "limits", LimitsConfig(), problems)
     auth = _section(raw, "auth", AuthConfig(), problems)
@@ -404,6 +442,7 @@ def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
                 problems.add(f"hubs[{index}].{pname} must be 1..65535, not {port}")
     if (management.bind, management.port) in {(dps.bind, dps.mqtt_port), (dps.bind, dps.https_port)}:
         problems.add("management.port collides with a DPS port on the same address")
+    _check_metrics(metrics, management, dps, hubs, problems)
     if limits.registrations_per_second < 0:
         problems.add("limits.registrations_per_second must be >= 0")
     if limits.max_packet_size < 1024:
@@ -442,6 +481,7 @@ def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
         dsn=dsn if isinstance(dsn, str) else None,
         dps=dps,
         management=management,
+        metrics=metrics,
         tls=tls,
         limits=limits,
         hubs=tuple(hubs),
@@ -493,6 +533,35 @@ def _check_cluster(cluster: ClusterConfig, telemetry: TelemetryConfig, dsn: str 
         problems.add("telemetry.retention_seconds and retention_count must be >= 0 (0: keep forever)")
     if not 1 <= telemetry.prune_interval_seconds <= 86400:
         problems.add("telemetry.prune_interval_seconds must be 1..86400")
+
+
+def _check_metrics(
+    metrics: MetricsConfig, management: ManagementConfig, dps: DpsConfig, hubs: list[HubConfig], problems: _Problems
+) -> None:
+    if metrics.port == 0:
+        if metrics.bind:
+            problems.add("metrics.bind needs metrics.port (0 serves /metrics on the management port only)")
+        return
+    if not 1 <= metrics.port <= 65535:
+        problems.add(f"metrics.port must be 0 (none) or 1..65535, not {metrics.port}")
+        return
+    bind = metrics.bind or management.bind
+    if not is_ip_address(bind):
+        problems.add(f"metrics.bind must be an IP address, not {bind!r}")
+        return
+    taken = {
+        (management.bind, management.port): "management.port",
+        (dps.bind, dps.mqtt_port): "dps.mqtt_port",
+        (dps.bind, dps.https_port): "dps.https_port",
+    }
+    for index, hub in enumerate(hubs):
+        taken.setdefault((hub.bind, hub.mqtt_port), f"hubs[{index}].mqtt_port")
+        taken.setdefault((hub.bind, hub.websocket_port), f"hubs[{index}].websocket_port")
+    for (address, port), name in taken.items():
+        # An all-interfaces listener takes the port on every address.
+        if port == metrics.port and (address == bind or is_unspecified(address) or is_unspecified(bind)):
+            problems.add(f"metrics.port collides with {name} on the same address")
+            return
 
 
 _T = TypeVar("_T")

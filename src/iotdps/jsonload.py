@@ -19,6 +19,7 @@ Cost: a document with at most 32 `{` and `[` in its text cannot nest deeper than
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from iotdps.errors import InvalidInput
@@ -35,6 +36,15 @@ class InvalidJson(InvalidInput):
 def _no_constant(name: str) -> Any:
     # NaN and Infinity are Python's extensions, not JSON; stored, they would not load elsewhere.
     raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    # 1e999 parses to infinity, which JSON cannot hold either: stored documents are encoded by
+    # iotdps.jsondump, which would write it as null. Refused here, where the sender learns why.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is beyond the range of a number")
+    return value
 
 
 def _too_deep(value: Any, limit: int) -> bool:
@@ -64,7 +74,7 @@ def load_json(
         except UnicodeDecodeError:
             raise InvalidJson(f"{what} is not UTF-8") from None
     try:
-        value = json.loads(text, parse_constant=_no_constant)
+        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
     except RecursionError:
         raise InvalidJson(f"{what} is JSON nested deeper than {max_depth} levels") from None
     except json.JSONDecodeError as exc:

@@ -34,6 +34,10 @@ STEPS = [
     "python3 -m venv .venv-oldest",
     ".venv-oldest/bin/pip install -c .ci/oldest.txt -e .[test]",
     ".venv-oldest/bin/python -m pytest tests/unit/server tests/unit/pki tests/e2e/dps tests/unit/test_packaging.py",
+    "python3.13 -m venv .venv-newest",
+    ".venv-newest/bin/pip install -e .[test]",
+    ".venv-newest/bin/python -m pytest tests/unit/server tests/unit/pki tests/e2e/dps tests/unit/test_packaging.py"
+    " tests/unit/test_jsondump.py",
 ]
 
 
@@ -76,6 +80,7 @@ def run_ci(
     (repo / "tests" / "e2e" / "node").mkdir(parents=True)
     (repo / ".venv" / "bin").mkdir(parents=True)
     (repo / ".venv-oldest" / "bin").mkdir(parents=True)
+    (repo / ".venv-newest" / "bin").mkdir(parents=True)
     bin_dir.mkdir()
     lines = CI_RUN.read_text().splitlines()
     needed = [line.split()[1] for line in lines if line.startswith("need ")]  # present, unless `missing`
@@ -85,10 +90,12 @@ def run_ci(
     (repo / ".ci" / "run").write_text("\n".join(lines) + "\n")
     for name in ("pip", "python", "ruff", "mypy", "lint-imports"):
         _stub(repo / ".venv" / "bin" / name, f".venv/bin/{name}", SKIPS_FORBIDDEN if name == "python" else "")
-    for name in ("pip", "python"):  # the second venv, on the oldest pinned releases
-        check = SKIPS_FORBIDDEN if name == "python" else ""
-        _stub(repo / ".venv-oldest" / "bin" / name, f".venv-oldest/bin/{name}", check)
-    for name in ("python3", "npm", "pg_isready", "apt-get", *needed):
+    for venv in (".venv-oldest", ".venv-newest"):  # the oldest pinned releases; the newest Python
+        for name in ("pip", "python"):
+            check = SKIPS_FORBIDDEN if name == "python" else ""
+            _stub(repo / venv / "bin" / name, f"{venv}/bin/{name}", check)
+    # No pyenv on this PATH: the script takes python3.13 from PATH.
+    for name in ("python3", "python3.13", "npm", "pg_isready", "apt-get", *needed):
         if name not in missing:
             _stub(bin_dir / name, name)
     (bin_dir / "sudo").write_text('#!/bin/sh\nexec "$@"\n')
@@ -132,6 +139,10 @@ def test_every_step_passing_runs_them_all_in_order(tmp_path: Path) -> None:
         ((".venv/bin/ruff",), (), 5, None),
         ((".venv/bin/lint-imports",), (), 7, None),  # the import contract is broken
         ((".venv-oldest/bin/python",), (), 10, None),  # the oldest releases failed
+        (("python3.13",), (), 11, None),  # no venv on the newest Python
+        ((".venv-newest/bin/pip",), (), 12, None),  # a dependency does not install on it
+        ((".venv-newest/bin/python",), (), 13, None),  # the tests failed on it
+        ((), ("python3.13",), 10, None),  # no Python 3.13 at all: a failure, not a skip
     ],
 )
 def test_a_failing_step_fails_ci_and_stops_it(

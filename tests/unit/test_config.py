@@ -181,3 +181,41 @@ def test_impossible_limits_are_config_errors(tmp_path: Path, setting: str, value
     with pytest.raises(ConfigError) as info:
         load_config(file, environ={})
     assert words in info.value.problems
+
+
+def test_metrics_defaults_ask_for_a_token_on_the_management_port(tmp_path: Path) -> None:
+    config = load_config(environ={"IOTDPS_DATA_DIR": str(tmp_path)})
+    assert (config.metrics.port, config.metrics.require_auth) == (0, True)
+    assert config.metrics_token_file == tmp_path / "metrics-token"
+    assert config.metrics_bind == config.management.bind
+
+
+def test_metrics_from_file_environment_and_flags(tmp_path: Path) -> None:
+    file = tmp_path / "c.toml"
+    file.write_text('[metrics]\nport = 9464\nbind = "127.0.0.7"\nrequire_auth = false\ntoken_file = "~/m.tok"\n')
+    config = load_config(file, environ={"IOTDPS_DATA_DIR": str(tmp_path)})
+    assert (config.metrics.port, config.metrics_bind, config.metrics.require_auth) == (9464, "127.0.0.7", False)
+    assert config.metrics_token_file == Path("~/m.tok").expanduser()
+    env = {"IOTDPS_DATA_DIR": str(tmp_path), "IOTDPS_METRICS_PORT": "9500", "IOTDPS_METRICS_REQUIRE_AUTH": "yes"}
+    config = load_config(file, environ=env, overrides={"metrics.bind": "127.0.0.8"})
+    assert (config.metrics.port, config.metrics_bind, config.metrics.require_auth) == (9500, "127.0.0.8", True)
+
+
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        ({"IOTDPS_METRICS_PORT": "8443"}, "metrics.port collides with management.port on the same address"),
+        ({"IOTDPS_METRICS_PORT": "8883"}, "metrics.port collides with dps.mqtt_port on the same address"),
+        ({"IOTDPS_METRICS_PORT": "443", "IOTDPS_METRICS_BIND": "0.0.0.0"}, "metrics.port collides with dps.https_port"),
+        ({"IOTDPS_METRICS_PORT": "70000"}, "metrics.port must be 0 (none) or 1..65535, not 70000"),
+        ({"IOTDPS_METRICS_PORT": "-1"}, "metrics.port must be 0 (none) or 1..65535, not -1"),
+        ({"IOTDPS_METRICS_PORT": "9464", "IOTDPS_METRICS_BIND": "metrics.local"}, "metrics.bind must be an IP address"),
+        ({"IOTDPS_METRICS_BIND": "127.0.0.1"}, "metrics.bind needs metrics.port"),
+        ({"IOTDPS_METRICS_REQUIRE_AUTH": "maybe"}, "metrics.require_auth must be true or false, not 'maybe'"),
+        ({"IOTDPS_METRICS_PORT": "lots"}, "metrics.port must be an integer, not 'lots'"),
+    ],
+)
+def test_bad_metrics_settings_say_which(tmp_path: Path, env: dict[str, str], problem: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(environ={"IOTDPS_DATA_DIR": str(tmp_path), **env})
+    assert any(problem in p for p in info.value.problems), info.value.problems

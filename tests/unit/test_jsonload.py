@@ -52,6 +52,9 @@ def test_mixed_nesting_counts_both_kinds() -> None:
     [
         (b'{"a": NaN}', "NaN is not JSON"),
         (b"[Infinity]", "Infinity is not JSON"),
+        # Overflows to infinity, which iotdps.jsondump would store as null.
+        (b'{"t": 1e999}', "1e999 is beyond the range of a number"),
+        (b"[-2.5E+400]", "-2.5E+400 is beyond the range of a number"),
         (b'{"a": ', "is not valid JSON: Expecting value at line 1 column 7"),
         (b"\xff\xfe{}", "the body is not UTF-8"),
     ],
@@ -68,3 +71,13 @@ def test_text_bytes_and_a_bom() -> None:
     assert load_json(b'\xef\xbb\xbf{"a": 1}') == {"a": 1}
     assert load_json(bytearray(b"7")) == 7
     assert load_json(memoryview(b'"x"')) == "x"
+
+
+def test_big_and_small_numbers_stay_exact() -> None:
+    # Parsing stays with the standard library (iotdps.jsondump says why): big integers exact.
+    assert load_json(b"[123456789012345678901234567890, 1e308, 5e-324, -0.0]") == [
+        123456789012345678901234567890,
+        1e308,
+        5e-324,
+        -0.0,
+    ]

@@ -126,7 +126,11 @@ def test_project_metadata() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
     assert "Apache License" in (ROOT / "LICENSE").read_text()[:200]
-    assert any(c.startswith("Programming Language :: Python :: 3.11") for c in project["classifiers"])
+    # Each Python version named is one CI runs on: 3.11 (the suite), 3.13 (.ci/run's newest_python).
+    named = [c for c in project["classifiers"] if c.startswith("Programming Language :: Python :: 3.")]
+    versions = {c.rsplit(" ", 1)[1] for c in named}
+    assert versions == {"3.11", "3.13"}
+    assert "newest=$(newest_python 3.13)" in (ROOT / ".ci" / "run").read_text()
     assert not any(d.startswith("asyncpg") for d in project["dependencies"])
     assert project["optional-dependencies"]["postgres"] == ["asyncpg>=0.29"]
 

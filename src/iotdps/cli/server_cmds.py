@@ -126,6 +126,12 @@ async def _run(config: Config) -> None:
 @click.option("--bind", help="Address of the DPS listeners [env IOTDPS_DPS_BIND].")
 @click.option("--nats", "nats_url", help="NATS URL for hub operations across nodes [env IOTDPS_NATS_URL].")
 @click.option("--node-id", help="This node's name in a cluster [env IOTDPS_NODE_ID]; default: random per start.")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    help="Serve /metrics on this port too; 0: only on the management port [env IOTDPS_METRICS_PORT].",
+)
+@click.option("--metrics-bind", help="Address of the metrics port; default: management's [env IOTDPS_METRICS_BIND].")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option(
     "--log-format",
@@ -142,6 +148,8 @@ def up_cmd(
     bind: str | None,
     nats_url: str | None,
     node_id: str | None,
+    metrics_port: int | None,
+    metrics_bind: str | None,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -154,6 +162,8 @@ def up_cmd(
         "dps.bind": bind,
         "cluster.nats_url": nats_url,
         "cluster.node_id": node_id,
+        "metrics.port": metrics_port,
+        "metrics.bind": metrics_bind,
     }
     config = load_config(config_path, overrides=overrides)
     asyncio.run(_run(config))

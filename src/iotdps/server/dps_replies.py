@@ -7,12 +7,12 @@ log and to our log at info level, never to the device (see dps_runner).
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from iotdps.evidence import Credential, PeerIdentity, SasCredential, X509Evidence
+from iotdps.jsondump import dumps
 from iotdps.provisioning.registration import RegistrationOutcome
 from iotdps.secret import Secret
 from iotdps.timestamps import format_time, utcnow
@@ -37,7 +37,7 @@ class DeviceReply:
     retry_after: int | None = None
 
     def json_bytes(self) -> bytes:
-        return json.dumps(self.body, separators=(",", ":")).encode()
+        return dumps(self.body)
 
 
 def error_body(error_code: int, message: str) -> dict[str, Any]:

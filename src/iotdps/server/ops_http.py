@@ -1,10 +1,10 @@
-"""Operator probes on the management port: /healthz, /readyz and /metrics, without credentials.
+"""Operator probes on the management port: /healthz and /readyz, without credentials.
+(/metrics beside them is server/metrics_http.py's, and asks for a token by default.)
 
 Orchestrators (Docker's HEALTHCHECK, Kubernetes probes, systemd watchdogs, load balancers) and
 Prometheus call these without a token, so they answer everyone and therefore say nothing that
 helps an attacker: no versions, host names, paths, counts or error texts; /readyz names its
-checks and whether each passed, nothing more. /metrics carries counters whose labels are closed
-sets (iotdps.metrics: no registration ids, device ids or peer addresses).
+checks and whether each passed, nothing more.
 
 - /healthz: the process is alive and its event loop answers (no I/O; always 200).
 - /readyz: every listener is bound and serving, the store answers a read, and its schema is at
@@ -19,14 +19,11 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
-from iotdps import metrics
-
-__all__ = ["HEALTH_PATH", "METRICS_PATH", "OPS_PATHS", "READY_PATH", "Readiness", "add_ops_routes"]
+__all__ = ["HEALTH_PATH", "OPS_PATHS", "READY_PATH", "Readiness", "add_ops_routes"]
 
 HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"
-METRICS_PATH = "/metrics"
-OPS_PATHS = (HEALTH_PATH, READY_PATH, METRICS_PATH)
+OPS_PATHS = (HEALTH_PATH, READY_PATH)
 
 # check name -> passed; the names are fixed words ("listeners", "store", "migrations").
 Readiness = Callable[[], Awaitable[Mapping[str, bool]]]
@@ -43,7 +40,7 @@ def _json(status: int, body: object) -> web.Response:
 
 
 def add_ops_routes(app: web.Application, readiness: Readiness) -> None:
-    """Add the three probes to `app` (before it is started)."""
+    """Add the two probes to `app` (before it is started)."""
 
     async def healthz(request: web.Request) -> web.StreamResponse:
         return _json(200, {"status": "ok"})
@@ -55,11 +52,5 @@ def add_ops_routes(app: web.Application, readiness: Readiness) -> None:
             log.warning("not ready: %s", ", ".join(name for name, ok in checks.items() if not ok))
         return _json(200 if ready else 503, {"status": "ready" if ready else "not ready", "checks": checks})
 
-    async def metrics_page(request: web.Request) -> web.StreamResponse:
-        response = web.Response(body=metrics.exposition(), headers=_NO_STORE)
-        response.headers["Content-Type"] = metrics.CONTENT_TYPE
-        return response
-
     app.router.add_get(HEALTH_PATH, healthz)
     app.router.add_get(READY_PATH, readyz)
-    app.router.add_get(METRICS_PATH, metrics_page)

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 from iotdps.errors import InvalidInput, NotFound, PreconditionFailed
+from iotdps.jsondump import dumps_text
 from iotdps.jsonload import InvalidJson, load_json
 from iotdps.ports import Refusal
 
@@ -100,9 +101,10 @@ class DocText(str):
 
 
 def dump_doc(doc: Mapping[str, Any], what: str) -> DocText:
-    """JSON text of a stored document; a value JSON cannot hold (or NaN) is the caller's error."""
+    """JSON text of a stored document (iotdps.jsondump); a value JSON cannot hold is the caller's
+    error. (NaN and infinities cannot come from outside: iotdps.jsonload refuses them.)"""
     try:
-        return DocText(json.dumps(doc, separators=(",", ":"), allow_nan=False))
+        return DocText(dumps_text(doc))
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"{what} holds a value that is not JSON") from exc
 
@@ -113,7 +115,7 @@ def json_column_text(value: Any) -> str:
     type cost a few percent of a registration."""
     if isinstance(value, DocText):
         return value
-    return json.dumps(value)
+    return dumps_text(value)
 
 
 # --------------------------------------------------------------------------- refusal retention

@@ -53,6 +53,7 @@ from iotdps.server.dps_mqtt import route_dps
 from iotdps.server.dps_runner import RegistrationRunner
 from iotdps.server.identity import ServerFiles, ensure_server_identity
 from iotdps.server.listen import TlsSite, http_runner, start_tls_server
+from iotdps.server.metrics_http import add_metrics_route, build_metrics_app, ensure_metrics_token
 from iotdps.server.mqtt_conn import CONNACK_NOT_AUTHORIZED, CONNACK_SERVER_UNAVAILABLE, MqttConnection, MqttEndpoint
 from iotdps.server.ops_http import add_ops_routes
 from iotdps.server.peers import peer_text
@@ -145,7 +146,7 @@ class Server:
         if config.tls.own_certificate:
             own_files = CertificateFiles.with_env_passphrase(Path(config.tls.cert_file), Path(config.tls.key_file))
             load_pair(own_files)
-
+        metrics_token = ensure_metrics_token(config.metrics_token_file) if config.metrics.require_auth else None
         self.store = await open_store(
             config.database_dsn, background_checkpoints=True, refusal_limit=config.limits.refusal_history
         )
@@ -218,16 +219,24 @@ class Server:
         )
         console.mount(management)
         add_ops_routes(management, self.readiness)
+        add_metrics_route(management, metrics_token)
         # The hub service API is reached at each hub's host name: serve the management port on
         # every hub address too (unless the management API already listens on all addresses).
         extra = [] if is_unspecified(config.management.bind) else [h.bind for h in config.effective_hubs]
         extra = [address for address in extra if not is_unspecified(address)]
         await self._serve_app(management, config.management.bind, config.management.port, extra_hosts=extra)
+        if config.metrics.port:
+            await self._serve_app(build_metrics_app(metrics_token), config.metrics_bind, config.metrics.port)
+            endpoints.append(f"https://{config.metrics_bind}:{config.metrics.port}/metrics (Prometheus)")
         if self.hubs is not None:
             await self._serve_control(self.hubs)
         self._tasks.append(asyncio.get_running_loop().create_task(self._watch_trust()))
         self._tasks.append(asyncio.get_running_loop().create_task(reloader.run(self._stopped, CERT_POLL_SECONDS)))
         notes = []
+        if metrics_token is not None:
+            notes.append(f"/metrics asks for the bearer token in {config.metrics_token_file}")
+        else:
+            log.warning("/metrics answers without credentials (metrics.require_auth = false)")
         if config.tls.own_certificate:
             notes.append(
                 f"The server presents {config.tls.cert_file} ([tls] cert_file); devices need the CA that issued it."

@@ -1,4 +1,5 @@
-"""Operating a real `iotdps up`: /healthz, /readyz and /metrics on the management port while the
+"""Operating a real `iotdps up`: /healthz and /readyz on the management port, /metrics on a port
+of its own (and the same page on the management port) scraped with the bearer token while the
 official device SDK provisions, and `--log-format json` (one object per line, the same events
 as the text format).
 
@@ -26,6 +27,7 @@ from iotdps_testing.server import RunningServer, start_server
 pytestmark = pytest.mark.e2e
 
 HUB = "hub-ops.iotdps.test"
+METRICS_PORT = 9464
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +38,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     running = start_server(
         tmp_path_factory.mktemp("ops"),
         address=address,
-        config=f'[[hubs]]\nhost_name = "{HUB}"\nbind = "{address}"\n',
+        config=f'[metrics]\nport = {METRICS_PORT}\n[[hubs]]\nhost_name = "{HUB}"\nbind = "{address}"\n',
         extra_args=["--log-format", "json"],
     )
     yield running
@@ -45,6 +47,17 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
 
 def _get(server: RunningServer, path: str) -> requests.Response:
     return requests.get(f"https://{server.address}:8443{path}", verify=str(server.server_ca_path), timeout=30)
+
+
+def _scrape(server: RunningServer, port: int = METRICS_PORT) -> requests.Response:
+    """/metrics as Prometheus scrapes it: the bearer token from the file `iotdps up` made."""
+    token = (server.data_dir / "metrics-token").read_text().strip()
+    return requests.get(
+        f"https://{server.address}:{port}/metrics",
+        headers={"Authorization": f"Bearer {token}"},
+        verify=str(server.server_ca_path),
+        timeout=30,
+    )
 
 
 def _samples(text: str) -> dict[str, float]:
@@ -81,7 +94,7 @@ def test_probes_answer_without_credentials_and_say_nothing_else(server: RunningS
 def test_metrics_count_what_the_sdk_does(server: RunningServer) -> None:
     server.cli("enrollment", "create", "ops-1", "--symmetric-key", "--hub", HUB, "--allocation-policy", "static")
     primary, _ = server.symmetric_keys("enrollment", "ops-1")
-    before = _samples(_get(server, "/metrics").text)
+    before = _samples(_scrape(server).text)
 
     # Scrape continuously while the device registers: the page must stay consistent under load.
     scrapes: list[int] = []
@@ -89,7 +102,7 @@ def test_metrics_count_what_the_sdk_does(server: RunningServer) -> None:
 
     def scrape() -> None:
         while not stop.is_set():
-            scrapes.append(_get(server, "/metrics").status_code)
+            scrapes.append(_scrape(server).status_code)
 
     scraper = threading.Thread(target=scrape)
     scraper.start()
@@ -106,7 +119,7 @@ def test_metrics_count_what_the_sdk_does(server: RunningServer) -> None:
         scraper.join()
     assert scrapes and set(scrapes) == {200}
 
-    page = _get(server, "/metrics")
+    page = _scrape(server)
     assert page.headers["Content-Type"].startswith("text/plain")
     after = _samples(page.text)
 
@@ -123,7 +136,7 @@ def test_metrics_count_what_the_sdk_does(server: RunningServer) -> None:
     deadline = time.monotonic() + 10
     while handshake_failures() < 1 and time.monotonic() < deadline:
         time.sleep(0.2)
-        after = _samples(_get(server, "/metrics").text)
+        after = _samples(_scrape(server).text)
     assert handshake_failures() >= 1, [k for k in after if "handshake" in k]
     assert after[f'iotdps_listener_connections{{listener="{server.address}:8883"}}'] >= 0
     assert f'iotdps_hub_connected_devices{{hub="{HUB}"}}' in after
@@ -131,6 +144,67 @@ def test_metrics_count_what_the_sdk_does(server: RunningServer) -> None:
     # No registration id, device id or peer address in any label.
     assert "ops-1" not in page.text
     assert f'"{server.address}:' not in page.text.replace(f'listener="{server.address}:', "")
+    # The management port serves the same page: the same families and series.
+    management = _scrape(server, 8443)
+    assert management.status_code == 200
+    assert _families(management.text) == _families(page.text)
+    assert set(_samples(management.text)) >= {k for k in after if not k.startswith("process_")}
+
+
+def _families(text: str) -> set[str]:
+    return {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+
+
+def test_metrics_token_file_is_private_and_named_at_start(server: RunningServer) -> None:
+    token_file = server.data_dir / "metrics-token"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    token = token_file.read_text().strip()
+    assert len(token) >= 32
+    assert str(token_file) in server.log() and token not in server.log()
+    assert f"https://{server.address}:{METRICS_PORT}/metrics" in server.log()
+    # Without it, neither port shows the page.
+    for port in (METRICS_PORT, 8443):
+        answer = requests.get(f"https://{server.address}:{port}/metrics", verify=str(server.server_ca_path), timeout=30)
+        assert answer.status_code == 401 and "iotdps_" not in answer.text
+        assert answer.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_metrics_without_auth_when_the_operator_says_so(tmp_path: Path) -> None:
+    running = start_server(
+        tmp_path, extra_args=["--metrics-port", "9465"], env={"IOTDPS_METRICS_REQUIRE_AUTH": "false"}
+    )
+    try:
+        for port in (9465, 8443):
+            answer = requests.get(
+                f"https://{running.address}:{port}/metrics", verify=str(running.server_ca_path), timeout=30
+            )
+            assert answer.status_code == 200 and "iotdps_registrations_total" in answer.text
+        assert not (running.data_dir / "metrics-token").exists()
+    finally:
+        assert running.stop() == 0
+    assert "/metrics answers without credentials" in running.log()
+
+
+def test_a_weak_token_file_is_one_error_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from iotdps_testing.server import SRC
+
+    weak = tmp_path / "token"
+    weak.write_text("secret\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "iotdps", "up"],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(SRC), "IOTDPS_DATA_DIR": str(tmp_path / "data"), "IOTDPS_METRICS_TOKEN_FILE": str(weak)},
+        timeout=60,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-2:] == [
+        "error: invalid configuration:",
+        f"  - metrics.token_file {weak} must hold one token of at least 32 printable ASCII characters",
+    ]
 
 
 def test_json_logs_are_one_object_per_line_with_event_names(server: RunningServer) -> None:

@@ -100,6 +100,7 @@ REQUIRED: dict[str, Permission] = {
     "Devices_InvokeMethod": _SV,
     "CloudToDevice_Send": _SV,
     "Telemetry_Read": _SV,
+    "Telemetry_ReadHub": _SV,
     "Telemetry_Stream": _SV,
     "Status_Get": _RR,
     "Statistics_GetDeviceStatistics": _GR,

@@ -267,6 +267,7 @@ HUB_COMPONENTS: dict[str, Any] = {
         "required": ["sequenceNumber", "enqueuedTimeUtc", "bodyBase64"],
         "properties": {
             "sequenceNumber": {"type": "integer"},
+            "deviceId": _STR,
             "enqueuedTimeUtc": _STR,
             "body": {"type": ["string", "null"], "description": "the body as text, null when not UTF-8"},
             "bodyBase64": _STR,

@@ -6,6 +6,10 @@ methods need the device's live connection, so `method invoke` goes through the r
 server's control socket (`<data_dir>/control.sock`). `twin update-desired` and `c2d send` use
 the socket when a server runs (the device gets the change at once) and otherwise write the
 store, and the device gets it when it next connects.
+
+With `--server` / `--connection-string` (cli.target), `device list`, `telemetry tail`, `twin`,
+`method invoke` and `c2d send` go to that server's hub service API instead (cli.remote_hub),
+printing what they print locally.
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import click
 
 from iotdps.cli.output import json_option, listing
-from iotdps.cli.target import store_options
+from iotdps.cli.target import server_target, store_options, target_options, target_params
 from iotdps.errors import InvalidInput, NotFound
 from iotdps.jsonload import load_json
 from iotdps.ports import HubStore, Store
 
 if TYPE_CHECKING:
+    from iotdps.cli.remote_hub import RemoteHub
+    from iotdps.cli.server_target import ServerTarget
     from iotdps.hub.records import TelemetryMessage
     from iotdps.server.control import ControlClient
 
@@ -113,6 +119,32 @@ def _hub_opts(f: Callable[..., Any]) -> Callable[..., Any]:
     return store_options(f)
 
 
+def _remote_hub_opts(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--hub, --device and the target options: the command also runs against a server."""
+    f = click.option("--device", "device_id", required=True, help="Device id.")(f)
+    f = click.option("--hub", required=True, help="Hub host name.")(f)
+    return target_options(f)
+
+
+def _server() -> ServerTarget | None:
+    """The server the command's --server/--connection-string name, or None (local)."""
+    return server_target(target_params())
+
+
+def _on_server(target: ServerTarget, hub: str, fn: Callable[[RemoteHub], Awaitable[T]]) -> T:
+    # Imported here: aiohttp and the token signer only for --server.
+    from iotdps.cli.remote_hub import RemoteHub
+
+    async def go() -> T:
+        remote = RemoteHub(target, hub)
+        try:
+            return await fn(remote)
+        finally:
+            await remote.close()
+
+    return asyncio.run(go())
+
+
 # --------------------------------------------------------------------------- device registry
 
 
@@ -124,8 +156,17 @@ def device_group() -> None:
 @device_group.command("list")
 @click.option("--hub", required=True, help="Hub host name.")
 @json_option
-@store_options
+@target_options
 def device_list(hub: str) -> None:
+    target = _server()
+    if target is not None:
+        docs, cut = _on_server(target, hub, lambda remote: remote.list_devices())
+        rows = [[d["deviceId"], d["status"], d["auth"]] for d in docs]
+        listing(f"Devices on {hub}", ["device id", "status", "auth"], rows, docs)
+        if cut:
+            click.echo(f"note: the server answers at most {len(docs)} devices; more may exist", err=True)
+        return
+
     async def go(store: Store) -> list[dict[str, Any]]:
         await _known_hub(store, hub)
         out: list[dict[str, Any]] = []
@@ -254,43 +295,80 @@ def telemetry_group() -> None:
     """Device-to-cloud messages stored by the hub."""
 
 
+Lines = list[tuple[int, str]]  # (sequence number, the printed line), oldest first
+
+
+async def _tail(
+    recent: Callable[[], Awaitable[Lines]],
+    after: Callable[[int], Awaitable[Lines]],
+    start: Callable[[], Awaitable[int]],
+    follow: bool,
+    duration: float | None,
+) -> None:
+    """Print `recent()`, then, with `follow`, poll `after(last seq)` until `duration` is up.
+    `start()`: where to follow from when there was nothing recent."""
+    last: int | None = None
+    for seq, line in await recent():
+        click.echo(line)
+        last = seq
+    if not follow:
+        return
+    if last is None:
+        last = await start()
+    deadline = None if duration is None else time.monotonic() + duration
+    delay = _POLL_MIN
+    while deadline is None or time.monotonic() < deadline:
+        fresh = await after(last)
+        for seq, line in fresh:
+            click.echo(line)
+            last = seq
+        # Poll quickly while messages flow, back off (bounded) while idle.
+        delay = _POLL_MIN if fresh else min(_POLL_MAX, delay * 1.5)
+        pause = delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic()))
+        await asyncio.sleep(pause)
+
+
 @telemetry_group.command("tail")
 @click.option("--hub", required=True, help="Hub host name.")
 @click.option("--device", "device_id", help="Only this device.")
 @click.option("--follow/--no-follow", default=True, show_default=True, help="Keep printing new messages.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="Messages shown first.")
 @click.option("--for", "duration", type=click.FloatRange(min=0), help="Stop following after this many seconds.")
-@store_options
+@target_options
 def telemetry_tail(hub: str, device_id: str | None, follow: bool, limit: int, duration: float | None) -> None:
     """One JSON line per message, oldest first; with --follow, new ones as they are stored."""
+    target = _server()
+    if target is not None:
+
+        async def remote_tail(remote: RemoteHub) -> None:
+            async def lines(after: int | None, count: int) -> Lines:
+                docs = await remote.events(device_id, after=after, limit=count)
+                return [(int(d["seq"]), json.dumps(d, sort_keys=True)) for d in docs]
+
+            async def from_zero() -> int:
+                # Nothing recent: this device (or hub) has no message yet, so all are new.
+                return 0
+
+            await _tail(lambda: lines(None, limit), lambda last: lines(last, 1000), from_zero, follow, duration)
+
+        _on_server(target, hub, remote_tail)
+        return
 
     async def go(store: Store) -> None:
         await _known_hub(store, hub)
         hub_store = cast(HubStore, store)
-        async with hub_store.begin() as uow:
-            messages = await uow.telemetry.list(hub, device_id, limit=limit, newest=True)
-        last = None
-        for m in messages:
-            click.echo(_telemetry_line(m))
-            last = m.seq
-        if not follow:
-            return
-        if last is None:
+
+        async def lines(after: int | None, count: int) -> Lines:
+            async with hub_store.begin() as uow:
+                found = await uow.telemetry.list(hub, device_id, after=after, limit=count, newest=after is None)
+            return [(m.seq or 0, _telemetry_line(m)) for m in found]
+
+        async def newest_of_hub() -> int:
             async with hub_store.begin() as uow:
                 newest = await uow.telemetry.list(hub, None, limit=1, newest=True)
-            last = newest[-1].seq if newest else 0
-        deadline = None if duration is None else time.monotonic() + duration
-        delay = _POLL_MIN
-        while deadline is None or time.monotonic() < deadline:
-            async with hub_store.begin() as uow:
-                fresh = await uow.telemetry.list(hub, device_id, after=last, limit=1000)
-            for m in fresh:
-                click.echo(_telemetry_line(m))
-                last = m.seq
-            # Poll quickly while messages flow, back off (bounded) while idle.
-            delay = _POLL_MIN if fresh else min(_POLL_MAX, delay * 1.5)
-            pause = delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic()))
-            await asyncio.sleep(pause)
+            return (newest[-1].seq or 0) if newest else 0
+
+        await _tail(lambda: lines(None, limit), lambda last: lines(last, 1000), newest_of_hub, follow, duration)
 
     _with_store(go)
 
@@ -304,19 +382,27 @@ def twin_group() -> None:
 
 
 @twin_group.command("show")
-@_hub_opts
+@_remote_hub_opts
 def twin_show(hub: str, device_id: str) -> None:
+    target = _server()
+    if target is not None:
+        _echo(_on_server(target, hub, lambda remote: remote.twin(device_id)))
+        return
     _echo(_device_doc(hub, device_id)["twin"])
 
 
 @twin_group.command("update-desired")
-@_hub_opts
+@_remote_hub_opts
 @click.option("--patch", "patch_text", required=True, help="JSON object merged into the desired properties.")
-@click.option("--if-match", help="Only if the device's etag is still this.")
+@click.option("--if-match", help="Only if the etag `twin show` printed is still the twin's.")
 def twin_update_desired(hub: str, device_id: str, patch_text: str, if_match: str | None) -> None:
     patch = _json_option(patch_text, "--patch")
     if not isinstance(patch, dict):
         raise InvalidInput("--patch must be a JSON object")
+    target = _server()
+    if target is not None:
+        _echo(_on_server(target, hub, lambda remote: remote.update_desired(device_id, patch, if_match)))
+        return
     control = _control()
     if control is not None:
         path = control.device_path(hub, device_id, "twin/desired")
@@ -339,12 +425,16 @@ def method_group() -> None:
 
 
 @method_group.command("invoke")
-@_hub_opts
+@_remote_hub_opts
 @click.option("--name", required=True, help="Method name.")
 @click.option("--payload", help="JSON payload (default null).")
 @click.option("--timeout", type=click.FloatRange(min=0.1, max=300), default=30, show_default=True)
 def method_invoke(hub: str, device_id: str, name: str, payload: str | None, timeout: float) -> None:
     body = {"name": name, "payload": _json_option(payload, "--payload"), "timeout": timeout}
+    target = _server()
+    if target is not None:
+        _echo(_on_server(target, hub, lambda r: r.invoke_method(device_id, name, body["payload"], timeout)))
+        return
     control = _control()
     if control is None:
         raise NotFound(f"no running iotdps server (no control socket in {_data_dir()})")
@@ -357,12 +447,16 @@ def c2d_group() -> None:
 
 
 @c2d_group.command("send")
-@_hub_opts
+@_remote_hub_opts
 @click.option("--body", required=True, help="Message body (text).")
 @click.option("--property", "props", multiple=True, help="key=value application property (repeatable).")
 @click.option("--ttl", type=click.FloatRange(min=0.1, max=48 * 3600), help="Seconds until it expires (default 1 h).")
 def c2d_send(hub: str, device_id: str, body: str, props: tuple[str, ...], ttl: float | None) -> None:
     properties = _properties(props)
+    target = _server()
+    if target is not None:
+        click.echo(_on_server(target, hub, lambda remote: remote.send_c2d(device_id, body, properties, ttl)))
+        return
     control = _control()
     if control is not None:
         doc = {"body": body, "properties": properties, "ttl": ttl}

@@ -39,7 +39,7 @@ from iotdps.provisioning.records import RegistrationRecord
 from iotdps.provisioning.settings import ServiceSettings
 from iotdps.timestamps import parse_time
 
-__all__ = ["RemoteAdminClient"]
+__all__ = ["ApiHttp", "RemoteAdminClient"]
 
 R = TypeVar("R", IndividualEnrollment, EnrollmentGroup)
 _TIMEOUT = 30.0
@@ -59,9 +59,27 @@ _ERRORS: dict[int, type[IotdpsError]] = {
 }
 
 
-class _Http:
-    def __init__(self, target: ServerTarget) -> None:
+class ApiHttp:
+    """Signed requests to the management API. `resource` is what the tokens name (their `sr`):
+    the server's host for the DPS routes; for the hub service routes the hub, which
+    `headers` (x-iotdps-hub) then names too. `api_version` is the routes' (DPS or hub)."""
+
+    def __init__(
+        self,
+        target: ServerTarget,
+        *,
+        resource: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        api_version: str = "2021-10-01",
+        error_codes: Mapping[int, IotdpsError] | None = None,
+    ) -> None:
         self.target = target
+        self._resource = resource or target.host
+        self._headers = dict(headers or {})
+        self._api_version = api_version
+        # The API's six-digit errorCode -> the error to raise instead of the generic one
+        # for its HTTP status (when the server's words would mislead a CLI user).
+        self._error_codes = dict(error_codes or {})
         self._session: aiohttp.ClientSession | None = None
         context = ssl.create_default_context(cafile=target.ca_file) if target.ca_file else ssl.create_default_context()
         self._ssl = context
@@ -79,21 +97,28 @@ class _Http:
         if_match: str | None = None,
         headers: Mapping[str, str] | None = None,
         query: Mapping[str, str] | None = None,
+        timeout: float = _TIMEOUT,
     ) -> tuple[Any, Mapping[str, str]]:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=_TIMEOUT))
-        token = make_service_sas(self.target.host, self.target.policy, self.target.key.reveal())
-        sent = {"Authorization": token, **(headers or {})}
+            self._session = aiohttp.ClientSession()
+        token = make_service_sas(self._resource, self.target.policy, self.target.key.reveal())
+        sent = {"Authorization": token, **self._headers, **(headers or {})}
         if if_match:
             sent["If-Match"] = f'"{if_match}"'
         data = json.dumps(body).encode() if body is not None else None
         if data is not None:
             sent["Content-Type"] = "application/json"
         url = f"{self.target.url}{path}"
-        params = {"api-version": "2021-10-01", **(query or {})}
+        params = {"api-version": self._api_version, **(query or {})}
         try:
             async with self._session.request(
-                method, url, params=params, data=data, headers=sent, ssl=self._ssl
+                method,
+                url,
+                params=params,
+                data=data,
+                headers=sent,
+                ssl=self._ssl,
+                timeout=aiohttp.ClientTimeout(total=timeout),
             ) as response:
                 text = await response.text()
                 status, got = response.status, dict(response.headers)
@@ -110,6 +135,9 @@ class _Http:
             except ValueError:
                 doc = None
         if status >= 400:
+            code = doc.get("errorCode") if isinstance(doc, dict) else None
+            if isinstance(code, int) and code in self._error_codes:
+                raise self._error_codes[code]
             message = doc.get("message") if isinstance(doc, dict) else None
             raise _ERRORS.get(status, StoreError)(str(message or f"the server answered {status}"))
         return doc, got
@@ -198,7 +226,7 @@ class RemoteAdminClient:
     """Administration of the iotdps at `target` (see the module docstring on atomicity)."""
 
     def __init__(self, target: ServerTarget) -> None:
-        self.http = _Http(target)
+        self.http = ApiHttp(target)
 
     async def close(self) -> None:
         await self.http.close()

@@ -183,6 +183,21 @@ def test_c2d_and_telemetry(server: ManagementServer) -> None:
     _error(_call(server, "GET", "/devices/unit-msg-1/messages/events?limit=0"), 400, 400004)
     _error(_call(server, "GET", "/devices/unit-none/messages/events"), 404, 404001)
 
+    async def add_other() -> None:
+        assert server.store is not None
+        store: HubStore = server.store
+        async with store.begin() as uow:
+            await uow.telemetry.add_many([TelemetryMessage(server.host, "unit-msg-2", b"other", now)])
+
+    server.call(add_other())
+    # The hub's telemetry, every device: the newest, oldest first, each naming its device.
+    hub_events = _call(server, "GET", "/messages/events?limit=2").json()
+    assert [(e["deviceId"], e["body"]) for e in hub_events] == [("unit-msg-1", None), ("unit-msg-2", "other")]
+    later = _call(server, "GET", f"/messages/events?after={events[-1]['sequenceNumber']}").json()
+    assert [e["body"] for e in later] == ["other"]
+    _error(_call(server, "GET", "/messages/events?limit=1001"), 400, 400004)
+    _error(_call(server, "GET", "/messages/events?after=-1"), 400, 400004)
+
 
 def test_identity_and_twin_etags_are_independent() -> None:
     device = DeviceIdentity("h", "d", DeviceAuth("sas", Secret(_key()), Secret(_key())))

@@ -11,6 +11,7 @@
     POST   /devices/{id}/messages/deviceBound   iotdps: queue a cloud-to-device message
     GET    /devices/{id}/messages/events        iotdps: recent telemetry of the device
     GET    /devices/{id}/messages/events/stream iotdps: new telemetry as server-sent events
+    GET    /messages/events                     iotdps: recent telemetry of every device of the hub
 
 Which hub: every hub has its own host name, and the SDK addresses one by its connection
 string's HostName (`HostName=<hub host>:<management port>`): the request's `Host` names the
@@ -40,7 +41,7 @@ from __future__ import annotations
 from iotdps.api.hub_service.common import HUB_API_VERSION, identity_etag, twin_etag
 from iotdps.api.hub_service.devices import delete_device, device_json, get_device, list_devices, put_device
 from iotdps.api.hub_service.messages import invoke_method, send_c2d
-from iotdps.api.hub_service.telemetry import read_events, stream_events
+from iotdps.api.hub_service.telemetry import read_events, read_hub_events, stream_events
 from iotdps.api.hub_service.twins import get_twin, patch_twin, replace_twin, twin_json
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "patch_twin",
     "put_device",
     "read_events",
+    "read_hub_events",
     "replace_twin",
     "send_c2d",
     "stream_events",

@@ -2,6 +2,8 @@
 
     GET    /devices/{id}/messages/events        iotdps: recent telemetry of the device
     GET    /devices/{id}/messages/events/stream iotdps: new telemetry as server-sent events
+    GET    /messages/events                     iotdps: recent telemetry of every device of the hub
+                                                (what `iotdps telemetry tail --server` polls)
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from iotdps.hub.records import TelemetryMessage
 from iotdps.ports import HubUnitOfWork
 from iotdps.timestamps import format_time
 
-__all__ = ["read_events", "stream_events"]
+__all__ = ["read_events", "read_hub_events", "stream_events"]
 
 _MAX_EVENTS = 1000
 
@@ -32,6 +34,7 @@ def _event_json(message: TelemetryMessage) -> dict[str, Any]:
         text = None
     return {
         "sequenceNumber": message.seq,
+        "deviceId": message.device_id,
         "enqueuedTimeUtc": format_time(message.enqueued),
         "body": text,
         "bodyBase64": base64.b64encode(message.body).decode("ascii"),
@@ -51,6 +54,17 @@ async def read_events(ctx: ApiContext, request: web.Request) -> web.StreamRespon
         found = await cast(HubUnitOfWork, uow).telemetry.list(
             hub, device_id, after=after, limit=limit, newest=after is None
         )
+    return json_response([_event_json(m) for m in found])
+
+
+async def read_hub_events(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
+    """Every device's telemetry, as `read_events` answers one device's: the newest `limit`, or
+    those after the `after` sequenceNumber (a poller's position), oldest first."""
+    hub = hub_of(ctx)
+    limit = _query_int(request, "limit", 100, 1, _MAX_EVENTS)
+    after = _query_int(request, "after", None, 0, None)
+    async with ctx.store.read() as uow:
+        found = await cast(HubUnitOfWork, uow).telemetry.list(hub, None, after=after, limit=limit, newest=after is None)
     return json_response([_event_json(m) for m in found])
 
 

@@ -176,6 +176,22 @@ HUB_SERVICE_ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "GET",
+        "/messages/events",
+        hubs.read_hub_events,
+        _SV,
+        "Telemetry_ReadHub",
+        "Recent telemetry of every device of the hub, oldest first (an iotdps addition)",
+        "hub messages",
+        answer={"type": "array", "items": ref("TelemetryEvent")},
+        query=(
+            ("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "at most this many (default 100)"),
+            ("after", {"type": "integer", "minimum": 0}, "only messages after this sequenceNumber (else the newest)"),
+        ),
+        errors=(400, 401, 404),
+        scope="hub",
+    ),
+    Route(
+        "GET",
         "/statistics/devices",
         stats.device_statistics,
         _GR,

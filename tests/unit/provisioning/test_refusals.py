@@ -13,10 +13,9 @@ from datetime import timedelta
 from typing import Any, cast
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from certkit import NOW, issue, seed004
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from helpers import KEY1, KEY2, SCOPE, Env, sk_enrollment, sk_group, x509_enrollment
 from issuekit import expired_root, garbage_server, issuing_world
 

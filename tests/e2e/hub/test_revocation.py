@@ -162,3 +162,47 @@ async def test_revoked_line_is_dropped_from_the_hub_and_refused_at_dps(server: S
     assert live.is_connected(hub, "l2-a")
     for a in agents.values():
         await a.stop()
+
+
+async def test_the_crl_distribution_point_serves_each_held_crl_over_http(tmp_path: Path) -> None:
+    import urllib.error
+    import urllib.request
+
+    from iotdps.config import CrlConfig
+    from iotdps.pki.revocation import load_crl
+
+    dps = free_loopback_address()
+    port = free_port(dps)
+    config = Config(
+        data_dir=tmp_path / "data",
+        dps=DpsConfig(host_name=dps, bind=dps),
+        management=ManagementConfig(bind=dps, port=free_port(dps)),
+        crl=CrlConfig(bind=dps, port=port),
+    )
+    server = Server(config)
+    info = await server.start()
+    try:
+        assert any(f"http://{dps}:{port}/crl/" in e for e in info.endpoints)
+        assert server.store is not None
+        root = _ca("root", None)
+        line = _ca("line-1", root)
+        cas = CaAdminService(server.store)
+        await cas.upload_ca("root", certs.to_pem(root.certificate), verified=True)
+        await cas.upload_crl("root", _crl(root, line.certificate.serial_number, number=3))
+
+        def get(path: str) -> tuple[int, str, bytes]:
+            try:
+                with urllib.request.urlopen(f"http://{dps}:{port}{path}", timeout=10) as answer:
+                    return answer.status, answer.headers.get("Content-Type", ""), answer.read()
+            except urllib.error.HTTPError as exc:
+                return exc.code, "", b""
+
+        status, kind, body = await asyncio.to_thread(get, "/crl/root.crl")
+        assert status == 200 and kind == "application/pkix-crl"
+        crl = load_crl(body)
+        assert crl.is_signature_valid(root.certificate.public_key())  # type: ignore[arg-type]
+        assert [r.serial_number for r in crl] == [line.certificate.serial_number]
+        assert (await asyncio.to_thread(get, "/crl/nothing.crl"))[0] == 404
+        assert (await asyncio.to_thread(get, "/certificates"))[0] == 404
+    finally:
+        await server.stop()

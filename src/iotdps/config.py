@@ -68,6 +68,7 @@ __all__ = [
     "AuthConfig",
     "ClusterConfig",
     "Config",
+    "CrlConfig",
     "DpsConfig",
     "HubConfig",
     "LimitsConfig",
@@ -121,6 +122,15 @@ class MetricsConfig:
     port: int = 0  # 0 = no port of its own: /metrics only on the management port
     require_auth: bool = True
     token_file: str = ""  # "" = metrics-token in the data directory
+
+
+@dataclass(frozen=True, slots=True)
+class CrlConfig:
+    """The CRL distribution point: plain HTTP (RFC 5280 4.2.1.13; a CDP over HTTPS would need a
+    CRL to check its own server certificate), serving GET /crl/<CA name>.crl. Port 0: off."""
+
+    bind: str = "127.0.0.1"
+    port: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +247,7 @@ class Config:
     allocation: AllocationConfig = field(default_factory=AllocationConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    crl: CrlConfig = field(default_factory=CrlConfig)
 
     @property
     def database_dsn(self) -> str:
@@ -302,6 +313,8 @@ _ENV_KEYS: Mapping[str, tuple[str, str]] = {
     "NATS_URL": ("cluster", "nats_url"),
     "NODE_ID": ("cluster", "node_id"),
     "TELEMETRY_ROUTES": ("telemetry", "routes"),
+    "CRL_BIND": ("crl", "bind"),
+    "CRL_PORT": ("crl", "port"),
 }
 # Settings that are lists; their environment variables are comma separated.
 _LIST_KEYS = frozenset({"extra_names", "webhook_allowlist", "routes"})
@@ -402,6 +415,7 @@ def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
     allocation = _section(raw, "allocation", AllocationConfig(), problems)
     cluster = _section(raw, "cluster", ClusterConfig(), problems)
     telemetry = _section(raw, "telemetry", TelemetryConfig(), problems)
+    crl = _section(raw, "crl", CrlConfig(), problems)
 
     hubs: list[HubConfig] = []
     hub_index: list[int] = []  # position in the file, for messages
@@ -440,6 +454,10 @@ def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
         for pname, port in (("mqtt_port", hub.mqtt_port), ("websocket_port", hub.websocket_port)):
             if not 1 <= port <= 65535:
                 problems.add(f"hubs[{index}].{pname} must be 1..65535, not {port}")
+    if not 0 <= crl.port <= 65535:
+        problems.add(f"crl.port must be 0 (off) or 1..65535, not {crl.port}")
+    if not is_ip_address(crl.bind):
+        problems.add(f"crl.bind must be an IP address, not {crl.bind!r}")
     if (management.bind, management.port) in {(dps.bind, dps.mqtt_port), (dps.bind, dps.https_port)}:
         problems.add("management.port collides with a DPS port on the same address")
     _check_metrics(metrics, management, dps, hubs, problems)
@@ -489,6 +507,7 @@ def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
         allocation=allocation,
         cluster=cluster,
         telemetry=telemetry,
+        crl=crl,
     )
 
 

@@ -22,6 +22,7 @@ from iotdps.errors import IotdpsError
 
 __all__ = [
     "DEVICE_ANSWERS",
+    "REVOKED_RECORD",
     "DeviceAnswer",
     "RefusalReason",
     "Refused",
@@ -43,6 +44,7 @@ class RefusalReason(StrEnum):
     CHAIN_UNKNOWN_CA = "CHAIN_UNKNOWN_CA"
     CA_NOT_VERIFIED = "CA_NOT_VERIFIED"
     CHAIN_INVALID = "CHAIN_INVALID"
+    CERT_REVOKED = "CERT_REVOKED"
     INDIVIDUAL_CERT_MISMATCH = "INDIVIDUAL_CERT_MISMATCH"
     # symmetric key
     SAS_MISSING = "SAS_MISSING"
@@ -114,6 +116,9 @@ DEVICE_ANSWERS: dict[RefusalReason, DeviceAnswer] = {
     RefusalReason.CHAIN_UNKNOWN_CA: _BAD_CERT,
     RefusalReason.CA_NOT_VERIFIED: _BAD_CERT,
     RefusalReason.CHAIN_INVALID: _BAD_CERT,
+    # Refused at CONNECT like any bad certificate; the device's registration record, if it has
+    # one, says "disabled: Certificate revoked" (REVOKED_RECORD, provisioning.service).
+    RefusalReason.CERT_REVOKED: _BAD_CERT,
     RefusalReason.INDIVIDUAL_CERT_MISMATCH: _BAD_CERT,
     RefusalReason.SAS_MISSING: _UNAUTHORIZED,
     RefusalReason.SAS_MALFORMED: _UNAUTHORIZED,
@@ -158,6 +163,11 @@ DEVICE_ANSWERS: dict[RefusalReason, DeviceAnswer] = {
     RefusalReason.ISSUANCE_CA_REFUSED: DeviceAnswer(200, 400231, "Certificate issuance refused", "failed"),
     RefusalReason.ISSUANCE_CA_BAD_RESPONSE: DeviceAnswer(200, 502230, "Certificate issuance failed", "failed"),
 }
+
+
+# What a revoked device's registration record shows (status, errorCode, errorMessage): Azure's
+# answer to a compromised device is disabling its enrollment, whose records say "disabled".
+REVOKED_RECORD: tuple[Literal["disabled"], int, str] = ("disabled", 401006, "Certificate revoked")  # own sub-code
 
 
 class Refused(IotdpsError):

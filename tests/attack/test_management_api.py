@@ -72,6 +72,8 @@ REQUIRED: dict[str, Permission] = {
     "Certificates_Delete": _SC,
     "Certificates_GenerateVerificationCode": _SC,
     "Certificates_VerifyCertificate": _SC,
+    "Certificates_UploadCrl": _SC,
+    "Crls_List": _SC,
     "LinkedHubs_List": _SC,
     "LinkedHubs_Get": _SC,
     "LinkedHubs_CreateOrUpdate": _SC,

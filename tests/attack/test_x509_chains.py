@@ -14,8 +14,12 @@ table, every verdict must be the row's:
 - the hub listener: an identity of type certificateAuthority for the row's CN, then a raw hub
   CONNECT with the chain (the hub trusts what the TLS layer verified under the policy);
 - `iotdps explain --cert` on the data dir and through the management API (/explain);
-- `iotdps cert verify BUNDLE --root ANCHOR`, with the anchor the server trusts for that row.
+- `iotdps cert verify BUNDLE --root ANCHOR`, with the anchor the server trusts for that row
+  (and `--crl` for the CRLs of that row's CAs, as the server holds them).
 A refusal must also say why, in words, in the refusal log, in explain and in cert verify.
+
+Revocation rows: the root's CRL (uploaded with `iotdps crl upload`) revokes a line CA, and the
+line's CRL (the line CA uploaded unverified, only to hold it) revokes one device.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from azure.iot.device.exceptions import ClientError, CredentialError
 from azure.iot.hub import IoTHubRegistryManager
 from click.testing import CliRunner
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 from msrest.exceptions import HttpOperationError
 
@@ -87,6 +91,7 @@ class World:
     rows: dict[str, Row]
     files: Path
     remote_env: dict[str, str]
+    crls: dict[str, tuple[x509.Certificate, Path]]  # the CRL's CA, and its file
 
     def bundle(self, row: Row) -> tuple[Path, Path]:
         directory = self.files / row.rid
@@ -95,6 +100,30 @@ class World:
 
     def anchor_file(self, row: Row) -> Path:
         return write_bundle(self.files / f"anchor-{row.anchor.cn}.pem", [row.anchor.cert])
+
+
+def _crl(ca: Cert, *revoked: Cert) -> x509.CertificateRevocationList:
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.cert.subject)
+        .last_update(now - dt.timedelta(minutes=1))
+        .next_update(now + dt.timedelta(days=7))
+        .add_extension(x509.CRLNumber(1), critical=False)
+    )
+    for cert in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(cert.cert.serial_number)
+            .revocation_date(now - dt.timedelta(minutes=1))
+            .add_extension(x509.CRLReason(x509.ReasonFlags.key_compromise), critical=False)
+            .build()
+        )
+    return builder.sign(ca.key, hashes.SHA256())  # type: ignore[arg-type]
+
+
+# name -> (the CA, the certificates its CRL revokes); set by _rows for the world fixture.
+_REVOCATIONS: dict[str, tuple[Cert, tuple[Cert, ...]]] = {}
 
 
 def _rows() -> tuple[dict[str, Row], dict[str, Cert]]:
@@ -129,6 +158,11 @@ def _rows() -> tuple[dict[str, Row], dict[str, Cert]]:
     stray_root = make("stray-root", None, ca=True)
     stray_line = make("stray-line", stray_root, ca=True)
     enrolled_leaf = make("enrolled-ca-signed", stray_line)
+    # Revocation: a line CA the root revoked, and a device its line revoked.
+    line_revoked = make("line-revoked", root, ca=True)
+    revoked_device = make("revoked-device", line)
+    _REVOCATIONS.clear()
+    _REVOCATIONS.update({"factory-root": (root, (line_revoked,)), "factory-line": (line, (revoked_device,))})
 
     # What a device under the factory line sends above its leaf.
     L = (line.cert,)
@@ -184,6 +218,10 @@ def _rows() -> tuple[dict[str, Row], dict[str, Cert]]:
             make("no-certsign-device", line_no_kcs), (line_no_kcs.cert,), root, False, r"keyCertSign"
         ),
         "p521-leaf": Row(dev("p521-device", key=new_key("p521")), L, root, False, r"P-256 and P-384"),
+        "revoked-leaf": Row(revoked_device, L, root, False, r"revoked-device.* revoked", websocket=True),
+        "revoked-line": Row(
+            make("revoked-line-device", line_revoked), (line_revoked.cert,), root, False, r"line-revoked.* revoked"
+        ),
     }
     uploads = {"factory-root": root, "root-pathlen-0": root0, "rsa-root": rsa_root, "other-line": other_line}
     return rows, uploads
@@ -213,6 +251,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             if row.anchor is row.device:  # an individual enrollment: the leaf alone is its certificate
                 path = write_bundle(files / f"enrolled-{row.rid}.pem", [row.device.cert])
                 server.cli("enrollment", "create", row.rid, "--cert", str(path))
+        crls: dict[str, tuple[x509.Certificate, Path]] = {}
+        line_file = write_bundle(files / "factory-line.pem", [_REVOCATIONS["factory-line"][0].cert])
+        server.cli("ca", "upload", "factory-line", str(line_file))  # unverified: only to hold its CRL
+        for name, (ca, revoked) in _REVOCATIONS.items():
+            crl_file = files / f"{name}.crl.pem"
+            crl_file.write_bytes(_crl(ca, *revoked).public_bytes(serialization.Encoding.PEM))
+            server.cli("crl", "upload", name, str(crl_file))
+            crls[name] = (ca.cert, crl_file)
         remote_env = {
             "IOTDPS_CONNECTION_STRING": (
                 f"HostName={server.address}:{MGMT_PORT};SharedAccessKeyName=provisioningserviceowner;"
@@ -220,11 +266,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             ),
             "IOTDPS_SERVER_CA": str(server.server_ca_path),
         }
-        world = World(server, hub, rows, files, remote_env)
+        world = World(server, hub, rows, files, remote_env, crls)
         # The server reads new anchors on its next poll, or at once when a handshake fails
         # against its old ones; wait for the positive control to be trusted.
         deadline = time.monotonic() + 20
         while _dps_mqtt(world, rows["root-line-device"]) != 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        # And for the CRLs (read on the trust poll: the CLI wrote them to the store).
+        while _dps_mqtt(world, rows["revoked-leaf"]) == 0 and time.monotonic() < deadline:
             time.sleep(0.5)
         yield world
     finally:
@@ -334,7 +383,9 @@ def _explain(world: World, row: Row, *, remote: bool) -> str:
 
 def _cert_verify(world: World, row: Row) -> tuple[bool, str]:
     cert_file, _ = world.bundle(row)
-    code, output = _cli(["cert", "verify", str(cert_file), "--root", str(world.anchor_file(row))], {})
+    mine = {row.anchor.cert, *row.above}
+    crls = [arg for ca, path in world.crls.values() if ca in mine for arg in ("--crl", str(path))]
+    code, output = _cli(["cert", "verify", str(cert_file), "--root", str(world.anchor_file(row)), *crls], {})
     assert code in (0, 1), output
     return code == 0, output
 
@@ -371,6 +422,8 @@ ROW_NAMES = (
     "not-yet-valid-leaf",
     "line-without-certsign",
     "p521-leaf",
+    "revoked-leaf",
+    "revoked-line",
 )
 
 

@@ -696,3 +696,23 @@ async def test_a_read_only_unit_reads_and_refuses_writes(store: Store, kind: Kin
     async with store.begin() as uow:  # nothing of either attempt was kept
         assert await kind.repo(uow).get(*kind.key(kind.make("ro-2"))) is None
         assert await uow.refusals.list("ro-3") == []
+
+
+async def test_a_cas_crl_round_trips_and_survives_other_changes(store: Store) -> None:
+    """The CRL a CA holds (provisioning.ca_admin.upload_crl) is a field of its document."""
+    info = {"number": 7, "thisUpdate": "2026-03-01T12:00:00Z", "nextUpdate": "2026-03-08T12:00:00Z", "revokedCount": 2}
+    async with store.begin() as uow:
+        await uow.cas.put(
+            replace(ca("crl-ca"), crl="-----BEGIN X509 CRL-----\nAA==\n-----END X509 CRL-----\n", crl_info=info)
+        )
+        await uow.cas.put(ca("no-crl"))
+    async with store.begin() as uow:
+        got = await uow.cas.get("crl-ca")
+        none = await uow.cas.get("no-crl")
+        assert got is not None and got.crl is not None and got.crl.startswith("-----BEGIN X509 CRL")
+        assert got.crl_info == info and got.to_json()["properties"]["crl"] == info
+        assert none is not None and none.crl is None and none.crl_info is None
+        await uow.cas.put(replace(got, is_verified=True))
+    async with store.begin() as uow:
+        listed = {c.name: c for c in await uow.cas.list()}
+    assert listed["crl-ca"].is_verified and listed["crl-ca"].crl_info == info

@@ -149,6 +149,16 @@ _CA = {
                 "certificate": _STR,
                 "verificationCode": _STR,
                 "verificationCodeExpiry": _STR,
+                "crl": {
+                    "type": "object",
+                    "description": "the CRL held for this CA (pki.revocation)",
+                    "properties": {
+                        "number": {"type": ["integer", "null"]},
+                        "thisUpdate": _STR,
+                        "nextUpdate": _STR_OR_NULL,
+                        "revokedCount": {"type": "integer"},
+                    },
+                },
             },
         },
     },
@@ -381,6 +391,11 @@ COMPONENTS: dict[str, Any] = {
         "type": "object",
         "required": ["certificate"],
         "properties": {"certificate": {"type": "string", "description": "PEM or base64 DER, CN = the code"}},
+    },
+    "CrlUpload": {
+        "type": "object",
+        "required": ["crl"],
+        "properties": {"crl": {"type": "string", "description": "the CA's CRL: PEM or base64 DER"}},
     },
     "CertificateDescription": _CA,
     "CertificateList": {

@@ -34,7 +34,7 @@ from cryptography import x509
 
 from iotdps.attestation.authentication import Authentication, refuse
 from iotdps.enrollment.models import AttestationType, EnrollmentGroup
-from iotdps.enrollment.resolve import CaStep, resolve_x509
+from iotdps.enrollment.resolve import CaStep, Decision, resolve_x509
 from iotdps.errors import InvalidInput
 from iotdps.evidence import X509Evidence
 from iotdps.hub.devices import DeviceAuth
@@ -43,6 +43,7 @@ from iotdps.pki import certs
 from iotdps.pki.chain_policy import Rule, path_problems, verify_client_chain
 from iotdps.pki.encoding import certificate_info, load_certificate, sha1_thumbprint, sha256_thumbprint
 from iotdps.pki.path import End, Walk, walk
+from iotdps.pki.revocation import NO_REVOCATIONS, Revocations, load_crl
 from iotdps.ports import UnitOfWork
 from iotdps.refusals import RefusalReason
 
@@ -55,6 +56,7 @@ __all__ = [
     "diagnose",
     "evidence_from_chain",
     "extend_above",
+    "revocations_of",
 ]
 
 MAX_CHAIN_DEPTH = 10
@@ -64,6 +66,9 @@ MAX_CHAIN_DEPTH = 10
 class ChainProblem:
     reason: RefusalReason
     message: str
+    # CERT_REVOKED: the signature-checked path to an anchor (the device is who it says, and
+    # revoked), so that its enrollment and registration record can be found.
+    path: tuple[x509.Certificate, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,12 +187,16 @@ def _dead_end(walked: Walk, unverified: Sequence[str]) -> ChainProblem:
 
 
 def evidence_from_chain(
-    chain: Sequence[x509.Certificate], anchors: Iterable[x509.Certificate], now: datetime
+    chain: Sequence[x509.Certificate],
+    anchors: Iterable[x509.Certificate],
+    now: datetime,
+    revoked: Revocations | None = None,
 ) -> X509Evidence:
     """Verify `chain` (leaf first) against `anchors` under the chain policy, shaped like the TLS
-    layer's answer; a refusal says why in words (the walker's, where the verifier is terse)."""
+    layer's answer; a refusal says why in words (the walker's, where the verifier is terse).
+    `revoked`: the CRLs to enforce, as the handshake does."""
     anchors = list(anchors)
-    verdict = verify_client_chain(chain, anchors, now)
+    verdict = verify_client_chain(chain, anchors, now, revoked)
     if verdict.path is not None:
         return X509Evidence(tuple(chain), verdict.path, ())
     if verdict.problems or not chain:
@@ -196,11 +205,15 @@ def evidence_from_chain(
     if found.problem is not None:
         return X509Evidence(tuple(chain), None, (found.problem.message,))
     assert found.chain is not None
-    words = [p.describe(certs.describe) for p in path_problems(found.chain, now)]
+    words = [p.describe(certs.describe) for p in path_problems(found.chain, now, revoked)]
     return X509Evidence(tuple(chain), None, tuple(words or verdict.reasons(certs.describe)))
 
 
-_POLICY_REASONS = {Rule.EXPIRED: RefusalReason.CERT_EXPIRED, Rule.NOT_YET_VALID: RefusalReason.CERT_NOT_YET_VALID}
+_POLICY_REASONS = {
+    Rule.EXPIRED: RefusalReason.CERT_EXPIRED,
+    Rule.NOT_YET_VALID: RefusalReason.CERT_NOT_YET_VALID,
+    Rule.REVOKED: RefusalReason.CERT_REVOKED,
+}
 
 
 def diagnose(
@@ -209,6 +222,7 @@ def diagnose(
     known: Iterable[x509.Certificate],
     uploaded: Mapping[str, tuple[str, bool]],
     now: datetime,
+    revoked: Revocations = NO_REVOCATIONS,
 ) -> ChainProblem:
     """Why a chain the TLS layer refused does not verify, in words naming the certificate at fault.
 
@@ -219,10 +233,13 @@ def diagnose(
     if found.problem is not None:
         return found.problem
     assert found.chain is not None
-    broken = path_problems(found.chain, now)
+    broken = path_problems(found.chain, now, revoked)
     if broken:
         reason = _POLICY_REASONS.get(broken[0].rule, RefusalReason.CHAIN_INVALID)
-        return ChainProblem(reason, "; ".join(p.describe(certs.describe) for p in broken))
+        words = "; ".join(p.describe(certs.describe) for p in broken)
+        if reason is RefusalReason.CERT_REVOKED and len(broken) == 1:
+            return ChainProblem(reason, words, found.chain)
+        return ChainProblem(reason, words)
     detail = "; ".join(evidence.errors) or "no detail"
     return ChainProblem(RefusalReason.CHAIN_INVALID, f"TLS verification failed ({detail})")
 
@@ -298,6 +315,25 @@ class _Trust:
     uploaded: Mapping[str, tuple[str, bool]]  # thumbprint -> (name, verified)
     certificates: Mapping[str, x509.Certificate]
     verified: frozenset[str]
+    revoked: Revocations = NO_REVOCATIONS
+
+
+def revocations_of(cas: Iterable[Any]) -> Revocations:
+    """The revocations of the uploaded CAs' CRLs (`enrollment.cas.CaCertificate.crl`, checked
+    against each CA when it was uploaded), every uploaded CA walked for revoked CAs above it."""
+    crls = []
+    known = []
+    for ca in cas:
+        cert = _load(ca.certificate)
+        if cert is None:
+            continue
+        known.append(cert)
+        if ca.crl:
+            try:
+                crls.append((ca.name, cert, load_crl(ca.crl)))
+            except InvalidInput:
+                continue  # checked on upload; a damaged record must not stop every registration
+    return Revocations.build(crls, known)
 
 
 async def _trust(uow: UnitOfWork) -> _Trust:
@@ -307,6 +343,7 @@ async def _trust(uow: UnitOfWork) -> _Trust:
             {ca.sha256_thumbprint: (ca.name, ca.is_verified) for ca in cas},
             {ca.sha256_thumbprint: cert for ca in cas if (cert := _load(ca.certificate)) is not None},
             frozenset(ca.sha256_thumbprint for ca in cas if ca.is_verified),
+            revocations_of(cas),
         )
 
     return await uow.cached_config_answer(("x509 trust",), build)
@@ -360,6 +397,34 @@ async def _above_leaf(
     return _AboveLeaf(None, tuple(steps), any(step.sha256_thumbprint in trust.verified for step in steps))
 
 
+async def _revoked(
+    uow: UnitOfWork,
+    registration_id: str,
+    individual: Any,
+    trust: _Trust,
+    chain: Sequence[x509.Certificate],
+    words: str,
+) -> Authentication:
+    """Refuse a device whose chain verified but is revoked, naming the enrollment that would
+    have admitted it: its registration record then shows the revocation (provisioning.service)."""
+    above = await _above_leaf(uow, chain, trust, anchored_at_leaf=len(chain) == 1)
+    steps: tuple[str, ...] = ()
+    individual_match, group = None, None
+    if above.refusal is None:
+        decision = resolve_x509(
+            registration_id,
+            sha256_thumbprint(chain[0]),
+            individual,
+            above.steps,
+            reaches_verified_ca=above.reaches_verified,
+        )
+        steps, individual_match, group = decision.steps, decision.individual, decision.group
+    refused = Decision(False, individual_match, group, RefusalReason.CERT_REVOKED, words, (*steps, f"revoked: {words}"))
+    return Authentication(
+        refused, "x509", leaf_sha256=sha256_thumbprint(chain[0]), common_name=certs.common_name(chain[0])
+    )
+
+
 class X509Mechanism:
     name: AttestationType = "x509"
 
@@ -392,10 +457,18 @@ class X509Mechanism:
                     c for s in individual.attestation.x509.client_certificates if s and (c := _load(s.certificate))
                 ]
             known = [*trust.certificates.values(), *await _group_signing_certs(uow)]
-            found = diagnose(evidence, anchors, known, trust.uploaded, now)
+            found = diagnose(evidence, anchors, known, trust.uploaded, now, trust.revoked)
+            if found.path is not None:
+                return await _revoked(uow, registration_id, individual, trust, found.path, found.message)
             return refuse("x509", found.reason, found.message)
 
         chain = evidence.verified
+        # The TLS layer enforced the revocations it held at the handshake; the store's may be
+        # newer (a CRL uploaded a moment ago, maybe on another node).
+        gone = trust.revoked.path_problems(chain) or trust.revoked.presented_problems(evidence.presented)
+        if gone:
+            words = "; ".join(w.replace("{cert}", certs.describe(c)) for _d, c, w in gone)
+            return await _revoked(uow, registration_id, individual, trust, chain, words)
         if len(chain) == 1:  # the leaf itself is the TLS anchor (an enrolled device certificate)
             above = await _above_leaf(uow, chain, trust, anchored_at_leaf=True)
         else:

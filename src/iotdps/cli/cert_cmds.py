@@ -6,18 +6,24 @@ iotdps cert inspect | verify       read a certificate; explain why a bundle woul
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+from cryptography import x509
 
 from iotdps.cli.output import EXIT_NEGATIVE, echo_json, json_option, wants_json
 from iotdps.cli.pki_common import ENV_DEVICE_PASSPHRASE, IN_FILE, ca_dir_option, edge, open_ca_dir
 from iotdps.errors import InvalidInput
 from iotdps.pki import certificate_info, explain_chain, load_certificates, load_private_key
+from iotdps.pki.certs import certificate_label
 from iotdps.pki.keys import describe_public_key
 from iotdps.secret import Secret
+
+if TYPE_CHECKING:
+    from iotdps.pki.revocation import Revocations
 
 __all__ = ["register"]
 
@@ -160,6 +166,14 @@ def cert_inspect(file: Path) -> None:
     default=None,
     help="check a server certificate for this host name instead of a device certificate",
 )
+@click.option(
+    "--crl",
+    "crl_files",
+    multiple=True,
+    type=IN_FILE,
+    help="a CRL to enforce (repeatable; its CA must be in the CA directory or among --root/--chain); "
+    "default: the CA directory's CRLs",
+)
 @ca_dir_option
 @edge
 def cert_verify(
@@ -169,12 +183,14 @@ def cert_verify(
     key_file: Path | None,
     key_passphrase: str | None,
     server_name: str | None,
+    crl_files: tuple[Path, ...],
     ca_dir: Path | None,
 ) -> None:
     """Explain, in words, whether the device bundle FILE would validate. Exit 0 if it does, 1 if not."""
     certs = _read_certs(file)
     intermediates = certs[1:] + [c for p in chain_files for c in _read_certs(p)]
     roots = [c for p in root_files for c in _read_certs(p)] if root_files else open_ca_dir(ca_dir).roots()
+    revoked = _revocations(ca_dir, crl_files, [*intermediates, *roots])
     public_key = None
     if key_file is not None:
         key = load_private_key(
@@ -188,10 +204,33 @@ def cert_verify(
         public_key=public_key,
         purpose="server" if server_name else "client",
         server_name=server_name,
+        revoked=revoked,
     )
     click.echo(report.explain())
     if not report.valid:
         sys.exit(EXIT_NEGATIVE)
+
+
+def _revocations(ca_dir: Path | None, crl_files: tuple[Path, ...], given: list[x509.Certificate]) -> Revocations:
+    """The CRLs `cert verify` enforces: --crl files, each checked against its CA (from the CA
+    directory or the certificates given), else every CRL of the CA directory."""
+    from iotdps.pki.ca_revocations import CaRevocations
+    from iotdps.pki.revocation import Revocations, check_crl, load_crl
+
+    cadir = open_ca_dir(ca_dir)
+    known = [*given, *(cadir.certificate(r.name) for r in cadir.records())]
+    if not crl_files:
+        return Revocations.build(CaRevocations(cadir).all_crls(), known)
+    now = dt.datetime.now(dt.UTC)
+    crls = []
+    for path in crl_files:
+        crl = load_crl(path.read_bytes())
+        ca = next((c for c in known if c.subject == crl.issuer), None)
+        if ca is None:
+            raise InvalidInput(f"{path}: the CA that issued this CRL ({crl.issuer.rfc4514_string()}) is not known")
+        check_crl(crl, ca, now)
+        crls.append((certificate_label(ca), ca, crl))
+    return Revocations.build(crls, known)
 
 
 def register(group: click.Group) -> None:

@@ -57,7 +57,7 @@ def signing_issuer(cadir: CaDirectory, name: str, passphrase: str | None, pkcs11
     if pkcs11_uri is not None:
         chain = cadir.chain(name)
         signer = open_token_signer(token_key_uri(pkcs11_uri), chain[0])
-        return Issuer(chain[0], signer, chain[1:], name=name)
+        return Issuer(chain[0], signer, chain[1:], name=name, crl_url=cadir.crl_url(name))
     if not cadir.needs_passphrase(name):
         return cadir.issuer(name, None)
     return cadir.issuer(name, prompt_secret(passphrase, prompt=f"Passphrase of CA {name!r}", confirm=False))

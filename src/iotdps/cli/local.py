@@ -62,6 +62,9 @@ class LocalAdminClient:
     async def verify_ca(self, name: str, verification_cert_pem: str, if_match: str | None = None) -> CaCertificate:
         return await self._ca.verify_ca(name, verification_cert_pem, if_match)
 
+    async def upload_crl(self, name: str, data: str, if_match: str | None = None) -> CaCertificate:
+        return await self._ca.upload_crl(name, data, if_match)
+
     async def get_ca(self, name: str) -> CaCertificate | None:
         async with self.store.begin() as uow:
             return await uow.cas.get(name)

@@ -48,13 +48,15 @@ _PKI, _ADMIN, _HUB = "iotdps.cli.pki_cmds", "iotdps.cli.admin_cmds", "iotdps.cli
 _ENROLLMENT, _CERT = "iotdps.cli.enrollment_cmds", "iotdps.cli.cert_cmds"
 _CUSTODY = "iotdps.cli.custody_cmds"
 _ISSUANCE = "iotdps.cli.issuance_cmds"
+_REVOKE = "iotdps.cli.revoke_cmds"
 
 COMMANDS: dict[str, LazyCommand] = {
     "c2d": LazyCommand((_HUB,), "Cloud-to-device messages."),
     "ca": LazyCommand((_ADMIN,), "CA certificates: upload, proof of possession, list."),
-    "ca-dir": LazyCommand((_CERT, _CUSTODY), "The local CA directory."),
+    "ca-dir": LazyCommand((_CERT, _CUSTODY, _REVOKE), "The local CA directory."),
     "certificate": LazyCommand((_ISSUANCE,), "Certificates issued to devices at registration."),
     "cert": LazyCommand((_CERT,), "Read certificates and explain chains."),
+    "crl": LazyCommand((_REVOKE,), "CRLs: sign them where the CA keys are, hand them to the service."),
     "create-ca-intermediate": LazyCommand(
         (_PKI,), "Create an intermediate CA (one per factory or production line) signed by --parent."
     ),
@@ -81,6 +83,9 @@ COMMANDS: dict[str, LazyCommand] = {
     "proof-ca-root-possession": LazyCommand((_PKI,), "Prove possession of a CA's key to the provisioning service."),
     "refusals": LazyCommand((_ADMIN,), "Recent refused registrations, latest first, with the reason in words."),
     "registration": LazyCommand((_ADMIN,), "Registration records."),
+    "revoke": LazyCommand(
+        (_REVOKE,), "Revoke a device certificate or a CA in the CA directory, and sign the issuer's CRL."
+    ),
     "sas-token": LazyCommand(
         ("iotdps.cli.token_cmds",),
         "Print a SharedAccessSignature: a policy's (management API), a hub device's or a DPS one.",

@@ -173,6 +173,7 @@ def _ca_from_json(doc: Mapping[str, Any]) -> CaCertificate:
         etag=doc.get("etag"),
         created=parse_time(created) if isinstance(created, str) else None,
         updated=parse_time(updated) if isinstance(updated, str) else None,
+        crl_info=dict(props["crl"]) if isinstance(props.get("crl"), dict) else None,
     )
 
 
@@ -271,6 +272,10 @@ class RemoteAdminClient:
         doc, _ = await self.http.call(
             "POST", f"/certificates/{_seg(name)}/verify", {"certificate": verification_cert_pem}, if_match=if_match
         )
+        return _ca_from_json(doc)
+
+    async def upload_crl(self, name: str, data: str, if_match: str | None = None) -> CaCertificate:
+        doc, _ = await self.http.call("PUT", f"/certificates/{_seg(name)}/crl", {"crl": data}, if_match=if_match)
         return _ca_from_json(doc)
 
     async def get_ca(self, name: str) -> CaCertificate | None:

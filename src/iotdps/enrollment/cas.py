@@ -37,6 +37,11 @@ class CaCertificate:
     etag: str | None = None
     created: datetime | None = None
     updated: datetime | None = None
+    # The CA's latest CRL (PEM), checked against this certificate on upload
+    # (provisioning.revocations), and what operators see of it: number, thisUpdate,
+    # nextUpdate, revokedCount. The service enforces it; it never signs one.
+    crl: str | None = None
+    crl_info: Mapping[str, Any] | None = None
 
     @property
     def sha256_thumbprint(self) -> str:
@@ -60,6 +65,7 @@ class CaCertificate:
                     "created": format_time(self.created) if self.created else None,
                     "updated": format_time(self.updated) if self.updated else None,
                     "certificate": self.certificate,
+                    "crl": dict(self.crl_info) if self.crl_info is not None else None,
                 }
             ),
         }

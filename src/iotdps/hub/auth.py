@@ -13,6 +13,11 @@ anchors, as on the real hub; an expired or not-yet-valid leaf is still refused, 
 that breaks the chain policy's rules for device certificates (a CA, a weak key, no clientAuth...:
 `iotdps.pki.chain_policy`). `certificateAuthority` devices need a chain that verified against
 our anchors under the chain policy (the TLS layer's verdict), plus the CN.
+
+Revocation (the service's CRLs, `iotdps.pki.revocation`) holds for every X.509 device whatever
+its auth type: a device whose certificate, or a CA of whose chain, is revoked is refused at
+CONNECT (`revoked_chain`), and the hub drops such a device's live connection when a CRL arrives
+(`server.hub_live.HubConnections.enforce_revocations`).
 """
 
 from __future__ import annotations
@@ -24,12 +29,30 @@ from iotdps.evidence import PeerIdentity
 from iotdps.hub.devices import DeviceIdentity
 from iotdps.pki import certs
 from iotdps.pki.encoding import sha1_thumbprint, sha256_thumbprint
+from iotdps.pki.revocation import Revocations
 from iotdps.sas import DEFAULT_TOKEN_MAX_LIFETIME, SasCheck, lifetime_problem, parse_sas, signature_matches
 
-__all__ = ["check_device"]
+__all__ = ["check_device", "revoked_chain"]
 
 # OpenSSL verify codes about the leaf's own validity window.
 _LEAF_TIME_ERRORS = frozenset({9, 10, 13, 14})
+# X509_V_ERR_CERT_REVOKED, which the chain policy's revocation rule reports (chain_policy.Rule).
+_REVOKED = 23
+
+
+def revoked_chain(peer: PeerIdentity | None, revoked: Revocations) -> str | None:
+    """Why the peer's chain is revoked under `revoked`, or None: the verified path when the TLS
+    layer built one, else the chain as presented (each issuer signature-checked)."""
+    if peer is None or not peer.chain:
+        return None
+    if peer.verified_chain is not None:
+        found = revoked.path_problems(peer.verified_chain)
+    else:
+        found = revoked.presented_problems(peer.chain)
+    if not found:
+        return None
+    _depth, cert, words = found[0]
+    return words.replace("{cert}", certs.certificate_label(cert))
 
 
 def _check_sas(device: DeviceIdentity, hostname: str, password: bytes, now: datetime, max_lifetime: int) -> str | None:
@@ -63,6 +86,9 @@ def _check_x509(device: DeviceIdentity, peer: PeerIdentity | None) -> str | None
     leaf = peer.leaf if peer is not None else None
     if peer is None or leaf is None:
         return "the device presented neither a SAS token nor a client certificate"
+    revoked = next((e for e in peer.verify_errors if e.policy and e.code == _REVOKED), None)
+    if revoked is not None:
+        return f"the certificate chain is revoked: {revoked.message}"
     if any(e.depth == 0 and e.code in _LEAF_TIME_ERRORS and not e.policy for e in peer.verify_errors):
         return "the device certificate is expired or not yet valid"
     broken = next((e for e in peer.verify_errors if e.depth == 0 and e.policy), None)

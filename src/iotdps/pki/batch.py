@@ -124,7 +124,7 @@ _WORKER_PACK: Callable[[list[MintedDevice]], Any] | None = None
 
 
 def _init_worker(
-    job_parts: tuple[bytes, bytes, Validity, KeySpec, str | None, str | None] | None,
+    job_parts: tuple[bytes, bytes, Validity, KeySpec, str | None, str | None, str | None] | None,
     pack: Callable[[list[MintedDevice]], Any] | None = None,
 ) -> None:
     global _WORKER_JOB, _WORKER_PACK
@@ -136,10 +136,10 @@ def _init_worker(
             _WORKER_JOB = _job(issuer, job.validity, job.key_spec, job.device_passphrase)
         return
     _WORKER_PACK = pack
-    chain_pem, key_der, validity, spec, dev_pw, name = job_parts
+    chain_pem, key_der, validity, spec, dev_pw, name, crl_url = job_parts
     certs = x509.load_pem_x509_certificates(chain_pem)
     key = serialization.load_der_private_key(key_der, None)
-    issuer = Issuer(certs[0], key, tuple(certs[1:]), name=name)  # type: ignore[arg-type]
+    issuer = Issuer(certs[0], key, tuple(certs[1:]), name=name, crl_url=crl_url)  # type: ignore[arg-type]
     _WORKER_JOB = _job(issuer, validity, spec, Secret(dev_pw) if dev_pw is not None else None)
 
 
@@ -233,7 +233,7 @@ def _mint(
             serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
         pw = device_passphrase.reveal() if device_passphrase is not None else None
-        initargs = ((certs_to_pem(issuer.chain), key_der, validity, key_spec, pw, issuer.name), pack)
+        initargs = ((certs_to_pem(issuer.chain), key_der, validity, key_spec, pw, issuer.name, issuer.crl_url), pack)
     try:
         with ctx.Pool(n_workers, initializer=_init_worker, initargs=initargs) as pool:
             yield from pool.imap(_mint_chunk, chunks)

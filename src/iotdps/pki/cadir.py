@@ -5,6 +5,8 @@ Layout (one directory, mode 0700):
     index.json             {"version": 1, "cas": {name: record}}: kind, parent, file names, path length
     <name>.cert.pem        the CA certificate
     <name>.key.pem         its private key, always encrypted PKCS#8 (mode 0600)
+    revocations.json       what each CA revoked, its CRL number, the CRL URL (pki.ca_revocations)
+    crl/<name>.crl.pem     each CA's latest CRL
 
 The certificate and key are separate records, and the index says where the key is (custody.py):
 a key file, a PKCS#11 URI (`key_uri`: the key is in a token and never here), or neither (the
@@ -39,13 +41,14 @@ from iotdps.pki.keys import PrivateKey, encode_private_key, load_private_key, pu
 from iotdps.pki.pkcs11_uri import Pkcs11Config, Pkcs11Uri
 from iotdps.secret import Secret
 
-__all__ = ["CaDirectory", "CaKind", "CaRecord", "KeyCustody", "check_ca_name"]
+__all__ = ["REVOCATIONS_FILE", "CaDirectory", "CaKind", "CaRecord", "KeyCustody", "check_ca_name"]
 
 CaKind = Literal["root", "intermediate"]
 KeyCustody = Literal["file", "token", "elsewhere"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 _INDEX = "index.json"
+REVOCATIONS_FILE = "revocations.json"
 _VERSION = 1
 
 
@@ -111,6 +114,10 @@ class CaDirectory:
     def _write_index(self, records: dict[str, CaRecord]) -> None:
         body = {"version": _VERSION, "cas": {n: asdict(r) for n, r in sorted(records.items())}}
         atomic_write(self.path / _INDEX, (json.dumps(body, indent=2) + "\n").encode("utf-8"), mode=0o644)
+
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        """The directory's lock, for the other records kept beside the index (revocations)."""
+        return self._locked()
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -188,17 +195,29 @@ class CaDirectory:
         """Whether signing as `name` decrypts a key file (a token key needs the PIN instead)."""
         return self.get(name).custody == "file"
 
+    def crl_url(self, name: str) -> str | None:
+        """Where CA `name`'s CRL is published (`iotdps ca-dir set-crl-url`), or None."""
+        path = self.path / REVOCATIONS_FILE
+        if not path.exists():
+            return None
+        try:
+            template = json.loads(path.read_text("utf-8")).get("crlUrl")
+        except (ValueError, OSError, AttributeError):
+            raise PkiError(f"{path} is damaged") from None
+        return template.replace("{ca}", name) if isinstance(template, str) and template else None
+
     def issuer(self, name: str, passphrase: Secret[str] | None, *, pkcs11_config: Pkcs11Config | None = None) -> Issuer:
         """An Issuer for CA `name`: its key file decrypted with `passphrase` (BadPassphrase if
         wrong), or its token key, logged in with `pkcs11_config` (default: the environment)."""
         chain = self.chain(name)
         rec = self.get(name)
+        url = self.crl_url(name)
         if rec.custody == "token":
             assert rec.key_uri is not None
             signer = open_token_signer(token_key_uri(rec.key_uri), chain[0], config=pkcs11_config)
-            return Issuer(chain[0], signer, chain[1:], name=name)
+            return Issuer(chain[0], signer, chain[1:], name=name, crl_url=url)
         key = load_private_key(self.encrypted_key(name), passphrase, what=f"key of CA {name!r}")
-        return Issuer(chain[0], key, chain[1:], name=name)
+        return Issuer(chain[0], key, chain[1:], name=name, crl_url=url)
 
     # -- changes -----------------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ from iotdps.pki.certs import describe_certificate, is_self_issued
 from iotdps.pki.chain_policy import Rule, path_problems, verify_client_chain
 from iotdps.pki.keys import public_keys_match
 from iotdps.pki.path import End, walk
+from iotdps.pki.revocation import Revocations
 
 __all__ = ["ChainReport", "Purpose", "explain_chain", "verify_chain"]
 
@@ -219,11 +220,13 @@ def explain_chain(
     check_cn: bool = True,
     public_key: CertificatePublicKeyTypes | None = None,
     server_name: str | None = None,
+    revoked: Revocations | None = None,
 ) -> ChainReport:
     """Explain whether `leaf` (plus `intermediates`) chains to one of `roots` and is usable.
 
     `public_key` (from the device's private key) is compared with the leaf's. For purpose
-    "client" the CN must be a valid registration id unless `check_cn` is false.
+    "client" the CN must be a valid registration id unless `check_cn` is false. `revoked`: the
+    CRLs to enforce (the CA directory's), as the service enforces its own.
     """
     when = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
     problems: list[str] = []
@@ -274,7 +277,7 @@ def explain_chain(
     if purpose == "client":
         # The service's chain policy, in its own words, on the path as far as it was built
         # (validity was reported above, with the clock hint).
-        problems.extend(p.describe(describe_certificate) for p in path_problems(path))
+        problems.extend(p.describe(describe_certificate) for p in path_problems(path, revoked=revoked))
     else:
         # path[k] signs path[k-1]; below it are the k-1 certificates between it and the leaf,
         # minus self-issued ones, which RFC 5280 does not count.
@@ -285,7 +288,7 @@ def explain_chain(
     if anchored and not problems:
         if purpose == "client":
             # The verdict the server's handshake and `iotdps explain` reach on the same anchors.
-            verdict = verify_client_chain([leaf, *intermediates], roots, when)
+            verdict = verify_client_chain([leaf, *intermediates], roots, when, revoked)
             reasons = verdict.reasons(describe_certificate)
             if reasons:
                 problems.append(f"the chain does not validate: {'; '.join(reasons)}")

@@ -43,7 +43,11 @@ README's "Who gets in" says the same):
   it (an operator's `openssl req -x509` root has none); its extended key usage, if present,
   includes clientAuth (OpenSSL's client purpose refuses anyExtendedKeyUsage alone there too);
 - path length: a CA's pathLenConstraint counts every intermediate below it (self-issued ones
-  too, as cryptography does; RFC 5280 would skip those, OpenSSL does), at most 8 in all.
+  too, as cryptography does; RFC 5280 would skip those, OpenSSL does), at most 8 in all;
+- no certificate of the path is revoked by a CRL the caller holds (`pki.revocation`: the
+  service's uploaded CRLs, or the CA directory's for `cert verify`), nor is under a revoked CA.
+  Neither verifier reads CRLs here, so this rule is only `path_problems`'s: it runs on the path
+  either verifier built, which is what keeps the three callers in agreement.
 
 Trust anchors are the verified uploaded CAs and the individual enrollments' certificates. Any of
 them ends a path (partial-chain semantics), whether root, intermediate or the device certificate
@@ -71,6 +75,7 @@ from cryptography.x509.verification import (
 )
 
 from iotdps.pki.certs import certificate_label
+from iotdps.pki.revocation import Revocations
 
 __all__ = [
     "MAX_INTERMEDIATES",
@@ -135,6 +140,7 @@ class Rule(enum.IntEnum):
     TLS seam can report a policy refusal next to OpenSSL's own (x509_vfy.h numbers)."""
 
     CHAIN_TOO_LONG = 22
+    REVOKED = 23
     NOT_YET_VALID = 9
     EXPIRED = 10
     PATH_LENGTH = 25
@@ -391,15 +397,20 @@ def leaf_problems(leaf: x509.Certificate) -> list[PolicyProblem]:
     return [PolicyProblem(0, rule, leaf, words) for rule, words in _leaf_findings(leaf, signature=False)]
 
 
-def path_problems(path: Sequence[x509.Certificate], now: dt.datetime | None = None) -> list[PolicyProblem]:
+def path_problems(
+    path: Sequence[x509.Certificate], now: dt.datetime | None = None, revoked: Revocations | None = None
+) -> list[PolicyProblem]:
     """Every rule the path (leaf first, trust anchor last) breaks; empty when it meets them all.
 
     No signature is checked: `path` is one OpenSSL or cryptography's verifier built. `now`:
     also check every certificate's validity (both verifiers have; callers explaining a path
-    found elsewhere pass it)."""
+    found elsewhere pass it). `revoked`: the revocations to enforce (none when not given);
+    a revoked certificate is listed first, as it is the answer operators need."""
     if not path:
         return []
     problems: list[PolicyProblem] = []
+    if revoked is not None:
+        problems += [PolicyProblem(d, Rule.REVOKED, c, words) for d, c, words in revoked.path_problems(path)]
     last = len(path) - 1
     leaf = path[0]
     problems += [PolicyProblem(0, r, leaf, w) for r, w in _leaf_findings(leaf, signature=last > 0)]
@@ -525,7 +536,10 @@ class ChainVerdict:
 
 
 def verify_client_chain(
-    presented: Sequence[x509.Certificate], anchors: Iterable[x509.Certificate], now: dt.datetime
+    presented: Sequence[x509.Certificate],
+    anchors: Iterable[x509.Certificate],
+    now: dt.datetime,
+    revoked: Revocations | None = None,
 ) -> ChainVerdict:
     """Verify a device chain (leaf first, then whatever else it sent) against the anchors, with
     cryptography's client verifier and this policy. Used where OpenSSL's verdict is not at hand
@@ -548,7 +562,7 @@ def verify_client_chain(
         path = tuple(verifier.verify(leaf, rest).chain)
     except VerificationError as exc:
         return ChainVerdict(None, refusal=f"the chain does not validate: {exc}")
-    problems = path_problems(path)
+    problems = path_problems(path, revoked=revoked)
     if problems:
         return ChainVerdict(None, tuple(problems))
     return ChainVerdict(path)

@@ -108,6 +108,9 @@ class Issuer:
     key: PrivateKey | Signer = field(repr=False)
     parents: tuple[x509.Certificate, ...] = ()
     name: str | None = None
+    # Where this CA's CRL is published (pki.revocation): certificates it signs carry it as
+    # their CRL distribution point. None: no CDP extension.
+    crl_url: str | None = None
     _aki: x509.AuthorityKeyIdentifier = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -135,6 +138,16 @@ class Issuer:
         except x509.ExtensionNotFound:
             aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key())
         object.__setattr__(self, "_aki", aki)
+        if self.crl_url is not None and not self.crl_url.startswith(("http://", "https://")):
+            raise InvalidInput(f"the CRL URL of {label} must be an http:// or https:// URL, not {self.crl_url!r}")
+
+    @property
+    def crl_distribution_points(self) -> x509.CRLDistributionPoints | None:
+        """The CDP extension certificates signed by this CA carry, or None when not configured."""
+        if self.crl_url is None:
+            return None
+        point = x509.DistributionPoint([x509.UniformResourceIdentifier(self.crl_url)], None, None, None)
+        return x509.CRLDistributionPoints([point])
 
     def __repr__(self) -> str:
         return f"Issuer(name={self.name!r}, subject={self.certificate.subject.rfc4514_string()!r})"

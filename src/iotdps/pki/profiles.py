@@ -189,6 +189,10 @@ def create_intermediate_ca(
         .add_extension(x509.BasicConstraints(ca=True, path_length=plen), critical=True)
         .add_extension(_CA_KU, critical=True)
     )
+    cdp = issuer.crl_distribution_points
+    if cdp is not None:
+        # Where the parent's CRL (the one that can revoke this CA) is published.
+        builder = builder.add_extension(cdp, critical=False)
     return _signed(builder, issuer)
 
 
@@ -228,6 +232,9 @@ def device_extensions(issuer: Issuer, *, rsa_subject: bool) -> list[x509.Extensi
         (ku, True),
         (_CLIENT_EKU, False),
     ]
+    cdp = issuer.crl_distribution_points
+    if cdp is not None:
+        values.append((cdp, False))
     return [x509.Extension(v.oid, crit, v) for v, crit in values]
 
 

@@ -1,4 +1,5 @@
-"""CA proof of possession: upload a CA certificate, hand out a verification code, verify.
+"""CA proof of possession: upload a CA certificate, hand out a verification code, verify; and
+the CA's CRL (`upload_crl`; the model is `pki.revocation`'s docstring).
 
 An uploaded CA is a trust anchor only once verified: the service gives out a random code (single
 use, expiring after `verification_code_ttl`), and a verification certificate whose CN is that
@@ -18,9 +19,11 @@ from iotdps.enrollment.cas import CaCertificate
 from iotdps.errors import InvalidInput, NotFound
 from iotdps.pki import certs
 from iotdps.pki.encoding import certificate_info, load_certificate
+from iotdps.pki.revocation import check_crl, crl_pem, load_crl, summarize
 from iotdps.pki.verification import code_matches, new_code
 from iotdps.ports import Clock, Store, SystemClock
 from iotdps.secret import Secret
+from iotdps.timestamps import format_time
 
 __all__ = ["DEFAULT_VERIFICATION_CODE_TTL", "CaAdminService"]
 
@@ -51,9 +54,45 @@ class CaAdminService:
         ca = CaCertificate(name, certs.to_pem(cert), certificate_info(cert), is_verified=verified)
         async with self.store.begin() as uow:
             existing = await uow.cas.get(name)
-            if existing is not None and existing.sha256_thumbprint == ca.sha256_thumbprint and not verified:
-                ca = replace(ca, is_verified=existing.is_verified)
+            if existing is not None and existing.sha256_thumbprint == ca.sha256_thumbprint:
+                # The same certificate again: its CRL stays (a new certificate drops it: the
+                # CRL was checked against the old one's key).
+                ca = replace(ca, crl=existing.crl, crl_info=existing.crl_info)
+                if not verified:
+                    ca = replace(ca, is_verified=existing.is_verified)
             return await uow.cas.put(ca, if_match)
+
+    async def upload_crl(self, name: str, data: str | bytes, if_match: str | None = None) -> CaCertificate:
+        """Hold `data` (PEM or DER) as CA `name`'s CRL, after checking it is that CA's (issuer,
+        signature by its key, cRLSign, a nextUpdate, not in the future) and not older than the
+        CRL held now (a lower CRL number would un-revoke what the newer one lists). An expired
+        CRL is refused: upload a fresh one (`iotdps crl generate`)."""
+        crl = load_crl(data)
+        now = self.clock.now()
+        async with self.store.begin() as uow:
+            ca = await uow.cas.get(name)
+            if ca is None:
+                raise NotFound(f"CA certificate {name} not found")
+            check_crl(crl, load_certificate(ca.certificate), now)
+            summary = summarize(crl)
+            if summary.expired(now):
+                assert summary.next_update is not None
+                raise InvalidInput(
+                    f"the CRL of CA {name} expired at {summary.next_update:%Y-%m-%d %H:%M:%SZ} (its nextUpdate); "
+                    "regenerate it where the CA key is (iotdps crl generate) and upload that"
+                )
+            held = ca.crl_info.get("number") if ca.crl_info else None
+            if isinstance(held, int) and summary.number is not None and summary.number < held:
+                raise InvalidInput(
+                    f"the CRL's number {summary.number} is older than the one held for CA {name} ({held})"
+                )
+            info = {
+                "number": summary.number,
+                "thisUpdate": format_time(summary.this_update),
+                "nextUpdate": format_time(summary.next_update) if summary.next_update else None,
+                "revokedCount": summary.revoked,
+            }
+            return await uow.cas.put(replace(ca, crl=crl_pem(crl), crl_info=info), if_match)
 
     async def generate_verification_code(self, name: str, if_match: str | None = None) -> tuple[str, CaCertificate]:
         """A fresh random code (single use, expires after `verification_code_ttl`); the previous

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from iotdps.enrollment.models import AttestationType
 from iotdps.provisioning.records import RegistrationRecord, RegistrationStatus
-from iotdps.refusals import RefusalReason, device_answer
+from iotdps.refusals import REVOKED_RECORD, DeviceAnswer, RefusalReason, device_answer
 
 __all__ = ["TERMINAL_STATUSES", "TRANSITIONS", "assigning_record", "check_transition", "refused_record"]
 
@@ -82,6 +82,11 @@ def refused_record(
     device-facing status, code and message; the previous hub and device id stay on it so that a
     later registration migrates correctly."""
     answer = device_answer(reason)
+    if reason is RefusalReason.CERT_REVOKED:
+        # Refused at CONNECT like any bad certificate, yet the device proved its key and chain:
+        # its record says so (refusals.REVOKED_RECORD).
+        status, code, words = REVOKED_RECORD
+        answer = DeviceAnswer(answer.http_status, code, words, status)
     assert answer.registration_status is not None
     same_op = current is not None and current.operation_id == operation_id
     check_transition(current.status if current else None, answer.registration_status, same_operation=same_op)

@@ -60,7 +60,7 @@ from iotdps.provisioning.registration import (
 )
 from iotdps.provisioning.reprovision import place, previous_hub
 from iotdps.provisioning.settings import ServiceSettings
-from iotdps.refusals import RefusalReason, Refused, device_answer
+from iotdps.refusals import REVOKED_RECORD, RefusalReason, Refused, device_answer
 
 __all__ = ["ProvisioningService"]
 
@@ -122,6 +122,28 @@ class ProvisioningService:
         await self._log(
             registration_id, decision.reason, decision.message, auth.attestation_type, decision.enrollment_name, peer
         )
+        if decision.reason is RefusalReason.CERT_REVOKED and decision.matched:
+            await self._mark_revoked(registration_id, new_operation_id(), auth)
+
+    async def _mark_revoked(self, registration_id: str, operation_id: str, auth: Authentication) -> None:
+        """A device whose chain verified but is revoked: its existing registration record shows
+        it ("disabled", Certificate revoked). Only an existing record changes, and only for a
+        device that proved its key (the TLS handshake) under a chain an enrollment matched."""
+        decision = auth.decision
+        async with self.store.begin() as uow:
+            current = await uow.registrations.get(registration_id, for_update=True)
+            if current is None or (current.status == "disabled" and current.error_code == REVOKED_RECORD[1]):
+                return
+            record = refused_record(
+                current.registration_id,
+                operation_id,
+                current,
+                RefusalReason.CERT_REVOKED,
+                auth.attestation_type,
+                decision.group.enrollment_group_id if decision.group else None,
+                auth.leaf_sha256,
+            )
+            await uow.registrations.put(record)
 
     async def authenticate(self, id_scope: str, registration_id: str, credential: Credential | None) -> Authentication:
         """Attestation and precedence only, read-only. Edges may call it at MQTT CONNECT to refuse
@@ -267,6 +289,9 @@ class ProvisioningService:
             request.peer,
         )
         if not decision.matched:
+            return RegistrationOutcome(None, None, decision.reason, decision.message, decision.steps)
+        if decision.reason is RefusalReason.CERT_REVOKED:
+            await self._mark_revoked(request.registration_id, operation_id, auth)
             return RegistrationOutcome(None, None, decision.reason, decision.message, decision.steps)
         # A matched enrollment refused (disabled, wrong key on an individual enrollment...):
         # only "disabled" outcomes become a record; a credential failure must not let an

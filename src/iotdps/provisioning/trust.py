@@ -1,4 +1,5 @@
-"""What the TLS layer's trust store must hold: the trust anchors of every handshake.
+"""What the TLS layer's trust store must hold: the trust anchors of every handshake, and the
+revocations it enforces (`current_revocations`, from the uploaded CAs' CRLs).
 
 Every verified uploaded CA, and every individual X.509 enrollment's device certificate (used
 with PARTIAL_CHAIN, so that an enrolled device certificate vouches for itself). The server
@@ -7,14 +8,19 @@ builds its TLS context from this and rebuilds it when CAs or enrollments change.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from cryptography import x509
 
+from iotdps.attestation.x509 import revocations_of
 from iotdps.errors import InvalidInput
 from iotdps.pki import certs
 from iotdps.pki.encoding import load_certificates
+from iotdps.pki.revocation import Revocations
 from iotdps.ports import Store
+from iotdps.timestamps import parse_time
 
-__all__ = ["trust_anchors"]
+__all__ = ["current_revocations", "trust_anchors"]
 
 
 async def trust_anchors(store: Store) -> list[x509.Certificate]:
@@ -42,3 +48,16 @@ def _load_all(pem: str) -> list[x509.Certificate]:
         return load_certificates(pem)
     except InvalidInput:
         return []
+
+
+async def current_revocations(store: Store, now: datetime) -> tuple[Revocations, list[str]]:
+    """The revocations of every CRL held, and the names of the CAs whose CRL is past its
+    nextUpdate (still enforced: see pki.revocation)."""
+    async with store.read() as uow:
+        cas = list(await uow.cas.list())
+    expired = []
+    for ca in cas:
+        next_update = (ca.crl_info or {}).get("nextUpdate")
+        if ca.crl and isinstance(next_update, str) and parse_time(next_update) < now:
+            expired.append(ca.name)
+    return revocations_of(cas), expired

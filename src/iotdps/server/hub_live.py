@@ -23,10 +23,12 @@ from typing import Any
 
 from iotdps import metrics
 from iotdps.errors import IotdpsError
+from iotdps.hub.auth import revoked_chain
 from iotdps.hub.device_requests import DeviceRequests
 from iotdps.hub.errors import DeviceNotConnected, MethodTimeout
 from iotdps.hub.names import HubNames
 from iotdps.jsonload import InvalidJson, load_json
+from iotdps.pki.revocation import NO_REVOCATIONS, Revocations
 from iotdps.protocols.mqtt.errors import InvalidDeviceRequest
 from iotdps.protocols.mqtt.hub import METHODS_FILTER, format_method_request_topic, parse_hub_username
 from iotdps.protocols.mqtt.packets import Connect
@@ -53,6 +55,7 @@ class HubConnections:
         self._rids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self._revoked = NO_REVOCATIONS
         self.refused_log = WindowedLog(
             log, time.monotonic, "hub CONNECT refusals", count=metrics.refusal, event="hub_connect_refused"
         )
@@ -124,6 +127,12 @@ class HubConnections:
                 device_id[:200],
             )
             return CONNACK_IDENTIFIER_REJECTED
+        # The revocations in force now, not at the handshake: a CRL that arrived in between
+        # counts (the TLS layer's own check is in the device's verify errors, see hub.auth).
+        revoked = revoked_chain(conn.peer, self._revoked)
+        if revoked is not None:
+            refused("revoked", "hub %s: device %s refused at CONNECT: %s", hub, device_id[:200], revoked)
+            return CONNACK_NOT_AUTHORIZED
         persistent = not connect.clean_session
         try:
             admitted = await self._requests.admit(
@@ -193,6 +202,20 @@ class HubConnections:
         except InvalidJson:
             value = payload.decode("utf-8", "replace")
         waiting[1].set_result((status, value))
+
+    # -- revocation -----------------------------------------------------------------------------
+
+    def enforce_revocations(self, revoked: Revocations) -> int:
+        """From now on refuse devices that `revoked` covers, and drop those connected now
+        (through `disconnect`, as the hub's other operations do). Returns how many dropped."""
+        self._revoked = revoked
+        dropped = 0
+        for (hub, device_id), endpoint in list(self._live.items()):
+            why = revoked_chain(endpoint.conn.peer, revoked)
+            if why is not None and self.disconnect(hub, device_id, f"certificate revoked: {why}"):
+                log.warning("hub %s: device %s disconnected: %s", hub, device_id, why)
+                dropped += 1
+        return dropped
 
     # -- LiveDevices ----------------------------------------------------------------------------
 

@@ -37,8 +37,9 @@ from OpenSSL._util import lib as _lib
 
 from iotdps.errors import PkiError
 from iotdps.evidence import VERIFY_WORDS, PeerIdentity, VerifyError
-from iotdps.pki.chain_policy import MAX_INTERMEDIATES, leaf_problems, path_problems
+from iotdps.pki.chain_policy import MAX_INTERMEDIATES, PolicyProblem, Rule, leaf_problems, path_problems
 from iotdps.pki.encoding import remember_thumbprints
+from iotdps.pki.revocation import NO_REVOCATIONS, Revocations
 from iotdps.secret import Secret
 
 __all__ = [
@@ -161,13 +162,16 @@ def describe_verify_error(code: int) -> str:
 
 class _HandshakeRecord:
     """Per-connection scratch space the verify callback writes into (the Connection's app data),
-    and the anchors of the context the connection started with."""
+    and the anchors and revocations in force when the connection started."""
 
-    __slots__ = ("anchors", "errors")
+    __slots__ = ("anchors", "errors", "revoked")
 
-    def __init__(self, anchors: frozenset[x509.Certificate] = frozenset()) -> None:
+    def __init__(
+        self, anchors: frozenset[x509.Certificate] = frozenset(), revoked: Revocations = NO_REVOCATIONS
+    ) -> None:
         self.errors: list[VerifyError] = []
         self.anchors = anchors
+        self.revoked = revoked
 
 
 def _record_and_accept(conn: SSL.Connection, cert: crypto.X509, errnum: int, depth: int, ok: int) -> bool:
@@ -267,6 +271,7 @@ class ServerTls:
         self._anchors: tuple[x509.Certificate, ...] = tuple(anchors)
         self._anchor_set = frozenset(self._anchors)
         self._context: SSL.Context | None = None
+        self._revoked = NO_REVOCATIONS
         self.update_server_certificate(certificate_chain, private_key)
 
     @classmethod
@@ -316,6 +321,16 @@ class ServerTls:
         self._anchors = anchors
         self._anchor_set = frozenset(anchors)
 
+    @property
+    def revocations(self) -> Revocations:
+        return self._revoked
+
+    def update_revocations(self, revoked: Revocations) -> None:
+        """Enforce `revoked` (the service's CRLs) from the next handshake on. OpenSSL does not
+        read them (it would want a CRL for every CA of every chain); the chain policy does,
+        on the path OpenSSL built. Open connections are the hub's to drop."""
+        self._revoked = revoked
+
     def update_server_certificate(self, chain: Sequence[x509.Certificate], key: ServerPrivateKey) -> None:
         """Rotate the server certificate without a restart (new connections only)."""
         chain = tuple(chain)
@@ -328,7 +343,7 @@ class ServerTls:
         """A server-side Connection on memory BIOs, ready for `bio_write` of the first bytes."""
         conn = SSL.Connection(self.context, None)
         conn.set_accept_state()
-        conn.set_app_data(_HandshakeRecord(self._anchor_set))
+        conn.set_app_data(_HandshakeRecord(self._anchor_set, self._revoked))
         return conn
 
     def _build(
@@ -558,7 +573,15 @@ def peer_identity(conn: SSL.Connection) -> PeerIdentity:
         # The chain policy on the path OpenSSL built (its CAs' verdicts are memoised), or on the
         # leaf alone when there is no such path: the hub's thumbprint devices need no chain, but
         # their certificate still meets the policy's leaf rules.
-        problems = path_problems(verified) if verified is not None else leaf_problems(leaf)
+        revoked = record.revoked if isinstance(record, _HandshakeRecord) else NO_REVOCATIONS
+        if verified is not None:
+            problems = path_problems(verified, revoked=revoked)
+        else:
+            # No verified path (a hub thumbprint device, or a chain OpenSSL refused): what the
+            # device sent is still checked against the CRLs, so a revoked line cannot get in
+            # at the hub by sending a chain nobody verifies.
+            problems = [PolicyProblem(d, Rule.REVOKED, c, w) for d, c, w in revoked.presented_problems(chain)]
+            problems += leaf_problems(leaf)
         if problems:
             verified = None
             errors += [

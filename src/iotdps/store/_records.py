@@ -132,6 +132,9 @@ def ca_to_doc(ca: CaCertificate) -> dict[str, Any]:
         "isVerified": ca.is_verified,
         "verificationCodeHash": hash_code(code) if code else None,
         "verificationCodeExpires": to_utc(expires).isoformat() if expires else None,
+        # A field of the document, not a column: nothing queries by it, so no migration.
+        "crl": ca.crl,
+        "crlInfo": dict(ca.crl_info) if ca.crl_info is not None else None,
     }
 
 
@@ -149,6 +152,8 @@ def ca_from_doc(
         etag=etag,
         created=created,
         updated=updated,
+        crl=str(doc["crl"]) if doc.get("crl") else None,
+        crl_info=dict(doc["crlInfo"]) if isinstance(doc.get("crlInfo"), dict) else None,
     )
 
 

@@ -45,9 +45,10 @@ from iotdps.protocols.mqtt.hub import classify_username
 from iotdps.protocols.mqtt.packets import Connect
 from iotdps.provisioning.service import ProvisioningService
 from iotdps.provisioning.settings import ServiceSettings
-from iotdps.provisioning.trust import trust_anchors
+from iotdps.provisioning.trust import current_revocations, trust_anchors
 from iotdps.server.cert_files import CertificateFiles, CertificateReloader, load_pair
 from iotdps.server.control import control_socket_path
+from iotdps.server.crl_http import build_crl_app
 from iotdps.server.dps_http import build_device_app
 from iotdps.server.dps_mqtt import route_dps
 from iotdps.server.dps_runner import RegistrationRunner
@@ -123,6 +124,7 @@ class Server:
         self._anchor_prints: frozenset[str] = frozenset()
         self._anchors: list[x509.Certificate] = []
         self._last_reload = 0.0
+        self._expired_crls: frozenset[str] = frozenset()
         self._reload_lock = asyncio.Lock()
         self._servers: list[asyncio.Server] = []
         self._runners: list[web.AppRunner] = []
@@ -200,6 +202,7 @@ class Server:
         reloader = CertificateReloader(self.tls, lambda: cert_files)
         self._anchor_prints = frozenset(sha256_thumbprint(c) for c in anchors)
         self._anchors = anchors
+        await self._reload_revocations()
         endpoints = await self._listen()
         endpoints.append(f"https://{config.management.bind}:{config.management.port} (management API)")
         endpoints.append(f"https://{config.management.bind}:{config.management.port}/console/ (console)")
@@ -230,6 +233,14 @@ class Server:
             endpoints.append(f"https://{config.metrics_bind}:{config.metrics.port}/metrics (Prometheus)")
         if self.hubs is not None:
             await self._serve_control(self.hubs)
+        if config.crl.port:
+            crl_runner = http_runner(
+                build_crl_app(self.store), request_timeout=config.limits.connect_timeout, shutdown_timeout=2.0
+            )
+            await crl_runner.setup()
+            await web.TCPSite(crl_runner, config.crl.bind, config.crl.port).start()
+            self._runners.append(crl_runner)
+            endpoints.append(f"http://{config.crl.bind}:{config.crl.port}/crl/<CA name>.crl (CRL distribution point)")
         self._tasks.append(asyncio.get_running_loop().create_task(self._watch_trust()))
         self._tasks.append(asyncio.get_running_loop().create_task(reloader.run(self._stopped, CERT_POLL_SECONDS)))
         notes = []
@@ -416,7 +427,8 @@ class Server:
         if not peer.chain or peer.verified_chain is not None:
             return peer
         anchors = await self.reload_trust(on_demand=True, since=peer.handshake_at)
-        evidence: X509Evidence = evidence_from_chain(list(peer.chain), anchors, utcnow())
+        assert self.tls is not None
+        evidence: X509Evidence = evidence_from_chain(list(peer.chain), anchors, utcnow(), self.tls.revocations)
         if evidence.verified is not None:
             return replace(peer, verified_chain=evidence.verified, verify_errors=())
         return peer
@@ -449,7 +461,27 @@ class Server:
                 self.tls.update_anchors(anchors)
                 self._anchor_prints = prints
                 log.info("TLS trust anchors reloaded: %d certificates", len(anchors))
+            if not on_demand:
+                await self._reload_revocations()
             return anchors
+
+    async def _reload_revocations(self) -> None:
+        """The CRLs the store holds, enforced from the next handshake on, and on the hub's live
+        connections now (a revoked device is dropped here, within the trust poll at worst)."""
+        assert self.store is not None and self.tls is not None
+        revoked, expired = await current_revocations(self.store, utcnow())
+        for name in expired:
+            if name not in self._expired_crls:
+                log.warning("the CRL of CA %s is past its nextUpdate; its entries are still enforced", name)
+        self._expired_crls = frozenset(expired)
+        if revoked.fingerprint == self.tls.revocations.fingerprint:
+            return
+        self.tls.update_revocations(revoked)
+        log.info("revocations reloaded: %d certificates", len(revoked))
+        if self.hubs is not None:
+            dropped = self.hubs.connections.enforce_revocations(revoked)
+            if dropped:
+                log.warning("dropped %d hub connections of revoked devices", dropped)
 
     async def _trust_changed(self) -> None:
         await self.reload_trust()

@@ -3,11 +3,14 @@ and `RemoteAdminClient` (a real management API on loopback TLS), and both must a
 
 from __future__ import annotations
 
+import base64
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from iotdps.allocation.hubs import LinkedHub
@@ -164,3 +167,32 @@ async def test_a_fleet_is_created_through_either_client(client: AdminClient, tmp
     group = await client.get_group(fleet.group_id)
     assert group is not None and group.attestation.x509 is not None
     assert group.attestation.x509.ca_references[0] == fleet.ca_name
+
+
+async def test_crl_upload_checks_the_crl_against_its_ca(client: AdminClient) -> None:
+    import datetime as dt
+
+    from iotdps.errors import InvalidInput
+    from iotdps.pki.revocation import RevokedEntry, build_crl, crl_der, crl_pem
+
+    issuer, pem = _root("crl-root")
+    other, _ = _root("crl-root")  # the same name, another key
+    name = f"crl-ca-{uuid.uuid4().hex[:8]}"
+    await client.upload_ca(name, pem)
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+    def crl(ca: Issuer, number: int, *, days: int = 7, start: dt.datetime = now) -> x509.CertificateRevocationList:
+        entry = RevokedEntry(12345, start, "keyCompromise")
+        return build_crl(ca, [entry], number=number, this_update=start, next_update=start + dt.timedelta(days=days))
+
+    with pytest.raises(InvalidInput, match="not signed by the key of CN=crl-root"):
+        await client.upload_crl(name, crl_pem(crl(other, 1)))
+    expired = crl(issuer, 1, days=1, start=now - dt.timedelta(days=3))
+    with pytest.raises(InvalidInput, match="expired at"):
+        await client.upload_crl(name, crl_pem(expired))
+    held = await client.upload_crl(name, base64.b64encode(crl_der(crl(issuer, 2))).decode())  # DER as base64
+    assert held.crl_info is not None and held.crl_info["number"] == 2 and held.crl_info["revokedCount"] == 1
+    with pytest.raises(InvalidInput, match="older than the one held"):
+        await client.upload_crl(name, crl_pem(crl(issuer, 1)))
+    listed = {ca.name: ca for ca in await client.list_cas()}
+    assert listed[name].crl_info == held.crl_info

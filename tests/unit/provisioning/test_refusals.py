@@ -15,6 +15,7 @@ from typing import Any, cast
 import pytest
 from certkit import NOW, issue, seed004
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from helpers import KEY1, KEY2, SCOPE, Env, sk_enrollment, sk_group, x509_enrollment
 from issuekit import expired_root, garbage_server, issuing_world
 
@@ -120,6 +121,26 @@ async def chain_invalid() -> tuple[Env, RegistrationOutcome]:
     impostor = issue("A", ca=True)  # same name as A, another key
     await env.cas.upload_ca("impostor", impostor.pem, verified=True)
     return env, await env.register_x509("dev-1", [h.devices["dev-1"].cert])
+
+
+async def cert_revoked() -> tuple[Env, RegistrationOutcome]:
+    env, h = await _x509_world()
+    await env.cas.upload_ca("A", h.a.pem)
+    crl = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(h.a.cert.subject)
+        .last_update(NOW - timedelta(hours=1))
+        .next_update(NOW + timedelta(days=7))
+        .add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(h.devices["dev-1"].cert.serial_number)
+            .revocation_date(NOW - timedelta(hours=1))
+            .build()
+        )
+        .sign(h.a.key, hashes.SHA256())
+    )
+    await env.cas.upload_crl("A", crl.public_bytes(serialization.Encoding.PEM).decode())
+    return env, await env.register_x509("dev-1", h.chain("dev-1"))
 
 
 async def individual_cert_mismatch() -> tuple[Env, RegistrationOutcome]:
@@ -319,6 +340,7 @@ CASES: dict[str, tuple[Case, RefusalReason, str, str | None]] = {
     "unknown ca": (chain_unknown_ca, R.CHAIN_UNKNOWN_CA, "chain stops at intermediate CN=A", None),
     "ca not verified": (ca_not_verified, R.CA_NOT_VERIFIED, "CA factory-root is not verified", None),
     "bad signature in chain": (chain_invalid, R.CHAIN_INVALID, "does not verify with CN=A", None),
+    "cert revoked": (cert_revoked, R.CERT_REVOKED, "CN=dev-1 (sha256", None),
     "individual cert": (individual_cert_mismatch, R.INDIVIDUAL_CERT_MISMATCH, "individual enrollment dev-1", None),
     "attestation mismatch": (attestation_mismatch, R.ATTESTATION_MISMATCH, "uses symmetricKey attestation", None),
     "no enrollment x509": (no_enrollment_x509, R.NO_ENROLLMENT, "no enrollment group on any CA", None),

@@ -5,6 +5,7 @@ api.service_config) and `/status` (api.statistics)."""
 from __future__ import annotations
 
 from iotdps.access import Permission
+from iotdps.api import revocations as crl
 from iotdps.api import service_config as cfg
 from iotdps.api import statistics as stats
 from iotdps.api.routes.route import Route
@@ -94,6 +95,30 @@ SERVICE_CONFIG_ROUTES: tuple[Route, ...] = (
         if_match=True,
         etag_header=True,
         errors=(400, 401, 404, 412),
+    ),
+    Route(
+        "PUT",
+        f"{_CA}/crl",
+        crl.put_crl,
+        _SC,
+        "Certificates_UploadCrl",
+        "Hold a CRL for the CA (checked against its certificate; enforced at once)",
+        "ca",
+        body="CrlUpload",
+        answer=ref("CertificateDescription"),
+        if_match=True,
+        etag_header=True,
+        errors=(400, 401, 404, 412),
+    ),
+    Route(
+        "GET",
+        "/crls",
+        crl.list_crls,
+        _SC,
+        "Crls_List",
+        "The CRLs held, with whether each is past its nextUpdate",
+        "ca",
+        answer={"type": "object"},
     ),
     Route(
         "GET",

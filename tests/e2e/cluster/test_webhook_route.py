@@ -129,7 +129,13 @@ async def _stored(dsn: str, hub: str) -> list[str]:
 
 
 def _metric(node: RunningServer, name: str) -> float:
-    page = requests.get(f"https://{node.address}:8443/metrics", verify=str(node.server_ca_path), timeout=10).text
+    token = (node.data_dir / "metrics-token").read_text().strip()
+    page = requests.get(
+        f"https://{node.address}:8443/metrics",
+        headers={"Authorization": f"Bearer {token}"},
+        verify=str(node.server_ca_path),
+        timeout=10,
+    ).text
     for line in page.splitlines():
         if line.startswith(f'{name}{{route="webhook"}} '):
             return float(line.split()[-1])

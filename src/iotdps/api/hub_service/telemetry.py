@@ -136,7 +136,9 @@ async def stream_events(ctx: ApiContext, request: web.Request) -> web.StreamResp
         quiet_since = loop.time()
         while loop.time() < deadline:
             async with ctx.store.read() as uow:
-                found = await cast(HubUnitOfWork, uow).telemetry.list(hub, device_id, after=after, limit=_STREAM_BATCH)
+                found = await cast(HubUnitOfWork, uow).telemetry.list(
+                    hub, device_id, after=after, limit=_STREAM_BATCH
+                )
             for message in found:
                 data = json.dumps(_event_json(message))
                 await response.write(f"id: {message.seq}\nevent: telemetry\ndata: {data}\n\n".encode())

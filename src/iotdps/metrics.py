@@ -242,6 +242,27 @@ REGISTRY.register(_LISTENER_CONNECTIONS)
 REGISTRY.register(_HUB_DEVICES)
 
 
+# Telemetry routes (server/telemetry_routes.py): what a route that is down holds and has lost.
+_ROUTE_BUFFERED = Sampled(
+    "iotdps_telemetry_route_buffered", "Messages a telemetry route holds, not yet sent, by route.", "route"
+)
+_ROUTE_DROPPED = Sampled(
+    "iotdps_telemetry_route_dropped",
+    "Messages a telemetry route dropped (its buffer was full) since the node started, by route.",
+    "route",
+)
+_ROUTE_DOWN = Sampled("iotdps_telemetry_route_down", "1 while a telemetry route's last send failed, by route.", "route")
+for _family in (_ROUTE_BUFFERED, _ROUTE_DROPPED, _ROUTE_DOWN):
+    REGISTRY.register(_family)
+
+
+def track_routes(owner: Any, read: Callable[[Any], Mapping[str, Mapping[str, Any]]]) -> None:
+    """`read(owner)`: {route name: {"buffered", "dropped", "down"}} (TelemetryRoutes.status)."""
+    _ROUTE_BUFFERED.add(owner, lambda o: {name: float(st["buffered"]) for name, st in read(o).items()})
+    _ROUTE_DROPPED.add(owner, lambda o: {name: float(st["dropped"]) for name, st in read(o).items()})
+    _ROUTE_DOWN.add(owner, lambda o: {name: 1.0 if st["down"] else 0.0 for name, st in read(o).items()})
+
+
 def track_listener(owner: Any, read: Callable[[Any], Mapping[str, float]]) -> None:
     _LISTENER_CONNECTIONS.add(owner, read)
 

@@ -373,6 +373,11 @@ class TelemetryRepo(Protocol):
         or beyond its `keep` newest (None: that rule is off); the number deleted."""
         ...
 
+    async def claim_pruning(self, hub: str) -> bool:
+        """Retention across nodes: True when this unit of work may prune `hub` now, held until
+        it ends; False while another node's unit prunes it (one pruner at a time)."""
+        ...
+
 
 class C2DRepo(Protocol):
     async def add(self, message: CloudMessage) -> CloudMessage: ...

@@ -85,3 +85,36 @@ async def test_cluster_tables_are_postgresql_only(tmp_path: object) -> None:
     store = await open_store("memory://")
     assert cluster_db(store) is None
     await store.close()
+
+
+@pytest.mark.postgres
+async def test_one_node_prunes_a_hub_at_a_time(request: pytest.FixtureRequest, tmp_path: object) -> None:
+    """Two nodes on one PostgreSQL: while one node's unit prunes a hub (holds its advisory
+    lock), the other's retention skips that hub and deletes nothing; other hubs stay free, and
+    once the first unit ends the hub can be pruned again."""
+    first = await open_backend("postgresql", request, tmp_path)  # type: ignore[arg-type]
+    second = await open_backend("postgresql", request, tmp_path)  # type: ignore[arg-type]
+    try:
+        a, b = cast(HubStore, first), cast(HubStore, second)
+        await _fill(a, "h1", "d", [500, 400, 0])
+        await _fill(a, "h2", "e", [500, 0])
+        other_node = TelemetryRetention(b, ["h1", "h2"], _Clock(), max_age=250)
+        async with a.begin() as uow:
+            assert await uow.telemetry.claim_pruning("h1")
+            assert await other_node.prune_once() == 1  # h2's old message; h1 is taken
+            assert other_node.skipped == 1
+        assert await _bodies(a, "h1") == [b"d 500", b"d 400", b"d 0"]
+        assert await other_node.prune_once() == 2  # released when the unit ended
+        assert await _bodies(a, "h1") == [b"d 0"]
+        async with b.begin() as uow:
+            assert await uow.telemetry.claim_pruning("h1")
+            assert await uow.telemetry.claim_pruning("h1")  # the holder may claim again
+    finally:
+        await second.close()
+        await first.close()
+
+
+async def test_claim_pruning_on_every_store(store: Store) -> None:
+    hubs = cast(HubStore, store)
+    async with hubs.begin() as uow:
+        assert await uow.telemetry.claim_pruning("h1") is True

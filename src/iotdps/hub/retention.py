@@ -3,8 +3,10 @@
 Why in small batches: the telemetry writer commits batches of incoming messages while this
 runs; one big DELETE would hold the SQLite write lock (or a long PostgreSQL transaction) and
 stall ingestion. So each prune is one short transaction of at most `batch` rows, with a yield
-to the event loop in between, until a hub has nothing left to prune. Pruning is idempotent,
-so several nodes of a cluster pruning the same hub only repeat each other's work.
+to the event loop in between, until a hub has nothing left to prune. Several nodes of a
+cluster share one database and each runs this for every hub: each batch first claims the hub
+(`claim_pruning`, a PostgreSQL advisory lock), and a node that finds it taken leaves that hub
+to the other node until its next round, so the nodes never delete the same rows at once.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class TelemetryRetention:
         self._stop_event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.pruned = 0
+        self.skipped = 0  # hubs left to another node's pruning, so far
 
     @property
     def enabled(self) -> bool:
@@ -70,6 +73,9 @@ class TelemetryRetention:
         for hub in self._hubs:
             while not self._stop_event.is_set():
                 async with self._store.begin() as uow:
+                    if not await uow.telemetry.claim_pruning(hub):
+                        self.skipped += 1  # another node prunes this hub right now
+                        break
                     gone = await uow.telemetry.prune(hub, before=before, keep=keep, limit=self._batch)
                 total += gone
                 if gone < self._batch:

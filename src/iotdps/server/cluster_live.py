@@ -26,6 +26,14 @@ devices read as disconnected at most `lease + heartbeat` seconds after its last 
 A device connecting here that another node still holds is closed there (one connection per
 device, as on IoT Hub), by the presence broadcast.
 
+Anything on the bus may be wrong or forged (another client of the broker, a bug, a node of
+another version): a message that is not a JSON object of the right shape (strings for hub,
+device and node, at most 64 KiB, bounded nesting, a finite method timeout of at most 300 s)
+is dropped and counted, never raised. A presence message that would close a device's
+connection here is believed only when the database's presence says the same node holds the
+device (the sender writes it there before it broadcasts), so a forged node id cannot cut
+devices off (tests/attack/test_cluster_messages.py).
+
 Method timeouts are unchanged: the caller's `timeout` is the device's; the NATS request waits
 that long plus a small margin for the hop, and a hop that times out is a MethodTimeout.
 """
@@ -46,7 +54,9 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from iotdps.errors import IotdpsError
+from iotdps.hub.cloud import MAX_METHOD_TIMEOUT
 from iotdps.hub.errors import DeviceNotConnected, MethodTimeout
+from iotdps.jsonload import InvalidJson, load_json
 from iotdps.ports import ClusterPresence, LiveDevices
 
 __all__ = ["HOP_MARGIN", "ClusterLive"]
@@ -55,6 +65,10 @@ log = logging.getLogger(__name__)
 
 # Added to a method's timeout for the NATS hop there and back.
 HOP_MARGIN = 2.0
+# A cluster message is a few names and, for desired patches and method payloads, a document
+# the API already bounded; anything larger is not ours.
+MAX_MESSAGE = 64 * 1024
+_MAX_NAME = 256
 
 
 class ClusterLive:
@@ -82,6 +96,7 @@ class ClusterLive:
         self._subs: list[Any] = []
         # Closes this node's connection of a device that connected elsewhere (HubConnections).
         self.disconnect_local: Callable[[str, str, str], bool] = local.disconnect
+        self.dropped = 0  # cluster messages dropped as malformed or forged
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -219,42 +234,67 @@ class ClusterLive:
 
     # -- what other nodes ask of this one ----------------------------------------------------------
 
-    async def _on_presence(self, msg: Msg) -> None:
+    def _checked(self, msg: Msg, *names: str) -> dict[str, Any] | None:
+        """The message's JSON object when it has each of `names` as a short string; else None,
+        counted (and never an exception into the NATS client's callback)."""
         body = _body(msg)
-        if body is None or body.get("node") == self.node_id:
+        if body is None or not all(_is_name(body.get(n)) for n in names):
+            self.dropped += 1
+            return None
+        return body
+
+    async def _on_presence(self, msg: Msg) -> None:
+        body = self._checked(msg, "node", "hub", "device")
+        if body is None or body["node"] == self.node_id:
             return
-        key = (str(body.get("hub")), str(body.get("device")))
-        node = str(body.get("node"))
+        key, node = (body["hub"], body["device"]), body["node"]
         if body.get("connected") is True:
+            if self._local.is_connected(*key):
+                # It connected elsewhere, so a connection of it here is stale, if the database
+                # agrees: the sender wrote its presence there before it said so on the bus.
+                try:
+                    holder = (await self._db.presence(self.lease)).get(key)
+                except Exception as exc:
+                    log.warning("presence of %s/%s not checked: %s", key[0], key[1], _why(exc))
+                    return
+                if holder != node:
+                    self.dropped += 1
+                    log.warning("presence message for %s/%s names node %r, the database does not", *key, node)
+                    return
+                self.disconnect_local(key[0], key[1], "replaced by a new connection of the same device on another node")
             self._remote[key] = node
-            # It connected elsewhere: a connection of it here is a stale one.
-            self.disconnect_local(key[0], key[1], "replaced by a new connection of the same device on another node")
-        elif self._remote.get(key) == node:
+        elif body.get("connected") is False and self._remote.get(key) == node:
             del self._remote[key]
 
     async def _on_c2d(self, msg: Msg) -> None:
-        body = _body(msg)
+        body = self._checked(msg, "hub", "device")
         if body is not None:
-            self._local.deliver_c2d(str(body.get("hub")), str(body.get("device")))
+            self._local.deliver_c2d(body["hub"], body["device"])
 
     async def _on_desired(self, msg: Msg) -> None:
-        body = _body(msg)
-        if body is None or not isinstance(body.get("patch"), dict) or not isinstance(body.get("version"), int):
+        body = self._checked(msg, "hub", "device")
+        if body is None:
             return
-        await self._local.push_desired(str(body.get("hub")), str(body.get("device")), body["patch"], body["version"])
+        version = body.get("version")
+        if not isinstance(body.get("patch"), dict) or not isinstance(version, int) or isinstance(version, bool):
+            self.dropped += 1
+            return
+        await self._local.push_desired(body["hub"], body["device"], body["patch"], version)
 
     async def _on_disconnect(self, msg: Msg) -> None:
-        body = _body(msg)
+        body = self._checked(msg, "hub", "device")
         if body is not None:
-            self._local.disconnect(str(body.get("hub")), str(body.get("device")), str(body.get("reason", "")))
+            self._local.disconnect(body["hub"], body["device"], str(body.get("reason", ""))[:_MAX_NAME])
 
     async def _on_method(self, msg: Msg) -> None:
-        body = _body(msg)
+        body = self._checked(msg, "hub", "device", "name")
         if body is None or not msg.reply:
             return
         try:
-            payload = base64.b64decode(str(body["payload"]))
+            payload = base64.b64decode(str(body["payload"]), validate=True)
             timeout = float(body["timeout"])
+            if not 0 < timeout <= MAX_METHOD_TIMEOUT:  # also refuses NaN
+                raise ValueError("timeout")
             status, value = await self._local.call_method(
                 str(body["hub"]), str(body["device"]), str(body["name"]), payload, timeout
             )
@@ -279,11 +319,17 @@ class ClusterLive:
 
 
 def _body(msg: Msg) -> dict[str, Any] | None:
+    if len(msg.data) > MAX_MESSAGE:
+        return None
     try:
-        body = json.loads(msg.data)
-    except ValueError:
+        body = load_json(msg.data, what="a cluster message")
+    except InvalidJson:
         return None
     return body if isinstance(body, dict) else None
+
+
+def _is_name(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= _MAX_NAME
 
 
 def _why(exc: BaseException) -> str:

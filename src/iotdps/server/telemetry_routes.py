@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import aiohttp
 from nats.aio.client import Client as Nats
 
+from iotdps import metrics
 from iotdps.hub.records import TelemetryMessage
 
 __all__ = ["NatsRoute", "Route", "TelemetryRoutes", "WebhookRoute", "subject_token"]
@@ -213,6 +214,7 @@ class TelemetryRoutes:
 
     def __init__(self, routes: Sequence[Route], buffer: int) -> None:
         self._feeds = [_Feed(route, buffer) for route in routes]
+        metrics.track_routes(self, TelemetryRoutes.status)
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()

@@ -69,6 +69,11 @@ class Telemetry:
                 )
             )
 
+    async def claim_pruning(self, hub: str) -> bool:
+        # One process owns the fake: nobody else can be pruning.
+        self._tx.check_open()
+        return True
+
     async def prune(self, hub: str, *, before: datetime | None, keep: int | None, limit: int) -> int:
         # The fake applies a prune at once rather than at commit: its committed telemetry is an
         # append-only list, and pruning is idempotent, so a rolled-back prune is merely early.

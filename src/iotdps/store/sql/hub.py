@@ -3,6 +3,7 @@ and the MQTT sessions a device asked to keep."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -21,7 +22,7 @@ from iotdps.store._common import check_page_size
 from iotdps.store.sql import keyed
 from iotdps.store.sql.tx import SqlTx
 
-__all__ = ["C2D", "Devices", "HubSessions", "Telemetry"]
+__all__ = ["C2D", "Devices", "HubSessions", "Telemetry", "prune_lock_key"]
 
 
 class Devices:
@@ -123,6 +124,16 @@ class Telemetry:
             for r in rows
         ]
 
+    async def claim_pruning(self, hub: str) -> bool:
+        """PostgreSQL: a transaction-level advisory lock per hub, so that of the nodes sharing
+        the database one prunes a hub at a time (the others skip it this round). Transaction
+        level, not session level: a pooled connection goes back to the pool with it released,
+        even when the unit fails. SQLite serialises writers itself (one node per file)."""
+        if not self._tx.pg:
+            return True
+        taken = await self._tx.run(select(func.pg_try_advisory_xact_lock(prune_lock_key(hub))))
+        return bool(taken.scalar())
+
     async def prune(self, hub: str, *, before: datetime | None, keep: int | None, limit: int) -> int:
         """Delete up to `limit` of the hub's oldest messages that are enqueued before `before`
         or beyond its `keep` newest; the number deleted. Bounded, so a prune is a short
@@ -142,6 +153,13 @@ class Telemetry:
         oldest = select(c.seq).where(c.hub == hub, or_(*doomed)).order_by(c.seq).limit(limit)
         result = await self._tx.run(delete(self._t).where(c.seq.in_(oldest.scalar_subquery())))
         return int(getattr(result, "rowcount", 0) or 0)
+
+
+def prune_lock_key(hub: str) -> int:
+    """The advisory lock key (a signed 64-bit number) of `hub`'s pruning: a hash, namespaced so
+    that another use of advisory locks in the same database does not collide with it."""
+    digest = hashlib.blake2b(f"iotdps.telemetry.prune\0{hub}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 class C2D:

@@ -123,7 +123,17 @@ async def _run(config: Config) -> None:
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Data directory [env IOTDPS_DATA_DIR].")
 @click.option("--dsn", help="Database URL [env IOTDPS_DSN]; default SQLite in the data directory.")
 @click.option("--dps-host", help="Host name devices use for the DPS [env IOTDPS_DPS_HOST].")
-@click.option("--bind", help="Address of the DPS listeners [env IOTDPS_DPS_BIND].")
+@click.option("--bind", help="Address of the DPS listeners (and by default the management API) [env IOTDPS_DPS_BIND].")
+@click.option("--mqtt-port", type=int, help="DPS MQTT port (default 8883) [env IOTDPS_MQTT_PORT].")
+@click.option("--https-port", type=int, help="DPS HTTPS and websocket port (default 443) [env IOTDPS_HTTPS_PORT].")
+@click.option("--management-bind", help="Address of the management API (default: --bind) [env IOTDPS_MANAGEMENT_BIND].")
+@click.option("--management-port", type=int, help="Management API port (default 8443) [env IOTDPS_MANAGEMENT_PORT].")
+@click.option("--hub-mqtt-port", type=int, help="Hubs' MQTT port (default: the DPS's) [env IOTDPS_HUB_MQTT_PORT].")
+@click.option(
+    "--hub-websocket-port",
+    type=int,
+    help="Hubs' websocket port (default: the DPS HTTPS port) [env IOTDPS_HUB_WEBSOCKET_PORT].",
+)
 @click.option("--nats", "nats_url", help="NATS URL for hub operations across nodes [env IOTDPS_NATS_URL].")
 @click.option("--node-id", help="This node's name in a cluster [env IOTDPS_NODE_ID]; default: random per start.")
 @click.option(
@@ -150,6 +160,12 @@ def up_cmd(
     node_id: str | None,
     metrics_port: int | None,
     metrics_bind: str | None,
+    mqtt_port: int | None,
+    https_port: int | None,
+    management_bind: str | None,
+    management_port: int | None,
+    hub_mqtt_port: int | None,
+    hub_websocket_port: int | None,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -164,6 +180,12 @@ def up_cmd(
         "cluster.node_id": node_id,
         "metrics.port": metrics_port,
         "metrics.bind": metrics_bind,
+        "dps.mqtt_port": mqtt_port,
+        "dps.https_port": https_port,
+        "management.bind": management_bind,
+        "management.port": management_port,
+        "hub_ports.mqtt": hub_mqtt_port,
+        "hub_ports.websocket": hub_websocket_port,
     }
     config = load_config(config_path, overrides=overrides)
     asyncio.run(_run(config))

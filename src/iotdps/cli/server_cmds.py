@@ -171,6 +171,10 @@ def up_cmd(
 ) -> None:
     """Run the provisioning service (and its hubs) until interrupted."""
     configure_logging(log_level, log_format)
+    if log_level != "debug":
+        # Alembic announces its plugins and every migration at INFO, a dozen lines before the
+        # banner on a first start: noise for an operator, kept for --log-level debug.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     overrides = {
         "data_dir": str(data_dir) if data_dir else None,
         "dsn": dsn,

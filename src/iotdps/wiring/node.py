@@ -67,6 +67,7 @@ from iotdps.store.health import check_store
 from iotdps.store.sql.cluster import cluster_db
 from iotdps.timestamps import utcnow
 from iotdps.web import Console
+from iotdps.wiring import listeners
 from iotdps.wiring.cluster import Cluster
 from iotdps.wiring.hub import Hubs
 from iotdps.wiring.shared_identity import join_service
@@ -227,9 +228,11 @@ class Server:
         # every hub address too (unless the management API already listens on all addresses).
         extra = [] if is_unspecified(config.management.bind) else [h.bind for h in config.effective_hubs]
         extra = [address for address in extra if not is_unspecified(address)]
-        await self._serve_app(management, config.management.bind, config.management.port, extra_hosts=extra)
+        with listeners.listening_as(listeners.MANAGEMENT):
+            await self._serve_app(management, config.management.bind, config.management.port, extra_hosts=extra)
         if config.metrics.port:
-            await self._serve_app(build_metrics_app(metrics_token), config.metrics_bind, config.metrics.port)
+            with listeners.listening_as(listeners.METRICS):
+                await self._serve_app(build_metrics_app(metrics_token), config.metrics_bind, config.metrics.port)
             endpoints.append(f"https://{config.metrics_bind}:{config.metrics.port}/metrics (Prometheus)")
         if self.hubs is not None:
             await self._serve_control(self.hubs)
@@ -238,8 +241,10 @@ class Server:
                 build_crl_app(self.store), request_timeout=config.limits.connect_timeout, shutdown_timeout=2.0
             )
             await crl_runner.setup()
-            await web.TCPSite(crl_runner, config.crl.bind, config.crl.port).start()
             self._runners.append(crl_runner)
+            # Plain HTTP (aiohttp's own site, not the TLS seam): its bind error is named here.
+            with listeners.listening_as(listeners.CRL, config.crl.bind, config.crl.port):
+                await web.TCPSite(crl_runner, config.crl.bind, config.crl.port).start()
             endpoints.append(f"http://{config.crl.bind}:{config.crl.port}/crl/<CA name>.crl (CRL distribution point)")
         self._tasks.append(asyncio.get_running_loop().create_task(self._watch_trust()))
         self._tasks.append(asyncio.get_running_loop().create_task(reloader.run(self._stopped, CERT_POLL_SECONDS)))
@@ -305,9 +310,11 @@ class Server:
         mqtt_addrs = {(config.dps.bind, config.dps.mqtt_port)}
         mqtt_addrs |= {(h.bind, h.mqtt_port) for h in config.effective_hubs}
         for host, port in sorted(mqtt_addrs):
-            self._servers.append(
-                await start_tls_server(host, port, self.tls, self._new_connection, handshake_timeout=handshake)
-            )
+            dps = (host, port) == (config.dps.bind, config.dps.mqtt_port)
+            with listeners.listening_as(listeners.DPS_MQTT if dps else listeners.HUB_MQTT):
+                self._servers.append(
+                    await start_tls_server(host, port, self.tls, self._new_connection, handshake_timeout=handshake)
+                )
             endpoints.append(f"mqtts://{host}:{port}")
 
         limits = config.limits
@@ -318,13 +325,15 @@ class Server:
             max_frame_size=limits.max_packet_size,
             body_timeout=limits.connect_timeout,
         )
-        await self._serve_app(device_app, config.dps.bind, config.dps.https_port)
+        with listeners.listening_as(listeners.DPS_HTTPS):
+            await self._serve_app(device_app, config.dps.bind, config.dps.https_port)
         endpoints.append(f"https://{config.dps.bind}:{config.dps.https_port} (DPS REST, MQTT over websockets)")
         ws_addrs = {(h.bind, h.websocket_port) for h in config.effective_hubs} - {
             (config.dps.bind, config.dps.https_port)
         }
         for host, port in sorted(ws_addrs):
-            await self._serve_app(self._websocket_app(), host, port)
+            with listeners.listening_as(listeners.HUB_WEBSOCKET):
+                await self._serve_app(self._websocket_app(), host, port)
             endpoints.append(f"wss://{host}:{port}{WEBSOCKET_PATH}")
         return endpoints
 
@@ -343,10 +352,10 @@ class Server:
         assert self.tls is not None
         runner = http_runner(app, request_timeout=self.config.limits.connect_timeout, shutdown_timeout=2.0)
         await runner.setup()
+        self._runners.append(runner)  # before binding: a site that cannot bind still leaves it to clean up
         for address in dict.fromkeys([host, *extra_hosts]):
             site = TlsSite(runner, address, port, self.tls, handshake_timeout=self.config.tls.handshake_timeout)
             await site.start()
-        self._runners.append(runner)
 
     async def _serve_control(self, hubs: Hubs) -> None:
         """The CLI's way into this process (method invoke, C2D, desired patches): HTTP on a

@@ -84,6 +84,7 @@ __all__ = [
     "MetricsConfig",
     "TelemetryConfig",
     "TlsConfig",
+    "default_data_dir",
     "is_ip_address",
     "is_unspecified",
     "listener_clashes",
@@ -365,7 +366,8 @@ class _Problems:
         self.items.append(message)
 
 
-def _default_data_dir() -> Path:
+def default_data_dir() -> Path:
+    """The per-user data directory, used when no data_dir is configured."""
     import platformdirs
 
     return Path(platformdirs.user_data_dir("iotdps"))
@@ -434,7 +436,7 @@ def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
             problems.add(f"unknown setting {key!r}")
 
     data_dir = raw.get("data_dir")
-    data_path = _default_data_dir() if data_dir is None else Path(str(data_dir)).expanduser()
+    data_path = default_data_dir() if data_dir is None else Path(str(data_dir)).expanduser()
     dsn = raw.get("dsn")
     if dsn is not None and (not isinstance(dsn, str) or "://" not in dsn):
         problems.add("dsn must be a database URL such as postgresql+asyncpg://user@host/db")

@@ -38,11 +38,15 @@ def _redacted(connection_string: str) -> str:
     return ";".join([*parts, f"SharedAccessKey=<primaryKey in {POLICIES_FILE}>"])
 
 
-def _banner(info: StartupInfo, policies_file: Path, *, interactive: bool) -> str:
+def _banner(
+    info: StartupInfo, policies_file: Path, *, interactive: bool, command: str = "iotdps", target: str = ""
+) -> str:
     """What `iotdps up` prints once it listens. New management keys are shown only when
     `interactive` (standard output is a terminal): under a service manager or with output
     redirected, standard output is a log, and a log must not hold the owner key. Then the
-    banner names the 0600 file that holds them and the connection strings without their keys."""
+    banner names the 0600 file that holds them and the connection strings without their keys.
+    `command`: how the first-start hint's commands run (cli/invocation.py); `target`: the
+    options that point them at this server's data dir."""
     from iotdps.wiring.node import device_snippet
 
     lines = ["iotdps is up", ""]
@@ -69,8 +73,8 @@ def _banner(info: StartupInfo, policies_file: Path, *, interactive: bool) -> str
             "",
             "First start. Enroll a device, then provision it with the official Azure SDK:",
             "",
-            "  iotdps enrollment create my-device --symmetric-key",
-            "  iotdps enrollment show my-device --primary-key > device.key",
+            f"  {command} enrollment create my-device --symmetric-key{target}",
+            f"  {command} enrollment show my-device --primary-key{target} > device.key",
             "",
         ]
         lines += ["    " + line for line in device_snippet(info).splitlines()]
@@ -88,6 +92,20 @@ def _settle_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
+
+
+def _hint_command(config: Config) -> tuple[str, str]:
+    """The command the banner's hints use, and the options that point it at this server's data
+    dir (none for the default one): runnable as printed."""
+    import shlex
+
+    from iotdps.cli.invocation import runnable_command
+    from iotdps.config import default_data_dir
+
+    target = ""
+    if config.data_dir.expanduser().resolve() != default_data_dir().resolve():
+        target = f" --data-dir {shlex.quote(str(config.data_dir))}"
+    return runnable_command(), target
 
 
 async def _run(config: Config) -> None:
@@ -111,7 +129,9 @@ async def _run(config: Config) -> None:
         info = await server.start()
         _settle_gc()
         interactive = sys.stdout.isatty()
-        click.echo(_banner(info, config.data_dir / POLICIES_FILE, interactive=interactive), err=False)
+        command, target = _hint_command(config)
+        banner = _banner(info, config.data_dir / POLICIES_FILE, interactive=interactive, command=command, target=target)
+        click.echo(banner, err=False)
         await stop.wait()
         click.echo("iotdps: shutting down", err=True)
     finally:

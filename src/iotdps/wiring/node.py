@@ -49,6 +49,7 @@ from iotdps.provisioning.trust import current_revocations, trust_anchors
 from iotdps.server.cert_files import CertificateFiles, CertificateReloader, load_pair
 from iotdps.server.control import control_socket_path
 from iotdps.server.crl_http import build_crl_app
+from iotdps.server.datadir_lock import DataDirLock
 from iotdps.server.dps_http import build_device_app
 from iotdps.server.dps_mqtt import route_dps
 from iotdps.server.dps_runner import RegistrationRunner
@@ -136,12 +137,16 @@ class Server:
         self._started = False
         self.sealing: SealingKey | None = None  # seals issuing-CA secrets (issue 18)
         self.issuers: IssuerCache | None = None
+        self._data_dir_lock = DataDirLock(config.data_dir)
 
     # ------------------------------------------------------------------ start
 
     async def start(self) -> StartupInfo:
         config = self.config
         config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Before anything in the directory is touched: a second server would take over
+        # control.sock and leave the first unreachable (server/datadir_lock.py).
+        self._data_dir_lock.acquire()
         first_start = not (config.data_dir / "tls" / "server-ca.pem").exists()
         # Your own certificate (the [tls] files) is checked before anything else starts: a bad
         # pair stops the start, in words. Otherwise the pair is the service's CA's, below.
@@ -543,6 +548,7 @@ class Server:
             await self.issuers.close()  # CFSSL sessions
         if self.store is not None:
             await self.store.close()
+        self._data_dir_lock.release()
 
 
 def device_snippet(info: StartupInfo, registration_id: str = "my-device") -> str:

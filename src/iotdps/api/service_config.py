@@ -10,6 +10,7 @@ expiry, thumbprint, isVerified, created, updated, certificate}}` and an upload t
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, cast
 
 from aiohttp import web
@@ -167,7 +168,9 @@ def _hub_fields(doc: Mapping[str, Any], base: LinkedHub) -> LinkedHub:
     location = doc.get("location", base.location)
     if location is not None and not isinstance(location, str):
         raise InvalidInput("location must be a string")
-    return LinkedHub(base.host_name, weight, apply, location)
+    # An operator's change makes an implicit hub theirs (it no longer follows the DPS host);
+    # the serving lease is the nodes' business and is kept.
+    return replace(base, allocation_weight=weight, apply_allocation_policy=apply, location=location, implicit=False)
 
 
 async def list_hubs(ctx: ApiContext, request: web.Request) -> web.StreamResponse:

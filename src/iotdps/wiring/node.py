@@ -31,7 +31,6 @@ from aiohttp import web
 from cryptography import x509
 
 from iotdps.access import HUB_RIGHTS, AccessPolicies
-from iotdps.allocation.hubs import LinkedHub
 from iotdps.api import ServiceAbout
 from iotdps.api.app import build_management_app
 from iotdps.attestation.x509 import evidence_from_chain
@@ -71,6 +70,7 @@ from iotdps.web import Console
 from iotdps.wiring import listeners
 from iotdps.wiring.cluster import Cluster
 from iotdps.wiring.hub import Hubs
+from iotdps.wiring.hub_leases import HubLeases
 from iotdps.wiring.shared_identity import join_service
 from iotdps.wiring.telemetry import Telemetry
 
@@ -138,6 +138,7 @@ class Server:
         self.sealing: SealingKey | None = None  # seals issuing-CA secrets (issue 18)
         self.issuers: IssuerCache | None = None
         self._data_dir_lock = DataDirLock(config.data_dir)
+        self._leases: HubLeases | None = None
 
     # ------------------------------------------------------------------ start
 
@@ -174,7 +175,8 @@ class Server:
         assert cert_files is not None
         chain, key = load_pair(cert_files)
         settings = await self._ensure_settings(self.store)
-        await self._sync_linked_hubs(self.store)
+        self._leases = HubLeases(self.store, config.effective_hubs, implicit=not config.hubs, now=utcnow)
+        unserved = await self._leases.claim()
         hub_hosts = [h.host_name for h in config.effective_hubs]
         if self.hub is None:
             self.hubs = Hubs(self.store, hub_hosts, token_max_lifetime=config.auth.device_token_max_lifetime)
@@ -253,7 +255,8 @@ class Server:
             endpoints.append(f"http://{config.crl.bind}:{config.crl.port}/crl/<CA name>.crl (CRL distribution point)")
         self._tasks.append(asyncio.get_running_loop().create_task(self._watch_trust()))
         self._tasks.append(asyncio.get_running_loop().create_task(reloader.run(self._stopped, CERT_POLL_SECONDS)))
-        notes = []
+        self._leases.start_renewing()
+        notes = [u.warning() for u in unserved]
         if metrics_token is not None:
             notes.append(f"/metrics asks for the bearer token in {config.metrics_token_file}")
         else:
@@ -298,13 +301,6 @@ class Server:
             if settings is None:
                 settings = await uow.settings.put(ServiceSettings(new_id_scope()))
         return settings
-
-    async def _sync_linked_hubs(self, store: Store) -> None:
-        """Configured hubs are linked hubs; weights follow the file (hubs linked by other
-        means are left alone)."""
-        async with store.begin() as uow:
-            for hub in self.config.effective_hubs:
-                await uow.hubs.put(LinkedHub(hub.host_name, hub.weight, hub.apply_allocation_policy))
 
     async def _listen(self) -> list[str]:
         config = self.config
@@ -546,6 +542,8 @@ class Server:
             await self._webhook.close()
         if self.issuers is not None:
             await self.issuers.close()  # CFSSL sessions
+        if self._leases is not None:
+            await self._leases.stop()
         if self.store is not None:
             await self.store.close()
         self._data_dir_lock.release()

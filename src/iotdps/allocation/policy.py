@@ -31,7 +31,7 @@ def _unserved(names: Sequence[str]) -> Refused:
     return Refused(
         RefusalReason.NO_HUB,
         f"no running iotdps node serves hub {', '.join(sorted(names))}: start the node that serves it, "
-        "or unlink it (iotdps hub delete)",
+        "or unlink it (iotdps hub remove)",
     )
 
 

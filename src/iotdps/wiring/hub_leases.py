@@ -48,12 +48,12 @@ class Unserved:
             return (
                 f"linked hub {self.host_name} is served by no running iotdps node (none has ever served it): "
                 "devices allocated to it cannot connect; serve it ([[hubs]] in the config) or unlink it "
-                f"(iotdps hub delete {self.host_name})"
+                f"(iotdps hub remove {self.host_name})"
             )
         return (
             f"linked hub {self.host_name} is served by no running iotdps node (last served until "
             f"{format_time(self.served_until)}): allocation skips it; serve it ([[hubs]] in the config) or "
-            f"unlink it (iotdps hub delete {self.host_name})"
+            f"unlink it (iotdps hub remove {self.host_name})"
         )
 
 

@@ -192,9 +192,12 @@ async def put_hub(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
     """Link a hub, or replace its settings (fields left out take their defaults)."""
     name = _hub_name(request)
     doc = await read_json(request, ctx, required=False)
-    hub = _hub_fields(json_object(doc if doc is not None else {}, "the linked hub"), LinkedHub(name))
+    fields = json_object(doc if doc is not None else {}, "the linked hub")
     async with ctx.store.begin() as uow:
-        saved = await uow.hubs.put(hub)
+        current = await uow.hubs.get(name)
+        # The settings are replaced; the serving lease stays the nodes' (allocation.hubs).
+        lease = current.served_until if current is not None else None
+        saved = await uow.hubs.put(_hub_fields(fields, LinkedHub(name, served_until=lease)))
     return json_response(saved.to_json())
 
 

@@ -132,6 +132,8 @@ async def _run(config: Config) -> None:
         command, target = _hint_command(config)
         banner = _banner(info, config.data_dir / POLICIES_FILE, interactive=interactive, command=command, target=target)
         click.echo(banner, err=False)
+        # The banner is for a person; log pipelines (--log-format json) get the same news as a record.
+        log.info("iotdps is up: %s", "; ".join(info.endpoints), extra={"event": "started"})
         await stop.wait()
         click.echo("iotdps: shutting down", err=True)
     finally:

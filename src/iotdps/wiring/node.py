@@ -256,7 +256,9 @@ class Server:
         self._tasks.append(asyncio.get_running_loop().create_task(self._watch_trust()))
         self._tasks.append(asyncio.get_running_loop().create_task(reloader.run(self._stopped, CERT_POLL_SECONDS)))
         self._leases.start_renewing()
-        notes = [u.warning() for u in unserved]
+        for hub in unserved:
+            log.warning("%s", hub.warning(), extra={"event": "hub_unserved", "hub": hub.host_name})
+        notes = []
         if metrics_token is not None:
             notes.append(f"/metrics asks for the bearer token in {config.metrics_token_file}")
         else:

@@ -141,6 +141,9 @@ class CrlConfig:
 
     bind: str = "127.0.0.1"
     port: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class HubPortsConfig:
     # The ports a hub listens on when its [[hubs]] entry does not say, and the implicit hub's
     # (the one made when no hub is configured). 0 means "the DPS's port": the hub then shares

@@ -164,6 +164,12 @@ async def _run(config: Config) -> None:
     help="Serve /metrics on this port too; 0: only on the management port [env IOTDPS_METRICS_PORT].",
 )
 @click.option("--metrics-bind", help="Address of the metrics port; default: management's [env IOTDPS_METRICS_BIND].")
+@click.option(
+    "--crl-port",
+    type=click.IntRange(0, 65535),
+    help="Plain-HTTP CRL distribution point port; 0: off (default) [env IOTDPS_CRL_PORT].",
+)
+@click.option("--crl-bind", help="Address of the CRL distribution point (default 127.0.0.1) [env IOTDPS_CRL_BIND].")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option(
     "--log-format",
@@ -182,6 +188,8 @@ def up_cmd(
     node_id: str | None,
     metrics_port: int | None,
     metrics_bind: str | None,
+    crl_port: int | None,
+    crl_bind: str | None,
     mqtt_port: int | None,
     https_port: int | None,
     management_bind: str | None,
@@ -206,6 +214,8 @@ def up_cmd(
         "cluster.node_id": node_id,
         "metrics.port": metrics_port,
         "metrics.bind": metrics_bind,
+        "crl.port": crl_port,
+        "crl.bind": crl_bind,
         "dps.mqtt_port": mqtt_port,
         "dps.https_port": https_port,
         "management.bind": management_bind,

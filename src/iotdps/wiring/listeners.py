@@ -15,7 +15,7 @@ HUB_MQTT = ListenerSetting("a hub's MQTT port", "--hub-mqtt-port", "IOTDPS_HUB_M
 HUB_WEBSOCKET = ListenerSetting("a hub's websocket port", "--hub-websocket-port", "IOTDPS_HUB_WEBSOCKET_PORT")
 MANAGEMENT = ListenerSetting("the management API port", "--management-port", "IOTDPS_MANAGEMENT_PORT")
 METRICS = ListenerSetting("the metrics port", "--metrics-port", "IOTDPS_METRICS_PORT")
-CRL = ListenerSetting("the CRL distribution point's port", "[crl] port", "IOTDPS_CRL_PORT")
+CRL = ListenerSetting("the CRL distribution point's port", "--crl-port", "IOTDPS_CRL_PORT")
 
 
 @contextmanager

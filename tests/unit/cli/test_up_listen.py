@@ -107,6 +107,28 @@ def test_the_management_port_in_use_names_its_flag(tmp_path: Path) -> None:
     assert "--management-port or IOTDPS_MANAGEMENT_PORT" in line
 
 
+@pytest.mark.parametrize(
+    ("flag", "label", "how"),
+    [
+        ("--metrics-port", "the metrics port", "--metrics-port or IOTDPS_METRICS_PORT"),
+        ("--crl-port", "the CRL distribution point's port", "--crl-port or IOTDPS_CRL_PORT"),
+    ],
+)
+def test_the_optional_listeners_in_use_name_their_flags(tmp_path: Path, flag: str, label: str, how: str) -> None:
+    address = free_loopback_address((8883, 443, 8443, 9464))
+    with socket.socket() as holder:
+        holder.bind((address, 9464))
+        holder.listen()
+        result = _up(
+            ["--bind", address, "--dps-host", address, flag, "9464"]
+            + (["--crl-bind", address] if flag == "--crl-port" else []),
+            {"IOTDPS_DATA_DIR": str(tmp_path / "data")},
+        )
+    line = _one_error_line(result)
+    assert f"cannot listen on {address}:9464 ({label}): the address is already in use" in line
+    assert how in line
+
+
 def test_an_address_this_machine_does_not_have(tmp_path: Path) -> None:
     # 192.0.2.0/24 is TEST-NET-1: documentation only, never configured on a real interface.
     result = _up(["--bind", "192.0.2.10", "--dps-host", "192.0.2.10"], {"IOTDPS_DATA_DIR": str(tmp_path / "data")})

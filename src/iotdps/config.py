@@ -1,8 +1,11 @@
 """Settings of `iotdps up`: frozen dataclasses, read from a TOML file and `IOTDPS_*` variables.
 
-Precedence: built-in defaults < TOML file < environment. Every bind address, host name and
-port is a setting, so several instances run side by side on different loopback addresses
-(the Azure SDK's ports are fixed at 8883 and 443, so instances differ by address, not port).
+Precedence: built-in defaults < TOML file < environment < `iotdps up` flags. Every bind
+address, host name and port is a setting, so several instances run side by side on different
+loopback addresses (the Azure SDK's ports are fixed at 8883 and 443, so instances that serve
+the SDK differ by address, not port). The management API listens on the DPS address unless
+`[management] bind` says otherwise, so a second instance on another address does not collide
+with the first on 127.0.0.1:8443.
 
 `load_config` validates everything and raises one ConfigError listing every problem found,
 so an operator fixes a file in one pass instead of one error per restart.
@@ -19,13 +22,17 @@ Example file:
     https_port = 443                    # MQTT over websockets and the DPS HTTPS API
 
     [management]
-    bind = "127.0.0.1"
+    bind = "127.0.0.1"                  # default: the DPS bind address
     port = 8443
 
     [metrics]
     port = 9464                         # /metrics on a port of its own too (default 0: only on 8443)
     bind = "127.0.0.1"                  # default: the management address
     require_auth = true                 # a bearer token from token_file (default data_dir/metrics-token)
+
+    [hub_ports]                         # default ports of every hub's listeners; 0: the DPS's
+    mqtt = 0
+    websocket = 0
 
     [tls]
     extra_names = ["iotdps.example.local", "10.0.0.5"]
@@ -52,7 +59,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -71,13 +78,16 @@ __all__ = [
     "CrlConfig",
     "DpsConfig",
     "HubConfig",
+    "HubPortsConfig",
     "LimitsConfig",
     "ManagementConfig",
     "MetricsConfig",
     "TelemetryConfig",
     "TlsConfig",
+    "default_data_dir",
     "is_ip_address",
     "is_unspecified",
+    "listener_clashes",
     "load_config",
 ]
 
@@ -131,6 +141,16 @@ class CrlConfig:
 
     bind: str = "127.0.0.1"
     port: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class HubPortsConfig:
+    # The ports a hub listens on when its [[hubs]] entry does not say, and the implicit hub's
+    # (the one made when no hub is configured). 0 means "the DPS's port": the hub then shares
+    # the DPS listener on the DPS address, and on its own address uses the same number, so a
+    # user who moves the DPS off 443 (no privilege to bind it) moves the hubs with it.
+    mqtt: int = 0
+    websocket: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +268,15 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     crl: CrlConfig = field(default_factory=CrlConfig)
+    hub_ports: HubPortsConfig = field(default_factory=HubPortsConfig)
+
+    @property
+    def hub_mqtt_port(self) -> int:
+        return self.hub_ports.mqtt or self.dps.mqtt_port
+
+    @property
+    def hub_websocket_port(self) -> int:
+        return self.hub_ports.websocket or self.dps.https_port
 
     @property
     def database_dsn(self) -> str:
@@ -255,10 +284,20 @@ class Config:
 
     @property
     def effective_hubs(self) -> tuple[HubConfig, ...]:
-        """With no hub configured, one hub shares the DPS host name and listener."""
+        """With no hub configured, one hub (the implicit hub) shares the DPS host name and, unless
+        [hub_ports] says otherwise, its listeners."""
         if self.hubs:
             return self.hubs
-        return (HubConfig(host_name=self.dps.host_name, bind=self.dps.bind, mqtt_port=self.dps.mqtt_port),)
+        return (self.implicit_hub,)
+
+    @property
+    def implicit_hub(self) -> HubConfig:
+        return HubConfig(
+            host_name=self.dps.host_name,
+            bind=self.dps.bind,
+            mqtt_port=self.hub_mqtt_port,
+            websocket_port=self.hub_websocket_port,
+        )
 
     def server_names(self) -> tuple[str, ...]:
         """Every name the server certificate must cover, in a stable order without repeats."""
@@ -304,6 +343,8 @@ _ENV_KEYS: Mapping[str, tuple[str, str]] = {
     "METRICS_PORT": ("metrics", "port"),
     "METRICS_REQUIRE_AUTH": ("metrics", "require_auth"),
     "METRICS_TOKEN_FILE": ("metrics", "token_file"),
+    "HUB_MQTT_PORT": ("hub_ports", "mqtt"),
+    "HUB_WEBSOCKET_PORT": ("hub_ports", "websocket"),
     "TLS_EXTRA_NAMES": ("tls", "extra_names"),
     "TLS_CERT_FILE": ("tls", "cert_file"),
     "TLS_KEY_FILE": ("tls", "key_file"),
@@ -328,7 +369,8 @@ class _Problems:
         self.items.append(message)
 
 
-def _default_data_dir() -> Path:
+def default_data_dir() -> Path:
+    """The per-user data directory, used when no data_dir is configured."""
     import platformdirs
 
     return Path(platformdirs.user_data_dir("iotdps"))
@@ -389,13 +431,15 @@ def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
         "allocation",
         "cluster",
         "telemetry",
+        "hub_ports",
+        "crl",
     }
     for key in raw:
         if key not in known_top:
             problems.add(f"unknown setting {key!r}")
 
     data_dir = raw.get("data_dir")
-    data_path = _default_data_dir() if data_dir is None else Path(str(data_dir)).expanduser()
+    data_path = default_data_dir() if data_dir is None else Path(str(data_dir)).expanduser()
     dsn = raw.get("dsn")
     if dsn is not None and (not isinstance(dsn, str) or "://" not in dsn):
         problems.add("dsn must be a database URL such as postgresql+asyncpg://user@host/db")
@@ -407,7 +451,15 @@ def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
         problems.add("dsn must start with sqlite://, postgresql+asyncpg:// or memory://")
 
     dps = _section(raw, "dps", DpsConfig(), problems)
-    management = _section(raw, "management", ManagementConfig(), problems)
+    # The management API follows the DPS address unless told otherwise: two instances that
+    # differ by --bind must not both claim 127.0.0.1:8443.
+    management = _section(raw, "management", ManagementConfig(bind=dps.bind), problems)
+    hub_ports = _section(raw, "hub_ports", HubPortsConfig(), problems)
+    default_hub = HubConfig(
+        host_name="",
+        mqtt_port=hub_ports.mqtt or dps.mqtt_port,
+        websocket_port=hub_ports.websocket or dps.https_port,
+    )
     metrics = _section(raw, "metrics", MetricsConfig(), problems)
     tls = _section(raw, "tls", TlsConfig(), problems)
     limits = _section(raw, "limits", LimitsConfig(), problems)
@@ -427,7 +479,8 @@ def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
         if not isinstance(entry, dict) or not entry.get("host_name"):
             problems.add(f"hubs[{index}] needs a host_name")
             continue
-        hub = _section({"hub": entry}, "hub", HubConfig(host_name=str(entry["host_name"])), problems, f"hubs[{index}]")
+        base = replace(default_hub, host_name=str(entry["host_name"]))
+        hub = _section({"hub": entry}, "hub", base, problems, f"hubs[{index}]")
         hubs.append(hub)
         hub_index.append(index)
 
@@ -439,6 +492,9 @@ def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
     ):
         if not 1 <= port <= 65535:
             problems.add(f"{name} must be 1..65535, not {port}")
+    for name, port in (("hub_ports.mqtt", hub_ports.mqtt), ("hub_ports.websocket", hub_ports.websocket)):
+        if not 0 <= port <= 65535:
+            problems.add(f"{name} must be 1..65535 (0: the DPS's port), not {port}")
     for name, addr in (("dps.bind", dps.bind), ("management.bind", management.bind)):
         if not is_ip_address(addr):
             problems.add(f"{name} must be an IP address, not {addr!r}")
@@ -458,9 +514,10 @@ def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
         problems.add(f"crl.port must be 0 (off) or 1..65535, not {crl.port}")
     if not is_ip_address(crl.bind):
         problems.add(f"crl.bind must be an IP address, not {crl.bind!r}")
-    if (management.bind, management.port) in {(dps.bind, dps.mqtt_port), (dps.bind, dps.https_port)}:
-        problems.add("management.port collides with a DPS port on the same address")
-    _check_metrics(metrics, management, dps, hubs, problems)
+    _check_metrics(metrics, management, dps, hubs or [replace(default_hub, bind=dps.bind)], problems)
+    if not problems.items:
+        for clash in listener_clashes(dps, management, hubs or [replace(default_hub, bind=dps.bind)]):
+            problems.add(clash)
     if limits.registrations_per_second < 0:
         problems.add("limits.registrations_per_second must be >= 0")
     if limits.max_packet_size < 1024:
@@ -508,7 +565,39 @@ def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
         cluster=cluster,
         telemetry=telemetry,
         crl=crl,
+        hub_ports=hub_ports,
     )
+
+
+def _same_address(a: str, b: str) -> bool:
+    # 0.0.0.0 (or ::) takes the port on every address, so it clashes with any of them.
+    return a == b or is_unspecified(a) or is_unspecified(b)
+
+
+def listener_clashes(dps: DpsConfig, management: ManagementConfig, hubs: Sequence[HubConfig]) -> list[str]:
+    """Listeners that would claim one address and port for different things. MQTT listeners
+    are shared on purpose (DPS and hub CONNECTs are told apart by username), and a hub's
+    websocket route rides on the DPS HTTPS listener when they share address and port; anything
+    else on one port would fail at bind time with a less helpful message."""
+    listeners = [
+        ("dps.mqtt_port", dps.bind, dps.mqtt_port, "mqtt"),
+        ("dps.https_port", dps.bind, dps.https_port, "https"),
+        ("management.port", management.bind, management.port, "management"),
+    ]
+    for index, hub in enumerate(hubs):
+        label = f"hubs[{index}]" if hub.host_name != "" else "the implicit hub"
+        listeners.append((f"{label} mqtt port", hub.bind, hub.mqtt_port, "mqtt"))
+        listeners.append((f"{label} websocket port", hub.bind, hub.websocket_port, "https"))
+        # The management API is served on every hub address too (the hub service API).
+        listeners.append((f"management.port (on {label}'s address)", hub.bind, management.port, "management"))
+    clashes: list[str] = []
+    for i, (name_a, addr_a, port_a, kind_a) in enumerate(listeners):
+        for name_b, addr_b, port_b, kind_b in listeners[i + 1 :]:
+            if port_a == port_b and kind_a != kind_b and _same_address(addr_a, addr_b):
+                clash = f"{name_a} and {name_b} both take port {port_a} on {addr_a}"
+                if clash not in clashes:
+                    clashes.append(clash)
+    return clashes
 
 
 _NODE_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")

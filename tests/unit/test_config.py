@@ -51,7 +51,8 @@ bind = "127.0.0.7"
         "b.local",
         "127.0.0.9",
     )
-    assert config.management_host == "127.0.0.1"
+    # No [management] bind: the management API follows the DPS address.
+    assert config.management_host == "127.0.0.9"
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:

@@ -1,12 +1,23 @@
-"""The IoT hubs linked to the service: the candidates of every allocation, with their weights."""
+"""The IoT hubs linked to the service: the candidates of every allocation, with their weights.
+
+Two fields are ours, not Azure's:
+- `served_until`: the lease of the iotdps node(s) serving the hub (wiring/hub_leases.py renews
+  it while a node runs and ends it when the node stops). A hub whose lease ran out is served by
+  no running node, and allocation skips it: a device sent there could never connect. A hub no
+  node ever served (None) is allocated to as before, and `iotdps up` warns about it.
+- `implicit`: the hub `iotdps up` made because no hub was configured. It follows the DPS host
+  name: a start under another name replaces it instead of leaving it linked and unserved.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from iotdps.errors import InvalidInput
 from iotdps.jsonfields import drop_none
+from iotdps.timestamps import format_time
 
 __all__ = ["LinkedHub"]
 
@@ -17,6 +28,12 @@ class LinkedHub:
     allocation_weight: int = 1
     apply_allocation_policy: bool = True
     location: str | None = None
+    served_until: datetime | None = None
+    implicit: bool = False
+
+    def unserved(self, now: datetime) -> bool:
+        """True when a node served this hub and its lease has run out (see the module doc)."""
+        return self.served_until is not None and self.served_until <= now
 
     def __post_init__(self) -> None:
         if not self.host_name:
@@ -31,5 +48,7 @@ class LinkedHub:
                 "allocationWeight": self.allocation_weight,
                 "applyAllocationPolicy": self.apply_allocation_policy,
                 "location": self.location,
+                "servedUntil": format_time(self.served_until) if self.served_until is not None else None,
+                "implicit": True if self.implicit else None,
             }
         )

@@ -172,6 +172,12 @@ _LINKED_HUB = {
         "allocationWeight": {"type": "integer", "minimum": 1, "maximum": 1000},
         "applyAllocationPolicy": {"type": "boolean"},
         "location": _STR,
+        "servedUntil": {
+            "type": "string",
+            "format": "date-time",
+            "description": "iotdps: end of the serving node's lease; once past, allocation skips the hub",
+        },
+        "implicit": {"type": "boolean", "description": "iotdps: made by `iotdps up` because no hub was configured"},
     },
 }
 

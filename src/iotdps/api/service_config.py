@@ -10,6 +10,7 @@ expiry, thumbprint, isVerified, created, updated, certificate}}` and an upload t
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, cast
 
 from aiohttp import web
@@ -167,7 +168,9 @@ def _hub_fields(doc: Mapping[str, Any], base: LinkedHub) -> LinkedHub:
     location = doc.get("location", base.location)
     if location is not None and not isinstance(location, str):
         raise InvalidInput("location must be a string")
-    return LinkedHub(base.host_name, weight, apply, location)
+    # An operator's change makes an implicit hub theirs (it no longer follows the DPS host);
+    # the serving lease is the nodes' business and is kept.
+    return replace(base, allocation_weight=weight, apply_allocation_policy=apply, location=location, implicit=False)
 
 
 async def list_hubs(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
@@ -189,9 +192,12 @@ async def put_hub(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
     """Link a hub, or replace its settings (fields left out take their defaults)."""
     name = _hub_name(request)
     doc = await read_json(request, ctx, required=False)
-    hub = _hub_fields(json_object(doc if doc is not None else {}, "the linked hub"), LinkedHub(name))
+    fields = json_object(doc if doc is not None else {}, "the linked hub")
     async with ctx.store.begin() as uow:
-        saved = await uow.hubs.put(hub)
+        current = await uow.hubs.get(name)
+        # The settings are replaced; the serving lease stays the nodes' (allocation.hubs).
+        lease = current.served_until if current is not None else None
+        saved = await uow.hubs.put(_hub_fields(fields, LinkedHub(name, served_until=lease)))
     return json_response(saved.to_json())
 
 

@@ -156,13 +156,16 @@ def hub_remove(host_name: str) -> None:
 @json_option
 @target_options
 def hub_list() -> None:
+    from iotdps.cli.hub_serving import served_text
+
     hubs = run_client(lambda client: client.list_hubs())
-    rows = [[h.host_name, h.allocation_weight, h.apply_allocation_policy, h.location] for h in hubs]
+    rows = [[h.host_name, h.allocation_weight, h.apply_allocation_policy, h.location, served_text(h)] for h in hubs]
     listing(
         "Linked hubs",
-        ["host name", "weight", "apply allocation policy", "location"],
+        ["host name", "weight", "apply allocation policy", "location", "served"],
         rows,
         [h.to_json() for h in hubs],
+        whole=("host name",),
     )
 
 

@@ -9,6 +9,7 @@ is provisioning.ca_admin's.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TypeVar
 
 from iotdps.allocation.hubs import LinkedHub
@@ -119,7 +120,10 @@ class LocalAdminClient:
 
     async def put_hub(self, hub: LinkedHub) -> LinkedHub:
         async with self.store.begin() as uow:
-            return await uow.hubs.put(hub)
+            # As the API does: the settings are the operator's, the serving lease the nodes'.
+            current = await uow.hubs.get(hub.host_name)
+            lease = current.served_until if current is not None else None
+            return await uow.hubs.put(replace(hub, served_until=lease, implicit=False))
 
     async def update_hub(self, host_name: str, change: Callable[[LinkedHub], LinkedHub]) -> LinkedHub:
         async with self.store.begin() as uow:

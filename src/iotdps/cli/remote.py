@@ -183,6 +183,8 @@ def _hub_from_json(doc: Mapping[str, Any]) -> LinkedHub:
         int(doc.get("allocationWeight") or 1),
         doc.get("applyAllocationPolicy") is not False,
         doc.get("location"),
+        served_until=parse_time(doc["servedUntil"]) if isinstance(doc.get("servedUntil"), str) else None,
+        implicit=doc.get("implicit") is True,
     )
 
 
@@ -348,7 +350,10 @@ class RemoteAdminClient:
         return [_hub_from_json(d) for d in doc]
 
     async def put_hub(self, hub: LinkedHub) -> LinkedHub:
-        body = {k: v for k, v in hub.to_json().items() if k != "name"}
+        # The settings only: the serving lease and the implicit mark are the nodes' business.
+        body = {
+            k: v for k, v in hub.to_json().items() if k in ("allocationWeight", "applyAllocationPolicy", "location")
+        }
         doc, _ = await self.http.call("PUT", f"/linkedHubs/{_seg(hub.host_name)}", body)
         return _hub_from_json(doc)
 

@@ -26,6 +26,7 @@ import ipaddress
 import json
 import os
 import socket
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -229,6 +230,31 @@ def simulate_command(
         click.echo(json.dumps({**report.to_json(), "fleet": fleet_info}, sort_keys=True))
     else:
         _print_report(report, console)
+    failures = _failures(report)
+    if failures:
+        # The report is printed either way; the exit status is what a script or CI checks.
+        click.echo(f"error: {'; '.join(failures)}", err=True)
+        sys.exit(EXIT_DEVICES_FAILED)
+
+
+# Not bad input (2): the run worked and found devices that did not get through.
+EXIT_DEVICES_FAILED = 1
+
+
+def _failures(report: SimulationReport) -> list[str]:
+    """What went wrong for the fleet, in words; empty when every device got through."""
+    failures: list[str] = []
+    registration = report.registration
+    if registration.succeeded < registration.attempted:
+        failures.append(
+            f"{registration.attempted - registration.succeeded} of {registration.attempted} devices failed to register"
+        )
+    telemetry = report.telemetry
+    if telemetry is not None and telemetry.connected < telemetry.devices:
+        failures.append(
+            f"{telemetry.devices - telemetry.connected} of {telemetry.devices} devices could not connect to their hub"
+        )
+    return failures
 
 
 def register(group: click.Group) -> None:

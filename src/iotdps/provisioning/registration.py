@@ -214,9 +214,13 @@ class Allocated:
     webhook: WebhookAllocation | None = None
 
 
-def allocate_builtin_for(plan: RegistrationPlan, linked: Sequence[LinkedHub]) -> Allocated:
-    """A built-in policy's hub for the plan (pure: no store, no webhook)."""
+def allocate_builtin_for(
+    plan: RegistrationPlan, linked: Sequence[LinkedHub], unavailable: frozenset[str] = frozenset()
+) -> Allocated:
+    """A built-in policy's hub for the plan (pure: no store, no webhook); `unavailable`: linked
+    hubs no running node serves (allocation.policy)."""
     try:
-        return Allocated(hub=allocate_builtin(plan.policy, plan.registration_id, plan.settings, linked).host_name)
+        hub = allocate_builtin(plan.policy, plan.registration_id, plan.settings, linked, unavailable)
+        return Allocated(hub=hub.host_name)
     except Refused as exc:
         return Allocated(refusal=exc)

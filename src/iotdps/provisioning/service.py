@@ -223,7 +223,9 @@ class ProvisioningService:
                 # Built-in allocation is pure, so read, allocate and write share one
                 # transaction: one BEGIN/COMMIT and one read of the record fewer per device
                 # (bench/PROFILE.md). Only the webhook must run outside a transaction.
-                written = await self._write_in(uow, plan, operation_id, allocate_builtin_for(plan, linked), current)
+                unavailable = frozenset(h.host_name for h in linked if h.unserved(self.clock.now()))
+                allocated = allocate_builtin_for(plan, linked, unavailable)
+                written = await self._write_in(uow, plan, operation_id, allocated, current)
         if plan.policy != "custom":
             return await self._finish(plan, operation_id, written, decision)
         allocated = await self._allocate_custom(plan, operation_id, current, linked)

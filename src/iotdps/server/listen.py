@@ -34,6 +34,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from iotdps import metrics
 from iotdps.evidence import PeerIdentity
+from iotdps.server.bind_errors import ListenError
 from iotdps.server.logthrottle import PerReasonLog
 from iotdps.server.tls import ServerTls
 from iotdps.server.tls_transport import (
@@ -117,16 +118,20 @@ async def start_tls_server(
     The protocol is created only after the handshake finished; it sees the peer identity under
     `transport.get_extra_info("iotdps_peer")`. `tls` is read per connection, so its
     `update_anchors` / `update_server_certificate` apply to the next connection accepted.
+    A port that cannot be bound raises ListenError, which says why in words.
     """
     loop = asyncio.get_running_loop()
     deadlines = HandshakeDeadlines(handshake_timeout)
-    server = await loop.create_server(
-        lambda: TlsServerProtocol(tls, protocol_factory, deadlines),
-        host,
-        port,
-        reuse_address=reuse_address,
-        backlog=backlog,
-    )
+    try:
+        server = await loop.create_server(
+            lambda: TlsServerProtocol(tls, protocol_factory, deadlines),
+            host,
+            port,
+            reuse_address=reuse_address,
+            backlog=backlog,
+        )
+    except OSError as exc:
+        raise ListenError(host, port, exc) from None
     listener = f"{host}:{_bound_port(server)}"
     # Held weakly by the metrics: a closed server's listener drops out with its last connection.
     metrics.track_listener(deadlines, lambda d: {listener: d.connections})

@@ -170,6 +170,8 @@ def hub_from_doc(doc: dict[str, Any]) -> LinkedHub:
         allocation_weight=int(doc.get("allocationWeight", 1)),
         apply_allocation_policy=bool(doc.get("applyAllocationPolicy", True)),
         location=cast(str | None, doc.get("location")),
+        served_until=_opt_time(doc.get("servedUntil")),
+        implicit=doc.get("implicit") is True,
     )
 
 

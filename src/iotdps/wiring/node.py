@@ -31,7 +31,6 @@ from aiohttp import web
 from cryptography import x509
 
 from iotdps.access import HUB_RIGHTS, AccessPolicies
-from iotdps.allocation.hubs import LinkedHub
 from iotdps.api import ServiceAbout
 from iotdps.api.app import build_management_app
 from iotdps.attestation.x509 import evidence_from_chain
@@ -49,6 +48,7 @@ from iotdps.provisioning.trust import current_revocations, trust_anchors
 from iotdps.server.cert_files import CertificateFiles, CertificateReloader, load_pair
 from iotdps.server.control import control_socket_path
 from iotdps.server.crl_http import build_crl_app
+from iotdps.server.datadir_lock import DataDirLock
 from iotdps.server.dps_http import build_device_app
 from iotdps.server.dps_mqtt import route_dps
 from iotdps.server.dps_runner import RegistrationRunner
@@ -67,8 +67,10 @@ from iotdps.store.health import check_store
 from iotdps.store.sql.cluster import cluster_db
 from iotdps.timestamps import utcnow
 from iotdps.web import Console
+from iotdps.wiring import listeners
 from iotdps.wiring.cluster import Cluster
 from iotdps.wiring.hub import Hubs
+from iotdps.wiring.hub_leases import HubLeases
 from iotdps.wiring.shared_identity import join_service
 from iotdps.wiring.telemetry import Telemetry
 
@@ -135,12 +137,17 @@ class Server:
         self._started = False
         self.sealing: SealingKey | None = None  # seals issuing-CA secrets (issue 18)
         self.issuers: IssuerCache | None = None
+        self._data_dir_lock = DataDirLock(config.data_dir)
+        self._leases: HubLeases | None = None
 
     # ------------------------------------------------------------------ start
 
     async def start(self) -> StartupInfo:
         config = self.config
         config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Before anything in the directory is touched: a second server would take over
+        # control.sock and leave the first unreachable (server/datadir_lock.py).
+        self._data_dir_lock.acquire()
         first_start = not (config.data_dir / "tls" / "server-ca.pem").exists()
         # Your own certificate (the [tls] files) is checked before anything else starts: a bad
         # pair stops the start, in words. Otherwise the pair is the service's CA's, below.
@@ -168,7 +175,8 @@ class Server:
         assert cert_files is not None
         chain, key = load_pair(cert_files)
         settings = await self._ensure_settings(self.store)
-        await self._sync_linked_hubs(self.store)
+        self._leases = HubLeases(self.store, config.effective_hubs, implicit=not config.hubs, now=utcnow)
+        unserved = await self._leases.claim()
         hub_hosts = [h.host_name for h in config.effective_hubs]
         if self.hub is None:
             self.hubs = Hubs(self.store, hub_hosts, token_max_lifetime=config.auth.device_token_max_lifetime)
@@ -227,9 +235,11 @@ class Server:
         # every hub address too (unless the management API already listens on all addresses).
         extra = [] if is_unspecified(config.management.bind) else [h.bind for h in config.effective_hubs]
         extra = [address for address in extra if not is_unspecified(address)]
-        await self._serve_app(management, config.management.bind, config.management.port, extra_hosts=extra)
+        with listeners.listening_as(listeners.MANAGEMENT):
+            await self._serve_app(management, config.management.bind, config.management.port, extra_hosts=extra)
         if config.metrics.port:
-            await self._serve_app(build_metrics_app(metrics_token), config.metrics_bind, config.metrics.port)
+            with listeners.listening_as(listeners.METRICS):
+                await self._serve_app(build_metrics_app(metrics_token), config.metrics_bind, config.metrics.port)
             endpoints.append(f"https://{config.metrics_bind}:{config.metrics.port}/metrics (Prometheus)")
         if self.hubs is not None:
             await self._serve_control(self.hubs)
@@ -238,11 +248,16 @@ class Server:
                 build_crl_app(self.store), request_timeout=config.limits.connect_timeout, shutdown_timeout=2.0
             )
             await crl_runner.setup()
-            await web.TCPSite(crl_runner, config.crl.bind, config.crl.port).start()
             self._runners.append(crl_runner)
+            # Plain HTTP (aiohttp's own site, not the TLS seam): its bind error is named here.
+            with listeners.listening_as(listeners.CRL, config.crl.bind, config.crl.port):
+                await web.TCPSite(crl_runner, config.crl.bind, config.crl.port).start()
             endpoints.append(f"http://{config.crl.bind}:{config.crl.port}/crl/<CA name>.crl (CRL distribution point)")
         self._tasks.append(asyncio.get_running_loop().create_task(self._watch_trust()))
         self._tasks.append(asyncio.get_running_loop().create_task(reloader.run(self._stopped, CERT_POLL_SECONDS)))
+        self._leases.start_renewing()
+        for hub in unserved:
+            log.warning("%s", hub.warning(), extra={"event": "hub_unserved", "hub": hub.host_name})
         notes = []
         if metrics_token is not None:
             notes.append(f"/metrics asks for the bearer token in {config.metrics_token_file}")
@@ -289,13 +304,6 @@ class Server:
                 settings = await uow.settings.put(ServiceSettings(new_id_scope()))
         return settings
 
-    async def _sync_linked_hubs(self, store: Store) -> None:
-        """Configured hubs are linked hubs; weights follow the file (hubs linked by other
-        means are left alone)."""
-        async with store.begin() as uow:
-            for hub in self.config.effective_hubs:
-                await uow.hubs.put(LinkedHub(hub.host_name, hub.weight, hub.apply_allocation_policy))
-
     async def _listen(self) -> list[str]:
         config = self.config
         assert self.tls is not None and self.runner is not None
@@ -305,9 +313,11 @@ class Server:
         mqtt_addrs = {(config.dps.bind, config.dps.mqtt_port)}
         mqtt_addrs |= {(h.bind, h.mqtt_port) for h in config.effective_hubs}
         for host, port in sorted(mqtt_addrs):
-            self._servers.append(
-                await start_tls_server(host, port, self.tls, self._new_connection, handshake_timeout=handshake)
-            )
+            dps = (host, port) == (config.dps.bind, config.dps.mqtt_port)
+            with listeners.listening_as(listeners.DPS_MQTT if dps else listeners.HUB_MQTT):
+                self._servers.append(
+                    await start_tls_server(host, port, self.tls, self._new_connection, handshake_timeout=handshake)
+                )
             endpoints.append(f"mqtts://{host}:{port}")
 
         limits = config.limits
@@ -318,13 +328,15 @@ class Server:
             max_frame_size=limits.max_packet_size,
             body_timeout=limits.connect_timeout,
         )
-        await self._serve_app(device_app, config.dps.bind, config.dps.https_port)
+        with listeners.listening_as(listeners.DPS_HTTPS):
+            await self._serve_app(device_app, config.dps.bind, config.dps.https_port)
         endpoints.append(f"https://{config.dps.bind}:{config.dps.https_port} (DPS REST, MQTT over websockets)")
         ws_addrs = {(h.bind, h.websocket_port) for h in config.effective_hubs} - {
             (config.dps.bind, config.dps.https_port)
         }
         for host, port in sorted(ws_addrs):
-            await self._serve_app(self._websocket_app(), host, port)
+            with listeners.listening_as(listeners.HUB_WEBSOCKET):
+                await self._serve_app(self._websocket_app(), host, port)
             endpoints.append(f"wss://{host}:{port}{WEBSOCKET_PATH}")
         return endpoints
 
@@ -343,10 +355,10 @@ class Server:
         assert self.tls is not None
         runner = http_runner(app, request_timeout=self.config.limits.connect_timeout, shutdown_timeout=2.0)
         await runner.setup()
+        self._runners.append(runner)  # before binding: a site that cannot bind still leaves it to clean up
         for address in dict.fromkeys([host, *extra_hosts]):
             site = TlsSite(runner, address, port, self.tls, handshake_timeout=self.config.tls.handshake_timeout)
             await site.start()
-        self._runners.append(runner)
 
     async def _serve_control(self, hubs: Hubs) -> None:
         """The CLI's way into this process (method invoke, C2D, desired patches): HTTP on a
@@ -532,8 +544,11 @@ class Server:
             await self._webhook.close()
         if self.issuers is not None:
             await self.issuers.close()  # CFSSL sessions
+        if self._leases is not None:
+            await self._leases.stop()
         if self.store is not None:
             await self.store.close()
+        self._data_dir_lock.release()
 
 
 def device_snippet(info: StartupInfo, registration_id: str = "my-device") -> str:

@@ -84,8 +84,9 @@ def test_lists_and_reports_print_json_on_request(run, tmp_path: Path) -> None:  
 def test_tables_are_never_cut_when_piped(run) -> None:  # type: ignore[no-untyped-def]
     run("hub", "add", _LONG_HUB, "--location", "a location long enough to push the row past any terminal")
     lines = run("hub", "list").splitlines()  # CliRunner's stdout is not a terminal
-    assert lines[0].split() == ["host", "name", "weight", "apply", "allocation", "policy", "location"]
-    assert _LONG_HUB in lines[1] and lines[1].endswith("a location long enough to push the row past any terminal")
+    assert lines[0].split() == ["host", "name", "weight", "apply", "allocation", "policy", "location", "served"]
+    assert _LONG_HUB in lines[1]
+    assert "a location long enough to push the row past any terminal  never: no node serves it" in lines[1]
 
 
 def test_exit_codes(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,142 @@
+"""Which linked hubs a running node serves: the hubs' serving leases, kept by `iotdps up`.
+
+At start a node links the hubs it serves (the configured ones, or the implicit hub that shares
+the DPS host name), stamps each with a lease (`LinkedHub.served_until`, now + LEASE), unlinks an
+implicit hub it made under another DPS host name (a first `up`, then `up --dps-host X` on the
+same data dir, used to leave `localhost` linked, and hashed allocation sent half the fleet to a
+hub nobody served), and reports the linked hubs that no running node serves. While it runs it
+renews its leases every RENEW_EVERY seconds; when it stops it ends them. A node killed outright
+stops renewing, and its hubs fall out of allocation within LEASE seconds.
+
+Several nodes on one PostgreSQL database each renew the hubs they serve; a hub is served while
+any node renews it. The renewal rewrites the hub's row (its document carries the lease), so a
+weight change made through the API in the same instant as a renewal may be lost to it on
+PostgreSQL; the renewal re-reads the row first to keep that window to one statement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from iotdps.allocation.hubs import LinkedHub
+from iotdps.config import HubConfig
+from iotdps.ports import Store
+from iotdps.timestamps import format_time
+
+__all__ = ["LEASE", "RENEW_EVERY", "HubLeases", "Unserved"]
+
+log = logging.getLogger("iotdps.hubs")
+
+LEASE = timedelta(seconds=60)
+RENEW_EVERY = 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class Unserved:
+    """A linked hub that no running node serves, as `up` reports it at start."""
+
+    host_name: str
+    served_until: datetime | None  # None: no node has ever served it
+
+    def warning(self) -> str:
+        if self.served_until is None:
+            return (
+                f"linked hub {self.host_name} is served by no running iotdps node (none has ever served it): "
+                "devices allocated to it cannot connect; serve it ([[hubs]] in the config) or unlink it "
+                f"(iotdps hub remove {self.host_name})"
+            )
+        return (
+            f"linked hub {self.host_name} is served by no running iotdps node (last served until "
+            f"{format_time(self.served_until)}): allocation skips it; serve it ([[hubs]] in the config) or "
+            f"unlink it (iotdps hub remove {self.host_name})"
+        )
+
+
+class HubLeases:
+    def __init__(self, store: Store, hubs: Sequence[HubConfig], *, implicit: bool, now: Callable[[], datetime]) -> None:
+        """`hubs`: what this node serves; `implicit`: they are the implicit hub (none configured)."""
+        self._store = store
+        self._hubs = tuple(hubs)
+        self._implicit = implicit
+        self._now = now
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def host_names(self) -> tuple[str, ...]:
+        return tuple(h.host_name for h in self._hubs)
+
+    async def claim(self) -> list[Unserved]:
+        """Link and lease the hubs this node serves; return the linked hubs nobody serves."""
+        now = self._now()
+        until = now + LEASE
+        mine = {h.host_name.lower(): h for h in self._hubs}
+        async with self._store.begin() as uow:
+            existing = {h.host_name.lower(): h for h in await uow.hubs.list()}
+            for name, hub in existing.items():
+                if hub.implicit and name not in mine:
+                    # An implicit hub made under an earlier DPS host name: nobody configured it,
+                    # so nobody will serve it again.
+                    await uow.hubs.delete(hub.host_name)
+                    log.info("unlinked the implicit hub %s: this node serves %s", hub.host_name, ", ".join(mine))
+            for name, config in mine.items():
+                await uow.hubs.put(self._served(existing.get(name), config, until))
+            others = [h for name, h in existing.items() if name not in mine and not h.implicit]
+        return [Unserved(h.host_name, h.served_until) for h in others if h.served_until is None or h.unserved(now)]
+
+    def _served(self, current: LinkedHub | None, config: HubConfig, until: datetime) -> LinkedHub:
+        if current is None:
+            return LinkedHub(
+                config.host_name,
+                config.weight,
+                config.apply_allocation_policy,
+                served_until=until,
+                implicit=self._implicit,
+            )
+        if self._implicit:
+            # The operator may have tuned the implicit hub through the API: keep that.
+            return replace(current, served_until=until)
+        # Configured hubs: weights and policy follow the file; the location is the API's.
+        return replace(
+            current,
+            allocation_weight=config.weight,
+            apply_allocation_policy=config.apply_allocation_policy,
+            served_until=until,
+            implicit=False,
+        )
+
+    async def renew(self, until: datetime | None = None) -> None:
+        """Extend (or, with `until` in the past, end) this node's leases."""
+        until = self._now() + LEASE if until is None else until
+        async with self._store.begin() as uow:
+            for name in self.host_names:
+                current = await uow.hubs.get(name)
+                if current is not None:  # unlinked by an operator while we run: leave it so
+                    await uow.hubs.put(replace(current, served_until=until))
+
+    def start_renewing(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._renew_forever())
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(RENEW_EVERY)
+            try:
+                await self.renew()
+            except Exception:  # the store may be briefly unavailable; the lease outlasts two misses
+                log.warning("renewing the hubs' serving lease failed", exc_info=True)
+
+    async def stop(self) -> None:
+        """Stop renewing and end the leases: this node no longer serves its hubs."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        try:
+            await self.renew(until=self._now())
+        except Exception:  # stopping anyway; the lease runs out by itself within LEASE
+            log.warning("ending the hubs' serving lease failed", exc_info=True)

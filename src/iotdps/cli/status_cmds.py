@@ -48,7 +48,9 @@ async def _gather(data_dir: Path, dsn: str) -> dict[str, Any]:
     from iotdps.server.control import ControlClient, control_socket_path
     from iotdps.store import open_store
 
-    doc: dict[str, Any] = {"dataDir": str(data_dir), "running": False, "pid": None, "connections": None}
+    doc: dict[str, Any] = {
+        "dataDir": str(data_dir), "running": False, "pid": None, "connections": None, "endpoints": []
+    }
     served: set[str] = set()
     path = control_socket_path(data_dir)
     pid = _peer_pid(path) if path.exists() else None
@@ -58,7 +60,13 @@ async def _gather(data_dir: Path, dsn: str) -> dict[str, Any]:
         except IotdpsError:
             answer = None
         if isinstance(answer, dict):
-            doc.update(running=True, pid=pid, connections=answer.get("connections"))
+            endpoints = answer.get("endpoints")
+            doc.update(
+                running=True,
+                pid=pid,
+                connections=answer.get("connections"),
+                endpoints=[str(e) for e in endpoints] if isinstance(endpoints, list) else [],
+            )
             served = {str(h).lower() for h in answer.get("hubs", [])}
     store = await open_store(dsn)
     try:
@@ -98,6 +106,8 @@ def status_cmd() -> None:
         state = f"running (pid {doc['pid']})" if doc["running"] else "not running"
         click.echo(f"server        {state} on {data_dir}")
         if doc["running"]:
+            for n, endpoint in enumerate(doc["endpoints"]):
+                click.echo(f"{'endpoints' if n == 0 else '':<13} {endpoint}")
             click.echo(f"connections   {doc['connections']}")
         click.echo(f"registrations {doc['registrationsLastMinute']} in the last minute")
         rows = [[h["hostName"], {True: "yes", False: "NO: no running node serves it", None: "-"}[h["served"]]]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -61,11 +61,16 @@ def _guard(handler: Handler) -> Handler:
     return wrapped
 
 
-def build_control_app(operations: CloudOperations) -> web.Application:
-    """The control app over the hub's cloud-side operations (iotdps.hub.cloud)."""
+def build_control_app(operations: CloudOperations, endpoints: Sequence[str] = ()) -> web.Application:
+    """The control app over the hub's cloud-side operations (iotdps.hub.cloud). `endpoints`: what
+    the server listens on, in the banner's words, for `iotdps status` (read when asked, so the
+    ones added after the control socket opened are there too)."""
 
     async def hubs(request: web.Request) -> web.StreamResponse:
-        return web.json_response({"hubs": list(operations.host_names), "connections": operations.connection_count})
+        hubs = list(operations.host_names)
+        return web.json_response(
+            {"hubs": hubs, "connections": operations.connection_count, "endpoints": list(endpoints)}
+        )
 
     async def method(request: web.Request) -> web.StreamResponse:
         doc = await _body(request)

@@ -77,6 +77,6 @@ class Hubs:
         await self.writer.stop()
         await self.connections.close_all()
 
-    def control_app(self) -> web.Application:
+    def control_app(self, endpoints: Sequence[str] = ()) -> web.Application:
         """The local control endpoint (HTTP JSON on a unix socket) for the CLI."""
-        return build_control_app(self.cloud)
+        return build_control_app(self.cloud, endpoints)

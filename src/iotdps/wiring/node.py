@@ -242,7 +242,7 @@ class Server:
                 await self._serve_app(build_metrics_app(metrics_token), config.metrics_bind, config.metrics.port)
             endpoints.append(f"https://{config.metrics_bind}:{config.metrics.port}/metrics (Prometheus)")
         if self.hubs is not None:
-            await self._serve_control(self.hubs)
+            await self._serve_control(self.hubs, endpoints)
         if config.crl.port:
             crl_runner = http_runner(
                 build_crl_app(self.store), request_timeout=config.limits.connect_timeout, shutdown_timeout=2.0
@@ -360,14 +360,14 @@ class Server:
             site = TlsSite(runner, address, port, self.tls, handshake_timeout=self.config.tls.handshake_timeout)
             await site.start()
 
-    async def _serve_control(self, hubs: Hubs) -> None:
+    async def _serve_control(self, hubs: Hubs, endpoints: Sequence[str]) -> None:
         """The CLI's way into this process (method invoke, C2D, desired patches): HTTP on a
         unix socket in the data dir, 0600, so only the owner of the data dir can use it."""
         path = control_socket_path(self.config.data_dir)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # left by a crash; a live server would still hold its listener
         runner = http_runner(
-            hubs.control_app(), request_timeout=self.config.limits.connect_timeout, shutdown_timeout=2.0
+            hubs.control_app(endpoints), request_timeout=self.config.limits.connect_timeout, shutdown_timeout=2.0
         )
         await runner.setup()
         old_umask = os.umask(0o177)

@@ -35,11 +35,16 @@ def test_status_of_a_running_server_then_a_stopped_one(tmp_path: Path) -> None:
         doc = json.loads(done.stdout)
         assert doc["running"] is True and doc["pid"] == server.process.pid
         assert doc["connections"] == 0 and doc["registrationsLastMinute"] == 0
+        assert any("(management API)" in e for e in doc["endpoints"]), doc["endpoints"]
+        assert any(f"{server.address}:" in e for e in doc["endpoints"]), doc["endpoints"]
         assert {h["hostName"]: h["served"] for h in doc["hubs"]} == {server.address: True, nobody: False}
 
         text = _status(server.data_dir).stdout
         assert f"running (pid {server.process.pid})" in text
-        rows = {line.split(maxsplit=1)[0]: line.split(maxsplit=1)[1] for line in text.splitlines()[4:]}
+        lines = text.splitlines()
+        assert lines[1].startswith("endpoints") and all(e in text for e in doc["endpoints"])
+        first_row = next(i for i, line in enumerate(lines) if line.split()[:2] == ["hub", "served"]) + 1
+        rows = {line.split(maxsplit=1)[0]: line.split(maxsplit=1)[1] for line in lines[first_row:] if line.strip()}
         assert rows == {server.address: "yes", nobody: "NO: no running node serves it"}
     finally:
         server.stop()

@@ -34,6 +34,7 @@ from iotdps.access import HUB_RIGHTS, AccessPolicies
 from iotdps.api import ServiceAbout
 from iotdps.api.app import build_management_app
 from iotdps.attestation.x509 import evidence_from_chain
+from iotdps.audit import Actor, record
 from iotdps.config import Config, is_unspecified
 from iotdps.evidence import PeerIdentity, X509Evidence
 from iotdps.issuance.issuers import IssuerCache
@@ -75,6 +76,9 @@ from iotdps.wiring.shared_identity import join_service
 from iotdps.wiring.telemetry import Telemetry
 
 __all__ = ["HubRouter", "Server", "StartupInfo", "new_id_scope"]
+
+# The audit trail's actor for what the server writes from its own configuration at startup.
+_STARTUP = Actor("system", "startup-config")
 
 log = logging.getLogger("iotdps.server")
 
@@ -302,6 +306,7 @@ class Server:
             settings = await uow.settings.get()
             if settings is None:
                 settings = await uow.settings.put(ServiceSettings(new_id_scope()))
+                await record(uow, _STARTUP, "settings.update", "settings", after=settings)
         return settings
 
     async def _listen(self) -> list[str]:

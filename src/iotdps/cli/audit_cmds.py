@@ -1,12 +1,13 @@
 """`iotdps audit`: list, export, verify and prune the audit trail (iotdps.audit).
 
 Like every administration command it runs on the local data dir, or with `--server` over the
-management API (GET /audit; pruning only where the store is). `verify` reads the whole log in
+management API (GET /audit); pruning only where the store is. `verify` reads the whole log in
 pages and checks every hash and link; it exits 1 when it finds a problem, naming each entry.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from collections.abc import AsyncIterator
@@ -18,9 +19,9 @@ import click
 from iotdps.audit import AuditEntry, AuditQuery, verify_chain
 from iotdps.audit.retention import prune
 from iotdps.cli.actor import local_actor
-from iotdps.cli.remote import run_target, target_options
+from iotdps.cli.client import AdminClient
+from iotdps.cli.target import local_dsn, run_client, server_target, target_options, target_params
 from iotdps.errors import InvalidInput
-from iotdps.ports import CaAdmin, Store
 from iotdps.timestamps import parse_time
 
 __all__ = ["register"]
@@ -29,7 +30,7 @@ _PAGE = 1000
 EXIT_TAMPERED = 1
 
 
-async def _entries(store: Store, query: AuditQuery, most: int | None = None) -> AsyncIterator[AuditEntry]:
+async def _entries(client: AdminClient, query: AuditQuery, most: int | None = None) -> AsyncIterator[AuditEntry]:
     """Every entry matching `query`, page by page (at most `most`)."""
     after = query.after
     given = 0
@@ -37,10 +38,7 @@ async def _entries(store: Store, query: AuditQuery, most: int | None = None) -> 
         size = _PAGE if most is None else min(_PAGE, most - given)
         if size <= 0:
             return
-        async with store.read() as uow:
-            page = await uow.audit.list(
-                AuditQuery(query.action, query.actor, query.target, query.since, after, limit=size)
-            )
+        page = await client.list_audit(AuditQuery(query.action, query.actor, query.target, query.since, after, size))
         for entry in page:
             yield entry
         given += len(page)
@@ -87,10 +85,10 @@ def audit_list(
     """Entries oldest first, filtered."""
     query = AuditQuery(action, actor, target, _since(since))
 
-    async def go(svc: CaAdmin, store: Store) -> list[AuditEntry]:
-        return [e async for e in _entries(store, query, limit)]
+    async def go(client: AdminClient) -> list[AuditEntry]:
+        return [e async for e in _entries(client, query, limit)]
 
-    found = run_target(go)
+    found = run_client(go)
     for entry in found:
         if as_json:
             click.echo(json.dumps(entry.to_json(), sort_keys=True))
@@ -107,14 +105,11 @@ def audit_export(action: str | None, actor: str | None, target: str | None, sinc
     """Every entry (filtered) as JSON lines on standard output, with its hashes."""
     query = AuditQuery(action, actor, target, _since(since))
 
-    async def go(svc: CaAdmin, store: Store) -> int:
-        count = 0
-        async for entry in _entries(store, query):
+    async def go(client: AdminClient) -> None:
+        async for entry in _entries(client, query):
             sys.stdout.write(json.dumps(entry.to_json(), sort_keys=True) + "\n")
-            count += 1
-        return count
 
-    run_target(go)
+    run_client(go)
 
 
 @audit_group.command("verify")
@@ -125,11 +120,10 @@ def audit_verify(head: str | None) -> None:
     if head is not None and (len(head) != 64 or any(c not in "0123456789abcdef" for c in head)):
         raise InvalidInput("--head is a hash: 64 lower-case hex digits")
 
-    async def go(svc: CaAdmin, store: Store) -> Any:
-        entries = [e async for e in _entries(store, AuditQuery())]
-        return verify_chain(entries)
+    async def go(client: AdminClient) -> Any:
+        return verify_chain([e async for e in _entries(client, AuditQuery())])
 
-    summary = run_target(go)
+    summary = run_client(go)
     for problem in summary.problems:
         click.echo(str(problem))
     missing_head = head is not None and head not in summary.hashes
@@ -150,10 +144,20 @@ def audit_verify(head: str | None) -> None:
 def audit_prune(older_than_days: int) -> None:
     """Remove old entries; an audit.pruned entry records what went, so the chain still verifies."""
 
-    async def go(svc: CaAdmin, store: Store) -> AuditEntry | None:
-        return await prune(store, older_than_days=older_than_days, now=datetime.now(UTC), actor=local_actor())
+    params = target_params()
+    if server_target(params) is not None:
+        raise InvalidInput("audit prune runs where the store is (--data-dir or --dsn), not against --server")
 
-    entry = run_target(go)
+    async def go() -> AuditEntry | None:
+        from iotdps.store import open_store
+
+        store = await open_store(local_dsn(params))
+        try:
+            return await prune(store, older_than_days=older_than_days, now=datetime.now(UTC), actor=local_actor())
+        finally:
+            await store.close()
+
+    entry = asyncio.run(go())
     if entry is None:
         click.echo(f"nothing older than {older_than_days} days")
         return

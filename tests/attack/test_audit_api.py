@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from iotdps.api.auth import make_service_sas
+from iotdps.access import make_service_sas
 from iotdps_testing.console import MGMT_PORT, ConsoleClient, policy_key
 from iotdps_testing.server import RunningServer, start_server
 

@@ -35,6 +35,7 @@ from iotdps.api import ServiceAbout
 from iotdps.api.app import build_management_app
 from iotdps.attestation.x509 import evidence_from_chain
 from iotdps.audit import Actor, record
+from iotdps.audit.retention import prune as prune_audit
 from iotdps.config import Config, is_unspecified
 from iotdps.evidence import PeerIdentity, X509Evidence
 from iotdps.issuance.issuers import IssuerCache
@@ -79,6 +80,9 @@ __all__ = ["HubRouter", "Server", "StartupInfo", "new_id_scope"]
 
 # The audit trail's actor for what the server writes from its own configuration at startup.
 _STARTUP = Actor("system", "startup-config")
+# ... and for what its audit retention removes; how often it looks.
+_RETENTION = Actor("system", "audit-retention")
+AUDIT_PRUNE_SECONDS = 24 * 3600
 
 log = logging.getLogger("iotdps.server")
 
@@ -262,6 +266,8 @@ class Server:
         self._leases.start_renewing()
         for hub in unserved:
             log.warning("%s", hub.warning(), extra={"event": "hub_unserved", "hub": hub.host_name})
+        if self.config.audit.retention_days:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._keep_audit_retention()))
         notes = []
         if metrics_token is not None:
             notes.append(f"/metrics asks for the bearer token in {config.metrics_token_file}")
@@ -513,6 +519,20 @@ class Server:
                 await self.reload_trust()
             except Exception:  # the store may be briefly unavailable; try again next round
                 log.warning("reloading TLS trust anchors failed", exc_info=True)
+
+    async def _keep_audit_retention(self) -> None:
+        """Prune the audit trail to `[audit] retention_days` now and once a day; each prune
+        leaves its `audit.pruned` entry (iotdps.audit.retention)."""
+        assert self.store is not None
+        while not self._stopped.is_set():
+            try:
+                await prune_audit(
+                    self.store, older_than_days=self.config.audit.retention_days, now=utcnow(), actor=_RETENTION
+                )
+            except Exception:  # the store may be briefly unavailable; try again next round
+                log.warning("pruning the audit trail failed", exc_info=True)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), AUDIT_PRUNE_SECONDS)
 
     # ------------------------------------------------------------------ stop
 

@@ -16,13 +16,29 @@ from iotdps.audit import AuditQuery
 from iotdps.errors import InvalidInput
 from iotdps.timestamps import parse_time
 
-__all__ = ["MAX_PAGE", "audit_query", "list_audit"]
+__all__ = ["ACTION_FILTER", "MAX_PAGE", "MAX_SEQ", "SINCE", "TEXT_FILTER", "audit_query", "list_audit"]
 
 MAX_PAGE = 1000
+MAX_SEQ = 10**18 - 1
+
+# What the OpenAPI document promises is accepted (the handler checks the same, with words).
+ACTION_FILTER = {
+    "type": "string",
+    "maxLength": 64,
+    "pattern": r"^[a-z][a-z0-9]*(-[a-z0-9]+)*(\.[a-z][a-z0-9]*(-[a-z0-9]+)*)*$",
+}
+TEXT_FILTER = {"type": "string", "maxLength": 200, "pattern": "^[^\\x00-\\x1f\\x7f]*$"}
+# A UTC time the handler always reads; it reads any ISO-8601 time (with an offset, without
+# seconds...), but a schema cannot say "a date that exists", so the documented form keeps to
+# days 1..28.
+SINCE = {
+    "type": "string",
+    "pattern": r"^[1-9][0-9]{3}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]Z$",
+}
 
 
 def _number(text: str, name: str) -> int:
-    if not text.isascii() or not text.isdigit() or len(text) > 18:
+    if not text.isascii() or not text.isdigit() or len(text) > len(str(MAX_SEQ)):
         raise InvalidInput(f"{name} must be a whole number")
     return int(text)
 

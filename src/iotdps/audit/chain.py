@@ -223,7 +223,7 @@ class AuditQuery:
         if not 1 <= self.limit <= 10_000:
             raise InvalidInput("an audit listing takes 1..10000 entries at a time")
         for name, value, most in (("actor", self.actor, MAX_ACTOR + 16), ("target", self.target, MAX_TARGET)):
-            if value is not None and not 0 < len(value) <= most:
-                raise InvalidInput(f"the {name} filter is 1..{most} characters")
+            if value is not None and (not 0 < len(value) <= most or any(c < " " or c == "\x7f" for c in value)):
+                raise InvalidInput(f"the {name} filter is 1..{most} printable characters")
         if self.after is not None and self.after < 0:
             raise InvalidInput("after is a sequence number, 0 or more")

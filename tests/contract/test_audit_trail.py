@@ -124,6 +124,25 @@ async def test_pruning_keeps_the_chain_verifiable(store: Store, backend: str, re
     assert verify_chain(await _all(store)).problems == ()
 
 
+async def test_issuance_configuration_changes_are_logged(store: Store) -> None:
+    from iotdps.issuance.admin import delete_trust_bundle, put_trust_bundle
+    from iotdps.pki import Validity, create_root_ca, generate_private_key
+
+    key = generate_private_key()
+    root = create_root_ca("audit root", key, Validity.days(30))
+    await put_trust_bundle(store, "fleet-roots", [root], actor=OWNER)
+    await put_trust_bundle(store, "fleet-roots", [root], actor=OWNER)
+    await delete_trust_bundle(store, "fleet-roots", actor=OPS)
+    entries = await _all(store)
+    assert [(e.action, e.target, e.actor) for e in entries] == [
+        ("trust-bundle.create", "trust-bundle/fleet-roots", "policy:provisioningserviceowner"),
+        ("trust-bundle.update", "trust-bundle/fleet-roots", "policy:provisioningserviceowner"),
+        ("trust-bundle.delete", "trust-bundle/fleet-roots", "local:ops"),
+    ]
+    assert entries[1].before == entries[0].after and entries[2].after is None
+    assert verify_chain(entries).problems == ()
+
+
 # --------------------------------------------------------------------------- tampering, in SQL
 
 

@@ -37,6 +37,12 @@ KNOWN_ACTIONS: Mapping[str, str] = {
     "hub.unlink": "a hub unlinked",
     "settings.update": "the service settings (ID scope, default allocation) changed",
     "registration.delete": "a registration record deleted",
+    "issuing-ca.create": "an issuing CA object created (certificate issuance)",
+    "issuing-ca.update": "an issuing CA object replaced",
+    "issuing-ca.delete": "an issuing CA object deleted",
+    "trust-bundle.create": "a trust bundle created",
+    "trust-bundle.update": "a trust bundle's next version stored",
+    "trust-bundle.delete": "a trust bundle deleted",
     PRUNED: "entries older than the retention removed; names the last one removed",
 }
 

@@ -369,7 +369,8 @@ async def test_x509_enrollment_with_device_id_override_connects_to_its_hub(stack
     slot = CertificateSlot(dev.cert.public_bytes(serialization.Encoding.PEM).decode())
     att = Attestation("x509", x509=X509Attestation(client_certificates=(slot, None)))
     assert stack.server.store is not None
-    await put_enrollment(stack.server.store, IndividualEnrollment("override-reg", att, device_id="renamed-device"))
+    override = IndividualEnrollment("override-reg", att, device_id="renamed-device")
+    await put_enrollment(stack.server.store, override, actor=TEST_ACTOR)
     await stack.server.reload_trust()
 
     def provision() -> Any:

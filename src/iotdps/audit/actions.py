@@ -26,6 +26,7 @@ KNOWN_ACTIONS: Mapping[str, str] = {
     "ca.verification-code": "a proof-of-possession code handed out",
     "ca.verify": "proof of possession accepted; the CA is a trust anchor",
     "ca.delete": "a CA certificate deleted",
+    "ca.crl-upload": "a CA's CRL uploaded (revocation: what the handshake and the hub enforce)",
     "enrollment.create": "an individual enrollment created",
     "enrollment.update": "an individual enrollment changed",
     "enrollment.delete": "an individual enrollment deleted",

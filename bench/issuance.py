@@ -16,6 +16,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 
 import _harness as h
+from iotdps.audit import Actor
 from iotdps.device.fleet import Fleet
 from iotdps.device.issued import new_key_and_csr
 from iotdps.issuance.admin import put_issuing_ca
@@ -45,12 +46,13 @@ async def enable_issuance(server: h.Iotdps, fleet: Fleet, work: Path) -> Issuer:
             "passphrase": _PASS,
         }
         sealing = SealingKey.load_or_create(server.data_dir / SEALING_KEY_FILE)
-        await put_issuing_ca(store, sealing, "bench-ca", body)
+        await put_issuing_ca(store, sealing, "bench-ca", body, actor=Actor("local", "bench"))
         async with store.begin() as uow:
             group = await uow.groups.get(fleet.group_id)
         assert group is not None
         policy = IssuancePolicy("bench-ca", 7, csr_requirement=CsrRequirement.OPTIONAL)
-        await put_group(store, replace(group, settings=replace(group.settings, issuance_policy=policy)))
+        bench = Actor("local", "bench")
+        await put_group(store, replace(group, settings=replace(group.settings, issuance_policy=policy)), actor=bench)
     finally:
         await store.close()
     (work / "issuing-ca.pem").write_bytes(ca.certificate.public_bytes(serialization.Encoding.PEM))

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from sqlalchemy import Engine, event
 
 from iotdps.allocation.hubs import LinkedHub
+from iotdps.audit import Actor
 from iotdps.enrollment.models import EnrollmentGroup
 from iotdps.evidence import SasCredential
 from iotdps.provisioning.admin import put_group
@@ -73,7 +74,9 @@ async def run(n: int, dsn: str, profile: Path | None) -> None:
             await uow.settings.put(ServiceSettings("0ne00BENCH0"))
             await uow.hubs.put(LinkedHub("hub.bench.local", 1, True))
         group = await put_group(
-            store, EnrollmentGroup.from_json({"enrollmentGroupId": "bench", "attestation": {"type": "symmetricKey"}})
+            store,
+            EnrollmentGroup.from_json({"enrollmentGroupId": "bench", "attestation": {"type": "symmetricKey"}}),
+            actor=Actor("local", "bench"),
         )
         assert group.attestation.symmetric_key is not None
         key = group.attestation.symmetric_key.primary_key.reveal()

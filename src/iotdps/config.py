@@ -244,6 +244,13 @@ class TelemetryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditConfig:
+    # Days the audit trail keeps its entries (iotdps.audit.retention); 0 keeps them forever.
+    # Nothing else ever removes an entry: the log is never capped behind the operator's back.
+    retention_days: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class HubConfig:
     host_name: str
     bind: str = "127.0.0.1"
@@ -268,6 +275,7 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     crl: CrlConfig = field(default_factory=CrlConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     hub_ports: HubPortsConfig = field(default_factory=HubPortsConfig)
 
     @property
@@ -433,6 +441,7 @@ def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
         "telemetry",
         "hub_ports",
         "crl",
+        "audit",
     }
     for key in raw:
         if key not in known_top:
@@ -468,6 +477,7 @@ def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
     cluster = _section(raw, "cluster", ClusterConfig(), problems)
     telemetry = _section(raw, "telemetry", TelemetryConfig(), problems)
     crl = _section(raw, "crl", CrlConfig(), problems)
+    audit = _section(raw, "audit", AuditConfig(), problems)
 
     hubs: list[HubConfig] = []
     hub_index: list[int] = []  # position in the file, for messages
@@ -485,6 +495,8 @@ def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
         hub_index.append(index)
 
     # Cross-field rules.
+    if not 0 <= audit.retention_days <= 36_500:
+        problems.add(f"audit.retention_days must be 0 (keep forever) or 1..36500, not {audit.retention_days}")
     for name, port in (
         ("dps.mqtt_port", dps.mqtt_port),
         ("dps.https_port", dps.https_port),
@@ -566,6 +578,7 @@ def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
         telemetry=telemetry,
         crl=crl,
         hub_ports=hub_ports,
+        audit=audit,
     )
 
 

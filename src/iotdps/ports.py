@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from iotdps.allocation.hubs import LinkedHub
+    from iotdps.audit.chain import AuditDraft, AuditEntry, AuditQuery
     from iotdps.enrollment.cas import CaCertificate
     from iotdps.enrollment.models import EnrollmentGroup, IndividualEnrollment
     from iotdps.hub.devices import DeviceIdentity, Twin
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     from iotdps.provisioning.settings import ServiceSettings
 
 __all__ = [
+    "AuditLog",
     "C2DRepo",
     "CaAdmin",
     "CaRepo",
@@ -240,6 +242,32 @@ class RefusalLog(Protocol):
         ...
 
 
+class AuditLog(Protocol):
+    """The audit trail (iotdps.audit): append-only and hash-chained, in the unit of work of the
+    change it records, so that both commit or neither does.
+
+    `append` numbers the entry one past the newest (seq), links it to the newest entry's hash
+    and stamps it with the store's clock; two transactions appending at once never both link to
+    the same entry (PostgreSQL: a transaction-scoped lock taken by `append`; SQLite: its one
+    writer). Nothing is ever dropped except by `prune`, which removes entries older than a time
+    (never the newest) and appends an `audit.pruned` entry naming the last one removed, so the
+    chain stays verifiable from there. A store that keeps no log (the CLI's remote store, whose
+    server logs the change itself) returns None from `append`.
+    """
+
+    async def append(self, draft: AuditDraft) -> AuditEntry | None: ...
+
+    async def list(self, query: AuditQuery) -> Sequence[AuditEntry]:
+        """Entries matching `query`, ascending seq, at most `query.limit`."""
+        ...
+
+    async def prune(self, before: datetime, draft: AuditDraft) -> AuditEntry | None:
+        """Remove the entries older than `before` (never the newest) and append `draft` (an
+        `audit.pruned` entry) with `throughSeq`/`throughHash`/`removed` added to its detail;
+        None (and nothing appended) when nothing was old enough."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class ServiceCounts:
     """How many records the provisioning service holds; `registrations` by status."""
@@ -287,6 +315,7 @@ class UnitOfWork(Protocol):
     issuing_cas: IssuingCaRepo
     trust_bundles: TrustBundleRepo
     issued_certificates: IssuedCertificateRepo
+    audit: AuditLog
 
     async def cached_config_answer(self, key: tuple[Any, ...], compute: Callable[[], Awaitable[T]]) -> T:
         """`compute()`, or the answer it gave for the same key earlier, in this or an earlier
@@ -325,7 +354,7 @@ class SystemClock:
 
 class CaAdmin(Protocol):
     """CA proof of possession (provisioning.ca_admin locally; the CLI's client of a remote server
-    speaks the same three calls over the management API)."""
+    speaks the same calls over the management API)."""
 
     async def upload_ca(
         self, name: str, pem: str, verified: bool = False, if_match: str | None = None

@@ -91,6 +91,7 @@ REQUIRED: dict[str, Permission] = {
     "Settings_Get": _SC,
     "Settings_Set": _SC,
     "Refusals_List": _RR,
+    "Audit_List": _SC,
     "Explain": _ER,
     "Devices_GetDevices": _GR,
     "Devices_GetIdentity": _GR,

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import event
 
 from iotdps.allocation.hubs import LinkedHub
+from iotdps.audit import Actor
 from iotdps.enrollment.models import EnrollmentGroup
 from iotdps.evidence import SasCredential
 from iotdps.provisioning.admin import put_group
@@ -46,7 +47,9 @@ async def test_a_registration_takes_eight_round_trips(pg_schema: str) -> None:
             await uow.settings.put(ServiceSettings(SCOPE))
             await uow.hubs.put(LinkedHub("hub.round.example", 1, True))
         group = await put_group(
-            store, EnrollmentGroup.from_json({"enrollmentGroupId": "round", "attestation": {"type": "symmetricKey"}})
+            store,
+            EnrollmentGroup.from_json({"enrollmentGroupId": "round", "attestation": {"type": "symmetricKey"}}),
+            actor=Actor("local", "test"),
         )
         assert group.attestation.symmetric_key is not None
         key = group.attestation.symmetric_key.primary_key.reveal()

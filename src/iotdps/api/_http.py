@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from iotdps.allocation.destinations import WebhookDestinations
+from iotdps.audit import Actor
 from iotdps.errors import InvalidInput
 from iotdps.jsonload import load_json
 from iotdps.ports import HubOperations, Store
@@ -60,6 +61,14 @@ class ApiContext:
     about: ServiceAbout = ServiceAbout()
     # Seals the secrets of issuing CA objects (issue 18); None: such objects cannot be written.
     sealing: SealingKey | None = None
+    # Who this request acts as (the audit trail's actor), set per request once it is authorized.
+    actor: Actor | None = None
+
+    @property
+    def acting(self) -> Actor:
+        if self.actor is None:  # a route without a permission cannot change anything
+            raise RuntimeError("this request was not authorized as a policy")
+        return self.actor
 
     async def trust_changed(self) -> None:
         """Tell the TLS layer its anchors changed (verified CAs, X.509 enrollments, groups)."""

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from iotdps.access import AccessPolicies, SessionGate
 from iotdps.api._http import ApiContext
+from iotdps.api.actor import request_actor
 from iotdps.api.errors import ApiError
 from iotdps.api.routes import HUB_HEADER, Route
 
@@ -59,7 +60,7 @@ def guarded(
                     "the Host of this request names no IoT hub served here; use HostName=<hub host name>:<port>",
                 )
             names, request_ctx = (hub,), replace(ctx, hub_name=hub)
-        policies.authorize(
+        policy = policies.authorize(
             request.headers,
             request.cookies,
             request.method,
@@ -68,7 +69,9 @@ def guarded(
             needed=route.permission,
             sessions=sessions,
         )
-        return await route.handler(request_ctx, request)
+        # Who the audit trail names for whatever this request changes.
+        actor = request_actor(request.headers, request.cookies, sessions, policy)
+        return await route.handler(replace(request_ctx, actor=actor), request)
 
     handle.__name__ = route.operation_id
     return handle

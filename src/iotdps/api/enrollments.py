@@ -37,7 +37,7 @@ from iotdps.enrollment.models import Attestation, EnrollmentGroup, IndividualEnr
 from iotdps.errors import AlreadyExists, InvalidInput, IotdpsError, NotFound
 from iotdps.ids import check_registration_id
 from iotdps.ports import Page, UnitOfWork
-from iotdps.provisioning.admin import put_enrollment, put_group
+from iotdps.provisioning import admin
 
 __all__ = [
     "BULK_MAX",
@@ -67,7 +67,9 @@ class Kind:
     bulk_field: str
     item_type: str
     parse: Callable[[object], Record]
-    put: Callable[[Any, Record, str | None], Awaitable[Record]]
+    # The core's writers (provisioning.admin), which log each change with its actor.
+    put: Callable[..., Awaitable[Record]]
+    delete: Callable[..., Awaitable[Record]]
     repo: Callable[[UnitOfWork], Any]
     affects_trust: Callable[[Record], bool]
 
@@ -97,7 +99,8 @@ ENROLLMENTS = Kind(
     bulk_field="enrollments",
     item_type="enrollment",
     parse=_parse_enrollment,
-    put=put_enrollment,
+    put=admin.put_enrollment,
+    delete=admin.delete_enrollment,
     repo=lambda uow: uow.enrollments,
     # Individual X.509 certificates are TLS anchors themselves.
     affects_trust=lambda r: r is not None and r.attestation.type == "x509",
@@ -108,7 +111,8 @@ GROUPS = Kind(
     bulk_field="enrollmentGroups",
     item_type="enrollmentGroup",
     parse=_parse_group,
-    put=put_group,
+    put=admin.put_group,
+    delete=admin.delete_group,
     repo=lambda uow: uow.groups,
     affects_trust=lambda r: r is not None,
 )
@@ -149,19 +153,14 @@ async def _write(ctx: ApiContext, kind: Kind, key: str, doc: Mapping[str, Any], 
     record = replace(
         record, attestation=_keep_stored_keys(body, record.attestation, stored.attestation if stored else None)
     )
-    saved = await kind.put(ctx.store, record, etag)
+    saved = await kind.put(ctx.store, record, etag, actor=ctx.acting)
     if kind.affects_trust(stored) or kind.affects_trust(saved):
         await ctx.trust_changed()
     return saved
 
 
 async def _delete(ctx: ApiContext, kind: Kind, key: str, etag: str | None) -> None:
-    async with ctx.store.begin() as uow:
-        repo = kind.repo(uow)
-        stored = await repo.get(key)
-        if stored is None:
-            raise NotFound(f"{kind.noun} {key} not found")
-        await repo.delete(key, etag)
+    stored = await kind.delete(ctx.store, key, etag, actor=ctx.acting)
     if kind.affects_trust(stored):
         await ctx.trust_changed()
 
@@ -293,8 +292,7 @@ async def get_registration(ctx: ApiContext, request: web.Request) -> web.StreamR
 
 async def delete_registration(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
     key = check_registration_id(request.match_info["id"])
-    async with ctx.store.begin() as uow:
-        await uow.registrations.delete(key, if_match(request))
+    await admin.delete_registration(ctx.store, key, if_match(request), actor=ctx.acting)
     return web.Response(status=204)
 
 

@@ -15,7 +15,6 @@ from iotdps.api.errors import ApiError
 from iotdps.errors import InvalidInput, NotFound
 from iotdps.ids import check_registration_id
 from iotdps.issuance import admin
-from iotdps.issuance.builtin import check_not_builtin
 from iotdps.pki.cadir import check_ca_name
 from iotdps.pki.trust_bundle import certificates_from_json, check_bundle_id
 
@@ -58,15 +57,14 @@ async def put_trust_bundle(ctx: ApiContext, request: web.Request) -> web.StreamR
     named = doc.get("id")
     if named is not None and (not isinstance(named, str) or named.lower() != bundle_id.lower()):
         raise InvalidInput(f"the body names trust bundle {named!r} but the path names {bundle_id!r}")
-    saved = await admin.put_trust_bundle(ctx.store, bundle_id, certificates_from_json(doc), if_match(request))
+    certificates = certificates_from_json(doc)
+    saved = await admin.put_trust_bundle(ctx.store, bundle_id, certificates, if_match(request), actor=ctx.acting)
     return json_response(saved.to_json(), etag=saved.etag)
 
 
 async def delete_trust_bundle(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
     bundle_id = check_bundle_id(request.match_info["id"])
-    check_not_builtin(bundle_id)
-    async with ctx.store.begin() as uow:
-        await uow.trust_bundles.delete(bundle_id, if_match(request))
+    await admin.delete_trust_bundle(ctx.store, bundle_id, if_match(request), actor=ctx.acting)
     return web.Response(status=204)
 
 
@@ -95,14 +93,13 @@ async def put_issuing_ca(ctx: ApiContext, request: web.Request) -> web.StreamRes
         raise ApiError(
             503, 503002, "ServiceUnavailable", "this server has no sealing key: it cannot keep an issuing CA's secret"
         )
-    saved = await admin.put_issuing_ca(ctx.store, ctx.sealing, name, doc, if_match(request))
+    saved = await admin.put_issuing_ca(ctx.store, ctx.sealing, name, doc, if_match(request), actor=ctx.acting)
     return json_response(saved.to_json(), etag=saved.etag)
 
 
 async def delete_issuing_ca(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
     name = check_ca_name(request.match_info["name"])
-    async with ctx.store.begin() as uow:
-        await uow.issuing_cas.delete(name, if_match(request))
+    await admin.delete_issuing_ca(ctx.store, name, if_match(request), actor=ctx.acting)
     return web.Response(status=204)
 
 

@@ -31,7 +31,8 @@ async def put_crl(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
     crl = doc.get("crl")
     if not isinstance(crl, str) or not crl.strip():
         raise InvalidInput("a CRL upload needs crl: a PEM or base64 DER string")
-    saved = await CaAdminService(ctx.store, ctx.service.clock).upload_crl(name, crl, if_match(request))
+    cas = CaAdminService(ctx.store, ctx.service.clock, actor=ctx.acting)
+    saved = await cas.upload_crl(name, crl, if_match(request))
     # The TLS seam and the hub enforce the new set now, not at the next trust poll.
     await ctx.trust_changed()
     return json_response(saved.to_json(), etag=saved.etag)

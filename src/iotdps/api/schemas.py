@@ -442,6 +442,22 @@ COMPONENTS: dict[str, Any] = {
             "lastSeenUtc": _STR,
         },
     },
+    "AuditEntry": {
+        "type": "object",
+        "required": ["seq", "at", "actor", "action", "target", "before", "after", "detail", "prev", "hash"],
+        "properties": {
+            "seq": {"type": "integer", "minimum": 1},
+            "at": _STR,
+            "actor": _STR,
+            "action": _STR,
+            "target": _STR,
+            "before": _STR_OR_NULL,
+            "after": _STR_OR_NULL,
+            "detail": {"type": "object"},
+            "prev": _STR,
+            "hash": _STR,
+        },
+    },
     "ExplainRequest": {
         "type": "object",
         "properties": {"certificates": _STR, "registrationId": _STR, "symmetricKey": _STR, "endorsementKey": _STR},

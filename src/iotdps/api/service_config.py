@@ -25,6 +25,7 @@ from iotdps.ids import check_registration_id
 from iotdps.pki import certs
 from iotdps.pki.encoding import load_certificate, load_certificates
 from iotdps.ports import Refusal
+from iotdps.provisioning import config_admin
 from iotdps.provisioning.ca_admin import CaAdminService
 from iotdps.provisioning.explain import explain_registration
 from iotdps.provisioning.settings import ServiceSettings
@@ -111,16 +112,12 @@ async def put_ca(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
 
 
 def _cas(ctx: ApiContext) -> CaAdminService:
-    return CaAdminService(ctx.store, ctx.service.clock)
+    return CaAdminService(ctx.store, ctx.service.clock, actor=ctx.acting)
 
 
 async def delete_ca(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
     name = _ca_name(request)
-    async with ctx.store.begin() as uow:
-        before = await uow.cas.get(name)
-        if before is None:
-            raise NotFound(f"CA certificate {name} not found")
-        await uow.cas.delete(name, if_match(request))
+    await _cas(ctx).delete_ca(name, if_match(request))
     await ctx.trust_changed()
     return web.Response(status=204)
 
@@ -192,12 +189,8 @@ async def put_hub(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
     """Link a hub, or replace its settings (fields left out take their defaults)."""
     name = _hub_name(request)
     doc = await read_json(request, ctx, required=False)
-    fields = json_object(doc if doc is not None else {}, "the linked hub")
-    async with ctx.store.begin() as uow:
-        current = await uow.hubs.get(name)
-        # The settings are replaced; the serving lease stays the nodes' (allocation.hubs).
-        lease = current.served_until if current is not None else None
-        saved = await uow.hubs.put(_hub_fields(fields, LinkedHub(name, served_until=lease)))
+    hub = _hub_fields(json_object(doc if doc is not None else {}, "the linked hub"), LinkedHub(name))
+    saved = await config_admin.link_hub(ctx.store, hub, actor=ctx.acting)
     return json_response(saved.to_json())
 
 
@@ -205,20 +198,13 @@ async def patch_hub(ctx: ApiContext, request: web.Request) -> web.StreamResponse
     """Change a linked hub's weight, applyAllocationPolicy or location; the rest stays."""
     name = _hub_name(request)
     doc = json_object(await read_json(request, ctx), "the linked hub update")
-    async with ctx.store.begin() as uow:
-        current = await uow.hubs.get(name)
-        if current is None:
-            raise NotFound(f"hub {name} is not linked")
-        saved = await uow.hubs.put(_hub_fields(doc, current))
+    saved = await config_admin.update_hub(ctx.store, name, lambda current: _hub_fields(doc, current), actor=ctx.acting)
     return json_response(saved.to_json())
 
 
 async def delete_hub(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
     name = _hub_name(request)
-    async with ctx.store.begin() as uow:
-        if await uow.hubs.get(name) is None:
-            raise NotFound(f"hub {name} is not linked")
-        await uow.hubs.delete(name)
+    await config_admin.unlink_hub(ctx.store, name, actor=ctx.acting)
     return web.Response(status=204)
 
 
@@ -247,8 +233,7 @@ async def put_settings(ctx: ApiContext, request: web.Request) -> web.StreamRespo
     if policy not in ALLOCATION_POLICIES or policy == "custom":
         raise InvalidInput("allocationPolicy must be hashed, geoLatency or static")
     settings = ServiceSettings(scope.strip(), cast(Any, policy))
-    async with ctx.store.begin() as uow:
-        saved = await uow.settings.put(settings)
+    saved = await config_admin.put_settings(ctx.store, settings, actor=ctx.acting)
     return json_response(_settings_json(saved))
 
 

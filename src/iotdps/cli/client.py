@@ -25,6 +25,7 @@ from iotdps.ports import CaAdmin
 
 if TYPE_CHECKING:
     from iotdps.allocation.hubs import LinkedHub
+    from iotdps.audit import AuditEntry, AuditQuery
     from iotdps.enrollment.cas import CaCertificate
     from iotdps.enrollment.models import IndividualEnrollment
     from iotdps.ports import Refusal
@@ -84,6 +85,9 @@ class AdminClient(CaAdmin, Protocol):
     async def list_registrations(self, enrollment_group_id: str | None = None) -> list[RegistrationRecord]: ...
     async def delete_registration(self, registration_id: str) -> None: ...
     async def list_refusals(self, registration_id: str | None, limit: int) -> list[Refusal]: ...
+
+    # the audit trail (iotdps.audit): one page of entries, ascending seq
+    async def list_audit(self, query: AuditQuery) -> list[AuditEntry]: ...
 
     async def explain(self, request: ExplainRequest) -> list[str]:
         """The precedence walk and the decision for a device, in lines, without registering it."""

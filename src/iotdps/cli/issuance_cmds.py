@@ -24,9 +24,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from iotdps.cli.actor import local_actor
 from iotdps.cli.target import run_client, target_options, target_params
 from iotdps.errors import InvalidInput, NotFound
-from iotdps.issuance.builtin import check_not_builtin
 from iotdps.ports import Store
 
 if TYPE_CHECKING:
@@ -122,7 +122,8 @@ def bundle_set(bundle_id: str, certs: tuple[Path, ...], if_match: str | None) ->
         from iotdps.issuance.admin import put_trust_bundle
         from iotdps.pki.trust_bundle import certificates_from_json
 
-        return (await put_trust_bundle(store, bundle_id, certificates_from_json(body), if_match)).to_json()
+        certificates = certificates_from_json(body)
+        return (await put_trust_bundle(store, bundle_id, certificates, if_match, actor=local_actor())).to_json()
 
     doc = _run(remote, local)
     click.echo(f"trust bundle {doc['id']} version {doc['version']} ({len(doc['certificates'])} certificates)")
@@ -172,9 +173,9 @@ def bundle_delete(bundle_id: str) -> None:
         await http.call("DELETE", f"/trustBundles/{_seg(bundle_id)}")
 
     async def local(store: Store) -> None:
-        check_not_builtin(bundle_id)
-        async with store.begin() as uow:
-            await uow.trust_bundles.delete(bundle_id)
+        from iotdps.issuance.admin import delete_trust_bundle
+
+        await delete_trust_bundle(store, bundle_id, actor=local_actor())
 
     _run(remote, local)
     click.echo(f"trust bundle {bundle_id} deleted")
@@ -191,7 +192,7 @@ def _put_ca(name: str, body: dict[str, Any]) -> dict[str, Any]:
     async def local(store: Store) -> dict[str, Any]:
         from iotdps.issuance.admin import put_issuing_ca
 
-        return (await put_issuing_ca(store, _sealing(), name, body)).to_json()
+        return (await put_issuing_ca(store, _sealing(), name, body, actor=local_actor())).to_json()
 
     return _run(remote, local)
 
@@ -284,8 +285,9 @@ def ca_delete(name: str) -> None:
         await http.call("DELETE", f"/certificateAuthorities/{_seg(name)}")
 
     async def local(store: Store) -> None:
-        async with store.begin() as uow:
-            await uow.issuing_cas.delete(name)
+        from iotdps.issuance.admin import delete_issuing_ca
+
+        await delete_issuing_ca(store, name, actor=local_actor())
 
     _run(remote, local)
     click.echo(f"issuing CA {name} deleted")

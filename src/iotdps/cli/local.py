@@ -1,24 +1,25 @@
 """`LocalAdminClient`: the `AdminClient` (cli.client) over a store this process opened.
 
 Each method is one store transaction, so a read-modify-write such as `update_hub` or "refuse
-a hub that is not linked, else delete it" is atomic here. Enrollments and groups are written
-through provisioning.admin, the same checks the management API applies; proof of possession
-is provisioning.ca_admin's.
+a hub that is not linked, else delete it" is atomic here. Every change goes through the core's
+writers (provisioning.admin, config_admin, ca_admin), the same the management API calls, and
+each appends its audit entry in its own transaction, naming `actor`: the user on this machine.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from typing import TypeVar
 
 from iotdps.allocation.hubs import LinkedHub
+from iotdps.audit import Actor, AuditEntry, AuditQuery
+from iotdps.cli.actor import local_actor
 from iotdps.cli.client import ExplainRequest
 from iotdps.enrollment.cas import CaCertificate
 from iotdps.enrollment.models import EnrollmentGroup, IndividualEnrollment
 from iotdps.errors import InvalidInput, NotFound
 from iotdps.ports import Page, Refusal, Store
-from iotdps.provisioning import admin
+from iotdps.provisioning import admin, config_admin
 from iotdps.provisioning.ca_admin import CaAdminService
 from iotdps.provisioning.records import RegistrationRecord
 from iotdps.provisioning.settings import ServiceSettings
@@ -46,9 +47,10 @@ async def all_pages(fetch: Callable[[str | None], Awaitable[Page[T]]]) -> list[T
 class LocalAdminClient:
     """Administration of the store `store` (which the caller opened and closes)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, actor: Actor | None = None) -> None:
         self.store = store
-        self._ca = CaAdminService(store)
+        self.actor = actor or local_actor()
+        self._ca = CaAdminService(store, actor=self.actor)
 
     # ------------------------------------------------------------------ CA certificates
 
@@ -75,8 +77,7 @@ class LocalAdminClient:
             return list(await uow.cas.list())
 
     async def delete_ca(self, name: str) -> None:
-        async with self.store.begin() as uow:
-            await uow.cas.delete(name)
+        await self._ca.delete_ca(name)
 
     # ------------------------------------------------------------------ enrollments and groups
 
@@ -91,11 +92,10 @@ class LocalAdminClient:
     async def put_enrollment(
         self, enrollment: IndividualEnrollment, if_match: str | None = None
     ) -> IndividualEnrollment:
-        return await admin.put_enrollment(self.store, enrollment, if_match)
+        return await admin.put_enrollment(self.store, enrollment, if_match, actor=self.actor)
 
     async def delete_enrollment(self, registration_id: str) -> None:
-        async with self.store.begin() as uow:
-            await uow.enrollments.delete(registration_id)
+        await admin.delete_enrollment(self.store, registration_id, actor=self.actor)
 
     async def get_group(self, group_id: str) -> EnrollmentGroup | None:
         async with self.store.begin() as uow:
@@ -106,11 +106,10 @@ class LocalAdminClient:
             return await all_pages(lambda token: uow.groups.list(_PAGE, token))
 
     async def put_group(self, group: EnrollmentGroup, if_match: str | None = None) -> EnrollmentGroup:
-        return await admin.put_group(self.store, group, if_match)
+        return await admin.put_group(self.store, group, if_match, actor=self.actor)
 
     async def delete_group(self, group_id: str) -> None:
-        async with self.store.begin() as uow:
-            await uow.groups.delete(group_id)
+        await admin.delete_group(self.store, group_id, actor=self.actor)
 
     # ------------------------------------------------------------------ linked hubs and settings
 
@@ -119,32 +118,21 @@ class LocalAdminClient:
             return list(await uow.hubs.list())
 
     async def put_hub(self, hub: LinkedHub) -> LinkedHub:
-        async with self.store.begin() as uow:
-            # As the API does: the settings are the operator's, the serving lease the nodes'.
-            current = await uow.hubs.get(hub.host_name)
-            lease = current.served_until if current is not None else None
-            return await uow.hubs.put(replace(hub, served_until=lease, implicit=False))
+        # As the API does (config_admin.link_hub): the settings are the operator's, the lease the nodes'.
+        return await config_admin.link_hub(self.store, hub, actor=self.actor)
 
     async def update_hub(self, host_name: str, change: Callable[[LinkedHub], LinkedHub]) -> LinkedHub:
-        async with self.store.begin() as uow:
-            hub = await uow.hubs.get(host_name)
-            if hub is None:
-                raise NotFound(f"hub {host_name} is not linked")
-            return await uow.hubs.put(change(hub))
+        return await config_admin.update_hub(self.store, host_name, change, actor=self.actor)
 
     async def remove_hub(self, host_name: str) -> None:
-        async with self.store.begin() as uow:
-            if await uow.hubs.get(host_name) is None:
-                raise NotFound(f"hub {host_name} is not linked")
-            await uow.hubs.delete(host_name)
+        await config_admin.unlink_hub(self.store, host_name, actor=self.actor)
 
     async def get_settings(self) -> ServiceSettings | None:
         async with self.store.begin() as uow:
             return await uow.settings.get()
 
     async def put_settings(self, settings: ServiceSettings) -> ServiceSettings:
-        async with self.store.begin() as uow:
-            return await uow.settings.put(settings)
+        return await config_admin.put_settings(self.store, settings, actor=self.actor)
 
     # ------------------------------------------------------------------ registrations, refusals
 
@@ -159,12 +147,15 @@ class LocalAdminClient:
             )
 
     async def delete_registration(self, registration_id: str) -> None:
-        async with self.store.begin() as uow:
-            await uow.registrations.delete(registration_id)
+        await admin.delete_registration(self.store, registration_id, actor=self.actor)
 
     async def list_refusals(self, registration_id: str | None, limit: int) -> list[Refusal]:
         async with self.store.begin() as uow:
             return list(await uow.refusals.list(registration_id, limit))
+
+    async def list_audit(self, query: AuditQuery) -> list[AuditEntry]:
+        async with self.store.read() as uow:
+            return list(await uow.audit.list(query))
 
     # ------------------------------------------------------------------ explain
 

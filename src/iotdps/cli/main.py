@@ -51,6 +51,7 @@ _ISSUANCE = "iotdps.cli.issuance_cmds"
 _REVOKE = "iotdps.cli.revoke_cmds"
 
 COMMANDS: dict[str, LazyCommand] = {
+    "audit": LazyCommand(("iotdps.cli.audit_cmds",), "The audit trail: who changed what, when (hash-chained)."),
     "c2d": LazyCommand((_HUB,), "Cloud-to-device messages."),
     "ca": LazyCommand((_ADMIN,), "CA certificates: upload, proof of possession, list."),
     "ca-dir": LazyCommand((_CERT, _CUSTODY, _REVOKE), "The local CA directory."),

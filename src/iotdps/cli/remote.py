@@ -20,6 +20,7 @@ import aiohttp
 
 from iotdps.access import make_service_sas
 from iotdps.allocation.hubs import LinkedHub
+from iotdps.audit import AuditEntry, AuditQuery
 from iotdps.cli.client import ExplainRequest
 from iotdps.cli.server_target import ServerTarget
 from iotdps.enrollment.cas import CaCertificate
@@ -37,7 +38,7 @@ from iotdps.pki.encoding import certificate_info, load_certificate
 from iotdps.ports import Refusal
 from iotdps.provisioning.records import RegistrationRecord
 from iotdps.provisioning.settings import ServiceSettings
-from iotdps.timestamps import parse_time
+from iotdps.timestamps import format_time, parse_time
 
 __all__ = ["ApiHttp", "RemoteAdminClient"]
 
@@ -398,6 +399,20 @@ class RemoteAdminClient:
             query["registrationId"] = registration_id
         docs, _ = await self.http.call("GET", "/refusals", query=query)
         return [_refusal_from_json(d) for d in docs]
+
+    async def list_audit(self, query: AuditQuery) -> list[AuditEntry]:
+        """GET /audit: the server writes the entries of what this client changes, naming the
+        policy it signed with."""
+        params = {"limit": str(min(query.limit, 1000))}
+        for name, value in (("action", query.action), ("actor", query.actor), ("target", query.target)):
+            if value is not None:
+                params[name] = value
+        if query.since is not None:
+            params["since"] = format_time(query.since)
+        if query.after is not None:
+            params["after"] = str(query.after)
+        docs, _ = await self.http.call("GET", "/audit", query=params)
+        return [AuditEntry.from_json(d) for d in docs]
 
     # ------------------------------------------------------------------ explain
 

@@ -4,7 +4,9 @@ The service computes each certificate slot's `info` (thumbprints, names, validit
 certificate itself, never trusting a client's `info`; checks that an individual X.509
 enrollment's certificate names the registration id (its CN must be the registration id, or
 the device could never register); and that a group's caReferences name uploaded CAs.
-The CLI and the management API both call these.
+The CLI and the management API (and the console through it) all call these, and each write
+appends its audit entry (iotdps.audit) in the same transaction, naming the `actor` the edge
+passed down.
 
 Every certificate slot holds exactly one certificate, as on Azure (clientCertificates and
 signingCertificates are `{primary, secondary}`, each one certificate; Azure refuses a chain
@@ -21,6 +23,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from iotdps.attestation.tpm_crypto import KeyRole, TpmKeyError, parse_tpm_key_b64
+from iotdps.audit import Actor, record
 from iotdps.enrollment.models import (
     Attestation,
     CertificateSlot,
@@ -29,13 +32,21 @@ from iotdps.enrollment.models import (
     TpmAttestation,
     X509Attestation,
 )
-from iotdps.errors import InvalidInput
+from iotdps.errors import InvalidInput, NotFound
 from iotdps.ids import same_registration_id
 from iotdps.pki import certs
 from iotdps.pki.encoding import certificate_info, load_certificate, load_certificates
 from iotdps.ports import Store
 
-__all__ = ["check_tpm_keys", "fill_certificate_info", "put_enrollment", "put_group"]
+__all__ = [
+    "check_tpm_keys",
+    "delete_enrollment",
+    "delete_group",
+    "delete_registration",
+    "fill_certificate_info",
+    "put_enrollment",
+    "put_group",
+]
 
 
 def _slot(slot: CertificateSlot | None, where: str) -> CertificateSlot | None:
@@ -87,7 +98,7 @@ def check_tpm_keys(tpm: TpmAttestation) -> None:
 
 
 async def put_enrollment(
-    store: Store, enrollment: IndividualEnrollment, if_match: str | None = None
+    store: Store, enrollment: IndividualEnrollment, if_match: str | None = None, *, actor: Actor
 ) -> IndividualEnrollment:
     attestation = fill_certificate_info(enrollment.attestation)
     if attestation.tpm is not None:
@@ -110,14 +121,56 @@ async def put_enrollment(
                     " a device registers with its certificate's CN"
                 )
     async with store.begin() as uow:
-        return await uow.enrollments.put(replace(enrollment, attestation=attestation), if_match)
+        before = await uow.enrollments.get(enrollment.registration_id)
+        saved = await uow.enrollments.put(replace(enrollment, attestation=attestation), if_match)
+        action = "enrollment.update" if before is not None else "enrollment.create"
+        await record(uow, actor, action, f"enrollment/{saved.registration_id}", before=before, after=saved)
+        return saved
 
 
-async def put_group(store: Store, group: EnrollmentGroup, if_match: str | None = None) -> EnrollmentGroup:
+async def put_group(
+    store: Store, group: EnrollmentGroup, if_match: str | None = None, *, actor: Actor
+) -> EnrollmentGroup:
     attestation = fill_certificate_info(group.attestation)
     async with store.begin() as uow:
         if attestation.x509 is not None:
             for ref in attestation.x509.ca_references:
                 if ref is not None and await uow.cas.get(ref) is None:
                     raise InvalidInput(f"caReference {ref!r} names no uploaded CA certificate")
-        return await uow.groups.put(replace(group, attestation=attestation), if_match)
+        before = await uow.groups.get(group.enrollment_group_id)
+        saved = await uow.groups.put(replace(group, attestation=attestation), if_match)
+        action = "group.update" if before is not None else "group.create"
+        await record(uow, actor, action, f"group/{saved.enrollment_group_id}", before=before, after=saved)
+        return saved
+
+
+async def delete_enrollment(
+    store: Store, registration_id: str, if_match: str | None = None, *, actor: Actor
+) -> IndividualEnrollment:
+    """Delete an individual enrollment; returns what was deleted (NotFound when nothing was)."""
+    async with store.begin() as uow:
+        before = await uow.enrollments.get(registration_id)
+        if before is None:
+            raise NotFound(f"enrollment {registration_id} not found")
+        await uow.enrollments.delete(registration_id, if_match)
+        await record(uow, actor, "enrollment.delete", f"enrollment/{before.registration_id}", before=before)
+        return before
+
+
+async def delete_group(store: Store, group_id: str, if_match: str | None = None, *, actor: Actor) -> EnrollmentGroup:
+    """Delete an enrollment group; returns what was deleted (NotFound when nothing was)."""
+    async with store.begin() as uow:
+        before = await uow.groups.get(group_id)
+        if before is None:
+            raise NotFound(f"enrollment group {group_id} not found")
+        await uow.groups.delete(group_id, if_match)
+        await record(uow, actor, "group.delete", f"group/{before.enrollment_group_id}", before=before)
+        return before
+
+
+async def delete_registration(store: Store, registration_id: str, if_match: str | None = None, *, actor: Actor) -> None:
+    """Delete a registration record: the device's next registration is an initial assignment."""
+    async with store.begin() as uow:
+        before = await uow.registrations.get(registration_id)
+        await uow.registrations.delete(registration_id, if_match)  # NotFound / PreconditionFailed
+        await record(uow, actor, "registration.delete", f"registration/{registration_id}", before=before)

@@ -7,7 +7,8 @@ code, signed by the CA's key, proves that whoever asks holds the key (azure-wire
 The code rules are `pki.verification`'s; the signature check is `pki.certs.signed_by`.
 
 The management API and the CLI call this service; the CLI against a remote server calls the
-same three operations over the API (`iotdps.ports.CaAdmin`).
+same three operations over the API (`iotdps.ports.CaAdmin`). Each change appends its audit entry
+(iotdps.audit) in its own transaction, naming the `actor` the service was made for.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import timedelta
 
+from iotdps.audit import Actor, record
 from iotdps.enrollment.cas import CaCertificate
 from iotdps.errors import InvalidInput, NotFound
 from iotdps.pki import certs
@@ -38,9 +40,11 @@ class CaAdminService:
         store: Store,
         clock: Clock | None = None,
         *,
+        actor: Actor,
         verification_code_ttl: timedelta = DEFAULT_VERIFICATION_CODE_TTL,
     ) -> None:
         self.store = store
+        self.actor = actor  # who the audit trail names for this service's changes
         self.clock: Clock = clock or SystemClock()
         self.verification_code_ttl = verification_code_ttl
 
@@ -60,7 +64,10 @@ class CaAdminService:
                 ca = replace(ca, crl=existing.crl, crl_info=existing.crl_info)
                 if not verified:
                     ca = replace(ca, is_verified=existing.is_verified)
-            return await uow.cas.put(ca, if_match)
+            saved = await uow.cas.put(ca, if_match)
+            detail = {"sha256Thumbprint": saved.sha256_thumbprint, "verified": saved.is_verified}
+            await record(uow, self.actor, "ca.upload", f"ca/{name}", before=existing, after=saved, detail=detail)
+            return saved
 
     async def upload_crl(self, name: str, data: str | bytes, if_match: str | None = None) -> CaCertificate:
         """Hold `data` (PEM or DER) as CA `name`'s CRL, after checking it is that CA's (issuer,
@@ -92,7 +99,10 @@ class CaAdminService:
                 "nextUpdate": format_time(summary.next_update) if summary.next_update else None,
                 "revokedCount": summary.revoked,
             }
-            return await uow.cas.put(replace(ca, crl=crl_pem(crl), crl_info=info), if_match)
+            saved = await uow.cas.put(replace(ca, crl=crl_pem(crl), crl_info=info), if_match)
+            detail = {"crlNumber": summary.number, "revokedCount": summary.revoked}
+            await record(uow, self.actor, "ca.crl-upload", f"ca/{name}", before=ca, after=saved, detail=detail)
+            return saved
 
     async def generate_verification_code(self, name: str, if_match: str | None = None) -> tuple[str, CaCertificate]:
         """A fresh random code (single use, expires after `verification_code_ttl`); the previous
@@ -108,6 +118,8 @@ class CaAdminService:
                 verification_code_expires=self.clock.now() + self.verification_code_ttl,
             )
             saved = await uow.cas.put(updated, if_match)
+            # The code itself never goes into the log: it is a credential until it is used.
+            await record(uow, self.actor, "ca.verification-code", f"ca/{name}", before=ca, after=saved)
         return code, saved
 
     async def verify_ca(self, name: str, verification_cert_pem: str, if_match: str | None = None) -> CaCertificate:
@@ -128,4 +140,18 @@ class CaAdminService:
             if not certs.signed_by(presented, load_certificate(ca.certificate)):
                 raise InvalidInput(f"the verification certificate is not signed by CA {name}")
             verified = replace(ca, is_verified=True, verification_code=None, verification_code_expires=None)
-            return await uow.cas.put(verified, if_match)
+            saved = await uow.cas.put(verified, if_match)
+            detail = {"sha256Thumbprint": saved.sha256_thumbprint}
+            await record(uow, self.actor, "ca.verify", f"ca/{name}", before=ca, after=saved, detail=detail)
+            return saved
+
+    async def delete_ca(self, name: str, if_match: str | None = None) -> CaCertificate:
+        """Delete an uploaded CA; returns what was deleted (NotFound when nothing was)."""
+        async with self.store.begin() as uow:
+            ca = await uow.cas.get(name)
+            if ca is None:
+                raise NotFound(f"CA certificate {name} not found")
+            await uow.cas.delete(name, if_match)
+            detail = {"sha256Thumbprint": ca.sha256_thumbprint}
+            await record(uow, self.actor, "ca.delete", f"ca/{name}", before=ca, detail=detail)
+            return ca

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from iotdps.ports import (
+    AuditLog,
     C2DRepo,
     CaRepo,
     DeviceRepo,
@@ -50,6 +51,7 @@ class Repositories(Generic[_Tx]):
     issuing_cas: Callable[[_Tx], IssuingCaRepo]
     trust_bundles: Callable[[_Tx], TrustBundleRepo]
     issued_certificates: Callable[[_Tx], IssuedCertificateRepo]
+    audit: Callable[[_Tx], AuditLog]
 
 
 class UnitRepositories:
@@ -72,3 +74,4 @@ class UnitRepositories:
         self.issuing_cas: IssuingCaRepo = repositories.issuing_cas(tx)
         self.trust_bundles: TrustBundleRepo = repositories.trust_bundles(tx)
         self.issued_certificates: IssuedCertificateRepo = repositories.issued_certificates(tx)
+        self.audit: AuditLog = repositories.audit(tx)

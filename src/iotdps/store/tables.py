@@ -42,6 +42,7 @@ from iotdps.store._records import to_utc
 __all__ = [
     "ID_LENGTH",
     "UtcDateTime",
+    "audit_log",
     "ca_certificates",
     "cluster_nodes",
     "config_version",
@@ -338,4 +339,22 @@ device_presence = Table(
     Column("device_id", key_type(), primary_key=True),
     Column("node_id", String(64), nullable=False, index=True),
     Column("since", UtcDateTime(), nullable=False),
+)
+
+# The audit trail (revision 0009, iotdps.audit): append-only, hash-chained. `seq` is assigned by
+# the store (one past the newest, under the chain's lock), not autoincremented, so a gap is a
+# deletion. `detail` is the canonical JSON text that was hashed, kept verbatim.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=False),
+    Column("at", UtcDateTime(), nullable=False, index=True),
+    Column("actor", String(220), nullable=False, index=True),
+    Column("action", String(64), nullable=False, index=True),
+    Column("target", String(300), nullable=False, index=True),
+    Column("before", String(80), nullable=True),
+    Column("after", String(80), nullable=True),
+    Column("detail", Text, nullable=False),
+    Column("prev", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
 )

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from iotdps.allocation.hubs import LinkedHub
+from iotdps.audit import Actor, record
 from iotdps.config import HubConfig
 from iotdps.ports import Store
 from iotdps.timestamps import format_time
@@ -34,6 +35,9 @@ log = logging.getLogger("iotdps.hubs")
 
 LEASE = timedelta(seconds=60)
 RENEW_EVERY = 20.0
+# The audit trail's actor for the hubs a node links or unlinks from its configuration. Lease
+# renewals are the nodes' bookkeeping, not changes an operator made, and are not logged.
+_STARTUP = Actor("system", "startup-config")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +86,14 @@ class HubLeases:
                     # An implicit hub made under an earlier DPS host name: nobody configured it,
                     # so nobody will serve it again.
                     await uow.hubs.delete(hub.host_name)
+                    await record(uow, _STARTUP, "hub.unlink", f"hub/{hub.host_name}", before=hub)
                     log.info("unlinked the implicit hub %s: this node serves %s", hub.host_name, ", ".join(mine))
             for name, config in mine.items():
-                await uow.hubs.put(self._served(existing.get(name), config, until))
+                current = existing.get(name)
+                saved = await uow.hubs.put(self._served(current, config, until))
+                if current is None or _settings(current) != _settings(saved):
+                    action = "hub.update" if current is not None else "hub.link"
+                    await record(uow, _STARTUP, action, f"hub/{saved.host_name}", before=current, after=saved)
             others = [h for name, h in existing.items() if name not in mine and not h.implicit]
         return [Unserved(h.host_name, h.served_until) for h in others if h.served_until is None or h.unserved(now)]
 
@@ -140,3 +149,8 @@ class HubLeases:
             await self.renew(until=self._now())
         except Exception:  # stopping anyway; the lease runs out by itself within LEASE
             log.warning("ending the hubs' serving lease failed", exc_info=True)
+
+
+def _settings(hub: LinkedHub) -> LinkedHub:
+    """What an operator set of a hub: everything but the lease."""
+    return replace(hub, served_until=None)

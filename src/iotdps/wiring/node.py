@@ -34,6 +34,8 @@ from iotdps.access import HUB_RIGHTS, AccessPolicies
 from iotdps.api import ServiceAbout
 from iotdps.api.app import build_management_app
 from iotdps.attestation.x509 import evidence_from_chain
+from iotdps.audit import Actor, record
+from iotdps.audit.retention import prune as prune_audit
 from iotdps.config import Config, is_unspecified
 from iotdps.evidence import PeerIdentity, X509Evidence
 from iotdps.issuance.issuers import IssuerCache
@@ -75,6 +77,12 @@ from iotdps.wiring.shared_identity import join_service
 from iotdps.wiring.telemetry import Telemetry
 
 __all__ = ["HubRouter", "Server", "StartupInfo", "new_id_scope"]
+
+# The audit trail's actor for what the server writes from its own configuration at startup.
+_STARTUP = Actor("system", "startup-config")
+# ... and for what its audit retention removes; how often it looks.
+_RETENTION = Actor("system", "audit-retention")
+AUDIT_PRUNE_SECONDS = 24 * 3600
 
 log = logging.getLogger("iotdps.server")
 
@@ -258,6 +266,8 @@ class Server:
         self._leases.start_renewing()
         for hub in unserved:
             log.warning("%s", hub.warning(), extra={"event": "hub_unserved", "hub": hub.host_name})
+        if self.config.audit.retention_days:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._keep_audit_retention()))
         notes = []
         if metrics_token is not None:
             notes.append(f"/metrics asks for the bearer token in {config.metrics_token_file}")
@@ -302,6 +312,7 @@ class Server:
             settings = await uow.settings.get()
             if settings is None:
                 settings = await uow.settings.put(ServiceSettings(new_id_scope()))
+                await record(uow, _STARTUP, "settings.update", "settings", after=settings)
         return settings
 
     async def _listen(self) -> list[str]:
@@ -508,6 +519,20 @@ class Server:
                 await self.reload_trust()
             except Exception:  # the store may be briefly unavailable; try again next round
                 log.warning("reloading TLS trust anchors failed", exc_info=True)
+
+    async def _keep_audit_retention(self) -> None:
+        """Prune the audit trail to `[audit] retention_days` now and once a day; each prune
+        leaves its `audit.pruned` entry (iotdps.audit.retention)."""
+        assert self.store is not None
+        while not self._stopped.is_set():
+            try:
+                await prune_audit(
+                    self.store, older_than_days=self.config.audit.retention_days, now=utcnow(), actor=_RETENTION
+                )
+            except Exception:  # the store may be briefly unavailable; try again next round
+                log.warning("pruning the audit trail failed", exc_info=True)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), AUDIT_PRUNE_SECONDS)
 
     # ------------------------------------------------------------------ stop
 

@@ -15,6 +15,7 @@ import nats
 import pytest
 from azure.iot.device import IoTHubDeviceClient, ProvisioningDeviceClient
 
+from iotdps.audit import Actor
 from iotdps.enrollment.models import Attestation, IndividualEnrollment, SymmetricKeyAttestation
 from iotdps.provisioning.admin import put_enrollment
 from iotdps.secret import Secret
@@ -38,7 +39,7 @@ async def _enroll(dsn: str, name: str) -> str:
     store = await open_store(dsn)
     try:
         att = Attestation("symmetricKey", symmetric_key=SymmetricKeyAttestation(Secret(key), Secret(key)))
-        await put_enrollment(store, IndividualEnrollment(name, att))
+        await put_enrollment(store, IndividualEnrollment(name, att), actor=Actor("local", "test"))
     finally:
         await store.close()
     return key

@@ -30,6 +30,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from iotdps.access import make_service_sas
+from iotdps.audit import Actor
 from iotdps.enrollment.models import Attestation, IndividualEnrollment, SymmetricKeyAttestation
 from iotdps.provisioning.admin import put_enrollment
 from iotdps.secret import Secret
@@ -87,7 +88,7 @@ async def _enroll(dsn: str, names: list[str]) -> dict[str, str]:
         for name in names:
             key = _key()
             att = Attestation("symmetricKey", symmetric_key=SymmetricKeyAttestation(Secret(key), Secret(_key())))
-            await put_enrollment(store, IndividualEnrollment(name, att))
+            await put_enrollment(store, IndividualEnrollment(name, att), actor=Actor("local", "test"))
             keys[name] = key
     finally:
         await store.close()

@@ -29,6 +29,7 @@ from azure.iot.device import IoTHubDeviceClient, ProvisioningDeviceClient
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from iotdps.audit import Actor
 from iotdps.enrollment.models import Attestation, IndividualEnrollment, SymmetricKeyAttestation
 from iotdps.ports import HubStore
 from iotdps.provisioning.admin import put_enrollment
@@ -113,7 +114,7 @@ async def _enroll(dsn: str, name: str) -> str:
     store = await open_store(dsn)
     try:
         att = Attestation("symmetricKey", symmetric_key=SymmetricKeyAttestation(Secret(key), Secret(key)))
-        await put_enrollment(store, IndividualEnrollment(name, att))
+        await put_enrollment(store, IndividualEnrollment(name, att), actor=Actor("local", "test"))
     finally:
         await store.close()
     return key

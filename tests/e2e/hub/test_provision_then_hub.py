@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from iotdps.audit import Actor
 from iotdps.config import Config, DpsConfig, HubConfig, ManagementConfig
 from iotdps.device import (
     ConnectRefused,
@@ -58,6 +59,8 @@ from iotdps.wiring import node as server_app
 from iotdps.wiring.hub import Hubs
 from iotdps.wiring.node import Server
 from iotdps_testing.net import free_loopback_address, free_port
+
+TEST_ACTOR = Actor("local", "test")
 
 pytestmark = pytest.mark.e2e
 logging.getLogger("azure").setLevel(logging.WARNING)
@@ -119,7 +122,7 @@ async def test_sdk_provisions_then_uses_the_assigned_hub(stack: Stack) -> None:
     key = _key()
     att = Attestation("symmetricKey", symmetric_key=SymmetricKeyAttestation(Secret(key), Secret(_key())))
     assert stack.server.store is not None
-    await put_enrollment(stack.server.store, IndividualEnrollment("sdk-dev", att))
+    await put_enrollment(stack.server.store, IndividualEnrollment("sdk-dev", att), actor=TEST_ACTOR)
 
     def provision() -> Any:
         client = ProvisioningDeviceClient.create_from_symmetric_key(
@@ -154,7 +157,7 @@ async def test_device_client_caches_the_assignment_and_reprovisions_when_refused
     key = _key()
     att = Attestation("symmetricKey", symmetric_key=SymmetricKeyAttestation(Secret(key), Secret(_key())))
     assert stack.server.store is not None
-    await put_enrollment(stack.server.store, IndividualEnrollment("own-dev", att))
+    await put_enrollment(stack.server.store, IndividualEnrollment("own-dev", att), actor=TEST_ACTOR)
     settings = DeviceSettings(
         stack.dps, stack.scope, "own-dev", SymmetricKey(Secret(key)), tmp_path / "state.json", ca_pem=stack.ca_pem
     )
@@ -279,7 +282,7 @@ async def test_disabled_intermediate_blocks_new_devices_not_provisioned_ones(sta
     assert store is not None
     async with store.begin() as uow:
         await uow.cas.put(CaCertificate("root", root.pem, certificate_info(root.cert), is_verified=True))
-    await put_group(store, _group("factory-a", inter_a))
+    await put_group(store, _group("factory-a", inter_a), actor=TEST_ACTOR)
     await stack.server.reload_trust()
 
     old_files = _files(tmp_path, old_dev, inter_a)
@@ -292,7 +295,7 @@ async def test_disabled_intermediate_blocks_new_devices_not_provisioned_ones(sta
     await agent.stop()
 
     # The intermediate is compromised: its group is disabled at the provisioning service.
-    await put_group(store, _group("factory-a", inter_a, status="disabled"))
+    await put_group(store, _group("factory-a", inter_a, status="disabled"), actor=TEST_ACTOR)
 
     again = DeviceAgent(settings)
     client = await again.start()
@@ -366,7 +369,8 @@ async def test_x509_enrollment_with_device_id_override_connects_to_its_hub(stack
     slot = CertificateSlot(dev.cert.public_bytes(serialization.Encoding.PEM).decode())
     att = Attestation("x509", x509=X509Attestation(client_certificates=(slot, None)))
     assert stack.server.store is not None
-    await put_enrollment(stack.server.store, IndividualEnrollment("override-reg", att, device_id="renamed-device"))
+    override = IndividualEnrollment("override-reg", att, device_id="renamed-device")
+    await put_enrollment(stack.server.store, override, actor=TEST_ACTOR)
     await stack.server.reload_trust()
 
     def provision() -> Any:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from iotdps.audit import Actor, AuditQuery
 from iotdps.config import Config, DpsConfig, ManagementConfig
 from iotdps.device import ConnectRefused, DeviceAgent, DeviceSettings, HubClient, ProvisioningFailed, X509Files
 from iotdps.enrollment.models import Attestation, EnrollmentGroup, EnrollmentSettings, X509Attestation
@@ -37,6 +38,8 @@ from iotdps.provisioning.admin import put_group
 from iotdps.provisioning.ca_admin import CaAdminService
 from iotdps.wiring.node import Server
 from iotdps_testing.net import free_loopback_address, free_port
+
+TEST_ACTOR = Actor("local", "test")
 
 pytestmark = pytest.mark.e2e
 
@@ -94,11 +97,11 @@ async def test_revoked_line_is_dropped_from_the_hub_and_refused_at_dps(server: S
     root = _ca("root", None)
     factory = _ca("factory-a", root)
     line1, line2 = _ca("line-1", factory), _ca("line-2", factory)
-    cas = CaAdminService(server.store)
+    cas = CaAdminService(server.store, actor=TEST_ACTOR)
     await cas.upload_ca("root", certs.to_pem(root.certificate), verified=True)
     await cas.upload_ca("factory-a", certs.to_pem(factory.certificate))
     att = Attestation("x509", x509=X509Attestation(ca_references=("root", None)))
-    await put_group(server.store, EnrollmentGroup("fleet", att, EnrollmentSettings()))
+    await put_group(server.store, EnrollmentGroup("fleet", att, EnrollmentSettings()), actor=TEST_ACTOR)
     await server.reload_trust()
     ca_pem = server.config.data_dir.joinpath("tls", "server-ca.pem").read_text()
     dps = server.config.dps.host_name
@@ -186,9 +189,12 @@ async def test_the_crl_distribution_point_serves_each_held_crl_over_http(tmp_pat
         assert server.store is not None
         root = _ca("root", None)
         line = _ca("line-1", root)
-        cas = CaAdminService(server.store)
+        cas = CaAdminService(server.store, actor=TEST_ACTOR)
         await cas.upload_ca("root", certs.to_pem(root.certificate), verified=True)
         await cas.upload_crl("root", _crl(root, line.certificate.serial_number, number=3))
+        async with server.store.read() as uow:  # the revocation is in the audit trail
+            logged = await uow.audit.list(AuditQuery(action="ca.crl-upload"))
+        assert [(e.target, e.actor, e.detail_doc()["crlNumber"]) for e in logged] == [("ca/root", "local:test", 3)]
 
         def get(path: str) -> tuple[int, str, bytes]:
             try:

@@ -7,6 +7,7 @@ from typing import Any
 from certkit import NOW, FixedClock, Issued, tls_evidence
 
 from iotdps.allocation.hubs import LinkedHub
+from iotdps.audit import Actor
 from iotdps.enrollment.models import (
     Attestation,
     CertificateSlot,
@@ -26,6 +27,8 @@ from iotdps.provisioning.settings import ServiceSettings
 from iotdps.sas import make_sas_token
 from iotdps.secret import Secret
 from iotdps.store import MemoryStore
+
+TEST_ACTOR = Actor("local", "test")
 
 SCOPE = "0ne00TEST01"
 HUBS = ("hub-a.local", "hub-b.local", "hub-c.local")
@@ -65,7 +68,7 @@ class Env:
         self.clock = FixedClock()
         self.store: Store = store or MemoryStore(clock=self.clock)
         self.service = ProvisioningService(self.store, self.clock, webhook)
-        self.cas = CaAdminService(self.store, self.clock)
+        self.cas = CaAdminService(self.store, self.clock, actor=TEST_ACTOR)
         self._hubs = hubs
 
     async def setup(self) -> Env:
@@ -76,10 +79,10 @@ class Env:
         return self
 
     async def enroll(self, enrollment: IndividualEnrollment) -> None:
-        await put_enrollment(self.store, enrollment)
+        await put_enrollment(self.store, enrollment, actor=TEST_ACTOR)
 
     async def group(self, group: EnrollmentGroup) -> None:
-        await put_group(self.store, group)
+        await put_group(self.store, group, actor=TEST_ACTOR)
 
     async def register_x509(self, rid: str, chain: list[Any], **kw: Any) -> RegistrationOutcome:
         evidence = await tls_evidence(self.store, chain, self.clock.now())

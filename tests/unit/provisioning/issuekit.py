@@ -10,6 +10,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from helpers import Env, sk_group
 
+from iotdps.audit import Actor
 from iotdps.issuance.admin import put_issuing_ca, put_trust_bundle
 from iotdps.issuance.issuers import IssuerCache
 from iotdps.issuance.sealing import SealingKey
@@ -40,18 +41,18 @@ class IssuingWorld:
             "key": encode_private_key(ca.key, Secret("pw-1")).decode(),
             "passphrase": "pw-1",
         }
-        await put_issuing_ca(self.env.store, self.sealing, name, body)
+        await put_issuing_ca(self.env.store, self.sealing, name, body, actor=Actor("local", "test"))
 
     async def cfssl_ca(self, name: str, url: str) -> None:
         body = {"kind": "cfssl", "caChain": [_pem(self.root)], "url": url, "profile": "device", "authKey": AUTH_KEY}
-        await put_issuing_ca(self.env.store, self.sealing, name, body)
+        await put_issuing_ca(self.env.store, self.sealing, name, body, actor=Actor("local", "test"))
 
     async def group(self, gid: str = "fleet", policy: dict[str, Any] | None = None, **settings: Any) -> None:
         issuance = IssuancePolicy.from_json(policy) if policy is not None else None
         await self.env.group(sk_group(gid, issuance_policy=issuance, **settings))
 
     async def bundle(self, bundle_id: str = "fleet-roots") -> None:
-        await put_trust_bundle(self.env.store, bundle_id, [self.root.certificate])
+        await put_trust_bundle(self.env.store, bundle_id, [self.root.certificate], actor=Actor("local", "test"))
 
 
 async def issuing_world(**env_kw: Any) -> IssuingWorld:

@@ -1,10 +1,11 @@
 """Routes of the service configuration and what operators read of the service: CA
 certificates, linked hubs, settings, recent refusals, `explain` (handlers in
-api.service_config) and `/status` (api.statistics)."""
+api.service_config), the audit trail (api.audit) and `/status` (api.statistics)."""
 
 from __future__ import annotations
 
 from iotdps.access import Permission
+from iotdps.api import audit
 from iotdps.api import revocations as crl
 from iotdps.api import service_config as cfg
 from iotdps.api import statistics as stats
@@ -210,6 +211,24 @@ SERVICE_CONFIG_ROUTES: tuple[Route, ...] = (
         query=(
             ("registrationId", {"type": "string"}, "only this registration id"),
             ("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "at most this many"),
+        ),
+    ),
+    Route(
+        "GET",
+        "/audit",
+        audit.list_audit,
+        _SC,
+        "Audit_List",
+        "The audit trail: every change, who made it, before/after digests, hash-chained (an iotdps addition)",
+        "audit",
+        answer={"type": "array", "items": ref("AuditEntry")},
+        query=(
+            ("action", audit.ACTION_FILTER, "a whole action (enrollment.create) or a dotted prefix (enrollment)"),
+            ("actor", audit.TEXT_FILTER, "policy:NAME, console:NAME, local:USER or system:..."),
+            ("target", audit.TEXT_FILTER, "what changed: enrollment/ID, group/ID, ca/NAME, hub/HOST, settings"),
+            ("since", audit.SINCE, "entries at or after this time (ISO-8601)"),
+            ("after", {"type": "integer", "minimum": 0, "maximum": audit.MAX_SEQ}, "entries after this seq"),
+            ("limit", {"type": "integer", "minimum": 1, "maximum": audit.MAX_PAGE}, "at most this many"),
         ),
     ),
     Route(

@@ -53,6 +53,8 @@ class MemoryStore:
                 state.c2d = tx.c2d
             if tx.sessions is not None:
                 state.hub_sessions = tx.sessions
+            if tx.audit is not None:
+                state.audit = tx.audit
             if tx.new_refusals:
                 state.refusals, state.refusal_serial = kept_refusals(state, tx.new_refusals)
 

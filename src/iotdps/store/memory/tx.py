@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from iotdps.audit.chain import AuditEntry
 from iotdps.errors import StoreError
 from iotdps.hub.records import CloudMessage, HubSession, TelemetryMessage
 from iotdps.ids import new_etag
@@ -66,6 +67,7 @@ class Committed:
         self.c2d: dict[int, CloudMessage] = {}
         self.hub_sessions: dict[tuple[str, str], HubSession] = {}
         self.seq = {"telemetry": 0, "c2d": 0}
+        self.audit: list[AuditEntry] = []  # ascending seq
 
 
 class MemoryTx:
@@ -80,11 +82,17 @@ class MemoryTx:
         self.c2d: dict[int, CloudMessage] | None = None  # copied on first write
         self.sessions: dict[tuple[str, str], HubSession] | None = None
         self.seq = dict(state.seq)
+        self.audit: list[AuditEntry] | None = None  # copied on first append or prune
         self.open = True
 
     def wrote(self) -> bool:
         return bool(
-            self.changed or self.new_refusals or self.new_telemetry or self.c2d is not None or self.sessions is not None
+            self.changed
+            or self.new_refusals
+            or self.new_telemetry
+            or self.c2d is not None
+            or self.sessions is not None
+            or self.audit is not None
         )
 
     def read(self, table: str) -> Mapping[Hashable, Row]:

@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from iotdps.store._unit import Repositories, UnitRepositories
+from iotdps.store.memory.audit import AuditTrail
 from iotdps.store.memory.configuration import Cas, Hubs, Settings
 from iotdps.store.memory.enrollments import Enrollments, Groups
 from iotdps.store.memory.hub import C2D, Devices, HubSessions, Telemetry
@@ -36,6 +37,7 @@ _REPOSITORIES: Repositories[MemoryTx] = Repositories(
     issuing_cas=IssuingCas,
     trust_bundles=TrustBundles,
     issued_certificates=IssuedCertificates,
+    audit=AuditTrail,
 )
 
 

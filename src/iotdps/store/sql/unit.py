@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from iotdps.store._unit import Repositories, UnitRepositories
+from iotdps.store.sql.audit import AuditTrail
 from iotdps.store.sql.configuration import Cas, Hubs, Settings
 from iotdps.store.sql.enrollments import Enrollments, Groups
 from iotdps.store.sql.hub import C2D, Devices, HubSessions, Telemetry
@@ -36,6 +37,7 @@ _REPOSITORIES: Repositories[SqlTx] = Repositories(
     issuing_cas=IssuingCas,
     trust_bundles=TrustBundles,
     issued_certificates=IssuedCertificates,
+    audit=AuditTrail,
 )
 
 

@@ -9,6 +9,7 @@ with a fast health check so a killed node leaves the rotation within a second.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import secrets
 import shutil
@@ -23,6 +24,11 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from iotdps.audit import Actor
+from iotdps.enrollment.models import Attestation, IndividualEnrollment, SymmetricKeyAttestation
+from iotdps.provisioning.admin import put_enrollment
+from iotdps.secret import Secret
+from iotdps.store import open_store
 from iotdps_testing.net import free_loopback_address, free_port
 from iotdps_testing.server import READY_LINE, SRC, RunningServer
 
@@ -217,3 +223,16 @@ def start_node(
         time.sleep(0.05)
     node.stop()
     raise RuntimeError(f"iotdps up did not start within {timeout} s:\n{node.log()}")
+
+
+async def enroll_symmetric_key(dsn: str, name: str) -> str:
+    """An individual symmetric-key enrollment `name` written straight into the shared database;
+    its primary key (the secondary is the same)."""
+    key = base64.b64encode(os.urandom(32)).decode()
+    store = await open_store(dsn)
+    try:
+        att = Attestation("symmetricKey", symmetric_key=SymmetricKeyAttestation(Secret(key), Secret(key)))
+        await put_enrollment(store, IndividualEnrollment(name, att), actor=Actor("local", "test"))
+    finally:
+        await store.close()
+    return key

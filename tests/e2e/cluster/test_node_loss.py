@@ -14,9 +14,7 @@ unmodified azure-iot-device SDK.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
 import queue
 import signal
 import time
@@ -32,12 +30,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from iotdps.access import make_service_sas
-from iotdps.audit import Actor
-from iotdps.enrollment.models import Attestation, IndividualEnrollment, SymmetricKeyAttestation
-from iotdps.provisioning.admin import put_enrollment
-from iotdps.secret import Secret
-from iotdps.store import open_store
-from iotdps_testing.cluster import Balancer, NatsServer, pg_database, start_node
+from iotdps_testing.cluster import Balancer, NatsServer, enroll_symmetric_key, pg_database, start_node
 from iotdps_testing.net import free_loopback_address
 from iotdps_testing.server import RunningServer
 
@@ -75,19 +68,8 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
             nats.stop()
 
 
-async def _enroll(dsn: str, name: str) -> str:
-    key = base64.b64encode(os.urandom(32)).decode()
-    store = await open_store(dsn)
-    try:
-        att = Attestation("symmetricKey", symmetric_key=SymmetricKeyAttestation(Secret(key), Secret(key)))
-        await put_enrollment(store, IndividualEnrollment(name, att), actor=Actor("local", "test"))
-    finally:
-        await store.close()
-    return key
-
-
 def _client(pair: Pair, name: str, *, retry: bool) -> IoTHubDeviceClient:
-    key = asyncio.run(_enroll(pair.dsn, name))
+    key = asyncio.run(enroll_symmetric_key(pair.dsn, name))
     result = ProvisioningDeviceClient.create_from_symmetric_key(
         provisioning_host=pair.service,
         registration_id=name,

@@ -5,8 +5,6 @@ the unmodified azure-iot-device SDK sending through the node's hub."""
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,12 +13,7 @@ import nats
 import pytest
 from azure.iot.device import IoTHubDeviceClient, ProvisioningDeviceClient
 
-from iotdps.audit import Actor
-from iotdps.enrollment.models import Attestation, IndividualEnrollment, SymmetricKeyAttestation
-from iotdps.provisioning.admin import put_enrollment
-from iotdps.secret import Secret
-from iotdps.store import open_store
-from iotdps_testing.cluster import NatsServer, pg_database, start_node
+from iotdps_testing.cluster import NatsServer, enroll_symmetric_key, pg_database, start_node
 from iotdps_testing.net import free_loopback_address
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
@@ -32,17 +25,6 @@ PER_DEVICE = 25
 def dsn() -> Iterator[str]:
     with pg_database() as name:
         yield name
-
-
-async def _enroll(dsn: str, name: str) -> str:
-    key = base64.b64encode(os.urandom(32)).decode()
-    store = await open_store(dsn)
-    try:
-        att = Attestation("symmetricKey", symmetric_key=SymmetricKeyAttestation(Secret(key), Secret(key)))
-        await put_enrollment(store, IndividualEnrollment(name, att), actor=Actor("local", "test"))
-    finally:
-        await store.close()
-    return key
 
 
 def _send(host: str, scope: str, ca: str, name: str, key: str) -> None:
@@ -75,7 +57,7 @@ def test_nats_subscriber_sees_telemetry_in_order_and_the_stream_replays(tmp_path
             extra='[telemetry]\nroutes = ["sql", "nats"]\nnats_stream = "TELEMETRY"\n',
         )
         names = ["tr-a", "tr-b"]
-        keys = {n: asyncio.run(_enroll(dsn, n)) for n in names}
+        keys = {n: asyncio.run(enroll_symmetric_key(dsn, n)) for n in names}
         seen: dict[str, list[str]] = {n: [] for n in names}
         ready, done = threading.Event(), threading.Event()
 

@@ -20,13 +20,8 @@ import pytest
 from azure.iot.device import IoTHubDeviceClient, ProvisioningDeviceClient
 from click.testing import CliRunner
 
-from iotdps.audit import Actor
 from iotdps.cli.main import cli
-from iotdps.enrollment.models import Attestation, IndividualEnrollment, SymmetricKeyAttestation
-from iotdps.provisioning.admin import put_enrollment
-from iotdps.secret import Secret
-from iotdps.store import open_store
-from iotdps_testing.cluster import pg_database, start_node
+from iotdps_testing.cluster import enroll_symmetric_key, pg_database, start_node
 from iotdps_testing.net import free_loopback_address
 from iotdps_testing.server import SRC, RunningServer
 
@@ -47,17 +42,6 @@ def two_nodes(tmp_path: Path) -> Iterator[tuple[str, RunningServer, RunningServe
         finally:
             for node in nodes:
                 node.stop()
-
-
-async def _enroll(dsn: str, name: str) -> str:
-    key = base64.b64encode(os.urandom(32)).decode()
-    store = await open_store(dsn)
-    try:
-        att = Attestation("symmetricKey", symmetric_key=SymmetricKeyAttestation(Secret(key), Secret(key)))
-        await put_enrollment(store, IndividualEnrollment(name, att), actor=Actor("local", "test"))
-    finally:
-        await store.close()
-    return key
 
 
 def _send(node: RunningServer, name: str, key: str) -> None:
@@ -106,7 +90,7 @@ def _lines(process: subprocess.Popen[str], wanted: int, timeout: float) -> list[
 def test_tail_through_another_node_follows_the_device(two_nodes: tuple[str, RunningServer, RunningServer]) -> None:
     dsn, b, a = two_nodes
     hub = b.address  # the hub shares the service's name, which is B's address here
-    key = asyncio.run(_enroll(dsn, "tail-dev"))
+    key = asyncio.run(enroll_symmetric_key(dsn, "tail-dev"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("IOTDPS_")}
     env.update(PYTHONPATH=str(SRC), PYTHONUNBUFFERED="1", IOTDPS_CONNECTION_STRING=_connection_string(a, hub))
     # Started before anything was sent: it must still show every message, in order.

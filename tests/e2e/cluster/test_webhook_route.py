@@ -14,7 +14,6 @@ import asyncio
 import base64
 import datetime as dt
 import ipaddress
-import os
 import ssl
 import threading
 import time
@@ -29,13 +28,9 @@ from azure.iot.device import IoTHubDeviceClient, ProvisioningDeviceClient
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from iotdps.audit import Actor
-from iotdps.enrollment.models import Attestation, IndividualEnrollment, SymmetricKeyAttestation
 from iotdps.ports import HubStore
-from iotdps.provisioning.admin import put_enrollment
-from iotdps.secret import Secret
 from iotdps.store import open_store
-from iotdps_testing.cluster import pg_database, start_node
+from iotdps_testing.cluster import enroll_symmetric_key, pg_database, start_node
 from iotdps_testing.net import free_loopback_address, free_port
 from iotdps_testing.server import RunningServer
 from iotdps_testing.x509craft import make, write_bundle
@@ -109,17 +104,6 @@ def _receiver_tls(tmp: Path, address: str) -> tuple[Path, Path, Path]:
     return write_bundle(tmp / "webhook-ca.pem", [ca.cert]), cert, key
 
 
-async def _enroll(dsn: str, name: str) -> str:
-    key = base64.b64encode(os.urandom(32)).decode()
-    store = await open_store(dsn)
-    try:
-        att = Attestation("symmetricKey", symmetric_key=SymmetricKeyAttestation(Secret(key), Secret(key)))
-        await put_enrollment(store, IndividualEnrollment(name, att), actor=Actor("local", "test"))
-    finally:
-        await store.close()
-    return key
-
-
 async def _stored(dsn: str, hub: str) -> list[str]:
     store = await open_store(dsn)
     try:
@@ -172,7 +156,7 @@ def test_webhook_buffers_while_down_then_delivers_in_order(tmp_path: Path, dsn: 
     node = start_node(tmp_path, service_host=host, address=host, dsn=dsn, extra=extra)
     client = None
     try:
-        device_key = asyncio.run(_enroll(dsn, "hook-dev"))
+        device_key = asyncio.run(enroll_symmetric_key(dsn, "hook-dev"))
         result = ProvisioningDeviceClient.create_from_symmetric_key(
             provisioning_host=host,
             registration_id="hook-dev",

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from iotdps.errors import InvalidInput
-from iotdps.pki.encoding import load_csr, name_to_text
+from iotdps.pki.encoding import csr_signature_verifies, load_csr, name_to_text
 from iotdps.pki.external_signing import Signer, sign_csr
 from iotdps.pki.issuer import signature_hash
 from iotdps.pki.keys import PrivateKey
@@ -38,11 +38,7 @@ class CaCsr:
 def check_ca_csr(data: bytes | str) -> CaCsr:
     """Parse and vet a CA's CSR (PEM, DER or base64): its self-signature must verify."""
     req = load_csr(data)
-    try:
-        signature_ok = req.is_signature_valid
-    except Exception:
-        signature_ok = False
-    if not signature_ok:
+    if not csr_signature_verifies(req):
         raise InvalidInput("the CSR's signature does not verify: it was not signed by the key it carries")
     try:
         pub = req.public_key()

@@ -11,7 +11,7 @@ from cryptography import x509
 
 from iotdps.errors import InvalidInput
 from iotdps.ids import check_registration_id
-from iotdps.pki.encoding import common_name, load_csr
+from iotdps.pki.encoding import common_name, csr_signature_verifies, load_csr
 from iotdps.pki.issuer import Issuer, Validity
 from iotdps.pki.profiles import check_public_key, issue_device_certificate
 
@@ -23,11 +23,7 @@ def check_device_csr(
 ) -> tuple[x509.CertificateSigningRequest, str]:
     """Parse (if needed) and vet a device CSR; return it with its registration id (its CN)."""
     req = csr if isinstance(csr, x509.CertificateSigningRequest) else load_csr(csr)
-    try:
-        signature_ok = req.is_signature_valid
-    except Exception:
-        signature_ok = False
-    if not signature_ok:
+    if not csr_signature_verifies(req):
         raise InvalidInput("the CSR's signature does not verify: it was not signed by the key it carries")
     cns = req.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     if len(cns) != 1:

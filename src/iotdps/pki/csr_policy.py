@@ -50,6 +50,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from iotdps.errors import InvalidInput
 from iotdps.ids import is_valid_registration_id
 from iotdps.pki.cadir import check_ca_name
+from iotdps.pki.encoding import csr_signature_verifies
 from iotdps.pki.profiles import MAX_CN_LENGTH
 
 __all__ = [
@@ -337,11 +338,7 @@ def vet_csr(
             f"the CSR's key is {_describe_key(public_key)}, not an accepted key type ({allowed})",
         )
 
-    try:
-        signature_ok = req.is_signature_valid
-    except Exception:  # an unsupported signature algorithm is as good as a bad signature
-        signature_ok = False
-    if not signature_ok:
+    if not csr_signature_verifies(req):
         raise CsrRefused(
             CsrRefusal.BAD_SIGNATURE, "the CSR's signature does not verify: it was not signed by the key it carries"
         )

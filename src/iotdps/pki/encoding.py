@@ -23,6 +23,7 @@ __all__ = [
     "certificate_info",
     "certs_to_pem",
     "common_name",
+    "csr_signature_verifies",
     "der_b64",
     "der_thumbprints",
     "load_certificate",
@@ -100,6 +101,15 @@ def load_csr(data: bytes | str) -> x509.CertificateSigningRequest:
         return x509.load_der_x509_csr(blob)
     except ValueError:
         raise InvalidInput("the data is not a valid PKCS#10 certificate signing request") from None
+
+
+def csr_signature_verifies(req: x509.CertificateSigningRequest) -> bool:
+    """Whether the request's self-signature verifies with the key it carries. An unsupported
+    signature algorithm raises inside cryptography; it is as good as a bad signature."""
+    try:
+        return bool(req.is_signature_valid)
+    except Exception:
+        return False
 
 
 def certs_to_pem(certs: list[x509.Certificate] | tuple[x509.Certificate, ...]) -> bytes:

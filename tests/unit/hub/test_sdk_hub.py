@@ -143,6 +143,13 @@ async def test_c2d_sent_while_offline_is_delivered_on_reconnect_and_expired_ones
         inbox = await asyncio.to_thread(Inbox, client)
         await asyncio.sleep(0.3)
         await asyncio.to_thread(client.disconnect)
+        # The SDK's disconnect returns once DISCONNECT is written; the hub closes the session
+        # when it reads it. Wait for that, or the method below may find the device still online.
+        for _ in range(100):
+            if not hub.hubs.cloud.is_connected(hub.host, "dev-2"):
+                break
+            await asyncio.sleep(0.05)
+        assert not hub.hubs.cloud.is_connected(hub.host, "dev-2")
         await hub.hubs.cloud.send_c2d(hub.host, "dev-2", b"short-lived", {}, 0.2)
         await hub.hubs.cloud.send_c2d(hub.host, "dev-2", b"waiting", {}, 60)
         await hub.hubs.cloud.update_desired(hub.host, "dev-2", {"mode": "eco"})

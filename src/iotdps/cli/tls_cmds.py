@@ -73,7 +73,9 @@ def _shared_db() -> tuple[Path, Secret[str]] | None:
     async def go(store: Store) -> bool:
         return cluster_db(store) is not None
 
-    if _with_store(go):
+    # Without --dsn the store is the data dir's own SQLite file: one node (and nothing to open
+    # before read_state has said whether the data dir holds a server CA at all).
+    if target_params().get("dsn") and _with_store(go):
         return data_dir, server_ca_passphrase(data_dir)
     if (data_dir / "tls" / SHARED_MARKER).exists():
         raise InvalidInput(

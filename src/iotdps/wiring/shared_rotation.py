@@ -254,7 +254,8 @@ def apply(data_dir: Path, shared: SharedCa, environ: Mapping[str, str] | None = 
         _catch_up(data_dir, shared, environ)
     nxt = (shared.next, shared.next_key) if shared.next is not None and shared.next_key is not None else None
     state = ca_rotation.mirror(data_dir, nxt, shared.retiring)
-    atomic_write(tls / SHARED_MARKER, b"this node's server CA follows the shared database (iotdps tls --dsn)\n")
+    marker = b"this node's server CA follows the shared database (iotdps tls --dsn)\n"
+    atomic_write(tls / SHARED_MARKER, marker, mode=0o600)
     return state
 
 

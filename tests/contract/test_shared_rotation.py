@@ -163,3 +163,15 @@ async def test_other_passphrases_and_other_services_are_refused(tmp_path: Path, 
     with pytest.raises(ConfigError, match="nor one it rotated away from"):
         await shared_rotation.follow(db, stranger, ENV)
     assert ca_rotation.read_state(stranger).phase is Phase.NONE
+
+
+async def test_the_node_and_the_cli_apply_a_step_at_the_same_moment(tmp_path: Path, db: ClusterDb) -> None:
+    node = tmp_path / "n"
+    await shared_rotation.join(db, node, ["n.example.test"], ENV)
+    await shared_rotation.rotate(db, SECRET)
+    await shared_rotation.follow(db, node, ENV)
+    activated = await shared_rotation.activate(db, SECRET)
+    # The running node's follower and `iotdps tls activate` on its data dir: one after the other.
+    results = await asyncio.gather(*(asyncio.to_thread(shared_rotation.apply, node, activated, ENV) for _ in range(4)))
+    assert all(r is not None and r.phase is Phase.ACTIVATED and r.active == activated.active for r in results)
+    assert _cert(node / "tls" / "server.pem").issuer == activated.active.subject

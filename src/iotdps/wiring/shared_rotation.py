@@ -31,10 +31,12 @@ the CLI publishes it, so every node answers registrations with the same one at o
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -75,6 +77,7 @@ ROTATION_SECRET = "server-ca-rotation"  # noqa: S105 (a record's name)
 # Written into a node's tls/ dir: `iotdps tls` on that data dir without --dsn would otherwise
 # rotate the node's files alone, behind the service's back.
 SHARED_MARKER = "shared-store"
+_LOCK_FILE = "rotation.lock"
 
 
 @dataclass(frozen=True)
@@ -242,6 +245,24 @@ def apply(data_dir: Path, shared: SharedCa, environ: Mapping[str, str] | None = 
     tls = data_dir / "tls"
     if not (tls / "server-ca.pem").exists():
         return None
+    # The node and `iotdps tls` on its data dir may both apply the same step at once: one
+    # after the other, so that neither removes next/ under the other's feet.
+    with _locked(tls / _LOCK_FILE):
+        return _apply(data_dir, shared, environ)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _apply(data_dir: Path, shared: SharedCa, environ: Mapping[str, str] | None) -> RotationState:
+    tls = data_dir / "tls"
     local = ca_rotation.read_state(data_dir)
     if local.active != shared.active:
         if sha256_thumbprint(local.active) not in shared.previous:
@@ -317,17 +338,25 @@ class RotationFollower:
         self._db = db
         self._data_dir = data_dir
         self._env = os.environ if environ is None else environ
-        self._seen: tuple[str | None, str | None] | None = None
+        self._seen: tuple[str | None, str | None] | None = None  # the last step applied
+        self._failed: tuple[str | None, str | None] | None = None  # the last step that failed
 
     async def poll(self) -> bool:
-        """Look once; True when a changed step was applied."""
+        """Look once; True when a changed step was applied. A step that fails is tried again
+        at every poll (the cause may pass: a full disk), and logged the first time only."""
         raw = (await self._db.get_secret(SERVER_CA_SECRET), await self._db.get_secret(ROTATION_SECRET))
         if raw == self._seen or raw[0] is None:
             return False
-        self._seen = raw  # a step that fails to apply is logged once, tried again when it changes
-        passphrase = server_ca_passphrase(self._data_dir, self._env)
-        shared = _parse(raw[0], raw[1], passphrase)
-        state = await asyncio.to_thread(apply, self._data_dir, shared, self._env)
+        try:
+            passphrase = server_ca_passphrase(self._data_dir, self._env)
+            shared = _parse(raw[0], raw[1], passphrase)
+            state = await asyncio.to_thread(apply, self._data_dir, shared, self._env)
+        except Exception:
+            first, self._failed = raw != self._failed, raw
+            if first:
+                raise
+            return False
+        self._seen, self._failed = raw, None
         if state is not None:
             log.info("server CA rotation step applied: %s", state.phase.value)
         return True
@@ -339,7 +368,7 @@ class RotationFollower:
             except IotdpsError as exc:
                 log.error("the server CA rotation in the database was not applied to this node: %s", exc.message)
             except Exception:  # a follower that dies would silently leave this node behind
-                log.warning("following the server CA rotation failed", exc_info=True)
+                log.error("the server CA rotation in the database was not applied to this node", exc_info=True)
             try:
                 await asyncio.wait_for(stopped.wait(), interval)
             except TimeoutError:

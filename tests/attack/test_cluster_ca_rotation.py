@@ -116,3 +116,27 @@ async def test_no_ca_key_in_the_clear_at_any_step(tmp_path: Path, db: ClusterDb,
             await engine.dispose()
         assert shared_rotation.ROTATION_SECRET in {r[0] for r in rows}
         assert all(r[1].startswith("v1.") and "PRIVATE KEY" not in r[1] and "CERTIFICATE" not in r[1] for r in rows)
+
+
+async def test_another_services_data_dir_is_not_overwritten(
+    tmp_path: Path, db: ClusterDb, dsn: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`iotdps tls rotate --dsn` with a data dir (or the default one) of another service: refused
+    before the database changes, so that service's identity is neither overwritten nor half-rotated."""
+    from iotdps.server.identity import ensure_server_identity
+
+    await shared_rotation.join(db, tmp_path / "node", ["node.example.test"], ENV)
+    stranger = tmp_path / "stranger"
+    ensure_server_identity(stranger, ["s.example.test"], ENV)
+    before = {p.name: p.read_bytes() for p in (stranger / "tls").iterdir() if p.is_file()}
+    monkeypatch.setenv("IOTDPS_SERVER_CA_PASSPHRASE", PASSPHRASE)
+    code, err = await asyncio.to_thread(_run, capsys, "tls", "rotate", "--dsn", dsn, "--data-dir", str(stranger))
+    assert code == 2
+    assert err == (
+        "error: invalid configuration:\n"
+        f"  - {stranger / 'tls' / 'server-ca.pem'} is not the server CA of the service in the database, nor one it "
+        "rotated away from: this data dir belongs to another service\n"
+    )
+    assert {p.name: p.read_bytes() for p in (stranger / "tls").iterdir() if p.is_file()} == before
+    shared = await shared_rotation.read_shared(db, Secret(PASSPHRASE))
+    assert shared is not None and shared.state.phase is Phase.NONE

@@ -96,6 +96,9 @@ def _shared_step(
     async def go(store: Store) -> tuple[SharedCa, int]:
         db = cluster_db(store)
         assert db is not None
+        before = await shared_rotation.read_shared(db, passphrase)
+        if before is not None:
+            shared_rotation.check(data_dir, before)  # another service's data dir: nothing done
         try:
             shared = await step(db, passphrase)
         except InvalidInput:

@@ -25,6 +25,9 @@ both until the operator declares the rotation over.
 
 Each step is written so that repeating it after a crash completes it: the order of the writes
 below is chosen for that, and every write is atomic (fsutil).
+
+On a shared (PostgreSQL) store the step is the service's, decided in the database; each node's
+files follow it through `stage_next`, `activate` and `mirror` (wiring/shared_rotation.py).
 """
 
 from __future__ import annotations

@@ -64,6 +64,7 @@ __all__ = [
     "SharedCa",
     "activate",
     "apply",
+    "check",
     "follow",
     "join",
     "read_shared",
@@ -251,6 +252,22 @@ def apply(data_dir: Path, shared: SharedCa, environ: Mapping[str, str] | None = 
         return _apply(data_dir, shared, environ)
 
 
+def check(data_dir: Path, shared: SharedCa) -> None:
+    """ConfigError when this data dir holds a server CA the service never had (another
+    service's data dir: following would overwrite its identity)."""
+    path = data_dir / "tls" / "server-ca.pem"
+    if not path.exists():
+        return
+    local = ca_rotation.read_state(data_dir).active
+    if local != shared.active and sha256_thumbprint(local) not in shared.previous:
+        raise ConfigError(
+            [
+                f"{path} is not the server CA of the service in the database, nor one it "
+                "rotated away from: this data dir belongs to another service"
+            ]
+        )
+
+
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -263,15 +280,8 @@ def _locked(path: Path) -> Iterator[None]:
 
 def _apply(data_dir: Path, shared: SharedCa, environ: Mapping[str, str] | None) -> RotationState:
     tls = data_dir / "tls"
-    local = ca_rotation.read_state(data_dir)
-    if local.active != shared.active:
-        if sha256_thumbprint(local.active) not in shared.previous:
-            raise ConfigError(
-                [
-                    f"{tls / 'server-ca.pem'} is not the server CA of the service in the database, nor one it "
-                    "rotated away from: this data dir belongs to another service"
-                ]
-            )
+    check(data_dir, shared)
+    if ca_rotation.read_state(data_dir).active != shared.active:
         _catch_up(data_dir, shared, environ)
     nxt = (shared.next, shared.next_key) if shared.next is not None and shared.next_key is not None else None
     state = ca_rotation.mirror(data_dir, nxt, shared.retiring)

@@ -175,3 +175,16 @@ async def test_the_node_and_the_cli_apply_a_step_at_the_same_moment(tmp_path: Pa
     results = await asyncio.gather(*(asyncio.to_thread(shared_rotation.apply, node, activated, ENV) for _ in range(4)))
     assert all(r is not None and r.phase is Phase.ACTIVATED and r.active == activated.active for r in results)
     assert _cert(node / "tls" / "server.pem").issuer == activated.active.subject
+
+
+async def test_a_behind_data_dir_without_a_server_certificate_starts_fresh(tmp_path: Path, db: ClusterDb) -> None:
+    node = tmp_path / "n"
+    await shared_rotation.join(db, node, ["n.example.test"], ENV)
+    await shared_rotation.rotate(db, SECRET)
+    activated = await shared_rotation.activate(db, SECRET)
+    (node / "tls" / "server.pem").unlink()  # the old CA's, and nothing it presents
+    await shared_rotation.join(db, node, ["n.example.test"], ENV)
+    assert _cert(node / "tls" / "server-ca.pem") == activated.active
+    leaf = _cert(node / "tls" / "server.pem")
+    assert leaf.issuer == activated.active.subject and _sans(leaf) == {"n.example.test"}
+    assert ca_rotation.read_state(node).phase is Phase.ACTIVATED  # the retiring CA learnt after joining

@@ -278,11 +278,11 @@ def _locked(path: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def _apply(data_dir: Path, shared: SharedCa, environ: Mapping[str, str] | None) -> RotationState:
+def _apply(data_dir: Path, shared: SharedCa, environ: Mapping[str, str] | None) -> RotationState | None:
     tls = data_dir / "tls"
     check(data_dir, shared)
-    if ca_rotation.read_state(data_dir).active != shared.active:
-        _catch_up(data_dir, shared, environ)
+    if ca_rotation.read_state(data_dir).active != shared.active and not _catch_up(data_dir, shared, environ):
+        return None
     nxt = (shared.next, shared.next_key) if shared.next is not None and shared.next_key is not None else None
     state = ca_rotation.mirror(data_dir, nxt, shared.retiring)
     marker = b"this node's server CA follows the shared database (iotdps tls --dsn)\n"
@@ -290,19 +290,24 @@ def _apply(data_dir: Path, shared: SharedCa, environ: Mapping[str, str] | None) 
     return state
 
 
-def _catch_up(data_dir: Path, shared: SharedCa, environ: Mapping[str, str] | None) -> None:
+def _catch_up(data_dir: Path, shared: SharedCa, environ: Mapping[str, str] | None) -> bool:
     """This node still presents a CA the service rotated away from: switch as `activate` would
-    have here (a server certificate for this node's names from the active CA)."""
+    have here (a server certificate for this node's names from the active CA). False when the
+    data dir was made fresh instead (joining then adopts the active CA)."""
     tls = data_dir / "tls"
     if not (tls / "server.pem").exists():
-        # Nothing presented yet: the data dir is as good as fresh, and joining adopts the active
-        # CA. The certificate first, its presence marks a complete identity.
+        # Nothing presented, so no names to keep: as good as fresh. The certificate first: its
+        # presence marks a complete identity.
         (tls / "server-ca.pem").unlink()
         (tls / "server-ca.key").unlink(missing_ok=True)
-        return
+        return False
     ca_rotation.stage_next(data_dir, shared.active, shared.active_key)
     ca_rotation.activate(data_dir, environ)
-    log.info("the service's server CA was rotated: this node now presents a certificate from %s", shared.active.subject)
+    log.info(
+        "the service's server CA was rotated: this node now presents a certificate from %s",
+        shared.active.subject.rfc4514_string(),
+    )
+    return True
 
 
 def _passphrase(data_dir: Path, environ: Mapping[str, str]) -> Secret[str]:

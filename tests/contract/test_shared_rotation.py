@@ -188,3 +188,46 @@ async def test_a_behind_data_dir_without_a_server_certificate_starts_fresh(tmp_p
     leaf = _cert(node / "tls" / "server.pem")
     assert leaf.issuer == activated.active.subject and _sans(leaf) == {"n.example.test"}
     assert ca_rotation.read_state(node).phase is Phase.ACTIVATED  # the retiring CA learnt after joining
+
+
+async def test_a_step_that_stopped_before_the_bundle_completes_when_run_again(
+    tmp_path: Path, db: ClusterDb, dsn: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from iotdps.cli.main import main
+    from iotdps.issuance.builtin import BUILTIN_BUNDLE_ID
+
+    node = tmp_path / "n"
+    await shared_rotation.join(db, node, ["n.example.test"], ENV)
+    monkeypatch.setenv("IOTDPS_SERVER_CA_PASSPHRASE", PASSPHRASE)
+
+    def cli(*args: str) -> tuple[int, str]:
+        try:
+            main(["tls", *args, "--dsn", dsn, "--data-dir", str(node)])
+        except SystemExit as exc:
+            return int(exc.code or 0), capsys.readouterr().err
+        return 0, capsys.readouterr().out
+
+    async def bundle() -> list[x509.Certificate]:
+        store = await open_store(dsn)
+        try:
+            async with store.read() as uow:
+                found = await uow.trust_bundles.get(BUILTIN_BUNDLE_ID)
+        finally:
+            await store.close()
+        return list(found.certificates) if found is not None else []
+
+    # The CLI stopped right after the database step (as if killed): no bundle, no files yet.
+    rotated = await shared_rotation.rotate(db, SECRET)
+    assert await bundle() == []
+    code, err = await asyncio.to_thread(cli, "rotate")
+    assert code == 2 and "already pending" in err
+    assert await bundle() == [rotated.active, rotated.next]
+    activated = await shared_rotation.activate(db, SECRET)
+    code, out = await asyncio.to_thread(cli, "activate")  # repeated: completes, nothing refused
+    assert code == 0 and "every node issues its own" in out
+    assert await bundle() == [rotated.active, activated.active]
+    assert _cert(node / "tls" / "server.pem").issuer == activated.active.subject
+    await shared_rotation.retire(db, SECRET)
+    code, err = await asyncio.to_thread(cli, "retire")
+    assert code == 2 and "no old server CA to retire" in err
+    assert await bundle() == [activated.active]

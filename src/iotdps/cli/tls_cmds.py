@@ -89,7 +89,7 @@ def _shared_step(
     step: Callable[[ClusterDb, Secret[str]], Awaitable[SharedCa]], data_dir: Path, passphrase: Secret[str]
 ) -> tuple[SharedCa, int]:
     """Run a step in the database, publish the bundle it implies, bring this data dir along."""
-    from iotdps.provisioning.server_ca import publish_server_cas
+    from iotdps.provisioning.server_ca import BUILTIN_BUNDLE_ID, publish_server_cas
     from iotdps.store.sql.cluster import cluster_db
     from iotdps.wiring import shared_rotation
 
@@ -99,17 +99,22 @@ def _shared_step(
         before = await shared_rotation.read_shared(db, passphrase)
         if before is not None:
             shared_rotation.check(data_dir, before)  # another service's data dir: nothing done
+        async def publish() -> int:
+            # The step read behind the bundle's row lock: of two operators' steps, the bundle
+            # ends with the later one's CAs whichever publishes last.
+            async with store.begin() as uow:
+                await uow.trust_bundles.get(BUILTIN_BUNDLE_ID, for_update=True)
+                latest = await shared_rotation.read_shared(db, passphrase)
+                assert latest is not None
+                return (await publish_server_cas(uow, latest.state.trusted)).version
+
         try:
             shared = await step(db, passphrase)
         except InvalidInput:
-            # A step that stopped between the database and the bundle completes here.
-            current = await shared_rotation.read_shared(db, passphrase)
-            if current is not None:
-                async with store.begin() as uow:
-                    await publish_server_cas(uow, current.state.trusted)
+            if before is not None:
+                await publish()  # a step that stopped between the database and the bundle completes
             raise
-        async with store.begin() as uow:
-            version = (await publish_server_cas(uow, shared.state.trusted)).version
+        version = await publish()
         shared_rotation.apply(data_dir, shared)
         return shared, version
 

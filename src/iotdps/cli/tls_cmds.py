@@ -6,6 +6,11 @@ running `iotdps up` on the same data dir follows them without a restart: it pres
 chain once `activate` wrote it (server/cert_files.py), and answers registrations with the
 bundle from the store. The steps and their files: server/ca_rotation.py; the bundle and who
 has not received it: provisioning/server_ca.py.
+
+On a shared (PostgreSQL) store, `--dsn`, the step is the service's: it is decided in the
+database and every node's files follow it (wiring/shared_rotation.py); the data dir, when it is
+one node's, is brought along at once. A node's data dir on a shared store is refused without
+`--dsn`: rotating its files alone would split the service.
 """
 
 from __future__ import annotations
@@ -26,7 +31,10 @@ if TYPE_CHECKING:
     from cryptography import x509
 
     from iotdps.ports import Store
+    from iotdps.secret import Secret
     from iotdps.server.ca_rotation import RotationState
+    from iotdps.store.sql.cluster import ClusterDb
+    from iotdps.wiring.shared_rotation import SharedCa
 
 __all__ = ["register"]
 
@@ -53,6 +61,66 @@ def _with_store(fn: Callable[[Store], Awaitable[T]]) -> T:
     return asyncio.run(go())
 
 
+def _shared_db() -> tuple[Path, Secret[str]] | None:
+    """(data dir, passphrase) when the target store is shared, None for a single node (whose
+    data dir must not be a shared-store node's, see the module doc)."""
+    from iotdps.server.identity import server_ca_passphrase
+    from iotdps.store.sql.cluster import cluster_db
+    from iotdps.wiring.shared_rotation import SHARED_MARKER
+
+    data_dir = _data_dir()
+
+    async def go(store: Store) -> bool:
+        return cluster_db(store) is not None
+
+    # Without --dsn the store is the data dir's own SQLite file: one node (and nothing to open
+    # before read_state has said whether the data dir holds a server CA at all).
+    if target_params().get("dsn") and _with_store(go):
+        return data_dir, server_ca_passphrase(data_dir)
+    if (data_dir / "tls" / SHARED_MARKER).exists():
+        raise InvalidInput(
+            f"{data_dir} is the data dir of a node on a shared database: pass that database's DSN "
+            "(--dsn or IOTDPS_DSN), so that the rotation is the whole service's"
+        )
+    return None
+
+
+def _shared_step(
+    step: Callable[[ClusterDb, Secret[str]], Awaitable[SharedCa]], data_dir: Path, passphrase: Secret[str]
+) -> tuple[SharedCa, int]:
+    """Run a step in the database, publish the bundle it implies, bring this data dir along."""
+    from iotdps.provisioning.server_ca import BUILTIN_BUNDLE_ID, publish_server_cas
+    from iotdps.store.sql.cluster import cluster_db
+    from iotdps.wiring import shared_rotation
+
+    async def go(store: Store) -> tuple[SharedCa, int]:
+        db = cluster_db(store)
+        assert db is not None
+        before = await shared_rotation.read_shared(db, passphrase)
+        if before is not None:
+            shared_rotation.check(data_dir, before)  # another service's data dir: nothing done
+        async def publish() -> int:
+            # The step read behind the bundle's row lock: of two operators' steps, the bundle
+            # ends with the later one's CAs whichever publishes last.
+            async with store.begin() as uow:
+                await uow.trust_bundles.get(BUILTIN_BUNDLE_ID, for_update=True)
+                latest = await shared_rotation.read_shared(db, passphrase)
+                assert latest is not None
+                return (await publish_server_cas(uow, latest.state.trusted)).version
+
+        try:
+            shared = await step(db, passphrase)
+        except InvalidInput:
+            if before is not None:
+                await publish()  # a step that stopped between the database and the bundle completes
+            raise
+        version = await publish()
+        shared_rotation.apply(data_dir, shared)
+        return shared, version
+
+    return _with_store(go)
+
+
 def _publish(state: RotationState) -> int:
     """Put the CAs devices must trust now into the built-in bundle; its version."""
     from iotdps.provisioning.server_ca import publish_server_cas
@@ -62,6 +130,22 @@ def _publish(state: RotationState) -> int:
             return (await publish_server_cas(uow, state.trusted)).version
 
     return _with_store(go)
+
+
+def _shared_state(data_dir: Path, passphrase: Secret[str]) -> RotationState:
+    """The service's rotation step, from the shared database."""
+    from iotdps.store.sql.cluster import cluster_db
+    from iotdps.wiring import shared_rotation
+
+    async def go(store: Store) -> SharedCa | None:
+        db = cluster_db(store)
+        assert db is not None
+        return await shared_rotation.read_shared(db, passphrase)
+
+    shared = _with_store(go)
+    if shared is None:
+        raise InvalidInput("the database holds no service yet: start a node (iotdps up) before rotating its CA")
+    return shared.state
 
 
 def _describe(cert: x509.Certificate) -> str:
@@ -87,17 +171,28 @@ def rotate_command() -> None:
     (IOTDPS_SERVER_CA_PASSPHRASE or tls/server-ca.passphrase)."""
     from iotdps.server import ca_rotation
 
-    data_dir = _data_dir()
-    current = ca_rotation.read_state(data_dir)
-    if current.phase is not ca_rotation.Phase.NONE:
-        _publish(current)  # a rotate that stopped before the store write completes here
-    state = ca_rotation.rotate(data_dir)
-    version = _publish(state)
+    shared = _shared_db()
+    if shared is not None:
+        from iotdps.wiring import shared_rotation
+
+        data_dir = shared[0]
+        rotated, version = _shared_step(shared_rotation.rotate, *shared)
+        state = rotated.state
+    else:
+        data_dir = _data_dir()
+        current = ca_rotation.read_state(data_dir)
+        if current.phase is not ca_rotation.Phase.NONE:
+            _publish(current)  # a rotate that stopped before the store write completes here
+        state = ca_rotation.rotate(data_dir)
+        version = _publish(state)
     assert state.next is not None
     click.echo(f"new server CA   {_describe(state.next)}")
     click.echo(f"current CA      {_describe(state.active)} (still presented)")
     click.echo(f"trust bundle    iotdps-server-ca version {version} carries both")
-    click.echo(f"CA file         {data_dir / 'tls' / ca_rotation.CA_BUNDLE_FILE} (both CAs, for new devices)")
+    if shared is not None:
+        click.echo("nodes           every node of the service follows within seconds")
+    if (data_dir / "tls" / ca_rotation.CA_BUNDLE_FILE).exists():
+        click.echo(f"CA file         {data_dir / 'tls' / ca_rotation.CA_BUNDLE_FILE} (both CAs, for new devices)")
     click.echo("next            iotdps tls rotation status; then iotdps tls activate")
 
 
@@ -117,7 +212,11 @@ def rotation_status(as_json: bool) -> None:
     from iotdps.provisioning.server_ca import unreached
     from iotdps.server import ca_rotation
 
-    state = ca_rotation.read_state(_data_dir())
+    shared = _shared_db()
+    if shared is not None:
+        state = _shared_state(*shared)
+    else:
+        state = ca_rotation.read_state(_data_dir())
     new_ca = state.new_ca
 
     async def go(store: Store) -> list[Any]:
@@ -178,8 +277,9 @@ def activate_command(force: bool) -> None:
     from iotdps.provisioning.server_ca import unreached
     from iotdps.server import ca_rotation
 
+    shared = _shared_db()
     data_dir = _data_dir()
-    state = ca_rotation.read_state(data_dir)
+    state = _shared_state(*shared) if shared is not None else ca_rotation.read_state(data_dir)
     if state.phase is ca_rotation.Phase.PENDING and state.next is not None and not force:
         new_ca = state.next
 
@@ -193,10 +293,18 @@ def activate_command(force: bool) -> None:
                 f"activation would strand {count} device(s) that have not received the new CA "
                 "(iotdps tls rotation status lists them); re-register them first, or pass --force"
             )
-    done = ca_rotation.activate(data_dir)
-    _publish(done)
+    if shared is not None:
+        from iotdps.wiring import shared_rotation
+
+        done = _shared_step(shared_rotation.activate, *shared)[0].state
+    else:
+        done = ca_rotation.activate(data_dir)
+        _publish(done)
     click.echo(f"presented CA    {_describe(done.active)}")
-    click.echo(f"server chain    {data_dir / 'tls' / 'server.pem'} (a running server presents it within seconds)")
+    if shared is not None:
+        click.echo("server chain    every node issues its own from it and presents it within seconds")
+    else:
+        click.echo(f"server chain    {data_dir / 'tls' / 'server.pem'} (a running server presents it within seconds)")
     click.echo("next            iotdps tls retire, once no device needs the old CA")
 
 
@@ -206,9 +314,15 @@ def retire_command() -> None:
     """End a rotation: drop the old server CA from the built-in trust bundle and the data dir."""
     from iotdps.server import ca_rotation
 
-    data_dir = _data_dir()
-    state = ca_rotation.retire(data_dir)
-    version = _publish(state)
+    shared = _shared_db()
+    if shared is not None:
+        from iotdps.wiring import shared_rotation
+
+        retired, version = _shared_step(shared_rotation.retire, *shared)
+        state = retired.state
+    else:
+        state = ca_rotation.retire(_data_dir())
+        version = _publish(state)
     click.echo(f"trust bundle    iotdps-server-ca version {version} carries {_describe(state.active)} only")
 
 

@@ -25,6 +25,9 @@ both until the operator declares the rotation over.
 
 Each step is written so that repeating it after a crash completes it: the order of the writes
 below is chosen for that, and every write is atomic (fsutil).
+
+On a shared (PostgreSQL) store the step is the service's, decided in the database; each node's
+files follow it through `stage_next`, `activate` and `mirror` (wiring/shared_rotation.py).
 """
 
 from __future__ import annotations
@@ -52,9 +55,21 @@ from iotdps.pki import (
     load_private_key,
 )
 from iotdps.pki.profiles import create_root_ca
+from iotdps.secret import Secret
 from iotdps.server.identity import server_ca_passphrase
 
-__all__ = ["CA_BUNDLE_FILE", "Phase", "RotationState", "activate", "read_state", "retire", "rotate"]
+__all__ = [
+    "CA_BUNDLE_FILE",
+    "Phase",
+    "RotationState",
+    "activate",
+    "mirror",
+    "new_ca",
+    "read_state",
+    "retire",
+    "rotate",
+    "stage_next",
+]
 
 CA_BUNDLE_FILE = "ca-bundle.pem"
 _CA_DAYS = 3650
@@ -171,17 +186,27 @@ def rotate(data_dir: Path, environ: Mapping[str, str] | None = None) -> Rotation
     passphrase = server_ca_passphrase(data_dir, environ)
     # The current key must open with that passphrase, or activation would fail much later.
     load_private_key(p.ca_key.read_bytes(), passphrase, what="server CA key")
+    ca, key_pem = new_ca(passphrase)
+    _stage_next(p, ca, key_pem)
+    state = RotationState(Phase.PENDING, state.active, next=ca)
+    _write_bundle(p, state)
+    return state
+
+
+def new_ca(passphrase: Secret[str]) -> tuple[x509.Certificate, bytes]:
+    """A new server CA: its certificate and its key, encrypted with `passphrase`."""
     key = generate_private_key()
     # A name of its own: two CAs of one name in a device's store make issuer lookup guesswork.
     name = f"iotdps server CA {dt.datetime.now(dt.UTC):%Y-%m-%d} {secrets.token_hex(3)}"
     ca = create_root_ca(name, key, Validity.days(_CA_DAYS), path_length=0)
+    return ca, encode_private_key(key, passphrase)
+
+
+def _stage_next(p: _Paths, ca: x509.Certificate, key_pem: bytes) -> None:
     p.next_dir.mkdir(mode=0o700, exist_ok=True)
-    atomic_write(p.next_dir / "server-ca.key", encode_private_key(key, passphrase), mode=0o600)
+    atomic_write(p.next_dir / "server-ca.key", key_pem, mode=0o600)
     # The certificate last: its presence marks a complete new CA (read_state looks for it).
     atomic_write(p.next_dir / "server-ca.pem", _pem(ca), mode=0o644)
-    state = RotationState(Phase.PENDING, state.active, next=ca)
-    _write_bundle(p, state)
-    return state
 
 
 def _names(leaf: x509.Certificate) -> tuple[list[str], list[str]]:
@@ -248,3 +273,36 @@ def retire(data_dir: Path) -> RotationState:
     _write_bundle(p, done)
     shutil.rmtree(p.retiring_dir)
     return done
+
+
+# -- a rotation decided elsewhere (a shared store: wiring/shared_rotation.py) -------------------
+
+
+def stage_next(data_dir: Path, ca: x509.Certificate, key_pem: bytes) -> RotationState:
+    """Put `ca` (its key encrypted with the server CA passphrase) in next/, as `rotate` does:
+    `activate` then switches to it."""
+    p = _Paths(data_dir / "tls")
+    _stage_next(p, ca, key_pem)
+    return read_state(data_dir)
+
+
+def mirror(
+    data_dir: Path, next_ca: tuple[x509.Certificate, bytes] | None, retiring: x509.Certificate | None
+) -> RotationState:
+    """Make next/ and retiring/ hold exactly these (the active CA is left alone), and the bundle
+    file follow. Every write is atomic and the result depends on the arguments only, so a
+    crash is repaired by calling it again."""
+    p = _Paths(data_dir / "tls")
+    state = read_state(data_dir)
+    if next_ca is None:
+        shutil.rmtree(p.next_dir, ignore_errors=True)
+    elif state.next != next_ca[0]:
+        _stage_next(p, *next_ca)
+    if retiring is None:
+        shutil.rmtree(p.retiring_dir, ignore_errors=True)
+    elif state.retiring != retiring:
+        p.retiring_dir.mkdir(mode=0o700, exist_ok=True)
+        atomic_write(p.retiring_dir / "server-ca.pem", _pem(retiring), mode=0o644)
+    state = read_state(data_dir)
+    _write_bundle(p, state)
+    return state

@@ -69,11 +69,10 @@ from iotdps.store.health import check_store
 from iotdps.store.sql.cluster import cluster_db
 from iotdps.timestamps import utcnow
 from iotdps.web import Console
-from iotdps.wiring import listeners
+from iotdps.wiring import listeners, shared_rotation
 from iotdps.wiring.cluster import Cluster
 from iotdps.wiring.hub import Hubs
 from iotdps.wiring.hub_leases import HubLeases
-from iotdps.wiring.shared_identity import join_service
 from iotdps.wiring.telemetry import Telemetry
 
 __all__ = ["HubRouter", "Server", "StartupInfo", "new_id_scope"]
@@ -89,6 +88,8 @@ log = logging.getLogger("iotdps.server")
 TRUST_POLL_SECONDS = 3.0
 # How often the server certificate files are looked at (server/cert_files.py).
 CERT_POLL_SECONDS = 2.0
+# How often a node on a shared store looks for a step of a server CA rotation.
+ROTATION_POLL_S = 3.0
 # At most one on-demand trust reload per this many seconds, so a flood of untrusted devices
 # cannot turn every handshake into a store query.
 _TRUST_RELOAD_MIN_INTERVAL = 0.2
@@ -171,7 +172,7 @@ class Server:
         shared = cluster_db(self.store)
         server_files: ServerFiles | None
         if shared is not None:
-            server_files, policies = await join_service(shared, config.data_dir, config.server_names())
+            server_files, policies = await shared_rotation.join(shared, config.data_dir, config.server_names())
         else:
             server_files = None if own_files else ensure_server_identity(config.data_dir, config.server_names())
             policies = AccessPolicies.load_or_create(config.data_dir)
@@ -263,6 +264,9 @@ class Server:
             endpoints.append(f"http://{config.crl.bind}:{config.crl.port}/crl/<CA name>.crl (CRL distribution point)")
         self._tasks.append(asyncio.get_running_loop().create_task(self._watch_trust()))
         self._tasks.append(asyncio.get_running_loop().create_task(reloader.run(self._stopped, CERT_POLL_SECONDS)))
+        if shared is not None:
+            follower = shared_rotation.RotationFollower(shared, config.data_dir)
+            self._tasks.append(asyncio.get_running_loop().create_task(follower.run(self._stopped, ROTATION_POLL_S)))
         self._leases.start_renewing()
         for hub in unserved:
             log.warning("%s", hub.warning(), extra={"event": "hub_unserved", "hub": hub.host_name})

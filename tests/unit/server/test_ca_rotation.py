@@ -104,3 +104,25 @@ def test_commands_out_of_order_and_missing_pieces(tmp_path: Path, data_dir: Path
     with pytest.raises(BadPassphrase):  # a wrong passphrase: refused before anything is written
         rotate(data_dir, {"IOTDPS_SERVER_CA_PASSPHRASE": "wrong"})
     assert not (data_dir / "tls" / "next").exists()
+
+
+def test_mirror_makes_next_and_retiring_what_it_is_given(data_dir: Path) -> None:
+    """The shared-store follower's writer (wiring/shared_rotation.py): next/ and retiring/ become
+    exactly the arguments, the active CA stays, and a second call changes nothing."""
+    from iotdps.secret import Secret
+    from iotdps.server.ca_rotation import mirror, new_ca
+
+    tls = data_dir / "tls"
+    active = load_certificates((tls / "server-ca.pem").read_bytes())[0]
+    ca, key_pem = new_ca(Secret(ENV["IOTDPS_SERVER_CA_PASSPHRASE"]))
+    for _ in range(2):
+        state = mirror(data_dir, (ca, key_pem), None)
+        assert state.phase is Phase.PENDING and state.next == ca and _bundle(data_dir) == [active, ca]
+        assert (tls / "next" / "server-ca.key").read_bytes() == key_pem
+    state = activate(data_dir, ENV)  # the node's own switch, from what mirror staged
+    assert state.active == ca and state.retiring == active
+    for _ in range(2):
+        state = mirror(data_dir, None, active)
+        assert state.phase is Phase.ACTIVATED and _bundle(data_dir) == [active, ca]
+    state = mirror(data_dir, None, None)
+    assert state.phase is Phase.NONE and _bundle(data_dir) == [ca] and not (tls / "retiring").exists()

@@ -66,6 +66,33 @@ class ClusterDb:
             raise StoreError(f"the shared secret {name!r} vanished while it was being stored")
         return stored
 
+    async def swap_secrets(self, lock: str, expected: Mapping[str, str | None], new: Mapping[str, str]) -> bool:
+        """Write `new` (upserts) in one transaction if every name in `expected` still holds the
+        value given (None: absent); False, writing nothing, when one changed meanwhile.
+
+        The row `lock` (which must exist) is locked first: two writers that both expect a row
+        to be absent would otherwise both insert it; behind the lock the second one re-reads."""
+        s = t.service_secrets.c
+        try:
+            async with self._engine.begin() as conn:
+                locked = await conn.execute(select(s.value).where(s.name == lock).with_for_update())
+                if locked.first() is None:
+                    raise StoreError(f"the shared secret {lock!r} is missing from the database")
+                rows = await conn.execute(select(s.name, s.value).where(s.name.in_(list(expected))))
+                found: dict[str, str | None] = {str(r[0]): str(r[1]) for r in rows.all()}
+                if any(found.get(name) != value for name, value in expected.items()):
+                    return False
+                for name, value in new.items():
+                    stmt = insert(t.service_secrets).values(name=name, value=value, updated=func.now())
+                    await conn.execute(
+                        stmt.on_conflict_do_update(
+                            index_elements=["name"], set_={"value": value, "updated": func.now()}
+                        )
+                    )
+                return True
+        except DB_ERRORS as exc:
+            raise describe_error(exc, self._engine.url) from None
+
     # -- node leases ------------------------------------------------------------------------------
 
     async def heartbeat(self, node_id: str) -> None:

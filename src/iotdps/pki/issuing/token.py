@@ -12,9 +12,10 @@ read again at the next attempt, so fixing a PIN file or plugging the token back 
 without a restart. A session that stops working (the token was removed) is closed so that the
 next attempt logs in afresh.
 
-* wrong PIN, a locked PIN, a key that is not the CA certificate's -> CA_REFUSED (someone must
-  change configuration)
-* module, token or key missing, a signing error -> CA_UNREACHABLE (may pass once it is back)
+* wrong PIN, a key that is not the CA certificate's, a URI it cannot use -> CA_REFUSED
+  (someone must change configuration)
+* no configuration, module, token or key missing, a locked PIN, a signing error ->
+  CA_UNREACHABLE (may pass once it is back)
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from iotdps.pki.cadir import check_ca_name
 from iotdps.pki.csr_policy import AcceptedCsr, IssuanceProfile
 from iotdps.pki.issuing.base import IssuanceError, IssuanceFailure, IssuedChain, check_ca_chain
 from iotdps.pki.issuing.local import LocalIssuer
-from iotdps.pki.pkcs11_uri import Pkcs11Config, Pkcs11Error, Pkcs11Uri, WrongPin
+from iotdps.pki.pkcs11_uri import KeyMismatch, Pkcs11Config, Pkcs11Error, Pkcs11Uri, WrongPin
 
 if TYPE_CHECKING:
     from iotdps.pki.pkcs11 import Pkcs11Token
@@ -109,7 +110,7 @@ class TokenIssuer:
                 raise self._refused(
                     IssuanceFailure.CA_REFUSED, f"{exc.message} (the service's IOTDPS_PKCS11_PIN or _PIN_FILE)"
                 ) from None
-            except _Mismatch as exc:
+            except (_Mismatch, KeyMismatch) as exc:
                 raise self._refused(IssuanceFailure.CA_REFUSED, exc.message) from None
             except InvalidInput as exc:
                 raise self._refused(IssuanceFailure.CA_REFUSED, exc.message) from None

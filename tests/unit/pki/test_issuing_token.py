@@ -76,6 +76,10 @@ _CHILD = textwrap.dedent(
         # Eight at once share the one session (pkcs11 serialises them), signed off the loop.
         out["concurrent"] = await asyncio.gather(*(attempt(issuer, f"dev-c{i}") for i in range(8)))
         out["same_session"] = issuer._open[0] is first
+        first.close()  # the session dies under the issuer, as when the token is unplugged
+        out["dead_session"] = await attempt(issuer, "dev-d1")
+        out["relogged"] = await attempt(issuer, "dev-d2")
+        out["new_session"] = issuer._open is not None and issuer._open[0] is not first
         await issuer.close()
         out["closed"] = issuer._open is None
         absent = TokenIssuer("tok-ca", Pkcs11Uri(token="no-such-token", object="issuing-ca"), chain, config)
@@ -114,6 +118,8 @@ def test_token_issuer_logs_in_once_and_refuses_clearly(tmp_path: Path) -> None:
     assert verdict.returncode == 0, verdict.stdout + verdict.stderr
     serials = {load_certificates(pem)[0].serial_number for pem in out["concurrent"]}
     assert len(serials) == 8 and out["same_session"] and out["closed"]
+    assert out["dead_session"]["reason"] == "CA_UNREACHABLE" and "was closed" in out["dead_session"]["message"]
+    assert load_certificates(out["relogged"])[0].subject.rfc4514_string() == "CN=dev-d2" and out["new_session"]
     assert out["no_token"]["reason"] == "CA_UNREACHABLE"
     assert "no PKCS#11 token labelled 'no-such-token'" in out["no_token"]["message"]
     assert (

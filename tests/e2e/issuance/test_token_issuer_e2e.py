@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -186,6 +187,9 @@ def test_mqtt_device_client_with_a_csr_gets_a_token_signed_certificate(dps: Runn
 def test_the_object_holds_a_uri_and_the_key_stays_in_the_token(dps: RunningServer, site: TokenCli) -> None:
     shown = site.ok("issuing-ca", "list", IOTDPS_DATA_DIR=str(dps.data_dir))
     assert "hsm-ca" in shown and "pkcs11" in shown
+    audit = dps.cli("audit", "list", "--json", "--target", "issuing-ca/hsm-ca")
+    audited = [json.loads(line) for line in audit.splitlines()]
+    assert [e["action"] for e in audited] == ["issuing-ca.create"] and audited[0]["actor"].startswith("local:")
     # Neither the database nor anything else in the data dir holds the PIN or a private key.
     for path in dps.data_dir.rglob("*"):
         if path.is_file():

@@ -4,11 +4,18 @@ Per round, on the same server and devices: `n` X.509 registrations without a CSR
 (the group's issuance policy is `optional`, so the same group serves both; a local issuing CA
 signs), and `openssl x509 -req` signing the same kind of CSRs with the same CA, one process
 per CSR (`concurrency` at a time): what a shell-script CA costs per certificate.
+
+With `--hsm` (`enable_token_issuance`), the same CA key is also imported into a fresh SoftHSM2
+token and a `pkcs11` issuing CA object names it; the group's policy is switched to it for a
+third batch, so the run prints token-signed issuance next to file-key issuance. The server logs
+in with IOTDPS_PKCS11_* from its environment, set here before `iotdps up` starts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -28,7 +35,15 @@ from iotdps.provisioning.admin import put_group
 from iotdps.secret import Secret
 from iotdps.store import open_store
 
-__all__ = ["csrs_for", "enable_issuance", "openssl_signing"]
+__all__ = [
+    "csrs_for",
+    "enable_issuance",
+    "enable_token_issuance",
+    "issued_by",
+    "openssl_signing",
+    "token_environment",
+    "use_issuer",
+]
 
 _PASS = "bench-issuing-pass"
 
@@ -60,6 +75,66 @@ async def enable_issuance(server: h.Iotdps, fleet: Fleet, work: Path) -> Issuer:
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     return ca
+
+
+_TOKEN, _PIN = "bench-issuing", "bench-issuing-pin-1"
+
+
+def token_environment(work: Path) -> None:
+    """A SoftHSM2 token for the issuing CA, and IOTDPS_PKCS11_* naming it in this process's
+    environment, which `iotdps up` inherits: call before the server starts."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from iotdps_testing.softhsm import SOFTHSM_MODULE, start_softhsm
+
+    hsm = start_softhsm(work / "softhsm")  # sets SOFTHSM2_CONF before any module loads
+    hsm.init_token(_TOKEN, user_pin=_PIN)
+    os.environ.update({"IOTDPS_PKCS11_MODULE": str(SOFTHSM_MODULE), "IOTDPS_PKCS11_PIN": _PIN})
+
+
+async def enable_token_issuance(server: h.Iotdps, ca: Issuer) -> None:
+    """`ca`'s key imported into the token (sensitive, non-extractable) as the issuing CA bench-hsm-ca."""
+    from iotdps.pki.pkcs11 import Pkcs11Token
+    from iotdps.pki.pkcs11_uri import Pkcs11Config, Pkcs11Uri
+
+    assert ca.private_key is not None
+    with Pkcs11Token.open(Pkcs11Config.from_env(), Pkcs11Uri(token=_TOKEN)) as token:
+        token.import_key(ca.private_key, label="bench-ca")
+    store = await open_store(server.dsn, create=False)
+    try:
+        body = {
+            "kind": "pkcs11",
+            "caChain": [ca.certificate.public_bytes(serialization.Encoding.PEM).decode()],
+            "pkcs11Uri": f"pkcs11:token={_TOKEN};object=bench-ca",
+        }
+        sealing = SealingKey.load_or_create(server.data_dir / SEALING_KEY_FILE)
+        await put_issuing_ca(store, sealing, "bench-hsm-ca", body, actor=Actor("local", "bench"))
+    finally:
+        await store.close()
+
+
+async def use_issuer(server: h.Iotdps, fleet: Fleet, name: str) -> None:
+    """Point the fleet's group's issuance policy at issuing CA `name`."""
+    store = await open_store(server.dsn, create=False)
+    try:
+        async with store.begin() as uow:
+            group = await uow.groups.get(fleet.group_id)
+        assert group is not None
+        policy = IssuancePolicy(name, 7, csr_requirement=CsrRequirement.OPTIONAL)
+        settings = replace(group.settings, issuance_policy=policy)
+        await put_group(store, replace(group, settings=settings), actor=Actor("local", "bench"))
+    finally:
+        await store.close()
+
+
+async def issued_by(server: h.Iotdps, registration_id: str) -> str | None:
+    """The kind of issuing CA that signed `registration_id`'s newest certificate."""
+    store = await open_store(server.dsn, create=False)
+    try:
+        async with store.read() as uow:
+            found = await uow.issued_certificates.list(registration_id, 1)
+    finally:
+        await store.close()
+    return found[0].issuer_kind if found else None
 
 
 def csrs_for(registration_ids: list[str]) -> list[str]:
@@ -94,5 +169,3 @@ async def openssl_signing(work: Path, csrs: list[str], concurrency: int) -> tupl
     start = time.perf_counter()
     await asyncio.gather(*(one(i, p) for i, p in enumerate(paths)))
     return signed, time.perf_counter() - start
-
-

@@ -2,9 +2,10 @@
 
     python bench/registrations.py [-n 600] [--rounds 3] [--concurrency 20]
                                   [--attestation x509|symmetric-key] [--store sqlite|postgres]
-    python bench/registrations.py --csr [-n 300] [--rounds 3]     (certificate issuance, issue 18)
+    python bench/registrations.py --csr [-n 300] [--rounds 3] [--hsm]   (certificate issuance, issue 18)
 
-With `--csr` it measures issuance instead of the nginx comparison: see bench/issuance.py.
+With `--csr` it measures issuance instead of the nginx comparison: see bench/issuance.py; `--hsm`
+adds issuance by the same CA with its key in a SoftHSM2 token (issue 20).
 
 In one run, on the same certificates and the same cores:
 1. `iotdps up` (one process, one event loop; SQLite in its data dir, or a fresh PostgreSQL
@@ -160,6 +161,7 @@ def main() -> None:
     ap.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite")
     ap.add_argument("--clients", type=int, default=1, help="load-generator processes (default 1)")
     ap.add_argument("--csr", action="store_true", help="registrations with certificate issuance (bench/issuance.py)")
+    ap.add_argument("--hsm", action="store_true", help="with --csr: also issue with the CA key in a SoftHSM2 token")
     args = ap.parse_args()
     if args.csr:
         main_csr(args)
@@ -319,12 +321,17 @@ def main_csr(args: argparse.Namespace) -> None:
         f"concurrency {args.concurrency}, {rounds} round(s) of {n}, {time.strftime('%Y-%m-%d %H:%M')}",
         flush=True,
     )
+    batches = 3 if args.hsm else 2
     with h.temp_dir("iotdps-bench-csr-") as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
+        if args.hsm:
+            issuance.token_environment(work)  # before `iotdps up`, which inherits it
         dsn = stack.enter_context(h.postgres_database()) if args.store == "postgres" else None
         server = stack.enter_context(h.iotdps_up(work, dsn=dsn))
-        scope, fleet = asyncio.run(prepare(server, "x509", 2 * n * rounds, work))
-        asyncio.run(issuance.enable_issuance(server, fleet, work))
+        scope, fleet = asyncio.run(prepare(server, "x509", batches * n * rounds, work))
+        ca = asyncio.run(issuance.enable_issuance(server, fleet, work))
+        if args.hsm:
+            asyncio.run(issuance.enable_token_issuance(server, ca))
         devices = fleet.devices
         warm = list(devices[:WARMUP])
         asyncio.run(
@@ -334,7 +341,7 @@ def main_csr(args: argparse.Namespace) -> None:
             )
         )  # fmt: skip
         for r in range(rounds):
-            base = WARMUP + 2 * r * n
+            base = WARMUP + batches * r * n
             plain, issuing = list(devices[base : base + n]), list(devices[base + n : base + 2 * n])
             csrs = issuance.csrs_for([d.registration_id for d in issuing])
             cpu0 = h.cpu_seconds(server.process.pid)
@@ -361,6 +368,34 @@ def main_csr(args: argparse.Namespace) -> None:
                 f" {with_csr.rate / (signed / seconds) if signed else 0:.1f}x openssl's signing rate",
                 flush=True,
             )
+            if args.hsm:
+                _token_round(args, server, scope, fleet, devices[base + 2 * n : base + 3 * n], with_csr, r)
+
+
+def _token_round(
+    args: argparse.Namespace, server: h.Iotdps, scope: str, fleet: Fleet, part: list[Any], file_key: PhaseStats, r: int
+) -> None:
+    """`part` registers with CSRs while the group's policy names the token-held twin of the CA."""
+    import issuance
+
+    asyncio.run(issuance.use_issuer(server, fleet, "bench-hsm-ca"))
+    try:
+        csrs = issuance.csrs_for([d.registration_id for d in part])
+        cpu0 = h.cpu_seconds(server.process.pid)
+        stats, client_cpu = _timed(
+            lambda devices: asyncio.run(
+                register_fleet(server.address, 8883, scope, devices, concurrency=args.concurrency, csrs=csrs)
+            )[0],
+            part,
+        )
+        cpu1 = h.cpu_seconds(server.process.pid)
+    finally:
+        asyncio.run(issuance.use_issuer(server, fleet, "bench-ca"))
+    kind = asyncio.run(issuance.issued_by(server, part[-1].registration_id))
+    assert kind == "pkcs11", f"the last device's certificate came from a {kind} issuing CA, not the token's"
+    print(line(f"{r + 1} +csr hsm", stats, cpu1 - cpu0, client_cpu, "token issuance"))
+    ratio = 100 * stats.rate / file_key.rate if file_key.rate else 0
+    print(f"{r + 1} ratio  token-held CA issuance {ratio:.0f}% of the file-key CA's rate", flush=True)
 
 
 if __name__ == "__main__":

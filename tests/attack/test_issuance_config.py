@@ -152,6 +152,37 @@ def test_issuing_cas_keep_their_secrets(server: ManagementServer, tmp_path: Path
     assert "correct horse" not in text and "sealedSecret" in text
 
 
+def test_token_issuing_ca_refuses_pins_modules_and_unusable_uris(
+    server: ManagementServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pkcs11 issuing CA names its key only: a URI that smuggles a PIN or a module, names no
+    private key, or rides along with a key or passphrase is a 400 that never echoes the PIN;
+    without the service's IOTDPS_PKCS11_MODULE nothing is stored. (The token itself is
+    exercised by tests/e2e/issuance/test_token_issuer_e2e.py, in a process of its own.)"""
+    for name in ("IOTDPS_PKCS11_MODULE", "IOTDPS_PKCS11_PIN", "IOTDPS_PKCS11_PIN_FILE", "IOTDPS_PKCS11_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    api = Api(server)
+    root = _root("Token API Root")
+    good = {"kind": "pkcs11", "caChain": [_pem(root)], "pkcs11Uri": "pkcs11:token=ca;object=issuing"}
+    for bad, words in (
+        ({**good, "pkcs11Uri": "pkcs11:token=ca;object=issuing?pin-value=S3cretPin"}, "carries pin-value"),
+        ({**good, "pkcs11Uri": "pkcs11:token=ca;object=issuing?module-path=/tmp/evil.so"}, "carries module-path"),
+        ({**good, "pkcs11Uri": "pkcs11:token=ca;object=issuing?pin-source=/etc/shadow"}, "carries pin-source"),
+        ({**good, "pkcs11Uri": "pkcs11:token=ca;object=issuing;type=cert"}, "type=private"),
+        ({**good, "pkcs11Uri": "pkcs11:token=ca"}, "must name the key"),
+        ({**good, "pkcs11Uri": "https://ca.example/key"}, "starts with 'pkcs11:'"),
+        ({**good, "pkcs11Uri": 7}, "needs pkcs11Uri"),
+        ({k: v for k, v in good.items() if k != "pkcs11Uri"}, "needs pkcs11Uri"),
+        ({**good, "passphrase": "correct horse"}, "no field(s) 'passphrase'"),
+        ({**good, "key": "-----BEGIN ENCRYPTED PRIVATE KEY-----"}, "no field(s) 'key'"),
+        (good, "set IOTDPS_PKCS11_MODULE"),  # the service has no token configured
+    ):
+        refused = api("PUT", "/certificateAuthorities/token-ca", bad)
+        assert refused.status_code == 400 and words in refused.json()["message"], (bad, refused.text)
+        assert "S3cretPin" not in refused.text
+    assert api("GET", "/certificateAuthorities/token-ca").status_code == 404
+
+
 def test_enrollment_group_carries_issuance_policy_and_bundle(server: ManagementServer) -> None:
     api = Api(server)
     group = {

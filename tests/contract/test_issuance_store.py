@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from iotdps.errors import AlreadyExists, NotFound, PreconditionFailed
+from iotdps.errors import AlreadyExists, InvalidInput, NotFound, PreconditionFailed
 from iotdps.issuance.models import IssuedCertificate, IssuingCa
 from iotdps.issuance.sealing import SealingKey
 from iotdps.pki import Issuer, Validity, create_root_ca, generate_private_key
@@ -78,6 +78,25 @@ async def test_issuing_ca_round_trip_keeps_the_secret_sealed(store: Store, roots
     with pytest.raises(NotFound):
         async with store.begin() as uow:
             await uow.issuing_cas.delete("cfssl-ca")
+
+
+async def test_token_issuing_ca_round_trip_holds_a_uri_and_nothing_secret(store: Store, roots: list[Issuer]) -> None:
+    uri = "pkcs11:token=issuing;object=line-ca;id=%E1%02;type=private"
+    ca = IssuingCa("token-ca", "pkcs11", (roots[0].certificate,), "", pkcs11_uri=uri)
+    async with store.begin() as uow:
+        written = await uow.issuing_cas.put(ca)
+    async with store.read() as uow:
+        got = await uow.issuing_cas.get("token-ca")
+    assert got is not None and got.kind == "pkcs11" and got.pkcs11_uri == uri and got.etag == written.etag
+    assert got.ca_chain == (roots[0].certificate,) and got.sealed_secret == "" and got.key_pem is None
+    shown = got.to_json()
+    assert shown["pkcs11Uri"] == uri and "passphrase" not in shown and "authKey" not in shown
+    stored = got.to_doc()
+    assert stored["pkcs11Uri"] == uri and "keyPem" not in stored and stored["sealedSecret"] == ""
+    with pytest.raises(InvalidInput, match="no key or secret"):
+        IssuingCa("token-ca", "pkcs11", (roots[0].certificate,), "v1.sealed", pkcs11_uri=uri)
+    async with store.begin() as uow:
+        await uow.issuing_cas.delete("token-ca")
 
 
 async def test_trust_bundle_versions_etags_and_case_insensitive_ids(store: Store, roots: list[Issuer]) -> None:

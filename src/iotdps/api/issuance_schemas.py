@@ -37,12 +37,16 @@ ISSUANCE_COMPONENTS: dict[str, Any] = {
         "required": ["name", "kind", "caChain"],
         "properties": {
             "name": _STR,
-            "kind": {"type": "string", "enum": ["local", "cfssl"]},
+            "kind": {"type": "string", "enum": ["local", "cfssl", "pkcs11"]},
             "caChain": _PEMS,
             "url": _STR,
             "profile": _STR,
             "tlsCa": _PEMS,
             "timeoutSeconds": {"type": "number"},
+            "pkcs11Uri": {
+                "type": "string",
+                "description": "pkcs11: the RFC 7512 URI of the CA's key in the service's token (no module, no PIN)",
+            },
             "etag": _STR,
             "createdDateTimeUtc": _STR,
             "lastUpdatedDateTimeUtc": _STR,
@@ -52,7 +56,7 @@ ISSUANCE_COMPONENTS: dict[str, Any] = {
         "type": "object",
         "required": ["kind", "caChain"],
         "properties": {
-            "kind": {"type": "string", "enum": ["local", "cfssl"]},
+            "kind": {"type": "string", "enum": ["local", "cfssl", "pkcs11"]},
             "caChain": _PEMS,
             "key": {"type": "string", "description": "local: the CA's encrypted PKCS#8 PEM key", "writeOnly": True},
             "passphrase": {"type": "string", "description": "local: the key's passphrase", "writeOnly": True},
@@ -61,6 +65,12 @@ ISSUANCE_COMPONENTS: dict[str, Any] = {
             "authKey": {"type": "string", "description": "cfssl: the profile's hex auth key", "writeOnly": True},
             "tlsCa": _PEMS,
             "timeoutSeconds": {"type": "number", "exclusiveMinimum": 0, "maximum": 300},
+            "pkcs11Uri": {
+                "type": "string",
+                "description": "pkcs11: the RFC 7512 URI of the CA's key (pkcs11:token=...;object=...); the"
+                " service logs in with its IOTDPS_PKCS11_MODULE and PIN and checks the key is caChain[0]'s."
+                " A URI carrying pin-value, pin-source, module-path or module-name is refused",
+            },
         },
     },
     "IssuedCertificate": {

@@ -7,7 +7,8 @@ CA key's passphrase) go in, never come out: locally they are sealed with the dat
 
     iotdps trust-bundle set ID --cert FILE [--cert FILE ...]   create, or make the next version
     iotdps trust-bundle list | show ID | delete ID
-    iotdps issuing-ca add-local NAME --ca CA [--ca-dir DIR]    a CA of the CA toolkit
+    iotdps issuing-ca add-local NAME --ca CA [--ca-dir DIR]    a CA of the CA toolkit (key file or token)
+    iotdps issuing-ca add-pkcs11 NAME --pkcs11-uri URI (--ca CA | --ca-chain FILE)   a CA key in a token
     iotdps issuing-ca add-cfssl NAME --url URL --profile P --auth-key-file F --ca-chain FILE
     iotdps issuing-ca list | delete NAME
     iotdps certificate list [--registration-id ID] [--limit N]
@@ -16,7 +17,7 @@ CA key's passphrase) go in, never come out: locally they are sealed with the dat
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -25,11 +26,14 @@ from rich.console import Console
 from rich.table import Table
 
 from iotdps.cli.actor import local_actor
+from iotdps.cli.pki_common import PKCS11_HELP
 from iotdps.cli.target import run_client, target_options, target_params
 from iotdps.errors import InvalidInput, NotFound
 from iotdps.ports import Store
 
 if TYPE_CHECKING:
+    from cryptography import x509
+
     from iotdps.cli.client import AdminClient
 
 __all__ = ["register"]
@@ -209,14 +213,20 @@ def issuing_ca_group() -> None:
 @click.option("--passphrase", envvar=_ENV_PASSPHRASE, show_envvar=True, default=None, help="The CA key's passphrase.")
 @target_options
 def ca_add_local(name: str, ca_name: str, ca_dir: Path | None, passphrase: str | None) -> None:
-    """Make CA_NAME of the CA toolkit the issuing CA NAME. Its key is stored as the toolkit keeps
-    it (encrypted); the passphrase is sealed."""
+    """Make CA_NAME of the CA toolkit the issuing CA NAME. A key file is stored as the toolkit
+    keeps it (encrypted) and the passphrase sealed; a key in a PKCS#11 token (the CA directory
+    entry's URI) stays there, and only its URI is stored (kind pkcs11)."""
     from iotdps.cli.pki_cmds import default_ca_dir
     from iotdps.pki.cadir import CaDirectory
     from iotdps.pki.encoding import certs_to_pem
 
     cadir = CaDirectory(ca_dir or default_ca_dir())
     chain = cadir.chain(ca_name)
+    key_uri = cadir.get(ca_name).key_uri
+    if key_uri:
+        doc = _put_token_ca(name, key_uri, chain)
+        click.echo(f"issuing CA {doc['name']} (pkcs11, CA {ca_name}, key {doc['pkcs11Uri']}) saved")
+        return
     key_pem = cadir.encrypted_key(ca_name).decode("ascii")
     if passphrase is None:
         passphrase = click.prompt(f"Passphrase of CA {ca_name!r}", hide_input=True, err=True)
@@ -228,6 +238,46 @@ def ca_add_local(name: str, ca_name: str, ca_dir: Path | None, passphrase: str |
     }
     doc = _put_ca(name, body)
     click.echo(f"issuing CA {doc['name']} (local, CA {ca_name}) saved")
+
+
+def _put_token_ca(name: str, key_uri: str, chain: Sequence[x509.Certificate]) -> dict[str, Any]:
+    """A pkcs11 issuing CA: whoever stores it (this process locally, the server with --server)
+    logs in with its own IOTDPS_PKCS11_* settings to check the key is the CA certificate's."""
+    from iotdps.pki.encoding import certs_to_pem
+
+    body = {"kind": "pkcs11", "caChain": [certs_to_pem([c]).decode("ascii") for c in chain], "pkcs11Uri": key_uri}
+    return _put_ca(name, body)
+
+
+@issuing_ca_group.command("add-pkcs11")
+@click.argument("name")
+@click.option("--pkcs11-uri", "pkcs11_uri", required=True, help=f"The CA's key in a token {PKCS11_HELP}")
+@click.option("--ca", "ca_name", default=None, help="The CA toolkit's CA whose key it is (its chain from --ca-dir).")
+@click.option("--ca-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="CA directory.")
+@click.option(
+    "--ca-chain", type=click.Path(path_type=Path, dir_okay=False), default=None, help="The CA's certificate, to root."
+)
+@target_options
+def ca_add_pkcs11(name: str, pkcs11_uri: str, ca_name: str | None, ca_dir: Path | None, ca_chain: Path | None) -> None:
+    """The CA whose key --pkcs11-uri names in a PKCS#11 token as the issuing CA NAME. Its chain
+    comes from the CA directory (--ca) or a file (--ca-chain, the CA first, ending at the root).
+    The service signs through the token with its own IOTDPS_PKCS11_MODULE and PIN."""
+    from iotdps.pki.custody import token_key_uri
+    from iotdps.pki.encoding import load_certificates
+
+    token_key_uri(pkcs11_uri)  # a URI with a PIN or a module is refused before anything is sent
+    if (ca_name is None) == (ca_chain is None):
+        raise InvalidInput("give one of --ca (a CA of the CA directory) and --ca-chain (a PEM file)")
+    if ca_name is not None:
+        from iotdps.cli.pki_cmds import default_ca_dir
+        from iotdps.pki.cadir import CaDirectory
+
+        chain: Sequence[x509.Certificate] = CaDirectory(ca_dir or default_ca_dir()).chain(ca_name)
+    else:
+        assert ca_chain is not None
+        chain = load_certificates(_read(ca_chain))
+    doc = _put_token_ca(name, pkcs11_uri, chain)
+    click.echo(f"issuing CA {doc['name']} (pkcs11, key {doc['pkcs11Uri']}) saved")
 
 
 @issuing_ca_group.command("add-cfssl")
@@ -271,10 +321,15 @@ def ca_list() -> None:
     from iotdps.pki.encoding import load_certificate
 
     rows = [
-        [d["name"], d["kind"], load_certificate(d["caChain"][0]).subject.rfc4514_string(), d.get("url")]
+        [
+            d["name"],
+            d["kind"],
+            load_certificate(d["caChain"][0]).subject.rfc4514_string(),
+            d.get("url") or d.get("pkcs11Uri"),
+        ]
         for d in _run(remote, local)
     ]
-    _table("Issuing CAs", ["name", "kind", "CA", "url"], rows)
+    _table("Issuing CAs", ["name", "kind", "CA", "url / key"], rows)
 
 
 @issuing_ca_group.command("delete")

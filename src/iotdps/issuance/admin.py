@@ -4,6 +4,7 @@ the same transaction, naming the `actor` the edge passed down."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -47,7 +48,8 @@ async def put_issuing_ca(
     """Create or replace an issuing CA object from its request document (issuance.issuers)."""
     async with store.read() as uow:
         before = await uow.issuing_cas.get(name)
-    ca = issuing_ca_from_request(name, doc, sealing, before)
+    # Off the event loop: a local key's scrypt, or a login to a PKCS#11 token, blocks.
+    ca = await asyncio.to_thread(issuing_ca_from_request, name, doc, sealing, before)
     async with store.begin() as uow:
         current = await uow.issuing_cas.get(name)
         saved = await uow.issuing_cas.put(ca, if_match)

@@ -2,11 +2,14 @@
 
 `issuing_ca_from_request` validates a create/update body completely before anything is stored
 (a local CA's passphrase must open its key and the key must be the CA certificate's; a CFSSL
-URL, profile and auth key must be usable), then seals the secret. An update that leaves the
-secret out keeps the stored one (it is write-only: nobody can read it back to resend it).
+URL, profile and auth key must be usable; a pkcs11 CA's token key must be the CA certificate's,
+checked by logging in with this process's IOTDPS_PKCS11_* configuration), then seals the
+secret. An update that leaves the secret out keeps the stored one (it is write-only: nobody
+can read it back to resend it).
 
 `IssuerCache` builds an issuer once per stored version of its object (decrypting a scrypt-
-protected key takes a noticeable fraction of a second) and closes replaced CFSSL sessions.
+protected key takes a noticeable fraction of a second) and closes replaced CFSSL sessions and
+token logins.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from iotdps.pki.issuer import Issuer
 from iotdps.pki.issuing.base import CertificateIssuer, check_ca_chain
 from iotdps.pki.issuing.cfssl import CfsslIssuer
 from iotdps.pki.issuing.local import LocalIssuer
+from iotdps.pki.issuing.token import TokenIssuer
 from iotdps.pki.keys import load_private_key
 from iotdps.secret import Secret
 
@@ -30,6 +34,7 @@ __all__ = ["IssuerCache", "build_issuer", "issuing_ca_from_request"]
 _FIELDS = {
     "local": {"name", "kind", "caChain", "key", "passphrase", "etag"},
     "cfssl": {"name", "kind", "caChain", "url", "profile", "authKey", "tlsCa", "timeoutSeconds", "etag"},
+    "pkcs11": {"name", "kind", "caChain", "pkcs11Uri", "etag"},
 }
 # Read-only fields of our own answers, accepted (and ignored) so a GET document can be PUT back.
 _ECHOED = {"createdDateTimeUtc", "lastUpdatedDateTimeUtc"}
@@ -64,8 +69,32 @@ def _cfssl_issuer(ca: IssuingCa, auth_key: Secret[str]) -> CfsslIssuer:
     )
 
 
+def _token_issuer(ca: IssuingCa) -> TokenIssuer:
+    from iotdps.pki.custody import token_key_uri
+
+    assert ca.pkcs11_uri is not None
+    return TokenIssuer(ca.name, token_key_uri(ca.pkcs11_uri), ca.ca_chain)
+
+
+def _checked_token_uri(name: str, doc: Mapping[str, Any], chain: tuple[Any, ...]) -> str:
+    """The key's full URI, once the token showed it holds the CA certificate's key."""
+    from iotdps.pki.custody import token_key_uri
+
+    text = doc.get("pkcs11Uri")
+    if not isinstance(text, str) or not text:
+        raise InvalidInput("a pkcs11 issuing CA needs pkcs11Uri (the RFC 7512 URI of the CA's key)")
+    issuer = TokenIssuer(name, token_key_uri(text), chain)
+    try:
+        return str(issuer.check())
+    except PkiError as exc:  # wrong PIN, no token, no key, not the CA certificate's key
+        raise InvalidInput(f"issuing CA {name!r}: {exc.message}") from None
+
+
 def build_issuer(ca: IssuingCa, sealing: SealingKey) -> CertificateIssuer:
-    """A working issuer for a stored object (ConfigError when its secret does not open)."""
+    """A working issuer for a stored object (ConfigError when its secret does not open). A
+    pkcs11 CA logs in to its token at its first issuance, not here."""
+    if ca.kind == "pkcs11":
+        return _token_issuer(ca)
     secret = sealing.open(ca.sealed_secret, ca.name)
     if ca.kind == "local":
         return _local_issuer(ca, secret)
@@ -101,6 +130,8 @@ def issuing_ca_from_request(
         check_ca_chain(chain, f"issuing CA {name!r}")
     except PkiError as exc:
         raise InvalidInput(exc.message) from None
+    if kind == "pkcs11":
+        return IssuingCa(name, "pkcs11", chain, "", pkcs11_uri=_checked_token_uri(name, doc, chain))
     if kind == "local":
         key_pem = doc.get("key")
         if key_pem is None and before is not None and before.kind == "local":
@@ -151,7 +182,7 @@ class IssuerCache:
             found = self._built.get(ca.name)
             if found is not None and found[0] == ca.etag:
                 return found[1]
-            # Key decryption (scrypt) is CPU work: off the event loop.
+            # Key decryption (scrypt) is CPU work: off the event loop. (A token logs in later.)
             built = await asyncio.to_thread(build_issuer, ca, self._sealing)
             self._built[ca.name] = (ca.etag, built)
         if found is not None:

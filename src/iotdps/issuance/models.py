@@ -1,7 +1,7 @@
 """Issuing CA objects and issued-certificate records.
 
 An issuing CA object is what an enrollment's `clientCertificateIssuancePolicy` names
-(`certificateAuthorityName`). Two kinds today, one seam (`pki.issuing.base.CertificateIssuer`):
+(`certificateAuthorityName`). Three kinds today, one seam (`pki.issuing.base.CertificateIssuer`):
 
 * `local`: a CA made with the CA toolkit. The object holds the CA's certificate chain (CA
   first, ending at the root) and its private key exactly as the toolkit stored it (PKCS#8,
@@ -9,6 +9,9 @@ An issuing CA object is what an enrollment's `clientCertificateIssuancePolicy` n
   node of a fleet that shares the database and the sealing key can issue.
 * `cfssl`: a CFSSL server's authsign endpoint: URL, signing profile, auth key (sealed), the
   chain above the leaves it returns, optional trust anchors for its TLS, a timeout.
+* `pkcs11`: a CA whose key is in a PKCS#11 token. The object holds the CA's chain and the
+  RFC 7512 URI of the key, nothing secret: the token's module and PIN are the service's
+  (IOTDPS_PKCS11_*, read when it logs in), so the database never holds what signs.
 
 Management documents never carry the secret or the key (`to_json`); the store's document does,
 sealed (`to_doc`).
@@ -34,8 +37,8 @@ from iotdps.timestamps import format_time, parse_time
 
 __all__ = ["ISSUER_KINDS", "IssuedCertificate", "IssuerKind", "IssuingCa", "certificates_from_pem_list"]
 
-IssuerKind = Literal["local", "cfssl"]
-ISSUER_KINDS: tuple[IssuerKind, ...] = ("local", "cfssl")
+IssuerKind = Literal["local", "cfssl", "pkcs11"]
+ISSUER_KINDS: tuple[IssuerKind, ...] = ("local", "cfssl", "pkcs11")
 _MAX_CHAIN = 8
 
 
@@ -71,12 +74,13 @@ class IssuingCa:
     name: str
     kind: IssuerKind
     ca_chain: tuple[x509.Certificate, ...]
-    sealed_secret: str  # local: the key's passphrase; cfssl: the hex auth key (sealing.SealingKey)
+    sealed_secret: str  # local: the key's passphrase; cfssl: the hex auth key (sealing.SealingKey); pkcs11: ""
     key_pem: str | None = None  # local only: the encrypted PKCS#8 key, as the CA toolkit wrote it
     url: str | None = None  # cfssl only
     profile: str | None = None  # cfssl only
     tls_ca: tuple[x509.Certificate, ...] = field(default=())  # cfssl only; empty: the system's anchors
     timeout_seconds: float = 10.0
+    pkcs11_uri: str | None = None  # pkcs11 only: the key's RFC 7512 URI (no module, no PIN)
     etag: str | None = None
     created: datetime | None = None
     updated: datetime | None = None
@@ -91,6 +95,8 @@ class IssuingCa:
             raise InvalidInput("a local issuing CA needs the CA's encrypted key")
         if self.kind == "cfssl" and (not self.url or not self.profile):
             raise InvalidInput("a cfssl issuing CA needs url and profile")
+        if self.kind == "pkcs11" and (not self.pkcs11_uri or self.key_pem or self.sealed_secret):
+            raise InvalidInput("a pkcs11 issuing CA holds its key's PKCS#11 URI and no key or secret")
 
     def to_json(self) -> dict[str, Any]:
         """The management API's document: no key, no secret (only that one is set)."""
@@ -109,6 +115,8 @@ class IssuingCa:
                     "authKey": "(set, write-only)",
                 }
             )
+        elif self.kind == "pkcs11":
+            doc["pkcs11Uri"] = self.pkcs11_uri  # names the key; the module and PIN are the service's
         else:
             doc["passphrase"] = "(set, write-only)"  # noqa: S105 - a marker, not a secret
         doc.update(stamps(self.etag, self.created, self.updated))
@@ -127,6 +135,7 @@ class IssuingCa:
                 "profile": self.profile,
                 "tlsCa": _pems(self.tls_ca),
                 "timeoutSeconds": self.timeout_seconds,
+                "pkcs11Uri": self.pkcs11_uri,
             }
         )
 
@@ -138,12 +147,13 @@ class IssuingCa:
             name=str(doc["name"]),
             kind=cast(IssuerKind, doc["kind"]),
             ca_chain=certificates_from_pem_list(doc["caChain"], "caChain"),
-            sealed_secret=str(doc["sealedSecret"]),
+            sealed_secret=str(doc.get("sealedSecret", "")),
             key_pem=doc.get("keyPem"),
             url=doc.get("url"),
             profile=doc.get("profile"),
             tls_ca=certificates_from_pem_list(doc.get("tlsCa", []), "tlsCa"),
             timeout_seconds=float(doc.get("timeoutSeconds", 10.0)),
+            pkcs11_uri=doc.get("pkcs11Uri"),
             etag=etag,
             created=created,
             updated=updated,

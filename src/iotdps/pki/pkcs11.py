@@ -46,6 +46,7 @@ from iotdps.pki.keys import KeySpec, PrivateKey, public_keys_match
 from iotdps.pki.pkcs11_uri import (
     ENV_MODULE,
     ENV_TOKEN,
+    KeyMismatch,
     KeyNotFound,
     ModuleNotFound,
     Pkcs11Config,
@@ -396,7 +397,7 @@ class Pkcs11Token:
         what = f"key {label!r} {where}"
         in_token = self._public_from_object(publics[0], what) if len(publics) == 1 else None
         if in_token is not None and public_key is not None and not public_keys_match(in_token, public_key):
-            raise Pkcs11Error(f"{what} does not match the expected public key (the CA certificate's)")
+            raise KeyMismatch(f"{what} does not match the expected public key (the CA certificate's)")
         chosen = in_token or public_key
         if chosen is None:
             raise Pkcs11Error(f"{what} has no public key object; give the CA certificate to find its public key")

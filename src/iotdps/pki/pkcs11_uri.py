@@ -29,6 +29,7 @@ __all__ = [
     "ENV_PIN",
     "ENV_PIN_FILE",
     "ENV_TOKEN",
+    "KeyMismatch",
     "KeyNotFound",
     "ModuleNotFound",
     "ObjectType",
@@ -60,6 +61,10 @@ class TokenNotFound(Pkcs11Error):
 
 class KeyNotFound(Pkcs11Error):
     pass
+
+
+class KeyMismatch(Pkcs11Error):
+    """The token's key is not the one expected (a CA certificate's): configuration, not an outage."""
 
 
 class WrongPin(Pkcs11Error, BadPassphrase):

@@ -108,6 +108,8 @@ def _check_x509(device: DeviceIdentity, peer: PeerIdentity | None) -> str | None
     if auth.type == "selfSigned":
         if prints & {tp.upper() for tp in auth.own_thumbprints}:
             return None
+        if auth.issued_only:
+            return "the certificate's thumbprint is not the one issued to this device"
         return "the certificate's thumbprint is not registered for this device"
     if auth.type == "certificateAuthority":
         # No thumbprint names the device here: only the CN ties the chain to this identity.

@@ -151,6 +151,9 @@ def test_issuance_policy_options_create_and_amend(run) -> None:  # type: ignore[
     run("group", "update", "fleet", "--no-keep-existing-credential", "--csr", "optional")
     amended = policy("group", "show", "fleet")
     assert amended["keepExistingCredential"] is False and amended["csrRequirement"] == "optional"
+    # Each change is in the audit trail, through the usual write path.
+    entries = [json.loads(line) for line in run("audit", "list", "--target", "group/fleet", "--json").splitlines()]
+    assert [e["action"] for e in entries] == ["group.create", "group.update", "group.update"]
     run("enrollment", "create", "dev-1", "--symmetric-key", "--issuing-ca", "factory-ca", "--keep-existing-credential")
     assert policy("enrollment", "show", "dev-1")["keepExistingCredential"] is True
     # Without a policy to amend, the option needs --issuing-ca: a usage error, nothing written.

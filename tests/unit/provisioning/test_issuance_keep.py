@@ -22,9 +22,12 @@ from issuekit import IssuingWorld, issuing_world
 from iotdps.hub.devices import DeviceAuth, DeviceIdentity
 from iotdps.pki.csr_policy import IssuancePolicy
 from iotdps.pki.encoding import sha1_thumbprint, sha256_thumbprint
+from iotdps.pki.issuing.base import IssuedChain
+from iotdps.provisioning.issuance import hub_auth
 from iotdps.provisioning.record_view import IssuedSummary, registration_view
 from iotdps.provisioning.registration import RegistrationOutcome
 from iotdps.sas import derive_device_key
+from iotdps.secret import Secret
 from iotdps.store import open_store
 from iotdps.timestamps import format_time
 from iotdps_testing.issuance import csr_b64, make_csr
@@ -135,3 +138,17 @@ async def test_the_registration_view_shows_the_certificate_and_the_bundle(world:
     # The device's own answer stays the Azure shape: none of the operator's fields.
     state = outcome.operation_json()["registrationState"]
     assert "issuedCertificate" not in state and "trustBundleId" not in state
+
+
+def test_hub_auth_keeps_a_tpm_devices_hub_key_only_when_kept() -> None:
+    """A TPM device's hub identity is a SAS key the service made for it (attestation.tpm); the
+    policy keeps it like any other credential. (A TPM registration with a CSR is not wired to
+    a device client yet, so this is the function the pipeline calls, on its own.)"""
+    root = issue("root", ca=True)
+    leaf = issue("tpm-dev-1", root)
+    chain = IssuedChain(leaf.cert, (), root.cert, "factory-ca")
+    hub_key = DeviceAuth("sas", Secret(KEY1), Secret(KEY2))
+    kept = hub_auth(chain, hub_key, keep=True)
+    assert (kept.type, kept.primary_key, kept.secondary_key) == ("sas", hub_key.primary_key, hub_key.secondary_key)
+    assert kept.issued_thumbprints == (leaf.sha256, sha1_thumbprint(leaf.cert))
+    assert hub_auth(chain, hub_key, keep=False) == DeviceAuth("selfSigned", issued_thumbprints=kept.issued_thumbprints)

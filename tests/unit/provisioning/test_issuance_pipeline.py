@@ -137,4 +137,5 @@ async def test_explain_names_the_issuance_policy_and_bundle(world: IssuingWorld)
     lines = await explain_registration(world.env.service, "dev-1", SasCredential(Secret(token)))
     text = "\n".join(lines)
     assert "certificate issuance: local issuing CA 'factory-ca', 7 days, CSR required" in text
+    assert "hub credential: the issued certificate only" in text  # keepExistingCredential is off
     assert "trust bundle: fleet-roots" in text

@@ -54,7 +54,8 @@ class DeviceAuth:
     @property
     def issued_only(self) -> bool:
         """True when the issued certificate is the only credential (nothing else was kept)."""
-        return bool(self.issued_thumbprints) and self.primary_key is None and not self.own_thumbprints
+        keys = self.primary_key is not None or self.secondary_key is not None
+        return bool(self.issued_thumbprints) and not keys and not self.own_thumbprints
 
     @property
     def own_thumbprints(self) -> tuple[str, ...]:

@@ -95,7 +95,13 @@ _SETTINGS_FIELDS: dict[str, Any] = {
                 "items": {"type": "string", "enum": ["ecP256", "ecP384", "rsa2048", "rsa3072", "rsa4096"]},
             },
             "csrRequirement": {"type": "string", "enum": ["required", "optional"]},
-            "keepExistingCredential": {"type": "boolean", "default": False},
+            "keepExistingCredential": {
+                "type": "boolean",
+                "default": False,
+                "description": "iotdps: after issuance the device's own credential (symmetric key, attestation "
+                "certificate, TPM hub key) keeps opening the hub beside the issued certificate; false: the issued "
+                "certificate alone. Read at each registration that issues.",
+            },
         },
     },
     "trustBundleId": _STR_OR_NULL,

@@ -199,16 +199,33 @@ def test_enrollment_group_carries_issuance_policy_and_bundle(server: ManagementS
         "validityInDays": 7,
         "acceptedKeyTypes": ["ecP256", "ecP384", "rsa2048", "rsa3072", "rsa4096"],
         "csrRequirement": "required",
+        "keepExistingCredential": False,  # the secure default: after issuance, the certificate alone
     }
+    kept = {**group["clientCertificateIssuancePolicy"], "keepExistingCredential": True}
+    turned_on = api("PUT", "/enrollmentGroups/issuing-group", {**group, "clientCertificateIssuancePolicy": kept})
+    assert (
+        turned_on.status_code == 200 and turned_on.json()["clientCertificateIssuancePolicy"]["keepExistingCredential"]
+    )
     for field, value, words in (
         ("clientCertificateIssuancePolicy", {"certificateAuthorityName": "x", "validityInDays": 0}, "between"),
         ("clientCertificateIssuancePolicy", {"certificateAuthorityName": "x", "acceptedKeyTypes": ["dsa"]}, "dsa"),
         ("clientCertificateIssuancePolicy", {"certificateAuthorityName": "x", "csrRequirement": "maybe"}, "required"),
         ("clientCertificateIssuancePolicy", {"certificateAuthorityName": "x", "other": 1}, "unknown field"),
+        # Only a JSON boolean turns the old credential on: not a string, a number or null.
+        (
+            "clientCertificateIssuancePolicy",
+            {"certificateAuthorityName": "x", "keepExistingCredential": "true"},
+            "true",
+        ),
+        ("clientCertificateIssuancePolicy", {"certificateAuthorityName": "x", "keepExistingCredential": 1}, "true"),
+        ("clientCertificateIssuancePolicy", {"certificateAuthorityName": "x", "keepExistingCredential": None}, "true"),
         ("trustBundleId", "-bad-", "trust bundle id"),
     ):
         refused = api("PUT", "/enrollmentGroups/issuing-group", {**group, field: value})
         assert refused.status_code == 400 and words in refused.json()["message"], (field, refused.text)
+    # None of the refused documents changed the stored policy.
+    stored = api("GET", "/enrollmentGroups/issuing-group").json()["clientCertificateIssuancePolicy"]
+    assert stored["keepExistingCredential"] is True
 
 
 def test_issued_certificate_list_validates_its_query(server: ManagementServer) -> None:

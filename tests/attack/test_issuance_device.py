@@ -3,27 +3,36 @@ real `iotdps up`, over HTTPS and over MQTT with a raw client: wrong types, overs
 keys, names it may not have, CA rights, a CSR where none is configured, and the api-versions
 that carry no CSR field (ignored, as before issuance existed). The certificate a device gets
 carries only what the service decides: CN = registration id, no SAN or other subject name the
-CSR asked for, no CA rights."""
+CSR asked for, no CA rights. After issuance, on the hub: the device's old SAS key no longer
+opens it (the policy did not keep it), nor does another device's issued certificate."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import socket
 import ssl
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from iotdps.device import HubClient, SymmetricKey, X509Files
+from iotdps.device.credentials import Credential
+from iotdps.device.mqtt import ConnectRefused
+from iotdps.pki.encoding import certs_to_pem
 from iotdps.protocols.mqtt.client import ClientSession
 from iotdps.protocols.mqtt.events import ConnAckReceived, PublishReceived
 from iotdps.sas import derive_device_key, make_sas_token
+from iotdps.secret import Secret
 from iotdps_testing.issuance import csr_b64, make_csr
 from iotdps_testing.server import RunningServer, start_server
 
@@ -170,3 +179,54 @@ def test_mqtt_edge_reads_the_field_of_its_api_version(dps: RunningServer) -> Non
     bad = json.dumps({"registrationId": rid, "clientCertificateCsr": csr_b64(make_csr("someone"))}).encode()
     topic, doc = _mqtt_register(dps, "issuing", rid, bad, P21)
     assert topic.startswith("$dps/registrations/res/400/") and doc["errorCode"] == 400022
+
+
+def _issued_files(directory: Path, rid: str, response: requests.Response, key: ec.EllipticCurvePrivateKey) -> X509Files:
+    state = response.json()["registrationState"]
+    chain = [x509.load_der_x509_certificate(base64.b64decode(c)) for c in state["issuedCertificateChain"]]
+    cert_file, key_file = directory / f"{rid}.chain.pem", directory / f"{rid}.key.pem"
+    cert_file.write_bytes(certs_to_pem(chain))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return X509Files(cert_file, key_file)
+
+
+def _connack(dps: RunningServer, hub: str, device_id: str, credential: Credential) -> int:
+    """The hub's CONNACK code for `credential` as `device_id` (0: admitted)."""
+
+    async def attempt() -> int:
+        client = HubClient(hub, device_id, credential, ca_pem=dps.server_ca)
+        try:
+            await client.connect()
+        except ConnectRefused as exc:
+            return exc.code
+        await client.close()
+        return 0
+
+    return asyncio.run(attempt())
+
+
+def test_after_issuance_the_old_key_and_another_devices_certificate_are_refused(
+    dps: RunningServer, tmp_path: Path
+) -> None:
+    """The group's policy keeps nothing (the default): a device that got a certificate can no
+    longer open its hub with its SAS token (even a freshly made, well-formed one), and one
+    device's issued certificate does not open another device of the same group and CA."""
+    keys = {rid: ec.generate_private_key(ec.SECP256R1()) for rid in ("attack-keep-1", "attack-keep-2")}
+    files: dict[str, X509Files] = {}
+    hub = ""
+    for rid, key in keys.items():
+        answer = _https(dps, "issuing", rid, {"registrationId": rid, "csr": csr_b64(make_csr(rid, key))})
+        assert answer.status_code == 200 and answer.json()["status"] == "assigned", answer.text
+        hub = answer.json()["registrationState"]["assignedHub"]
+        files[rid] = _issued_files(tmp_path, rid, answer, key)
+    sas = SymmetricKey(Secret(_key(dps, "issuing", "attack-keep-1")))
+    assert _connack(dps, hub, "attack-keep-1", sas) == 5
+    assert _connack(dps, hub, "attack-keep-1", files["attack-keep-2"]) == 5  # not this device's certificate
+    assert _connack(dps, hub, "attack-keep-2", files["attack-keep-1"]) == 5
+    assert _connack(dps, hub, "attack-keep-1", files["attack-keep-1"]) == 0  # the control: its own one works
+    log = dps.log()
+    assert "device attack-keep-1 authenticates with its issued certificate only" in log
+    assert "device attack-keep-2 from" in log and "not the one issued to this device" in log
+    assert _key(dps, "issuing", "attack-keep-1") not in log  # the refused key never reaches the log

@@ -1,27 +1,32 @@
 """Certificate issuance records (issue 18) on every store: issuing CA objects (secret sealed),
-trust bundles (case-insensitive ids, versions, etags), issued certificates, and the
-registration record's trust bundle fields."""
+trust bundles (case-insensitive ids, versions, etags), issued certificates, the registration
+record's trust bundle fields and its view with the issued certificate, and hub identities'
+issued thumbprints beside the credential they kept."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import replace
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from iotdps.errors import AlreadyExists, InvalidInput, NotFound, PreconditionFailed
+from iotdps.hub.devices import DeviceAuth, DeviceIdentity
 from iotdps.issuance.models import IssuedCertificate, IssuingCa
 from iotdps.issuance.sealing import SealingKey
 from iotdps.pki import Issuer, Validity, create_root_ca, generate_private_key
 from iotdps.pki.keys import encode_private_key
 from iotdps.pki.trust_bundle import TrustBundle
 from iotdps.ports import Store
+from iotdps.provisioning.record_view import registration_view
 from iotdps.provisioning.records import RegistrationRecord
 from iotdps.secret import Secret
 from iotdps.store import SqlStore
 from iotdps.store import tables as t
+from iotdps.timestamps import format_time
 
 
 def _root(cn: str) -> Issuer:
@@ -174,6 +179,57 @@ async def test_registration_record_keeps_the_bundle_version_it_received(store: S
     assert (got.trust_bundle_id, got.trust_bundle_version, got.issued_certificate) == ("fleet-roots", 3, "D" * 64)
 
 
+async def test_registration_view_reads_the_issued_certificate(store: Store) -> None:
+    t0 = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+    cert = _issued("dev-8", "0D", t0, "E" * 64)
+    record = RegistrationRecord(
+        "dev-8", "assigned", "op-1", trust_bundle_id="fleet-roots", trust_bundle_version=2, issued_certificate="E" * 64
+    )
+    gone = RegistrationRecord("dev-7", "assigned", "op-1", issued_certificate="F" * 64)
+    async with store.begin() as uow:
+        await uow.issued_certificates.add(cert)
+        saved, saved_gone = await uow.registrations.put(record), await uow.registrations.put(gone)
+    async with store.read() as uow:
+        view = await registration_view(uow, saved)
+        without = await registration_view(uow, saved_gone)
+    doc = view.to_json()
+    assert (doc["trustBundleId"], doc["trustBundleVersion"]) == ("fleet-roots", 2)
+    assert doc["issuedCertificate"] == {
+        "sha256Thumbprint": "E" * 64,
+        "serialNumber": "0D",
+        "notAfterUtc": format_time(cert.not_after),
+        "certificateAuthorityName": cert.issuer_name,
+    }
+    # The issued certificate record is gone: the thumbprint the registration keeps, alone.
+    assert without.to_json()["issuedCertificate"] == {"sha256Thumbprint": "F" * 64}
+    assert "trustBundleId" not in without.to_json()
+
+
+async def test_hub_identities_keep_issued_thumbprints_beside_their_credential(store: Store) -> None:
+    """DeviceAuth.issued_thumbprints (issue 18) round-trips on every store, apart from the
+    device's own keys and thumbprints, and a renewal (`with_issued`) replaces only them."""
+    kept = DeviceAuth("sas", Secret("a2V5LWtleS1rZXkta2V5LTE2"), Secret("c2Vjb25kLWtleS0xNi1ieXRl")).with_issued(
+        "A" * 64, "B" * 40
+    )
+    alone = DeviceAuth("selfSigned").with_issued("C" * 64, "D" * 40)
+    own = DeviceAuth("selfSigned", primary_thumbprints=("E" * 64,)).with_issued("F" * 64)
+    async with store.begin() as uow:
+        for device_id, auth in (("kept-1", kept), ("alone-1", alone), ("own-1", own)):
+            await uow.devices.put(DeviceIdentity("hub.example", device_id, auth))
+    async with store.read() as uow:
+        got = {d: await uow.devices.get("hub.example", d) for d in ("kept-1", "alone-1", "own-1")}
+    assert {d: g.auth if g else None for d, g in got.items()} == {"kept-1": kept, "alone-1": alone, "own-1": own}
+    renewed = own.with_issued("1" * 64, "2" * 40)
+    async with store.begin() as uow:
+        current = await uow.devices.get("hub.example", "own-1", for_update=True)
+        assert current is not None
+        await uow.devices.put(replace(current, auth=renewed), if_match=current.etag)
+    async with store.read() as uow:
+        again = await uow.devices.get("hub.example", "own-1")
+    assert again is not None and again.auth.primary_thumbprints == ("E" * 64,)
+    assert again.auth.issued_thumbprints == ("1" * 64, "2" * 40)
+
+
 def test_sealing_binds_the_name_and_the_key() -> None:
     key = SealingKey.generate()
     sealed = key.seal(Secret("s3cret-value"), "ca-1")
@@ -185,4 +241,3 @@ def test_sealing_binds_the_name_and_the_key() -> None:
     with pytest.raises(ConfigError):
         SealingKey.generate().open(sealed, "ca-1")  # another service's key
     assert "s3cret" not in repr(key)
-

@@ -38,6 +38,7 @@ from iotdps.errors import AlreadyExists, InvalidInput, IotdpsError, NotFound
 from iotdps.ids import check_registration_id
 from iotdps.ports import Page, UnitOfWork
 from iotdps.provisioning import admin
+from iotdps.provisioning.record_view import registration_view
 
 __all__ = [
     "BULK_MAX",
@@ -285,9 +286,10 @@ async def get_registration(ctx: ApiContext, request: web.Request) -> web.StreamR
     key = check_registration_id(request.match_info["id"])
     async with ctx.store.begin() as uow:
         record = await uow.registrations.get(key)
-    if record is None:
+        view = await registration_view(uow, record) if record is not None else None
+    if view is None:
         raise NotFound(f"registration {key} not found")
-    return json_response(record.to_json(), etag=record.etag)
+    return json_response(view.to_json(), etag=view.record.etag)
 
 
 async def delete_registration(ctx: ApiContext, request: web.Request) -> web.StreamResponse:
@@ -304,4 +306,5 @@ async def query_registrations(ctx: ApiContext, request: web.Request) -> web.Stre
     size, token = page_request(request)
     async with ctx.store.begin() as uow:
         page = await uow.registrations.list(size, token, enrollment_group_id=group)
-    return paged_response([r.to_json() for r in page.items], page.continuation, size, "deviceRegistration")
+        views = [await registration_view(uow, r) for r in page.items]
+    return paged_response([v.to_json() for v in views], page.continuation, size, "deviceRegistration")

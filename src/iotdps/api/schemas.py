@@ -95,6 +95,13 @@ _SETTINGS_FIELDS: dict[str, Any] = {
                 "items": {"type": "string", "enum": ["ecP256", "ecP384", "rsa2048", "rsa3072", "rsa4096"]},
             },
             "csrRequirement": {"type": "string", "enum": ["required", "optional"]},
+            "keepExistingCredential": {
+                "type": "boolean",
+                "default": False,
+                "description": "iotdps: after issuance the device's own credential (symmetric key, attestation "
+                "certificate, TPM hub key) keeps opening the hub beside the issued certificate; false: the issued "
+                "certificate alone. Read at each registration that issues.",
+            },
         },
     },
     "trustBundleId": _STR_OR_NULL,
@@ -124,6 +131,21 @@ _REGISTRATION_STATE = {
         "etag": _STR,
         "createdDateTimeUtc": _STR,
         "lastUpdatedDateTimeUtc": _STR,
+        # iotdps additions (issue 18): the trust bundle the device last received and the
+        # certificate last issued to it (provisioning.record_view).
+        "trustBundleId": {**_STR, "description": "iotdps: the trust bundle the device last received"},
+        "trustBundleVersion": {"type": ["integer", "null"], "description": "iotdps: its version"},
+        "issuedCertificate": {
+            "type": "object",
+            "description": "iotdps: the certificate last issued to the device at registration",
+            "required": ["sha256Thumbprint"],
+            "properties": {
+                "sha256Thumbprint": _STR,
+                "serialNumber": _STR,
+                "notAfterUtc": _STR,
+                "certificateAuthorityName": _STR,
+            },
+        },
     },
 }
 
@@ -210,6 +232,13 @@ _DEVICE = {
                     "properties": {"primaryKey": _SAS_KEY, "secondaryKey": _SAS_KEY},
                 },
                 "x509Thumbprint": _THUMBPRINTS,
+                "issuedThumbprints": {
+                    "type": "array",
+                    "items": _STR,
+                    "readOnly": True,
+                    "description": "iotdps: SHA-256 and SHA-1 thumbprints of the certificate issued to the device "
+                    "at registration, accepted beside the credential above; kept when an update sends none",
+                },
             },
         },
         "capabilities": _CAPABILITIES,

@@ -206,12 +206,12 @@ def registration_group() -> None:
 @json_option
 @target_options
 def registration_show(registration_id: str) -> None:
-    """The registration record as JSON (the DeviceRegistrationState document), with or
-    without --json."""
-    record = run_client(lambda client: client.get_registration(registration_id))
-    if record is None:
+    """The registration record as JSON (the DeviceRegistrationState document, plus the trust
+    bundle the device received and the certificate last issued to it), with or without --json."""
+    view = run_client(lambda client: client.get_registration(registration_id))
+    if view is None:
         raise NotFound(f"registration {registration_id} not found")
-    echo_json(record.to_json())
+    echo_json(view.to_json())
 
 
 @registration_group.command("list")
@@ -219,7 +219,8 @@ def registration_show(registration_id: str) -> None:
 @json_option
 @target_options
 def registration_list(group_id: str | None) -> None:
-    records = run_client(lambda client: client.list_registrations(group_id))
+    views = run_client(lambda client: client.list_registrations(group_id))
+    records = [v.record for v in views]
     rows = [
         [r.registration_id, r.status, r.substatus, r.assigned_hub, r.device_id, r.enrollment_group_id, r.error_code]
         for r in records
@@ -228,7 +229,7 @@ def registration_list(group_id: str | None) -> None:
         "Registrations",
         ["registration id", "status", "substatus", "hub", "device id", "group", "error"],
         rows,
-        [r.to_json() for r in records],
+        [v.to_json() for v in views],
     )
 
 

@@ -209,6 +209,9 @@ def _device_doc(hub: str, device_id: str) -> dict[str, Any]:
                     "primaryThumbprints": list(auth.primary_thumbprints),
                     "secondaryThumbprints": list(auth.secondary_thumbprints),
                 },
+                # The certificate the service issued at registration (README "Certificates
+                # issued at registration"), accepted beside the credential above.
+                "issuedThumbprints": list(auth.issued_thumbprints),
             },
             "twin": device_twin_json(device),
         }

@@ -21,7 +21,7 @@ from iotdps.errors import InvalidInput, NotFound
 from iotdps.ports import Page, Refusal, Store
 from iotdps.provisioning import admin, config_admin
 from iotdps.provisioning.ca_admin import CaAdminService
-from iotdps.provisioning.records import RegistrationRecord
+from iotdps.provisioning.record_view import RegistrationView, registration_view
 from iotdps.provisioning.settings import ServiceSettings
 
 __all__ = ["LocalAdminClient", "all_pages"]
@@ -136,15 +136,17 @@ class LocalAdminClient:
 
     # ------------------------------------------------------------------ registrations, refusals
 
-    async def get_registration(self, registration_id: str) -> RegistrationRecord | None:
+    async def get_registration(self, registration_id: str) -> RegistrationView | None:
         async with self.store.begin() as uow:
-            return await uow.registrations.get(registration_id)
+            record = await uow.registrations.get(registration_id)
+            return await registration_view(uow, record) if record is not None else None
 
-    async def list_registrations(self, enrollment_group_id: str | None = None) -> list[RegistrationRecord]:
+    async def list_registrations(self, enrollment_group_id: str | None = None) -> list[RegistrationView]:
         async with self.store.begin() as uow:
-            return await all_pages(
+            records = await all_pages(
                 lambda token: uow.registrations.list(_PAGE, token, enrollment_group_id=enrollment_group_id)
             )
+            return [await registration_view(uow, r) for r in records]
 
     async def delete_registration(self, registration_id: str) -> None:
         await admin.delete_registration(self.store, registration_id, actor=self.actor)

@@ -36,6 +36,7 @@ from iotdps.errors import (
 )
 from iotdps.pki.encoding import certificate_info, load_certificate
 from iotdps.ports import Refusal
+from iotdps.provisioning.record_view import IssuedSummary, RegistrationView
 from iotdps.provisioning.records import RegistrationRecord
 from iotdps.provisioning.settings import ServiceSettings
 from iotdps.timestamps import format_time, parse_time
@@ -204,9 +205,16 @@ def _registration_from_json(doc: Mapping[str, Any]) -> RegistrationRecord:
         payload=doc.get("payload"),
         attestation_type=cast(Any, kind),
         enrollment_group_id=group,
+        trust_bundle_id=doc.get("trustBundleId"),
+        trust_bundle_version=doc.get("trustBundleVersion"),
+        issued_certificate=(doc.get("issuedCertificate") or {}).get("sha256Thumbprint"),
         etag=doc.get("etag"),
     )
     return cast(RegistrationRecord, _stamped(record, doc))
+
+
+def _view_from_json(doc: Mapping[str, Any]) -> RegistrationView:
+    return RegistrationView(_registration_from_json(doc), IssuedSummary.from_json(doc.get("issuedCertificate")))
 
 
 def _refusal_from_json(d: Mapping[str, Any]) -> Refusal:
@@ -382,13 +390,13 @@ class RemoteAdminClient:
 
     # ------------------------------------------------------------------ registrations, refusals
 
-    async def get_registration(self, registration_id: str) -> RegistrationRecord | None:
+    async def get_registration(self, registration_id: str) -> RegistrationView | None:
         doc = await self._get_or_none(f"/registrations/{_seg(registration_id)}")
-        return None if doc is None else _registration_from_json(doc)
+        return None if doc is None else _view_from_json(doc)
 
-    async def list_registrations(self, enrollment_group_id: str | None = None) -> list[RegistrationRecord]:
+    async def list_registrations(self, enrollment_group_id: str | None = None) -> list[RegistrationView]:
         path = f"/registrations/{_seg(enrollment_group_id)}/query" if enrollment_group_id else "/registrations/query"
-        return [_registration_from_json(d) for d in await self._all_pages("POST", path)]
+        return [_view_from_json(d) for d in await self._all_pages("POST", path)]
 
     async def delete_registration(self, registration_id: str) -> None:
         await self.http.call("DELETE", f"/registrations/{_seg(registration_id)}")

@@ -6,6 +6,10 @@
 or secondary key. The signature covers `sr` exactly as sent (iotdps.sas.parse_sas keeps it raw).
 A token valid further ahead than the maximum lifetime is refused, as at DPS (iotdps.sas).
 
+A device the service issued a certificate to (issue 18) is admitted with that certificate
+whatever its type (`DeviceAuth.issued_thumbprints`); its own SAS key or certificate works
+beside it only when its enrollment's issuance policy kept them.
+
 X.509 devices that DPS provisioned are `selfSigned`: the leaf's SHA-256 or SHA-1 thumbprint must
 be registered. The thumbprint is the identity, as on Azure, so the CN need not be the device id
 (an enrollment's deviceId override gives the device another id than its CN). The chain need not reach one of our
@@ -58,6 +62,9 @@ def revoked_chain(peer: PeerIdentity | None, revoked: Revocations) -> str | None
 def _check_sas(device: DeviceIdentity, hostname: str, password: bytes, now: datetime, max_lifetime: int) -> str | None:
     auth = device.auth
     if auth.type != "sas":
+        if auth.issued_thumbprints:
+            # Its enrollment's issuance policy did not keep the device's key (issue 18).
+            return f"device {device.device_id} authenticates with its issued certificate only, not a SAS token"
         return f"device {device.device_id} does not authenticate with a SAS token"
     try:
         text = password.decode("utf-8")
@@ -95,16 +102,22 @@ def _check_x509(device: DeviceIdentity, peer: PeerIdentity | None) -> str | None
     if broken is not None:
         return f"the device certificate breaks the certificate policy: {broken.message}"
     auth = device.auth
+    prints = {sha256_thumbprint(leaf), sha1_thumbprint(leaf)}
+    if prints & {tp.upper() for tp in auth.issued_thumbprints}:
+        return None  # the certificate the service issued, beside whatever `type` says
     if auth.type == "selfSigned":
-        wanted = {tp.upper() for tp in (*auth.primary_thumbprints, *auth.secondary_thumbprints)}
-        if sha256_thumbprint(leaf) in wanted or sha1_thumbprint(leaf) in wanted:
+        if prints & {tp.upper() for tp in auth.own_thumbprints}:
             return None
+        if auth.issued_only:
+            return "the certificate's thumbprint is not the one issued to this device"
         return "the certificate's thumbprint is not registered for this device"
     if auth.type == "certificateAuthority":
         # No thumbprint names the device here: only the CN ties the chain to this identity.
         if certs.common_name(leaf) != device.device_id:
             return f"the certificate's CN {certs.common_name(leaf)!r} is not the device id"
         return None if peer.ok else f"the certificate chain did not verify: {peer.explain()}"
+    if auth.issued_thumbprints:
+        return "the certificate's thumbprint is not the one issued to this device"
     return f"device {device.device_id} does not authenticate with a certificate"
 
 

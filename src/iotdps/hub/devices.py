@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -29,6 +29,14 @@ class DeviceAuth:
     `sas`: primary/secondary symmetric keys (base64). `selfSigned`: X.509 leaf thumbprints
     (upper-case hex; SHA-256 and SHA-1 both accepted, as DPS-provisioned X.509 devices are
     registered on the hub by thumbprint even when they came through a CA group).
+
+    `issued_thumbprints` (issue 18): the SHA-256 and SHA-1 thumbprints of the certificate the
+    service issued to the device at registration, accepted at CONNECT whatever `type` says. It
+    is kept apart from the credential above on purpose: the type, keys and thumbprints are the
+    device's own (attestation) credential, which an enrollment's issuance policy either keeps
+    (`keepExistingCredential`) or drops (then the type is `selfSigned` with no thumbprint of its
+    own and the issued certificate alone opens the hub). Renewal replaces the issued thumbprints
+    and never touches the kept credential: use `with_issued`.
     """
 
     type: AuthType
@@ -36,6 +44,23 @@ class DeviceAuth:
     secondary_key: Secret[str] | None = None
     primary_thumbprints: tuple[str, ...] = ()
     secondary_thumbprints: tuple[str, ...] = ()
+    issued_thumbprints: tuple[str, ...] = ()
+
+    def with_issued(self, *thumbprints: str) -> DeviceAuth:
+        """This credential with the issued certificate's thumbprints replaced by `thumbprints`
+        (a new or renewed certificate): whatever else the device authenticates with stays."""
+        return replace(self, issued_thumbprints=tuple(tp.upper() for tp in thumbprints))
+
+    @property
+    def issued_only(self) -> bool:
+        """True when the issued certificate is the only credential (nothing else was kept)."""
+        keys = self.primary_key is not None or self.secondary_key is not None
+        return bool(self.issued_thumbprints) and not keys and not self.own_thumbprints
+
+    @property
+    def own_thumbprints(self) -> tuple[str, ...]:
+        """The device's own (not issued) certificate thumbprints."""
+        return (*self.primary_thumbprints, *self.secondary_thumbprints)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,8 +27,15 @@ shape extends Azure's 2021-11-01-preview `clientCertificateIssuancePolicy`
         "certificateAuthorityName": "factory-ca",   # an issuing CA object, by name
         "validityInDays": 30,                        # the most the device certificate may get
         "acceptedKeyTypes": ["ecP256", "ecP384", "rsa2048", "rsa3072", "rsa4096"],
-        "csrRequirement": "required"                 # or "optional"
+        "csrRequirement": "required",                # or "optional"
+        "keepExistingCredential": false              # see below
     }
+
+`keepExistingCredential` (default false, the secure default) decides what opens the hub after
+issuance: false, the issued certificate alone (the symmetric key, the attestation certificate
+or the TPM's hub key no longer does); true, the device's attestation credential too. It is read
+at every registration that issues, so turning it off takes the old credential away at the
+device's next registration (`provisioning.issuance.hub_auth`).
 """
 
 from __future__ import annotations
@@ -165,7 +172,13 @@ def _check_days(value: object, where: str) -> int:
     return value
 
 
-_POLICY_FIELDS = ("certificateAuthorityName", "validityInDays", "acceptedKeyTypes", "csrRequirement")
+_POLICY_FIELDS = (
+    "certificateAuthorityName",
+    "validityInDays",
+    "acceptedKeyTypes",
+    "csrRequirement",
+    "keepExistingCredential",
+)
 
 
 @dataclass(frozen=True)
@@ -176,6 +189,7 @@ class IssuancePolicy:
     validity_days: int = 30
     accepted_key_types: frozenset[KeyType] = field(default=DEFAULT_KEY_TYPES)
     csr_requirement: CsrRequirement = CsrRequirement.REQUIRED
+    keep_existing_credential: bool = False
 
     def __post_init__(self) -> None:
         check_ca_name(self.certificate_authority_name)
@@ -189,6 +203,8 @@ class IssuancePolicy:
         object.__setattr__(self, "accepted_key_types", types)
         if not isinstance(self.csr_requirement, CsrRequirement):
             raise InvalidInput("csrRequirement must be a CsrRequirement")
+        if not isinstance(self.keep_existing_credential, bool):
+            raise InvalidInput("keepExistingCredential must be true or false")
 
     @property
     def profile(self) -> IssuanceProfile:
@@ -201,6 +217,7 @@ class IssuancePolicy:
             # In KeyType order, so the document is stable whatever order the set iterates in.
             "acceptedKeyTypes": [t.value for t in KeyType if t in self.accepted_key_types],
             "csrRequirement": self.csr_requirement.value,
+            "keepExistingCredential": self.keep_existing_credential,
         }
 
     @classmethod
@@ -232,8 +249,11 @@ class IssuancePolicy:
             csr_requirement = CsrRequirement(requirement)
         except ValueError:
             raise InvalidInput(f"{where}.csrRequirement must be 'required' or 'optional'") from None
+        keep = doc.get("keepExistingCredential", False)
+        if not isinstance(keep, bool):
+            raise InvalidInput(f"{where}.keepExistingCredential must be true or false")
         try:
-            return cls(name, days, frozenset(types), csr_requirement)
+            return cls(name, days, frozenset(types), csr_requirement, keep)
         except InvalidInput as exc:
             raise InvalidInput(f"{where}: {exc.message}") from None
 

@@ -53,6 +53,10 @@ async def _issuance_lines(service: ProvisioningService, settings: EnrollmentSett
             f"CSR {policy.csr_requirement.value} (api-version 2025-07-01-preview or 2021-11-01-preview), "
             f"CN = registration id, key types {keys}"
         )
+        if policy.keep_existing_credential:
+            out.append("hub credential: the issued certificate and the device's own credential (kept by the policy)")
+        else:
+            out.append("hub credential: the issued certificate only (the device's own credential stops working there)")
     if settings.trust_bundle_id:
         out.append(f"trust bundle: {settings.trust_bundle_id} (sent with the preview api-versions)")
     return out

@@ -8,9 +8,11 @@ Where it sits (architecture.md: "authorization returns a plan"):
 2. In the assigning phase, outside any transaction (it is a network call, like the custom
    allocation webhook): `issue` asks the policy's issuing CA. A failure is a refusal whose
    record ends `failed` (ISSUANCE_CA_* / ISSUING_CA_UNKNOWN); an unreachable CA is retryable.
-3. In the write transaction: the hub identity authenticates by the issued leaf's thumbprints
-   (`hub_auth`), the certificate is recorded, and the registration record keeps the trust
-   bundle version the answer carries and the issued certificate's thumbprint.
+3. In the write transaction: the hub identity authenticates by the issued leaf's thumbprints,
+   and by the device's attestation credential too only when the policy's
+   `keepExistingCredential` says so (`hub_auth`), the certificate is recorded, and the
+   registration record keeps the trust bundle version the answer carries and the issued
+   certificate's thumbprint.
 
 The answer's extra registrationState fields are rendered per api-version by
 `pki.issuance_wire.issuance_state_fields`, from what the record points at (`state_fields`), so
@@ -98,9 +100,15 @@ async def issue(ca: IssuingCa | None, issuers: IssuerSource | None, pending: Pen
         raise Refused(RefusalReason.ISSUANCE_CA_REFUSED, f"issuing CA {name!r} is unusable: {exc.message}") from None
 
 
-def hub_auth(issued: IssuedChain) -> DeviceAuth:
-    """The hub identity of a device with an issued certificate: that certificate, by thumbprint."""
-    return DeviceAuth("selfSigned", primary_thumbprints=(issued.sha256_thumbprint, issued.sha1_thumbprint))
+def hub_auth(issued: IssuedChain, attested: DeviceAuth, *, keep: bool) -> DeviceAuth:
+    """The hub identity of a device with an issued certificate: that certificate by thumbprint,
+    plus the credential it attested with (`attested`: its SAS keys, its own certificate's
+    thumbprints, a TPM's hub key) only when the policy keeps it (`keep`:
+    `IssuancePolicy.keep_existing_credential`). Without it the identity is
+    `selfSigned` with no thumbprint of its own: the issued certificate alone opens the hub, and
+    a device whose policy stopped keeping its credential loses it at this registration."""
+    base = attested if keep else DeviceAuth("selfSigned")
+    return base.with_issued(issued.sha256_thumbprint, issued.sha1_thumbprint)
 
 
 def issued_record(

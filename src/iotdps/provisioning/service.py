@@ -393,7 +393,9 @@ class ProvisioningService:
             )
             return await uow.registrations.put(record), refusal
         if plan.issued is not None:
-            plan = replace(plan, device_auth=issuance.hub_auth(plan.issued))
+            policy = plan.settings.issuance_policy
+            keep = policy is not None and policy.keep_existing_credential
+            plan = replace(plan, device_auth=issuance.hub_auth(plan.issued, plan.device_auth, keep=keep))
         placement = place(current, plan.settings.reprovision_policy, None if keeps_hub else allocated.hub)
         device = await place_device(uow, plan, placement, current, allocated.webhook)
         bundle_id, bundle_version = await self._bundle_sent(uow, plan, current)

@@ -251,6 +251,8 @@ def device_to_doc(device: DeviceIdentity) -> dict[str, Any]:
             "secondaryKey": auth.secondary_key.reveal() if auth.secondary_key is not None else None,
             "primaryThumbprints": list(auth.primary_thumbprints),
             "secondaryThumbprints": list(auth.secondary_thumbprints),
+            # A field of the document (issue 18), not a column: nothing queries by it.
+            "issuedThumbprints": list(auth.issued_thumbprints),
         },
         "status": device.status,
         "iotEdge": device.iot_edge,
@@ -282,6 +284,7 @@ def device_from_doc(
             secondary_key=Secret(str(secondary)) if secondary is not None else None,
             primary_thumbprints=tuple(auth.get("primaryThumbprints") or ()),
             secondary_thumbprints=tuple(auth.get("secondaryThumbprints") or ()),
+            issued_thumbprints=tuple(auth.get("issuedThumbprints") or ()),
         ),
         status=cast(DeviceStatus, doc.get("status", "enabled")),
         iot_edge=bool(doc.get("iotEdge", False)),

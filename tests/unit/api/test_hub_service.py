@@ -102,6 +102,48 @@ def test_device_create_generates_keys_and_refuses_bad_input(server: ManagementSe
     assert _call(server, "DELETE", "/devices/unit-gen-1", headers={"If-Match": f'"{doc["etag"]}"'}).status_code == 204
 
 
+def test_issued_certificate_identities_show_it_and_survive_an_update(server: ManagementServer) -> None:
+    """Issue 18: a device whose only credential is the certificate DPS issued shows it as its
+    thumbprint (and in `issuedThumbprints`); an IoT Hub client's read-modify-write changes
+    nothing; an operator's new credential keeps the issued certificate beside it."""
+    sha256, sha1 = "AB" * 32, "CD" * 20
+
+    async def seed() -> None:
+        assert server.store is not None
+        async with server.store.begin() as uow:
+            auth = DeviceAuth("selfSigned").with_issued(sha256, sha1)
+            await uow.devices.put(DeviceIdentity(server.host, "unit-issued-1", auth))
+
+    server.call(seed())
+    got = _call(server, "GET", "/devices/unit-issued-1")
+    doc = got.json()
+    authentication = doc["authentication"]
+    assert authentication["type"] == "selfSigned" and authentication["issuedThumbprints"] == [sha256, sha1]
+    assert authentication["x509Thumbprint"] == {"primaryThumbprint": sha256, "secondaryThumbprint": None}
+    assert authentication["symmetricKey"] == {"primaryKey": None, "secondaryKey": None}
+    same = _call(server, "PUT", "/devices/unit-issued-1", doc, headers={"If-Match": got.headers["ETag"]})
+    assert same.status_code == 200, same.text
+    assert same.json()["etag"] == doc["etag"] and same.json()["authentication"] == authentication
+
+    async def stored() -> DeviceAuth:
+        assert server.store is not None
+        async with server.store.read() as uow:
+            device = await uow.devices.get(server.host, "unit-issued-1")
+        assert device is not None
+        return device.auth
+
+    assert server.call(stored()) == DeviceAuth("selfSigned", issued_thumbprints=(sha256, sha1))
+    # The operator gives the device keys: they work beside the issued certificate.
+    keys = {"authentication": {"type": "sas", "symmetricKey": {"primaryKey": _key(), "secondaryKey": _key()}}}
+    rekeyed = _call(server, "PUT", "/devices/unit-issued-1", keys, headers={"If-Match": same.headers["ETag"]})
+    assert rekeyed.status_code == 200, rekeyed.text
+    assert rekeyed.json()["authentication"]["issuedThumbprints"] == [sha256, sha1]
+    assert rekeyed.json()["authentication"]["x509Thumbprint"]["primaryThumbprint"] is None
+    assert rekeyed.json()["etag"] != doc["etag"]
+    after = server.call(stored())
+    assert after.type == "sas" and after.primary_key is not None and after.issued_thumbprints == (sha256, sha1)
+
+
 def test_twin_replace_removes_what_is_not_given_and_needs_the_hub_rules(server: ManagementServer) -> None:
     assert _call(server, "PUT", "/devices/unit-twin-1", {}).status_code == 200
     first = _call(server, "PATCH", "/twins/unit-twin-1", {"tags": {"a": 1, "b": {"c": 2, "d": 3}}})

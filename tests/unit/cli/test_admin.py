@@ -129,3 +129,37 @@ def test_errors_are_one_line_exit_3_not_found_2_bad_input(tmp_path: Path) -> Non
         timeout=60,
     )
     assert result.returncode == 2 and "give exactly one of" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_issuance_policy_options_create_and_amend(run) -> None:  # type: ignore[no-untyped-def]
+    """`--[no-]keep-existing-credential` beside the other issuance options: `create` makes a
+    policy with --issuing-ca; `update` amends the policy there, one setting at a time."""
+
+    def policy(*args: str) -> dict[str, object]:
+        return json.loads(run(*args))["clientCertificateIssuancePolicy"]  # type: ignore[no-any-return]
+
+    run("group", "create", "fleet", "--symmetric-key", "--issuing-ca", "factory-ca", "--cert-validity-days", "9")
+    assert policy("group", "show", "fleet")["keepExistingCredential"] is False  # the secure default
+    run("group", "update", "fleet", "--keep-existing-credential")
+    assert policy("group", "show", "fleet") == {
+        "certificateAuthorityName": "factory-ca",
+        "validityInDays": 9,  # amended, not reset
+        "acceptedKeyTypes": ["ecP256", "ecP384", "rsa2048", "rsa3072", "rsa4096"],
+        "csrRequirement": "required",
+        "keepExistingCredential": True,
+    }
+    run("group", "update", "fleet", "--no-keep-existing-credential", "--csr", "optional")
+    amended = policy("group", "show", "fleet")
+    assert amended["keepExistingCredential"] is False and amended["csrRequirement"] == "optional"
+    # Each change is in the audit trail, through the usual write path.
+    entries = [json.loads(line) for line in run("audit", "list", "--target", "group/fleet", "--json").splitlines()]
+    assert [e["action"] for e in entries] == ["group.create", "group.update", "group.update"]
+    run("enrollment", "create", "dev-1", "--symmetric-key", "--issuing-ca", "factory-ca", "--keep-existing-credential")
+    assert policy("enrollment", "show", "dev-1")["keepExistingCredential"] is True
+    # Without a policy to amend, the option needs --issuing-ca: a usage error, nothing written.
+    out = run("group", "create", "bare", "--symmetric-key", "--keep-existing-credential", code=2)
+    assert "--issuing-ca" in out
+    run("group", "create", "plain", "--symmetric-key")
+    assert "--issuing-ca" in run("group", "update", "plain", "--no-keep-existing-credential", code=2)
+    assert json.loads(run("group", "show", "plain")).get("clientCertificateIssuancePolicy") is None
+    assert "bare" not in run("group", "list")

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from cryptography import x509
 
 from iotdps.device import HubClient, SymmetricKey, make_hub_sas_token
 from iotdps.errors import InvalidInput
+from iotdps.evidence import PeerIdentity
 from iotdps.hub.auth import check_device
 from iotdps.hub.devices import DeviceAuth, DeviceIdentity, Twin
 from iotdps.hub.twin import apply_desired_patch, apply_reported_patch, merge_patch, sdk_twin_json
+from iotdps.pki.encoding import sha1_thumbprint, sha256_thumbprint
 from iotdps.ports import HubStore
 from iotdps.secret import Secret
 from iotdps.store import MemoryStore
+from iotdps_testing.devcerts import self_signed_device
 from iotdps_testing.hubkit import new_key, put_sas_device, start_hub
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
@@ -77,6 +83,40 @@ def test_hub_sas_checks() -> None:
     assert quote("hub.test/devices/dev-1", safe="") in token.decode()
     # The maximum lifetime is a setting: 600 s ahead passes the default, not a 300 s cap.
     assert "too far ahead" in (check_device(device, "hub.test", good, None, NOW, max_token_lifetime=300) or "")
+
+
+def _peer(leaf: x509.Certificate) -> PeerIdentity:
+    # A self-signed leaf the TLS layer did not verify (no anchor), as for any selfSigned device.
+    return PeerIdentity((leaf,), None, (), "hub.test", "TLSv1.3", "TLS_AES_128_GCM_SHA256")
+
+
+def test_issued_thumbprints_open_the_hub_beside_the_kept_credential_only(tmp_path: Path) -> None:
+    """Issue 18: the issued certificate is accepted whatever the identity's type; the device's
+    own SAS key or certificate only when the identity still holds them (the policy kept them)."""
+    issued, own, other = (self_signed_device(tmp_path, f"dev-1-{n}").cert for n in ("issued", "own", "other"))
+    issued_tps = (sha256_thumbprint(issued), sha1_thumbprint(issued))
+    device, key = _device()
+    token = make_hub_sas_token("hub.test", "dev-1", key, int(NOW.timestamp()) + 600).encode()
+    kept = replace(device, auth=device.auth.with_issued(*issued_tps))
+    assert check_device(kept, "hub.test", token, None, NOW) is None
+    assert check_device(kept, "hub.test", None, _peer(issued), NOW) is None
+    assert "not the one issued" in (check_device(kept, "hub.test", None, _peer(other), NOW) or "")
+    # Not kept: the issued certificate alone.
+    alone = replace(device, auth=DeviceAuth("selfSigned").with_issued(*issued_tps))
+    assert "issued certificate only" in (check_device(alone, "hub.test", token, None, NOW) or "")
+    assert check_device(alone, "hub.test", None, _peer(issued), NOW) is None
+    assert check_device(alone, "hub.test", None, _peer(own), NOW) is not None
+    # An X.509 device that kept its own certificate: both.
+    x509_kept = replace(device, auth=DeviceAuth("selfSigned", primary_thumbprints=(sha256_thumbprint(own),)))
+    x509_kept = replace(x509_kept, auth=x509_kept.auth.with_issued(*issued_tps))
+    assert check_device(x509_kept, "hub.test", None, _peer(own), NOW) is None
+    assert check_device(x509_kept, "hub.test", None, _peer(issued), NOW) is None
+    assert check_device(x509_kept, "hub.test", None, _peer(other), NOW) is not None
+    # Renewal replaces the issued thumbprints and never the kept credential.
+    renewed = x509_kept.auth.with_issued(sha256_thumbprint(other))
+    assert renewed.primary_thumbprints == (sha256_thumbprint(own),) and renewed.issued_thumbprints[
+        0
+    ] == sha256_thumbprint(other)
 
 
 async def test_telemetry_is_group_committed_and_every_message_acknowledged() -> None:

@@ -239,9 +239,13 @@ def test_policy_json_round_trip() -> None:
         "validityInDays": 90,
         "acceptedKeyTypes": ["ecP256", "rsa3072"],
         "csrRequirement": "optional",
+        "keepExistingCredential": False,
     }
     assert IssuancePolicy.from_json(doc) == policy
     assert policy.profile.validity_days == 90
+    kept = IssuancePolicy("factory-ca", keep_existing_credential=True)
+    assert kept.to_json()["keepExistingCredential"] is True
+    assert IssuancePolicy.from_json(kept.to_json()) == kept
 
 
 def test_azures_one_field_policy_gets_defaults() -> None:
@@ -249,6 +253,7 @@ def test_azures_one_field_policy_gets_defaults() -> None:
     assert policy.validity_days == 30
     assert policy.accepted_key_types == DEFAULT_KEY_TYPES
     assert policy.csr_requirement is CsrRequirement.REQUIRED
+    assert policy.keep_existing_credential is False  # secure default: the issued certificate alone
 
 
 @pytest.mark.parametrize(
@@ -264,6 +269,9 @@ def test_azures_one_field_policy_gets_defaults() -> None:
         ({"certificateAuthorityName": "ca1", "acceptedKeyTypes": ["dsa1024"]}, "unknown key type"),
         ({"certificateAuthorityName": "ca1", "acceptedKeyTypes": "ecP256"}, "list of strings"),
         ({"certificateAuthorityName": "ca1", "csrRequirement": "maybe"}, "'required' or 'optional'"),
+        ({"certificateAuthorityName": "ca1", "keepExistingCredential": "yes"}, "keepExistingCredential must be true"),
+        ({"certificateAuthorityName": "ca1", "keepExistingCredential": 1}, "keepExistingCredential must be true"),
+        ({"certificateAuthorityName": "ca1", "keepExistingCredential": None}, "keepExistingCredential must be true"),
         ([], "must be an object"),
     ],
 )

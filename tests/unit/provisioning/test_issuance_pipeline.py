@@ -70,8 +70,10 @@ async def test_sas_group_device_gets_a_chain_the_bundle_verifies(world: IssuingW
         device = await uow.devices.get(record.assigned_hub or "", "dev-1")
     assert [c.serial_number for c in issued] == [format(chain[0].serial_number, "X")]
     assert issued[0].issuer_name == "factory-ca" and issued[0].enrollment == "group:fleet"
-    assert device is not None and device.auth.type == "selfSigned"
-    assert device.auth.primary_thumbprints[0] == sha256_thumbprint(chain[0])
+    # The policy keeps nothing by default: the issued certificate is the only credential.
+    assert device is not None and device.auth.type == "selfSigned" and device.auth.issued_only
+    assert device.auth.primary_key is None and device.auth.own_thumbprints == ()
+    assert device.auth.issued_thumbprints[0] == sha256_thumbprint(chain[0])
     # A poll answers the same fields; a poll in another api-version answers none.
     polled = await env.service.operation_status(SCOPE, "dev-1", outcome.operation_id or "", api_version=P25)
     assert polled.operation_json()["registrationState"]["issuedCertificateChain"] == state["issuedCertificateChain"]
@@ -101,7 +103,8 @@ async def test_renewal_gives_a_new_serial_and_the_hub_follows(world: IssuingWorl
         issued = await uow.issued_certificates.list(registration_id="dev-1")
         device = await uow.devices.get(second.record.assigned_hub or "", "dev-1")  # type: ignore[union-attr]
     assert len(issued) == 2
-    assert device is not None and device.auth.primary_thumbprints[0] == sha256_thumbprint(b[0])
+    assert device is not None and device.auth.issued_thumbprints[0] == sha256_thumbprint(b[0])
+    assert sha256_thumbprint(a[0]) not in device.auth.issued_thumbprints
 
 
 async def test_versions_without_a_csr_field_behave_as_before(world: IssuingWorld) -> None:
@@ -134,4 +137,5 @@ async def test_explain_names_the_issuance_policy_and_bundle(world: IssuingWorld)
     lines = await explain_registration(world.env.service, "dev-1", SasCredential(Secret(token)))
     text = "\n".join(lines)
     assert "certificate issuance: local issuing CA 'factory-ca', 7 days, CSR required" in text
+    assert "hub credential: the issued certificate only" in text  # keepExistingCredential is off
     assert "trust bundle: fleet-roots" in text

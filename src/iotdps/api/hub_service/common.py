@@ -16,7 +16,7 @@ from aiohttp import web
 from iotdps.api._http import ApiContext
 from iotdps.api.errors import ApiError
 from iotdps.errors import InvalidInput
-from iotdps.hub.devices import DeviceIdentity, Twin
+from iotdps.hub.devices import DeviceAuth, DeviceIdentity, Twin
 from iotdps.timestamps import format_time
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "no_hub",
     "precondition_failed",
     "twin_etag",
+    "x509_thumbprint_json",
 ]
 
 HUB_API_VERSION = "2021-04-12"
@@ -71,6 +72,7 @@ def identity_etag(device: DeviceIdentity) -> str:
             auth.secondary_key.reveal() if auth.secondary_key else None,
             list(auth.primary_thumbprints),
             list(auth.secondary_thumbprints),
+            list(auth.issued_thumbprints),
             device.status,
             device.iot_edge,
             device.created.isoformat() if device.created else None,
@@ -93,6 +95,18 @@ def hub_time(value: datetime | None) -> str:
 def first_or_none(values: Sequence[str]) -> str | None:
     """The first thumbprint, or None: IoT Hub shows one primary and one secondary."""
     return values[0] if values else None
+
+
+def x509_thumbprint_json(auth: DeviceAuth) -> dict[str, str | None]:
+    """IoT Hub's `x509Thumbprint` of an identity. A device whose issued certificate is its only
+    credential (issue 18) shows that certificate's thumbprint as its primary one, as IoT Hub
+    shows a device registered by thumbprint, so a read-modify-write of the identity by an IoT Hub
+    client stays valid (`put_device` knows the thumbprint for the issued one it is)."""
+    primary = auth.primary_thumbprints or (auth.issued_thumbprints if auth.issued_only else ())
+    return {
+        "primaryThumbprint": first_or_none(primary),
+        "secondaryThumbprint": first_or_none(auth.secondary_thumbprints),
+    }
 
 
 def connection_of(ctx: ApiContext, device: DeviceIdentity) -> str:

@@ -29,11 +29,11 @@ from iotdps.api.hub_service.common import (
     connection_of,
     device_id_in,
     device_not_found,
-    first_or_none,
     hub_of,
     hub_time,
     identity_etag,
     load_device,
+    x509_thumbprint_json,
 )
 from iotdps.errors import InvalidInput
 from iotdps.hub.devices import AuthType, DeviceAuth, DeviceIdentity, DeviceStatus, generation_id
@@ -64,10 +64,10 @@ def device_json(device: DeviceIdentity, connection_state: str) -> dict[str, Any]
                 "primaryKey": auth.primary_key.reveal() if auth.primary_key else None,
                 "secondaryKey": auth.secondary_key.reveal() if auth.secondary_key else None,
             },
-            "x509Thumbprint": {
-                "primaryThumbprint": first_or_none(auth.primary_thumbprints),
-                "secondaryThumbprint": first_or_none(auth.secondary_thumbprints),
-            },
+            "x509Thumbprint": x509_thumbprint_json(auth),
+            # An iotdps addition (issue 18): the certificate the service issued to the device at
+            # registration (SHA-256, SHA-1), accepted beside the credential above.
+            "issuedThumbprints": list(auth.issued_thumbprints),
         },
         "capabilities": {"iotEdge": device.iot_edge},
     }
@@ -123,6 +123,19 @@ def _parse_auth(doc: object) -> DeviceAuth:
             raise InvalidInput("a selfSigned device needs x509Thumbprint.primaryThumbprint")
         return DeviceAuth("selfSigned", primary_thumbprints=primary_tp, secondary_thumbprints=secondary_tp)
     return DeviceAuth(cast(AuthType, kind))
+
+
+def _keeping_issued(wanted: DeviceAuth, stored: DeviceAuth) -> DeviceAuth:
+    """The credential an operator PUT, with the certificate DPS issued to the device kept (issue
+    18): issuance and renewal manage it, as provisioning manages the twin and the DPS link; an
+    operator ends it by revoking the certificate or deleting the identity. `device_json` shows an
+    issued-only device's issued thumbprint as its primary one; sent back, it stays issued rather
+    than becoming the device's own, so a read-modify-write changes nothing."""
+    issued = {tp.upper() for tp in stored.issued_thumbprints}
+    primary = tuple(tp for tp in wanted.primary_thumbprints if tp not in issued)
+    secondary = tuple(tp for tp in wanted.secondary_thumbprints if tp not in issued)
+    kept = replace(wanted, primary_thumbprints=primary, secondary_thumbprints=secondary)
+    return kept.with_issued(*stored.issued_thumbprints)
 
 
 def _parse_device(doc: Mapping[str, Any], hub: str, device_id: str) -> DeviceIdentity:
@@ -188,8 +201,9 @@ async def put_device(ctx: ApiContext, request: web.Request) -> web.StreamRespons
             if stored is None:
                 raise device_not_found(device_id)
             check_etag(etag, identity_etag(stored), "device")
-            # The twin and the DPS link stay; only the identity changes.
-            updated = replace(stored, auth=wanted.auth, status=wanted.status, iot_edge=wanted.iot_edge)
+            # The twin, the DPS link and the issued certificate stay; only the identity changes.
+            auth = _keeping_issued(wanted.auth, stored.auth)
+            updated = replace(stored, auth=auth, status=wanted.status, iot_edge=wanted.iot_edge)
             saved = await uow.devices.put(updated, if_match=stored.etag)
     if stored is not None and ctx.hub is not None and (saved.status == "disabled" or saved.auth != stored.auth):
         # As IoT Hub does: a disabled device or one whose credentials changed is dropped.

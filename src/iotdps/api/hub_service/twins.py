@@ -24,7 +24,6 @@ from iotdps.api.hub_service.common import (
     connection_of,
     device_id_in,
     device_not_found,
-    first_or_none,
     hub_of,
     hub_time,
     identity_etag,
@@ -32,6 +31,7 @@ from iotdps.api.hub_service.common import (
     no_hub,
     precondition_failed,
     twin_etag,
+    x509_thumbprint_json,
 )
 from iotdps.errors import NotFound, PreconditionFailed
 from iotdps.hub.devices import DeviceIdentity, Twin
@@ -57,10 +57,7 @@ def twin_json(device: DeviceIdentity, connection_state: str) -> dict[str, Any]:
         "lastActivityTime": NEVER,
         "cloudToDeviceMessageCount": 0,
         "authenticationType": auth.type,
-        "x509Thumbprint": {
-            "primaryThumbprint": first_or_none(auth.primary_thumbprints),
-            "secondaryThumbprint": first_or_none(auth.secondary_thumbprints),
-        },
+        "x509Thumbprint": x509_thumbprint_json(auth),
         "capabilities": {"iotEdge": device.iot_edge},
         "tags": dict(twin.tags),
         "properties": {

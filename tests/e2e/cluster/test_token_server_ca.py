@@ -5,7 +5,9 @@ directory: what a network HSM is to real nodes). The shared record of the server
 certificate and the key's URI only; both nodes present certificates signed through the token.
 A cluster whose CA began as a key file moves it into the token with `iotdps tls move-to-token`
 on one node; the record then names the token key, and the other node drops its key file at its
-next start.
+next start. A service-wide rotation (`iotdps tls rotate/activate/retire --dsn`) makes the next
+CA's key in the token, every node signs its own certificate through it without a restart, and
+`retire` destroys the old key object; no record ever holds a key.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import json
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -137,3 +140,75 @@ def test_move_to_token_updates_the_record_and_the_other_node_follows(
         _leaf(again).verify_directly_issued_by(x509.load_pem_x509_certificate(record["certificate"].encode()))
     finally:
         again.stop()
+
+
+def _rotation_record(dsn: str) -> dict[str, Any]:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    async def read() -> str:
+        engine = create_async_engine(dsn)
+        try:
+            async with engine.connect() as conn:
+                query = text("SELECT value FROM service_secrets WHERE name = 'server-ca-rotation'")
+                value = (await conn.execute(query)).scalar()
+        finally:
+            await engine.dispose()
+        assert isinstance(value, str)
+        return value
+
+    doc: dict[str, Any] = json.loads(open_sealed("server-ca-rotation", asyncio.run(read()), Secret(PASSPHRASE)))
+    return doc
+
+
+def _wait_for_issuer(node: RunningServer, ca: x509.Certificate) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        bundle = (node.data_dir / "tls" / "ca-bundle.pem").read_text()
+        context = ssl.create_default_context(cadata=bundle)
+        try:
+            with (
+                socket.create_connection((node.address, 8883), timeout=10) as raw,
+                context.wrap_socket(raw, server_hostname=node.address) as tls,
+            ):
+                der = tls.getpeercert(binary_form=True)
+            assert der is not None
+            if x509.load_der_x509_certificate(der).issuer == ca.subject:
+                return
+        except (ssl.SSLError, OSError):
+            pass
+        assert time.monotonic() < deadline, f"{node.address} never presented a certificate from the new CA"
+        time.sleep(0.5)
+
+
+def test_a_service_wide_rotation_keeps_every_key_in_the_token(tmp_path: Path, dsn: str, hsm: TokenCli) -> None:
+    service = free_loopback_address()
+    env = _token_env(hsm, IOTDPS_TLS_CA_PKCS11_URI="pkcs11:object=rotating-cluster-ca")
+    first = start_node(tmp_path, service_host=service, dsn=dsn, env=env)
+    second = start_node(tmp_path, service_host=service, dsn=dsn, env=env)
+    try:
+        tls = ["--data-dir", str(first.data_dir), "--dsn", dsn]
+        done = hsm.run("tls", "rotate", *tls, IOTDPS_SERVER_CA_PASSPHRASE=PASSPHRASE)
+        assert done.returncode == 0, done.stderr
+        pending = _rotation_record(dsn)["next"]
+        assert set(pending) == {"certificate", "pkcs11_uri"} and "object=iotdps-server-ca-" in pending["pkcs11_uri"]
+        new_ca = x509.load_pem_x509_certificate(pending["certificate"].encode())
+        done = hsm.run("tls", "activate", "--force", *tls, IOTDPS_SERVER_CA_PASSPHRASE=PASSPHRASE)
+        assert done.returncode == 0, done.stderr
+        record = _server_ca_record(dsn)
+        assert set(record) == {"certificate", "pkcs11_uri"} and record["pkcs11_uri"] == pending["pkcs11_uri"]
+        for node in (first, second):  # each issues its own leaf through the token, no restart
+            _wait_for_issuer(node, new_ca)
+            assert _no_key_file(node)
+        assert "object=rotating-cluster-ca" in _rotation_record(dsn)["retiring_key"]
+        done = hsm.run("tls", "retire", *tls, IOTDPS_SERVER_CA_PASSPHRASE=PASSPHRASE)
+        assert done.returncode == 0, done.stderr
+        assert "destroyed in the PKCS#11 token" in done.stdout and "object=rotating-cluster-ca" in done.stdout
+        rotation = _rotation_record(dsn)
+        assert rotation["retiring"] is None and rotation["retiring_key"] is None
+        assert "PRIVATE KEY" not in json.dumps(rotation) + json.dumps(_server_ca_record(dsn))
+        for node in (first, second):
+            assert PIN not in node.log()
+    finally:
+        second.stop()
+        first.stop()

@@ -2,11 +2,11 @@
 move its key into a PKCS#11 token (move-to-token; server/ca_key.py).
 
 These act on the data dir's files (the CA keys never leave it, or the token) and on its store
-(the built-in trust bundle), so they run where the server's data dir is, not over the management API. A
-running `iotdps up` on the same data dir follows them without a restart: it presents the new
-chain once `activate` wrote it (server/cert_files.py), and answers registrations with the
-bundle from the store. The steps and their files: server/ca_rotation.py; the bundle and who
-has not received it: provisioning/server_ca.py.
+(the built-in trust bundle), so they run where the server's data dir is, not over the
+management API. A running `iotdps up` on the same data dir follows them without a restart: it
+presents the new chain once `activate` wrote it (server/cert_files.py), and answers
+registrations with the bundle from the store. The steps and their files: server/ca_rotation.py;
+the bundle and who has not received it: provisioning/server_ca.py.
 
 On a shared (PostgreSQL) store, `--dsn`, the step is the service's: it is decided in the
 database and every node's files follow it (wiring/shared_rotation.py); the data dir, when it is

@@ -48,9 +48,9 @@ from iotdps.pki.keys import PrivateKey
 from iotdps.pki.pkcs11_uri import Pkcs11Uri
 from iotdps.pki.profiles import create_root_ca
 from iotdps.secret import Secret
-from iotdps.server.ca_key import URI_FILE, CaKeyPlace, ServerCaKeyError, ca_signer, new_token_ca_key
+from iotdps.server.ca_key import CaKeyPlace, ServerCaKeyError, ca_signer, new_token_ca_key
 
-__all__ = ["PASSPHRASE_ENV", "URI_FILE", "ServerFiles", "ensure_server_identity", "server_ca_passphrase"]
+__all__ = ["PASSPHRASE_ENV", "ServerFiles", "ensure_server_identity", "server_ca_passphrase"]
 
 log = logging.getLogger(__name__)
 

@@ -38,6 +38,7 @@ Example file:
     extra_names = ["iotdps.example.local", "10.0.0.5"]
     # cert_file = "/etc/iotdps/server.pem"   # your own chain (leaf first) and key instead of
     # key_file = "/etc/iotdps/server.key"    # the built-in server CA's; reloaded when they change
+    # ca_pkcs11_uri = "pkcs11:token=iotdps;object=server-ca"   # the built-in CA's key in a token
 
     [limits]
     registrations_per_second = 0        # 0 = unlimited; beyond it devices get 429
@@ -66,6 +67,7 @@ from typing import Any, TypeVar
 
 from iotdps.allocation.destinations import WebhookDestinations
 from iotdps.errors import ConfigError, InvalidInput
+from iotdps.pki.custody import token_key_uri
 from iotdps.sas import DEFAULT_TOKEN_MAX_LIFETIME
 
 __all__ = [
@@ -165,6 +167,11 @@ class TlsConfig:
     # are watched and a new pair is presented without a restart (server/cert_files.py).
     cert_file: str = ""
     key_file: str = ""
+    # The built-in server CA's key in a PKCS#11 token (RFC 7512 URI, e.g.
+    # "pkcs11:token=iotdps;object=server-ca"): the first start makes the key there, never
+    # extractable. Module and PIN: IOTDPS_PKCS11_MODULE, IOTDPS_PKCS11_PIN(_FILE), nowhere else.
+    # Later the data dir's tls/server-ca.pkcs11 names the key (server/ca_key.py says why).
+    ca_pkcs11_uri: str = ""
 
     @property
     def own_certificate(self) -> bool:
@@ -356,6 +363,7 @@ _ENV_KEYS: Mapping[str, tuple[str, str]] = {
     "TLS_EXTRA_NAMES": ("tls", "extra_names"),
     "TLS_CERT_FILE": ("tls", "cert_file"),
     "TLS_KEY_FILE": ("tls", "key_file"),
+    "TLS_CA_PKCS11_URI": ("tls", "ca_pkcs11_uri"),
     "REGISTRATIONS_PER_SECOND": ("limits", "registrations_per_second"),
     "DEVICE_TOKEN_MAX_LIFETIME": ("auth", "device_token_max_lifetime"),
     "WEBHOOK_ALLOWLIST": ("allocation", "webhook_allowlist"),
@@ -548,6 +556,11 @@ def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
         problems.add("tls.handshake_timeout must be > 0")
     if bool(tls.cert_file) != bool(tls.key_file):
         problems.add("tls.cert_file and tls.key_file go together: set both or neither")
+    if tls.ca_pkcs11_uri:
+        try:
+            token_key_uri(tls.ca_pkcs11_uri)
+        except InvalidInput as exc:
+            problems.add(f"tls.ca_pkcs11_uri: {exc.message}")
     if not 0 < limits.connect_timeout <= 3600:
         problems.add("limits.connect_timeout must be > 0 and at most 3600 seconds")
     if not MIN_DEVICE_TOKEN_LIFETIME <= auth.device_token_max_lifetime <= MAX_DEVICE_TOKEN_LIFETIME:

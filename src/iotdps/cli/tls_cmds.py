@@ -1,11 +1,12 @@
-"""`iotdps tls`: rotate the built-in server CA (rotate, rotation status, activate, retire).
+"""`iotdps tls`: rotate the built-in server CA (rotate, rotation status, activate, retire), and
+move its key into a PKCS#11 token (move-to-token; server/ca_key.py).
 
-These act on the data dir's files (the CA keys never leave it) and on its store (the built-in
-trust bundle), so they run where the server's data dir is, not over the management API. A
-running `iotdps up` on the same data dir follows them without a restart: it presents the new
-chain once `activate` wrote it (server/cert_files.py), and answers registrations with the
-bundle from the store. The steps and their files: server/ca_rotation.py; the bundle and who
-has not received it: provisioning/server_ca.py.
+These act on the data dir's files (the CA keys never leave it, or the token) and on its store
+(the built-in trust bundle), so they run where the server's data dir is, not over the
+management API. A running `iotdps up` on the same data dir follows them without a restart: it
+presents the new chain once `activate` wrote it (server/cert_files.py), and answers
+registrations with the bundle from the store. The steps and their files: server/ca_rotation.py;
+the bundle and who has not received it: provisioning/server_ca.py.
 
 On a shared (PostgreSQL) store, `--dsn`, the step is the service's: it is decided in the
 database and every node's files follow it (wiring/shared_rotation.py); the data dir, when it is
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from iotdps.cli.pki_common import PKCS11_HELP
 from iotdps.cli.shared import table
 from iotdps.cli.target import local_dsn, store_options, target_params
 from iotdps.errors import InvalidInput
@@ -168,7 +170,8 @@ def rotate_command() -> None:
     The server keeps presenting its current chain; devices receive the bundle
     `iotdps-server-ca` at their next registration (when their enrollment names no bundle of its
     own). The new CA's key is encrypted with the current one's passphrase
-    (IOTDPS_SERVER_CA_PASSPHRASE or tls/server-ca.passphrase)."""
+    (IOTDPS_SERVER_CA_PASSPHRASE or tls/server-ca.passphrase), or, when the current CA's key is
+    in a PKCS#11 token, made in the same token (module and PIN: IOTDPS_PKCS11_*)."""
     from iotdps.server import ca_rotation
 
     shared = _shared_db()
@@ -311,19 +314,79 @@ def activate_command(force: bool) -> None:
 @tls_group.command("retire")
 @store_options
 def retire_command() -> None:
-    """End a rotation: drop the old server CA from the built-in trust bundle and the data dir."""
+    """End a rotation: drop the old server CA from the built-in trust bundle and the data dir
+    (and destroy its key object, when it is in a PKCS#11 token)."""
     from iotdps.server import ca_rotation
+    from iotdps.server.ca_key import CaKeyPlace
 
     shared = _shared_db()
     if shared is not None:
         from iotdps.wiring import shared_rotation
 
         retired, version = _shared_step(shared_rotation.retire, *shared)
-        state = retired.state
+        state, old_key = retired.state, retired.destroyed
     else:
-        state = ca_rotation.retire(_data_dir())
+        data_dir = _data_dir()
+        old_key = CaKeyPlace(data_dir / "tls" / "retiring").token_uri()
+        state = ca_rotation.retire(data_dir)
         version = _publish(state)
     click.echo(f"trust bundle    iotdps-server-ca version {version} carries {_describe(state.active)} only")
+    if old_key is not None:
+        click.echo(f"old CA key      destroyed in the PKCS#11 token ({old_key})")
+
+
+@tls_group.command("move-to-token")
+@click.option(
+    "--pkcs11-uri",
+    "pkcs11_uri",
+    required=True,
+    help=f"where the key goes: a free label in the token {PKCS11_HELP}",
+)
+@store_options
+def move_to_token_command(pkcs11_uri: str) -> None:
+    """Move the built-in server CA's key file into a PKCS#11 token, once.
+
+    The key is imported sensitive and non-extractable (as `ca-dir move-to-token` does), the
+    token's key must sign for tls/server-ca.pem, then its URI is recorded in
+    tls/server-ca.pkcs11 and tls/server-ca.key is deleted. Module and PIN: IOTDPS_PKCS11_MODULE,
+    IOTDPS_PKCS11_PIN or IOTDPS_PKCS11_PIN_FILE. On a shared database the service's record
+    then names the token key instead of holding the key; the other nodes follow at their next
+    start. Back the key file up first if your policy wants a copy outside the token."""
+    from iotdps.pki.custody import token_key_uri
+    from iotdps.server import ca_rotation
+    from iotdps.server.ca_key import CaKeyPlace, move_file_key_to_token
+    from iotdps.server.identity import server_ca_passphrase
+
+    uri = token_key_uri(pkcs11_uri)
+    shared = _shared_db()  # a node's data dir on a shared store: only with its --dsn
+    data_dir = _data_dir()
+    state = ca_rotation.read_state(data_dir)
+    if state.phase is not ca_rotation.Phase.NONE:
+        raise InvalidInput(
+            f"a server CA rotation is {state.phase.value}: "
+            "finish it (iotdps tls activate, retire) before moving the key"
+        )
+    place = CaKeyPlace(data_dir / "tls")
+    if place.custody() == "token" and not place.key_file.exists():
+        recorded = place.token_uri()
+        click.echo(f"the server CA key is already in the PKCS#11 token only ({recorded})")
+    else:
+        recorded = move_file_key_to_token(place, state.active, server_ca_passphrase(data_dir), uri)
+        click.echo(f"the server CA key is now in the PKCS#11 token only ({recorded}); {place.key_file} is deleted")
+    if shared is not None and _publish_custody(data_dir):
+        click.echo("the service's record in the shared database names the token key now (no key there)")
+    click.echo(f"the next start signs through the token ({place.uri_file} names the key)")
+
+
+def _publish_custody(data_dir: Path) -> bool:
+    from iotdps.store.sql.cluster import cluster_db
+    from iotdps.wiring.shared_identity import publish_ca_custody
+
+    async def go(store: Store) -> bool:
+        db = cluster_db(store)
+        return db is not None and await publish_ca_custody(db, data_dir)
+
+    return _with_store(go)
 
 
 def register(group: click.Group) -> None:

@@ -10,6 +10,8 @@ without the hsm extra.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from cryptography import x509
@@ -19,9 +21,17 @@ from iotdps.pki.keys import KeySpec, PrivateKey
 from iotdps.pki.pkcs11_uri import Pkcs11Config, Pkcs11Uri, parse_pkcs11_uri
 
 if TYPE_CHECKING:
-    from iotdps.pki.pkcs11 import Pkcs11Signer
+    from iotdps.pki.pkcs11 import Pkcs11Signer, Pkcs11Token
 
-__all__ = ["create_token_key", "import_into_token", "open_token_signer", "token_key_uri"]
+__all__ = [
+    "create_token_key",
+    "destroy_token_key",
+    "import_into_token",
+    "made_token_key",
+    "open_token_signer",
+    "token_key_uri",
+    "token_signer",
+]
 
 
 def token_key_uri(text: str) -> Pkcs11Uri:
@@ -56,23 +66,57 @@ def open_token_signer(
         raise
 
 
+@contextlib.contextmanager
+def token_signer(
+    uri: Pkcs11Uri, certificate: x509.Certificate | None = None, *, config: Pkcs11Config | None = None
+) -> Iterator[Pkcs11Signer]:
+    """As open_token_signer, for a long-running process that signs now and then: the token is
+    logged out again when the block ends, rather than staying logged in for the process's life."""
+    from iotdps.pki.pkcs11 import Pkcs11Token
+
+    with Pkcs11Token.open(_config(config), uri) as token:
+        yield token.find_key(uri, public_key=certificate.public_key() if certificate is not None else None)  # type: ignore[arg-type]
+
+
 def create_token_key(uri: Pkcs11Uri, spec: KeySpec, *, config: Pkcs11Config | None = None) -> tuple[Pkcs11Signer, bool]:
     """The key `uri` names if the token has it (made there by its vendor's tool, say), else a
     new one generated inside the token, never extractable. Returns (signer, generated)."""
     from iotdps.pki.pkcs11 import Pkcs11Token
-    from iotdps.pki.pkcs11_uri import KeyNotFound
 
-    if uri.object is None:
-        raise InvalidInput("to create a key in the token, name it: object=LABEL in the PKCS#11 URI")
+    _need_label(uri)
     token = Pkcs11Token.open(_config(config), uri)
     try:
-        try:
-            return token.find_key(uri), False
-        except KeyNotFound:
-            return token.generate_key(spec, label=uri.object, key_id=uri.id), True
+        return _find_or_generate(token, uri, spec)
     except BaseException:
         token.close()
         raise
+
+
+@contextlib.contextmanager
+def made_token_key(
+    uri: Pkcs11Uri, spec: KeySpec, *, config: Pkcs11Config | None = None
+) -> Iterator[tuple[Pkcs11Signer, bool]]:
+    """As create_token_key, logged out again when the block ends (see token_signer)."""
+    from iotdps.pki.pkcs11 import Pkcs11Token
+
+    _need_label(uri)
+    with Pkcs11Token.open(_config(config), uri) as token:
+        yield _find_or_generate(token, uri, spec)
+
+
+def _need_label(uri: Pkcs11Uri) -> None:
+    if uri.object is None:
+        raise InvalidInput("to create a key in the token, name it: object=LABEL in the PKCS#11 URI")
+
+
+def _find_or_generate(token: Pkcs11Token, uri: Pkcs11Uri, spec: KeySpec) -> tuple[Pkcs11Signer, bool]:
+    from iotdps.pki.pkcs11_uri import KeyNotFound
+
+    assert uri.object is not None
+    try:
+        return token.find_key(uri), False
+    except KeyNotFound:
+        return token.generate_key(spec, label=uri.object, key_id=uri.id), True
 
 
 def import_into_token(key: PrivateKey, uri: Pkcs11Uri, *, config: Pkcs11Config | None = None) -> Pkcs11Signer:
@@ -87,3 +131,15 @@ def import_into_token(key: PrivateKey, uri: Pkcs11Uri, *, config: Pkcs11Config |
     except BaseException:
         token.close()
         raise
+
+
+def destroy_token_key(
+    uri: Pkcs11Uri, certificate: x509.Certificate | None = None, *, config: Pkcs11Config | None = None
+) -> bool:
+    """Destroy the token key `uri` names (private and public objects), only if it is
+    `certificate`'s key when that is given; False if there was no such key."""
+    from iotdps.pki.pkcs11 import Pkcs11Token
+
+    public_key = certificate.public_key() if certificate is not None else None
+    with Pkcs11Token.open(_config(config), uri) as token:
+        return token.destroy_key(uri, public_key=public_key)  # type: ignore[arg-type]

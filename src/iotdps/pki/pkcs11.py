@@ -403,6 +403,26 @@ class Pkcs11Token:
             raise Pkcs11Error(f"{what} has no public key object; give the CA certificate to find its public key")
         return Pkcs11Signer(self._shared, private, chosen, label, key_id, self._config)
 
+    def destroy_key(self, uri: Pkcs11Uri, *, public_key: SignerPublicKey | None = None) -> bool:
+        """Destroy the private key `uri` names and its public key object (a retired CA's: a key
+        nothing signs with any more cannot be misused). With `public_key`, only if the key is
+        that one's. False when there was no such key."""
+        try:
+            signer = self.find_key(uri, public_key=public_key)
+        except KeyNotFound:
+            return False
+        match = Pkcs11Uri(object=signer.label or None, id=signer.key_id or None)
+        try:
+            for object_class in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
+                for obj in self._objects(object_class, match):
+                    with self._use():
+                        obj.destroy()
+        except pkcs11.PKCS11Error as exc:
+            raise Pkcs11Error(
+                f"PKCS#11 token {self.label!r} refused to destroy key {uri.describe()}: {type(exc).__name__}"
+            ) from None
+        return True
+
     def _public_from_object(self, obj: Any, what: str) -> SignerPublicKey:
         with self._use():
             key_type = obj[Attribute.KEY_TYPE]

@@ -23,6 +23,14 @@ both until the operator declares the rotation over.
 `ca-bundle.pem` always holds every CA devices must trust now: the file to give new devices
 (their `server_verification_cert`) during a rotation.
 
+With the CA key in a PKCS#11 token (server/ca_key.py: `server-ca.pkcs11` instead of
+`server-ca.key`), `rotate` makes the next CA's key in the same token under a label of its own
+(`iotdps-server-ca-<date>-<hex>`, the CA name's tag) and records its URI in `next/`; `activate`
+signs the new server certificate through the token. A file key is deleted at `activate`; a
+token key object cannot be deleted by removing a file, and its URI goes to `retiring/`, where
+`retire` destroys the object (after checking it is the retired certificate's key, never the
+active one's).
+
 Each step is written so that repeating it after a crash completes it: the order of the writes
 below is chosen for that, and every write is atomic (fsutil).
 
@@ -52,10 +60,18 @@ from iotdps.pki import (
     generate_private_key,
     issue_server_certificate,
     load_certificates,
-    load_private_key,
 )
+from iotdps.pki.pkcs11_uri import Pkcs11Uri
 from iotdps.pki.profiles import create_root_ca
 from iotdps.secret import Secret
+from iotdps.server.ca_key import (
+    CaKeyPlace,
+    CaKeyRef,
+    CaSigner,
+    destroy_token_ca_key,
+    new_token_ca_key,
+    open_ca_signer,
+)
 from iotdps.server.identity import server_ca_passphrase
 
 __all__ = [
@@ -65,6 +81,7 @@ __all__ = [
     "activate",
     "mirror",
     "new_ca",
+    "new_token_ca",
     "read_state",
     "retire",
     "rotate",
@@ -183,30 +200,59 @@ def rotate(data_dir: Path, environ: Mapping[str, str] | None = None) -> Rotation
             + " before starting another"
         )
     p = _Paths(data_dir / "tls")
-    passphrase = server_ca_passphrase(data_dir, environ)
-    # The current key must open with that passphrase, or activation would fail much later.
-    load_private_key(p.ca_key.read_bytes(), passphrase, what="server CA key")
-    ca, key_pem = new_ca(passphrase)
-    _stage_next(p, ca, key_pem)
+    # The current key must open (the passphrase, or the token), or activation would fail much later.
+    _ca_key(p.tls, state.active, data_dir, environ)
+    current_uri = CaKeyPlace(p.tls).token_uri()
+    key: CaKeyRef
+    if current_uri is not None:  # the next CA's key goes where the current one is: the token
+        ca, key = new_token_ca(current_uri.token, environ)
+    else:
+        ca, key = new_ca(server_ca_passphrase(data_dir, environ))
+    _stage_next(p, ca, key)
     state = RotationState(Phase.PENDING, state.active, next=ca)
     _write_bundle(p, state)
     return state
 
 
+def _new_names() -> tuple[str, str]:
+    """A new CA's name and its key's label in a token. A name of its own: two CAs of one name
+    in a device's store make issuer lookup guesswork."""
+    day, tag = f"{dt.datetime.now(dt.UTC):%Y-%m-%d}", secrets.token_hex(3)
+    return f"iotdps server CA {day} {tag}", f"iotdps-server-ca-{day}-{tag}"
+
+
 def new_ca(passphrase: Secret[str]) -> tuple[x509.Certificate, bytes]:
     """A new server CA: its certificate and its key, encrypted with `passphrase`."""
     key = generate_private_key()
-    # A name of its own: two CAs of one name in a device's store make issuer lookup guesswork.
-    name = f"iotdps server CA {dt.datetime.now(dt.UTC):%Y-%m-%d} {secrets.token_hex(3)}"
-    ca = create_root_ca(name, key, Validity.days(_CA_DAYS), path_length=0)
+    ca = create_root_ca(_new_names()[0], key, Validity.days(_CA_DAYS), path_length=0)
     return ca, encode_private_key(key, passphrase)
 
 
-def _stage_next(p: _Paths, ca: x509.Certificate, key_pem: bytes) -> None:
+def new_token_ca(token: str | None, environ: Mapping[str, str] | None = None) -> tuple[x509.Certificate, Pkcs11Uri]:
+    """A new server CA whose key is made inside the PKCS#11 token (never extractable): its
+    certificate and the key's URI."""
+    name, label = _new_names()
+    with new_token_ca_key(Pkcs11Uri(token=token, object=label), environ) as signer:
+        return create_root_ca(name, signer, Validity.days(_CA_DAYS), path_length=0), signer.uri
+
+
+def _stage_next(p: _Paths, ca: x509.Certificate, key: CaKeyRef) -> None:
     p.next_dir.mkdir(mode=0o700, exist_ok=True)
-    atomic_write(p.next_dir / "server-ca.key", key_pem, mode=0o600)
+    CaKeyPlace(p.next_dir).hold(key)
     # The certificate last: its presence marks a complete new CA (read_state looks for it).
     atomic_write(p.next_dir / "server-ca.pem", _pem(ca), mode=0o644)
+
+
+def _ca_key(
+    directory: Path, certificate: x509.Certificate, data_dir: Path, environ: Mapping[str, str] | None
+) -> CaSigner:
+    """The key of the CA whose files are in `directory`: in the token its URI file names, or
+    its key file, under the server CA passphrase (the seam between rotation and key custody)."""
+
+    def passphrase() -> Secret[str]:
+        return server_ca_passphrase(data_dir, environ)
+
+    return open_ca_signer(CaKeyPlace(directory), certificate, passphrase, environ)
 
 
 def _names(leaf: x509.Certificate) -> tuple[list[str], list[str]]:
@@ -227,9 +273,7 @@ def activate(data_dir: Path, environ: Mapping[str, str] | None = None) -> Rotati
         return state
     if state.phase is Phase.NONE or state.next is None:
         raise InvalidInput("no server CA rotation is pending: start one with iotdps tls rotate")
-    passphrase = server_ca_passphrase(data_dir, environ)
-    new_key_pem = (p.next_dir / "server-ca.key").read_bytes()
-    new_key = load_private_key(new_key_pem, passphrase, what="new server CA key")
+    new_key = _ca_key(p.next_dir, state.next, data_dir, environ)
     current = load_certificates(p.chain.read_bytes())[0]
     dns, ips = _names(current)
     server_key = generate_private_key()
@@ -246,13 +290,18 @@ def activate(data_dir: Path, environ: Mapping[str, str] | None = None) -> Rotati
     #    nothing signs with the old CA any more, and a key not kept cannot leak. (read_state
     #    says PENDING while next/ holds another CA, so after a crash anywhere before step 3's
     #    certificate write, `activate` simply runs again.)
+    #    A key in the token is the exception: its URI goes beside, for `retire` to destroy it.
     p.retiring_dir.mkdir(mode=0o700, exist_ok=True)
+    active_place, next_place = CaKeyPlace(p.tls), CaKeyPlace(p.next_dir)
+    old_uri = active_place.token_uri()
+    if old_uri is not None and old_uri != next_place.token_uri():  # not after step 3 began
+        CaKeyPlace(p.retiring_dir).record_uri(old_uri)
     atomic_write(p.retiring_dir / "server-ca.pem", _pem(old), mode=0o644)
     # 2. The switch: the presented pair, as one unit.
     atomic_write_many({p.key: encode_private_key(server_key, None), p.chain: _pem(leaf, state.next)}, mode=0o600)
     # 3. The new CA becomes the active one (later starts reissue from it): the key replaces
     #    the old CA's key, then the certificate turns read_state to ACTIVATED; then next/ goes.
-    atomic_write(p.ca_key, new_key_pem, mode=0o600)
+    active_place.hold(next_place.held())
     atomic_write(p.ca, _pem(state.next), mode=0o644)
     shutil.rmtree(p.next_dir)
     done = RotationState(Phase.ACTIVATED, state.next, retiring=old)
@@ -260,8 +309,9 @@ def activate(data_dir: Path, environ: Mapping[str, str] | None = None) -> Rotati
     return done
 
 
-def retire(data_dir: Path) -> RotationState:
-    """Drop the old CA: out of the bundle file, its certificate deleted."""
+def retire(data_dir: Path, environ: Mapping[str, str] | None = None) -> RotationState:
+    """Drop the old CA: out of the bundle file, its certificate deleted, its key object in the
+    token (if it was there) destroyed."""
     state = read_state(data_dir)
     if state.phase is not Phase.ACTIVATED:
         raise InvalidInput(
@@ -269,6 +319,10 @@ def retire(data_dir: Path) -> RotationState:
             + ("activate the new one first (iotdps tls activate)" if state.phase is Phase.PENDING else "no rotation")
         )
     p = _Paths(data_dir / "tls")
+    old_uri = CaKeyPlace(p.retiring_dir).token_uri()
+    if old_uri is not None and state.retiring is not None and old_uri != CaKeyPlace(p.tls).token_uri():
+        # Checked against the retired certificate: a mix-up never destroys another key.
+        destroy_token_ca_key(old_uri, state.retiring, environ)
     done = RotationState(Phase.NONE, state.active)
     _write_bundle(p, done)
     shutil.rmtree(p.retiring_dir)
@@ -278,16 +332,16 @@ def retire(data_dir: Path) -> RotationState:
 # -- a rotation decided elsewhere (a shared store: wiring/shared_rotation.py) -------------------
 
 
-def stage_next(data_dir: Path, ca: x509.Certificate, key_pem: bytes) -> RotationState:
-    """Put `ca` (its key encrypted with the server CA passphrase) in next/, as `rotate` does:
-    `activate` then switches to it."""
+def stage_next(data_dir: Path, ca: x509.Certificate, key: CaKeyRef) -> RotationState:
+    """Put `ca` (its key encrypted with the server CA passphrase, or the URI of its key in a
+    token) in next/, as `rotate` does: `activate` then switches to it."""
     p = _Paths(data_dir / "tls")
-    _stage_next(p, ca, key_pem)
+    _stage_next(p, ca, key)
     return read_state(data_dir)
 
 
 def mirror(
-    data_dir: Path, next_ca: tuple[x509.Certificate, bytes] | None, retiring: x509.Certificate | None
+    data_dir: Path, next_ca: tuple[x509.Certificate, CaKeyRef] | None, retiring: x509.Certificate | None
 ) -> RotationState:
     """Make next/ and retiring/ hold exactly these (the active CA is left alone), and the bundle
     file follow. Every write is atomic and the result depends on the arguments only, so a

@@ -172,9 +172,17 @@ class Server:
         shared = cluster_db(self.store)
         server_files: ServerFiles | None
         if shared is not None:
-            server_files, policies = await shared_rotation.join(shared, config.data_dir, config.server_names())
+            server_files, policies = await shared_rotation.join(
+                shared, config.data_dir, config.server_names(), ca_pkcs11_uri=config.tls.ca_pkcs11_uri
+            )
         else:
-            server_files = None if own_files else ensure_server_identity(config.data_dir, config.server_names())
+            server_files = (
+                None
+                if own_files
+                else ensure_server_identity(
+                    config.data_dir, config.server_names(), ca_pkcs11_uri=config.tls.ca_pkcs11_uri
+                )
+            )
             policies = AccessPolicies.load_or_create(config.data_dir)
         if own_files is not None:
             server_files = None  # the service's CA is not what this node presents

@@ -5,10 +5,12 @@ shared store every node has such a directory, and each must present a chain from
 and carry the same CAs in its bundle file; so the step is decided in the database and every
 node's files follow it:
 
-- the record `server-ca` (wiring/shared_identity.py) is the active CA, certificate and key;
+- the record `server-ca` (wiring/shared_identity.py) is the active CA, certificate and key
+  (or, for a key in a PKCS#11 token, the key's URI: server/ca_key.py);
 - the record `server-ca-rotation` holds the rest of the rotation: the pending new CA
   (certificate and key) between `rotate` and `activate`, the retiring CA's certificate between
-  `activate` and `retire`, and the SHA-256 thumbprints of every CA that was active before, so
+  `activate` and `retire` (with its key's URI when that is in a token, for `retire` to
+  destroy), and the SHA-256 thumbprints of every CA that was active before, so
   a node whose data dir still holds one of them is recognised as behind, not as foreign.
 
 Both are sealed (iotdps.sealed) with the server CA passphrase, like the CA at join time: a node
@@ -49,9 +51,11 @@ from iotdps.errors import ConfigError, InvalidInput, IotdpsError
 from iotdps.fsutil import atomic_write
 from iotdps.pki import load_certificates, load_private_key
 from iotdps.pki.encoding import sha256_thumbprint
+from iotdps.pki.pkcs11_uri import Pkcs11Uri
 from iotdps.sealed import open_sealed, seal
 from iotdps.secret import Secret
 from iotdps.server import ca_rotation
+from iotdps.server.ca_key import CaKeyRef, destroy_token_ca_key, key_record, parse_key_record
 from iotdps.server.ca_rotation import Phase, RotationState
 from iotdps.server.identity import PASSPHRASE_ENV, ServerFiles, server_ca_passphrase
 from iotdps.store.sql.cluster import ClusterDb
@@ -86,12 +90,14 @@ class SharedCa:
     """The service's server CA and rotation step, as the database holds them (opened)."""
 
     active: x509.Certificate
-    active_key: bytes  # PEM, encrypted with the passphrase
+    active_key: CaKeyRef  # PEM, encrypted with the passphrase; or the URI of the key in a token
     next: x509.Certificate | None = None
-    next_key: bytes | None = None
+    next_key: CaKeyRef | None = None
     retiring: x509.Certificate | None = None
+    retiring_key: Pkcs11Uri | None = None  # a key in a token outlives activation: retire destroys it
     previous: tuple[str, ...] = ()  # thumbprints of every CA active before `active`
     raw: tuple[str, str | None] = field(default=("", None), compare=False)  # the sealed values read
+    destroyed: Pkcs11Uri | None = field(default=None, compare=False)  # retire: the token key it destroyed
 
     @property
     def state(self) -> RotationState:
@@ -104,10 +110,11 @@ class SharedCa:
     def rotation_doc(self) -> dict[str, Any]:
         nxt = None
         if self.next is not None and self.next_key is not None:
-            nxt = {"certificate": _pem(self.next), "key": self.next_key.decode()}
+            nxt = {"certificate": _pem(self.next), **key_record(self.next_key)}
         return {
             "next": nxt,
             "retiring": _pem(self.retiring) if self.retiring is not None else None,
+            "retiring_key": str(self.retiring_key) if self.retiring_key is not None else None,
             "previous": list(self.previous),
         }
 
@@ -147,10 +154,8 @@ async def read_shared(db: ClusterDb, passphrase: Secret[str]) -> SharedCa | None
 
 def _parse(sealed_ca: str, sealed_rotation: str | None, passphrase: Secret[str]) -> SharedCa:
     ca = _open(SERVER_CA_SECRET, sealed_ca, passphrase)
-    key = ca.get("key")
-    if not isinstance(key, str):
-        raise ConfigError([f"the shared secret {SERVER_CA_SECRET!r} in the database is incomplete"])
-    shared = SharedCa(_cert(ca.get("certificate"), SERVER_CA_SECRET), key.encode(), raw=(sealed_ca, sealed_rotation))
+    key = parse_key_record(ca, SERVER_CA_SECRET)
+    shared = SharedCa(_cert(ca.get("certificate"), SERVER_CA_SECRET), key, raw=(sealed_ca, sealed_rotation))
     if sealed_rotation is None:
         return shared
     doc = _open(ROTATION_SECRET, sealed_rotation, passphrase)
@@ -158,12 +163,15 @@ def _parse(sealed_ca: str, sealed_rotation: str | None, passphrase: Secret[str])
     if not isinstance(previous, list) or not all(isinstance(p, str) for p in previous):
         raise ConfigError([f"the shared secret {ROTATION_SECRET!r} in the database is damaged"])
     if isinstance(nxt, dict):
-        next_key = nxt.get("key")
-        if not isinstance(next_key, str):
-            raise ConfigError([f"the shared secret {ROTATION_SECRET!r} in the database is incomplete"])
-        shared = replace(shared, next=_cert(nxt.get("certificate"), ROTATION_SECRET), next_key=next_key.encode())
+        next_key = parse_key_record(nxt, ROTATION_SECRET)
+        shared = replace(shared, next=_cert(nxt.get("certificate"), ROTATION_SECRET), next_key=next_key)
     if retiring is not None:
         shared = replace(shared, retiring=_cert(retiring, ROTATION_SECRET))
+    if doc.get("retiring_key") is not None:
+        retiring_key = parse_key_record({"pkcs11_uri": doc["retiring_key"]}, ROTATION_SECRET)
+        if not isinstance(retiring_key, Pkcs11Uri):
+            raise ConfigError([f"the shared secret {ROTATION_SECRET!r} in the database is damaged"])
+        shared = replace(shared, retiring_key=retiring_key)
     return replace(shared, previous=tuple(previous))
 
 
@@ -175,14 +183,16 @@ async def _require(db: ClusterDb, passphrase: Secret[str]) -> SharedCa:
     if shared is None:
         raise InvalidInput("the database holds no service yet: start a node (iotdps up) before rotating its CA")
     # The active key must open with this passphrase, or activation would fail on every node.
-    load_private_key(shared.active_key, passphrase, what="server CA key")
+    # (A key in a token: each node reaches it through its own module and PIN.)
+    if isinstance(shared.active_key, bytes):
+        load_private_key(shared.active_key, passphrase, what="server CA key")
     return shared
 
 
 async def _swap(db: ClusterDb, before: SharedCa, after: SharedCa, passphrase: Secret[str], *, ca: bool) -> None:
     new = {ROTATION_SECRET: seal(ROTATION_SECRET, json.dumps(after.rotation_doc()).encode(), passphrase)}
     if ca:
-        doc = {"certificate": _pem(after.active), "key": after.active_key.decode()}
+        doc = {"certificate": _pem(after.active), **key_record(after.active_key)}
         new[SERVER_CA_SECRET] = seal(SERVER_CA_SECRET, json.dumps(doc).encode(), passphrase)
     sealed_ca, sealed_rotation = before.raw
     expected = {SERVER_CA_SECRET: sealed_ca, ROTATION_SECRET: sealed_rotation}
@@ -190,8 +200,9 @@ async def _swap(db: ClusterDb, before: SharedCa, after: SharedCa, passphrase: Se
         raise InvalidInput("the server CA rotation changed while this command ran (another operator?): run it again")
 
 
-async def rotate(db: ClusterDb, passphrase: Secret[str]) -> SharedCa:
-    """A new CA pending beside the active one, for the whole service."""
+async def rotate(db: ClusterDb, passphrase: Secret[str], environ: Mapping[str, str] | None = None) -> SharedCa:
+    """A new CA pending beside the active one, for the whole service (its key made in the
+    active one's token when that is where the active key is)."""
     shared = await _require(db, passphrase)
     if shared.state.phase is not Phase.NONE:
         raise InvalidInput(
@@ -199,8 +210,12 @@ async def rotate(db: ClusterDb, passphrase: Secret[str]) -> SharedCa:
             + ("activate it (iotdps tls activate)" if shared.next is not None else "retire the old CA first")
             + " before starting another"
         )
-    ca, key_pem = ca_rotation.new_ca(passphrase)
-    after = replace(shared, next=ca, next_key=key_pem)
+    key: CaKeyRef
+    if isinstance(shared.active_key, Pkcs11Uri):
+        ca, key = ca_rotation.new_token_ca(shared.active_key.token, environ)
+    else:
+        ca, key = ca_rotation.new_ca(passphrase)
+    after = replace(shared, next=ca, next_key=key)
     await _swap(db, shared, after, passphrase, ca=False)
     return after
 
@@ -212,28 +227,37 @@ async def activate(db: ClusterDb, passphrase: Secret[str]) -> SharedCa:
         return shared
     if shared.next is None or shared.next_key is None:
         raise InvalidInput("no server CA rotation is pending: start one with iotdps tls rotate")
-    load_private_key(shared.next_key, passphrase, what="new server CA key")
+    if isinstance(shared.next_key, bytes):
+        load_private_key(shared.next_key, passphrase, what="new server CA key")
     after = SharedCa(
         shared.next,
         shared.next_key,
         retiring=shared.active,
+        retiring_key=shared.active_key if isinstance(shared.active_key, Pkcs11Uri) else None,
         previous=(*shared.previous, sha256_thumbprint(shared.active)),
     )
     await _swap(db, shared, after, passphrase, ca=True)
     return after
 
 
-async def retire(db: ClusterDb, passphrase: Secret[str]) -> SharedCa:
-    """The retiring CA leaves the service's bundle (its thumbprint stays in `previous`)."""
+async def retire(db: ClusterDb, passphrase: Secret[str], environ: Mapping[str, str] | None = None) -> SharedCa:
+    """The retiring CA leaves the service's bundle (its thumbprint stays in `previous`); its key
+    object in the token, if that is where it was, is destroyed first (a retire that stops
+    between the two finds it gone when run again)."""
     shared = await _require(db, passphrase)
     if shared.state.phase is not Phase.ACTIVATED:
         raise InvalidInput(
             "there is no old server CA to retire: "
             + ("activate the new one first (iotdps tls activate)" if shared.next is not None else "no rotation")
         )
-    after = replace(shared, retiring=None)
+    destroyed = None
+    if shared.retiring_key is not None and shared.retiring is not None and shared.retiring_key != shared.active_key:
+        # Checked against the retired certificate: a mix-up never destroys another key.
+        destroy_token_ca_key(shared.retiring_key, shared.retiring, environ)
+        destroyed = shared.retiring_key
+    after = replace(shared, retiring=None, retiring_key=None)
     await _swap(db, shared, after, passphrase, ca=False)
-    return after
+    return replace(after, destroyed=destroyed)
 
 
 # -- each node's files follow ----------------------------------------------------------------------
@@ -300,6 +324,7 @@ def _catch_up(data_dir: Path, shared: SharedCa, environ: Mapping[str, str] | Non
         # presence marks a complete identity.
         (tls / "server-ca.pem").unlink()
         (tls / "server-ca.key").unlink(missing_ok=True)
+        (tls / "server-ca.pkcs11").unlink(missing_ok=True)
         return False
     ca_rotation.stage_next(data_dir, shared.active, shared.active_key)
     ca_rotation.activate(data_dir, environ)
@@ -335,13 +360,18 @@ async def follow(db: ClusterDb, data_dir: Path, environ: Mapping[str, str] | Non
 
 
 async def join(
-    db: ClusterDb, data_dir: Path, names: Sequence[str], environ: Mapping[str, str] | None = None
+    db: ClusterDb,
+    data_dir: Path,
+    names: Sequence[str],
+    environ: Mapping[str, str] | None = None,
+    *,
+    ca_pkcs11_uri: str | None = None,
 ) -> tuple[ServerFiles, AccessPolicies]:
     """join_service, for a data dir that may be behind the service's CA rotation: it catches up
     first (or joining would take it for another service's), and after joining it learns the
     rotation's other CA (a fresh data dir receives only the active one)."""
     await follow(db, data_dir, environ)
-    joined = await join_service(db, data_dir, names, environ)
+    joined = await join_service(db, data_dir, names, environ, ca_pkcs11_uri=ca_pkcs11_uri)
     await follow(db, data_dir, environ)
     return joined
 

@@ -177,8 +177,9 @@ class _Flow:
         hub_blob = (state.get("tpm") or {}).get("authenticationKey")
         if not isinstance(hub, str) or not isinstance(device_id, str) or not isinstance(hub_blob, str):
             raise ProvisioningFailed("the assignment lacks the hub, the device id or the TPM's hub key")
-        chain = state.get("issuedCertificateChain") or []
-        if self.csr is not None and (not isinstance(chain, list) or not chain):
+        chain = state.get("issuedCertificateChain")
+        chain = chain if isinstance(chain, list) else []
+        if self.csr is not None and not chain:
             raise ProvisioningFailed("provisioning assigned the device but issued no certificate")
         bundle = state.get("trustBundle")
         # The second blob: imported, its key replaces the challenge key and signs hub tokens.

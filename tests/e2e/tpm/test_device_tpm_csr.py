@@ -12,6 +12,7 @@ hub; with it on, both do, and a renewal (a new CSR, the challenge again) gives a
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import subprocess
@@ -206,3 +207,18 @@ def test_agent_kept_tpm_key_and_renewal(server: RunningServer, tmp_path: Path) -
     verdict = openssl_verify(tmp_path, chain, files.bundle_file.read_bytes())
     assert verdict.returncode == 0, verdict.stdout + verdict.stderr
     assert wait_for_telemetry(server, rid, 4)[:2] == [b"first", b"renewed"]
+
+
+def test_csr_without_an_issuance_policy_is_one_error_line(server: RunningServer, tmp_path: Path) -> None:
+    rid = "tpm-csr-nopolicy"
+    with running_swtpm(tmp_path / "tpm") as swtpm:
+        server.cli("enrollment", "create", rid, "--endorsement-key", base64.b64encode(swtpm.ek_public).decode())
+        code, out, err = device_run(server, swtpm, rid, tmp_path / "state.json")
+    assert (code, out) == (2, "")
+    assert err.strip().splitlines() == [
+        "error: provisioning refused: HTTP 400 Device sent CSR but it is not configured in the service"
+    ]
+    refusal = server.refusals(rid)[0]
+    assert refusal.reason == "CSR_NOT_EXPECTED" and refusal.attestation_type == "tpm"
+    assert server.registration(rid) is None and _certificates(server, rid) == []
+    assert not (tmp_path / "state.json").exists() and not IssuedFiles(tmp_path / "state.json").key_file.exists()

@@ -6,6 +6,11 @@ Cases of issue 19: another TPM (other EK) claiming an enrolled registration id, 
 answering with an HMAC of a guessed key, an enrollment deleted between challenge and answer
 (and the old challenge replayed after re-enrollment), a disabled enrollment, malformed keys and
 bodies, and TPM over MQTT.
+
+Certificate issuance (issue 18) with TPM attestation: a CSR on the unauthenticated first
+request (the challenge), or with a SAS of a guessed key, is neither vetted nor signed; only the
+authenticated request issues, once; a bad CSR there is refused with its reason, and nothing is
+registered or issued.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from cryptography import x509
 
 from iotdps.protocols.mqtt.events import PublishReceived
+from iotdps_testing.issuance import csr_b64, make_csr
 from iotdps_testing.rawdps import dps_connect
 from iotdps_testing.server import RunningServer, start_server
 from iotdps_testing.soft_tpm import SoftTpm
@@ -26,11 +33,21 @@ from iotdps_testing.tpm_http import DpsHttp, tpm_sas
 pytestmark = pytest.mark.e2e
 
 
+P25 = "2025-07-01-preview"  # the api-version whose register body carries `csr`
+ISSUING = ("--issuing-ca", "tpm-attack-ca")  # an issuance policy on the enrollment
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    running = start_server(tmp_path_factory.mktemp("tpm-attack"))
-    yield running
-    assert running.stop() == 0, running.log()
+    tmp = tmp_path_factory.mktemp("tpm-attack")
+    running = start_server(tmp)
+    running.env.update({"IOTDPS_CA_DIR": str(tmp / "ca"), "IOTDPS_CA_PASSPHRASE": "tpm-attack-pass-1"})
+    try:
+        running.cli("create-ca-root", "--name", "tpm-attack-root")
+        running.cli("issuing-ca", "add-local", "tpm-attack-ca", "--ca", "tpm-attack-root")
+        yield running
+    finally:
+        assert running.stop() == 0, running.log()
 
 
 def _body(rid: str, tpm: SoftTpm) -> dict[str, object]:
@@ -170,3 +187,77 @@ def test_tpm_over_mqtt_is_refused_as_azure_does(server: RunningServer) -> None:
         tls.close()
     refusal = server.refusals("tpm-mqtt")[0]
     assert refusal.reason == "TPM_OVER_MQTT" and "HTTPS and AMQP only" in refusal.message
+
+
+def _issued(server: RunningServer, rid: str) -> list[int]:
+    """Serial numbers of the certificates issued to `rid` (the issued-certificate records)."""
+    return [
+        int(c["serialNumber"], 16) for c in server.cli_json("certificate", "list", "--registration-id", rid, "--json")
+    ]
+
+
+def test_a_csr_before_the_tpm_proof_issues_nothing(server: RunningServer) -> None:
+    rid = "tpm-csr-early"
+    tpm = SoftTpm(6)
+    _enroll(server, rid, tpm, "--issuing-ca", "tpm-attack-ca")
+    dps = DpsHttp(server, api_version=P25)
+    good = {**_body(rid, tpm), "csr": csr_b64(make_csr(rid))}
+    # The challenge: the CSR is not looked at, let alone signed, and nothing is written.
+    challenge = dps.register(rid, good)
+    assert challenge.status == 401 and set(challenge.body) == {"authenticationKey", "keyName"}, challenge
+    # Not even vetted: a bad CSR gets the same challenge and leaves no CSR refusal behind.
+    other_name = dps.register(rid, {**_body(rid, tpm), "csr": csr_b64(make_csr("someone-else"))})
+    assert other_name.status == 401 and "authenticationKey" in other_name.body
+    # A SAS of a guessed key with the CSR: refused as a bad signature, still nothing issued.
+    guess = tpm.sas(server.id_scope, rid, expiry=int(time.time()) + 600, key=b"\x01" * 32)
+    refused = dps.register(rid, good, guess)
+    assert refused.status == 401 and refused.body["errorCode"] == 401000
+    assert _reasons(server, rid) == ["SAS_BAD_SIGNATURE"]
+    assert _issued(server, rid) == [] and server.registration(rid) is None
+    # The proven request issues, exactly once across the challenge, the answer and the polls.
+    reply, sas = dps.tpm_register(rid, tpm, tpm.ek_b64, tpm.srk_b64, csr=good["csr"])
+    assert reply.status == 200 and reply.body["status"] == "assigned", reply
+    state = reply.body["registrationState"]
+    leaf = x509.load_der_x509_certificate(base64.b64decode(state["issuedCertificateChain"][0]))
+    polled = dps.operation(rid, reply.body["operationId"], sas)
+    assert polled.body["registrationState"]["issuedCertificateChain"] == state["issuedCertificateChain"]
+    assert _issued(server, rid) == [leaf.serial_number]
+    assert server.registration(rid).issued_certificate is not None
+
+
+@pytest.mark.parametrize(
+    ("csr_for", "enroll_extra", "error_code", "reason", "words"),
+    [
+        ("someone-else", ISSUING, 400022, "CSR_CN_MISMATCH", "CN 'someone-else' is not the registration id"),
+        ("ca-rights", ISSUING, 400023, "CSR_REQUESTS_CA", "asks for CA rights"),
+        ("forged", ISSUING, 400020, "CSR_BAD_SIGNATURE", "was not signed by the key it carries"),
+        ("self", (), 400025, "CSR_NOT_EXPECTED", "has no issuance policy"),  # an enrollment without one
+        (None, ISSUING, 400024, "CSR_REQUIRED", "requires a CSR"),
+    ],
+)
+def test_a_bad_csr_on_the_proven_tpm_request_is_refused_with_its_reason(
+    server: RunningServer, csr_for: str | None, enroll_extra: tuple[str, ...], error_code: int, reason: str, words: str
+) -> None:
+    rid = f"tpm-badcsr-{error_code}"
+    tpm = SoftTpm(7)
+    _enroll(server, rid, tpm, *enroll_extra)
+    body = _body(rid, tpm)
+    if csr_for == "ca-rights":
+        cert_sign = x509.KeyUsage(False, False, False, False, False, True, False, False, False)
+        body["csr"] = csr_b64(make_csr(rid, extensions=[(cert_sign, True)]))
+    elif csr_for == "forged":
+        der = bytearray(base64.b64decode(csr_b64(make_csr(rid))))
+        der[-1] ^= 0x01  # the signature's last byte: still a CSR, no longer signed by its key
+        body["csr"] = base64.b64encode(bytes(der)).decode("ascii")
+    elif csr_for is not None:
+        body["csr"] = csr_b64(make_csr(rid if csr_for == "self" else csr_for))
+    dps = DpsHttp(server, api_version=P25)
+    challenge = dps.register(rid, body)
+    assert challenge.status == 401
+    tpm.activate(challenge.body["authenticationKey"])
+    reply = dps.register(rid, body, tpm_sas(tpm, server.id_scope, rid))
+    assert reply.status == 400 and reply.body["errorCode"] == error_code, reply
+    refusal = server.refusals(rid)[0]
+    assert refusal.reason == reason and refusal.attestation_type == "tpm"
+    assert words in refusal.message, refusal.message
+    assert server.registration(rid) is None and _issued(server, rid) == []

@@ -17,8 +17,6 @@ from iotdps_testing.server import RunningServer
 
 __all__ = ["DpsHttp", "Reply", "TpmSigner", "tpm_sas"]
 
-API = "api-version=2019-03-31"
-
 
 class TpmSigner(Protocol):
     def activate(self, blob_b64: str) -> object: ...
@@ -42,10 +40,12 @@ class Reply:
 
 
 class DpsHttp:
-    """HTTPS to the server's 443 with its CA; one connection per request."""
+    """HTTPS to the server's 443 with its CA; one connection per request. `api_version`: the
+    query's api-version (2025-07-01-preview for a register body with a `csr`)."""
 
-    def __init__(self, server: RunningServer) -> None:
+    def __init__(self, server: RunningServer, *, api_version: str = "2019-03-31") -> None:
         self.server = server
+        self.api = f"api-version={api_version}"
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         self.context.load_verify_locations(cadata=server.server_ca)
 
@@ -56,7 +56,7 @@ class DpsHttp:
             headers["Authorization"] = sas
         raw = body if isinstance(body, bytes) else (json.dumps(body).encode() if body is not None else None)
         try:
-            conn.request(method, f"/{self.server.id_scope}{path}?{API}", body=raw, headers=headers)
+            conn.request(method, f"/{self.server.id_scope}{path}?{self.api}", body=raw, headers=headers)
             response = conn.getresponse()
             data = response.read()
             return Reply(response.status, json.loads(data) if data else None, dict(response.getheaders()))
@@ -72,9 +72,13 @@ class DpsHttp:
     def lookup(self, registration_id: str, sas: str) -> Reply:
         return self.request("POST", f"/registrations/{registration_id}", {"registrationId": registration_id}, sas)
 
-    def tpm_register(self, registration_id: str, signer: TpmSigner, ek_b64: str, srk_b64: str) -> tuple[Reply, str]:
-        """Challenge, activation, answer, polling: the final reply and the SAS used."""
+    def tpm_register(
+        self, registration_id: str, signer: TpmSigner, ek_b64: str, srk_b64: str, **extra: object
+    ) -> tuple[Reply, str]:
+        """Challenge, activation, answer, polling: the final reply and the SAS used. `extra`:
+        more body members (a `csr`), sent with both PUTs as the SDKs repeat the body."""
         body = {"registrationId": registration_id, "tpm": {"endorsementKey": ek_b64, "storageRootKey": srk_b64}}
+        body.update(extra)
         challenge = self.register(registration_id, body)
         assert challenge.status == 401, challenge
         assert set(challenge.body) == {"authenticationKey", "keyName"}, challenge.body

@@ -6,10 +6,11 @@ host, assigned hub, device id), written atomically and owner-only. It is dropped
 provisions again, when the hub refuses the device (CONNACK 4/5: it was moved or deleted) or
 stays unreachable for `hub_attempts` tries.
 
-With `issue_certificate` (`iotdps device run --csr`, issue 18) the device registers with a CSR,
-keeps the issued key, chain and trust bundle beside the state file (device.issued), connects to
-the hub with that certificate, and registers again with a new CSR when less than a third of the
-certificate's validity is left (at start, or when the caller asks: `certificate_due`, `renew`).
+With `issue_certificate` (`iotdps device run --csr`, issue 18) the device registers with a CSR
+(whatever its attestation; a TPM device over HTTPS), keeps the issued key, chain and trust
+bundle beside the state file (device.issued), connects to the hub with that certificate, and
+registers again with a new CSR when less than a third of the certificate's validity is left (at
+start, or when the caller asks: `certificate_due`, `renew`).
 """
 
 from __future__ import annotations
@@ -132,6 +133,9 @@ class DeviceAgent:
     async def _provision(self) -> Assignment:
         s = self.settings
         self.provisioned += 1
+        # With --csr a software key, for TPM devices too: the hub's TLS handshake signs with it,
+        # and Python's ssl takes only key files (README, certificate issuance).
+        key, csr = new_key_and_csr(s.registration_id) if s.issue_certificate else (None, None)
         if isinstance(s.credential, TpmCredential):
             # TPM is HTTPS-only; the hub key lands in the TPM, so the cached hub needs no secret.
             assignment = await provision_tpm(
@@ -139,23 +143,22 @@ class DeviceAgent:
                 s.id_scope,
                 s.registration_id,
                 s.credential,
-                ca_pem=s.ca_pem,
+                ca_pem=self.root_store(),
                 port=s.https_port,
                 payload=s.payload,
+                csr=csr,
             )
-            save_state(s, assignment)
-            return assignment
-        key, csr = new_key_and_csr(s.registration_id) if s.issue_certificate else (None, None)
-        assignment = await provision(
-            s.provisioning_host,
-            s.id_scope,
-            s.registration_id,
-            s.credential,
-            ca_pem=self.root_store(),
-            port=s.port,
-            payload=s.payload,
-            csr=csr,
-        )
+        else:
+            assignment = await provision(
+                s.provisioning_host,
+                s.id_scope,
+                s.registration_id,
+                s.credential,
+                ca_pem=self.root_store(),
+                port=s.port,
+                payload=s.payload,
+                csr=csr,
+            )
         if key is not None:
             IssuedFiles(s.state_file).save(key, assignment.issued_chain, assignment.trust_bundle)
         save_state(s, assignment)

@@ -10,6 +10,12 @@ client that does not use MQTT:
 4. On `assigned`, `registrationState.tpm.authenticationKey` is imported too: its key is the
    hub key, so from then on the TPM signs the device's hub tokens.
 
+With a `csr` (issue 18, `iotdps device run --tpm --csr`) every request of the flow uses
+api-version 2025-07-01-preview and both PUTs carry the same body with the `csr`, as the SDKs
+repeat the body after the challenge. The service vets and signs it on the authenticated PUT
+only (the challenge looks at the EK alone), and the assigned answer carries the
+`issuedCertificateChain` and trust bundle, returned in the Assignment like provision() does.
+
 The HTTP exchange is a few blocking requests and the TPM calls block as well, so the whole flow
 runs in a worker thread with stdlib http.client; every request has a timeout and the polling
 loop a deadline.
@@ -27,7 +33,13 @@ from typing import Any
 from urllib.parse import quote
 
 from iotdps.device.credentials import TpmCredential, tls_context
-from iotdps.device.provision import CLIENT_VERSION, DPS_API_VERSION, Assignment, ProvisioningFailed
+from iotdps.device.provision import (
+    CLIENT_VERSION,
+    DPS_API_VERSION,
+    ISSUANCE_API_VERSION,
+    Assignment,
+    ProvisioningFailed,
+)
 from iotdps.errors import Unauthorized
 
 __all__ = ["provision_tpm"]
@@ -47,10 +59,12 @@ async def provision_tpm(
     payload: Any = None,
     timeout: float = 60.0,
     ssl_context: ssl.SSLContext | None = None,
+    csr: str | None = None,
 ) -> Assignment:
-    """Register over HTTPS with the TPM's challenge; the hub key ends up in the TPM."""
+    """Register over HTTPS with the TPM's challenge; the hub key ends up in the TPM. `csr`:
+    base64 DER; registers with api-version 2025-07-01-preview and returns the issued chain too."""
     context = ssl_context or tls_context(ca_pem, credential)
-    flow = _Flow(provisioning_host, port, context, id_scope, registration_id, credential, timeout)
+    flow = _Flow(provisioning_host, port, context, id_scope, registration_id, credential, timeout, csr)
     return await asyncio.to_thread(flow.run, payload)
 
 
@@ -64,10 +78,14 @@ class _Flow:
         registration_id: str,
         credential: TpmCredential,
         timeout: float,
+        csr: str | None,
     ) -> None:
         self.host, self.port, self.context = host, port, context
         self.id_scope, self.registration_id = id_scope, registration_id
         self.credential = credential
+        self.csr = csr
+        # Status polls too: the issued chain is rendered per api-version, on the poll's answer.
+        self.api_version = ISSUANCE_API_VERSION if csr is not None else DPS_API_VERSION
         self.deadline = time.monotonic() + timeout
 
     def _remaining(self) -> float:
@@ -89,7 +107,7 @@ class _Flow:
         data = json.dumps(body).encode() if body is not None else None
         url = f"/{quote(self.id_scope, safe='')}/registrations/{quote(self.registration_id, safe='')}{path}"
         try:
-            connection.request(method, f"{url}?api-version={DPS_API_VERSION}", body=data, headers=headers)
+            connection.request(method, f"{url}?api-version={self.api_version}", body=data, headers=headers)
             response = connection.getresponse()
             raw = response.read(_MAX_BODY + 1)
             retry_after = response.getheader("Retry-After")
@@ -114,6 +132,8 @@ class _Flow:
         }
         if payload is not None:
             body["payload"] = payload
+        if self.csr is not None:
+            body["csr"] = self.csr
         status, doc, _ = self._request("PUT", "/register", body, None)
         challenge = doc.get("authenticationKey")
         if status != 401 or not isinstance(challenge, str):
@@ -157,9 +177,23 @@ class _Flow:
         hub_blob = (state.get("tpm") or {}).get("authenticationKey")
         if not isinstance(hub, str) or not isinstance(device_id, str) or not isinstance(hub_blob, str):
             raise ProvisioningFailed("the assignment lacks the hub, the device id or the TPM's hub key")
+        chain = state.get("issuedCertificateChain")
+        chain = chain if isinstance(chain, list) else []
+        if self.csr is not None and not chain:
+            raise ProvisioningFailed("provisioning assigned the device but issued no certificate")
+        bundle = state.get("trustBundle")
         # The second blob: imported, its key replaces the challenge key and signs hub tokens.
+        # With an issued certificate the hub may not accept that key any more (the policy's
+        # keepExistingCredential); imported all the same, as the SDKs do, and left unused then.
         self.credential.tpm.activate(_b64(hub_blob, "registrationState.tpm.authenticationKey"))
-        return Assignment(self.registration_id, hub, device_id, state.get("substatus"))
+        return Assignment(
+            self.registration_id,
+            hub,
+            device_id,
+            state.get("substatus"),
+            tuple(str(c) for c in chain),
+            bundle if isinstance(bundle, dict) else None,
+        )
 
 
 def _b64(text: str, what: str) -> bytes:

@@ -142,8 +142,8 @@ async def test_the_registration_view_shows_the_certificate_and_the_bundle(world:
 
 def test_hub_auth_keeps_a_tpm_devices_hub_key_only_when_kept() -> None:
     """A TPM device's hub identity is a SAS key the service made for it (attestation.tpm); the
-    policy keeps it like any other credential. (A TPM registration with a CSR is not wired to
-    a device client yet, so this is the function the pipeline calls, on its own.)"""
+    policy keeps it like any other credential. (The whole flow, a TPM device registering with a
+    CSR on swtpm, is tests/e2e/tpm/test_device_tpm_csr.py.)"""
     root = issue("root", ca=True)
     leaf = issue("tpm-dev-1", root)
     chain = IssuedChain(leaf.cert, (), root.cert, "factory-ca")

@@ -16,6 +16,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from iotdps.store import open_store
 from iotdps.timestamps import utcnow
 from iotdps_testing.cluster import enroll_symmetric_key, pg_database, start_node
 from iotdps_testing.net import free_loopback_address
+from iotdps_testing.server import RunningServer
 from iotdps_testing.tpm_http import DpsHttp
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.timeout(180)]
@@ -60,6 +62,11 @@ def _register(dps: DpsHttp, registration_id: str, key: str) -> dict[str, object]
     state = reply.body.get("registrationState")
     assert isinstance(state, dict), reply
     return state
+
+
+def _owner_key(node: RunningServer) -> str:
+    doc = json.loads((node.data_dir / "access-policies.json").read_text())
+    return str(next(p["primaryKey"] for p in doc["policies"] if p["keyName"] == "provisioningserviceowner"))
 
 
 def _hub(dsn: str, name: str) -> LinkedHub:
@@ -99,12 +106,18 @@ def test_a_clean_stop_of_one_node_leaves_the_hub_served_by_the_other(tmp_path: P
             assert not left.unserved(utcnow()), left
             (survivor,) = [node for node, _ in left.served_by]
             assert survivor in {node for node, _ in both.served_by}
-            listed = second.cli("hub", "list")
-            assert "yes" in listed and survivor in listed, listed
+            # `hub list` says which node serves it, from the database and through the API.
+            listed = second.cli("hub", "list", "--dsn", dsn)
+            assert f"yes (by {survivor}; lease until" in listed, listed
+            remote = second.cli_json(
+                "hub", "list", "--json", "--server", f"https://{second.address}:8443",
+                "--policy", "provisioningserviceowner", "--key", _owner_key(second),
+                "--server-ca", str(second.server_ca_path),
+            )  # fmt: skip
+            assert [set(h.get("servedBy", {})) for h in remote] == [{survivor}], remote
         finally:
             assert second.stop() == 0
         # The last node serving the hub stopped: unserved at once, as before.
         assert _hub(dsn, service).unserved(utcnow())
     finally:
         first.stop()
-

@@ -134,3 +134,18 @@ async def test_concurrent_lease_writes_lose_no_node(store: Store) -> None:
         assert _nodes((await _hubs(store))["shared.example"]) == ["n1", "n2", "n3"]
         await asyncio.gather(nodes[0].claim(), *(n.renew() for n in nodes[1:]))
         assert _nodes((await _hubs(store))["shared.example"]) == ["n0", "n1", "n2", "n3"]
+
+
+async def test_nodes_listing_their_hubs_in_another_order_do_not_deadlock(store: Store) -> None:
+    """Each write locks its hubs in name order, whatever the order of the node's [[hubs]]: on
+    PostgreSQL two nodes locking x then y and y then x at once would deadlock, and one
+    of them would fail its start or its renewal."""
+    clock = Clock()
+    names = ["x.example", "y.example"]
+    a = HubLeases(store, [HubConfig(n) for n in names], implicit=False, node="node-a", now=clock)
+    b = HubLeases(store, [HubConfig(n) for n in reversed(names)], implicit=False, node="node-b", now=clock)
+    await asyncio.gather(a.claim(), b.claim())
+    for _ in range(5):
+        await asyncio.gather(a.renew(), b.renew())
+    hubs = await _hubs(store)
+    assert [_nodes(hubs[n]) for n in names] == [["node-a", "node-b"]] * 2

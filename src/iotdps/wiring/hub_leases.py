@@ -99,9 +99,10 @@ class HubLeases:
                     await uow.hubs.delete(hub.host_name)
                     await record(uow, _STARTUP, "hub.unlink", f"hub/{hub.host_name}", before=hub)
                     log.info("unlinked the implicit hub %s: this node serves %s", hub.host_name, ", ".join(mine))
-            for name, config in mine.items():
+            for name, config in sorted(mine.items()):
                 # Read again under the hub's lock, whatever the list said: another node may be
-                # linking it or writing its lease on it at this moment.
+                # linking it or writing its lease on it at this moment. In name order, as
+                # _write locks them: two nodes serving the same hubs cannot deadlock.
                 spelled = existing[name].host_name if name in existing else config.host_name
                 current = await uow.hubs.get(spelled, for_update=True)
                 saved = await uow.hubs.put(self._leased(self._served(current, config), until, now))
@@ -148,7 +149,7 @@ class HubLeases:
 
     async def _write(self, until: datetime | None, now: datetime) -> None:
         async with self._store.begin() as uow:
-            for name in self.host_names:
+            for name in sorted(self.host_names, key=str.lower):
                 current = await uow.hubs.get(name, for_update=True)
                 if current is not None:  # unlinked by an operator while we run: leave it so
                     await uow.hubs.put(self._leased(current, until, now))

@@ -53,16 +53,21 @@ def _stored(server: ManagementServer, name: str) -> LinkedHub | None:
     return server.call(read())
 
 
-FORGED = {"allocationWeight": 2, "servedUntil": "2000-01-01T00:00:00Z", "implicit": True}
+FORGED = {
+    "allocationWeight": 2,
+    "servedUntil": "2000-01-01T00:00:00Z",
+    "servedBy": {"forged-node": "2100-01-01T00:00:00Z"},
+    "implicit": True,
+}
 
 
 def test_a_new_hub_cannot_be_created_leased_out_or_implicit(server: ManagementServer) -> None:
     answer = _call(server, "PUT", "/linkedHubs/forged.example.net", FORGED)
     assert answer.status_code == 200, answer.text
-    assert "servedUntil" not in answer.json() and "implicit" not in answer.json()
+    assert not {"servedUntil", "servedBy", "implicit"} & set(answer.json())
     stored = _stored(server, "forged.example.net")
     assert stored is not None and stored.allocation_weight == 2
-    assert stored.served_until is None and not stored.implicit
+    assert stored.served_until is None and stored.served_by == () and not stored.implicit
 
 
 def test_an_update_keeps_the_nodes_lease_and_adopts_the_implicit_hub(server: ManagementServer) -> None:
@@ -71,7 +76,9 @@ def test_an_update_keeps_the_nodes_lease_and_adopts_the_implicit_hub(server: Man
     async def seed() -> None:
         assert server.store is not None
         async with server.store.begin() as uow:
-            await uow.hubs.put(LinkedHub("implicit.example.net", served_until=until, implicit=True))
+            await uow.hubs.put(
+                LinkedHub("implicit.example.net", served_until=until, implicit=True, served_by=(("node-1", until),))
+            )
 
     server.call(seed())
     for method in ("PUT", "PATCH"):
@@ -80,4 +87,5 @@ def test_an_update_keeps_the_nodes_lease_and_adopts_the_implicit_hub(server: Man
         stored = _stored(server, "implicit.example.net")
         assert stored is not None
         assert stored.served_until == until  # not the forged date in 2000
+        assert stored.served_by == (("node-1", until),)  # nor a lease of a node that does not exist
         assert not stored.implicit  # changed by the operator: theirs, never unlinked by `up`

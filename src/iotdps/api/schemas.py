@@ -197,7 +197,12 @@ _LINKED_HUB = {
         "servedUntil": {
             "type": "string",
             "format": "date-time",
-            "description": "iotdps: end of the serving node's lease; once past, allocation skips the hub",
+            "description": "iotdps: end of the latest serving node's lease; once past, allocation skips the hub",
+        },
+        "servedBy": {
+            "type": "object",
+            "additionalProperties": {"type": "string", "format": "date-time"},
+            "description": "iotdps: each serving node's lease end, by node id (a node stopped cleanly has none)",
         },
         "implicit": {"type": "boolean", "description": "iotdps: made by `iotdps up` because no hub was configured"},
     },

@@ -17,4 +17,6 @@ def served_text(hub: LinkedHub, now: datetime | None = None) -> str:
         return "never: no node serves it"
     if hub.unserved(now):
         return f"NO, since {format_time(hub.served_until)}: allocation skips it"
-    return f"yes (lease until {format_time(hub.served_until)})"
+    nodes = hub.serving_nodes(now)
+    by = f"by {', '.join(nodes)}; " if nodes else ""
+    return f"yes ({by}lease until {format_time(hub.served_until)})"

@@ -19,7 +19,7 @@ from urllib.parse import quote
 import aiohttp
 
 from iotdps.access import make_service_sas
-from iotdps.allocation.hubs import LinkedHub
+from iotdps.allocation.hubs import LinkedHub, served_by_from_json
 from iotdps.audit import AuditEntry, AuditQuery
 from iotdps.cli.client import ExplainRequest
 from iotdps.cli.server_target import ServerTarget
@@ -187,6 +187,7 @@ def _hub_from_json(doc: Mapping[str, Any]) -> LinkedHub:
         doc.get("location"),
         served_until=parse_time(doc["servedUntil"]) if isinstance(doc.get("servedUntil"), str) else None,
         implicit=doc.get("implicit") is True,
+        served_by=served_by_from_json(doc.get("servedBy")),
     )
 
 

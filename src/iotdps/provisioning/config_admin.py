@@ -19,11 +19,12 @@ __all__ = ["link_hub", "put_settings", "unlink_hub", "update_hub"]
 async def link_hub(store: Store, hub: LinkedHub, *, actor: Actor) -> LinkedHub:
     """Link a hub, or replace a linked hub's settings. The settings are the operator's; the
     serving lease stays the nodes' (allocation.hubs), and a hub an operator set is no longer
-    the implicit one."""
+    the implicit one. The row is read locked: a node writing its lease at the same moment
+    (wiring/hub_leases.py) is not overwritten with the leases read before it."""
     async with store.begin() as uow:
-        before = await uow.hubs.get(hub.host_name)
-        lease = before.served_until if before is not None else None
-        saved = await uow.hubs.put(replace(hub, served_until=lease, implicit=False))
+        before = await uow.hubs.get(hub.host_name, for_update=True)
+        until, by = (before.served_until, before.served_by) if before is not None else (None, ())
+        saved = await uow.hubs.put(replace(hub, served_until=until, served_by=by, implicit=False))
         action = "hub.update" if before is not None else "hub.link"
         await record(uow, actor, action, f"hub/{saved.host_name}", before=before, after=saved)
         return saved
@@ -32,9 +33,10 @@ async def link_hub(store: Store, hub: LinkedHub, *, actor: Actor) -> LinkedHub:
 async def update_hub(
     store: Store, host_name: str, change: Callable[[LinkedHub], LinkedHub], *, actor: Actor
 ) -> LinkedHub:
-    """Change a linked hub with `change(current)`; NotFound when it is not linked."""
+    """Change a linked hub with `change(current)`; NotFound when it is not linked. Locked, as
+    link_hub is, against the nodes' lease writes."""
     async with store.begin() as uow:
-        before = await uow.hubs.get(host_name)
+        before = await uow.hubs.get(host_name, for_update=True)
         if before is None:
             raise NotFound(f"hub {host_name} is not linked")
         saved = await uow.hubs.put(change(before))

@@ -16,7 +16,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from iotdps.allocation.hubs import LinkedHub
+from iotdps.allocation.hubs import LinkedHub, served_by_from_json
 from iotdps.enrollment.cas import CaCertificate
 from iotdps.enrollment.models import AllocationPolicy, EnrollmentGroup, IndividualEnrollment
 from iotdps.hub.devices import AuthType, DeviceAuth, DeviceIdentity, DeviceStatus, Twin
@@ -172,6 +172,7 @@ def hub_from_doc(doc: dict[str, Any]) -> LinkedHub:
         location=cast(str | None, doc.get("location")),
         served_until=_opt_time(doc.get("servedUntil")),
         implicit=doc.get("implicit") is True,
+        served_by=served_by_from_json(doc.get("servedBy")),
     )
 
 

@@ -20,7 +20,7 @@ from iotdps.server.cluster_live import ClusterLive
 from iotdps.store.sql.cluster import ClusterDb
 from iotdps.wiring.hub import Hubs
 
-__all__ = ["Cluster", "connect_nats"]
+__all__ = ["Cluster", "connect_nats", "node_id_for"]
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +43,18 @@ async def connect_nats(url: str, name: str) -> Nats:
         raise ConfigError([f"cannot connect to NATS at {url}: {type(exc).__name__}"]) from None
 
 
+def node_id_for(config: ClusterConfig) -> str:
+    """This node's id: the configured one, or a fresh one for this process."""
+    return config.node_id or "node-" + secrets.token_hex(4)
+
+
 class Cluster:
-    def __init__(self, config: ClusterConfig, db: ClusterDb) -> None:
+    def __init__(self, config: ClusterConfig, db: ClusterDb, node_id: str) -> None:
+        """`node_id`: node_id_for(config), chosen once per process: the hubs' serving leases
+        (wiring/hub_leases.py) are kept under the same id."""
         self.config = config
         self.db = db
-        self.node_id = config.node_id or "node-" + secrets.token_hex(4)
+        self.node_id = node_id
         self.nats: Nats | None = None
         self.live: ClusterLive | None = None
 

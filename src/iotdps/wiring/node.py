@@ -70,7 +70,7 @@ from iotdps.store.sql.cluster import cluster_db
 from iotdps.timestamps import utcnow
 from iotdps.web import Console
 from iotdps.wiring import listeners, shared_rotation
-from iotdps.wiring.cluster import Cluster
+from iotdps.wiring.cluster import Cluster, node_id_for
 from iotdps.wiring.hub import Hubs
 from iotdps.wiring.hub_leases import HubLeases
 from iotdps.wiring.telemetry import Telemetry
@@ -192,7 +192,8 @@ class Server:
         assert cert_files is not None
         chain, key = load_pair(cert_files)
         settings = await self._ensure_settings(self.store)
-        self._leases = HubLeases(self.store, config.effective_hubs, implicit=not config.hubs, now=utcnow)
+        node_id = node_id_for(config.cluster)
+        self._leases = HubLeases(self.store, config.effective_hubs, implicit=not config.hubs, node=node_id, now=utcnow)
         unserved = await self._leases.claim()
         hub_hosts = [h.host_name for h in config.effective_hubs]
         if self.hub is None:
@@ -200,7 +201,7 @@ class Server:
             await self.hubs.start()
             self.hub = self.hubs
             if shared is not None and config.cluster.nats_url:
-                self.cluster = Cluster(config.cluster, shared)
+                self.cluster = Cluster(config.cluster, shared, node_id)
                 await self.cluster.start(self.hubs)
             self.telemetry = Telemetry(
                 config, self.store, self.hubs, self.cluster.nats if self.cluster is not None else None
@@ -598,7 +599,7 @@ client = ProvisioningDeviceClient.create_from_symmetric_key(
     registration_id="{registration_id}",
     id_scope="{info.id_scope}",
     symmetric_key=open("device.key").read().strip(),
-    server_verification_cert=open("{info.server_ca or 'server-ca.pem'}").read(),
+    server_verification_cert=open("{info.server_ca or "server-ca.pem"}").read(),
 )
 result = client.register()
 print(result.status, result.registration_state.assigned_hub, result.registration_state.device_id)

@@ -47,6 +47,10 @@ def test_the_served_column() -> None:
     assert served_text(LinkedHub("a.local"), NOW) == "never: no node serves it"
     assert served_text(LinkedHub("a.local", served_until=NOW + timedelta(seconds=30)), NOW).startswith("yes")
     assert served_text(LinkedHub("a.local", served_until=NOW), NOW).startswith("NO, since 2026-12-07T12:00:00")
+    # Which nodes serve it: those whose own lease is live (a killed node's runs out).
+    leases = (("node-a", NOW - timedelta(seconds=1)), ("node-b", NOW + timedelta(seconds=30)))
+    text = served_text(LinkedHub("a.local", served_until=NOW + timedelta(seconds=30), served_by=leases), NOW)
+    assert text == "yes (by node-b; lease until 2026-12-07T12:00:30.0000000Z)"
 
 
 def test_the_lease_and_the_implicit_mark_round_trip_through_json() -> None:
@@ -57,3 +61,19 @@ def test_the_lease_and_the_implicit_mark_round_trip_through_json() -> None:
     assert doc["implicit"] is True and doc["servedUntil"].startswith("2026-12-07T12:00:00")
     assert hub_from_doc(doc) == hub
     assert "implicit" not in hub_to_doc(LinkedHub("b.local")) and "servedUntil" not in hub_to_doc(LinkedHub("b.local"))
+
+
+def test_the_per_node_leases_round_trip_through_json() -> None:
+    from iotdps.store._records import hub_from_doc, hub_to_doc
+
+    leases = (("node-a", NOW), ("node-b", NOW + timedelta(seconds=60)))
+    hub = LinkedHub("a.local", served_until=NOW + timedelta(seconds=60), served_by=leases)
+    doc = hub_to_doc(hub)
+    assert doc["servedBy"] == {"node-a": "2026-12-07T12:00:00.0000000Z", "node-b": "2026-12-07T12:01:00.0000000Z"}
+    assert hub_from_doc(doc) == hub
+    # A hub written before the per-node leases has none; what is not a time is not a lease.
+    assert hub_from_doc({"name": "a.local", "servedUntil": "2026-12-07T12:00:00Z"}).served_by == ()
+    assert hub_from_doc({"name": "a.local", "servedBy": {"n": 5, "m": "2026-12-07T12:00:00Z"}}).served_by == (
+        ("m", NOW),
+    )
+    assert "servedBy" not in hub_to_doc(LinkedHub("b.local"))

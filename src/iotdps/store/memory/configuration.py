@@ -58,7 +58,8 @@ class Hubs:
     def __init__(self, tx: MemoryTx) -> None:
         self._tx = tx
 
-    async def get(self, host_name: str) -> LinkedHub | None:
+    async def get(self, host_name: str, *, for_update: bool = False) -> LinkedHub | None:
+        # Every transaction holds the store's one lock: for_update has nothing to add.
         row = self._tx.get("hubs", host_name)
         return rec.hub_from_doc(row.load()) if row else None
 

@@ -92,8 +92,11 @@ class Hubs:
     def __init__(self, tx: SqlTx) -> None:
         self._tx = tx
 
-    async def get(self, host_name: str) -> LinkedHub | None:
-        row = await keyed.get(self._tx, self._t, {"host_name": host_name})
+    async def get(self, host_name: str, *, for_update: bool = False) -> LinkedHub | None:
+        if for_update:
+            # Nodes linking a hub none linked yet, at once: the lock must hold with no row.
+            await keyed.lock_key(self._tx, "hub lock", "linked-hub:" + host_name.lower())
+        row = await keyed.get(self._tx, self._t, {"host_name": host_name}, lock=for_update)
         return rec.hub_from_doc(row.doc) if row else None
 
     async def put(self, hub: LinkedHub) -> LinkedHub:

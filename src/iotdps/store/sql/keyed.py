@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, Select, Table, bindparam, delete, select, true, update
+from sqlalchemy import ColumnElement, Row, Select, Table, bindparam, delete, func, literal_column, select, true, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from iotdps.ids import new_etag
@@ -27,12 +27,29 @@ from iotdps.store import tables as t
 from iotdps.store._common import check_delete, check_page_size, check_put, decode_token, dump_doc, encode_token
 from iotdps.store.sql.tx import SqlTx
 
-__all__ = ["delete_row", "get", "page", "put", "select_docs", "stamp"]
+__all__ = ["delete_row", "get", "lock_key", "page", "put", "select_docs", "stamp"]
 
 
 def stamp(row: Row[Any]) -> tuple[str, datetime, datetime]:
     """A keyed row's (etag, created, updated), times in UTC."""
     return row.etag, rec.to_utc(row.created), rec.to_utc(row.updated)
+
+
+def _key_lock() -> Select[Any]:
+    """PostgreSQL's transaction-scoped advisory lock on a string's hash, prebuilt (the constant
+    is a literal so that the one bind parameter is the key): built per call, it went through
+    SQLAlchemy's statement compilation and execution on every registration."""
+    return select(
+        func.pg_advisory_xact_lock(func.hashtextextended(bindparam("k_key"), literal_column("0"))).label("locked")
+    )
+
+
+async def lock_key(tx: SqlTx, shape: str, key: str) -> None:
+    """PostgreSQL: serialise the transactions that lock `key` until they end (commit or
+    rollback), a key whose row may not exist yet too (FOR UPDATE cannot lock a missing row).
+    Prefix `key` with what it names. SQLite's write transactions are serialised already."""
+    if tx.pg:
+        await tx.fetch((shape,), _key_lock, {"k_key": key})
 
 
 def _bind(key: Mapping[str, Any]) -> dict[str, Any]:

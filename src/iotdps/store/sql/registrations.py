@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Row, Select, bindparam, func, literal_column, select
+from sqlalchemy import Row
 
 from iotdps.ids import registration_key
 from iotdps.ports import Page
@@ -16,15 +16,6 @@ from iotdps.store.sql import keyed
 from iotdps.store.sql.tx import SqlTx
 
 __all__ = ["Registrations"]
-
-
-def _registration_lock() -> Select[Any]:
-    """PostgreSQL's transaction-scoped advisory lock on a registration id's hash, prebuilt (the
-    constant is a literal so that the one bind parameter is the key): built per call, it went
-    through SQLAlchemy's statement compilation and execution on every registration."""
-    return select(
-        func.pg_advisory_xact_lock(func.hashtextextended(bindparam("k_key"), literal_column("0"))).label("locked")
-    )
 
 
 class Registrations:
@@ -38,14 +29,10 @@ class Registrations:
         return rec.registration_from_doc(row.doc, *keyed.stamp(row))
 
     async def get(self, registration_id: str, *, for_update: bool = False) -> RegistrationRecord | None:
-        if for_update and self._tx.pg:
+        if for_update:
             # FOR UPDATE cannot lock a row that does not exist yet; the advisory lock on the
             # id's hash serialises first registrations too (released at commit or rollback).
-            await self._tx.fetch(
-                ("registration lock",),
-                _registration_lock,
-                {"k_key": "registration:" + registration_key(registration_id)},
-            )
+            await keyed.lock_key(self._tx, "registration lock", "registration:" + registration_key(registration_id))
         row = await keyed.get(
             self._tx, self._t, {"registration_id": registration_key(registration_id)}, lock=for_update
         )

@@ -22,7 +22,7 @@ a poll gets the same fields as a direct answer.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -39,7 +39,16 @@ from iotdps.ports import UnitOfWork
 from iotdps.provisioning.records import RegistrationRecord
 from iotdps.refusals import RefusalReason, Refused
 
-__all__ = ["IssuerSource", "PendingIssuance", "hub_auth", "issue", "issued_record", "state_fields", "vet"]
+__all__ = [
+    "IssuerSource",
+    "PendingIssuance",
+    "hub_auth",
+    "issue",
+    "issued_record",
+    "renewed_hub_auth",
+    "state_fields",
+    "vet",
+]
 
 
 class IssuerSource(Protocol):
@@ -111,8 +120,28 @@ def hub_auth(issued: IssuedChain, attested: DeviceAuth, *, keep: bool) -> Device
     return base.with_issued(issued.sha256_thumbprint, issued.sha1_thumbprint)
 
 
+def renewed_hub_auth(current: DeviceAuth, issued: IssuedChain) -> DeviceAuth:
+    """The hub identity after a renewal over the hub (provisioning.hub_certificates): the new
+    certificate is primary, the certificate that was primary stays as secondary so the device can
+    reconnect with the new one without a gap (and an old connection is not cut); older ones are
+    dropped. Every other part of `current` is kept as it is (a kept original credential, say)."""
+    previous = current.primary_thumbprints if current.type == "selfSigned" else ()
+    return replace(
+        current,
+        type="selfSigned",
+        primary_thumbprints=(issued.sha256_thumbprint, issued.sha1_thumbprint),
+        secondary_thumbprints=previous,
+    )
+
+
 def issued_record(
-    issued: IssuedChain, registration_id: str, device_id: str, enrollment: str, issued_at: datetime, kind: str
+    issued: IssuedChain,
+    registration_id: str,
+    device_id: str,
+    enrollment: str,
+    issued_at: datetime,
+    kind: str,
+    via: str = "dps",
 ) -> IssuedCertificate:
     return IssuedCertificate(
         sha256_thumbprint=issued.sha256_thumbprint,
@@ -127,6 +156,7 @@ def issued_record(
         issued_at=issued_at,
         enrollment=enrollment,
         pem=issued.chain_pem().decode("ascii"),  # the whole chain, so a poll can answer it again
+        issued_via=via,
     )
 
 

@@ -210,6 +210,8 @@ class Server:
         self._webhook = AiohttpWebhookTransport(destinations=config.allocation.webhook_destinations)
         self.sealing = SealingKey.load_or_create(config.data_dir / SEALING_KEY_FILE)
         self.issuers = IssuerCache(self.sealing)
+        if self.hubs is not None:
+            self.hubs.use_issuers(self.issuers)  # certificate renewal over the hub (issue 18)
         self.service = ProvisioningService(
             self.store,
             webhook=self._webhook,

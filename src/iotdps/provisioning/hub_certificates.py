@@ -64,6 +64,14 @@ class HubCertificateRefused(IotdpsError):
         return cls(answer.error_code // 1000, answer.error_code, answer.message, exc.message, exc.reason)
 
 
+class _ToLog(Exception):
+    """A refusal found inside a read, logged once the read is over."""
+
+    def __init__(self, registration_id: str, enrollment: str, refused: Refused) -> None:
+        super().__init__(refused.message)
+        self.registration_id, self.enrollment, self.refused = registration_id, enrollment, refused
+
+
 @dataclass(frozen=True, slots=True)
 class _Target:
     registration_id: str
@@ -92,16 +100,20 @@ class HubCertificates:
         """Find the device's policy and vet its CSR (steps 1-2: store reads and CPU only, so the
         device hears of a bad request at once); HubCertificateRefused when nothing may be issued.
         Store failures raise IotdpsError."""
-        async with self._store.read() as uow:
-            target = await self._target(uow, hub, device_id)
-            try:
-                if not target.settings.enabled:
-                    raise Refused(RefusalReason.ENROLLMENT_DISABLED, f"enrollment {target.enrollment} is disabled")
-                pending = issuance.vet(target.settings, target.registration_id, csr)
-            except Refused as exc:
-                raise await self._refused(target.registration_id, target.enrollment, exc) from None
-            assert pending is not None  # a CSR was given: no policy refuses, a policy vets it
-            ca = await uow.issuing_cas.get(pending.policy.certificate_authority_name)
+        try:
+            async with self._store.read() as uow:
+                target = await self._target(uow, hub, device_id)
+                try:
+                    if not target.settings.enabled:
+                        raise Refused(RefusalReason.ENROLLMENT_DISABLED, f"enrollment {target.enrollment} is disabled")
+                    pending = issuance.vet(target.settings, target.registration_id, csr)
+                except Refused as exc:
+                    raise _ToLog(target.registration_id, target.enrollment, exc) from None
+                assert pending is not None  # a CSR was given: no policy refuses, a policy vets it
+                ca = await uow.issuing_cas.get(pending.policy.certificate_authority_name)
+        except _ToLog as exc:
+            # Logged in a transaction of its own, after the read has ended.
+            raise await self._refused(exc.registration_id, exc.enrollment, exc.refused) from None
         return PreparedIssue(hub, device_id, target, pending, ca)
 
     async def complete(self, prepared: PreparedIssue) -> IssuedChain:
@@ -144,7 +156,7 @@ class HubCertificates:
             settings = individual.settings if individual else None
         if settings is None:
             refused = Refused(RefusalReason.NO_ENROLLMENT, f"enrollment {enrollment} no longer exists")
-            raise await self._refused(record.registration_id, enrollment, refused)
+            raise _ToLog(record.registration_id, enrollment, refused)
         return _Target(record.registration_id, enrollment, settings)
 
     async def _record(self, hub: str, device_id: str, target: _Target, issued: IssuedChain, kind: str) -> None:

@@ -192,6 +192,7 @@ def test_bad_requests_are_refused_at_once_and_the_connection_stays(dps: RunningS
         assert answers[0][1]["correlationId"] == answers[1][1]["correlationId"]
         chain = [x509.load_der_x509_certificate(base64.b64decode(c)) for c in answers[1][1]["issuedCertificateChain"]]
         assert chain[0].subject.rfc4514_string() == f"CN={rid}" and len(chain) == 2
+        assert "trustBundle" not in answers[1][1]  # the group names none
     finally:
         conn.close()
     after = _issued(dps, rid)

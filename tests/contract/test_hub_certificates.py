@@ -71,7 +71,8 @@ async def test_renewal_records_the_certificate_and_moves_the_identity_in_one_go(
     await _device(store, "dev-1", "issuing", first)
     key = ec.generate_private_key(ec.SECP256R1())
     prepared = await certificates.prepare(HUB, "dev-1", csr_b64(make_csr("dev-1", key)))
-    issued = await certificates.complete(prepared)
+    issued, bundle = await certificates.complete(prepared)
+    assert bundle is None  # the group names no trust bundle, and no server CA rotation published one
     assert issued.root == root.certificate and issued.leaf.public_key() == key.public_key()
     async with store.read() as uow:
         device = await uow.devices.get(HUB, "dev-1")
@@ -87,7 +88,7 @@ async def test_renewal_records_the_certificate_and_moves_the_identity_in_one_go(
     ]
     assert listed[0].not_after - listed[0].not_before <= dt.timedelta(days=3, minutes=10)
     # A second renewal: the first renewed certificate becomes the secondary.
-    again = await certificates.complete(await certificates.prepare(HUB, "dev-1", csr_b64(make_csr("dev-1"))))
+    again, _ = await certificates.complete(await certificates.prepare(HUB, "dev-1", csr_b64(make_csr("dev-1"))))
     async with store.read() as uow:
         device = await uow.devices.get(HUB, "dev-1")
         assert len(await uow.issued_certificates.list("dev-1")) == 2

@@ -216,8 +216,10 @@ class DeviceAgent:
         s = self.settings
         assert self.assignment is not None
         key, csr = new_key_and_csr(s.registration_id)
-        chain = await current.request_certificate(csr)
-        IssuedFiles(s.state_file).save(key, chain, None)  # ValueError: not a chain for this key
+        issued = await current.request_certificate(csr)
+        # ValueError: not a chain for this key. The bundle, like a registration's, joins the
+        # root store: how a device that renews only over the hub learns a new server CA.
+        IssuedFiles(s.state_file).save(key, issued.chain, issued.trust_bundle)
         # The hub keeps the previous certificate as secondary, so the old connection was fine
         # until now; one connection per device, so close it before the new one connects.
         await current.close()

@@ -36,7 +36,7 @@ from iotdps.protocols.mqtt.hub import (
     parse_c2d_topic,
 )
 
-__all__ = ["C2DReceived", "CertificateRequestFailed", "HubClient", "MethodHandler", "TwinError"]
+__all__ = ["C2DReceived", "CertificateRequestFailed", "HubClient", "IssuedOverHub", "MethodHandler", "TwinError"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,15 @@ class CertificateRequestFailed(IotdpsError):
         super().__init__(f"certificate request failed with status {status} ({error_code}): {message}")
         self.status = status
         self.error_code = error_code
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedOverHub:
+    """A certificate the hub issued: `issuedCertificateChain` (base64 DER, leaf first) and the
+    `trustBundle` sent with it (None when the service sent none)."""
+
+    chain: list[str]
+    trust_bundle: dict[str, Any] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,9 +226,11 @@ class HubClient:
             raise TwinError(f"reported-properties patch failed with status {status}")
         return version
 
-    async def request_certificate(self, csr_b64: str, *, replace: bool = False, timeout: float = 60.0) -> list[str]:
-        """Ask the hub for a certificate for `csr_b64` (base64 DER PKCS#10); the issued chain as
-        base64 DER, leaf first. CertificateRequestFailed for an error answer; TimeoutError when
+    async def request_certificate(
+        self, csr_b64: str, *, replace: bool = False, timeout: float = 60.0
+    ) -> IssuedOverHub:
+        """Ask the hub for a certificate for `csr_b64` (base64 DER PKCS#10): the issued chain
+        and trust bundle. CertificateRequestFailed for an error answer; TimeoutError when
         no final answer comes within `timeout` seconds."""
         client = self._client()
         if not self._credentials_subscribed:
@@ -245,7 +256,8 @@ class HubClient:
         chain = doc.get("issuedCertificateChain") if isinstance(doc, dict) else None
         if not isinstance(chain, list) or not chain or not all(isinstance(c, str) for c in chain):
             raise CertificateRequestFailed(status, None, "the answer carries no issuedCertificateChain")
-        return chain
+        bundle = doc.get("trustBundle")
+        return IssuedOverHub(chain, bundle if isinstance(bundle, dict) else None)
 
     # -- incoming -------------------------------------------------------------------------------
 

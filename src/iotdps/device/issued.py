@@ -86,6 +86,16 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     os.replace(tmp, path)
 
 
+def _bundle_pem(bundle: dict[str, Any]) -> bytes:
+    """The certificates of a `trustBundle` answer as one PEM file (ValueError if it has none)."""
+    try:
+        pems = "".join(str(c["certificate"]).replace("\r\n", "\n") for c in bundle.get("certificates", []))
+        certs = x509.load_pem_x509_certificates(pems.encode("ascii"))
+    except (KeyError, TypeError, AttributeError, UnicodeEncodeError, ValueError) as exc:
+        raise ValueError(f"the trust bundle does not load: {exc}") from None
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+
+
 @dataclass(frozen=True, slots=True)
 class IssuedFiles:
     """The files beside state file `state`."""
@@ -109,7 +119,7 @@ class IssuedFiles:
 
     def save(self, key: ec.EllipticCurvePrivateKey, chain_b64: Sequence[str], bundle: dict[str, Any] | None) -> None:
         """Store a freshly issued chain with its key (as a pair, see the module docstring) and
-        the trust bundle when one came (a renewal over the hub brings none: the old one stays).
+        the trust bundle when one came (else the one kept before stays).
         ValueError when the chain is empty, unreadable or not for `key`."""
         try:
             chain = [x509.load_der_x509_certificate(base64.b64decode(c, validate=True)) for c in chain_b64]
@@ -119,6 +129,7 @@ class IssuedFiles:
             raise ValueError("the service answered an empty issuedCertificateChain")
         if not public_keys_match(chain[0].public_key(), key.public_key()):
             raise ValueError("the issued certificate does not carry this device's new key")
+        bundle_pem = None if bundle is None else _bundle_pem(bundle)
         self.state.parent.mkdir(parents=True, exist_ok=True)
         key_pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -127,9 +138,8 @@ class IssuedFiles:
         _write(self._new(self.key_file), key_pem, 0o600)
         _write(self._new(self.chain_file), b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain), 0o644)
         self.settle()  # both .new files exist: rename them into place
-        if bundle is not None:
-            pems = "".join(str(c["certificate"]).replace("\r\n", "\n") for c in bundle.get("certificates", []))
-            _write(self.bundle_file, pems.encode("ascii"), 0o644)
+        if bundle_pem is not None:
+            _write(self.bundle_file, bundle_pem, 0o644)
 
     def settle(self) -> None:
         """Finish or drop a replacement a crash interrupted: a new chain is there (its key

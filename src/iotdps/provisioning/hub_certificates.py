@@ -16,7 +16,10 @@ does to the service's records, with the same rules as issuance at DPS registrati
 4. One transaction: the certificate is recorded (`issued_via="hub"`), the device's hub
    identity becomes the new certificate's thumbprints with the previous certificate's kept as
    secondary (`issuance.renewed_hub_auth`), and the registration record's `issued_certificate`
-   points at the new one.
+   points at the new one. The answer carries the enrollment's trust bundle (or the server's own
+   CAs' once a rotation published them) as a registration's does, and the record notes the
+   version sent: a device that only ever renews over the hub still learns a new server CA
+   before it is activated (provisioning.server_ca), and the rotation status counts it.
 
 A refusal is `HubCertificateRefused`: a `RefusalReason` for the refusal log and the device's
 terse answer from refusals.DEVICE_ANSWERS, or an own hub code (`status`, `error_code`).
@@ -29,8 +32,10 @@ from dataclasses import dataclass, replace
 
 from iotdps.enrollment.models import EnrollmentSettings
 from iotdps.errors import IotdpsError
+from iotdps.issuance.builtin import BUILTIN_BUNDLE_ID
 from iotdps.issuance.models import IssuingCa
 from iotdps.pki.issuing.base import IssuedChain
+from iotdps.pki.trust_bundle import TrustBundle
 from iotdps.ports import Clock, Refusal, Store, SystemClock, UnitOfWork
 from iotdps.provisioning import issuance
 from iotdps.provisioning.issuance import IssuerSource
@@ -116,18 +121,18 @@ class HubCertificates:
             raise await self._refused(exc.registration_id, exc.enrollment, exc.refused) from None
         return PreparedIssue(hub, device_id, target, pending, ca)
 
-    async def complete(self, prepared: PreparedIssue) -> IssuedChain:
+    async def complete(self, prepared: PreparedIssue) -> tuple[IssuedChain, TrustBundle | None]:
         """Have the policy's CA sign (outside any transaction), then record it and make it the
-        device's hub identity in one transaction (steps 3-4); HubCertificateRefused when the CA
-        does not issue."""
+        device's hub identity in one transaction (steps 3-4): the chain and the trust bundle
+        sent with it; HubCertificateRefused when the CA does not issue."""
         target = prepared.target
         try:
             issued = await issuance.issue(prepared.ca, self._issuers, prepared.pending)
         except Refused as exc:
             raise await self._refused(target.registration_id, target.enrollment, exc) from None
         assert prepared.ca is not None
-        await self._record(prepared.hub, prepared.device_id, target, issued, prepared.ca.kind)
-        return issued
+        bundle = await self._record(prepared.hub, prepared.device_id, target, issued, prepared.ca.kind)
+        return issued, bundle
 
     async def _target(self, uow: UnitOfWork, hub: str, device_id: str) -> _Target:
         device = await uow.devices.get(hub, device_id)
@@ -159,7 +164,9 @@ class HubCertificates:
             raise _ToLog(record.registration_id, enrollment, refused)
         return _Target(record.registration_id, enrollment, settings)
 
-    async def _record(self, hub: str, device_id: str, target: _Target, issued: IssuedChain, kind: str) -> None:
+    async def _record(
+        self, hub: str, device_id: str, target: _Target, issued: IssuedChain, kind: str
+    ) -> TrustBundle | None:
         now = self._clock.now()
         async with self._store.begin() as uow:
             device = await uow.devices.get(hub, device_id, for_update=True)
@@ -171,9 +178,18 @@ class HubCertificates:
             await uow.issued_certificates.add(
                 issuance.issued_record(issued, target.registration_id, device_id, target.enrollment, now, kind, "hub")
             )
+            bundle = await uow.trust_bundles.get(target.settings.trust_bundle_id or BUILTIN_BUNDLE_ID)
             record = await uow.registrations.get(target.registration_id, for_update=True)
             if record is not None:
-                await uow.registrations.put(replace(record, issued_certificate=issued.sha256_thumbprint))
+                # As a registration with a CSR records it (ProvisioningService._bundle_sent).
+                await uow.registrations.put(
+                    replace(
+                        record,
+                        issued_certificate=issued.sha256_thumbprint,
+                        trust_bundle_id=bundle.bundle_id if bundle is not None else None,
+                        trust_bundle_version=bundle.version if bundle is not None else None,
+                    )
+                )
         log.info(
             "hub %s: issued certificate %s to %s over the hub (CA %s)",
             hub,
@@ -181,6 +197,7 @@ class HubCertificates:
             device_id,
             issued.issuer_name,
         )
+        return bundle
 
     async def _refused(self, registration_id: str, enrollment: str, exc: Refused) -> HubCertificateRefused:
         """Log the refusal where operators look (`iotdps refusals`) and make the device's answer."""

@@ -5,12 +5,14 @@
     hub -> device   $iothub/credentials/res/202/?$rid={rid}
                     {"correlationId": "...", "operationExpires": "2026-...Z"}
     then            $iothub/credentials/res/200/?$rid={rid}
-                    {"correlationId": "...", "issuedCertificateChain": ["<b64 DER leaf>", ..., "<root>"]}
+                    {"correlationId": "...", "issuedCertificateChain": ["<b64 DER leaf>", ..., "<root>"],
+                     "trustBundle": {...}}
     or              $iothub/credentials/res/{4xx|5xx}/?$rid={rid}
                     {"errorCode": 409005, "message": "...", "timestampUtc": "..."}
 
 The 200 body carries the chain as DPS's 2025-07-01-preview `issuedCertificateChain` does (base64
-DER, leaf first, ending at the root), under the same name. Answers go to the connection that
+DER, leaf first, ending at the root), under the same name, and the device's trust bundle as a
+registration answer's `trustBundle` (left out when there is none). Answers go to the connection that
 asked, subscribed to `$iothub/credentials/res/#` or not (as twin responses do).
 
 What is refused at once, before any work (no 202): a body over `MAX_BODY` bytes (413001), a
@@ -190,7 +192,7 @@ class CredentialRequests:
         try:
             if before is not None:
                 await before.done.wait()  # the replaced request ends first: our certificate wins
-            chain = await self._certificates.complete(prepared)
+            chain, bundle = await self._certificates.complete(prepared)
         except HubCertificateRefused as exc:
             log.info("hub %s: no certificate for %s: %s", key[0], key[1], exc.message)
             self._answer(requester, exc.status, rid, {**_error(exc.error_code, exc.device_message),
@@ -200,7 +202,12 @@ class CredentialRequests:
             self._answer(requester, 503, rid, {**_error(503001, "the certificate could not be recorded; retry"),
                                                "correlationId": mine.correlation_id})  # fmt: skip
         else:
-            body = {"correlationId": mine.correlation_id, "issuedCertificateChain": chain.issued_certificate_chain()}
+            body: dict[str, Any] = {
+                "correlationId": mine.correlation_id,
+                "issuedCertificateChain": chain.issued_certificate_chain(),
+            }
+            if bundle is not None:
+                body["trustBundle"] = bundle.to_wire()
             self._answer(requester, 200, rid, body)
         finally:
             self._finish(key, mine)

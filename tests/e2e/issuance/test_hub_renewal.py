@@ -127,7 +127,9 @@ def test_renewal_over_the_hub_then_telemetry_with_the_new_certificate(dps: Runni
     assert device.auth.primary_thumbprints[0] == sha256_thumbprint(chain[0])
     assert device.auth.secondary_thumbprints[0] == sha256_thumbprint(second)
     assert len(telemetry) == 2
-    assert dps.registration(rid).issued_certificate == sha256_thumbprint(chain[0])
+    record = dps.registration(rid)
+    assert record.issued_certificate == sha256_thumbprint(chain[0])
+    assert (record.trust_bundle_id, record.trust_bundle_version) == ("renewal-roots", 1)  # sent with the renewal
     listed = dps.cli_json("certificate", "list", "--registration-id", rid, "--json")
     assert [(int(c["serialNumber"], 16), c["issuedVia"]) for c in listed] == [
         (chain[0].serial_number, "hub"),

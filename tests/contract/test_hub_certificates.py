@@ -122,3 +122,14 @@ async def test_refusals_write_nothing_but_the_refusal_log(store: Store) -> None:
         }
     assert device is not None and device.auth.primary_thumbprints == ("D" * 64,)
     assert {"CSR_NOT_EXPECTED", "CSR_CN_MISMATCH", "CSR_MALFORMED"} <= reasons
+
+
+async def test_a_device_without_a_certificate_yet_moves_to_it(store: Store) -> None:
+    # An optional-CSR policy: the device registered with its key alone and renews over the hub.
+    certificates, _ = await _world(store)
+    await _device(store, "sas-1", "issuing", DeviceAuth("sas", primary_key=Secret(K1), secondary_key=Secret(K2)))
+    issued, _ = await certificates.complete(await certificates.prepare(HUB, "sas-1", csr_b64(make_csr("sas-1"))))
+    async with store.read() as uow:
+        device = await uow.devices.get(HUB, "sas-1")
+    assert device is not None and device.auth.type == "selfSigned" and device.auth.secondary_thumbprints == ()
+    assert device.auth.primary_thumbprints == (sha256_thumbprint(issued.leaf), sha1_thumbprint(issued.leaf))

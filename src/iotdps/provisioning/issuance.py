@@ -124,13 +124,14 @@ def renewed_hub_auth(current: DeviceAuth, issued: IssuedChain) -> DeviceAuth:
     """The hub identity after a renewal over the hub (provisioning.hub_certificates): the new
     certificate is primary, the certificate that was primary stays as secondary so the device can
     reconnect with the new one without a gap (and an old connection is not cut); older ones are
-    dropped. Every other part of `current` is kept as it is (a kept original credential, say)."""
-    previous = current.primary_thumbprints if current.type == "selfSigned" else ()
+    dropped. Every other part of `current` is kept as it is (a kept original credential, say);
+    the auth type becomes `selfSigned` only for an identity that had no certificate yet (a device
+    of an optional-CSR policy that registered without one and renews over the hub)."""
     return replace(
         current,
-        type="selfSigned",
+        type=current.type if current.primary_thumbprints else "selfSigned",
         primary_thumbprints=(issued.sha256_thumbprint, issued.sha1_thumbprint),
-        secondary_thumbprints=previous,
+        secondary_thumbprints=current.primary_thumbprints,
     )
 
 

@@ -43,6 +43,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from iotdps import metrics
 from iotdps.errors import IotdpsError
 from iotdps.jsonload import InvalidJson, load_json
 from iotdps.pki.csr_policy import MAX_CSR_TEXT
@@ -154,6 +155,7 @@ class CredentialRequests:
                 raise _BadRequest(409, 409005, "a certificate request for this device is already active")
         except _BadRequest as exc:
             log.info("hub %s: certificate request of %s refused: %s", key[0], key[1], exc.message)
+            metrics.hub_operation(key[0], "certificate", "refused")
             requester.answer_credentials(exc.status, rid, _error(exc.code, exc.message))
             return
         mine = _Active(uuid.uuid4().hex, queued=before is not None)
@@ -179,6 +181,7 @@ class CredentialRequests:
             return await self._certificates.prepare(requester.hub, requester.device_id, csr)
         except HubCertificateRefused as exc:
             log.info("hub %s: certificate request of %s refused: %s", requester.hub, requester.device_id, exc.message)
+            metrics.hub_operation(requester.hub, "certificate", "refused")
             requester.answer_credentials(exc.status, rid, _error(exc.error_code, exc.device_message))
         except IotdpsError as exc:
             log.warning("hub %s: certificate request of %s failed: %s", requester.hub, requester.device_id, exc)
@@ -195,6 +198,7 @@ class CredentialRequests:
             chain, bundle = await self._certificates.complete(prepared)
         except HubCertificateRefused as exc:
             log.info("hub %s: no certificate for %s: %s", key[0], key[1], exc.message)
+            metrics.hub_operation(key[0], "certificate", "failed")
             self._answer(requester, exc.status, rid, {**_error(exc.error_code, exc.device_message),
                                                       "correlationId": mine.correlation_id})  # fmt: skip
         except IotdpsError as exc:
@@ -208,6 +212,7 @@ class CredentialRequests:
             }
             if bundle is not None:
                 body["trustBundle"] = bundle.to_wire()
+            metrics.hub_operation(key[0], "certificate", "issued")
             self._answer(requester, 200, rid, body)
         finally:
             self._finish(key, mine)

@@ -59,15 +59,16 @@ async def _device(store: Store, rid: str, group: str, auth: DeviceAuth, *, hub: 
     async with store.begin() as uow:
         await uow.registrations.put(
             RegistrationRecord(rid, "assigned", "op-1", assigned_hub=hub, device_id=rid, enrollment_group_id=group,
-                               attestation_type="symmetricKey", issued_certificate=auth.primary_thumbprints[0]
-                               if auth.primary_thumbprints else None)
+                               attestation_type="symmetricKey", issued_certificate=auth.issued_thumbprints[0]
+                               if auth.issued_thumbprints else None)
         )  # fmt: skip
         await uow.devices.put(DeviceIdentity(hub, rid, auth, registration_id=rid))
 
 
 async def test_renewal_records_the_certificate_and_moves_the_identity_in_one_go(store: Store) -> None:
     certificates, root = await _world(store)
-    first = DeviceAuth("selfSigned", primary_thumbprints=("A" * 64, "B" * 40), secondary_thumbprints=("C" * 64,))
+    # Issued at registration (A/B), with the device's own key kept (keepExistingCredential).
+    first = DeviceAuth("sas", primary_key=Secret(K1), secondary_key=Secret(K2)).with_issued("A" * 64, "B" * 40)
     await _device(store, "dev-1", "issuing", first)
     key = ec.generate_private_key(ec.SECP256R1())
     prepared = await certificates.prepare(HUB, "dev-1", csr_b64(make_csr("dev-1", key)))
@@ -79,29 +80,30 @@ async def test_renewal_records_the_certificate_and_moves_the_identity_in_one_go(
         record = await uow.registrations.get("dev-1")
         listed = list(await uow.issued_certificates.list("dev-1"))
     assert device is not None and record is not None
-    # New certificate primary; the previous primary kept as secondary; the older one dropped.
-    assert device.auth.primary_thumbprints == (sha256_thumbprint(issued.leaf), sha1_thumbprint(issued.leaf))
-    assert device.auth.secondary_thumbprints == ("A" * 64, "B" * 40)
+    # The new certificate first, the previous one still accepted; the kept key untouched.
+    new = (sha256_thumbprint(issued.leaf), sha1_thumbprint(issued.leaf))
+    assert device.auth.issued_thumbprints == (*new, "A" * 64, "B" * 40)
+    assert device.auth.type == "sas" and device.auth.primary_key is not None
+    assert device.auth.primary_key.reveal() == K1
     assert record.issued_certificate == sha256_thumbprint(issued.leaf)
     assert [(c.serial_number, c.issued_via, c.enrollment, c.issuer_kind) for c in listed] == [
         (issued.serial_number, "hub", "group:issuing", "local")
     ]
     assert listed[0].not_after - listed[0].not_before <= dt.timedelta(days=3, minutes=10)
-    # A second renewal: the first renewed certificate becomes the secondary.
+    # A second renewal: the first renewed certificate is the previous one now; A/B are dropped.
     again, _ = await certificates.complete(await certificates.prepare(HUB, "dev-1", csr_b64(make_csr("dev-1"))))
     async with store.read() as uow:
         device = await uow.devices.get(HUB, "dev-1")
         assert len(await uow.issued_certificates.list("dev-1")) == 2
     assert device is not None
-    assert device.auth.primary_thumbprints[0] == sha256_thumbprint(again.leaf)
-    assert device.auth.secondary_thumbprints[0] == sha256_thumbprint(issued.leaf)
+    assert device.auth.issued_thumbprints == (sha256_thumbprint(again.leaf), sha1_thumbprint(again.leaf), *new)
 
 
 async def test_refusals_write_nothing_but_the_refusal_log(store: Store) -> None:
     certificates, _ = await _world(store)
     sas = DeviceAuth("sas", primary_key=Secret(K1), secondary_key=Secret(K2))
     await _device(store, "plain-1", "plain", sas)
-    await _device(store, "dev-2", "issuing", DeviceAuth("selfSigned", primary_thumbprints=("D" * 64,)))
+    await _device(store, "dev-2", "issuing", DeviceAuth("selfSigned").with_issued("D" * 64))
     await _device(store, "moved-1", "issuing", sas, hub="other-hub.example")
     cases = [
         ("plain-1", csr_b64(make_csr("plain-1")), 400, 400025),  # the enrollment has no issuance policy
@@ -120,16 +122,18 @@ async def test_refusals_write_nothing_but_the_refusal_log(store: Store) -> None:
         reasons = {r.reason for r in await uow.refusals.list("dev-2")} | {
             r.reason for r in await uow.refusals.list("plain-1")
         }
-    assert device is not None and device.auth.primary_thumbprints == ("D" * 64,)
+    assert device is not None and device.auth.issued_thumbprints == ("D" * 64,)
     assert {"CSR_NOT_EXPECTED", "CSR_CN_MISMATCH", "CSR_MALFORMED"} <= reasons
 
 
-async def test_a_device_without_a_certificate_yet_moves_to_it(store: Store) -> None:
-    # An optional-CSR policy: the device registered with its key alone and renews over the hub.
+async def test_a_device_without_a_certificate_yet_gets_it_as_at_registration(store: Store) -> None:
+    # An optional-CSR policy: the device registered with its key alone and asks over the hub.
+    # Its policy does not keep the existing credential, so from now on the certificate alone opens
+    # the hub, exactly as if it had sent the CSR at registration.
     certificates, _ = await _world(store)
     await _device(store, "sas-1", "issuing", DeviceAuth("sas", primary_key=Secret(K1), secondary_key=Secret(K2)))
     issued, _ = await certificates.complete(await certificates.prepare(HUB, "sas-1", csr_b64(make_csr("sas-1"))))
     async with store.read() as uow:
         device = await uow.devices.get(HUB, "sas-1")
-    assert device is not None and device.auth.type == "selfSigned" and device.auth.secondary_thumbprints == ()
-    assert device.auth.primary_thumbprints == (sha256_thumbprint(issued.leaf), sha1_thumbprint(issued.leaf))
+    assert device is not None and device.auth.issued_only and device.auth.type == "selfSigned"
+    assert device.auth.issued_thumbprints == (sha256_thumbprint(issued.leaf), sha1_thumbprint(issued.leaf))

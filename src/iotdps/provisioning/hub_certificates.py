@@ -14,12 +14,13 @@ does to the service's records, with the same rules as issuance at DPS registrati
    registration id, no CA rights), exactly as a registration's.
 3. The issuing CA named by the policy signs, outside any transaction (a network call for CFSSL).
 4. One transaction: the certificate is recorded (`issued_via="hub"`), the device's hub
-   identity becomes the new certificate's thumbprints with the previous certificate's kept as
-   secondary (`issuance.renewed_hub_auth`), and the registration record's `issued_certificate`
-   points at the new one. The answer carries the enrollment's trust bundle (or the server's own
-   CAs' once a rotation published them) as a registration's does, and the record notes the
-   version sent: a device that only ever renews over the hub still learns a new server CA
-   before it is activated (provisioning.server_ca), and the rotation status counts it.
+   identity's issued thumbprints become the new certificate's followed by the previous one's
+   (`issuance.renewed_hub_auth`; a kept credential, `keepExistingCredential`, is left alone),
+   and the registration record's `issued_certificate` points at the new one. The answer
+   carries the enrollment's trust bundle (or the server's own CAs' once a rotation published
+   them) as a registration's does, and the record notes the version sent: a device that only
+   ever renews over the hub still learns a new server CA before it is activated
+   (provisioning.server_ca), and the rotation status counts it.
 
 A refusal is `HubCertificateRefused`: a `RefusalReason` for the refusal log and the device's
 terse answer from refusals.DEVICE_ANSWERS, or an own hub code (`status`, `error_code`).
@@ -174,7 +175,9 @@ class HubCertificates:
                 raise HubCertificateRefused(
                     404, NOT_PROVISIONED, "Device not found", f"hub {hub}: device {device_id} was deleted meanwhile"
                 )
-            await uow.devices.put(replace(device, auth=issuance.renewed_hub_auth(device.auth, issued)))
+            policy = target.settings.issuance_policy
+            keep = policy is not None and policy.keep_existing_credential
+            await uow.devices.put(replace(device, auth=issuance.renewed_hub_auth(device.auth, issued, keep=keep)))
             await uow.issued_certificates.add(
                 issuance.issued_record(issued, target.registration_id, device_id, target.enrollment, now, kind, "hub")
             )

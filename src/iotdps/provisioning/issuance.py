@@ -22,7 +22,7 @@ a poll gets the same fields as a direct answer.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -120,19 +120,16 @@ def hub_auth(issued: IssuedChain, attested: DeviceAuth, *, keep: bool) -> Device
     return base.with_issued(issued.sha256_thumbprint, issued.sha1_thumbprint)
 
 
-def renewed_hub_auth(current: DeviceAuth, issued: IssuedChain) -> DeviceAuth:
+def renewed_hub_auth(current: DeviceAuth, issued: IssuedChain, *, keep: bool) -> DeviceAuth:
     """The hub identity after a renewal over the hub (provisioning.hub_certificates): the new
-    certificate is primary, the certificate that was primary stays as secondary so the device can
-    reconnect with the new one without a gap (and an old connection is not cut); older ones are
-    dropped. Every other part of `current` is kept as it is (a kept original credential, say);
-    the auth type becomes `selfSigned` only for an identity that had no certificate yet (a device
-    of an optional-CSR policy that registered without one and renews over the hub)."""
-    return replace(
-        current,
-        type=current.type if current.primary_thumbprints else "selfSigned",
-        primary_thumbprints=(issued.sha256_thumbprint, issued.sha1_thumbprint),
-        secondary_thumbprints=current.primary_thumbprints,
-    )
+    certificate's thumbprints first, then the previous issued certificate's, so the device
+    reconnects with the new one without a gap (and a connection made with the old one is not
+    cut); any older one is dropped. The kept credential is never touched (`with_issued`). A
+    device that had no issued certificate yet (an optional-CSR policy) gets its first one as at
+    registration: `hub_auth`, keeping its own credential only if the policy says `keep`."""
+    if not current.issued_thumbprints:
+        return hub_auth(issued, current, keep=keep)
+    return current.with_issued(issued.sha256_thumbprint, issued.sha1_thumbprint, *current.issued_thumbprints[:2])
 
 
 def issued_record(

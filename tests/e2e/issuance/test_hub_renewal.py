@@ -124,8 +124,9 @@ def test_renewal_over_the_hub_then_telemetry_with_the_new_certificate(dps: Runni
     assert verdict.returncode == 0, verdict.stdout + verdict.stderr
     assert (files.key_file.stat().st_mode & 0o777) == 0o600
     device, telemetry = _hub_device(dps, hub, rid)
-    assert device.auth.primary_thumbprints[0] == sha256_thumbprint(chain[0])
-    assert device.auth.secondary_thumbprints[0] == sha256_thumbprint(second)
+    assert device.auth.issued_only  # the group keeps no other credential
+    assert device.auth.issued_thumbprints[0] == sha256_thumbprint(chain[0])
+    assert device.auth.issued_thumbprints[2] == sha256_thumbprint(second)  # the previous one
     assert len(telemetry) == 2
     record = dps.registration(rid)
     assert record.issued_certificate == sha256_thumbprint(chain[0])

@@ -131,9 +131,6 @@ class CredentialRequests:
         self._buckets: OrderedDict[tuple[str, str], TokenBucket] = OrderedDict()
         self._active: dict[tuple[str, str], _Active] = {}
 
-    def active(self, hub: str, device_id: str) -> bool:
-        return (hub, device_id) in self._active
-
     def _throttled(self, key: tuple[str, str]) -> int:
         now = self._clock()
         bucket = self._buckets.pop(key, None) or TokenBucket(self._rate, self._burst, now)
@@ -221,7 +218,7 @@ class CredentialRequests:
     def _answer(requester: Requester, status: int, rid: str, body: dict[str, Any]) -> None:
         if requester.closed:
             # The certificate is recorded and is the hub identity's; the device did not hear it
-            # and asks again (its previous certificate still works: the secondary thumbprint).
+            # and asks again (its previous certificate still opens the hub until then).
             log.info("hub %s: %s left before its certificate answer (%d)", requester.hub, requester.device_id, status)
             return
         requester.answer_credentials(status, rid, body)

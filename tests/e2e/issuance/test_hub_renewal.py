@@ -5,7 +5,8 @@ hub's credentials topic, gets a new serial that `openssl verify` accepts against
 bundle, reconnects with the new certificate and sends telemetry; the previous certificate keeps
 working until the next renewal, the one before it does not. And `iotdps device run --csr
 --stay` renews on its own, within a bounded wait, when its policy's certificate is short-lived
-next to `--renew-before`."""
+next to `--renew-before`; and a renewal the hub does not issue (throttled) falls back to
+registering again."""
 
 from __future__ import annotations
 
@@ -163,3 +164,34 @@ def test_device_run_stay_renews_on_its_own(dps: RunningServer, tmp_path: Path) -
     assert leaf is not None and format(leaf.serial_number, "X") == renewed[-1]["serial"]
     listed = dps.cli_json("certificate", "list", "--registration-id", rid, "--json")
     assert len(listed) == 1 + len(renewed)
+
+
+def test_renewal_falls_back_to_registering_when_the_hub_does_not_issue(dps: RunningServer, tmp_path: Path) -> None:
+    # The hub takes five requests per device at once (then one a minute): the sixth renewal in a
+    # row is throttled there (429), and the agent registers again with a new CSR instead.
+    rid = "renew-fallback-1"
+    settings = DeviceSettings(
+        dps.address, dps.id_scope, rid, SymmetricKey(Secret(_key(dps, rid))), tmp_path / "state.json",
+        ca_pem=dps.server_ca, issue_certificate=True,
+    )  # fmt: skip
+    files = IssuedFiles(settings.state_file)
+
+    async def run() -> tuple[list[str], set[int], int]:
+        agent = DeviceAgent(settings)
+        vias: list[str] = []
+        serials: set[int] = set()
+        agent.on_renewed = lambda leaf, via: (vias.append(via), serials.add(leaf.serial_number))
+        await agent.start()
+        for _ in range(6):
+            client = await agent.renew()
+            await client.send_telemetry('{"renewed": true}', {})
+        await agent.stop()
+        return vias, serials, agent.provisioned
+
+    vias, serials, provisioned = asyncio.run(run())
+    assert vias == ["hub"] * 5 + ["dps"] and provisioned == 2
+    assert len(serials) == 6
+    leaf = files.leaf()
+    assert leaf is not None and leaf.serial_number in serials
+    listed = dps.cli_json("certificate", "list", "--registration-id", rid, "--json")
+    assert [c["issuedVia"] for c in listed] == ["dps"] + ["hub"] * 5 + ["dps"]

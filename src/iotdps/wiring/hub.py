@@ -65,11 +65,14 @@ class Hubs:
         `connections`) instead of this node's connections alone. Before anything uses `cloud`."""
         self.cloud = CloudOperations(self._hub_store, self.names, live, self._clock)
 
-    def use_issuers(self, issuers: IssuerSource) -> None:
+    def use_issuers(self, issuers: IssuerSource, *, per_minute: float = 1.0, burst: int = 5) -> None:
         """Open the credentials topic (certificate renewal over the hub, server.hub_credentials):
-        devices' requests are issued by `issuers`, the node's issuing CAs."""
+        devices' requests are issued by `issuers`, the node's issuing CAs; each device may make
+        `burst` requests at once and `per_minute` after that."""
         certificates = HubCertificates(self._store, issuers, clock=self._clock)
-        self.connections.credentials = CredentialRequests(certificates, self.connections.spawn)
+        self.connections.credentials = CredentialRequests(
+            certificates, self.connections.spawn, rate=per_minute / 60, burst=burst
+        )
 
     async def route(self, conn: MqttConnection, connect: Connect) -> MqttEndpoint | int:
         """The shared listener's router for hub CONNECTs."""

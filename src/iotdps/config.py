@@ -191,6 +191,10 @@ class LimitsConfig:
     connect_timeout: float = 30.0
     # Entries kept in the refusal history (`iotdps refusals`); see store._common for the rules.
     refusal_history: int = 10_000
+    # Certificate requests one device may make on the hub's credentials topic (renewal, issue
+    # 18): a bucket of this many, refilled at this rate (server.hub_credentials).
+    certificate_requests_per_minute: float = 1.0
+    certificate_request_burst: int = 5
 
 
 # Bounds of auth.device_token_max_lifetime: below a minute no clock is good enough; above
@@ -552,6 +556,10 @@ def _build(raw: Mapping[str, Any], problems: _Problems) -> Config | None:
         problems.add("limits.max_connections must be at least 1")
     if not 100 <= limits.refusal_history <= 10_000_000:
         problems.add("limits.refusal_history must be 100..10000000")
+    if not 0 < limits.certificate_requests_per_minute <= 600:
+        problems.add("limits.certificate_requests_per_minute must be > 0 and at most 600")
+    if not 1 <= limits.certificate_request_burst <= 1000:
+        problems.add("limits.certificate_request_burst must be 1..1000")
     if tls.handshake_timeout <= 0:
         problems.add("tls.handshake_timeout must be > 0")
     if bool(tls.cert_file) != bool(tls.key_file):

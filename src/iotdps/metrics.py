@@ -93,7 +93,8 @@ _TELEMETRY_BYTES = Counter(
 )
 _HUB_OPERATIONS = Counter(
     "iotdps_hub_operations",
-    "Cloud-to-device messages and direct method calls, by hub, kind (c2d, method) and outcome.",
+    "Cloud-to-device messages, direct method calls and certificate requests, by hub, kind (c2d, method,"
+    " certificate) and outcome.",
     ("hub", "kind", "outcome"),
     registry=REGISTRY,
 )
@@ -187,7 +188,8 @@ def telemetry(counts: Mapping[str, tuple[int, int]]) -> None:
 
 
 def hub_operation(hub: str, kind: str, outcome: str) -> None:
-    """A C2D message or method call finished; `outcome` is a word from the hub's code."""
+    """A C2D message, method call or certificate request finished; `outcome` is a word from the
+    hub's code."""
     _HUB_OPERATIONS.labels(hub, kind, outcome).inc()
 
 

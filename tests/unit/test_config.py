@@ -173,6 +173,8 @@ def test_own_server_certificate_files(tmp_path: Path) -> None:
         ("retry_after_seconds", -3, "limits.retry_after_seconds must be at least 1"),
         ("max_connections", 0, "limits.max_connections must be at least 1"),
         ("registrations_per_second", -1, "limits.registrations_per_second must be >= 0"),
+        ("certificate_requests_per_minute", 0, "limits.certificate_requests_per_minute must be > 0 and at most 600"),
+        ("certificate_request_burst", 0, "limits.certificate_request_burst must be 1..1000"),
     ],
 )
 def test_impossible_limits_are_config_errors(tmp_path: Path, setting: str, value: int, words: str) -> None:

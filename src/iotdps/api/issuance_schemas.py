@@ -88,6 +88,7 @@ ISSUANCE_COMPONENTS: dict[str, Any] = {
             "notAfterUtc": _STR,
             "issuedDateTimeUtc": _STR,
             "enrollment": {"type": ["string", "null"]},
+            "issuedVia": {"type": "string", "enum": ["dps", "hub"], "description": "how the device asked"},
             "certificate": _STR,
         },
     },

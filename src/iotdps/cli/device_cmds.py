@@ -3,12 +3,14 @@
 Provisions (or uses the cached assignment in `--state`), connects to the hub, sends
 `--count` telemetry messages `--interval` seconds apart, answers every direct method with
 its payload echoed, prints received C2D messages and desired patches as JSON lines, and stays
-connected `--stay` seconds after the last message.
+connected `--stay` seconds after the last message. With `--csr` it renews its issued
+certificate while it runs (over the hub, else by registering again) and prints a `renewed` line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import ssl
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from cryptography import x509
 
 from iotdps.device import (
     C2DReceived,
@@ -27,7 +30,7 @@ from iotdps.device import (
     X509Files,
 )
 from iotdps.device.credentials import Credential
-from iotdps.device.issued import IssuedFiles
+from iotdps.device.issued import IssuedFiles, RenewalRule
 from iotdps.errors import InvalidInput
 from iotdps.secret import Secret
 
@@ -96,6 +99,24 @@ def _credential(
     help="Register with a CSR (api-version 2025-07-01-preview); use the issued certificate on the hub, "
     "kept beside --state, and renew it when a third of its validity is left.",
 )
+@click.option(
+    "--renew-fraction",
+    type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
+    default=1 / 3,
+    help="With --csr: renew when less than this fraction of the certificate's validity is left [default 1/3].",
+)
+@click.option(
+    "--renew-before",
+    type=click.FloatRange(min=0, min_open=True),
+    help="With --csr: renew this many seconds before the certificate expires (instead of --renew-fraction).",
+)
+@click.option(
+    "--renew-check",
+    type=click.FloatRange(min=0.1),
+    default=300.0,
+    show_default=True,
+    help="With --csr: the longest pause (seconds) between two looks at the certificate while running.",
+)
 def run_command(
     provisioning_host: str,
     id_scope: str,
@@ -115,6 +136,9 @@ def run_command(
     message: str,
     stay: float,
     issue_certificate: bool,
+    renew_fraction: float,
+    renew_before: float | None,
+    renew_check: float,
 ) -> None:
     """Run a device: provision or use the cache, connect, send telemetry, answer the cloud."""
     ca_pem = Path(ca_file).read_text() if ca_file else None
@@ -129,6 +153,8 @@ def run_command(
         port=port,
         https_port=https_port,
         issue_certificate=issue_certificate,
+        renewal=RenewalRule(renew_fraction, dt.timedelta(seconds=renew_before) if renew_before else None),
+        renew_check=renew_check,
     )
 
     def emit(kind: str, doc: Any) -> None:
@@ -144,9 +170,13 @@ def run_command(
     def on_desired(patch: dict[str, Any]) -> None:
         emit("desired", {"patch": patch})
 
+    def certificate(leaf: x509.Certificate) -> dict[str, Any]:
+        return {"serial": format(leaf.serial_number, "X"), "notAfter": leaf.not_valid_after_utc.isoformat()}
+
     async def go() -> None:
         agent = DeviceAgent(settings, on_c2d=on_c2d, on_method=on_method, on_desired=on_desired)
-        client = await agent.start()
+        agent.on_renewed = lambda leaf, via: emit("renewed", {**certificate(leaf), "via": via})
+        await agent.start()
         assert agent.assignment is not None
         emit(
             "connected",
@@ -159,13 +189,12 @@ def run_command(
         if issue_certificate:
             leaf = IssuedFiles(settings.state_file).leaf()
             if leaf is not None:
-                emit(
-                    "certificate",
-                    {"serial": format(leaf.serial_number, "X"), "notAfter": leaf.not_valid_after_utc.isoformat()},
-                )
+                emit("certificate", certificate(leaf))
         try:
             for i in range(count):
-                await client.send_telemetry(message, {"seq": str(i)})
+                # agent.client: a renewal reconnects with a new client.
+                assert agent.client is not None
+                await agent.client.send_telemetry(message, {"seq": str(i)})
                 emit("sent", {"seq": i})
                 if i + 1 < count:
                     await asyncio.sleep(interval)

@@ -383,13 +383,16 @@ def certificate_list(registration_id: str | None, limit: int, as_json: bool) -> 
             d["registrationId"],
             d["serialNumber"],
             d["certificateAuthorityName"],
+            d.get("issuedVia", "dps"),
             d["notAfterUtc"][:19],
             d["sha256Thumbprint"][:16] + "...",
         ]
         for d in docs
     ]
     _table(
-        "Issued certificates", ["issued (UTC)", "registration id", "serial", "issuing CA", "not after", "sha256"], rows
+        "Issued certificates",
+        ["issued (UTC)", "registration id", "serial", "issuing CA", "via", "not after", "sha256"],
+        rows,
     )
 
 

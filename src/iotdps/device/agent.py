@@ -8,24 +8,32 @@ stays unreachable for `hub_attempts` tries.
 
 With `issue_certificate` (`iotdps device run --csr`, issue 18) the device registers with a CSR
 (whatever its attestation; a TPM device over HTTPS), keeps the issued key, chain and trust
-bundle beside the state file (device.issued), connects to the hub with that certificate, and
-registers again with a new CSR when less than a third of the certificate's validity is left (at
-start, or when the caller asks: `certificate_due`, `renew`).
+bundle beside the state file (device.issued) and connects to the hub with that certificate. It
+renews before expiry (`DeviceSettings.renewal`, a third of the validity left by default): at
+start, and while running by a timer that `start` arms (cancelled by `stop`). A renewal asks the
+hub over its credentials topic when connected, and falls back to registering again with a new
+CSR; the new key and chain replace the old pair atomically, and the device reconnects with
+them. A failed renewal is retried with a growing pause (at most `renew_check` seconds), while
+the old certificate still works.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from cryptography import x509
 
 from iotdps.device.credentials import Credential, TpmCredential
-from iotdps.device.hub_client import HubClient
-from iotdps.device.issued import IssuedFiles, due_for_renewal, new_key_and_csr
+from iotdps.device.hub_client import CertificateRequestFailed, HubClient
+from iotdps.device.issued import IssuedFiles, RenewalRule, due_for_renewal, new_key_and_csr
 from iotdps.device.mqtt import ConnectRefused
 from iotdps.device.provision import Assignment, provision
 from iotdps.device.provision_https import provision_tpm
@@ -62,6 +70,10 @@ class DeviceSettings:
     keepalive: int = 60
     # Register with a CSR and use the issued certificate on the hub (device.issued).
     issue_certificate: bool = False
+    # When the issued certificate is due, and the longest pause between two looks at it (also
+    # the longest pause between two attempts after a failed renewal).
+    renewal: RenewalRule = field(default_factory=RenewalRule)
+    renew_check: float = 300.0
 
 
 def load_state(settings: DeviceSettings) -> Assignment | None:
@@ -103,6 +115,10 @@ class DeviceAgent:
         self.client: HubClient | None = None
         # Why the last hub connection failed: the hub's refusal, or what kept it from answering.
         self._hub_failure: ConnectRefused | BaseException | None = None
+        self.renewals = 0  # certificates renewed while running
+        self.on_renewed: Callable[[x509.Certificate, str], Any] | None = None  # (new leaf, "hub"/"dps")
+        self._renewing = asyncio.Lock()
+        self._timer: asyncio.Task[None] | None = None
 
     def _hub_client(self, assignment: Assignment) -> HubClient:
         s = self.settings
@@ -165,14 +181,54 @@ class DeviceAgent:
         return assignment
 
     def certificate_due(self) -> bool:
-        """With --csr: no issued certificate yet, or less than a third of its validity left."""
+        """With --csr: no issued certificate yet, or it is due (`DeviceSettings.renewal`)."""
         if not self.settings.issue_certificate:
             return False
         leaf = IssuedFiles(self.settings.state_file).leaf()
-        return leaf is None or due_for_renewal(leaf)
+        return leaf is None or due_for_renewal(leaf, rule=self.settings.renewal)
 
-    async def renew(self) -> HubClient:
-        """Register again with a new CSR and reconnect with the new certificate."""
+    async def renew(self, via: Literal["auto", "hub", "dps"] = "auto") -> HubClient:
+        """A new key and certificate now, and a connection that uses them. `auto`: over the hub
+        when connected, else (or when the hub does not issue) by registering again."""
+        async with self._renewing:
+            if via == "hub" and (self.client is None or not self.client.connected):
+                raise ConnectionError("not connected to the hub: cannot renew over it")
+            used = "dps"
+            client: HubClient | None = None
+            if via != "dps" and self.client is not None and self.client.connected:
+                try:
+                    client = await self._renew_over_hub(self.client)
+                    used = "hub"
+                except (CertificateRequestFailed, TimeoutError, ConnectionError, ValueError) as exc:
+                    if via == "hub":
+                        raise
+                    log.info("renewal over the hub failed (%s): registering again", exc)
+            if client is None:
+                client = await self._renew_by_registering()
+            self.client = client
+            self.renewals += 1
+            leaf = IssuedFiles(self.settings.state_file).leaf()
+            if self.on_renewed is not None and leaf is not None:
+                self.on_renewed(leaf, used)
+            return client
+
+    async def _renew_over_hub(self, current: HubClient) -> HubClient:
+        s = self.settings
+        assert self.assignment is not None
+        key, csr = new_key_and_csr(s.registration_id)
+        issued = await current.request_certificate(csr)
+        # ValueError: not a chain for this key. The bundle, like a registration's, joins the
+        # root store: how a device that renews only over the hub learns a new server CA.
+        IssuedFiles(s.state_file).save(key, issued.chain, issued.trust_bundle)
+        # The hub keeps the previous certificate as secondary, so the old connection was fine
+        # until now; one connection per device, so close it before the new one connects.
+        await current.close()
+        client = await self._try_hub(self.assignment)
+        if client is None:
+            raise ConnectionError(f"the hub did not take the renewed certificate: {self._hub_failure}")
+        return client
+
+    async def _renew_by_registering(self) -> HubClient:
         if self.client is not None:
             await self.client.close()
             self.client = None
@@ -180,8 +236,33 @@ class DeviceAgent:
         client = await self._try_hub(assignment)
         if client is None:
             raise ConnectRefused(5)
-        self.assignment, self.client = assignment, client
+        self.assignment = assignment
         return client
+
+    def _seconds_until_due(self) -> float:
+        leaf = IssuedFiles(self.settings.state_file).leaf()
+        if leaf is None:
+            return 0.0
+        left = (self.settings.renewal.due_at(leaf) - dt.datetime.now(dt.UTC)).total_seconds()
+        return max(0.0, left)
+
+    async def _keep_renewed(self) -> None:
+        """The renewal timer: sleep until the certificate is due (looking again at least every
+        `renew_check` seconds), renew, repeat; after a failure wait `retry_delay`, doubling up
+        to `renew_check`. Runs until cancelled."""
+        s = self.settings
+        pause = s.retry_delay
+        while True:
+            await asyncio.sleep(min(self._seconds_until_due(), s.renew_check))
+            if not self.certificate_due():
+                continue
+            try:
+                await self.renew()
+                pause = s.retry_delay
+            except (IotdpsError, OSError, TimeoutError, ValueError) as exc:
+                log.warning("certificate renewal of %s failed (%s); retrying in %.0f s", s.registration_id, exc, pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, s.renew_check)
 
     async def _try_hub(self, assignment: Assignment) -> HubClient | None:
         """The connected client, or None when the hub refused or stayed unreachable."""
@@ -211,6 +292,7 @@ class DeviceAgent:
             client = await self._try_hub(cached)
             if client is not None:
                 self.assignment, self.client = cached, client
+                self._arm_timer()
                 return client
             log.info("cached assignment of %s no longer works: provisioning again", self.settings.registration_id)
         assignment = await self._provision()
@@ -222,8 +304,20 @@ class DeviceAgent:
             assert failure is not None
             raise HubUnreachable(assignment.assigned_hub, self.settings.hub_attempts, failure)
         self.assignment, self.client = assignment, client
+        self._arm_timer()
         return client
 
+    def _arm_timer(self) -> None:
+        if self.settings.issue_certificate and (self._timer is None or self._timer.done()):
+            self._timer = asyncio.get_running_loop().create_task(self._keep_renewed())
+
     async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            try:
+                await self._timer
+            except asyncio.CancelledError:
+                pass
+            self._timer = None
         if self.client is not None:
             await self.client.close()

@@ -2,7 +2,9 @@
 
 The same wire as azure-iot-device 2.14.0 (azure-wire-protocol.md section 8): clean session 0,
 one SUBSCRIBE per feature, twin requests correlated by `$rid`, telemetry at QoS 1 (the call
-returns once the hub has stored the message and PUBACKed it).
+returns once the hub has stored the message and PUBACKed it). `request_certificate` speaks the
+hub's certificate-management preview (section 10.1): it subscribes to the credential responses
+on first use and waits past the 202 for the final answer.
 """
 
 from __future__ import annotations
@@ -25,14 +27,16 @@ from iotdps.errors import IotdpsError
 from iotdps.protocols.mqtt.events import PublishReceived
 from iotdps.protocols.mqtt.hub import (
     C2D_FILTER_TEMPLATE,
+    CREDENTIALS_RESPONSE_FILTER,
     METHODS_FILTER,
     TWIN_DESIRED_FILTER,
     TWIN_RESPONSE_FILTER,
+    format_certificate_request_topic,
     format_telemetry_topic,
     parse_c2d_topic,
 )
 
-__all__ = ["C2DReceived", "HubClient", "MethodHandler", "TwinError"]
+__all__ = ["C2DReceived", "CertificateRequestFailed", "HubClient", "IssuedOverHub", "MethodHandler", "TwinError"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,24 @@ MethodHandler = Callable[[str, Any], Awaitable[tuple[int, Any]]]
 
 class TwinError(IotdpsError):
     """The hub answered a twin request with an error status."""
+
+
+class CertificateRequestFailed(IotdpsError):
+    """The hub answered a certificate request with an error: `status`, Azure-style `error_code`."""
+
+    def __init__(self, status: int, error_code: int | None, message: str) -> None:
+        super().__init__(f"certificate request failed with status {status} ({error_code}): {message}")
+        self.status = status
+        self.error_code = error_code
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedOverHub:
+    """A certificate the hub issued: `issuedCertificateChain` (base64 DER, leaf first) and the
+    `trustBundle` sent with it (None when the service sent none)."""
+
+    chain: list[str]
+    trust_bundle: dict[str, Any] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +114,8 @@ class HubClient:
         self.on_desired = on_desired
         self._mqtt: MqttClient | None = None
         self._twin_waiters: dict[str, asyncio.Future[tuple[int, int | None, bytes]]] = {}
+        self._credential_waiters: dict[str, asyncio.Future[tuple[int, bytes]]] = {}
+        self._credentials_subscribed = False
         self._rids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -119,6 +143,7 @@ class HubClient:
         mqtt.send_connect(self.device_id, username, password, keepalive=self._keepalive)
         await mqtt.connected(timeout)
         self._mqtt = mqtt
+        self._credentials_subscribed = False
         filters = [TWIN_RESPONSE_FILTER]
         if self.on_c2d is not None:
             filters.append(C2D_FILTER_TEMPLATE.format(device_id=self.device_id))
@@ -201,6 +226,39 @@ class HubClient:
             raise TwinError(f"reported-properties patch failed with status {status}")
         return version
 
+    async def request_certificate(
+        self, csr_b64: str, *, replace: bool = False, timeout: float = 60.0
+    ) -> IssuedOverHub:
+        """Ask the hub for a certificate for `csr_b64` (base64 DER PKCS#10): the issued chain
+        and trust bundle. CertificateRequestFailed for an error answer; TimeoutError when
+        no final answer comes within `timeout` seconds."""
+        client = self._client()
+        if not self._credentials_subscribed:
+            await client.subscribe([CREDENTIALS_RESPONSE_FILTER])
+            self._credentials_subscribed = True
+        rid = format(next(self._rids), "x")
+        future: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
+        self._credential_waiters[rid] = future
+        body = json.dumps({"id": self.device_id, "csr": csr_b64, "replace": replace}).encode()
+        try:
+            await client.publish(format_certificate_request_topic(rid), body)
+            status, payload = await asyncio.wait_for(future, timeout)
+        finally:
+            self._credential_waiters.pop(rid, None)
+        try:
+            doc = json.loads(payload)
+        except ValueError:
+            doc = None
+        if status != 200:
+            code = doc.get("errorCode") if isinstance(doc, dict) else None
+            message = doc.get("message") if isinstance(doc, dict) else None
+            raise CertificateRequestFailed(status, code if isinstance(code, int) else None, str(message or ""))
+        chain = doc.get("issuedCertificateChain") if isinstance(doc, dict) else None
+        if not isinstance(chain, list) or not chain or not all(isinstance(c, str) for c in chain):
+            raise CertificateRequestFailed(status, None, "the answer carries no issuedCertificateChain")
+        bundle = doc.get("trustBundle")
+        return IssuedOverHub(chain, bundle if isinstance(bundle, dict) else None)
+
     # -- incoming -------------------------------------------------------------------------------
 
     def _on_publish(self, event: PublishReceived) -> None:
@@ -213,6 +271,12 @@ class HubClient:
                 if waiter is not None and not waiter.done():
                     version = params.get("$version")
                     waiter.set_result((status, int(version) if version else None, event.payload))
+            elif topic.startswith("$iothub/credentials/res/"):
+                status = int(topic[len("$iothub/credentials/res/") :].split("/", 1)[0])
+                credential_waiter = self._credential_waiters.get(_query(topic).get("$rid", ""))
+                # 202 only says the request was accepted; the final answer follows.
+                if status != 202 and credential_waiter is not None and not credential_waiter.done():
+                    credential_waiter.set_result((status, event.payload))
             elif topic.startswith("$iothub/twin/PATCH/properties/desired/"):
                 if self.on_desired is not None:
                     self._call(self.on_desired, json.loads(event.payload))

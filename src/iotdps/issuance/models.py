@@ -17,7 +17,8 @@ Management documents never carry the secret or the key (`to_json`); the store's 
 sealed (`to_doc`).
 
 An `IssuedCertificate` records every certificate a device was given (serial, thumbprints,
-registration and device id, issuing CA, validity, when, the certificate itself).
+registration and device id, issuing CA, validity, when, the certificate itself, and which way
+the device asked: `dps` at registration, `hub` over the hub's credentials topic).
 """
 
 from __future__ import annotations
@@ -35,10 +36,13 @@ from iotdps.pki.cadir import check_ca_name
 from iotdps.pki.encoding import certs_to_pem, load_certificates
 from iotdps.timestamps import format_time, parse_time
 
-__all__ = ["ISSUER_KINDS", "IssuedCertificate", "IssuerKind", "IssuingCa", "certificates_from_pem_list"]
+__all__ = ["ISSUED_VIA", "ISSUER_KINDS", "IssuedCertificate", "IssuerKind", "IssuingCa", "certificates_from_pem_list"]
 
 IssuerKind = Literal["local", "cfssl", "pkcs11"]
 ISSUER_KINDS: tuple[IssuerKind, ...] = ("local", "cfssl", "pkcs11")
+# How the device asked: a DPS registration with a CSR, or `$iothub/credentials/POST/
+# issueCertificate` on its hub connection (records written before the hub way existed are "dps").
+ISSUED_VIA: tuple[str, ...] = ("dps", "hub")
 _MAX_CHAIN = 8
 
 
@@ -162,7 +166,7 @@ class IssuingCa:
 
 @dataclass(frozen=True)
 class IssuedCertificate:
-    """One certificate issued to a device at registration."""
+    """One certificate issued to a device, at registration or over its hub connection."""
 
     sha256_thumbprint: str
     sha1_thumbprint: str
@@ -176,6 +180,7 @@ class IssuedCertificate:
     issued_at: datetime
     enrollment: str | None  # "group:<id>" or "individual:<registration id>"
     pem: str
+    issued_via: str = "dps"  # ISSUED_VIA
 
     def to_json(self, *, with_pem: bool = True) -> dict[str, Any]:
         doc = {
@@ -190,6 +195,7 @@ class IssuedCertificate:
             "notAfterUtc": format_time(self.not_after),
             "issuedDateTimeUtc": format_time(self.issued_at),
             "enrollment": self.enrollment,
+            "issuedVia": self.issued_via,
         }
         if with_pem:
             doc["certificate"] = self.pem
@@ -210,4 +216,5 @@ class IssuedCertificate:
             issued_at=parse_time(str(doc["issuedDateTimeUtc"])),
             enrollment=doc.get("enrollment"),
             pem=str(doc.get("certificate", "")),
+            issued_via=str(doc.get("issuedVia", "dps")),
         )

@@ -39,7 +39,16 @@ from iotdps.ports import UnitOfWork
 from iotdps.provisioning.records import RegistrationRecord
 from iotdps.refusals import RefusalReason, Refused
 
-__all__ = ["IssuerSource", "PendingIssuance", "hub_auth", "issue", "issued_record", "state_fields", "vet"]
+__all__ = [
+    "IssuerSource",
+    "PendingIssuance",
+    "hub_auth",
+    "issue",
+    "issued_record",
+    "renewed_hub_auth",
+    "state_fields",
+    "vet",
+]
 
 
 class IssuerSource(Protocol):
@@ -111,8 +120,26 @@ def hub_auth(issued: IssuedChain, attested: DeviceAuth, *, keep: bool) -> Device
     return base.with_issued(issued.sha256_thumbprint, issued.sha1_thumbprint)
 
 
+def renewed_hub_auth(current: DeviceAuth, issued: IssuedChain, *, keep: bool) -> DeviceAuth:
+    """The hub identity after a renewal over the hub (provisioning.hub_certificates): the new
+    certificate's thumbprints first, then the previous issued certificate's, so the device
+    reconnects with the new one without a gap (and a connection made with the old one is not
+    cut); any older one is dropped. The kept credential is never touched (`with_issued`). A
+    device that had no issued certificate yet (an optional-CSR policy) gets its first one as at
+    registration: `hub_auth`, keeping its own credential only if the policy says `keep`."""
+    if not current.issued_thumbprints:
+        return hub_auth(issued, current, keep=keep)
+    return current.with_issued(issued.sha256_thumbprint, issued.sha1_thumbprint, *current.issued_thumbprints[:2])
+
+
 def issued_record(
-    issued: IssuedChain, registration_id: str, device_id: str, enrollment: str, issued_at: datetime, kind: str
+    issued: IssuedChain,
+    registration_id: str,
+    device_id: str,
+    enrollment: str,
+    issued_at: datetime,
+    kind: str,
+    via: str = "dps",
 ) -> IssuedCertificate:
     return IssuedCertificate(
         sha256_thumbprint=issued.sha256_thumbprint,
@@ -127,6 +154,7 @@ def issued_record(
         issued_at=issued_at,
         enrollment=enrollment,
         pem=issued.chain_pem().decode("ascii"),  # the whole chain, so a poll can answer it again
+        issued_via=via,
     )
 
 

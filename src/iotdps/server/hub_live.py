@@ -32,6 +32,7 @@ from iotdps.pki.revocation import NO_REVOCATIONS, Revocations
 from iotdps.protocols.mqtt.errors import InvalidDeviceRequest
 from iotdps.protocols.mqtt.hub import METHODS_FILTER, format_method_request_topic, parse_hub_username
 from iotdps.protocols.mqtt.packets import Connect
+from iotdps.server.hub_credentials import CredentialRequests
 from iotdps.server.hub_mqtt import DeviceEndpoint
 from iotdps.server.logthrottle import WindowedLog
 from iotdps.server.mqtt_conn import CONNACK_NOT_AUTHORIZED, CONNACK_SERVER_UNAVAILABLE, MqttConnection, MqttEndpoint
@@ -50,6 +51,8 @@ class HubConnections:
     def __init__(self, names: HubNames, requests: DeviceRequests) -> None:
         self._names = names
         self._requests = requests
+        # The credentials topic (certificate renewal); None until the node has issuers for it.
+        self.credentials: CredentialRequests | None = None
         self._live: dict[tuple[str, str], DeviceEndpoint] = {}
         self._methods: dict[str, tuple[DeviceEndpoint, asyncio.Future[tuple[int, Any]]]] = {}
         self._rids = itertools.count(1)
@@ -170,6 +173,7 @@ class HubConnections:
             session=admitted.session,
             desired_version=admitted.device.twin.desired_version,
             identity=admitted.identity,
+            credentials=self.credentials,
         )
         conn.identity = f"{hub}/{device_id}"
         self._live[key] = endpoint

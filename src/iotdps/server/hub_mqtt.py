@@ -9,12 +9,14 @@ subscriptions, the cloud-to-device messages in flight (packet id -> queue seq) a
 counters. Everything durable is in the store.
 
 Rules (azure-wire-protocol.md section 8):
-* Only the four Azure filters are granted (C2D of this device, methods, twin responses, desired
-  patches), at QoS 0 or 1; anything else gets 0x80, as on the real hub.
+* Only the Azure filters are granted (C2D of this device, methods, twin responses, desired
+  patches, and the certificate-management preview's credential responses), at QoS 0 or 1;
+  anything else gets 0x80, as on the real hub.
 * Subscriptions of a clean-session-0 device are saved with every change and restored at the
   next CONNECT: the SDK never re-subscribes after a SAS renewal or a network drop.
 * Twin responses go to the connection that asked, subscribed or not: 2.14.0 sends its first
-  twin GET before it subscribes to `$iothub/twin/res/#`.
+  twin GET before it subscribes to `$iothub/twin/res/#`. Credential responses too (the
+  certificate requests themselves are hub_credentials.py's).
 * Telemetry is PUBACKed by the group-commit writer once stored; every other QoS 1 PUBLISH is
   PUBACKed as soon as it has been handled.
 * A topic we do not know, or telemetry for another device id, closes the connection.
@@ -42,9 +44,11 @@ from iotdps.protocols.mqtt.errors import InvalidDeviceRequest
 from iotdps.protocols.mqtt.events import PubAckReceived, PublishReceived, Subscribed, Unsubscribed
 from iotdps.protocols.mqtt.hub import (
     C2D_FILTER_TEMPLATE,
+    CREDENTIALS_RESPONSE_FILTER,
     METHODS_FILTER,
     TWIN_DESIRED_FILTER,
     TWIN_RESPONSE_FILTER,
+    CertificateRequest,
     MethodResponse,
     Telemetry,
     TwinGetRequest,
@@ -55,6 +59,7 @@ from iotdps.protocols.mqtt.hub import (
     parse_device_topic,
 )
 from iotdps.protocols.mqtt.packets import SUBACK_FAILURE
+from iotdps.server.hub_credentials import CredentialRequests, response_topic_and_body
 from iotdps.server.mqtt_conn import MqttConnection
 
 __all__ = ["C2D_WINDOW", "DeviceEndpoint", "EndpointHost"]
@@ -95,8 +100,10 @@ class DeviceEndpoint:
         session: HubSession | None,
         desired_version: int,
         identity: Mapping[str, str | None] | None = None,
+        credentials: CredentialRequests | None = None,
     ) -> None:
         self._host = host
+        self._credentials = credentials
         self._requests = requests
         self.conn = conn
         self.hub = hub
@@ -105,7 +112,9 @@ class DeviceEndpoint:
         self.identity: Mapping[str, str | None] = identity or {"connection_device_id": device_id}
         self.persistent = persistent  # clean session 0
         self.c2d_filter = C2D_FILTER_TEMPLATE.format(device_id=device_id)
-        self._allowed = frozenset({self.c2d_filter, METHODS_FILTER, TWIN_RESPONSE_FILTER, TWIN_DESIRED_FILTER})
+        self._allowed = frozenset(
+            {self.c2d_filter, METHODS_FILTER, TWIN_RESPONSE_FILTER, TWIN_DESIRED_FILTER, CREDENTIALS_RESPONSE_FILTER}
+        )
         self.subscriptions: dict[str, int] = dict(session.subscriptions) if session else {}
         self.desired_version_sent = session.desired_version_sent if session else desired_version
         self._desired_at_connect = desired_version
@@ -166,6 +175,17 @@ class DeviceEndpoint:
             await self._twin_patch(request.rid, event.payload)
         elif isinstance(request, MethodResponse):
             self._host.method_answered(self, request.rid, request.status, event.payload)
+        elif isinstance(request, CertificateRequest):
+            if self._credentials is None:
+                body = {"errorCode": 503001, "message": "certificate issuance is not available on this hub"}
+                self.answer_credentials(503, request.rid, body)
+            else:
+                await self._credentials.handle(self, request.rid, event.payload)
+
+    def answer_credentials(self, status: int, rid: str, body: dict[str, Any]) -> None:
+        """A credentials response (hub_credentials.Requester), to this connection."""
+        topic, payload = response_topic_and_body(status, rid, body)
+        self.conn.publish(topic, payload)
 
     async def _twin_get(self, rid: str) -> None:
         try:

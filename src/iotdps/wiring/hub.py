@@ -6,6 +6,7 @@
     requests     DeviceRequests: what a connected device's requests do to the records
     connections  HubConnections: CONNECT routing and the live connections (LiveDevices)
     cloud        CloudOperations: desired patches, methods, C2D, disconnects (API, control, CLI)
+    credentials  (through connections) certificate renewal over the hub, once `use_issuers` ran
     expiry       C2DExpiry: the sweep of expired cloud-to-device messages
 
 Shutdown order matters: stop admitting devices, store all queued telemetry (its PUBACKs still go
@@ -26,8 +27,11 @@ from iotdps.hub.names import HubNames
 from iotdps.hub.telemetry import TelemetryWriter
 from iotdps.ports import Clock, HubStore, LiveDevices, Store, SystemClock
 from iotdps.protocols.mqtt.packets import Connect
+from iotdps.provisioning.hub_certificates import HubCertificates
+from iotdps.provisioning.issuance import IssuerSource
 from iotdps.sas import DEFAULT_TOKEN_MAX_LIFETIME
 from iotdps.server.control import build_control_app
+from iotdps.server.hub_credentials import CredentialRequests
 from iotdps.server.hub_live import HubConnections
 from iotdps.server.mqtt_conn import MqttConnection, MqttEndpoint
 
@@ -52,7 +56,7 @@ class Hubs:
         self.writer = TelemetryWriter(hub_store, max_batch=telemetry_batch)
         self.requests = DeviceRequests(hub_store, self.writer, clock=clock, token_max_lifetime=token_max_lifetime)
         self.connections = HubConnections(self.names, self.requests)
-        self._hub_store, self._clock = hub_store, clock
+        self._store, self._hub_store, self._clock = store, hub_store, clock
         self.cloud = CloudOperations(hub_store, self.names, self.connections, clock)
         self.expiry = C2DExpiry(hub_store, clock, c2d_expiry_interval)
 
@@ -60,6 +64,15 @@ class Hubs:
         """Cloud operations reach devices through `live` (a cluster's, which wraps
         `connections`) instead of this node's connections alone. Before anything uses `cloud`."""
         self.cloud = CloudOperations(self._hub_store, self.names, live, self._clock)
+
+    def use_issuers(self, issuers: IssuerSource, *, per_minute: float = 1.0, burst: int = 5) -> None:
+        """Open the credentials topic (certificate renewal over the hub, server.hub_credentials):
+        devices' requests are issued by `issuers`, the node's issuing CAs; each device may make
+        `burst` requests at once and `per_minute` after that."""
+        certificates = HubCertificates(self._store, issuers, clock=self._clock)
+        self.connections.credentials = CredentialRequests(
+            certificates, self.connections.spawn, rate=per_minute / 60, burst=burst
+        )
 
     async def route(self, conn: MqttConnection, connect: Connect) -> MqttEndpoint | int:
         """The shared listener's router for hub CONNECTs."""

@@ -210,6 +210,12 @@ class Server:
         self._webhook = AiohttpWebhookTransport(destinations=config.allocation.webhook_destinations)
         self.sealing = SealingKey.load_or_create(config.data_dir / SEALING_KEY_FILE)
         self.issuers = IssuerCache(self.sealing)
+        if self.hubs is not None:
+            self.hubs.use_issuers(  # certificate renewal over the hub (issue 18)
+                self.issuers,
+                per_minute=config.limits.certificate_requests_per_minute,
+                burst=config.limits.certificate_request_burst,
+            )
         self.service = ProvisioningService(
             self.store,
             webhook=self._webhook,

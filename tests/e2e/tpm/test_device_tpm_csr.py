@@ -189,7 +189,7 @@ def test_agent_kept_tpm_key_and_renewal(server: RunningServer, tmp_path: Path) -
             first = files.leaf()
             assert first is not None
             await client.send_telemetry("first", {})
-            client = await agent.renew()  # a new CSR through the TPM challenge again
+            client = await agent.renew(via="dps")  # a new CSR through the TPM challenge again
             await client.send_telemetry("renewed", {})
             second = files.leaf()
             assert second is not None

@@ -346,6 +346,21 @@ def test_method_topics() -> None:
     assert hub.parse_device_topic("$iothub/methods/res/200/?$rid=1") == hub.MethodResponse(200, "1")
 
 
+def test_credentials_topics() -> None:
+    # The certificate-management preview (wire doc 10.1): request and responses share the rid.
+    request = hub.format_certificate_request_topic("r 1")
+    assert request == "$iothub/credentials/POST/issueCertificate/?$rid=r%201"
+    assert hub.parse_device_topic(request) == hub.CertificateRequest("r 1")
+    for status in (202, 200, 409):
+        topic = hub.format_credentials_response_topic(status, "r 1")
+        assert topic == f"$iothub/credentials/res/{status}/?$rid=r%201"
+        assert hub.topic_matches(hub.CREDENTIALS_RESPONSE_FILTER, topic)
+    with pytest.raises(InvalidDeviceRequest):
+        hub.parse_device_topic("$iothub/credentials/POST/issueCertificate/")  # no $rid
+    with pytest.raises(InvalidDeviceRequest):
+        hub.parse_device_topic("$iothub/credentials/POST/renew/?$rid=1")  # not an operation we know
+
+
 # -- topic filters -----------------------------------------------------------------------------
 
 

@@ -1,9 +1,10 @@
 """Azure IoT Hub device topics over MQTT (azure-wire-protocol.md section 8).
 
 Server side: `parse_hub_username`, `classify_username`, `parse_device_topic` (telemetry, twin
-GET, reported PATCH, method response), and formatters for what the hub sends: C2D, twin
-responses, desired patches, method requests. Client side: `format_telemetry_topic`,
-`parse_c2d_topic`. `topic_matches` decides which subscriptions a publish goes to.
+GET, reported PATCH, method response, certificate request), and formatters for what the hub
+sends: C2D, twin responses, desired patches, method requests, credential responses. Client
+side: `format_telemetry_topic`, `parse_c2d_topic`, `format_certificate_request_topic`.
+`topic_matches` decides which subscriptions a publish goes to.
 
 Device and module ids are taken raw, never percent-decoded: `%` is a legal id character.
 """
@@ -20,11 +21,13 @@ from iotdps.protocols.mqtt.topics import topic_matches
 
 __all__ = [
     "C2D_FILTER_TEMPLATE",
+    "CREDENTIALS_RESPONSE_FILTER",
     "METHODS_FILTER",
     "SYSTEM_PROPERTY_KEYS",
     "TWIN_DESIRED_FILTER",
     "TWIN_RESPONSE_FILTER",
     "C2DMessage",
+    "CertificateRequest",
     "HubUsername",
     "MethodResponse",
     "Telemetry",
@@ -32,6 +35,8 @@ __all__ = [
     "TwinReportedPatch",
     "classify_username",
     "format_c2d_topic",
+    "format_certificate_request_topic",
+    "format_credentials_response_topic",
     "format_desired_patch_topic",
     "format_method_request_topic",
     "format_property_bag",
@@ -48,6 +53,10 @@ C2D_FILTER_TEMPLATE = "devices/{device_id}/messages/devicebound/#"
 METHODS_FILTER = "$iothub/methods/POST/#"
 TWIN_RESPONSE_FILTER = "$iothub/twin/res/#"
 TWIN_DESIRED_FILTER = "$iothub/twin/PATCH/properties/desired/#"
+# The IoT Hub certificate-management preview (azure-wire-protocol.md 10.1): a connected device
+# asks for a certificate on `$iothub/credentials/POST/issueCertificate/?$rid=` and hears the 202
+# and the final answer on `$iothub/credentials/res/{status}/?$rid=`.
+CREDENTIALS_RESPONSE_FILTER = "$iothub/credentials/res/#"
 
 SYSTEM_PROPERTY_KEYS: Mapping[str, str] = {
     "$.mid": "message_id",
@@ -72,6 +81,7 @@ _NAME_TO_WIRE = {name: wire for wire, name in SYSTEM_PROPERTY_KEYS.items()}
 _TWIN_GET = "$iothub/twin/GET/"
 _TWIN_REPORTED = "$iothub/twin/PATCH/properties/reported/"
 _METHOD_RES = "$iothub/methods/res/"
+_ISSUE_CERTIFICATE = "$iothub/credentials/POST/issueCertificate/"
 
 
 # -- usernames ---------------------------------------------------------------------------------
@@ -214,6 +224,13 @@ class MethodResponse:
     rid: str
 
 
+@dataclass(frozen=True, slots=True)
+class CertificateRequest:
+    """`$iothub/credentials/POST/issueCertificate/?$rid={rid}`: the body is the request."""
+
+    rid: str
+
+
 def _rid(query: str, topic: str) -> str:
     rid = parse_query(query, "hub topic").get("$rid")
     if not rid:
@@ -238,7 +255,9 @@ def _telemetry(topic: str) -> Telemetry | None:
     return Telemetry(device_id, module_id, system, app)
 
 
-def parse_device_topic(topic: str) -> Telemetry | TwinGetRequest | TwinReportedPatch | MethodResponse:
+def parse_device_topic(
+    topic: str,
+) -> Telemetry | TwinGetRequest | TwinReportedPatch | MethodResponse | CertificateRequest:
     """Classify a PUBLISH a device sent to the hub; an unknown topic is `InvalidDeviceRequest`."""
     if topic.startswith("devices/"):
         telemetry = _telemetry(topic)
@@ -255,6 +274,8 @@ def parse_device_topic(topic: str) -> Telemetry | TwinGetRequest | TwinReportedP
             if not (status.isdigit() and len(status) <= 3):
                 raise InvalidDeviceRequest(f"method response topic {short(topic)} has a bad status")
             return MethodResponse(int(status), _rid(query, topic))
+        if sep and path == _ISSUE_CERTIFICATE:
+            return CertificateRequest(_rid(query, topic))
     raise InvalidDeviceRequest(f"unknown hub topic {short(topic)}")
 
 
@@ -314,3 +335,13 @@ def format_method_request_topic(method_name: str, rid: str) -> str:
     if not method_name:
         raise ValueError("method name is empty")
     return f"$iothub/methods/POST/{encode_component(method_name)}/?$rid={encode_component(rid)}"
+
+
+def format_certificate_request_topic(rid: str) -> str:
+    """Client side: `$iothub/credentials/POST/issueCertificate/?$rid={rid}`."""
+    return f"{_ISSUE_CERTIFICATE}?$rid={encode_component(rid)}"
+
+
+def format_credentials_response_topic(status: int, rid: str) -> str:
+    """`$iothub/credentials/res/{status}/?$rid={rid}`: 202 accepted, 200 issued, or an error."""
+    return f"$iothub/credentials/res/{check_status(status)}/?$rid={encode_component(rid)}"

@@ -10,6 +10,8 @@ its errors carry no line and column, for about 0.5% of a registration.
 
 What a caller gets is what `json.dumps(value, separators=(",", ":"))` gave, except:
 - characters beyond ASCII are written as UTF-8 rather than `\\u` escapes (the same JSON);
+- a float's exponent is written without padding (`5e-8` where the standard library writes
+  `5e-08`; the same number);
 - NaN and infinities are written as `null`. None can come from outside: iotdps.jsonload refuses
   them (NaN, Infinity and numbers such as 1e999 that overflow to infinity).
 Values orjson refuses (integers beyond 64 bits, keys that are not strings, strings holding lone

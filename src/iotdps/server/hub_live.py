@@ -259,7 +259,7 @@ class HubConnections:
 
     async def call_method(self, hub: str, device_id: str, name: str, payload: bytes, timeout: float) -> tuple[int, Any]:
         endpoint = self._live.get((hub, device_id))
-        if endpoint is None or endpoint.closed:
+        if endpoint is None or endpoint.closed or not endpoint.conn.open or endpoint.conn.session.closed:
             raise DeviceNotConnected(f"device {device_id} is not connected to {hub}")
         if METHODS_FILTER not in endpoint.subscriptions:
             raise DeviceNotConnected(f"device {device_id} is not listening for direct methods")

@@ -156,7 +156,9 @@ class MqttConnection(asyncio.Protocol):
 
     def publish(self, topic: str, payload: bytes, qos: int = 0) -> int | None:
         """Send a PUBLISH; returns the packet id of a QoS 1 message (None for QoS 0 / closed)."""
-        if not self.open:
+        # The session closes when it reads DISCONNECT, before the worker gets to close the
+        # connection: a C2D kick, desired patch or method in between finds it ended, not open.
+        if not self.open or self.session.closed:
             return None
         packet_id, data = self.session.publish_with_id(topic, payload, qos)
         self.write(data)

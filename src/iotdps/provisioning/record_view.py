@@ -181,9 +181,15 @@ class RevocationState:
 
 
 async def revocation_state(uow: UnitOfWork) -> RevocationState:
-    cas = list(await uow.cas.list())
-    certs = tuple(c for ca in cas if (c := _first_certificate(ca.certificate)) is not None)
-    return RevocationState(revocations_of(cas), {ca.sha256_thumbprint.upper(): ca.name for ca in cas}, certs)
+    """From the uploaded CAs and their CRLs only, so kept in the read cache until a CA (or its
+    CRL) changes: listing pages of records does not rebuild it each time."""
+
+    async def build() -> RevocationState:
+        cas = list(await uow.cas.list())
+        certs = tuple(c for ca in cas if (c := _first_certificate(ca.certificate)) is not None)
+        return RevocationState(revocations_of(cas), {ca.sha256_thumbprint.upper(): ca.name for ca in cas}, certs)
+
+    return await uow.cached_config_answer(("registration revocations",), build)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -38,7 +38,7 @@ from iotdps.errors import AlreadyExists, InvalidInput, IotdpsError, NotFound
 from iotdps.ids import check_registration_id
 from iotdps.ports import Page, UnitOfWork
 from iotdps.provisioning import admin
-from iotdps.provisioning.record_view import registration_view
+from iotdps.provisioning.record_view import registration_view, registration_views
 
 __all__ = [
     "BULK_MAX",
@@ -306,5 +306,5 @@ async def query_registrations(ctx: ApiContext, request: web.Request) -> web.Stre
     size, token = page_request(request)
     async with ctx.store.begin() as uow:
         page = await uow.registrations.list(size, token, enrollment_group_id=group)
-        views = [await registration_view(uow, r) for r in page.items]
+        views = await registration_views(uow, page.items)
     return paged_response([v.to_json() for v in views], page.continuation, size, "deviceRegistration")

@@ -146,6 +146,19 @@ _REGISTRATION_STATE = {
                 "certificateAuthorityName": _STR,
             },
         },
+        # iotdps addition (issue 20): worked out when read, from the CRLs held now.
+        "revocation": {
+            "type": "object",
+            "description": "iotdps: the device's certificate is revoked now, or under a revoked CA",
+            "required": ["revoked", "reason", "by", "certificate"],
+            "properties": {
+                "revoked": {"type": "boolean"},
+                "reason": _STR,
+                "revokedAt": _STR,
+                "by": {**_STR, "description": "leaf, or ca:<uploaded CA name or SHA-256 thumbprint>"},
+                "certificate": {"type": "string", "enum": ["attestation", "issued"]},
+            },
+        },
     },
 }
 

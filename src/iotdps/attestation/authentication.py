@@ -33,6 +33,9 @@ class Authentication:
     common_name: str | None = None
     # TPM register: the activation blob wrapping `device_auth`'s key for the device's TPM.
     tpm_authentication_key: str | None = None
+    # X.509: the verified path (leaf first, to its anchor), DER in base64, kept on the
+    # registration record so that a later revocation shows there (provisioning.record_view).
+    x509_path: tuple[str, ...] = ()
 
 
 class Mechanism(Protocol):

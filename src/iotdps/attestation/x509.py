@@ -41,7 +41,7 @@ from iotdps.hub.devices import DeviceAuth
 from iotdps.ids import same_registration_id
 from iotdps.pki import certs
 from iotdps.pki.chain_policy import Rule, path_problems, verify_client_chain
-from iotdps.pki.encoding import certificate_info, load_certificate, sha1_thumbprint, sha256_thumbprint
+from iotdps.pki.encoding import certificate_info, der_b64, load_certificate, sha1_thumbprint, sha256_thumbprint
 from iotdps.pki.path import End, Walk, walk
 from iotdps.pki.revocation import NO_REVOCATIONS, Revocations, load_crl
 from iotdps.ports import UnitOfWork
@@ -421,7 +421,11 @@ async def _revoked(
         steps, individual_match, group = decision.steps, decision.individual, decision.group
     refused = Decision(False, individual_match, group, RefusalReason.CERT_REVOKED, words, (*steps, f"revoked: {words}"))
     return Authentication(
-        refused, "x509", leaf_sha256=sha256_thumbprint(chain[0]), common_name=certs.common_name(chain[0])
+        refused,
+        "x509",
+        leaf_sha256=sha256_thumbprint(chain[0]),
+        common_name=certs.common_name(chain[0]),
+        x509_path=tuple(der_b64(c) for c in chain),
     )
 
 
@@ -484,5 +488,11 @@ class X509Mechanism:
         auth = DeviceAuth("selfSigned", primary_thumbprints=(leaf_sha256, sha1_thumbprint(leaf)))
         context = _X509WebhookContext(leaf)
         return Authentication(
-            decision, "x509", auth if decision.admitted else None, context, leaf_sha256, certs.common_name(leaf)
+            decision,
+            "x509",
+            auth if decision.admitted else None,
+            context,
+            leaf_sha256,
+            certs.common_name(leaf),
+            x509_path=tuple(der_b64(c) for c in chain) if decision.admitted else (),
         )

@@ -207,7 +207,8 @@ def registration_group() -> None:
 @target_options
 def registration_show(registration_id: str) -> None:
     """The registration record as JSON (the DeviceRegistrationState document, plus the trust
-    bundle the device received and the certificate last issued to it), with or without --json."""
+    bundle the device received, the certificate last issued to it, and `revocation` when its
+    certificate is revoked now), with or without --json."""
     view = run_client(lambda client: client.get_registration(registration_id))
     if view is None:
         raise NotFound(f"registration {registration_id} not found")
@@ -216,18 +217,30 @@ def registration_show(registration_id: str) -> None:
 
 @registration_group.command("list")
 @click.option("--group", "group_id", help="Only devices of this enrollment group.")
+@click.option("--revoked", is_flag=True, help="Only devices whose certificate is revoked now (or under a revoked CA).")
 @json_option
 @target_options
-def registration_list(group_id: str | None) -> None:
+def registration_list(group_id: str | None, revoked: bool) -> None:
+    """Registration records; REVOKED names what the CRLs held now revoke (the leaf, or a CA)."""
     views = run_client(lambda client: client.list_registrations(group_id))
-    records = [v.record for v in views]
+    if revoked:
+        views = [v for v in views if v.revocation is not None]
     rows = [
-        [r.registration_id, r.status, r.substatus, r.assigned_hub, r.device_id, r.enrollment_group_id, r.error_code]
-        for r in records
+        [
+            v.record.registration_id,
+            v.record.status,
+            v.record.substatus,
+            v.record.assigned_hub,
+            v.record.device_id,
+            v.record.enrollment_group_id,
+            v.record.error_code,
+            f"{v.revocation.by} ({v.revocation.reason})" if v.revocation is not None else None,
+        ]
+        for v in views
     ]
     listing(
         "Registrations",
-        ["registration id", "status", "substatus", "hub", "device id", "group", "error"],
+        ["registration id", "status", "substatus", "hub", "device id", "group", "error", "revoked"],
         rows,
         [v.to_json() for v in views],
     )

@@ -21,7 +21,7 @@ from iotdps.errors import InvalidInput, NotFound
 from iotdps.ports import Page, Refusal, Store
 from iotdps.provisioning import admin, config_admin
 from iotdps.provisioning.ca_admin import CaAdminService
-from iotdps.provisioning.record_view import RegistrationView, registration_view
+from iotdps.provisioning.record_view import RegistrationView, registration_view, registration_views
 from iotdps.provisioning.settings import ServiceSettings
 
 __all__ = ["LocalAdminClient", "all_pages"]
@@ -146,7 +146,7 @@ class LocalAdminClient:
             records = await all_pages(
                 lambda token: uow.registrations.list(_PAGE, token, enrollment_group_id=enrollment_group_id)
             )
-            return [await registration_view(uow, r) for r in records]
+            return await registration_views(uow, records)
 
     async def delete_registration(self, registration_id: str) -> None:
         await admin.delete_registration(self.store, registration_id, actor=self.actor)

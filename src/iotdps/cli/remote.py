@@ -36,7 +36,7 @@ from iotdps.errors import (
 )
 from iotdps.pki.encoding import certificate_info, load_certificate
 from iotdps.ports import Refusal
-from iotdps.provisioning.record_view import IssuedSummary, RegistrationView
+from iotdps.provisioning.record_view import IssuedSummary, RegistrationView, RevocationSummary
 from iotdps.provisioning.records import RegistrationRecord
 from iotdps.provisioning.settings import ServiceSettings
 from iotdps.timestamps import format_time, parse_time
@@ -215,7 +215,11 @@ def _registration_from_json(doc: Mapping[str, Any]) -> RegistrationRecord:
 
 
 def _view_from_json(doc: Mapping[str, Any]) -> RegistrationView:
-    return RegistrationView(_registration_from_json(doc), IssuedSummary.from_json(doc.get("issuedCertificate")))
+    return RegistrationView(
+        _registration_from_json(doc),
+        IssuedSummary.from_json(doc.get("issuedCertificate")),
+        RevocationSummary.from_json(doc.get("revocation")),
+    )
 
 
 def _refusal_from_json(d: Mapping[str, Any]) -> Refusal:

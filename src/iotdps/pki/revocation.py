@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from iotdps.errors import InvalidInput
 from iotdps.pki.certs import certificate_label, is_self_issued, signed_by
+from iotdps.pki.encoding import sha256_thumbprint
 from iotdps.pki.external_signing import sign_crl
 from iotdps.pki.issuer import Issuer, signature_hash
 
@@ -51,6 +52,7 @@ __all__ = [
     "NO_REVOCATIONS",
     "REASONS",
     "CrlSummary",
+    "RevocationHit",
     "Revocations",
     "RevokedEntry",
     "build_crl",
@@ -61,6 +63,7 @@ __all__ = [
     "load_crl",
     "parse_reason",
     "summarize",
+    "walk_up",
 ]
 
 DEFAULT_CRL_DAYS = 7
@@ -247,6 +250,20 @@ class _Entry:
     reason: str
     revoked_at: dt.datetime | None
     under: str | None = None  # set on an entry derived from a revoked CA above this one
+    under_sha256: str | None = None  # that revoked CA's SHA-256 thumbprint
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationHit:
+    """The first revoked certificate of a path, for records (`provisioning.record_view`).
+
+    `depth`: 0 the leaf, else the CA at that depth of the path; `ca_sha256`: the thumbprint of
+    the revoked CA (the one on the path, or the revoked CA above its anchor), None for a leaf."""
+
+    depth: int
+    reason: str
+    revoked_at: dt.datetime | None
+    ca_sha256: str | None
 
 
 def _spki(cert: x509.Certificate) -> bytes:
@@ -314,13 +331,23 @@ class Revocations:
         cas = list(dict.fromkeys(known_cas))
         derived: dict[int, list[_Entry]] = {}
         for ca in cas:
-            path = _walk_up(ca, cas)
+            path = walk_up(ca, cas)
             for depth in range(1, len(path)):
-                above = direct.problem(path[depth], path[depth + 1] if depth + 1 < len(path) else None)
+                above = direct._entry(path[depth], path[depth + 1] if depth + 1 < len(path) else None)
                 if above is not None:
                     issuer = path[1]
                     under = certificate_label(path[depth])
-                    entry = _Entry(ca.issuer, _spki(issuer), _ski(issuer), "", "cACompromise", None, under)
+                    # The revoked CA's own reason and date: what records show (RevocationHit).
+                    entry = _Entry(
+                        ca.issuer,
+                        _spki(issuer),
+                        _ski(issuer),
+                        "",
+                        above.reason,
+                        above.revoked_at,
+                        under,
+                        sha256_thumbprint(path[depth]),
+                    )
                     derived.setdefault(ca.serial_number, []).append(entry)
                     break
         if not derived:
@@ -329,10 +356,7 @@ class Revocations:
         fingerprint = direct.fingerprint | frozenset((e.signer_key, s) for s, es in derived.items() for e in es)
         return cls(merged, fingerprint)
 
-    def problem(self, cert: x509.Certificate, issuer: x509.Certificate | None) -> str | None:
-        """Words (naming the certificate as `{cert}`) when `cert` is revoked, else None.
-
-        `issuer`: the certificate above it on the path, or None at the top of the path."""
+    def _entry(self, cert: x509.Certificate, issuer: x509.Certificate | None) -> _Entry | None:
         entries = self._by_serial.get(cert.serial_number)
         if not entries:
             return None
@@ -346,10 +370,35 @@ class Revocations:
                 aki = _aki(cert)
                 if aki is not None and entry.signer_ski is not None and aki != entry.signer_ski:
                     continue
-            if entry.under is not None:
-                return f"{{cert}} is under the revoked CA {entry.under}"
-            when = f" on {entry.revoked_at:%Y-%m-%d %H:%M:%SZ}" if entry.revoked_at is not None else ""
-            return f"{{cert}} was revoked by CA {entry.ca_label}{when} (reason: {entry.reason})"
+            return entry
+        return None
+
+    def problem(self, cert: x509.Certificate, issuer: x509.Certificate | None) -> str | None:
+        """Words (naming the certificate as `{cert}`) when `cert` is revoked, else None.
+
+        `issuer`: the certificate above it on the path, or None at the top of the path."""
+        entry = self._entry(cert, issuer)
+        if entry is None:
+            return None
+        if entry.under is not None:
+            return f"{{cert}} is under the revoked CA {entry.under}"
+        when = f" on {entry.revoked_at:%Y-%m-%d %H:%M:%SZ}" if entry.revoked_at is not None else ""
+        return f"{{cert}} was revoked by CA {entry.ca_label}{when} (reason: {entry.reason})"
+
+    def first_hit(self, path: Sequence[x509.Certificate]) -> RevocationHit | None:
+        """The first revoked certificate of `path` (leaf first, each certificate's issuer the
+        next one), or None: the same matching as `path_problems`, as data."""
+        if not self._by_serial:
+            return None
+        for depth, cert in enumerate(path):
+            entry = self._entry(cert, path[depth + 1] if depth + 1 < len(path) else None)
+            if entry is None:
+                continue
+            if entry.under_sha256 is not None:
+                ca_sha256: str | None = entry.under_sha256
+            else:
+                ca_sha256 = sha256_thumbprint(cert) if depth > 0 else None
+            return RevocationHit(depth, entry.reason, entry.revoked_at, ca_sha256)
         return None
 
     def path_problems(self, path: Sequence[x509.Certificate]) -> list[tuple[int, x509.Certificate, str]]:
@@ -378,7 +427,7 @@ class Revocations:
         return out
 
 
-def _walk_up(start: x509.Certificate, pool: Sequence[x509.Certificate]) -> list[x509.Certificate]:
+def walk_up(start: x509.Certificate, pool: Sequence[x509.Certificate]) -> list[x509.Certificate]:
     """`start`, then its issuer among `pool` (signature-checked), and so on to a root."""
     path = [start]
     for _ in range(len(pool) + 1):

@@ -49,6 +49,7 @@ def assigning_record(
     attestation_type: AttestationType,
     group_id: str | None,
     leaf_sha256: str | None,
+    x509_path: tuple[str, ...] = (),
 ) -> RegistrationRecord:
     """The record a custom allocation writes before calling its webhook, so that a poll sees the
     operation; the previous hub and device id stay on it until the terminal write."""
@@ -62,11 +63,22 @@ def assigning_record(
         attestation_type=attestation_type,
         enrollment_group_id=group_id,
         x509_thumbprint=leaf_sha256,
+        x509_path=_path(x509_path, current, leaf_sha256),
         # What the device still holds: the last bundle and certificate it was given.
         trust_bundle_id=current.trust_bundle_id if current else None,
         trust_bundle_version=current.trust_bundle_version if current else None,
         issued_certificate=current.issued_certificate if current else None,
     )
+
+
+def _path(given: tuple[str, ...], current: RegistrationRecord | None, leaf_sha256: str | None) -> tuple[str, ...]:
+    """The admitted path to keep on a record: the one given, else the current record's while the
+    leaf is the same (so that a later revocation still shows on it)."""
+    if given:
+        return given
+    if current is not None and leaf_sha256 is not None and current.x509_thumbprint == leaf_sha256:
+        return current.x509_path
+    return ()
 
 
 def refused_record(
@@ -77,6 +89,7 @@ def refused_record(
     attestation_type: AttestationType | None,
     group_id: str | None,
     leaf_sha256: str | None,
+    x509_path: tuple[str, ...] = (),
 ) -> RegistrationRecord:
     """The record of an operation refused after an enrollment matched (disabled, no hub...): the
     device-facing status, code and message; the previous hub and device id stay on it so that a
@@ -102,6 +115,7 @@ def refused_record(
         attestation_type=attestation_type,
         enrollment_group_id=group_id,
         x509_thumbprint=leaf_sha256,
+        x509_path=_path(x509_path, current, leaf_sha256),
         # What the device still holds: the last bundle and certificate it was given.
         trust_bundle_id=current.trust_bundle_id if current else None,
         trust_bundle_version=current.trust_bundle_version if current else None,

@@ -40,6 +40,9 @@ class RegistrationRecord:
     attestation_type: AttestationType | None = None
     enrollment_group_id: str | None = None
     x509_thumbprint: str | None = None
+    # X.509: the path the device was admitted under (leaf first, to its trust anchor), DER in
+    # base64, so that operators' views can tell when it is revoked (provisioning.record_view).
+    x509_path: tuple[str, ...] = ()
     # TPM: the second activation blob (azure-wire-protocol.md 3.2 step 5), which wraps the
     # device's hub key for its TPM. Not a secret: only that TPM can open it.
     tpm_authentication_key: str | None = None

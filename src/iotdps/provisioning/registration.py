@@ -134,6 +134,7 @@ class RegistrationPlan:
     device_auth: DeviceAuth
     webhook_context: Mapping[str, Any]
     leaf_sha256: str | None = None
+    x509_path: tuple[str, ...] = ()
     payload: Any = None
     # The device id is the registration id as the device spelled it (a group's SAS device):
     # a registration that already exists keeps the device id it has (`settled`).
@@ -184,6 +185,7 @@ def plan_for(request: RegistrationRequest, auth: Authentication, settings: Servi
         device_auth=auth.device_auth,
         webhook_context=auth.webhook_context,
         leaf_sha256=auth.leaf_sha256,
+        x509_path=auth.x509_path,
         payload=request.payload,
         device_id_from_request=from_request,
         peer=request.peer,

@@ -142,6 +142,7 @@ class ProvisioningService:
                 auth.attestation_type,
                 decision.group.enrollment_group_id if decision.group else None,
                 auth.leaf_sha256,
+                auth.x509_path,
             )
             await uow.registrations.put(record)
 
@@ -251,7 +252,13 @@ class ProvisioningService:
             group_id = plan.group.enrollment_group_id if plan.group else None
             await uow.registrations.put(
                 assigning_record(
-                    plan.registration_id, operation_id, current, plan.attestation_type, group_id, plan.leaf_sha256
+                    plan.registration_id,
+                    operation_id,
+                    current,
+                    plan.attestation_type,
+                    group_id,
+                    plan.leaf_sha256,
+                    plan.x509_path,
                 )
             )
         try:
@@ -340,7 +347,13 @@ class ProvisioningService:
             now_record = await uow.registrations.get(plan.registration_id, for_update=True)
             group_id = plan.group.enrollment_group_id if plan.group else None
             assigning = assigning_record(
-                plan.registration_id, operation_id, now_record, plan.attestation_type, group_id, plan.leaf_sha256
+                plan.registration_id,
+                operation_id,
+                now_record,
+                plan.attestation_type,
+                group_id,
+                plan.leaf_sha256,
+                plan.x509_path,
             )
             await uow.registrations.put(assigning)
         body = build_request(
@@ -428,6 +441,7 @@ class ProvisioningService:
             attestation_type=plan.attestation_type,
             enrollment_group_id=plan.group.enrollment_group_id if plan.group else None,
             x509_thumbprint=plan.leaf_sha256,
+            x509_path=plan.x509_path,
             tpm_authentication_key=plan.tpm_authentication_key,
             trust_bundle_id=bundle_id,
             trust_bundle_version=bundle_version,

@@ -9,15 +9,17 @@ file order: the accessibility pass at the end sees pages with data on them.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import logging
 import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from azure.iot.device import IoTHubDeviceClient, ProvisioningDeviceClient
+from azure.iot.device import X509, IoTHubDeviceClient, ProvisioningDeviceClient
 from azure.iot.device.exceptions import ClientError, CredentialError
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -28,8 +30,11 @@ from iotdps.pki import (
     create_intermediate_ca,
     create_root_ca,
     generate_private_key,
+    issue_device_certificate,
     issue_verification_certificate,
 )
+from iotdps.pki.revocation import RevokedEntry, build_crl, crl_pem
+from iotdps_testing.console import connection_string
 from iotdps_testing.devcerts import derived_key
 from iotdps_testing.server import RunningServer
 
@@ -267,8 +272,63 @@ def test_keyboard_navigation(console: Console) -> None:
     assert page.evaluate("document.activeElement.textContent") == "Registrations"
 
 
+def test_a_revoked_device_is_marked_in_the_registrations(
+    console: Console, server: RunningServer, tmp_path: Path
+) -> None:
+    """An X.509 device of a line made with our toolkit, provisioned by the SDK; its line CA's CRL
+    uploaded (CLI on the data dir): the registrations page marks it revoked at once."""
+    root_key, line_key, dev_key = generate_private_key(), generate_private_key(), generate_private_key()
+    root = Issuer(create_root_ca("revoke-root", root_key, Validity.days(30)), root_key, name="revoke-root")
+    line = Issuer(
+        create_intermediate_ca(root, "revoke-line", line_key.public_key(), Validity.days(20)), line_key, root.chain
+    )
+    cert = issue_device_certificate(line, "meter-1", dev_key.public_key(), Validity.days(5))
+    (tmp_path / "root.pem").write_text(_pem(root.certificate))
+    (tmp_path / "line.pem").write_text(_pem(line.certificate))
+    (tmp_path / "meter-1.pem").write_text(_pem(cert) + _pem(line.certificate))
+    key_pem = dev_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    (tmp_path / "meter-1.key").write_bytes(key_pem)
+    # Through the management API: the server trusts the new CA at once (no trust poll to wait).
+    remote = ["--connection-string", connection_string(server, "provisioningserviceowner")]
+    remote += ["--server-ca", str(server.server_ca_path)]
+
+    def cli(*args: str) -> str:  # off the browser's event loop, as the CLI runs its own
+        return _off_loop(lambda: server.cli(*args, *remote))
+
+    cli("ca", "upload", "revoke-root", str(tmp_path / "root.pem"), "--verified")
+    cli("ca", "upload", "revoke-line", str(tmp_path / "line.pem"))
+    cli("group", "create", "meters", "--ca-ref", "revoke-root")
+    result = ProvisioningDeviceClient.create_from_x509_certificate(
+        provisioning_host=server.address,
+        registration_id="meter-1",
+        id_scope=server.id_scope,
+        x509=X509(str(tmp_path / "meter-1.pem"), str(tmp_path / "meter-1.key")),
+        server_verification_cert=server.server_ca,
+    ).register()
+    assert result.status == "assigned"
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    entry = RevokedEntry(cert.serial_number, now, "keyCompromise")
+    crl = build_crl(line, [entry], number=1, this_update=now, next_update=now + dt.timedelta(days=7))
+    (tmp_path / "line.crl.pem").write_text(crl_pem(crl))
+    cli("crl", "upload", "revoke-line", str(tmp_path / "line.crl.pem"))
+
+    console.sign_in("provisioningserviceowner")
+    console.open("registrations")
+    console.heading("Registrations")
+    row = console.page.locator("tr", has_text="meter-1")
+    row.wait_for()
+    assert "revoked" in row.inner_text() and "assigned" in row.inner_text()
+    assert "revoked" not in console.page.locator("tr", has_text="sensor-1").inner_text()
+    console.open("registrations/meter-1")
+    console.heading("Device meter-1")
+    console.page.get_by_text("revoked: its certificate (keyCompromise").wait_for()
+    console.shot("12-revoked-registration")
+
+
 PAGES = ["overview", "cas", "cas/root", "enrollments", "groups", "groups/line-1", "registrations",
-         "registrations/sensor-1", "refusals", "devices"]  # fmt: skip
+         "registrations/sensor-1", "registrations/meter-1", "refusals", "devices"]  # fmt: skip
 
 
 def test_accessibility_checks(console: Console, server: RunningServer) -> None:

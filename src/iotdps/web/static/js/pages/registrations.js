@@ -22,6 +22,15 @@ function attestationOf(reg) {
   return null;
 }
 
+// The certificate is revoked now (the record view's `revocation`, worked out when it is read).
+function revokedText(reg) {
+  const r = reg.revocation;
+  if (!r || !r.revoked) return null;
+  const what = r.certificate === "issued" ? "issued certificate" : "certificate";
+  const by = r.by === "leaf" ? `its ${what}` : `its ${what} is under ${r.by.replace(/^ca:/, "CA ")}`;
+  return `revoked: ${by} (${r.reason || "unspecified"}${r.revokedAt ? `, ${r.revokedAt}` : ""})`;
+}
+
 function statusBadge(status) {
   const kind = status === "assigned" ? "ok" : status === "assigning" ? "plain" : "bad";
   return badge(status || "—", kind);
@@ -38,7 +47,7 @@ async function renderList(view) {
   const problem = h("div");
   const columns = [
     { title: "Registration id", cell: (r) => link(r.registrationId, "registrations", r.registrationId) },
-    { title: "Status", cell: (r) => statusBadge(r.status) },
+    { title: "Status", cell: (r) => (r.revocation && r.revocation.revoked ? h("span", {}, statusBadge(r.status), " ", badge("revoked", "bad")) : statusBadge(r.status)) },
     { title: "Hub", cell: (r) => r.assignedHub || "—" },
     { title: "Device id", cell: (r) => r.deviceId || "—" },
     { title: "Group", cell: (r) => (groupOf(r) ? link(groupOf(r), "groups", groupOf(r)) : "individual") },
@@ -214,6 +223,7 @@ async function story(view, id) {
         ["First registered", when(reg.createdDateTimeUtc)],
         ["Last registered", when(reg.lastUpdatedDateTimeUtc)],
         reg.errorMessage ? ["Error", reg.errorMessage] : null,
+        revokedText(reg) ? ["Revocation", badge(revokedText(reg), "bad")] : null,
       ]),
       remove ? h("div", { class: "actions" }, remove) : null,
     ),

@@ -133,8 +133,10 @@ def _publish(state: RotationState, entry: AuditDraft | None = None) -> int:
     """Put the CAs devices must trust now into the built-in bundle; its version. `entry`: the
     audit entry of the (file) step just done on one node, appended in the same transaction.
     The files are the change and have no transaction to share, so the entry comes right
-    after them, with the bundle that completes the step: both commit or neither (a crash
-    between the files and this leaves the step to be completed by running it again)."""
+    after them, with the bundle that completes the step: both commit or neither. A crash
+    between the files and this is completed by running the step again; only `retire` then
+    writes the lost entry (its re-run sees the bundle behind the files; rotate and activate
+    re-runs do not tell an interrupted step from a completed one, and write none)."""
     from iotdps.provisioning.server_ca import publish_server_cas
 
     async def go(store: Store) -> int:

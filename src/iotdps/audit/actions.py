@@ -44,6 +44,10 @@ KNOWN_ACTIONS: Mapping[str, str] = {
     "trust-bundle.create": "a trust bundle created",
     "trust-bundle.update": "a trust bundle's next version stored",
     "trust-bundle.delete": "a trust bundle deleted",
+    "server-ca.rotate": "a new built-in server CA made beside the current one (iotdps tls rotate)",
+    "server-ca.activate": "the new built-in server CA presented (iotdps tls activate; force: devices stranded)",
+    "server-ca.retire": "the old built-in server CA dropped from the trust bundle (iotdps tls retire)",
+    "server-ca.move-to-token": "the built-in server CA's key moved into a PKCS#11 token",
     PRUNED: "entries older than the retention removed; names the last one removed",
 }
 

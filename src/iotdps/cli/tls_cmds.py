@@ -12,6 +12,11 @@ On a shared (PostgreSQL) store, `--dsn`, the step is the service's: it is decide
 database and every node's files follow it (wiring/shared_rotation.py); the data dir, when it is
 one node's, is brought along at once. A node's data dir on a shared store is refused without
 `--dsn`: rotating its files alone would split the service.
+
+Every step is written to the audit trail as `server-ca.<step>` by `local:<user>`, with the CAs'
+thumbprints before and after (server/ca_audit.py). On a shared store the entry commits with the
+step's own transaction; on one node the step is files, and its entry commits with the bundle
+publish that follows it.
 """
 
 from __future__ import annotations
@@ -32,11 +37,12 @@ from iotdps.errors import InvalidInput
 if TYPE_CHECKING:
     from cryptography import x509
 
+    from iotdps.audit import AuditDraft
     from iotdps.ports import Store
     from iotdps.secret import Secret
     from iotdps.server.ca_rotation import RotationState
     from iotdps.store.sql.cluster import ClusterDb
-    from iotdps.wiring.shared_rotation import SharedCa
+    from iotdps.wiring.shared_rotation import Audit, SharedCa
 
 __all__ = ["register"]
 
@@ -123,15 +129,48 @@ def _shared_step(
     return _with_store(go)
 
 
-def _publish(state: RotationState) -> int:
-    """Put the CAs devices must trust now into the built-in bundle; its version."""
+def _publish(state: RotationState, entry: AuditDraft | None = None) -> int:
+    """Put the CAs devices must trust now into the built-in bundle; its version. `entry`: the
+    audit entry of the (file) step just done on one node, appended in the same transaction.
+    The files are the change and have no transaction to share, so the entry comes right
+    after them, with the bundle that completes the step: both commit or neither. A crash
+    between the files and this is completed by running the step again; only `retire` then
+    writes the lost entry (its re-run sees the bundle behind the files; rotate and activate
+    re-runs do not tell an interrupted step from a completed one, and write none)."""
     from iotdps.provisioning.server_ca import publish_server_cas
 
     async def go(store: Store) -> int:
         async with store.begin() as uow:
-            return (await publish_server_cas(uow, state.trusted)).version
+            version = (await publish_server_cas(uow, state.trusted)).version
+            if entry is not None:
+                await uow.audit.append(entry)
+            return version
 
     return _with_store(go)
+
+
+def _record(entry: AuditDraft) -> None:
+    """Append `entry` on its own, right after a step that has no store write of its own."""
+
+    async def go(store: Store) -> None:
+        async with store.begin() as uow:
+            await uow.audit.append(entry)
+
+    _with_store(go)
+
+
+def _audit(facts: dict[str, Any] | None = None) -> Audit:
+    from iotdps.cli.actor import local_actor
+    from iotdps.wiring.shared_rotation import Audit
+
+    return Audit(local_actor(), facts or {})
+
+
+def _entry(step: str, before: RotationState, after: RotationState, facts: dict[str, Any] | None = None) -> AuditDraft:
+    from iotdps.cli.actor import local_actor
+    from iotdps.server.ca_audit import step_entry
+
+    return step_entry(local_actor(), step, before, after, facts)
 
 
 def _shared_state(data_dir: Path, passphrase: Secret[str]) -> RotationState:
@@ -179,7 +218,8 @@ def rotate_command() -> None:
         from iotdps.wiring import shared_rotation
 
         data_dir = shared[0]
-        rotated, version = _shared_step(shared_rotation.rotate, *shared)
+        audit = _audit()
+        rotated, version = _shared_step(lambda db, pw: shared_rotation.rotate(db, pw, audit=audit), *shared)
         state = rotated.state
     else:
         data_dir = _data_dir()
@@ -187,7 +227,7 @@ def rotate_command() -> None:
         if current.phase is not ca_rotation.Phase.NONE:
             _publish(current)  # a rotate that stopped before the store write completes here
         state = ca_rotation.rotate(data_dir)
-        version = _publish(state)
+        version = _publish(state, _entry("rotate", current, state))
     assert state.next is not None
     click.echo(f"new server CA   {_describe(state.next)}")
     click.echo(f"current CA      {_describe(state.active)} (still presented)")
@@ -283,7 +323,8 @@ def activate_command(force: bool) -> None:
     shared = _shared_db()
     data_dir = _data_dir()
     state = _shared_state(*shared) if shared is not None else ca_rotation.read_state(data_dir)
-    if state.phase is ca_rotation.Phase.PENDING and state.next is not None and not force:
+    facts: dict[str, Any] = {"force": force}
+    if state.phase is ca_rotation.Phase.PENDING and state.next is not None:
         new_ca = state.next
 
         async def go(store: Store) -> int:
@@ -291,7 +332,8 @@ def activate_command(force: bool) -> None:
                 return len(await unreached(uow, new_ca))
 
         count = _with_store(go)
-        if count:
+        facts["devicesWithoutNewCa"] = count  # what --force stranded, for the audit trail
+        if count and not force:
             raise InvalidInput(
                 f"activation would strand {count} device(s) that have not received the new CA "
                 "(iotdps tls rotation status lists them); re-register them first, or pass --force"
@@ -299,10 +341,12 @@ def activate_command(force: bool) -> None:
     if shared is not None:
         from iotdps.wiring import shared_rotation
 
-        done = _shared_step(shared_rotation.activate, *shared)[0].state
+        audit = _audit(facts)
+        done = _shared_step(lambda db, pw: shared_rotation.activate(db, pw, audit=audit), *shared)[0].state
     else:
         done = ca_rotation.activate(data_dir)
-        _publish(done)
+        # A repeated activate (already activated) changed nothing: no entry.
+        _publish(done, _entry("activate", state, done, facts) if state.phase is ca_rotation.Phase.PENDING else None)
     click.echo(f"presented CA    {_describe(done.active)}")
     if shared is not None:
         click.echo("server chain    every node issues its own from it and presents it within seconds")
@@ -315,24 +359,74 @@ def activate_command(force: bool) -> None:
 @store_options
 def retire_command() -> None:
     """End a rotation: drop the old server CA from the built-in trust bundle and the data dir
-    (and destroy its key object, when it is in a PKCS#11 token)."""
+    (and destroy its key object, when it is in a PKCS#11 token).
+
+    Run again after it stopped half-way (or after it completed), it finishes the job: the
+    bundle ends with the active CA only."""
     from iotdps.server import ca_rotation
     from iotdps.server.ca_key import CaKeyPlace
 
     shared = _shared_db()
+    already = False
     if shared is not None:
         from iotdps.wiring import shared_rotation
 
-        retired, version = _shared_step(shared_rotation.retire, *shared)
+        audit = _audit()
+
+        async def step(db: ClusterDb, passphrase: Secret[str]) -> SharedCa:
+            nonlocal already
+            found = await shared_rotation.read_shared(db, passphrase)
+            # Nothing left to retire, but a rotation was completed (the service's record keeps
+            # every earlier CA's thumbprint): a retire that stopped before its bundle publish,
+            # or a repeated one. Its entry committed with the step; _shared_step publishes.
+            if found is not None and found.state.phase is ca_rotation.Phase.NONE and found.previous:
+                already = True
+                return found
+            return await shared_rotation.retire(db, passphrase, audit=audit)
+
+        retired, version = _shared_step(step, *shared)
         state, old_key = retired.state, retired.destroyed
     else:
         data_dir = _data_dir()
-        old_key = CaKeyPlace(data_dir / "tls" / "retiring").token_uri()
-        state = ca_rotation.retire(data_dir)
-        version = _publish(state)
+        before = ca_rotation.read_state(data_dir)
+        if before.phase is ca_rotation.Phase.NONE:
+            state, version, old_key, already = before, _finish_retired(before), None, True
+        else:
+            old_key = CaKeyPlace(data_dir / "tls" / "retiring").token_uri()
+            state = ca_rotation.retire(data_dir)
+            version = _publish(state, _entry("retire", before, state))
+    if already:
+        click.echo("the old server CA was already retired; the trust bundle is now up to date")
     click.echo(f"trust bundle    iotdps-server-ca version {version} carries {_describe(state.active)} only")
     if old_key is not None:
         click.echo(f"old CA key      destroyed in the PKCS#11 token ({old_key})")
+
+
+def _finish_retired(state: RotationState) -> int:
+    """One node, no old CA left in the files: the bundle's version once it carries the active
+    CA only. A retire that stopped between its files and its bundle publish left the old CA in
+    the bundle, and its entry unwritten: both happen now. No bundle at all: no rotation was
+    ever done, nothing to retire (InvalidInput)."""
+    from iotdps.provisioning.server_ca import BUILTIN_BUNDLE_ID, publish_server_cas
+    from iotdps.server.ca_rotation import Phase, RotationState
+
+    async def go(store: Store) -> int | None:
+        async with store.begin() as uow:
+            bundle = await uow.trust_bundles.get(BUILTIN_BUNDLE_ID, for_update=True)
+            if bundle is None:
+                return None
+            if list(bundle.certificates) != [state.active]:
+                old = next((c for c in bundle.certificates if c != state.active), None)
+                before = RotationState(Phase.ACTIVATED, state.active, retiring=old)
+                bundle = await publish_server_cas(uow, state.trusted)
+                facts = {"completed": "an earlier retire stopped before publishing the trust bundle"}
+                await uow.audit.append(_entry("retire", before, state, facts))
+            return bundle.version
+
+    version = _with_store(go)
+    if version is None:
+        raise InvalidInput("there is no old server CA to retire: no rotation")
+    return version
 
 
 @tls_group.command("move-to-token")
@@ -367,14 +461,20 @@ def move_to_token_command(pkcs11_uri: str) -> None:
             "finish it (iotdps tls activate, retire) before moving the key"
         )
     place = CaKeyPlace(data_dir / "tls")
-    if place.custody() == "token" and not place.key_file.exists():
+    moved = not (place.custody() == "token" and not place.key_file.exists())
+    if not moved:
         recorded = place.token_uri()
         click.echo(f"the server CA key is already in the PKCS#11 token only ({recorded})")
     else:
         recorded = move_file_key_to_token(place, state.active, server_ca_passphrase(data_dir), uri)
         click.echo(f"the server CA key is now in the PKCS#11 token only ({recorded}); {place.key_file} is deleted")
-    if shared is not None and _publish_custody(data_dir):
+    published = shared is not None and _publish_custody(data_dir)
+    if published:
         click.echo("the service's record in the shared database names the token key now (no key there)")
+    if moved:
+        # The move is files and the token, no transaction to share: the entry follows it at once.
+        facts = {"keyCustodyBefore": "file", "keyCustodyAfter": "token", "sharedRecordUpdated": published}
+        _record(_entry("move-to-token", state, state, facts))
     click.echo(f"the next start signs through the token ({place.uri_file} names the key)")
 
 

@@ -47,6 +47,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from iotdps.access import AccessPolicies
+from iotdps.audit import Actor
 from iotdps.errors import ConfigError, InvalidInput, IotdpsError
 from iotdps.fsutil import atomic_write
 from iotdps.pki import load_certificates, load_private_key
@@ -55,6 +56,7 @@ from iotdps.pki.pkcs11_uri import Pkcs11Uri
 from iotdps.sealed import open_sealed, seal
 from iotdps.secret import Secret
 from iotdps.server import ca_rotation
+from iotdps.server.ca_audit import step_entry
 from iotdps.server.ca_key import CaKeyRef, destroy_token_ca_key, key_record, parse_key_record
 from iotdps.server.ca_rotation import Phase, RotationState
 from iotdps.server.identity import PASSPHRASE_ENV, ServerFiles, server_ca_passphrase
@@ -64,6 +66,7 @@ from iotdps.wiring.shared_identity import SERVER_CA_SECRET, join_service
 __all__ = [
     "ROTATION_SECRET",
     "SHARED_MARKER",
+    "Audit",
     "RotationFollower",
     "SharedCa",
     "activate",
@@ -189,18 +192,39 @@ async def _require(db: ClusterDb, passphrase: Secret[str]) -> SharedCa:
     return shared
 
 
-async def _swap(db: ClusterDb, before: SharedCa, after: SharedCa, passphrase: Secret[str], *, ca: bool) -> None:
+@dataclass(frozen=True)
+class Audit:
+    """Who runs a step, and facts of theirs for its audit entry (activate: --force)."""
+
+    actor: Actor
+    facts: Mapping[str, Any] = field(default_factory=dict)
+
+
+async def _swap(
+    db: ClusterDb,
+    before: SharedCa,
+    after: SharedCa,
+    passphrase: Secret[str],
+    *,
+    ca: bool,
+    audit: Audit | None,
+    step: str,
+) -> None:
     new = {ROTATION_SECRET: seal(ROTATION_SECRET, json.dumps(after.rotation_doc()).encode(), passphrase)}
     if ca:
         doc = {"certificate": _pem(after.active), **key_record(after.active_key)}
         new[SERVER_CA_SECRET] = seal(SERVER_CA_SECRET, json.dumps(doc).encode(), passphrase)
     sealed_ca, sealed_rotation = before.raw
     expected = {SERVER_CA_SECRET: sealed_ca, ROTATION_SECRET: sealed_rotation}
-    if not await db.swap_secrets(SERVER_CA_SECRET, expected, new):
+    # The step's audit entry commits with the step itself (one transaction, ClusterDb).
+    entry = None if audit is None else step_entry(audit.actor, step, before.state, after.state, audit.facts)
+    if not await db.swap_secrets(SERVER_CA_SECRET, expected, new, audit=entry):
         raise InvalidInput("the server CA rotation changed while this command ran (another operator?): run it again")
 
 
-async def rotate(db: ClusterDb, passphrase: Secret[str], environ: Mapping[str, str] | None = None) -> SharedCa:
+async def rotate(
+    db: ClusterDb, passphrase: Secret[str], environ: Mapping[str, str] | None = None, *, audit: Audit | None = None
+) -> SharedCa:
     """A new CA pending beside the active one, for the whole service (its key made in the
     active one's token when that is where the active key is)."""
     shared = await _require(db, passphrase)
@@ -216,11 +240,11 @@ async def rotate(db: ClusterDb, passphrase: Secret[str], environ: Mapping[str, s
     else:
         ca, key = ca_rotation.new_ca(passphrase)
     after = replace(shared, next=ca, next_key=key)
-    await _swap(db, shared, after, passphrase, ca=False)
+    await _swap(db, shared, after, passphrase, ca=False, audit=audit, step="rotate")
     return after
 
 
-async def activate(db: ClusterDb, passphrase: Secret[str]) -> SharedCa:
+async def activate(db: ClusterDb, passphrase: Secret[str], *, audit: Audit | None = None) -> SharedCa:
     """The pending CA becomes the active one (the old one retiring); repeated: nothing to do."""
     shared = await _require(db, passphrase)
     if shared.state.phase is Phase.ACTIVATED:
@@ -236,11 +260,13 @@ async def activate(db: ClusterDb, passphrase: Secret[str]) -> SharedCa:
         retiring_key=shared.active_key if isinstance(shared.active_key, Pkcs11Uri) else None,
         previous=(*shared.previous, sha256_thumbprint(shared.active)),
     )
-    await _swap(db, shared, after, passphrase, ca=True)
+    await _swap(db, shared, after, passphrase, ca=True, audit=audit, step="activate")
     return after
 
 
-async def retire(db: ClusterDb, passphrase: Secret[str], environ: Mapping[str, str] | None = None) -> SharedCa:
+async def retire(
+    db: ClusterDb, passphrase: Secret[str], environ: Mapping[str, str] | None = None, *, audit: Audit | None = None
+) -> SharedCa:
     """The retiring CA leaves the service's bundle (its thumbprint stays in `previous`); its key
     object in the token, if that is where it was, is destroyed first (a retire that stops
     between the two finds it gone when run again)."""
@@ -256,7 +282,7 @@ async def retire(db: ClusterDb, passphrase: Secret[str], environ: Mapping[str, s
         destroy_token_ca_key(shared.retiring_key, shared.retiring, environ)
         destroyed = shared.retiring_key
     after = replace(shared, retiring=None, retiring_key=None)
-    await _swap(db, shared, after, passphrase, ca=False)
+    await _swap(db, shared, after, passphrase, ca=False, audit=audit, step="retire")
     return replace(after, destroyed=destroyed)
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
+from iotdps.pki.encoding import sha256_thumbprint
 from iotdps.sealed import open_sealed
 from iotdps.secret import Secret
 from iotdps_testing.cluster import PASSPHRASE, pg_database, start_node
@@ -131,6 +132,15 @@ def test_move_to_token_updates_the_record_and_the_other_node_follows(
     record = _server_ca_record(dsn)
     assert set(record) == {"certificate", "pkcs11_uri"} and "object=moved-cluster-ca" in record["pkcs11_uri"]
     assert "PRIVATE KEY" not in json.dumps(record)
+    # The move is in the service's audit trail, with the CA's thumbprint and no key or PIN.
+    listed = hsm.run("audit", "list", "--action", "server-ca", "--json", "--dsn", dsn)
+    assert listed.returncode == 0, listed.stderr
+    entries = [json.loads(line) for line in listed.stdout.splitlines() if line.strip()]  # JSON lines
+    assert [e["action"] for e in entries] == ["server-ca.move-to-token"] and entries[0]["actor"].startswith("local:")
+    ca = x509.load_pem_x509_certificate(record["certificate"].encode())
+    detail = entries[0]["detail"]
+    assert detail["presentedCaAfter"] == sha256_thumbprint(ca) and detail["sharedRecordUpdated"] is True
+    assert PIN not in listed.stdout and PASSPHRASE not in listed.stdout
     # The other node adopts the record's custody at its next start: its key file goes, and its
     # lost server certificate is reissued through the token.
     (second.data_dir / "tls" / "server.pem").unlink()

@@ -19,11 +19,14 @@ from sqlalchemy import and_, delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from iotdps.audit import AuditDraft
 from iotdps.errors import StoreError
 from iotdps.ports import Store
 from iotdps.store import tables as t
+from iotdps.store.sql.audit import AuditTrail
 from iotdps.store.sql.engine import DB_ERRORS, describe_error
 from iotdps.store.sql.store import SqlStore
+from iotdps.store.sql.tx import Database, SqlTx
 
 __all__ = ["ClusterDb", "cluster_db"]
 
@@ -31,13 +34,15 @@ __all__ = ["ClusterDb", "cluster_db"]
 def cluster_db(store: Store) -> ClusterDb | None:
     """The cluster tables of `store`, when it is a PostgreSQL store (None otherwise)."""
     if isinstance(store, SqlStore) and isinstance(store.engine, AsyncEngine):
-        return ClusterDb(store.engine)
+        # A Database of its own (the store's clock) for the audit entry a swap may append.
+        return ClusterDb(store.engine, Database(store.engine, store.clock, store.refusal_limit, store.prune_every))
     return None
 
 
 class ClusterDb:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, database: Database | None = None) -> None:
         self._engine = engine
+        self._database = database
 
     async def _run(self, statement: object, *, scalar: bool = False) -> object:
         try:
@@ -66,12 +71,23 @@ class ClusterDb:
             raise StoreError(f"the shared secret {name!r} vanished while it was being stored")
         return stored
 
-    async def swap_secrets(self, lock: str, expected: Mapping[str, str | None], new: Mapping[str, str]) -> bool:
+    async def swap_secrets(
+        self,
+        lock: str,
+        expected: Mapping[str, str | None],
+        new: Mapping[str, str],
+        *,
+        audit: AuditDraft | None = None,
+    ) -> bool:
         """Write `new` (upserts) in one transaction if every name in `expected` still holds the
         value given (None: absent); False, writing nothing, when one changed meanwhile.
+        `audit`: the audit trail's entry for the change, appended in the same transaction (a
+        step of the server CA rotation: both commit or neither).
 
         The row `lock` (which must exist) is locked first: two writers that both expect a row
         to be absent would otherwise both insert it; behind the lock the second one re-reads."""
+        if audit is not None and self._database is None:
+            raise StoreError("this cluster database was opened without its store: it cannot write the audit trail")
         s = t.service_secrets.c
         try:
             async with self._engine.begin() as conn:
@@ -89,6 +105,10 @@ class ClusterDb:
                             index_elements=["name"], set_={"value": value, "updated": func.now()}
                         )
                     )
+                if audit is not None:
+                    assert self._database is not None
+                    # Last, as an admin change does: the chain's lock is held only until the commit.
+                    await AuditTrail(SqlTx(self._database, conn)).append(audit)
                 return True
         except DB_ERRORS as exc:
             raise describe_error(exc, self._engine.url) from None

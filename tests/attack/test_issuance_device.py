@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import socket
-import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,11 +27,10 @@ from iotdps.device import HubClient, SymmetricKey, X509Files
 from iotdps.device.credentials import Credential
 from iotdps.device.mqtt import ConnectRefused
 from iotdps.pki.encoding import certs_to_pem
-from iotdps.protocols.mqtt.client import ClientSession
-from iotdps.protocols.mqtt.events import ConnAckReceived, PublishReceived
 from iotdps.sas import derive_device_key, make_sas_token
 from iotdps.secret import Secret
 from iotdps_testing.issuance import csr_b64, make_csr
+from iotdps_testing.rawdps import DpsAnswer, open_raw_dps
 from iotdps_testing.server import RunningServer, start_server
 
 pytestmark = pytest.mark.e2e
@@ -71,32 +68,16 @@ def _https(dps: RunningServer, group: str, rid: str, body: Any, api_version: str
     )
 
 
-def _mqtt_register(dps: RunningServer, group: str, rid: str, body: bytes, api_version: str) -> tuple[str, Any]:
-    """CONNECT with `api_version` in the username, publish one register request; the answer's
-    topic and JSON body."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.load_verify_locations(cadata=dps.server_ca)
-    tls = context.wrap_socket(socket.create_connection((dps.address, 8883), timeout=10), server_hostname=dps.address)
-    try:
-        session = ClientSession()
-        token = make_sas_token(dps.id_scope, rid, _key(dps, group, rid), int(time.time()) + 600)
-        username = f"{dps.id_scope}/registrations/{rid}/api-version={api_version}&ClientVersion=attack"
-        tls.sendall(session.connect(rid, username, token))
-        tls.sendall(session.subscribe([("$dps/registrations/res/#", 1)])[1])
-        tls.sendall(session.publish("$dps/registrations/PUT/iotdps-register/?$rid=1", body, 1)[1])
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            data = tls.recv(65536)
-            if not data:
-                break
-            for event in session.receive_data(data):
-                if isinstance(event, ConnAckReceived):
-                    assert event.return_code == 0
-                if isinstance(event, PublishReceived) and event.topic.startswith("$dps/registrations/res/"):
-                    return event.topic, json.loads(event.payload)
-        raise AssertionError("no register answer")
-    finally:
-        tls.close()
+def _mqtt_register(dps: RunningServer, group: str, rid: str, body: dict[str, Any], api_version: str) -> DpsAnswer:
+    """CONNECT with `api_version` in the username, publish one register request; its answer."""
+    token = make_sas_token(dps.id_scope, rid, _key(dps, group, rid), int(time.time()) + 600)
+
+    async def exchange() -> DpsAnswer:
+        async with open_raw_dps(dps, rid) as raw:
+            assert await raw.connect(token, dps, api_version) == 0
+            return await raw.register(body)
+
+    return asyncio.run(exchange())
 
 
 def test_wrong_types_and_sizes_are_400s(dps: RunningServer) -> None:
@@ -170,15 +151,15 @@ def test_csr_where_none_is_configured_and_versions_without_the_field(dps: Runnin
 
 def test_mqtt_edge_reads_the_field_of_its_api_version(dps: RunningServer) -> None:
     rid = "attack-mqtt-1"
-    topic, doc = _mqtt_register(dps, "issuing", rid, json.dumps({"registrationId": rid, "csr": 7}).encode(), P25)
-    assert topic.startswith("$dps/registrations/res/400/") and "csr" in doc["message"]
-    good = json.dumps({"registrationId": rid, "clientCertificateCsr": csr_b64(make_csr(rid))}).encode()
-    topic, doc = _mqtt_register(dps, "issuing", rid, good, P21)
-    assert topic.startswith("$dps/registrations/res/200/"), (topic, doc)
-    assert doc["registrationState"]["issuedClientCertificate"].startswith("-----BEGIN CERTIFICATE-----")
-    bad = json.dumps({"registrationId": rid, "clientCertificateCsr": csr_b64(make_csr("someone"))}).encode()
-    topic, doc = _mqtt_register(dps, "issuing", rid, bad, P21)
-    assert topic.startswith("$dps/registrations/res/400/") and doc["errorCode"] == 400022
+    answer = _mqtt_register(dps, "issuing", rid, {"registrationId": rid, "csr": 7}, P25)
+    assert answer.status == 400 and "csr" in answer.body["message"]
+    good = {"registrationId": rid, "clientCertificateCsr": csr_b64(make_csr(rid))}
+    answer = _mqtt_register(dps, "issuing", rid, good, P21)
+    assert answer.status == 200, answer
+    assert answer.body["registrationState"]["issuedClientCertificate"].startswith("-----BEGIN CERTIFICATE-----")
+    bad = {"registrationId": rid, "clientCertificateCsr": csr_b64(make_csr("someone"))}
+    answer = _mqtt_register(dps, "issuing", rid, bad, P21)
+    assert answer.status == 400 and answer.body["errorCode"] == 400022
 
 
 def _issued_files(directory: Path, rid: str, response: requests.Response, key: ec.EllipticCurvePrivateKey) -> X509Files:

@@ -93,6 +93,20 @@ class RunningServer:
 
         return asyncio.run(read())
 
+    def telemetry(self, hub: str, device_id: str) -> list[Any]:
+        """The telemetry messages the store holds for `device_id` on `hub`, oldest first."""
+        from iotdps.store import open_store
+
+        async def read() -> list[Any]:
+            store = await open_store(f"sqlite:///{self.data_dir / 'iotdps.db'}", create=False)
+            try:
+                async with store.begin() as uow:
+                    return list(await uow.telemetry.list(hub, device_id))
+            finally:
+                await store.close()
+
+        return asyncio.run(read())
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -137,6 +151,7 @@ def start_server(
         env=server_env,
         text=True,
     )
+    log_file.close()  # the child holds its own descriptor
     server = RunningServer(address, data_dir, process, log_path, env={"IOTDPS_DATA_DIR": str(data_dir)})
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

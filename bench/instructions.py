@@ -78,9 +78,7 @@ def _counted_telemetry(server: h.Iotdps, n: int, counted_pid: int) -> None:
     """Connect the devices, warm up, then send `n` messages with callgrind counting `counted_pid`."""
     from hub import create_devices  # bench/hub.py: device identities straight into the store
 
-    devices, assignments = asyncio.run(
-        create_devices(server.dsn, server.address, TELEMETRY_DEVICES, server.server_ca)
-    )
+    devices, assignments = asyncio.run(create_devices(server.dsn, server.address, TELEMETRY_DEVICES, server.server_ca))
     control = [h.need_binary("callgrind_control", "valgrind")]
 
     async def run() -> None:

@@ -160,9 +160,7 @@ def test_sign_in_guessing_is_limited(server: RunningServer) -> None:
     guesser = ConsoleClient(server)
     wrong = base64.b64encode(os.urandom(32)).decode()
     for _ in range(5):
-        answer = guesser.request(
-            "POST", "/console/session", {"policyName": "provisioningserviceowner", "key": wrong}
-        )
+        answer = guesser.request("POST", "/console/session", {"policyName": "provisioningserviceowner", "key": wrong})
         assert answer.status == 401
     limited = guesser.request("POST", "/console/session", {"policyName": "provisioningserviceowner", "key": wrong})
     assert limited.status == 429 and int(limited.header("Retry-After") or 0) > 0

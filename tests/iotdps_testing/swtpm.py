@@ -152,11 +152,16 @@ class Swtpm:
         self.tool("tpm2_createek", "-c", f"0x{EK_HANDLE:08x}", "-G", "rsa", "-u", "ek.pub")
         self.tool(
             "tpm2_createprimary",
-            "-C", "o",
-            "-g", "sha256",
-            "-G", "rsa2048:null:aes128cfb",
-            "-a", SRK_ATTRIBUTES,
-            "-c", "srk.ctx",
+            "-C",
+            "o",
+            "-g",
+            "sha256",
+            "-G",
+            "rsa2048:null:aes128cfb",
+            "-a",
+            SRK_ATTRIBUTES,
+            "-c",
+            "srk.ctx",
         )
         self.tool("tpm2_evictcontrol", "-C", "o", "-c", "srk.ctx", f"0x{SRK_HANDLE:08x}")
         # The transient copy of the primary is no longer needed; swtpm has only three slots.
@@ -193,22 +198,33 @@ class Swtpm:
             self.tool("tpm2_policysecret", "-S", "ek-session.ctx", "-c", "e")
             self.tool(
                 "tpm2_activatecredential",
-                "-c", srk,
-                "-C", ek,
-                "-i", "cred.bin",
-                "-o", "inner.key",
-                "-P", "session:ek-session.ctx",
+                "-c",
+                srk,
+                "-C",
+                ek,
+                "-i",
+                "cred.bin",
+                "-o",
+                "inner.key",
+                "-P",
+                "session:ek-session.ctx",
             )
         finally:
             self.tool("tpm2_flushcontext", "ek-session.ctx")
         self.tool(
             "tpm2_import",
-            "-C", srk,
-            "-u", "id.pub",
-            "-i", "id.dup",
-            "-s", "id.seed",
-            "-k", "inner.key",
-            "-r", "id.priv",
+            "-C",
+            srk,
+            "-u",
+            "id.pub",
+            "-i",
+            "id.dup",
+            "-s",
+            "id.seed",
+            "-k",
+            "inner.key",
+            "-r",
+            "id.priv",
         )
         self.tool("tpm2_load", "-C", srk, "-u", "id.pub", "-r", "id.priv", "-c", "id.ctx")
         persistent = self.tool("tpm2_getcap", "handles-persistent").decode().lower()
@@ -272,11 +288,17 @@ def _start(state_dir: Path, host: str) -> Swtpm:
         with log_path.open("ab") as log:
             process = subprocess.Popen(
                 [
-                    "swtpm", "socket", "--tpm2",
-                    "--tpmstate", f"dir={state_dir}",
-                    "--server", f"type=tcp,port={port},bindaddr={host}",
-                    "--ctrl", f"type=tcp,port={ctrl_port},bindaddr={host}",
-                    "--flags", "not-need-init,startup-clear",
+                    "swtpm",
+                    "socket",
+                    "--tpm2",
+                    "--tpmstate",
+                    f"dir={state_dir}",
+                    "--server",
+                    f"type=tcp,port={port},bindaddr={host}",
+                    "--ctrl",
+                    f"type=tcp,port={ctrl_port},bindaddr={host}",
+                    "--flags",
+                    "not-need-init,startup-clear",
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,

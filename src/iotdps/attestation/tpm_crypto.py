@@ -344,9 +344,7 @@ def _oaep_encrypt(target: RsaTpmKey, secret: bytes, label: bytes) -> bytes:
     return target.public_key().encrypt(secret, oaep)
 
 
-def make_credential(
-    ek: RsaTpmKey, credential: bytes, name: bytes, *, seed: bytes | None = None
-) -> tuple[bytes, bytes]:
+def make_credential(ek: RsaTpmKey, credential: bytes, name: bytes, *, seed: bytes | None = None) -> tuple[bytes, bytes]:
     """TPM2_MakeCredential in software (Part 1, 24; Part 3, 13.6).
 
     Returns (TPM2B_ID_OBJECT, TPM2B_ENCRYPTED_SECRET), both marshaled with their size fields.

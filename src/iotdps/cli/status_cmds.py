@@ -49,7 +49,11 @@ async def _gather(data_dir: Path, dsn: str) -> dict[str, Any]:
     from iotdps.store import open_store
 
     doc: dict[str, Any] = {
-        "dataDir": str(data_dir), "running": False, "pid": None, "connections": None, "endpoints": []
+        "dataDir": str(data_dir),
+        "running": False,
+        "pid": None,
+        "connections": None,
+        "endpoints": [],
     }
     served: set[str] = set()
     path = control_socket_path(data_dir)

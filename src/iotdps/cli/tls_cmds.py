@@ -107,6 +107,7 @@ def _shared_step(
         before = await shared_rotation.read_shared(db, passphrase)
         if before is not None:
             shared_rotation.check(data_dir, before)  # another service's data dir: nothing done
+
         async def publish() -> int:
             # The step read behind the bundle's row lock: of two operators' steps, the bundle
             # ends with the later one's CAs whichever publishes last.

@@ -51,6 +51,7 @@ class HubUnreachable(IotdpsError):
         self.hub = hub
         self.cause = cause
 
+
 log = logging.getLogger(__name__)
 
 

@@ -226,9 +226,7 @@ class HubClient:
             raise TwinError(f"reported-properties patch failed with status {status}")
         return version
 
-    async def request_certificate(
-        self, csr_b64: str, *, replace: bool = False, timeout: float = 60.0
-    ) -> IssuedOverHub:
+    async def request_certificate(self, csr_b64: str, *, replace: bool = False, timeout: float = 60.0) -> IssuedOverHub:
         """Ask the hub for a certificate for `csr_b64` (base64 DER PKCS#10): the issued chain
         and trust bundle. CertificateRequestFailed for an error answer; TimeoutError when
         no final answer comes within `timeout` seconds."""

@@ -169,9 +169,7 @@ def open_ca_signer(
         except (Pkcs11Error, InvalidInput) as exc:
             raise _token_error(exc) from None
     if not place.key_file.exists():
-        raise ServerCaKeyError(
-            f"the server CA key is missing: neither {place.key_file} nor {place.uri_file} exists"
-        )
+        raise ServerCaKeyError(f"the server CA key is missing: neither {place.key_file} nor {place.uri_file} exists")
     return load_private_key(place.key_file.read_bytes(), passphrase(), what="server CA key")
 
 

@@ -89,4 +89,3 @@ def build_metrics_app(token: Secret[str] | None) -> web.Application:
     app = web.Application()
     add_metrics_route(app, token)
     return app
-

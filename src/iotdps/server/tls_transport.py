@@ -58,7 +58,6 @@ DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 _HANDSHAKE_FAILURES = PerReasonLog(log, "TLS handshake failures", rate=1.0, burst=10, event="tls_handshake_failed")
 
 
-
 def _handshake_failed(peername: Any, reason: str) -> None:
     metrics.handshake_failure(reason)
     peer = peer_text(peername)

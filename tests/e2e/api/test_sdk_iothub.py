@@ -363,9 +363,7 @@ def test_live_telemetry_stream_with_the_hub_named_by_header(server: RunningServe
 
 
 def test_status_counts_and_hubs_served(server: RunningServer) -> None:
-    token = make_service_sas(
-        f"{server.address}:{MGMT_PORT}", "enrollmentread", _key(server, "enrollmentread")
-    )
+    token = make_service_sas(f"{server.address}:{MGMT_PORT}", "enrollmentread", _key(server, "enrollmentread"))
     answer = requests.get(
         f"https://{server.address}:{MGMT_PORT}/status",
         headers={"Authorization": token},

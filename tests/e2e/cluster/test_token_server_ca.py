@@ -110,9 +110,7 @@ def test_the_shared_record_holds_the_uri_and_no_key(tmp_path: Path, dsn: str, hs
         first.stop()
 
 
-def test_move_to_token_updates_the_record_and_the_other_node_follows(
-    tmp_path: Path, dsn: str, hsm: TokenCli
-) -> None:
+def test_move_to_token_updates_the_record_and_the_other_node_follows(tmp_path: Path, dsn: str, hsm: TokenCli) -> None:
     service = free_loopback_address()
     first = start_node(tmp_path, service_host=service, dsn=dsn)
     second = start_node(tmp_path, service_host=service, dsn=dsn)

@@ -234,9 +234,7 @@ def test_wrong_pin_missing_token_or_key_stop_the_start_in_one_line(hsm: TokenCli
     assert "wrong PIN" in line and "server-hsm" in line
     # Nothing half-written: no CA certificate, no URI record, no key file.
     assert not any((data_dir / "tls" / name).exists() for name in ("server-ca.pem", "server-ca.pkcs11", "server.key"))
-    line, _ = _up_fails(
-        tmp_path, _env(hsm), '[tls]\nca_pkcs11_uri = "pkcs11:token=no-such-token;object=server-ca"\n'
-    )
+    line, _ = _up_fails(tmp_path, _env(hsm), '[tls]\nca_pkcs11_uri = "pkcs11:token=no-such-token;object=server-ca"\n')
     assert "no PKCS#11 token labelled 'no-such-token'" in line
     line, _ = _up_fails(tmp_path, _env(hsm, IOTDPS_PKCS11_MODULE=None))
     assert "IOTDPS_PKCS11_MODULE" in line

@@ -130,6 +130,7 @@ def test_metrics_count_what_the_sdk_does(server: RunningServer) -> None:
     assert grew(assigned) == 1
     assert grew('iotdps_registration_duration_seconds_count{attestation="symmetricKey",transport="mqtt"}') >= 1
     assert sum(grew(k) for k in after if k.startswith("iotdps_refusals_total{")) >= 1
+
     def handshake_failures() -> float:
         return sum(grew(k) for k in after if k.startswith("iotdps_tls_handshake_failures_total{"))
 
@@ -251,4 +252,3 @@ def test_bad_log_format_is_one_error_line(tmp_path: Path) -> None:
     )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "'xml' is not one of 'text', 'json'" in done.stderr
-

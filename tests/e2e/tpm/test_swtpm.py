@@ -43,7 +43,7 @@ def test_provisions_ek_and_srk_at_the_sdk_handles_and_stops(tmp_path: Path) -> N
     size, key_type, name_alg, attributes = _header(srk)
     assert (size, key_type, name_alg, attributes) == (len(srk) - 2, _RSA, _SHA256, _SRK_ATTRIBUTES)
     # Empty authPolicy, then AES-128-CFB, null scheme, 2048 bits (TPMS_RSA_PARMS).
-    assert srk[10:22] == bytes.fromhex("0000" "0006" "0080" "0043" "0010" "0800")
+    assert srk[10:22] == bytes.fromhex("000000060080004300100800")
 
 
 def test_state_survives_a_restart_of_the_same_state_dir(tmp_path: Path) -> None:

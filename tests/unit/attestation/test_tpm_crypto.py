@@ -285,9 +285,7 @@ def test_blob_layout_and_fresh_randomness(ek: tc.RsaTpmKey, srk: tc.RsaTpmKey) -
     assert first.key.hex() not in repr(first)
 
 
-def test_given_key_and_encrypted_data(
-    ek: tc.RsaTpmKey, srk: tc.RsaTpmKey, ek_key: rsa.RSAPrivateKey
-) -> None:
+def test_given_key_and_encrypted_data(ek: tc.RsaTpmKey, srk: tc.RsaTpmKey, ek_key: rsa.RSAPrivateKey) -> None:
     key = bytes(range(32))
     made = tc.build_activation_blob(ek, srk, key=key, encrypted_data=b"hub.example")
     assert made.key == key

@@ -1,9 +1,9 @@
 """What devices sent: recent telemetry, and new telemetry as server-sent events.
 
-    GET    /devices/{id}/messages/events        iotdps: recent telemetry of the device
-    GET    /devices/{id}/messages/events/stream iotdps: new telemetry as server-sent events
-    GET    /messages/events                     iotdps: recent telemetry of every device of the hub
-                                                (what `iotdps telemetry tail --server` polls)
+GET    /devices/{id}/messages/events        iotdps: recent telemetry of the device
+GET    /devices/{id}/messages/events/stream iotdps: new telemetry as server-sent events
+GET    /messages/events                     iotdps: recent telemetry of every device of the hub
+                                            (what `iotdps telemetry tail --server` polls)
 """
 
 from __future__ import annotations
@@ -136,9 +136,7 @@ async def stream_events(ctx: ApiContext, request: web.Request) -> web.StreamResp
         quiet_since = loop.time()
         while loop.time() < deadline:
             async with ctx.store.read() as uow:
-                found = await cast(HubUnitOfWork, uow).telemetry.list(
-                    hub, device_id, after=after, limit=_STREAM_BATCH
-                )
+                found = await cast(HubUnitOfWork, uow).telemetry.list(hub, device_id, after=after, limit=_STREAM_BATCH)
             for message in found:
                 data = json.dumps(_event_json(message))
                 await response.write(f"id: {message.seq}\nevent: telemetry\ndata: {data}\n\n".encode())

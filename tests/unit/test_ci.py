@@ -29,6 +29,7 @@ STEPS = [
     "npm ci --no-audit --no-fund --ignore-scripts --loglevel=error",
     ".venv/bin/python -m pytest",
     ".venv/bin/ruff check src tests bench",
+    ".venv/bin/ruff format --check src tests bench",
     ".venv/bin/mypy",
     ".venv/bin/lint-imports",
     "python3 -m venv .venv-oldest",
@@ -137,12 +138,12 @@ def test_every_step_passing_runs_them_all_in_order(tmp_path: Path) -> None:
         (("python3",), (), 1, "exit status 3"),  # no venv
         ((".venv/bin/python",), (), 4, "exit status 3"),  # the tests failed
         ((".venv/bin/ruff",), (), 5, None),
-        ((".venv/bin/lint-imports",), (), 7, None),  # the import contract is broken
-        ((".venv-oldest/bin/python",), (), 10, None),  # the oldest releases failed
-        (("python3.13",), (), 11, None),  # no venv on the newest Python
-        ((".venv-newest/bin/pip",), (), 12, None),  # a dependency does not install on it
-        ((".venv-newest/bin/python",), (), 13, None),  # the tests failed on it
-        ((), ("python3.13",), 10, None),  # no Python 3.13 at all: a failure, not a skip
+        ((".venv/bin/lint-imports",), (), 8, None),  # the import contract is broken
+        ((".venv-oldest/bin/python",), (), 11, None),  # the oldest releases failed
+        (("python3.13",), (), 12, None),  # no venv on the newest Python
+        ((".venv-newest/bin/pip",), (), 13, None),  # a dependency does not install on it
+        ((".venv-newest/bin/python",), (), 14, None),  # the tests failed on it
+        ((), ("python3.13",), 11, None),  # no Python 3.13 at all: a failure, not a skip
     ],
 )
 def test_a_failing_step_fails_ci_and_stops_it(

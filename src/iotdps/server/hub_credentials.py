@@ -122,10 +122,15 @@ class CredentialRequests:
         rate: float = 1 / 60,
         burst: int = 5,
         clock: Callable[[], float] = time.monotonic,
+        renewed: Callable[[str, str], None] | None = None,
     ) -> None:
         """`rate`/`burst`: requests a device may make (one a minute, five at once by default:
-        renewal is a rare event, a device asking more often is broken or hostile)."""
+        renewal is a rare event, a device asking more often is broken or hostile). `renewed(hub,
+        device_id)`: told once a certificate is recorded, so the device's live connection is
+        re-checked against its identity, which no longer accepts certificates older than the
+        previous one (LiveDevices.recheck)."""
         self._certificates = certificates
+        self._renewed = renewed
         self._spawn = spawn
         self._rate, self._burst, self._clock = rate, burst, clock
         self._buckets: OrderedDict[tuple[str, str], TokenBucket] = OrderedDict()
@@ -211,6 +216,8 @@ class CredentialRequests:
                 body["trustBundle"] = bundle.to_wire()
             metrics.hub_operation(key[0], "certificate", "issued")
             self._answer(requester, 200, rid, body)
+            if self._renewed is not None:
+                self._renewed(*key)
         finally:
             self._finish(key, mine)
 

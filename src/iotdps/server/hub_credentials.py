@@ -28,6 +28,11 @@ recorded): the new one is accepted and runs when the active one has finished, so
 certificate is the one the hub identity ends with. At most one request waits so.
 
 Active requests and rate buckets are per process: a device is connected to one node at a time.
+
+After a certificate is recorded (and answered), the device's live connection is re-checked
+against its new identity (`renewed`, LiveDevices.recheck): one made with a certificate the
+renewal dropped (older than the previous one), or with a SAS key a first certificate replaced
+without `keepExistingCredential`, is closed; the device reconnects with the new certificate.
 """
 
 from __future__ import annotations

@@ -471,6 +471,12 @@ class LiveDevices(Protocol):
         """Close the device's connection; False when it was not connected."""
         ...
 
+    def recheck(self, hub: str, device_id: str) -> None:
+        """The device's hub identity changed (committed): close its connection, if any, when
+        the credential it authenticated with is no longer accepted (iotdps.hub.auth). Returns
+        at once; the check reads the identity in the background."""
+        ...
+
     async def push_desired(self, hub: str, device_id: str, patch: Mapping[str, Any], version: int) -> None:
         """Send a desired-properties patch (now at `version`) if the device is connected and
         subscribed to desired patches; its session remembers the version it was sent."""

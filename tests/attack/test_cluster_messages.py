@@ -48,6 +48,10 @@ class LocalDevices:
         self.connected.discard((hub, device_id))
         return True
 
+    def recheck(self, hub: str, device_id: str) -> None:
+        # Harmless even when forged: the real one re-checks against the stored identity.
+        self.calls.append(("recheck", hub, device_id))
+
     async def push_desired(self, hub: str, device_id: str, patch: Mapping[str, Any], version: int) -> None:
         self.calls.append(("desired", hub, device_id, dict(patch), version))
 
@@ -86,7 +90,7 @@ class Node:
         """Wait until each subject's handler got a genuine message sent after the attack ones
         (a subscription handles its messages in order; subjects are not ordered among each
         other), proving it still serves; then forget what the markers did."""
-        for subject in subjects or ("presence", "c2d", "desired", "disconnect"):
+        for subject in subjects or ("presence", "c2d", "desired", "disconnect", "recheck"):
             if subject == "presence":
                 for connected in (True, False):
                     body = {"node": "node-m", "hub": HUB, "device": "marker", "connected": connected}
@@ -150,7 +154,7 @@ GARBAGE: list[bytes] = [
 ]
 
 
-@pytest.mark.parametrize("subject", ["presence", "c2d", "desired", "disconnect"])
+@pytest.mark.parametrize("subject", ["presence", "c2d", "desired", "disconnect", "recheck"])
 async def test_malformed_broadcasts_are_dropped(node: Node, subject: str) -> None:
     for data in GARBAGE:
         await node.send(subject, data)
@@ -168,6 +172,7 @@ async def test_wrong_shapes_reach_no_device(node: Node) -> None:
         ("desired", {"hub": HUB, "device": DEVICE, "patch": {"a": 1}}),
         ("c2d", {"hub": HUB, "device": ["dev-1"]}),
         ("disconnect", {"hub": {"x": 1}, "device": DEVICE}),
+        ("recheck", {"hub": HUB, "device": 1}),
         ("presence", {"node": 7, "hub": HUB, "device": DEVICE, "connected": True}),
     ]
     for subject, body in shapes:

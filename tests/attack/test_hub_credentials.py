@@ -4,7 +4,8 @@ with a raw MQTT client over TLS: an oversized body, a body that is not the reque
 device's id, a bad CSR, a CSR from a device whose enrollment has no issuance policy, a second
 request while one is active (409005; `replace` queues instead), an issuing CA that does not
 answer (503 with the reason), too many requests (429). None of them issues anything; the
-connection stays usable."""
+connection stays usable. And a connection made with a certificate that renewals have since
+dropped from the device's identity does not outlive it: it is closed right after the answer."""
 
 from __future__ import annotations
 
@@ -242,3 +243,42 @@ def test_one_active_request_a_ca_that_is_down_and_the_rate_limit(dps: RunningSer
         conn.close()
     assert _issued(dps, rid) == []
     assert "ISSUANCE_CA_UNREACHABLE" in {r.reason for r in dps.refusals(rid)}
+
+
+def _closed_within(conn: RawHub, seconds: float) -> bool:
+    """True when the hub closes `conn` within `seconds` (whatever it sends before is read)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        conn.tls.settimeout(max(0.05, deadline - time.monotonic()))
+        try:
+            data = conn.tls.recv(65536)
+        except TimeoutError:
+            return False
+        except (ConnectionError, ssl.SSLError):
+            return True
+        if not data:
+            return True
+        conn.pending.extend(conn.session.receive_data(data))
+    return False
+
+
+def test_a_connection_made_with_a_dropped_certificate_is_closed(dps: RunningServer, tmp_path: Path) -> None:
+    """The identity holds the new certificate and the one before it: after one renewal the
+    connection made with the old certificate stays; after the second, that certificate is no
+    longer the identity's and the connection made with it is closed (after its answer)."""
+    rid = "cred-drop-1"
+    hub, files = _provision(dps, "issuing", rid, tmp_path, csr=True)
+    conn = RawHub(dps, hub, rid, files=files)  # with the first issued certificate
+    try:
+        conn.subscribe(RES)
+        [*_, (status, _first)] = conn.request("renew-1", {"id": rid, "csr": csr_b64(make_csr(rid))})
+        assert status == 200
+        assert not _closed_within(conn, 1.5)  # the first certificate is still the identity's
+        assert conn.subscribe(RES) == (1,)
+        [*_, (status, _second)] = conn.request("renew-2", {"id": rid, "csr": csr_b64(make_csr(rid))})
+        assert status == 200  # the answer comes first...
+        assert _closed_within(conn, 3.0)  # ...then the connection goes with its certificate
+    finally:
+        conn.close()
+    assert len(_issued(dps, rid)) == 3
+    assert f"device {rid} disconnected: its identity changed" in dps.log()

@@ -4,7 +4,8 @@ keys, names it may not have, CA rights, a CSR where none is configured, and the 
 that carry no CSR field (ignored, as before issuance existed). The certificate a device gets
 carries only what the service decides: CN = registration id, no SAN or other subject name the
 CSR asked for, no CA rights. After issuance, on the hub: the device's old SAS key no longer
-opens it (the policy did not keep it), nor does another device's issued certificate."""
+opens it (the policy did not keep it), nor does another device's issued certificate, and a
+connection it made with that key before is closed as soon as the certificate is issued."""
 
 from __future__ import annotations
 
@@ -211,3 +212,57 @@ def test_after_issuance_the_old_key_and_another_devices_certificate_are_refused(
     assert "device attack-keep-1 authenticates with its issued certificate only" in log
     assert "device attack-keep-2 from" in log and "not the one issued to this device" in log
     assert _key(dps, "issuing", "attack-keep-1") not in log  # the refused key never reaches the log
+
+
+def test_a_connection_made_with_the_old_key_is_closed_when_a_certificate_replaces_it(
+    dps: RunningServer, tmp_path: Path
+) -> None:
+    """A device connected to its hub with its SAS token, then registering with a CSR under a
+    policy that keeps nothing, does not keep that connection: the hub closes it within about a
+    second of the registration (not at the device's next CONNECT), while a connection made with
+    the issued certificate works and stays."""
+    rid = "attack-live-1"
+    # The CSR optional, so the device first registers without one: its hub identity is its key.
+    dps.cli("group", "create", "issuing-later", "--symmetric-key", "--issuing-ca", "attack-ca", "--csr", "optional")
+    first = _https(dps, "issuing-later", rid, {"registrationId": rid})
+    assert first.status_code == 200 and first.json()["status"] == "assigned", first.text
+    hub, device_id = first.json()["registrationState"]["assignedHub"], first.json()["registrationState"]["deviceId"]
+    key = ec.generate_private_key(ec.SECP256R1())
+    sas = SymmetricKey(Secret(_key(dps, "issuing-later", rid)))
+
+    async def scenario() -> tuple[float, str, requests.Response]:
+        old = HubClient(hub, device_id, sas, ca_pem=dps.server_ca)
+        await old.connect()
+        await old.send_telemetry('{"before": 1}', {})  # the SAS connection works before issuance
+        body = {"registrationId": rid, "csr": csr_b64(make_csr(rid, key))}
+        answer = await asyncio.to_thread(_https, dps, "issuing-later", rid, body)
+        registered = time.monotonic()
+        why = await asyncio.wait_for(old.wait_closed(), timeout=5)
+        return time.monotonic() - registered, why, answer
+
+    after, why, answer = asyncio.run(scenario())
+    assert answer.status_code == 200 and answer.json()["status"] == "assigned", answer.text
+    assert after < 2.0, f"the SAS connection was closed {after:.2f} s after the registration"
+    issued = _issued_files(tmp_path, rid, answer, key)
+
+    async def with_the_certificate() -> bool:
+        client = HubClient(hub, device_id, issued, ca_pem=dps.server_ca)
+        await client.connect()
+        await client.send_telemetry('{"after": 1}', {})
+        stays = not await _closes_within(client, 1.5)
+        await client.close()
+        return stays
+
+    assert asyncio.run(with_the_certificate())
+    assert _connack(dps, hub, device_id, sas) == 5  # and the key opens nothing new either
+    log = dps.log()
+    assert f"device {device_id} disconnected: its identity changed" in log, why
+    assert _key(dps, "issuing-later", rid) not in log
+
+
+async def _closes_within(client: HubClient, seconds: float) -> bool:
+    try:
+        await asyncio.wait_for(client.wait_closed(), timeout=seconds)
+    except TimeoutError:
+        return False
+    return True

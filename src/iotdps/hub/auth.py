@@ -22,10 +22,19 @@ Revocation (the service's CRLs, `iotdps.pki.revocation`) holds for every X.509 d
 its auth type: a device whose certificate, or a CA of whose chain, is revoked is refused at
 CONNECT (`revoked_chain`), and the hub drops such a device's live connection when a CRL arrives
 (`server.hub_live.HubConnections.enforce_revocations`).
+
+A live connection follows its device's identity: when the identity changes (a registration
+that issued a certificate without `keepExistingCredential`, a renewal dropping an old issued
+certificate, new enrollment keys), the hub re-checks the credential the connection
+authenticated with (`ConnectProof`) against the new identity with `recheck_device` and closes
+the connection when it is no longer accepted (`server.hub_live.HubConnections.recheck`). The
+re-check is the CONNECT check minus its clock: a SAS token's expiry and lifetime, like a
+certificate's validity, were checked at CONNECT, and a connection is not dropped for time.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import unquote
 
@@ -35,13 +44,24 @@ from iotdps.pki import certs
 from iotdps.pki.encoding import sha1_thumbprint, sha256_thumbprint
 from iotdps.pki.revocation import Revocations
 from iotdps.sas import DEFAULT_TOKEN_MAX_LIFETIME, SasCheck, lifetime_problem, parse_sas, signature_matches
+from iotdps.secret import Secret
 
-__all__ = ["check_device", "revoked_chain"]
+__all__ = ["ConnectProof", "check_device", "recheck_device", "revoked_chain"]
 
 # OpenSSL verify codes about the leaf's own validity window.
 _LEAF_TIME_ERRORS = frozenset({9, 10, 13, 14})
 # X509_V_ERR_CERT_REVOKED, which the chain policy's revocation rule reports (chain_policy.Rule).
 _REVOKED = 23
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectProof:
+    """What a connection authenticated with at CONNECT: its username's host name, its SAS token
+    (None for X.509) and its TLS evidence. Kept for the connection's life, for `recheck_device`."""
+
+    hostname: str
+    password: Secret[bytes] | None
+    peer: PeerIdentity | None
 
 
 def revoked_chain(peer: PeerIdentity | None, revoked: Revocations) -> str | None:
@@ -59,7 +79,10 @@ def revoked_chain(peer: PeerIdentity | None, revoked: Revocations) -> str | None
     return words.replace("{cert}", certs.certificate_label(cert))
 
 
-def _check_sas(device: DeviceIdentity, hostname: str, password: bytes, now: datetime, max_lifetime: int) -> str | None:
+def _check_sas(
+    device: DeviceIdentity, hostname: str, password: bytes, now: datetime | None, max_lifetime: int
+) -> str | None:
+    """`now` None: re-checking a live connection, whose token's times CONNECT checked."""
     auth = device.auth
     if auth.type != "sas":
         if auth.issued_thumbprints:
@@ -78,11 +101,12 @@ def _check_sas(device: DeviceIdentity, hostname: str, password: bytes, now: date
     expected = f"{hostname}/devices/{device.device_id}"
     if unquote(token.sr).lower() != expected.lower():
         return f"SAS resource {unquote(token.sr)!r} is not {expected!r}"
-    if token.expiry < int(now.timestamp()):
-        return f"SAS token expired at Unix time {token.expiry}"
-    too_long = lifetime_problem(token.expiry, now, max_lifetime)
-    if too_long is not None:
-        return too_long
+    if now is not None:
+        if token.expiry < int(now.timestamp()):
+            return f"SAS token expired at Unix time {token.expiry}"
+        too_long = lifetime_problem(token.expiry, now, max_lifetime)
+        if too_long is not None:
+            return too_long
     for key in (auth.primary_key, auth.secondary_key):
         if key is not None and signature_matches(token, key.reveal()):
             return None
@@ -137,3 +161,15 @@ def check_device(
     if password:
         return _check_sas(device, hostname, password, now, max_token_lifetime)
     return _check_x509(device, peer)
+
+
+def recheck_device(device: DeviceIdentity | None, proof: ConnectProof) -> str | None:
+    """None when a live connection that CONNECT admitted with `proof` is still accepted by
+    `device` (its identity now), else why not: the same rules without the clock."""
+    if device is None:
+        return "the device identity was deleted"
+    if device.status != "enabled":
+        return f"device {device.device_id} is disabled"
+    if proof.password is not None:
+        return _check_sas(device, proof.hostname, proof.password.reveal(), None, DEFAULT_TOKEN_MAX_LIFETIME)
+    return _check_x509(device, proof.peer)

@@ -60,6 +60,14 @@ class CloudOperations:
         hub = self._names.canonical(hub)
         return self._live is not None and self._live.disconnect(hub, device_id, reason)
 
+    def recheck(self, hub: str, device_id: str) -> None:
+        """The device's identity changed (committed): its connection, wherever it is, is closed
+        when the credential it authenticated with is no longer accepted. A hub not served
+        here has no connection to re-check."""
+        name = self._names.find(hub)
+        if name is not None and self._live is not None:
+            self._live.recheck(name, device_id)
+
     # -- operations -----------------------------------------------------------------------------
 
     async def update_desired(

@@ -27,7 +27,7 @@ The device only ever gets `refusals.device_answer(reason)`.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -78,8 +78,12 @@ class ProvisioningService:
         webhook_timeout: float = DEFAULT_WEBHOOK_TIMEOUT,
         token_max_lifetime: int | None = None,
         issuers: IssuerSource | None = None,
+        identity_changed: Callable[[str, str], None] | None = None,
     ) -> None:
+        """`identity_changed(hub, device_id)`: told after every committed assignment, so a
+        device's live hub connection follows its new identity (LiveDevices.recheck)."""
         self.store = store
+        self.identity_changed = identity_changed
         # Working issuers for issuing CA objects (None: certificate issuance is unavailable).
         self.issuers = issuers
         self.clock: Clock = clock or SystemClock()
@@ -482,6 +486,10 @@ class ProvisioningService:
                 plan.peer,
             )
             return RegistrationOutcome(operation_id, saved, refusal.reason, refusal.message, decision.steps)
+        if self.identity_changed is not None and saved.assigned_hub and saved.device_id:
+            # E.g. a certificate issued without keepExistingCredential: the old SAS key or
+            # certificate stops working now, also on a connection made with it before.
+            self.identity_changed(saved.assigned_hub, saved.device_id)
         extra = await self._extra_state(saved, plan.api_version)
         return RegistrationOutcome(operation_id, saved, None, "", decision.steps, extra)
 

@@ -14,6 +14,7 @@ Subjects (`<p>` is the configured prefix, "iotdps" by default):
     <p>.c2d                broadcast: {"hub", "device"}: deliver queued C2D if it is yours
     <p>.desired            broadcast: {"hub", "device", "patch", "version"}
     <p>.disconnect         broadcast: {"hub", "device", "reason"}
+    <p>.recheck            broadcast: {"hub", "device"}: its identity changed, re-check it if yours
     <p>.node.<id>.method   request/reply to the node holding the device
 Broadcasts, not messages to the holder, for what needs no answer: a device that moved a moment
 ago is still reached, and a node that does not hold the device drops the message.
@@ -32,7 +33,8 @@ device and node, at most 64 KiB, bounded nesting, a finite method timeout of at 
 is dropped and counted, never raised. A presence message that would close a device's
 connection here is believed only when the database's presence says the same node holds the
 device (the sender writes it there before it broadcasts), so a forged node id cannot cut
-devices off (tests/attack/test_cluster_messages.py).
+devices off (tests/attack/test_cluster_messages.py). A forged recheck costs one read: the
+node re-checks against the stored identity and drops nothing that identity still accepts.
 
 Method timeouts are unchanged: the caller's `timeout` is the device's; the NATS request waits
 that long plus a small margin for the hop, and a hop that times out is a MethodTimeout.
@@ -109,6 +111,7 @@ class ClusterLive:
             (f"{p}.c2d", self._on_c2d),
             (f"{p}.desired", self._on_desired),
             (f"{p}.disconnect", self._on_disconnect),
+            (f"{p}.recheck", self._on_recheck),
             (f"{p}.node.{self.node_id}.method", self._on_method),
         ):
             self._subs.append(await self._nats.subscribe(subject, cb=handler))
@@ -188,6 +191,12 @@ class ClusterLive:
             return False
         self._spawn_publish("disconnect", {"hub": hub, "device": device_id, "reason": reason})
         return True
+
+    def recheck(self, hub: str, device_id: str) -> None:
+        # Every registration ends here: a broadcast only when another node holds the device.
+        self._local.recheck(hub, device_id)
+        if (hub, device_id) in self._remote:
+            self._spawn_publish("recheck", {"hub": hub, "device": device_id})
 
     async def push_desired(self, hub: str, device_id: str, patch: Mapping[str, Any], version: int) -> None:
         if self._local.is_connected(hub, device_id):
@@ -285,6 +294,11 @@ class ClusterLive:
         body = self._checked(msg, "hub", "device")
         if body is not None:
             self._local.disconnect(body["hub"], body["device"], str(body.get("reason", ""))[:_MAX_NAME])
+
+    async def _on_recheck(self, msg: Msg) -> None:
+        body = self._checked(msg, "hub", "device")
+        if body is not None:
+            self._local.recheck(body["hub"], body["device"])
 
     async def _on_method(self, msg: Msg) -> None:
         body = self._checked(msg, "hub", "device", "name")

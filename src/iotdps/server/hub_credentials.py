@@ -28,6 +28,11 @@ recorded): the new one is accepted and runs when the active one has finished, so
 certificate is the one the hub identity ends with. At most one request waits so.
 
 Active requests and rate buckets are per process: a device is connected to one node at a time.
+
+After a certificate is recorded (and answered), the device's live connection is re-checked
+against its new identity (`renewed`, LiveDevices.recheck): one made with a certificate the
+renewal dropped (older than the previous one), or with a SAS key a first certificate replaced
+without `keepExistingCredential`, is closed; the device reconnects with the new certificate.
 """
 
 from __future__ import annotations
@@ -122,10 +127,15 @@ class CredentialRequests:
         rate: float = 1 / 60,
         burst: int = 5,
         clock: Callable[[], float] = time.monotonic,
+        renewed: Callable[[str, str], None] | None = None,
     ) -> None:
         """`rate`/`burst`: requests a device may make (one a minute, five at once by default:
-        renewal is a rare event, a device asking more often is broken or hostile)."""
+        renewal is a rare event, a device asking more often is broken or hostile). `renewed(hub,
+        device_id)`: told once a certificate is recorded, so the device's live connection is
+        re-checked against its identity, which no longer accepts certificates older than the
+        previous one (LiveDevices.recheck)."""
         self._certificates = certificates
+        self._renewed = renewed
         self._spawn = spawn
         self._rate, self._burst, self._clock = rate, burst, clock
         self._buckets: OrderedDict[tuple[str, str], TokenBucket] = OrderedDict()
@@ -211,6 +221,8 @@ class CredentialRequests:
                 body["trustBundle"] = bundle.to_wire()
             metrics.hub_operation(key[0], "certificate", "issued")
             self._answer(requester, 200, rid, body)
+            if self._renewed is not None:
+                self._renewed(*key)
         finally:
             self._finish(key, mine)
 

@@ -8,6 +8,12 @@ enforces one connection per device (a new CONNECT closes the old connection, as 
 with error 400027) and returns the endpoint that serves it (hub_mqtt.py). A refused CONNECT is
 an outsider's doing: its log lines come at a bounded rate.
 
+A device whose identity changes while it is connected (`recheck`: a registration that issued a
+certificate and kept no old credential, a renewal, new keys) has its connection re-checked
+against the new identity with the credential it authenticated with (`hub.auth.ConnectProof`)
+and closed if that is no longer accepted: the old credential stops working at once, not at the
+device's next CONNECT, while a connection made with a credential still accepted stays.
+
 Method calls wait here for the device's answer, keyed by request id; a connection that closes
 fails the calls waiting on it.
 """
@@ -23,7 +29,7 @@ from typing import Any
 
 from iotdps import metrics
 from iotdps.errors import IotdpsError
-from iotdps.hub.auth import revoked_chain
+from iotdps.hub.auth import ConnectProof, recheck_device, revoked_chain
 from iotdps.hub.device_requests import DeviceRequests
 from iotdps.hub.errors import DeviceNotConnected, MethodTimeout
 from iotdps.hub.names import HubNames
@@ -32,6 +38,7 @@ from iotdps.pki.revocation import NO_REVOCATIONS, Revocations
 from iotdps.protocols.mqtt.errors import InvalidDeviceRequest
 from iotdps.protocols.mqtt.hub import METHODS_FILTER, format_method_request_topic, parse_hub_username
 from iotdps.protocols.mqtt.packets import Connect
+from iotdps.secret import Secret
 from iotdps.server.hub_credentials import CredentialRequests
 from iotdps.server.hub_mqtt import DeviceEndpoint
 from iotdps.server.logthrottle import WindowedLog
@@ -174,6 +181,7 @@ class HubConnections:
             desired_version=admitted.device.twin.desired_version,
             identity=admitted.identity,
             credentials=self.credentials,
+            proof=ConnectProof(username.hostname, Secret(connect.password) if connect.password else None, conn.peer),
         )
         conn.identity = f"{hub}/{device_id}"
         self._live[key] = endpoint
@@ -220,6 +228,28 @@ class HubConnections:
                 log.warning("hub %s: device %s disconnected: %s", hub, device_id, why)
                 dropped += 1
         return dropped
+
+    # -- identity changes -----------------------------------------------------------------------
+
+    def recheck(self, hub: str, device_id: str) -> None:
+        """LiveDevices.recheck: re-check the device's connection here, if any, in the background."""
+        endpoint = self._live.get((hub, device_id))
+        if endpoint is not None and not self._stopping:
+            self.spawn(self._recheck(endpoint))
+
+    async def _recheck(self, endpoint: DeviceEndpoint) -> None:
+        try:
+            device = await self._requests.get_device(endpoint.hub, endpoint.device_id)
+        except IotdpsError as exc:
+            # Not dropped on a store failure: the device's next CONNECT is checked anyway.
+            log.warning("hub %s: connection of %s not re-checked: %s", endpoint.hub, endpoint.device_id, exc.message)
+            return
+        why = recheck_device(device, endpoint.proof)
+        if why is not None and self._live.get((endpoint.hub, endpoint.device_id)) is endpoint:
+            log.warning(
+                "hub %s: device %s disconnected: its identity changed: %s", endpoint.hub, endpoint.device_id, why
+            )
+            endpoint.conn.close(f"the credential of this connection is no longer accepted: {why}")
 
     # -- LiveDevices ----------------------------------------------------------------------------
 

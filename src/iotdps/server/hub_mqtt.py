@@ -36,6 +36,7 @@ from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, Protocol
 
 from iotdps.errors import InvalidInput, IotdpsError, NotFound
+from iotdps.hub.auth import ConnectProof
 from iotdps.hub.device_requests import DeviceRequests
 from iotdps.hub.records import CloudMessage, HubSession
 from iotdps.hub.twin import sdk_twin_json
@@ -101,6 +102,7 @@ class DeviceEndpoint:
         desired_version: int,
         identity: Mapping[str, str | None] | None = None,
         credentials: CredentialRequests | None = None,
+        proof: ConnectProof,
     ) -> None:
         self._host = host
         self._credentials = credentials
@@ -111,6 +113,8 @@ class DeviceEndpoint:
         # Stamped on every message this connection sends (iotdps.hub.stamps).
         self.identity: Mapping[str, str | None] = identity or {"connection_device_id": device_id}
         self.persistent = persistent  # clean session 0
+        # What CONNECT admitted it with, re-checked when the identity changes (hub_live.recheck).
+        self.proof = proof
         self.c2d_filter = C2D_FILTER_TEMPLATE.format(device_id=device_id)
         self._allowed = frozenset(
             {self.c2d_filter, METHODS_FILTER, TWIN_RESPONSE_FILTER, TWIN_DESIRED_FILTER, CREDENTIALS_RESPONSE_FILTER}

@@ -71,7 +71,11 @@ class Hubs:
         `burst` requests at once and `per_minute` after that."""
         certificates = HubCertificates(self._store, issuers, clock=self._clock)
         self.connections.credentials = CredentialRequests(
-            certificates, self.connections.spawn, rate=per_minute / 60, burst=burst
+            certificates,
+            self.connections.spawn,
+            rate=per_minute / 60,
+            burst=burst,
+            renewed=lambda hub, device_id: self.cloud.recheck(hub, device_id),
         )
 
     async def route(self, conn: MqttConnection, connect: Connect) -> MqttEndpoint | int:

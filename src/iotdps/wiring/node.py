@@ -221,6 +221,8 @@ class Server:
             webhook=self._webhook,
             token_max_lifetime=config.auth.device_token_max_lifetime,
             issuers=self.issuers,
+            # A live hub connection follows its device's new identity (issue 18).
+            identity_changed=self.hubs.cloud.recheck if self.hubs is not None else None,
         )
         self.runner = RegistrationRunner(
             self.service,

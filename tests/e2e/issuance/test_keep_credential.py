@@ -6,6 +6,9 @@
   with its SAS token and accepted with the certificate.
 * On: both work, for a symmetric-key device (its SAS token) and an X.509 device (its own
   certificate).
+* A device connected with its SAS token when it registers with a CSR: under "on" that
+  connection stays (the kept key is still accepted); under "off" it is closed at once
+  (tests/attack/test_issuance_device.py).
 * Turned off again (`group|enrollment update --no-keep-existing-credential`): the device's next
   registration takes the old credential away; the certificate it was issued before is replaced
   by the new one.
@@ -27,8 +30,9 @@ from cryptography import x509
 
 from iotdps.device import DeviceAgent, DeviceSettings, HubClient, SymmetricKey, X509Files
 from iotdps.device.credentials import Credential
-from iotdps.device.issued import IssuedFiles
+from iotdps.device.issued import IssuedFiles, new_key_and_csr
 from iotdps.device.mqtt import ConnectRefused
+from iotdps.device.provision import provision
 from iotdps.pki.encoding import sha1_thumbprint, sha256_thumbprint
 from iotdps.sas import derive_device_key
 from iotdps.secret import Secret
@@ -205,3 +209,29 @@ def test_registration_show_names_the_certificate_and_the_bundle(dps: RunningServ
     listed = dps.cli_json("registration", "list", "--group", "issued-only", "--json", *remote)
     mine = next(r for r in listed if r["registrationId"] == rid)
     assert mine["issuedCertificate"] == expected and mine["trustBundleId"] == "fleet-roots"
+
+
+def test_on_a_connection_made_with_the_kept_key_stays_through_issuance(dps: RunningServer) -> None:
+    rid = "keep-live-1"
+    dps.cli("group", "create", "kept-later", "--symmetric-key", "--issuing-ca", "factory-ca", "--csr", "optional",
+            "--keep-existing-credential")  # fmt: skip
+    key = _sas(dps, "kept-later", rid)
+
+    async def scenario() -> tuple[bool, str]:
+        plain = await provision(dps.address, dps.id_scope, rid, key, ca_pem=dps.server_ca)  # no CSR: SAS
+        client = HubClient(plain.assigned_hub, plain.device_id, key, ca_pem=dps.server_ca)
+        await client.connect()
+        _private, csr = new_key_and_csr(rid)
+        issued = await provision(dps.address, dps.id_scope, rid, key, ca_pem=dps.server_ca, csr=csr)
+        assert issued.issued_chain, "no certificate was issued"
+        try:
+            await asyncio.wait_for(client.wait_closed(), timeout=1.5)
+        except TimeoutError:
+            await client.send_telemetry('{"still": 1}', {})  # still open and working
+            await client.close()
+            return True, plain.device_id
+        return False, plain.device_id
+
+    stayed, device_id = asyncio.run(scenario())
+    assert stayed, "the connection made with the kept SAS key was closed"
+    assert f"device {device_id} disconnected: its identity changed" not in dps.log()

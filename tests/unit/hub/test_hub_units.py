@@ -15,7 +15,7 @@ from cryptography import x509
 from iotdps.device import HubClient, SymmetricKey, make_hub_sas_token
 from iotdps.errors import InvalidInput
 from iotdps.evidence import PeerIdentity
-from iotdps.hub.auth import check_device
+from iotdps.hub.auth import ConnectProof, check_device, recheck_device
 from iotdps.hub.devices import DeviceAuth, DeviceIdentity, Twin
 from iotdps.hub.twin import apply_desired_patch, apply_reported_patch, merge_patch, sdk_twin_json
 from iotdps.pki.encoding import sha1_thumbprint, sha256_thumbprint
@@ -117,6 +117,25 @@ def test_issued_thumbprints_open_the_hub_beside_the_kept_credential_only(tmp_pat
     assert renewed.primary_thumbprints == (sha256_thumbprint(own),) and renewed.issued_thumbprints[
         0
     ] == sha256_thumbprint(other)
+
+
+def test_a_live_connection_is_rechecked_by_its_credential_not_the_clock(tmp_path: Path) -> None:
+    """Issue 18: what a connection authenticated with is re-checked against the identity as it
+    is now; a token that expired since CONNECT is no reason, a key the identity lost is."""
+    issued, old = (self_signed_device(tmp_path, f"dev-1-{n}").cert for n in ("issued", "old"))
+    device, key = _device()
+    expired = make_hub_sas_token("hub.test", "dev-1", key, int(NOW.timestamp()) - 60).encode()
+    by_sas = ConnectProof("hub.test", Secret(expired), None)
+    assert check_device(device, "hub.test", expired, None, NOW) is not None  # a new CONNECT: refused
+    assert recheck_device(device, by_sas) is None  # the live connection made before: kept
+    kept = replace(device, auth=device.auth.with_issued(sha256_thumbprint(issued)))
+    assert recheck_device(kept, by_sas) is None
+    alone = replace(device, auth=DeviceAuth("selfSigned").with_issued(sha256_thumbprint(issued)))
+    assert "issued certificate only" in (recheck_device(alone, by_sas) or "")
+    assert recheck_device(alone, ConnectProof("hub.test", None, _peer(issued))) is None
+    assert "not the one issued" in (recheck_device(alone, ConnectProof("hub.test", None, _peer(old))) or "")
+    assert recheck_device(replace(device, status="disabled"), by_sas) == "device dev-1 is disabled"
+    assert recheck_device(None, by_sas) == "the device identity was deleted"
 
 
 async def test_telemetry_is_group_committed_and_every_message_acknowledged() -> None:

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from iotdps.allocation.hubs import LinkedHub
-    from iotdps.audit.chain import AuditDraft, AuditEntry, AuditQuery
+    from iotdps.audit.chain import Actor, AuditDraft, AuditEntry, AuditQuery
     from iotdps.enrollment.cas import CaCertificate
     from iotdps.enrollment.models import EnrollmentGroup, IndividualEnrollment
     from iotdps.hub.devices import DeviceIdentity, Twin
@@ -442,6 +442,8 @@ class HubUnitOfWork(Protocol):
     telemetry: TelemetryRepo
     c2d: C2DRepo
     hub_sessions: HubSessionRepo
+    # An operator's identity and twin changes are logged in their own transaction (iotdps.hub.audit).
+    audit: AuditLog
 
 
 class HubStore(Protocol):
@@ -508,6 +510,7 @@ class HubOperations(Protocol):
         if_match: str | None = None,
         *,
         tags: Mapping[str, Any] | None = None,
+        actor: Actor | None = None,
     ) -> Twin: ...
     async def invoke_method(
         self, hub: str, device_id: str, name: str, payload: Any, timeout: float

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from iotdps.audit.chain import Actor, AuditDraft, AuditEntry
 from iotdps.audit.digest import record_digest
 
 if TYPE_CHECKING:
-    from iotdps.ports import UnitOfWork
+    from iotdps.ports import AuditLog
 
 __all__ = ["record"]
 
 
+class _Logged(Protocol):
+    """A unit of work with the audit log (the core's and the hub's alike)."""
+
+    @property
+    def audit(self) -> AuditLog: ...
+
+
 async def record(
-    uow: UnitOfWork,
+    uow: _Logged,
     actor: Actor,
     action: str,
     target: str,

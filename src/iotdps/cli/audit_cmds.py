@@ -61,7 +61,9 @@ def _filters(f: Any) -> Any:
         [
             click.option("--action", help="A whole action (enrollment.create) or a dotted prefix (enrollment)."),
             click.option("--actor", help="policy:NAME, console:NAME, local:USER or system:..."),
-            click.option("--target", help="What changed: enrollment/ID, group/ID, ca/NAME, hub/HOST, settings."),
+            click.option(
+                "--target", help="What changed: enrollment/ID, group/ID, ca/NAME, hub/HOST, HUB/DEVICE, settings."
+            ),
             click.option("--since", help="Only entries at or after this ISO-8601 time (UTC if no zone)."),
         ]
     ):

@@ -228,12 +228,16 @@ def device_show(hub: str, device_id: str) -> None:
 def _set_status(hub: str, device_id: str, status: str) -> None:
     from dataclasses import replace
 
+    from iotdps.cli.actor import local_actor
+    from iotdps.hub.audit import record_identity
+
     async def go(store: Store) -> None:
-        async with store.begin() as uow:
+        async with cast(HubStore, store).begin() as uow:
             device = await uow.devices.get(hub, device_id)
             if device is None:
                 raise NotFound(f"device {device_id} not found on {hub}")
-            await uow.devices.put(replace(device, status=status), if_match=device.etag)  # type: ignore[arg-type]
+            saved = await uow.devices.put(replace(device, status=status), if_match=device.etag)  # type: ignore[arg-type]
+            await record_identity(uow, local_actor(), "hub-device.update", device, saved)
 
     _with_store(go)
 
@@ -263,12 +267,19 @@ def device_enable(hub: str, device_id: str) -> None:
 @device_group.command("delete")
 @_hub_opts
 def device_delete(hub: str, device_id: str) -> None:
+    from iotdps.cli.actor import local_actor
+    from iotdps.hub.audit import record_identity
+
     async def go(store: Store) -> None:
         hub_store = cast(HubStore, store)
         async with hub_store.begin() as uow:
-            await uow.devices.delete(hub, device_id)
+            stored = await uow.devices.get(hub, device_id)
+            if stored is None:
+                raise NotFound(f"device {device_id} not found on {hub}")
+            await uow.devices.delete(hub, device_id, if_match=stored.etag)
             await uow.c2d.purge(hub, device_id)
             await uow.hub_sessions.delete(hub, device_id)
+            await record_identity(uow, local_actor(), "hub-device.delete", stored, None)
 
     _with_store(go)
     _kick(hub, device_id)
@@ -413,10 +424,12 @@ def twin_update_desired(hub: str, device_id: str, patch_text: str, if_match: str
         return
 
     async def offline(store: Store) -> dict[str, Any]:
+        from iotdps.cli.actor import local_actor
         from iotdps.hub.cloud import offline_operations
         from iotdps.hub.twin import sdk_twin_json
 
-        twin = await offline_operations(store, hub).update_desired(hub, device_id, patch, if_match)
+        operations = offline_operations(store, hub)
+        twin = await operations.update_desired(hub, device_id, patch, if_match, actor=local_actor())
         return {"version": twin.version, "properties": sdk_twin_json(twin), "tags": dict(twin.tags)}
 
     _echo(_with_store(offline))

@@ -15,13 +15,15 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, cast
 
+from iotdps.audit import Actor
 from iotdps.errors import InvalidInput
+from iotdps.hub.audit import record_twin
 from iotdps.hub.c2d import enqueue, new_cloud_message
-from iotdps.hub.devices import Twin
+from iotdps.hub.devices import DeviceIdentity, Twin
 from iotdps.hub.errors import DeviceNotConnected
 from iotdps.hub.names import HubNames
-from iotdps.hub.twin import apply_desired_patch, merge_patch, update_twin
-from iotdps.ports import Clock, HubStore, LiveDevices, Store, SystemClock
+from iotdps.hub.twin import Written, apply_desired_patch, merge_patch, update_twin
+from iotdps.ports import Clock, HubStore, HubUnitOfWork, LiveDevices, Store, SystemClock
 
 __all__ = ["MAX_METHOD_TIMEOUT", "CloudOperations", "offline_operations"]
 
@@ -78,16 +80,19 @@ class CloudOperations:
         if_match: str | None = None,
         *,
         tags: Mapping[str, Any] | None = None,
+        actor: Actor | None = None,
     ) -> Twin:
         """Apply a desired-properties patch (and a tags patch, in the same write) and push the
-        desired patch to the device if it is connected."""
+        desired patch to the device if it is connected. `actor`: the operator, whose change the
+        audit trail logs in the same transaction (iotdps.hub.audit)."""
         hub = self._names.canonical(hub)
 
         def change(twin: Twin) -> Twin:
             changed = apply_desired_patch(twin, patch)
             return replace(changed, tags=merge_patch(changed.tags, tags)) if tags else changed
 
-        device = await update_twin(self._store, hub, device_id, change, if_match)
+        written = None if actor is None else _logged_as(actor, ["tags", "desired"] if tags else ["desired"])
+        device = await update_twin(self._store, hub, device_id, change, if_match, written=written)
         if self._live is not None:
             pushed = {k: v for k, v in patch.items() if k != "$version"}
             await self._live.push_desired(hub, device_id, pushed, device.twin.desired_version)
@@ -120,13 +125,23 @@ class CloudOperations:
         properties: Mapping[str, str],
         ttl: float | None,
     ) -> str:
-        """Queue a cloud-to-device message (see iotdps.hub.c2d); returns its message id."""
+        """Queue a cloud-to-device message (see iotdps.hub.c2d); returns its message id. Not
+        audited, as telemetry is not: the data plane (iotdps.hub.audit)."""
         hub = self._names.canonical(hub)
         message = new_cloud_message(hub, device_id, body, properties, ttl, self._clock.now())
         await enqueue(self._store, message)
         if self._live is not None:
             self._live.deliver_c2d(hub, device_id)
         return message.message_id
+
+
+def _logged_as(actor: Actor, sections: list[str]) -> Written:
+    """A twin write's last step: the operator's audit entry, in the write's transaction."""
+
+    async def written(uow: HubUnitOfWork, before: DeviceIdentity, saved: DeviceIdentity) -> None:
+        await record_twin(uow, actor, before, saved, sections)
+
+    return written
 
 
 def offline_operations(store: Store, hub: str) -> CloudOperations:

@@ -8,16 +8,17 @@ the cloud's desired patches alike).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
 from iotdps.errors import InvalidInput, NotFound, PreconditionFailed
 from iotdps.hub.devices import DeviceIdentity, Twin
-from iotdps.ports import HubStore
+from iotdps.ports import HubStore, HubUnitOfWork
 
 __all__ = [
     "MAX_DEPTH",
+    "Written",
     "apply_desired_patch",
     "apply_reported_patch",
     "device_twin_json",
@@ -25,6 +26,9 @@ __all__ = [
     "sdk_twin_json",
     "update_twin",
 ]
+
+# What runs in a twin write's transaction once the record is saved: (uow, before, saved).
+Written = Callable[[HubUnitOfWork, DeviceIdentity, DeviceIdentity], Awaitable[None]]
 
 # Azure allows 5 levels of nesting in twin properties (10 for tags); we hold patches to 10.
 MAX_DEPTH = 10
@@ -95,10 +99,18 @@ def device_twin_json(device: DeviceIdentity) -> dict[str, Any]:
 
 
 async def update_twin(
-    store: HubStore, hub: str, device_id: str, change: Callable[[Twin], Twin], if_match: str | None = None
+    store: HubStore,
+    hub: str,
+    device_id: str,
+    change: Callable[[Twin], Twin],
+    if_match: str | None = None,
+    *,
+    written: Written | None = None,
 ) -> DeviceIdentity:
     """Read, change and write a twin; retried when a concurrent writer won the etag race
-    (unless the caller asked for a given etag: then the race is theirs to see)."""
+    (unless the caller asked for a given etag: then the race is theirs to see). `written`
+    (the record before, the record saved) runs in the write's transaction: an operator's change
+    logs its audit entry there."""
     for attempt in range(5):
         try:
             async with store.begin() as uow:
@@ -108,7 +120,10 @@ async def update_twin(
                 if if_match not in (None, "*") and if_match != device.etag:
                     raise PreconditionFailed(f"device {device_id} has changed: etag does not match")
                 updated = replace(device, twin=change(device.twin))
-                return await uow.devices.put(updated, if_match=device.etag)
+                saved = await uow.devices.put(updated, if_match=device.etag)
+                if written is not None:
+                    await written(uow, device, saved)
+                return saved
         except PreconditionFailed:
             if if_match not in (None, "*") or attempt == 4:
                 raise

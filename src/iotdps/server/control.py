@@ -12,13 +12,17 @@ The socket's file mode is the access control: only the data dir's owner can reac
     PATCH /hubs/{hub}/devices/{device}/twin/desired        {"patch", "ifMatch"} -> twin
     POST  /hubs/{hub}/devices/{device}/disconnect          -> {"disconnected": bool}
 
-Errors: the IotdpsError's HTTP status and {"error": message}.
+Errors: the IotdpsError's HTTP status and {"error": message}. A desired-twin update is logged
+in the audit trail as the connecting user (`peer_actor`).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import pwd
+import socket
+import struct
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,13 +31,14 @@ from urllib.parse import quote
 import aiohttp
 from aiohttp import web
 
+from iotdps.audit import Actor
 from iotdps.errors import InvalidInput, IotdpsError, NotFound, PreconditionFailed, StoreError, Throttled
 from iotdps.hub.cloud import CloudOperations
 from iotdps.hub.errors import DeviceNotConnected, MethodTimeout
 from iotdps.hub.twin import sdk_twin_json
 from iotdps.jsonload import InvalidJson, load_json
 
-__all__ = ["CONTROL_SOCKET_NAME", "ControlClient", "build_control_app", "control_socket_path"]
+__all__ = ["CONTROL_SOCKET_NAME", "ControlClient", "build_control_app", "control_socket_path", "peer_actor"]
 
 CONTROL_SOCKET_NAME = "control.sock"
 
@@ -49,6 +54,24 @@ async def _body(request: web.Request) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise InvalidInput("the request body must be a JSON object")
     return doc
+
+
+def peer_actor(request: web.Request) -> Actor:
+    """The audit trail's actor for a change asked over the socket: `local:<user>` of the
+    connecting process, as the kernel tells it (SO_PEERCRED), not as the client claims;
+    `local:control-socket` where the kernel does not say."""
+    sock = request.transport.get_extra_info("socket") if request.transport is not None else None
+    peercred = getattr(socket, "SO_PEERCRED", None)
+    if sock is None or peercred is None:
+        return Actor("local", "control-socket")
+    try:
+        _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, peercred, struct.calcsize("3i")))
+    except OSError:
+        return Actor("local", "control-socket")
+    try:
+        return Actor("local", pwd.getpwuid(uid).pw_name)
+    except KeyError:  # a container's arbitrary uid has no passwd entry (as cli.actor)
+        return Actor("local", f"uid-{uid}")
 
 
 def _guard(handler: Handler) -> Handler:
@@ -113,7 +136,11 @@ def build_control_app(operations: CloudOperations, endpoints: Sequence[str] = ()
             raise InvalidInput("patch must be a JSON object")
         if_match = doc.get("ifMatch")
         twin = await operations.update_desired(
-            request.match_info["hub"], request.match_info["device"], patch, str(if_match) if if_match else None
+            request.match_info["hub"],
+            request.match_info["device"],
+            patch,
+            str(if_match) if if_match else None,
+            actor=peer_actor(request),
         )
         return web.json_response({"version": twin.version, "properties": sdk_twin_json(twin), "tags": dict(twin.tags)})
 

@@ -6,7 +6,9 @@
     DELETE /devices/{id}                delete (If-Match; `*` or absent: unconditional)
 
 A disabled device, or one whose credentials an operator changed, is disconnected, as IoT Hub
-does; a deleted one loses its queued cloud-to-device messages too.
+does; a deleted one loses its queued cloud-to-device messages too. Each change is logged in the
+audit trail in its own transaction (iotdps.hub.audit: digests and whether the keys changed,
+never the keys).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from iotdps.api.hub_service.common import (
     x509_thumbprint_json,
 )
 from iotdps.errors import InvalidInput
+from iotdps.hub.audit import record_identity
 from iotdps.hub.devices import AuthType, DeviceAuth, DeviceIdentity, DeviceStatus, generation_id
 from iotdps.ports import HubUnitOfWork
 from iotdps.secret import Secret
@@ -197,6 +200,7 @@ async def put_device(ctx: ApiContext, request: web.Request) -> web.StreamRespons
             if stored is not None:
                 raise ApiError(409, 409001, "DeviceAlreadyExists", f"device {device_id} already exists")
             saved = await uow.devices.put(wanted)
+            await record_identity(cast(HubUnitOfWork, uow), ctx.acting, "hub-device.create", None, saved)
         else:
             if stored is None:
                 raise device_not_found(device_id)
@@ -205,6 +209,7 @@ async def put_device(ctx: ApiContext, request: web.Request) -> web.StreamRespons
             auth = _keeping_issued(wanted.auth, stored.auth)
             updated = replace(stored, auth=auth, status=wanted.status, iot_edge=wanted.iot_edge)
             saved = await uow.devices.put(updated, if_match=stored.etag)
+            await record_identity(cast(HubUnitOfWork, uow), ctx.acting, "hub-device.update", stored, saved)
     if stored is not None and ctx.hub is not None and (saved.status == "disabled" or saved.auth != stored.auth):
         # As IoT Hub does: a disabled device or one whose credentials changed is dropped.
         ctx.hub.disconnect(hub, device_id, "the device identity was changed by an operator")
@@ -222,7 +227,9 @@ async def delete_device(ctx: ApiContext, request: web.Request) -> web.StreamResp
         check_etag(etag, identity_etag(stored), "device")
         await uow.devices.delete(hub, device_id, if_match=stored.etag)
         # Every store of ours implements the hub repositories too (iotdps.ports).
-        await cast(HubUnitOfWork, uow).c2d.purge(hub, device_id)
+        hub_uow = cast(HubUnitOfWork, uow)
+        await hub_uow.c2d.purge(hub, device_id)
+        await record_identity(hub_uow, ctx.acting, "hub-device.delete", stored, None)
     if ctx.hub is not None:
         ctx.hub.disconnect(hub, device_id, "the device identity was deleted")
     return web.Response(status=204)

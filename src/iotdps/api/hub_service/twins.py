@@ -6,14 +6,15 @@ properties. Reported properties belong to the device and are never written here.
     PUT    /twins/{id}                  replace tags and desired properties
 
 A desired-properties change goes through the hub (`HubOperations.update_desired`), which
-pushes it to the device when it is connected; a tags-only change is written here.
+pushes it to the device when it is connected; a tags-only change is written here. Either is
+logged in the audit trail (`hub-twin.update`) in the transaction of its write.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -34,11 +35,13 @@ from iotdps.api.hub_service.common import (
     x509_thumbprint_json,
 )
 from iotdps.errors import NotFound, PreconditionFailed
+from iotdps.hub.audit import record_twin
 from iotdps.hub.devices import DeviceIdentity, Twin
 
 # The twin's merge rules are the hub's (pure functions): one definition of a patch for the
 # device side and the service side.
 from iotdps.hub.twin import apply_desired_patch, merge_patch
+from iotdps.ports import HubUnitOfWork
 
 __all__ = ["get_twin", "patch_twin", "replace_twin", "twin_json"]
 
@@ -119,7 +122,7 @@ async def _change_twin(ctx: ApiContext, request: web.Request, *, replace_all: bo
         # Desired properties and tags in one write (nothing half-applied), checked against the
         # stored row's etag; the hub pushes the desired patch when the device is connected.
         try:
-            await ctx.hub.update_desired(hub, device_id, desired, device.etag, tags=tags or None)
+            await ctx.hub.update_desired(hub, device_id, desired, device.etag, tags=tags or None, actor=ctx.acting)
         except PreconditionFailed:
             raise precondition_failed("twin") from None
         except NotFound:
@@ -143,7 +146,8 @@ async def _merge_tags(ctx: ApiContext, hub: str, device_id: str, tags: Mapping[s
                 check_etag(etag, twin_etag(current.twin), "twin")
                 merged = merge_patch(current.twin.tags, tags)
                 twin = replace(current.twin, tags=merged, version=current.twin.version + 1)
-                await uow.devices.put(replace(current, twin=twin), if_match=current.etag)
+                saved = await uow.devices.put(replace(current, twin=twin), if_match=current.etag)
+                await record_twin(cast(HubUnitOfWork, uow), ctx.acting, current, saved, ["tags"])
             return
         except PreconditionFailed:
             if attempt == 4:

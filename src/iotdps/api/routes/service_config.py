@@ -225,7 +225,11 @@ SERVICE_CONFIG_ROUTES: tuple[Route, ...] = (
         query=(
             ("action", audit.ACTION_FILTER, "a whole action (enrollment.create) or a dotted prefix (enrollment)"),
             ("actor", audit.TEXT_FILTER, "policy:NAME, console:NAME, local:USER or system:..."),
-            ("target", audit.TEXT_FILTER, "what changed: enrollment/ID, group/ID, ca/NAME, hub/HOST, settings"),
+            (
+                "target",
+                audit.TEXT_FILTER,
+                "what changed: enrollment/ID, group/ID, ca/NAME, hub/HOST, HUB/DEVICE, settings",
+            ),
             ("since", audit.SINCE, "entries at or after this time (ISO-8601)"),
             ("after", {"type": "integer", "minimum": 0, "maximum": audit.MAX_SEQ}, "entries after this seq"),
             ("limit", {"type": "integer", "minimum": 1, "maximum": audit.MAX_PAGE}, "at most this many"),

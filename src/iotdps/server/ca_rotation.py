@@ -54,11 +54,9 @@ from cryptography.hazmat.primitives import serialization
 from iotdps.errors import InvalidInput
 from iotdps.fsutil import atomic_write, atomic_write_many
 from iotdps.pki import (
-    Issuer,
     Validity,
     encode_private_key,
     generate_private_key,
-    issue_server_certificate,
     load_certificates,
 )
 from iotdps.pki.pkcs11_uri import Pkcs11Uri
@@ -72,7 +70,7 @@ from iotdps.server.ca_key import (
     new_token_ca_key,
     open_ca_signer,
 )
-from iotdps.server.identity import server_ca_passphrase
+from iotdps.server.identity import CA_DAYS, issue_server_leaf, server_ca_passphrase
 
 __all__ = [
     "CA_BUNDLE_FILE",
@@ -89,8 +87,6 @@ __all__ = [
 ]
 
 CA_BUNDLE_FILE = "ca-bundle.pem"
-_CA_DAYS = 3650
-_SERVER_DAYS = 825
 
 
 class Phase(StrEnum):
@@ -224,7 +220,7 @@ def _new_names() -> tuple[str, str]:
 def new_ca(passphrase: Secret[str]) -> tuple[x509.Certificate, bytes]:
     """A new server CA: its certificate and its key, encrypted with `passphrase`."""
     key = generate_private_key()
-    ca = create_root_ca(_new_names()[0], key, Validity.days(_CA_DAYS), path_length=0)
+    ca = create_root_ca(_new_names()[0], key, Validity.days(CA_DAYS), path_length=0)
     return ca, encode_private_key(key, passphrase)
 
 
@@ -233,7 +229,7 @@ def new_token_ca(token: str | None, environ: Mapping[str, str] | None = None) ->
     certificate and the key's URI."""
     name, label = _new_names()
     with new_token_ca_key(Pkcs11Uri(token=token, object=label), environ) as signer:
-        return create_root_ca(name, signer, Validity.days(_CA_DAYS), path_length=0), signer.uri
+        return create_root_ca(name, signer, Validity.days(CA_DAYS), path_length=0), signer.uri
 
 
 def _stage_next(p: _Paths, ca: x509.Certificate, key: CaKeyRef) -> None:
@@ -276,15 +272,7 @@ def activate(data_dir: Path, environ: Mapping[str, str] | None = None) -> Rotati
     new_key = _ca_key(p.next_dir, state.next, data_dir, environ)
     current = load_certificates(p.chain.read_bytes())[0]
     dns, ips = _names(current)
-    server_key = generate_private_key()
-    leaf = issue_server_certificate(
-        Issuer(state.next, new_key, name="server-ca"),
-        server_key.public_key(),
-        Validity.days(_SERVER_DAYS),
-        dns_names=dns,
-        ip_addresses=ips,
-        clamp=True,
-    )
+    leaf, server_key = issue_server_leaf(state.next, new_key, dns, ips)
     old = state.active
     # 1. Keep the old CA's certificate beside, so the bundle can still carry it. Not its key:
     #    nothing signs with the old CA any more, and a key not kept cannot leak. (read_state

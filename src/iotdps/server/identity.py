@@ -44,6 +44,7 @@ from iotdps.pki import (
     load_certificates,
 )
 from iotdps.pki.custody import token_key_uri
+from iotdps.pki.external_signing import Signer
 from iotdps.pki.keys import PrivateKey
 from iotdps.pki.pkcs11_uri import Pkcs11Uri
 from iotdps.pki.profiles import create_root_ca
@@ -57,8 +58,8 @@ log = logging.getLogger(__name__)
 PASSPHRASE_ENV = "IOTDPS_SERVER_CA_PASSPHRASE"  # noqa: S105 (a variable name, not a secret)
 # Reissue the server certificate when less than this much validity is left.
 _RENEW_BEFORE = dt.timedelta(days=30)
-_SERVER_DAYS = 825
-_CA_DAYS = 3650
+SERVER_DAYS = 825
+CA_DAYS = 3650  # the server CAs made here and by a rotation (server/ca_rotation.py)
 _CA_NAME = "iotdps server CA"
 
 
@@ -76,6 +77,24 @@ def _split(names: Sequence[str]) -> tuple[list[str], list[str]]:
     dns = [n for n in names if not is_ip_address(n)]
     ips = [n for n in names if is_ip_address(n)]
     return dns, ips
+
+
+def issue_server_leaf(
+    ca: x509.Certificate, signer: PrivateKey | Signer, dns: Sequence[str], ips: Sequence[str]
+) -> tuple[x509.Certificate, PrivateKey]:
+    """A new server key and its certificate from the server CA (`signer`: its file key or its
+    token key) for `dns` and `ips`: one place for the leaf's validity and profile, used at
+    start-up and by a rotation's activation (server/ca_rotation.py)."""
+    server_key = generate_private_key()
+    cert = issue_server_certificate(
+        Issuer(ca, signer, name="server-ca"),
+        server_key.public_key(),
+        Validity.days(SERVER_DAYS),
+        dns_names=list(dns),
+        ip_addresses=list(ips),
+        clamp=True,
+    )
+    return cert, server_key
 
 
 def _covers(cert: x509.Certificate, names: Sequence[str]) -> bool:
@@ -137,7 +156,7 @@ def ensure_server_identity(
         if configured is not None:
             return _create_in_token(tls_dir, configured, dns, ips, env)
         passphrase, passfile = _passphrase(tls_dir, env, create=True)
-        identity = create_server_identity(dns_names=dns, ip_addresses=ips, days=_SERVER_DAYS)
+        identity = create_server_identity(dns_names=dns, ip_addresses=ips, days=SERVER_DAYS)
         place.uri_file.unlink(missing_ok=True)  # from a token start that stopped before its certificate
         atomic_write(ca_key, encode_private_key(identity.ca_key, passphrase), mode=0o600)
         _write_server(chain_pem, key_pem, identity.certificate, identity.ca_certificate, identity.key)
@@ -164,15 +183,7 @@ def ensure_server_identity(
     with ca_signer(place, ca_cert, ca_passphrase, env) as key:
         if not reissue:
             return ServerFiles(ca_pem, chain_pem, key_pem, False, False, None)
-        server_key = generate_private_key()
-        cert = issue_server_certificate(
-            Issuer(ca_cert, key, name="server-ca"),
-            server_key.public_key(),
-            Validity.days(_SERVER_DAYS),
-            dns_names=dns,
-            ip_addresses=ips,
-            clamp=True,
-        )
+        cert, server_key = issue_server_leaf(ca_cert, key, dns, ips)
     _write_server(chain_pem, key_pem, cert, ca_cert, server_key)
     if in_token:
         log.info("the server certificate was reissued, signed through the PKCS#11 token (%s)", place.token_uri())
@@ -212,16 +223,8 @@ def _create_in_token(
     """First start with the CA key in a token: key made there, nothing written before it."""
     ca_pem, chain_pem, key_pem = tls_dir / "server-ca.pem", tls_dir / "server.pem", tls_dir / "server.key"
     with new_token_ca_key(uri, env) as signer:
-        ca = create_root_ca(_CA_NAME, signer, Validity.days(_CA_DAYS), path_length=0)
-        server_key = generate_private_key()
-        cert = issue_server_certificate(
-            Issuer(ca, signer, name="server-ca"),
-            server_key.public_key(),
-            Validity.days(_SERVER_DAYS),
-            dns_names=dns,
-            ip_addresses=ips,
-            clamp=True,
-        )
+        ca = create_root_ca(_CA_NAME, signer, Validity.days(CA_DAYS), path_length=0)
+        cert, server_key = issue_server_leaf(ca, signer, dns, ips)
         recorded = signer.uri
         custody = signer.custody()
     log.info("the server CA key is in PKCS#11 token %r as %r: %s", recorded.token, recorded.object, custody)

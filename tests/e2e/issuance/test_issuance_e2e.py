@@ -31,6 +31,7 @@ from iotdps.sas import derive_device_key, make_sas_token
 from iotdps.secret import Secret
 from iotdps_testing.cfssl import CfsslServer, running_cfssl
 from iotdps_testing.issuance import csr_b64, make_csr, openssl_verify
+from iotdps_testing.issued_devices import register_https
 from iotdps_testing.server import RunningServer, start_server
 
 pytestmark = pytest.mark.e2e
@@ -77,32 +78,6 @@ def _telemetry(dps: RunningServer, hub: str, device_id: str) -> list[Any]:
             await store.close()
 
     return asyncio.run(read())
-
-
-def _register_https(
-    dps: RunningServer, rid: str, key: str, body: dict[str, Any], api_version: str = P25
-) -> requests.Response:
-    token = make_sas_token(dps.id_scope, rid, key, int(time.time()) + 600)
-    url = f"https://{dps.address}/{dps.id_scope}/registrations/{rid}/register?api-version={api_version}"
-    response = requests.put(
-        url,
-        json={"registrationId": rid, **body},
-        headers={"Authorization": token},
-        verify=str(dps.server_ca_path),
-        timeout=30,
-    )
-    for _ in range(30):
-        if response.status_code != 202:
-            return response
-        time.sleep(1)
-        operation = response.json()["operationId"]
-        response = requests.get(
-            f"https://{dps.address}/{dps.id_scope}/registrations/{rid}/operations/{operation}?api-version={api_version}",
-            headers={"Authorization": token},
-            verify=str(dps.server_ca_path),
-            timeout=30,
-        )
-    return response
 
 
 def _chain(state: dict[str, Any]) -> list[x509.Certificate]:
@@ -158,7 +133,7 @@ def test_raw_https_registration_then_hub_with_the_issued_certificate(dps: Runnin
     rid = "issued-https-1"
     key = derive_device_key(_group_key(dps), rid)
     device_key = ec.generate_private_key(ec.SECP256R1())
-    response = _register_https(dps, rid, key, {"csr": csr_b64(make_csr(rid, device_key))})
+    response = register_https(dps, rid, key, {"csr": csr_b64(make_csr(rid, device_key))})
     assert response.status_code == 200, response.text
     doc = response.json()
     assert doc["status"] == "assigned"
@@ -198,12 +173,12 @@ def test_raw_https_registration_then_hub_with_the_issued_certificate(dps: Runnin
     assert lookup.status_code == 200 and lookup.json()["status"] == "assigned"
     assert "issuedCertificateChain" not in lookup.json() and "trustBundle" not in lookup.json()
     # The 2021-11-01-preview shape: PEM and the bundle.
-    other = _register_https(dps, rid, key, {"clientCertificateCsr": csr_b64(make_csr(rid))}, api_version=P21).json()[
+    other = register_https(dps, rid, key, {"clientCertificateCsr": csr_b64(make_csr(rid))}, api_version=P21).json()[
         "registrationState"
     ]
     assert other["issuedClientCertificate"].startswith("-----BEGIN CERTIFICATE-----\r\n")
     # An api-version without a CSR field cannot satisfy a group that requires one.
-    plain = _register_https(dps, rid, key, {}, api_version="2019-03-31")
+    plain = register_https(dps, rid, key, {}, api_version="2019-03-31")
     assert plain.status_code == 400 and plain.json()["errorCode"] == 400024
 
 
@@ -221,7 +196,7 @@ def test_bad_csrs_are_refused_with_their_reasons(dps: RunningServer) -> None:
         "CSR_KEY_NOT_ACCEPTED": csr_b64(make_csr(rid, ec.generate_private_key(ec.SECP521R1()))),
     }
     for reason, csr in cases.items():
-        response = _register_https(dps, rid, key, {"csr": csr})
+        response = register_https(dps, rid, key, {"csr": csr})
         assert response.status_code == 400, (reason, response.text)
     reasons = {r.reason for r in dps.refusals(rid)}
     assert set(cases) <= reasons
@@ -260,13 +235,13 @@ def test_cfssl_issuer_down_then_retry(dps: RunningServer, cfssl: CfsslServer, tm
     key = derive_device_key(_group_key(dps, "via-cfssl"), rid)
     cfssl.stop()
     try:
-        down = _register_https(dps, rid, key, {"csr": csr_b64(make_csr(rid))})
+        down = register_https(dps, rid, key, {"csr": csr_b64(make_csr(rid))})
     finally:
         cfssl.start()
     assert down.status_code == 200 and down.json()["status"] == "failed", down.text
     assert down.json()["registrationState"]["errorCode"] == 503230
     assert "ISSUANCE_CA_UNREACHABLE" in {r.reason for r in dps.refusals(rid)}
-    retry = _register_https(dps, rid, key, {"csr": csr_b64(make_csr(rid))})
+    retry = register_https(dps, rid, key, {"csr": csr_b64(make_csr(rid))})
     assert retry.status_code == 200 and retry.json()["status"] == "assigned", retry.text
     chain = _chain(retry.json()["registrationState"])
     assert chain[1] == cfssl.issuing.certificate

@@ -31,13 +31,13 @@ from cryptography import x509
 from iotdps.device import DeviceAgent, DeviceSettings, HubClient, SymmetricKey, X509Files
 from iotdps.device.credentials import Credential
 from iotdps.device.issued import IssuedFiles, new_key_and_csr
-from iotdps.device.mqtt import ConnectRefused
 from iotdps.device.provision import provision
 from iotdps.pki.encoding import sha1_thumbprint, sha256_thumbprint
 from iotdps.sas import derive_device_key
 from iotdps.secret import Secret
 from iotdps.timestamps import format_time
 from iotdps_testing.devcerts import self_signed_device
+from iotdps_testing.issued_devices import hub_accepts
 from iotdps_testing.server import RunningServer, start_server
 
 pytestmark = pytest.mark.e2e
@@ -86,25 +86,6 @@ def _keep_copy(files: IssuedFiles, tmp: Path, name: str) -> X509Files:
     return X509Files(chain, key)
 
 
-def _hub_accepts(dps: RunningServer, hub: str, device_id: str, credential: Credential) -> bool:
-    """CONNECT to the hub with `credential` and send one message: True, or False on CONNACK 5."""
-
-    async def attempt() -> bool:
-        client = HubClient(hub, device_id, credential, ca_pem=dps.server_ca)
-        try:
-            await client.connect()
-        except ConnectRefused as exc:
-            assert exc.code == 5, exc.message
-            return False
-        try:
-            await client.send_telemetry('{"probe": 1}', {})
-        finally:
-            await client.close()
-        return True
-
-    return asyncio.run(attempt())
-
-
 def _start(agent: DeviceAgent) -> tuple[str, str]:
     async def go() -> tuple[str, str]:
         await agent.start()
@@ -128,8 +109,8 @@ def test_off_a_symmetric_key_device_is_refused_with_its_sas_token(dps: RunningSe
     key = _sas(dps, "issued-only", rid)
     agent, files = _agent(dps, rid, key, tmp_path)
     hub, device_id = _start(agent)  # provisioned with a CSR, connected with the issued certificate
-    assert _hub_accepts(dps, hub, device_id, _issued(files))
-    assert not _hub_accepts(dps, hub, device_id, key)
+    assert hub_accepts(dps, hub, device_id, _issued(files))
+    assert not hub_accepts(dps, hub, device_id, key)
     assert f"device {device_id} authenticates with its issued certificate only, not a SAS token" in dps.log()
     shown = dps.cli_json("device", "show", "--hub", hub, "--device", device_id)["authentication"]
     leaf = x509.load_pem_x509_certificates(files.chain_file.read_bytes())[0]
@@ -144,8 +125,8 @@ def test_on_both_work_and_turning_it_off_removes_the_key(dps: RunningServer, tmp
     key = _sas(dps, "kept-then-off", rid)
     agent, files = _agent(dps, rid, key, tmp_path)
     hub, device_id = _start(agent)
-    assert _hub_accepts(dps, hub, device_id, key)
-    assert _hub_accepts(dps, hub, device_id, _issued(files))
+    assert hub_accepts(dps, hub, device_id, key)
+    assert hub_accepts(dps, hub, device_id, _issued(files))
     shown = dps.cli_json("device", "show", "--hub", hub, "--device", device_id)["authentication"]
     assert shown["type"] == "sas" and shown["symmetricKey"] == {"primaryKey": True, "secondaryKey": True}
     first = _keep_copy(files, tmp_path, "first")
@@ -153,11 +134,11 @@ def test_on_both_work_and_turning_it_off_removes_the_key(dps: RunningServer, tmp
     dps.cli("group", "update", "kept-then-off", "--no-keep-existing-credential")
     policy = dps.cli_json("group", "show", "kept-then-off")["clientCertificateIssuancePolicy"]
     assert policy["keepExistingCredential"] is False and policy["certificateAuthorityName"] == "factory-ca"
-    assert _hub_accepts(dps, hub, device_id, key)  # nothing changes before the device registers again
+    assert hub_accepts(dps, hub, device_id, key)  # nothing changes before the device registers again
     _renew(agent)  # the next registration, with a new CSR
-    assert not _hub_accepts(dps, hub, device_id, key)
-    assert not _hub_accepts(dps, hub, device_id, first)  # the certificate issued before, replaced
-    assert _hub_accepts(dps, hub, device_id, _issued(files))
+    assert not hub_accepts(dps, hub, device_id, key)
+    assert not hub_accepts(dps, hub, device_id, first)  # the certificate issued before, replaced
+    assert hub_accepts(dps, hub, device_id, _issued(files))
 
 
 def test_an_x509_device_keeps_its_own_certificate_only_while_kept(dps: RunningServer, tmp_path: Path) -> None:
@@ -168,12 +149,12 @@ def test_an_x509_device_keeps_its_own_certificate_only_while_kept(dps: RunningSe
     own_files = X509Files(own.cert_file, own.key_file)
     agent, files = _agent(dps, rid, own_files, tmp_path)
     hub, device_id = _start(agent)
-    assert _hub_accepts(dps, hub, device_id, own_files)
-    assert _hub_accepts(dps, hub, device_id, _issued(files))
+    assert hub_accepts(dps, hub, device_id, own_files)
+    assert hub_accepts(dps, hub, device_id, _issued(files))
     dps.cli("enrollment", "update", rid, "--no-keep-existing-credential")
     _renew(agent)
-    assert not _hub_accepts(dps, hub, device_id, own_files)
-    assert _hub_accepts(dps, hub, device_id, _issued(files))
+    assert not hub_accepts(dps, hub, device_id, own_files)
+    assert hub_accepts(dps, hub, device_id, _issued(files))
     shown = dps.cli_json("device", "show", "--hub", hub, "--device", device_id)["authentication"]
     assert shown["x509Thumbprint"] == {"primaryThumbprints": [], "secondaryThumbprints": []}
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,9 +30,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from iotdps.device import DeviceAgent, DeviceSettings, HubClient, SymmetricKey, X509Files
 from iotdps.device.issued import IssuedFiles
 from iotdps.pki.encoding import certs_to_pem, load_certificate
-from iotdps.sas import derive_device_key, make_sas_token
+from iotdps.sas import derive_device_key
 from iotdps.secret import Secret
 from iotdps_testing.issuance import csr_b64, make_csr, openssl_verify
+from iotdps_testing.issued_devices import register_https
 from iotdps_testing.server import RunningServer, start_server
 from iotdps_testing.token_cli import TokenCli, one_line_error, start_token_cli
 
@@ -86,30 +86,6 @@ def dps(site: TokenCli, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ru
     assert server.stop() == 0, server.log()
 
 
-def _register_https(dps: RunningServer, rid: str, key: str, body: dict[str, Any]) -> requests.Response:
-    token = make_sas_token(dps.id_scope, rid, key, int(time.time()) + 600)
-    base = f"https://{dps.address}/{dps.id_scope}/registrations/{rid}"
-    response = requests.put(
-        f"{base}/register?api-version={P25}",
-        json={"registrationId": rid, **body},
-        headers={"Authorization": token},
-        verify=str(dps.server_ca_path),
-        timeout=30,
-    )
-    for _ in range(30):
-        if response.status_code != 202:
-            return response
-        time.sleep(1)
-        operation = response.json()["operationId"]
-        response = requests.get(
-            f"{base}/operations/{operation}?api-version={P25}",
-            headers={"Authorization": token},
-            verify=str(dps.server_ca_path),
-            timeout=30,
-        )
-    return response
-
-
 def _device_key(dps: RunningServer, rid: str) -> str:
     return derive_device_key(dps.symmetric_keys("group", "hsm-issued")[0], rid)
 
@@ -145,7 +121,7 @@ def test_https_device_gets_a_token_signed_chain_and_uses_it_on_the_hub(
 ) -> None:
     rid = "hsm-https-1"
     device_key = ec.generate_private_key(ec.SECP256R1())
-    response = _register_https(dps, rid, _device_key(dps, rid), {"csr": csr_b64(make_csr(rid, device_key))})
+    response = register_https(dps, rid, _device_key(dps, rid), {"csr": csr_b64(make_csr(rid, device_key))})
     chain = _issued_chain(response)
     issuing = load_certificate((site.ca_dir / "tok-issuing.cert.pem").read_bytes())
     root = load_certificate((site.ca_dir / "tok-root.cert.pem").read_bytes())
@@ -242,13 +218,13 @@ def test_wrong_pin_at_issuance_is_a_recorded_refusal_until_the_pin_file_is_fixed
         device_key = ec.generate_private_key(ec.SECP256R1())
         body = {"csr": csr_b64(make_csr(rid, device_key))}
         key = _device_key(server, rid)
-        failed = _register_https(server, rid, key, body)
+        failed = register_https(server, rid, key, body)
         assert failed.status_code == 200 and failed.json()["status"] == "failed", failed.text
         refusals = [r for r in server.refusals(rid) if r.reason == "ISSUANCE_CA_REFUSED"]
         assert refusals and "wrong PIN for PKCS#11 token 'issuing-hsm'" in refusals[0].message, refusals
         assert "not-the-pin" not in refusals[0].message and "not-the-pin" not in server.log()
         pin_file.write_text(PIN + "\n")  # the operator fixes the service's PIN file; no restart
-        chain = _issued_chain(_register_https(server, rid, key, body))
+        chain = _issued_chain(register_https(server, rid, key, body))
         verdict = openssl_verify(tmp_path, chain, [chain[-1]])
         assert verdict.returncode == 0, verdict.stdout + verdict.stderr
         assert "Traceback" not in server.log() and PIN not in server.log()

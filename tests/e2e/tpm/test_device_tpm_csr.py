@@ -25,14 +25,13 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from iotdps.device import DeviceAgent, DeviceSettings, HubClient, TpmCredential, X509Files
-from iotdps.device.credentials import Credential
+from iotdps.device import DeviceAgent, DeviceSettings, TpmCredential, X509Files
 from iotdps.device.issued import IssuedFiles
-from iotdps.device.mqtt import ConnectRefused
 from iotdps.device.tpm import Tpm
 from iotdps.pki.encoding import sha1_thumbprint, sha256_thumbprint
 from iotdps.store import open_store
 from iotdps_testing.issuance import openssl_verify
+from iotdps_testing.issued_devices import hub_accepts
 from iotdps_testing.server import SRC, RunningServer, start_server
 from iotdps_testing.swtpm import Swtpm, running_swtpm
 
@@ -90,25 +89,6 @@ def wait_for_telemetry(server: RunningServer, device_id: str, count: int) -> lis
     return bodies
 
 
-def _hub_accepts(server: RunningServer, hub: str, device_id: str, credential: Credential) -> bool:
-    """CONNECT to the hub with `credential` and send one message: True, or False on CONNACK 5."""
-
-    async def attempt() -> bool:
-        client = HubClient(hub, device_id, credential, ca_pem=server.server_ca)
-        try:
-            await client.connect()
-        except ConnectRefused as exc:
-            assert exc.code == 5, exc.message
-            return False
-        try:
-            await client.send_telemetry('{"probe": 1}', {})
-        finally:
-            await client.close()
-        return True
-
-    return asyncio.run(attempt())
-
-
 def _certificates(server: RunningServer, rid: str) -> list[dict[str, str]]:
     listed: list[dict[str, str]] = server.cli_json("certificate", "list", "--registration-id", rid, "--json")
     return listed
@@ -153,9 +133,9 @@ def test_device_run_tpm_csr_gets_a_certificate_and_the_tpm_key_no_longer_opens_t
         assert shown["type"] == "selfSigned"
         assert shown["issuedThumbprints"] == [sha256_thumbprint(chain[0]), sha1_thumbprint(chain[0])]
         with Tpm(swtpm.tcti) as tpm:
-            assert not _hub_accepts(server, server.address, rid, TpmCredential(tpm))
+            assert not hub_accepts(server, server.address, rid, TpmCredential(tpm))
         assert f"device {rid} authenticates with its issued certificate only, not a SAS token" in server.log()
-        assert _hub_accepts(server, server.address, rid, X509Files(files.chain_file, files.key_file))
+        assert hub_accepts(server, server.address, rid, X509Files(files.chain_file, files.key_file))
         # The next start goes to the cached hub with the certificate, without DPS.
         code, out, err = device_run(server, swtpm, rid, state, "--count", "1", "--message", "again")
         assert code == 0, err
@@ -201,8 +181,8 @@ def test_agent_kept_tpm_key_and_renewal(server: RunningServer, tmp_path: Path) -
         assert [int(c["serialNumber"], 16) for c in _certificates(server, rid)] == [second, first]
         # Kept: the TPM's hub key opens the hub beside the (new) certificate.
         with Tpm(swtpm.tcti) as tpm:
-            assert _hub_accepts(server, server.address, rid, TpmCredential(tpm))
-        assert _hub_accepts(server, server.address, rid, X509Files(files.chain_file, files.key_file))
+            assert hub_accepts(server, server.address, rid, TpmCredential(tpm))
+        assert hub_accepts(server, server.address, rid, X509Files(files.chain_file, files.key_file))
     chain = x509.load_pem_x509_certificates(files.chain_file.read_bytes())
     verdict = openssl_verify(tmp_path, chain, files.bundle_file.read_bytes())
     assert verdict.returncode == 0, verdict.stdout + verdict.stderr

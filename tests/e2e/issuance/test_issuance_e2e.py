@@ -66,20 +66,6 @@ def _bundle_pem(dps: RunningServer) -> bytes:
     return "".join(c["certificate"].replace("\r\n", "\n") for c in doc["certificates"]).encode()
 
 
-def _telemetry(dps: RunningServer, hub: str, device_id: str) -> list[Any]:
-    from iotdps.store import open_store
-
-    async def read() -> list[Any]:
-        store = await open_store(f"sqlite:///{dps.data_dir / 'iotdps.db'}", create=False)
-        try:
-            async with store.begin() as uow:
-                return list(await uow.telemetry.list(hub, device_id))
-        finally:
-            await store.close()
-
-    return asyncio.run(read())
-
-
 def _chain(state: dict[str, Any]) -> list[x509.Certificate]:
     return [x509.load_der_x509_certificate(base64.b64decode(c)) for c in state["issuedCertificateChain"]]
 
@@ -126,7 +112,7 @@ def test_mqtt_device_client_gets_a_certificate_uses_it_and_renews(dps: RunningSe
     assert record.issued_certificate == sha256_thumbprint(chain[0])
     listed = dps.cli_json("certificate", "list", "--registration-id", "issued-mqtt-1", "--json")
     assert [int(c["serialNumber"], 16) for c in listed] == [second, first]
-    assert len(_telemetry(dps, record.assigned_hub, "issued-mqtt-1")) == 2
+    assert len(dps.telemetry(record.assigned_hub, "issued-mqtt-1")) == 2
 
 
 def test_raw_https_registration_then_hub_with_the_issued_certificate(dps: RunningServer, tmp_path: Path) -> None:
@@ -160,7 +146,7 @@ def test_raw_https_registration_then_hub_with_the_issued_certificate(dps: Runnin
         await client.close()
 
     asyncio.run(hub())
-    assert len(_telemetry(dps, state["assignedHub"], rid)) == 1
+    assert len(dps.telemetry(state["assignedHub"], rid)) == 1
     # The status lookup answers the record, never the issued chain (wire doc 10.1).
     token = make_sas_token(dps.id_scope, rid, key, int(time.time()) + 600)
     lookup = requests.post(
